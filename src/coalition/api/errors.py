@@ -1,0 +1,43 @@
+"""The one place where core errors become HTTP statuses and gRPC codes."""
+
+from __future__ import annotations
+
+import grpc
+
+from coalition.errors import (
+    CoalitionError,
+    FailedPrecondition,
+    IdempotencyConflict,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+    VerificationError,
+)
+
+# Most specific first: the first matching class wins.
+_MAPPING: tuple[tuple[type[CoalitionError], int, grpc.StatusCode], ...] = (
+    (IdempotencyConflict, 409, grpc.StatusCode.FAILED_PRECONDITION),
+    (InvalidArgument, 400, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFound, 404, grpc.StatusCode.NOT_FOUND),
+    (FailedPrecondition, 409, grpc.StatusCode.FAILED_PRECONDITION),
+    (Unauthenticated, 401, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDenied, 403, grpc.StatusCode.PERMISSION_DENIED),
+    (VerificationError, 422, grpc.StatusCode.INVALID_ARGUMENT),
+)
+
+
+def http_status(error: CoalitionError) -> int:
+    """HTTP status for a core error (500 for an unmapped kind, which is a bug)."""
+    for kind, status, _ in _MAPPING:
+        if isinstance(error, kind):
+            return status
+    return 500
+
+
+def grpc_status(error: CoalitionError) -> grpc.StatusCode:
+    """gRPC status code for a core error (INTERNAL for an unmapped kind, a bug)."""
+    for kind, _, code in _MAPPING:
+        if isinstance(error, kind):
+            return code
+    return grpc.StatusCode.INTERNAL

@@ -1,0 +1,44 @@
+"""The one exception hierarchy of Coalition, split by who is at fault.
+
+Transports map these once (``api/errors.py``) to HTTP and gRPC status codes; the core
+raises nothing else on purpose. Every message says what is wrong in words a caller can act
+on.
+"""
+
+from __future__ import annotations
+
+
+class CoalitionError(Exception):
+    """Base of every error Coalition raises on purpose."""
+
+
+class InvalidArgument(CoalitionError):
+    """The request itself is malformed: a bad amount, id, format or out-of-range value."""
+
+
+class NotFound(CoalitionError):
+    """The request names something that does not exist (a member, an entry, a block)."""
+
+
+class FailedPrecondition(CoalitionError):
+    """The request is well formed but the current state refuses it."""
+
+
+class InsufficientPoints(FailedPrecondition):
+    """A debit asks for more spendable points than the account holds."""
+
+
+class IdempotencyConflict(FailedPrecondition):
+    """An idempotency key was reused with a different request body."""
+
+
+class Unauthenticated(CoalitionError):
+    """No credentials, or credentials that match no known key."""
+
+
+class PermissionDenied(CoalitionError):
+    """Valid credentials whose role or scope does not allow the call."""
+
+
+class VerificationError(CoalitionError):
+    """Signed data, a proof or a chain failed verification: someone tampered or lied."""

@@ -1,0 +1,1 @@
+"""The running node: application service, sealer, configuration."""

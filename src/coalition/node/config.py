@@ -1,0 +1,132 @@
+"""A node's configuration: one TOML file per brand (see ``nodes/``).
+
+Relative paths are resolved against the file's folder, so a brand folder can be moved
+as a whole. ``COALITION_DATABASE_URL`` overrides the database for operations.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from coalition.api.auth import ApiKey, Role
+from coalition.errors import InvalidArgument
+from coalition.points.rules import ProgramRules, rules_from_mapping
+
+_PROGRAM_ID = re.compile(r"[a-z][a-z0-9-]{1,31}")
+
+
+def validate_program_id(program: str) -> str:
+    """Program ids are 2-32 characters of lowercase letters, digits and '-'."""
+    if not _PROGRAM_ID.fullmatch(program):
+        raise InvalidArgument(f"bad program id {program!r}: use 2-32 of a-z 0-9 -, letter first")
+    return program
+
+
+@dataclass(frozen=True)
+class SealerConfig:
+    """A block is sealed when ``max_entries`` are pending or the oldest waited ``max_delay_ms``."""
+
+    max_entries: int = 1000
+    max_delay_ms: int = 200
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    program: str
+    name: str
+    database_url: str
+    signing_key_path: Path
+    account_secret_path: Path
+    api_keys_path: Path
+    grpc_address: str = "127.0.0.1:50051"
+    http_address: str = "127.0.0.1:8080"
+    signing_key_password: bytes | None = None
+    sealer: SealerConfig = field(default_factory=SealerConfig)
+    rules: ProgramRules = field(default_factory=ProgramRules)
+    sqlite_synchronous: str = "FULL"
+
+    @property
+    def folder(self) -> Path:
+        return self.signing_key_path.parent.parent
+
+
+def _path(base: Path, value: str) -> Path:
+    path = Path(value)
+    return path if path.is_absolute() else base / path
+
+
+def _database_url(base: Path, url: str) -> str:
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
+        return prefix + str(base / url[len(prefix) :])
+    return url
+
+
+def config_from_mapping(raw: Mapping[str, Any], base: Path) -> NodeConfig:
+    """Build a NodeConfig from parsed TOML; ``base`` resolves relative paths."""
+    try:
+        program = raw["program"]
+        node = raw.get("node", {})
+        sealer = raw.get("sealer", {})
+        password_env = node.get("signing_key_password_env")
+        password = os.environ.get(password_env) if password_env else None
+        url = os.environ.get("COALITION_DATABASE_URL") or node.get(
+            "database", f"sqlite:///data/{program['id']}.db"
+        )
+        config = NodeConfig(
+            program=validate_program_id(str(program["id"])),
+            name=str(program.get("name", program["id"])),
+            database_url=_database_url(base, url),
+            signing_key_path=_path(base, node.get("signing_key", "keys/ledger.pem")),
+            account_secret_path=_path(base, node.get("account_secret", "keys/account-secret")),
+            api_keys_path=_path(base, node.get("api_keys", "keys/api-keys.toml")),
+            grpc_address=str(node.get("grpc", "127.0.0.1:50051")),
+            http_address=str(node.get("http", "127.0.0.1:8080")),
+            signing_key_password=password.encode() if password else None,
+            sealer=SealerConfig(
+                max_entries=int(sealer.get("max_entries", 1000)),
+                max_delay_ms=int(sealer.get("max_delay_ms", 200)),
+            ),
+            rules=rules_from_mapping(raw.get("rules", {})),
+            sqlite_synchronous=str(node.get("sqlite_synchronous", "FULL")).upper(),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidArgument(f"bad node configuration: missing or wrong {exc}") from exc
+    if config.sealer.max_entries < 1 or config.sealer.max_delay_ms < 1:
+        raise InvalidArgument("sealer.max_entries and sealer.max_delay_ms must be positive")
+    if config.sqlite_synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+        raise InvalidArgument("node.sqlite_synchronous must be OFF, NORMAL, FULL or EXTRA")
+    return config
+
+
+def load_config(path: str | Path) -> NodeConfig:
+    """Read and check a node's TOML configuration file."""
+    file = Path(path)
+    try:
+        raw = tomllib.loads(file.read_text())
+    except FileNotFoundError as exc:
+        raise InvalidArgument(f"no configuration file at {file}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidArgument(f"{file}: not valid TOML: {exc}") from exc
+    return config_from_mapping(raw, file.resolve().parent)
+
+
+def load_api_keys(path: Path) -> list[ApiKey]:
+    """The API keys file (written by ``coalition keygen``): digests and roles only."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise InvalidArgument(f"no API keys file at {path}: run 'coalition keygen'") from exc
+    try:
+        return [
+            ApiKey(str(k["name"]), str(k["sha256"]), Role(k["role"]), k.get("member_id"))
+            for k in raw.get("api_keys", [])
+        ]
+    except (KeyError, ValueError) as exc:
+        raise InvalidArgument(f"{path}: bad API key entry: {exc}") from exc

@@ -1,0 +1,50 @@
+"""Pseudonymous member accounts and the identifiers a request may carry.
+
+Partners replicate each other's chains, so the ledger never holds a member id: it holds
+HMAC-SHA256(program secret, member id), which only the member's own program can compute.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+
+from coalition.errors import InvalidArgument
+
+_MEMBER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}")
+_REFERENCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/#-]{0,127}")
+_ACCOUNT = re.compile(r"[0-9a-f]{64}")
+
+
+def validate_member_id(member_id: str) -> str:
+    """Return ``member_id`` if it is 1-64 characters of ``A-Z a-z 0-9 . _ : @ -``."""
+    if not isinstance(member_id, str) or not _MEMBER_ID.fullmatch(member_id):
+        raise InvalidArgument(
+            f"malformed member id {member_id!r}: use 1-64 letters, digits or . _ : @ -"
+        )
+    return member_id
+
+
+def validate_reference(reference: str, what: str = "reference") -> str:
+    """Return ``reference`` if it is 1-128 characters of ``A-Z a-z 0-9 . _ : / # -``."""
+    if not isinstance(reference, str) or not _REFERENCE.fullmatch(reference):
+        raise InvalidArgument(
+            f"malformed {what} {reference!r}: use 1-128 letters, digits or . _ : / # -"
+        )
+    return reference
+
+
+def validate_account(account: str) -> str:
+    """Return ``account`` if it is a 64-digit lowercase hex account id."""
+    if not isinstance(account, str) or not _ACCOUNT.fullmatch(account):
+        raise InvalidArgument(f"malformed account id {account!r}: expected 64 lowercase hex")
+    return account
+
+
+def account_id(secret: bytes, member_id: str) -> str:
+    """The ledger's account id for ``member_id``: hex HMAC-SHA256 under the program secret."""
+    validate_member_id(member_id)
+    if len(secret) < 16:
+        raise InvalidArgument("the account secret must be at least 16 bytes")
+    return hmac.new(secret, member_id.encode(), hashlib.sha256).hexdigest()

@@ -1,0 +1,311 @@
+"""Reads and bulk writes of the node's tables, on a caller's connection.
+
+Every function takes an open SQLAlchemy ``Connection`` so the application service decides
+the transaction: an entry, the state it changes and its idempotency record commit
+together or not at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import Connection, bindparam, func, insert, or_, select, tuple_, update
+
+from coalition.ledger.canonical import JsonObject, parse_json
+from coalition.ledger.merkle import NodeCoord
+from coalition.points.state import Account, Lot
+from coalition.store.tables import accounts, blocks, entries, lots, tree_nodes
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def to_micros(moment: datetime) -> int:
+    return (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+def from_micros(value: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=value)
+
+
+def find_idempotent(conn: Connection, key: str) -> tuple[str, JsonObject] | None:
+    """The request hash and entry stored under an idempotency key, if any."""
+    row = conn.execute(
+        select(entries.c.request_hash, entries.c.body).where(entries.c.idem_key == key)
+    ).first()
+    if row is None:
+        return None
+    body = parse_json(row.body)
+    assert isinstance(body, dict)
+    return row.request_hash, body
+
+
+def accounts_for_members(conn: Connection, member_ids: Iterable[str]) -> dict[str, str]:
+    """Map member ids to account ids for the members that are enrolled."""
+    wanted = list(set(member_ids))
+    found: dict[str, str] = {}
+    for start in range(0, len(wanted), 5000):
+        chunk = wanted[start : start + 5000]
+        rows = conn.execute(
+            select(accounts.c.member_id, accounts.c.account).where(
+                accounts.c.member_id.in_(chunk)
+            )
+        )
+        found.update({row.member_id: row.account for row in rows})
+    return found
+
+
+def insert_account(conn: Connection, account: str, member_id: str, at: datetime) -> None:
+    conn.execute(
+        insert(accounts).values(account=account, member_id=member_id, enrolled_at=to_micros(at))
+    )
+
+
+def _lot(row: object) -> Lot:
+    return Lot(
+        id=row.id,  # type: ignore[attr-defined]
+        account=row.account,  # type: ignore[attr-defined]
+        amount=row.amount,  # type: ignore[attr-defined]
+        remaining=row.remaining,  # type: ignore[attr-defined]
+        qualifying=row.qualifying,  # type: ignore[attr-defined]
+        earned_at=from_micros(row.earned_at),  # type: ignore[attr-defined]
+        available_at=from_micros(row.available_at),  # type: ignore[attr-defined]
+        expires_at=from_micros(row.expires_at),  # type: ignore[attr-defined]
+        ref=row.ref,  # type: ignore[attr-defined]
+        reversed=row.reversed,  # type: ignore[attr-defined]
+    )
+
+
+def load_accounts(
+    conn: Connection,
+    account_ids: Sequence[str],
+    *,
+    earned_since: datetime | None = None,
+    lot_ids: Sequence[str] = (),
+    all_lots: bool = False,
+) -> dict[str, Account]:
+    """Accounts with the lots a decision needs: those holding points, those earned since
+    ``earned_since`` (for tier qualification), the named ``lot_ids``, or every lot."""
+    loaded = {account_id: Account(account_id) for account_id in account_ids}
+    if not account_ids:
+        return loaded
+    query = select(lots).where(lots.c.account.in_(list(account_ids)))
+    if not all_lots:
+        wanted = [lots.c.remaining > 0]
+        if earned_since is not None:
+            wanted.append(lots.c.earned_at > to_micros(earned_since))
+        if lot_ids:
+            wanted.append(lots.c.id.in_(list(lot_ids)))
+        query = query.where(or_(*wanted))
+    for row in conn.execute(query):
+        lot = _lot(row)
+        loaded[lot.account].lots[lot.id] = lot
+    return loaded
+
+
+def used_refs(conn: Connection, refs: Iterable[str]) -> set[str]:
+    """Which purchase or reward references (``purchase:R``) already earned points."""
+    wanted = list(set(refs))
+    used: set[str] = set()
+    for start in range(0, len(wanted), 5000):
+        rows = conn.execute(select(lots.c.ref).where(lots.c.ref.in_(wanted[start : start + 5000])))
+        used.update(row.ref for row in rows)
+    return used
+
+
+def lot_by_ref(conn: Connection, ref: str) -> tuple[str, str] | None:
+    """(lot id, account) of the lot a reference earned, if any."""
+    row = conn.execute(select(lots.c.id, lots.c.account).where(lots.c.ref == ref)).first()
+    return None if row is None else (row.id, row.account)
+
+
+def save_lots(conn: Connection, touched: Iterable[Account], known: set[str]) -> None:
+    """Write back the lots ``apply_entry`` changed: inserts for new ids, updates otherwise."""
+    new_rows: list[dict[str, object]] = []
+    updates: list[dict[str, object]] = []
+    for account in touched:
+        for lot_id in account.changed:
+            lot = account.lots[lot_id]
+            if lot_id in known:
+                updates.append(
+                    {
+                        "b_id": lot.id,
+                        "remaining": lot.remaining,
+                        "qualifying": lot.qualifying,
+                        "reversed": lot.reversed,
+                    }
+                )
+            else:
+                new_rows.append(
+                    {
+                        "id": lot.id,
+                        "account": lot.account,
+                        "amount": lot.amount,
+                        "remaining": lot.remaining,
+                        "qualifying": lot.qualifying,
+                        "earned_at": to_micros(lot.earned_at),
+                        "available_at": to_micros(lot.available_at),
+                        "expires_at": to_micros(lot.expires_at),
+                        "ref": lot.ref,
+                        "reversed": lot.reversed,
+                    }
+                )
+        account.changed.clear()
+    if new_rows:
+        conn.execute(insert(lots), new_rows)
+    if updates:
+
+        conn.execute(update(lots).where(lots.c.id == bindparam("b_id")), updates)
+
+
+def insert_entries(conn: Connection, rows: Sequence[Mapping[str, object]]) -> None:
+    """Bulk insert of entry rows (keys: the ``entries`` columns)."""
+    if rows:
+        conn.execute(insert(entries), list(rows))
+
+
+def next_log_index(conn: Connection) -> int:
+    value = conn.execute(select(func.max(entries.c.log_index))).scalar()
+    return 0 if value is None else int(value) + 1
+
+
+def entry_by_id(conn: Connection, entry_id: str) -> tuple[int, JsonObject] | None:
+    row = conn.execute(
+        select(entries.c.log_index, entries.c.body).where(entries.c.entry_id == entry_id)
+    ).first()
+    if row is None:
+        return None
+    body = parse_json(row.body)
+    assert isinstance(body, dict)
+    return row.log_index, body
+
+
+def history(conn: Connection, account: str, limit: int) -> list[tuple[int, JsonObject]]:
+    """The newest ``limit`` entries that touch ``account``, newest first."""
+    query = (
+        select(entries.c.log_index, entries.c.body)
+        .where(or_(entries.c.account == account, entries.c.to_account == account))
+        .order_by(entries.c.log_index.desc())
+        .limit(limit)
+    )
+    result = []
+    for row in conn.execute(query):
+        body = parse_json(row.body)
+        assert isinstance(body, dict)
+        result.append((row.log_index, body))
+    return result
+
+
+def entry_bodies(conn: Connection, start: int, end: int) -> list[tuple[int, str, bytes]]:
+    """(log index, canonical body, stored leaf hash) for ``start <= index < end``."""
+    query = (
+        select(entries.c.log_index, entries.c.body, entries.c.leaf_hash)
+        .where(entries.c.log_index >= start, entries.c.log_index < end)
+        .order_by(entries.c.log_index)
+    )
+    return [(row.log_index, row.body, bytes(row.leaf_hash)) for row in conn.execute(query)]
+
+
+def leaf_hashes_from(conn: Connection, start: int) -> list[bytes]:
+    """Stored leaf hashes from ``start`` to the end of the log, in order."""
+    query = (
+        select(entries.c.leaf_hash)
+        .where(entries.c.log_index >= start)
+        .order_by(entries.c.log_index)
+    )
+    return [bytes(row.leaf_hash) for row in conn.execute(query)]
+
+
+def read_nodes(conn: Connection, coords: Iterable[NodeCoord]) -> dict[NodeCoord, bytes]:
+    """Stored hashes for ``coords``: level 0 from the entries, higher levels from the tree."""
+    wanted = list(set(coords))
+    leaves = [index for level, index in wanted if level == 0]
+    inner = [(level, index) for level, index in wanted if level > 0]
+    found: dict[NodeCoord, bytes] = {}
+    if leaves:
+        rows = conn.execute(
+            select(entries.c.log_index, entries.c.leaf_hash).where(
+                entries.c.log_index.in_(leaves)
+            )
+        )
+        found.update({(0, row.log_index): bytes(row.leaf_hash) for row in rows})
+    if inner:
+        rows = conn.execute(
+            select(tree_nodes.c.level, tree_nodes.c.idx, tree_nodes.c.hash).where(
+                tuple_(tree_nodes.c.level, tree_nodes.c.idx).in_(inner)
+            )
+        )
+        found.update({(row.level, row.idx): bytes(row.hash) for row in rows})
+    return found
+
+
+def insert_block(
+    conn: Connection,
+    height: int,
+    header: str,
+    signature: str,
+    log_size: int,
+    nodes: Sequence[tuple[NodeCoord, bytes]],
+) -> None:
+    conn.execute(
+        insert(blocks).values(height=height, header=header, signature=signature, log_size=log_size)
+    )
+    if nodes:
+        conn.execute(
+            insert(tree_nodes),
+            [{"level": level, "idx": index, "hash": digest} for (level, index), digest in nodes],
+        )
+
+
+def block_rows(
+    conn: Connection, start: int, limit: int
+) -> list[tuple[int, str, str]]:
+    """(height, canonical header, signature) for heights ``start..start+limit-1``."""
+    query = (
+        select(blocks.c.height, blocks.c.header, blocks.c.signature)
+        .where(blocks.c.height >= start)
+        .order_by(blocks.c.height)
+        .limit(limit)
+    )
+    return [(row.height, row.header, row.signature) for row in conn.execute(query)]
+
+
+def last_block(conn: Connection) -> tuple[int, str, str] | None:
+    query = select(blocks.c.height, blocks.c.header, blocks.c.signature).order_by(
+        blocks.c.height.desc()
+    )
+    row = conn.execute(query.limit(1)).first()
+    return None if row is None else (row.height, row.header, row.signature)
+
+
+def block_with_log_size(conn: Connection, log_size: int) -> tuple[int, str, str] | None:
+    query = select(blocks.c.height, blocks.c.header, blocks.c.signature).where(
+        blocks.c.log_size == log_size
+    )
+    row = conn.execute(query).first()
+    return None if row is None else (row.height, row.header, row.signature)
+
+
+def due_accounts(conn: Connection, at: datetime, limit: int) -> list[str]:
+    """Accounts holding points whose expiry time has come."""
+    query = (
+        select(lots.c.account)
+        .where(lots.c.remaining > 0, lots.c.expires_at <= to_micros(at))
+        .group_by(lots.c.account)
+        .order_by(lots.c.account)
+        .limit(limit)
+    )
+    return [row.account for row in conn.execute(query)]
+
+
+def member_of(conn: Connection, account: str) -> str | None:
+    row = conn.execute(select(accounts.c.member_id).where(accounts.c.account == account)).first()
+    return None if row is None else row.member_id
+
+
+def all_lots(conn: Connection) -> list[Lot]:
+    return [_lot(row) for row in conn.execute(select(lots).order_by(lots.c.id))]
+
+
+def all_accounts(conn: Connection) -> list[str]:
+    return [row.account for row in conn.execute(select(accounts.c.account))]
