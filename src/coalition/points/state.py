@@ -196,27 +196,25 @@ def apply_entry(entry: JsonObject, lookup: AccountLookup) -> None:
     if kind == "enroll":
         return
     if kind == "earn":
-        lot = entry.get("lot")
-        if not isinstance(lot, dict):
+        spec = entry.get("lot")
+        if not isinstance(spec, dict):
             raise VerificationError(f"entry {entry_id}: earn without a lot")
-        reason = entry.get("reason")
-        ref = _lot_ref(reason)
         _open_lot(
             account,
-            _str(lot, "id", entry_id),
+            _str(spec, "id", entry_id),
             amount,
             at,
-            parse_time(_str(lot, "available_at", entry_id)),
-            parse_time(_str(lot, "expires_at", entry_id)),
-            qualifying=_int(lot, "qualifying"),
-            ref=ref,
+            parse_time(_str(spec, "available_at", entry_id)),
+            parse_time(_str(spec, "expires_at", entry_id)),
+            qualifying=_int(spec, "qualifying"),
+            ref=_lot_ref(entry.get("reason")),
         )
         return
     if kind in ("redeem", "transfer"):
         taken = list(_taken(entry))
         for lot_id, _, _ in taken:
-            lot = account.lots.get(lot_id)
-            if lot is not None and not lot.spendable(at):
+            source = account.lots.get(lot_id)
+            if source is not None and not source.spendable(at):
                 raise VerificationError(f"entry {entry_id}: lot {lot_id} is not spendable")
         total = _debit(entry, account, at, expiring=False)
         if total != amount:
