@@ -31,6 +31,7 @@ from coalition.ledger.canonical import JsonObject, canonical_json
 from coalition.ledger.entries import format_time
 from coalition.ledger.keys import SigningKey, VerifyKey
 from coalition.ledger.merkle import (
+    NodeCoord,
     consistency_coords,
     consistency_from_nodes,
     expand_nodes,
@@ -39,7 +40,6 @@ from coalition.ledger.merkle import (
     leaf_hash,
     stored_coords,
 )
-from coalition.ledger.merkle import NodeCoord
 from coalition.ledger.proofs import consistency_document, inclusion_document
 from coalition.node.config import SealerConfig
 from coalition.node.sealer import TREE_STRIDE, Sealer, signed_header_from_row
@@ -69,7 +69,9 @@ def _request_hash(request: JsonObject) -> str:
     return hashlib.sha256(canonical_json(request)).hexdigest()
 
 
-def _entry_row(index: int, body: JsonObject, key: str | None, req_hash: str | None) -> dict[str, Any]:
+def _entry_row(
+    index: int, body: JsonObject, key: str | None, req_hash: str | None
+) -> dict[str, Any]:
     data = canonical_json(body)
     to_account = body.get("to")
     return {

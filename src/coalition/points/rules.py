@@ -49,7 +49,9 @@ def parse_rational(text: str | int, what: str) -> Fraction:
 
 def rational_text(value: Fraction) -> str:
     """A rational as the ledger writes it: ``"3"`` or ``"5/4"``."""
-    return str(value.numerator) if value.denominator == 1 else f"{value.numerator}/{value.denominator}"
+    return (
+        str(value.numerator) if value.denominator == 1 else f"{value.numerator}/{value.denominator}"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +110,9 @@ class ProgramRules:
         reached = [t for t in self.tiers if qualifying >= t.threshold]
         return max(reached, key=lambda t: t.threshold) if reached else self.tiers[0]
 
-    def quote_purchase(self, spend_minor: int, category: str, at: datetime, tier: Tier) -> EarnQuote:
+    def quote_purchase(
+        self, spend_minor: int, category: str, at: datetime, tier: Tier
+    ) -> EarnQuote:
         """Points for spending ``spend_minor`` (minor currency units) in ``category``."""
         check_positive(spend_minor, "spend", self.max_spend_minor)
         multipliers: list[tuple[str, Fraction]] = [("base", self.points_per_unit)]
@@ -118,7 +122,9 @@ class ProgramRules:
                 raise InvalidArgument(f"unknown category {category!r} (known: {known})")
             multipliers.append((f"category:{category}", self.categories[category]))
         multipliers.extend(
-            (f"promotion:{p.name}", p.multiplier) for p in self.promotions if p.applies(at, category)
+            (f"promotion:{p.name}", p.multiplier)
+            for p in self.promotions
+            if p.applies(at, category)
         )
         multipliers.append((f"tier:{tier.name}", tier.multiplier))
         value = Fraction(spend_minor, self.minor_units)

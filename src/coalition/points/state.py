@@ -85,8 +85,7 @@ class Account:
             total += lot.remaining
         if total < amount:
             raise InsufficientPoints(
-                f"account {self.id[:12]}... has {self.balance(at)} spendable points, "
-                f"{amount} asked"
+                f"account {self.id[:12]}... has {self.balance(at)} spendable points, {amount} asked"
             )
         return chosen
 

@@ -47,9 +47,7 @@ def accounts_for_members(conn: Connection, member_ids: Iterable[str]) -> dict[st
     for start in range(0, len(wanted), 5000):
         chunk = wanted[start : start + 5000]
         rows = conn.execute(
-            select(accounts.c.member_id, accounts.c.account).where(
-                accounts.c.member_id.in_(chunk)
-            )
+            select(accounts.c.member_id, accounts.c.account).where(accounts.c.member_id.in_(chunk))
         )
         found.update({row.member_id: row.account for row in rows})
     return found
@@ -154,7 +152,6 @@ def save_lots(conn: Connection, touched: Iterable[Account], known: set[str]) -> 
     if new_rows:
         conn.execute(insert(lots), new_rows)
     if updates:
-
         conn.execute(update(lots).where(lots.c.id == bindparam("b_id")), updates)
 
 
@@ -224,9 +221,7 @@ def read_nodes(conn: Connection, coords: Iterable[NodeCoord]) -> dict[NodeCoord,
     found: dict[NodeCoord, bytes] = {}
     if leaves:
         rows = conn.execute(
-            select(entries.c.log_index, entries.c.leaf_hash).where(
-                entries.c.log_index.in_(leaves)
-            )
+            select(entries.c.log_index, entries.c.leaf_hash).where(entries.c.log_index.in_(leaves))
         )
         found.update({(0, row.log_index): bytes(row.leaf_hash) for row in rows})
     if inner:
@@ -257,9 +252,7 @@ def insert_block(
         )
 
 
-def block_rows(
-    conn: Connection, start: int, limit: int
-) -> list[tuple[int, str, str]]:
+def block_rows(conn: Connection, start: int, limit: int) -> list[tuple[int, str, str]]:
     """(height, canonical header, signature) for heights ``start..start+limit-1``."""
     query = (
         select(blocks.c.height, blocks.c.header, blocks.c.signature)
