@@ -27,7 +27,7 @@ from coalition.errors import (
     NotFound,
 )
 from coalition.ledger.blocks import SignedHeader
-from coalition.ledger.canonical import JsonObject, canonical_json
+from coalition.ledger.canonical import JsonObject, canonical_json, parse_json
 from coalition.ledger.entries import format_time
 from coalition.ledger.keys import SigningKey, VerifyKey
 from coalition.ledger.merkle import (
@@ -553,8 +553,6 @@ class NodeService:
             rows = repository.entry_bodies(conn, first, first + signed.header.entry_count)
         bodies = []
         for _, body, _ in rows:
-            from coalition.ledger.canonical import parse_json
-
             parsed = parse_json(body)
             assert isinstance(parsed, dict)
             bodies.append(parsed)
