@@ -37,15 +37,23 @@ class Replay:
             if not isinstance(account, str) or account in self.accounts:
                 raise VerificationError(f"entry {entry_id}: account enrolled twice or missing")
             self.accounts[account] = Account(account)
+        touched: list[Account] = []
+
+        def lookup(account_id: str) -> Account:
+            found = self._lookup(account_id)
+            touched.append(found)
+            return found
+
         try:
-            apply_entry(entry, self._lookup)
+            apply_entry(entry, lookup)
         except VerificationError as exc:
             message = str(exc)
             raise VerificationError(
                 message if message.startswith("entry ") else f"entry {entry_id}: {message}"
             ) from exc
-        for changed in self.accounts.values():
-            changed.changed.clear()
+        finally:
+            for changed in touched:  # only the accounts this entry touched: O(1) per entry
+                changed.changed.clear()
         spec = entry.get("lot")
         if entry.get("kind") == "earn" and isinstance(spec, dict):
             lot = self._lookup(str(account)).lots[str(spec.get("id"))]

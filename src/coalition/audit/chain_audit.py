@@ -1,0 +1,590 @@
+"""Audit one program's whole chain from a source, block by block, in constant memory.
+
+For every block: the header's form, program, Ed25519 signature, height and hash link to
+the previous header, its entry range, the RFC 9162 §2.1.1 root of the block's entries
+(recomputed from each entry's canonical RFC 8785 body; a stored hash is only a hint used
+to name which entry changed), and the log root after the block (an incremental compact
+range, RFC 9162 §2.1). Every entry's envelope and program are checked and the entries are
+replayed (``coalition.points.replay.Replay``) into balances, supply and per-kind totals.
+Optionally a trusted header (what the auditor saw last time) must be in the chain, and
+the source's RFC 9162 §2.1.4 consistency proof to the newest header must verify.
+
+The audit keeps going after a fault where it can, so the report lists them all. A chain
+is sound only if ``AuditReport.ok``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from coalition.audit.sources import ChainSource, RawEntry, RawHeader
+from coalition.errors import CoalitionError, VerificationError
+from coalition.ledger.blocks import GENESIS_PREV, BlockHeader, SignedHeader
+from coalition.ledger.canonical import JsonObject, JsonValue, canonical_json, parse_json
+from coalition.ledger.chain import ChainVerifier
+from coalition.ledger.entries import check_envelope, parse_time
+from coalition.ledger.keys import VerifyKey
+from coalition.ledger.merkle import CompactRange, leaf_hash, root
+from coalition.ledger.proofs import verify_consistency_document
+from coalition.points.replay import Replay
+
+HEADER_PAGE = 1000
+_REPLAY_ERRORS = (CoalitionError, KeyError, TypeError, ValueError)
+"""What a hostile entry can make the replay raise; the audit reports, never crashes."""
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """One thing found wrong. ``kind`` is a stable slug (``entry-tampered``, ...);
+    ``height``, ``log_index`` and ``entry_id`` say where, when known."""
+
+    kind: str
+    message: str
+    height: int | None = None
+    log_index: int | None = None
+    entry_id: str | None = None
+
+    def to_json(self) -> JsonObject:
+        out: JsonObject = {"kind": self.kind, "message": self.message}
+        for name in ("height", "log_index", "entry_id"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        return out
+
+    def __str__(self) -> str:
+        where = []
+        if self.height is not None:
+            where.append(f"height {self.height}")
+        if self.log_index is not None:
+            where.append(f"log index {self.log_index}")
+        if self.entry_id is not None:
+            where.append(f"entry {self.entry_id}")
+        at = f" ({', '.join(where)})" if where else ""
+        return f"[{self.kind}]{at} {self.message}"
+
+
+@dataclass(slots=True)
+class FaultList:
+    """Faults in the order found, keeping at most ``limit`` (the rest are only counted)."""
+
+    limit: int = 1000
+    items: list[Fault] = field(default_factory=list)
+    omitted: int = 0
+
+    def add(self, fault: Fault) -> None:
+        if len(self.items) < self.limit:
+            self.items.append(fault)
+        else:
+            self.omitted += 1
+
+    def __len__(self) -> int:
+        return len(self.items) + self.omitted
+
+
+def faults_json(faults: FaultList) -> list[JsonValue]:
+    return [f.to_json() for f in faults.items]
+
+
+def render_faults(faults: FaultList) -> list[str]:
+    lines = [f"  {fault}" for fault in faults.items]
+    if faults.omitted:
+        lines.append(f"  ... and {faults.omitted:,} more faults not listed")
+    return lines
+
+
+@dataclass(slots=True)
+class AuditReport:
+    """What ``audit_chain`` found. Counts come from the replay of the entries audited."""
+
+    program: str | None = None
+    blocks: int = 0
+    entries: int = 0
+    last_height: int | None = None
+    log_size: int = 0
+    log_root: str | None = None
+    log_verified_height: int | None = None
+    """The last height whose log root was recomputed and matched (None: none)."""
+    accounts: int = 0
+    supply: int = 0
+    points_by_kind: dict[str, int] = field(default_factory=dict)
+    trusted_height: int | None = None
+    consistency: str = "not offered by the source"
+    faults: FaultList = field(default_factory=FaultList)
+    timings_ms: dict[str, int] = field(default_factory=dict)
+    last_header: SignedHeader | None = None
+    """The newest header audited: pin it (``--trusted``) at the next audit."""
+
+    @property
+    def ok(self) -> bool:
+        return len(self.faults) == 0
+
+    def to_json(self) -> JsonObject:
+        out: JsonObject = {
+            "type": "coalition/audit-report/v1",
+            "ok": self.ok,
+            "blocks": self.blocks,
+            "entries": self.entries,
+            "log_size": self.log_size,
+            "accounts": self.accounts,
+            "supply": self.supply,
+            "points_by_kind": dict(sorted(self.points_by_kind.items())),
+            "consistency": self.consistency,
+            "fault_count": len(self.faults),
+            "faults": faults_json(self.faults),
+            "timings_ms": dict(self.timings_ms),
+        }
+        optional: dict[str, JsonValue] = {
+            "program": self.program,
+            "last_height": self.last_height,
+            "log_root": self.log_root,
+            "log_verified_height": self.log_verified_height,
+            "trusted_height": self.trusted_height,
+        }
+        out.update({k: v for k, v in optional.items() if v is not None})
+        return out
+
+    def render(self) -> str:
+        verdict = "OK" if self.ok else f"FAILED ({len(self.faults):,} faults)"
+        heights = "" if self.last_height is None else f" (heights 0..{self.last_height})"
+        h = self.log_verified_height
+        verified = "no log root recomputed" if h is None else f"log roots through height {h}"
+        lines = [
+            f"Audit of program {self.program or '?'}: {verdict}",
+            f"  blocks        {self.blocks:,}{heights}",
+            f"  entries       {self.entries:,}",
+            f"  log           size {self.log_size:,}, root {self.log_root or '-'}",
+            f"  log verified  {verified}",
+            f"  accounts      {self.accounts:,}",
+            f"  supply        {self.supply:,} points outstanding",
+            "  by kind       "
+            + (", ".join(f"{k} {v:,}" for k, v in sorted(self.points_by_kind.items())) or "-"),
+            f"  consistency   {self.consistency}",
+        ]
+        if self.trusted_height is not None:
+            lines.append(f"  trusted       header at height {self.trusted_height} checked")
+        t = self.timings_ms
+        lines.append(
+            f"  time          {t.get('total', 0) / 1000:.2f} s (source {t.get('source', 0)} ms, "
+            f"verify {t.get('verify', 0)} ms, replay {t.get('replay', 0)} ms)"
+        )
+        if not self.ok:
+            lines.append("Faults:")
+            lines.extend(render_faults(self.faults))
+        return "\n".join(lines)
+
+
+@dataclass(slots=True)
+class _Item:
+    """One entry as audited: the leaf hash recomputed from its canonical body."""
+
+    log_index: int | None
+    entry_id: str | None
+    leaf: bytes
+    stored: bytes | None
+    body: JsonObject | None
+
+
+def _entry_id(body: JsonValue) -> str | None:
+    value = body.get("id") if isinstance(body, dict) else None
+    return value if isinstance(value, str) else None
+
+
+class _Auditor:
+    def __init__(
+        self,
+        source: ChainSource,
+        key: VerifyKey,
+        program: str | None,
+        trusted: SignedHeader | None,
+        progress: Callable[[int], None] | None,
+    ) -> None:
+        self.source = source
+        self.key = key
+        self.trusted = trusted
+        self.progress = progress
+        self.report = AuditReport(program=program)
+        self.replay = Replay()
+        self.replay_faults = 0
+        self.verifier: ChainVerifier | None = None
+        self.log: CompactRange | None = CompactRange(stride=None)
+        self.next_height = 0
+        self.prev_hash: str | None = GENESIS_PREV
+        self.prev_sig_bad = False
+        """Whether the last header checked (the current one, once checked) is forged."""
+        self.prev_time: datetime | None = None
+        self.prev_log_size: int | None = 0
+        self.hashes: dict[int, str] = {}
+        self.last_good: tuple[int, str] | None = None
+        self.clock = {"source": 0.0, "verify": 0.0, "replay": 0.0}
+
+    def fault(
+        self,
+        kind: str,
+        message: str,
+        height: int | None = None,
+        *,
+        log_index: int | None = None,
+        entry_id: str | None = None,
+    ) -> None:
+        self.report.faults.add(Fault(kind, message, height, log_index, entry_id))
+
+    # --- iteration --------------------------------------------------------------------
+
+    def _headers(self) -> Iterator[RawHeader]:
+        start = 0
+        while True:
+            t = time.perf_counter()
+            page = self.source.headers(start, HEADER_PAGE)
+            self.clock["source"] += time.perf_counter() - t
+            if not page:
+                return
+            yield from page
+            start = page[-1].height + 1
+
+    def run(self) -> AuditReport:
+        began = time.perf_counter()
+        if self.trusted is not None:
+            try:
+                self.trusted.verify(self.key)
+            except CoalitionError as exc:
+                self.fault("trusted-header", f"the trusted header is not signed by the key: {exc}")
+            self.report.trusted_height = self.trusted.header.height
+        try:
+            for raw in self._headers():
+                self._block(raw)
+        except CoalitionError as exc:
+            self.fault("source", f"reading headers failed: {exc}", self.next_height)
+        self._finish()
+        self.report.timings_ms = {k: round(v * 1000) for k, v in self.clock.items()}
+        self.report.timings_ms["total"] = round((time.perf_counter() - began) * 1000)
+        return self.report
+
+    # --- one block --------------------------------------------------------------------
+
+    def _parse_header(self, raw: RawHeader) -> SignedHeader | None:
+        try:
+            signed = SignedHeader(BlockHeader.from_json(parse_json(raw.header)), raw.signature)
+        except CoalitionError as exc:
+            self.fault("header-malformed", f"header does not parse: {exc}", raw.height)
+            return None
+        if signed.header.height != raw.height:
+            self.fault(
+                "header-height",
+                f"stored at height {raw.height} but says height {signed.header.height}",
+                raw.height,
+            )
+        return signed
+
+    def _block(self, raw: RawHeader) -> None:
+        t = time.perf_counter()
+        if raw.height > self.next_height:
+            missing = f"{self.next_height}..{raw.height - 1}"
+            self.fault("block-missing", f"no block at heights {missing}", self.next_height)
+            self.next_height = raw.height
+            self.verifier = None
+            self.prev_hash = None
+            self.prev_log_size = None
+            self.log = None
+        signed = self._parse_header(raw)
+        if signed is None:
+            self.next_height = raw.height + 1
+            self.prev_hash = self.prev_log_size = self.log = None
+            self.clock["verify"] += time.perf_counter() - t
+            return
+        h = signed.header
+        if self.report.program is None:
+            self.report.program = h.program
+        program = self.report.program
+        if self.verifier is None and h.height == 0 and not self.report.faults:
+            self.verifier = ChainVerifier(self.key, program)
+        self.clock["verify"] += time.perf_counter() - t
+
+        t = time.perf_counter()
+        try:
+            raw_entries = self.source.block_entries(h.height, h.first_index, h.entry_count)
+        except CoalitionError as exc:
+            self.fault("source", f"reading the block's entries failed: {exc}", h.height)
+            raw_entries = []
+        self.clock["source"] += time.perf_counter() - t
+
+        t = time.perf_counter()
+        before = len(self.report.faults)
+        items = self._entries(h, raw_entries, program)
+        gaps = self._gaps(h, raw_entries)
+        self._header_checks(signed, program)
+        authentic = self._roots(h, items, gaps)
+        if self.verifier is not None:
+            try:
+                self.verifier.feed(signed, [item.leaf for item in items])
+            except VerificationError as exc:
+                self.verifier = None
+                if len(self.report.faults) == before:
+                    self.fault("chain", str(exc), h.height)
+        self._advance(signed, authentic)
+        self.clock["verify"] += time.perf_counter() - t
+
+        t = time.perf_counter()
+        for item in items:
+            self._replay(item, h.height)
+        self.clock["replay"] += time.perf_counter() - t
+        self.report.blocks += 1
+        self.report.entries += len(items)
+        if self.progress is not None:
+            self.progress(max(len(items), h.entry_count))
+
+    def _entries(self, h: BlockHeader, raws: list[RawEntry], program: str) -> list[_Item]:
+        """Parse, re-canonicalise and hash each entry; check its envelope and program."""
+        items = []
+        positional = len(raws) == h.entry_count
+        for n, raw in enumerate(raws):
+            index = raw.log_index
+            if index is None and positional:
+                index = h.first_index + n
+            try:
+                parsed = parse_json(raw.body)
+            except CoalitionError as exc:
+                self.fault(
+                    "entry-malformed", f"body is not valid JSON: {exc}", h.height, log_index=index
+                )
+                items.append(_Item(index, None, leaf_hash(raw.body), raw.stored_leaf_hash, None))
+                continue
+            entry_id = _entry_id(parsed)
+            body = parsed if isinstance(parsed, dict) else None
+            data = canonical_json(parsed)
+            if data != raw.body:
+                self.fault(
+                    "entry-non-canonical",
+                    "stored body is not its RFC 8785 canonical form",
+                    h.height,
+                    log_index=index,
+                    entry_id=entry_id,
+                )
+            try:
+                if body is None:
+                    raise VerificationError("an entry must be a JSON object")
+                check_envelope(body)
+                if body["program"] != program:
+                    raise VerificationError(f"program {body['program']!r} is not {program!r}")
+            except CoalitionError as exc:
+                self.fault("entry-envelope", str(exc), h.height, log_index=index, entry_id=entry_id)
+                body = None
+            items.append(_Item(index, entry_id, leaf_hash(data), raw.stored_leaf_hash, body))
+        return items
+
+    def _gaps(self, h: BlockHeader, raws: list[RawEntry]) -> bool:
+        """Name missing (deleted) entries; True when the block's entries are incomplete."""
+        indexes = [raw.log_index for raw in raws]
+        if all(i is not None for i in indexes) and raws:
+            present = set(indexes)
+            missing = [
+                i for i in range(h.first_index, h.first_index + h.entry_count) if i not in present
+            ]
+            for i in missing:
+                self.fault(
+                    "entry-missing",
+                    f"log index {i} is missing from the block's entries",
+                    h.height,
+                    log_index=i,
+                )
+            if missing:
+                return True
+        if len(raws) != h.entry_count:
+            self.fault(
+                "entry-count",
+                f"the header says {h.entry_count} entries, the source has {len(raws)}",
+                h.height,
+            )
+            return True
+        return False
+
+    def _header_checks(self, signed: SignedHeader, program: str) -> None:
+        h = signed.header
+        if h.program != program:
+            self.fault("header-program", f"program {h.program!r} is not {program!r}", h.height)
+        try:
+            signed.verify(self.key)
+            sig_bad = False
+        except CoalitionError as exc:
+            self.fault("header-signature", f"signature does not verify: {exc}", h.height)
+            sig_bad = True
+        if h.height != self.next_height:
+            self.fault("header-height", f"expected height {self.next_height}", h.height)
+        if self.prev_hash is not None and not self.prev_sig_bad and h.prev_hash != self.prev_hash:
+            self.fault("header-link", "prev_hash is not the hash of the previous header", h.height)
+        if self.prev_log_size is not None and h.first_index != self.prev_log_size:
+            self.fault(
+                "header-range",
+                f"first_index {h.first_index} is not the previous log size {self.prev_log_size}",
+                h.height,
+            )
+        if h.log_size != h.first_index + h.entry_count:
+            self.fault("header-range", "log_size is not first_index + entry_count", h.height)
+        sealed = parse_time(h.sealed_at)
+        if self.prev_time is not None and sealed < self.prev_time:
+            self.fault("header-time", "sealed_at is earlier than the previous block's", h.height)
+        self.prev_time = sealed
+        self.prev_sig_bad = sig_bad
+
+    def _roots(self, h: BlockHeader, items: list[_Item], gaps: bool) -> list[bytes] | None:
+        """Check the block root and name changed entries; return the block's authentic
+        leaf hashes (those the signed root commits to), None when they are unknown."""
+        leaves = [item.leaf for item in items]
+        changed = [item for item in items if item.stored is not None and item.stored != item.leaf]
+        if root(leaves).hex() == h.block_root:
+            for item in changed:
+                self.fault(
+                    "stored-leaf-hash",
+                    "the stored leaf hash is not the hash of the entry's body",
+                    h.height,
+                    log_index=item.log_index,
+                    entry_id=item.entry_id,
+                )
+            return leaves
+        stored = [item.stored for item in items if item.stored is not None]
+        authentic = None
+        if not gaps and len(stored) == len(items) and root(stored).hex() == h.block_root:
+            authentic = stored
+        for item in changed:
+            self.fault(
+                "entry-tampered",
+                "the entry's body does not hash to the leaf its signed block commits to"
+                if authentic is not None
+                else "the entry's body does not match its stored leaf hash",
+                h.height,
+                log_index=item.log_index,
+                entry_id=item.entry_id,
+            )
+        if gaps or authentic is not None:
+            return authentic  # a gap is reported already, and leaves no authentic list
+        if self.prev_sig_bad and not changed:
+            return leaves  # a forged header's root means nothing; entries show no change
+        if changed:
+            why = ""
+        elif len(stored) == len(items):
+            why = "; every entry matches its stored hash: both were changed, or the header lies"
+        else:
+            why = "; the source has no stored hashes to name the entry"
+        self.fault(
+            "block-root", "block_root is not the root of the block's entries" + why, h.height
+        )
+        return None
+
+    def _advance(self, signed: SignedHeader, authentic: list[bytes] | None) -> None:
+        h = signed.header
+        if self.log is not None and authentic is not None:
+            self.log.extend(authentic)
+            if self.log.root().hex() == h.log_root and self.log.size == h.log_size:
+                self.report.log_verified_height = h.height
+            elif not self.prev_sig_bad:  # a forged header is already reported as such
+                self.fault("log-root", "log_root is not the root of the log so far", h.height)
+        elif self.log is not None:
+            self.log = None  # leaves unknown from here: later log roots cannot be recomputed
+        self.next_height = h.height + 1
+        self.prev_hash = h.hash()
+        self.prev_log_size = h.log_size
+        self.report.last_height = h.height
+        self.report.last_header = signed
+        self.report.log_size = h.log_size
+        self.report.log_root = h.log_root
+        if not self.prev_sig_bad:
+            self.last_good = (h.height, self.prev_hash)
+            if h.height == 0:
+                self.hashes[0] = self.prev_hash
+        if self.trusted is not None and h.height == self.trusted.header.height:
+            self.hashes[h.height] = self.prev_hash
+        trusted = self.trusted
+        if trusted is not None and h.height == trusted.header.height and h != trusted.header:
+            self.fault(
+                "trusted-mismatch",
+                "the chain's header differs from the trusted one: history was rewritten",
+                h.height,
+            )
+
+    def _replay(self, item: _Item, height: int) -> None:
+        if item.body is None:
+            return
+        try:
+            self.replay.apply(item.body)
+        except _REPLAY_ERRORS as exc:
+            self.replay_faults += 1
+            message = str(exc).removeprefix(f"entry {item.entry_id}: ")
+            self.fault(
+                "replay",
+                f"entry does not fit the state: {message}",
+                height,
+                log_index=item.log_index,
+                entry_id=item.entry_id,
+            )
+
+    # --- after the last block ---------------------------------------------------------
+
+    def _finish(self) -> None:
+        r = self.report
+        r.accounts = len(self.replay.accounts)
+        r.supply = self.replay.supply()
+        r.points_by_kind = dict(self.replay.points_by_kind)
+        if self.trusted is not None and self.trusted.header.height not in self.hashes:
+            self.fault(
+                "trusted-missing",
+                "the chain ends before the trusted header: history was truncated",
+                self.trusted.header.height,
+            )
+        if self.replay_faults == 0:
+            k = r.points_by_kind
+            expected = (
+                k.get("earn", 0)
+                + k.get("adjust", 0)
+                - k.get("redeem", 0)
+                - k.get("expire", 0)
+                - k.get("reverse", 0)
+                - k.get("revoke", 0)
+            )
+            if expected != r.supply:
+                self.fault("supply", f"members hold {r.supply} points, the entries say {expected}")
+        if self.last_good is not None:
+            self._consistency(*self.last_good)
+
+    def _consistency(self, last: int, last_hash: str) -> None:
+        """The source's proof from header 0 (or the trusted one) to the newest header
+        that carries a good signature."""
+        first = 0 if self.trusted is None else self.trusted.header.height
+        if first not in self.hashes or first > last:
+            return
+        t = time.perf_counter()
+        try:
+            doc = self.source.consistency_proof(first, last)
+            if doc is None:
+                return
+            verify_consistency_document(doc, self.key)
+            if BlockHeader.from_json(doc["first"]).hash() != self.hashes[first]:
+                raise VerificationError("the proof's first header is not the audited one")
+            if BlockHeader.from_json(doc["second"]).hash() != last_hash:
+                raise VerificationError("the proof's second header is not the audited one")
+            self.report.consistency = f"proof from height {first} to {last} verified"
+        except CoalitionError as exc:
+            self.report.consistency = f"proof from height {first} to {last} FAILED"
+            self.fault("consistency", f"consistency proof {first} -> {last}: {exc}", last)
+        finally:
+            self.clock["source"] += time.perf_counter() - t
+
+
+def audit_chain(
+    source: ChainSource,
+    key: VerifyKey,
+    *,
+    program: str | None = None,
+    trusted: SignedHeader | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> AuditReport:
+    """Audit the whole chain ``source`` holds against the program's public ``key``.
+
+    ``program`` pins the program id (default: the one the first header names, which the
+    key signs). ``trusted`` is a header seen before: the chain MUST contain it unchanged,
+    and the consistency proof starts there. ``progress`` is called with the number of
+    entries of each block as it is audited.
+    """
+    return _Auditor(source, key, program, trusted, progress).run()

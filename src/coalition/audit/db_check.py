@@ -1,0 +1,171 @@
+"""``coalition check``: a node's database MUST equal the replay of its own entries.
+
+Replays every entry the node stored (sealed or not, in log order) with the same
+``Replay`` an auditor uses, then compares the result with the ``accounts`` and ``lots``
+tables field by field and lists each difference.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy import Connection
+
+from coalition.audit.chain_audit import Fault, FaultList, faults_json, render_faults
+from coalition.audit.sources import existing_database
+from coalition.errors import CoalitionError, InvalidArgument
+from coalition.ledger.canonical import JsonObject, parse_json
+from coalition.points.replay import Replay
+from coalition.points.state import Lot
+from coalition.store import repository
+
+CHUNK = 5000
+_LOT_FIELDS = ("account", "amount", "remaining", "qualifying", "ref", "reversed")
+_LOT_TIMES = ("earned_at", "available_at", "expires_at")
+
+
+@dataclass(slots=True)
+class CheckReport:
+    """Differences between the database's state and the replay of its entries. A lot's
+    difference carries the lot id as ``entry_id`` (lots are named after the entry that
+    opened them)."""
+
+    entries: int = 0
+    accounts: int = 0
+    lots: int = 0
+    supply: int = 0
+    differences: FaultList = field(default_factory=FaultList)
+    elapsed_ms: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return len(self.differences) == 0
+
+    def to_json(self) -> JsonObject:
+        return {
+            "type": "coalition/check-report/v1",
+            "ok": self.ok,
+            "entries": self.entries,
+            "accounts": self.accounts,
+            "lots": self.lots,
+            "supply": self.supply,
+            "difference_count": len(self.differences),
+            "differences": faults_json(self.differences),
+            "elapsed_ms": self.elapsed_ms,
+        }
+
+    def render(self) -> str:
+        verdict = "OK" if self.ok else f"FAILED ({len(self.differences):,} differences)"
+        lines = [
+            f"Database check (state == replay of the node's own entries): {verdict}",
+            f"  entries       {self.entries:,} replayed",
+            f"  accounts      {self.accounts:,}",
+            f"  lots          {self.lots:,}",
+            f"  supply        {self.supply:,} points outstanding",
+            f"  time          {self.elapsed_ms / 1000:.2f} s",
+        ]
+        if not self.ok:
+            lines.append("Differences:")
+            lines.extend(render_faults(self.differences))
+        return "\n".join(lines)
+
+
+def _replay(
+    conn: Connection, report: CheckReport, progress: Callable[[int], None] | None
+) -> Replay:
+    replay = Replay()
+    end = repository.next_log_index(conn)
+    for start in range(0, end, CHUNK):
+        rows = repository.entry_bodies(conn, start, min(start + CHUNK, end))
+        expected = start
+        for index, text, _ in rows:
+            for gap in range(expected, index):
+                report.differences.add(
+                    Fault("entry-missing", f"no entry row at log index {gap}", log_index=gap)
+                )
+            expected = index + 1
+            body = None
+            try:
+                parsed = parse_json(text)
+                if not isinstance(parsed, dict):
+                    raise InvalidArgument("an entry must be a JSON object")
+                body = parsed
+                replay.apply(body)
+            except (CoalitionError, KeyError, TypeError, ValueError) as exc:
+                found = body.get("id") if body is not None else None
+                entry_id = found if isinstance(found, str) else None
+                message = str(exc).removeprefix(f"entry {entry_id}: ")
+                report.differences.add(
+                    Fault(
+                        "replay",
+                        f"entry does not replay: {message}",
+                        log_index=index,
+                        entry_id=entry_id,
+                    )
+                )
+        for gap in range(expected, min(start + CHUNK, end)):
+            report.differences.add(
+                Fault("entry-missing", f"no entry row at log index {gap}", log_index=gap)
+            )
+        report.entries += len(rows)
+        if progress is not None:
+            progress(len(rows))
+    return replay
+
+
+def _compare_lot(stored: Lot, replayed: Lot, report: CheckReport) -> None:
+    for name in (*_LOT_FIELDS, *_LOT_TIMES):
+        have, want = getattr(stored, name), getattr(replayed, name)
+        if have != want:
+            report.differences.add(
+                Fault(
+                    "lot",
+                    f"lot {stored.id}: {name} is {have} in the database, {want} in the replay",
+                    entry_id=stored.id,
+                )
+            )
+
+
+def check_database(url: str, *, progress: Callable[[int], None] | None = None) -> CheckReport:
+    """Replay the node's entries and compare with its ``accounts`` and ``lots`` tables.
+
+    ``progress`` is called with the number of entries of each chunk replayed. Read-only.
+    """
+    began = time.perf_counter()
+    report = CheckReport()
+    engine = existing_database(url)
+    try:
+        with engine.connect() as conn:
+            replay = _replay(conn, report, progress)
+            stored_accounts = set(repository.all_accounts(conn))
+            stored_lots = {lot.id: lot for lot in repository.all_lots(conn)}
+    finally:
+        engine.dispose()
+    replayed_lots = {
+        lot.id: lot for account in replay.accounts.values() for lot in account.lots.values()
+    }
+    for account in sorted(stored_accounts - replay.accounts.keys()):
+        report.differences.add(
+            Fault("account", f"account {account} is in the database but never enrolled")
+        )
+    for account in sorted(replay.accounts.keys() - stored_accounts):
+        report.differences.add(
+            Fault("account", f"account {account} is enrolled on the ledger but not in the table")
+        )
+    for lot_id in sorted(stored_lots.keys() - replayed_lots.keys()):
+        report.differences.add(
+            Fault("lot", f"lot {lot_id} is in the database but no entry opened it", entry_id=lot_id)
+        )
+    for lot_id in sorted(replayed_lots.keys() - stored_lots.keys()):
+        report.differences.add(
+            Fault("lot", f"lot {lot_id} was opened on the ledger but is missing", entry_id=lot_id)
+        )
+    for lot_id in sorted(stored_lots.keys() & replayed_lots.keys()):
+        _compare_lot(stored_lots[lot_id], replayed_lots[lot_id], report)
+    report.accounts = len(stored_accounts)
+    report.lots = len(stored_lots)
+    report.supply = sum(lot.remaining for lot in stored_lots.values())
+    report.elapsed_ms = round((time.perf_counter() - began) * 1000)
+    return report

@@ -1,0 +1,191 @@
+"""Where an audit reads a chain from: a node's database, or a live node over gRPC.
+
+A source hands out raw data only (header text, entry bytes, the source's own stored leaf
+hashes as hints); the auditor parses, hashes and verifies everything itself and never
+trusts a stored hash. Sources are read-only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Protocol
+
+from sqlalchemy import Engine
+
+from coalition.errors import InvalidArgument
+from coalition.ledger.canonical import JsonObject, canonical_json
+from coalition.ledger.keys import VerifyKey
+from coalition.ledger.merkle import consistency_coords, consistency_from_nodes, expand_nodes
+from coalition.ledger.merkle import stored_coords as stored_node_coords
+from coalition.ledger.proofs import consistency_document
+from coalition.node.sealer import TREE_STRIDE, signed_header_from_row
+from coalition.store import repository
+from coalition.store.db import make_engine, normalise_url
+
+
+@dataclass(frozen=True, slots=True)
+class RawHeader:
+    """A signed header as the source holds it: canonical header JSON text and signature."""
+
+    height: int
+    header: str
+    signature: str
+
+
+@dataclass(frozen=True, slots=True)
+class RawEntry:
+    """One entry's bytes as stored; ``log_index`` and ``stored_leaf_hash`` when known."""
+
+    log_index: int | None
+    body: bytes
+    stored_leaf_hash: bytes | None = None
+
+
+class ChainSource(Protocol):
+    """Read access to one program's chain. Methods raise ``CoalitionError`` on failure."""
+
+    def public_key(self) -> VerifyKey | None:
+        """The key the source itself announces (None: it announces none)."""
+
+    def latest_header(self) -> RawHeader | None:
+        """The newest header, None before the first block."""
+
+    def headers(self, start: int, limit: int) -> list[RawHeader]:
+        """Up to ``limit`` headers from height ``start``, in height order."""
+
+    def block_entries(self, height: int, first_index: int, count: int) -> list[RawEntry]:
+        """The entries of the block at ``height`` (claimed range ``first_index`` + ``count``)."""
+
+    def consistency_proof(self, first_height: int, second_height: int) -> JsonObject | None:
+        """A consistency proof document between two heights (None: not offered)."""
+
+    def close(self) -> None: ...
+
+
+def existing_database(url: str) -> Engine:
+    """An engine on a node's existing database; InvalidArgument if a SQLite file is missing
+    (opening it would create an empty one)."""
+    url = normalise_url(url)
+    if url.startswith("sqlite:///") and ":memory:" not in url:
+        path = Path(url.removeprefix("sqlite:///").split("?", 1)[0])
+        if not path.is_file():
+            raise InvalidArgument(f"no database file at {path}")
+    return make_engine(url)
+
+
+class DatabaseSource:
+    """A node's database, read directly (SQLite file or PostgreSQL URL).
+
+    Entry rows are fetched in chunks of ``chunk`` log indexes, since an audit asks for
+    blocks in order; memory stays bounded by the chunk whatever the log size.
+    """
+
+    def __init__(self, url: str, *, chunk: int = 5000) -> None:
+        self._engine = existing_database(url)
+        self._chunk = chunk
+        self._buffer: dict[int, RawEntry] = {}
+        self._buffered = (0, 0)
+
+    def public_key(self) -> VerifyKey | None:
+        return None
+
+    def latest_header(self) -> RawHeader | None:
+        with self._engine.connect() as conn:
+            row = repository.last_block(conn)
+        return None if row is None else RawHeader(*row)
+
+    def headers(self, start: int, limit: int) -> list[RawHeader]:
+        with self._engine.connect() as conn:
+            return [RawHeader(*row) for row in repository.block_rows(conn, start, limit)]
+
+    def block_entries(self, height: int, first_index: int, count: int) -> list[RawEntry]:
+        end = first_index + count
+        lo, hi = self._buffered
+        if not (lo <= first_index and end <= hi):
+            hi = max(end, first_index + self._chunk)
+            with self._engine.connect() as conn:
+                rows = repository.entry_bodies(conn, first_index, hi)
+            self._buffer = {i: RawEntry(i, body.encode(), leaf) for i, body, leaf in rows}
+            self._buffered = (first_index, hi)
+        return [self._buffer[i] for i in range(first_index, end) if i in self._buffer]
+
+    def consistency_proof(self, first_height: int, second_height: int) -> JsonObject | None:
+        """Built from the stored tree nodes, as the node itself would serve it."""
+        with self._engine.connect() as conn:
+            rows = [repository.block_rows(conn, h, 1) for h in (first_height, second_height)]
+            if any(
+                not r or r[0][0] != h
+                for r, h in zip(rows, (first_height, second_height), strict=True)
+            ):
+                return None
+            first, second = (signed_header_from_row(r[0][1], r[0][2]) for r in rows)
+            size1, size2 = first.header.log_size, second.header.log_size
+            coords = consistency_coords(size1, size2)
+            stored = repository.read_nodes(conn, stored_node_coords(coords, TREE_STRIDE))
+        nodes = expand_nodes(coords, stored, TREE_STRIDE)  # InvalidArgument: a node is gone
+        return consistency_document(first, second, consistency_from_nodes(size1, size2, nodes))
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def __enter__(self) -> DatabaseSource:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def _raw_header(obj: JsonObject, fallback_height: int) -> RawHeader:
+    header, signature = obj.get("header"), obj.get("signature")
+    if not isinstance(header, dict) or not isinstance(signature, str):
+        raise InvalidArgument("the node sent a signed header without header or signature")
+    height = header.get("height")
+    h = height if isinstance(height, int) and not isinstance(height, bool) else fallback_height
+    return RawHeader(h, canonical_json(header).decode(), signature)
+
+
+class GrpcSource:
+    """A live node's Ledger service (``coalition.api.grpc_client.NodeClient``).
+
+    The node sends parsed entries, so the bytes audited are their canonical encoding and
+    there are no stored leaf hashes or log indexes to compare with.
+    """
+
+    def __init__(self, target: str, api_key: str | None, *, timeout: float = 30.0) -> None:
+        from coalition.api.grpc_client import NodeClient
+
+        self._client = NodeClient(target, api_key, timeout=timeout)
+
+    def public_key(self) -> VerifyKey | None:
+        return VerifyKey.from_pem(self._client.public_key_pem().encode("ascii"))
+
+    def latest_header(self) -> RawHeader | None:
+        latest = self._client.latest_header()
+        return None if latest is None else _raw_header(latest, 0)
+
+    def headers(self, start: int, limit: int) -> list[RawHeader]:
+        limit = min(limit, 10_000)
+        found = self._client.headers(start, limit)
+        return [_raw_header(obj, start + n) for n, obj in enumerate(found)]
+
+    def block_entries(self, height: int, first_index: int, count: int) -> list[RawEntry]:
+        _, bodies = self._client.block(height)
+        return [RawEntry(None, canonical_json(body)) for body in bodies]
+
+    def consistency_proof(self, first_height: int, second_height: int) -> JsonObject | None:
+        return self._client.consistency_proof(first_height, second_height)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> GrpcSource:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
