@@ -42,3 +42,7 @@ class PermissionDenied(CoalitionError):
 
 class VerificationError(CoalitionError):
     """Signed data, a proof or a chain failed verification: someone tampered or lied."""
+
+
+class CorruptStore(CoalitionError):
+    """The node's own stored data does not parse: the operator's fault, never the caller's."""

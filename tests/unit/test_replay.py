@@ -133,8 +133,10 @@ def run_step(world: World, op: tuple[object, ...]) -> None:
     before = snapshot(account)
     if kind == "purchase":
         ref = f"order-{world.serial}"
+        ctx = world.ctx()
+        qualifying = account.qualifying_since(ctx.at - RULES.tier_window)
         body = operations.earn_purchase(
-            world.ctx(), RULES, account, ref, int(str(op[2])), "", reference_used=False
+            ctx, RULES, account.id, qualifying, ref, int(str(op[2])), "", reference_used=False
         )
         world.record(body)
     elif kind == "reward":

@@ -6,6 +6,7 @@ import grpc
 
 from coalition.errors import (
     CoalitionError,
+    CorruptStore,
     FailedPrecondition,
     IdempotencyConflict,
     InvalidArgument,
@@ -24,6 +25,7 @@ _MAPPING: tuple[tuple[type[CoalitionError], int, grpc.StatusCode], ...] = (
     (Unauthenticated, 401, grpc.StatusCode.UNAUTHENTICATED),
     (PermissionDenied, 403, grpc.StatusCode.PERMISSION_DENIED),
     (VerificationError, 422, grpc.StatusCode.INVALID_ARGUMENT),
+    (CorruptStore, 500, grpc.StatusCode.DATA_LOSS),
 )
 
 

@@ -19,7 +19,7 @@ from datetime import datetime
 from sqlalchemy import Engine
 
 from coalition.ledger.blocks import BlockHeader, SignedHeader, make_header, sign_header
-from coalition.ledger.canonical import canonical_json, parse_json
+from coalition.ledger.canonical import canonical_json
 from coalition.ledger.entries import format_time
 from coalition.ledger.keys import SigningKey
 from coalition.ledger.merkle import CompactRange, root_coords, stored_coords
@@ -31,9 +31,9 @@ log = logging.getLogger(__name__)
 
 
 def signed_header_from_row(header: str, signature: str) -> SignedHeader:
-    raw = parse_json(header)
-    assert isinstance(raw, dict)
-    return SignedHeader(BlockHeader.from_json(raw), signature)
+    return SignedHeader(
+        BlockHeader.from_json(repository.stored_object(header, "header")), signature
+    )
 
 
 class Sealer:

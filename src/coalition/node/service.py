@@ -27,7 +27,7 @@ from coalition.errors import (
     NotFound,
 )
 from coalition.ledger.blocks import SignedHeader
-from coalition.ledger.canonical import JsonObject, canonical_json, parse_json
+from coalition.ledger.canonical import JsonObject, canonical_json
 from coalition.ledger.entries import format_time
 from coalition.ledger.keys import SigningKey, VerifyKey
 from coalition.ledger.merkle import (
@@ -219,13 +219,19 @@ class NodeService:
         def decide(conn: Connection, ctx: EntryContext) -> Decision:
             account = self._member_account(conn, member_id)
             used = bool(repository.used_refs(conn, [lot_ref("purchase", reference)]))
-            touched, known = self._load(
-                conn, [account], earned_since=ctx.at - self.rules.tier_window
-            )
+            since = ctx.at - self.rules.tier_window
+            qualifying = repository.qualifying_points(conn, [account], since)[account]
             body = operations.earn_purchase(
-                ctx, self.rules, touched[0], reference, spend_minor, category, reference_used=used
+                ctx,
+                self.rules,
+                account,
+                qualifying,
+                reference,
+                spend_minor,
+                category,
+                reference_used=used,
             )
-            return body, touched, known
+            return body, [Account(account)], set()
 
         return self._write(request, idempotency_key, decide)
 
@@ -445,10 +451,11 @@ class NodeService:
                     conn, [lot_ref("purchase", r.reference) for _, r in valid]
                 )
                 now = self._clock()
-                loaded = repository.load_accounts(
-                    conn, list(set(members.values())), earned_since=now - self.rules.tier_window
+                account_ids = list(set(members.values()))
+                qualifying = repository.qualifying_points(
+                    conn, account_ids, now - self.rules.tier_window
                 )
-                known = {lot_id for account in loaded.values() for lot_id in account.lots}
+                loaded = {account: Account(account) for account in account_ids}
                 for number, row in valid:
                     key = row.idempotency_key
                     try:
@@ -463,11 +470,12 @@ class NodeService:
                             raise NotFound(f"unknown member {row.member_id}")
                         ref = lot_ref("purchase", row.reference)
                         ctx = EntryContext(self.program, uuid.uuid4().hex, now)
-                        account = loaded[members[row.member_id]]
+                        account = members[row.member_id]
                         body = operations.earn_purchase(
                             ctx,
                             self.rules,
                             account,
+                            qualifying[account],
                             row.reference,
                             row.spend_minor,
                             row.category,
@@ -477,13 +485,14 @@ class NodeService:
                         rejected.append(RowError(number, key, str(exc)))
                         continue
                     apply_entry(body, loaded.__getitem__)
+                    qualifying[account] += int(body["amount"])  # type: ignore[call-overload]
                     used.add(ref)
                     seen[key] = requests[number]
                     new_rows.append(
                         _entry_row(self._next_index + len(new_rows), body, key, requests[number])
                     )
                 repository.insert_entries(conn, new_rows)
-                repository.save_lots(conn, loaded.values(), known)
+                repository.save_lots(conn, loaded.values(), set())
             self._next_index += len(new_rows)
             self.sealer.added([row["leaf_hash"] for row in new_rows])
         return len(new_rows), replayed
@@ -551,12 +560,7 @@ class NodeService:
             signed = self._header_at(conn, height)
             first = signed.header.first_index
             rows = repository.entry_bodies(conn, first, first + signed.header.entry_count)
-        bodies = []
-        for _, body, _ in rows:
-            parsed = parse_json(body)
-            assert isinstance(parsed, dict)
-            bodies.append(parsed)
-        return signed, bodies
+        return signed, [repository.stored_object(body) for _, body, _ in rows]
 
     def entry(self, entry_id: str) -> EntryView:
         if not isinstance(entry_id, str) or not _ENTRY_ID.fullmatch(entry_id):

@@ -60,18 +60,23 @@ def enroll(ctx: EntryContext, account: str) -> JsonObject:
 def earn_purchase(
     ctx: EntryContext,
     rules: ProgramRules,
-    account: Account,
+    account: str,
+    qualifying: int,
     reference: str,
     spend_minor: int,
     category: str,
     *,
     reference_used: bool,
 ) -> JsonObject:
-    """Points for a purchase, pending for the holding period (the return window)."""
+    """Points for a purchase, pending for the holding period (the return window).
+
+    ``qualifying`` is the member's tier-qualifying points over the rolling window before
+    this purchase (``Account.qualifying_since(at - rules.tier_window)``); the caller
+    supplies it so a store can sum it in the database instead of loading every lot.
+    """
     validate_reference(reference, "purchase reference")
     if reference_used:
         raise FailedPrecondition(f"purchase {reference} has already earned points")
-    qualifying = account.qualifying_since(ctx.at - rules.tier_window)
     tier = rules.tier_for(qualifying)
     quote = rules.quote_purchase(spend_minor, category, ctx.at, tier)
     if quote.points == 0:
@@ -79,7 +84,7 @@ def earn_purchase(
     return _entry(
         ctx,
         "earn",
-        account.id,
+        account,
         amount=quote.points,
         lot={
             "id": ctx.entry_id,

@@ -12,12 +12,24 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Connection, bindparam, func, insert, or_, select, tuple_, update
 
+from coalition.errors import CoalitionError, CorruptStore
 from coalition.ledger.canonical import JsonObject, parse_json
 from coalition.ledger.merkle import NodeCoord
 from coalition.points.state import Account, Lot
 from coalition.store.tables import accounts, blocks, entries, lots, tree_nodes
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def stored_object(text: str, what: str = "entry") -> JsonObject:
+    """Parse a stored canonical JSON object; CorruptStore when the row was damaged."""
+    try:
+        value = parse_json(text)
+    except CoalitionError as exc:
+        raise CorruptStore(f"a stored {what} is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise CorruptStore(f"a stored {what} is not a JSON object")
+    return value
 
 
 def to_micros(moment: datetime) -> int:
@@ -35,9 +47,7 @@ def find_idempotent(conn: Connection, key: str) -> tuple[str, JsonObject] | None
     ).first()
     if row is None:
         return None
-    body = parse_json(row.body)
-    assert isinstance(body, dict)
-    return row.request_hash, body
+    return row.request_hash, stored_object(row.body)
 
 
 def accounts_for_members(conn: Connection, member_ids: Iterable[str]) -> dict[str, str]:
@@ -172,9 +182,7 @@ def entry_by_id(conn: Connection, entry_id: str) -> tuple[int, JsonObject] | Non
     ).first()
     if row is None:
         return None
-    body = parse_json(row.body)
-    assert isinstance(body, dict)
-    return row.log_index, body
+    return row.log_index, stored_object(row.body)
 
 
 def history(conn: Connection, account: str, limit: int) -> list[tuple[int, JsonObject]]:
@@ -185,12 +193,7 @@ def history(conn: Connection, account: str, limit: int) -> list[tuple[int, JsonO
         .order_by(entries.c.log_index.desc())
         .limit(limit)
     )
-    result = []
-    for row in conn.execute(query):
-        body = parse_json(row.body)
-        assert isinstance(body, dict)
-        result.append((row.log_index, body))
-    return result
+    return [(row.log_index, stored_object(row.body)) for row in conn.execute(query)]
 
 
 def entry_bodies(conn: Connection, start: int, end: int) -> list[tuple[int, str, bytes]]:
@@ -302,3 +305,22 @@ def all_lots(conn: Connection) -> list[Lot]:
 
 def all_accounts(conn: Connection) -> list[str]:
     return [row.account for row in conn.execute(select(accounts.c.account))]
+
+
+def qualifying_points(
+    conn: Connection, account_ids: Sequence[str], since: datetime
+) -> dict[str, int]:
+    """Tier-qualifying points earned after ``since``, per account (0 when none)."""
+    totals = dict.fromkeys(account_ids, 0)
+    wanted = list(totals)
+    for start in range(0, len(wanted), 5000):
+        query = (
+            select(lots.c.account, func.sum(lots.c.qualifying))
+            .where(
+                lots.c.account.in_(wanted[start : start + 5000]),
+                lots.c.earned_at > to_micros(since),
+            )
+            .group_by(lots.c.account)
+        )
+        totals.update({row[0]: int(row[1] or 0) for row in conn.execute(query)})
+    return totals
