@@ -50,6 +50,8 @@ class NodeConfig:
     sealer: SealerConfig = field(default_factory=SealerConfig)
     rules: ProgramRules = field(default_factory=ProgramRules)
     sqlite_synchronous: str = "FULL"
+    expiry_interval_s: float = 60.0
+    """How often the running node's scheduled job expires due points (``node.runner``)."""
 
     @property
     def folder(self) -> Path:
@@ -95,11 +97,14 @@ def config_from_mapping(raw: Mapping[str, Any], base: Path) -> NodeConfig:
             ),
             rules=rules_from_mapping(raw.get("rules", {})),
             sqlite_synchronous=str(node.get("sqlite_synchronous", "FULL")).upper(),
+            expiry_interval_s=float(node.get("expiry_interval_s", 60)),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise InvalidArgument(f"bad node configuration: missing or wrong {exc}") from exc
     if config.sealer.max_entries < 1 or config.sealer.max_delay_ms < 1:
         raise InvalidArgument("sealer.max_entries and sealer.max_delay_ms must be positive")
+    if not config.expiry_interval_s > 0:
+        raise InvalidArgument("node.expiry_interval_s must be positive")
     if config.sqlite_synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
         raise InvalidArgument("node.sqlite_synchronous must be OFF, NORMAL, FULL or EXTRA")
     return config

@@ -1,0 +1,168 @@
+"""Generate a brand's key material: what ``coalition keygen`` writes into ``keys/``.
+
+* the Ed25519 ledger signing key (PKCS#8 PEM, encrypted when a password is given) and
+  ``public_key.pem`` beside it, the file partners and auditors verify with;
+* the account secret (32 random bytes, hex) that pseudonymizes member ids;
+* ``api-keys.toml``: names, roles and SHA-256 digests the node reads (never secrets);
+* ``api-keys.secret.toml``: the secrets themselves (an operator, an auditor and one key
+  per listed member), for the local CLI and the demo only. Anyone holding it can act as
+  those principals: it is written with mode 0600 and MUST NOT be shipped to the node.
+
+Existing keys are never replaced without ``force``: a new signing key makes every header
+signed before it unverifiable with the new public key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from coalition.api.auth import Role, key_digest
+from coalition.errors import FailedPrecondition, InvalidArgument
+from coalition.ledger.keys import SigningKey
+from coalition.node.config import NodeConfig
+from coalition.points.accounts import validate_member_id
+
+PUBLIC_KEY_FILE = "public_key.pem"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiSecret:
+    """One API key in clear, as the secret file holds it."""
+
+    name: str
+    role: Role
+    secret: str
+    member_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyFiles:
+    """Where a brand's key material lives (derived from its configuration)."""
+
+    signing_key: Path
+    public_key: Path
+    account_secret: Path
+    api_keys: Path
+    api_secrets: Path
+
+    @classmethod
+    def for_config(cls, config: NodeConfig) -> KeyFiles:
+        api = config.api_keys_path
+        return cls(
+            signing_key=config.signing_key_path,
+            public_key=config.signing_key_path.with_name(PUBLIC_KEY_FILE),
+            account_secret=config.account_secret_path,
+            api_keys=api,
+            api_secrets=api.with_name(api.name.removesuffix(".toml") + ".secret.toml"),
+        )
+
+    def all(self) -> tuple[Path, ...]:
+        return (
+            self.signing_key,
+            self.public_key,
+            self.account_secret,
+            self.api_keys,
+            self.api_secrets,
+        )
+
+
+def _toml_str(value: str) -> str:
+    # JSON string escapes are valid TOML basic-string escapes.
+    return json.dumps(value)
+
+
+def _api_keys_toml(keys: Sequence[ApiSecret], *, with_secrets: bool) -> str:
+    lines = [
+        "# Written by 'coalition keygen'. "
+        + ("SECRETS: keep private, never ship to the node." if with_secrets else "Digests only."),
+    ]
+    for key in keys:
+        lines += ["", "[[api_keys]]", f"name = {_toml_str(key.name)}", f'role = "{key.role}"']
+        if with_secrets:
+            lines.append(f"secret = {_toml_str(key.secret)}")
+        else:
+            lines.append(f'sha256 = "{key_digest(key.secret)}"')
+        if key.member_id is not None:
+            lines.append(f"member_id = {_toml_str(key.member_id)}")
+    return "\n".join(lines) + "\n"
+
+
+def _write(path: Path, data: bytes, private: bool) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    fd = os.open(path, flags, 0o600 if private else 0o644)
+    with os.fdopen(fd, "wb") as file:
+        file.write(data)
+    if private:
+        path.chmod(0o600)
+
+
+def generate_keys(
+    config: NodeConfig,
+    *,
+    password: bytes | None = None,
+    members: Sequence[str] = (),
+    force: bool = False,
+) -> KeyFiles:
+    """Write fresh key material for ``config``'s brand and return where it went.
+
+    Raises FailedPrecondition if any key file exists and ``force`` is false.
+    """
+    files = KeyFiles.for_config(config)
+    existing = [str(p) for p in files.all() if p.exists()]
+    if existing and not force:
+        raise FailedPrecondition(
+            f"keys already exist ({', '.join(existing)}); pass --force to replace them "
+            "(headers signed with the old key will no longer verify with the new one)"
+        )
+    for member in members:
+        validate_member_id(member)
+    if len(set(members)) != len(members):
+        raise InvalidArgument("each member may be listed once")
+    if password is not None and not password:
+        raise InvalidArgument("the signing key password must not be empty")
+    key = SigningKey.generate()
+    api = [
+        ApiSecret("operator", Role.OPERATOR, secrets.token_urlsafe(32)),
+        ApiSecret("auditor", Role.AUDITOR, secrets.token_urlsafe(32)),
+    ]
+    api += [ApiSecret(f"member-{m}", Role.MEMBER, secrets.token_urlsafe(32), m) for m in members]
+    _write(files.signing_key, key.to_pem(password), private=True)
+    _write(files.public_key, key.public_key.to_pem(), private=False)
+    _write(files.account_secret, (secrets.token_bytes(32).hex() + "\n").encode(), private=True)
+    _write(files.api_keys, _api_keys_toml(api, with_secrets=False).encode(), private=False)
+    _write(files.api_secrets, _api_keys_toml(api, with_secrets=True).encode(), private=True)
+    return files
+
+
+def read_api_secrets(path: Path) -> list[ApiSecret]:
+    """The secret file written by ``generate_keys``."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise InvalidArgument(f"no API secrets file at {path}: run 'coalition keygen'") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidArgument(f"{path}: not valid TOML: {exc}") from exc
+    try:
+        return [
+            ApiSecret(str(k["name"]), Role(k["role"]), str(k["secret"]), k.get("member_id"))
+            for k in raw.get("api_keys", [])
+        ]
+    except (KeyError, ValueError) as exc:
+        raise InvalidArgument(f"{path}: bad API key entry: {exc}") from exc
+
+
+def find_secret(config: NodeConfig, role: Role, member_id: str | None = None) -> str:
+    """The secret of the first key with ``role`` (and ``member_id`` for member keys)."""
+    path = KeyFiles.for_config(config).api_secrets
+    for key in read_api_secrets(path):
+        if key.role is role and (role is not Role.MEMBER or key.member_id == member_id):
+            return key.secret
+    who = f"member {member_id}" if role is Role.MEMBER else str(role)
+    raise InvalidArgument(f"{path} has no API key for {who}")
