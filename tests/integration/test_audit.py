@@ -8,7 +8,6 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -28,22 +27,9 @@ from coalition.ledger.blocks import SignedHeader, sign_header
 from coalition.ledger.keys import SigningKey
 from coalition.node.config import SealerConfig
 from coalition.node.service import NodeService
-from coalition.node.testing import temporary_node
+from coalition.node.testing import Clock, temporary_node
 
 MEMBERS = ("alice", "bob", "carol")
-
-
-class Clock:
-    """A settable clock, so holding periods end and points expire within a test."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **kwargs: float) -> None:
-        self.now += timedelta(**kwargs)
 
 
 class Node:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from fractions import Fraction
 
 import pytest
@@ -20,23 +20,9 @@ from coalition.errors import (
 from coalition.ledger.proofs import verify_consistency_document, verify_inclusion_document
 from coalition.node.config import SealerConfig
 from coalition.node.service import NodeService
-from coalition.node.testing import temporary_node
+from coalition.node.testing import Clock, temporary_node
 from coalition.node.views import PurchaseRow
 from coalition.points.rules import ProgramRules, Tier
-
-
-class Clock:
-    """A settable clock so tests can move past holding periods and expiry times."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **kwargs: float) -> None:
-        self.now += timedelta(**kwargs)
-
 
 RULES = ProgramRules(
     points_per_unit=Fraction(1),

@@ -18,6 +18,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Annotated, Any
 
 import uvicorn
@@ -455,20 +456,7 @@ def create_app(service: NodeService, authenticator: Authenticator) -> FastAPI:
         responses=_ERRORS,
     )
     def lots(member_id: MemberId) -> list[LotOut]:
-        return [
-            LotOut(
-                id=lot.id,
-                amount=lot.amount,
-                remaining=lot.remaining,
-                qualifying=lot.qualifying,
-                earned_at=lot.earned_at,
-                available_at=lot.available_at,
-                expires_at=lot.expires_at,
-                ref=lot.ref,
-                reversed=lot.reversed,
-            )
-            for lot in service.lots(member_id)
-        ]
+        return [LotOut(**asdict(lot)) for lot in service.lots(member_id)]
 
     @app.get(
         "/v1/members/{member_id}/history",

@@ -19,7 +19,7 @@ from coalition.audit.sources import ChainSource, DatabaseSource, GrpcSource
 from coalition.errors import CoalitionError, InvalidArgument
 from coalition.ledger.blocks import BlockHeader, SignedHeader
 from coalition.ledger.canonical import JsonObject, canonical_json, parse_json
-from coalition.ledger.keys import SigningKey, VerifyKey
+from coalition.ledger.keys import VerifyKey
 from coalition.progress import Progress
 
 OK, FAULTS, USAGE = 0, 1, 2
@@ -68,17 +68,11 @@ def add_audit_parser(subparsers: Any) -> None:
 
 
 def _config_database_and_key(path: Path) -> tuple[str, VerifyKey]:
+    from coalition.node.app import read_signing_key
     from coalition.node.config import load_config
 
     config = load_config(path)
-    try:
-        pem = config.signing_key_path.read_bytes()
-    except OSError as exc:
-        raise InvalidArgument(
-            f"cannot read the signing key {config.signing_key_path}: {exc}"
-        ) from None
-    key = SigningKey.from_pem(pem, config.signing_key_password).public_key
-    return config.database_url, key
+    return config.database_url, read_signing_key(config).public_key
 
 
 def _read_public_key(path: Path) -> VerifyKey:

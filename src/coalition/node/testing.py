@@ -7,7 +7,7 @@ import re
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
@@ -17,6 +17,20 @@ from coalition.node.config import SealerConfig
 from coalition.node.service import NodeService
 from coalition.points.rules import ProgramRules
 from coalition.store.db import create_schema, make_engine, normalise_url
+
+
+class Clock:
+    """A settable clock, so holding periods end and points expire within a test."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.now = start or datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **kwargs: float) -> None:
+        self.now += timedelta(**kwargs)
+
 
 POSTGRES_URL = os.environ.get(
     "COALITION_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
