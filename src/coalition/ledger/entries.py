@@ -11,6 +11,7 @@ so hashes are reproducible and strings sort in time order.
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -40,7 +41,15 @@ def format_time(moment: datetime) -> str:
 
 def parse_time(text: str) -> datetime:
     """Parse an RFC 3339 date-time (any offset, up to microseconds) to an aware UTC datetime."""
-    m = _RFC3339.fullmatch(text) if isinstance(text, str) else None
+    if not isinstance(text, str):
+        raise InvalidArgument(f"not an RFC 3339 date-time: {text!r}")
+    return _parse_time(text)
+
+
+@functools.lru_cache(maxsize=8192)
+def _parse_time(text: str) -> datetime:
+    """Cached: a batch of entries shares a handful of timestamps (datetimes are immutable)."""
+    m = _RFC3339.fullmatch(text)
     if m is None:
         raise InvalidArgument(f"not an RFC 3339 date-time: {text!r}")
     year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])

@@ -63,7 +63,8 @@ class Sealer:
             )
             size = 0 if self.last is None else self.last.header.log_size
             needed = stored_coords(root_coords(size), TREE_STRIDE)
-            nodes = repository.read_nodes(conn, needed)
+            self.node_cache = repository.NodeCache()
+            nodes = repository.read_nodes(conn, needed, self.node_cache)
             self._range = CompactRange.from_nodes(size, nodes, TREE_STRIDE)
             self._pending = repository.leaf_hashes_from(conn, size)
         self._oldest = time.monotonic() if self._pending else None
@@ -116,6 +117,7 @@ class Sealer:
                     header.log_size,
                     nodes,
                 )
+            self.node_cache.put(nodes)
             with self._cond:
                 del self._pending[: len(batch)]
                 self._oldest = time.monotonic() if self._pending else None

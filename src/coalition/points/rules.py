@@ -104,6 +104,9 @@ class ProgramRules:
     max_points_per_operation: int = 100_000_000
     max_spend_minor: int = 10_000_000_000
     rewards: Mapping[str, int] = field(default_factory=dict)
+    _factors: dict[
+        tuple[str, str, tuple[str, ...]], tuple[tuple[tuple[str, Fraction], ...], Fraction]
+    ] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def tier_for(self, qualifying: int) -> Tier:
         """The highest tier whose threshold ``qualifying`` points reach."""
@@ -115,6 +118,21 @@ class ProgramRules:
     ) -> EarnQuote:
         """Points for spending ``spend_minor`` (minor currency units) in ``category``."""
         check_positive(spend_minor, "spend", self.max_spend_minor)
+        multipliers, factor = self._earn_factor(category, at, tier)
+        points = spend_minor * factor.numerator // (self.minor_units * factor.denominator)
+        capped = points > self.max_points_per_purchase
+        return EarnQuote(min(points, self.max_points_per_purchase), multipliers, capped)
+
+    def _earn_factor(
+        self, category: str, at: datetime, tier: Tier
+    ) -> tuple[tuple[tuple[str, Fraction], ...], Fraction]:
+        """The multipliers that apply and their product, cached per (category, tier,
+        active promotions): rational arithmetic once per combination, not per purchase."""
+        active = tuple(p.name for p in self.promotions if p.applies(at, category))
+        key = (category, tier.name, active)
+        cached = self._factors.get(key)
+        if cached is not None:
+            return cached
         multipliers: list[tuple[str, Fraction]] = [("base", self.points_per_unit)]
         if category:
             if category not in self.categories:
@@ -122,17 +140,15 @@ class ProgramRules:
                 raise InvalidArgument(f"unknown category {category!r} (known: {known})")
             multipliers.append((f"category:{category}", self.categories[category]))
         multipliers.extend(
-            (f"promotion:{p.name}", p.multiplier)
-            for p in self.promotions
-            if p.applies(at, category)
+            (f"promotion:{p.name}", p.multiplier) for p in self.promotions if p.name in active
         )
         multipliers.append((f"tier:{tier.name}", tier.multiplier))
-        value = Fraction(spend_minor, self.minor_units)
-        for _, factor in multipliers:
-            value *= factor
-        points = value.numerator // value.denominator
-        capped = points > self.max_points_per_purchase
-        return EarnQuote(min(points, self.max_points_per_purchase), tuple(multipliers), capped)
+        factor = Fraction(1)
+        for _, value in multipliers:
+            factor *= value
+        result = (tuple(multipliers), factor)
+        self._factors[key] = result
+        return result
 
     def reward_points(self, event: str) -> int:
         """Fixed points for a behaviour event (sign-up, review, referral, ...)."""
@@ -212,6 +228,9 @@ def rules_from_mapping(raw: Mapping[str, Any]) -> ProgramRules:
         raise InvalidArgument(f"bad rules configuration: {exc!r}") from exc
     if rules.minor_units <= 0 or not rules.tiers:
         raise InvalidArgument("bad rules configuration: minor_units must be > 0, tiers non-empty")
+    names = [p.name for p in rules.promotions]
+    if len(set(names)) != len(names):
+        raise InvalidArgument("bad rules configuration: promotion names must be unique")
     if any(v <= 0 for v in rules.rewards.values()):
         raise InvalidArgument("bad rules configuration: reward points must be positive")
     return rules

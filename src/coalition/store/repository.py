@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Connection, bindparam, func, insert, or_, select, tuple_, update
+from sqlalchemy import Connection, bindparam, func, insert, or_, select, update
 
 from coalition.errors import CoalitionError, CorruptStore
 from coalition.ledger.canonical import JsonObject, parse_json
@@ -216,24 +216,69 @@ def leaf_hashes_from(conn: Connection, start: int) -> list[bytes]:
     return [bytes(row.leaf_hash) for row in conn.execute(query)]
 
 
-def read_nodes(conn: Connection, coords: Iterable[NodeCoord]) -> dict[NodeCoord, bytes]:
-    """Stored hashes for ``coords``: level 0 from the entries, higher levels from the tree."""
-    wanted = list(set(coords))
-    leaves = [index for level, index in wanted if level == 0]
-    inner = [(level, index) for level, index in wanted if level > 0]
+_LEAF_RANGE = select(entries.c.log_index, entries.c.leaf_hash).where(
+    entries.c.log_index.between(bindparam("lo"), bindparam("hi"))
+)
+_NODE_RANGE = select(tree_nodes.c.idx, tree_nodes.c.hash).where(
+    tree_nodes.c.level == bindparam("level"),
+    tree_nodes.c.idx.between(bindparam("lo"), bindparam("hi")),
+)
+_CLUSTER_GAP = 16
+
+
+def _clusters(indexes: Iterable[int]) -> list[tuple[int, int]]:
+    """Sorted indexes grouped into [lo, hi] ranges whose members lie within 16 of each
+    other: a proof's nodes sit in a few tight clusters, each one indexed range scan."""
+    ranges: list[tuple[int, int]] = []
+    for index in sorted(indexes):
+        if ranges and index - ranges[-1][1] <= _CLUSTER_GAP:
+            ranges[-1] = (ranges[-1][0], index)
+        else:
+            ranges.append((index, index))
+    return ranges
+
+
+class NodeCache:
+    """Stored tree nodes kept in memory. A stored node never changes once its subtree is
+    complete, so entries never go stale; the cache is cleared when it reaches ``limit``."""
+
+    def __init__(self, limit: int = 500_000) -> None:
+        self._nodes: dict[NodeCoord, bytes] = {}
+        self._limit = limit
+
+    def get(self, coord: NodeCoord) -> bytes | None:
+        return self._nodes.get(coord)
+
+    def put(self, nodes: Iterable[tuple[NodeCoord, bytes]]) -> None:
+        if len(self._nodes) >= self._limit:
+            self._nodes.clear()
+        self._nodes.update(nodes)
+
+
+def read_nodes(
+    conn: Connection, coords: Iterable[NodeCoord], cache: NodeCache | None = None
+) -> dict[NodeCoord, bytes]:
+    """Stored hashes for ``coords`` (and possibly a few neighbours): level 0 from the
+    entries, higher levels from ``cache`` or the tree table, in a few range scans."""
     found: dict[NodeCoord, bytes] = {}
-    if leaves:
-        rows = conn.execute(
-            select(entries.c.log_index, entries.c.leaf_hash).where(entries.c.log_index.in_(leaves))
-        )
-        found.update({(0, row.log_index): bytes(row.leaf_hash) for row in rows})
-    if inner:
-        rows = conn.execute(
-            select(tree_nodes.c.level, tree_nodes.c.idx, tree_nodes.c.hash).where(
-                tuple_(tree_nodes.c.level, tree_nodes.c.idx).in_(inner)
-            )
-        )
-        found.update({(row.level, row.idx): bytes(row.hash) for row in rows})
+    missing: dict[int, list[int]] = {}
+    for level, index in set(coords):
+        cached = cache.get((level, index)) if cache is not None and level > 0 else None
+        if cached is None:
+            missing.setdefault(level, []).append(index)
+        else:
+            found[(level, index)] = cached
+    for level, indexes in missing.items():
+        fetched: list[tuple[NodeCoord, bytes]] = []
+        for lo, hi in _clusters(indexes):
+            if level == 0:
+                rows = conn.execute(_LEAF_RANGE, {"lo": lo, "hi": hi})
+            else:
+                rows = conn.execute(_NODE_RANGE, {"level": level, "lo": lo, "hi": hi})
+            fetched.extend(((level, row[0]), bytes(row[1])) for row in rows)
+        found.update(fetched)
+        if cache is not None and level > 0:
+            cache.put(fetched)
     return found
 
 

@@ -7,17 +7,28 @@ Times are integer microseconds since the Unix epoch (UTC), the same on both data
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, CheckConstraint, Column, Index, LargeBinary, Text
+from sqlalchemy import BigInteger, CheckConstraint, Column, Index, Integer, LargeBinary, Text
 from sqlmodel import Field, SQLModel
+
+# SQLite makes an ``INTEGER PRIMARY KEY`` the rowid itself (no second index); BIGINT would
+# not be. PostgreSQL keeps 64-bit keys.
+RowId = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class EntryRow(SQLModel, table=True):
     """One ledger entry: its canonical body, leaf hash and position in the log."""
 
     __tablename__ = "entries"
-    __table_args__ = (Index("ix_entries_to_account", "to_account"),)
+    __table_args__ = (
+        Index(
+            "ix_entries_to_account",
+            "to_account",
+            sqlite_where=Column("to_account").isnot(None),
+            postgresql_where=Column("to_account").isnot(None),
+        ),
+    )
 
-    log_index: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    log_index: int = Field(sa_column=Column(RowId, primary_key=True, autoincrement=False))
     entry_id: str = Field(max_length=48, unique=True)
     kind: str = Field(max_length=16)
     account: str = Field(max_length=64, index=True)
@@ -46,6 +57,7 @@ class LotRow(SQLModel, table=True):
         CheckConstraint("remaining >= 0 AND remaining <= amount", name="ck_lots_remaining"),
         Index("ix_lots_account_remaining", "account", "remaining"),
         Index("ix_lots_expires_at", "expires_at"),
+        {"sqlite_with_rowid": False},  # the text primary key is the table's own order
     )
 
     id: str = Field(primary_key=True, max_length=48)
@@ -65,7 +77,7 @@ class BlockRow(SQLModel, table=True):
 
     __tablename__ = "blocks"
 
-    height: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    height: int = Field(sa_column=Column(RowId, primary_key=True, autoincrement=False))
     header: str = Field(sa_column=Column(Text, nullable=False))
     signature: str = Field(max_length=128)
     log_size: int = Field(sa_column=Column(BigInteger, nullable=False, unique=True))
