@@ -45,8 +45,10 @@ def canonical_json(value: JsonValue) -> bytes:
     2**53 - 1, non-string keys, lone surrogates, other Python types.
     """
     try:
-        non_bmp = _check(value)
-        text = _dumps(value) if not non_bmp else _slow(value)
+        _check(value)
+        text = _dumps(value)
+        if not text.isascii() and _has_non_bmp_key(value):
+            text = _slow(value)
         return text.encode("utf-8")
     except UnicodeEncodeError:
         raise InvalidArgument("strings must not contain lone surrogates") from None
@@ -54,33 +56,40 @@ def canonical_json(value: JsonValue) -> bytes:
         raise InvalidArgument("JSON value is nested too deeply") from None
 
 
-def _check(value: object) -> bool:
-    """Validate ``value`` against the subset; True if some object key is outside the BMP."""
-    if isinstance(value, str) or value is None or value is True or value is False:
-        return False
-    if isinstance(value, int):
-        if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
-            return False
-        raise InvalidArgument(f"integer {value} is outside ±(2**53 - 1)")
+def _check(value: object) -> None:
+    """Validate ``value`` against the subset, iteratively (this is on the ingest hot path)."""
+    stack = [value]
+    pop, extend = stack.pop, stack.extend
+    while stack:
+        item = pop()
+        kind = type(item)
+        if kind is str or kind is bool or item is None:
+            continue
+        if kind is int or (isinstance(item, int) and not isinstance(item, bool)):
+            if not -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:  # type: ignore[operator]
+                raise InvalidArgument(f"integer {item} is outside ±(2**53 - 1)")
+        elif kind is dict or isinstance(item, dict):
+            for key in item:  # type: ignore[attr-defined]
+                if not isinstance(key, str):
+                    raise InvalidArgument(f"object keys must be strings, not {type(key).__name__}")
+            extend(item.values())  # type: ignore[attr-defined]
+        elif kind is list or isinstance(item, list):
+            extend(item)  # type: ignore[arg-type]
+        elif isinstance(item, float):
+            raise InvalidArgument("floating-point numbers are not allowed")
+        elif not isinstance(item, str):
+            raise InvalidArgument(f"{kind.__name__} is not a JSON value")
+
+
+def _has_non_bmp_key(value: JsonValue) -> bool:
+    """True if some object key has a character outside the Basic Multilingual Plane."""
     if isinstance(value, dict):
-        non_bmp = False
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise InvalidArgument(f"object keys must be strings, not {type(k).__name__}")
-            if k and max(k) > "\uffff":
-                non_bmp = True
-            if _check(v):
-                non_bmp = True
-        return non_bmp
+        return any(
+            (key and max(key) > "\uffff") or _has_non_bmp_key(item) for key, item in value.items()
+        )
     if isinstance(value, list):
-        non_bmp = False
-        for v in value:
-            if _check(v):
-                non_bmp = True
-        return non_bmp
-    if isinstance(value, float):
-        raise InvalidArgument("floating-point numbers are not allowed")
-    raise InvalidArgument(f"{type(value).__name__} is not a JSON value")
+        return any(_has_non_bmp_key(item) for item in value)
+    return False
 
 
 def _utf16_key(key: str) -> bytes:

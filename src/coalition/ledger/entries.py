@@ -28,6 +28,7 @@ _RFC3339 = re.compile(
 )
 
 
+@functools.lru_cache(maxsize=4096)
 def format_time(moment: datetime) -> str:
     """``moment`` in UTC as ``YYYY-MM-DDTHH:MM:SS.ffffffZ``; naive datetimes are refused."""
     if moment.tzinfo is None or moment.utcoffset() is None:

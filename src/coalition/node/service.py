@@ -600,11 +600,11 @@ class NodeService:
         the newest); FailedPrecondition while the entry is not sealed yet."""
         _check_entry_id(entry_id)
         with self.engine.connect() as conn:
-            signed = self._signed_at_size(conn, tree_size)
             found = repository.entry_by_id(conn, entry_id)
             if found is None:
                 raise NotFound(f"no entry {entry_id}")
             leaf_index, entry = found
+            signed = self._signed_at_size(conn, tree_size)
             size = signed.header.log_size
             if leaf_index >= size:
                 raise FailedPrecondition(

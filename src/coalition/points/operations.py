@@ -15,7 +15,7 @@ from coalition.errors import FailedPrecondition, InvalidArgument, NotFound
 from coalition.ledger.canonical import JsonObject
 from coalition.ledger.entries import ENTRY_TYPE, format_time
 from coalition.points.accounts import validate_reference
-from coalition.points.rules import ProgramRules, check_positive, rational_text
+from coalition.points.rules import ProgramRules, check_positive
 from coalition.points.state import Account, split_debit
 
 MAX_NOTE = 200
@@ -98,7 +98,7 @@ def earn_purchase(
             "spend": spend_minor,
             "currency": rules.currency,
             "category": category,
-            "multipliers": [[name, rational_text(value)] for name, value in quote.multipliers],
+            "multipliers": [[name, text] for name, text in quote.multipliers],
             "capped": quote.capped,
         },
     )

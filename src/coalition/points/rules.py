@@ -83,7 +83,7 @@ class EarnQuote:
     """Points for one purchase and the multipliers that produced them (the entry's 'why')."""
 
     points: int
-    multipliers: tuple[tuple[str, Fraction], ...]
+    multipliers: tuple[tuple[str, str], ...]  # (name, rational as text), in order applied
     capped: bool
 
 
@@ -105,7 +105,7 @@ class ProgramRules:
     max_spend_minor: int = 10_000_000_000
     rewards: Mapping[str, int] = field(default_factory=dict)
     _factors: dict[
-        tuple[str, str, tuple[str, ...]], tuple[tuple[tuple[str, Fraction], ...], Fraction]
+        tuple[str, str, tuple[str, ...]], tuple[tuple[tuple[str, str], ...], Fraction]
     ] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def tier_for(self, qualifying: int) -> Tier:
@@ -125,7 +125,7 @@ class ProgramRules:
 
     def _earn_factor(
         self, category: str, at: datetime, tier: Tier
-    ) -> tuple[tuple[tuple[str, Fraction], ...], Fraction]:
+    ) -> tuple[tuple[tuple[str, str], ...], Fraction]:
         """The multipliers that apply and their product, cached per (category, tier,
         active promotions): rational arithmetic once per combination, not per purchase."""
         active = tuple(p.name for p in self.promotions if p.applies(at, category))
@@ -146,7 +146,7 @@ class ProgramRules:
         factor = Fraction(1)
         for _, value in multipliers:
             factor *= value
-        result = (tuple(multipliers), factor)
+        result = (tuple((name, rational_text(value)) for name, value in multipliers), factor)
         self._factors[key] = result
         return result
 

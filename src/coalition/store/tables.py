@@ -55,7 +55,8 @@ class LotRow(SQLModel, table=True):
     __tablename__ = "lots"
     __table_args__ = (
         CheckConstraint("remaining >= 0 AND remaining <= amount", name="ck_lots_remaining"),
-        Index("ix_lots_account_remaining", "account", "remaining"),
+        # Covers the tier query (qualifying points earned since T, per account).
+        Index("ix_lots_account_earned", "account", "earned_at", "qualifying"),
         Index("ix_lots_expires_at", "expires_at"),
         {"sqlite_with_rowid": False},  # the text primary key is the table's own order
     )
