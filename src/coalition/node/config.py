@@ -1,7 +1,8 @@
 """A node's configuration: one TOML file per brand (see ``nodes/``).
 
 Relative paths are resolved against the file's folder, so a brand folder can be moved
-as a whole. ``COALITION_DATABASE_URL`` overrides the database for operations.
+as a whole. ``COALITION_DATABASE_URL``, ``COALITION_GRPC_ADDRESS`` and
+``COALITION_HTTP_ADDRESS`` override the file (for containers and operations).
 """
 
 from __future__ import annotations
@@ -88,8 +89,10 @@ def config_from_mapping(raw: Mapping[str, Any], base: Path) -> NodeConfig:
             signing_key_path=_path(base, node.get("signing_key", "keys/ledger.pem")),
             account_secret_path=_path(base, node.get("account_secret", "keys/account-secret")),
             api_keys_path=_path(base, node.get("api_keys", "keys/api-keys.toml")),
-            grpc_address=str(node.get("grpc", "127.0.0.1:50051")),
-            http_address=str(node.get("http", "127.0.0.1:8080")),
+            grpc_address=os.environ.get("COALITION_GRPC_ADDRESS")
+            or str(node.get("grpc", "127.0.0.1:50051")),
+            http_address=os.environ.get("COALITION_HTTP_ADDRESS")
+            or str(node.get("http", "127.0.0.1:8080")),
             signing_key_password=password.encode() if password else None,
             sealer=SealerConfig(
                 max_entries=int(sealer.get("max_entries", 1000)),
