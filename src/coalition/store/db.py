@@ -36,6 +36,7 @@ def make_engine(url: str, *, sqlite_synchronous: str = "FULL", **kwargs: Any) ->
             cursor.execute(f"PRAGMA synchronous={sqlite_synchronous}")
             cursor.execute("PRAGMA busy_timeout=10000")
             cursor.execute("PRAGMA cache_size=-65536")  # 64 MiB: keeps hot index pages
+            cursor.execute("PRAGMA wal_autocheckpoint=16384")  # checkpoint every ~64 MiB
             cursor.close()
 
         return engine
