@@ -1,8 +1,8 @@
 """The ``coalition`` command line: keygen, offline verify and the CSV bulk import.
 
 ``import-csv`` runs against a real gRPC server (``serve_grpc`` on 127.0.0.1, free port)
-over a real NodeService on SQLite; each test checks the node's state afterwards, not only
-what the command printed.
+over a real NodeService on SQLite and PostgreSQL; each test checks the node's state
+afterwards, not only what the command printed.
 """
 
 from __future__ import annotations
@@ -83,8 +83,9 @@ def test_keygen_encrypts_the_signing_key_with_a_password(
 
 
 @pytest.fixture
-def service(tmp_path: Path) -> Iterator[NodeService]:
-    with temporary_node(f"sqlite:///{tmp_path / 'node.db'}", program="skyair", rules=RULES) as s:
+def service(database_url: str) -> Iterator[NodeService]:
+    """A node on SQLite and on PostgreSQL (the ``database_url`` fixture)."""
+    with temporary_node(database_url, program="skyair", rules=RULES) as s:
         yield s
 
 

@@ -80,10 +80,12 @@ def _check_entry_id(entry_id: str) -> None:
         raise InvalidArgument(f"malformed entry id {entry_id!r}: expected 32 hex digits")
 
 
+_encode_request = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+
+
 def _request_hash(request: JsonObject) -> str:
     """What an idempotency key is bound to (internal: any stable encoding will do)."""
-    text = json.dumps(request, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
+    return hashlib.sha256(_encode_request(request).encode()).hexdigest()
 
 
 def _entry_row(

@@ -7,6 +7,7 @@ together or not at all.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -32,7 +33,9 @@ def stored_object(text: str, what: str = "entry") -> JsonObject:
     return value
 
 
+@functools.lru_cache(maxsize=4096)
 def to_micros(moment: datetime) -> int:
+    """Microseconds since the epoch (cached: a batch shares a few timestamps)."""
     return (moment - _EPOCH) // timedelta(microseconds=1)
 
 
