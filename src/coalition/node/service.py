@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from itertools import islice
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine
 
 from coalition.errors import (
     CoalitionError,
@@ -59,9 +59,8 @@ from coalition.points import operations
 from coalition.points.accounts import account_id, validate_member_id, validate_reference
 from coalition.points.operations import EntryContext
 from coalition.points.rules import ProgramRules
-from coalition.points.state import Account, apply_entry, lot_ref
+from coalition.points.state import Account, Lot, apply_entry, lot_ref
 from coalition.store import repository
-from coalition.store.tables import entries
 
 _ENTRY_ID = re.compile(r"[0-9a-f]{32}")
 Decision = tuple[JsonObject, list[Account], set[str]]
@@ -88,6 +87,10 @@ def _request_hash(request: JsonObject) -> str:
     return hashlib.sha256(_encode_request(request).encode()).hexdigest()
 
 
+def _conflict(key: str) -> IdempotencyConflict:
+    return IdempotencyConflict(f"idempotency key {key} was used for a different request")
+
+
 def _entry_row(
     index: int, body: JsonObject, key: str | None, req_hash: str | None
 ) -> dict[str, Any]:
@@ -106,7 +109,7 @@ def _entry_row(
     }
 
 
-def _lot_view(lot: Any) -> LotView:
+def _lot_view(lot: Lot) -> LotView:
     return LotView(
         id=lot.id,
         amount=lot.amount,
@@ -185,9 +188,7 @@ class NodeService:
                 found = repository.find_idempotent(conn, idempotency_key)
                 if found is not None:
                     if found[0] != req_hash:
-                        raise IdempotencyConflict(
-                            f"idempotency key {idempotency_key} was used for a different request"
-                        )
+                        raise _conflict(idempotency_key)
                     return WriteResult(found[1], replayed=True)
                 body, touched, known = decide(conn, self._context())
                 by_id = {account.id: account for account in touched}
@@ -391,17 +392,16 @@ class NodeService:
                     if not due:
                         return ExpiryResult(count, points)
                     touched, known = self._load(conn, due)
-                    rows = []
-                    ids = new_entry_ids(len(touched))
-                    for n, account in enumerate(touched):
-                        ctx = EntryContext(self.program, ids[n], ctx_time)
-                        body = operations.expire(ctx, account)
+                    rows: list[dict[str, Any]] = []
+                    for account, entry_id in zip(touched, new_entry_ids(len(touched)), strict=True):
+                        body = operations.expire(
+                            EntryContext(self.program, entry_id, ctx_time), account
+                        )
                         if body is None:
                             continue
                         apply_entry(body, {account.id: account}.__getitem__)
-                        rows.append(_entry_row(self._next_index + n, body, None, None))
+                        rows.append(_entry_row(self._next_index + len(rows), body, None, None))
                         points += int(body["amount"])  # type: ignore[call-overload]
-                    rows = [dict(row, log_index=self._next_index + i) for i, row in enumerate(rows)]
                     repository.insert_entries(conn, rows)
                     repository.save_lots(conn, touched, known)
                 self._next_index += len(rows)
@@ -457,14 +457,7 @@ class NodeService:
         with self._writer:
             with self.engine.begin() as conn:
                 keys = [row.idempotency_key for _, row in valid]
-                seen = {
-                    r.idem_key: r.request_hash
-                    for r in conn.execute(
-                        select(entries.c.idem_key, entries.c.request_hash).where(
-                            entries.c.idem_key.in_(keys)
-                        )
-                    )
-                }
+                seen = repository.request_hashes(conn, keys)
                 members = repository.accounts_for_members(conn, [r.member_id for _, r in valid])
                 used = repository.used_refs(
                     conn, [lot_ref("purchase", r.reference) for _, r in valid]
@@ -481,9 +474,7 @@ class NodeService:
                     try:
                         if key in seen:
                             if seen[key] != requests[number]:
-                                raise IdempotencyConflict(
-                                    f"idempotency key {key} was used for a different request"
-                                )
+                                raise _conflict(key)
                             replayed += 1
                             continue
                         if row.member_id not in members:

@@ -53,6 +53,14 @@ def find_idempotent(conn: Connection, key: str) -> tuple[str, JsonObject] | None
     return row.request_hash, stored_object(row.body)
 
 
+def request_hashes(conn: Connection, keys: Sequence[str]) -> dict[str, str]:
+    """The request hash stored under each of ``keys`` that was used before."""
+    if not keys:
+        return {}
+    query = select(entries.c.idem_key, entries.c.request_hash).where(entries.c.idem_key.in_(keys))
+    return {row.idem_key: row.request_hash for row in conn.execute(query)}
+
+
 def accounts_for_members(conn: Connection, member_ids: Iterable[str]) -> dict[str, str]:
     """Map member ids to account ids for the members that are enrolled."""
     wanted = list(set(member_ids))
