@@ -458,16 +458,16 @@ class NodeService:
             with self.engine.begin() as conn:
                 keys = [row.idempotency_key for _, row in valid]
                 seen = repository.request_hashes(conn, keys)
-                members = repository.accounts_for_members(conn, [r.member_id for _, r in valid])
+                now = self._clock()
+                found = repository.members_with_qualifying(
+                    conn, [r.member_id for _, r in valid], now - self.rules.tier_window
+                )
+                members = {member: account for member, (account, _) in found.items()}
+                qualifying = {account: points for account, points in found.values()}
                 used = repository.used_refs(
                     conn, [lot_ref("purchase", r.reference) for _, r in valid]
                 )
-                now = self._clock()
-                account_ids = list(set(members.values()))
-                qualifying = repository.qualifying_points(
-                    conn, account_ids, now - self.rules.tier_window
-                )
-                loaded = {account: Account(account) for account in account_ids}
+                loaded = {account: Account(account) for account in qualifying}
                 ids = iter(new_entry_ids(len(valid)))
                 for number, row in valid:
                     key = row.idempotency_key

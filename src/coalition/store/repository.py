@@ -11,7 +11,7 @@ import functools
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Connection, bindparam, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, func, insert, or_, select, update
 
 from coalition.errors import CoalitionError, CorruptStore
 from coalition.ledger.canonical import JsonObject, parse_json
@@ -71,6 +71,31 @@ def accounts_for_members(conn: Connection, member_ids: Iterable[str]) -> dict[st
             select(accounts.c.member_id, accounts.c.account).where(accounts.c.member_id.in_(chunk))
         )
         found.update({row.member_id: row.account for row in rows})
+    return found
+
+
+def members_with_qualifying(
+    conn: Connection, member_ids: Iterable[str], since: datetime
+) -> dict[str, tuple[str, int]]:
+    """For enrolled members among ``member_ids``: (account, tier-qualifying points earned
+    after ``since``), in one query per 5,000 members (the bulk earn's member lookup)."""
+    wanted = list(set(member_ids))
+    found: dict[str, tuple[str, int]] = {}
+    joined = accounts.outerjoin(
+        lots, and_(lots.c.account == accounts.c.account, lots.c.earned_at > to_micros(since))
+    )
+    for start in range(0, len(wanted), 5000):
+        query = (
+            select(
+                accounts.c.member_id,
+                accounts.c.account,
+                func.coalesce(func.sum(lots.c.qualifying), 0),
+            )
+            .select_from(joined)
+            .where(accounts.c.member_id.in_(wanted[start : start + 5000]))
+            .group_by(accounts.c.member_id, accounts.c.account)
+        )
+        found.update({row[0]: (row[1], int(row[2])) for row in conn.execute(query)})
     return found
 
 
