@@ -256,7 +256,7 @@ class Scenario:
         refund = self.wrote(
             self.operator.reverse_purchase(first, f"PNR-{first}-1", idempotency_key="refund:1")
         )
-        self.notes.append(f"refund of PNR-{first}-1 clawed back {refund['amount']} points")
+        self.notes.append(f"refund of PNR-{first}-1 clawed back {refund['amount']:,} points")
         second = self.members[1 % len(self.members)]
         self.wrote(
             self.operator.adjust(
@@ -504,7 +504,9 @@ def _drive(
             scenario.entries += expired.entries
             if not expired.entries:
                 raise VerificationError("no points expired")
-            scenario.notes.append(f"expiry: {expired.points} points in {expired.entries} entries")
+            scenario.notes.append(
+                f"expiry: {expired.points:,} points in {expired.entries:,} entries"
+            )
             latest = settle(operator, scenario.entries)
             evidence = _write_evidence(operator, public_key, latest, files, out)
             replay = Replay()
@@ -553,19 +555,19 @@ def _summary(
         "",
         f"== {scenario.config.name} ({PROGRAM}) ==",
         *scenario.notes,
-        f"members       {len(scenario.members)}",
-        f"entries       {len(evidence.entries)}: "
-        + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())),
-        f"earned        {points['earn']} points",
-        f"redeemed      {points['redeem']}",
-        f"transferred   {points['transfer']}",
-        f"expired       {points['expire']}",
-        f"clawed back   {points['reverse'] + points['revoke']} (refunds {points['reverse']}, "
-        f"revocations {points['revoke']}, written off {written_off})",
-        f"adjusted      {points['adjust']:+d}",
-        f"supply        {supply} points outstanding (node balances = chain replay)",
-        f"blocks        {len(evidence.headers)} signed headers, log size {last['log_size']}, "
+        f"members       {len(scenario.members):,}",
+        f"entries       {len(evidence.entries):,}: "
+        + ", ".join(f"{k} {n:,}" for k, n in sorted(kinds.items())),
+        f"earned        {points['earn']:,} points",
+        f"redeemed      {points['redeem']:,}",
+        f"transferred   {points['transfer']:,}",
+        f"expired       {points['expire']:,}",
+        f"clawed back   {points['reverse'] + points['revoke']:,} (refunds {points['reverse']:,}, "
+        f"revocations {points['revoke']:,}, written off {written_off:,})",
+        f"adjusted      {points['adjust']:+,d}",
+        f"supply        {supply:,} points outstanding (node balances = chain replay)",
+        f"blocks        {len(evidence.headers):,} signed headers, log size {last['log_size']:,}, "
         f"root {str(last['log_root'])[:16]}...",
-        f"proofs        {evidence.proofs} inclusion proofs and 1 consistency proof verified",
+        f"proofs        {evidence.proofs:,} inclusion proofs and 1 consistency proof verified",
         f"audit         {'ok' if report.get('ok') is True else 'FAILED'}",
     ]

@@ -24,6 +24,7 @@ class Progress:
         self._start = time.monotonic()
         self._last_draw = 0.0
         self._last_line_pct = -1
+        self._last_line_done = -1
 
     def __enter__(self) -> Progress:
         self._draw(force=True)
@@ -64,10 +65,12 @@ class Progress:
                 self._stream.flush()
                 self._last_draw = now
             return
+        # Plain lines: one per 10% step, plus the first and the last, never the same twice.
         pct = int(self.done * 10 / self.total) * 10 if self.total else -1
+        if self.done == self._last_line_done:
+            return
         if force or (pct != self._last_line_pct and pct >= 0):
-            if force and self.done == 0 and self._last_draw:
-                return
             self._stream.write(self._line() + "\n")
             self._last_line_pct = pct
+            self._last_line_done = self.done
             self._last_draw = now
