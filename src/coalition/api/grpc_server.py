@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
+from dataclasses import asdict
 from typing import Any, TypeVar
 
 import grpc
@@ -236,36 +237,14 @@ class PointsServicer(_Servicer, points_pb2_grpc.PointsServicer):
         self, request: points_pb2.GetBalanceRequest, context: grpc.ServicerContext
     ) -> points_pb2.Balance:
         self._allow(context, Action.MEMBER_READ, request.member_id)
-        view = self._service.balance(request.member_id)
-        return points_pb2.Balance(
-            member_id=view.member_id,
-            account=view.account,
-            spendable=view.spendable,
-            pending=view.pending,
-            held=view.held,
-            tier=view.tier,
-            qualifying=view.qualifying,
-        )
+        return points_pb2.Balance(**asdict(self._service.balance(request.member_id)))
 
     @_guard
     def ListLots(
         self, request: points_pb2.ListLotsRequest, context: grpc.ServicerContext
     ) -> points_pb2.LotList:
         self._allow(context, Action.MEMBER_READ, request.member_id)
-        lots = [
-            points_pb2.Lot(
-                id=lot.id,
-                amount=lot.amount,
-                remaining=lot.remaining,
-                qualifying=lot.qualifying,
-                earned_at=lot.earned_at,
-                available_at=lot.available_at,
-                expires_at=lot.expires_at,
-                ref=lot.ref,
-                reversed=lot.reversed,
-            )
-            for lot in self._service.lots(request.member_id)
-        ]
+        lots = [points_pb2.Lot(**asdict(lot)) for lot in self._service.lots(request.member_id)]
         return points_pb2.LotList(lots=lots)
 
     @_guard

@@ -437,16 +437,7 @@ def create_app(service: NodeService, authenticator: Authenticator) -> FastAPI:
         responses=_ERRORS,
     )
     def balance(member_id: MemberId) -> BalanceOut:
-        view = service.balance(member_id)
-        return BalanceOut(
-            member_id=view.member_id,
-            account=view.account,
-            spendable=view.spendable,
-            pending=view.pending,
-            held=view.held,
-            tier=view.tier,
-            qualifying=view.qualifying,
-        )
+        return BalanceOut(**asdict(service.balance(member_id)))
 
     @app.get(
         "/v1/members/{member_id}/lots",

@@ -16,7 +16,7 @@ from coalition.ledger.canonical import JsonObject
 from coalition.ledger.entries import ENTRY_TYPE, format_time
 from coalition.points.accounts import validate_reference
 from coalition.points.rules import ProgramRules, check_positive
-from coalition.points.state import Account, split_debit
+from coalition.points.state import Account, debit_order, split_debit
 
 MAX_NOTE = 200
 
@@ -209,7 +209,7 @@ def clawback(
     sources = [lot] if lot.remaining > 0 else []
     others = (
         other
-        for other in sorted(account.lots.values(), key=lambda x: (x.expires_at, x.earned_at, x.id))
+        for other in sorted(account.lots.values(), key=debit_order)
         if other.id != lot.id and other.remaining > 0 and other.expires_at > ctx.at
     )
     sources.extend(others)

@@ -41,7 +41,8 @@ class Lot:
         return self.remaining > 0 and at < self.available_at
 
 
-def _debit_order(lot: Lot) -> tuple[datetime, datetime, str]:
+def debit_order(lot: Lot) -> tuple[datetime, datetime, str]:
+    """The order debits and expiry take lots in: soonest to expire, then oldest."""
     return (lot.expires_at, lot.earned_at, lot.id)
 
 
@@ -78,7 +79,7 @@ class Account:
         )
         chosen: list[Lot] = []
         total = 0
-        for lot in sorted(usable, key=_debit_order):
+        for lot in sorted(usable, key=debit_order):
             if total >= amount:
                 break
             chosen.append(lot)
@@ -92,7 +93,7 @@ class Account:
     def expired_lots(self, at: datetime) -> list[Lot]:
         """Lots with points left whose expiry time has come, oldest first."""
         due = [lot for lot in self.lots.values() if lot.remaining > 0 and lot.expires_at <= at]
-        return sorted(due, key=_debit_order)
+        return sorted(due, key=debit_order)
 
     def qualifying_since(self, start: datetime) -> int:
         """Tier-qualifying points earned after ``start`` (reversed earns count zero)."""
@@ -274,7 +275,7 @@ def _lot_ref(reason: JsonValue) -> str | None:
     if not isinstance(reference, str):
         return None
     prefix = reason.get("event") if reason.get("rule") == "reward" else reason.get("rule")
-    return f"{prefix}:{reference}"
+    return lot_ref(str(prefix), reference)
 
 
 def lot_ref(kind: str, reference: str) -> str:

@@ -375,11 +375,6 @@ def due_accounts(conn: Connection, at: datetime, limit: int) -> list[str]:
     return [row.account for row in conn.execute(query)]
 
 
-def member_of(conn: Connection, account: str) -> str | None:
-    row = conn.execute(select(accounts.c.member_id).where(accounts.c.account == account)).first()
-    return None if row is None else row.member_id
-
-
 def all_lots(conn: Connection) -> list[Lot]:
     return [_lot(row) for row in conn.execute(select(lots).order_by(lots.c.id))]
 
