@@ -87,6 +87,10 @@ def _request_hash(request: JsonObject) -> str:
     return hashlib.sha256(_encode_request(request).encode()).hexdigest()
 
 
+class _NoEntry(Exception):
+    """A batch decision chose to write no entry."""
+
+
 def _conflict(key: str) -> IdempotencyConflict:
     return IdempotencyConflict(f"idempotency key {key} was used for a different request")
 
@@ -173,32 +177,105 @@ class NodeService:
     def _write(
         self,
         request: JsonObject,
-        idempotency_key: str,
+        idempotency_key: str | None,
         decide: Callable[[Connection, EntryContext], Decision],
     ) -> WriteResult:
         """Run one decision in one transaction under the writer lock, or replay it.
 
         ``decide`` returns the entry body, the accounts it acts on (loaded with the lots it
-        needs) and the ids of those lots that already exist in the database.
+        needs) and the ids of those lots that already exist in the database. Without an
+        idempotency key the request is not recorded (system entries that are idempotent
+        by their own ids).
         """
-        validate_reference(idempotency_key, "idempotency key")
-        req_hash = _request_hash(request)
+        if idempotency_key is not None:
+            validate_reference(idempotency_key, "idempotency key")
+        req_hash = _request_hash(request) if idempotency_key is not None else None
         with self._writer:
             with self.engine.begin() as conn:
-                found = repository.find_idempotent(conn, idempotency_key)
-                if found is not None:
-                    if found[0] != req_hash:
-                        raise _conflict(idempotency_key)
-                    return WriteResult(found[1], replayed=True)
-                body, touched, known = decide(conn, self._context())
-                by_id = {account.id: account for account in touched}
-                apply_entry(body, by_id.__getitem__)
-                row = _entry_row(self._next_index, body, idempotency_key, req_hash)
-                repository.insert_entries(conn, [row])
-                repository.save_lots(conn, touched, known)
+                if idempotency_key is not None:
+                    found = repository.find_idempotent(conn, idempotency_key)
+                    if found is not None:
+                        if found[0] != req_hash:
+                            raise _conflict(idempotency_key)
+                        return WriteResult(found[1], replayed=True)
+                row = self._apply(conn, decide, idempotency_key, req_hash, self._next_index)
             self._next_index += 1
             self.sealer.added([row["leaf_hash"]])
-        return WriteResult(body)
+        return WriteResult(row["body_object"])
+
+    def _apply(
+        self,
+        conn: Connection,
+        decide: Callable[[Connection, EntryContext], Decision],
+        key: str | None,
+        req_hash: str | None,
+        index: int,
+    ) -> dict[str, Any]:
+        body, touched, known = decide(conn, self._context())
+        by_id = {account.id: account for account in touched}
+        apply_entry(body, by_id.__getitem__)
+        row = _entry_row(index, body, key, req_hash)
+        repository.insert_entries(conn, [row])
+        repository.save_lots(conn, touched, known)
+        row["body_object"] = body
+        return row
+
+    def write(
+        self,
+        request: JsonObject,
+        idempotency_key: str | None,
+        decide: Callable[[Connection, EntryContext], Decision],
+    ) -> WriteResult:
+        """Append one entry decided by ``decide(conn, ctx)`` inside the writer's transaction.
+
+        For the coalition's modules: ``decide`` may read and write its own tables through
+        ``conn`` (committed with the entry), but MUST raise before writing anything when
+        it refuses, since the whole transaction is its unit.
+        """
+        return self._write(request, idempotency_key, decide)
+
+    def write_many(
+        self, decisions: Sequence[Callable[[Connection, EntryContext], Decision | None]]
+    ) -> list[JsonObject | CoalitionError | None]:
+        """Append the entries of many decisions in one transaction (one fsync for a batch).
+
+        Per decision the result is the entry body, the CoalitionError it raised (it must
+        raise before writing anything) or None when it decided to write no entry.
+        """
+        results: list[JsonObject | CoalitionError | None] = []
+        rows: list[dict[str, Any]] = []
+        with self._writer:
+            with self.engine.begin() as conn:
+                for decide in decisions:
+                    decided: list[Decision] = []
+
+                    def once(
+                        c: Connection,
+                        ctx: EntryContext,
+                        decide: Callable[[Connection, EntryContext], Decision | None] = decide,
+                        decided: list[Decision] = decided,
+                    ) -> Decision:
+                        found = decide(c, ctx)
+                        if found is None:
+                            raise _NoEntry
+                        decided.append(found)
+                        return found
+
+                    try:
+                        row = self._apply(conn, once, None, None, self._next_index + len(rows))
+                    except _NoEntry:
+                        results.append(None)
+                        continue
+                    except CoalitionError as exc:
+                        if decided:  # the entry itself failed to apply: a bug, not a refusal
+                            raise
+                        results.append(exc)
+                        continue
+                    rows.append(row)
+                    results.append(row["body_object"])
+            self._next_index += len(rows)
+            self.sealer.added([row["leaf_hash"] for row in rows])
+        return results
 
     def _load(
         self, conn: Connection, account_ids: Sequence[str], **kwargs: Any
