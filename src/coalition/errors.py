@@ -46,3 +46,10 @@ class VerificationError(CoalitionError):
 
 class CorruptStore(CoalitionError):
     """The node's own stored data does not parse: the operator's fault, never the caller's."""
+
+
+class PartnerUnavailable(CoalitionError):
+    """A partner node could not be reached or did not answer in time (network, TLS
+    handshake, deadline, its own internal error). The message may or may not have been
+    handled: retry it (handlers are idempotent) or ask the partner to abort; never assume
+    it failed."""

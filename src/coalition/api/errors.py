@@ -11,6 +11,7 @@ from coalition.errors import (
     IdempotencyConflict,
     InvalidArgument,
     NotFound,
+    PartnerUnavailable,
     PermissionDenied,
     Unauthenticated,
     VerificationError,
@@ -26,6 +27,7 @@ _MAPPING: tuple[tuple[type[CoalitionError], int, grpc.StatusCode], ...] = (
     (PermissionDenied, 403, grpc.StatusCode.PERMISSION_DENIED),
     (VerificationError, 422, grpc.StatusCode.INVALID_ARGUMENT),
     (CorruptStore, 500, grpc.StatusCode.DATA_LOSS),
+    (PartnerUnavailable, 503, grpc.StatusCode.UNAVAILABLE),
 )
 
 
