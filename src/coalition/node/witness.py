@@ -1,0 +1,702 @@
+"""Witnessing: follow every partner's signed headers, cosign them, keep proof of faults.
+
+One follower thread per partner reads ``Ledger.WatchHeaders`` over the partner channel
+and accepts a header only when it is signed by the manifest key, links to the last
+header it accepted (``prev_hash``, ``first_index``, sizes, time) and a consistency proof
+shows the partner's log at the new header extends the log at the last one (RFC 9162
+§2.1.4). Accepted headers are stored, so a restarted follower resumes where it stopped;
+each is cosigned in the C2SP ``tlog-cosignature/v1`` format over its checkpoint
+(``ledger/note.py``) and sent back with a ``cosign`` message, and forwarded to the
+other partners (``header-gossip``) so a partner showing different histories to
+different witnesses is caught.
+
+Two validly signed headers of one program at one height are an equivocation; a signed
+header that does not extend the last accepted one is a fork. Both are stored with the
+two signed headers as evidence, logged at ERROR, and the follower stops trusting that
+partner: nothing newer is accepted or cosigned until an operator investigates.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import grpc
+from sqlalchemy import Connection
+
+from coalition.errors import (
+    CoalitionError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    VerificationError,
+)
+from coalition.ledger.blocks import GENESIS_PREV, SignedHeader, check_count
+from coalition.ledger.canonical import JsonObject, JsonValue, parse_json
+from coalition.ledger.entries import format_time, parse_time
+from coalition.ledger.keys import SigningKey
+from coalition.ledger.note import checkpoint_of, cosign, sign_note, verify_cosignature
+from coalition.ledger.proofs import verify_consistency_document
+from coalition.node.manifest import Manifest
+from coalition.node.service import NodeService
+from coalition.store import witness_tables as store
+from coalition.store.repository import from_micros, to_micros
+from coalition.v1 import ledger_pb2, ledger_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+EQUIVOCATION = "equivocation"
+FORK = "fork"
+CALL_TIMEOUT_S = 10.0
+GOSSIP_TIMEOUT_S = 3.0
+GAP_BATCH = 1000
+MAX_FUTURE_S = 300
+"""A cosignature timestamped further ahead of our clock is refused (as partner messages)."""
+
+
+def witness_name(program: str) -> str:
+    """The C2SP cosigner name of ``program``'s node (its key id uses type 0x04)."""
+    return f"coalition/{program}/witness"
+
+
+class PartnerInbox(Protocol):
+    """What the witness needs of ``node.partners.PartnerInbox``."""
+
+    def register(self, kind: str, handler: Callable[[str, JsonObject], Any]) -> None: ...
+
+
+class PartnerClient(Protocol):
+    """What the witness needs of ``node.partners.PartnerClient``."""
+
+    def call(
+        self, program: str, kind: str, body: JsonObject, timeout: float = ...
+    ) -> tuple[str, JsonObject]: ...
+
+    def channel(self, program: str) -> grpc.Channel: ...
+
+
+class LedgerSource(Protocol):
+    """One partner's ledger reads, as the follower uses them (gRPC, or in memory in tests)."""
+
+    def watch(self, after_height: int) -> Iterator[SignedHeader]: ...
+
+    def headers(self, start: int, limit: int) -> list[SignedHeader]: ...
+
+    def consistency(self, first_height: int, second_height: int) -> JsonValue: ...
+
+    def close(self) -> None: ...
+
+
+def _signed_from_bytes(data: bytes) -> SignedHeader:
+    return SignedHeader.from_json(parse_json(data))
+
+
+class GrpcLedgerSource:
+    """``coalition.v1.Ledger`` of a partner over its (mutual-TLS) partner channel."""
+
+    def __init__(self, channel: grpc.Channel, timeout: float = CALL_TIMEOUT_S) -> None:
+        self._stub = ledger_pb2_grpc.LedgerStub(channel)
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._calls: list[Any] = []
+        self._closed = False
+
+    def watch(self, after_height: int) -> Iterator[SignedHeader]:
+        call = self._stub.WatchHeaders(ledger_pb2.WatchHeadersRequest(after_height=after_height))
+        with self._lock:
+            if self._closed:
+                call.cancel()
+                return
+            self._calls.append(call)
+        try:
+            for message in call:
+                yield _signed_from_bytes(message.signed_header_json)
+        finally:
+            with self._lock:
+                self._calls.remove(call)
+
+    def headers(self, start: int, limit: int) -> list[SignedHeader]:
+        reply = self._stub.GetHeaders(
+            ledger_pb2.GetHeadersRequest(start=start, limit=limit), timeout=self._timeout
+        )
+        return [_signed_from_bytes(m.signed_header_json) for m in reply.headers]
+
+    def consistency(self, first_height: int, second_height: int) -> JsonValue:
+        reply = self._stub.GetConsistencyProof(
+            ledger_pb2.GetConsistencyProofRequest(
+                first_height=first_height, second_height=second_height
+            ),
+            timeout=self._timeout,
+        )
+        return parse_json(reply.proof_json)
+
+    def close(self) -> None:
+        """Cancel a running watch (the follower's thread then sees the stream end)."""
+        with self._lock:
+            self._closed = True
+            calls = list(self._calls)
+        for call in calls:
+            call.cancel()
+
+
+class Fault(VerificationError):
+    """The partner equivocated or forked and the evidence is stored: its follower stops."""
+
+
+@dataclass(frozen=True, slots=True)
+class Cosigner:
+    """One cosignature of one of our headers."""
+
+    witness: str
+    timestamp: int
+    cosignature: str
+
+
+@dataclass(frozen=True, slots=True)
+class WitnessStatus:
+    """Who cosigned our header at ``height``; ``witnessed`` once ``quorum`` did."""
+
+    height: int
+    header_hash: str
+    checkpoint: str
+    note: str
+    """The checkpoint signed by our key (type 0x01, name = origin) and every cosignature:
+    a C2SP cosigned checkpoint any note verifier can check with our vkeys."""
+    cosigners: tuple[Cosigner, ...]
+    quorum: int
+    witnessed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """Two signed headers of ``program`` that cannot both be honest."""
+
+    id: int
+    program: str
+    height: int
+    kind: str
+    reason: str
+    first: JsonObject
+    second: JsonObject
+    detected_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class FollowerStatus:
+    """How far this node verified one partner's chain."""
+
+    program: str
+    verified_height: int | None
+    halted: bool
+    last_error: str | None
+
+
+def _same(a: SignedHeader, b: SignedHeader) -> bool:
+    return hmac.compare_digest(a.header.hash(), b.header.hash())
+
+
+def _check_link(last: SignedHeader | None, signed: SignedHeader) -> str | None:
+    """Why ``signed`` does not follow ``last`` (None: it does). Signatures checked before."""
+    h = signed.header
+    if h.log_size != h.first_index + h.entry_count:
+        return f"log_size {h.log_size} is not first_index + entry_count"
+    if last is None:
+        if h.height != 0 or h.prev_hash != GENESIS_PREV or h.first_index != 0:
+            return "the first header is not a genesis header"
+        if not hmac.compare_digest(h.log_root, h.block_root):
+            return "the genesis header's log_root is not its block_root"
+        return None
+    p = last.header
+    if h.height != p.height + 1:
+        return f"height {h.height} does not follow {p.height}"
+    if not hmac.compare_digest(h.prev_hash, p.hash()):
+        return f"prev_hash is not the hash of the header at height {p.height} we verified"
+    if h.first_index != p.log_size:
+        return f"first_index {h.first_index} is not the previous log size {p.log_size}"
+    if parse_time(h.sealed_at) < parse_time(p.sealed_at):
+        return "sealed_at is earlier than the previous header's"
+    return None
+
+
+def _node_key(service: NodeService, client: PartnerClient) -> SigningKey:
+    """The node's ledger key: the client's when it exposes it, else the sealer's (the
+    coalition node builds features from (service, manifest, client) alone)."""
+    for holder, attribute in ((client, "signing_key"), (service.sealer, "_key")):
+        found = getattr(holder, attribute, None)
+        if isinstance(found, SigningKey):
+            return found
+    raise InvalidArgument("the witness needs the node's ledger signing key")
+
+
+class Witness:
+    """Follows, verifies and cosigns every partner's headers; serves our cosignatures.
+
+    Built like every coalition feature from ``(service, manifest, client)``; ``key`` is the
+    node's ledger signing key (cosignatures are made with it, key type 0x04), found on
+    the client or the service when not given. ``sources`` makes a partner's LedgerSource
+    (default: gRPC over ``client.channel(program)``).
+    """
+
+    def __init__(
+        self,
+        service: NodeService,
+        manifest: Manifest,
+        client: PartnerClient,
+        *,
+        key: SigningKey | None = None,
+        sources: Callable[[str], LedgerSource] | None = None,
+        clock: Callable[[], datetime] | None = None,
+        backoff: tuple[float, float] = (0.2, 10.0),
+    ) -> None:
+        signing_key = key if key is not None else _node_key(service, client)
+        if signing_key.public_key != manifest.public_key(service.program):
+            raise FailedPrecondition(
+                f"the signing key is not {service.program}'s key in the manifest"
+            )
+        self._service = service
+        self._manifest = manifest
+        self._client = client
+        self._key = signing_key
+        self._program = service.program
+        self._engine = service.engine
+        self._sources = sources or (lambda program: GrpcLedgerSource(client.channel(program)))
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._backoff = backoff
+        self._lock = threading.RLock()  # one decision at a time on the witness tables
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._active: dict[str, LedgerSource] = {}
+        self._errors: dict[str, str] = {}
+        with self._engine.connect() as conn:
+            self._halted: set[str] = store.programs_with_evidence(conn)
+
+    @property
+    def name(self) -> str:
+        return witness_name(self._program)
+
+    # --- life cycle -----------------------------------------------------------------------
+
+    def register(self, inbox: PartnerInbox) -> None:
+        inbox.register("cosign", self.on_cosign)
+        inbox.register("header-gossip", self.on_gossip)
+
+    def start(self) -> None:
+        """One follower thread per other partner."""
+        self._stop.clear()
+        for partner in self._manifest.others(self._program):
+            thread = threading.Thread(
+                target=self._follow_forever,
+                args=(partner.program,),
+                name=f"witness-{partner.program}",
+                daemon=True,
+            )
+            self._threads.append(thread)
+            thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        with self._lock:
+            active = list(self._active.values())
+        for source in active:
+            source.close()
+        for thread in self._threads:
+            thread.join(timeout)
+        self._threads.clear()
+
+    # --- the follower -----------------------------------------------------------------------
+
+    def _follow_forever(self, program: str) -> None:
+        delay = self._backoff[0]
+        while not self._stop.is_set():
+            if program in self._halted:
+                log.error("witness: not following %s any more: it equivocated or forked", program)
+                return
+            try:
+                source = self._sources(program)
+            except CoalitionError as exc:
+                self._errors[program] = str(exc)
+                log.warning("witness: cannot reach %s: %s", program, exc)
+                self._stop.wait(delay)
+                delay = min(delay * 2, self._backoff[1])
+                continue
+            with self._lock:
+                self._active[program] = source
+            if self._stop.is_set():
+                source.close()
+            try:
+                self._deliver_pending(program)
+                last = self.last_verified(program)
+                for signed in source.watch(-1 if last is None else last.header.height):
+                    if self._stop.is_set():
+                        break
+                    self.accept(program, signed, source)
+                    self._errors.pop(program, None)
+                    delay = self._backoff[0]
+            except Fault as exc:
+                self._errors[program] = str(exc)
+                return
+            except grpc.RpcError as exc:
+                if not self._stop.is_set():
+                    self._errors[program] = f"{exc.code().name}: {exc.details()}"
+                    log.warning("witness: %s's header stream failed: %s", program, exc.details())
+            except CoalitionError as exc:
+                self._errors[program] = str(exc)
+                log.warning("witness: refused a header from %s: %s", program, exc)
+            except Exception as exc:  # a database outage or a bug: retry, never die silently
+                self._errors[program] = f"{type(exc).__name__}: {exc}"
+                log.exception("witness: following %s failed", program)
+            finally:
+                with self._lock:
+                    self._active.pop(program, None)
+                source.close()
+            self._stop.wait(delay)
+            delay = min(delay * 2, self._backoff[1])
+
+    def last_verified(self, program: str) -> SignedHeader | None:
+        with self._engine.connect() as conn:
+            return store.last_header(conn, program)
+
+    def accept(self, program: str, signed: SignedHeader, source: LedgerSource) -> bool:
+        """Verify the next header of ``program`` and cosign it; False if already known.
+
+        Raises VerificationError for a header that proves nothing (bad signature, wrong
+        program), Fault after storing evidence of an equivocation or a fork.
+        """
+        key = self._manifest.public_key(program)
+        if signed.header.program != program:
+            raise VerificationError(f"{program}'s stream sent a header of {signed.header.program}")
+        signed.verify(key)
+        if program in self._halted:
+            raise Fault(f"{program} equivocated or forked; its headers are no longer trusted")
+        height = signed.header.height
+        with self._engine.connect() as conn:
+            stored = store.header_at(conn, program, height)
+            last = store.last_header(conn, program)
+        if stored is not None:
+            if _same(stored, signed):
+                return False
+            self._fault(EQUIVOCATION, f"two signed headers at height {height}", stored, signed)
+        expected = 0 if last is None else last.header.height + 1
+        if height > expected:
+            for missing in source.headers(expected, min(height - expected, GAP_BATCH)):
+                if missing.header.height >= height:
+                    break
+                self.accept(program, missing, source)
+            with self._engine.connect() as conn:
+                last = store.last_header(conn, program)
+            if (0 if last is None else last.header.height + 1) != height:
+                raise VerificationError(f"{program} did not serve the headers before {height}")
+        if last is not None:
+            self._check_consistency(program, last, signed, source.consistency)
+        reason = _check_link(last, signed)
+        if reason is not None:
+            first = last if last is not None else signed
+            self._fault(FORK, reason, first, signed)
+        # Under the lock, so a header forwarded meanwhile is either compared here or
+        # compares itself with the stored header (on_gossip).
+        with self._lock, self._engine.begin() as conn:
+            conflict = next(
+                (g for g in store.gossip_at(conn, program, height) if not _same(g, signed)), None
+            )
+            if conflict is not None:
+                reason = "differs from a header a partner forwarded"
+                self._record(conn, EQUIVOCATION, reason, conflict, signed)
+            else:
+                store.insert_header(conn, signed, to_micros(self._clock()))
+                store.drop_gossip(conn, program, height)
+                cosig = self._cosign(signed)
+                store.save_cosignature(conn, cosig)
+        if conflict is not None:
+            raise Fault(f"{program} equivocation at height {height}: {reason}")
+        self._deliver(program, [cosig], signed)
+        self._gossip(program, signed)
+        return True
+
+    def _check_consistency(
+        self,
+        program: str,
+        last: SignedHeader,
+        signed: SignedHeader,
+        consistency: Callable[[int, int], JsonValue],
+    ) -> None:
+        """The partner's consistency proof from ``last`` to ``signed``; a fault if it fails."""
+        key = self._manifest.public_key(program)
+        doc = consistency(last.header.height, signed.header.height)
+        if not isinstance(doc, dict):
+            raise VerificationError(f"{program} sent a consistency proof that is not an object")
+        try:
+            first = SignedHeader.from_json(
+                {"header": doc["first"], "signature": doc["first_signature"]}
+            )
+            second = SignedHeader.from_json(
+                {"header": doc["second"], "signature": doc["second_signature"]}
+            )
+            first.verify(key)
+            second.verify(key)
+        except (KeyError, InvalidArgument) as exc:
+            raise VerificationError(
+                f"{program} sent a malformed consistency proof: {exc}"
+            ) from None
+        # Signed headers served for heights we know: any difference is an equivocation.
+        if not _same(first, last):
+            self._fault(
+                EQUIVOCATION, "the consistency proof starts from another header", last, first
+            )
+        if not _same(second, signed):
+            self._fault(
+                EQUIVOCATION, "the consistency proof ends at another header", signed, second
+            )
+        try:
+            verify_consistency_document(doc, key)
+        except CoalitionError as exc:
+            self._fault(
+                FORK,
+                f"consistency proof from height {last.header.height} fails: {exc}",
+                last,
+                signed,
+            )
+
+    def _fault(self, kind: str, reason: str, first: SignedHeader, second: SignedHeader) -> None:
+        with self._lock, self._engine.begin() as conn:
+            self._record(conn, kind, reason, first, second)
+        raise Fault(f"{second.header.program} {kind} at height {second.header.height}: {reason}")
+
+    def _record(
+        self, conn: Connection, kind: str, reason: str, first: SignedHeader, second: SignedHeader
+    ) -> None:
+        program = second.header.program
+        if store.save_evidence(conn, kind, reason, first, second, to_micros(self._clock())):
+            log.error(
+                "witness: %s by %s at height %d: %s (headers %s and %s stored as evidence)",
+                kind.upper(),
+                program,
+                second.header.height,
+                reason,
+                first.header.hash()[:16],
+                second.header.hash()[:16],
+            )
+        if program != self._program:
+            self._halted.add(program)
+
+    def _cosign(self, signed: SignedHeader) -> store.StoredCosignature:
+        timestamp = int(self._clock().timestamp())
+        line = cosign(checkpoint_of(signed), self._key, self.name, timestamp)
+        h = signed.header
+        return store.StoredCosignature(
+            program=h.program,
+            height=h.height,
+            witness=self._program,
+            header_hash=h.hash(),
+            cosignature=line,
+            timestamp=timestamp,
+            delivered=False,
+        )
+
+    def _deliver_pending(self, program: str) -> None:
+        with self._engine.connect() as conn:
+            pending = store.undelivered(conn, program, self._program)
+            headers = [store.header_at(conn, program, c.height) for c in pending]
+        for cosig, signed in zip(pending, headers, strict=True):
+            if signed is not None:
+                self._deliver(program, [cosig], signed)
+
+    def _deliver(
+        self, program: str, cosigs: list[store.StoredCosignature], signed: SignedHeader
+    ) -> None:
+        for cosig in cosigs:
+            body: JsonObject = {
+                "program": program,
+                "height": cosig.height,
+                "cosignature": cosig.cosignature,
+                "header_hash": cosig.header_hash,
+                "header": signed.to_json(),
+            }
+            try:
+                self._client.call(program, "cosign", body, CALL_TIMEOUT_S)
+            except CoalitionError as exc:
+                log.warning("witness: %s refused or missed our cosignature: %s", program, exc)
+                continue
+            with self._engine.begin() as conn:
+                store.mark_delivered(conn, program, cosig.height, self._program)
+
+    def _gossip(self, program: str, signed: SignedHeader) -> None:
+        body: JsonObject = {"header": signed.to_json()}
+        for partner in self._manifest.others(self._program):
+            if partner.program == program or self._stop.is_set():
+                continue
+            try:
+                self._client.call(partner.program, "header-gossip", body, GOSSIP_TIMEOUT_S)
+            except CoalitionError as exc:
+                log.debug("witness: gossip to %s failed: %s", partner.program, exc)
+
+    # --- partner messages -----------------------------------------------------------------
+
+    def _our_header(self, height: int) -> SignedHeader:
+        found = self._service.headers(height, 1)
+        if not found or found[0].header.height != height:
+            raise NotFound(f"{self._program} has no block at height {height}")
+        return found[0]
+
+    def on_cosign(self, sender: str, body: JsonObject) -> tuple[str, JsonObject]:
+        """A partner's cosignature of one of our headers: verify it and keep it."""
+        if sender == self._program:
+            raise InvalidArgument("a node does not cosign its own headers")
+        program, height, line = body.get("program"), body.get("height"), body.get("cosignature")
+        header_hash = body.get("header_hash")
+        if program != self._program:
+            raise InvalidArgument(f"this node is {self._program}, not {program!r}")
+        height = check_count(height, "height")
+        if not isinstance(line, str) or not isinstance(header_hash, str):
+            raise InvalidArgument("cosign needs cosignature and header_hash strings")
+        ours = self._our_header(height)
+        if "header" in body:
+            theirs = SignedHeader.from_json(body["header"])
+            if theirs.header.height != height:
+                raise InvalidArgument("the cosigned header is not at the given height")
+            self._check_foreign_view(theirs)
+        if not hmac.compare_digest(header_hash, ours.header.hash()):
+            raise FailedPrecondition(f"header_hash is not the hash of our header at {height}")
+        cosig = verify_cosignature(
+            checkpoint_of(ours), line, self._manifest.public_key(sender), witness_name(sender)
+        )
+        if cosig.timestamp > self._clock().timestamp() + MAX_FUTURE_S:
+            raise VerificationError(f"the cosignature's time {cosig.timestamp} is in the future")
+        with self._lock, self._engine.begin() as conn:
+            store.save_cosignature(
+                conn,
+                store.StoredCosignature(
+                    program=self._program,
+                    height=height,
+                    witness=sender,
+                    header_hash=ours.header.hash(),
+                    cosignature=cosig.line,
+                    timestamp=cosig.timestamp,
+                    delivered=True,
+                ),
+            )
+            count = len(store.cosignatures(conn, self._program, height))
+        return "cosign-ack", {"program": self._program, "height": height, "cosigners": count}
+
+    def _check_foreign_view(self, theirs: SignedHeader) -> None:
+        """A partner's copy of one of our headers: it must be ours (else, evidence)."""
+        if theirs.header.program != self._program:
+            raise InvalidArgument("the header is not one of ours")
+        theirs.verify(self._service.public_key)
+        ours = self._our_header(theirs.header.height)
+        if not _same(ours, theirs):
+            with self._lock, self._engine.begin() as conn:
+                self._record(
+                    conn, EQUIVOCATION, "a partner holds another header of ours", ours, theirs
+                )
+            raise FailedPrecondition(
+                f"the header at height {theirs.header.height} is not ours: equivocation recorded"
+            )
+
+    def on_gossip(self, sender: str, body: JsonObject) -> tuple[str, JsonObject]:
+        """A signed header a partner saw: compare it with what we verified or were sent."""
+        if set(body) != {"header"}:
+            raise InvalidArgument("header-gossip carries exactly one field, header")
+        signed = SignedHeader.from_json(body["header"])
+        program, height = signed.header.program, signed.header.height
+        try:
+            key = self._manifest.public_key(program)
+        except NotFound:
+            raise InvalidArgument(f"{program!r} is not a partner") from None
+        signed.verify(key)
+        if program == self._program:
+            try:
+                self._check_foreign_view(signed)
+            except NotFound:
+                return "header-gossip-reply", {"status": "unknown"}
+            except FailedPrecondition:
+                return "header-gossip-reply", {"status": EQUIVOCATION}
+            return "header-gossip-reply", {"status": "consistent"}
+        status = "unknown"
+        with self._lock, self._engine.begin() as conn:
+            stored = store.header_at(conn, program, height)
+            known = [stored] if stored is not None else store.gossip_at(conn, program, height)
+            for other in known:
+                if _same(other, signed):
+                    status = "consistent"
+                else:
+                    self._record(conn, EQUIVOCATION, f"forwarded by {sender}", other, signed)
+                    status = EQUIVOCATION
+                    break
+            if stored is None:
+                store.insert_gossip(conn, signed, sender, to_micros(self._clock()))
+        return "header-gossip-reply", {"status": status}
+
+    # --- reads ----------------------------------------------------------------------------
+
+    def status(self, height: int) -> WitnessStatus:
+        """Who cosigned our header at ``height`` (NotFound if there is none)."""
+        ours = self._our_header(height)
+        header_hash = ours.header.hash()
+        with self._engine.connect() as conn:
+            rows = store.cosignatures(conn, self._program, height)
+        checkpoint = checkpoint_of(ours)
+        cosigners: list[Cosigner] = []
+        for row in rows:
+            if row.header_hash != header_hash:
+                continue
+            try:  # re-verified on every read: a tampered row never counts
+                verify_cosignature(
+                    checkpoint,
+                    row.cosignature,
+                    self._manifest.public_key(row.witness),
+                    witness_name(row.witness),
+                )
+            except CoalitionError as exc:
+                log.error("witness: stored cosignature of %s does not verify: %s", row.witness, exc)
+                continue
+            cosigners.append(Cosigner(row.witness, row.timestamp, row.cosignature))
+        note = sign_note(checkpoint, self._key, checkpoint.split("\n", 1)[0])
+        note += "".join(c.cosignature for c in cosigners)
+        quorum = self._manifest.witness_quorum
+        return WitnessStatus(
+            height=height,
+            header_hash=header_hash,
+            checkpoint=checkpoint,
+            note=note,
+            cosigners=tuple(cosigners),
+            quorum=quorum,
+            witnessed=len(cosigners) >= quorum,
+        )
+
+    def equivocations(self, program: str | None = None) -> list[Evidence]:
+        """Stored evidence of equivocations and forks, oldest first."""
+        with self._engine.connect() as conn:
+            rows = store.evidence(conn, program)
+        return [
+            Evidence(
+                id=row.id,
+                program=row.program,
+                height=row.height,
+                kind=row.kind,
+                reason=row.reason,
+                first=row.first.to_json(),
+                second=row.second.to_json(),
+                detected_at=format_time(from_micros(row.detected_at)),
+            )
+            for row in rows
+        ]
+
+    def followers(self) -> list[FollowerStatus]:
+        """How far each partner's chain was verified, and whether it is still trusted."""
+        result = []
+        for partner in self._manifest.others(self._program):
+            last = self.last_verified(partner.program)
+            result.append(
+                FollowerStatus(
+                    program=partner.program,
+                    verified_height=None if last is None else last.header.height,
+                    halted=partner.program in self._halted,
+                    last_error=self._errors.get(partner.program),
+                )
+            )
+        return result

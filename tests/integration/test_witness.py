@@ -1,0 +1,553 @@
+"""Witnessing for real: three nodes on real databases follow each other's headers over
+mutual-TLS gRPC, cosign them in the C2SP format until a quorum witnessed each, and catch a
+partner that signs two headers at one height or rebuilds its chain after being witnessed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import grpc
+import pytest
+from fastapi.testclient import TestClient
+
+from coalition.api.auth import Authenticator
+from coalition.api.grpc_server import serve_grpc
+from coalition.api.partner_grpc import serve_partner_grpc
+from coalition.api.rest import create_app
+from coalition.api.witness_api import add_witness_servicer, witness_router
+from coalition.errors import FailedPrecondition, InvalidArgument, VerificationError
+from coalition.ledger.blocks import SignedHeader, sign_header
+from coalition.ledger.canonical import JsonValue, canonical_json
+from coalition.ledger.keys import SigningKey
+from coalition.ledger.note import (
+    SIG_COSIGNATURE_V1,
+    checkpoint_of,
+    cosign,
+    note_verifier,
+    origin_of,
+    verify_note,
+)
+from coalition.ledger.proofs import consistency_document
+from coalition.node.config import SealerConfig
+from coalition.node.manifest import Manifest
+from coalition.node.partners import InMemoryNetwork, PartnerClient, PartnerInbox
+from coalition.node.service import NodeService
+from coalition.node.testing import temporary_node
+from coalition.node.witness import FORK, Fault, Witness, witness_name
+from coalition.tls import TlsFiles, generate_tls
+from coalition.v1 import witness_pb2, witness_pb2_grpc
+
+PROGRAMS = ("skyair", "staybright", "beanhouse")
+DEADLINE_S = 30.0
+
+
+def write_manifest(folder: Path, keys: dict[str, SigningKey], quorum: int) -> Manifest:
+    """A manifest with each program's public key, and the coalition's TLS material."""
+    parts = [
+        f'[coalition]\nname = "Witness test"\nca_cert = "tls/ca.pem"\nwitness_quorum = {quorum}\n'
+    ]
+    for n, (program, key) in enumerate(keys.items()):
+        (folder / program).mkdir(parents=True, exist_ok=True)
+        (folder / program / "public_key.pem").write_bytes(key.public_key.to_pem())
+        parts.append(
+            f'[[partners]]\nprogram = "{program}"\ngrpc = "127.0.0.1:{44000 + n}"\n'
+            f'partner_grpc = "127.0.0.1:{45000 + n}"\nhttp = "127.0.0.1:{46000 + n}"\n'
+            f'public_key = "{program}/public_key.pem"\ncurrency = "EUR"\n'
+        )
+    (folder / "coalition.toml").write_text("\n".join(parts))
+    manifest = Manifest.load(folder / "coalition.toml")
+    generate_tls(manifest)
+    return manifest
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = DEADLINE_S) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def add_blocks(service: NodeService, count: int, tag: str) -> int:
+    """``count`` new sealed blocks (two enrollments each); the newest height."""
+    for n in range(count):
+        for m in range(2):
+            service.enroll(f"{tag}-{n}-{m}", idempotency_key=f"{tag}-{n}-{m}")
+        service.flush()
+    last = service.latest_header()
+    assert last is not None
+    return last.header.height
+
+
+@dataclass
+class Node:
+    program: str
+    key: SigningKey
+    service: NodeService
+    inbox: PartnerInbox
+    server: grpc.Server
+    port: int
+    stack: ExitStack
+    client: PartnerClient | None = None
+    witness: Witness | None = None
+
+    def w(self) -> Witness:
+        assert self.witness is not None
+        return self.witness
+
+
+@dataclass
+class Coalition:
+    folder: Path
+    base: Manifest
+    keys: dict[str, SigningKey]
+    nodes: dict[str, Node] = field(default_factory=dict)
+    manifest: Manifest | None = None
+
+    def serve(self, program: str, url: str, port: int = 0) -> Node:
+        """A started node and its partner server (Partner + Ledger over mutual TLS)."""
+        stack = ExitStack()
+        service = stack.enter_context(
+            temporary_node(
+                url,
+                program=program,
+                key=self.keys[program],
+                sealer=SealerConfig(max_entries=1000, max_delay_ms=50),
+            )
+        )
+        inbox = PartnerInbox(program, self.base, service.engine, self.keys[program])
+        tls = TlsFiles.for_program(self.base, program)
+        server, bound = serve_partner_grpc(inbox, tls, "127.0.0.1", port, ledger_servicer=service)
+        node = Node(program, self.keys[program], service, inbox, server, bound, stack)
+        self.nodes[program] = node
+        return node
+
+    def join(self, node: Node, *, register: bool = True) -> Witness:
+        """Give ``node`` a partner client and a started witness."""
+        assert self.manifest is not None
+        tls = TlsFiles.for_program(self.base, node.program)
+        node.client = PartnerClient(node.program, self.manifest, node.key, tls)
+        node.witness = Witness(
+            node.service, self.manifest, node.client, key=node.key, backoff=(0.05, 0.5)
+        )
+        if register:
+            node.witness.register(node.inbox)
+        node.witness.start()
+        return node.witness
+
+    def halt(self, node: Node) -> None:
+        """Stop the node's witness, client, server and service (in that order)."""
+        if node.witness is not None:
+            node.witness.stop()
+        if node.client is not None:
+            node.client.close()
+        node.server.stop(None).wait(10)
+        node.stack.close()
+
+    def close(self) -> None:
+        for node in self.nodes.values():
+            self.halt(node)
+
+
+@pytest.fixture
+def coalition(tmp_path: Path, database_url: str) -> Iterator[Coalition]:
+    """Three witnessing nodes; skyair on ``database_url`` (SQLite or PostgreSQL)."""
+    keys = {p: SigningKey.generate() for p in PROGRAMS}
+    made = Coalition(tmp_path, write_manifest(tmp_path, keys, quorum=2), keys)
+    try:
+        for program in PROGRAMS:
+            url = database_url if program == "skyair" else f"sqlite:///{tmp_path / program}.db"
+            made.serve(program, url)
+        made.manifest = made.base.with_partner_grpc(
+            {p: f"127.0.0.1:{n.port}" for p, n in made.nodes.items()}
+        )
+        for node in made.nodes.values():
+            made.join(node)
+        yield made
+    finally:
+        made.close()
+
+
+def witnessed(node: Node, height: int) -> bool:
+    try:
+        return node.w().status(height).witnessed
+    except Exception:
+        return False
+
+
+def witness_all(coalition: Coalition, blocks: int = 3) -> dict[str, int]:
+    """Seal ``blocks`` on every node and wait until a quorum witnessed each; the heights."""
+    heights = {p: add_blocks(n.service, blocks, p) for p, n in coalition.nodes.items()}
+    for program, node in coalition.nodes.items():
+        for height in range(heights[program] + 1):
+            wait_for(lambda n=node, h=height: witnessed(n, h), f"{program} at {height} witnessed")
+    return heights
+
+
+def verifiers(coalition: Coalition, program: str) -> list[object]:
+    """The C2SP note verifiers a client of ``program``'s log would configure."""
+    found = [note_verifier(origin_of(program), coalition.keys[program].public_key)]
+    for other in PROGRAMS:
+        if other != program:
+            key = coalition.keys[other].public_key
+            found.append(note_verifier(witness_name(other), key, SIG_COSIGNATURE_V1))
+    return found
+
+
+def test_three_nodes_witness_each_other_to_quorum(
+    coalition: Coalition, authenticator: Authenticator, api_keys: dict[str, str]
+) -> None:
+    heights = witness_all(coalition)
+    for program, node in coalition.nodes.items():
+        others = sorted(p for p in PROGRAMS if p != program)
+        for height in range(heights[program] + 1):
+            status = node.w().status(height)
+            assert status.witnessed and status.quorum == 2
+            assert sorted(c.witness for c in status.cosigners) == others
+            # The C2SP note verifies with vkeys alone: the log's signature and each witness.
+            opened = verify_note(status.note, verifiers(coalition, program))  # type: ignore[arg-type]
+            assert opened.text == status.checkpoint
+            assert len(opened.verified) == 3
+        followers = {f.program: f for f in node.w().followers()}
+        assert set(followers) == set(others)
+        for other in others:
+            assert followers[other].verified_height == heights[other]
+            assert not followers[other].halted
+        assert node.w().equivocations() == []
+
+    skyair = coalition.nodes["skyair"]
+    auditor = {"Authorization": f"Bearer {api_keys['auditor']}"}
+    app = create_app(skyair.service, authenticator, [witness_router(skyair.w(), authenticator)])
+    with TestClient(app) as http:
+        reply = http.get(f"/v1/blocks/{heights['skyair']}/witnesses", headers=auditor)
+        assert reply.status_code == 200
+        body = reply.json()
+        assert body["witnessed"] and len(body["cosigners"]) == 2
+        assert body["checkpoint"] == checkpoint_of(skyair.service.latest_header())  # type: ignore[arg-type]
+        assert http.get("/v1/blocks/99/witnesses", headers=auditor).status_code == 404
+        member = {"Authorization": f"Bearer {api_keys['member']}"}
+        assert http.get("/v1/blocks/0/witnesses", headers=member).status_code == 403
+        assert http.get("/v1/blocks/0/witnesses").status_code == 401
+        assert http.get("/v1/equivocations", headers=auditor).json() == []
+        listed = http.get("/v1/witness/followers", headers=auditor).json()
+        assert {f["program"] for f in listed} == {"staybright", "beanhouse"}
+
+    adder = [lambda server: add_witness_servicer(server, skyair.w(), authenticator)]
+    server, port = serve_grpc(skyair.service, authenticator, extra=adder)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = witness_pb2_grpc.WitnessStub(channel)
+            metadata = (("authorization", f"Bearer {api_keys['auditor']}"),)
+            got = stub.GetWitnesses(witness_pb2.GetWitnessesRequest(height=1), metadata=metadata)
+            assert got.witnessed and len(got.cosigners) == 2
+            listed_grpc = stub.ListEquivocations(
+                witness_pb2.ListEquivocationsRequest(), metadata=metadata
+            )
+            assert list(listed_grpc.equivocations) == []
+            with pytest.raises(grpc.RpcError) as missing:
+                stub.GetWitnesses(witness_pb2.GetWitnessesRequest(height=99), metadata=metadata)
+            assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        server.stop(None).wait(10)
+
+
+def test_a_restarted_witness_resumes_from_its_last_verified_header(coalition: Coalition) -> None:
+    heights = witness_all(coalition, blocks=2)
+    staybright, skyair = coalition.nodes["staybright"], coalition.nodes["skyair"]
+    staybright.w().stop()
+    newest = add_blocks(skyair.service, 2, "later")
+    time.sleep(0.3)
+    assert {c.witness for c in skyair.w().status(newest).cosigners} == {"beanhouse"}
+    # A new witness on the same database: it resumes after the stored height.
+    assert staybright.client is not None
+    again = Witness(
+        staybright.service,
+        coalition.manifest,
+        staybright.client,
+        key=staybright.key,  # type: ignore[arg-type]
+    )
+    staybright.witness = again
+    again.start()
+    wait_for(
+        lambda: witnessed(skyair, newest) and len(skyair.w().status(newest).cosigners) == 2,
+        "skyair's new blocks cosigned by the restarted staybright",
+    )
+    follower = {f.program: f for f in again.followers()}["skyair"]
+    assert follower.verified_height == newest > heights["skyair"]
+    assert again.equivocations() == []
+
+
+def test_tampered_or_misattributed_cosignatures_are_refused(coalition: Coalition) -> None:
+    heights = witness_all(coalition, blocks=1)
+    skyair = coalition.nodes["skyair"]
+    staybright, beanhouse = coalition.nodes["staybright"], coalition.nodes["beanhouse"]
+    assert staybright.client is not None and beanhouse.client is not None
+    signed = skyair.service.latest_header()
+    assert signed is not None
+    height = heights["skyair"]
+    checkpoint = checkpoint_of(signed)
+    before = skyair.w().status(height).cosigners
+    good = cosign(checkpoint, staybright.key, witness_name("staybright"), 1_800_000_000)
+    prefix, encoded = good.rsplit(" ", 1)
+    flipped = encoded[:-6] + ("A" if encoded[-6] != "A" else "B") + encoded[-5:]
+    body = {"program": "skyair", "height": height, "header_hash": signed.header.hash()}
+    with pytest.raises(InvalidArgument):  # VerificationError at skyair: INVALID_ARGUMENT
+        staybright.client.call("skyair", "cosign", {**body, "cosignature": f"{prefix} {flipped}"})
+    with pytest.raises(InvalidArgument):  # staybright's cosignature sent by beanhouse
+        beanhouse.client.call("skyair", "cosign", {**body, "cosignature": good})
+    with pytest.raises(FailedPrecondition):  # for another header
+        staybright.client.call(
+            "skyair", "cosign", {**body, "cosignature": good, "header_hash": "0" * 64}
+        )
+    future = cosign(checkpoint, staybright.key, witness_name("staybright"), int(time.time()) + 3600)
+    with pytest.raises(InvalidArgument, match="future"):
+        staybright.client.call("skyair", "cosign", {**body, "cosignature": future})
+    with pytest.raises(InvalidArgument):  # for another program
+        staybright.client.call("skyair", "cosign", {**body, "program": "beanhouse"})
+    after = skyair.w().status(height).cosigners
+    assert after == before
+    assert skyair.w().equivocations() == []
+
+
+def test_two_signed_headers_at_one_height_are_caught_and_reported(
+    coalition: Coalition, authenticator: Authenticator, api_keys: dict[str, str]
+) -> None:
+    witness_all(coalition, blocks=2)
+    skyair, staybright = coalition.nodes["skyair"], coalition.nodes["staybright"]
+    beanhouse = coalition.nodes["beanhouse"]
+    assert beanhouse.client is not None
+    real = skyair.service.headers(1, 1)[0]
+    # skyair's key signs a second, different header at height 1.
+    forged = sign_header(replace(real.header, sealed_at="2030-01-01T00:00:00.000000Z"), skyair.key)
+    kind, reply = beanhouse.client.call("staybright", "header-gossip", {"header": forged.to_json()})
+    assert (kind, reply) == ("header-gossip-reply", {"status": "equivocation"})
+    found = staybright.w().equivocations()
+    assert len(found) == 1
+    evidence = found[0]
+    assert (evidence.program, evidence.height, evidence.kind) == ("skyair", 1, "equivocation")
+    assert {SignedHeader.from_json(evidence.first), SignedHeader.from_json(evidence.second)} == {
+        real,
+        forged,
+    }
+    for doc in (evidence.first, evidence.second):
+        SignedHeader.from_json(doc).verify(skyair.key.public_key)
+    # Forwarded to skyair itself, it is evidence against skyair's own key (both signed).
+    kind, reply = beanhouse.client.call("skyair", "header-gossip", {"header": forged.to_json()})
+    assert reply == {"status": "equivocation"}
+    assert [(e.program, e.height) for e in skyair.w().equivocations()] == [("skyair", 1)]
+    # staybright no longer trusts skyair: new blocks get beanhouse's cosignature only.
+    wait_for(
+        lambda: {f.program: f for f in staybright.w().followers()}["skyair"].halted,
+        "staybright halts its skyair follower",
+    )
+    newest = add_blocks(skyair.service, 1, "after")
+    wait_for(lambda: len(skyair.w().status(newest).cosigners) == 1, "beanhouse cosigns")
+    time.sleep(0.3)
+    assert [c.witness for c in skyair.w().status(newest).cosigners] == ["beanhouse"]
+    assert not skyair.w().status(newest).witnessed
+
+    auditor = {"Authorization": f"Bearer {api_keys['auditor']}"}
+    app = create_app(
+        staybright.service, authenticator, [witness_router(staybright.w(), authenticator)]
+    )
+    with TestClient(app) as http:
+        listed = http.get("/v1/equivocations", headers=auditor).json()
+        assert [(e["program"], e["height"], e["kind"]) for e in listed] == [
+            ("skyair", 1, "equivocation")
+        ]
+        assert listed[0]["second"] == forged.to_json() or listed[0]["first"] == forged.to_json()
+        assert http.get("/v1/equivocations?program=beanhouse", headers=auditor).json() == []
+
+
+def test_a_chain_rebuilt_after_being_witnessed_is_caught(
+    coalition: Coalition, tmp_path: Path
+) -> None:
+    heights = witness_all(coalition, blocks=2)
+    old = coalition.nodes["beanhouse"]
+    witnessed_height = heights["beanhouse"]
+    old_headers = old.service.headers(0, 100)
+    port = old.port
+    coalition.halt(old)
+    # Same key, same address, a fresh database with other entries and a longer chain.
+    fresh = coalition.serve("beanhouse", f"sqlite:///{tmp_path / 'rebuilt.db'}", port)
+    assert fresh.port == port
+    add_blocks(fresh.service, witnessed_height + 3, "rewritten")
+    coalition.join(fresh)
+    for program in ("skyair", "staybright"):
+        node = coalition.nodes[program]
+        wait_for(lambda n=node: bool(n.w().equivocations("beanhouse")), f"{program} catches it")
+        evidence = node.w().equivocations("beanhouse")[0]
+        assert evidence.kind == "equivocation" and evidence.height == witnessed_height
+        docs = {canonical(evidence.first), canonical(evidence.second)}
+        assert canonical(old_headers[witnessed_height].to_json()) in docs
+        rebuilt = fresh.service.headers(witnessed_height, 1)[0]
+        assert canonical(rebuilt.to_json()) in docs
+        follower = {f.program: f for f in node.w().followers()}["beanhouse"]
+        assert follower.halted and follower.verified_height == witnessed_height
+
+
+def canonical(doc: JsonValue) -> str:
+    assert isinstance(doc, dict)
+    return canonical_json(doc).decode()
+
+
+# --- forks, with an in-memory ledger source ----------------------------------------------
+
+
+@dataclass
+class ScriptedSource:
+    """A partner's ledger reads served from a list: what a lying partner would send."""
+
+    chain: list[SignedHeader]
+    proof: Callable[[int, int], JsonValue]
+
+    def watch(self, after_height: int) -> Iterator[SignedHeader]:
+        yield from (s for s in self.chain if s.header.height > after_height)
+
+    def headers(self, start: int, limit: int) -> list[SignedHeader]:
+        return [s for s in self.chain if start <= s.header.height < start + limit]
+
+    def consistency(self, first_height: int, second_height: int) -> JsonValue:
+        return self.proof(first_height, second_height)
+
+    def close(self) -> None:
+        return None
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[tuple[NodeService, NodeService, Manifest]]:
+    """skyair (the partner) and staybright (the witness), no network."""
+    keys = {p: SigningKey.generate() for p in ("skyair", "staybright")}
+    manifest = write_manifest(tmp_path, keys, quorum=1)
+    with (
+        temporary_node(f"sqlite:///{tmp_path}/a.db", program="skyair", key=keys["skyair"]) as a,
+        temporary_node(
+            f"sqlite:///{tmp_path}/b.db", program="staybright", key=keys["staybright"]
+        ) as b,
+    ):
+        yield a, b, manifest
+
+
+def _witness(service: NodeService, manifest: Manifest, source: ScriptedSource) -> Witness:
+    network = InMemoryNetwork()  # nobody listens: cosign deliveries fail and are retried
+    key = service.sealer._key
+    client = PartnerClient(
+        service.program, manifest, key, transport=network.transport(service.program)
+    )
+    return Witness(service, manifest, client, key=key, sources=lambda _: source)
+
+
+def test_forks_are_recorded_and_stop_the_follower(
+    pair: tuple[NodeService, NodeService, Manifest],
+) -> None:
+    partner, us, manifest = pair
+    add_blocks(partner, 2, "real")
+    h0, h1 = partner.headers(0, 2)
+    key = partner.sealer._key
+
+    def honest(first: int, second: int) -> JsonValue:
+        return partner.consistency_proof(first, second)
+
+    # Bad link: a header 1 signed by the partner whose prev_hash is not header 0's hash.
+    bad_link = sign_header(replace(h1.header, prev_hash="1" * 64), key)
+
+    def proof_to(target: SignedHeader) -> Callable[[int, int], JsonValue]:
+        def make(first: int, second: int) -> JsonValue:
+            doc = partner.consistency_proof(first, second)
+            assert isinstance(doc, dict)
+            path = [bytes.fromhex(h) for h in doc["path"]]  # type: ignore[union-attr]
+            return consistency_document(partner.headers(first, 1)[0], target, path)
+
+        return make
+
+    witness = _witness(us, manifest, ScriptedSource([h0, bad_link], proof_to(bad_link)))
+    assert witness.accept("skyair", h0, ScriptedSource([h0], honest))
+    with pytest.raises(Fault, match="prev_hash"):
+        witness.accept("skyair", bad_link, ScriptedSource([h0, bad_link], proof_to(bad_link)))
+    found = witness.equivocations()
+    assert [(e.kind, e.height) for e in found] == [(FORK, 1)]
+    assert SignedHeader.from_json(found[0].first) == h0
+    assert SignedHeader.from_json(found[0].second) == bad_link
+    # Halted: even the honest header 1 is no longer accepted or cosigned.
+    with pytest.raises(Fault):
+        witness.accept("skyair", h1, ScriptedSource([h0, h1], honest))
+    assert witness.last_verified("skyair") == h0
+    assert {f.program: f.halted for f in witness.followers()} == {"skyair": True}
+
+
+def test_a_failing_consistency_proof_is_a_fork(
+    pair: tuple[NodeService, NodeService, Manifest],
+) -> None:
+    partner, us, manifest = pair
+    add_blocks(partner, 2, "real")
+    h0, h1 = partner.headers(0, 2)
+    key = partner.sealer._key
+    # Header 1 links to header 0, but its log is not an extension of header 0's log.
+    rewritten = sign_header(replace(h1.header, log_root="2" * 64), key)
+
+    def proof(first: int, second: int) -> JsonValue:
+        doc = partner.consistency_proof(first, second)
+        assert isinstance(doc, dict)
+        path = [bytes.fromhex(h) for h in doc["path"]]  # type: ignore[union-attr]
+        return consistency_document(h0, rewritten, path)
+
+    source = ScriptedSource([h0, rewritten], proof)
+    witness = _witness(us, manifest, source)
+    assert witness.accept("skyair", h0, source)
+    with pytest.raises(Fault, match="consistency proof"):
+        witness.accept("skyair", rewritten, source)
+    assert [(e.kind, e.height) for e in witness.equivocations()] == [(FORK, 1)]
+
+
+def test_headers_that_prove_nothing_are_refused_without_evidence(
+    pair: tuple[NodeService, NodeService, Manifest],
+) -> None:
+    partner, us, manifest = pair
+    add_blocks(partner, 1, "real")
+    (h0,) = partner.headers(0, 1)
+    source = ScriptedSource([h0], partner.consistency_proof)
+    witness = _witness(us, manifest, source)
+    unsigned = SignedHeader(h0.header, SigningKey.generate().sign_object(h0.header.to_json()))
+    with pytest.raises(VerificationError):
+        witness.accept("skyair", unsigned, source)
+    with pytest.raises(VerificationError):
+        witness.accept("staybright", h0, source)  # skyair's header on staybright's stream
+    assert witness.equivocations() == []
+    assert witness.last_verified("skyair") is None
+    assert witness.accept("skyair", h0, source)
+    assert not witness.accept("skyair", h0, source)  # already verified: nothing new
+
+
+def test_a_forwarded_header_is_compared_with_the_one_verified_later(
+    pair: tuple[NodeService, NodeService, Manifest],
+) -> None:
+    partner, us, manifest = pair
+    add_blocks(partner, 2, "real")
+    h0, h1 = partner.headers(0, 2)
+    other = sign_header(
+        replace(h1.header, sealed_at="2031-01-01T00:00:00.000000Z"), partner.sealer._key
+    )
+    source = ScriptedSource([h0, h1], partner.consistency_proof)
+    witness = _witness(us, manifest, source)
+    assert witness.on_gossip("skyair", {"header": h0.to_json()}) == (
+        "header-gossip-reply",
+        {"status": "unknown"},
+    )
+    assert witness.on_gossip("skyair", {"header": other.to_json()})[1] == {"status": "unknown"}
+    assert witness.accept("skyair", h0, source)
+    with pytest.raises(Fault, match="forwarded"):
+        witness.accept("skyair", h1, source)
+    found = witness.equivocations()
+    assert [(e.kind, e.height) for e in found] == [("equivocation", 1)]
+    assert {SignedHeader.from_json(found[0].first), SignedHeader.from_json(found[0].second)} == {
+        h1,
+        other,
+    }
+    with pytest.raises(InvalidArgument):
+        witness.on_gossip("skyair", {"header": h0.to_json(), "extra": 1})
