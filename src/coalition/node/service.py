@@ -15,6 +15,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import islice
 from typing import Any
@@ -87,6 +88,18 @@ def _request_hash(request: JsonObject) -> str:
     return hashlib.sha256(_encode_request(request).encode()).hexdigest()
 
 
+@dataclass(slots=True)
+class _Queued:
+    """A write waiting for the group commit; ``done`` once committed or refused."""
+
+    key: str | None
+    request_hash: str | None
+    decide: Callable[[Connection, EntryContext], Decision]
+    result: WriteResult | None = None
+    error: BaseException | None = None
+    done: bool = False
+
+
 class _NoEntry(Exception):
     """A batch decision chose to write no entry."""
 
@@ -143,13 +156,25 @@ class NodeService:
         self.program = program
         self.rules = rules
         self.public_key: VerifyKey = key.public_key
+        self._key = key
         self.engine = engine
         self._secret = account_secret
         self._clock = clock or (lambda: datetime.now(UTC))
         self._writer = threading.Lock()
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Queued] = []
         with engine.connect() as conn:
             self._next_index = repository.next_log_index(conn)
         self.sealer = Sealer(engine, program, key, sealer, self._clock)
+
+    @property
+    def signing_key(self) -> SigningKey:
+        """The node's ledger key: coalition features sign agreements and receipts with it."""
+        return self._key
+
+    def now(self) -> datetime:
+        """The node's clock (the time its entries carry)."""
+        return self._clock()
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -180,28 +205,90 @@ class NodeService:
         idempotency_key: str | None,
         decide: Callable[[Connection, EntryContext], Decision],
     ) -> WriteResult:
-        """Run one decision in one transaction under the writer lock, or replay it.
+        """Run one decision under the writer lock, committed before it returns, or replay it.
 
         ``decide`` returns the entry body, the accounts it acts on (loaded with the lots it
         needs) and the ids of those lots that already exist in the database. Without an
         idempotency key the request is not recorded (system entries that are idempotent
         by their own ids).
+
+        Group commit: concurrent callers queue; whoever holds the writer lock next commits
+        every queued decision in one transaction (one fsync), in queue order. A refusal
+        affects only its own caller; a failure after a decision was taken fails the batch,
+        which is then retried one decision per transaction.
         """
         if idempotency_key is not None:
             validate_reference(idempotency_key, "idempotency key")
         req_hash = _request_hash(request) if idempotency_key is not None else None
+        item = _Queued(idempotency_key, req_hash, decide)
+        with self._queue_lock:
+            self._queue.append(item)
         with self._writer:
+            if not item.done:
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                self._commit_queued(batch)
+        if item.error is not None:
+            raise item.error
+        assert item.result is not None
+        return item.result
+
+    def _commit_queued(self, batch: list[_Queued]) -> None:
+        """Commit ``batch`` in one transaction (caller holds the writer lock)."""
+        rows: list[dict[str, Any]] = []
+        decided: list[_Queued] = []
+        try:
             with self.engine.begin() as conn:
-                if idempotency_key is not None:
-                    found = repository.find_idempotent(conn, idempotency_key)
-                    if found is not None:
-                        if found[0] != req_hash:
-                            raise _conflict(idempotency_key)
-                        return WriteResult(found[1], replayed=True)
-                row = self._apply(conn, decide, idempotency_key, req_hash, self._next_index)
-            self._next_index += 1
-            self.sealer.added([row["leaf_hash"]])
-        return WriteResult(row["body_object"])
+                for item in batch:
+                    self._decide_queued(conn, item, rows, decided)
+        except Exception as exc:
+            for item in decided:
+                item.result = None
+            if len(batch) == 1:
+                batch[0].error = exc
+                batch[0].done = True
+                return
+            for item in batch:
+                if item.result is None and item.error is None:
+                    self._commit_queued([item])
+                item.done = True
+            return
+        self._next_index += len(rows)
+        self.sealer.added([row["leaf_hash"] for row in rows])
+        for item in batch:
+            item.done = True
+
+    def _decide_queued(
+        self,
+        conn: Connection,
+        item: _Queued,
+        rows: list[dict[str, Any]],
+        decided: list[_Queued],
+    ) -> None:
+        if item.key is not None:
+            found = repository.find_idempotent(conn, item.key)
+            if found is not None:
+                if found[0] != item.request_hash:
+                    item.error = _conflict(item.key)
+                else:
+                    item.result = WriteResult(found[1], replayed=True)
+                return
+        taken: list[Decision] = []
+
+        def once(c: Connection, ctx: EntryContext) -> Decision:
+            taken.append(item.decide(c, ctx))
+            return taken[0]
+
+        try:
+            row = self._apply(conn, once, item.key, item.request_hash, self._next_index + len(rows))
+        except CoalitionError as exc:
+            if taken:  # the decided entry did not apply: a bug, and the batch is tainted
+                raise
+            item.error = exc
+            return
+        rows.append(row)
+        decided.append(item)
+        item.result = WriteResult(row["body_object"])
 
     def _apply(
         self,
