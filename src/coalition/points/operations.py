@@ -8,15 +8,30 @@ happened in its ``reason`` (rule, event, reference, operator).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
 from coalition.errors import FailedPrecondition, InvalidArgument, NotFound
-from coalition.ledger.canonical import JsonObject
-from coalition.ledger.entries import ENTRY_TYPE, format_time
+from coalition.ledger.canonical import JsonObject, JsonValue
+from coalition.ledger.entries import (
+    ENTRY_TYPE,
+    check_envelope,
+    entry_leaf_hash,
+    format_time,
+    parse_time,
+)
+from coalition.points import rates
 from coalition.points.accounts import validate_reference
+from coalition.points.rates import (
+    Agreement,
+    Quote,
+    agreement_from_document,
+    check_currency,
+    check_program_id,
+)
 from coalition.points.rules import ProgramRules, check_positive
-from coalition.points.state import Account, debit_order, split_debit
+from coalition.points.state import PROGRAM_ACCOUNT, Account, Lot, debit_order, split_debit
 
 MAX_NOTE = 200
 
@@ -256,3 +271,388 @@ def adjust(
     return _entry(
         ctx, "adjust", account.id, amount=amount, taken=split_debit(lots, -amount), reason=reason
     )
+
+
+# The coalition's entries (docs/coalition.md, "Entry kinds added by the coalition").
+
+_HEX_HASH = re.compile(r"[0-9a-f]{64}")
+
+
+def _check_id(value: str, what: str) -> str:
+    """Conversion, hold and statement ids: references (1-128 of ``A-Z a-z 0-9 . _ : / # -``)."""
+    return validate_reference(value, what)
+
+
+def _taken_with_expiry(lots: list[Lot], amount: int) -> list[JsonObject]:
+    """``split_debit``, each item also naming its lot's expiry so a refund can restore it."""
+    taken = split_debit(lots, amount)
+    expiry = {lot.id: lot.expires_at for lot in lots}
+    for item in taken:
+        item["expires_at"] = format_time(expiry[str(item["lot"])])
+    return taken
+
+
+def _restored(ctx: EntryContext, taken: JsonValue, what: str) -> list[JsonValue]:
+    """New lots ``<entry id>:<n>`` for the points ``taken`` took, with the same expiry."""
+    if not isinstance(taken, list) or not taken:
+        raise InvalidArgument(f"{what} has no taken lots to restore")
+    restored: list[JsonValue] = []
+    for n, item in enumerate(taken):
+        if not isinstance(item, dict):
+            raise InvalidArgument(f"{what} has a malformed taken item")
+        restored.append(
+            {
+                "lot": f"{ctx.entry_id}:{n}",
+                "amount": item.get("amount"),
+                "expires_at": item.get("expires_at"),
+            }
+        )
+    return restored
+
+
+def _field(obj: JsonValue, key: str, what: str) -> JsonValue:
+    if not isinstance(obj, dict) or key not in obj:
+        raise InvalidArgument(f"{what} has no {key!r}")
+    return obj[key]
+
+
+def _text(obj: JsonValue, key: str, what: str) -> str:
+    value = _field(obj, key, what)
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{what} field {key!r} must be a string")
+    return value
+
+
+def _number(obj: JsonValue, key: str, what: str) -> int:
+    value = _field(obj, key, what)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidArgument(f"{what} field {key!r} must be an integer")
+    return value
+
+
+def _check_value(value_minor: int, currency: str) -> None:
+    if not isinstance(value_minor, int) or isinstance(value_minor, bool) or value_minor < 0:
+        raise InvalidArgument(f"value_minor must be a non-negative integer, got {value_minor!r}")
+    check_currency(currency)
+
+
+def _signed_message(message: JsonObject, what: str) -> JsonObject:
+    """A partner's signed message as embedded in entries: ``{envelope, signature}`` strings."""
+    if not isinstance(message, dict) or set(message) != {"envelope", "signature"}:
+        raise InvalidArgument(f"{what} must be {{envelope, signature}}")
+    if not all(isinstance(value, str) and value for value in message.values()):
+        raise InvalidArgument(f"{what} envelope and signature must be non-empty strings")
+    return message
+
+
+def convert_out(
+    ctx: EntryContext,
+    rules: ProgramRules,
+    account: Account,
+    agreement: Agreement,
+    quote: Quote,
+    conversion_id: str,
+) -> JsonObject:
+    """Send ``quote.amount`` points to ``agreement.to_program``: debit spendable lots,
+    soonest-to-expire first, into flight until the partner's receipt or rejection.
+
+    The caller checked the daily cap and the credit limit; the quote must be the
+    agreement's own for that amount (the member confirmed exactly these numbers).
+    """
+    _check_id(conversion_id, "conversion id")
+    check_positive(quote.amount, "amount", rules.max_points_per_operation)
+    if agreement.from_program != ctx.program:
+        raise InvalidArgument(f"agreement {agreement.id} converts {agreement.from_program} points")
+    if not agreement.usable_at(ctx.at):
+        raise FailedPrecondition(f"agreement {agreement.id} v{agreement.version} is not in force")
+    if rates.quote(agreement, quote.amount) != quote:
+        raise InvalidArgument(
+            f"the quote does not match agreement {agreement.id} v{agreement.version}"
+        )
+    lots = account.take(quote.amount, ctx.at)
+    return _entry(
+        ctx,
+        "convert-out",
+        account.id,
+        amount=quote.amount,
+        taken=_taken_with_expiry(lots, quote.amount),
+        conversion={
+            "id": conversion_id,
+            "to_program": agreement.to_program,
+            "agreement": agreement.ref(),
+            "fee": quote.fee,
+            "net": quote.net,
+            "credit": quote.credit,
+            "rate": [agreement.rate_num, agreement.rate_den],
+            "value_minor": quote.value_minor,
+            "currency": agreement.currency,
+        },
+    )
+
+
+def convert_in(
+    ctx: EntryContext,
+    rules: ProgramRules,
+    account_id: str,
+    out_entry: JsonObject,
+    out_hash: str,
+    agreement: Agreement,
+) -> JsonObject:
+    """Credit a conversion from a partner, after re-deriving it from the partner's entry.
+
+    Refused (InvalidArgument) when the convert-out is not for this program, its hash or
+    numbers differ from what ``agreement`` gives, or (FailedPrecondition) when the
+    agreement was not in force at the convert-out's time. The credit is a lot available
+    now and expiring after this program's expiry period.
+    """
+    what = "the convert-out"
+    if not isinstance(out_entry, dict) or out_entry.get("kind") != "convert-out":
+        raise InvalidArgument("a conversion is credited from a convert-out entry")
+    if not isinstance(out_hash, str) or not _HEX_HASH.fullmatch(out_hash):
+        raise InvalidArgument("out_hash must be 64 lowercase hex digits")
+    if entry_leaf_hash(out_entry).hex() != out_hash:
+        raise InvalidArgument("out_hash is not the leaf hash of the convert-out entry")
+    check_envelope(out_entry)
+    conversion = _field(out_entry, "conversion", what)
+    conversion_id = _check_id(_text(conversion, "id", what), "conversion id")
+    source = _text(out_entry, "program", what)
+    out_at = parse_time(_text(out_entry, "at", what))
+    if (source, _text(conversion, "to_program", what)) != (agreement.from_program, ctx.program):
+        raise InvalidArgument(
+            f"conversion {conversion_id} is not {agreement.from_program} -> {ctx.program}"
+        )
+    if agreement.to_program != ctx.program:
+        raise InvalidArgument(
+            f"agreement {agreement.id} credits {agreement.to_program}, not {ctx.program}"
+        )
+    if _field(conversion, "agreement", what) != agreement.ref():
+        raise InvalidArgument(
+            f"conversion {conversion_id} names agreement {_field(conversion, 'agreement', what)}, "
+            f"not {agreement.ref()}"
+        )
+    if not agreement.usable_at(out_at):
+        raise FailedPrecondition(
+            f"agreement {agreement.id} v{agreement.version} "
+            f"was not in force at {format_time(out_at)}"
+        )
+    expected = rates.quote(agreement, _number(out_entry, "amount", what))
+    derived: JsonObject = {
+        "fee": expected.fee,
+        "net": expected.net,
+        "credit": expected.credit,
+        "value_minor": expected.value_minor,
+        "rate": [agreement.rate_num, agreement.rate_den],
+        "currency": agreement.currency,
+    }
+    stated = {key: conversion.get(key) for key in derived} if isinstance(conversion, dict) else {}
+    if stated != derived:
+        raise InvalidArgument(
+            f"conversion {conversion_id} states {stated}, agreement {agreement.id} gives {derived}"
+        )
+    check_positive(expected.credit, "credit", rules.max_points_per_operation)
+    return _entry(
+        ctx,
+        "convert-in",
+        account_id,
+        amount=expected.credit,
+        lot={
+            "id": ctx.entry_id,
+            "available_at": format_time(ctx.at),
+            "expires_at": format_time(ctx.at + rules.expiry_period),
+        },
+        conversion={
+            "id": conversion_id,
+            "from_program": source,
+            "out_entry": _text(out_entry, "id", what),
+            "out_hash": out_hash,
+            "out_at": format_time(out_at),
+            "value_minor": expected.value_minor,
+            "currency": agreement.currency,
+            "agreement": agreement.ref(),
+        },
+    )
+
+
+def convert_complete(
+    ctx: EntryContext, account_id: str, conversion_id: str, receipt: JsonObject
+) -> JsonObject:
+    """Close a conversion with the partner's signed receipt (verified by the caller)."""
+    _check_id(conversion_id, "conversion id")
+    return _entry(
+        ctx,
+        "convert-complete",
+        account_id,
+        conversion={"id": conversion_id},
+        receipt=_signed_message(receipt, "a conversion receipt"),
+    )
+
+
+def convert_refund(ctx: EntryContext, out_entry: JsonObject, rejection: JsonObject) -> JsonObject:
+    """Give back a conversion's points on the partner's signed rejection or abort answer:
+    new lots, spendable now, each with the expiry of the lot its points came from."""
+    what = "the convert-out"
+    if not isinstance(out_entry, dict) or out_entry.get("kind") != "convert-out":
+        raise InvalidArgument("a refund reverses a convert-out entry")
+    conversion_id = _text(_field(out_entry, "conversion", what), "id", what)
+    return _entry(
+        ctx,
+        "convert-refund",
+        _text(out_entry, "account", what),
+        amount=_number(out_entry, "amount", what),
+        restored=_restored(ctx, out_entry.get("taken"), what),
+        conversion={"id": conversion_id},
+        rejection=_signed_message(rejection, "a conversion rejection"),
+    )
+
+
+def convert_reject(
+    ctx: EntryContext, conversion_id: str, from_program: str, reason: str
+) -> JsonObject:
+    """Record that this program will never credit ``conversion_id`` (rejected or aborted)."""
+    _check_id(conversion_id, "conversion id")
+    check_program_id(from_program, "from_program")
+    validate_note(reason)
+    return _entry(
+        ctx,
+        "convert-reject",
+        PROGRAM_ACCOUNT,
+        conversion={"id": conversion_id, "from_program": from_program, "reason": reason},
+    )
+
+
+def hold(
+    ctx: EntryContext,
+    rules: ProgramRules,
+    account: Account,
+    hold_id: str,
+    partner: str,
+    reference: str,
+    amount: int,
+    expires_at: datetime,
+    agreement: Agreement,
+) -> JsonObject:
+    """Hold spendable points for a redemption at ``partner`` until capture, void or expiry."""
+    _check_id(hold_id, "hold id")
+    check_positive(amount, "amount", rules.max_points_per_operation)
+    validate_reference(reference, "redemption reference")
+    if agreement.pair != (ctx.program, partner):
+        raise InvalidArgument(
+            f"agreement {agreement.id} is {agreement.from_program} -> {agreement.to_program}, "
+            f"not {ctx.program} -> {partner}"
+        )
+    if not agreement.usable_at(ctx.at):
+        raise FailedPrecondition(f"agreement {agreement.id} v{agreement.version} is not in force")
+    if expires_at <= ctx.at:
+        raise InvalidArgument("a hold must expire after it is made")
+    lots = account.take(amount, ctx.at)
+    return _entry(
+        ctx,
+        "hold",
+        account.id,
+        amount=amount,
+        taken=_taken_with_expiry(lots, amount),
+        hold={
+            "id": hold_id,
+            "partner": partner,
+            "reference": reference,
+            "expires_at": format_time(expires_at),
+            "agreement": agreement.ref(),
+        },
+    )
+
+
+def _hold_parts(hold_entry: JsonObject) -> tuple[str, str, datetime]:
+    what = "the hold"
+    if not isinstance(hold_entry, dict) or hold_entry.get("kind") != "hold":
+        raise InvalidArgument("expected a hold entry")
+    spec = _field(hold_entry, "hold", what)
+    expires_at = parse_time(_text(spec, "expires_at", what))
+    return _text(spec, "id", what), _text(spec, "partner", what), expires_at
+
+
+def hold_capture(
+    ctx: EntryContext, hold_entry: JsonObject, value_minor: int, currency: str
+) -> JsonObject:
+    """The held points leave for good: the partner redeemed them; this program owes it
+    ``value_minor``. Refused (FailedPrecondition) once the hold has expired."""
+    hold_id, partner, expires_at = _hold_parts(hold_entry)
+    if ctx.at >= expires_at:
+        raise FailedPrecondition(f"hold {hold_id} expired at {format_time(expires_at)}")
+    _check_value(value_minor, currency)
+    return _entry(
+        ctx,
+        "hold-capture",
+        _text(hold_entry, "account", "the hold"),
+        amount=_number(hold_entry, "amount", "the hold"),
+        hold={"id": hold_id, "partner": partner},
+        value_minor=value_minor,
+        currency=currency,
+    )
+
+
+def hold_release(ctx: EntryContext, hold_entry: JsonObject, why: str) -> JsonObject:
+    """Give held points back (``void`` by the partner, or ``expired``), old expiry kept."""
+    hold_id, partner, expires_at = _hold_parts(hold_entry)
+    if why not in ("void", "expired"):
+        raise InvalidArgument(f"a hold is released because of void or expired, not {why!r}")
+    if why == "expired" and ctx.at < expires_at:
+        raise FailedPrecondition(f"hold {hold_id} expires only at {format_time(expires_at)}")
+    return _entry(
+        ctx,
+        "hold-release",
+        _text(hold_entry, "account", "the hold"),
+        amount=_number(hold_entry, "amount", "the hold"),
+        restored=_restored(ctx, hold_entry.get("taken"), "the hold"),
+        hold={"id": hold_id, "partner": partner, "why": why},
+    )
+
+
+def redemption_receipt(
+    ctx: EntryContext,
+    hold_id: str,
+    partner: str,
+    amount: int,
+    value_minor: int,
+    currency: str,
+    captured_at: datetime,
+    receipt: JsonObject,
+) -> JsonObject:
+    """On the partner that asked for a redemption: ``partner`` captured ``amount`` of its
+    points for us and owes us ``value_minor`` (its signed capture receipt attached)."""
+    _check_id(hold_id, "hold id")
+    check_program_id(partner, "partner")
+    if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
+        raise InvalidArgument(f"amount must be a positive integer, got {amount!r}")
+    _check_value(value_minor, currency)
+    return _entry(
+        ctx,
+        "redemption-receipt",
+        PROGRAM_ACCOUNT,
+        hold={"id": hold_id, "partner": partner, "amount": amount},
+        value_minor=value_minor,
+        currency=currency,
+        captured_at=format_time(captured_at),
+        receipt=_signed_message(receipt, "a capture receipt"),
+    )
+
+
+def agreement_entry(ctx: EntryContext, signed_agreement: JsonObject) -> JsonObject:
+    """Record a rate agreement signed by both partners (verified by the caller)."""
+    signed = signed_agreement
+    if not isinstance(signed, dict) or set(signed) != {"agreement", "signatures"}:
+        raise InvalidArgument("a signed agreement is {agreement, signatures}")
+    document = signed["agreement"]
+    if not isinstance(document, dict) or not isinstance(signed["signatures"], dict):
+        raise InvalidArgument("a signed agreement is {agreement, signatures}")
+    agreement_from_document(document)
+    return _entry(ctx, "agreement", PROGRAM_ACCOUNT, agreement=signed)
+
+
+def statement_entry(ctx: EntryContext, signed_statement: JsonObject) -> JsonObject:
+    """Record a settlement statement signed by both parties (verified by the caller)."""
+    signed = signed_statement
+    if not isinstance(signed, dict) or set(signed) != {"statement", "signatures"}:
+        raise InvalidArgument("a signed statement is {statement, signatures}")
+    if not isinstance(signed["statement"], dict) or not isinstance(signed["signatures"], dict):
+        raise InvalidArgument("a signed statement is {statement, signatures}")
+    return _entry(ctx, "statement", PROGRAM_ACCOUNT, statement=signed)

@@ -186,15 +186,27 @@ def apply_entry(entry: JsonObject, lookup: AccountLookup) -> None:
 
     Raises VerificationError when the entry does not fit the state (a debit beyond a
     lot, an unknown lot, a premature expiry, a wrong total): on the node that means a bug,
-    on an auditor's replay it means the chain is wrong.
+    on an auditor's replay it means the chain is wrong. Program-level kinds
+    (``PROGRAM_KINDS``, account ``"-"``) never call ``lookup``; every other kind looks up
+    its member account once, even when it changes no balance (``convert-complete``,
+    ``hold-capture``), so a node passes that account (its lots need not be loaded).
     """
     kind = entry.get("kind")
     entry_id = entry.get("id")
     at = parse_time(_str(entry, "at", entry_id))
-    account = lookup(_str(entry, "account", entry_id))
-    amount = _int(entry, "amount") if kind != "enroll" else 0
+    account_id = _str(entry, "account", entry_id)
+    if kind in PROGRAM_KINDS:
+        _apply_program_entry(entry, str(kind), account_id)
+        return
+    if account_id == PROGRAM_ACCOUNT:
+        raise VerificationError(f"entry {entry_id}: a {kind} entry needs a member account")
+    account = lookup(account_id)
     if kind == "enroll":
         return
+    if kind in COALITION_MEMBER_KINDS:
+        _apply_coalition_entry(entry, str(kind), account, at)
+        return
+    amount = _int(entry, "amount")
     if kind == "earn":
         spec = entry.get("lot")
         if not isinstance(spec, dict):
@@ -266,6 +278,161 @@ def apply_entry(entry: JsonObject, lookup: AccountLookup) -> None:
             raise VerificationError(f"entry {entry_id}: adjustment of zero")
         return
     raise VerificationError(f"entry {entry_id}: unknown kind {kind!r}")
+
+
+PROGRAM_ACCOUNT = "-"
+"""The ``account`` of program-level entries, which change no balance."""
+
+PROGRAM_KINDS = frozenset({"agreement", "statement", "convert-reject", "redemption-receipt"})
+"""Kinds recorded with ``account: "-"``: ``apply_entry`` never looks an account up for them."""
+
+COALITION_MEMBER_KINDS = frozenset(
+    {"convert-out", "convert-in", "convert-complete", "convert-refund"}
+    | {"hold", "hold-capture", "hold-release"}
+)
+
+
+def _obj(obj: JsonObject, key: str, entry_id: JsonValue) -> JsonObject:
+    value = obj.get(key)
+    if not isinstance(value, dict):
+        raise VerificationError(f"entry {entry_id}: field {key!r} must be an object")
+    return value
+
+
+def _positive(obj: JsonObject, key: str, entry_id: JsonValue, *, zero: bool = False) -> int:
+    value = obj.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < (0 if zero else 1):
+        least = "a non-negative" if zero else "a positive"
+        raise VerificationError(f"entry {entry_id}: field {key!r} must be {least} integer")
+    return value
+
+
+def _apply_program_entry(entry: JsonObject, kind: str, account_id: str) -> None:
+    """Program-level entries: check their shape; no account, no balance."""
+    entry_id = entry.get("id")
+    if account_id != PROGRAM_ACCOUNT:
+        raise VerificationError(f"entry {entry_id}: a {kind} entry has account '-'")
+    if "amount" in entry:
+        raise VerificationError(f"entry {entry_id}: a {kind} entry moves no points")
+    if kind == "agreement":
+        signed = _obj(entry, "agreement", entry_id)
+        _obj(signed, "agreement", entry_id)
+        _obj(signed, "signatures", entry_id)
+    elif kind == "statement":
+        signed = _obj(entry, "statement", entry_id)
+        _obj(signed, "statement", entry_id)
+        _obj(signed, "signatures", entry_id)
+    elif kind == "convert-reject":
+        conversion = _obj(entry, "conversion", entry_id)
+        for key in ("id", "from_program", "reason"):
+            _str(conversion, key, entry_id)
+    else:  # redemption-receipt
+        hold = _obj(entry, "hold", entry_id)
+        _str(hold, "id", entry_id)
+        _str(hold, "partner", entry_id)
+        _positive(hold, "amount", entry_id)
+        _positive(entry, "value_minor", entry_id, zero=True)
+        _str(entry, "currency", entry_id)
+        parse_time(_str(entry, "captured_at", entry_id))
+        _obj(entry, "receipt", entry_id)
+
+
+def _debit_spendable(entry: JsonObject, account: Account, at: datetime, amount: int) -> None:
+    """Debit ``taken`` from spendable lots only; each item names its lot's expiry time."""
+    entry_id = entry.get("id")
+    for lot_id, _, item in _taken(entry):
+        source = account.lots.get(lot_id)
+        if source is None:
+            continue  # _debit names the unknown lot
+        if not source.spendable(at):
+            raise VerificationError(f"entry {entry_id}: lot {lot_id} is not spendable")
+        if parse_time(_str(item, "expires_at", entry_id)) != source.expires_at:
+            raise VerificationError(f"entry {entry_id}: wrong expiry time for lot {lot_id}")
+    total = _debit(entry, account, at, expiring=False)
+    if total != amount:
+        raise VerificationError(f"entry {entry_id}: lots give {total}, amount says {amount}")
+
+
+def _restore(entry: JsonObject, account: Account, at: datetime, amount: int) -> None:
+    """Reopen ``restored`` points as lots ``<entry id>:<n>``, spendable now, old expiry."""
+    entry_id = entry.get("id")
+    items = entry.get("restored")
+    if not isinstance(items, list) or not items:
+        raise VerificationError(f"entry {entry_id}: field 'restored' must be a non-empty list")
+    lots: list[tuple[str, int, datetime]] = []
+    for n, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise VerificationError(f"entry {entry_id}: bad 'restored' item")
+        lot_id = _str(item, "lot", entry_id)
+        if lot_id != f"{entry_id}:{n}" or lot_id in account.lots:
+            raise VerificationError(f"entry {entry_id}: restored lot {n} must be {entry_id}:{n}")
+        expires_at = parse_time(_str(item, "expires_at", entry_id))
+        lots.append((lot_id, _positive(item, "amount", entry_id), expires_at))
+    total = sum(part for _, part, _ in lots)
+    if total != amount:
+        raise VerificationError(f"entry {entry_id}: restored lots give {total}, amount {amount}")
+    for lot_id, part, expires_at in lots:
+        _open_lot(account, lot_id, part, at, at, expires_at)
+
+
+def _apply_coalition_entry(entry: JsonObject, kind: str, account: Account, at: datetime) -> None:
+    """Conversions and partner holds on a member's account (see docs/coalition.md)."""
+    entry_id = entry.get("id")
+    if kind == "convert-complete":
+        _str(_obj(entry, "conversion", entry_id), "id", entry_id)
+        receipt = _obj(entry, "receipt", entry_id)
+        _str(receipt, "envelope", entry_id)
+        _str(receipt, "signature", entry_id)
+        return
+    amount = _positive(entry, "amount", entry_id)
+    if kind == "convert-out":
+        conversion = _obj(entry, "conversion", entry_id)
+        _str(conversion, "id", entry_id)
+        _str(conversion, "to_program", entry_id)
+        fee = _positive(conversion, "fee", entry_id, zero=True)
+        net = _positive(conversion, "net", entry_id)
+        _positive(conversion, "credit", entry_id)
+        _positive(conversion, "value_minor", entry_id, zero=True)
+        if fee + net != amount:
+            raise VerificationError(f"entry {entry_id}: fee {fee} + net {net} != amount {amount}")
+        _debit_spendable(entry, account, at, amount)
+    elif kind == "hold":
+        hold = _obj(entry, "hold", entry_id)
+        for key in ("id", "partner", "reference"):
+            _str(hold, key, entry_id)
+        if parse_time(_str(hold, "expires_at", entry_id)) <= at:
+            raise VerificationError(f"entry {entry_id}: hold expires before it starts")
+        _debit_spendable(entry, account, at, amount)
+    elif kind == "convert-in":
+        conversion = _obj(entry, "conversion", entry_id)
+        for key in ("id", "from_program", "out_entry", "out_hash"):
+            _str(conversion, key, entry_id)
+        spec = _obj(entry, "lot", entry_id)
+        _open_lot(
+            account,
+            _str(spec, "id", entry_id),
+            amount,
+            at,
+            parse_time(_str(spec, "available_at", entry_id)),
+            parse_time(_str(spec, "expires_at", entry_id)),
+        )
+    elif kind == "convert-refund":
+        _str(_obj(entry, "conversion", entry_id), "id", entry_id)
+        _obj(entry, "rejection", entry_id)
+        _restore(entry, account, at, amount)
+    elif kind == "hold-capture":
+        hold = _obj(entry, "hold", entry_id)
+        _str(hold, "id", entry_id)
+        _str(hold, "partner", entry_id)
+        _positive(entry, "value_minor", entry_id, zero=True)
+        _str(entry, "currency", entry_id)
+    else:  # hold-release
+        hold = _obj(entry, "hold", entry_id)
+        _str(hold, "id", entry_id)
+        _str(hold, "partner", entry_id)
+        if hold.get("why") not in ("void", "expired"):
+            raise VerificationError(f"entry {entry_id}: hold release why must be void or expired")
+        _restore(entry, account, at, amount)
 
 
 def _lot_ref(reason: JsonValue) -> str | None:
