@@ -7,7 +7,13 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlmodel import SQLModel
 
-from coalition.store import tables  # noqa: F401  (registers the tables)
+from coalition.store import (
+    coalition_tables,  # noqa: F401  (agreements, conversions)
+    partner_tables,  # noqa: F401  (the replay guard)
+    redemption_tables,  # noqa: F401  (holds, statements)
+    tables,  # noqa: F401  (registers the tables)
+    witness_tables,  # noqa: F401  (the witness's tables)
+)
 
 
 def normalise_url(url: str) -> str:

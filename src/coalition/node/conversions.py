@@ -1,0 +1,676 @@
+"""Conversions A -> B between partner nodes (docs/coalition.md, "Conversion A -> B").
+
+Source side (A): ``convert`` quotes under the agreement in force, checks the member's
+daily cap and B's credit limit for A, and writes the ``convert-out`` entry, the
+conversion's row and its outbox row in one transaction; the outbox delivers it. Each
+answer B signs is verified (signature, sender, conversion id, credit) before A writes
+``convert-complete`` (receipt) or ``convert-refund`` (signed rejection), once per
+conversion. A refunds only on a signed rejection, never on a timeout.
+
+Target side (B): the ``convert`` and ``abort`` handlers answer each conversion id exactly
+once (``convert-in`` or ``convert-reject``) and store the signed answer, which every
+redelivery gets again: a conversion is never credited twice, and once aborted never
+credited at all.
+
+Messages (bodies of signed envelopes; replies are signed by B):
+
+- ``convert`` ``{"conversions": [{"out_entry": <A's convert-out>, "to_member_id"}]}``
+  (1-500) -> ``convert-reply`` ``{"receipts": [<answer>, ...]}``, one answer per
+  distinct conversion id;
+- ``abort`` ``{"conversions": [<id>, ...]}`` -> ``abort-reply`` ``{"receipts": [...]}``;
+- an answer is a signed message ``{"envelope", "signature"}`` of its own, B -> A:
+  ``convert-receipt`` ``{"conversion", "status": "credited", "in_entry", "in_hash",
+  "credit"}`` or ``convert-rejection`` ``{"conversion", "status": "rejected", "reason"}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Connection
+
+from coalition.errors import (
+    CoalitionError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    VerificationError,
+)
+from coalition.ledger.canonical import JsonObject, JsonValue
+from coalition.ledger.entries import entry_leaf_hash, format_time, parse_time
+from coalition.ledger.envelope import SignedMessage, open_message, sign_message
+from coalition.node.agreements import Agreements
+from coalition.node.manifest import Manifest
+from coalition.node.outbox import Outbox
+from coalition.node.partners import PartnerClient, PartnerInbox
+from coalition.node.service import Decision, NodeService
+from coalition.points import operations
+from coalition.points.accounts import validate_member_id, validate_reference
+from coalition.points.operations import EntryContext
+from coalition.points.rates import (
+    Agreement,
+    check_credit_limit,
+    check_daily_cap,
+    check_program_id,
+    quote,
+)
+from coalition.points.state import Account
+from coalition.store import conversion_repo, repository
+from coalition.store.conversion_repo import Answer, ConversionRecord, OutboxItem
+
+log = logging.getLogger(__name__)
+
+CONVERT = "convert"
+ABORT = "abort"
+RECEIPT = "convert-receipt"
+REJECTION = "convert-rejection"
+MAX_BATCH = 500
+"""Most conversions one ``convert`` or ``abort`` message carries."""
+CALL_TIMEOUT_S = 10.0
+ABORTED = "aborted"
+_HEX_HASH = re.compile(r"[0-9a-f]{64}")
+_ENTRY_ID = re.compile(r"[0-9a-f]{32}")
+DAY = timedelta(days=1)
+
+
+@dataclass(frozen=True, slots=True)
+class QuoteView:
+    """What converting ``amount`` points would give now (nothing is written)."""
+
+    to_program: str
+    agreement_id: str
+    agreement_version: int
+    amount: int
+    fee: int
+    net: int
+    credit: int
+    value_minor: int
+    currency: str
+    rate: tuple[int, int]
+    daily_cap_points: int
+    converted_today: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConversionView:
+    """One conversion as the member sees it: ``pending``, ``completed`` or ``refunded``."""
+
+    id: str
+    member_id: str
+    to_program: str
+    to_member_id: str
+    agreement_id: str
+    agreement_version: int
+    amount: int
+    fee: int
+    net: int
+    credit: int
+    value_minor: int
+    currency: str
+    status: str
+    reason: str | None
+    created_at: str
+    out_entry: str
+    final_entry: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Checked:
+    """A verified answer of the target: what to record for one conversion."""
+
+    conversion_id: str
+    kind: str
+    message: JsonObject
+    reason: str | None
+
+
+def _day_start(at: datetime) -> datetime:
+    return at.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _reason(text: str) -> str:
+    """A rejection reason fit for an entry: printable, 1-200 characters."""
+    clean = "".join(ch if ch.isprintable() else " " for ch in text).strip()
+    return (clean or "rejected")[: operations.MAX_NOTE]
+
+
+def _wall_us() -> int:
+    return time.time_ns() // 1000
+
+
+class Conversions:
+    """The conversions feature of one node: member operations, both partner handlers and
+    the outbox that delivers this node's pending conversions."""
+
+    def __init__(
+        self,
+        service: NodeService,
+        manifest: Manifest,
+        client: PartnerClient,
+        agreements: Agreements,
+        *,
+        abort_after_s: float = 30.0,
+        call_timeout_s: float = CALL_TIMEOUT_S,
+        wall_clock: Callable[[], int] = _wall_us,
+    ) -> None:
+        if not abort_after_s > 0:
+            raise InvalidArgument("abort_after_s must be positive")
+        self.service = service
+        self.manifest = manifest
+        self.client = client
+        self.agreements = agreements
+        self.program = service.program
+        self._call_timeout = call_timeout_s
+        self._wall = wall_clock
+        self.outbox = Outbox(
+            service.engine,
+            self._deliver,
+            [partner.program for partner in manifest.others(self.program)],
+            abort_after_s=abort_after_s,
+            batch=MAX_BATCH,
+            wall_clock=wall_clock,
+        )
+
+    # --- feature life cycle ------------------------------------------------------------
+
+    def register(self, inbox: PartnerInbox) -> None:
+        inbox.register(CONVERT, self._on_convert)
+        inbox.register(ABORT, self._on_abort)
+
+    def start(self) -> None:
+        """Deliver pending conversions in the background (those left by a restart too)."""
+        self.outbox.start()
+
+    def stop(self) -> None:
+        self.outbox.stop()
+
+    # --- member operations (source side) ------------------------------------------------
+
+    def _check_target(self, to_program: str) -> None:
+        check_program_id(to_program, "to_program")
+        if to_program == self.program:
+            raise InvalidArgument("a conversion goes to another program")
+        self.manifest.partner(to_program)
+
+    def _account(self, conn: Connection, member_id: str) -> str:
+        validate_member_id(member_id)
+        found = repository.accounts_for_members(conn, [member_id])
+        if member_id not in found:
+            raise NotFound(f"unknown member {member_id}")
+        return found[member_id]
+
+    def convert(
+        self,
+        member_id: str,
+        to_program: str,
+        to_member_id: str,
+        amount: int,
+        *,
+        idempotency_key: str,
+    ) -> ConversionView:
+        """Convert ``amount`` of the member's points into ``to_program`` points for the
+        member ``to_member_id`` there; returns the conversion, ``pending`` until B answers.
+        The same idempotency key with the same request returns the same conversion."""
+        validate_member_id(member_id)
+        validate_member_id(to_member_id)
+        self._check_target(to_program)
+        if not isinstance(amount, int) or isinstance(amount, bool):
+            raise InvalidArgument(f"amount must be an integer, got {amount!r}")
+        request: JsonObject = {
+            "op": "convert",
+            "member_id": member_id,
+            "to_program": to_program,
+            "to_member_id": to_member_id,
+            "amount": amount,
+        }
+        conversion_id = secrets.token_hex(16)
+
+        def decide(conn: Connection, ctx: EntryContext) -> Decision:
+            account = self._account(conn, member_id)
+            agreement = self.agreements.require(conn, self.program, to_program, ctx.at)
+            quoted = quote(agreement, amount)
+            start = _day_start(ctx.at)
+            today = conversion_repo.converted_between(
+                conn, account, agreement.id, start, start + DAY
+            )
+            check_daily_cap(agreement, today, amount)
+            limit = self.manifest.credit_limit(to_program, self.program)
+            if limit is not None:
+                since = conversion_repo.settled_until(conn, self.program, to_program)
+                unsettled = conversion_repo.owed_to(conn, self.program, to_program, since)
+                check_credit_limit(limit, unsettled, quoted.value_minor, self.program, to_program)
+            loaded = repository.load_accounts(conn, [account])
+            touched = list(loaded.values())
+            known = {lot_id for acc in touched for lot_id in acc.lots}
+            body = operations.convert_out(
+                ctx, self.service.rules, touched[0], agreement, quoted, conversion_id
+            )
+            conversion_repo.insert_conversion(
+                conn,
+                ConversionRecord(
+                    id=conversion_id,
+                    account=account,
+                    member_id=member_id,
+                    to_program=to_program,
+                    to_member_id=to_member_id,
+                    agreement_id=agreement.id,
+                    agreement_version=agreement.version,
+                    amount=amount,
+                    credit=quoted.credit,
+                    value_minor=quoted.value_minor,
+                    created_at=ctx.at,
+                    out_entry=ctx.entry_id,
+                    status="pending",
+                    reason=None,
+                    final_entry=None,
+                ),
+            )
+            conversion_repo.enqueue(conn, conversion_id, to_program, self._wall())
+            return body, touched, known
+
+        result = self.service.write(request, idempotency_key, decide)
+        conversion = result.entry.get("conversion")
+        assert isinstance(conversion, dict)
+        view = self.status(member_id, str(conversion["id"]))  # read before the outbox runs
+        self.outbox.wake(to_program)
+        return view
+
+    def status(self, member_id: str, conversion_id: str) -> ConversionView:
+        """The member's conversion; NotFound for another member's or an unknown one."""
+        validate_member_id(member_id)
+        validate_reference(conversion_id, "conversion id")
+        with self.service.engine.connect() as conn:
+            record = conversion_repo.conversion(conn, conversion_id)
+            if record is None or record.member_id != member_id:
+                raise NotFound(f"member {member_id} has no conversion {conversion_id}")
+            out = conversion_repo.out_entry_body(conn, record.out_entry)
+        if out is None:
+            raise NotFound(f"conversion {conversion_id} has no convert-out entry")
+        conversion = out.get("conversion")
+        assert isinstance(conversion, dict)
+        return ConversionView(
+            id=record.id,
+            member_id=record.member_id,
+            to_program=record.to_program,
+            to_member_id=record.to_member_id,
+            agreement_id=record.agreement_id,
+            agreement_version=record.agreement_version,
+            amount=record.amount,
+            fee=int(conversion["fee"]),  # type: ignore[arg-type]
+            net=int(conversion["net"]),  # type: ignore[arg-type]
+            credit=record.credit,
+            value_minor=record.value_minor,
+            currency=str(conversion["currency"]),
+            status=record.status,
+            reason=record.reason,
+            created_at=format_time(record.created_at),
+            out_entry=record.out_entry,
+            final_entry=record.final_entry,
+        )
+
+    def quote(self, member_id: str, to_program: str, amount: int) -> QuoteView:
+        """What ``amount`` points would convert into now; writes nothing."""
+        self._check_target(to_program)
+        now = self.service.now()
+        with self.service.engine.connect() as conn:
+            account = self._account(conn, member_id)
+            agreement = self.agreements.require(conn, self.program, to_program, now)
+            quoted = quote(agreement, amount)
+            start = _day_start(now)
+            today = conversion_repo.converted_between(
+                conn, account, agreement.id, start, start + DAY
+            )
+        return QuoteView(
+            to_program=to_program,
+            agreement_id=agreement.id,
+            agreement_version=agreement.version,
+            amount=quoted.amount,
+            fee=quoted.fee,
+            net=quoted.net,
+            credit=quoted.credit,
+            value_minor=quoted.value_minor,
+            currency=agreement.currency,
+            rate=(agreement.rate_num, agreement.rate_den),
+            daily_cap_points=agreement.daily_cap_points,
+            converted_today=today,
+        )
+
+    # --- delivery (source side, called by the outbox) -----------------------------------
+
+    def _deliver(self, partner: str, items: Sequence[OutboxItem], abort: bool) -> set[str]:
+        """Send one batch to ``partner``; record its answers; the ids settled.
+
+        Raises PartnerUnavailable (or the partner's refusal) so the outbox backs off.
+        """
+        ids = [item.conversion_id for item in items]
+        with self.service.engine.connect() as conn:
+            records = conversion_repo.conversions_by_id(conn, ids)
+            bodies = conversion_repo.out_entry_bodies(conn, [r.out_entry for r in records.values()])
+        live = [records[i] for i in ids if i in records and records[i].status == "pending"]
+        stale = set(ids) - {r.id for r in live}
+        if stale:  # settled meanwhile (e.g. by another replica): nothing to send
+            with self.service.engine.begin() as conn:
+                for conversion_id in stale:
+                    conversion_repo.dequeue(conn, conversion_id)
+        if not live:
+            return stale
+        body: JsonObject
+        if abort:
+            body = {"conversions": [r.id for r in live]}
+        else:
+            body = {
+                "conversions": [
+                    {"out_entry": bodies[r.out_entry], "to_member_id": r.to_member_id}
+                    for r in live
+                    if r.out_entry in bodies
+                ]
+            }
+        kind, reply = self.client.call(
+            partner, ABORT if abort else CONVERT, body, self._call_timeout
+        )
+        expected = f"{ABORT if abort else CONVERT}-reply"
+        if kind != expected:
+            raise VerificationError(f"{partner} answered {kind} instead of {expected}")
+        answers = reply.get("receipts")
+        if not isinstance(answers, list):
+            raise VerificationError(f"{partner}'s {kind} has no receipts list")
+        return self.record_answers(partner, answers) | stale
+
+    def record_answers(self, partner: str, answers: Sequence[JsonValue]) -> set[str]:
+        """Verify ``partner``'s signed answers and record them, one entry per conversion
+        still pending; a tampered or foreign answer is refused, logged, and changes nothing.
+        Returns the conversion ids that are settled afterwards."""
+        opened: list[tuple[str, str, JsonObject, JsonObject]] = []
+        for raw in answers:
+            try:
+                opened.append(self._open_answer(partner, raw))
+            except CoalitionError as exc:
+                log.warning("refused an answer from %s: %s", partner, exc)
+        with self.service.engine.connect() as conn:
+            records = conversion_repo.conversions_by_id(conn, [o[0] for o in opened])
+        checked: list[_Checked] = []
+        for conversion_id, kind, body, message in opened:
+            try:
+                checked.append(
+                    self._check_answer(partner, records.get(conversion_id), kind, body, message)
+                )
+            except CoalitionError as exc:
+                log.warning(
+                    "refused %s's %s for conversion %s: %s", partner, kind, conversion_id, exc
+                )
+        results = self.service.write_many([self._settle_decision(c) for c in checked])
+        settled: set[str] = set()
+        for answer, result in zip(checked, results, strict=True):
+            if isinstance(result, CoalitionError):
+                log.error(
+                    "conversion %s: cannot record the answer: %s", answer.conversion_id, result
+                )
+            else:
+                settled.add(answer.conversion_id)
+        return settled
+
+    def _open_answer(self, partner: str, raw: JsonValue) -> tuple[str, str, JsonObject, JsonObject]:
+        msg = SignedMessage.from_json(raw)
+        envelope = open_message(msg, self.manifest.public_key)
+        if envelope.sender != partner or envelope.to != self.program:
+            raise VerificationError(
+                f"an answer from {envelope.sender} to {envelope.to} came through {partner}"
+            )
+        if envelope.kind not in (RECEIPT, REJECTION):
+            raise VerificationError(f"{envelope.kind} is not a conversion answer")
+        conversion_id = envelope.body.get("conversion")
+        if not isinstance(conversion_id, str):
+            raise VerificationError("the answer names no conversion")
+        return conversion_id, envelope.kind, envelope.body, msg.to_json()
+
+    def _check_answer(
+        self,
+        partner: str,
+        record: ConversionRecord | None,
+        kind: str,
+        body: JsonObject,
+        message: JsonObject,
+    ) -> _Checked:
+        if record is None or record.to_program != partner:
+            raise VerificationError(f"no conversion {body.get('conversion')} to {partner}")
+        if kind == RECEIPT:
+            if body.get("status") != "credited":
+                raise VerificationError("a receipt's status must be credited")
+            if body.get("credit") != record.credit:
+                raise VerificationError(
+                    f"the receipt credits {body.get('credit')!r}, the conversion {record.credit}"
+                )
+            in_entry, in_hash = body.get("in_entry"), body.get("in_hash")
+            if not isinstance(in_entry, str) or not _ENTRY_ID.fullmatch(in_entry):
+                raise VerificationError("the receipt names no convert-in entry")
+            if not isinstance(in_hash, str) or not _HEX_HASH.fullmatch(in_hash):
+                raise VerificationError("the receipt's in_hash is not 64 lowercase hex digits")
+            return _Checked(record.id, kind, message, None)
+        reason = body.get("reason")
+        if body.get("status") != "rejected" or not isinstance(reason, str) or not reason:
+            raise VerificationError("a rejection has status rejected and a reason")
+        return _Checked(record.id, kind, message, reason)
+
+    def _settle_decision(
+        self, answer: _Checked
+    ) -> Callable[[Connection, EntryContext], Decision | None]:
+        def decide(conn: Connection, ctx: EntryContext) -> Decision | None:
+            record = conversion_repo.conversion(conn, answer.conversion_id)
+            if record is None or record.status != "pending":
+                conversion_repo.dequeue(conn, answer.conversion_id)
+                return None  # answered before: nothing twice
+            if answer.kind == RECEIPT:
+                body = operations.convert_complete(ctx, record.account, record.id, answer.message)
+                status = "completed"
+            else:
+                out = conversion_repo.out_entry_body(conn, record.out_entry)
+                if out is None:
+                    raise NotFound(f"conversion {record.id} has no convert-out entry")
+                body = operations.convert_refund(ctx, out, answer.message)
+                status = "refunded"
+            conversion_repo.finish_conversion(
+                conn, record.id, status, answer.reason, ctx.entry_id, ctx.at
+            )
+            conversion_repo.dequeue(conn, record.id)
+            return body, [Account(record.account)], set()
+
+        return decide
+
+    # --- partner handlers (target side) ------------------------------------------------
+
+    def _on_convert(self, sender: str, body: JsonObject) -> tuple[str, JsonObject]:
+        """Credit or reject each conversion of the batch once; answer every one of them."""
+        items = body.get("conversions")
+        if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
+            raise InvalidArgument(f"convert carries 1-{MAX_BATCH} conversions")
+        parsed: list[tuple[str, JsonObject, str]] = []
+        for item in items:
+            if not isinstance(item, dict):
+                raise InvalidArgument("each conversion is {out_entry, to_member_id}")
+            out_entry, to_member = item.get("out_entry"), item.get("to_member_id")
+            conversion = out_entry.get("conversion") if isinstance(out_entry, dict) else None
+            conversion_id = conversion.get("id") if isinstance(conversion, dict) else None
+            if not isinstance(conversion_id, str) or not isinstance(to_member, str):
+                raise InvalidArgument("each conversion is {out_entry, to_member_id}")
+            validate_reference(conversion_id, "conversion id")
+            assert isinstance(out_entry, dict)
+            parsed.append((conversion_id, out_entry, to_member))
+        decisions = [self._credit_decision(sender, *p) for p in parsed]
+        self._write_answers(decisions)
+        return f"{CONVERT}-reply", self._stored_answers(sender, [p[0] for p in parsed])
+
+    def _on_abort(self, sender: str, body: JsonObject) -> tuple[str, JsonObject]:
+        """Answer each conversion: its receipt if credited, else record it as aborted."""
+        ids = body.get("conversions")
+        if not isinstance(ids, list) or not 1 <= len(ids) <= MAX_BATCH:
+            raise InvalidArgument(f"abort carries 1-{MAX_BATCH} conversion ids")
+        for conversion_id in ids:
+            if not isinstance(conversion_id, str):
+                raise InvalidArgument("conversion ids are strings")
+            validate_reference(conversion_id, "conversion id")
+        wanted = [str(i) for i in ids]
+        self._write_answers([self._abort_decision(sender, i) for i in wanted])
+        return f"{ABORT}-reply", self._stored_answers(sender, wanted)
+
+    def _write_answers(
+        self, decisions: list[Callable[[Connection, EntryContext], Decision | None]]
+    ) -> None:
+        for result in self.service.write_many(decisions):
+            if isinstance(result, CoalitionError):  # a store fault, not a rejection
+                raise result
+
+    def _stored_answers(self, sender: str, ids: list[str]) -> JsonObject:
+        with self.service.engine.connect() as conn:
+            stored = conversion_repo.answers(conn, sender, ids)
+        unique = list(dict.fromkeys(ids))
+        return {"receipts": [stored[i].message for i in unique if i in stored]}
+
+    def _sign_answer(self, kind: str, to: str, body: JsonObject, at: datetime) -> JsonObject:
+        return sign_message(self.service.signing_key, kind, self.program, to, body, at).to_json()
+
+    def _credit_decision(
+        self, sender: str, conversion_id: str, out_entry: JsonObject, to_member: str
+    ) -> Callable[[Connection, EntryContext], Decision | None]:
+        def decide(conn: Connection, ctx: EntryContext) -> Decision | None:
+            if conversion_repo.answers(conn, sender, [conversion_id]):
+                return None  # answered before: the stored answer goes back
+            try:
+                body, account, value, out_at = self._credit(conn, ctx, sender, out_entry, to_member)
+            except CoalitionError as exc:
+                reason = _reason(str(exc))
+                log.info("conversion %s from %s rejected: %s", conversion_id, sender, reason)
+                return self._reject(conn, ctx, sender, conversion_id, reason, _out_time(out_entry))
+            receipt: JsonObject = {
+                "conversion": conversion_id,
+                "status": "credited",
+                "in_entry": ctx.entry_id,
+                "in_hash": entry_leaf_hash(body).hex(),
+                "credit": body["amount"],
+            }
+            conversion_repo.insert_answer(
+                conn,
+                sender,
+                conversion_id,
+                Answer(
+                    "credited", ctx.entry_id, self._sign_answer(RECEIPT, sender, receipt, ctx.at)
+                ),
+                value_minor=value,
+                out_at=out_at,
+                at=ctx.at,
+            )
+            return body, [Account(account)], set()
+
+        return decide
+
+    def _credit(
+        self,
+        conn: Connection,
+        ctx: EntryContext,
+        sender: str,
+        out_entry: JsonObject,
+        to_member: str,
+    ) -> tuple[JsonObject, str, int, datetime]:
+        """The convert-in entry for a partner's convert-out, or the reason to reject it."""
+        if out_entry.get("program") != sender:
+            raise InvalidArgument(f"the convert-out is not {sender}'s entry")
+        conversion = out_entry.get("conversion")
+        assert isinstance(conversion, dict)
+        ref = conversion.get("agreement")
+        if not isinstance(ref, dict):
+            raise InvalidArgument("the convert-out names no agreement")
+        agreement_id, version = ref.get("id"), ref.get("version")
+        if not isinstance(agreement_id, str) or type(version) is not int:
+            raise InvalidArgument("the convert-out's agreement is {id, version}")
+        agreement = self.agreements.get(conn, agreement_id, version)
+        if agreement is None:
+            raise FailedPrecondition(f"agreement {agreement_id} v{version} is not recorded here")
+        out_at = _out_time(out_entry)
+        if out_at is None:
+            raise InvalidArgument("the convert-out has no valid time")
+        _check_in_force(self.agreements.usable_on(conn, sender, self.program, out_at), agreement)
+        accounts = repository.accounts_for_members(conn, [validate_member_id(to_member)])
+        if to_member not in accounts:
+            raise NotFound(f"member {to_member} is not enrolled at {self.program}")
+        quoted = quote(agreement, _int(out_entry.get("amount")))
+        limit = self.manifest.credit_limit(self.program, sender)
+        if limit is not None:
+            since = conversion_repo.settled_until(conn, self.program, sender)
+            unsettled = conversion_repo.owed_by(conn, sender, since)
+            check_credit_limit(limit, unsettled, quoted.value_minor, sender, self.program)
+        body = operations.convert_in(
+            ctx,
+            self.service.rules,
+            accounts[to_member],
+            out_entry,
+            entry_leaf_hash(out_entry).hex(),
+            agreement,
+        )
+        return body, accounts[to_member], quoted.value_minor, out_at
+
+    def _reject(
+        self,
+        conn: Connection,
+        ctx: EntryContext,
+        sender: str,
+        conversion_id: str,
+        reason: str,
+        out_at: datetime | None,
+    ) -> Decision:
+        body = operations.convert_reject(ctx, conversion_id, sender, reason)
+        rejection: JsonObject = {
+            "conversion": conversion_id,
+            "status": "rejected",
+            "reason": reason,
+        }
+        conversion_repo.insert_answer(
+            conn,
+            sender,
+            conversion_id,
+            Answer(
+                "rejected", ctx.entry_id, self._sign_answer(REJECTION, sender, rejection, ctx.at)
+            ),
+            value_minor=0,
+            out_at=out_at,
+            at=ctx.at,
+        )
+        return body, [], set()
+
+    def _abort_decision(
+        self, sender: str, conversion_id: str
+    ) -> Callable[[Connection, EntryContext], Decision | None]:
+        def decide(conn: Connection, ctx: EntryContext) -> Decision | None:
+            if conversion_repo.answers(conn, sender, [conversion_id]):
+                return None  # credited or rejected before: that answer stands
+            log.info("conversion %s from %s aborted before it arrived", conversion_id, sender)
+            return self._reject(conn, ctx, sender, conversion_id, ABORTED, None)
+
+        return decide
+
+
+def _out_time(out_entry: JsonObject) -> datetime | None:
+    at = out_entry.get("at")
+    if not isinstance(at, str):
+        return None
+    try:
+        return parse_time(at)
+    except CoalitionError:
+        return None
+
+
+def _int(value: JsonValue) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidArgument(f"the convert-out amount must be an integer, got {value!r}")
+    return value
+
+
+def _check_in_force(current: Agreement | None, named: Agreement) -> None:
+    if current is None or (current.id, current.version) != (named.id, named.version):
+        raise FailedPrecondition(
+            f"agreement {named.id} v{named.version} was not the one in force at the convert-out"
+        )

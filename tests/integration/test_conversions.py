@@ -1,0 +1,554 @@
+"""Conversions A -> B between real nodes: mutual-TLS gRPC on 127.0.0.1, one database per
+node (SQLite files, or PostgreSQL schemas), the real outbox thread.
+
+Every test ends with both chains replayed: each node's tables equal the replay of its
+own entries, and no point is in flight once every conversion is settled.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from contextlib import ExitStack
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from coalition.api.auth import Authenticator
+from coalition.api.conversions_api import add_conversions_servicer, conversions_router
+from coalition.api.rest import create_app
+from coalition.audit.db_check import check_database
+from coalition.errors import CoalitionError, FailedPrecondition, InsufficientPoints
+from coalition.ledger.canonical import JsonObject, canonical_json
+from coalition.ledger.entries import entry_leaf_hash, format_time
+from coalition.ledger.envelope import SignedMessage, open_message, sign_message
+from coalition.node.coalition_testing import (
+    PartnerNode,
+    RunningCoalition,
+    agreement_doc,
+    coalition_nodes,
+    entry_kinds,
+    ledger_entries,
+    node_urls,
+    wait_for,
+)
+from coalition.node.conversions import RECEIPT, ConversionView
+from coalition.points import operations
+from coalition.points.replay import Replay
+from coalition.store.coalition_tables import outbox
+from coalition.v1 import conversions_pb2, conversions_pb2_grpc
+
+Factory = Callable[..., RunningCoalition]
+A, B, C = "skyair", "staybright", "beanhouse"
+CREDIT = 1485  # 1000 points at 3:2 after a 1 % fee: net 990, floor(990 * 3 / 2)
+
+
+@pytest.fixture
+def make(tmp_path: Path, database_url: str) -> Iterator[Factory]:
+    """Start real nodes, propose the skyair -> staybright agreement, enroll alice (10,000
+    skyair points) and bob at staybright."""
+    with ExitStack() as stack:
+
+        def factory(
+            programs: tuple[str, ...] = (A, B), agreement: dict[str, Any] | None = None, **kw: Any
+        ) -> RunningCoalition:
+            urls = stack.enter_context(node_urls(database_url, tmp_path, programs))
+            c = stack.enter_context(coalition_nodes(tmp_path, urls, **kw))
+            c[A].agr.propose(agreement_doc(A, B, **(agreement or {})))
+            c[A].service.enroll("alice", idempotency_key="enroll-alice")
+            c[A].service.adjust("alice", 10_000, "ops", "opening", idempotency_key="seed-alice")
+            c[B].service.enroll("bob", idempotency_key="enroll-bob")
+            return c
+
+        yield factory
+
+
+def spendable(node: PartnerNode, member: str) -> int:
+    return node.service.balance(member).spendable
+
+
+def settled(node: PartnerNode, view: ConversionView, timeout: float = 20.0) -> ConversionView:
+    """The conversion once it is no longer pending."""
+    wait_for(
+        lambda: node.conv.status(view.member_id, view.id).status != "pending",
+        timeout,
+        f"conversion {view.id} to settle",
+    )
+    return node.conv.status(view.member_id, view.id)
+
+
+def replay(node: PartnerNode) -> Replay:
+    state = Replay()
+    for entry in ledger_entries(node.service):
+        state.apply(entry)
+    return state
+
+
+def assert_consistent(c: RunningCoalition) -> None:
+    """Each node's tables equal the replay of its chain; nothing is left in flight."""
+    for node in c.nodes.values():
+        node.service.flush()
+        report = check_database(node.url)
+        assert report.ok, report.render()
+        assert replay(node).in_flight == {}
+
+
+def outbox_rows(node: PartnerNode) -> list[Any]:
+    with node.service.engine.connect() as conn:
+        return list(conn.execute(select(outbox)).all())
+
+
+def test_conversion_completes_with_exact_amounts_on_both_chains(make: Factory) -> None:
+    c = make()
+    a, b = c[A], c[B]
+    view = a.conv.convert("alice", B, "bob", 1000, idempotency_key="conv-1")
+    assert (view.status, view.amount, view.fee, view.net, view.credit) == (
+        "pending",
+        1000,
+        10,
+        990,
+        CREDIT,
+    )
+    assert view.value_minor == 990 and view.currency == "EUR"
+    done = settled(a, view)
+    assert done.status == "completed" and done.reason is None
+    assert spendable(a, "alice") == 9000
+    assert spendable(b, "bob") == CREDIT
+
+    [out] = ledger_entries(a.service, "convert-out")
+    [complete] = ledger_entries(a.service, "convert-complete")
+    [credit] = ledger_entries(b.service, "convert-in")
+    assert out["amount"] == 1000 and out["conversion"]["credit"] == CREDIT  # type: ignore[index]
+    assert credit["amount"] == CREDIT
+    assert credit["conversion"]["out_hash"] == entry_leaf_hash(out).hex()  # type: ignore[index]
+    assert credit["conversion"]["id"] == view.id  # type: ignore[index]
+    # The receipt A embedded verifies alone with the manifest and names B's entry.
+    receipt = open_message(SignedMessage.from_json(complete["receipt"]), c.manifest.public_key)
+    assert (receipt.kind, receipt.sender, receipt.to) == (RECEIPT, B, A)
+    assert receipt.body["in_entry"] == credit["id"]
+    assert receipt.body["in_hash"] == entry_leaf_hash(credit).hex()
+    assert outbox_rows(a) == []
+    # The same idempotency key returns the same conversion and moves nothing more.
+    again = a.conv.convert("alice", B, "bob", 1000, idempotency_key="conv-1")
+    assert again.id == view.id and spendable(a, "alice") == 9000
+    assert_consistent(c)
+
+
+def test_unknown_member_at_target_is_rejected_and_refunded(make: Factory) -> None:
+    c = make()
+    a, b = c[A], c[B]
+    view = a.conv.convert("alice", B, "nobody", 1000, idempotency_key="conv-x")
+    done = settled(a, view)
+    assert done.status == "refunded"
+    assert done.reason is not None and "not enrolled" in done.reason
+    assert spendable(a, "alice") == 10_000
+    [refund] = ledger_entries(a.service, "convert-refund")
+    rejection = open_message(SignedMessage.from_json(refund["rejection"]), c.manifest.public_key)
+    assert rejection.kind == "convert-rejection" and rejection.body["status"] == "rejected"
+    [reject] = ledger_entries(b.service, "convert-reject")
+    assert reject["conversion"]["id"] == view.id  # type: ignore[index]
+    assert entry_kinds(b.service)["convert-in"] == 0
+    assert_consistent(c)
+
+
+def test_target_down_stays_pending_then_completes(make: Factory) -> None:
+    c = make(abort_after_s=60.0)
+    a, b = c[A], c[B]
+    b.stop_partner_server()
+    view = a.conv.convert("alice", B, "bob", 1000, idempotency_key="conv-down")
+    wait_for(lambda: any(row.attempts >= 2 for row in outbox_rows(a)), 20, "failed attempts")
+    assert a.conv.status("alice", view.id).status == "pending"  # no refund on a timeout
+    assert spendable(a, "alice") == 9000
+    assert entry_kinds(a.service)["convert-refund"] == 0
+    b.start_partner_server()
+    a.conv.outbox.wake()
+    assert settled(a, view, 40).status == "completed"
+    assert spendable(b, "bob") == CREDIT
+    assert_consistent(c)
+
+
+def test_one_partner_down_does_not_hold_up_another(make: Factory) -> None:
+    c = make(programs=(A, B, C), abort_after_s=60.0)
+    a, h = c[A], c[C]
+    a.agr.propose(agreement_doc(A, C, rate=(1, 1), fee_bps=0))
+    h.service.enroll("carol", idempotency_key="enroll-carol")
+    h.stop_partner_server()
+    to_c = a.conv.convert("alice", C, "carol", 1000, idempotency_key="to-c")
+    to_b = a.conv.convert("alice", B, "bob", 1000, idempotency_key="to-b")
+    assert settled(a, to_b).status == "completed"
+    assert a.conv.status("alice", to_c.id).status == "pending"
+    h.start_partner_server()
+    a.conv.outbox.wake()
+    assert settled(a, to_c, 40).status == "completed"
+    assert spendable(h, "carol") == 1000 and spendable(a, "alice") == 8000
+    assert_consistent(c)
+
+
+def test_abort_after_deadline_refunds_and_late_delivery_never_credits(make: Factory) -> None:
+    c = make(abort_after_s=1.0)
+    a, b = c[A], c[B]
+    b.stop_partner_server()
+    view = a.conv.convert("alice", B, "bob", 1000, idempotency_key="conv-abort")
+    wait_for(lambda: outbox_rows(a)[0].attempts >= 1, 20, "a failed attempt")
+    threading.Event().wait(1.2)  # past abort_after_s while B is down
+    assert a.conv.status("alice", view.id).status == "pending"
+    b.start_partner_server()
+    a.conv.outbox.wake()
+    done = settled(a, view, 40)
+    assert (done.status, done.reason) == ("refunded", "aborted")
+    assert spendable(a, "alice") == 10_000
+    [reject] = ledger_entries(b.service, "convert-reject")
+    assert reject["conversion"] == {"id": view.id, "from_program": A, "reason": "aborted"}
+
+    # The convert message arriving late (a delayed or replayed delivery) gets the stored
+    # rejection again; B never credits an aborted conversion.
+    [out] = ledger_entries(a.service, "convert-out")
+    assert a.client is not None
+    _, reply = a.client.call(
+        B, "convert", {"conversions": [{"out_entry": out, "to_member_id": "bob"}]}
+    )
+    [answer] = reply["receipts"]  # type: ignore[misc]
+    late = open_message(SignedMessage.from_json(answer), c.manifest.public_key)
+    assert late.body == {"conversion": view.id, "status": "rejected", "reason": "aborted"}
+    assert entry_kinds(b.service)["convert-in"] == 0 and spendable(b, "bob") == 0
+    assert_consistent(c)
+
+
+def test_duplicate_and_out_of_order_deliveries_credit_once(make: Factory) -> None:
+    c = make(start_features=False)
+    a, b = c[A], c[B]
+    views = [a.conv.convert("alice", B, "bob", 1000, idempotency_key=f"conv-{n}") for n in range(3)]
+    outs = {e["conversion"]["id"]: e for e in ledger_entries(a.service, "convert-out")}  # type: ignore[index]
+    item = {v.id: {"out_entry": outs[v.id], "to_member_id": "bob"} for v in views}
+    v0, v1, v2 = (v.id for v in views)
+    assert a.client is not None
+    _, first = a.client.call(
+        B, "convert", {"conversions": [item[v2], item[v0], item[v2], item[v1], item[v0]]}
+    )
+    receipts = first["receipts"]
+    assert isinstance(receipts, list) and len(receipts) == 3
+    _, second = a.client.call(B, "convert", {"conversions": [item[v1]]})
+    assert second["receipts"] == [receipts[2]]  # the stored answer, byte for byte
+    _, aborted = a.client.call(B, "abort", {"conversions": [v0]})
+    assert aborted["receipts"] == [receipts[1]]  # credited already: the receipt, not a rejection
+    assert entry_kinds(b.service)["convert-in"] == 3
+    assert entry_kinds(b.service)["convert-reject"] == 0
+    assert spendable(b, "bob") == 3 * CREDIT
+
+    # A records each receipt once, however often it arrives and in whatever order.
+    assert a.conv.record_answers(B, list(reversed(receipts))) == {v0, v1, v2}
+    assert entry_kinds(a.service)["convert-complete"] == 3
+    assert a.conv.record_answers(B, receipts + receipts) == {v0, v1, v2}  # still settled
+    a.conv.outbox.run_once()  # the outbox finds nothing left to send
+    assert entry_kinds(a.service)["convert-complete"] == 3
+    assert [a.conv.status("alice", v).status for v in (v0, v1, v2)] == ["completed"] * 3
+    assert outbox_rows(a) == [] and entry_kinds(b.service)["convert-in"] == 3
+    assert_consistent(c)
+
+
+def test_concurrent_conversions_never_overdraw(make: Factory) -> None:
+    c = make()
+    a, b = c[A], c[B]
+    results: list[ConversionView | CoalitionError] = []
+    lock = threading.Lock()
+
+    def convert(n: int) -> None:
+        try:
+            found: ConversionView | CoalitionError = a.conv.convert(
+                "alice", B, "bob", 3000, idempotency_key=f"race-{n}"
+            )
+        except CoalitionError as exc:
+            found = exc
+        with lock:
+            results.append(found)
+
+    threads = [threading.Thread(target=convert, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    made = [r for r in results if isinstance(r, ConversionView)]
+    refused = [r for r in results if not isinstance(r, ConversionView)]
+    assert len(made) == 3 and len(refused) == 5  # 10,000 points: three of 3,000
+    assert all(isinstance(r, InsufficientPoints) for r in refused)
+    for view in made:
+        assert settled(a, view).status == "completed"
+    assert spendable(a, "alice") == 1000
+    assert spendable(b, "bob") == 3 * 4455  # 3000 - 30 fee = 2970 net, * 3 / 2
+    assert_consistent(c)
+
+
+def record_statement(c: RunningCoalition, end: datetime) -> None:
+    """Both partners record a statement signed by both covering everything before ``end``
+    (standing in for node.settlement, which writes real ones)."""
+    statement: JsonObject = {
+        "type": "coalition.statement.v1",
+        "id": f"stmt-{format_time(end)}",
+        "parties": [A, B],
+        "period": {"start": format_time(end - timedelta(days=1)), "end": format_time(end)},
+        "currency": "EUR",
+        "owed": {"skyair->staybright": 1980, "staybright->skyair": 0},
+        "items": {"skyair->staybright": 2, "staybright->skyair": 0},
+    }
+    data = canonical_json(statement)
+    signed: JsonObject = {
+        "statement": statement,
+        "signatures": {p: c[p].key.sign(data).hex() for p in (A, B)},
+    }
+    for program in (A, B):
+        [result] = c[program].service.write_many(
+            [lambda conn, ctx: (operations.statement_entry(ctx, signed), [], set())]
+        )
+        assert isinstance(result, dict)
+
+
+def test_credit_limit_refuses_until_settled(make: Factory) -> None:
+    c = make(credit_limits={(B, A): 2000})
+    a, b = c[A], c[B]
+    first = a.conv.convert("alice", B, "bob", 1000, idempotency_key="cl-1")  # owes 990
+    second = a.conv.convert("alice", B, "bob", 1000, idempotency_key="cl-2")  # owes 1980
+    with pytest.raises(FailedPrecondition, match="credit limit of 2000"):
+        a.conv.convert("alice", B, "bob", 1000, idempotency_key="cl-3")
+    assert spendable(a, "alice") == 8000  # the refused one took nothing
+    for view in (first, second):
+        assert settled(a, view).status == "completed"
+    quoted = a.conv.quote("alice", B, 1000)
+    assert (quoted.credit, quoted.value_minor, quoted.converted_today) == (CREDIT, 990, 2000)
+
+    record_statement(c, datetime.now(UTC))
+    third = a.conv.convert("alice", B, "bob", 1000, idempotency_key="cl-3")
+    assert settled(a, third).status == "completed"  # B's own limit check passes too
+    assert spendable(b, "bob") == 3 * CREDIT
+    assert_consistent(c)
+
+
+def test_daily_cap_counts_the_members_conversions_today(make: Factory) -> None:
+    c = make(agreement={"daily_cap_points": 2500})
+    a = c[A]
+    a.conv.convert("alice", B, "bob", 1000, idempotency_key="cap-1")
+    a.conv.convert("alice", B, "bob", 1000, idempotency_key="cap-2")
+    with pytest.raises(FailedPrecondition, match="daily cap"):
+        a.conv.convert("alice", B, "bob", 1000, idempotency_key="cap-3")
+    last = a.conv.convert("alice", B, "bob", 500, idempotency_key="cap-4")
+    assert settled(a, last).status == "completed"
+    assert a.conv.quote("alice", B, 100).converted_today == 2500
+    with pytest.raises(FailedPrecondition, match="0 left"):
+        a.conv.convert("alice", B, "bob", 100, idempotency_key="cap-5")
+    assert spendable(a, "alice") == 7500
+
+
+def test_no_conversion_without_an_agreement_in_force(make: Factory) -> None:
+    ends = datetime.now(UTC) + timedelta(seconds=1.5)
+    c = make(agreement={"valid_until": ends})
+    a, b = c[A], c[B]
+    b.service.adjust("bob", 5000, "ops", "opening", idempotency_key="seed-bob")
+    with pytest.raises(FailedPrecondition, match="no rate agreement staybright -> skyair"):
+        b.conv.convert("bob", A, "alice", 1000, idempotency_key="back")
+    assert settled(a, a.conv.convert("alice", B, "bob", 1000, idempotency_key="ok")).status == (
+        "completed"
+    )
+    wait_for(lambda: datetime.now(UTC) >= ends, 5, "the agreement to end")
+    with pytest.raises(FailedPrecondition, match="no rate agreement skyair -> staybright"):
+        a.conv.convert("alice", B, "bob", 1000, idempotency_key="late")
+    assert spendable(a, "alice") == 9000 and spendable(b, "bob") == 5000 + CREDIT
+    assert_consistent(c)
+
+
+def test_tampered_or_foreign_receipts_are_refused(
+    make: Factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    c = make(programs=(A, B, C), start_features=False)
+    a, b, h = c[A], c[B], c[C]
+    view = a.conv.convert("alice", B, "bob", 1000, idempotency_key="tamper")
+    [out] = ledger_entries(a.service, "convert-out")
+    assert a.client is not None
+    _, reply = a.client.call(
+        B, "convert", {"conversions": [{"out_entry": out, "to_member_id": "bob"}]}
+    )
+    [genuine] = reply["receipts"]  # type: ignore[misc]
+    assert isinstance(genuine, dict)
+    envelope = open_message(SignedMessage.from_json(genuine), c.manifest.public_key)
+    text = str(genuine["envelope"])
+    now = datetime.now(UTC)
+    forged_body = dict(envelope.body, credit=CREDIT * 10)
+    forgeries = [
+        # the credit edited after B signed
+        {
+            "envelope": text.replace(f'"credit":{CREDIT}', f'"credit":{CREDIT * 10}'),
+            "signature": genuine["signature"],
+        },
+        # B's name, another partner's key
+        sign_message(h.key, RECEIPT, B, A, envelope.body, now).to_json(),
+        # B's key, but a credit that is not the conversion's
+        sign_message(b.key, RECEIPT, B, A, forged_body, now).to_json(),
+        # B's key, addressed to another program
+        sign_message(b.key, RECEIPT, B, C, envelope.body, now).to_json(),
+        # beanhouse's genuine signature for a conversion that went to B
+        sign_message(h.key, RECEIPT, C, A, envelope.body, now).to_json(),
+        # not a signed message at all
+        {"envelope": text},
+    ]
+    with caplog.at_level(logging.WARNING, logger="coalition.node.conversions"):
+        assert a.conv.record_answers(B, forgeries) == set()
+    assert len([r for r in caplog.records if "refused" in r.getMessage()]) == len(forgeries)
+    assert a.conv.status("alice", view.id).status == "pending"
+    assert entry_kinds(a.service)["convert-complete"] == 0
+    assert a.conv.record_answers(B, [genuine]) == {view.id}
+    assert a.conv.status("alice", view.id).status == "completed"
+    assert_consistent(c)
+
+
+def test_restarted_node_resumes_its_outbox(make: Factory) -> None:
+    c = make(start_features=False)
+    a = c[A]
+    views = [a.conv.convert("alice", B, "bob", 1000, idempotency_key=f"r-{n}") for n in range(2)]
+    assert a.conv.outbox.pending() == 2
+    a = c.restart(A)  # a new service, inbox, server and outbox on the same database
+    for view in views:
+        assert settled(a, view).status == "completed"
+    assert a.conv.outbox.pending() == 0
+    assert spendable(a, "alice") == 8000 and spendable(c[B], "bob") == 2 * CREDIT
+    # The restarted node keeps answering: a new conversion goes through at once.
+    assert settled(a, a.conv.convert("alice", B, "bob", 1000, idempotency_key="r-2")).status == (
+        "completed"
+    )
+    assert_consistent(c)
+
+
+def test_batches_of_at_most_500_per_call(make: Factory) -> None:
+    c = make(start_features=False, agreement={"min_points": 1, "daily_cap_points": 10_000})
+    a, b = c[A], c[B]
+    views = [a.conv.convert("alice", B, "bob", 10, idempotency_key=f"b-{n}") for n in range(520)]
+    assert a.client is not None
+    sizes: list[tuple[str, int]] = []
+    call = a.client.call
+
+    def counting(to: str, kind: str, body: JsonObject, timeout: float = 5.0) -> Any:
+        conversions = body.get("conversions")
+        assert isinstance(conversions, list)
+        sizes.append((kind, len(conversions)))
+        return call(to, kind, body, timeout)
+
+    a.client.call = counting  # type: ignore[method-assign]
+    a.conv.outbox.run_once()
+    assert sizes == [("convert", 500), ("convert", 20)]
+    assert {a.conv.status("alice", v.id).status for v in views} == {"completed"}
+    assert entry_kinds(b.service)["convert-in"] == 520
+    assert spendable(b, "bob") == 520 * 13  # 10 points, 1 fee: 9 net, 13.5 rounds down
+    assert spendable(a, "alice") == 10_000 - 5200
+    assert_consistent(c)
+
+
+def test_member_api_rest_and_grpc(
+    make: Factory, authenticator: Authenticator, api_keys: dict[str, str]
+) -> None:
+    c = make()
+    a = c[A]
+    app = create_app(a.service, authenticator)
+    app.include_router(conversions_router(a.conv, authenticator))
+    alice = {"Authorization": f"Bearer {api_keys['member']}"}
+    with TestClient(app) as http:
+        body = {"to_program": B, "to_member_id": "bob", "amount": 1000}
+        made = http.post(
+            "/v1/members/alice/conversions", json=body, headers={**alice, "Idempotency-Key": "k1"}
+        )
+        assert made.status_code == 201, made.text
+        conversion = made.json()
+        assert (conversion["credit"], conversion["status"]) == (CREDIT, "pending")
+        again = http.post(
+            "/v1/members/alice/conversions", json=body, headers={**alice, "Idempotency-Key": "k1"}
+        )
+        assert again.json()["id"] == conversion["id"]
+        view = a.conv.status("alice", conversion["id"])
+        settled(a, view)
+        got = http.get(f"/v1/members/alice/conversions/{conversion['id']}", headers=alice)
+        assert got.json()["status"] == "completed"
+        quote = http.get(
+            "/v1/members/alice/conversions/quote",
+            params={"to_program": B, "amount": 2000},
+            headers=alice,
+        )
+        assert quote.status_code == 200, quote.text
+        assert (quote.json()["credit"], quote.json()["rate"]) == (2970, [3, 2])
+        # Another member's key, no key, bad input, unknown ids.
+        assert (
+            http.get(f"/v1/members/bob/conversions/{conversion['id']}", headers=alice).status_code
+            == 403
+        )
+        assert http.post("/v1/members/alice/conversions", json=body).status_code == 401
+        missing_key = http.post("/v1/members/alice/conversions", json=body, headers=alice)
+        assert missing_key.status_code == 400
+        too_small = http.post(
+            "/v1/members/alice/conversions",
+            json=dict(body, amount=5),
+            headers={**alice, "Idempotency-Key": "k2"},
+        )
+        assert too_small.status_code == 400 and too_small.json()["error"] == "invalid_argument"
+        no_agreement = http.get(
+            "/v1/members/alice/conversions/quote",
+            params={"to_program": C, "amount": 100},
+            headers=alice,
+        )
+        assert no_agreement.status_code == 404  # beanhouse is not in this coalition
+        assert http.get("/v1/members/alice/conversions/nope", headers=alice).status_code == 404
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    add_conversions_servicer(server, a.conv, authenticator)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = conversions_pb2_grpc.ConversionsStub(channel)
+            meta = (("authorization", f"Bearer {api_keys['member']}"),)
+            made_rpc = stub.Convert(
+                conversions_pb2.ConvertRequest(
+                    member_id="alice",
+                    to_program=B,
+                    to_member_id="bob",
+                    amount=2000,
+                    idempotency_key="g1",
+                ),
+                metadata=meta,
+            )
+            assert (made_rpc.credit, made_rpc.status) == (2970, "pending")
+            settled(a, a.conv.status("alice", made_rpc.id))
+            got_rpc = stub.GetConversion(
+                conversions_pb2.GetConversionRequest(member_id="alice", conversion_id=made_rpc.id),
+                metadata=meta,
+            )
+            assert got_rpc.status == "completed" and got_rpc.final_entry
+            quoted = stub.Quote(
+                conversions_pb2.QuoteRequest(member_id="alice", to_program=B, amount=1000),
+                metadata=meta,
+            )
+            assert (quoted.credit, quoted.rate_num, quoted.rate_den) == (CREDIT, 3, 2)
+            with pytest.raises(grpc.RpcError) as failed:
+                stub.Convert(
+                    conversions_pb2.ConvertRequest(
+                        member_id="alice",
+                        to_program=B,
+                        to_member_id="bob",
+                        amount=99_000,
+                        idempotency_key="g2",
+                    ),
+                    metadata=meta,
+                )
+            assert failed.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            with pytest.raises(grpc.RpcError) as denied:
+                stub.GetConversion(
+                    conversions_pb2.GetConversionRequest(
+                        member_id="bob", conversion_id=made_rpc.id
+                    ),
+                    metadata=meta,
+                )
+            assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        server.stop(None).wait(5)
+    assert_consistent(c)
