@@ -30,7 +30,7 @@ class EntryRow(SQLModel, table=True):
 
     log_index: int = Field(sa_column=Column(RowId, primary_key=True, autoincrement=False))
     entry_id: str = Field(max_length=48, unique=True)
-    kind: str = Field(max_length=16)
+    kind: str = Field(max_length=32)  # "redemption-receipt" is 18
     account: str = Field(max_length=64, index=True)
     to_account: str | None = Field(default=None, max_length=64)
     body: str = Field(sa_column=Column(Text, nullable=False))

@@ -1,0 +1,597 @@
+"""Settlement between partner nodes (docs/coalition.md, "Settlement").
+
+Obligations come from this node's own chain alone (``points.settlement.obligations``).
+``propose`` builds the statement of a finished period with a partner, signs it and sends
+``statement-propose``; the partner recomputes the statement from its own chain and
+countersigns only if it is equal, else it refuses naming the difference. Both record
+the statement signed by both as a ``statement`` entry. A statement's id is derived from
+its parties and period, so a proposal retried after a lost reply records nothing twice,
+and periods of one pair never overlap.
+
+``coalition_netting`` gathers the statements recorded for a period, this node's and its
+partners' (``statements-list``, each statement's two signatures verified), and nets them
+into positions and the fewest payments, exported as CSV and JSON.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sqlalchemy import Connection
+
+from coalition.errors import (
+    CoalitionError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PartnerUnavailable,
+    VerificationError,
+)
+from coalition.ledger.canonical import JsonObject, JsonValue, canonical_json
+from coalition.ledger.entries import check_time, format_time
+from coalition.ledger.keys import SigningKey, VerifyKey
+from coalition.node.manifest import Manifest
+from coalition.node.partners import PartnerClient, PartnerInbox
+from coalition.node.service import Decision, NodeService
+from coalition.points import operations
+from coalition.points.operations import EntryContext
+from coalition.points.rates import check_program_id
+from coalition.points.settlement import (
+    STATEMENT_TYPE,
+    Netting,
+    Owed,
+    net,
+    netting_csv,
+    netting_json,
+    obligations,
+    pending_conversions,
+    statement_document,
+)
+from coalition.store import redemption_tables as tables
+from coalition.store.redemption_tables import Statement
+
+log = logging.getLogger(__name__)
+
+PROPOSE = "statement-propose"
+LIST = "statements-list"
+CALL_TIMEOUT_S = 10.0
+OBLIGATION_KINDS = (
+    "convert-out",
+    "convert-complete",
+    "convert-refund",
+    "convert-in",
+    "hold-capture",
+    "redemption-receipt",
+)
+"""The entry kinds ``points.settlement.obligations`` reads (completions included)."""
+BEGINNING = datetime(1970, 1, 1, tzinfo=UTC)
+END_OF_TIME = datetime(9999, 1, 1, tzinfo=UTC)
+MAX_LISTED = 10_000
+"""Most statements one ``statements-list`` reply carries."""
+
+
+# --- signed statements ------------------------------------------------------------------
+
+
+def sign_statement(doc: JsonObject, key: SigningKey) -> str:
+    """Hex Ed25519 signature over the statement's canonical JSON."""
+    return key.sign(canonical_json(doc)).hex()
+
+
+def signed_statement(doc: JsonObject, signatures: Mapping[str, str]) -> JsonObject:
+    """The recorded form: ``{"statement": doc, "signatures": {program: hex}}``."""
+    sigs: dict[str, JsonValue] = dict(sorted(signatures.items()))
+    return {"statement": doc, "signatures": sigs}
+
+
+@dataclass(frozen=True, slots=True)
+class StatementParts:
+    """The checked fields of a statement document."""
+
+    id: str
+    parties: tuple[str, str]
+    start: datetime
+    end: datetime
+    currency: str
+    owed: dict[tuple[str, str], Owed]
+
+
+def statement_parts(doc: JsonValue) -> StatementParts:
+    """Parse a statement document; InvalidArgument unless it is exactly what
+    ``statement_document`` writes for its own fields."""
+    if not isinstance(doc, dict) or doc.get("type") != STATEMENT_TYPE:
+        raise InvalidArgument(f"a statement is a {STATEMENT_TYPE} object")
+    parties, period = doc.get("parties"), doc.get("period")
+    if not isinstance(parties, list) or len(parties) != 2:
+        raise InvalidArgument("a statement names two parties")
+    a, b = (check_program_id(p, "party") for p in parties)
+    if not isinstance(period, dict):
+        raise InvalidArgument("a statement has a period {start, end}")
+    start = check_time(period.get("start"), "statement period start")
+    end = check_time(period.get("end"), "statement period end")
+    owed_doc, items_doc = doc.get("owed"), doc.get("items")
+    if not isinstance(owed_doc, dict) or not isinstance(items_doc, dict):
+        raise InvalidArgument("a statement has owed and items per direction")
+    owed: dict[tuple[str, str], Owed] = {}
+    for debtor, creditor in ((a, b), (b, a)):
+        key = f"{debtor}->{creditor}"
+        minor, items = owed_doc.get(key), items_doc.get(key)
+        for value in (minor, items):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise InvalidArgument(f"statement {key}: amounts are non-negative integers")
+        assert isinstance(minor, int) and isinstance(items, int)
+        owed[(debtor, creditor)] = Owed(minor, items)
+    statement_id, currency = doc.get("id"), doc.get("currency")
+    if not isinstance(statement_id, str) or not isinstance(currency, str):
+        raise InvalidArgument("a statement has an id and a currency")
+    rebuilt = statement_document(statement_id, (a, b), start, end, currency, owed)
+    if rebuilt != doc:
+        raise InvalidArgument("the statement document has unexpected fields")
+    return StatementParts(statement_id, (a, b), start, end, currency, owed)
+
+
+def verify_signed_statement(
+    signed: JsonValue, key_of: Callable[[str], VerifyKey]
+) -> StatementParts:
+    """The statement, once both parties' signatures verify; VerificationError otherwise."""
+    if not isinstance(signed, dict) or set(signed) != {"statement", "signatures"}:
+        raise VerificationError("a signed statement is {statement, signatures}")
+    doc, signatures = signed["statement"], signed["signatures"]
+    try:
+        parts = statement_parts(doc)
+    except InvalidArgument as exc:
+        raise VerificationError(f"a malformed statement: {exc}") from None
+    assert isinstance(doc, dict)
+    if not isinstance(signatures, dict) or set(signatures) != set(parts.parties):
+        raise VerificationError(f"statement {parts.id} needs signatures of {list(parts.parties)}")
+    message = canonical_json(doc)
+    for program in parts.parties:
+        _verify(key_of(program), message, signatures[program], f"{program}'s on {parts.id}")
+    return parts
+
+
+def _verify(key: VerifyKey, message: bytes, signature: JsonValue, what: str) -> None:
+    raw = b""
+    if isinstance(signature, str) and len(signature) == 128:
+        try:
+            raw = bytes.fromhex(signature)
+        except ValueError:
+            raw = b""
+    if len(raw) != 64 or raw.hex() != signature:
+        raise VerificationError(f"signature {what} is not 128 lowercase hex digits")
+    try:
+        key.verify(message, raw)
+    except VerificationError:
+        raise VerificationError(f"signature {what} does not verify") from None
+
+
+def statement_id(parties: tuple[str, str], start: datetime, end: datetime) -> str:
+    """The id of a pair's statement for a period: one statement per pair and period."""
+    return f"{parties[0]}:{parties[1]}:{format_time(start)}:{format_time(end)}"
+
+
+def _differences(expected: JsonObject, proposed: JsonObject) -> list[str]:
+    """What differs between two statement documents, in words."""
+    found: list[str] = []
+    for key in ("owed", "items"):
+        mine, theirs = expected.get(key), proposed.get(key)
+        assert isinstance(mine, dict) and isinstance(theirs, dict)
+        for direction in sorted(set(mine) | set(theirs)):
+            if mine.get(direction) != theirs.get(direction):
+                found.append(
+                    f"{key} {direction}: {mine.get(direction)} here, "
+                    f"{theirs.get(direction)} proposed"
+                )
+    for key in ("currency", "id", "parties", "period"):
+        if expected.get(key) != proposed.get(key):
+            found.append(f"{key}: {expected.get(key)} here, {proposed.get(key)} proposed")
+    return found
+
+
+# --- views ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StatementView:
+    """A recorded statement and the entry that recorded it on this chain."""
+
+    id: str
+    parties: tuple[str, str]
+    start: str
+    end: str
+    currency: str
+    signed: JsonObject
+    entry_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class NettingView:
+    """Netting over the statements found for a period, and what it rests on."""
+
+    start: str
+    end: str
+    currency: str | None
+    netting: Netting
+    statements: list[str]
+    unreachable: list[str] = field(default_factory=list)
+    """Partners that did not answer; their statements with reachable partners still count."""
+
+    def to_json(self) -> JsonObject:
+        doc = netting_json(self.netting)
+        doc.update(
+            {
+                "period": {"start": self.start, "end": self.end},
+                "currency": self.currency,
+                "statements": list(self.statements),
+                "unreachable": list(self.unreachable),
+            }
+        )
+        return doc
+
+    def to_csv(self) -> str:
+        return netting_csv(self.netting)
+
+
+def _view(statement: Statement) -> StatementView:
+    return StatementView(
+        id=statement.id,
+        parties=statement.parties,
+        start=format_time(statement.start),
+        end=format_time(statement.end),
+        currency=statement.currency,
+        signed=statement.signed,
+        entry_id=statement.entry_id,
+    )
+
+
+# --- the feature ------------------------------------------------------------------------
+
+
+class Settlement:
+    """Statements with partners, the unsettled balance, and coalition netting."""
+
+    def __init__(
+        self,
+        service: NodeService,
+        manifest: Manifest,
+        client: PartnerClient,
+        *,
+        call_timeout_s: float = CALL_TIMEOUT_S,
+    ) -> None:
+        self.service = service
+        self.manifest = manifest
+        self.client = client
+        self.program = service.program
+        self._timeout = call_timeout_s
+
+    def register(self, inbox: PartnerInbox) -> None:
+        inbox.register(PROPOSE, self._on_propose)
+        inbox.register(LIST, self._on_list)
+
+    def start(self) -> None:
+        """Nothing runs in the background."""
+
+    def stop(self) -> None:
+        """Nothing to stop."""
+
+    # --- obligations ------------------------------------------------------------------
+
+    def _chain(self, conn: Connection) -> list[JsonObject]:
+        return tables.bodies_of_kinds(conn, OBLIGATION_KINDS)
+
+    def obligations(self, start: datetime, end: datetime) -> dict[tuple[str, str], Owed]:
+        """``(debtor, creditor) -> Owed`` for ``[start, end)`` from this node's chain."""
+        with self.service.engine.connect() as conn:
+            return obligations(self.program, self._chain(conn), start, end)
+
+    def unsettled(self, debtor: str, creditor: str, conn: Connection | None = None) -> int:
+        """Minor units ``debtor`` owes ``creditor`` by this chain that no recorded statement
+        covers: every obligation between them less what their statements settled. Pass
+        ``conn`` to read inside a caller's transaction (a credit-limit check)."""
+        for program in (debtor, creditor):
+            self.manifest.partner(program)
+        if self.program not in (debtor, creditor) or debtor == creditor:
+            raise InvalidArgument(f"{self.program} knows only its own obligations")
+        if conn is None:
+            with self.service.engine.connect() as own:
+                return self.unsettled(debtor, creditor, own)
+        owed = obligations(self.program, self._chain(conn), BEGINNING, END_OF_TIME)
+        total = owed.get((debtor, creditor), Owed(0, 0)).minor
+        parties = (min(debtor, creditor), max(debtor, creditor))
+        for statement in tables.statements_between(conn, parties):
+            parts = statement_parts(statement.signed["statement"])
+            total -= parts.owed[(debtor, creditor)].minor
+        return total
+
+    def _statement_for(
+        self,
+        conn: Connection,
+        parties: tuple[str, str],
+        start: datetime,
+        end: datetime,
+        default_currency: str | None = None,
+    ) -> JsonObject:
+        """This chain's statement for the pair and period; refused while it cannot be final
+        (period not over, conversions of the period pending). ``default_currency`` is the
+        currency of a period without obligations (this program's own by default)."""
+        if not start < end:
+            raise InvalidArgument("a settlement period starts before it ends")
+        now = self.service.now()
+        if end > now:
+            raise FailedPrecondition(
+                f"the period ends at {format_time(end)}, after now ({format_time(now)}): "
+                "settle finished periods only"
+            )
+        chain = self._chain(conn)
+        pending = pending_conversions(chain, start, end)
+        if pending:
+            shown = ", ".join(pending[:5]) + (" ..." if len(pending) > 5 else "")
+            raise FailedPrecondition(
+                f"{len(pending)} conversion(s) of the period are still pending at "
+                f"{self.program} ({shown}): settle once they complete or are refunded"
+            )
+        owed = obligations(self.program, chain, start, end)
+        currency = self._currency(chain, parties, start, end, default_currency)
+        return statement_document(
+            statement_id(parties, start, end), parties, start, end, currency, owed
+        )
+
+    def _currency(
+        self,
+        chain: list[JsonObject],
+        parties: tuple[str, str],
+        start: datetime,
+        end: datetime,
+        default: str | None,
+    ) -> str:
+        """The currency of the pair's obligations in the period (one, else refused), or
+        ``default`` (else this program's manifest currency) for a period without any."""
+        found: set[str] = set()
+        for entry in chain:
+            counterpart, at, currency = _priced(self.program, entry)
+            if counterpart in parties and counterpart != self.program and start <= at < end:
+                found.add(currency)
+        if len(found) > 1:
+            raise FailedPrecondition(
+                f"obligations with {parties} are in {sorted(found)}: settle each currency apart"
+            )
+        if found:
+            return found.pop()
+        return default or self.manifest.partner(self.program).currency
+
+    # --- statements -------------------------------------------------------------------
+
+    def _check_partner(self, partner: str) -> tuple[str, str]:
+        check_program_id(partner, "partner")
+        if partner == self.program:
+            raise InvalidArgument("a statement is between this node and another partner")
+        self.manifest.partner(partner)
+        first, second = sorted((self.program, partner))
+        return (first, second)
+
+    def propose(self, partner: str, start: datetime, end: datetime) -> JsonObject:
+        """Agree the statement of ``[start, end)`` with ``partner``; the statement signed by
+        both, recorded on both chains. Proposing an agreed period again returns it."""
+        parties = self._check_partner(partner)
+        with self.service.engine.connect() as conn:
+            existing = tables.statement(conn, statement_id(parties, start, end))
+            if existing is not None:
+                return existing.signed
+            self._check_free(conn, parties, start, end)
+            doc = self._statement_for(conn, parties, start, end)
+        signature = sign_statement(doc, self.service.signing_key)
+        kind, reply = self.client.call(
+            partner, PROPOSE, {"statement": doc, "signature": signature}, self._timeout
+        )
+        if kind != f"{PROPOSE}-reply":
+            raise VerificationError(f"{partner} answered {PROPOSE} with {kind}")
+        signed = reply.get("signed")
+        parts = verify_signed_statement(signed, self.manifest.public_key)
+        assert isinstance(signed, dict)
+        if signed["statement"] != doc:
+            raise VerificationError(f"{partner} countersigned another statement than proposed")
+        self._record(signed, parts)
+        return signed
+
+    def _check_free(
+        self, conn: Connection, parties: tuple[str, str], start: datetime, end: datetime
+    ) -> None:
+        overlapping = tables.statements_between(conn, parties, (start, end))
+        if overlapping:
+            first = overlapping[0]
+            raise FailedPrecondition(
+                f"statement {first.id} already covers {format_time(first.start)} - "
+                f"{format_time(first.end)} for {parties[0]} and {parties[1]}"
+            )
+
+    def _record(self, signed: JsonObject, parts: StatementParts) -> None:
+        """Write the ``statement`` entry and row once (checked again under the writer)."""
+
+        def decide(conn: Connection, ctx: EntryContext) -> Decision | None:
+            existing = tables.statement(conn, parts.id)
+            if existing is not None:
+                if existing.signed != signed:
+                    raise FailedPrecondition(f"statement {parts.id} was recorded differently")
+                return None
+            self._check_free(conn, parts.parties, parts.start, parts.end)
+            body = operations.statement_entry(ctx, signed)
+            tables.insert_statement(
+                conn,
+                statement_id=parts.id,
+                parties=parts.parties,
+                start=parts.start,
+                end=parts.end,
+                currency=parts.currency,
+                signed=signed,
+                entry_id=ctx.entry_id,
+            )
+            return body, [], set()
+
+        result = self.service.write_many([decide])[0]
+        if isinstance(result, CoalitionError):
+            raise result
+
+    def _on_propose(self, sender: str, body: JsonObject) -> tuple[str, JsonObject]:
+        if set(body) != {"statement", "signature"}:
+            raise InvalidArgument(f"a {PROPOSE} body is {{statement, signature}}")
+        proposed = body["statement"]
+        parts = statement_parts(proposed)
+        assert isinstance(proposed, dict)
+        if set(parts.parties) != {sender, self.program}:
+            raise InvalidArgument(f"the statement's parties are not {sender} and {self.program}")
+        _verify(
+            self.manifest.public_key(sender),
+            canonical_json(proposed),
+            body["signature"],
+            f"{sender}'s on statement {parts.id}",
+        )
+        with self.service.engine.connect() as conn:
+            existing = tables.statement(conn, parts.id)
+            if existing is not None and existing.signed["statement"] == proposed:
+                return f"{PROPOSE}-reply", {"signed": existing.signed}
+            self._check_free(conn, parts.parties, parts.start, parts.end)
+            expected = self._statement_for(
+                conn, parts.parties, parts.start, parts.end, parts.currency
+            )
+        if expected != proposed:
+            raise FailedPrecondition(
+                f"{self.program} computes another statement from its chain: "
+                + "; ".join(_differences(expected, proposed))
+            )
+        mine = sign_statement(proposed, self.service.signing_key)
+        signed = signed_statement(proposed, {sender: str(body["signature"]), self.program: mine})
+        self._record(signed, parts)
+        return f"{PROPOSE}-reply", {"signed": signed}
+
+    def statements(self, partner: str | None = None) -> list[StatementView]:
+        """Statements recorded on this chain (with ``partner`` only), oldest period first."""
+        parties = None if partner is None else self._check_partner(partner)
+        with self.service.engine.connect() as conn:
+            return [_view(s) for s in tables.statements_between(conn, parties)]
+
+    def statement(self, statement_id: str) -> StatementView:
+        with self.service.engine.connect() as conn:
+            found = tables.statement(conn, statement_id)
+        if found is None:
+            raise NotFound(f"no statement {statement_id} is recorded here")
+        return _view(found)
+
+    def _within(self, start: datetime, end: datetime) -> list[Statement]:
+        with self.service.engine.connect() as conn:
+            found = tables.statements_between(conn, None, (start, end))
+        return [s for s in found if start <= s.start and s.end <= end]
+
+    def _on_list(self, sender: str, body: JsonObject) -> tuple[str, JsonObject]:
+        if set(body) != {"start", "end"}:
+            raise InvalidArgument(f"a {LIST} body is {{start, end}}")
+        start = check_time(body["start"], "start")
+        end = check_time(body["end"], "end")
+        if not start < end:
+            raise InvalidArgument("a period starts before it ends")
+        found = self._within(start, end)
+        if len(found) > MAX_LISTED:
+            raise FailedPrecondition(
+                f"{len(found)} statements in the period, more than {MAX_LISTED}: ask for a "
+                "shorter one"
+            )
+        return f"{LIST}-reply", {"statements": [s.signed for s in found]}
+
+    # --- netting ----------------------------------------------------------------------
+
+    def coalition_netting(self, start: datetime, end: datetime) -> NettingView:
+        """Net every statement recorded within ``[start, end)`` across the coalition: this
+        node's and those its partners list (each verified). A partner that does not
+        answer is named in ``unreachable``; statements it shares with others still count."""
+        if not start < end:
+            raise InvalidArgument("a netting period starts before it ends")
+        gathered: dict[str, JsonObject] = {s.id: s.signed for s in self._within(start, end)}
+        unreachable: list[str] = []
+        for partner in self.manifest.others(self.program):
+            try:
+                kind, reply = self.client.call(
+                    partner.program,
+                    LIST,
+                    {"start": format_time(start), "end": format_time(end)},
+                    self._timeout,
+                )
+            except PartnerUnavailable as exc:
+                log.warning("netting without %s's statements: %s", partner.program, exc)
+                unreachable.append(partner.program)
+                continue
+            listed = reply.get("statements")
+            if kind != f"{LIST}-reply" or not isinstance(listed, list):
+                raise VerificationError(f"{partner.program} answered {LIST} with {kind}")
+            for signed in listed:
+                parts = verify_signed_statement(signed, self.manifest.public_key)
+                if not (start <= parts.start and parts.end <= end):
+                    raise VerificationError(
+                        f"{partner.program} listed statement {parts.id} outside the period"
+                    )
+                assert isinstance(signed, dict)
+                known = gathered.setdefault(parts.id, signed)
+                if known["statement"] != signed["statement"]:
+                    raise VerificationError(f"two different statements {parts.id} exist")
+        return self._net(start, end, gathered, unreachable)
+
+    def _net(
+        self,
+        start: datetime,
+        end: datetime,
+        gathered: Mapping[str, JsonObject],
+        unreachable: list[str],
+    ) -> NettingView:
+        pairwise: dict[tuple[str, str], int] = {}
+        currencies: set[str] = set()
+        covered: dict[tuple[str, str], list[tuple[datetime, datetime]]] = {}
+        for statement_id_ in sorted(gathered):
+            parts = statement_parts(gathered[statement_id_]["statement"])
+            periods = covered.setdefault(parts.parties, [])
+            if any(parts.start < e and s < parts.end for s, e in periods):
+                raise VerificationError(
+                    f"statements of {parts.parties[0]} and {parts.parties[1]} overlap"
+                )
+            periods.append((parts.start, parts.end))
+            currencies.add(parts.currency)
+            for pair, owed in parts.owed.items():
+                if owed.minor:
+                    pairwise[pair] = pairwise.get(pair, 0) + owed.minor
+        if len(currencies) > 1:
+            raise FailedPrecondition(
+                f"the period's statements are in {sorted(currencies)}: net each currency apart"
+            )
+        return NettingView(
+            start=format_time(start),
+            end=format_time(end),
+            currency=currencies.pop() if currencies else None,
+            netting=net(pairwise),
+            statements=sorted(gathered),
+            unreachable=unreachable,
+        )
+
+
+def _priced(program: str, entry: JsonObject) -> tuple[str | None, datetime, str]:
+    """(counterpart, date, currency) of an obligation entry of ``program``'s chain, the
+    same reading as ``points.settlement.obligations``; counterpart None for the others."""
+    kind = entry.get("kind")
+    conversion = entry.get("conversion")
+    hold = entry.get("hold")
+    try:
+        if kind == "convert-out" and isinstance(conversion, dict):
+            return str(conversion["to_program"]), _time(entry["at"]), str(conversion["currency"])
+        if kind == "convert-in" and isinstance(conversion, dict):
+            at = _time(conversion["out_at"])
+            return str(conversion["from_program"]), at, str(conversion["currency"])
+        if kind == "hold-capture" and isinstance(hold, dict):
+            return str(hold["partner"]), _time(entry["at"]), str(entry["currency"])
+        if kind == "redemption-receipt" and isinstance(hold, dict):
+            return str(hold["partner"]), _time(entry["captured_at"]), str(entry["currency"])
+    except KeyError as exc:
+        raise VerificationError(f"entry {entry.get('id')}: {kind} without {exc}") from None
+    return None, BEGINNING, ""
+
+
+def _time(value: JsonValue) -> datetime:
+    return check_time(value, "entry time")
