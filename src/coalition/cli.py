@@ -277,7 +277,7 @@ def _cmd_import_csv(client: NodeClient, args: argparse.Namespace) -> int:
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
-    from coalition.keygen import generate_keys
+    from coalition.keygen import generate_coalition_keys, generate_keys
     from coalition.node.config import load_config
 
     password = None
@@ -286,14 +286,33 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
         if not value:
             raise InvalidArgument(f"environment variable {args.password_env} is not set")
         password = value.encode()
-    files = generate_keys(
-        load_config(args.config), password=password, members=args.member, force=args.force
-    )
-    print(f"signing key     {files.signing_key}" + (" (encrypted)" if password else ""))
-    print(f"public key      {files.public_key}")
-    print(f"account secret  {files.account_secret}")
-    print(f"API key digests {files.api_keys}")
-    print(f"API key secrets {files.api_secrets} (keep private)")
+    if args.manifest:
+        brands = generate_coalition_keys(
+            Path(args.manifest), password=password, members=args.member, force=args.force
+        )
+    else:
+        files = generate_keys(
+            load_config(args.config), password=password, members=args.member, force=args.force
+        )
+        brands = {"": files}
+    for program, files in brands.items():
+        if program:
+            print(f"== {program}")
+        print(f"signing key     {files.signing_key}" + (" (encrypted)" if password else ""))
+        print(f"public key      {files.public_key}")
+        print(f"account secret  {files.account_secret}")
+        print(f"API key digests {files.api_keys}")
+        print(f"API key secrets {files.api_secrets} (keep private)")
+    return 0
+
+
+def _cmd_tls_init(args: argparse.Namespace) -> int:
+    from coalition.node.manifest import Manifest
+    from coalition.tls import generate_tls
+
+    manifest = Manifest.load(args.manifest)
+    for path in generate_tls(manifest, force=args.force):
+        print(f"wrote {path}")
     return 0
 
 
@@ -307,9 +326,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from coalition.demo import run_demo
+    from coalition.demo import DemoOptions, run_demo
 
-    return run_demo(Path(args.out), members=args.members, bulk_rows=args.bulk_rows)
+    options = DemoOptions(
+        members=args.members, purchases=args.purchases, conversions=args.conversions
+    )
+    return run_demo(Path(args.out), options)
+
+
+def _cmd_scenario(args: argparse.Namespace) -> int:
+    from coalition.demo import DemoOptions, run_scenario
+
+    options = DemoOptions(
+        members=args.members, purchases=args.purchases, conversions=args.conversions
+    )
+    return run_scenario(Path(args.manifest), Path(args.out), options)
 
 
 def _save(doc: Any, out: str) -> None:
@@ -475,12 +506,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("keygen", help="generate a brand's keys and API keys")
-    p.add_argument("--config", required=True)
+    p = sub.add_parser("keygen", help="generate a brand's (or every partner's) keys")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--config", help="one brand's node.toml")
+    which.add_argument("--manifest", help="the coalition manifest: every partner's keys")
     p.add_argument("--password-env", metavar="VAR", help="encrypt the signing key with $VAR")
     p.add_argument("--member", action="append", default=[], help="also make a member key")
     p.add_argument("--force", action="store_true", help="replace existing keys")
     p.set_defaults(func=_cmd_keygen)
+
+    p = sub.add_parser("tls-init", help="make the coalition CA and each partner's certificate")
+    p.add_argument("--manifest", required=True, help="the coalition manifest (coalition.toml)")
+    p.add_argument("--force", action="store_true", help="replace existing TLS material")
+    p.set_defaults(func=_cmd_tls_init)
 
     p = sub.add_parser("run", help="run a brand's node until SIGTERM/SIGINT")
     p.add_argument("--config", required=True)
@@ -493,11 +531,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--public-key", required=True, help="the program's public_key.pem")
     p.set_defaults(func=_cmd_verify)
 
-    p = sub.add_parser("demo", help="run the SkyAir demo and write verified evidence")
-    p.add_argument("--out", default="demo-out")
-    p.add_argument("--members", type=int, default=50)
-    p.add_argument("--bulk-rows", type=int, default=3000)
+    p = sub.add_parser("demo", help="run the three-brand coalition demo, write the evidence")
+    p.add_argument("--out", default="demo-out", help="work folder and evidence (wiped)")
+    p.add_argument("--members", type=int, default=30, help="members in every program")
+    p.add_argument("--purchases", type=int, default=600, help="purchases per program")
+    p.add_argument("--conversions", type=int, default=300, help="conversions in all")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser(
+        "scenario", help="run the demo's scenario against a running coalition (docker compose)"
+    )
+    p.add_argument("--manifest", required=True, help="the coalition manifest")
+    p.add_argument("--out", default="demo-out", help="evidence folder (wiped)")
+    p.add_argument("--members", type=int, default=30, help="members in every program")
+    p.add_argument("--purchases", type=int, default=600, help="purchases per program")
+    p.add_argument("--conversions", type=int, default=300, help="conversions in all")
+    p.set_defaults(func=_cmd_scenario)
 
     _add_audit_commands(sub)
     return parser

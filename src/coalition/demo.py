@@ -1,175 +1,72 @@
-"""``coalition demo``: one brand's life in a minute, and the evidence that it happened.
+"""``coalition demo``: a three-brand coalition at work, and the evidence that it happened.
 
-In a temporary copy of ``nodes/skyair`` with time-compressed rules (purchases pend 2 s,
-points expire after 10 s) it generates keys, runs the node as a real subprocess on free
-127.0.0.1 ports and, over gRPC with operator and member API keys, enrolls members, earns,
-spends, transfers, refunds, corrects, revokes and expires points. It then downloads and
-verifies everything a partner or auditor would (signed header chain, an inclusion proof for
-every entry, consistency from the first header to the last, a replay of every balance
-against the node's own answers, the chain audit) and writes it to ``--out``.
+In a fresh work folder (``<out>/work``) it copies the demo coalition of ``nodes/`` (the
+manifest and each brand's ``node.toml``, with time-compressed rules and free 127.0.0.1
+ports), generates every brand's keys and the coalition's TLS material, and runs each
+node as a real ``coalition run`` process with its own SQLite database. Over the member
+APIs (gRPC and REST, operator and member keys) it then enrolls and rewards members in
+every program, has the partners propose and countersign rate agreements (and shows a
+gaining cycle refused), lets members convert points between programs, spends points of
+one brand at another (authorize, capture, void), kills one partner with SIGKILL in the
+middle of the conversions and restarts it, waits until no conversion is pending, and
+settles: a statement for each pair, signed by both, and the coalition's netting.
 
+It finally verifies what an auditor would: each chain (signed header chain, inclusion
+proof of every entry, consistency proof, the independent chain audit) and the three
+chains against each other (``audit.cross_chain``), and writes it all to ``--out``.
 The exit status is 0 only if every check passed; any failure is printed and gives 1.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
-import re
 import shutil
-import signal
-import subprocess
-import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
-from coalition.api.auth import Role
-from coalition.api.grpc_client import NodeClient
-from coalition.errors import CoalitionError, VerificationError
-from coalition.keygen import KeyFiles, find_secret, generate_keys
-from coalition.ledger.blocks import SignedHeader
-from coalition.ledger.canonical import JsonObject, canonical_json
-from coalition.ledger.chain import ChainVerifier
-from coalition.ledger.entries import entry_leaf_hash, parse_time
-from coalition.ledger.keys import VerifyKey
-from coalition.ledger.proofs import verify_consistency_document, verify_inclusion_document
-from coalition.node.config import NodeConfig, load_config
-from coalition.node.views import PurchaseRow, WriteResult
+from coalition.demo_evidence import (
+    Chain,
+    audit_databases,
+    check_sealed_after_stop,
+    export_chain,
+    run_chain_audit,
+    run_cross_chain_audit,
+    witness_evidence,
+)
+from coalition.demo_nodes import (
+    Brand,
+    load_brands,
+    prepare_coalition,
+    say,
+    start_brands,
+    stop_brands,
+    template_manifest,
+    wait_connected,
+)
+from coalition.errors import (
+    CoalitionError,
+    FailedPrecondition,
+    InvalidArgument,
+    VerificationError,
+)
+from coalition.keygen import generate_coalition_keys
+from coalition.ledger.canonical import JsonObject
+from coalition.ledger.entries import format_time, parse_time
+from coalition.node.manifest import Manifest
+from coalition.node.views import PurchaseRow
 from coalition.points.replay import Replay
 from coalition.progress import Progress
 
-PROGRAM = "skyair"
-HOLDING = timedelta(seconds=2)
-EXPIRY = timedelta(seconds=10)
-OVERRIDES = {
-    "grpc": '"127.0.0.1:0"',
-    "http": '"127.0.0.1:0"',
-    "sqlite_synchronous": '"NORMAL"',
-    "expiry_interval_s": "3600",  # the demo runs expiry itself, at a moment it chooses
-    "max_entries": "500",
-    "max_delay_ms": "50",
-    "holding_period": f'"{int(HOLDING.total_seconds())}s"',
-    "expiry_period": f'"{int(EXPIRY.total_seconds())}s"',
-}
-CATEGORIES = ("flights", "flights", "upgrades", "partners", "")
-PROOF_THREADS = 4
-
-
-def _say(text: str) -> None:
-    print(text, flush=True)
-
-
-# --- the brand folder and the node process --------------------------------------------
-
-
-def _template() -> Path:
-    for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        candidate = base / "nodes" / PROGRAM / "node.toml"
-        if candidate.is_file():
-            return candidate
-    raise CoalitionError(f"cannot find nodes/{PROGRAM}/node.toml (run from the repository)")
-
-
-def prepare_brand(folder: Path) -> Path:
-    """Copy the SkyAir configuration into ``folder`` with the demo's overrides."""
-    text = _template().read_text()
-    for key, value in OVERRIDES.items():
-        text, found = re.subn(rf"(?m)^{key}\s*=.*$", f"{key} = {value}", text, count=1)
-        if not found:
-            raise CoalitionError(f"the SkyAir template has no '{key} =' line to override")
-    path = folder / PROGRAM / "node.toml"
-    path.parent.mkdir(parents=True)
-    path.write_text(text)
-    return path
-
-
-class NodeProcess:
-    """``coalition run`` as a child process; ``grpc`` is its bound address once ready."""
-
-    def __init__(self, config_path: Path, log_path: Path) -> None:
-        self.log_path = log_path
-        env = {k: v for k, v in os.environ.items() if k != "COALITION_DATABASE_URL"}
-        env["PYTHONUNBUFFERED"] = "1"
-        self._log = log_path.open("wb")
-        self.process = subprocess.Popen(  # noqa: S603 (our own interpreter and module)
-            [sys.executable, "-m", "coalition.cli", "run", "--config", str(config_path)],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-        try:
-            self.grpc = self._wait_ready(timeout=60)
-        except BaseException:
-            self._kill()
-            raise
-
-    def log_tail(self, lines: int = 20) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def _wait_ready(self, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = re.search(r"serving gRPC (\S+) and HTTP", self.log_path.read_text())
-            if found:
-                return found.group(1)
-            if self.process.poll() is not None:
-                raise CoalitionError(f"the node exited at start:\n{self.log_tail()}")
-            time.sleep(0.05)
-        raise CoalitionError(f"the node did not start within {timeout:.0f} s")
-
-    def stop(self, timeout: float = 30) -> None:
-        """SIGTERM, then wait; the node seals what is pending before it exits."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-                raise CoalitionError("the node did not stop on SIGTERM; killed it") from None
-        self._log.close()
-        if self.process.returncode != 0:
-            raise CoalitionError(
-                f"the node exited with {self.process.returncode}:\n{self.log_tail()}"
-            )
-
-    def __enter__(self) -> NodeProcess:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if exc is None:
-            self.stop()
-        else:
-            self._kill()
-
-    def _kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        self._log.close()
-
-
-def wait_healthy(client: NodeClient, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if client.health() == "SERVING":
-                return
-        except CoalitionError:
-            if time.monotonic() > deadline:
-                raise
-        time.sleep(0.1)
+MEMBER_KEYS = 3
+REDEEM_POINTS = 100
+VICTIM = "staybright"
+"""The partner killed with SIGKILL during the conversions, then restarted."""
 
 
 # --- the scenario ---------------------------------------------------------------------
@@ -177,397 +74,586 @@ def wait_healthy(client: NodeClient, timeout: float = 30) -> None:
 
 @dataclass
 class Scenario:
-    """Drives the operations and remembers what it needs to check afterwards."""
+    """Drives the operations and remembers what the summary reports."""
 
-    operator: NodeClient
-    target: str
-    config: NodeConfig
+    brands: dict[str, Brand]
     members: list[str]
     rng: random.Random = field(default_factory=lambda: random.Random(2026))
-    entries: int = 0
-    member_clients: dict[str, NodeClient] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    agreements: int = 0
+    conversions: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """conversion id -> (source program, member)."""
+    refused: list[str] = field(default_factory=list)
+    member_keys: bool = True
+    """Whether the first MEMBER_KEYS members convert with their own API keys."""
+    run: str = field(default_factory=lambda: f"{int(time.time()):x}")
+    """Tags this run's purchases, conversions and redemptions: a scenario run again
+    against the same nodes makes new ones (enrollments replay)."""
+    expiring: tuple[str, str, str, str] | None = None
+    """(issuer, spending program, member, hold id) of the hold left to expire."""
+    statements: list[dict[str, Any]] = field(default_factory=list)
 
-    def member(self, member_id: str) -> NodeClient:
-        """A client holding ``member_id``'s own API key (member calls use member keys)."""
-        if member_id not in self.member_clients:
-            secret = find_secret(self.config, Role.MEMBER, member_id)
-            self.member_clients[member_id] = NodeClient(self.target, secret)
-        return self.member_clients[member_id]
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+        say(text)
 
-    def wrote(self, result: WriteResult) -> JsonObject:
-        if not result.replayed:
-            self.entries += 1
-        return result.entry
+    def onboard(self, purchases: int) -> None:
+        """Every member enrolls in every program with a signup reward, then each program
+        receives ``purchases`` purchases through its bulk feed (EarnBulk)."""
+        brands = list(self.brands.values())
+        with Progress("enroll + signup", len(brands) * len(self.members)) as bar:
+            for brand in brands:
+                op = brand.op()
+                for m in self.members:
+                    op.enroll(m, idempotency_key=f"enroll:{m}")
+                    op.earn_reward(m, "signup", m, idempotency_key=f"signup:{m}")
+                    bar.advance()
+        with Progress("purchases (EarnBulk)", len(brands) * purchases) as bar:
+            for brand in brands:
+                result = brand.op().earn_bulk(self._purchases(brand, purchases, bar))
+                if result.accepted != purchases or result.rejected:
+                    raise VerificationError(f"{brand.program}'s bulk feed: {result}")
 
-    def close(self) -> None:
-        for client in self.member_clients.values():
-            client.close()
-
-    def onboard(self) -> list[JsonObject]:
-        """Enroll everyone with a signup bonus, then 4 purchases each; the earns."""
-        earns: list[JsonObject] = []
-        with Progress("enroll + signup", len(self.members)) as bar:
-            for m in self.members:
-                self.wrote(self.operator.enroll(m, idempotency_key=f"enroll:{m}"))
-                earns.append(
-                    self.wrote(
-                        self.operator.earn_reward(m, "signup", m, idempotency_key=f"signup:{m}")
-                    )
-                )
-                bar.advance()
-        purchases = [(m, n) for m in self.members for n in range(4)]
-        with Progress("purchases (unary)", len(purchases)) as bar:
-            for m, n in purchases:
-                ref = f"PNR-{m}-{n}"
-                spend = self.rng.randrange(4_900, 180_000)
-                category = CATEGORIES[n % len(CATEGORIES)]
-                earns.append(
-                    self.wrote(
-                        self.operator.earn_purchase(
-                            m, ref, spend, category, idempotency_key=f"earn:{ref}"
-                        )
-                    )
-                )
-                bar.advance()
-        return earns
-
-    def spend(self) -> None:
-        """Members redeem and transfer with their own keys; a refund; two corrections."""
-        redeemers = self.members[: len(self.members) * 3 // 5]
-        with Progress("redeem + transfer", len(redeemers) + len(self.members) // 3) as bar:
-            for m in redeemers:
-                client = self.member(m)
-                amount = client.balance(m).spendable // 3
-                if amount > 0:
-                    ref = f"AWARD-{m}"
-                    self.wrote(client.redeem(m, amount, ref, idempotency_key=f"redeem:{ref}"))
-                bar.advance()
-            for i, m in enumerate(self.members[: len(self.members) // 3]):
-                to = self.members[-1 - i]
-                client = self.member(m)
-                amount = client.balance(m).spendable // 4
-                if amount > 0 and to != m:
-                    self.wrote(
-                        client.transfer(m, to, amount, "family pooling", idempotency_key=f"tx:{m}")
-                    )
-                bar.advance()
-        first = self.members[0]
-        refund = self.wrote(
-            self.operator.reverse_purchase(first, f"PNR-{first}-1", idempotency_key="refund:1")
-        )
-        self.notes.append(f"refund of PNR-{first}-1 clawed back {refund['amount']:,} points")
-        second = self.members[1 % len(self.members)]
-        self.wrote(
-            self.operator.adjust(
-                second,
-                750,
-                "agent-17",
-                "missing miles claim, flight SA123",
-                idempotency_key="adj:1",
-            )
-        )
-
-    def engage(self, bulk_rows: int) -> None:
-        """Reviews and referrals, a bulk partner feed (with two bad rows and a replayed
-        prefix), and the revocation of a fraudulent review."""
-        reviews = {}
-        for m in self.members[::2]:
-            reviews[m] = self.wrote(
-                self.operator.earn_reward(m, "review", f"REV-{m}", idempotency_key=f"rev:{m}")
-            )
-        for m in self.members[1::5]:
-            self.wrote(
-                self.operator.earn_reward(m, "referral", f"REF-{m}", idempotency_key=f"ref:{m}")
-            )
-        with Progress("bulk feed (EarnBulk)", bulk_rows + 2) as bar:
-            result = self.operator.earn_bulk(self._bulk(bulk_rows, bar, bad=True))
-        self.entries += result.accepted
-        self.notes.append(
-            f"bulk feed: {result.accepted} accepted, {result.replayed} replayed, "
-            f"{len(result.rejected)} rejected"
-        )
-        for error in result.rejected:
-            self.notes.append(f"  rejected row {error.row}: {error.message}")
-        if result.accepted != bulk_rows or len(result.rejected) != 2:
-            raise VerificationError(f"the bulk feed gave an unexpected result: {result}")
-        again = self.operator.earn_bulk(self._bulk(min(500, bulk_rows), None, bad=False))
-        if again.replayed != min(500, bulk_rows) or again.accepted:
-            raise VerificationError(f"re-sending bulk rows was not a replay: {again}")
-        self.notes.append(f"re-sent {again.replayed} bulk rows: all replayed, none re-earned")
-        cheat = self.members[2 % len(self.members)]
-        review_id = str(reviews[cheat]["id"])
-        self.wrote(
-            self.operator.revoke(
-                cheat, review_id, "agent-17", "review from a bot", idempotency_key="rev-cheat"
-            )
-        )
-
-    def _bulk(self, rows: int, bar: Progress | None, bad: bool) -> Iterator[PurchaseRow]:
-        """Deterministic rows (a re-send is the same request); with ``bad``, two rows
-        the node must refuse: an unknown member and an already-used reference."""
-        for n in range(rows):
+    def _purchases(self, brand: Brand, count: int, bar: Progress) -> Iterator[PurchaseRow]:
+        top = min(brand.config.rules.max_spend_minor, 60_000)
+        for n in range(count):
             m = self.members[n % len(self.members)]
-            spend = 900 + (n * 7919) % 59_100
-            category = "partners" if n % 3 else "flights"
-            yield PurchaseRow(m, f"BULK-{n:06d}", spend, category, f"bulk:{n}")
-            if bar is not None and n % 100 == 99:
-                bar.advance(100)
-        if bad:
-            yield PurchaseRow("nobody", "BULK-X1", 1000, "", "bulk:x1")
-            yield PurchaseRow(self.members[0], "BULK-000000", 1000, "", "bulk:x2")
-        if bar is not None:
-            bar.advance(rows % 100 + (2 if bad else 0))
+            spend = self.rng.randrange(min(500, top), top + 1)
+            ref = f"{brand.program}-{self.run}-{n:06d}"
+            yield PurchaseRow(m, ref, spend, "", f"buy:{self.run}:{n}")
+            bar.advance()
+
+    # --- rate agreements -------------------------------------------------------------
+
+    def agree(self) -> None:
+        """Each pair agrees rates both ways (no cycle gains); then a gaining proposal is
+        refused by the proposer's own check before anything is signed."""
+        now = datetime.now(UTC)
+        for (a, b), (rate, value) in RATES.items():
+            if a in self.brands and b in self.brands:
+                recorded = self.brands[a].api().get("/v1/agreements")
+                if any(r["in_force"] and r["to_program"] == b for r in recorded):
+                    self.agreements += 1  # a scenario run again: the agreement stands
+                    continue
+                doc = agreement_document(a, b, rate, value, now)
+                signed = self.brands[a].api().post("/v1/agreements", doc)
+                if set(signed["signatures"]) != {a, b}:
+                    raise VerificationError(f"agreement {a}->{b} is not signed by both")
+                self.agreements += 1
+        self.note(f"agreements     {self.agreements} rate agreements signed by both partners")
+        a, b = GAINING
+        try:
+            self.brands[a].api().post(
+                "/v1/agreements", agreement_document(a, b, (1, 5), (1, 10), now, 2, 0)
+            )
+        except FailedPrecondition as exc:
+            self.note(f"refused        {a}->{b} at 1:5 without fee: {exc}")
+        else:
+            raise VerificationError("a gaining cycle of agreements was accepted")
+
+    # --- conversions -------------------------------------------------------------------
+
+    def convert(self, count: int, victim: str | None) -> None:
+        """``count`` conversions between random programs; ``victim`` (if any) is killed
+        with SIGKILL a third of the way and restarted two thirds of the way."""
+        programs = list(self.brands)
+        balances = {
+            (p, m): self.brands[p].op().balance(m).spendable for p in programs for m in self.members
+        }
+        plan = []
+        for n in range(count):
+            m = self.members[n % len(self.members)]
+            source, target = self.rng.sample(programs, 2)
+            plan.append((n, m, source, target))
+        kill_at, restart_at = count // 3, 2 * count // 3
+        retry: list[tuple[int, str, str, str, int]] = []
+        waited = 0
+        with Progress("conversions", count) as bar:
+            for n, m, source, target in plan:
+                if n == kill_at and victim:
+                    self.brands[victim].process().kill()
+                    self.note(f"killed         {victim} with SIGKILL after {n} conversions")
+                if n == restart_at and victim:
+                    self._restart(victim, retry)
+                amount = min(max(100, balances[(source, m)] // 5), 5000)
+                if balances[(source, m)] < amount:
+                    bar.advance()
+                    continue
+                balances[(source, m)] -= amount
+                if source == victim and kill_at <= n < restart_at:
+                    retry.append((n, m, source, target, amount))  # its members wait
+                else:
+                    if target == victim and kill_at <= n < restart_at:
+                        waited += 1  # accepted by the source; its outbox retries
+                    self._convert_one(n, m, source, target, amount, retry)
+                bar.advance()
+        if victim and retry:
+            self._restart(victim, retry)
+        if retry:
+            raise VerificationError(f"{len(retry)} conversion requests got no answer")
+        if victim:
+            self.note(f"outboxes       {waited} conversions into {victim} waited while it was down")
+        self._convert_one(count, self.members[0], programs[0], programs[1], 100, retry, "NOBODY")
+        self.note(
+            f"conversions    {len(self.conversions):,} requested (one for a member "
+            f"{programs[1]} does not know: it must come back as a refund)"
+        )
+
+    def _convert_one(
+        self,
+        n: int,
+        member: str,
+        source: str,
+        target: str,
+        amount: int,
+        retry: list[tuple[int, str, str, str, int]],
+        to_member: str | None = None,
+    ) -> None:
+        brand = self.brands[source]
+        own_key = self.member_keys and member in self.members[:MEMBER_KEYS]
+        rest = brand.member_rest(member) if own_key else brand.api()
+        body: JsonObject = {
+            "to_program": target,
+            "to_member_id": to_member or member,
+            "amount": amount,
+            "idempotency_key": f"convert:{self.run}:{n}",
+        }
+        try:
+            view = rest.post(f"/v1/members/{member}/conversions", body)
+        except (FailedPrecondition, InvalidArgument) as exc:
+            self.refused.append(f"{source}->{target} {amount}: {exc}")
+            return
+        except CoalitionError:
+            retry.append((n, member, source, target, amount))  # no answer: retry, same key
+            return
+        self.conversions[view["id"]] = (source, member)
+
+    def _restart(self, victim: str, retry: list[tuple[int, str, str, str, int]]) -> None:
+        brand = self.brands[victim]
+        node = brand.process()
+        if node.process is not None and node.process.poll() is None:
+            return
+        started = time.monotonic()
+        brand.close()
+        brand.start()
+        brand.ready()
+        self.note(f"restarted      {victim} in {time.monotonic() - started:.1f} s")
+        pending, retry[:] = list(retry), []
+        for n, m, source, target, amount in pending:
+            self._convert_one(n, m, source, target, amount, retry)
+        if retry:
+            raise VerificationError(f"{len(retry)} conversions got no answer after the restart")
+        self.note(
+            f"sent           {len(pending)} conversions asked of {victim} while it was down "
+            "(or unanswered), with their idempotency keys"
+        )
+
+    def wait_conversions(self, timeout: float = 90) -> Counter[str]:
+        """Poll every conversion until none is pending; the count by final status."""
+        deadline = time.monotonic() + timeout
+        final: dict[str, str] = {}
+        with Progress("conversions settled", len(self.conversions)) as bar:
+            while len(final) < len(self.conversions):
+                for cid, (source, member) in self.conversions.items():
+                    if cid in final:
+                        continue
+                    view = self.brands[source].api().get(f"/v1/members/{member}/conversions/{cid}")
+                    if view["status"] != "pending":
+                        final[cid] = view["status"]
+                        bar.advance()
+                if len(final) < len(self.conversions):
+                    if time.monotonic() > deadline:
+                        raise VerificationError(
+                            f"{len(self.conversions) - len(final)} conversions still pending "
+                            f"after {timeout:.0f} s"
+                        )
+                    time.sleep(0.5)
+        counts = Counter(final.values())
+        self.note(
+            "conversions    "
+            + ", ".join(f"{n:,} {status}" for status, n in sorted(counts.items()))
+            + (f"; {len(self.refused)} refused at the source" if self.refused else "")
+        )
+        return counts
+
+    # --- cross-brand redemptions ------------------------------------------------------
+
+    def redeem_across(self, count: int) -> None:
+        """Members of one program spend its points at another: the spending partner asks
+        the issuer to hold, then captures; one redemption is voided, and one hold runs
+        out (released by the issuer's expiry job; capturing it then is refused)."""
+        programs = list(self.brands)
+        done: Counter[str] = Counter()
+        with Progress("partner redemptions", count + 2) as bar:
+            for n in range(count + 2):
+                issuer, shop, m = self._redeemer(programs)
+                body: JsonObject = {
+                    "program": issuer,
+                    "member_id": m,
+                    "amount": REDEEM_POINTS,
+                    "reference": f"SHOP-{self.run}-{shop}-{n}",
+                    "expires_in_s": 2 if n == count + 1 else 600,
+                    "idempotency_key": f"redeem-at:{self.run}:{shop}:{n}",
+                }
+                rest = self.brands[shop].api()
+                held = rest.post("/v1/partner-redemptions", body)
+                if held["status"] != "authorized":
+                    raise VerificationError(f"hold {held['hold_id']} is {held['status']}")
+                path = f"/v1/partner-redemptions/{held['hold_id']}"
+                if n == count:
+                    final = rest.post(path + "/void", {})
+                elif n == count + 1:
+                    self.expiring = (issuer, shop, m, held["hold_id"])
+                    final = {"status": "left to expire"}
+                else:
+                    final = rest.post(path + "/capture", {})
+                done[final["status"]] += 1
+                bar.advance()
+        self.note(
+            "redemptions    "
+            + ", ".join(f"{n} {status}" for status, n in sorted(done.items()))
+            + " across brands"
+        )
+
+    def _redeemer(self, programs: list[str]) -> tuple[str, str, str]:
+        """(issuer, spending partner, member) for a member with points to spend."""
+        for _ in range(50):
+            issuer, shop = self.rng.sample(programs, 2)
+            m = self.rng.choice(self.members)
+            if self.brands[issuer].op().balance(m).spendable >= REDEEM_POINTS:
+                return issuer, shop, m
+        raise VerificationError(f"no member has {REDEEM_POINTS} spendable points to redeem")
+
+    def check_expired_hold(self) -> None:
+        """Past its ``expires_at`` the short hold cannot be captured, and the issuer's
+        expiry job releases it (the member gets the points back)."""
+        assert self.expiring is not None
+        issuer, shop, member, hold_id = self.expiring
+        timeout = self.brands[issuer].config.expiry_interval_s + 15  # the issuer's job
+        rest = self.brands[shop].api()
+        path = f"/v1/partner-redemptions/{hold_id}"
+        expires = parse_time(rest.get(path)["expires_at"])
+        _wait_until(expires + timedelta(milliseconds=200), "a partner hold to expire")
+        try:
+            rest.post(path + "/capture", {})
+        except FailedPrecondition as exc:
+            self.note(f"refused        capture after expiry: {exc}")
+        else:
+            raise VerificationError(f"hold {hold_id} was captured after it expired")
+        status = rest.get(path)["status"]
+        if status != "expired":
+            raise VerificationError(f"the expired hold {hold_id} is {status}")
+        deadline = time.monotonic() + timeout
+        while not self._released(issuer, member, hold_id):
+            if time.monotonic() > deadline:
+                raise VerificationError(f"{issuer} did not release the expired hold {hold_id}")
+            time.sleep(0.3)
+        self.note(f"released       the expired hold by {issuer}'s expiry job")
+
+    def _released(self, issuer: str, member: str, hold_id: str) -> bool:
+        """Whether the issuer's chain holds the ``hold-release`` of ``hold_id``."""
+        for view in self.brands[issuer].op().history(member, limit=50):
+            hold = view.entry.get("hold")
+            if view.entry["kind"] == "hold-release" and isinstance(hold, dict):
+                found = hold.get("id") == hold_id
+                if found:
+                    return True
+        return False
+
+    # --- settlement --------------------------------------------------------------------
+
+    def settle(self, start: datetime, out: Path) -> JsonObject:
+        """A statement per pair for ``[start, end)`` (both sign, both record), then the
+        coalition's netting; written to ``out/settlement``."""
+        end = datetime.now(UTC)
+        time.sleep(0.05)  # the period must be over before it is settled
+        folder = out / "settlement"
+        (folder / "statements").mkdir(parents=True)
+        programs = list(self.brands)
+        period = {"start": format_time(start), "end": format_time(end)}
+        for i, a in enumerate(programs):
+            for b in programs[i + 1 :]:
+                signed = (
+                    self.brands[a].api().post("/v1/settlement/statements", {"partner": b, **period})
+                )
+                statement = signed["statement"]
+                if set(signed["signatures"]) != {a, b}:
+                    raise VerificationError(f"statement {statement['id']} lacks a signature")
+                (folder / "statements" / f"{a}-{b}.json").write_text(
+                    json.dumps(signed, indent=2) + "\n"
+                )
+                self.statements.append(statement)
+        query = f"/v1/settlement/netting?start={period['start']}&end={period['end']}"
+        netting = self.brands[programs[0]].api().get(query)
+        if netting["unreachable"] or len(netting["statements"]) != len(self.statements):
+            raise VerificationError(f"the netting is incomplete: {netting}")
+        (folder / "netting.json").write_text(json.dumps(netting, indent=2) + "\n")
+        csv_text = self.brands[programs[0]].api().get_text(query + "&format=csv")
+        if not csv_text.startswith("payer,payee,amount"):
+            raise VerificationError("the netting CSV has no payer,payee,amount header")
+        (folder / "netting.csv").write_text(csv_text)
+        for statement in self.statements:
+            owed = ", ".join(f"{k} {v:,}" for k, v in sorted(statement["owed"].items()))
+            self.note(f"statement      {'/'.join(statement['parties'])}: owed {owed} (minor)")
+        for payment in netting["payments"]:
+            self.note(
+                f"payment        {payment['payer']} pays {payment['payee']} "
+                f"{payment['amount'] / 100:,.2f} {netting['currency']}"
+            )
+        return dict(netting)
+
+
+RATES: dict[tuple[str, str], tuple[tuple[int, int], tuple[int, int]]] = {
+    # (from, to): (rate = to points per from point, point_value = minor units per point)
+    ("skyair", "staybright"): ((2, 1), (1, 1)),
+    ("staybright", "skyair"): ((1, 2), (1, 2)),
+    ("skyair", "beanhouse"): ((10, 1), (1, 1)),
+    ("beanhouse", "skyair"): ((1, 10), (1, 10)),
+    ("staybright", "beanhouse"): ((5, 1), (1, 2)),
+    ("beanhouse", "staybright"): ((1, 5), (1, 10)),
+}
+"""With 1% fees every cycle loses: skyair -> staybright -> skyair keeps 0.98 of a mile."""
+GAINING = ("beanhouse", "skyair")
+"""Version 2 of beanhouse -> skyair at 1:5 without fee: skyair -> beanhouse -> skyair
+would turn a mile into 1.98 miles, so it is refused."""
+
+
+def agreement_document(
+    a: str,
+    b: str,
+    rate: tuple[int, int],
+    value: tuple[int, int],
+    now: datetime,
+    version: int = 1,
+    fee_bps: int = 100,
+) -> JsonObject:
+    """The demo's agreement ``a -> b`` (docs/coalition.md), valid for a year from a
+    minute ago; the proposer is ``a``."""
+    return {
+        "type": "coalition.agreement.v1",
+        "id": f"{a}-{b}",
+        "version": version,
+        "from_program": a,
+        "to_program": b,
+        "rate": list(rate),
+        "fee_bps": fee_bps,
+        "min_points": 100,
+        "max_points": 100_000,
+        "daily_cap_points": 1_000_000,
+        "point_value": list(value),
+        "currency": "EUR",
+        "valid_from": format_time(now - timedelta(minutes=1)),
+        "valid_until": format_time(now + timedelta(days=365)),
+        "proposed_by": a,
+    }
 
 
 def _wait_until(moment: datetime, what: str) -> None:
     delay = (moment - datetime.now(UTC)).total_seconds()
     if delay > 0:
-        _say(f"waiting {delay:.1f} s for {what} ...")
+        say(f"waiting {delay:.1f} s for {what} ...")
         time.sleep(delay)
-
-
-def _lot_time(entries: list[JsonObject], key: str) -> datetime:
-    times = []
-    for entry in entries:
-        lot = entry["lot"]
-        assert isinstance(lot, dict)
-        times.append(parse_time(str(lot[key])))
-    return max(times)
-
-
-# --- evidence -------------------------------------------------------------------------
-
-
-@dataclass
-class Evidence:
-    headers: list[JsonObject]
-    entries: list[JsonObject]
-    proofs: int = 0
-
-
-def settle(client: NodeClient, expected_entries: int, timeout: float = 30) -> JsonObject:
-    """Wait until the latest signed header covers ``expected_entries`` entries."""
-    deadline = time.monotonic() + timeout
-    while True:
-        latest = client.latest_header()
-        size = 0 if latest is None else int(latest["header"]["log_size"])  # type: ignore[index,call-overload]
-        if latest is not None and size >= expected_entries:
-            if size != expected_entries:
-                raise VerificationError(f"the log holds {size} entries, {expected_entries} written")
-            return latest
-        if time.monotonic() > deadline:
-            raise VerificationError(f"only {size} of {expected_entries} entries were sealed")
-        time.sleep(0.05)
-
-
-def collect_chain(client: NodeClient, key: VerifyKey, last_height: int) -> Evidence:
-    """Every signed header and block, checked link by link with ``ChainVerifier``."""
-    headers: list[JsonObject] = []
-    while len(headers) <= last_height:
-        page = client.headers(len(headers), 1000)
-        if not page:
-            raise VerificationError(f"the node stopped listing headers at {len(headers)}")
-        headers.extend(page)
-    headers = headers[: last_height + 1]
-    verifier = ChainVerifier(key, PROGRAM)
-    entries: list[JsonObject] = []
-    with Progress("verify chain", len(headers)) as bar:
-        for height, signed_json in enumerate(headers):
-            block_header, block_entries = client.block(height)
-            if block_header != signed_json:
-                raise VerificationError(f"block {height}: header differs from the listing")
-            verifier.feed(
-                SignedHeader.from_json(signed_json), [entry_leaf_hash(e) for e in block_entries]
-            )
-            entries.extend(block_entries)
-            bar.advance()
-    return Evidence(headers, entries)
-
-
-def write_proofs(
-    client: NodeClient, key: VerifyKey, evidence: Evidence, folder: Path, tree_size: int
-) -> None:
-    """Fetch, verify and write an inclusion proof of every entry at ``tree_size``."""
-    folder.mkdir(parents=True)
-
-    def one(index: int) -> None:
-        entry = evidence.entries[index]
-        doc = client.inclusion_proof(str(entry["id"]), tree_size)
-        verify_inclusion_document(doc, key)
-        if doc["entry"] != entry or doc["leaf_index"] != index:
-            raise VerificationError(f"proof of entry {entry['id']} is for another leaf")
-        (folder / f"{entry['id']}.json").write_text(json.dumps(doc, indent=1) + "\n")
-
-    with (
-        Progress("inclusion proofs", len(evidence.entries)) as bar,
-        ThreadPoolExecutor(PROOF_THREADS) as pool,
-    ):
-        for _ in pool.map(one, range(len(evidence.entries))):
-            bar.advance()
-            evidence.proofs += 1
-
-
-def check_balances(scenario: Scenario, replay: Replay) -> int:
-    """Every member's balance from the node equals the replay of the chain; the supply."""
-    total = 0
-    for m in scenario.members:
-        view = scenario.operator.balance(m)
-        account = replay.accounts.get(view.account)
-        replayed = None if account is None else account.held()
-        if replayed != view.held:
-            raise VerificationError(f"member {m}: node holds {view.held}, replay {replayed}")
-        total += view.held
-    if total != replay.supply():
-        raise VerificationError(
-            f"balances sum to {total}, the replayed supply is {replay.supply()}"
-        )
-    return total
-
-
-def run_audit(target: str, auditor_key: str, public_key: VerifyKey, entries: int) -> JsonObject:
-    """The independent chain audit over gRPC with the auditor's key, as its JSON report."""
-    from coalition.audit.chain_audit import audit_chain
-    from coalition.audit.sources import GrpcSource
-
-    with GrpcSource(target, auditor_key) as source, Progress("audit", entries) as bar:
-        report = audit_chain(source, public_key, program=PROGRAM, progress=bar.advance)
-    return report.to_json()
 
 
 # --- the whole demo -------------------------------------------------------------------
 
+_OUT_NAMES = {
+    "work",
+    "cross_chain_audit.json",
+    "coalition_audit.json",
+    "settlement",
+    "summary.txt",
+}
 
-def _prepare_out(out: Path) -> None:
+
+def _prepare_out(out: Path, programs: tuple[str, ...]) -> None:
+    """An empty ``out``; what a previous run left there is removed (the folder itself
+    stays: it may be a mount point), anything else makes the demo refuse."""
     if out.exists():
-        known = {PROGRAM, "audit.json"}
+        known = _OUT_NAMES | set(programs)
         if not out.is_dir() or any(p.name not in known for p in out.iterdir()):
             raise CoalitionError(f"{out} exists and is not a demo output folder; not wiping it")
-        shutil.rmtree(out)
-    (out / PROGRAM).mkdir(parents=True)
+        for child in out.iterdir():
+            if child.is_dir():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    out.mkdir(parents=True, exist_ok=True)
 
 
-def run_demo(out: Path, *, members: int = 50, bulk_rows: int = 3000) -> int:
+@dataclass(frozen=True)
+class DemoOptions:
+    members: int = 30
+    purchases: int = 600
+    conversions: int = 300
+
+
+def _check_options(options: DemoOptions) -> None:
+    if options.members < 4 or options.purchases < 1 or options.conversions < 10:
+        raise InvalidArgument("the demo needs at least 4 members, 1 purchase, 10 conversions")
+
+
+def run_demo(out: Path, options: DemoOptions | None = None) -> int:
     """Run the demo, write the evidence to ``out``; 0 only if every check passed."""
-    if members < 3 or bulk_rows < 1:
-        raise CoalitionError("the demo needs at least 3 members and 1 bulk row")
+    from coalition.tls import generate_tls
+
+    options = options or DemoOptions()
+    _check_options(options)
     started = time.monotonic()
-    _prepare_out(out)
-    member_ids = [f"M{n:04d}" for n in range(1, members + 1)]
-    with tempfile.TemporaryDirectory(prefix="coalition-demo-") as tmp:
-        config_path = prepare_brand(Path(tmp))
-        config = load_config(config_path)
-        files = generate_keys(config, members=member_ids)
-        public_key = VerifyKey.from_pem(files.public_key.read_bytes())
-        _say(f"{config.name}: keys generated (ledger key {public_key.key_id[:16]}); starting")
-        try:
-            with NodeProcess(config_path, Path(tmp) / "node.log") as node:
-                summary = _drive(node, config, files, public_key, member_ids, bulk_rows, out)
-        except CoalitionError as exc:
-            _say(f"\nDEMO FAILED: {exc}")
-            return 1
-    summary.append(f"time          {time.monotonic() - started:.1f} s")
-    _say("\n".join(summary))
-    _say(
-        f"\nevidence in {out}/ ; check a proof with:\n  coalition verify "
-        f"{out}/{PROGRAM}/proofs/<entry id>.json --public-key {out}/{PROGRAM}/public_key.pem"
-    )
+    programs = Manifest.load(template_manifest()).programs
+    _prepare_out(out, programs)
+    work = out / "work"
+    manifest_path = prepare_coalition(work)
+    member_ids = [f"M{n:04d}" for n in range(1, options.members + 1)]
+    generate_coalition_keys(manifest_path, members=member_ids[:MEMBER_KEYS])
+    manifest = Manifest.load(manifest_path)
+    generate_tls(manifest)
+    say(f"{manifest.name}: keys and TLS material generated for {', '.join(programs)}")
+    (work / "logs").mkdir()
+    brands = load_brands(manifest, work / "logs")
+    try:
+        start_brands(brands)
+        summary = _drive(
+            manifest, brands, member_ids, options, out, victim=VICTIM, member_keys=True
+        )
+        stop_brands(brands)
+        check_sealed_after_stop(brands, summary.chains)
+        audit_databases(manifest_path, out)
+    except CoalitionError as exc:
+        say(f"\nDEMO FAILED: {exc}\n(node logs in {work / 'logs'})")
+        _kill(brands)
+        return 1
+    except BaseException:
+        _kill(brands)
+        raise
+    _finish(summary, out, started)
     return 0
 
 
-def _drive(
-    node: NodeProcess,
-    config: NodeConfig,
-    files: KeyFiles,
-    public_key: VerifyKey,
-    member_ids: list[str],
-    bulk_rows: int,
-    out: Path,
-) -> list[str]:
-    operator_key = find_secret(config, Role.OPERATOR)
-    with NodeClient(node.grpc, operator_key) as operator:
-        wait_healthy(operator)
-        if VerifyKey.from_pem(operator.public_key_pem().encode()) != public_key:
-            raise VerificationError("the node serves a public key other than the generated one")
-        _say(f"node up at gRPC {node.grpc}")
-        scenario = Scenario(operator, node.grpc, config, member_ids)
-        try:
-            early = scenario.onboard()
-            _wait_until(_lot_time(early, "available_at"), "the holding period to pass")
-            scenario.spend()
-            scenario.engage(bulk_rows)
-            _wait_until(
-                _lot_time(early, "expires_at") + timedelta(milliseconds=300),
-                "the first points to expire",
+def run_scenario(manifest_path: Path, out: Path, options: DemoOptions | None = None) -> int:
+    """The demo's scenario against a coalition that already runs (``docker compose``):
+    the nodes of ``manifest_path`` with their local key files; nothing is killed."""
+    options = options or DemoOptions()
+    _check_options(options)
+    started = time.monotonic()
+    manifest = Manifest.load(manifest_path)
+    _prepare_out(out, manifest.programs)
+    brands = load_brands(manifest)
+    member_ids = [f"M{n:04d}" for n in range(1, options.members + 1)]
+    try:
+        start_brands(brands)
+        summary = _drive(manifest, brands, member_ids, options, out, victim=None, member_keys=False)
+    except CoalitionError as exc:
+        say(f"\nSCENARIO FAILED: {exc}")
+        return 1
+    finally:
+        for brand in brands:
+            brand.close()
+    _finish(summary, out, started)
+    return 0
+
+
+def _kill(brands: list[Brand]) -> None:
+    for brand in brands:
+        brand.close()
+        if brand.node is not None:
+            brand.node.kill()
+
+
+def _finish(summary: Summary, out: Path, started: float) -> None:
+    lines = summary.render()
+    lines.append(f"time            {time.monotonic() - started:.1f} s")
+    (out / "summary.txt").write_text("\n".join(lines) + "\n")
+    say("\n".join(lines))
+    first = summary.brands[0].program
+    say(
+        f"\nevidence in {out}/ ; check a proof with:\n  coalition verify "
+        f"{out}/{first}/proofs/<entry id>.json --public-key {out}/{first}/public_key.pem"
+    )
+
+
+@dataclass
+class Summary:
+    brands: list[Brand]
+    chains: list[Chain]
+    witnessed: dict[str, int]
+    audits: dict[str, JsonObject]
+    cross: JsonObject
+    notes: list[str]
+
+    def render(self) -> list[str]:
+        lines = ["", f"== {len(self.brands)} programs =="]
+        for brand, chain in zip(self.brands, self.chains, strict=True):
+            lines += _brand_summary(brand, chain, self.audits[brand.program])
+            lines.append(
+                f"witnessed       {self.witnessed[brand.program]:,} of {len(chain.headers):,} "
+                "headers cosigned by a quorum of partners"
             )
-            expired = operator.run_expiry()
-            scenario.entries += expired.entries
-            if not expired.entries:
-                raise VerificationError("no points expired")
-            scenario.notes.append(
-                f"expiry: {expired.points:,} points in {expired.entries:,} entries"
-            )
-            latest = settle(operator, scenario.entries)
-            evidence = _write_evidence(operator, public_key, latest, files, out)
-            replay = Replay()
-            for entry in evidence.entries:
-                replay.apply(entry)
-            supply = check_balances(scenario, replay)
-        finally:
-            scenario.close()
-        auditor_key = find_secret(config, Role.AUDITOR)
-        report = run_audit(node.grpc, auditor_key, public_key, len(evidence.entries))
-        (out / "audit.json").write_text(json.dumps(report, indent=2) + "\n")
-        if report.get("ok") is not True:
-            raise VerificationError(f"the audit failed: see {out / 'audit.json'}")
-        if (report.get("supply"), report.get("entries")) != (supply, len(evidence.entries)):
-            raise VerificationError("the audit's supply or entry count differs from the demo's")
-    return _summary(scenario, evidence, replay, supply, report)
+        lines += ["", "== coalition ==", *self.notes]
+        lines.append(
+            f"cross-chain     {'ok' if self.cross.get('ok') is True else 'FAILED'}: "
+            f"{self.cross.get('conversions', 0):,} conversions, {self.cross.get('holds', 0):,} "
+            "holds reconciled"
+        )
+        audits_ok = all(a.get("ok") is True for a in self.audits.values())
+        lines.append(f"audit           {'ok' if audits_ok else 'FAILED'}")
+        return lines
 
 
-def _write_evidence(
-    client: NodeClient, key: VerifyKey, latest: JsonObject, files: KeyFiles, out: Path
-) -> Evidence:
-    brand = out / PROGRAM
-    shutil.copyfile(files.public_key, brand / "public_key.pem")
-    last = SignedHeader.from_json(latest).header
-    evidence = collect_chain(client, key, last.height)
-    with (brand / "headers.jsonl").open("wb") as file:
-        for signed in evidence.headers:
-            file.write(canonical_json(signed) + b"\n")
-    write_proofs(client, key, evidence, brand / "proofs", last.log_size)
-    consistency = client.consistency_proof(0, last.height)
-    verify_consistency_document(consistency, key)
-    if consistency["second"] != latest["header"]:
-        raise VerificationError("the consistency proof does not end at the latest header")
-    (brand / "consistency.json").write_text(json.dumps(consistency, indent=2) + "\n")
-    return evidence
-
-
-def _summary(
-    scenario: Scenario, evidence: Evidence, replay: Replay, supply: int, report: JsonObject
-) -> list[str]:
-    kinds = Counter(str(e["kind"]) for e in evidence.entries)
-    points = replay.points_by_kind
-    written_off = sum(int(e.get("written_off", 0)) for e in evidence.entries)  # type: ignore[call-overload]
-    last: Any = evidence.headers[-1]["header"]
+def _brand_summary(brand: Brand, chain: Chain, audit: JsonObject) -> list[str]:
+    replay = Replay()
+    for entry in chain.entries:
+        replay.apply(entry)
+    kinds = Counter(str(e["kind"]) for e in chain.entries)
+    last: Any = chain.headers[-1]["header"]
     return [
         "",
-        f"== {scenario.config.name} ({PROGRAM}) ==",
-        *scenario.notes,
-        f"members       {len(scenario.members):,}",
-        f"entries       {len(evidence.entries):,}: "
+        f"-- {brand.name} ({brand.program})",
+        f"entries         {len(chain.entries):,}: "
         + ", ".join(f"{k} {n:,}" for k, n in sorted(kinds.items())),
-        f"earned        {points['earn']:,} points",
-        f"redeemed      {points['redeem']:,}",
-        f"transferred   {points['transfer']:,}",
-        f"expired       {points['expire']:,}",
-        f"clawed back   {points['reverse'] + points['revoke']:,} (refunds {points['reverse']:,}, "
-        f"revocations {points['revoke']:,}, written off {written_off:,})",
-        f"adjusted      {points['adjust']:+,d}",
-        f"supply        {supply:,} points outstanding (node balances = chain replay)",
-        f"blocks        {len(evidence.headers):,} signed headers, log size {last['log_size']:,}, "
-        f"root {str(last['log_root'])[:16]}...",
-        f"proofs        {evidence.proofs:,} inclusion proofs and 1 consistency proof verified",
-        f"audit         {'ok' if report.get('ok') is True else 'FAILED'}",
+        f"blocks          {len(chain.headers):,} signed headers, log size {last['log_size']:,}",
+        f"supply          {replay.supply():,} points outstanding",
+        f"conversions     {kinds['convert-in']:,} in, {kinds['convert-out']:,} out",
+        f"proofs          {chain.proofs:,} inclusion proofs and 1 consistency proof verified",
+        f"chain audit     {'ok' if audit.get('ok') is True else 'FAILED'}",
     ]
+
+
+def _drive(
+    manifest: Manifest,
+    brands: list[Brand],
+    member_ids: list[str],
+    options: DemoOptions,
+    out: Path,
+    *,
+    victim: str | None,
+    member_keys: bool,
+) -> Summary:
+    for brand in brands:
+        say(
+            f"  {brand.name:<20} gRPC {brand.addresses.grpc}  partner "
+            f"{brand.addresses.partner_grpc}  HTTP {brand.addresses.http}"
+        )
+    started = datetime.now(UTC)
+    scenario = Scenario({b.program: b for b in brands}, member_ids, member_keys=member_keys)
+    scenario.onboard(options.purchases)
+    wait_connected(brands)
+    say("every node follows and cosigns every partner's chain")
+    time.sleep(1.2)  # the holding period (1 s in the demo) makes the purchases spendable
+    scenario.agree()
+    scenario.convert(options.conversions, victim)
+    scenario.wait_conversions()
+    scenario.redeem_across(max(3, options.conversions // 25))
+    scenario.check_expired_hold()
+    scenario.settle(started, out)
+    chains = [export_chain(brand, out) for brand in brands]
+    witnessed = {
+        brand.program: witness_evidence(brand, chain, out)
+        for brand, chain in zip(brands, chains, strict=True)
+    }
+    audits = {
+        brand.program: run_chain_audit(brand, len(chain.entries), out)
+        for brand, chain in zip(brands, chains, strict=True)
+    }
+    cross = run_cross_chain_audit(manifest, chains, out)
+    return Summary(brands, chains, witnessed, audits, cross, scenario.notes)

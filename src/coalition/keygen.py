@@ -166,3 +166,49 @@ def find_secret(config: NodeConfig, role: Role, member_id: str | None = None) ->
             return key.secret
     who = f"member {member_id}" if role is Role.MEMBER else str(role)
     raise InvalidArgument(f"{path} has no API key for {who}")
+
+
+def generate_coalition_keys(
+    manifest_path: Path,
+    *,
+    password: bytes | None = None,
+    members: Sequence[str] = (),
+    force: bool = False,
+) -> dict[str, KeyFiles]:
+    """``generate_keys`` for every partner of the manifest that names its ``config``.
+
+    The public key is also written where the manifest expects it when that is another
+    path. Nothing is written unless every partner can be keyed (no key exists, or
+    ``force``); returns program -> its files.
+    """
+    from coalition.node.config import load_config
+    from coalition.node.manifest import Manifest
+
+    manifest = Manifest.load(manifest_path)
+    missing = [p.program for p in manifest.partners if p.config is None]
+    if missing:
+        raise InvalidArgument(
+            f"{manifest.path}: partners {', '.join(missing)} name no config; run "
+            "'coalition keygen --config' on their own node.toml instead"
+        )
+    configs = {p.program: load_config(p.config) for p in manifest.partners if p.config}
+    for program, config in configs.items():
+        if config.program != program:
+            raise InvalidArgument(
+                f"{manifest.partner(program).config} is the configuration of {config.program}, "
+                f"but the manifest lists it for {program}"
+            )
+        existing = [str(p) for p in KeyFiles.for_config(config).all() if p.exists()]
+        if existing and not force:
+            raise FailedPrecondition(
+                f"{program}'s keys already exist ({', '.join(existing)}); pass --force to "
+                "replace them (headers signed with the old keys will no longer verify)"
+            )
+    written: dict[str, KeyFiles] = {}
+    for program, config in configs.items():
+        files = generate_keys(config, password=password, members=members, force=force)
+        wanted = manifest.partner(program).public_key_path
+        if wanted.resolve() != files.public_key.resolve():
+            _write(wanted, files.public_key.read_bytes(), private=False)
+        written[program] = files
+    return written

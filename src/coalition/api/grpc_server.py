@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent import futures
 from dataclasses import asdict
 from typing import Any, TypeVar
@@ -359,12 +359,16 @@ def serve_grpc(
     host: str = "127.0.0.1",
     port: int = 0,
     max_workers: int = 16,
+    extra: Sequence[Callable[[grpc.Server], None]] = (),
 ) -> tuple[grpc.Server, int]:
     """Start a plaintext gRPC server and return it with its bound port (``port=0``: any
     free one). The caller MUST ``server.stop(grace)`` it; each open WatchHeaders stream
-    holds a worker, so size ``max_workers`` for the expected watchers."""
+    holds a worker, so size ``max_workers`` for the expected watchers. ``extra`` adds
+    more servicers (the coalition features', ``CoalitionNode.servicers``)."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers))
     add_servicers(server, service, authenticator)
+    for add in extra:
+        add(server)
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"cannot bind gRPC to {host}:{port}")

@@ -17,12 +17,12 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Annotated, Any
 
 import uvicorn
-from fastapi import Depends, FastAPI, Header, Path, Query, Request, Response, Security
+from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request, Response, Security
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
@@ -237,8 +237,12 @@ QueryInt = Annotated[int, Query(ge=-MAX_SAFE_INTEGER, le=MAX_SAFE_INTEGER)]
 MemberId = Annotated[str, Path(description="The member's id in this program.")]
 
 
-def create_app(service: NodeService, authenticator: Authenticator) -> FastAPI:
-    """The node's REST app; every route but ``/healthz`` needs an API key."""
+def create_app(
+    service: NodeService, authenticator: Authenticator, routers: Sequence[APIRouter] = ()
+) -> FastAPI:
+    """The node's REST app; every route but ``/healthz`` needs an API key. ``routers`` adds
+    more routes (the coalition features', ``CoalitionNode.routers``); their
+    ``CoalitionError``s go through the same handler."""
     app = FastAPI(
         title=f"Coalition node {service.program}",
         description="Member and operator API of one Coalition loyalty program node.",
@@ -552,6 +556,8 @@ def create_app(service: NodeService, authenticator: Authenticator) -> FastAPI:
         header = service.latest_header()
         return HealthOut(status="ok", program=service.program, log_size=_log_size(header))
 
+    for router in routers:
+        app.include_router(router)
     return app
 
 

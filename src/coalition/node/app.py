@@ -31,8 +31,16 @@ def read_signing_key(config: NodeConfig) -> SigningKey:
     return SigningKey.from_pem(data, config.signing_key_password)
 
 
+def _ensure_sqlite_folder(url: str) -> None:
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and ":memory:" not in url:
+        Path(url[len(prefix) :].split("?", 1)[0]).parent.mkdir(parents=True, exist_ok=True)
+
+
 def open_node(config: NodeConfig) -> NodeService:
-    """A ready service (schema created if missing); call ``start()`` to begin sealing."""
+    """A ready service (SQLite folder and schema created if missing); call ``start()`` to
+    begin sealing."""
+    _ensure_sqlite_folder(config.database_url)
     engine = make_engine(config.database_url, sqlite_synchronous=config.sqlite_synchronous)
     create_schema(engine)
     return NodeService(

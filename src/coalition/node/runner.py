@@ -1,8 +1,13 @@
 """Run one brand's node until SIGTERM or SIGINT: sealer, gRPC, REST and scheduled expiry.
 
-Shutdown order matters: the servers stop taking calls first (in-flight calls get a short
-grace), then ``service.close()`` seals whatever is pending, so every acknowledged entry is
-in a signed block when the process exits.
+A node whose configuration has a ``[coalition]`` table also runs its ``CoalitionNode``:
+the mutual-TLS partner server and the features (outbox, witness, ...), their routes and
+servicers on the member API, and the release of expired holds in the scheduled job.
+
+Shutdown order matters: the member servers stop taking calls first (in-flight calls get a
+short grace), then the coalition features stop sending and the partner server stops, then
+``service.close()`` seals whatever is pending, so every acknowledged entry is in a signed
+block when the process exits.
 """
 
 from __future__ import annotations
@@ -11,46 +16,43 @@ import logging
 import signal
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from coalition.api.auth import Authenticator
 from coalition.api.grpc_server import serve_grpc
 from coalition.api.rest import create_app, serve_http
-from coalition.errors import InvalidArgument
-from coalition.node.app import open_node
-from coalition.node.config import NodeConfig, load_api_keys
+from coalition.node.app import open_node, read_signing_key
+from coalition.node.config import NodeConfig, load_api_keys, split_address
 from coalition.node.service import NodeService
+
+if TYPE_CHECKING:
+    from coalition.node.coalition_node import CoalitionNode
 
 log = logging.getLogger("coalition.node")
 
 STOP_GRACE_SECONDS = 5.0
 
 
-def split_address(address: str) -> tuple[str, int]:
-    """``"127.0.0.1:50051"`` or ``"[::1]:0"`` to (host, port); port 0 binds a free port."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise InvalidArgument(f"bad address {address!r}: expected HOST:PORT")
-    return host.strip("[]"), int(port)
-
-
-def _ensure_sqlite_folder(url: str) -> None:
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and ":memory:" not in url:
-        Path(url[len(prefix) :].split("?", 1)[0]).parent.mkdir(parents=True, exist_ok=True)
-
-
-def _expire_every(service: NodeService, interval: float, stop: threading.Event) -> None:
-    """The scheduled expiry job; a failed run is logged and retried at the next tick."""
+def _expire_every(
+    service: NodeService,
+    coalition: CoalitionNode | None,
+    interval: float,
+    stop: threading.Event,
+) -> None:
+    """The scheduled job: expire due points and release expired partner holds. A failed
+    run is logged and retried at the next tick."""
     while not stop.wait(interval):
         try:
             result = service.run_expiry()
+            if result.entries:
+                log.info("expired %d points in %d entries", result.points, result.entries)
+            if coalition is not None:
+                released = coalition.redemptions.release_expired()
+                if released:
+                    log.info("released %d expired partner holds", released)
         except Exception:
             log.exception("scheduled expiry failed; retrying in %.0f s", interval)
-            continue
-        if result.entries:
-            log.info("expired %d points in %d entries", result.points, result.entries)
 
 
 def _on_signals(stop: threading.Event) -> Callable[[], None]:
@@ -81,14 +83,24 @@ def run_node(config: NodeConfig, stop: threading.Event | None = None) -> None:
     authenticator = Authenticator(load_api_keys(config.api_keys_path))
     grpc_host, grpc_port = split_address(config.grpc_address)
     http_host, http_port = split_address(config.http_address)
-    _ensure_sqlite_folder(config.database_url)
     service = open_node(config)
+    coalition: CoalitionNode | None = None
     try:
+        if config.coalition is not None:
+            from coalition.node.coalition_node import CoalitionNode
+
+            coalition = CoalitionNode(config, service, read_signing_key(config))
         service.start()
-        grpc_server, grpc_bound = serve_grpc(service, authenticator, grpc_host, grpc_port)
+        if coalition is not None:
+            coalition.start()
+        routers = coalition.routers(authenticator) if coalition is not None else ()
+        servicers = coalition.servicers(authenticator) if coalition is not None else ()
+        grpc_server, grpc_bound = serve_grpc(
+            service, authenticator, grpc_host, grpc_port, extra=servicers
+        )
         try:
             http_server, http_thread, http_bound = serve_http(
-                create_app(service, authenticator), http_host, http_port
+                create_app(service, authenticator, routers), http_host, http_port
             )
         except BaseException:
             grpc_server.stop(0).wait()
@@ -96,20 +108,22 @@ def run_node(config: NodeConfig, stop: threading.Event | None = None) -> None:
         expiry_stop = threading.Event()
         expiry = threading.Thread(
             target=_expire_every,
-            args=(service, config.expiry_interval_s, expiry_stop),
+            args=(service, coalition, config.expiry_interval_s, expiry_stop),
             name="expiry",
             daemon=True,
         )
         expiry.start()
         latest = service.latest_header()
+        partner = "" if coalition is None else f" and partner gRPC port {coalition.partner_port}"
         log.info(
-            "node %s (%s) serving gRPC %s:%d and HTTP %s:%d, log size %d",
+            "node %s (%s) serving gRPC %s:%d and HTTP %s:%d%s, log size %d",
             config.program,
             config.name,
             grpc_host,
             grpc_bound,
             http_host,
             http_bound,
+            partner,
             0 if latest is None else latest.header.log_size,
         )
         stop.wait()
@@ -119,6 +133,8 @@ def run_node(config: NodeConfig, stop: threading.Event | None = None) -> None:
         http_thread.join(STOP_GRACE_SECONDS)
         expiry.join()
     finally:
+        if coalition is not None:
+            coalition.stop()
         service.close()
         if restore is not None:
             restore()
