@@ -105,8 +105,7 @@ class Manifest:
         for program in addresses:
             self.partner(program)
         partners = tuple(
-            replace(p, partner_grpc=addresses.get(p.program, p.partner_grpc))
-            for p in self.partners
+            replace(p, partner_grpc=addresses.get(p.program, p.partner_grpc)) for p in self.partners
         )
         return replace(self, partners=partners)
 
