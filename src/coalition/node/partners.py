@@ -269,6 +269,11 @@ class GrpcTransport:
                         ("grpc.ssl_target_name_override", program),
                         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                        # a partner that restarts is dialled again within a second, not
+                        # after gRPC's default backoff of up to two minutes
+                        ("grpc.initial_reconnect_backoff_ms", 200),
+                        ("grpc.min_reconnect_backoff_ms", 200),
+                        ("grpc.max_reconnect_backoff_ms", 1000),
                     ],
                 )
                 self._channels[program] = channel
