@@ -26,7 +26,7 @@ from coalition.api.conversions_api import add_conversions_servicer, conversions_
 from coalition.api.rest import create_app
 from coalition.audit.db_check import check_database
 from coalition.errors import CoalitionError, FailedPrecondition, InsufficientPoints
-from coalition.ledger.canonical import JsonObject, canonical_json
+from coalition.ledger.canonical import JsonObject
 from coalition.ledger.entries import entry_leaf_hash, format_time
 from coalition.ledger.envelope import SignedMessage, open_message, sign_message
 from coalition.node.coalition_testing import (
@@ -40,8 +40,9 @@ from coalition.node.coalition_testing import (
     wait_for,
 )
 from coalition.node.conversions import RECEIPT, ConversionView
-from coalition.points import operations
+from coalition.node.settlement import Settlement
 from coalition.points.replay import Replay
+from coalition.store import conversion_repo
 from coalition.store.coalition_tables import outbox
 from coalition.v1 import conversions_pb2, conversions_pb2_grpc
 
@@ -98,6 +99,15 @@ def assert_consistent(c: RunningCoalition) -> None:
         report = check_database(node.url)
         assert report.ok, report.render()
         assert replay(node).in_flight == {}
+        # The running totals the credit limits read agree with the chain's own reading
+        # of what is unsettled (``Settlement.unsettled``), in every direction.
+        assert node.client is not None
+        chain = Settlement(node.service, c.manifest, node.client)
+        for other in c.nodes:
+            for debtor, creditor in ((node.program, other), (other, node.program)):
+                if debtor != creditor:
+                    expected = chain.unsettled(debtor, creditor)
+                    assert unsettled_here(node, debtor, creditor, in_flight=True) == expected
 
 
 def outbox_rows(node: PartnerNode) -> list[Any]:
@@ -142,7 +152,7 @@ def test_conversion_completes_with_exact_amounts_on_both_chains(make: Factory) -
 
 
 def test_unknown_member_at_target_is_rejected_and_refunded(make: Factory) -> None:
-    c = make()
+    c = make(credit_limits={(B, A): 10**9, (A, B): 10**9})  # running totals kept both ways
     a, b = c[A], c[B]
     view = a.conv.convert("alice", B, "nobody", 1000, idempotency_key="conv-x")
     done = settled(a, view)
@@ -192,7 +202,7 @@ def test_one_partner_down_does_not_hold_up_another(make: Factory) -> None:
 
 
 def test_abort_after_deadline_refunds_and_late_delivery_never_credits(make: Factory) -> None:
-    c = make(abort_after_s=1.0)
+    c = make(abort_after_s=1.0, credit_limits={(B, A): 10**9})
     a, b = c[A], c[B]
     b.stop_partner_server()
     view = a.conv.convert("alice", B, "bob", 1000, idempotency_key="conv-abort")
@@ -285,33 +295,22 @@ def test_concurrent_conversions_never_overdraw(make: Factory) -> None:
     assert_consistent(c)
 
 
-def record_statement(c: RunningCoalition, end: datetime) -> None:
-    """Both partners record a statement signed by both covering everything before ``end``
-    (standing in for node.settlement, which writes real ones)."""
-    statement: JsonObject = {
-        "type": "coalition.statement.v1",
-        "id": f"stmt-{format_time(end)}",
-        "parties": [A, B],
-        "period": {"start": format_time(end - timedelta(days=1)), "end": format_time(end)},
-        "currency": "EUR",
-        "owed": {"skyair->staybright": 1980, "staybright->skyair": 0},
-        "items": {"skyair->staybright": 2, "staybright->skyair": 0},
-    }
-    data = canonical_json(statement)
-    signed: JsonObject = {
-        "statement": statement,
-        "signatures": {p: c[p].key.sign(data).hex() for p in (A, B)},
-    }
-    for program in (A, B):
-        [result] = c[program].service.write_many(
-            [lambda conn, ctx: (operations.statement_entry(ctx, signed), [], set())]
-        )
-        assert isinstance(result, dict)
+def settlement(c: RunningCoalition) -> dict[str, Settlement]:
+    """The real settlement feature on A and B (B answers A's proposals)."""
+    features = {p: Settlement(c[p].service, c.manifest, c[p].conv.client) for p in (A, B)}
+    features[B].register(c[B].inbox)
+    return features
+
+
+def unsettled_here(node: PartnerNode, debtor: str, creditor: str, in_flight: bool) -> int:
+    with node.service.engine.connect() as conn:
+        return conversion_repo.unsettled(conn, node.program, debtor, creditor, in_flight=in_flight)
 
 
 def test_credit_limit_refuses_until_settled(make: Factory) -> None:
     c = make(credit_limits={(B, A): 2000})
     a, b = c[A], c[B]
+    start = datetime.now(UTC)
     first = a.conv.convert("alice", B, "bob", 1000, idempotency_key="cl-1")  # owes 990
     second = a.conv.convert("alice", B, "bob", 1000, idempotency_key="cl-2")  # owes 1980
     with pytest.raises(FailedPrecondition, match="credit limit of 2000"):
@@ -322,10 +321,44 @@ def test_credit_limit_refuses_until_settled(make: Factory) -> None:
     quoted = a.conv.quote("alice", B, 1000)
     assert (quoted.credit, quoted.value_minor, quoted.converted_today) == (CREDIT, 990, 2000)
 
-    record_statement(c, datetime.now(UTC))
+    settlement(c)[A].propose(B, start, datetime.now(UTC))
     third = a.conv.convert("alice", B, "bob", 1000, idempotency_key="cl-3")
     assert settled(a, third).status == "completed"  # B's own limit check passes too
     assert spendable(b, "bob") == 3 * CREDIT
+    assert_consistent(c)
+
+
+def test_credit_limit_counts_what_a_later_statement_left_unsettled(make: Factory) -> None:
+    """A statement of a later period settles that period only: the obligations before it
+    (no statement yet) still count towards the limit, on both sides, by the same rule as
+    ``Settlement.unsettled`` (regression: the end of the latest statement was taken as
+    "everything before is settled", so the limit could be passed)."""
+    c = make(credit_limits={(B, A): 2000})
+    a, b = c[A], c[B]
+    assert settled(a, a.conv.convert("alice", B, "bob", 1000, idempotency_key="g-1")).status == (
+        "completed"
+    )
+    later = datetime.now(UTC)
+    assert settled(a, a.conv.convert("alice", B, "bob", 1000, idempotency_key="g-2")).status == (
+        "completed"
+    )
+    features = settlement(c)
+    features[A].propose(B, later, datetime.now(UTC))  # settles g-2 only
+    for node in (a, b):
+        assert unsettled_here(node, A, B, in_flight=False) == 990
+        assert features[node.program].unsettled(A, B) == 990  # the chain's own reading
+        assert (
+            unsettled_here(node, B, A, in_flight=False)
+            == 0
+            == features[node.program].unsettled(B, A)
+        )
+    third = a.conv.convert("alice", B, "bob", 1000, idempotency_key="g-3")  # 1980 owed
+    assert unsettled_here(a, A, B, in_flight=True) == 1980
+    with pytest.raises(FailedPrecondition, match="credit limit of 2000"):
+        a.conv.convert("alice", B, "bob", 1000, idempotency_key="g-4")
+    assert settled(a, third).status == "completed"
+    assert unsettled_here(b, A, B, in_flight=False) == 1980 == features[B].unsettled(A, B)
+    assert spendable(a, "alice") == 7000 and spendable(b, "bob") == 3 * CREDIT
     assert_consistent(c)
 
 
@@ -551,4 +584,136 @@ def test_member_api_rest_and_grpc(
             assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
     finally:
         server.stop(None).wait(5)
+    assert_consistent(c)
+
+
+def test_target_refuses_a_convert_out_dated_in_the_future(make: Factory) -> None:
+    """A convert-out is sent after it is written: B rejects one dated later than its clock
+    allows (it would pick an agreement version or settlement period not yet in force)."""
+    c = make(start_features=False)
+    a, b = c[A], c[B]
+    view = a.conv.convert("alice", B, "bob", 1000, idempotency_key="future")
+    [out] = ledger_entries(a.service, "convert-out")
+    future = dict(out, at=format_time(datetime.now(UTC) + timedelta(days=1)))
+    assert a.client is not None
+    _, reply = a.client.call(
+        B, "convert", {"conversions": [{"out_entry": future, "to_member_id": "bob"}]}
+    )
+    [answer] = reply["receipts"]  # type: ignore[misc]
+    body = open_message(SignedMessage.from_json(answer), c.manifest.public_key).body
+    assert body["status"] == "rejected" and "after now" in str(body["reason"])
+    assert entry_kinds(b.service)["convert-in"] == 0 and spendable(b, "bob") == 0
+    assert a.conv.record_answers(B, [answer]) == {view.id}  # B's signed rejection: refund
+    assert (a.conv.status("alice", view.id).status, spendable(a, "alice")) == ("refunded", 10_000)
+    assert_consistent(c)
+
+
+def test_one_idempotency_key_makes_one_conversion_even_concurrently(make: Factory) -> None:
+    c = make()
+    a, b = c[A], c[B]
+    with futures.ThreadPoolExecutor(8) as pool:
+        views = list(
+            pool.map(
+                lambda _: a.conv.convert("alice", B, "bob", 1000, idempotency_key="same"),
+                range(8),
+            )
+        )
+    assert len({v.id for v in views}) == 1
+    with pytest.raises(CoalitionError, match="different request"):
+        a.conv.convert("alice", B, "bob", 999, idempotency_key="same")
+    assert settled(a, views[0]).status == "completed"
+    assert entry_kinds(a.service)["convert-out"] == 1 and entry_kinds(b.service)["convert-in"] == 1
+    assert spendable(a, "alice") == 9000 and spendable(b, "bob") == CREDIT
+    assert_consistent(c)
+
+
+class _NoLimits:
+    """A's view of the manifest with no credit limits (so only B's own check runs)."""
+
+    def __init__(self, manifest: Any) -> None:
+        self._manifest = manifest
+
+    def credit_limit(self, creditor: str, debtor: str) -> None:
+        return None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._manifest, name)
+
+
+def test_target_enforces_its_credit_limit_within_one_batch(
+    make: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c = make(start_features=False, credit_limits={(B, A): 2000})
+    a, b = c[A], c[B]
+    monkeypatch.setattr(a.conv, "manifest", _NoLimits(c.manifest))
+    views = [a.conv.convert("alice", B, "bob", 1000, idempotency_key=f"bl-{n}") for n in range(3)]
+    a.conv.outbox.run_once()  # one convert message carrying the three
+    done = [a.conv.status("alice", v.id) for v in views]
+    assert [d.status for d in done] == ["completed", "completed", "refunded"]
+    assert "credit limit of 2000" in str(done[2].reason)
+    assert spendable(b, "bob") == 2 * CREDIT and spendable(a, "alice") == 8000
+    assert unsettled_here(b, A, B, in_flight=False) == 1980
+    assert_consistent(c)
+
+
+def test_concurrent_conversions_never_pass_the_credit_limit(make: Factory) -> None:
+    """Both checks run in the writer's transaction on its own data: conversions racing in
+    one group commit see each other's amounts."""
+    c = make(credit_limits={(B, A): 2000})
+    a = c[A]
+    with futures.ThreadPoolExecutor(6) as pool:
+        found = list(
+            pool.map(
+                lambda n: _attempt(
+                    lambda: a.conv.convert("alice", B, "bob", 1000, idempotency_key=f"cr-{n}")
+                ),
+                range(6),
+            )
+        )
+    made = [v for v in found if isinstance(v, ConversionView)]
+    refused = [e for e in found if isinstance(e, CoalitionError)]
+    assert len(made) == 2 and len(refused) == 4
+    assert all(isinstance(e, FailedPrecondition) and "credit limit" in str(e) for e in refused)
+    for view in made:
+        assert settled(a, view).status == "completed"
+    assert spendable(a, "alice") == 8000 and spendable(c[B], "bob") == 2 * CREDIT
+    assert_consistent(c)
+
+
+def _attempt(call: Callable[[], ConversionView]) -> ConversionView | CoalitionError:
+    try:
+        return call()
+    except CoalitionError as exc:
+        return exc
+
+
+def test_a_failed_call_defers_the_rest_of_the_pass(make: Factory) -> None:
+    """When the abort call fails, the pass does not go on to send to the same partner
+    (regression: it made a second failing call, each one up to the call timeout)."""
+    c = make(start_features=False, abort_after_s=1.0)
+    a, b = c[A], c[B]
+    b.stop_partner_server()
+    old = a.conv.convert("alice", B, "bob", 1000, idempotency_key="d-old")
+    threading.Event().wait(1.1)
+    new = a.conv.convert("alice", B, "bob", 1000, idempotency_key="d-new")
+    assert a.client is not None
+    kinds: list[str] = []
+    call = a.client.call
+
+    def counting(to: str, kind: str, body: JsonObject, timeout: float = 5.0) -> Any:
+        kinds.append(kind)
+        return call(to, kind, body, timeout)
+
+    a.client.call = counting  # type: ignore[method-assign]
+    a.conv.outbox.run_once()
+    assert kinds == ["abort"]
+    b.start_partner_server()
+
+    def drained() -> bool:
+        a.conv.outbox.run_once()  # rows come due after their backoff
+        return outbox_rows(a) == []
+
+    wait_for(drained, 20, "the outbox to drain")
+    assert a.conv.status("alice", old.id).status == "refunded"
+    assert a.conv.status("alice", new.id).status in ("completed", "refunded")
     assert_consistent(c)

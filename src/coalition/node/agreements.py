@@ -281,6 +281,10 @@ class Agreements:
     def _all(self, conn: Connection) -> list[Agreement]:
         return [self._parse(signed) for signed in conversion_repo.all_agreements(conn)]
 
+    def recorded(self, conn: Connection) -> list[Agreement]:
+        """Every recorded agreement (both signatures verified once, then cached)."""
+        return self._all(conn)
+
     def get(self, conn: Connection, agreement_id: str, version: int) -> Agreement | None:
         """The recorded agreement ``(id, version)`` (signatures verified), or None."""
         signed = conversion_repo.agreement(conn, agreement_id, version)

@@ -48,7 +48,7 @@ from coalition.ledger.envelope import SignedMessage, open_message, sign_message
 from coalition.node.agreements import Agreements
 from coalition.node.manifest import Manifest
 from coalition.node.outbox import Outbox
-from coalition.node.partners import PartnerClient, PartnerInbox
+from coalition.node.partners import MAX_CLOCK_SKEW, PartnerClient, PartnerInbox
 from coalition.node.service import Decision, NodeService
 from coalition.points import operations
 from coalition.points.accounts import validate_member_id, validate_reference
@@ -58,6 +58,7 @@ from coalition.points.rates import (
     check_credit_limit,
     check_daily_cap,
     check_program_id,
+    current_agreements,
     quote,
 )
 from coalition.points.state import Account
@@ -242,8 +243,9 @@ class Conversions:
             check_daily_cap(agreement, today, amount)
             limit = self.manifest.credit_limit(to_program, self.program)
             if limit is not None:
-                since = conversion_repo.settled_until(conn, self.program, to_program)
-                unsettled = conversion_repo.owed_to(conn, self.program, to_program, since)
+                unsettled = conversion_repo.unsettled(
+                    conn, self.program, self.program, to_program, in_flight=True, keep=True
+                )
                 check_credit_limit(limit, unsettled, quoted.value_minor, self.program, to_program)
             loaded = repository.load_accounts(conn, [account])
             touched = list(loaded.values())
@@ -277,7 +279,10 @@ class Conversions:
         result = self.service.write(request, idempotency_key, decide)
         conversion = result.entry.get("conversion")
         assert isinstance(conversion, dict)
-        view = self.status(member_id, str(conversion["id"]))  # read before the outbox runs
+        if result.replayed:  # it may have settled since: read its status
+            view = self.status(member_id, str(conversion["id"]))
+        else:  # just written, still pending: the entry says it all
+            view = _pending_view(result.entry, member_id, to_member_id)
         self.outbox.wake(to_program)
         return view
 
@@ -404,7 +409,8 @@ class Conversions:
                 log.warning(
                     "refused %s's %s for conversion %s: %s", partner, kind, conversion_id, exc
                 )
-        results = self.service.write_many([self._settle_decision(c) for c in checked])
+        batch = _SourceBatch([c.conversion_id for c in checked])
+        results = self.service.write_many([self._settle_decision(c, batch) for c in checked])
         settled: set[str] = set()
         for answer, result in zip(checked, results, strict=True):
             if isinstance(result, CoalitionError):
@@ -458,11 +464,11 @@ class Conversions:
         return _Checked(record.id, kind, message, reason)
 
     def _settle_decision(
-        self, answer: _Checked
+        self, answer: _Checked, batch: _SourceBatch
     ) -> Callable[[Connection, EntryContext], Decision | None]:
         def decide(conn: Connection, ctx: EntryContext) -> Decision | None:
-            record = conversion_repo.conversion(conn, answer.conversion_id)
-            if record is None or record.status != "pending":
+            record = batch.pending(conn, answer.conversion_id)
+            if record is None:
                 conversion_repo.dequeue(conn, answer.conversion_id)
                 return None  # answered before: nothing twice
             if answer.kind == RECEIPT:
@@ -474,10 +480,15 @@ class Conversions:
                     raise NotFound(f"conversion {record.id} has no convert-out entry")
                 body = operations.convert_refund(ctx, out, answer.message)
                 status = "refunded"
-            conversion_repo.finish_conversion(
-                conn, record.id, status, answer.reason, ctx.entry_id, ctx.at
+            # The guard that counts: only the writer that moves the row off ``pending``
+            # writes the entry (another replica on the same database may race us).
+            finished = conversion_repo.finish_conversion(
+                conn, record, status, answer.reason, ctx.entry_id, ctx.at
             )
+            batch.settled(record.id)
             conversion_repo.dequeue(conn, record.id)
+            if not finished:
+                return None
             return body, [Account(record.account)], set()
 
         return decide
@@ -501,7 +512,8 @@ class Conversions:
             validate_reference(conversion_id, "conversion id")
             assert isinstance(out_entry, dict)
             parsed.append((conversion_id, out_entry, to_member))
-        decisions = [self._credit_decision(sender, *p) for p in parsed]
+        batch = _TargetBatch(self, sender, [p[0] for p in parsed], [p[2] for p in parsed])
+        decisions = [self._credit_decision(batch, *p) for p in parsed]
         self._write_answers(decisions)
         return f"{CONVERT}-reply", self._stored_answers(sender, [p[0] for p in parsed])
 
@@ -515,15 +527,18 @@ class Conversions:
                 raise InvalidArgument("conversion ids are strings")
             validate_reference(conversion_id, "conversion id")
         wanted = [str(i) for i in ids]
-        self._write_answers([self._abort_decision(sender, i) for i in wanted])
+        batch = _TargetBatch(self, sender, wanted, [])
+        self._write_answers([self._abort_decision(batch, i) for i in wanted])
         return f"{ABORT}-reply", self._stored_answers(sender, wanted)
 
     def _write_answers(
         self, decisions: list[Callable[[Connection, EntryContext], Decision | None]]
     ) -> None:
+        """Record the answers; one that cannot be recorded (a conversion id no entry may
+        carry) is logged and left unanswered, never holding up the rest of the batch."""
         for result in self.service.write_many(decisions):
-            if isinstance(result, CoalitionError):  # a store fault, not a rejection
-                raise result
+            if isinstance(result, CoalitionError):
+                log.warning("a conversion could not be answered: %s", result)
 
     def _stored_answers(self, sender: str, ids: list[str]) -> JsonObject:
         with self.service.engine.connect() as conn:
@@ -535,17 +550,23 @@ class Conversions:
         return sign_message(self.service.signing_key, kind, self.program, to, body, at).to_json()
 
     def _credit_decision(
-        self, sender: str, conversion_id: str, out_entry: JsonObject, to_member: str
+        self, batch: _TargetBatch, conversion_id: str, out_entry: JsonObject, to_member: str
     ) -> Callable[[Connection, EntryContext], Decision | None]:
+        sender = batch.sender
+
         def decide(conn: Connection, ctx: EntryContext) -> Decision | None:
-            if conversion_repo.answers(conn, sender, [conversion_id]):
+            if batch.answered(conn, conversion_id):
                 return None  # answered before: the stored answer goes back
             try:
-                body, account, value, out_at = self._credit(conn, ctx, sender, out_entry, to_member)
+                body, account, value, out_at = self._credit(conn, ctx, batch, out_entry, to_member)
             except CoalitionError as exc:
                 reason = _reason(str(exc))
                 log.info("conversion %s from %s rejected: %s", conversion_id, sender, reason)
-                return self._reject(conn, ctx, sender, conversion_id, reason, _out_time(out_entry))
+                decision = self._reject(
+                    conn, ctx, sender, conversion_id, reason, _out_time(out_entry)
+                )
+                batch.answer(conversion_id)
+                return decision
             receipt: JsonObject = {
                 "conversion": conversion_id,
                 "status": "credited",
@@ -564,6 +585,7 @@ class Conversions:
                 out_at=out_at,
                 at=ctx.at,
             )
+            batch.answer(conversion_id, value)
             return body, [Account(account)], set()
 
         return decide
@@ -572,11 +594,12 @@ class Conversions:
         self,
         conn: Connection,
         ctx: EntryContext,
-        sender: str,
+        batch: _TargetBatch,
         out_entry: JsonObject,
         to_member: str,
     ) -> tuple[JsonObject, str, int, datetime]:
         """The convert-in entry for a partner's convert-out, or the reason to reject it."""
+        sender = batch.sender
         if out_entry.get("program") != sender:
             raise InvalidArgument(f"the convert-out is not {sender}'s entry")
         conversion = out_entry.get("conversion")
@@ -587,31 +610,39 @@ class Conversions:
         agreement_id, version = ref.get("id"), ref.get("version")
         if not isinstance(agreement_id, str) or type(version) is not int:
             raise InvalidArgument("the convert-out's agreement is {id, version}")
-        agreement = self.agreements.get(conn, agreement_id, version)
+        recorded = batch.agreements(conn)
+        agreement = next(
+            (a for a in recorded if (a.id, a.version) == (agreement_id, version)), None
+        )
         if agreement is None:
             raise FailedPrecondition(f"agreement {agreement_id} v{version} is not recorded here")
         out_at = _out_time(out_entry)
         if out_at is None:
             raise InvalidArgument("the convert-out has no valid time")
-        _check_in_force(self.agreements.usable_on(conn, sender, self.program, out_at), agreement)
-        accounts = repository.accounts_for_members(conn, [validate_member_id(to_member)])
-        if to_member not in accounts:
+        if out_at > ctx.at + MAX_CLOCK_SKEW:
+            # A convert-out is sent after it is written: one dated later would pick an
+            # agreement (and a settlement period) that is not yet in force.
+            raise FailedPrecondition(
+                f"the convert-out is dated {format_time(out_at)}, after now ({format_time(ctx.at)})"
+            )
+        _check_in_force(current_agreements(recorded, out_at).get((sender, self.program)), agreement)
+        account = batch.accounts(conn).get(validate_member_id(to_member))
+        if account is None:
             raise NotFound(f"member {to_member} is not enrolled at {self.program}")
         quoted = quote(agreement, _int(out_entry.get("amount")))
         limit = self.manifest.credit_limit(self.program, sender)
         if limit is not None:
-            since = conversion_repo.settled_until(conn, self.program, sender)
-            unsettled = conversion_repo.owed_by(conn, sender, since)
+            unsettled = batch.unsettled(conn)
             check_credit_limit(limit, unsettled, quoted.value_minor, sender, self.program)
         body = operations.convert_in(
             ctx,
             self.service.rules,
-            accounts[to_member],
+            account,
             out_entry,
             entry_leaf_hash(out_entry).hex(),
             agreement,
         )
-        return body, accounts[to_member], quoted.value_minor, out_at
+        return body, account, quoted.value_minor, out_at
 
     def _reject(
         self,
@@ -642,15 +673,124 @@ class Conversions:
         return body, [], set()
 
     def _abort_decision(
-        self, sender: str, conversion_id: str
+        self, batch: _TargetBatch, conversion_id: str
     ) -> Callable[[Connection, EntryContext], Decision | None]:
+        sender = batch.sender
+
         def decide(conn: Connection, ctx: EntryContext) -> Decision | None:
-            if conversion_repo.answers(conn, sender, [conversion_id]):
+            if batch.answered(conn, conversion_id):
                 return None  # credited or rejected before: that answer stands
             log.info("conversion %s from %s aborted before it arrived", conversion_id, sender)
-            return self._reject(conn, ctx, sender, conversion_id, ABORTED, None)
+            decision = self._reject(conn, ctx, sender, conversion_id, ABORTED, None)
+            batch.answer(conversion_id)
+            return decision
 
         return decide
+
+
+class _SourceBatch:
+    """The conversions a batch of answers settles, read once inside the writer's
+    transaction (the first decision reads them; later ones see the batch's own changes)."""
+
+    def __init__(self, ids: Sequence[str]) -> None:
+        self._ids = list(dict.fromkeys(ids))
+        self._records: dict[str, ConversionRecord] | None = None
+
+    def pending(self, conn: Connection, conversion_id: str) -> ConversionRecord | None:
+        if self._records is None:
+            self._records = conversion_repo.conversions_by_id(conn, self._ids)
+        record = self._records.get(conversion_id)
+        return record if record is not None and record.status == "pending" else None
+
+    def settled(self, conversion_id: str) -> None:
+        assert self._records is not None
+        self._records.pop(conversion_id, None)
+
+
+class _TargetBatch:
+    """What the decisions of one ``convert`` or ``abort`` message share, read once inside
+    the writer's transaction: the answers already given, the recorded agreements and the
+    members' accounts (a batch writes no agreement and enrolls no member)."""
+
+    def __init__(
+        self, owner: Conversions, sender: str, ids: Sequence[str], members: Sequence[str]
+    ) -> None:
+        self.sender = sender
+        self._owner = owner
+        self._ids = list(dict.fromkeys(ids))
+        self._members = list(dict.fromkeys(members))
+        self._answered: set[str] | None = None
+        self._agreements: list[Agreement] | None = None
+        self._accounts: dict[str, str] | None = None
+        self._unsettled: int | None = None
+
+    def answered(self, conn: Connection, conversion_id: str) -> bool:
+        if self._answered is None:
+            self._answered = set(conversion_repo.answers(conn, self.sender, self._ids))
+        return conversion_id in self._answered
+
+    def answer(self, conversion_id: str, credited_minor: int = 0) -> None:
+        """Note an answer just recorded (and what the sender owes for it, if credited)."""
+        assert self._answered is not None
+        self._answered.add(conversion_id)
+        if self._unsettled is not None:
+            self._unsettled += credited_minor
+
+    def unsettled(self, conn: Connection) -> int:
+        """What the sender owes here unsettled (``conversion_repo.unsettled``), read once;
+        the batch's own credits are added as they are recorded."""
+        if self._unsettled is None:
+            program = self._owner.program
+            self._unsettled = conversion_repo.unsettled(
+                conn, program, self.sender, program, keep=True
+            )
+        return self._unsettled
+
+    def agreements(self, conn: Connection) -> list[Agreement]:
+        if self._agreements is None:
+            self._agreements = self._owner.agreements.recorded(conn)
+        return self._agreements
+
+    def accounts(self, conn: Connection) -> dict[str, str]:
+        if self._accounts is None:
+            valid = [m for m in self._members if _valid_member(m)]
+            self._accounts = repository.accounts_for_members(conn, valid)
+        return self._accounts
+
+
+def _valid_member(member_id: str) -> bool:
+    try:
+        validate_member_id(member_id)
+    except CoalitionError:
+        return False
+    return True
+
+
+def _pending_view(out: JsonObject, member_id: str, to_member_id: str) -> ConversionView:
+    """The view of a conversion just written, from its own convert-out entry."""
+    conversion = out["conversion"]
+    assert isinstance(conversion, dict)
+    agreement = conversion["agreement"]
+    assert isinstance(agreement, dict)
+    return ConversionView(
+        id=str(conversion["id"]),
+        member_id=member_id,
+        to_program=str(conversion["to_program"]),
+        to_member_id=to_member_id,
+        agreement_id=str(agreement["id"]),
+        agreement_version=_int(agreement["version"]),
+        amount=_int(out["amount"]),
+        fee=_int(conversion["fee"]),
+        net=_int(conversion["net"]),
+        credit=_int(conversion["credit"]),
+        value_minor=_int(conversion["value_minor"]),
+        currency=str(conversion["currency"]),
+        status="pending",
+        reason=None,
+        created_at=str(out["at"]),
+        out_entry=str(out["id"]),
+        final_entry=None,
+    )
 
 
 def _out_time(out_entry: JsonObject) -> datetime | None:

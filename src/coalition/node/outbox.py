@@ -121,12 +121,14 @@ class Outbox:
             items = conversion_repo.due(conn, partner, now, self._batch * 8)
         aborting = [i for i in items if now - i.queued_at >= self.abort_after_us]
         sending = [i for i in items if now - i.queued_at < self.abort_after_us]
-        for group, abort in ((aborting, True), (sending, False)):
-            for start in range(0, len(group), self._batch):
-                if self._stop.is_set() or not self._send(
-                    partner, group[start : start + self._batch], abort
-                ):
-                    break  # the partner failed: the rest waits for its backoff
+        calls = [
+            (group[start : start + self._batch], abort)
+            for group, abort in ((aborting, True), (sending, False))
+            for start in range(0, len(group), self._batch)
+        ]
+        for chunk, abort in calls:
+            if self._stop.is_set() or not self._send(partner, chunk, abort):
+                break  # the partner failed: the rest (aborts and sends) waits for its backoff
         with self._engine.connect() as conn:
             next_us = conversion_repo.next_due(conn, partner)
         if next_us is None:

@@ -5,7 +5,9 @@ recorded by an ``agreement`` entry. ``coalition_conversions`` is the source side
 of each conversion it started (``pending`` until B's receipt or signed rejection);
 ``coalition_conversion_answers`` is the target side's single answer per conversion id,
 the signed receipt or rejection it returns on every redelivery, so a conversion is
-credited at most once. ``coalition_outbox`` lists the conversions still to deliver; it
+credited at most once. ``coalition_conversion_totals`` keeps running sums of those rows
+per partner, so a credit-limit check reads one row however long the history is.
+``coalition_outbox`` lists the conversions still to deliver; it
 is durable, so a restarted node resumes them. Every row is written in the transaction
 of the entry it belongs to. Times are integer microseconds since the Unix epoch (UTC).
 """
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 from sqlalchemy import BigInteger, Column, Index, Text
 from sqlmodel import Field, SQLModel
+
+from coalition.store.redemption_tables import holds, partner_redemptions
 
 
 class AgreementRow(SQLModel, table=True):
@@ -83,6 +87,20 @@ class ConversionAnswerRow(SQLModel, table=True):
     """The signed receipt or rejection, ``{"envelope", "signature"}`` as JSON."""
 
 
+class ConversionTotalRow(SQLModel, table=True):
+    """The sum of ``value_minor`` over this node's conversion rows of one partner in one
+    state, updated in the transaction of every row change; created from the rows the first
+    time a writer reads it (so a database from before this table needs no migration)."""
+
+    __tablename__ = "coalition_conversion_totals"
+
+    partner: str = Field(primary_key=True, max_length=32)
+    state: str = Field(primary_key=True, max_length=16)
+    """``pending`` or ``completed`` (conversions to ``partner``), ``credited`` (answers to
+    conversions from ``partner``)."""
+    minor: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
 class OutboxRow(SQLModel, table=True):
     """A conversion still to deliver to its target; deleted when the answer is recorded."""
 
@@ -101,4 +119,17 @@ class OutboxRow(SQLModel, table=True):
 agreements = AgreementRow.__table__  # type: ignore[attr-defined]
 conversions = ConversionRow.__table__  # type: ignore[attr-defined]
 conversion_answers = ConversionAnswerRow.__table__  # type: ignore[attr-defined]
+# The credit-limit checks sum captured redemptions per partner (``conversion_repo.
+# unsettled``): covering indexes on the redemption tables keep that a short index read.
+ix_holds_captured = Index(
+    "ix_coalition_holds_captured", holds.c.partner, holds.c.status, holds.c.value_minor
+)
+ix_redemptions_captured = Index(
+    "ix_coalition_partner_redemptions_captured",
+    partner_redemptions.c.program,
+    partner_redemptions.c.status,
+    partner_redemptions.c.value_minor,
+)
+
+conversion_totals = ConversionTotalRow.__table__  # type: ignore[attr-defined]
 outbox = OutboxRow.__table__  # type: ignore[attr-defined]

@@ -6,16 +6,34 @@ the transaction: a conversion's row, its outbox row and its ledger entry commit 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import (
+    Column,
+    Connection,
+    Table,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 
-from coalition.errors import CoalitionError
+from coalition.errors import InvalidArgument, VerificationError
 from coalition.ledger.canonical import JsonObject, canonical_json
-from coalition.ledger.entries import parse_time
-from coalition.store.coalition_tables import agreements, conversion_answers, conversions, outbox
+from coalition.store.coalition_tables import (
+    agreements,
+    conversion_answers,
+    conversion_totals,
+    conversions,
+    outbox,
+)
+from coalition.store.redemption_tables import holds, partner_redemptions, statements
 from coalition.store.repository import from_micros, stored_object, to_micros
 from coalition.store.tables import entries
 
@@ -88,9 +106,60 @@ class ConversionRecord:
     final_entry: str | None
 
 
+# The statements of the per-conversion paths are built once with bind parameters, so
+# running one costs no expression building or cache-key computation.
+_INSERT_CONVERSION = insert(conversions)
+_INSERT_ANSWER = insert(conversion_answers)
+_ENQUEUE = insert(outbox)
+_DEQUEUE = delete(outbox).where(outbox.c.conversion_id == bindparam("conversion_id"))
+_FINISH = (
+    update(conversions)
+    .where(conversions.c.id == bindparam("conversion_id"), conversions.c.status == "pending")
+    .values(
+        status=bindparam("status"),
+        reason=bindparam("reason"),
+        final_entry=bindparam("final_entry"),
+        finished_at=bindparam("finished_at"),
+    )
+)
+_CONVERTED = select(func.coalesce(func.sum(conversions.c.amount), 0)).where(
+    conversions.c.account == bindparam("account"),
+    conversions.c.agreement_id == bindparam("agreement_id"),
+    conversions.c.created_at >= bindparam("start"),
+    conversions.c.created_at < bindparam("end"),
+    conversions.c.status != "refunded",
+)
+_BUMP = (
+    update(conversion_totals)
+    .where(conversion_totals.c.partner == bindparam("p"))
+    .values(
+        minor=conversion_totals.c.minor
+        + case(
+            (conversion_totals.c.state == "pending", bindparam("d_pending")),
+            (conversion_totals.c.state == "completed", bindparam("d_completed")),
+            (conversion_totals.c.state == "credited", bindparam("d_credited")),
+            else_=0,
+        )
+    )
+)
+_TOTALS_OF = select(conversion_totals.c.state, conversion_totals.c.minor).where(
+    conversion_totals.c.partner == bindparam("p")
+)
+_HOLDS_CAPTURED = select(func.coalesce(func.sum(holds.c.value_minor), 0)).where(
+    holds.c.partner == bindparam("p"), holds.c.status == "captured"
+)
+_REDEMPTIONS_CAPTURED = select(func.coalesce(func.sum(partner_redemptions.c.value_minor), 0)).where(
+    partner_redemptions.c.program == bindparam("p"), partner_redemptions.c.status == "captured"
+)
+_STATEMENTS_OF = select(statements.c.id, statements.c.entry_id).where(
+    statements.c.party_a == bindparam("a"), statements.c.party_b == bindparam("b")
+)
+
+
 def insert_conversion(conn: Connection, record: ConversionRecord) -> None:
     conn.execute(
-        insert(conversions).values(
+        _INSERT_CONVERSION,
+        dict(
             id=record.id,
             account=record.account,
             member_id=record.member_id,
@@ -106,8 +175,11 @@ def insert_conversion(conn: Connection, record: ConversionRecord) -> None:
             status=record.status,
             reason=record.reason,
             final_entry=record.final_entry,
-        )
+            finished_at=None,
+        ),
     )
+    if record.status in ("pending", "completed"):
+        _bump(conn, record.to_program, {record.status: record.value_minor})
 
 
 def _record(row: object) -> ConversionRecord:
@@ -149,43 +221,42 @@ def converted_between(
     """Points ``account`` converted under ``agreement_id`` in ``[start, end)``, refunded
     conversions excepted (they moved nothing)."""
     total = conn.execute(
-        select(func.coalesce(func.sum(conversions.c.amount), 0)).where(
-            conversions.c.account == account,
-            conversions.c.agreement_id == agreement_id,
-            conversions.c.created_at >= to_micros(start),
-            conversions.c.created_at < to_micros(end),
-            conversions.c.status != "refunded",
-        )
+        _CONVERTED,
+        {
+            "account": account,
+            "agreement_id": agreement_id,
+            "start": to_micros(start),
+            "end": to_micros(end),
+        },
     ).scalar_one()
     return int(total)
 
 
-def unsettled_out(conn: Connection, to_program: str, since: datetime | None) -> int:
-    """Minor units owed to ``to_program`` for conversions pending or completed since
-    ``since`` (the end of the last statement; None: ever)."""
-    query = select(func.coalesce(func.sum(conversions.c.value_minor), 0)).where(
-        conversions.c.to_program == to_program, conversions.c.status != "refunded"
-    )
-    if since is not None:
-        query = query.where(conversions.c.created_at >= to_micros(since))
-    return int(conn.execute(query).scalar_one())
-
-
 def finish_conversion(
     conn: Connection,
-    conversion_id: str,
+    record: ConversionRecord,
     status: str,
     reason: str | None,
     entry_id: str,
     at: datetime,
 ) -> bool:
-    """Move a pending conversion to ``status``; False if it was no longer pending."""
+    """Move a pending conversion to ``status`` (``completed`` or ``refunded``); False, and
+    nothing changed, if it was no longer pending (settled by a concurrent writer)."""
     result = conn.execute(
-        update(conversions)
-        .where(conversions.c.id == conversion_id, conversions.c.status == "pending")
-        .values(status=status, reason=reason, final_entry=entry_id, finished_at=to_micros(at))
+        _FINISH,
+        {
+            "conversion_id": record.id,
+            "status": status,
+            "reason": reason,
+            "final_entry": entry_id,
+            "finished_at": to_micros(at),
+        },
     )
-    return bool(result.rowcount)
+    if not result.rowcount:
+        return False
+    completed = record.value_minor if status == "completed" else 0
+    _bump(conn, record.to_program, {"pending": -record.value_minor, "completed": completed})
+    return True
 
 
 def out_entry_body(conn: Connection, entry_id: str) -> JsonObject | None:
@@ -226,7 +297,8 @@ def insert_answer(
     at: datetime,
 ) -> None:
     conn.execute(
-        insert(conversion_answers).values(
+        _INSERT_ANSWER,
+        dict(
             from_program=from_program,
             conversion_id=conversion_id,
             status=answer.status,
@@ -235,8 +307,10 @@ def insert_answer(
             out_at=0 if out_at is None else to_micros(out_at),
             created_at=to_micros(at),
             answer=canonical_json(answer.message).decode(),
-        )
+        ),
     )
+    if answer.status == "credited":
+        _bump(conn, from_program, {"credited": value_minor})
 
 
 def answers(conn: Connection, from_program: str, ids: Iterable[str]) -> dict[str, Answer]:
@@ -256,84 +330,122 @@ def answers(conn: Connection, from_program: str, ids: Iterable[str]) -> dict[str
     }
 
 
-def unsettled_in(conn: Connection, from_program: str, since: datetime | None) -> int:
-    """Minor units ``from_program`` owes for conversions credited here whose convert-out
-    is at or after ``since`` (None: ever)."""
-    query = select(func.coalesce(func.sum(conversion_answers.c.value_minor), 0)).where(
-        conversion_answers.c.from_program == from_program,
-        conversion_answers.c.status == "credited",
-    )
-    if since is not None:
-        query = query.where(conversion_answers.c.out_at >= to_micros(since))
-    return int(conn.execute(query).scalar_one())
+# ------------------------------------------------------------------- unsettled obligations
+
+_TOTALS: dict[str, tuple[Table, Column[str]]] = {
+    "pending": (conversions, conversions.c.to_program),
+    "completed": (conversions, conversions.c.to_program),
+    "credited": (conversion_answers, conversion_answers.c.from_program),
+}
+_statement_owed: dict[tuple[str, str], dict[str, int]] = {}
+"""Parsed ``owed`` of recorded statements by (statement id, entry id): they never change."""
+_statement_lock = threading.Lock()
 
 
-def _captured(
-    conn: Connection, kind: str, partner: str, since: datetime | None, time_key: str
-) -> int:
-    """Minor units of ``kind`` entries (``hold-capture`` or ``redemption-receipt``) with
-    ``partner`` dated at or after ``since`` by ``time_key``."""
-    rows = conn.execute(select(entries.c.body).where(entries.c.kind == kind)).all()
+def _bump(conn: Connection, partner: str, deltas: dict[str, int]) -> None:
+    """Keep the running totals in step with a row change, in one statement (a total not
+    created yet is left to be summed from the rows when first read)."""
+    if any(deltas.values()):
+        conn.execute(
+            _BUMP,
+            {
+                "p": partner,
+                "d_pending": deltas.get("pending", 0),
+                "d_completed": deltas.get("completed", 0),
+                "d_credited": deltas.get("credited", 0),
+            },
+        )
+
+
+def _totals(conn: Connection, partner: str, states: Sequence[str], *, keep: bool) -> int:
+    """``value_minor`` summed over the rows of ``partner`` in ``states``: the running
+    totals, or the rows' sums for a total not created yet (then stored when ``keep``:
+    inside the writer's transaction only)."""
+    found: dict[str, int] = dict(conn.execute(_TOTALS_OF, {"p": partner}).all())
     total = 0
-    for row in rows:
-        body = stored_object(row.body)
-        hold, value, at = body.get("hold"), body.get("value_minor"), body.get(time_key)
-        if not isinstance(hold, dict) or hold.get("partner") != partner:
+    for state in states:
+        if state in found:
+            total += int(found[state])
             continue
-        if not isinstance(value, int) or not isinstance(at, str):
-            continue
-        if since is None or parse_time(at) >= since:
-            total += value
+        table, partner_column = _TOTALS[state]
+        value = int(
+            conn.execute(
+                select(func.coalesce(func.sum(table.c.value_minor), 0)).where(
+                    partner_column == partner, table.c.status == state
+                )
+            ).scalar_one()
+        )
+        if keep:
+            conn.execute(
+                insert(conversion_totals).values(partner=partner, state=state, minor=value)
+            )
+        total += value
     return total
 
 
-def owed_to(conn: Connection, program: str, partner: str, since: datetime | None) -> int:
-    """What ``program`` owes ``partner`` unsettled, from this (``program``'s) node:
-    conversions pending or completed, and holds captured, since ``since``."""
-    del program  # every row here is the program's own
-    return unsettled_out(conn, partner, since) + _captured(
-        conn, "hold-capture", partner, since, "at"
-    )
+def _captured(conn: Connection, program: str, debtor: str, creditor: str) -> int:
+    """Minor units of partner redemptions captured between the two (``hold-capture`` on
+    the debtor's chain, ``redemption-receipt`` on the creditor's)."""
+    if program == debtor:
+        return int(conn.execute(_HOLDS_CAPTURED, {"p": creditor}).scalar_one())
+    return int(conn.execute(_REDEMPTIONS_CAPTURED, {"p": debtor}).scalar_one())
 
 
-def owed_by(conn: Connection, partner: str, since: datetime | None) -> int:
-    """What ``partner`` owes this node unsettled: conversions credited here and
-    redemptions of ``partner``'s points captured here, since ``since``."""
-    return unsettled_in(conn, partner, since) + _captured(
-        conn, "redemption-receipt", partner, since, "captured_at"
-    )
-
-
-# --------------------------------------------------------------------------- statements
-
-
-def settled_until(conn: Connection, program: str, partner: str) -> datetime | None:
-    """The end of the latest period a recorded statement between the two covers, or None.
-
-    Read from the ``statement`` entries themselves (few), so it holds whichever module
-    recorded them; a statement that does not parse is skipped (the auditor reports it).
-    """
-    query = select(entries.c.body).where(entries.c.kind == "statement", entries.c.account == "-")
-    rows = conn.execute(query).all()
-    latest: datetime | None = None
+def _settled(conn: Connection, debtor: str, creditor: str) -> int:
+    """What the recorded statements between the two settled from ``debtor`` to ``creditor``."""
+    pair = sorted((debtor, creditor))
+    rows = conn.execute(_STATEMENTS_OF, {"a": pair[0], "b": pair[1]}).all()
+    total = 0
     for row in rows:
-        try:
-            document = stored_object(row.body).get("statement")
-            statement = document.get("statement") if isinstance(document, dict) else None
-            if not isinstance(statement, dict):
-                continue
-            parties = statement.get("parties")
-            period = statement.get("period")
-            if not isinstance(parties, list) or {program, partner} - set(map(str, parties)):
-                continue
-            if not isinstance(period, dict) or not isinstance(period.get("end"), str):
-                continue
-            end = parse_time(str(period["end"]))
-        except CoalitionError:
-            continue
-        if latest is None or end > latest:
-            latest = end
-    return latest
+        key = (row.id, row.entry_id)
+        with _statement_lock:
+            owed = _statement_owed.get(key)
+        if owed is None:
+            owed = _owed_of(conn, row.id)
+            with _statement_lock:
+                _statement_owed[key] = owed
+        total += owed.get(f"{debtor}->{creditor}", 0)
+    return total
+
+
+def _owed_of(conn: Connection, statement_id: str) -> dict[str, int]:
+    text = conn.execute(
+        select(statements.c.signed).where(statements.c.id == statement_id)
+    ).scalar_one()
+    document = stored_object(text, "statement").get("statement")
+    owed = document.get("owed") if isinstance(document, dict) else None
+    if not isinstance(owed, dict) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in owed.values()
+    ):
+        raise VerificationError(f"recorded statement {statement_id} has no valid owed amounts")
+    return {str(k): int(v) for k, v in owed.items()}  # type: ignore[arg-type]
+
+
+def unsettled(
+    conn: Connection,
+    program: str,
+    debtor: str,
+    creditor: str,
+    *,
+    in_flight: bool = False,
+    keep: bool = False,
+) -> int:
+    """Minor units ``debtor`` owes ``creditor`` by ``program``'s chain that no recorded
+    statement between them settled: the obligations ``points.settlement.obligations``
+    reads from the chain over all time (completed convert-outs, convert-ins, hold-captures,
+    redemption-receipts) less each statement's ``owed`` for that direction. ``program``
+    is one of the two. With ``in_flight`` the source side adds its pending conversions
+    (a credit-limit check counts what may still complete). Pass ``keep`` only inside the
+    writer's transaction. Cost: a few indexed reads, whatever the history's length.
+    """
+    if program == debtor:
+        states = ("completed", "pending") if in_flight else ("completed",)
+        owed = _totals(conn, creditor, states, keep=keep)
+    elif program == creditor:
+        owed = _totals(conn, debtor, ("credited",), keep=keep)
+    else:
+        raise InvalidArgument(f"{program} knows only its own obligations")
+    return owed + _captured(conn, program, debtor, creditor) - _settled(conn, debtor, creditor)
 
 
 # --------------------------------------------------------------------------------- outbox
@@ -350,13 +462,15 @@ class OutboxItem:
 
 def enqueue(conn: Connection, conversion_id: str, to_program: str, now_us: int) -> None:
     conn.execute(
-        insert(outbox).values(
+        _ENQUEUE,
+        dict(
             conversion_id=conversion_id,
             to_program=to_program,
             queued_at=now_us,
             next_attempt_at=now_us,
             attempts=0,
-        )
+            last_error=None,
+        ),
     )
 
 
@@ -398,7 +512,7 @@ def postpone(conn: Connection, ids: Sequence[str], next_us: int, error: str) -> 
 
 
 def dequeue(conn: Connection, conversion_id: str) -> None:
-    conn.execute(delete(outbox).where(outbox.c.conversion_id == conversion_id))
+    conn.execute(_DEQUEUE, {"conversion_id": conversion_id})
 
 
 def pending_count(conn: Connection) -> int:
