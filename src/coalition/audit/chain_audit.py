@@ -542,6 +542,12 @@ class _Auditor:
                 - k.get("expire", 0)
                 - k.get("reverse", 0)
                 - k.get("revoke", 0)
+                # coalition kinds: points leave into flight or a hold and may come back
+                + k.get("convert-in", 0)
+                + k.get("convert-refund", 0)
+                + k.get("hold-release", 0)
+                - k.get("convert-out", 0)
+                - k.get("hold", 0)
             )
             if expected != r.supply:
                 self.fault("supply", f"members hold {r.supply} points, the entries say {expected}")

@@ -1,7 +1,8 @@
-"""``coalition audit`` and ``coalition check``: argparse glue for the CLI.
+"""``coalition audit``, ``coalition audit-coalition`` and ``coalition check``: argparse
+glue for the CLI.
 
-Exit codes: 0 the chain (or database) is sound, 1 faults were found, 2 bad usage or the
-audit could not start (missing file, unreachable node, unreadable key).
+Exit codes: 0 the chain (or database, or coalition) is sound, 1 faults were found, 2 bad
+usage or the audit could not start (missing file, unreachable node, unreadable key).
 """
 
 from __future__ import annotations
@@ -10,12 +11,15 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from coalition.audit.chain_audit import audit_chain
+from coalition.audit.chain_audit import AuditReport, audit_chain
+from coalition.audit.cross_chain import CoalitionReport, audit_coalition
 from coalition.audit.db_check import check_database
-from coalition.audit.sources import ChainSource, DatabaseSource, GrpcSource
+from coalition.audit.sources import ChainSource, DatabaseSource, GrpcSource, RawEntry, RawHeader
 from coalition.errors import CoalitionError, InvalidArgument
 from coalition.ledger.blocks import BlockHeader, SignedHeader
 from coalition.ledger.canonical import JsonObject, canonical_json, parse_json
@@ -53,6 +57,47 @@ def add_audit_parser(subparsers: Any) -> None:
     )
     audit.add_argument("--json", type=Path, metavar="FILE", help="also write the JSON report")
     audit.set_defaults(func=run_audit)
+
+    coalition = subparsers.add_parser(
+        "audit-coalition",
+        help="audit every partner's chain, then reconcile conversions and holds across them",
+        description="Audit each partner of the manifest (from its database or its live node), "
+        "then check that every conversion left one chain and arrived in the other exactly "
+        "once at the signed rate, or was refunded on a signed rejection. Exit 0 when sound, "
+        "1 on any fault, 2 on bad usage.",
+    )
+    coalition.add_argument("--manifest", type=Path, required=True, help="nodes/coalition.toml")
+    coalition.add_argument(
+        "--from",
+        dest="read_from",
+        choices=("database", "grpc"),
+        default="database",
+        help="read each chain from the node's database (its config in the manifest) or "
+        "from its live node's gRPC address (default: database)",
+    )
+    coalition.add_argument(
+        "--database",
+        action="append",
+        default=[],
+        metavar="PROGRAM=URL",
+        help="read PROGRAM's chain from this database URL instead",
+    )
+    coalition.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        metavar="PROGRAM=KEY",
+        help="auditor API key for PROGRAM's node with --from grpc (default: $COALITION_API_KEY)",
+    )
+    coalition.add_argument(
+        "--pending-grace",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="a conversion or hold still open after this long is a fault (default 600)",
+    )
+    coalition.add_argument("--json", type=Path, metavar="FILE", help="also write the JSON report")
+    coalition.set_defaults(func=run_audit_coalition)
 
     check = subparsers.add_parser(
         "check",
@@ -173,3 +218,162 @@ def run_check(args: argparse.Namespace) -> int:
     if args.json is not None:
         _write_json(args.json, report.to_json())
     return OK if report.ok else FAULTS
+
+
+# --- the coalition ---------------------------------------------------------------------
+
+_COALITION_KINDS = (
+    b'"kind":"convert-',
+    b'"kind":"hold',
+    b'"kind":"agreement"',
+    b'"kind":"redemption-receipt"',
+)
+_OTHER: JsonObject = {}
+"""Stands in for an entry the cross-chain audit does not read (keeps log positions)."""
+
+
+class RecordingSource:
+    """A ChainSource that keeps, as the audit reads them, the entries the cross-chain
+    audit needs, at their log positions (other entries become an empty placeholder)."""
+
+    def __init__(self, source: ChainSource) -> None:
+        self.source = source
+        self.entries: list[JsonObject] = []
+
+    def public_key(self) -> VerifyKey | None:
+        return self.source.public_key()
+
+    def latest_header(self) -> RawHeader | None:
+        return self.source.latest_header()
+
+    def headers(self, start: int, limit: int) -> list[RawHeader]:
+        return self.source.headers(start, limit)
+
+    def block_entries(self, height: int, first_index: int, count: int) -> list[RawEntry]:
+        raws = self.source.block_entries(height, first_index, count)
+        positional = len(raws) == count
+        for n, raw in enumerate(raws):
+            index = raw.log_index
+            if index is None:
+                index = first_index + n if positional else len(self.entries)
+            if index >= len(self.entries):
+                self.entries.extend([_OTHER] * (index + 1 - len(self.entries)))
+            body: JsonObject = _OTHER
+            if any(marker in raw.body for marker in _COALITION_KINDS):
+                try:
+                    parsed = parse_json(raw.body)
+                except CoalitionError:
+                    parsed = None  # chain_audit reports it
+                if isinstance(parsed, dict):
+                    body = parsed
+            self.entries[index] = body
+        return raws
+
+    def consistency_proof(self, first_height: int, second_height: int) -> JsonObject | None:
+        return self.source.consistency_proof(first_height, second_height)
+
+    def close(self) -> None:
+        self.source.close()
+
+
+def audit_partners(
+    sources: Mapping[str, ChainSource],
+    key_of: Callable[[str], VerifyKey],
+    *,
+    pending_before: datetime | None = None,
+) -> tuple[dict[str, AuditReport], CoalitionReport]:
+    """Audit each program's chain from its source, then reconcile them all.
+
+    The sources are read once (the chain audit and the reconciliation share the read);
+    the caller closes them.
+    """
+    reports: dict[str, AuditReport] = {}
+    chains: dict[str, list[JsonObject]] = {}
+    for program, source in sources.items():
+        recorder = RecordingSource(source)
+        with Progress(f"audit {program}", _total(source)) as bar:
+            reports[program] = audit_chain(
+                recorder, key_of(program), program=program, progress=bar.advance
+            )
+        chains[program] = recorder.entries
+    return reports, audit_coalition(chains, key_of, pending_before=pending_before)
+
+
+def _pairs(items: list[str], what: str) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for item in items:
+        program, sep, value = item.partition("=")
+        if not sep or not program or not value:
+            raise InvalidArgument(f"{what} must be PROGRAM=VALUE, not {item!r}")
+        found[program] = value
+    return found
+
+
+def _coalition_sources(args: argparse.Namespace, manifest: Any) -> dict[str, ChainSource]:
+    from coalition.node.config import load_config
+
+    databases = _pairs(args.database, "--database")
+    api_keys = _pairs(args.api_key, "--api-key")
+    for program in (*databases, *api_keys):
+        manifest.partner(program)  # NotFound for a program the manifest does not list
+    sources: dict[str, ChainSource] = {}
+    try:
+        for partner in manifest.partners:
+            program = partner.program
+            if program in databases:
+                sources[program] = DatabaseSource(databases[program])
+            elif args.read_from == "grpc":
+                key = api_keys.get(program) or os.environ.get("COALITION_API_KEY")
+                sources[program] = GrpcSource(partner.grpc, key)
+            elif partner.config is not None:
+                sources[program] = DatabaseSource(load_config(partner.config).database_url)
+            else:
+                raise InvalidArgument(
+                    f"the manifest names no config for {program}: pass --database "
+                    f"{program}=URL or --from grpc"
+                )
+    except CoalitionError:
+        for source in sources.values():
+            source.close()
+        raise
+    return sources
+
+
+def run_audit_coalition(args: argparse.Namespace) -> int:
+    """Run ``coalition audit-coalition``; prints the reports, returns the exit code."""
+    from coalition.node.manifest import Manifest
+
+    try:
+        manifest = Manifest.load(args.manifest)
+        for program in manifest.programs:
+            manifest.public_key(program)  # fail now, naming the missing key file
+        if args.pending_grace < 0:
+            raise InvalidArgument("--pending-grace must not be negative")
+        sources = _coalition_sources(args, manifest)
+    except CoalitionError as exc:
+        print(f"coalition audit-coalition: {exc}", file=sys.stderr)
+        return USAGE
+    pending_before = datetime.now(UTC) - timedelta(seconds=args.pending_grace)
+    try:
+        reports, coalition = audit_partners(
+            sources, manifest.public_key, pending_before=pending_before
+        )
+    except CoalitionError as exc:
+        print(f"coalition audit-coalition: cannot read a chain: {exc}", file=sys.stderr)
+        return USAGE
+    finally:
+        for source in sources.values():
+            source.close()
+    for report in reports.values():
+        print(report.render())
+    print(coalition.render())
+    ok = coalition.ok and all(report.ok for report in reports.values())
+    if args.json is not None:
+        document: JsonObject = {
+            "type": "coalition/coalition-audit/v1",
+            "ok": ok,
+            "chains": {program: report.to_json() for program, report in reports.items()},
+            "cross_chain": coalition.to_json(),
+        }
+        _write_json(args.json, document)
+    return OK if ok else FAULTS
