@@ -12,6 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,20 @@ from typing import Any
 from coalition.audit.chain_audit import AuditReport, audit_chain
 from coalition.audit.cross_chain import CoalitionReport, audit_coalition
 from coalition.audit.db_check import check_database
-from coalition.audit.sources import ChainSource, DatabaseSource, GrpcSource, RawEntry, RawHeader
+from coalition.audit.evidence import (
+    EvidenceReport,
+    RawEvidence,
+    check_evidence,
+    evidence_heights,
+)
+from coalition.audit.sources import (
+    ChainSource,
+    DatabaseSource,
+    EvidenceSource,
+    GrpcSource,
+    RawEntry,
+    RawHeader,
+)
 from coalition.errors import CoalitionError, InvalidArgument
 from coalition.ledger.blocks import BlockHeader, SignedHeader
 from coalition.ledger.canonical import JsonObject, canonical_json, parse_json
@@ -60,11 +74,14 @@ def add_audit_parser(subparsers: Any) -> None:
 
     coalition = subparsers.add_parser(
         "audit-coalition",
-        help="audit every partner's chain, then reconcile conversions and holds across them",
+        help="audit every partner's chain, reconcile conversions and holds across them, "
+        "and verify the equivocation evidence the nodes hold",
         description="Audit each partner of the manifest (from its database or its live node), "
         "then check that every conversion left one chain and arrived in the other exactly "
-        "once at the signed rate, or was refunded on a signed rejection. Exit 0 when sound, "
-        "1 on any fault, 2 on bad usage.",
+        "once at the signed rate, or was refunded on a signed rejection; and verify the "
+        "equivocation and fork evidence each node holds (a proven piece is a fault of the "
+        "accused program, one that does not verify a fault of its holder). Exit 0 when "
+        "sound, 1 on any fault, 2 on bad usage.",
     )
     coalition.add_argument("--manifest", type=Path, required=True, help="nodes/coalition.toml")
     coalition.add_argument(
@@ -234,11 +251,14 @@ _OTHER: JsonObject = {}
 
 class RecordingSource:
     """A ChainSource that keeps, as the audit reads them, the entries the cross-chain
-    audit needs, at their log positions (other entries become an empty placeholder)."""
+    audit needs, at their log positions (other entries become an empty placeholder), and
+    the signed headers at the ``heights`` evidence is about (parsed, not yet verified)."""
 
-    def __init__(self, source: ChainSource) -> None:
+    def __init__(self, source: ChainSource, heights: frozenset[int] = frozenset()) -> None:
         self.source = source
         self.entries: list[JsonObject] = []
+        self.heights = heights
+        self.headers_at: dict[int, SignedHeader] = {}
 
     def public_key(self) -> VerifyKey | None:
         return self.source.public_key()
@@ -247,7 +267,17 @@ class RecordingSource:
         return self.source.latest_header()
 
     def headers(self, start: int, limit: int) -> list[RawHeader]:
-        return self.source.headers(start, limit)
+        raws = self.source.headers(start, limit)
+        for raw in raws:
+            if raw.height in self.heights:
+                try:
+                    signed = SignedHeader(
+                        BlockHeader.from_json(parse_json(raw.header)), raw.signature
+                    )
+                except CoalitionError:
+                    continue  # chain_audit reports it
+                self.headers_at.setdefault(signed.header.height, signed)
+        return raws
 
     def block_entries(self, height: int, first_index: int, count: int) -> list[RawEntry]:
         raws = self.source.block_entries(height, first_index, count)
@@ -276,27 +306,85 @@ class RecordingSource:
         self.source.close()
 
 
+@dataclass(slots=True)
+class PartnersAudit:
+    """``audit_all``'s result: each chain's audit, the cross-chain reconciliation and the
+    equivocation and fork evidence the nodes hold. Sound only if ``ok``."""
+
+    chains: dict[str, AuditReport]
+    cross_chain: CoalitionReport
+    evidence: EvidenceReport
+
+    @property
+    def ok(self) -> bool:
+        chains_ok = all(report.ok for report in self.chains.values())
+        return chains_ok and self.cross_chain.ok and self.evidence.ok
+
+    def render(self) -> str:
+        parts = [report.render() for report in self.chains.values()]
+        return "\n".join([*parts, self.cross_chain.render(), self.evidence.render()])
+
+    def to_json(self) -> JsonObject:
+        return {
+            "type": "coalition/coalition-audit/v1",
+            "ok": self.ok,
+            "chains": {program: report.to_json() for program, report in self.chains.items()},
+            "cross_chain": self.cross_chain.to_json(),
+            "evidence": self.evidence.to_json(),
+        }
+
+
+def _held_evidence(sources: Mapping[str, ChainSource]) -> dict[str, list[RawEvidence] | None]:
+    """The evidence each node holds, from the sources that offer it (None: no offer)."""
+    return {
+        holder: source.evidence() if isinstance(source, EvidenceSource) else None
+        for holder, source in sources.items()
+    }
+
+
+def audit_all(
+    sources: Mapping[str, ChainSource],
+    key_of: Callable[[str], VerifyKey],
+    *,
+    pending_before: datetime | None = None,
+) -> PartnersAudit:
+    """Audit each program's chain from its source, reconcile them all, and verify the
+    equivocation and fork evidence every node holds.
+
+    The sources are read once (the chain audit and the reconciliation share the read);
+    the caller closes them.
+    """
+    held = _held_evidence(sources)
+    heights: dict[str, set[int]] = {}
+    for pieces in held.values():
+        for piece in pieces or ():
+            heights.setdefault(piece.program, set()).update(evidence_heights(piece))
+    reports: dict[str, AuditReport] = {}
+    chains: dict[str, list[JsonObject]] = {}
+    own_headers: dict[str, dict[int, SignedHeader]] = {}
+    for program, source in sources.items():
+        recorder = RecordingSource(source, frozenset(heights.get(program, ())))
+        with Progress(f"audit {program}", _total(source)) as bar:
+            reports[program] = audit_chain(
+                recorder, key_of(program), program=program, progress=bar.advance
+            )
+        chains[program] = recorder.entries
+        own_headers[program] = recorder.headers_at
+    cross = audit_coalition(chains, key_of, pending_before=pending_before)
+    return PartnersAudit(reports, cross, check_evidence(held, key_of, own_headers))
+
+
 def audit_partners(
     sources: Mapping[str, ChainSource],
     key_of: Callable[[str], VerifyKey],
     *,
     pending_before: datetime | None = None,
 ) -> tuple[dict[str, AuditReport], CoalitionReport]:
-    """Audit each program's chain from its source, then reconcile them all.
-
-    The sources are read once (the chain audit and the reconciliation share the read);
-    the caller closes them.
-    """
-    reports: dict[str, AuditReport] = {}
-    chains: dict[str, list[JsonObject]] = {}
-    for program, source in sources.items():
-        recorder = RecordingSource(source)
-        with Progress(f"audit {program}", _total(source)) as bar:
-            reports[program] = audit_chain(
-                recorder, key_of(program), program=program, progress=bar.advance
-            )
-        chains[program] = recorder.entries
-    return reports, audit_coalition(chains, key_of, pending_before=pending_before)
+    """``audit_all`` as (chain reports, cross-chain report), the evidence faults appended
+    to the cross-chain report's faults (so it is not ok while any evidence stands)."""
+    found = audit_all(sources, key_of, pending_before=pending_before)
+    cross = found.cross_chain
+    return found.chains, replace(cross, faults=[*cross.faults, *found.evidence.faults])
 
 
 def _pairs(items: list[str], what: str) -> dict[str, str]:
@@ -355,25 +443,14 @@ def run_audit_coalition(args: argparse.Namespace) -> int:
         return USAGE
     pending_before = datetime.now(UTC) - timedelta(seconds=args.pending_grace)
     try:
-        reports, coalition = audit_partners(
-            sources, manifest.public_key, pending_before=pending_before
-        )
+        found = audit_all(sources, manifest.public_key, pending_before=pending_before)
     except CoalitionError as exc:
         print(f"coalition audit-coalition: cannot read a chain: {exc}", file=sys.stderr)
         return USAGE
     finally:
         for source in sources.values():
             source.close()
-    for report in reports.values():
-        print(report.render())
-    print(coalition.render())
-    ok = coalition.ok and all(report.ok for report in reports.values())
+    print(found.render())
     if args.json is not None:
-        document: JsonObject = {
-            "type": "coalition/coalition-audit/v1",
-            "ok": ok,
-            "chains": {program: report.to_json() for program, report in reports.items()},
-            "cross_chain": coalition.to_json(),
-        }
-        _write_json(args.json, document)
-    return OK if ok else FAULTS
+        _write_json(args.json, found.to_json())
+    return OK if found.ok else FAULTS

@@ -10,12 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, inspect, select
 
+from coalition.audit.evidence import RawEvidence
 from coalition.errors import InvalidArgument
 from coalition.ledger.canonical import JsonObject, canonical_json
+from coalition.ledger.entries import format_time
 from coalition.ledger.keys import VerifyKey
 from coalition.ledger.merkle import consistency_coords, consistency_from_nodes, expand_nodes
 from coalition.ledger.merkle import stored_coords as stored_node_coords
@@ -23,6 +25,8 @@ from coalition.ledger.proofs import consistency_document
 from coalition.node.sealer import TREE_STRIDE, signed_header_from_row
 from coalition.store import repository
 from coalition.store.db import make_engine, normalise_url
+from coalition.store.repository import from_micros
+from coalition.store.witness_tables import witness_evidence
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +66,15 @@ class ChainSource(Protocol):
         """A consistency proof document between two heights (None: not offered)."""
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class EvidenceSource(Protocol):
+    """A source that can also hand out the equivocation and fork evidence its node holds
+    as a witness (raw: the auditor verifies it, ``audit.evidence``)."""
+
+    def evidence(self) -> list[RawEvidence] | None:
+        """Every piece the node holds, oldest first (None: it offers none, no witness)."""
 
 
 def existing_database(url: str) -> Engine:
@@ -127,6 +140,26 @@ class DatabaseSource:
         nodes = expand_nodes(coords, stored, TREE_STRIDE)  # InvalidArgument: a node is gone
         return consistency_document(first, second, consistency_from_nodes(size1, size2, nodes))
 
+    def evidence(self) -> list[RawEvidence] | None:
+        """The ``witness_evidence`` rows as stored (None: the database has no such table)."""
+        with self._engine.connect() as conn:
+            if not inspect(conn).has_table(witness_evidence.name):
+                return None
+            rows = conn.execute(select(witness_evidence).order_by(witness_evidence.c.id)).all()
+        return [
+            RawEvidence(
+                id=row.id,
+                program=row.program,
+                height=row.height,
+                kind=row.kind,
+                reason=row.reason,
+                first=row.first,
+                second=row.second,
+                detected_at=format_time(from_micros(row.detected_at)),
+            )
+            for row in rows
+        ]
+
     def close(self) -> None:
         self._engine.dispose()
 
@@ -159,6 +192,7 @@ class GrpcSource:
         from coalition.api.grpc_client import NodeClient
 
         self._client = NodeClient(target, api_key, timeout=timeout)
+        self._target, self._api_key, self._timeout = target, api_key, timeout
 
     def public_key(self) -> VerifyKey | None:
         return VerifyKey.from_pem(self._client.public_key_pem().encode("ascii"))
@@ -178,6 +212,38 @@ class GrpcSource:
 
     def consistency_proof(self, first_height: int, second_height: int) -> JsonObject | None:
         return self._client.consistency_proof(first_height, second_height)
+
+    def evidence(self) -> list[RawEvidence] | None:
+        """``coalition.v1.Witness/ListEquivocations`` (None: the node runs no witness)."""
+        import grpc
+
+        from coalition.api.grpc_client import TransportError
+        from coalition.v1 import witness_pb2, witness_pb2_grpc
+
+        metadata = (("authorization", f"Bearer {self._api_key}"),) if self._api_key else ()
+        with grpc.insecure_channel(self._target) as channel:
+            try:
+                reply = witness_pb2_grpc.WitnessStub(channel).ListEquivocations(
+                    witness_pb2.ListEquivocationsRequest(), metadata=metadata, timeout=self._timeout
+                )
+            except grpc.RpcError as exc:
+                code: grpc.StatusCode = exc.code()
+                if code == grpc.StatusCode.UNIMPLEMENTED:
+                    return None
+                raise TransportError(code, exc.details() or "") from None
+        return [
+            RawEvidence(
+                id=e.id,
+                program=e.program,
+                height=e.height,
+                kind=e.kind,
+                reason=e.reason,
+                first=e.first_signed_header_json.decode(errors="replace"),  # bad: bogus
+                second=e.second_signed_header_json.decode(errors="replace"),
+                detected_at=e.detected_at or None,
+            )
+            for e in reply.equivocations
+        ]
 
     def close(self) -> None:
         self._client.close()
