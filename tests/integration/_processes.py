@@ -21,17 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from coalition.api.grpc_client import NodeClient
+from coalition.demo_nodes import free_ports
 from coalition.errors import CoalitionError
 
 REPO = Path(__file__).resolve().parents[2]
 COALITION = [sys.executable, "-m", "coalition.cli"]
-
-
-def free_port() -> int:
-    """A port nobody listens on now (bound then released: a tiny race, fine in tests)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def run_cli(*args: str, timeout: float = 60) -> str:
@@ -186,15 +180,18 @@ def make_coalition(
     ``settings`` go to every node's ``[coalition]`` table (e.g. ``abort_after_s=5``).
     """
     brands: dict[str, BrandProcess] = {}
+    # All ports bound at once, so no two addresses get the same port (gRPC servers set
+    # SO_REUSEPORT: two nodes on one port would both start and share its traffic).
+    ports = iter(free_ports(3 * len(programs)))
     manifest = ['[coalition]\nname = "Fault-test coalition"\nca_cert = "tls/ca.pem"\n']
     manifest.append(f"witness_quorum = {len(programs) - 1}\n")
     for program in programs:
         brand = BrandProcess(
             program=program,
             folder=folder / program,
-            grpc=f"127.0.0.1:{free_port()}",
-            http=f"127.0.0.1:{free_port()}",
-            partner_grpc=f"127.0.0.1:{free_port()}",
+            grpc=f"127.0.0.1:{next(ports)}",
+            http=f"127.0.0.1:{next(ports)}",
+            partner_grpc=f"127.0.0.1:{next(ports)}",
             database=folder / program / "data" / f"{program}.db",
         )
         brand.database.parent.mkdir(parents=True)

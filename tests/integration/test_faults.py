@@ -146,13 +146,10 @@ class Pair:
                 self.seeded += points
 
 
-def start_pair(folder: Path, **settings: object) -> Pair:
-    coalition = make_coalition(folder, (A, B), **settings)
-    pair = Pair(coalition)
+def start_pair(pair: Pair) -> None:
     pair.b.start()  # B first: A's first calls to B then find it up
     pair.a.start()
     propose_agreement(pair.a)
-    return pair
 
 
 @pytest.fixture
@@ -160,8 +157,9 @@ def pair_factory(tmp_path: Path) -> Iterator[Callable[..., Pair]]:
     made: list[Pair] = []
 
     def make(**settings: object) -> Pair:
-        pair = start_pair(tmp_path, **settings)
-        made.append(pair)
+        pair = Pair(make_coalition(tmp_path, (A, B), **settings))
+        made.append(pair)  # before starting: a node that started is stopped whatever fails
+        start_pair(pair)
         return pair
 
     yield make
@@ -194,7 +192,8 @@ class Driver:
 
     def _one(self, stub: conversions_pb2_grpc.ConversionsStub, n: int) -> None:
         if self.hold_from is not None and n >= self.hold_from:
-            assert self.resume.wait(60), "the fault never resumed the driver"
+            # The fault may restart a node (up to 30 s) and wait for it to settle (90 s).
+            assert self.resume.wait(180), "the fault never resumed the driver"
         request = conversions_pb2.ConvertRequest(
             member_id=MEMBERS[n % len(MEMBERS)],
             to_program=B,

@@ -262,7 +262,10 @@ def test_a_restarted_witness_resumes_from_its_last_verified_header(coalition: Co
     staybright, skyair = coalition.nodes["staybright"], coalition.nodes["skyair"]
     staybright.w().stop()
     newest = add_blocks(skyair.service, 2, "later")
-    time.sleep(0.3)
+    wait_for(
+        lambda: len(skyair.w().status(newest).cosigners) >= 1,
+        "beanhouse cosigns skyair's new blocks",
+    )
     assert {c.witness for c in skyair.w().status(newest).cosigners} == {"beanhouse"}
     # A new witness on the same database: it resumes after the stored height.
     assert staybright.client is not None
