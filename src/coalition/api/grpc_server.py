@@ -365,7 +365,10 @@ def serve_grpc(
     free one). The caller MUST ``server.stop(grace)`` it; each open WatchHeaders stream
     holds a worker, so size ``max_workers`` for the expected watchers. ``extra`` adds
     more servicers (the coalition features', ``CoalitionNode.servicers``)."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers))
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers),
+        options=[("grpc.so_reuseport", 0)],  # a port in use is an error, never a shared port
+    )
     add_servicers(server, service, authenticator)
     for add in extra:
         add(server)

@@ -120,6 +120,7 @@ def serve_partner_grpc(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),  # a port in use is an error, never a shared port
         ],
     )
     partner_pb2_grpc.add_PartnerServicer_to_server(PartnerServicer(inbox), server)
