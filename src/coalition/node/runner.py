@@ -40,19 +40,23 @@ def _expire_every(
     interval: float,
     stop: threading.Event,
 ) -> None:
-    """The scheduled job: expire due points and release expired partner holds. A failed
-    run is logged and retried at the next tick."""
+    """The scheduled jobs: expire due points and release expired partner holds. Each job's
+    failure is logged and retried at the next tick without holding back the other."""
     while not stop.wait(interval):
         try:
             result = service.run_expiry()
             if result.entries:
                 log.info("expired %d points in %d entries", result.points, result.entries)
-            if coalition is not None:
-                released = coalition.redemptions.release_expired()
-                if released:
-                    log.info("released %d expired partner holds", released)
         except Exception:
             log.exception("scheduled expiry failed; retrying in %.0f s", interval)
+        if coalition is None:
+            continue
+        try:
+            released = coalition.redemptions.release_expired()
+            if released:
+                log.info("released %d expired partner holds", released)
+        except Exception:
+            log.exception("releasing expired holds failed; retrying in %.0f s", interval)
 
 
 def _on_signals(stop: threading.Event) -> Callable[[], None]:
