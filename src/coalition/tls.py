@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from coalition.errors import FailedPrecondition, InvalidArgument
+from coalition.node.config import split_address
 from coalition.node.manifest import Manifest
 
 CA_VALIDITY = timedelta(days=3650)
@@ -237,7 +238,7 @@ def generate_tls(
         written = []
     for partner in issue:
         files = TlsFiles.for_program(manifest, partner.program)
-        host = partner.partner_grpc.rsplit(":", 1)[0]
+        host, _ = split_address(partner.partner_grpc)
         cert, key = make_node_cert(partner.program, ca_cert, ca_key, now, [host])
         _write(files.cert, cert.public_bytes(serialization.Encoding.PEM), False)
         _write(files.key, _key_pem(key), True)
