@@ -10,25 +10,24 @@ path's member, reading a conversion or a quote ``member-read``, agreements ``ope
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict
 from typing import Annotated, Any
 
 import grpc
-from fastapi import APIRouter, Body, Depends, Path, Query, Request
+from fastapi import APIRouter, Body, Path, Query
 from pydantic import BaseModel, Field
 
-from coalition.api.auth import Action, Authenticator, Principal
+from coalition.api.auth import Action, Authenticator
 from coalition.api.grpc_server import _guard, _Servicer
 from coalition.api.rest import (
     _ERRORS,
-    BearerDoc,
     IdempotencyHeader,
     MemberId,
     Points,
     QueryInt,
     _idempotency_key,
     _Write,
+    guard,
 )
 from coalition.errors import InvalidArgument
 from coalition.ledger.canonical import JsonObject, canonical_json, parse_json
@@ -106,17 +105,9 @@ def conversions_router(feature: Conversions, authenticator: Authenticator) -> AP
     """Member conversions and the operator's agreements, for the node's REST app."""
     router = APIRouter()
 
-    def guard(action: Action) -> Callable[..., Principal]:
-        def dependency(request: Request, _: BearerDoc) -> Principal:
-            principal = authenticator.authenticate(request.headers.get("authorization"))
-            authenticator.authorize(principal, action, request.path_params.get("member_id"))
-            return principal
-
-        return dependency
-
-    operate = [Depends(guard(Action.OPERATE))]
-    spend = [Depends(guard(Action.MEMBER_SPEND))]
-    read = [Depends(guard(Action.MEMBER_READ))]
+    operate = [guard(authenticator, Action.OPERATE)]
+    spend = [guard(authenticator, Action.MEMBER_SPEND)]
+    read = [guard(authenticator, Action.MEMBER_READ)]
 
     @router.post(
         "/v1/members/{member_id}/conversions",

@@ -17,7 +17,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Annotated, Any
 
@@ -188,6 +188,20 @@ class ErrorOut(BaseModel):
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
 BearerDoc = Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]
+
+
+def guard(authenticator: Authenticator, action: Action) -> Any:
+    """A route dependency: authenticate the caller and authorize ``action`` (on the path's
+    member, when the route has one). Every REST router of the node uses this one."""
+
+    def dependency(request: Request, _: BearerDoc) -> Principal:
+        principal = authenticator.authenticate(request.headers.get("authorization"))
+        authenticator.authorize(principal, action, request.path_params.get("member_id"))
+        return principal
+
+    return Depends(dependency)
+
+
 """Declares the scheme in OpenAPI; the raw header goes to ``Authenticator`` unchanged."""
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorOut} for status in (400, 401, 403, 404, 409)
@@ -257,20 +271,10 @@ def create_app(
         body = {"error": _kind(exc), "message": str(exc)}
         return JSONResponse(body, status_code=status, headers=headers)
 
-    def guard(action: Action) -> Callable[..., Principal]:
-        """A dependency: authenticate the caller and authorize ``action`` on the path member."""
-
-        def dependency(request: Request, _: BearerDoc) -> Principal:
-            principal = authenticator.authenticate(request.headers.get("authorization"))
-            authenticator.authorize(principal, action, request.path_params.get("member_id"))
-            return principal
-
-        return dependency
-
-    operate = [Depends(guard(Action.OPERATE))]
-    spend = [Depends(guard(Action.MEMBER_SPEND))]
-    read = [Depends(guard(Action.MEMBER_READ))]
-    ledger = [Depends(guard(Action.LEDGER_READ))]
+    operate = [guard(authenticator, Action.OPERATE)]
+    spend = [guard(authenticator, Action.MEMBER_SPEND)]
+    read = [guard(authenticator, Action.MEMBER_READ)]
+    ledger = [guard(authenticator, Action.LEDGER_READ)]
 
     # ------------------------------------------------------------------------ writes
 

@@ -16,13 +16,13 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import grpc
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Path, Query
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
 from coalition.api.auth import Action, Authenticator
 from coalition.api.grpc_server import _guard
-from coalition.api.rest import BearerDoc, IdempotencyHeader, Points, _idempotency_key, _Write
+from coalition.api.rest import IdempotencyHeader, Points, _idempotency_key, _Write, guard
 from coalition.ledger.canonical import JsonObject, canonical_json
 from coalition.ledger.entries import check_time
 from coalition.node.redemptions import Redemptions, RedemptionView
@@ -103,20 +103,12 @@ def _time(value: str, what: str) -> datetime:
 # -------------------------------------------------------------------------------- REST
 
 
-def _dependency(authenticator: Authenticator, action: Action) -> Any:
-    def allow(request: Request, _: BearerDoc) -> None:
-        principal = authenticator.authenticate(request.headers.get("authorization"))
-        authenticator.authorize(principal, action)
-
-    return Depends(allow)
-
-
 def redemptions_router(redemptions: Redemptions, authenticator: Authenticator) -> APIRouter:
     """``/v1/partner-redemptions`` (start, capture, void, read) and the hold expiry job;
     operators only."""
     router = APIRouter(
         tags=["partner redemptions"],
-        dependencies=[_dependency(authenticator, Action.OPERATE)],
+        dependencies=[guard(authenticator, Action.OPERATE)],
     )
 
     @router.post(
@@ -168,8 +160,8 @@ def settlement_router(settlement: Settlement, authenticator: Authenticator) -> A
     """``/v1/settlement/statements`` (list: operators and auditors; propose: operators)
     and ``/v1/settlement/netting`` (CSV or JSON)."""
     router = APIRouter(tags=["settlement"])
-    read = [_dependency(authenticator, Action.LEDGER_READ)]
-    operate = [_dependency(authenticator, Action.OPERATE)]
+    read = [guard(authenticator, Action.LEDGER_READ)]
+    operate = [guard(authenticator, Action.OPERATE)]
 
     @router.get(
         "/v1/settlement/statements",

@@ -13,12 +13,12 @@ from dataclasses import asdict
 from typing import Annotated, Any
 
 import grpc
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel
 
 from coalition.api.auth import Action, Authenticator
 from coalition.api.grpc_server import _guard
-from coalition.api.rest import BearerDoc
+from coalition.api.rest import guard
 from coalition.ledger.canonical import MAX_SAFE_INTEGER, canonical_json
 from coalition.node.witness import Evidence, FollowerStatus, Witness, WitnessStatus
 from coalition.v1 import witness_pb2, witness_pb2_grpc
@@ -74,11 +74,7 @@ def witness_router(witness: Witness, authenticator: Authenticator) -> APIRouter:
     """``GET /v1/blocks/{height}/witnesses``, ``GET /v1/equivocations`` and
     ``GET /v1/witness/followers``; each needs a key that may read the ledger."""
 
-    def ledger_read(request: Request, _: BearerDoc) -> None:
-        principal = authenticator.authenticate(request.headers.get("authorization"))
-        authenticator.authorize(principal, Action.LEDGER_READ)
-
-    router = APIRouter(tags=["witness"], dependencies=[Depends(ledger_read)])
+    router = APIRouter(tags=["witness"], dependencies=[guard(authenticator, Action.LEDGER_READ)])
 
     @router.get(
         "/v1/blocks/{height}/witnesses",
