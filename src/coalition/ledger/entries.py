@@ -20,6 +20,17 @@ from coalition.ledger.canonical import JsonObject, canonical_json
 from coalition.ledger.merkle import leaf_hash
 
 ENTRY_TYPE = "coalition/entry/v1"
+PROGRAM_ID = re.compile(r"[a-z][a-z0-9-]{1,31}", re.ASCII)
+"""A program id: 2-32 of lowercase letters, digits and '-', letter first (one rule for
+configurations, manifests, entries, agreements and partner messages)."""
+
+
+def check_program_id(program: object, what: str = "program id") -> str:
+    """``program`` if it is a valid program id, else InvalidArgument naming ``what``."""
+    if not isinstance(program, str) or not PROGRAM_ID.fullmatch(program):
+        raise InvalidArgument(f"bad {what} {program!r}: use 2-32 of a-z 0-9 -, letter first")
+    return program
+
 
 _RFC3339 = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,6}))?"

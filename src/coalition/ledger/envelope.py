@@ -16,7 +16,7 @@ from datetime import datetime
 
 from coalition.errors import InvalidArgument, VerificationError
 from coalition.ledger.canonical import JsonObject, JsonValue, canonical_json, parse_json
-from coalition.ledger.entries import check_time, format_time
+from coalition.ledger.entries import PROGRAM_ID, check_time, format_time
 from coalition.ledger.keys import SIGNATURE_SIZE, SigningKey, VerifyKey
 
 ENVELOPE_TYPE = "coalition.partner.v1"
@@ -24,7 +24,6 @@ MAX_ENVELOPE_BYTES = 4 * 1024 * 1024
 """Largest envelope accepted: a batch of conversions fits; a flood does not."""
 
 _KEYS = frozenset({"type", "kind", "from", "to", "id", "at", "body"})
-_PROGRAM = re.compile(r"[a-z][a-z0-9-]{1,31}", re.ASCII)
 _KIND = re.compile(r"[a-z][a-z0-9-]{0,63}", re.ASCII)
 _MESSAGE_ID = re.compile(r"[0-9a-f]{32}", re.ASCII)
 _HEX_SIGNATURE = re.compile(r"[0-9a-f]{128}", re.ASCII)
@@ -153,7 +152,7 @@ def _check_fields(doc: JsonObject, size: int) -> Envelope:
     if not isinstance(kind, str) or not _KIND.fullmatch(kind):
         raise InvalidArgument(f"bad message kind {kind!r}: use 1-64 of a-z 0-9 -, letter first")
     for what, program in (("from", sender), ("to", to)):
-        if not isinstance(program, str) or not _PROGRAM.fullmatch(program):
+        if not isinstance(program, str) or not PROGRAM_ID.fullmatch(program):
             raise InvalidArgument(f"envelope {what} must be a program id, not {program!r}")
     if not isinstance(nonce, str) or not _MESSAGE_ID.fullmatch(nonce):
         raise InvalidArgument("envelope id must be 32 lowercase hex digits")

@@ -14,7 +14,6 @@ with the defaults; a container can join a brand folder as shipped).
 from __future__ import annotations
 
 import os
-import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,16 +22,13 @@ from typing import Any
 
 from coalition.api.auth import ApiKey, Role
 from coalition.errors import InvalidArgument
+from coalition.ledger.entries import check_program_id
 from coalition.points.rules import ProgramRules, rules_from_mapping
-
-_PROGRAM_ID = re.compile(r"[a-z][a-z0-9-]{1,31}")
 
 
 def validate_program_id(program: str) -> str:
     """Program ids are 2-32 characters of lowercase letters, digits and '-'."""
-    if not _PROGRAM_ID.fullmatch(program):
-        raise InvalidArgument(f"bad program id {program!r}: use 2-32 of a-z 0-9 -, letter first")
-    return program
+    return check_program_id(program)
 
 
 def split_address(address: str) -> tuple[str, int]:

@@ -38,7 +38,7 @@ from coalition.errors import (
     VerificationError,
 )
 from coalition.ledger.canonical import MAX_SAFE_INTEGER, JsonObject, JsonValue, canonical_json
-from coalition.ledger.entries import check_time, entry_leaf_hash, format_time
+from coalition.ledger.entries import check_program_id, check_time, entry_leaf_hash, format_time
 from coalition.ledger.envelope import SignedMessage, open_message, sign_message
 from coalition.node.agreements import Agreements
 from coalition.node.manifest import Manifest
@@ -47,7 +47,7 @@ from coalition.node.service import Decision, NodeService
 from coalition.points import operations
 from coalition.points.accounts import validate_member_id, validate_reference
 from coalition.points.operations import EntryContext
-from coalition.points.rates import check_program_id, redemption_value
+from coalition.points.rates import redemption_value
 from coalition.points.state import Account
 from coalition.store import redemption_tables as tables
 from coalition.store import repository

@@ -31,14 +31,13 @@ from coalition.errors import (
     VerificationError,
 )
 from coalition.ledger.canonical import JsonObject, JsonValue, canonical_json
-from coalition.ledger.entries import check_time, format_time
+from coalition.ledger.entries import check_program_id, check_time, format_time
 from coalition.ledger.keys import SigningKey, VerifyKey
 from coalition.node.manifest import Manifest
 from coalition.node.partners import PartnerClient, PartnerInbox
 from coalition.node.service import Decision, NodeService
 from coalition.points import operations
 from coalition.points.operations import EntryContext
-from coalition.points.rates import check_program_id
 from coalition.points.settlement import (
     STATEMENT_TYPE,
     Netting,

@@ -17,6 +17,7 @@ from coalition.ledger.canonical import JsonObject, JsonValue
 from coalition.ledger.entries import (
     ENTRY_TYPE,
     check_envelope,
+    check_program_id,
     entry_leaf_hash,
     format_time,
     parse_time,
@@ -28,7 +29,6 @@ from coalition.points.rates import (
     Quote,
     agreement_from_document,
     check_currency,
-    check_program_id,
 )
 from coalition.points.rules import ProgramRules, check_positive
 from coalition.points.state import PROGRAM_ACCOUNT, Account, Lot, debit_order, split_debit

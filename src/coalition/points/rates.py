@@ -17,13 +17,12 @@ from fractions import Fraction
 
 from coalition.errors import FailedPrecondition, InvalidArgument, VerificationError
 from coalition.ledger.canonical import JsonObject, JsonValue, canonical_json
-from coalition.ledger.entries import check_time, format_time
+from coalition.ledger.entries import check_program_id, check_time, format_time
 from coalition.ledger.keys import SigningKey, VerifyKey
 from coalition.points.accounts import validate_reference
 
 AGREEMENT_TYPE = "coalition.agreement.v1"
 BPS = 10_000
-_PROGRAM_ID = re.compile(r"[a-z][a-z0-9-]{1,31}")  # the rule of node.config.validate_program_id
 _CURRENCY = re.compile(r"[A-Z]{3}")
 _FIELDS = frozenset(
     {
@@ -44,13 +43,6 @@ _FIELDS = frozenset(
         "proposed_by",
     }
 )
-
-
-def check_program_id(program: object, what: str = "program id") -> str:
-    """Program ids are 2-32 characters of lowercase letters, digits and '-', letter first."""
-    if not isinstance(program, str) or not _PROGRAM_ID.fullmatch(program):
-        raise InvalidArgument(f"bad {what} {program!r}: use 2-32 of a-z 0-9 -, letter first")
-    return program
 
 
 def check_currency(currency: object, what: str = "currency") -> str:

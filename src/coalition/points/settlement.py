@@ -18,9 +18,8 @@ from datetime import datetime
 
 from coalition.errors import FailedPrecondition, InvalidArgument, VerificationError
 from coalition.ledger.canonical import JsonObject, JsonValue
-from coalition.ledger.entries import format_time, parse_time
+from coalition.ledger.entries import check_program_id, format_time, parse_time
 from coalition.points.accounts import validate_reference
-from coalition.points.rates import check_program_id
 
 STATEMENT_TYPE = "coalition.statement.v1"
 EXACT_NETTING_LIMIT = 16
