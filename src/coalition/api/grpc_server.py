@@ -75,6 +75,20 @@ def _guard_stream(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def authorize_call(
+    authenticator: Authenticator,
+    context: grpc.ServicerContext,
+    action: Action,
+    member_id: str | None = None,
+) -> Principal:
+    """Authenticate a call by its ``authorization`` metadata and authorize ``action``;
+    every gRPC servicer of the node checks its callers with this one function."""
+    metadata = dict(context.invocation_metadata())
+    principal = authenticator.authenticate(metadata.get("authorization"))
+    authenticator.authorize(principal, action, member_id)
+    return principal
+
+
 class _Servicer:
     def __init__(self, service: NodeService, authenticator: Authenticator) -> None:
         self._service = service
@@ -83,10 +97,7 @@ class _Servicer:
     def _allow(
         self, context: grpc.ServicerContext, action: Action, member_id: str | None = None
     ) -> Principal:
-        metadata = dict(context.invocation_metadata())
-        principal = self._auth.authenticate(metadata.get("authorization"))
-        self._auth.authorize(principal, action, member_id)
-        return principal
+        return authorize_call(self._auth, context, action, member_id)
 
 
 def _write_reply(result: WriteResult) -> points_pb2.WriteReply:

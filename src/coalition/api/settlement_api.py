@@ -21,7 +21,7 @@ from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
 from coalition.api.auth import Action, Authenticator
-from coalition.api.grpc_server import _guard
+from coalition.api.grpc_server import _guard, authorize_call
 from coalition.api.rest import IdempotencyHeader, Points, _idempotency_key, _Write, guard
 from coalition.ledger.canonical import JsonObject, canonical_json
 from coalition.ledger.entries import check_time
@@ -264,9 +264,7 @@ class _Servicer:
         self._auth = authenticator
 
     def _allow(self, context: grpc.ServicerContext, action: Action) -> None:
-        metadata = dict(context.invocation_metadata())
-        principal = self._auth.authenticate(metadata.get("authorization"))
-        self._auth.authorize(principal, action)
+        authorize_call(self._auth, context, action)
 
 
 class PartnerRedemptionsServicer(_Servicer, settlement_pb2_grpc.PartnerRedemptionsServicer):

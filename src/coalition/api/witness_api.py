@@ -17,7 +17,7 @@ from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel
 
 from coalition.api.auth import Action, Authenticator
-from coalition.api.grpc_server import _guard
+from coalition.api.grpc_server import _guard, authorize_call
 from coalition.api.rest import guard
 from coalition.ledger.canonical import MAX_SAFE_INTEGER, canonical_json
 from coalition.node.witness import Evidence, FollowerStatus, Witness, WitnessStatus
@@ -131,9 +131,7 @@ class WitnessServicer(witness_pb2_grpc.WitnessServicer):
         self._auth = authenticator
 
     def _allow(self, context: grpc.ServicerContext) -> None:
-        metadata = dict(context.invocation_metadata())
-        principal = self._auth.authenticate(metadata.get("authorization"))
-        self._auth.authorize(principal, Action.LEDGER_READ)
+        authorize_call(self._auth, context, Action.LEDGER_READ)
 
     @_guard
     def GetWitnesses(
