@@ -45,3 +45,15 @@ def grpc_status(error: CoalitionError) -> grpc.StatusCode:
         if isinstance(error, kind):
             return code
     return grpc.StatusCode.INTERNAL
+
+
+_CLIENT_KINDS: dict[grpc.StatusCode, type[CoalitionError]] = {
+    grpc_status(kind("")): kind
+    for kind in (InvalidArgument, NotFound, FailedPrecondition, Unauthenticated, PermissionDenied)
+}
+
+
+def error_kind(code: grpc.StatusCode) -> type[CoalitionError] | None:
+    """The core error a client raises for a node's gRPC status (the inverse of
+    ``grpc_status`` for refusals), or None for a transport-level status."""
+    return _CLIENT_KINDS.get(code)

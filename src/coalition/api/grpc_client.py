@@ -16,14 +16,10 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from coalition.api.errors import grpc_status
+from coalition.api.errors import error_kind
 from coalition.errors import (
     CoalitionError,
-    FailedPrecondition,
     InvalidArgument,
-    NotFound,
-    PermissionDenied,
-    Unauthenticated,
 )
 from coalition.ledger.canonical import JsonObject, parse_json
 from coalition.node.views import (
@@ -50,16 +46,10 @@ class TransportError(CoalitionError):
 # The reverse of coalition.api.errors, derived from it so the two never disagree. Codes
 # shared by several kinds come back as the most general one (IdempotencyConflict and
 # InsufficientPoints arrive as FailedPrecondition).
-_KINDS: dict[grpc.StatusCode, type[CoalitionError]] = {
-    grpc_status(kind("")): kind
-    for kind in (InvalidArgument, NotFound, FailedPrecondition, Unauthenticated, PermissionDenied)
-}
-
-
 def _error(exc: grpc.RpcError) -> CoalitionError:
     code: grpc.StatusCode = exc.code()  # type: ignore[attr-defined]
     message: str = exc.details() or ""  # type: ignore[attr-defined]
-    kind = _KINDS.get(code)
+    kind = error_kind(code)
     return kind(message) if kind is not None else TransportError(code, message)
 
 

@@ -227,17 +227,9 @@ class PartnerTransport(Protocol):
 
 def error_from_status(code: grpc.StatusCode, details: str) -> CoalitionError:
     """The CoalitionError for a partner's gRPC status (the inverse of api.errors)."""
-    import grpc
+    from coalition.api.errors import error_kind
 
-    known: dict[grpc.StatusCode, type[CoalitionError]] = {
-        grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
-        grpc.StatusCode.NOT_FOUND: NotFound,
-        grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
-        grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
-        grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
-    }
-    kind = known.get(code, PartnerUnavailable)
-    return kind(details)
+    return (error_kind(code) or PartnerUnavailable)(details)
 
 
 class GrpcTransport:
