@@ -7,6 +7,7 @@ trusts a stored hash. Sources are read-only.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -75,6 +76,28 @@ class EvidenceSource(Protocol):
 
     def evidence(self) -> list[RawEvidence] | None:
         """Every piece the node holds, oldest first (None: it offers none, no witness)."""
+
+
+@runtime_checkable
+class CosignatureSource(Protocol):
+    """A source that can also hand out the witnesses' cosignatures of its program's
+    headers (C2SP tlog-cosignature/v1 signature lines, unverified: the auditor checks
+    each against the header's checkpoint and the witness's manifest key)."""
+
+    def cosignatures(self, start: int, end: int) -> dict[int, list[str]] | None:
+        """Cosignature lines by header height for heights ``start`` .. ``end - 1`` (a
+        height without any is absent); None: the source offers none."""
+
+
+@runtime_checkable
+class BlockStream(Protocol):
+    """A source that reads best front to back (a bundle file): every block in height
+    order, each with its entries' bytes. An audit uses it instead of ``headers`` and
+    ``block_entries`` when offered."""
+
+    def blocks(self) -> Iterator[tuple[RawHeader, list[RawEntry]]]:
+        """Each block from height 0 up, once; a source whose data ends early or breaks
+        its own framing raises ``CoalitionError`` naming where."""
 
 
 def existing_database(url: str) -> Engine:
