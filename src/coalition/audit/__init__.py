@@ -3,12 +3,14 @@ database equals the replay of its own chain, reconcile the partners' chains with
 other and verify the equivocation and fork evidence the nodes hold.
 
 ``audit_chain`` (with a ``DatabaseSource`` or ``GrpcSource``), ``check_database``,
-``audit_coalition`` and ``check_evidence`` are all an auditor needs; ``audit_all`` runs
-them over a whole coalition, and ``command`` wires them into the ``coalition`` CLI.
+``audit_coalition``, ``check_evidence``, ``check_quorum`` (witness cosignatures) and
+``audit_settlement`` (statements, netting) are all an auditor needs; ``audit_all`` runs
+them over a whole coalition (with the auditor's ``AuditorState``), and ``command``
+wires them into the ``coalition`` CLI.
 """
 
 from coalition.audit.chain_audit import AuditReport, Fault, audit_chain
-from coalition.audit.command import PartnersAudit, audit_all, audit_partners
+from coalition.audit.coalition_audit import PartnersAudit, audit_all, audit_partners
 from coalition.audit.cross_chain import (
     CoalitionReport,
     CrossChainFault,
@@ -24,10 +26,15 @@ from coalition.audit.evidence import (
     check_evidence,
     verify_evidence,
 )
+from coalition.audit.located import LocatedFault
+from coalition.audit.settlement_audit import SettlementReport, audit_settlement
 from coalition.audit.sources import ChainSource, DatabaseSource, EvidenceSource, GrpcSource
+from coalition.audit.state import AuditorState
+from coalition.audit.witness_quorum import QuorumReport, WitnessPolicy, check_quorum
 
 __all__ = [
     "AuditReport",
+    "AuditorState",
     "ChainSource",
     "CheckReport",
     "CoalitionReport",
@@ -38,15 +45,21 @@ __all__ = [
     "EvidenceSource",
     "Fault",
     "GrpcSource",
+    "LocatedFault",
     "PartnersAudit",
     "ProvenEvidence",
+    "QuorumReport",
     "RawEvidence",
+    "SettlementReport",
+    "WitnessPolicy",
     "audit_all",
     "audit_chain",
     "audit_coalition",
     "audit_partners",
+    "audit_settlement",
     "check_coalition",
     "check_database",
     "check_evidence",
+    "check_quorum",
     "verify_evidence",
 ]

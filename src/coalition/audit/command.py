@@ -1,8 +1,11 @@
 """``coalition audit``, ``coalition audit-coalition`` and ``coalition check``: argparse
 glue for the CLI.
 
-Exit codes: 0 the chain (or database, or coalition) is sound, 1 faults were found, 2 bad
-usage or the audit could not start (missing file, unreachable node, unreadable key).
+``coalition audit`` audits one chain (``--config``, ``--database URL``, ``--grpc`` or
+``--bundle FILE``) or, with ``--manifest``, the whole coalition (``audit-coalition`` is
+the same command). Exit codes: 0 the chain (or database, or coalition) is sound, 1
+faults were found, 2 bad usage or the audit could not start (missing file, unreachable
+node, unreadable key).
 """
 
 from __future__ import annotations
@@ -11,53 +14,122 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from coalition.audit.chain_audit import AuditReport, audit_chain
-from coalition.audit.cross_chain import CoalitionReport, audit_coalition
+from coalition.audit.chain_audit import audit_chain
+from coalition.audit.coalition_audit import (
+    PartnersAudit,
+    audit_all,
+    audit_partners,
+    total_entries,
+)
 from coalition.audit.db_check import check_database
-from coalition.audit.evidence import (
-    EvidenceReport,
-    RawEvidence,
-    check_evidence,
-    evidence_heights,
-)
-from coalition.audit.sources import (
-    ChainSource,
-    DatabaseSource,
-    EvidenceSource,
-    GrpcSource,
-    RawEntry,
-    RawHeader,
-)
+from coalition.audit.recording import RecordingSource
+from coalition.audit.sources import ChainSource, DatabaseSource, GrpcSource
+from coalition.audit.state import AuditorState
+from coalition.audit.witness_quorum import WitnessPolicy
 from coalition.errors import CoalitionError, InvalidArgument
-from coalition.ledger.blocks import BlockHeader, SignedHeader
+from coalition.ledger.blocks import SignedHeader
 from coalition.ledger.canonical import JsonObject, canonical_json, parse_json
 from coalition.ledger.keys import VerifyKey
 from coalition.progress import Progress
 
+__all__ = [
+    "PartnersAudit",
+    "RecordingSource",
+    "add_audit_parser",
+    "audit_all",
+    "audit_partners",
+    "run_audit",
+    "run_audit_coalition",
+    "run_check",
+]
+
 OK, FAULTS, USAGE = 0, 1, 2
+WITNESS_GRACE_S = 60.0
+PENDING_GRACE_S = 600.0
+
+
+def _add_coalition_options(parser: argparse.ArgumentParser) -> None:
+    """The options of the coalition audit (``--database``, ``--bundle`` and ``--api-key``
+    are added by the caller: ``audit`` shares them with its single-chain form)."""
+    parser.add_argument(
+        "--from",
+        dest="read_from",
+        choices=("database", "grpc", "bundles"),
+        default=None,
+        help="read each chain from the node's database (its config in the manifest), from "
+        "its live node's gRPC address, or from bundle files (default: bundles with "
+        "--bundle-dir, else database)",
+    )
+    parser.add_argument(
+        "--bundle-dir",
+        type=Path,
+        metavar="DIR",
+        help="read DIR/<program>.bundle (or .bundle.gz) for every program of the manifest",
+    )
+    parser.add_argument(
+        "--state",
+        type=Path,
+        metavar="FILE",
+        help="the auditor's state file: each program's header at the last sound audit must "
+        "still be in its chain; created when missing, advanced for programs audited sound",
+    )
+    parser.add_argument(
+        "--witness-grace",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help=f"a header older than this short of the witness quorum is a fault; younger "
+        f"ones are reported pending (default {WITNESS_GRACE_S:g})",
+    )
+    parser.add_argument(
+        "--pending-grace",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help=f"a conversion or hold still open after this long is a fault "
+        f"(default {PENDING_GRACE_S:g})",
+    )
 
 
 def add_audit_parser(subparsers: Any) -> None:
-    """Add ``audit`` and ``check`` to the CLI's subparsers; each sets ``func``."""
+    """Add ``audit``, ``audit-coalition`` and ``check`` to the CLI's subparsers; each sets
+    ``func``."""
     audit = subparsers.add_parser(
         "audit",
-        help="verify a node's whole chain: signatures, links, roots, consistency, balances",
-        description="Audit one program's chain, from its node's database or over gRPC. "
-        "Exit 0 when sound, 1 on any fault, 2 on bad usage.",
+        help="verify a node's whole chain, or with --manifest the whole coalition",
+        description="Audit one program's chain (from its node's database, over gRPC or "
+        "from a bundle file), or with --manifest every program of the coalition and "
+        "everything across them (as audit-coalition). Exit 0 when sound, 1 on any fault, "
+        "2 on bad usage.",
     )
-    where = audit.add_mutually_exclusive_group(required=True)
-    where.add_argument("--config", type=Path, help="the node's node.toml (its database and key)")
-    where.add_argument("--database", metavar="URL", help="the node's database URL")
-    where.add_argument("--grpc", metavar="HOST:PORT", help="a live node's gRPC address")
+    audit.add_argument("--manifest", type=Path, help="audit the whole coalition of this manifest")
+    audit.add_argument("--config", type=Path, help="the node's node.toml (its database and key)")
+    audit.add_argument(
+        "--database",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="the node's database URL (with --manifest: PROGRAM=URL, repeatable)",
+    )
+    audit.add_argument("--grpc", metavar="HOST:PORT", help="a live node's gRPC address")
+    audit.add_argument(
+        "--bundle",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a chain bundle file (with --manifest: PROGRAM=FILE, repeatable)",
+    )
     audit.add_argument("--public-key", type=Path, metavar="PEM", help="the program's public key")
     audit.add_argument(
-        "--api-key", help="API key for --grpc (default: $COALITION_API_KEY); auditor role"
+        "--api-key",
+        action="append",
+        default=[],
+        help="API key for --grpc, auditor role (default: $COALITION_API_KEY; with "
+        "--manifest: PROGRAM=KEY, repeatable)",
     )
     audit.add_argument("--program", help="pin the program id (default: the chain's own)")
     audit.add_argument(
@@ -69,29 +141,21 @@ def add_audit_parser(subparsers: Any) -> None:
         metavar="FILE",
         help="when sound, write the newest header here (pass it as --trusted next time)",
     )
+    _add_coalition_options(audit)
     audit.add_argument("--json", type=Path, metavar="FILE", help="also write the JSON report")
     audit.set_defaults(func=run_audit)
 
     coalition = subparsers.add_parser(
         "audit-coalition",
-        help="audit every partner's chain, reconcile conversions and holds across them, "
-        "and verify the equivocation evidence the nodes hold",
-        description="Audit each partner of the manifest (from its database or its live node), "
-        "then check that every conversion left one chain and arrived in the other exactly "
-        "once at the signed rate, or was refunded on a signed rejection; and verify the "
-        "equivocation and fork evidence each node holds (a proven piece is a fault of the "
-        "accused program, one that does not verify a fault of its holder). Exit 0 when "
-        "sound, 1 on any fault, 2 on bad usage.",
+        help="audit every partner's chain and everything across them (= audit --manifest)",
+        description="Audit each partner of the manifest (from its database, its live node "
+        "or a bundle): every chain on its own, against the auditor's state file, the "
+        "witness quorum of each header, conversions and holds across the chains at the "
+        "signed rates, settlement statements against the obligations recomputed from the "
+        "chains, netting, and the equivocation and fork evidence the nodes hold. Exit 0 "
+        "when sound, 1 on any fault, 2 on bad usage.",
     )
     coalition.add_argument("--manifest", type=Path, required=True, help="nodes/coalition.toml")
-    coalition.add_argument(
-        "--from",
-        dest="read_from",
-        choices=("database", "grpc"),
-        default="database",
-        help="read each chain from the node's database (its config in the manifest) or "
-        "from its live node's gRPC address (default: database)",
-    )
     coalition.add_argument(
         "--database",
         action="append",
@@ -100,19 +164,20 @@ def add_audit_parser(subparsers: Any) -> None:
         help="read PROGRAM's chain from this database URL instead",
     )
     coalition.add_argument(
+        "--bundle",
+        action="append",
+        default=[],
+        metavar="PROGRAM=FILE",
+        help="read PROGRAM's chain from this bundle file instead",
+    )
+    coalition.add_argument(
         "--api-key",
         action="append",
         default=[],
         metavar="PROGRAM=KEY",
         help="auditor API key for PROGRAM's node with --from grpc (default: $COALITION_API_KEY)",
     )
-    coalition.add_argument(
-        "--pending-grace",
-        type=float,
-        default=600.0,
-        metavar="SECONDS",
-        help="a conversion or hold still open after this long is a fault (default 600)",
-    )
+    _add_coalition_options(coalition)
     coalition.add_argument("--json", type=Path, metavar="FILE", help="also write the JSON report")
     coalition.set_defaults(func=run_audit_coalition)
 
@@ -155,21 +220,18 @@ def _write_json(path: Path, document: JsonObject) -> None:
     path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
 
 
-def _open_source(args: argparse.Namespace) -> tuple[ChainSource, VerifyKey]:
-    if args.config is not None:
-        url, key = _config_database_and_key(args.config)
-        if args.public_key is not None:
-            key = _read_public_key(args.public_key)
-        return DatabaseSource(url), key
-    if args.database is not None:
-        if args.public_key is None:
-            raise InvalidArgument("--database needs --public-key (the program's public key)")
-        return DatabaseSource(args.database), _read_public_key(args.public_key)
-    if args.public_key is not None:
-        key = _read_public_key(args.public_key)
-    source = GrpcSource(args.grpc, args.api_key or os.environ.get("COALITION_API_KEY"))
-    if args.public_key is not None:
-        return source, key
+def _bundle_source(path: Path) -> ChainSource:
+    """A ``coalition.audit.bundle.BundleSource`` on ``path`` (InvalidArgument: no file)."""
+    from coalition.audit.bundle import BundleSource
+
+    if not path.is_file():
+        raise InvalidArgument(f"no bundle file at {path}")
+    source: ChainSource = BundleSource(path)
+    return source
+
+
+def _announced_key(source: ChainSource, what: str) -> VerifyKey:
+    """The key the source itself announces, with a warning to pin it."""
     try:
         announced = source.public_key()
     except CoalitionError:
@@ -177,27 +239,74 @@ def _open_source(args: argparse.Namespace) -> tuple[ChainSource, VerifyKey]:
         raise
     if announced is None:
         source.close()
-        raise InvalidArgument("the node announces no public key: pass --public-key")
+        raise InvalidArgument(f"the {what} announces no public key: pass --public-key")
     print(
-        f"warning: using the key the node announces ({announced.key_id[:16]}...); "
+        f"warning: using the key the {what} announces ({announced.key_id[:16]}...); "
         "pin it with --public-key",
         file=sys.stderr,
     )
-    return source, announced
+    return announced
 
 
-def _total(source: ChainSource) -> int | None:
-    latest = source.latest_header()
-    if latest is None:
-        return None
-    try:
-        return BlockHeader.from_json(parse_json(latest.header)).log_size
-    except CoalitionError:
-        return None
+_COALITION_ONLY = ("read_from", "bundle_dir", "state", "witness_grace", "pending_grace")
+
+
+def _single_chain_usage(args: argparse.Namespace) -> None:
+    """InvalidArgument unless exactly one chain is named, each option once."""
+    given = [
+        name
+        for name, value in (
+            ("--config", args.config),
+            ("--database", args.database),
+            ("--grpc", args.grpc),
+            ("--bundle", args.bundle),
+        )
+        if value
+    ]
+    if len(given) != 1:
+        raise InvalidArgument(
+            "name one chain: --config, --database, --grpc or --bundle (or the whole "
+            "coalition with --manifest)"
+        )
+    if len(args.database) > 1 or len(args.bundle) > 1:
+        raise InvalidArgument("--database and --bundle name one chain without --manifest")
+    extra = [name for name in _COALITION_ONLY if getattr(args, name) is not None]
+    if extra:
+        options = ", ".join(
+            "--" + name.replace("_", "-").replace("read-from", "from") for name in extra
+        )
+        raise InvalidArgument(f"{options} need --manifest")
+
+
+def _open_source(args: argparse.Namespace) -> tuple[ChainSource, VerifyKey]:
+    _single_chain_usage(args)
+    pinned = _read_public_key(args.public_key) if args.public_key is not None else None
+    if args.config is not None:
+        url, key = _config_database_and_key(args.config)
+        return DatabaseSource(url), pinned or key
+    if args.database:
+        if pinned is None:
+            raise InvalidArgument("--database needs --public-key (the program's public key)")
+        return DatabaseSource(args.database[0]), pinned
+    if args.bundle:
+        source = _bundle_source(Path(args.bundle[0]))
+        return source, pinned or _announced_key(source, "bundle")
+    api_key = args.api_key[-1] if args.api_key else os.environ.get("COALITION_API_KEY")
+    grpc_source = GrpcSource(args.grpc, api_key)
+    return grpc_source, pinned or _announced_key(grpc_source, "node")
 
 
 def run_audit(args: argparse.Namespace) -> int:
     """Run ``coalition audit``; prints the report, returns the exit code."""
+    if args.manifest is not None:
+        for name in ("config", "grpc", "public_key", "program", "trusted", "save_header"):
+            if getattr(args, name) is not None:
+                option = "--" + name.replace("_", "-")
+                print(
+                    f"coalition audit: {option} audits one chain, not --manifest", file=sys.stderr
+                )
+                return USAGE
+        return run_audit_coalition(args)
     try:
         trusted = _read_trusted(args.trusted) if args.trusted is not None else None
         source, key = _open_source(args)
@@ -205,7 +314,7 @@ def run_audit(args: argparse.Namespace) -> int:
         print(f"coalition audit: {exc}", file=sys.stderr)
         return USAGE
     try:
-        with Progress("audit entries", _total(source)) as bar:
+        with Progress("audit entries", total_entries(source)) as bar:
             report = audit_chain(
                 source, key, program=args.program, trusted=trusted, progress=bar.advance
             )
@@ -239,153 +348,6 @@ def run_check(args: argparse.Namespace) -> int:
 
 # --- the coalition ---------------------------------------------------------------------
 
-_COALITION_KINDS = (
-    b'"kind":"convert-',
-    b'"kind":"hold',
-    b'"kind":"agreement"',
-    b'"kind":"redemption-receipt"',
-)
-_OTHER: JsonObject = {}
-"""Stands in for an entry the cross-chain audit does not read (keeps log positions)."""
-
-
-class RecordingSource:
-    """A ChainSource that keeps, as the audit reads them, the entries the cross-chain
-    audit needs, at their log positions (other entries become an empty placeholder), and
-    the signed headers at the ``heights`` evidence is about (parsed, not yet verified)."""
-
-    def __init__(self, source: ChainSource, heights: frozenset[int] = frozenset()) -> None:
-        self.source = source
-        self.entries: list[JsonObject] = []
-        self.heights = heights
-        self.headers_at: dict[int, SignedHeader] = {}
-
-    def public_key(self) -> VerifyKey | None:
-        return self.source.public_key()
-
-    def latest_header(self) -> RawHeader | None:
-        return self.source.latest_header()
-
-    def headers(self, start: int, limit: int) -> list[RawHeader]:
-        raws = self.source.headers(start, limit)
-        for raw in raws:
-            if raw.height in self.heights:
-                try:
-                    signed = SignedHeader(
-                        BlockHeader.from_json(parse_json(raw.header)), raw.signature
-                    )
-                except CoalitionError:
-                    continue  # chain_audit reports it
-                self.headers_at.setdefault(signed.header.height, signed)
-        return raws
-
-    def block_entries(self, height: int, first_index: int, count: int) -> list[RawEntry]:
-        raws = self.source.block_entries(height, first_index, count)
-        positional = len(raws) == count
-        for n, raw in enumerate(raws):
-            index = raw.log_index
-            if index is None:
-                index = first_index + n if positional else len(self.entries)
-            if index >= len(self.entries):
-                self.entries.extend([_OTHER] * (index + 1 - len(self.entries)))
-            body: JsonObject = _OTHER
-            if any(marker in raw.body for marker in _COALITION_KINDS):
-                try:
-                    parsed = parse_json(raw.body)
-                except CoalitionError:
-                    parsed = None  # chain_audit reports it
-                if isinstance(parsed, dict):
-                    body = parsed
-            self.entries[index] = body
-        return raws
-
-    def consistency_proof(self, first_height: int, second_height: int) -> JsonObject | None:
-        return self.source.consistency_proof(first_height, second_height)
-
-    def close(self) -> None:
-        self.source.close()
-
-
-@dataclass(slots=True)
-class PartnersAudit:
-    """``audit_all``'s result: each chain's audit, the cross-chain reconciliation and the
-    equivocation and fork evidence the nodes hold. Sound only if ``ok``."""
-
-    chains: dict[str, AuditReport]
-    cross_chain: CoalitionReport
-    evidence: EvidenceReport
-
-    @property
-    def ok(self) -> bool:
-        chains_ok = all(report.ok for report in self.chains.values())
-        return chains_ok and self.cross_chain.ok and self.evidence.ok
-
-    def render(self) -> str:
-        parts = [report.render() for report in self.chains.values()]
-        return "\n".join([*parts, self.cross_chain.render(), self.evidence.render()])
-
-    def to_json(self) -> JsonObject:
-        return {
-            "type": "coalition/coalition-audit/v1",
-            "ok": self.ok,
-            "chains": {program: report.to_json() for program, report in self.chains.items()},
-            "cross_chain": self.cross_chain.to_json(),
-            "evidence": self.evidence.to_json(),
-        }
-
-
-def _held_evidence(sources: Mapping[str, ChainSource]) -> dict[str, list[RawEvidence] | None]:
-    """The evidence each node holds, from the sources that offer it (None: no offer)."""
-    return {
-        holder: source.evidence() if isinstance(source, EvidenceSource) else None
-        for holder, source in sources.items()
-    }
-
-
-def audit_all(
-    sources: Mapping[str, ChainSource],
-    key_of: Callable[[str], VerifyKey],
-    *,
-    pending_before: datetime | None = None,
-) -> PartnersAudit:
-    """Audit each program's chain from its source, reconcile them all, and verify the
-    equivocation and fork evidence every node holds.
-
-    The sources are read once (the chain audit and the reconciliation share the read);
-    the caller closes them.
-    """
-    held = _held_evidence(sources)
-    heights: dict[str, set[int]] = {}
-    for pieces in held.values():
-        for piece in pieces or ():
-            heights.setdefault(piece.program, set()).update(evidence_heights(piece))
-    reports: dict[str, AuditReport] = {}
-    chains: dict[str, list[JsonObject]] = {}
-    own_headers: dict[str, dict[int, SignedHeader]] = {}
-    for program, source in sources.items():
-        recorder = RecordingSource(source, frozenset(heights.get(program, ())))
-        with Progress(f"audit {program}", _total(source)) as bar:
-            reports[program] = audit_chain(
-                recorder, key_of(program), program=program, progress=bar.advance
-            )
-        chains[program] = recorder.entries
-        own_headers[program] = recorder.headers_at
-    cross = audit_coalition(chains, key_of, pending_before=pending_before)
-    return PartnersAudit(reports, cross, check_evidence(held, key_of, own_headers))
-
-
-def audit_partners(
-    sources: Mapping[str, ChainSource],
-    key_of: Callable[[str], VerifyKey],
-    *,
-    pending_before: datetime | None = None,
-) -> tuple[dict[str, AuditReport], CoalitionReport]:
-    """``audit_all`` as (chain reports, cross-chain report), the evidence faults appended
-    to the cross-chain report's faults (so it is not ok while any evidence stands)."""
-    found = audit_all(sources, key_of, pending_before=pending_before)
-    cross = found.cross_chain
-    return found.chains, replace(cross, faults=[*cross.faults, *found.evidence.faults])
-
 
 def _pairs(items: list[str], what: str) -> dict[str, str]:
     found: dict[str, str] = {}
@@ -397,29 +359,54 @@ def _pairs(items: list[str], what: str) -> dict[str, str]:
     return found
 
 
-def _coalition_sources(args: argparse.Namespace, manifest: Any) -> dict[str, ChainSource]:
+def _bundle_in(folder: Path, program: str) -> Path:
+    for name in (f"{program}.bundle", f"{program}.bundle.gz"):
+        if (folder / name).is_file():
+            return folder / name
+    raise InvalidArgument(f"no {program}.bundle or {program}.bundle.gz in {folder}")
+
+
+def _coalition_source(
+    args: argparse.Namespace,
+    partner: Any,
+    named: dict[str, dict[str, str]],
+) -> ChainSource:
     from coalition.node.config import load_config
 
-    databases = _pairs(args.database, "--database")
-    api_keys = _pairs(args.api_key, "--api-key")
-    for program in (*databases, *api_keys):
-        manifest.partner(program)  # NotFound for a program the manifest does not list
+    program = partner.program
+    read_from = args.read_from or ("bundles" if args.bundle_dir is not None else "database")
+    if program in named["bundle"]:
+        return _bundle_source(Path(named["bundle"][program]))
+    if program in named["database"]:
+        return DatabaseSource(named["database"][program])
+    if read_from == "bundles":
+        if args.bundle_dir is None:
+            raise InvalidArgument(f"--from bundles needs --bundle-dir or --bundle {program}=FILE")
+        return _bundle_source(_bundle_in(args.bundle_dir, program))
+    if read_from == "grpc":
+        key = named["api_key"].get(program) or os.environ.get("COALITION_API_KEY")
+        return GrpcSource(partner.grpc, key)
+    if partner.config is not None:
+        return DatabaseSource(load_config(partner.config).database_url)
+    raise InvalidArgument(
+        f"the manifest names no config for {program}: pass --database {program}=URL, "
+        f"--bundle {program}=FILE or --from grpc"
+    )
+
+
+def _coalition_sources(args: argparse.Namespace, manifest: Any) -> dict[str, ChainSource]:
+    named = {
+        "database": _pairs(args.database, "--database"),
+        "bundle": _pairs(args.bundle, "--bundle"),
+        "api_key": _pairs(args.api_key, "--api-key"),
+    }
+    for values in named.values():
+        for program in values:
+            manifest.partner(program)  # NotFound for a program the manifest does not list
     sources: dict[str, ChainSource] = {}
     try:
         for partner in manifest.partners:
-            program = partner.program
-            if program in databases:
-                sources[program] = DatabaseSource(databases[program])
-            elif args.read_from == "grpc":
-                key = api_keys.get(program) or os.environ.get("COALITION_API_KEY")
-                sources[program] = GrpcSource(partner.grpc, key)
-            elif partner.config is not None:
-                sources[program] = DatabaseSource(load_config(partner.config).database_url)
-            else:
-                raise InvalidArgument(
-                    f"the manifest names no config for {program}: pass --database "
-                    f"{program}=URL or --from grpc"
-                )
+            sources[partner.program] = _coalition_source(args, partner, named)
     except CoalitionError:
         for source in sources.values():
             source.close()
@@ -427,30 +414,63 @@ def _coalition_sources(args: argparse.Namespace, manifest: Any) -> dict[str, Cha
     return sources
 
 
+def _grace(value: float | None, default: float, option: str) -> timedelta:
+    seconds = default if value is None else value
+    if seconds < 0:
+        raise InvalidArgument(f"{option} must not be negative")
+    return timedelta(seconds=seconds)
+
+
 def run_audit_coalition(args: argparse.Namespace) -> int:
-    """Run ``coalition audit-coalition``; prints the reports, returns the exit code."""
+    """Run the coalition audit (``audit --manifest`` or ``audit-coalition``); prints the
+    report, writes the JSON report and the state file, returns the exit code."""
     from coalition.node.manifest import Manifest
 
+    name = "coalition audit-coalition"
     try:
         manifest = Manifest.load(args.manifest)
         for program in manifest.programs:
             manifest.public_key(program)  # fail now, naming the missing key file
-        if args.pending_grace < 0:
-            raise InvalidArgument("--pending-grace must not be negative")
+        pending_grace = _grace(args.pending_grace, PENDING_GRACE_S, "--pending-grace")
+        witness_grace = _grace(args.witness_grace, WITNESS_GRACE_S, "--witness-grace")
+        state = AuditorState.load(args.state) if args.state is not None else None
         sources = _coalition_sources(args, manifest)
     except CoalitionError as exc:
-        print(f"coalition audit-coalition: {exc}", file=sys.stderr)
+        print(f"{name}: {exc}", file=sys.stderr)
         return USAGE
-    pending_before = datetime.now(UTC) - timedelta(seconds=args.pending_grace)
+    now = datetime.now(UTC)
+    policy = WitnessPolicy(manifest.witness_quorum, manifest.programs, now - witness_grace)
     try:
-        found = audit_all(sources, manifest.public_key, pending_before=pending_before)
+        found = audit_all(
+            sources,
+            manifest.public_key,
+            pending_before=now - pending_grace,
+            trusted=state.trusted() if state is not None else None,
+            witnessing=policy,
+        )
     except CoalitionError as exc:
-        print(f"coalition audit-coalition: cannot read a chain: {exc}", file=sys.stderr)
+        print(f"{name}: cannot read a chain: {exc}", file=sys.stderr)
         return USAGE
     finally:
         for source in sources.values():
             source.close()
+    report = found.to_json()
+    advanced: list[str] = []
+    if state is not None:
+        for program in found.sound_programs():
+            last = found.chains[program].last_header
+            if last is not None:
+                state.advance(program, last, now)
+                advanced.append(program)
+        try:
+            state.save(args.state)
+        except OSError as exc:
+            print(f"{name}: cannot write the state file {args.state}: {exc}", file=sys.stderr)
+            return USAGE
+        report["state"] = {"file": str(args.state), "advanced": list(advanced)}
     print(found.render())
+    if state is not None:
+        print(f"State file {args.state}: advanced {', '.join(advanced) or 'no program'}")
     if args.json is not None:
-        _write_json(args.json, found.to_json())
+        _write_json(args.json, report)
     return OK if found.ok else FAULTS

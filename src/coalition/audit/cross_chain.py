@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from coalition.errors import CoalitionError
@@ -54,10 +54,12 @@ class CrossChainFault:
     entry_id: str | None = None
     log_index: int | None = None
     conversion: str | None = None
+    height: int | None = None
+    """The block holding ``log_index``, once the caller knows it (``with_heights``)."""
 
     def to_json(self) -> JsonObject:
         out: JsonObject = {"kind": self.kind, "program": self.program, "message": self.message}
-        for name in ("entry_id", "log_index", "conversion"):
+        for name in ("height", "entry_id", "log_index", "conversion"):
             value = getattr(self, name)
             if value is not None:
                 out[name] = value
@@ -65,6 +67,8 @@ class CrossChainFault:
 
     def __str__(self) -> str:
         where = [self.program]
+        if self.height is not None:
+            where.append(f"height {self.height}")
         if self.log_index is not None:
             where.append(f"log index {self.log_index}")
         if self.entry_id is not None:
@@ -835,6 +839,18 @@ def audit_coalition(
     in the given ones.
     """
     return _Checker(chains, key_of, pending_before).run()
+
+
+def with_heights(
+    report: CoalitionReport, height_of: Callable[[str, int | None], int | None]
+) -> CoalitionReport:
+    """``report`` with each fault's block height filled in from its program and log
+    index (``height_of`` answers None when it does not know)."""
+    faults = [
+        f if f.height is not None else replace(f, height=height_of(f.program, f.log_index))
+        for f in report.faults
+    ]
+    return replace(report, faults=faults)
 
 
 def check_coalition(

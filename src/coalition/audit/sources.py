@@ -16,7 +16,7 @@ from typing import Protocol, runtime_checkable
 from sqlalchemy import Engine, inspect, select
 
 from coalition.audit.evidence import RawEvidence
-from coalition.errors import InvalidArgument
+from coalition.errors import CoalitionError, InvalidArgument
 from coalition.ledger.canonical import JsonObject, canonical_json
 from coalition.ledger.entries import format_time
 from coalition.ledger.keys import VerifyKey
@@ -27,7 +27,7 @@ from coalition.node.sealer import TREE_STRIDE, signed_header_from_row
 from coalition.store import repository
 from coalition.store.db import make_engine, normalise_url
 from coalition.store.repository import from_micros
-from coalition.store.witness_tables import witness_evidence
+from coalition.store.witness_tables import witness_cosignatures, witness_evidence
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +183,33 @@ class DatabaseSource:
             for row in rows
         ]
 
+    def cosignatures(self, start: int, end: int) -> dict[int, list[str]] | None:
+        """The node's ``witness_cosignatures`` rows for its own program's headers (the
+        program named by the header at height 0), lines by height; None: no such table."""
+        with self._engine.connect() as conn:
+            if not inspect(conn).has_table(witness_cosignatures.name):
+                return None
+            first = repository.block_rows(conn, 0, 1)
+            if not first or first[0][0] != 0:
+                return {}
+            try:
+                program = signed_header_from_row(first[0][1], first[0][2]).header.program
+            except CoalitionError:
+                return {}  # the chain audit reports the header
+            rows = conn.execute(
+                select(witness_cosignatures.c.height, witness_cosignatures.c.cosignature)
+                .where(
+                    witness_cosignatures.c.program == program,
+                    witness_cosignatures.c.height >= start,
+                    witness_cosignatures.c.height < end,
+                )
+                .order_by(witness_cosignatures.c.height, witness_cosignatures.c.witness)
+            ).all()
+        found: dict[int, list[str]] = {}
+        for height, line in rows:
+            found.setdefault(height, []).append(line)
+        return found
+
     def close(self) -> None:
         self._engine.dispose()
 
@@ -267,6 +294,38 @@ class GrpcSource:
             )
             for e in reply.equivocations
         ]
+
+    def cosignatures(self, start: int, end: int) -> dict[int, list[str]] | None:
+        """``coalition.v1.Witness/GetWitnesses`` for each height (None: the node runs no
+        witness). The node lists only cosignatures it verified; the auditor verifies
+        them again."""
+        import grpc
+
+        from coalition.api.grpc_client import TransportError
+        from coalition.v1 import witness_pb2, witness_pb2_grpc
+
+        metadata = (("authorization", f"Bearer {self._api_key}"),) if self._api_key else ()
+        found: dict[int, list[str]] = {}
+        with grpc.insecure_channel(self._target) as channel:
+            stub = witness_pb2_grpc.WitnessStub(channel)
+            for height in range(start, end):
+                try:
+                    reply = stub.GetWitnesses(
+                        witness_pb2.GetWitnessesRequest(height=height),
+                        metadata=metadata,
+                        timeout=self._timeout,
+                    )
+                except grpc.RpcError as exc:
+                    code: grpc.StatusCode = exc.code()
+                    if code == grpc.StatusCode.UNIMPLEMENTED:
+                        return None
+                    if code == grpc.StatusCode.NOT_FOUND:
+                        continue
+                    raise TransportError(code, exc.details() or "") from None
+                lines = [c.cosignature for c in reply.cosigners]
+                if lines:
+                    found[height] = lines
+        return found
 
     def close(self) -> None:
         self._client.close()
