@@ -1,0 +1,143 @@
+"""The explorer page and the JSON it needs beyond the ledger, witness and settlement routes.
+
+``/explorer/`` serves the static files shipped in ``coalition.explorer`` without
+authentication (they hold no data; every call the page makes carries an API key the user
+typed in). Files are served from a fixed list with a strict Content-Security-Policy (only
+this origin's scripts, styles and fetches). The JSON routes need a ledger-read key:
+``/v1/explorer/about`` (who this node is, and its coalition when it runs one) and
+``/v1/explorer/flows`` (value between brands per time bucket, from this node's chain).
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import APIRouter, Query
+from fastapi.responses import RedirectResponse, Response
+from pydantic import BaseModel
+
+from coalition.api.auth import Action, Authenticator
+from coalition.api.rest import guard
+from coalition.errors import NotFound
+from coalition.explorer.flows import MAX_BUCKET_S, MIN_BUCKET_S, conversion_flows, flow_entries
+from coalition.node.service import NodeService
+
+if TYPE_CHECKING:
+    from coalition.node.coalition_node import CoalitionNode
+
+_MEDIA_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+}
+_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+def _page_files() -> dict[str, bytes]:
+    """The shipped page files by name, read once."""
+    folder = resources.files("coalition.explorer")
+    return {
+        item.name: item.read_bytes()
+        for item in folder.iterdir()
+        if item.is_file() and any(item.name.endswith(ext) for ext in _MEDIA_TYPES)
+    }
+
+
+class PartnerOut(BaseModel):
+    program: str
+    name: str
+    currency: str
+
+
+class CoalitionOut(BaseModel):
+    name: str
+    witness_quorum: int
+    partners: list[PartnerOut]
+    witness: bool
+
+
+class AboutOut(BaseModel):
+    program: str
+    log_size: int
+    height: int | None
+    coalition: CoalitionOut | None
+
+
+class FlowsOut(BaseModel):
+    program: str
+    bucket_s: int
+    flows: list[dict[str, Any]]
+
+
+def explorer_router(
+    service: NodeService, authenticator: Authenticator, coalition: CoalitionNode | None = None
+) -> APIRouter:
+    """``/explorer/`` (the page, no key) and ``/v1/explorer/about`` and
+    ``/v1/explorer/flows`` (ledger-read keys). ``coalition`` adds the manifest's partners
+    to ``about``; without it the page shows this node alone."""
+    router = APIRouter(tags=["explorer"])
+    files = _page_files()
+    read = [guard(authenticator, Action.LEDGER_READ)]
+
+    @router.get("/explorer", include_in_schema=False)
+    def explorer_root() -> RedirectResponse:
+        return RedirectResponse("/explorer/", status_code=308)
+
+    @router.get("/explorer/{name}", include_in_schema=False)
+    @router.get("/explorer/", include_in_schema=False)
+    def page_file(name: str = "index.html") -> Response:
+        body = files.get(name)
+        if body is None:
+            raise NotFound(f"no explorer file {name!r}")
+        media_type = next(t for ext, t in _MEDIA_TYPES.items() if name.endswith(ext))
+        return Response(body, media_type=media_type, headers=_HEADERS)
+
+    @router.get(
+        "/v1/explorer/about",
+        summary="This node's program, log size and coalition partners",
+        dependencies=read,
+    )
+    def about() -> AboutOut:
+        latest = service.latest_header()
+        joined = None
+        if coalition is not None:
+            manifest = coalition.manifest
+            joined = CoalitionOut(
+                name=manifest.name,
+                witness_quorum=manifest.witness_quorum,
+                partners=[
+                    PartnerOut(program=p.program, name=p.name, currency=p.currency)
+                    for p in manifest.partners
+                ],
+                witness=coalition.witness is not None,
+            )
+        return AboutOut(
+            program=service.program,
+            log_size=0 if latest is None else latest.header.log_size,
+            height=None if latest is None else latest.header.height,
+            coalition=joined,
+        )
+
+    @router.get(
+        "/v1/explorer/flows",
+        summary="Conversions and redemptions between brands per time bucket (this chain)",
+        dependencies=read,
+    )
+    def flows(
+        bucket_s: Annotated[int, Query(ge=MIN_BUCKET_S, le=MAX_BUCKET_S)] = 3600,
+    ) -> FlowsOut:
+        found = conversion_flows(flow_entries(service.engine), service.program, bucket_s)
+        return FlowsOut(
+            program=service.program, bucket_s=bucket_s, flows=[f.to_json() for f in found]
+        )
+
+    return router
