@@ -498,6 +498,9 @@ def _add_audit_commands(sub: Any) -> None:
             raise
         return  # the auditor's commands are not installed in this build
     add_audit_parser(sub)
+    from coalition.audit.bundle_command import add_bundle_parser
+
+    add_bundle_parser(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:

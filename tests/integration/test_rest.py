@@ -542,6 +542,7 @@ def test_healthz_and_openapi(
         ("get", "/v1/ledger/entries/{entry_id}"),
         ("get", "/v1/ledger/entries/{entry_id}/proof"),
         ("get", "/v1/ledger/consistency"),
+        ("get", "/v1/ledger/bundle"),
         ("get", "/v1/explorer/about"),
         ("get", "/v1/explorer/flows"),
         ("get", "/healthz"),

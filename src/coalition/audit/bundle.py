@@ -1,0 +1,765 @@
+"""Portable chain bundles (``coalition/bundle/v1``): one program's chain as a file an
+auditor verifies offline.
+
+A bundle is UTF-8 JSON Lines, every line one RFC 8785 canonical JSON document and
+``\\n``; gzip-compressed when its first bytes are the gzip magic ``1f 8b``. In order: a
+head line (program, key, the snapshot's block count B and log size N, the newest signed
+header), K evidence lines (equivocation and fork evidence the node holds as a witness),
+then per height 0 .. B-1 a block line (signed header and the witnesses' cosignatures)
+followed by exactly ``entry_count`` entry lines (each entry's canonical bytes as stored),
+and an end line with the counts and the SHA-256 of every byte before it. docs/proofs.md
+§9 is the normative description.
+
+``write_bundle``/``export_bundle``/``BundleExport`` write one from a node's database;
+``BundleSource`` reads one as an audit source. The reader checks framing only (and the
+end hash, a guard against truncation and damage); every cryptographic check is the
+auditor's. Both stream: memory is bounded by a chunk of entries, never the whole log.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import gzip
+import hashlib
+import os
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from itertools import islice, repeat
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO
+
+from sqlalchemy import Connection, Engine, inspect, select
+
+from coalition.audit.evidence import RawEvidence
+from coalition.audit.sources import RawEntry, RawHeader, existing_database
+from coalition.errors import CoalitionError, CorruptStore, InvalidArgument, VerificationError
+from coalition.ledger.canonical import JsonObject, JsonValue, canonical_json, parse_json
+from coalition.ledger.entries import format_time
+from coalition.ledger.keys import PUBLIC_KEY_SIZE, VerifyKey
+from coalition.store import repository
+from coalition.store.repository import from_micros
+from coalition.store.witness_tables import witness_cosignatures, witness_evidence
+
+BUNDLE_TYPE = "coalition/bundle/v1"
+EVIDENCE_TYPE = "coalition/bundle-evidence/v1"
+END_TYPE = "coalition/bundle-end/v1"
+
+ENTRY_CHUNK = 20_000
+"""Log indexes the writer selects at once: its memory bound."""
+BLOCK_PAGE = 1000
+"""Headers (and their cosignatures) the writer selects at once."""
+WRITE_CHUNK = 1 << 20
+"""Bytes the writer gathers before handing a chunk on (to a file or an HTTP stream)."""
+_READ_BUFFER = 1 << 20
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_READ_ERRORS = (OSError, EOFError, zlib.error)
+"""What reading a damaged or truncated (gzip) file raises."""
+_NOT_ENTRY = (b'{"cosignatures":', b'{"blocks":')
+"""How a block line and an end line start (canonical key order); no entry starts so."""
+
+
+@dataclass(frozen=True, slots=True)
+class BundleSummary:
+    """What a bundle holds: its program, B blocks, N entries, the end line's hex SHA-256,
+    and the K evidence pieces."""
+
+    program: str
+    blocks: int
+    entries: int
+    sha256: str
+    evidence: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BundleHead:
+    """The head line, parsed. ``public_key`` is what the exporting node announces: an
+    auditor verifies with the manifest's key and at most reports a mismatch."""
+
+    program: str
+    public_key: VerifyKey | None
+    key_id: str | None
+    blocks: int
+    log_size: int
+    evidence: int
+    exported_at: str
+    latest: RawHeader | None
+
+
+# --- writing ---------------------------------------------------------------------------
+
+
+def _line(obj: JsonObject) -> bytes:
+    return canonical_json(obj) + b"\n"
+
+
+def _signed_object(header_text: str, signature: str) -> JsonObject:
+    header = repository.stored_object(header_text, "header")
+    return {"header": header, "signature": signature}
+
+
+def _carried(text: str) -> JsonValue:
+    """A stored signed header text as a JSON object, or as the string itself when it does
+    not parse (the auditor then blames its holder)."""
+    try:
+        value = parse_json(text)
+    except CoalitionError:
+        return text
+    return value if isinstance(value, dict) else text
+
+
+def _evidence_lines(conn: Connection) -> list[bytes]:
+    rows = conn.execute(select(witness_evidence).order_by(witness_evidence.c.id)).all()
+    return [
+        _line(
+            {
+                "type": EVIDENCE_TYPE,
+                "id": row.id,
+                "program": row.program,
+                "height": row.height,
+                "kind": row.kind,
+                "reason": row.reason,
+                "first": _carried(row.first),
+                "second": _carried(row.second),
+                "detected_at": format_time(from_micros(row.detected_at)),
+            }
+        )
+        for row in rows
+    ]
+
+
+def _cosignature_lines(
+    conn: Connection, program: str, start: int, end: int
+) -> dict[int, list[str]]:
+    """The cosignatures partners made for ``program``'s headers at ``start`` .. ``end - 1``."""
+    c = witness_cosignatures.c
+    query = select(c.height, c.cosignature).where(
+        c.program == program, c.height >= start, c.height < end
+    )
+    found: dict[int, list[str]] = {}
+    for height, line in conn.execute(query):
+        found.setdefault(height, []).append(line)
+    return {height: sorted(lines) for height, lines in found.items()}
+
+
+class BundleExport:
+    """One snapshot of a node's chain as bundle bytes.
+
+    The constructor fixes the snapshot: the newest header at that moment gives B and N;
+    blocks sealed later are not included. Iterate once to get the bundle in chunks of
+    about ``WRITE_CHUNK`` bytes; ``summary`` is set when the iteration ends. A database
+    that cannot be framed (a block or entry row missing, an entry with a raw newline)
+    raises CorruptStore naming the height or log index.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        program: str,
+        public_key: VerifyKey,
+        *,
+        exported_at: datetime | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        self._engine = engine
+        self._program = program
+        self._progress = progress
+        self.summary: BundleSummary | None = None
+        with engine.connect() as conn:
+            tables = inspect(conn)
+            latest = repository.last_block(conn)
+            self._cosigned = tables.has_table(witness_cosignatures.name)
+            evidence = _evidence_lines(conn) if tables.has_table(witness_evidence.name) else []
+        self.blocks = 0 if latest is None else latest[0] + 1
+        latest_doc: JsonObject | None = None
+        self.log_size = 0
+        if latest is not None:
+            latest_doc = _signed_object(latest[1], latest[2])
+            header = latest_doc["header"]
+            assert isinstance(header, dict)
+            if header.get("program") != program:
+                raise InvalidArgument(
+                    f"the database holds the chain of {header.get('program')!r}, not {program!r}"
+                )
+            log_size = header.get("log_size")
+            if not isinstance(log_size, int):
+                raise CorruptStore(f"the stored header at height {latest[0]} has no log_size")
+            self.log_size = log_size
+        self._evidence = evidence
+        self.head: JsonObject = {
+            "type": BUNDLE_TYPE,
+            "program": program,
+            "public_key": base64.b64encode(public_key.raw).decode("ascii"),
+            "key_id": public_key.key_id,
+            "blocks": self.blocks,
+            "log_size": self.log_size,
+            "evidence": len(evidence),
+            "exported_at": format_time(exported_at or datetime.now(UTC)),
+            "latest": latest_doc,
+        }
+
+    def __iter__(self) -> Iterator[bytes]:
+        digest = hashlib.sha256()
+        pending: list[bytes] = [_line(self.head), *self._evidence]
+        size = sum(map(len, pending))
+        with self._engine.connect() as conn:
+            for part in self._block_parts(conn):
+                pending.append(part)
+                size += len(part)
+                if size >= WRITE_CHUNK:
+                    chunk = b"".join(pending)
+                    digest.update(chunk)
+                    yield chunk
+                    pending, size = [], 0
+        chunk = b"".join(pending)
+        digest.update(chunk)
+        sha = digest.hexdigest()
+        end: JsonObject = {
+            "type": END_TYPE,
+            "blocks": self.blocks,
+            "entries": self.log_size,
+            "sha256": sha,
+        }
+        yield chunk + _line(end)
+        self.summary = BundleSummary(
+            self._program, self.blocks, self.log_size, sha, len(self._evidence)
+        )
+
+    def _block_parts(self, conn: Connection) -> Iterator[bytes]:
+        """Each block line, then its entry lines joined, for heights 0 .. B-1."""
+        entries = _EntryWindow(conn, self.log_size)
+        for start in range(0, self.blocks, BLOCK_PAGE):
+            end = min(start + BLOCK_PAGE, self.blocks)
+            rows = repository.block_rows(conn, start, end - start)
+            cosigned = _cosignature_lines(conn, self._program, start, end) if self._cosigned else {}
+            for expected, (height, header_text, signature) in enumerate(rows, start):
+                if height != expected:
+                    raise CorruptStore(f"the database has no block at height {expected}")
+                doc = _signed_object(header_text, signature)
+                header = doc["header"]
+                assert isinstance(header, dict)
+                first, count = header.get("first_index"), header.get("entry_count")
+                if not isinstance(first, int) or not isinstance(count, int) or count < 0:
+                    raise CorruptStore(f"the stored header at height {height} has no entry range")
+                doc["cosignatures"] = list(cosigned.get(height, []))
+                yield _line(doc)
+                if count:
+                    yield entries.lines(first, count)
+                if self._progress is not None:
+                    self._progress(count)
+            if len(rows) < end - start:
+                raise CorruptStore(f"the database has no block at height {start + len(rows)}")
+
+
+class _EntryWindow:
+    """Entry lines by log index, selected ``ENTRY_CHUNK`` indexes at a time (forward)."""
+
+    def __init__(self, conn: Connection, log_size: int) -> None:
+        self._conn = conn
+        self._log_size = log_size
+        self._lo = self._hi = 0
+        self._lines: list[bytes] = []
+
+    def lines(self, first: int, count: int) -> bytes:
+        """The canonical lines of entries ``first`` .. ``first + count - 1``, joined."""
+        end = first + count
+        if end > self._log_size:
+            raise CorruptStore(
+                f"a block claims log indexes up to {end - 1}, beyond the log size {self._log_size}"
+            )
+        if first < self._lo or end > self._hi:
+            self._load(first, max(end, first + ENTRY_CHUNK))
+        return b"".join(self._lines[first - self._lo : end - self._lo])
+
+    def _load(self, lo: int, hi: int) -> None:
+        hi = min(hi, self._log_size)
+        rows = repository.entry_bodies(self._conn, lo, hi)
+        lines = []
+        for expected, (index, body, _) in enumerate(rows, lo):
+            if index != expected or "\n" in body:
+                raise CorruptStore(
+                    f"the database has no entry at log index {expected}"
+                    if index != expected
+                    else f"the stored entry at log index {index} contains a raw newline"
+                )
+            lines.append(body.encode() + b"\n")
+        if len(lines) < hi - lo:
+            raise CorruptStore(f"the database has no entry at log index {lo + len(lines)}")
+        self._lo, self._hi, self._lines = lo, hi, lines
+
+
+def write_bundle(
+    out: BinaryIO,
+    engine: Engine,
+    program: str,
+    public_key: VerifyKey,
+    *,
+    exported_at: datetime | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> BundleSummary:
+    """Write ``program``'s chain from a node's database to ``out`` (uncompressed bytes;
+    wrap ``out`` in gzip to compress). ``progress`` gets each block's entry count."""
+    export = BundleExport(engine, program, public_key, exported_at=exported_at, progress=progress)
+    for chunk in export:
+        out.write(chunk)
+    assert export.summary is not None
+    return export.summary
+
+
+def export_bundle(
+    path: Path,
+    database_url: str,
+    program: str,
+    public_key: VerifyKey,
+    *,
+    exported_at: datetime | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> BundleSummary:
+    """Write a bundle file (gzip when ``path`` ends in ``.gz``) from a database URL. It is
+    written beside ``path`` and renamed at the end, so a half-written bundle never has
+    the final name."""
+    engine = existing_database(database_url)
+    try:
+        with AtomicFile(path) as out:
+            return write_bundle(
+                out, engine, program, public_key, exported_at=exported_at, progress=progress
+            )
+    finally:
+        engine.dispose()
+
+
+class AtomicFile:
+    """``with AtomicFile(path) as out``: a temporary file beside ``path`` (gzip-compressed
+    when ``path`` ends in ``.gz``), renamed to ``path`` on success, removed on failure.
+    ``check``, when given, runs on the finished temporary file before the rename (its
+    exception keeps the file from getting the final name)."""
+
+    def __init__(self, path: Path, check: Callable[[Path], None] | None = None) -> None:
+        self._path = path
+        self._check = check
+        self._tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        self._raw: BinaryIO | None = None
+        self._out: BinaryIO | None = None
+
+    def __enter__(self) -> BinaryIO:
+        try:
+            raw = self._raw = open(self._tmp, "wb")
+        except OSError as exc:
+            raise InvalidArgument(f"cannot write {self._path}: {exc.strerror}") from None
+        out: BinaryIO = raw
+        if self._path.name.endswith(".gz"):
+            gz = gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=6, mtime=0)
+            out = gz  # type: ignore[assignment]
+        self._out = out
+        return out
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        assert self._raw is not None and self._out is not None
+        try:
+            if self._out is not self._raw:
+                self._out.close()
+            self._raw.close()
+            if kind is None:
+                if self._check is not None:
+                    self._check(self._tmp)
+                os.replace(self._tmp, self._path)
+        finally:
+            if self._tmp.exists():
+                self._tmp.unlink()
+
+
+# --- reading ---------------------------------------------------------------------------
+
+
+def _open(path: Path) -> BinaryIO:
+    """The bundle's uncompressed bytes, buffered; InvalidArgument when unreadable."""
+    try:
+        raw = open(path, "rb", buffering=_READ_BUFFER)  # noqa: SIM115  (caller closes)
+        if raw.peek(2)[:2] != _GZIP_MAGIC:  # type: ignore[attr-defined]
+            return raw
+        raw.close()
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read the bundle {path}: {exc.strerror or exc}") from None
+
+
+def _int(value: JsonValue) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+class _Framing:
+    """Raises VerificationError naming the bundle and the line."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def error(self, lineno: int, message: str) -> VerificationError:
+        return VerificationError(f"bundle {self.path.name}: line {lineno}: {message}")
+
+    def parse(self, line: bytes, lineno: int, what: str) -> JsonObject:
+        """A non-entry line as a canonical JSON object."""
+        if not line:
+            raise self.error(lineno, f"the file ends where {what} was expected (truncated)")
+        if not line.endswith(b"\n"):
+            raise self.error(lineno, f"{what} has no final newline (truncated)")
+        try:
+            value = parse_json(line[:-1])
+        except CoalitionError as exc:
+            raise self.error(lineno, f"{what} is not JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise self.error(lineno, f"{what} is not a JSON object")
+        if canonical_json(value) != line[:-1]:
+            raise self.error(lineno, f"{what} is not in RFC 8785 canonical form")
+        return value
+
+
+def _raw_header(doc: JsonValue, height: int) -> RawHeader | None:
+    """A signed header object as a RawHeader at ``height``; None when it has no header
+    object or signature string."""
+    if not isinstance(doc, dict):
+        return None
+    header, signature = doc.get("header"), doc.get("signature")
+    if not isinstance(header, dict) or not isinstance(signature, str):
+        return None
+    return RawHeader(height, canonical_json(header).decode(), signature)
+
+
+def _head(frame: _Framing, doc: JsonObject) -> BundleHead:
+    if doc.get("type") != BUNDLE_TYPE:
+        raise frame.error(1, f"not a {BUNDLE_TYPE} head (type {doc.get('type')!r})")
+    program, exported_at = doc.get("program"), doc.get("exported_at")
+    blocks, log_size, evidence = (_int(doc.get(k)) for k in ("blocks", "log_size", "evidence"))
+    if not isinstance(program, str) or not isinstance(exported_at, str):
+        raise frame.error(1, "the head needs program and exported_at strings")
+    if blocks is None or log_size is None or evidence is None:
+        raise frame.error(1, "the head needs blocks, log_size and evidence counts")
+    key, key_id = _head_key(frame, doc.get("public_key"), doc.get("key_id"))
+    latest_doc = doc.get("latest")
+    latest = None if latest_doc is None else _raw_header(latest_doc, blocks - 1)
+    if (latest is None) != (blocks == 0):
+        raise frame.error(1, "the head's latest header must be a signed header iff blocks > 0")
+    return BundleHead(program, key, key_id, blocks, log_size, evidence, exported_at, latest)
+
+
+def _head_key(
+    frame: _Framing, encoded: JsonValue, key_id: JsonValue
+) -> tuple[VerifyKey | None, str | None]:
+    if encoded is None and key_id is None:
+        return None, None
+    if not isinstance(encoded, str) or not isinstance(key_id, str):
+        raise frame.error(1, "the head's public_key and key_id must be strings")
+    try:
+        raw = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise frame.error(1, "the head's public_key is not base64") from None
+    if len(raw) != PUBLIC_KEY_SIZE:
+        raise frame.error(1, f"the head's public_key is {len(raw)} bytes, not 32")
+    key = VerifyKey.from_raw(raw)
+    if key.key_id != key_id:
+        raise frame.error(1, "the head's key_id is not the SHA-256 of its public_key")
+    return key, key_id
+
+
+def _evidence(frame: _Framing, doc: JsonObject, lineno: int) -> RawEvidence:
+    if doc.get("type") != EVIDENCE_TYPE:
+        raise frame.error(lineno, f"expected an evidence line, found type {doc.get('type')!r}")
+    ident, height = _int(doc.get("id")), _int(doc.get("height"))
+    program, kind, reason = doc.get("program"), doc.get("kind"), doc.get("reason")
+    detected = doc.get("detected_at")
+    texts = []
+    for which in ("first", "second"):
+        value = doc.get(which)
+        if isinstance(value, dict):
+            texts.append(canonical_json(value).decode())
+        elif isinstance(value, str):
+            texts.append(value)
+        else:
+            raise frame.error(lineno, f"the evidence's {which} is not a signed header or a string")
+    if (
+        ident is None
+        or height is None
+        or not isinstance(program, str)
+        or not isinstance(kind, str)
+        or not isinstance(reason, str)
+        or not (detected is None or isinstance(detected, str))
+    ):
+        raise frame.error(lineno, "an evidence line needs id, program, height, kind and reason")
+    return RawEvidence(ident, program, height, kind, reason, texts[0], texts[1], detected)
+
+
+class BundleSource:
+    """A bundle file as an audit source: ``ChainSource``, ``EvidenceSource``,
+    ``CosignatureSource`` and ``BlockStream`` (``coalition.audit.sources``).
+
+    The constructor reads the head and evidence lines (InvalidArgument when the file is
+    missing or unreadable, VerificationError when they are malformed). ``blocks()``
+    streams the file front to back, checking its framing as it goes; ``headers`` and
+    ``block_entries`` serve in-order access from two forward cursors, so an audit that
+    pages through headers reads the file twice at most, never once per page.
+    Cosignatures are remembered from any pass over the blocks (a few lines per block).
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._frame = _Framing(self.path)
+        with _open(self.path) as f:
+            try:
+                line = f.readline()
+            except _READ_ERRORS as exc:
+                raise InvalidArgument(f"cannot read the bundle {self.path}: {exc}") from None
+            if not line:
+                raise self._frame.error(1, "the file is empty; expected the head line")
+            self.head = _head(self._frame, self._frame.parse(line, 1, "the head line"))
+            digest = hashlib.sha256(line)
+            self._evidence: list[RawEvidence] = []
+            for lineno in range(2, 2 + self.head.evidence):
+                line = self._readline(f, lineno)
+                doc = self._frame.parse(line, lineno, "an evidence line")
+                self._evidence.append(_evidence(self._frame, doc, lineno))
+                digest.update(line)
+            self._offset = f.tell()
+        self._prefix = digest
+        self._header_cursor: _Cursor | None = None
+        self._entry_cursor: _Cursor | None = None
+        self._cosignatures: dict[int, list[str]] = {}
+        self._cosigned_through = 0
+        """Heights below this had their cosignatures recorded by a pass."""
+        self.summary: BundleSummary | None = None
+        """Set once a pass has read and checked the end line."""
+
+    def _readline(self, f: BinaryIO, lineno: int) -> bytes:
+        try:
+            return f.readline()
+        except _READ_ERRORS as exc:
+            raise self._frame.error(lineno, f"the file cannot be read: {exc}") from None
+
+    # --- ChainSource -------------------------------------------------------------------
+
+    def public_key(self) -> VerifyKey | None:
+        return self.head.public_key
+
+    def latest_header(self) -> RawHeader | None:
+        return self.head.latest
+
+    def headers(self, start: int, limit: int) -> list[RawHeader]:
+        cursor = self._header_cursor
+        if cursor is None or cursor.height > start:
+            if cursor is not None:
+                cursor.close()
+            cursor = self._header_cursor = _Cursor(self, entries=False)
+        found: list[RawHeader] = []
+        if start >= self.head.blocks:
+            cursor.finish()
+            return found
+        while len(found) < limit:
+            block = cursor.next()
+            if block is None:
+                break
+            if block[0].height >= start:
+                found.append(block[0])
+        return found
+
+    def block_entries(self, height: int, first_index: int, count: int) -> list[RawEntry]:
+        cursor = self._entry_cursor
+        if cursor is None or cursor.height > height:
+            if cursor is not None:
+                cursor.close()
+            cursor = self._entry_cursor = _Cursor(self, entries=True)
+        while (block := cursor.next()) is not None:
+            if block[0].height == height:
+                return block[1]
+        return []
+
+    def consistency_proof(self, first_height: int, second_height: int) -> JsonObject | None:
+        """None: a bundle carries every entry, so the auditor recomputes every root."""
+        return None
+
+    # --- EvidenceSource, CosignatureSource, BlockStream -----------------------------------
+
+    def evidence(self) -> list[RawEvidence] | None:
+        return list(self._evidence)
+
+    def cosignatures(self, start: int, end: int) -> dict[int, list[str]] | None:
+        """The cosignature lines the block lines at ``start`` .. ``end - 1`` carry (read
+        by an earlier pass, else by a pass over the file now)."""
+        if min(end, self.head.blocks) > self._cosigned_through:
+            _Cursor(self, entries=False).finish()
+        return {
+            h: list(lines) for h, lines in self._cosignatures.items() if start <= h < end and lines
+        }
+
+    def blocks(self) -> Iterator[tuple[RawHeader, list[RawEntry]]]:
+        cursor = _Cursor(self, entries=True)
+        try:
+            while (block := cursor.next()) is not None:
+                yield block
+        finally:
+            cursor.close()
+
+    def check_framing(self) -> BundleSummary:
+        """Read the whole file checking its framing and end hash (no signatures: that is
+        the audit); VerificationError naming the line of the first fault."""
+        _Cursor(self, entries=False).finish()
+        assert self.summary is not None
+        return self.summary
+
+    def close(self) -> None:
+        for cursor in (self._header_cursor, self._entry_cursor):
+            if cursor is not None:
+                cursor.close()
+        self._header_cursor = self._entry_cursor = None
+
+    def __enter__(self) -> BundleSource:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class _Cursor:
+    """One forward pass over a bundle's blocks, checking framing; ``next()`` gives the
+    next (header, entries) (entries empty unless ``entries``), None after the end line."""
+
+    def __init__(self, source: BundleSource, *, entries: bool) -> None:
+        self._source = source
+        self._frame = source._frame
+        self._keep = entries
+        self._file: BinaryIO | None = _open(source.path)
+        self._file.seek(source._offset)
+        self._digest = source._prefix.copy()
+        self._lineno = 1 + source.head.evidence
+        self._entries_seen = 0
+        self.height = 0
+        """The height of the next block this cursor reads."""
+        self._failed: CoalitionError | None = None
+        """The framing fault that stopped this pass (raised again if asked for more)."""
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def finish(self) -> None:
+        """Read to the end line and check it."""
+        while self.next() is not None:
+            pass
+
+    def next(self) -> tuple[RawHeader, list[RawEntry]] | None:
+        if self._failed is not None:
+            raise self._failed
+        f = self._file
+        if f is None:
+            return None
+        try:
+            block = self._block(f)
+        except CoalitionError as exc:
+            self._failed = exc
+            self.close()
+            raise
+        except BaseException:
+            self.close()
+            raise
+        if block is None:
+            self.close()
+        return block
+
+    def _block(self, f: BinaryIO) -> tuple[RawHeader, list[RawEntry]] | None:
+        head, frame = self._source.head, self._frame
+        self._lineno += 1
+        lineno = self._lineno
+        line = self._source._readline(f, lineno)
+        if self.height == head.blocks:
+            self._end(f, line, lineno)
+            return None
+        doc = frame.parse(line, lineno, f"the block line of height {self.height}")
+        self._digest.update(line)
+        raw, first, count, cosignatures = self._block_line(doc, lineno)
+        try:
+            lines = list(islice(f, count))
+        except _READ_ERRORS as exc:
+            raise frame.error(lineno + 1, f"the file cannot be read: {exc}") from None
+        if len(lines) < count or (count and not lines[-1].endswith(b"\n")):
+            at = lineno + 1 + len(lines) - (0 if len(lines) < count else 1)
+            raise frame.error(at, f"the file ends inside block {self.height}'s entries (truncated)")
+        if any(map(bytes.startswith, lines, repeat(_NOT_ENTRY))):
+            n = next(n for n, entry in enumerate(lines) if entry.startswith(_NOT_ENTRY))
+            raise frame.error(
+                lineno + 1 + n,
+                f"a block or end line where entry {n} of block {self.height} was expected "
+                f"(the header says {count} entries)",
+            )
+        self._digest.update(b"".join(lines))
+        self._lineno += count
+        self._entries_seen += count
+        source = self._source
+        if self.height >= source._cosigned_through:
+            if cosignatures:
+                source._cosignatures[self.height] = cosignatures
+            source._cosigned_through = self.height + 1
+        self.height += 1
+        if self.height == head.blocks and raw != head.latest:
+            raise frame.error(lineno, "the last block is not the head's latest header")
+        if not self._keep:
+            return raw, []
+        return raw, [RawEntry(i, body[:-1]) for i, body in enumerate(lines, first)]
+
+    def _block_line(self, doc: JsonObject, lineno: int) -> tuple[RawHeader, int, int, list[str]]:
+        frame, height = self._frame, self.height
+        raw = _raw_header(doc, height)
+        cosignatures = doc.get("cosignatures")
+        if raw is None or set(doc) != {"header", "signature", "cosignatures"}:
+            raise frame.error(
+                lineno,
+                f"expected the block line of height {height} (header, signature, "
+                "cosignatures); an extra entry line, or a line out of place",
+            )
+        if not isinstance(cosignatures, list) or not all(isinstance(c, str) for c in cosignatures):
+            raise frame.error(lineno, "the block line's cosignatures are not a list of strings")
+        header = doc["header"]
+        assert isinstance(header, dict)
+        if header.get("height") != height:
+            raise frame.error(
+                lineno, f"a block line of height {header.get('height')!r} where {height} belongs"
+            )
+        first, count = _int(header.get("first_index")), _int(header.get("entry_count"))
+        if first is None or count is None:
+            raise frame.error(lineno, "the block's header has no first_index and entry_count")
+        return raw, first, count, [c for c in cosignatures if isinstance(c, str)]
+
+    def _end(self, f: BinaryIO, line: bytes, lineno: int) -> None:
+        head, frame = self._source.head, self._frame
+        doc = frame.parse(line, lineno, "the end line")
+        if doc.get("type") != END_TYPE:
+            raise frame.error(
+                lineno,
+                f"expected the end line after {head.blocks} blocks; an extra entry or block "
+                "line, or a line out of place",
+            )
+        if doc.get("blocks") != head.blocks:
+            raise frame.error(
+                lineno, f"the end line counts {doc.get('blocks')!r} blocks, the head {head.blocks}"
+            )
+        if doc.get("entries") != self._entries_seen or doc.get("entries") != head.log_size:
+            raise frame.error(
+                lineno,
+                f"the end line counts {doc.get('entries')!r} entries, the head "
+                f"{head.log_size}, the file {self._entries_seen}",
+            )
+        sha = self._digest.hexdigest()
+        if doc.get("sha256") != sha:
+            raise frame.error(
+                lineno, "the end line's sha256 is not the hash of the bytes before it (damaged)"
+            )
+        if self._source._readline(f, lineno + 1):
+            raise frame.error(lineno + 1, "data after the end line")
+        self._source.summary = BundleSummary(
+            head.program, head.blocks, self._entries_seen, sha, head.evidence
+        )

@@ -1,0 +1,175 @@
+"""``coalition bundle``: export a program's chain as a bundle file (argparse glue).
+
+From the node's database (``--config``, or ``--database`` with ``--public-key`` and
+``--program``), or downloaded from a live node's ``GET /v1/ledger/bundle`` (``--url``
+with an operator or auditor ``--api-key``), whose framing is then checked before the file
+gets its name. ``--out`` ending in ``.gz`` writes gzip.
+
+Exit codes: 0 written, 1 refused by the node or a downloaded bundle that fails its
+framing check, 2 bad usage or unreadable input (missing file, key or database,
+unreachable node).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from coalition.audit.bundle import AtomicFile, BundleSource, BundleSummary, export_bundle
+from coalition.errors import (
+    CoalitionError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PartnerUnavailable,
+    PermissionDenied,
+    Unauthenticated,
+)
+from coalition.ledger.keys import VerifyKey
+from coalition.progress import Progress
+
+OK, FAILED, USAGE = 0, 1, 2
+BUNDLE_PATH = "/v1/ledger/bundle"
+_DOWNLOAD_CHUNK = 1 << 20
+_REFUSALS: dict[int, type[CoalitionError]] = {
+    400: InvalidArgument,
+    401: Unauthenticated,
+    403: PermissionDenied,
+    404: NotFound,
+    409: FailedPrecondition,
+}
+"""The node's refusals (``api.errors.http_status``) as the core errors they came from."""
+
+
+def add_bundle_parser(subparsers: Any) -> None:
+    """Add ``bundle`` to the CLI's subparsers."""
+    p = subparsers.add_parser(
+        "bundle",
+        help="export a program's chain (headers, entries, cosignatures, evidence) as a "
+        "bundle file an auditor verifies offline",
+        description="Write the coalition/bundle/v1 file of one program's chain, from its "
+        "node's database or downloaded from its live node. Exit 0 when written, 1 when the "
+        "node refuses or the download fails its framing check, 2 on bad usage.",
+    )
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--config", type=Path, help="the node's node.toml (database and key)")
+    where.add_argument("--database", metavar="URL", help="the node's database URL")
+    where.add_argument("--url", metavar="http://HOST:PORT", help="a live node's REST address")
+    p.add_argument("--public-key", type=Path, metavar="PEM", help="the program's key (--database)")
+    p.add_argument("--program", help="the program id (--database)")
+    p.add_argument("--api-key", help="operator or auditor key for --url ($COALITION_API_KEY)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per read for --url")
+    p.add_argument("--out", type=Path, required=True, help="the bundle file (.gz: gzip)")
+    p.set_defaults(func=run_bundle)
+
+
+def _public_key(path: Path) -> VerifyKey:
+    try:
+        return VerifyKey.from_pem(path.read_bytes())
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read the public key {path}: {exc.strerror}") from None
+
+
+def _from_config(path: Path) -> tuple[str, str, VerifyKey]:
+    """(database URL, program, public key) of a node's configuration; the public key
+    file beside the signing key, else the signing key's own."""
+    from coalition.keygen import KeyFiles
+    from coalition.node.app import read_signing_key
+    from coalition.node.config import load_config
+
+    config = load_config(path)
+    public = KeyFiles.for_config(config).public_key
+    key = _public_key(public) if public.is_file() else read_signing_key(config).public_key
+    return config.database_url, config.program, key
+
+
+def _export(args: argparse.Namespace) -> BundleSummary:
+    if args.config is not None:
+        url, program, key = _from_config(args.config)
+    else:
+        if args.public_key is None or args.program is None:
+            raise InvalidArgument("--database needs --public-key and --program")
+        url, program, key = args.database, args.program, _public_key(args.public_key)
+    from coalition.audit.sources import existing_database
+    from coalition.store import repository
+    from coalition.store.repository import stored_object
+
+    engine = existing_database(url)
+    try:
+        with engine.connect() as conn:
+            latest = repository.last_block(conn)
+    finally:
+        engine.dispose()
+    total = None if latest is None else stored_object(latest[1], "header").get("log_size")
+    with Progress("bundle", total if isinstance(total, int) else None) as bar:
+        return export_bundle(args.out, url, program, key, progress=bar.advance)
+
+
+def download_bundle(
+    url: str, api_key: str | None, out: Path, *, timeout: float = 60.0
+) -> BundleSummary:
+    """Stream a live node's bundle to ``out`` (gzip when it ends in ``.gz``), then check
+    its framing; ``out`` gets the file only if the check passes (VerificationError
+    otherwise). PartnerUnavailable when the node cannot be reached; the node's refusals
+    as the core errors it mapped them from."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    checked: list[BundleSummary] = []
+
+    def check(path: Path) -> None:
+        with BundleSource(path) as source:
+            checked.append(source.check_framing())
+
+    target = url.rstrip("/") + BUNDLE_PATH
+    try:
+        with (
+            httpx.stream("GET", target, headers=headers, timeout=timeout) as response,
+            Progress("download (bytes)", None) as bar,
+        ):
+            if response.status_code != 200:
+                response.read()
+                raise _refusal(response.status_code, response.text)
+            with AtomicFile(out, check) as sink:
+                for chunk in response.iter_bytes(_DOWNLOAD_CHUNK):
+                    sink.write(chunk)
+                    bar.advance(len(chunk))
+    except httpx.HTTPError as exc:
+        raise PartnerUnavailable(f"cannot download the bundle from {target}: {exc}") from None
+    return checked[0]
+
+
+def _refusal(status: int, body: str) -> CoalitionError:
+    import json
+
+    try:
+        message = str(json.loads(body).get("message", body))
+    except (ValueError, AttributeError):
+        message = body[:200]
+    kind = _REFUSALS.get(status, PartnerUnavailable)
+    return kind(f"the node answered {status}: {message}")
+
+
+def run_bundle(args: argparse.Namespace) -> int:
+    """Run ``coalition bundle``; prints a one-line summary, returns the exit code."""
+    try:
+        if args.url is not None:
+            key = args.api_key or os.environ.get("COALITION_API_KEY")
+            summary = download_bundle(args.url, key, args.out, timeout=args.timeout)
+        else:
+            summary = _export(args)
+    except (InvalidArgument, NotFound, PartnerUnavailable) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return USAGE
+    except CoalitionError as exc:
+        print(f"FAILED: {exc}", file=sys.stderr)
+        return FAILED
+    print(
+        f"wrote {args.out}: program {summary.program}, {summary.blocks:,} blocks, "
+        f"{summary.entries:,} entries, {summary.evidence:,} evidence, "
+        f"sha256 {summary.sha256}"
+    )
+    return OK
