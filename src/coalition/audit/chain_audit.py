@@ -9,22 +9,33 @@ replayed (``coalition.points.replay.Replay``) into balances, supply and per-kind
 Optionally a trusted header (what the auditor saw last time) must be in the chain, and
 the source's RFC 9162 §2.1.4 consistency proof to the newest header must verify.
 
+Speed: a source that streams (``BlockStream``, a bundle) is read front to back, others
+page by page. Entries are hashed and checked in bulk (``entry_scan``: the exact checks run
+only on an entry the conservative bulk test flags, so faults are named as before), in
+worker processes once the chain is long, while this process checks headers, merges log
+roots and replays. The garbage collector is paused meanwhile (the audit makes no cycles).
+
 The audit keeps going after a fault where it can, so the report lists them all. A chain
 is sound only if ``AuditReport.ok``.
 """
 
 from __future__ import annotations
 
+import gc
+import multiprocessing
+import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from coalition.audit.sources import ChainSource, RawEntry, RawHeader
+from coalition.audit.entry_scan import BlockScan, scan_block
+from coalition.audit.sources import BlockStream, ChainSource, RawEntry, RawHeader
 from coalition.errors import CoalitionError, VerificationError
 from coalition.ledger.blocks import GENESIS_PREV, BlockHeader, SignedHeader
 from coalition.ledger.canonical import JsonObject, JsonValue, canonical_json, parse_json
-from coalition.ledger.chain import ChainVerifier
 from coalition.ledger.entries import check_envelope, parse_time
 from coalition.ledger.keys import VerifyKey
 from coalition.ledger.merkle import CompactRange, leaf_hash, root
@@ -32,6 +43,10 @@ from coalition.ledger.proofs import verify_consistency_document
 from coalition.points.replay import Replay
 
 HEADER_PAGE = 1000
+PARALLEL_AFTER = 50_000
+"""Entries audited in this process before worker processes start (they cost ~0.1 s)."""
+LOOKAHEAD = 6
+"""Blocks read and handed to workers ahead of the one being checked."""
 _REPLAY_ERRORS = (CoalitionError, KeyError, TypeError, ValueError)
 """What a hostile entry can make the replay raise; the audit reports, never crashes."""
 
@@ -193,6 +208,37 @@ def _entry_id(body: JsonValue) -> str | None:
     return value if isinstance(value, str) else None
 
 
+@dataclass(slots=True)
+class _Fetched:
+    """One block as read, before any check; a header that does not parse or entries that
+    could not be read are kept to be reported in order."""
+
+    raw: RawHeader
+    signed: SignedHeader | None
+    header_error: CoalitionError | None
+    entries: list[RawEntry]
+    entries_error: CoalitionError | None
+    program: str | None = None
+    scan: Future[BlockScan] | None = None
+
+
+def _parse_header(raw: RawHeader) -> tuple[SignedHeader | None, CoalitionError | None]:
+    try:
+        return SignedHeader(BlockHeader.from_json(parse_json(raw.header)), raw.signature), None
+    except CoalitionError as exc:
+        return None, exc
+
+
+def _worker_count(workers: int | None) -> int:
+    return max(0, os.cpu_count() or 1) if workers is None else max(0, workers)
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=gc.disable)
+
+
 class _Auditor:
     def __init__(
         self,
@@ -201,15 +247,19 @@ class _Auditor:
         program: str | None,
         trusted: SignedHeader | None,
         progress: Callable[[int], None] | None,
+        workers: int,
     ) -> None:
         self.source = source
         self.key = key
         self.trusted = trusted
         self.progress = progress
+        self.workers = workers
+        self.pool: Executor | None = None
+        self.submitted = 0
+        self.scan_program = program
         self.report = AuditReport(program=program)
         self.replay = Replay()
         self.replay_faults = 0
-        self.verifier: ChainVerifier | None = None
         self.log: CompactRange | None = CompactRange(stride=None)
         self.next_height = 0
         self.prev_hash: str | None = GENESIS_PREV
@@ -245,6 +295,66 @@ class _Auditor:
             yield from page
             start = page[-1].height + 1
 
+    def _read(self) -> Iterator[_Fetched | str]:
+        """Every block with its entries, in order; a read failure ends it as a message."""
+        if isinstance(self.source, BlockStream):
+            stream = self.source.blocks()
+            while True:
+                t = time.perf_counter()
+                try:
+                    block = next(stream, None)
+                except CoalitionError as exc:
+                    yield f"reading blocks failed: {exc}"
+                    return
+                finally:
+                    self.clock["source"] += time.perf_counter() - t
+                if block is None:
+                    return
+                yield _Fetched(block[0], *_parse_header(block[0]), block[1], None)
+        try:
+            for raw in self._headers():
+                signed, error = _parse_header(raw)
+                entries: list[RawEntry] = []
+                failed = None
+                if signed is not None:
+                    h = signed.header
+                    t = time.perf_counter()
+                    try:
+                        entries = self.source.block_entries(h.height, h.first_index, h.entry_count)
+                    except CoalitionError as exc:
+                        failed = exc
+                    self.clock["source"] += time.perf_counter() - t
+                yield _Fetched(raw, signed, error, entries, failed)
+        except CoalitionError as exc:
+            yield f"reading headers failed: {exc}"
+
+    def _ahead(self) -> Iterator[_Fetched | str]:
+        """``_read``, handing each block's entries to the workers ``LOOKAHEAD`` blocks
+        before the block is checked."""
+        pending: deque[_Fetched | str] = deque()
+        for item in self._read():
+            if isinstance(item, _Fetched):
+                self._submit(item)
+            pending.append(item)
+            if len(pending) > LOOKAHEAD:
+                yield pending.popleft()
+        while pending:
+            yield pending.popleft()
+
+    def _submit(self, item: _Fetched) -> None:
+        if item.signed is None:
+            return
+        if self.scan_program is None:
+            self.scan_program = item.signed.header.program
+        item.program = self.scan_program
+        self.submitted += len(item.entries)
+        if self.pool is None and self.workers and self.submitted > PARALLEL_AFTER:
+            self.pool = _pool(self.workers)
+        if self.pool is not None and item.entries:
+            bodies = [raw.body for raw in item.entries]
+            first = item.signed.header.first_index
+            item.scan = self.pool.submit(scan_block, bodies, item.program, first, pack=True)
+
     def run(self) -> AuditReport:
         began = time.perf_counter()
         if self.trusted is not None:
@@ -253,11 +363,19 @@ class _Auditor:
             except CoalitionError as exc:
                 self.fault("trusted-header", f"the trusted header is not signed by the key: {exc}")
             self.report.trusted_height = self.trusted.header.height
+        collecting = gc.isenabled()
+        gc.disable()
         try:
-            for raw in self._headers():
-                self._block(raw)
-        except CoalitionError as exc:
-            self.fault("source", f"reading headers failed: {exc}", self.next_height)
+            for item in self._ahead():
+                if isinstance(item, str):
+                    self.fault("source", item, self.next_height)
+                else:
+                    self._block(item)
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(wait=True, cancel_futures=True)
+            if collecting:
+                gc.enable()
         self._finish()
         self.report.timings_ms = {k: round(v * 1000) for k, v in self.clock.items()}
         self.report.timings_ms["total"] = round((time.perf_counter() - began) * 1000)
@@ -265,11 +383,10 @@ class _Auditor:
 
     # --- one block --------------------------------------------------------------------
 
-    def _parse_header(self, raw: RawHeader) -> SignedHeader | None:
-        try:
-            signed = SignedHeader(BlockHeader.from_json(parse_json(raw.header)), raw.signature)
-        except CoalitionError as exc:
-            self.fault("header-malformed", f"header does not parse: {exc}", raw.height)
+    def _checked_header(self, got: _Fetched) -> SignedHeader | None:
+        raw, signed = got.raw, got.signed
+        if signed is None:
+            self.fault("header-malformed", f"header does not parse: {got.header_error}", raw.height)
             return None
         if signed.header.height != raw.height:
             self.fault(
@@ -279,17 +396,17 @@ class _Auditor:
             )
         return signed
 
-    def _block(self, raw: RawHeader) -> None:
+    def _block(self, got: _Fetched) -> None:
+        raw = got.raw
         t = time.perf_counter()
         if raw.height > self.next_height:
             missing = f"{self.next_height}..{raw.height - 1}"
             self.fault("block-missing", f"no block at heights {missing}", self.next_height)
             self.next_height = raw.height
-            self.verifier = None
             self.prev_hash = None
             self.prev_log_size = None
             self.log = None
-        signed = self._parse_header(raw)
+        signed = self._checked_header(got)
         if signed is None:
             self.next_height = raw.height + 1
             self.prev_hash = self.prev_log_size = self.log = None
@@ -299,85 +416,114 @@ class _Auditor:
         if self.report.program is None:
             self.report.program = h.program
         program = self.report.program
-        if self.verifier is None and h.height == 0 and not self.report.faults:
-            self.verifier = ChainVerifier(self.key, program)
-        self.clock["verify"] += time.perf_counter() - t
-
-        t = time.perf_counter()
-        try:
-            raw_entries = self.source.block_entries(h.height, h.first_index, h.entry_count)
-        except CoalitionError as exc:
-            self.fault("source", f"reading the block's entries failed: {exc}", h.height)
+        raw_entries = got.entries
+        if got.entries_error is not None:
+            self.fault(
+                "source", f"reading the block's entries failed: {got.entries_error}", h.height
+            )
             raw_entries = []
-        self.clock["source"] += time.perf_counter() - t
 
-        t = time.perf_counter()
-        before = len(self.report.faults)
-        items = self._entries(h, raw_entries, program)
+        scan = self._scan(got, raw_entries, program)
+        leaves, bodies, exact = self._entries(h, raw_entries, program, scan)
         gaps = self._gaps(h, raw_entries)
         self._header_checks(signed, program)
-        authentic = self._roots(h, items, gaps)
-        if self.verifier is not None:
-            try:
-                self.verifier.feed(signed, [item.leaf for item in items])
-            except VerificationError as exc:
-                self.verifier = None
-                if len(self.report.faults) == before:
-                    self.fault("chain", str(exc), h.height)
-        self._advance(signed, authentic)
+        stored = [raw.stored_leaf_hash for raw in raw_entries]
+        block_root = root(leaves) if exact else scan.root
+        if block_root.hex() == h.block_root and all(
+            s is None or s == leaf for s, leaf in zip(stored, leaves, strict=True)
+        ):
+            authentic: list[bytes] | None = leaves
+        else:
+            items = [
+                _Item(self._index(h, raw_entries, n), _entry_id(body), leaf, s, body)
+                for n, (leaf, s, body) in enumerate(zip(leaves, stored, bodies, strict=True))
+            ]
+            authentic = self._roots(h, items, gaps)
+        subtrees = scan.subtrees if authentic is leaves and not exact else None
+        self._advance(signed, authentic, subtrees)
         self.clock["verify"] += time.perf_counter() - t
 
         t = time.perf_counter()
-        for item in items:
-            self._replay(item, h.height)
+        apply = self.replay.apply
+        for n, body in enumerate(bodies):
+            if body is not None:
+                try:
+                    apply(body)
+                except _REPLAY_ERRORS as exc:
+                    self._replay_fault(exc, body, self._index(h, raw_entries, n), h.height)
         self.clock["replay"] += time.perf_counter() - t
         self.report.blocks += 1
-        self.report.entries += len(items)
+        self.report.entries += len(raw_entries)
         if self.progress is not None:
-            self.progress(max(len(items), h.entry_count))
+            self.progress(max(len(raw_entries), h.entry_count))
 
-    def _entries(self, h: BlockHeader, raws: list[RawEntry], program: str) -> list[_Item]:
-        """Parse, re-canonicalise and hash each entry; check its envelope and program."""
-        items = []
-        positional = len(raws) == h.entry_count
-        for n, raw in enumerate(raws):
-            index = raw.log_index
-            if index is None and positional:
-                index = h.first_index + n
-            try:
-                parsed = parse_json(raw.body)
-            except CoalitionError as exc:
-                self.fault(
-                    "entry-malformed", f"body is not valid JSON: {exc}", h.height, log_index=index
-                )
-                items.append(_Item(index, None, leaf_hash(raw.body), raw.stored_leaf_hash, None))
-                continue
-            entry_id = _entry_id(parsed)
-            body = parsed if isinstance(parsed, dict) else None
-            data = canonical_json(parsed)
-            if data != raw.body:
-                self.fault(
-                    "entry-non-canonical",
-                    "stored body is not its RFC 8785 canonical form",
-                    h.height,
-                    log_index=index,
-                    entry_id=entry_id,
-                )
-            try:
-                if body is None:
-                    raise VerificationError("an entry must be a JSON object")
-                check_envelope(body)
-                if body["program"] != program:
-                    raise VerificationError(f"program {body['program']!r} is not {program!r}")
-            except CoalitionError as exc:
-                self.fault("entry-envelope", str(exc), h.height, log_index=index, entry_id=entry_id)
-                body = None
-            items.append(_Item(index, entry_id, leaf_hash(data), raw.stored_leaf_hash, body))
-        return items
+    def _scan(self, got: _Fetched, raws: list[RawEntry], program: str) -> BlockScan:
+        """The bulk pass over the block's entries: the workers' result, else done here."""
+        if got.scan is not None and got.program == program and raws is got.entries:
+            return got.scan.result()
+        first = got.signed.header.first_index if got.signed is not None else -1
+        return scan_block([raw.body for raw in raws], program, first)
+
+    @staticmethod
+    def _index(h: BlockHeader, raws: list[RawEntry], n: int) -> int | None:
+        index = raws[n].log_index
+        if index is None and len(raws) == h.entry_count:
+            index = h.first_index + n
+        return index
+
+    def _entries(
+        self, h: BlockHeader, raws: list[RawEntry], program: str, scan: BlockScan
+    ) -> tuple[list[bytes], list[JsonObject | None], bool]:
+        """Leaf hashes and parsed entries (None: not to be replayed) of the block, and
+        whether an exact check changed a leaf (then the bulk root and subtrees are void).
+        Entries the bulk pass flagged get the exact checks, which name their faults."""
+        leaves, bodies = scan.leaves, scan.parsed()
+        exact = False
+        for n in scan.flagged:
+            item = self._exact_item(h, raws[n], self._index(h, raws, n), program)
+            if item.leaf != leaves[n]:
+                leaves[n] = item.leaf
+                exact = True
+            bodies[n] = item.body
+        return leaves, bodies, exact
+
+    def _exact_item(self, h: BlockHeader, raw: RawEntry, index: int | None, program: str) -> _Item:
+        """Parse, re-canonicalise and hash one entry; check its envelope and program."""
+        try:
+            parsed = parse_json(raw.body)
+        except CoalitionError as exc:
+            self.fault(
+                "entry-malformed", f"body is not valid JSON: {exc}", h.height, log_index=index
+            )
+            return _Item(index, None, leaf_hash(raw.body), raw.stored_leaf_hash, None)
+        entry_id = _entry_id(parsed)
+        body = parsed if isinstance(parsed, dict) else None
+        data = canonical_json(parsed)
+        if data != raw.body:
+            self.fault(
+                "entry-non-canonical",
+                "stored body is not its RFC 8785 canonical form",
+                h.height,
+                log_index=index,
+                entry_id=entry_id,
+            )
+        try:
+            if body is None:
+                raise VerificationError("an entry must be a JSON object")
+            check_envelope(body)
+            if body["program"] != program:
+                raise VerificationError(f"program {body['program']!r} is not {program!r}")
+        except CoalitionError as exc:
+            self.fault("entry-envelope", str(exc), h.height, log_index=index, entry_id=entry_id)
+            body = None
+        return _Item(index, entry_id, leaf_hash(data), raw.stored_leaf_hash, body)
 
     def _gaps(self, h: BlockHeader, raws: list[RawEntry]) -> bool:
         """Name missing (deleted) entries; True when the block's entries are incomplete."""
         indexes = [raw.log_index for raw in raws]
+        first = h.first_index
+        if len(raws) == h.entry_count and indexes == list(range(first, first + len(raws))):
+            return False
         if all(i is not None for i in indexes) and raws:
             present = set(indexes)
             missing = [
@@ -473,10 +619,20 @@ class _Auditor:
         )
         return None
 
-    def _advance(self, signed: SignedHeader, authentic: list[bytes] | None) -> None:
+    def _advance(
+        self,
+        signed: SignedHeader,
+        authentic: list[bytes] | None,
+        subtrees: list[tuple[int, bytes]] | None = None,
+    ) -> None:
+        """Move past the block; ``subtrees`` (the compact range of ``authentic`` at
+        ``first_index``) spare hashing the leaves again when the log is there."""
         h = signed.header
         if self.log is not None and authentic is not None:
-            self.log.extend(authentic)
+            if subtrees is not None and self.log.size == h.first_index:
+                self.log.extend_subtrees(subtrees)
+            else:
+                self.log.extend(authentic)
             if self.log.root().hex() == h.log_root and self.log.size == h.log_size:
                 self.report.log_verified_height = h.height
             elif not self.prev_sig_bad:  # a forged header is already reported as such
@@ -504,21 +660,19 @@ class _Auditor:
                 h.height,
             )
 
-    def _replay(self, item: _Item, height: int) -> None:
-        if item.body is None:
-            return
-        try:
-            self.replay.apply(item.body)
-        except _REPLAY_ERRORS as exc:
-            self.replay_faults += 1
-            message = str(exc).removeprefix(f"entry {item.entry_id}: ")
-            self.fault(
-                "replay",
-                f"entry does not fit the state: {message}",
-                height,
-                log_index=item.log_index,
-                entry_id=item.entry_id,
-            )
+    def _replay_fault(
+        self, exc: Exception, body: JsonObject, log_index: int | None, height: int
+    ) -> None:
+        entry_id = _entry_id(body)
+        self.replay_faults += 1
+        message = str(exc).removeprefix(f"entry {entry_id}: ")
+        self.fault(
+            "replay",
+            f"entry does not fit the state: {message}",
+            height,
+            log_index=log_index,
+            entry_id=entry_id,
+        )
 
     # --- after the last block ---------------------------------------------------------
 
@@ -585,12 +739,14 @@ def audit_chain(
     program: str | None = None,
     trusted: SignedHeader | None = None,
     progress: Callable[[int], None] | None = None,
+    workers: int | None = None,
 ) -> AuditReport:
     """Audit the whole chain ``source`` holds against the program's public ``key``.
 
     ``program`` pins the program id (default: the one the first header names, which the
     key signs). ``trusted`` is a header seen before: the chain MUST contain it unchanged,
     and the consistency proof starts there. ``progress`` is called with the number of
-    entries of each block as it is audited.
+    entries of each block as it is audited. ``workers`` is how many processes hash and
+    check entries once the chain is long (default: one per CPU; 0: none).
     """
-    return _Auditor(source, key, program, trusted, progress).run()
+    return _Auditor(source, key, program, trusted, progress, _worker_count(workers)).run()

@@ -452,3 +452,48 @@ class CompactRange:
             push(h)
         self._size = size
         return out
+
+    def extend_subtrees(self, subtrees: Iterable[tuple[int, bytes]]) -> None:
+        """Append whole perfect subtrees, each (level, root hash) covering the next
+        ``2**level`` leaves, as ``subtree_roots`` gives them; reports no nodes to store.
+
+        InvalidArgument when a subtree does not start at a multiple of its width (the
+        leaves appended before it stay appended).
+        """
+        frontier = self._frontier
+        size = self._size
+        pop = frontier.pop
+        node = _NODE
+        for level, h in subtrees:
+            if level < 0 or size & ((1 << level) - 1) or len(h) != HASH_SIZE:
+                self._size = size
+                raise InvalidArgument(f"a subtree of level {level} cannot start at {size}")
+            s = size >> level
+            size += 1 << level
+            while s & 1:
+                h = sha256(node + pop() + h).digest()
+                s >>= 1
+            frontier.append(h)
+        self._size = size
+
+
+def subtree_roots(first: int, leaf_hashes: Sequence[bytes]) -> list[tuple[int, bytes]]:
+    """The compact range of leaves ``[first, first + n)`` of a larger tree: the largest
+    aligned perfect subtrees covering it, left to right, as (level, root hash).
+
+    Feeding them to ``CompactRange.extend_subtrees`` on a range of size ``first`` gives
+    the same range as ``extend(leaf_hashes)``: a block's share of the log can be hashed
+    apart (another process) and merged in O(log n).
+    """
+    _check_int("first", first)
+    out: list[tuple[int, bytes]] = []
+    at, end, done = first, first + len(leaf_hashes), 0
+    while at < end:
+        level = (at & -at).bit_length() - 1 if at else (end - at).bit_length() - 1
+        while (1 << level) > end - at:
+            level -= 1
+        width = 1 << level
+        out.append((level, root(leaf_hashes[done : done + width])))
+        at += width
+        done += width
+    return out

@@ -1,0 +1,218 @@
+#!/usr/bin/env python3
+"""Benchmark of the chain audit of a bundle of 1,000,000 entries, end to end.
+
+    .venv/bin/python scripts/bench_audit.py                  # build (minutes), measure
+    .venv/bin/python scripts/bench_audit.py --reuse          # reuse the cached bundle
+    .venv/bin/python scripts/bench_audit.py --entries 100000 --runs 1
+
+**Building** (untimed, cached in ``--dir``, default ``$TMPDIR/coalition-bench-audit``):
+entries are made by the real ``points.operations`` functions (enrolls, purchase and
+reward earns, redemptions, transfers, positive adjustments) against accounts kept by the
+real ``points.replay.Replay``, so the chain replays cleanly; they are inserted as
+``entries`` rows with their canonical bytes and leaf hashes and sealed by a real
+``NodeService`` sealer into signed blocks of 1,000 entries, then exported with
+``coalition.audit.bundle.export_bundle``.
+
+**Measuring**: ``audit_chain(BundleSource(bundle), key)`` end to end (median of
+``--runs``: read, leaf hashes, block and log roots, signatures and links, envelope checks,
+replay), ``BundleSource.blocks()`` read alone, and the bare SHA-256 of the same entry
+bytes (one ``hashlib.sha256`` per entry, over bytes already in memory), in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import insert
+
+from coalition.audit.bundle import BundleSource, export_bundle
+from coalition.audit.chain_audit import audit_chain
+from coalition.ledger.canonical import JsonObject, canonical_json
+from coalition.ledger.keys import SigningKey
+from coalition.ledger.merkle import leaf_hash
+from coalition.node.config import SealerConfig
+from coalition.node.service import NodeService
+from coalition.points import operations
+from coalition.points.accounts import account_id
+from coalition.points.operations import EntryContext
+from coalition.points.replay import Replay
+from coalition.points.rules import ProgramRules
+from coalition.store.db import create_schema, make_engine
+from coalition.store.tables import entries
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_ingest import machine
+
+PROGRAM = "benchair"
+SECRET = b"bench-account-secret-0123456789"
+BLOCK = 1000
+CHUNK = 50_000
+MEMBERS = 20_000
+START = datetime(2026, 1, 1, tzinfo=UTC)
+RULES = ProgramRules(rewards={"signup": 500, "review": 50})
+
+
+def _entries(size: int, seed: int = 7):  # type: ignore[no-untyped-def]
+    """Yield ``size`` realistic entry bodies in log order: a replayable chain."""
+    rng = random.Random(seed)
+    rules = RULES
+    state = Replay()
+    members: list[str] = []
+    at = START
+    step = timedelta(seconds=30)
+    n = 0
+    while n < size:
+        at += step
+        ctx = EntryContext(PROGRAM, uuid.UUID(int=rng.getrandbits(128)).hex, at)
+        roll = rng.random()
+        body: JsonObject | None = None
+        if len(members) < 100 or (roll < 0.04 and len(members) < MEMBERS):
+            member = account_id(SECRET, f"M{len(members):06d}")
+            body = operations.enroll(ctx, member)
+            members.append(member)
+        else:
+            account = state.accounts[rng.choice(members)]
+            balance = account.balance(at)
+            if roll < 0.74 or balance < 50:
+                if rng.random() < 0.8:
+                    spend = rng.randrange(500, 50_000)
+                    body = operations.earn_purchase(
+                        ctx, rules, account.id, 0, f"P-{n:08d}", spend, "", reference_used=False
+                    )
+                else:
+                    body = operations.earn_reward(
+                        ctx, rules, account, "signup", f"R-{n:08d}", reference_used=False
+                    )
+            elif roll < 0.86:
+                body = operations.redeem(ctx, rules, account, balance // 2, f"X-{n:08d}")
+            elif roll < 0.95:
+                target = rng.choice(members)
+                if target != account.id:
+                    body = operations.transfer(
+                        ctx, rules, account, target, balance // 3, "for dinner"
+                    )
+            else:
+                body = operations.adjust(ctx, rules, account, 25, f"ops-{n}", "goodwill")
+        if body is None:
+            continue
+        state.apply(body)
+        n += 1
+        yield body
+
+
+def build(folder: Path, size: int) -> None:
+    for name in ("log.db", "log.db-wal", "log.db-shm", "chain.bundle", "meta.json"):
+        (folder / name).unlink(missing_ok=True)
+    key = SigningKey.generate()
+    (folder / "key.pem").write_bytes(key.to_pem())
+    url = f"sqlite:///{folder / 'log.db'}"
+    engine = make_engine(url, sqlite_synchronous="OFF")
+    create_schema(engine)
+    service = NodeService(engine, PROGRAM, key, SECRET, RULES, SealerConfig(max_entries=BLOCK))
+    t0 = time.perf_counter()
+    try:
+        rows = []
+        for index, body in enumerate(_entries(size)):
+            data = canonical_json(body)
+            rows.append(
+                {
+                    "log_index": index,
+                    "entry_id": body["id"],
+                    "kind": body["kind"],
+                    "account": body["account"],
+                    "to_account": body.get("to"),
+                    "body": data.decode(),
+                    "leaf_hash": leaf_hash(data),
+                    "idem_key": None,
+                    "request_hash": None,
+                }
+            )
+            if len(rows) == CHUNK or index == size - 1:
+                with service.engine.begin() as conn:
+                    conn.execute(insert(entries), rows)
+                service.sealer.added([r["leaf_hash"] for r in rows])
+                service.flush()
+                rows = []
+                print(
+                    f"\r  built {index + 1:,}/{size:,} ({time.perf_counter() - t0:.0f} s)", end=""
+                )
+        print()
+    finally:
+        service.close()
+    summary = export_bundle(folder / "chain.bundle", url, PROGRAM, key.public_key)
+    print(f"  exported {summary.entries:,} entries in {summary.blocks:,} blocks")
+    (folder / "log.db").unlink()
+    (folder / "meta.json").write_text(json.dumps({"size": size}))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--entries", type=int, default=1_000_000, help="log size")
+    parser.add_argument("--runs", type=int, default=3, help="audits to take the median of")
+    parser.add_argument("--workers", type=int, default=None, help="audit worker processes")
+    parser.add_argument("--reuse", action="store_true", help="reuse the cached bundle")
+    parser.add_argument("--dir", default=str(Path(tempfile.gettempdir()) / "coalition-bench-audit"))
+    args = parser.parse_args()
+    folder = Path(args.dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"machine: {machine()}")
+    meta = folder / "meta.json"
+    cached = json.loads(meta.read_text()) if meta.exists() else {}
+    bundle = folder / "chain.bundle"
+    if args.reuse and cached.get("size") == args.entries and bundle.exists():
+        print(f"reusing the bundle of {args.entries:,} entries in {folder}")
+    else:
+        print(f"building a bundle of {args.entries:,} entries in {folder} (untimed) ...")
+        build(folder, args.entries)
+    key = SigningKey.from_pem((folder / "key.pem").read_bytes()).public_key
+    print(f"bundle: {bundle.stat().st_size / 1e6:,.0f} MB")
+
+    t0 = time.perf_counter()
+    bodies = []
+    with BundleSource(bundle) as source:
+        for _, block in source.blocks():
+            bodies.extend(raw.body for raw in block)
+    read_s = time.perf_counter() - t0
+    n = len(bodies)
+    t0 = time.perf_counter()
+    for body in bodies:
+        hashlib.sha256(body).digest()
+    sha_s = time.perf_counter() - t0
+    size_mb = sum(map(len, bodies)) / 1e6
+    del bodies
+
+    runs = []
+    for run in range(args.runs):
+        with BundleSource(bundle) as source:
+            t0 = time.perf_counter()
+            report = audit_chain(source, key, workers=args.workers)
+            runs.append(time.perf_counter() - t0)
+        if not report.ok or report.entries != n:
+            print(report.render())
+            return 1
+        print(f"  audit run {run + 1}: {runs[-1]:.2f} s  timings {report.timings_ms}")
+    audit_s = statistics.median(runs)
+    sha_rate, audit_rate = n / sha_s, n / audit_s
+    print(f"entries {n:,} ({size_mb:,.0f} MB of entry bytes), blocks {report.blocks:,}")
+    print(f"bare SHA-256 of the entry bytes   {sha_rate:12,.0f} entries/s ({sha_s:.2f} s)")
+    print(f"BundleSource.blocks() read alone  {n / read_s:12,.0f} entries/s ({read_s:.2f} s)")
+    median = f"audit end to end (median of {len(runs)})"
+    print(f"{median:33s} {audit_rate:12,.0f} entries/s ({audit_s:.2f} s)")
+    ratio = f"{audit_rate / sha_rate:.3f} (SHA-256 is {sha_rate / audit_rate:.1f}x faster)"
+    print(f"audit / bare SHA-256 = {ratio}")
+    print(f"target 200,000 entries/s: {'met' if audit_rate >= 200_000 else 'NOT met'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
