@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request, Response, Security
@@ -34,6 +34,9 @@ from coalition.ledger.blocks import SignedHeader
 from coalition.ledger.canonical import MAX_SAFE_INTEGER
 from coalition.node.service import NodeService
 from coalition.node.views import BulkResult, EntryView, PurchaseRow, WriteResult
+
+if TYPE_CHECKING:
+    from coalition.node.coalition_node import CoalitionNode
 
 MAX_BULK_ROWS = 10_000
 """Most purchase rows one ``POST /v1/earn/bulk`` request may carry."""
@@ -252,11 +255,15 @@ MemberId = Annotated[str, Path(description="The member's id in this program.")]
 
 
 def create_app(
-    service: NodeService, authenticator: Authenticator, routers: Sequence[APIRouter] = ()
+    service: NodeService,
+    authenticator: Authenticator,
+    routers: Sequence[APIRouter] = (),
+    coalition: CoalitionNode | None = None,
 ) -> FastAPI:
-    """The node's REST app; every route but ``/healthz`` needs an API key. ``routers`` adds
-    more routes (the coalition features', ``CoalitionNode.routers``); their
-    ``CoalitionError``s go through the same handler."""
+    """The node's REST app; every route but ``/healthz`` and the explorer's static files
+    needs an API key. ``routers`` adds more routes (the coalition features',
+    ``CoalitionNode.routers``); their ``CoalitionError``s go through the same handler.
+    ``coalition`` lets the explorer name the node's partners and witness quorum."""
     app = FastAPI(
         title=f"Coalition node {service.program}",
         description="Member and operator API of one Coalition loyalty program node.",
@@ -560,8 +567,14 @@ def create_app(
         header = service.latest_header()
         return HealthOut(status="ok", program=service.program, log_size=_log_size(header))
 
+    from coalition.api.bundle_api import bundle_router  # imports guard from here
+
+    app.include_router(bundle_router(service, authenticator))
     for router in routers:
         app.include_router(router)
+    from coalition.api.explorer_api import explorer_router  # imports guard from here
+
+    app.include_router(explorer_router(service, authenticator, coalition))
     return app
 
 

@@ -104,7 +104,7 @@ def run_node(config: NodeConfig, stop: threading.Event | None = None) -> None:
         )
         try:
             http_server, http_thread, http_bound = serve_http(
-                create_app(service, authenticator, routers), http_host, http_port
+                create_app(service, authenticator, routers, coalition), http_host, http_port
             )
         except BaseException:
             grpc_server.stop(0).wait()
