@@ -329,7 +329,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from coalition.demo import DemoOptions, run_demo
 
     options = DemoOptions(
-        members=args.members, purchases=args.purchases, conversions=args.conversions
+        members=args.members,
+        purchases=args.purchases,
+        conversions=args.conversions,
+        serve=args.serve,
     )
     return run_demo(Path(args.out), options)
 
@@ -539,6 +542,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--members", type=int, default=30, help="members in every program")
     p.add_argument("--purchases", type=int, default=600, help="purchases per program")
     p.add_argument("--conversions", type=int, default=300, help="conversions in all")
+    p.add_argument(
+        "--serve",
+        action="store_true",
+        help="afterwards, run the nodes again (explorer at /explorer/) until Ctrl-C",
+    )
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser(

@@ -30,9 +30,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from coalition.api.auth import Role
 from coalition.demo_evidence import (
     Chain,
-    audit_databases,
+    audit_bundles,
     check_sealed_after_stop,
     export_chain,
     run_chain_audit,
@@ -55,7 +56,7 @@ from coalition.errors import (
     InvalidArgument,
     VerificationError,
 )
-from coalition.keygen import generate_coalition_keys
+from coalition.keygen import find_secret, generate_coalition_keys
 from coalition.ledger.canonical import JsonObject
 from coalition.ledger.entries import format_time, parse_time
 from coalition.node.manifest import Manifest
@@ -461,6 +462,8 @@ _OUT_NAMES = {
     "work",
     "cross_chain_audit.json",
     "coalition_audit.json",
+    "auditor-state.json",
+    "bundles",
     "settlement",
     "summary.txt",
 }
@@ -486,6 +489,8 @@ class DemoOptions:
     members: int = 30
     purchases: int = 600
     conversions: int = 300
+    serve: bool = False
+    """After the demo, start the nodes again and keep them up (explorer) until Ctrl-C."""
 
 
 def _check_options(options: DemoOptions) -> None:
@@ -518,7 +523,7 @@ def run_demo(out: Path, options: DemoOptions | None = None) -> int:
         )
         stop_brands(brands)
         check_sealed_after_stop(brands, summary.chains)
-        audit_databases(manifest_path, out)
+        audit_bundles(manifest_path, out)
     except CoalitionError as exc:
         say(f"\nDEMO FAILED: {exc}\n(node logs in {work / 'logs'})")
         _kill(brands)
@@ -527,7 +532,31 @@ def run_demo(out: Path, options: DemoOptions | None = None) -> int:
         _kill(brands)
         raise
     _finish(summary, out, started)
+    if options.serve:
+        serve_until_interrupted(brands, member_ids[0])
     return 0
+
+
+def serve_until_interrupted(brands: list[Brand], member_id: str) -> None:
+    """Run the demo's nodes again so a person can browse them (the explorer, the APIs);
+    print where and with which keys; stop them cleanly on Ctrl-C."""
+    start_brands(brands)
+    say("\nthe coalition runs again; open an explorer (Ctrl-C stops the nodes):")
+    for brand in brands:
+        auditor = find_secret(brand.config, Role.AUDITOR)
+        say(f"  {brand.name:<20} http://{brand.addresses.http}/explorer/  auditor key {auditor}")
+    first = brands[0]
+    member = find_secret(first.config, Role.MEMBER, member_id)
+    say(f"  member {member_id} of {first.name}: API key {member}")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        say("\nstopping the nodes ...")
+    try:
+        stop_brands(brands)
+    except CoalitionError as exc:  # Ctrl-C reached the nodes too: they stopped on their own
+        say(f"  {exc}")
 
 
 def run_scenario(manifest_path: Path, out: Path, options: DemoOptions | None = None) -> int:

@@ -352,3 +352,39 @@ def test_partner_redemptions_are_on_the_issuers_chains(evidence: Path) -> None:
     assert kinds["hold-release"] == 2  # one voided, one expired
     report = json.loads((evidence / "cross_chain_audit.json").read_text())
     assert report["holds"] == kinds["hold"]
+
+
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_bundle_holds_the_chain_the_demo_exported(evidence: Path, program: str) -> None:
+    """Read as a third party would from docs/proofs.md §9: head, blocks each followed by
+    their entry lines, end line hashing every byte before it."""
+    raw = (evidence / "bundles" / f"{program}.bundle").read_bytes()
+    rows = raw.split(b"\n")
+    assert rows[-1] == b""
+    head, end = json.loads(rows[0]), json.loads(rows[-2])
+    assert head["type"] == "coalition/bundle/v1" and head["program"] == program
+    assert end["type"] == "coalition/bundle-end/v1"
+    assert (
+        end["sha256"] == hashlib.sha256(raw[: raw.rindex(b"\n", 0, len(raw) - 1) + 1]).hexdigest()
+    )
+    headers = lines(evidence / program / "headers.jsonl")
+    entries = (evidence / program / "entries.jsonl").read_bytes().splitlines()
+    at, seen_entries = 1 + head["evidence"], 0
+    for signed in headers:
+        block = json.loads(rows[at])
+        assert {"header": block["header"], "signature": block["signature"]} == signed
+        assert len(block["cosignatures"]) >= 2
+        count = signed["header"]["entry_count"]
+        assert rows[at + 1 : at + 1 + count] == entries[seen_entries : seen_entries + count]
+        at, seen_entries = at + 1 + count, seen_entries + count
+    assert at == len(rows) - 2 and end["entries"] == seen_entries == head["log_size"]
+
+
+def test_coalition_audit_from_the_bundles_and_the_state_file(evidence: Path) -> None:
+    report = json.loads((evidence / "coalition_audit.json").read_text())
+    assert report["type"] == "coalition/coalition-audit/v1" and report["ok"] is True
+    state = json.loads((evidence / "auditor-state.json").read_text())
+    assert state["type"] == "coalition/auditor-state/v1"
+    for program in PROGRAMS:
+        last = lines(evidence / program / "headers.jsonl")[-1]
+        assert state["programs"][program]["signed_header"] == last
