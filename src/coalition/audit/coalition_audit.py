@@ -57,18 +57,8 @@ class PartnersAudit:
                 LocatedFault(f.kind, program, f.message, f.height, f.log_index, f.entry_id)
                 for f in report.faults.items
             ]
-        for f in [*self.cross_chain.faults, *self.evidence.faults]:
-            found.append(
-                LocatedFault(
-                    f.kind,
-                    f.program,
-                    f.message,
-                    f.height,
-                    f.log_index,
-                    f.entry_id,
-                    conversion=f.conversion,
-                )
-            )
+        found += self.cross_chain.faults
+        found += self.evidence.faults
         for quorum in self.witnesses.values():
             found += quorum.faults
         found += self.settlement.faults

@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
+from coalition.audit.located import LocatedFault
 from coalition.errors import CoalitionError
 from coalition.ledger.canonical import JsonObject, JsonValue, canonical_json
 from coalition.ledger.entries import entry_leaf_hash, parse_time
@@ -43,39 +44,10 @@ CONVERSION_KINDS = frozenset(
 HOLD_KINDS = frozenset({"hold", "hold-capture", "hold-release", "redemption-receipt"})
 
 
-@dataclass(frozen=True, slots=True)
-class CrossChainFault:
-    """One thing wrong between chains. ``kind`` is a stable slug (``convert-in-missing``,
-    ...); ``program``, ``entry_id`` and ``log_index`` say on which chain and where."""
-
-    kind: str
-    program: str
-    message: str
-    entry_id: str | None = None
-    log_index: int | None = None
-    conversion: str | None = None
-    height: int | None = None
-    """The block holding ``log_index``, once the caller knows it (``with_heights``)."""
-
-    def to_json(self) -> JsonObject:
-        out: JsonObject = {"kind": self.kind, "program": self.program, "message": self.message}
-        for name in ("height", "entry_id", "log_index", "conversion"):
-            value = getattr(self, name)
-            if value is not None:
-                out[name] = value
-        return out
-
-    def __str__(self) -> str:
-        where = [self.program]
-        if self.height is not None:
-            where.append(f"height {self.height}")
-        if self.log_index is not None:
-            where.append(f"log index {self.log_index}")
-        if self.entry_id is not None:
-            where.append(f"entry {self.entry_id}")
-        if self.conversion is not None:
-            where.append(f"conversion {self.conversion}")
-        return f"[{self.kind}] ({', '.join(where)}) {self.message}"
+CrossChainFault = LocatedFault
+"""One thing wrong between chains: ``kind`` is a stable slug (``convert-in-missing``,
+...); ``program``, ``entry_id``, ``log_index`` and ``conversion`` say where, and
+``height`` once the caller knows the block (``with_heights``)."""
 
 
 @dataclass(slots=True)
@@ -255,7 +227,14 @@ class _Checker:
         self, kind: str, where: _At | str, message: str, conversion: str | None = None
     ) -> None:
         if isinstance(where, _At):
-            fault = CrossChainFault(kind, where.program, message, where.id, where.index, conversion)
+            fault = CrossChainFault(
+                kind,
+                where.program,
+                message,
+                log_index=where.index,
+                entry_id=where.id,
+                conversion=conversion,
+            )
         else:
             fault = CrossChainFault(kind, where, message, conversion=conversion)
         self.report.faults.append(fault)

@@ -1,8 +1,9 @@
 """A coalition audit fault with its place: program, block height, log index, entry id.
 
-Each check of the coalition audit reports in its own shape (``chain_audit.Fault``,
-``cross_chain.CrossChainFault``, ``evidence.EvidenceFault``); the coalition report lists
-them all as ``LocatedFault`` so a reader finds every one on its chain.
+The single-chain audit reports ``chain_audit.Fault`` (its program is the report's);
+every other check of the coalition audit reports ``LocatedFault`` directly
+(``cross_chain.CrossChainFault`` is this class; ``evidence.EvidenceFault`` extends it), so
+the coalition report lists every fault with its place on its chain.
 """
 
 from __future__ import annotations
