@@ -179,3 +179,10 @@ def test_parse_accepts_subset() -> None:
     }
     with pytest.raises(InvalidArgument):
         parse_json(b"\xff")
+
+
+def test_an_integer_of_thousands_of_digits_is_refused_not_a_crash() -> None:
+    with pytest.raises(InvalidArgument, match="outside"):
+        parse_json(b'{"amount":' + b"9" * 5000 + b"}")
+    with pytest.raises(InvalidArgument, match="outside"):
+        parse_json(b"[-" + b"1" * 20 + b"]")

@@ -34,6 +34,7 @@ from coalition.errors import CoalitionError, InvalidArgument
 from coalition.ledger.blocks import SignedHeader
 from coalition.ledger.canonical import JsonObject, canonical_json, parse_json
 from coalition.ledger.keys import VerifyKey
+from coalition.node.partners import MAX_CLOCK_SKEW
 from coalition.progress import Progress
 
 __all__ = [
@@ -439,7 +440,9 @@ def run_audit_coalition(args: argparse.Namespace) -> int:
         print(f"{name}: {exc}", file=sys.stderr)
         return USAGE
     now = datetime.now(UTC)
-    policy = WitnessPolicy(manifest.witness_quorum, manifest.programs, now - witness_grace)
+    policy = WitnessPolicy(
+        manifest.witness_quorum, manifest.programs, now - witness_grace, now + MAX_CLOCK_SKEW
+    )
     try:
         found = audit_all(
             sources,
@@ -462,15 +465,15 @@ def run_audit_coalition(args: argparse.Namespace) -> int:
             if last is not None:
                 state.advance(program, last, now)
                 advanced.append(program)
+        report["state"] = {"file": str(args.state), "advanced": list(advanced)}
+    print(found.render())
+    if args.json is not None:
+        _write_json(args.json, report)
+    if state is not None:
         try:
             state.save(args.state)
         except OSError as exc:
             print(f"{name}: cannot write the state file {args.state}: {exc}", file=sys.stderr)
             return USAGE
-        report["state"] = {"file": str(args.state), "advanced": list(advanced)}
-    print(found.render())
-    if state is not None:
         print(f"State file {args.state}: advanced {', '.join(advanced) or 'no program'}")
-    if args.json is not None:
-        _write_json(args.json, report)
     return OK if found.ok else FAULTS

@@ -6,7 +6,9 @@ manifest key over ``ledger.note.checkpoint_of(header)``. A line that does not ve
 (forged, or over another checkpoint: the witness saw a different history) is a fault
 ``cosignature-invalid`` even when the quorum is met. A header short of
 ``quorum`` valid cosignatures from distinct other partners is ``not-witnessed`` once it
-is older than the grace period, else only reported as pending.
+is older than the grace period, else only reported as pending. A header sealed later
+than the auditor's clock allows (``sealed-in-future``) is a fault: otherwise a node could
+keep its headers "pending" for ever by dating them ahead.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from coalition.audit.located import LocatedFault
 from coalition.errors import CoalitionError
 from coalition.ledger.blocks import SignedHeader
 from coalition.ledger.canonical import JsonObject
-from coalition.ledger.entries import parse_time
+from coalition.ledger.entries import format_time, parse_time
 from coalition.ledger.keys import VerifyKey
 from coalition.ledger.note import checkpoint_of, parse_signature_line, verify_cosignature
 from coalition.node.witness import witness_name
@@ -29,12 +31,14 @@ _PREFIX, _SUFFIX = "coalition/", "/witness"
 
 @dataclass(frozen=True, slots=True)
 class WitnessPolicy:
-    """What the quorum check needs: the manifest's quorum and partners, and the time
-    before which a header must be witnessed (older ones short of quorum are faults)."""
+    """What the quorum check needs: the manifest's quorum and partners, the time before
+    which a header must be witnessed (older ones short of quorum are faults) and the
+    latest seal time the auditor's clock accepts (later is ``sealed-in-future``)."""
 
     quorum: int
     partners: Collection[str]
     witnessed_before: datetime
+    sealed_by: datetime | None = None
 
 
 @dataclass(slots=True)
@@ -108,7 +112,17 @@ def check_quorum(
         report.headers += 1
         lines = [] if cosignatures is None else cosignatures.get(height, [])
         valid = _valid_cosigners(program, height, signed, lines, key_of, policy, report)
-        if len(valid) >= policy.quorum:
+        if policy.sealed_by is not None and not _sealed_before(signed, policy.sealed_by):
+            report.faults.append(
+                LocatedFault(
+                    "sealed-in-future",
+                    program,
+                    f"sealed at {signed.header.sealed_at}, later than the auditor's clock "
+                    f"allows ({format_time(policy.sealed_by)})",
+                    height=height,
+                )
+            )
+        elif len(valid) >= policy.quorum:
             report.witnessed += 1
         elif _sealed_before(signed, policy.witnessed_before):
             report.faults.append(

@@ -116,6 +116,8 @@ def _refuse_constant(text: str) -> NoReturn:
 
 
 def _parse_int(text: str) -> int:
+    if len(text) > 17:  # beyond any safe integer; int() of thousands of digits raises
+        raise InvalidArgument(f"integer {text[:20]}... is outside ±(2**53 - 1)")
     n = int(text)
     if -MAX_SAFE_INTEGER <= n <= MAX_SAFE_INTEGER:
         return n

@@ -123,13 +123,15 @@ def statement_parts(doc: JsonValue) -> StatementParts:
                 raise InvalidArgument(f"statement {key}: amounts are non-negative integers")
         assert isinstance(minor, int) and isinstance(items, int)
         owed[(debtor, creditor)] = Owed(minor, items)
-    statement_id, currency = doc.get("id"), doc.get("currency")
-    if not isinstance(statement_id, str) or not isinstance(currency, str):
+    given_id, currency = doc.get("id"), doc.get("currency")
+    if not isinstance(given_id, str) or not isinstance(currency, str):
         raise InvalidArgument("a statement has an id and a currency")
-    rebuilt = statement_document(statement_id, (a, b), start, end, currency, owed)
+    if given_id != statement_id((a, b), start, end):
+        raise InvalidArgument(f"a statement's id is {statement_id((a, b), start, end)!r}")
+    rebuilt = statement_document(given_id, (a, b), start, end, currency, owed)
     if rebuilt != doc:
         raise InvalidArgument("the statement document has unexpected fields")
-    return StatementParts(statement_id, (a, b), start, end, currency, owed)
+    return StatementParts(given_id, (a, b), start, end, currency, owed)
 
 
 def verify_signed_statement(
