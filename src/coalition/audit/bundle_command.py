@@ -5,9 +5,9 @@ From the node's database (``--config``, or ``--database`` with ``--public-key`` 
 with an operator or auditor ``--api-key``), whose framing is then checked before the file
 gets its name. ``--out`` ending in ``.gz`` writes gzip.
 
-Exit codes: 0 written, 1 refused by the node or a downloaded bundle that fails its
-framing check, 2 bad usage or unreadable input (missing file, key or database,
-unreachable node).
+Exit codes: 0 written; 1 the node refused the key (401, 403) or the request (409), or a
+downloaded bundle fails its framing check; 2 bad usage, unreadable input (missing file,
+key or database), an unreachable node or any other answer of the node.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from coalition.audit.bundle import AtomicFile, BundleSource, BundleSummary, export_bundle
+from coalition.audit.command import read_public_key
 from coalition.errors import (
     CoalitionError,
     FailedPrecondition,
@@ -52,7 +53,8 @@ def add_bundle_parser(subparsers: Any) -> None:
         "bundle file an auditor verifies offline",
         description="Write the coalition/bundle/v1 file of one program's chain, from its "
         "node's database or downloaded from its live node. Exit 0 when written, 1 when the "
-        "node refuses or the download fails its framing check, 2 on bad usage.",
+        "node refuses the key or the request or the download fails its framing check, 2 on "
+        "bad usage or an unreachable node.",
     )
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--config", type=Path, help="the node's node.toml (database and key)")
@@ -66,13 +68,6 @@ def add_bundle_parser(subparsers: Any) -> None:
     p.set_defaults(func=run_bundle)
 
 
-def _public_key(path: Path) -> VerifyKey:
-    try:
-        return VerifyKey.from_pem(path.read_bytes())
-    except OSError as exc:
-        raise InvalidArgument(f"cannot read the public key {path}: {exc.strerror}") from None
-
-
 def _from_config(path: Path) -> tuple[str, str, VerifyKey]:
     """(database URL, program, public key) of a node's configuration; the public key
     file beside the signing key, else the signing key's own."""
@@ -82,7 +77,7 @@ def _from_config(path: Path) -> tuple[str, str, VerifyKey]:
 
     config = load_config(path)
     public = KeyFiles.for_config(config).public_key
-    key = _public_key(public) if public.is_file() else read_signing_key(config).public_key
+    key = read_public_key(public) if public.is_file() else read_signing_key(config).public_key
     return config.database_url, config.program, key
 
 
@@ -92,7 +87,7 @@ def _export(args: argparse.Namespace) -> BundleSummary:
     else:
         if args.public_key is None or args.program is None:
             raise InvalidArgument("--database needs --public-key and --program")
-        url, program, key = args.database, args.program, _public_key(args.public_key)
+        url, program, key = args.database, args.program, read_public_key(args.public_key)
     from coalition.audit.sources import existing_database
     from coalition.store import repository
     from coalition.store.repository import stored_object

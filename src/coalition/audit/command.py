@@ -203,7 +203,8 @@ def _config_database_and_key(path: Path) -> tuple[str, VerifyKey]:
     return config.database_url, read_signing_key(config).public_key
 
 
-def _read_public_key(path: Path) -> VerifyKey:
+def read_public_key(path: Path) -> VerifyKey:
+    """A program's Ed25519 public key from its PEM file; InvalidArgument naming the file."""
     try:
         return VerifyKey.from_pem(path.read_bytes())
     except OSError as exc:
@@ -281,7 +282,7 @@ def _single_chain_usage(args: argparse.Namespace) -> None:
 
 def _open_source(args: argparse.Namespace) -> tuple[ChainSource, VerifyKey]:
     _single_chain_usage(args)
-    pinned = _read_public_key(args.public_key) if args.public_key is not None else None
+    pinned = read_public_key(args.public_key) if args.public_key is not None else None
     if args.config is not None:
         url, key = _config_database_and_key(args.config)
         return DatabaseSource(url), pinned or key

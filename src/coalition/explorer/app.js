@@ -425,6 +425,7 @@ async function showLatestLink(header, key) {
     const latest = await ledger("/v1/ledger/headers/latest");
     const doc = await ledger(`/v1/ledger/consistency?first=${header.height}&second=${latest.header.height}`);
     if (canonicalJson(doc.first) !== canonicalJson(header)) throw new Error("the node's header at this height is not the proof's");
+    if (canonicalJson(doc.second) !== canonicalJson(latest.header)) throw new Error("the consistency proof ends at another header than the newest");
     await verifyHeaderSignature(doc.first, doc.first_signature, key);
     await verifyHeaderSignature(doc.second, doc.second_signature, key);
     if (doc.first.log_size < doc.second.log_size) {
