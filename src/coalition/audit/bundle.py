@@ -42,7 +42,7 @@ from coalition.ledger.entries import format_time
 from coalition.ledger.keys import PUBLIC_KEY_SIZE, VerifyKey
 from coalition.store import repository
 from coalition.store.repository import from_micros
-from coalition.store.witness_tables import witness_cosignatures, witness_evidence
+from coalition.store.witness_tables import cosignature_lines, witness_cosignatures, witness_evidence
 
 BUNDLE_TYPE = "coalition/bundle/v1"
 EVIDENCE_TYPE = "coalition/bundle-evidence/v1"
@@ -130,20 +130,6 @@ def _evidence_lines(conn: Connection) -> list[bytes]:
         )
         for row in rows
     ]
-
-
-def _cosignature_lines(
-    conn: Connection, program: str, start: int, end: int
-) -> dict[int, list[str]]:
-    """The cosignatures partners made for ``program``'s headers at ``start`` .. ``end - 1``."""
-    c = witness_cosignatures.c
-    query = select(c.height, c.cosignature).where(
-        c.program == program, c.height >= start, c.height < end
-    )
-    found: dict[int, list[str]] = {}
-    for height, line in conn.execute(query):
-        found.setdefault(height, []).append(line)
-    return {height: sorted(lines) for height, lines in found.items()}
 
 
 class BundleExport:
@@ -235,7 +221,7 @@ class BundleExport:
         for start in range(0, self.blocks, BLOCK_PAGE):
             end = min(start + BLOCK_PAGE, self.blocks)
             rows = repository.block_rows(conn, start, end - start)
-            cosigned = _cosignature_lines(conn, self._program, start, end) if self._cosigned else {}
+            cosigned = cosignature_lines(conn, self._program, start, end) if self._cosigned else {}
             for expected, (height, header_text, signature) in enumerate(rows, start):
                 if height != expected:
                     raise CorruptStore(f"the database has no block at height {expected}")
@@ -419,8 +405,9 @@ class _Framing:
         return value
 
 
-def _raw_header(doc: JsonValue, height: int) -> RawHeader | None:
-    """A signed header object as a RawHeader at ``height``; None when it has no header
+def _header_at_position(doc: JsonValue, height: int) -> RawHeader | None:
+    """A signed header object as the RawHeader at position ``height`` of the bundle (its own
+    height field is checked later, by the audit); None when it has no header
     object or signature string."""
     if not isinstance(doc, dict):
         return None
@@ -441,7 +428,7 @@ def _head(frame: _Framing, doc: JsonObject) -> BundleHead:
         raise frame.error(1, "the head needs blocks, log_size and evidence counts")
     key, key_id = _head_key(frame, doc.get("public_key"), doc.get("key_id"))
     latest_doc = doc.get("latest")
-    latest = None if latest_doc is None else _raw_header(latest_doc, blocks - 1)
+    latest = None if latest_doc is None else _header_at_position(latest_doc, blocks - 1)
     if (latest is None) != (blocks == 0):
         raise frame.error(1, "the head's latest header must be a signed header iff blocks > 0")
     return BundleHead(program, key, key_id, blocks, log_size, evidence, exported_at, latest)
@@ -713,7 +700,7 @@ class _Cursor:
 
     def _block_line(self, doc: JsonObject, lineno: int) -> tuple[RawHeader, int, int, list[str]]:
         frame, height = self._frame, self.height
-        raw = _raw_header(doc, height)
+        raw = _header_at_position(doc, height)
         cosignatures = doc.get("cosignatures")
         if raw is None or set(doc) != {"header", "signature", "cosignatures"}:
             raise frame.error(

@@ -27,7 +27,7 @@ from coalition.node.sealer import TREE_STRIDE, signed_header_from_row
 from coalition.store import repository
 from coalition.store.db import make_engine, normalise_url
 from coalition.store.repository import from_micros
-from coalition.store.witness_tables import witness_cosignatures, witness_evidence
+from coalition.store.witness_tables import cosignature_lines, witness_cosignatures, witness_evidence
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,19 +196,7 @@ class DatabaseSource:
                 program = signed_header_from_row(first[0][1], first[0][2]).header.program
             except CoalitionError:
                 return {}  # the chain audit reports the header
-            rows = conn.execute(
-                select(witness_cosignatures.c.height, witness_cosignatures.c.cosignature)
-                .where(
-                    witness_cosignatures.c.program == program,
-                    witness_cosignatures.c.height >= start,
-                    witness_cosignatures.c.height < end,
-                )
-                .order_by(witness_cosignatures.c.height, witness_cosignatures.c.witness)
-            ).all()
-        found: dict[int, list[str]] = {}
-        for height, line in rows:
-            found.setdefault(height, []).append(line)
-        return found
+            return cosignature_lines(conn, program, start, end)
 
     def close(self) -> None:
         self._engine.dispose()

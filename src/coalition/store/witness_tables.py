@@ -217,6 +217,19 @@ def cosignatures(conn: Connection, program: str, height: int) -> list[StoredCosi
     return [StoredCosignature(**row._mapping) for row in rows]
 
 
+def cosignature_lines(conn: Connection, program: str, start: int, end: int) -> dict[int, list[str]]:
+    """The cosignature lines stored for ``program``'s headers at heights ``start`` ..
+    ``end - 1``, sorted, by height (a height without any is absent)."""
+    c = witness_cosignatures.c
+    query = select(c.height, c.cosignature).where(
+        c.program == program, c.height >= start, c.height < end
+    )
+    found: dict[int, list[str]] = {}
+    for height, line in conn.execute(query):
+        found.setdefault(height, []).append(line)
+    return {height: sorted(lines) for height, lines in sorted(found.items())}
+
+
 def undelivered(conn: Connection, program: str, witness: str) -> list[StoredCosignature]:
     """Cosignatures ``witness`` made for ``program`` that its node has not acknowledged."""
     rows = conn.execute(
