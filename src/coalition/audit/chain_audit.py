@@ -13,7 +13,9 @@ Speed: a source that streams (``BlockStream``, a bundle) is read front to back, 
 page by page. Entries are hashed and checked in bulk (``entry_scan``: the exact checks run
 only on an entry the conservative bulk test flags, so faults are named as before), in
 worker processes once the chain is long, while this process checks headers, merges log
-roots and replays. The garbage collector is paused meanwhile (the audit makes no cycles).
+roots and replays (the workers ship common entries as ``replay_fast.prepare`` tuples; one
+that does not fit the state is parsed again and replayed by the reference path).
+The garbage collector is paused meanwhile (the audit makes no cycles).
 
 The audit keeps going after a fault where it can, so the report lists them all. A chain
 is sound only if ``AuditReport.ok``.
@@ -30,6 +32,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import cast
 
 from coalition.audit.entry_scan import BlockScan, scan_block
 from coalition.audit.sources import BlockStream, ChainSource, RawEntry, RawHeader
@@ -41,6 +44,7 @@ from coalition.ledger.keys import VerifyKey
 from coalition.ledger.merkle import CompactRange, leaf_hash, root
 from coalition.ledger.proofs import verify_consistency_document
 from coalition.points.replay import Replay
+from coalition.points.replay_fast import Prepared, apply_prepared
 
 HEADER_PAGE = 1000
 PARALLEL_AFTER = 50_000
@@ -201,6 +205,21 @@ class _Item:
     leaf: bytes
     stored: bytes | None
     body: JsonObject | None
+
+
+def _object(raw: RawEntry) -> JsonObject:
+    """The entry a worker shipped ``Prepared``: it passed ``entry_scan.fast_entry``, so
+    ``parse_json`` gives the object the worker parsed."""
+    return cast(JsonObject, parse_json(raw.body))
+
+
+def _objects(
+    raws: list[RawEntry], bodies: list[JsonObject | Prepared | None]
+) -> list[JsonObject | None]:
+    return [
+        _object(raw) if type(body) is tuple else body
+        for raw, body in zip(raws, bodies, strict=True)
+    ]
 
 
 def _entry_id(body: JsonValue) -> str | None:
@@ -436,7 +455,9 @@ class _Auditor:
         else:
             items = [
                 _Item(self._index(h, raw_entries, n), _entry_id(body), leaf, s, body)
-                for n, (leaf, s, body) in enumerate(zip(leaves, stored, bodies, strict=True))
+                for n, (leaf, s, body) in enumerate(
+                    zip(leaves, stored, _objects(raw_entries, bodies), strict=True)
+                )
             ]
             authentic = self._roots(h, items, gaps)
         subtrees = scan.subtrees if authentic is leaves and not exact else None
@@ -444,13 +465,18 @@ class _Auditor:
         self.clock["verify"] += time.perf_counter() - t
 
         t = time.perf_counter()
-        apply = self.replay.apply
+        replay, apply = self.replay, self.replay.apply
         for n, body in enumerate(bodies):
-            if body is not None:
-                try:
-                    apply(body)
-                except _REPLAY_ERRORS as exc:
-                    self._replay_fault(exc, body, self._index(h, raw_entries, n), h.height)
+            if body is None:
+                continue
+            if type(body) is tuple:
+                if apply_prepared(replay, body):
+                    continue
+                body = _object(raw_entries[n])
+            try:
+                apply(body)
+            except _REPLAY_ERRORS as exc:
+                self._replay_fault(exc, body, self._index(h, raw_entries, n), h.height)
         self.clock["replay"] += time.perf_counter() - t
         self.report.blocks += 1
         self.report.entries += len(raw_entries)
@@ -473,8 +499,8 @@ class _Auditor:
 
     def _entries(
         self, h: BlockHeader, raws: list[RawEntry], program: str, scan: BlockScan
-    ) -> tuple[list[bytes], list[JsonObject | None], bool]:
-        """Leaf hashes and parsed entries (None: not to be replayed) of the block, and
+    ) -> tuple[list[bytes], list[JsonObject | Prepared | None], bool]:
+        """Leaf hashes and parsed (or prepared) entries (None: not to be replayed), and
         whether an exact check changed a leaf (then the bulk root and subtrees are void).
         Entries the bulk pass flagged get the exact checks, which name their faults."""
         leaves, bodies = scan.leaves, scan.parsed()

@@ -21,6 +21,7 @@ from typing import TypeAlias
 from coalition.errors import VerificationError
 from coalition.ledger.canonical import JsonObject, JsonValue
 from coalition.ledger.entries import parse_time
+from coalition.points.replay_fast import FAST_KINDS, apply_fast
 from coalition.points.state import PROGRAM_ACCOUNT, Account, apply_entry
 
 _Settle: TypeAlias = Callable[[], None]
@@ -71,7 +72,17 @@ class Replay:
 
         Cross-entry rules (each conversion settled once, for exactly what left; each hold
         captured or released once) are checked before anything changes.
+
+        The common member kinds first try ``replay_fast.apply_fast``, which applies an entry only
+        when it is sure the reference path below would accept it, with the same result;
+        on any doubt it changes nothing and the reference path runs (and names the fault).
         """
+        kind = entry.get("kind")
+        if not (type(kind) is str and kind in FAST_KINDS and apply_fast(self, entry)):
+            self.apply_reference(entry)
+
+    def apply_reference(self, entry: JsonObject) -> None:
+        """``apply`` without the fast path: the one definition of what an entry does."""
         entry_id = entry.get("id")
         account = entry.get("account")
         if entry.get("kind") == "enroll":

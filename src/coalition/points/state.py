@@ -122,16 +122,22 @@ _CANONICAL_TIME = re.compile(
 _fromisoformat = datetime.fromisoformat
 
 
-def _time(text: str) -> datetime:
-    """``parse_time``, with a fast path for the one spelling entries use (``format_time``'s):
-    for it ``fromisoformat`` gives the same aware UTC datetime; anything else, including
-    an impossible date, takes ``parse_time`` and its errors."""
-    if _CANONICAL_TIME.fullmatch(text):
+def canonical_time(text: object) -> datetime | None:
+    """The instant ``text`` spells when it is in ``format_time``'s canonical form
+    (``YYYY-MM-DDTHH:MM:SS.ffffffZ``, a real date-time), else None. For that spelling
+    ``fromisoformat`` gives the aware UTC datetime ``parse_time`` gives."""
+    if type(text) is str and _CANONICAL_TIME.fullmatch(text):
         try:
             return _fromisoformat(text)
         except ValueError:
-            pass
-    return parse_time(text)
+            return None
+    return None
+
+
+def _time(text: str) -> datetime:
+    """``parse_time``, with a fast path for the one spelling entries use (``format_time``'s);
+    anything else, including an impossible date, takes ``parse_time`` and its errors."""
+    return canonical_time(text) or parse_time(text)
 
 
 def _int(entry: JsonObject, key: str) -> int:
@@ -237,7 +243,7 @@ def apply_entry(entry: JsonObject, lookup: AccountLookup) -> None:
             _time(_str(spec, "available_at", entry_id)),
             _time(_str(spec, "expires_at", entry_id)),
             qualifying=_int(spec, "qualifying"),
-            ref=_lot_ref(entry.get("reason")),
+            ref=earn_ref(entry.get("reason")),
         )
         return
     if kind in ("redeem", "transfer"):
@@ -453,7 +459,8 @@ def _apply_coalition_entry(entry: JsonObject, kind: str, account: Account, at: d
         _restore(entry, account, at, amount)
 
 
-def _lot_ref(reason: JsonValue) -> str | None:
+def earn_ref(reason: JsonValue) -> str | None:
+    """The ``lot_ref`` an earn with this ``reason`` claims (None: it names no reference)."""
     if not isinstance(reason, dict):
         return None
     reference = reason.get("reference")

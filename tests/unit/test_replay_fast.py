@@ -1,0 +1,251 @@
+"""The replay's fast path (``points.replay_fast``) against the reference path
+(``Replay.apply_reference``): on random chains made by the real operations, and on the
+same chains with hostile changes (fields retyped, deleted, times respelled, entries
+repeated or moved), every entry must raise the same error or none, and leave the same
+state; also when the entry travels as ``prepare``'s tuple through ``marshal``, as from
+an audit worker."""
+
+from __future__ import annotations
+
+import copy
+import marshal
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from coalition.errors import InsufficientPoints
+from coalition.ledger.canonical import JsonObject
+from coalition.points import operations
+from coalition.points.operations import EntryContext
+from coalition.points.replay import Replay
+from coalition.points.replay_fast import apply_prepared, prepare
+from coalition.points.rules import ProgramRules
+
+RULES = ProgramRules(
+    holding_period=timedelta(days=2),
+    expiry_period=timedelta(days=20),
+    rewards={"signup": 500, "review": 50},
+)
+START = datetime(2026, 1, 1, tzinfo=UTC)
+MEMBERS = [f"{n:064x}" for n in range(1, 5)]
+
+op = st.tuples(
+    st.sampled_from(["purchase", "reward", "redeem", "transfer", "adjust", "adjust-", "expire"]),
+    st.integers(0, len(MEMBERS) - 1),
+    st.integers(0, len(MEMBERS) - 1),
+    st.integers(1, 900),
+    st.integers(0, 30),
+)
+
+
+def build_chain(ops: list[tuple[str, int, int, int, int]]) -> list[JsonObject]:
+    """A chain that replays cleanly: entries made by ``points.operations`` on the state."""
+    state = Replay()
+    chain: list[JsonObject] = []
+    at = START
+    for n, account_id in enumerate(MEMBERS):
+        body = operations.enroll(EntryContext("p", f"e{n}", at), account_id)
+        state.apply(body)
+        chain.append(body)
+    for n, (kind, who, other, amount, hours) in enumerate(ops):
+        at += timedelta(hours=hours)
+        ctx = EntryContext("p", f"x{n:04d}", at)
+        account = state.accounts[MEMBERS[who]]
+        try:
+            if kind == "purchase":
+                body = operations.earn_purchase(
+                    ctx, RULES, account.id, 0, f"P{n}", amount * 100, "", reference_used=False
+                )
+            elif kind == "reward":
+                body = operations.earn_reward(
+                    ctx, RULES, account, "review", f"R{n}", reference_used=False
+                )
+            elif kind == "redeem":
+                body = operations.redeem(ctx, RULES, account, amount, f"X{n}")
+            elif kind == "transfer":
+                if who == other:
+                    continue
+                body = operations.transfer(ctx, RULES, account, MEMBERS[other], amount, "gift")
+            elif kind == "adjust":
+                body = operations.adjust(ctx, RULES, account, amount, "ops", "fix")
+            elif kind == "adjust-":
+                body = operations.adjust(ctx, RULES, account, -amount, "ops", "fix")
+            else:
+                expired = operations.expire(ctx, account)
+                if expired is None:
+                    continue
+                body = expired
+        except InsufficientPoints:
+            continue
+        state.apply(body)
+        chain.append(body)
+    return chain
+
+
+def snapshot(replay: Replay) -> object:
+    accounts = {
+        key: (
+            account.id,
+            sorted(account.changed),
+            [
+                (lot_id, *(getattr(lot, f) for f in lot.__slots__))
+                for lot_id, lot in account.lots.items()
+            ],
+        )
+        for key, account in replay.accounts.items()
+    }
+    return (accounts, sorted(replay.refs), dict(replay.points_by_kind), replay.entries)
+
+
+def run(chain: list[JsonObject], how: str) -> tuple[list[str | None], object]:
+    """Replay ``chain`` one way; each entry's outcome (error type and message) and the end
+    state."""
+    replay = Replay()
+    outcomes: list[str | None] = []
+    for entry in chain:
+        try:
+            if how == "reference":
+                replay.apply_reference(entry)
+            elif how == "fast":
+                replay.apply(entry)
+            else:
+                prepared = prepare(entry)
+                shipped = None if prepared is None else marshal.loads(marshal.dumps(prepared))  # noqa: S302
+                if shipped is None or not apply_prepared(replay, shipped):
+                    replay.apply(entry)
+            outcomes.append(None)
+        except Exception as exc:
+            outcomes.append(f"{type(exc).__name__}: {exc}")
+    return outcomes, snapshot(replay)
+
+
+def assert_same(chain: list[JsonObject]) -> None:
+    reference = run(copy.deepcopy(chain), "reference")
+    assert run(copy.deepcopy(chain), "fast") == reference
+    assert run(copy.deepcopy(chain), "prepared") == reference
+
+
+HOSTILE: list[Any] = [
+    None,
+    True,
+    False,
+    0,
+    -1,
+    1,
+    10**6,
+    "",
+    "-",
+    "x",
+    [],
+    {},
+    [{"lot": "nope", "amount": 1}],
+    MEMBERS[0],
+    MEMBERS[1],
+    "2026-01-01T00:00:00Z",
+    "2026-01-01T00:00:00.000000+00:00",
+    "2026-02-30T00:00:00.000000Z",
+    "2026-01-05T00:00:00.000000Z",
+    "2027-01-05T00:00:00.000000Z",
+    "2025-01-05T00:00:00.000000Z",
+    1.5,
+]
+
+
+def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [prefix] if prefix else []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            out.extend(_paths(item, (*prefix, key)))
+    elif isinstance(value, list):
+        for n, item in enumerate(value):
+            out.extend(_paths(item, (*prefix, n)))
+    return out
+
+
+def _fresh(value: Any, old: str, new: str) -> Any:
+    """``value`` with every string starting with the id ``old`` respelled with ``new``."""
+    if isinstance(value, dict):
+        return {k: _fresh(v, old, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fresh(v, old, new) for v in value]
+    return new + value[len(old) :] if isinstance(value, str) and value.startswith(old) else value
+
+
+def mutate(chain: list[JsonObject], how: tuple[int, int, int, int]) -> None:
+    """One hostile change: repeat, move, delete a field, retype a field, repeat under new
+    ids (a second earn of one reference, a debit past a lot), or move an entry in time."""
+    action, which, where, what = how
+    entry = chain[which % len(chain)]
+    if action == 0:  # repeat an entry later
+        chain.insert(where % (len(chain) + 1), copy.deepcopy(entry))
+        return
+    if action == 4 and isinstance(entry.get("id"), str):  # the same entry under new ids
+        again = _fresh(copy.deepcopy(entry), str(entry["id"]), f"again{where}")
+        chain.insert(what % (len(chain) + 1), again)
+        return
+    if action == 5 and isinstance(entry.get("at"), str) and len(entry["at"]) == 27:
+        # the entry earlier or later in time (spendable, expired, ...)
+        at = datetime.fromisoformat(str(entry["at"])) + timedelta(hours=what % 1500 - 750)
+        entry["at"] = at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return
+    if action == 1:  # move an entry
+        chain.insert(where % len(chain), chain.pop(which % len(chain)))
+        return
+    paths = _paths(entry)
+    path = paths[where % len(paths)]
+    parent: Any = entry
+    for key in path[:-1]:
+        parent = parent[key]
+    if action == 2 and isinstance(parent, dict):
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = copy.deepcopy(HOSTILE[what % len(HOSTILE)])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(op, min_size=1, max_size=60))
+def test_fast_path_replays_honest_chains_like_the_reference(ops: list[Any]) -> None:
+    chain = build_chain(ops)
+    assert_same(chain)
+    assert run(chain, "fast")[0] == [None] * len(chain)
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    st.lists(op, min_size=1, max_size=40),
+    st.lists(
+        st.tuples(st.integers(0, 5), st.integers(0, 10**6), st.integers(0, 10**6), st.integers()),
+        min_size=1,
+        max_size=4,
+    ),
+)
+def test_fast_path_fails_hostile_chains_like_the_reference(
+    ops: list[Any], changes: list[tuple[int, int, int, int]]
+) -> None:
+    chain = build_chain(ops)
+    for change in changes:
+        mutate(chain, change)
+    assert_same(chain)
+
+
+def test_each_fast_kind_is_taken_and_declines_a_broken_rule() -> None:
+    chain = build_chain(
+        [
+            ("purchase", 0, 0, 500, 0),
+            ("reward", 1, 0, 1, 60),
+            ("redeem", 0, 0, 100, 1),
+            ("transfer", 1, 2, 20, 1),
+            ("adjust", 3, 0, 30, 1),
+            ("adjust-", 3, 0, 10, 1),
+            ("expire", 3, 0, 1, 24 * 30),
+        ]
+    )
+    kinds = [entry["kind"] for entry in chain]
+    assert set(kinds) == {"enroll", "earn", "redeem", "transfer", "adjust", "expire"}
+    assert all(prepare(entry) is not None for entry in chain)
+    assert_same(chain)
+    twice = [*chain, chain[4]]  # the purchase again: lot opened twice, reference reused
+    outcomes, _ = run(twice, "fast")
+    assert outcomes[-1] is not None and outcomes[-1] == run(twice, "reference")[0][-1]
