@@ -143,8 +143,11 @@ def test_scan_block_hashes_the_exact_bytes() -> None:
 # --- whole audits, with and without workers ---------------------------------------------
 
 
-def _chain(key: SigningKey, blocks: int, per_block: int) -> list[tuple[str, str, list[bytes]]]:
-    """A clean chain of enrolls and earns: (header text, signature, entry bodies)."""
+def _chain(
+    key: SigningKey, blocks: int, per_block: int, *, early_seal: int | None = None
+) -> list[tuple[str, str, list[bytes]]]:
+    """A clean chain of enrolls and earns: (header text, signature, entry bodies); the
+    block at height ``early_seal`` is dated 3 s before its last entries."""
     rules = ProgramRules()
     state = Replay()
     out = []
@@ -177,7 +180,7 @@ def _chain(key: SigningKey, blocks: int, per_block: int) -> list[tuple[str, str,
             log_size=log.size,
             block_root=root(leaves).hex(),
             log_root=log.root().hex(),
-            sealed_at=format_time(at),
+            sealed_at=format_time(at - timedelta(seconds=3 if height == early_seal else 0)),
         )
         signed = sign_header(header, key)
         prev = header.hash()
@@ -258,3 +261,13 @@ def test_workers_and_no_workers_report_the_same() -> None:
         ("block-root", 6, None, None),
         ("replay", 6, 73, "e000073"),
     ]
+
+
+@pytest.mark.usefixtures("parallel_early")
+def test_an_entry_dated_after_its_block_was_sealed_is_a_fault() -> None:
+    key = SigningKey.generate()
+    blocks = _chain(key, 6, 12, early_seal=4)
+    for workers in (0, 2):
+        report = audit_chain(_Stream(blocks), key.public_key, workers=workers)
+        found = [(f.kind, f.height, f.log_index) for f in report.faults.items]
+        assert found == [("entry-after-seal", 4, i) for i in (57, 58, 59)], workers

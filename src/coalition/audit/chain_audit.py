@@ -241,6 +241,16 @@ class _Fetched:
     scan: Future[BlockScan] | None = None
 
 
+def _after(at: JsonValue, sealed_at: str) -> bool:
+    """Whether an entry's time is later than its block's seal (an entry cannot be written
+    after the block holding it was signed; a later date would also keep a conversion from
+    ever counting as pending). Unreadable times are other checks' faults."""
+    try:
+        return isinstance(at, str) and parse_time(at) > parse_time(sealed_at)
+    except CoalitionError:
+        return False
+
+
 def _parse_header(raw: RawHeader) -> tuple[SignedHeader | None, CoalitionError | None]:
     try:
         return SignedHeader(BlockHeader.from_json(parse_json(raw.header)), raw.signature), None
@@ -372,7 +382,10 @@ class _Auditor:
         if self.pool is not None and item.entries:
             bodies = [raw.body for raw in item.entries]
             first = item.signed.header.first_index
-            item.scan = self.pool.submit(scan_block, bodies, item.program, first, pack=True)
+            sealed = item.signed.header.sealed_at
+            item.scan = self.pool.submit(
+                scan_block, bodies, item.program, first, pack=True, sealed_at=sealed
+            )
 
     def run(self) -> AuditReport:
         began = time.perf_counter()
@@ -488,7 +501,8 @@ class _Auditor:
         if got.scan is not None and got.program == program and raws is got.entries:
             return got.scan.result()
         first = got.signed.header.first_index if got.signed is not None else -1
-        return scan_block([raw.body for raw in raws], program, first)
+        sealed = got.signed.header.sealed_at if got.signed is not None else ""
+        return scan_block([raw.body for raw in raws], program, first, sealed_at=sealed)
 
     @staticmethod
     def _index(h: BlockHeader, raws: list[RawEntry], n: int) -> int | None:
@@ -542,6 +556,14 @@ class _Auditor:
         except CoalitionError as exc:
             self.fault("entry-envelope", str(exc), h.height, log_index=index, entry_id=entry_id)
             body = None
+        if body is not None and _after(body["at"], h.sealed_at):
+            self.fault(
+                "entry-after-seal",
+                f"dated {body['at']}, after its block was sealed ({h.sealed_at})",
+                h.height,
+                log_index=index,
+                entry_id=entry_id,
+            )
         return _Item(index, entry_id, leaf_hash(data), raw.stored_leaf_hash, body)
 
     def _gaps(self, h: BlockHeader, raws: list[RawEntry]) -> bool:

@@ -17,7 +17,8 @@ check would accept it:
   ``\\u00xx`` for the other control characters), so every string is spelled canonically;
 * no integer token is ``-0`` or longer than 15 characters (so within +-(2**53 - 1));
 * type, program, id, kind and ``at`` pass (``at`` in the canonical
-  ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` shape and a real date-time).
+  ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` shape and a real date-time, and not after the block's
+  ``sealed_at``: two canonical spellings compare as strings exactly as their instants).
 
 An entry that fails any test is *flagged*: the auditor runs the exact checks on it (and
 names the fault); a false alarm costs time, never soundness.
@@ -85,7 +86,7 @@ _decode = json.JSONDecoder(
 _fromisoformat = datetime.fromisoformat
 
 
-def fast_entry(body: bytes, program: str) -> JsonObject | None:
+def fast_entry(body: bytes, program: str, sealed_at: str = "") -> JsonObject | None:
     """The parsed entry when ``body`` passes every test of the module docstring, else None."""
     if not body.isascii():
         return None
@@ -112,6 +113,7 @@ def fast_entry(body: bytes, program: str) -> JsonObject | None:
         and kind
         and type(at) is str
         and _CANONICAL_TIME.fullmatch(at)
+        and (not sealed_at or at <= sealed_at)
     ):
         return None
     try:
@@ -149,11 +151,19 @@ class BlockScan:
 
 
 def scan_block(
-    bodies: Sequence[bytes], program: str, first: int, *, pack: bool = False
+    bodies: Sequence[bytes],
+    program: str,
+    first: int,
+    *,
+    pack: bool = False,
+    sealed_at: str = "",
 ) -> BlockScan:
-    """Hash, root and test every body of one block (see the module docstring)."""
+    """Hash, root and test every body of one block (see the module docstring);
+    ``sealed_at`` is the block's, when its header has one in the canonical spelling."""
     leaves = [sha256(b"\x00" + body).digest() for body in bodies]
-    entries = [fast_entry(body, program) for body in bodies]
+    if not _CANONICAL_TIME.fullmatch(sealed_at):
+        sealed_at = ""
+    entries = [fast_entry(body, program, sealed_at) for body in bodies]
     flagged = [n for n, entry in enumerate(entries) if entry is None]
     subtrees = subtree_roots(first, leaves) if first >= 0 else []
     if pack:

@@ -15,7 +15,6 @@ const MAX_SAFE = Number.MAX_SAFE_INTEGER;
 const HEX64 = /^[0-9a-f]{64}$/;
 const TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$/;
 const PROGRAM = /^[a-z][a-z0-9-]{1,31}$/;
-const ENTRY_ID = /^[0-9a-f]{32}$/;
 const HEADER_KEYS = [
   "block_root", "entry_count", "first_index", "height", "log_root", "log_size",
   "prev_hash", "program", "sealed_at", "type",
@@ -268,7 +267,7 @@ export function checkEntryEnvelope(entry) {
   if (!isObject(entry)) fail("the entry is not an object");
   if (entry.type !== "coalition/entry/v1") fail("entry.type is not coalition/entry/v1");
   if (typeof entry.program !== "string" || !PROGRAM.test(entry.program)) fail("entry.program is not a program id");
-  if (typeof entry.id !== "string" || !ENTRY_ID.test(entry.id)) fail("entry.id is not 32 hex digits");
+  if (typeof entry.id !== "string" || !entry.id) fail("entry.id is missing");
   if (typeof entry.kind !== "string" || !entry.kind) fail("entry.kind is missing");
   if (typeof entry.at !== "string" || !TIME.test(entry.at)) fail("entry.at is not a six-digit UTC time");
 }
