@@ -12,6 +12,7 @@ import marshal
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -249,3 +250,162 @@ def test_each_fast_kind_is_taken_and_declines_a_broken_rule() -> None:
     twice = [*chain, chain[4]]  # the purchase again: lot opened twice, reference reused
     outcomes, _ = run(twice, "fast")
     assert outcomes[-1] is not None and outcomes[-1] == run(twice, "reference")[0][-1]
+
+
+# --- expire entries, one rule at a time --------------------------------------------------
+# Random chains rarely write ``expire`` entries (only after an expiry period), so each of
+# its rules gets a chain of its own: two lots of MEMBERS[0] (a1: 100 points expiring at
+# EXPIRES_A1, a2: 70 points five days later), then the expire entries under test.
+
+EXPIRES_A1 = START + RULES.expiry_period
+LATER = EXPIRES_A1 + timedelta(hours=1)
+"""After a1 expired, before a2 does."""
+
+
+def expiry_chain() -> list[JsonObject]:
+    """Two members enrolled; MEMBERS[0] credited lots a1 and a2 by operator adjustments."""
+    state = Replay()
+    chain: list[JsonObject] = [
+        operations.enroll(EntryContext("p", f"e{n}", START), MEMBERS[n]) for n in range(2)
+    ]
+    for body in chain:
+        state.apply(body)
+    for lot_id, amount, at in (("a1", 100, START), ("a2", 70, START + timedelta(days=5))):
+        body = operations.adjust(
+            EntryContext("p", lot_id, at), RULES, state.accounts[MEMBERS[0]], amount, "ops", "fix"
+        )
+        state.apply(body)
+        chain.append(body)
+    return chain
+
+
+def expire_entry(
+    entry_id: str,
+    at: datetime,
+    *parts: tuple[str, int],
+    amount: int | None = None,
+    account: str = MEMBERS[0],
+) -> JsonObject:
+    """An ``expire`` entry shaped as ``operations.expire`` writes it (``amount``: the
+    parts' sum unless told)."""
+    return {
+        "type": "coalition/entry/v1",
+        "program": "p",
+        "id": entry_id,
+        "kind": "expire",
+        "at": at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "account": account,
+        "amount": sum(part for _, part in parts) if amount is None else amount,
+        "taken": [{"lot": lot_id, "amount": part} for lot_id, part in parts],
+        "reason": {"rule": "expiry"},
+    }
+
+
+def test_expire_entry_helper_writes_what_operations_expire_writes() -> None:
+    state = Replay()
+    for body in expiry_chain():
+        state.apply(body)
+    made = operations.expire(EntryContext("p", "x1", LATER), state.accounts[MEMBERS[0]])
+    assert made == expire_entry("x1", LATER, ("a1", 100))
+
+
+EXPIRE_CASES: dict[str, tuple[list[JsonObject], list[str | None]]] = {
+    "valid": ([expire_entry("x1", LATER, ("a1", 100))], [None]),
+    "valid at the expiry instant": ([expire_entry("x1", EXPIRES_A1, ("a1", 100))], [None]),
+    "valid part of a lot, then the rest": (
+        [expire_entry("x1", LATER, ("a1", 40)), expire_entry("x2", LATER, ("a1", 60))],
+        [None, None],
+    ),
+    "valid, both lots once both expired": (
+        [expire_entry("x1", LATER + timedelta(days=5), ("a1", 100), ("a2", 70))],
+        [None],
+    ),
+    "premature by a microsecond": (
+        [expire_entry("x1", EXPIRES_A1 - timedelta(microseconds=1), ("a1", 100))],
+        ["expires lot a1 before its time"],
+    ),
+    "premature second lot": (
+        [expire_entry("x1", LATER, ("a1", 100), ("a2", 70))],
+        ["expires lot a2 before its time"],
+    ),
+    "premature, then valid": (
+        [
+            expire_entry("x1", START + timedelta(days=1), ("a1", 100)),
+            expire_entry("x2", LATER, ("a1", 100)),
+        ],
+        ["expires lot a1 before its time", None],
+    ),
+    "over-taking": (
+        [expire_entry("x1", LATER, ("a1", 101))],
+        ["takes 101 from lot a1 holding 100"],
+    ),
+    "over-taking after a part": (
+        [expire_entry("x1", LATER, ("a1", 60)), expire_entry("x2", LATER, ("a1", 41))],
+        [None, "takes 41 from lot a1 holding 40"],
+    ),
+    "amount other than the parts": (
+        [expire_entry("x1", LATER, ("a1", 100), amount=90)],
+        ["expired lots do not sum to amount"],
+    ),
+    "unknown lot": ([expire_entry("x1", LATER, ("nope", 1))], ["lot nope not in account"]),
+    "another member's lot": (
+        [expire_entry("x1", LATER, ("a1", 100), account=MEMBERS[1])],
+        ["lot a1 not in account"],
+    ),
+    "account never enrolled": (
+        [expire_entry("x1", LATER, ("a1", 100), account=MEMBERS[2])],
+        ["used before it was enrolled"],
+    ),
+    "repeated": (
+        [expire_entry("x1", LATER, ("a1", 100)), expire_entry("x1", LATER, ("a1", 100))],
+        [None, "takes 100 from lot a1 holding 0"],
+    ),
+    "repeated under a new id": (
+        [expire_entry("x1", LATER, ("a1", 100)), expire_entry("x2", LATER, ("a1", 100))],
+        [None, "takes 100 from lot a1 holding 0"],
+    ),
+    "one lot twice in one entry": ([expire_entry("x1", LATER, ("a1", 50), ("a1", 50))], [None]),
+    "one lot twice in one entry, over-taking": (
+        [expire_entry("x1", LATER, ("a1", 60), ("a1", 60))],
+        ["takes 60 from lot a1 holding 40"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(EXPIRE_CASES))
+def test_expire_entries_replay_alike_on_every_route(case: str) -> None:
+    extra, expected = EXPIRE_CASES[case]
+    chain = [*expiry_chain(), *extra]
+    assert_same(chain)
+    outcomes, _ = run(copy.deepcopy(chain), "fast")
+    head = len(chain) - len(extra)
+    assert outcomes[:head] == [None] * head
+    for outcome, want in zip(outcomes[head:], expected, strict=True):
+        if want is None:
+            assert outcome is None
+        else:
+            assert outcome is not None and outcome.startswith("VerificationError: entry x")
+            assert want in outcome
+
+
+def test_fast_path_takes_an_expired_lot_and_declines_an_unexpired_one() -> None:
+    """Direct: the fast path itself applies a due expiry and leaves a premature one (or
+    one over-taking, or naming an unknown lot) untouched for the reference path."""
+    replay = Replay()
+    for body in expiry_chain():
+        replay.apply_reference(body)
+    before = snapshot(replay)
+    for refused in (
+        expire_entry("x1", EXPIRES_A1 - timedelta(microseconds=1), ("a1", 100)),
+        expire_entry("x1", LATER, ("a1", 100), ("a2", 70)),
+        expire_entry("x1", LATER, ("a1", 101)),
+        expire_entry("x1", LATER, ("nope", 1)),
+    ):
+        prepared = prepare(refused)
+        assert prepared is not None
+        assert not apply_prepared(replay, prepared)
+        assert snapshot(replay) == before
+    prepared = prepare(expire_entry("x1", EXPIRES_A1, ("a1", 100)))
+    assert prepared is not None and apply_prepared(replay, prepared)
+    assert replay.accounts[MEMBERS[0]].lots["a1"].remaining == 0
+    assert replay.points_by_kind["expire"] == 100
