@@ -35,7 +35,7 @@ from datetime import datetime
 from typing import cast
 
 from coalition.audit.entry_scan import BlockScan, scan_block
-from coalition.audit.sources import BlockStream, ChainSource, RawEntry, RawHeader
+from coalition.audit.sources import BlockStream, ChainSource, RawEntry, RawHeader, signed_header
 from coalition.errors import CoalitionError, VerificationError
 from coalition.ledger.blocks import GENESIS_PREV, BlockHeader, SignedHeader
 from coalition.ledger.canonical import JsonObject, JsonValue, canonical_json, parse_json
@@ -253,7 +253,7 @@ def _after(at: JsonValue, sealed_at: str) -> bool:
 
 def _parse_header(raw: RawHeader) -> tuple[SignedHeader | None, CoalitionError | None]:
     try:
-        return SignedHeader(BlockHeader.from_json(parse_json(raw.header)), raw.signature), None
+        return signed_header(raw), None
     except CoalitionError as exc:
         return None, exc
 

@@ -36,11 +36,10 @@ import marshal
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from hashlib import sha256
 
 from coalition.ledger.canonical import JsonObject, JsonValue
-from coalition.ledger.entries import ENTRY_TYPE
+from coalition.ledger.entries import CANONICAL_TIME, ENTRY_TYPE, canonical_time
 from coalition.ledger.merkle import root, subtree_roots
 from coalition.points.replay_fast import Prepared, prepare
 
@@ -50,9 +49,6 @@ _NON_CANONICAL_ESCAPE = re.compile(rb'\\(?:[^"\\bfnrtu]|u(?!00(?:0[0-7bef]|1[0-9
 """An escape RFC 8785 does not write (it may also match after an escaped backslash: a
 false alarm, the entry gets the exact check)."""
 _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
-_CANONICAL_TIME = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]\.[0-9]{6}Z"
-)
 
 
 class _NotFast(Exception):
@@ -83,7 +79,6 @@ _decode = json.JSONDecoder(
     parse_int=_short_int,
     parse_constant=_refuse,
 ).decode
-_fromisoformat = datetime.fromisoformat
 
 
 def fast_entry(body: bytes, program: str, sealed_at: str = "") -> JsonObject | None:
@@ -111,14 +106,9 @@ def fast_entry(body: bytes, program: str, sealed_at: str = "") -> JsonObject | N
         and entry_id
         and type(kind) is str
         and kind
-        and type(at) is str
-        and _CANONICAL_TIME.fullmatch(at)
+        and canonical_time(at) is not None
         and (not sealed_at or at <= sealed_at)
     ):
-        return None
-    try:
-        _fromisoformat(at)
-    except ValueError:
         return None
     return entry
 
@@ -161,7 +151,7 @@ def scan_block(
     """Hash, root and test every body of one block (see the module docstring);
     ``sealed_at`` is the block's, when its header has one in the canonical spelling."""
     leaves = [sha256(b"\x00" + body).digest() for body in bodies]
-    if not _CANONICAL_TIME.fullmatch(sealed_at):
+    if not CANONICAL_TIME.fullmatch(sealed_at):
         sealed_at = ""
     entries = [fast_entry(body, program, sealed_at) for body in bodies]
     flagged = [n for n, entry in enumerate(entries) if entry is None]

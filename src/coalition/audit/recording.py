@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from coalition.audit.located import BlockIndex
-from coalition.audit.sources import BlockStream, ChainSource, RawEntry, RawHeader
+from coalition.audit.sources import BlockStream, ChainSource, RawEntry, RawHeader, signed_header
 from coalition.errors import CoalitionError
-from coalition.ledger.blocks import BlockHeader, SignedHeader
+from coalition.ledger.blocks import SignedHeader
 from coalition.ledger.canonical import JsonObject, parse_json
 from coalition.ledger.keys import VerifyKey
 
@@ -34,7 +34,7 @@ OTHER: JsonObject = {}
 
 def _parse(raw: RawHeader) -> SignedHeader | None:
     try:
-        return SignedHeader(BlockHeader.from_json(parse_json(raw.header)), raw.signature)
+        return signed_header(raw)
     except CoalitionError:
         return None  # chain_audit reports it
 

@@ -17,7 +17,8 @@ from sqlalchemy import Engine, inspect, select
 
 from coalition.audit.evidence import RawEvidence
 from coalition.errors import CoalitionError, InvalidArgument
-from coalition.ledger.canonical import JsonObject, canonical_json
+from coalition.ledger.blocks import BlockHeader, SignedHeader
+from coalition.ledger.canonical import JsonObject, canonical_json, parse_json
 from coalition.ledger.entries import format_time
 from coalition.ledger.keys import VerifyKey
 from coalition.ledger.merkle import consistency_coords, consistency_from_nodes, expand_nodes
@@ -46,6 +47,12 @@ class RawEntry:
     log_index: int | None
     body: bytes
     stored_leaf_hash: bytes | None = None
+
+
+def signed_header(raw: RawHeader) -> SignedHeader:
+    """The signed header a source handed out, parsed (not verified); CoalitionError when
+    its text is not a block header."""
+    return SignedHeader(BlockHeader.from_json(parse_json(raw.header)), raw.signature)
 
 
 class ChainSource(Protocol):

@@ -58,6 +58,24 @@ def parse_time(text: str) -> datetime:
     return _parse_time(text)
 
 
+CANONICAL_TIME = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]\.[0-9]{6}Z"
+)
+_fromisoformat = datetime.fromisoformat
+
+
+def canonical_time(text: object) -> datetime | None:
+    """The instant ``text`` spells when it is in ``format_time``'s canonical form
+    (``YYYY-MM-DDTHH:MM:SS.ffffffZ``, a real date-time), else None. For that spelling
+    ``fromisoformat`` gives the aware UTC datetime ``parse_time`` gives."""
+    if type(text) is str and CANONICAL_TIME.fullmatch(text):
+        try:
+            return _fromisoformat(text)
+        except ValueError:
+            return None
+    return None
+
+
 @functools.lru_cache(maxsize=8192)
 def _parse_time(text: str) -> datetime:
     """Cached: a batch of entries shares a handful of timestamps (datetimes are immutable)."""

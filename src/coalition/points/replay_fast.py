@@ -17,7 +17,7 @@ two on random and hostile entries).
 
 Cheaper means: fields read once, exact types (``type(x) is int`` excludes ``bool`` as
 the reference's ``isinstance`` tests do, and declines subclasses the reference would
-take), times parsed by ``state.canonical_time`` (the spelling every entry uses), no
+take), times parsed by ``entries.canonical_time`` (the spelling every entry uses), no
 per-entry closures, and the accounts' ``changed`` sets, which ``apply_reference``
 empties after every entry, never filled.
 """
@@ -28,7 +28,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from coalition.ledger.canonical import JsonObject, JsonValue
-from coalition.points.state import PROGRAM_ACCOUNT, Account, Lot, canonical_time, earn_ref
+from coalition.ledger.entries import canonical_time
+from coalition.points.state import PROGRAM_ACCOUNT, Account, Lot, earn_ref
 
 if TYPE_CHECKING:
     from coalition.points.replay import Replay
@@ -45,7 +46,7 @@ def _member_id(value: JsonValue) -> str | None:
 
 
 def _time(value: JsonValue) -> str | None:
-    """``value`` when it is a canonical time (``state.canonical_time``), else None."""
+    """``value`` when it is a canonical time (``entries.canonical_time``), else None."""
     return value if canonical_time(value) is not None else None  # type: ignore[return-value]
 
 

@@ -10,14 +10,13 @@ the two always agree.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from coalition.errors import InsufficientPoints, VerificationError
 from coalition.ledger.canonical import JsonObject, JsonValue
-from coalition.ledger.entries import parse_time
+from coalition.ledger.entries import canonical_time, parse_time
 
 
 @dataclass(slots=True)
@@ -115,23 +114,6 @@ def split_debit(lots: Iterable[Lot], amount: int) -> list[JsonObject]:
 
 
 AccountLookup = Callable[[str], Account]
-
-_CANONICAL_TIME = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]\.[0-9]{6}Z"
-)
-_fromisoformat = datetime.fromisoformat
-
-
-def canonical_time(text: object) -> datetime | None:
-    """The instant ``text`` spells when it is in ``format_time``'s canonical form
-    (``YYYY-MM-DDTHH:MM:SS.ffffffZ``, a real date-time), else None. For that spelling
-    ``fromisoformat`` gives the aware UTC datetime ``parse_time`` gives."""
-    if type(text) is str and _CANONICAL_TIME.fullmatch(text):
-        try:
-            return _fromisoformat(text)
-        except ValueError:
-            return None
-    return None
 
 
 def _time(text: str) -> datetime:
