@@ -263,8 +263,11 @@ def _worker_count(workers: int | None) -> int:
 
 
 def _pool(workers: int) -> ProcessPoolExecutor:
+    """Worker processes for the bulk pass, started from a clean server process
+    (forkserver) where the platform has one: the auditing process may run threads
+    (gRPC, a web server), which a plain fork would copy mid-flight."""
     methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
     return ProcessPoolExecutor(workers, mp_context=context, initializer=gc.disable)
 
 
