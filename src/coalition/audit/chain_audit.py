@@ -26,6 +26,7 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -263,11 +264,16 @@ def _worker_count(workers: int | None) -> int:
 
 
 def _pool(workers: int) -> ProcessPoolExecutor:
-    """Worker processes for the bulk pass, started from a clean server process
-    (forkserver) where the platform has one: the auditing process may run threads
-    (gRPC, a web server), which a plain fork would copy mid-flight."""
+    """Worker processes for the bulk pass. A single-threaded auditor forks them (no
+    re-import of the caller's main module, so a plain script works); one running threads
+    (gRPC, a web server), which a fork would copy mid-flight, starts them from a clean
+    forkserver instead (or spawn where there is none)."""
     methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    if threading.active_count() == 1 and "fork" in methods:
+        method = "fork"
+    else:
+        method = "forkserver" if "forkserver" in methods else "spawn"
+    context = multiprocessing.get_context(method)
     return ProcessPoolExecutor(workers, mp_context=context, initializer=gc.disable)
 
 
