@@ -20,8 +20,9 @@ from pydantic import BaseModel
 from coalition.api.auth import Action, Authenticator
 from coalition.api.rest import guard
 from coalition.errors import NotFound
-from coalition.explorer.flows import MAX_BUCKET_S, MIN_BUCKET_S, conversion_flows, flow_entries
+from coalition.explorer.flows import FLOW_KINDS, MAX_BUCKET_S, MIN_BUCKET_S, conversion_flows
 from coalition.node.service import NodeService
+from coalition.store.redemption_tables import bodies_of_kinds
 
 if TYPE_CHECKING:
     from coalition.node.coalition_node import CoalitionNode
@@ -135,7 +136,9 @@ def explorer_router(
     def flows(
         bucket_s: Annotated[int, Query(ge=MIN_BUCKET_S, le=MAX_BUCKET_S)] = 3600,
     ) -> FlowsOut:
-        found = conversion_flows(flow_entries(service.engine), service.program, bucket_s)
+        with service.engine.connect() as conn:
+            chain = bodies_of_kinds(conn, FLOW_KINDS)
+        found = conversion_flows(chain, service.program, bucket_s)
         return FlowsOut(
             program=service.program, bucket_s=bucket_s, flows=[f.to_json() for f in found]
         )

@@ -10,18 +10,13 @@ the chart draws, points are in each program's own unit.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-
-from sqlalchemy import select
-from sqlalchemy.engine import Engine
 
 from coalition.errors import InvalidArgument
 from coalition.ledger.canonical import JsonObject, JsonValue
 from coalition.ledger.entries import format_time, parse_time
-from coalition.store.repository import stored_object
-from coalition.store.tables import entries
 
 FLOW_KINDS = ("convert-out", "convert-refund", "convert-in", "hold-capture", "redemption-receipt")
 MIN_BUCKET_S = 60
@@ -146,13 +141,3 @@ def conversion_flows(chain: Iterable[JsonObject], program: str, bucket_s: int) -
             f.points_out += _int(hold, "amount")
             f.value_minor += _int(entry, "value_minor")
     return [flows[key] for key in sorted(flows)]
-
-
-def flow_entries(engine: Engine) -> Iterator[JsonObject]:
-    """This node's entries of the kinds ``conversion_flows`` reads, in log order."""
-    query = (
-        select(entries.c.body).where(entries.c.kind.in_(FLOW_KINDS)).order_by(entries.c.log_index)
-    )
-    with engine.connect() as conn:
-        for row in conn.execute(query):
-            yield stored_object(row.body)
