@@ -125,7 +125,13 @@ def open_message(msg: SignedMessage, key_of: Callable[[str], VerifyKey]) -> Enve
     sender; VerificationError for a signature that does not verify.
     """
     envelope = parse_envelope(msg.envelope)
-    key = key_of(envelope.sender)
+    verify_signature(msg, envelope, key_of(envelope.sender))
+    return envelope
+
+
+def verify_signature(msg: SignedMessage, envelope: Envelope, key: VerifyKey) -> None:
+    """Check ``msg``'s signature over its envelope bytes with ``key``, for a caller that
+    already parsed ``envelope`` from them; VerificationError naming the message."""
     if len(msg.signature) != SIGNATURE_SIZE:
         raise VerificationError(
             f"message {envelope.id} from {envelope.sender}: an Ed25519 signature is 64 "
@@ -137,7 +143,6 @@ def open_message(msg: SignedMessage, key_of: Callable[[str], VerifyKey]) -> Enve
         raise VerificationError(
             f"message {envelope.id} ({envelope.kind}) is not signed by {envelope.sender}'s key"
         ) from None
-    return envelope
 
 
 def _check_fields(doc: JsonObject, size: int) -> Envelope:

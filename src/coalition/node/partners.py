@@ -38,6 +38,7 @@ from coalition.ledger.envelope import (
     open_message,
     parse_envelope,
     sign_message,
+    verify_signature,
 )
 from coalition.ledger.keys import SigningKey
 from coalition.node.manifest import Manifest
@@ -184,7 +185,7 @@ class PartnerInbox:
                     f"signed by {envelope.sender} but sent over {peer_program}'s TLS certificate"
                 )
             try:
-                open_message(msg, lambda _: key)
+                verify_signature(msg, envelope, key)
             except VerificationError as exc:
                 raise Unauthenticated(str(exc)) from None
             if envelope.to != self.program:
