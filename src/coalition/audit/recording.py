@@ -8,6 +8,7 @@ signed header (its checkpoint is what witnesses cosign) and where each block sta
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 from coalition.audit.located import BlockIndex
@@ -17,12 +18,8 @@ from coalition.ledger.blocks import SignedHeader
 from coalition.ledger.canonical import JsonObject, parse_json
 from coalition.ledger.keys import VerifyKey
 
-COALITION_KINDS = (
-    b'"kind":"convert-',
-    b'"kind":"hold',
-    b'"kind":"agreement"',
-    b'"kind":"redemption-receipt"',
-    b'"kind":"statement"',
+COALITION_KINDS = re.compile(
+    rb'"kind":"(?:convert-|hold|agreement"|redemption-receipt"|statement")'
 )
 """Byte markers of the entries the cross-chain and settlement checks read (canonical
 JSON sorts keys, so ``"kind":"..."`` appears exactly so): conversions, holds and
@@ -89,7 +86,7 @@ class RecordingSource:
             if index >= len(self.entries):
                 self.entries.extend([OTHER] * (index + 1 - len(self.entries)))
             body: JsonObject = OTHER
-            if any(marker in raw.body for marker in COALITION_KINDS):
+            if COALITION_KINDS.search(raw.body):
                 try:
                     parsed = parse_json(raw.body)
                 except CoalitionError:
