@@ -23,14 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from coalition.api.auth import Role
+from coalition.api.errors import http_error_kind
 from coalition.api.grpc_client import NodeClient
 from coalition.errors import (
     CoalitionError,
     FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    PermissionDenied,
-    Unauthenticated,
     VerificationError,
 )
 from coalition.keygen import KeyFiles, find_secret
@@ -266,14 +263,6 @@ def wait_healthy(client: NodeClient, timeout: float = 30) -> None:
 
 # --- a small REST client (the coalition features' routes) -----------------------------
 
-_STATUS_ERRORS: dict[int, type[CoalitionError]] = {
-    400: InvalidArgument,
-    401: Unauthenticated,
-    403: PermissionDenied,
-    404: NotFound,
-    409: FailedPrecondition,
-}
-
 
 class Rest:
     """JSON over HTTP with an API key, standard library only (the image has no httpx)."""
@@ -303,7 +292,7 @@ class Rest:
                 message = str(json.loads(text).get("message", text))
             except (ValueError, AttributeError):
                 message = text
-            kind = _STATUS_ERRORS.get(exc.code, CoalitionError)
+            kind = http_error_kind(exc.code) or CoalitionError
             raise kind(f"{method} {path}: {exc.code} {message}") from None
         except (urllib.error.URLError, OSError) as exc:
             raise CoalitionError(f"{method} {path}: {exc}") from None

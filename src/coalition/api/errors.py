@@ -47,9 +47,14 @@ def grpc_status(error: CoalitionError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+_REFUSALS = (InvalidArgument, NotFound, FailedPrecondition, Unauthenticated, PermissionDenied)
+"""The core errors a client re-raises from a node's refusal (anything else is the
+transport's or the node's own failure)."""
 _CLIENT_KINDS: dict[grpc.StatusCode, type[CoalitionError]] = {
-    grpc_status(kind("")): kind
-    for kind in (InvalidArgument, NotFound, FailedPrecondition, Unauthenticated, PermissionDenied)
+    grpc_status(kind("")): kind for kind in _REFUSALS
+}
+_HTTP_CLIENT_KINDS: dict[int, type[CoalitionError]] = {
+    http_status(kind("")): kind for kind in _REFUSALS
 }
 
 
@@ -57,3 +62,9 @@ def error_kind(code: grpc.StatusCode) -> type[CoalitionError] | None:
     """The core error a client raises for a node's gRPC status (the inverse of
     ``grpc_status`` for refusals), or None for a transport-level status."""
     return _CLIENT_KINDS.get(code)
+
+
+def http_error_kind(status: int) -> type[CoalitionError] | None:
+    """The core error a client raises for a node's HTTP status (the inverse of
+    ``http_status`` for refusals), or None for any other status."""
+    return _HTTP_CLIENT_KINDS.get(status)

@@ -18,16 +18,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from coalition.api.errors import http_error_kind
 from coalition.audit.bundle import AtomicFile, BundleSource, BundleSummary, export_bundle
 from coalition.audit.command import read_public_key
 from coalition.errors import (
     CoalitionError,
-    FailedPrecondition,
     InvalidArgument,
     NotFound,
     PartnerUnavailable,
-    PermissionDenied,
-    Unauthenticated,
 )
 from coalition.ledger.keys import VerifyKey
 from coalition.progress import Progress
@@ -35,14 +33,6 @@ from coalition.progress import Progress
 OK, FAILED, USAGE = 0, 1, 2
 BUNDLE_PATH = "/v1/ledger/bundle"
 _DOWNLOAD_CHUNK = 1 << 20
-_REFUSALS: dict[int, type[CoalitionError]] = {
-    400: InvalidArgument,
-    401: Unauthenticated,
-    403: PermissionDenied,
-    404: NotFound,
-    409: FailedPrecondition,
-}
-"""The node's refusals (``api.errors.http_status``) as the core errors they came from."""
 
 
 def add_bundle_parser(subparsers: Any) -> None:
@@ -144,7 +134,7 @@ def _refusal(status: int, body: str) -> CoalitionError:
         message = str(json.loads(body).get("message", body))
     except (ValueError, AttributeError):
         message = body[:200]
-    kind = _REFUSALS.get(status, PartnerUnavailable)
+    kind = http_error_kind(status) or PartnerUnavailable
     return kind(f"the node answered {status}: {message}")
 
 
