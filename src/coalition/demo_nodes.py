@@ -250,14 +250,20 @@ class NodeProcess:
 
 
 def wait_healthy(client: NodeClient, timeout: float = 30) -> None:
+    """Until the node's health service says SERVING; CoalitionError after ``timeout`` s,
+    whether the node stays unreachable or keeps answering another status."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            if client.health() == "SERVING":
+            status = client.health()
+            if status == "SERVING":
                 return
         except CoalitionError:
             if time.monotonic() > deadline:
                 raise
+        else:
+            if time.monotonic() > deadline:
+                raise CoalitionError(f"the node reports {status}, not SERVING, after {timeout} s")
         time.sleep(0.1)
 
 
