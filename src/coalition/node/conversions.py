@@ -294,9 +294,10 @@ class Conversions:
             record = conversion_repo.conversion(conn, conversion_id)
             if record is None or record.member_id != member_id:
                 raise NotFound(f"member {member_id} has no conversion {conversion_id}")
-            out = conversion_repo.out_entry_body(conn, record.out_entry)
-        if out is None:
+            found = repository.entry_by_id(conn, record.out_entry)
+        if found is None:
             raise NotFound(f"conversion {conversion_id} has no convert-out entry")
+        out = found[1]
         conversion = out.get("conversion")
         assert isinstance(conversion, dict)
         return ConversionView(
@@ -475,10 +476,10 @@ class Conversions:
                 body = operations.convert_complete(ctx, record.account, record.id, answer.message)
                 status = "completed"
             else:
-                out = conversion_repo.out_entry_body(conn, record.out_entry)
-                if out is None:
+                found = repository.entry_by_id(conn, record.out_entry)
+                if found is None:
                     raise NotFound(f"conversion {record.id} has no convert-out entry")
-                body = operations.convert_refund(ctx, out, answer.message)
+                body = operations.convert_refund(ctx, found[1], answer.message)
                 status = "refunded"
             # The guard that counts: only the writer that moves the row off ``pending``
             # writes the entry (another replica on the same database may race us).

@@ -223,16 +223,6 @@ def _check_link(last: SignedHeader | None, signed: SignedHeader) -> str | None:
     return None
 
 
-def _node_key(service: NodeService, client: PartnerClient) -> SigningKey:
-    """The node's ledger key: the client's when it exposes it, else the sealer's (the
-    coalition node builds features from (service, manifest, client) alone)."""
-    for holder, attribute in ((client, "signing_key"), (service.sealer, "_key")):
-        found = getattr(holder, attribute, None)
-        if isinstance(found, SigningKey):
-            return found
-    raise InvalidArgument("the witness needs the node's ledger signing key")
-
-
 class Witness:
     """Follows, verifies and cosigns every partner's headers; serves our cosignatures.
 
@@ -253,7 +243,7 @@ class Witness:
         clock: Callable[[], datetime] | None = None,
         backoff: tuple[float, float] = (0.2, 10.0),
     ) -> None:
-        signing_key = key if key is not None else _node_key(service, client)
+        signing_key = key if key is not None else service.signing_key
         if signing_key.public_key != manifest.public_key(service.program):
             raise FailedPrecondition(
                 f"the signing key is not {service.program}'s key in the manifest"

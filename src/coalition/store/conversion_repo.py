@@ -259,11 +259,6 @@ def finish_conversion(
     return True
 
 
-def out_entry_body(conn: Connection, entry_id: str) -> JsonObject | None:
-    row = conn.execute(select(entries.c.body).where(entries.c.entry_id == entry_id)).first()
-    return None if row is None else stored_object(row.body)
-
-
 def out_entry_bodies(conn: Connection, entry_ids: Sequence[str]) -> dict[str, JsonObject]:
     if not entry_ids:
         return {}
