@@ -199,13 +199,6 @@ class Conversions:
             raise InvalidArgument("a conversion goes to another program")
         self.manifest.partner(to_program)
 
-    def _account(self, conn: Connection, member_id: str) -> str:
-        validate_member_id(member_id)
-        found = repository.accounts_for_members(conn, [member_id])
-        if member_id not in found:
-            raise NotFound(f"unknown member {member_id}")
-        return found[member_id]
-
     def convert(
         self,
         member_id: str,
@@ -233,7 +226,7 @@ class Conversions:
         conversion_id = secrets.token_hex(16)
 
         def decide(conn: Connection, ctx: EntryContext) -> Decision:
-            account = self._account(conn, member_id)
+            account = self.service.member_account(conn, member_id)
             agreement = self.agreements.require(conn, self.program, to_program, ctx.at)
             quoted = quote(agreement, amount)
             start = _day_start(ctx.at)
@@ -247,9 +240,7 @@ class Conversions:
                     conn, self.program, self.program, to_program, in_flight=True, keep=True
                 )
                 check_credit_limit(limit, unsettled, quoted.value_minor, self.program, to_program)
-            loaded = repository.load_accounts(conn, [account])
-            touched = list(loaded.values())
-            known = {lot_id for acc in touched for lot_id in acc.lots}
+            touched, known = self.service.load_touched(conn, [account])
             body = operations.convert_out(
                 ctx, self.service.rules, touched[0], agreement, quoted, conversion_id
             )
@@ -325,7 +316,7 @@ class Conversions:
         self._check_target(to_program)
         now = self.service.now()
         with self.service.engine.connect() as conn:
-            account = self._account(conn, member_id)
+            account = self.service.member_account(conn, member_id)
             agreement = self.agreements.require(conn, self.program, to_program, now)
             quoted = quote(agreement, amount)
             start = _day_start(now)

@@ -471,9 +471,7 @@ class Redemptions:
             if member_id not in accounts:
                 raise NotFound(f"unknown member {member_id} at {self.program}")
             agreement = self.agreements.require(conn, self.program, sender, ctx.at)
-            loaded = repository.load_accounts(conn, [accounts[member_id]])
-            touched = list(loaded.values())
-            known = {lot_id for account in touched for lot_id in account.lots}
+            touched, known = self.service.load_touched(conn, [accounts[member_id]])
             expires_at = ctx.at + timedelta(seconds=expires_in_s)
             entry = operations.hold(
                 ctx,

@@ -192,7 +192,8 @@ class NodeService:
     def _context(self) -> EntryContext:
         return EntryContext(self.program, new_entry_ids(1)[0], self._clock())
 
-    def _member_account(self, conn: Connection, member_id: str) -> str:
+    def member_account(self, conn: Connection, member_id: str) -> str:
+        """The ledger account of an enrolled member; NotFound otherwise."""
         validate_member_id(member_id)
         found = repository.accounts_for_members(conn, [member_id])
         if member_id not in found:
@@ -364,9 +365,11 @@ class NodeService:
             self.sealer.added([row["leaf_hash"] for row in rows])
         return results
 
-    def _load(
+    def load_touched(
         self, conn: Connection, account_ids: Sequence[str], **kwargs: Any
     ) -> tuple[list[Account], set[str]]:
+        """The accounts a decision will change (``repository.load_accounts``) and the ids of
+        the lots they hold, as a ``Decision`` reports them."""
         loaded = repository.load_accounts(conn, account_ids, **kwargs)
         known = {lot_id for account in loaded.values() for lot_id in account.lots}
         return list(loaded.values()), known
@@ -401,7 +404,7 @@ class NodeService:
         }
 
         def decide(conn: Connection, ctx: EntryContext) -> Decision:
-            account = self._member_account(conn, member_id)
+            account = self.member_account(conn, member_id)
             used = bool(repository.used_refs(conn, [lot_ref("purchase", reference)]))
             since = ctx.at - self.rules.tier_window
             qualifying = repository.qualifying_points(conn, [account], since)[account]
@@ -430,9 +433,9 @@ class NodeService:
         }
 
         def decide(conn: Connection, ctx: EntryContext) -> Decision:
-            account = self._member_account(conn, member_id)
+            account = self.member_account(conn, member_id)
             used = bool(repository.used_refs(conn, [lot_ref(event, reference)]))
-            touched, known = self._load(conn, [account])
+            touched, known = self.load_touched(conn, [account])
             body = operations.earn_reward(
                 ctx, self.rules, touched[0], event, reference, reference_used=used
             )
@@ -447,11 +450,11 @@ class NodeService:
         request: JsonObject = {"op": "reverse", "member_id": member_id, "reference": reference}
 
         def decide(conn: Connection, ctx: EntryContext) -> Decision:
-            account = self._member_account(conn, member_id)
+            account = self.member_account(conn, member_id)
             found = repository.lot_by_ref(conn, lot_ref("purchase", reference))
             if found is None or found[1] != account:
                 raise NotFound(f"member {member_id} earned nothing for purchase {reference}")
-            touched, known = self._load(conn, [account], lot_ids=[found[0]])
+            touched, known = self.load_touched(conn, [account], lot_ids=[found[0]])
             reason: JsonObject = {"rule": "refund", "reference": reference}
             body = operations.clawback(ctx, touched[0], found[0], "reverse", reason)
             return body, touched, known
@@ -473,8 +476,8 @@ class NodeService:
         }
 
         def decide(conn: Connection, ctx: EntryContext) -> Decision:
-            account = self._member_account(conn, member_id)
-            touched, known = self._load(conn, [account], lot_ids=[earn_entry_id])
+            account = self.member_account(conn, member_id)
+            touched, known = self.load_touched(conn, [account], lot_ids=[earn_entry_id])
             reason: JsonObject = {
                 "rule": "revocation",
                 "operator": operator,
@@ -497,8 +500,8 @@ class NodeService:
         }
 
         def decide(conn: Connection, ctx: EntryContext) -> Decision:
-            account = self._member_account(conn, member_id)
-            touched, known = self._load(conn, [account])
+            account = self.member_account(conn, member_id)
+            touched, known = self.load_touched(conn, [account])
             body = operations.redeem(ctx, self.rules, touched[0], amount, reference)
             return body, touched, known
 
@@ -516,11 +519,11 @@ class NodeService:
         }
 
         def decide(conn: Connection, ctx: EntryContext) -> Decision:
-            source = self._member_account(conn, member_id)
-            target = self._member_account(conn, to_member_id)
+            source = self.member_account(conn, member_id)
+            target = self.member_account(conn, to_member_id)
             if source == target:
                 raise InvalidArgument("cannot transfer points to the same member")
-            touched, known = self._load(conn, [source, target])
+            touched, known = self.load_touched(conn, [source, target])
             body = operations.transfer(ctx, self.rules, touched[0], target, amount, note)
             return body, touched, known
 
@@ -538,8 +541,8 @@ class NodeService:
         }
 
         def decide(conn: Connection, ctx: EntryContext) -> Decision:
-            account = self._member_account(conn, member_id)
-            touched, known = self._load(conn, [account])
+            account = self.member_account(conn, member_id)
+            touched, known = self.load_touched(conn, [account])
             body = operations.adjust(ctx, self.rules, touched[0], amount, operator, note)
             return body, touched, known
 
@@ -555,7 +558,7 @@ class NodeService:
                     due = repository.due_accounts(conn, ctx_time, batch)
                     if not due:
                         return ExpiryResult(count, points)
-                    touched, known = self._load(conn, due)
+                    touched, known = self.load_touched(conn, due)
                     rows: list[dict[str, Any]] = []
                     for account, entry_id in zip(touched, new_entry_ids(len(touched)), strict=True):
                         body = operations.expire(
@@ -677,7 +680,7 @@ class NodeService:
     def balance(self, member_id: str) -> BalanceView:
         now = self._clock()
         with self.engine.connect() as conn:
-            account_id_ = self._member_account(conn, member_id)
+            account_id_ = self.member_account(conn, member_id)
             account = repository.load_accounts(
                 conn, [account_id_], earned_since=now - self.rules.tier_window
             )[account_id_]
@@ -694,7 +697,7 @@ class NodeService:
 
     def lots(self, member_id: str) -> list[LotView]:
         with self.engine.connect() as conn:
-            account_id_ = self._member_account(conn, member_id)
+            account_id_ = self.member_account(conn, member_id)
             account = repository.load_accounts(conn, [account_id_], all_lots=True)[account_id_]
         ordered = sorted(account.lots.values(), key=lambda lot: (lot.earned_at, lot.id))
         return [_lot_view(lot) for lot in ordered]
@@ -703,7 +706,7 @@ class NodeService:
         if not isinstance(limit, int) or not 1 <= limit <= 1000:
             raise InvalidArgument(f"limit must be 1..1000, got {limit!r}")
         with self.engine.connect() as conn:
-            account_id_ = self._member_account(conn, member_id)
+            account_id_ = self.member_account(conn, member_id)
             rows = repository.history(conn, account_id_, limit)
         size = self.sealer.log_size
         return [EntryView(body, index if index < size else None) for index, body in rows]
