@@ -58,8 +58,6 @@ class Replay:
     captured: int = 0
     _outgoing: dict[str, Outgoing] = field(default_factory=dict, repr=False)
     _held: dict[str, Outgoing] = field(default_factory=dict, repr=False)
-    _settled: set[str] = field(default_factory=set, repr=False)
-    _closed_holds: set[str] = field(default_factory=set, repr=False)
 
     def _lookup(self, account: str) -> Account:
         found = self.accounts.get(account)
@@ -182,7 +180,7 @@ class Replay:
         conversion_id = _field(_field(entry, "conversion"), "id")
         if not isinstance(conversion_id, str) or conversion_id not in self._outgoing:
             raise VerificationError(f"{kind} of unknown conversion {conversion_id}")
-        if conversion_id in self._settled:
+        if conversion_id not in self.in_flight:  # started, so settled already
             raise VerificationError(f"conversion {conversion_id} was already settled")
         out = self._outgoing[conversion_id]
         if entry.get("account") != out.account:
@@ -191,7 +189,6 @@ class Replay:
             _check_restored(entry, out, f"refund of conversion {conversion_id}")
 
         def settle() -> None:
-            self._settled.add(conversion_id)
             del self.in_flight[conversion_id]
 
         return settle
@@ -201,7 +198,7 @@ class Replay:
         hold_id = _field(spec, "id")
         if not isinstance(hold_id, str) or hold_id not in self._held:
             raise VerificationError(f"{kind} of unknown hold {hold_id}")
-        if hold_id in self._closed_holds:
+        if hold_id not in self.holds:  # held, so captured or released already
             raise VerificationError(f"hold {hold_id} was already captured or released")
         held = self._held[hold_id]
         if entry.get("account") != held.account or _field(spec, "partner") != held.partner:
@@ -220,7 +217,6 @@ class Replay:
             _check_restored(entry, held, f"release of hold {hold_id}")
 
         def settle() -> None:
-            self._closed_holds.add(hold_id)
             del self.holds[hold_id]
             if kind == "hold-capture":
                 self.captured += held.amount
