@@ -707,15 +707,15 @@ class _Auditor:
             self.last_good = (h.height, self.prev_hash)
             if h.height == 0:
                 self.hashes[0] = self.prev_hash
-        if self.trusted is not None and h.height == self.trusted.header.height:
-            self.hashes[h.height] = self.prev_hash
         trusted = self.trusted
-        if trusted is not None and h.height == trusted.header.height and h != trusted.header:
-            self.fault(
-                "trusted-mismatch",
-                "the chain's header differs from the trusted one: history was rewritten",
-                h.height,
-            )
+        if trusted is not None and h.height == trusted.header.height:
+            self.hashes[h.height] = self.prev_hash
+            if h != trusted.header:
+                self.fault(
+                    "trusted-mismatch",
+                    "the chain's header differs from the trusted one: history was rewritten",
+                    h.height,
+                )
 
     def _replay_fault(
         self, exc: Exception, body: JsonObject, log_index: int | None, height: int

@@ -21,11 +21,16 @@ from coalition.audit.evidence import EvidenceReport, RawEvidence, check_evidence
 from coalition.audit.located import LocatedFault
 from coalition.audit.recording import RecordingSource, recording
 from coalition.audit.settlement_audit import SettlementReport, audit_settlement
-from coalition.audit.sources import ChainSource, CosignatureSource, EvidenceSource
+from coalition.audit.sources import (
+    ChainSource,
+    CosignatureSource,
+    EvidenceSource,
+    signed_header,
+)
 from coalition.audit.witness_quorum import QuorumReport, WitnessPolicy, check_quorum
 from coalition.errors import CoalitionError
-from coalition.ledger.blocks import BlockHeader, SignedHeader
-from coalition.ledger.canonical import JsonObject, JsonValue, parse_json
+from coalition.ledger.blocks import SignedHeader
+from coalition.ledger.canonical import JsonObject, JsonValue
 from coalition.ledger.keys import VerifyKey
 from coalition.progress import Progress
 
@@ -122,7 +127,7 @@ def total_entries(source: ChainSource) -> int | None:
     if latest is None:
         return None
     try:
-        return BlockHeader.from_json(parse_json(latest.header)).log_size
+        return signed_header(latest).header.log_size
     except CoalitionError:
         return None
 

@@ -213,7 +213,6 @@ class EvidenceFault(CrossChainFault):
     (``program`` is the holder, ``accused`` whom it accuses). ``holders`` are the nodes
     holding this evidence; ``evidence_ids`` their row ids, in the same order."""
 
-    height: int | None = None
     accused: str | None = None
     holders: tuple[str, ...] = ()
     evidence_ids: tuple[int, ...] = ()
@@ -222,8 +221,6 @@ class EvidenceFault(CrossChainFault):
 
     def to_json(self) -> JsonObject:
         out = CrossChainFault.to_json(self)
-        if self.height is not None:
-            out["height"] = self.height
         if self.accused is not None:
             out["accused"] = self.accused
         out["holders"] = list(self.holders)
