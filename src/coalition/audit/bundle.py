@@ -32,16 +32,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
-from sqlalchemy import Connection, Engine, inspect, select
+from sqlalchemy import Connection, Engine, inspect
 
 from coalition.audit.evidence import RawEvidence
-from coalition.audit.sources import RawEntry, RawHeader, existing_database
+from coalition.audit.sources import RawEntry, RawHeader, existing_database, stored_evidence
 from coalition.errors import CoalitionError, CorruptStore, InvalidArgument, VerificationError
 from coalition.ledger.canonical import JsonObject, JsonValue, canonical_json, parse_json
 from coalition.ledger.entries import format_time
 from coalition.ledger.keys import PUBLIC_KEY_SIZE, VerifyKey
 from coalition.store import repository
-from coalition.store.repository import from_micros
 from coalition.store.witness_tables import cosignature_lines, witness_cosignatures, witness_evidence
 
 BUNDLE_TYPE = "coalition/bundle/v1"
@@ -113,22 +112,21 @@ def _carried(text: str) -> JsonValue:
 
 
 def _evidence_lines(conn: Connection) -> list[bytes]:
-    rows = conn.execute(select(witness_evidence).order_by(witness_evidence.c.id)).all()
     return [
         _line(
             {
                 "type": EVIDENCE_TYPE,
-                "id": row.id,
-                "program": row.program,
-                "height": row.height,
-                "kind": row.kind,
-                "reason": row.reason,
-                "first": _carried(row.first),
-                "second": _carried(row.second),
-                "detected_at": format_time(from_micros(row.detected_at)),
+                "id": piece.id,
+                "program": piece.program,
+                "height": piece.height,
+                "kind": piece.kind,
+                "reason": piece.reason,
+                "first": _carried(piece.first),
+                "second": _carried(piece.second),
+                "detected_at": piece.detected_at,
             }
         )
-        for row in rows
+        for piece in stored_evidence(conn)
     ]
 
 

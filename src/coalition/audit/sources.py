@@ -13,7 +13,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Protocol, runtime_checkable
 
-from sqlalchemy import Engine, inspect, select
+from sqlalchemy import Connection, Engine, inspect, select
 
 from coalition.audit.evidence import RawEvidence
 from coalition.errors import CoalitionError, InvalidArgument
@@ -118,6 +118,25 @@ def existing_database(url: str) -> Engine:
     return make_engine(url)
 
 
+def stored_evidence(conn: Connection) -> list[RawEvidence]:
+    """The node's ``witness_evidence`` rows as stored (headers as text, unparsed), oldest
+    first."""
+    rows = conn.execute(select(witness_evidence).order_by(witness_evidence.c.id)).all()
+    return [
+        RawEvidence(
+            id=row.id,
+            program=row.program,
+            height=row.height,
+            kind=row.kind,
+            reason=row.reason,
+            first=row.first,
+            second=row.second,
+            detected_at=format_time(from_micros(row.detected_at)),
+        )
+        for row in rows
+    ]
+
+
 class DatabaseSource:
     """A node's database, read directly (SQLite file or PostgreSQL URL).
 
@@ -175,20 +194,7 @@ class DatabaseSource:
         with self._engine.connect() as conn:
             if not inspect(conn).has_table(witness_evidence.name):
                 return None
-            rows = conn.execute(select(witness_evidence).order_by(witness_evidence.c.id)).all()
-        return [
-            RawEvidence(
-                id=row.id,
-                program=row.program,
-                height=row.height,
-                kind=row.kind,
-                reason=row.reason,
-                first=row.first,
-                second=row.second,
-                detected_at=format_time(from_micros(row.detected_at)),
-            )
-            for row in rows
-        ]
+            return stored_evidence(conn)
 
     def cosignatures(self, start: int, end: int) -> dict[int, list[str]] | None:
         """The node's ``witness_cosignatures`` rows for its own program's headers (the
