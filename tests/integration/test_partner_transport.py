@@ -422,9 +422,7 @@ def test_partners_read_the_ledger_over_mutual_tls(coalition: Coalition, tmp_path
         service.enroll("m1", idempotency_key="enroll-m1")
         sealed = service.flush()
         assert sealed is not None
-        server, port = serve_partner_grpc(
-            node.inbox, node.tls, "127.0.0.1", 0, ledger_servicer=service
-        )
+        server, port = serve_partner_grpc(node.inbox, node.tls, "127.0.0.1", 0, service=service)
         try:
             manifest = coalition.manifest.with_partner_grpc({"skyair": f"127.0.0.1:{port}"})
             client = PartnerClient(

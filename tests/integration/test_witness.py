@@ -123,7 +123,7 @@ class Coalition:
         )
         inbox = PartnerInbox(program, self.base, service.engine, self.keys[program])
         tls = TlsFiles.for_program(self.base, program)
-        server, bound = serve_partner_grpc(inbox, tls, "127.0.0.1", port, ledger_servicer=service)
+        server, bound = serve_partner_grpc(inbox, tls, "127.0.0.1", port, service=service)
         node = Node(program, self.keys[program], service, inbox, server, bound, stack)
         self.nodes[program] = node
         return node

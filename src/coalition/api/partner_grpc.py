@@ -102,14 +102,14 @@ def serve_partner_grpc(
     tls: TlsFiles,
     host: str = "127.0.0.1",
     port: int = 0,
-    ledger_servicer: LedgerServicer | NodeService | None = None,
+    service: NodeService | None = None,
     max_workers: int = 16,
 ) -> tuple[grpc.Server, int]:
     """Start the mutual-TLS partner server; return it with its bound port.
 
-    ``ledger_servicer`` (a NodeService, or a LedgerServicer whose service is reused) also
-    serves ``Ledger`` to partners. The caller MUST ``server.stop(grace)`` it; each open
-    WatchHeaders stream holds a worker, so size ``max_workers`` for the partners.
+    With the node's ``service`` it also serves ``Ledger`` to partners. The caller MUST
+    ``server.stop(grace)`` it; each open WatchHeaders stream holds a worker, so size
+    ``max_workers`` for the partners.
     """
     ca, cert, key = tls.read()
     credentials = grpc.ssl_server_credentials(
@@ -125,13 +125,8 @@ def serve_partner_grpc(
     )
     partner_pb2_grpc.add_PartnerServicer_to_server(PartnerServicer(inbox), server)
     served = ["", PARTNER_SERVICE]
-    if ledger_servicer is not None:
-        if isinstance(ledger_servicer, NodeService):
-            ledger = PartnerLedgerServicer(ledger_servicer, inbox.manifest)
-        elif isinstance(ledger_servicer, PartnerLedgerServicer):
-            ledger = ledger_servicer
-        else:
-            ledger = PartnerLedgerServicer(ledger_servicer._service, inbox.manifest)
+    if service is not None:
+        ledger = PartnerLedgerServicer(service, inbox.manifest)
         ledger_pb2_grpc.add_LedgerServicer_to_server(ledger, server)
         served.append(LEDGER_SERVICE)
     checker = health.HealthServicer()

@@ -155,9 +155,7 @@ class CoalitionNode:
         if self._server is not None:
             raise FailedPrecondition("the coalition node is already started")
         host, port = split_address(self.partner_address)
-        server, bound = serve_partner_grpc(
-            self.inbox, self.tls, host, port, ledger_servicer=self.service
-        )
+        server, bound = serve_partner_grpc(self.inbox, self.tls, host, port, service=self.service)
         self._server = PartnerServer(server, bound)
         try:
             for feature in self.features:
