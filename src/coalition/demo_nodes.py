@@ -321,7 +321,6 @@ class Brand:
     """One partner of the demo: its files, its process and its clients."""
 
     program: str
-    config_path: Path
     config: NodeConfig
     files: KeyFiles
     public_key: VerifyKey
@@ -434,7 +433,6 @@ def load_brands(
         brands.append(
             Brand(
                 program=info.program,
-                config_path=info.config,
                 config=config,
                 files=files,
                 public_key=manifest.public_key(info.program),

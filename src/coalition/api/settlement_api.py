@@ -12,7 +12,6 @@ through untouched. Core errors reach the app's handler (REST) or ``grpc_server._
 from __future__ import annotations
 
 from dataclasses import asdict
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import grpc
@@ -96,10 +95,6 @@ def _statement_out(view: StatementView) -> StatementOut:
     return StatementOut(**fields)
 
 
-def _time(value: str, what: str) -> datetime:
-    return check_time(value, what)
-
-
 # -------------------------------------------------------------------------------- REST
 
 
@@ -180,7 +175,7 @@ def settlement_router(settlement: Settlement, authenticator: Authenticator) -> A
         dependencies=operate,
     )
     def propose(body: StatementIn) -> Signed:
-        start, end = _time(body.start, "start"), _time(body.end, "end")
+        start, end = check_time(body.start, "start"), check_time(body.end, "end")
         return dict(settlement.propose(body.partner, start, end))
 
     @router.get(
@@ -190,7 +185,7 @@ def settlement_router(settlement: Settlement, authenticator: Authenticator) -> A
         response_model=None,
     )
     def netting(start: Time, end: Time, fmt: Format = "json") -> Signed | PlainTextResponse:
-        view = settlement.coalition_netting(_time(start, "start"), _time(end, "end"))
+        view = settlement.coalition_netting(check_time(start, "start"), check_time(end, "end"))
         if fmt == "csv":
             return PlainTextResponse(view.to_csv(), media_type="text/csv")
         return dict(view.to_json())
@@ -330,7 +325,7 @@ class SettlementServicer(_Servicer, settlement_pb2_grpc.SettlementServicer):
         self, request: settlement_pb2.ProposeStatementRequest, context: grpc.ServicerContext
     ) -> settlement_pb2.SettlementStatement:
         self._allow(context, Action.OPERATE)
-        start, end = _time(request.start, "start"), _time(request.end, "end")
+        start, end = check_time(request.start, "start"), check_time(request.end, "end")
         signed = self._settlement.propose(request.partner, start, end)
         statement = signed["statement"]
         assert isinstance(statement, dict)
@@ -350,7 +345,7 @@ class SettlementServicer(_Servicer, settlement_pb2_grpc.SettlementServicer):
     ) -> settlement_pb2.NettingReport:
         self._allow(context, Action.LEDGER_READ)
         view = self._settlement.coalition_netting(
-            _time(request.start, "start"), _time(request.end, "end")
+            check_time(request.start, "start"), check_time(request.end, "end")
         )
         return _netting_message(view)
 
