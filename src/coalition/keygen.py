@@ -93,14 +93,16 @@ def _api_keys_toml(keys: Sequence[ApiSecret], *, with_secrets: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write(path: Path, data: bytes, private: bool) -> None:
+def write_key_file(path: Path, data: bytes, private: bool) -> None:
+    """Write ``data`` through a fresh temporary file renamed over ``path`` (0600 for
+    private keys and secrets, never readable by others even briefly)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-    fd = os.open(path, flags, 0o600 if private else 0o644)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)  # a leftover could carry looser permissions
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o644)
     with os.fdopen(fd, "wb") as file:
         file.write(data)
-    if private:
-        path.chmod(0o600)
+    os.replace(tmp, path)
 
 
 def generate_keys(
@@ -133,11 +135,13 @@ def generate_keys(
         ApiSecret("auditor", Role.AUDITOR, secrets.token_urlsafe(32)),
     ]
     api += [ApiSecret(f"member-{m}", Role.MEMBER, secrets.token_urlsafe(32), m) for m in members]
-    _write(files.signing_key, key.to_pem(password), private=True)
-    _write(files.public_key, key.public_key.to_pem(), private=False)
-    _write(files.account_secret, (secrets.token_bytes(32).hex() + "\n").encode(), private=True)
-    _write(files.api_keys, _api_keys_toml(api, with_secrets=False).encode(), private=False)
-    _write(files.api_secrets, _api_keys_toml(api, with_secrets=True).encode(), private=True)
+    write_key_file(files.signing_key, key.to_pem(password), private=True)
+    write_key_file(files.public_key, key.public_key.to_pem(), private=False)
+    write_key_file(
+        files.account_secret, (secrets.token_bytes(32).hex() + "\n").encode(), private=True
+    )
+    write_key_file(files.api_keys, _api_keys_toml(api, with_secrets=False).encode(), private=False)
+    write_key_file(files.api_secrets, _api_keys_toml(api, with_secrets=True).encode(), private=True)
     return files
 
 
@@ -209,6 +213,6 @@ def generate_coalition_keys(
         files = generate_keys(config, password=password, members=members, force=force)
         wanted = manifest.partner(program).public_key_path
         if wanted.resolve() != files.public_key.resolve():
-            _write(wanted, files.public_key.read_bytes(), private=False)
+            write_key_file(wanted, files.public_key.read_bytes(), private=False)
         written[program] = files
     return written

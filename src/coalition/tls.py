@@ -11,7 +11,6 @@ written with mode 0600. Existing files are never replaced without ``force``.
 from __future__ import annotations
 
 import ipaddress
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from coalition.errors import FailedPrecondition, InvalidArgument
+from coalition.keygen import write_key_file
 from coalition.node.config import split_address
 from coalition.node.manifest import Manifest
 
@@ -175,17 +175,6 @@ def make_node_cert(
     return cert, key
 
 
-def _write(path: Path, data: bytes, private: bool) -> None:
-    """Write ``data`` (0600 for private keys, never readable by others even briefly)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)  # a leftover could carry looser permissions
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o644)
-    with os.fdopen(fd, "wb") as file:
-        file.write(data)
-    os.replace(tmp, path)
-
-
 def _load_ca(manifest: Manifest) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     try:
         cert = x509.load_pem_x509_certificate(manifest.ca_cert.read_bytes())
@@ -216,8 +205,8 @@ def generate_tls(
         ca_cert, ca_key = make_ca(f"{manifest.name} CA", now)
         issue = list(manifest.partners)
         written = [*ca_files]
-        _write(manifest.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM), False)
-        _write(ca_key_path(manifest), _key_pem(ca_key), True)
+        write_key_file(manifest.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM), False)
+        write_key_file(ca_key_path(manifest), _key_pem(ca_key), True)
     else:
         ca_cert, ca_key = _load_ca(manifest)
         issue = []
@@ -240,8 +229,8 @@ def generate_tls(
         files = TlsFiles.for_program(manifest, partner.program)
         host, _ = split_address(partner.partner_grpc)
         cert, key = make_node_cert(partner.program, ca_cert, ca_key, now, [host])
-        _write(files.cert, cert.public_bytes(serialization.Encoding.PEM), False)
-        _write(files.key, _key_pem(key), True)
+        write_key_file(files.cert, cert.public_bytes(serialization.Encoding.PEM), False)
+        write_key_file(files.key, _key_pem(key), True)
         written += [files.cert, files.key]
     return written
 
