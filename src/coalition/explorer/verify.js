@@ -217,11 +217,15 @@ export async function verifyConsistency(size1, size2, path, root1, root2) {
 
 // ------------------------------------------------------------------------ Ed25519
 
+/** The DER bytes of a PEM SubjectPublicKeyInfo. */
+function pemToDer(pem) {
+  return base64ToBytes(pem.replace(/-----(BEGIN|END) PUBLIC KEY-----/g, "").replace(/\s+/g, ""));
+}
+
 /** A program's public key from its PEM SubjectPublicKeyInfo (as /v1/ledger/public-key
  * serves it), for `verifySignature`. */
 export async function importPublicKey(pem) {
-  const body = pem.replace(/-----(BEGIN|END) PUBLIC KEY-----/g, "").replace(/\s+/g, "");
-  const der = base64ToBytes(body);
+  const der = pemToDer(pem);
   try {
     return await crypto.subtle.importKey("spki", der, { name: "Ed25519" }, false, ["verify"]);
   } catch (err) {
@@ -231,8 +235,7 @@ export async function importPublicKey(pem) {
 
 /** The hex key id (SHA-256 of the raw 32-byte key) of a PEM public key. */
 export async function keyIdOf(pem) {
-  const body = pem.replace(/-----(BEGIN|END) PUBLIC KEY-----/g, "").replace(/\s+/g, "");
-  const der = base64ToBytes(body);
+  const der = pemToDer(pem);
   return bytesToHex(await sha256(der.slice(der.length - 32)));
 }
 
