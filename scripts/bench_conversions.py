@@ -43,6 +43,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -50,7 +51,7 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -62,6 +63,7 @@ from coalition.audit.command import audit_partners  # noqa: E402
 from coalition.audit.sources import DatabaseSource  # noqa: E402
 from coalition.ledger.entries import format_time, parse_time  # noqa: E402
 from coalition.node.manifest import Manifest  # noqa: E402
+from coalition.store.redemption_tables import bodies_of_kinds  # noqa: E402
 from coalition.tls import TlsFiles  # noqa: E402
 from coalition.v1 import conversions_pb2, conversions_pb2_grpc  # noqa: E402
 
@@ -131,9 +133,10 @@ def setup(folder: Path, members: int, per_member: int) -> tuple[BrandProcess, Br
 
 
 def _convert_worker(
-    target: str, api_key: str, numbers: list[int], members: int, threads: int
+    target: str, api_key: str, tag: str, numbers: list[int], members: int, threads: int
 ) -> list[tuple[str, float, float]]:
-    """Convert in ``threads`` threads; (conversion id, send time, reply time) each."""
+    """Convert in ``threads`` threads; (conversion id, send time, reply time) each.
+    Idempotency keys carry the run's ``tag``, so no run replays another's conversions."""
     metadata = (("authorization", f"Bearer {api_key}"),)
     results: list[tuple[str, float, float]] = []
     lock = threading.Lock()
@@ -148,7 +151,7 @@ def _convert_worker(
                     to_program=B,
                     to_member_id=member(n % members),
                     amount=AMOUNT,
-                    idempotency_key=f"bench-{n}",
+                    idempotency_key=f"bench-{tag}-{n}",
                 )
                 sent = time.time()
                 reply = stub.Convert(request, metadata=metadata, timeout=30)
@@ -315,20 +318,15 @@ def summary(count: int, elapsed: float, latencies: list[float]) -> dict[str, flo
     }
 
 
-def completions(a: BrandProcess) -> dict[str, float]:
+def completions(engine: Engine) -> dict[str, float]:
     """Conversion id -> time of its convert-complete entry on A (epoch seconds)."""
-    engine = create_engine(a.database_url)
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(
-                text('SELECT body FROM entries WHERE body LIKE \'%"kind":"convert-complete"%\'')
-            ).all()
-    finally:
-        engine.dispose()
-    done = {}
-    for (body,) in rows:
-        entry = json.loads(body)
-        done[entry["conversion"]["id"]] = parse_time(entry["at"]).timestamp()
+    with engine.connect() as conn:
+        entries = bodies_of_kinds(conn, ["convert-complete"])
+    done: dict[str, float] = {}
+    for entry in entries:
+        conversion, at = entry["conversion"], entry["at"]
+        assert isinstance(conversion, dict) and isinstance(at, str)
+        done[str(conversion["id"])] = parse_time(at).timestamp()
     return done
 
 
@@ -343,21 +341,25 @@ def convert_run(
         chunks.append(numbers[start : start + share])
         start += share
     chunks[-1].extend(numbers[start:])
-    key = a.api_keys["operator"]
+    key, tag = a.api_keys["operator"], uuid.uuid4().hex[:12]
     futures = [
-        pool.submit(_convert_worker, a.grpc, key, chunk, members, t)
+        pool.submit(_convert_worker, a.grpc, key, tag, chunk, members, t)
         for chunk, t in zip(chunks, threads, strict=True)
     ]
     made = [x for f in futures for x in f.result()]
     assert len(made) == count
     deadline = time.monotonic() + 120
-    while True:
-        done = completions(a)
-        if all(cid in done for cid, _, _ in made):
-            break
-        if time.monotonic() > deadline:
-            raise SystemExit(f"only {len(done)} of {count} conversions completed in time")
-        time.sleep(0.2)
+    engine = create_engine(a.database_url)
+    try:
+        while True:
+            done = completions(engine)
+            if all(cid in done for cid, _, _ in made):
+                break
+            if time.monotonic() > deadline:
+                raise SystemExit(f"only {len(done)} of {count} conversions completed in time")
+            time.sleep(0.2)
+    finally:
+        engine.dispose()
     first = min(sent for _, sent, _ in made)
     last = max(done[cid] for cid, _, _ in made)
     latencies = [done[cid] - sent for cid, sent, _ in made]
