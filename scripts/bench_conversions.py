@@ -402,7 +402,8 @@ def main() -> int:
     args = parser.parse_args()
     folder = args.keep or Path(tempfile.mkdtemp(prefix="coalition-bench-conv-"))
     folder.mkdir(parents=True, exist_ok=True)
-    per_member = (args.conversions // args.members + 2) * AMOUNT
+    warm_up = min(200, args.conversions)
+    per_member = ((args.conversions + warm_up) // args.members + 2) * AMOUNT
     print(machine())
     print(
         f"{args.conversions:,} conversions of {AMOUNT} points, {args.members} members, "
@@ -415,7 +416,7 @@ def main() -> int:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(args.procs, mp_context=context) as pool:
             # warm up: channels, the outbox, both databases
-            convert_run(pool, a, min(200, args.conversions), args.clients, args.procs, args.members)
+            convert_run(pool, a, warm_up, args.clients, args.procs, args.members)
             n, c, p, m = args.conversions, args.clients, args.procs, args.members
             results = {
                 "bare_member": measured(
