@@ -29,9 +29,12 @@ from dataclasses import dataclass, field
 
 from coalition.audit.cross_chain import CrossChainFault
 from coalition.errors import CoalitionError, VerificationError
-from coalition.ledger.blocks import GENESIS_PREV, BlockHeader, SignedHeader
+from coalition.ledger.blocks import (
+    SignedHeader,
+    header_problem,
+    link_problem,
+)
 from coalition.ledger.canonical import JsonObject, parse_json
-from coalition.ledger.entries import parse_time
 from coalition.ledger.keys import VerifyKey
 
 EQUIVOCATION = "equivocation"
@@ -83,33 +86,6 @@ def _parse(text: str, which: str) -> SignedHeader:
         raise VerificationError(f"the {which} signed header does not parse: {exc}") from None
 
 
-def _self_inconsistent(h: BlockHeader) -> str | None:
-    """Why one signed header alone is impossible for an honest program (None: it is not)."""
-    if h.log_size != h.first_index + h.entry_count:
-        return f"its log_size {h.log_size} is not first_index + entry_count at height {h.height}"
-    if h.height == 0 and (
-        h.prev_hash != GENESIS_PREV
-        or h.first_index != 0
-        or not hmac.compare_digest(h.log_root, h.block_root)
-    ):
-        return "its header at height 0 is not a genesis header"
-    return None
-
-
-def _broken_link(prev: BlockHeader, h: BlockHeader) -> str | None:
-    """Why ``h`` cannot follow ``prev`` (one height below it); None: it can."""
-    if not hmac.compare_digest(h.prev_hash, prev.hash()):
-        return f"its header at height {h.height} does not link to its header at {prev.height}"
-    if h.first_index != prev.log_size:
-        return (
-            f"its header at height {h.height} starts at log index {h.first_index}, "
-            f"not at the previous log size {prev.log_size}"
-        )
-    if parse_time(h.sealed_at) < parse_time(prev.sealed_at):
-        return f"its header at height {h.height} is sealed before the one at {prev.height}"
-    return None
-
-
 def _proof(first: SignedHeader, second: SignedHeader) -> tuple[str, str] | None:
     """(kind, why) if the two signed headers are incompatible, else None."""
     a, b = first.header, second.header
@@ -120,12 +96,12 @@ def _proof(first: SignedHeader, second: SignedHeader) -> tuple[str, str] | None:
             f"({a.hash()[:16]}... and {b.hash()[:16]}...)"
         )
     for h in (a,) if same else (a, b):
-        why = _self_inconsistent(h)
+        why = header_problem(h)
         if why is not None:
             return FORK, f"signed an impossible header: {why}"
     low, high = (a, b) if a.height < b.height else (b, a)
     if high.height == low.height + 1:
-        why = _broken_link(low, high)
+        why = link_problem(low, high)
         if why is not None:
             return FORK, f"signed two headers that are not one chain: {why}"
     return None

@@ -12,6 +12,7 @@ that does not).
 
 from __future__ import annotations
 
+import hmac
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from hashlib import sha256
 
 from coalition.errors import InvalidArgument
 from coalition.ledger.canonical import MAX_SAFE_INTEGER, JsonObject, JsonValue, canonical_json
-from coalition.ledger.entries import check_time
+from coalition.ledger.entries import check_time, parse_time
 from coalition.ledger.keys import SigningKey, VerifyKey
 from coalition.ledger.merkle import root
 
@@ -207,3 +208,36 @@ def make_header(
 
 def sign_header(header: BlockHeader, key: SigningKey) -> SignedHeader:
     return SignedHeader(header, key.sign_object(header.to_json()))
+
+
+def header_problem(h: BlockHeader) -> str | None:
+    """Why one header alone is impossible for an honest program (None: it is not): its
+    range does not add up, or at height 0 it is not a genesis header. The witness and the
+    auditor judge fork evidence by this same rule."""
+    if h.log_size != h.first_index + h.entry_count:
+        return f"its log_size {h.log_size} is not first_index + entry_count at height {h.height}"
+    if h.height == 0 and (
+        h.prev_hash != GENESIS_PREV
+        or h.first_index != 0
+        or not hmac.compare_digest(h.log_root, h.block_root)
+    ):
+        return "its header at height 0 is not a genesis header"
+    return None
+
+
+def link_problem(prev: BlockHeader, h: BlockHeader) -> str | None:
+    """Why ``h`` cannot follow ``prev``, the header one height below it (None: it can):
+    ``prev_hash``, ``first_index`` or ``sealed_at`` does not continue ``prev``."""
+    if not hmac.compare_digest(h.prev_hash, prev.hash()):
+        return (
+            f"its header at height {h.height} does not link to its header at {prev.height}: "
+            "prev_hash is not that header's hash"
+        )
+    if h.first_index != prev.log_size:
+        return (
+            f"its header at height {h.height} starts at log index {h.first_index}, "
+            f"not at the previous log size {prev.log_size}"
+        )
+    if parse_time(h.sealed_at) < parse_time(prev.sealed_at):
+        return f"its header at height {h.height} is sealed before the one at {prev.height}"
+    return None

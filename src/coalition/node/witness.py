@@ -36,9 +36,14 @@ from coalition.errors import (
     NotFound,
     VerificationError,
 )
-from coalition.ledger.blocks import GENESIS_PREV, SignedHeader, check_count
+from coalition.ledger.blocks import (
+    SignedHeader,
+    check_count,
+    header_problem,
+    link_problem,
+)
 from coalition.ledger.canonical import JsonObject, JsonValue, parse_json
-from coalition.ledger.entries import format_time, parse_time
+from coalition.ledger.entries import format_time
 from coalition.ledger.keys import SigningKey
 from coalition.ledger.note import checkpoint_of, cosign, sign_note, verify_cosignature
 from coalition.ledger.proofs import verify_consistency_document
@@ -203,24 +208,11 @@ def _same(a: SignedHeader, b: SignedHeader) -> bool:
 def _check_link(last: SignedHeader | None, signed: SignedHeader) -> str | None:
     """Why ``signed`` does not follow ``last`` (None: it does). Signatures checked before."""
     h = signed.header
-    if h.log_size != h.first_index + h.entry_count:
-        return f"log_size {h.log_size} is not first_index + entry_count"
     if last is None:
-        if h.height != 0 or h.prev_hash != GENESIS_PREV or h.first_index != 0:
-            return "the first header is not a genesis header"
-        if not hmac.compare_digest(h.log_root, h.block_root):
-            return "the genesis header's log_root is not its block_root"
-        return None
-    p = last.header
-    if h.height != p.height + 1:
-        return f"height {h.height} does not follow {p.height}"
-    if not hmac.compare_digest(h.prev_hash, p.hash()):
-        return f"prev_hash is not the hash of the header at height {p.height} we verified"
-    if h.first_index != p.log_size:
-        return f"first_index {h.first_index} is not the previous log size {p.log_size}"
-    if parse_time(h.sealed_at) < parse_time(p.sealed_at):
-        return "sealed_at is earlier than the previous header's"
-    return None
+        return f"the first header is at height {h.height}" if h.height else header_problem(h)
+    if h.height != last.header.height + 1:
+        return f"height {h.height} does not follow {last.header.height}"
+    return header_problem(h) or link_problem(last.header, h)
 
 
 class Witness:
