@@ -43,12 +43,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from coalition.api.auth import Role
 from coalition.api.grpc_client import NodeClient
-from coalition.demo import NodeProcess, settle, wait_healthy
+from coalition.demo.scenario import NodeProcess, settle, wait_healthy
 from coalition.errors import CoalitionError
-from coalition.keygen import find_secret
+from coalition.node.auth import Role
 from coalition.node.config import load_config
+from coalition.ops.keygen import find_secret
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ingest import machine

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from coalition.api.auth import ApiKey, Authenticator, Role, key_digest
+from coalition.node.auth import ApiKey, Authenticator, Role, key_digest
 from coalition.node.service import NodeService
 from coalition.node.testing import POSTGRES_URL, postgres_schema, temporary_node
 from coalition.store.db import normalise_url

@@ -51,10 +51,10 @@ def _print_json(value: Any) -> None:
 
 
 def _client(args: argparse.Namespace) -> NodeClient:
-    from coalition.api.auth import Role
     from coalition.api.grpc_client import NodeClient
-    from coalition.keygen import find_secret
+    from coalition.node.auth import Role
     from coalition.node.config import load_config
+    from coalition.ops.keygen import find_secret
 
     target, key = args.grpc, args.api_key or os.environ.get("COALITION_API_KEY")
     if args.config:
@@ -277,8 +277,8 @@ def _cmd_import_csv(client: NodeClient, args: argparse.Namespace) -> int:
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
-    from coalition.keygen import generate_coalition_keys, generate_keys
     from coalition.node.config import load_config
+    from coalition.ops.keygen import generate_coalition_keys, generate_keys
 
     password = None
     if args.password_env:
@@ -308,7 +308,7 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
 def _cmd_tls_init(args: argparse.Namespace) -> int:
     from coalition.node.manifest import Manifest
-    from coalition.tls import generate_tls
+    from coalition.ops.tls import generate_tls
 
     manifest = Manifest.load(args.manifest)
     for path in generate_tls(manifest, force=args.force):
@@ -318,7 +318,7 @@ def _cmd_tls_init(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from coalition.node.config import load_config
-    from coalition.node.runner import run_node
+    from coalition.runtime.runner import run_node
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     run_node(load_config(args.config))
@@ -326,7 +326,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from coalition.demo import DemoOptions, run_demo
+    from coalition.demo.scenario import DemoOptions, run_demo
 
     options = DemoOptions(
         members=args.members,
@@ -338,7 +338,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_scenario(args: argparse.Namespace) -> int:
-    from coalition.demo import DemoOptions, run_scenario
+    from coalition.demo.scenario import DemoOptions, run_scenario
 
     options = DemoOptions(
         members=args.members, purchases=args.purchases, conversions=args.conversions

@@ -16,16 +16,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from coalition.api.auth import ApiKey, Authenticator, Role, key_digest
 from coalition.api.conversions_api import conversions_router
 from coalition.api.rest import create_app, serve_http
 from coalition.api.settlement_api import redemptions_router, settlement_router
 from coalition.api.witness_api import witness_router
+from coalition.node.auth import ApiKey, Authenticator, Role, key_digest
 from coalition.node.coalition_testing import RunningCoalition, agreement_doc, coalition_nodes
 from coalition.node.coalition_testing import wait_for as wait_until
-from coalition.node.redemptions import Redemptions
-from coalition.node.settlement import Settlement
-from coalition.node.witness import Witness
+from coalition.node.features.redemptions import Redemptions
+from coalition.node.features.settlement import Settlement
+from coalition.node.features.witness import Witness
 
 A, B, C = "skyair", "staybright", "beanhouse"
 AUDITOR_KEY = "explorer-auditor-key"

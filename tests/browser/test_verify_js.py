@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from coalition.api.auth import ApiKey, Authenticator, Role, key_digest
 from coalition.api.rest import create_app, serve_http
 from coalition.ledger.canonical import JsonObject
+from coalition.node.auth import ApiKey, Authenticator, Role, key_digest
 from coalition.node.service import NodeService
 from coalition.node.testing import temporary_node
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from coalition.api.grpc_client import NodeClient
-from coalition.demo_nodes import free_ports
+from coalition.demo.nodes import free_ports
 from coalition.errors import CoalitionError
 
 REPO = Path(__file__).resolve().parents[2]

@@ -15,12 +15,12 @@ import grpc
 import pytest
 from fastapi.testclient import TestClient
 
-from coalition.api.auth import Authenticator
 from coalition.api.conversions_api import add_conversions_servicer, conversions_router
 from coalition.api.rest import create_app
 from coalition.errors import FailedPrecondition, InvalidArgument
 from coalition.ledger.canonical import canonical_json, parse_json
 from coalition.ledger.keys import SigningKey
+from coalition.node.auth import Authenticator
 from coalition.node.coalition_testing import (
     RunningCoalition,
     agreement_doc,

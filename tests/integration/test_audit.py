@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from coalition.api.auth import Authenticator
 from coalition.api.grpc_server import serve_grpc
 from coalition.audit import (
     AuditReport,
@@ -25,6 +24,7 @@ from coalition.audit import (
 from coalition.audit.command import add_audit_parser
 from coalition.ledger.blocks import SignedHeader, sign_header
 from coalition.ledger.keys import SigningKey
+from coalition.node.auth import Authenticator
 from coalition.node.config import SealerConfig
 from coalition.node.service import NodeService
 from coalition.node.testing import Clock, temporary_node

@@ -17,7 +17,6 @@ from typing import Any
 import grpc
 import pytest
 
-from coalition.api.auth import Authenticator
 from coalition.api.grpc_server import serve_grpc
 from coalition.api.witness_api import add_witness_servicer
 from coalition.audit import (
@@ -29,8 +28,9 @@ from coalition.audit import (
 )
 from coalition.cli import main
 from coalition.ledger.blocks import SignedHeader, sign_header
+from coalition.node.auth import Authenticator
 from coalition.node.coalition_testing import RunningCoalition, coalition_nodes, node_urls
-from coalition.node.witness import Witness
+from coalition.node.features.witness import Witness
 from coalition.store import witness_tables
 
 PROGRAMS = ("skyair", "staybright")

@@ -26,7 +26,6 @@ import grpc
 import pytest
 from sqlalchemy import select, update
 
-from coalition.api.auth import Authenticator
 from coalition.api.grpc_server import serve_grpc
 from coalition.api.witness_api import add_witness_servicer
 from coalition.audit import (
@@ -40,8 +39,9 @@ from coalition.audit.sources import ChainSource
 from coalition.audit.witness_quorum import cosigner_of
 from coalition.cli import main
 from coalition.ledger.note import NoteSignature, parse_signature_line
+from coalition.node.auth import Authenticator
 from coalition.node.coalition_testing import RunningCoalition, coalition_nodes, node_urls, wait_for
-from coalition.node.witness import Witness
+from coalition.node.features.witness import Witness
 from coalition.store.witness_tables import witness_cosignatures
 
 A, B, C = "skyair", "staybright", "beanhouse"

@@ -12,16 +12,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from coalition.api.auth import Authenticator
 from coalition.api.rest import create_app, serve_http
 from coalition.audit import audit_chain
 from coalition.audit.bundle import BundleSource, export_bundle
 from coalition.cli import main
 from coalition.ledger.keys import SigningKey
-from coalition.node.app import open_node
+from coalition.node.auth import Authenticator
 from coalition.node.config import SealerConfig, load_config
 from coalition.node.service import NodeService
 from coalition.node.testing import Clock, temporary_node
+from coalition.runtime.wiring import open_node
 
 ROOT = Path(__file__).resolve().parents[2]
 PROGRAM = "testair"

@@ -16,15 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from coalition.api.auth import ApiKey, Authenticator, Role, key_digest
 from coalition.api.grpc_server import serve_grpc
 from coalition.cli import main
 from coalition.errors import InvalidArgument
-from coalition.keygen import read_api_secrets
 from coalition.ledger.keys import SigningKey
+from coalition.node.auth import ApiKey, Authenticator, Role, key_digest
 from coalition.node.config import load_api_keys, load_config
 from coalition.node.service import NodeService
 from coalition.node.testing import temporary_node
+from coalition.ops.keygen import read_api_secrets
 
 ROOT = Path(__file__).resolve().parents[2]
 OPERATOR_KEY = "cli-test-operator-key"

@@ -41,11 +41,11 @@ from coalition.node.coalition_testing import (
     node_urls,
     wait_for,
 )
-from coalition.node.redemptions import Redemptions
+from coalition.node.features.redemptions import Redemptions
+from coalition.node.features.settlement import Settlement, sign_statement
+from coalition.node.features.witness import Witness
 from coalition.node.sealer import TREE_STRIDE
-from coalition.node.settlement import Settlement, sign_statement
 from coalition.node.testing import postgres_schema
-from coalition.node.witness import Witness
 from coalition.store.db import make_engine
 from coalition.store.tables import blocks, entries, tree_nodes
 from coalition.store.witness_tables import witness_cosignatures

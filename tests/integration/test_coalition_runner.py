@@ -19,18 +19,18 @@ from typing import Any
 
 import pytest
 
-from coalition.api.auth import Role
 from coalition.cli import main
-from coalition.demo import RATES, agreement_document
-from coalition.demo_nodes import prepare_coalition
+from coalition.demo.nodes import prepare_coalition
+from coalition.demo.scenario import RATES, agreement_document
 from coalition.errors import FailedPrecondition, InvalidArgument
-from coalition.keygen import find_secret
 from coalition.ledger.keys import SigningKey
-from coalition.node.app import open_node, read_signing_key
-from coalition.node.coalition_node import CoalitionNode
+from coalition.node.auth import Role
 from coalition.node.config import config_from_mapping, load_config
 from coalition.node.manifest import Manifest
-from coalition.node.runner import run_node
+from coalition.ops.keyfiles import read_signing_key
+from coalition.ops.keygen import find_secret
+from coalition.runtime.runner import run_node
+from coalition.runtime.wiring import CoalitionNode, open_node
 
 RAW: dict[str, Any] = {"program": {"id": "skyair"}}
 

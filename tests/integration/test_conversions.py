@@ -21,7 +21,6 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from coalition.api.auth import Authenticator
 from coalition.api.conversions_api import add_conversions_servicer, conversions_router
 from coalition.api.rest import create_app
 from coalition.audit.db_check import check_database
@@ -29,6 +28,7 @@ from coalition.errors import CoalitionError, FailedPrecondition, InsufficientPoi
 from coalition.ledger.canonical import JsonObject
 from coalition.ledger.entries import entry_leaf_hash, format_time
 from coalition.ledger.envelope import SignedMessage, open_message, sign_message
+from coalition.node.auth import Authenticator
 from coalition.node.coalition_testing import (
     PartnerNode,
     RunningCoalition,
@@ -39,8 +39,8 @@ from coalition.node.coalition_testing import (
     node_urls,
     wait_for,
 )
-from coalition.node.conversions import RECEIPT, ConversionView
-from coalition.node.settlement import Settlement
+from coalition.node.features.conversions import RECEIPT, ConversionView
+from coalition.node.features.settlement import Settlement
 from coalition.points.replay import Replay
 from coalition.store import conversion_repo
 from coalition.store.coalition_tables import outbox
@@ -428,7 +428,7 @@ def test_tampered_or_foreign_receipts_are_refused(
         # not a signed message at all
         {"envelope": text},
     ]
-    with caplog.at_level(logging.WARNING, logger="coalition.node.conversions"):
+    with caplog.at_level(logging.WARNING, logger="coalition.node.features.conversions"):
         assert a.conv.record_answers(B, forgeries) == set()
     assert len([r for r in caplog.records if "refused" in r.getMessage()]) == len(forgeries)
     assert a.conv.status("alice", view.id).status == "pending"

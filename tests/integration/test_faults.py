@@ -44,8 +44,8 @@ from coalition.ledger.envelope import SignedMessage, sign_message
 from coalition.ledger.keys import SigningKey
 from coalition.node.manifest import Manifest
 from coalition.node.partners import GrpcTransport, PartnerClient, PartnerInbox
+from coalition.ops.tls import TlsFiles, make_ca, make_node_cert
 from coalition.store.db import create_schema, make_engine
-from coalition.tls import TlsFiles, make_ca, make_node_cert
 from coalition.v1 import conversions_pb2, conversions_pb2_grpc
 
 pytestmark = pytest.mark.slow

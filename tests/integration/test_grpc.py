@@ -14,7 +14,6 @@ from typing import Any
 import grpc
 import pytest
 
-from coalition.api.auth import Authenticator
 from coalition.api.grpc_client import NodeClient, TransportError
 from coalition.api.grpc_server import (
     LEDGER_SERVICE,
@@ -34,6 +33,7 @@ from coalition.ledger.blocks import SignedHeader
 from coalition.ledger.canonical import canonical_json
 from coalition.ledger.keys import VerifyKey
 from coalition.ledger.proofs import verify_consistency_document, verify_inclusion_document
+from coalition.node.auth import Authenticator
 from coalition.node.service import NodeService
 from coalition.node.views import PurchaseRow
 from coalition.v1 import points_pb2, points_pb2_grpc

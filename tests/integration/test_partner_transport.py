@@ -1,4 +1,4 @@
-"""The partner transport for real: mutual TLS with certificates made by ``tls.py``, gRPC on
+"""The partner transport for real: mutual TLS with certificates made by ``ops/tls.py``, gRPC on
 127.0.0.1, signed envelopes checked by ``PartnerInbox`` with its replay guard on SQLite
 and PostgreSQL.
 
@@ -42,9 +42,9 @@ from coalition.node.partners import (
     PartnerTransport,
 )
 from coalition.node.testing import Clock, temporary_node
+from coalition.ops.tls import TlsFiles, generate_tls
 from coalition.store.db import create_schema, make_engine
 from coalition.store.partner_tables import SeenMessageRow
-from coalition.tls import TlsFiles, generate_tls
 from coalition.v1 import ledger_pb2, ledger_pb2_grpc, partner_pb2, partner_pb2_grpc
 
 PROGRAMS = ("skyair", "staybright", "beanhouse")

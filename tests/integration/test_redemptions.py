@@ -35,7 +35,7 @@ from coalition.node.coalition_testing import (
     ledger_entries,
     node_urls,
 )
-from coalition.node.redemptions import Redemptions
+from coalition.node.features.redemptions import Redemptions
 from coalition.points.replay import Replay
 from coalition.store import redemption_tables
 

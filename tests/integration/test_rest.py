@@ -13,13 +13,13 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from coalition.api.auth import Authenticator
 from coalition.api.rest import MAX_BULK_ROWS, create_app, serve_http
 from coalition.errors import VerificationError
 from coalition.ledger.blocks import SignedHeader
 from coalition.ledger.canonical import canonical_json
 from coalition.ledger.keys import VerifyKey
 from coalition.ledger.proofs import verify_consistency_document, verify_inclusion_document
+from coalition.node.auth import Authenticator
 from coalition.node.service import NodeService
 
 ALICE = "alice"  # the member the fixture's member key belongs to

@@ -21,7 +21,6 @@ import grpc
 import pytest
 from fastapi.testclient import TestClient
 
-from coalition.api.auth import Authenticator
 from coalition.api.rest import create_app
 from coalition.api.settlement_api import (
     add_redemptions_servicer,
@@ -33,6 +32,7 @@ from coalition.audit.cross_chain import check_coalition
 from coalition.errors import FailedPrecondition, InvalidArgument
 from coalition.ledger.canonical import parse_json
 from coalition.ledger.entries import format_time
+from coalition.node.auth import Authenticator
 from coalition.node.coalition_testing import (
     PartnerNode,
     RunningCoalition,
@@ -43,8 +43,8 @@ from coalition.node.coalition_testing import (
     node_urls,
     wait_for,
 )
-from coalition.node.redemptions import Redemptions
-from coalition.node.settlement import (
+from coalition.node.features.redemptions import Redemptions
+from coalition.node.features.settlement import (
     Settlement,
     sign_statement,
     statement_parts,

@@ -23,20 +23,20 @@ from coalition.audit.chain_audit import audit_chain
 from coalition.audit.cross_chain import audit_coalition
 from coalition.audit.db_check import check_database
 from coalition.audit.sources import DatabaseSource
-from coalition.demo import Scenario
-from coalition.demo_nodes import (
+from coalition.demo.nodes import (
     load_brands,
     prepare_coalition,
     start_brands,
     stop_brands,
     wait_connected,
 )
-from coalition.keygen import generate_coalition_keys
+from coalition.demo.scenario import Scenario
 from coalition.ledger.canonical import JsonObject, parse_json
 from coalition.node.manifest import Manifest
 from coalition.node.testing import POSTGRES_URL
+from coalition.ops.keygen import generate_coalition_keys
+from coalition.ops.tls import generate_tls
 from coalition.store.db import normalise_url
-from coalition.tls import generate_tls
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 

@@ -15,7 +15,6 @@ import grpc
 import pytest
 from fastapi.testclient import TestClient
 
-from coalition.api.auth import Authenticator
 from coalition.api.grpc_server import serve_grpc
 from coalition.api.partner_grpc import serve_partner_grpc
 from coalition.api.rest import create_app
@@ -33,13 +32,14 @@ from coalition.ledger.note import (
     verify_note,
 )
 from coalition.ledger.proofs import consistency_document
+from coalition.node.auth import Authenticator
 from coalition.node.config import SealerConfig
+from coalition.node.features.witness import FORK, Fault, Witness, witness_name
 from coalition.node.manifest import Manifest
 from coalition.node.partners import InMemoryNetwork, PartnerClient, PartnerInbox
 from coalition.node.service import NodeService
 from coalition.node.testing import temporary_node
-from coalition.node.witness import FORK, Fault, Witness, witness_name
-from coalition.tls import TlsFiles, generate_tls
+from coalition.ops.tls import TlsFiles, generate_tls
 from coalition.v1 import witness_pb2, witness_pb2_grpc
 
 PROGRAMS = ("skyair", "staybright", "beanhouse")

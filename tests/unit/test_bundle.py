@@ -30,9 +30,9 @@ from coalition.ledger.keys import SigningKey
 from coalition.ledger.merkle import leaf_hash
 from coalition.ledger.note import checkpoint_of, cosign, verify_cosignature
 from coalition.node.config import SealerConfig
+from coalition.node.features.witness import witness_name
 from coalition.node.service import NodeService
 from coalition.node.testing import Clock, temporary_node
-from coalition.node.witness import witness_name
 from coalition.store.witness_tables import (
     StoredCosignature,
     save_cosignature,

@@ -16,7 +16,7 @@ from coalition.errors import FailedPrecondition, InvalidArgument, NotFound
 from coalition.ledger.keys import SigningKey
 from coalition.node.config import load_config
 from coalition.node.manifest import Manifest
-from coalition.tls import TlsFiles, ca_key_path, certificate_program, generate_tls
+from coalition.ops.tls import TlsFiles, ca_key_path, certificate_program, generate_tls
 
 ROOT = Path(__file__).resolve().parents[2]
 

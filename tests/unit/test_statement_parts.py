@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from coalition.errors import InvalidArgument
-from coalition.node.settlement import statement_id, statement_parts
+from coalition.node.features.settlement import statement_id, statement_parts
 from coalition.points.settlement import Owed, statement_document
 
 START, END = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC)

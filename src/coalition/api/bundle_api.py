@@ -11,9 +11,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
-from coalition.api.auth import Action, Authenticator
 from coalition.api.rest import guard
 from coalition.audit.bundle import BundleExport
+from coalition.node.auth import Action, Authenticator
 from coalition.node.service import NodeService
 
 MEDIA_TYPE = "application/x-ndjson"

@@ -17,7 +17,6 @@ import grpc
 from fastapi import APIRouter, Body, Path, Query
 from pydantic import BaseModel, Field
 
-from coalition.api.auth import Action, Authenticator
 from coalition.api.grpc_server import _guard, _Servicer
 from coalition.api.rest import (
     _ERRORS,
@@ -31,8 +30,9 @@ from coalition.api.rest import (
 )
 from coalition.errors import InvalidArgument
 from coalition.ledger.canonical import JsonObject, canonical_json, parse_json
-from coalition.node.agreements import AgreementView
-from coalition.node.conversions import Conversions, ConversionView, QuoteView
+from coalition.node.auth import Action, Authenticator
+from coalition.node.features.agreements import AgreementView
+from coalition.node.features.conversions import Conversions, ConversionView, QuoteView
 from coalition.v1 import conversions_pb2, conversions_pb2_grpc
 
 # ----------------------------------------------------------------------- wire models

@@ -17,15 +17,15 @@ from fastapi import APIRouter, Query
 from fastapi.responses import RedirectResponse, Response
 from pydantic import BaseModel
 
-from coalition.api.auth import Action, Authenticator
 from coalition.api.rest import guard
 from coalition.errors import NotFound
 from coalition.explorer.flows import FLOW_KINDS, MAX_BUCKET_S, MIN_BUCKET_S, conversion_flows
+from coalition.node.auth import Action, Authenticator
 from coalition.node.service import NodeService
 from coalition.store.redemption_tables import bodies_of_kinds
 
 if TYPE_CHECKING:
-    from coalition.node.coalition_node import CoalitionNode
+    from coalition.runtime.wiring import CoalitionNode
 
 _MEDIA_TYPES = {
     ".html": "text/html; charset=utf-8",

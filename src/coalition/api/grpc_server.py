@@ -2,7 +2,7 @@
 """gRPC servicers for ``coalition.v1.Points`` and ``coalition.v1.Ledger``, and ``serve_grpc``.
 
 Thin on purpose: each RPC reads the ``authorization`` metadata, authenticates and
-authorizes it (``coalition.api.auth``), calls the NodeService and builds the reply. Core
+authorizes it (``coalition.node.auth``), calls the NodeService and builds the reply. Core
 errors are mapped once, in ``_guard``, with ``coalition.api.errors.grpc_status``; anything
 else is a bug and becomes INTERNAL with the traceback in the log, never on the wire.
 """
@@ -20,11 +20,11 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from coalition.api.auth import Action, Authenticator, Principal
 from coalition.api.errors import grpc_status
 from coalition.errors import CoalitionError
 from coalition.ledger.blocks import SignedHeader
 from coalition.ledger.canonical import canonical_json
+from coalition.node.auth import Action, Authenticator, Principal
 from coalition.node.service import NodeService
 from coalition.node.views import EntryView, PurchaseRow, WriteResult
 from coalition.v1 import ledger_pb2, ledger_pb2_grpc, points_pb2, points_pb2_grpc

@@ -15,15 +15,15 @@ from concurrent import futures
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from coalition.api.auth import Action, Authenticator, Principal, Role
 from coalition.api.errors import grpc_status
 from coalition.api.grpc_server import LEDGER_SERVICE, LedgerServicer
 from coalition.errors import CoalitionError, PermissionDenied, Unauthenticated
 from coalition.ledger.envelope import SignedMessage
+from coalition.node.auth import Action, Authenticator, Principal, Role
 from coalition.node.manifest import Manifest
 from coalition.node.partners import MAX_MESSAGE_BYTES, PartnerInbox
 from coalition.node.service import NodeService
-from coalition.tls import TlsFiles
+from coalition.ops.tls import TlsFiles
 from coalition.v1 import ledger_pb2_grpc, partner_pb2, partner_pb2_grpc
 
 log = logging.getLogger(__name__)

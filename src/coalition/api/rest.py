@@ -27,16 +27,16 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
-from coalition.api.auth import Action, Authenticator, Principal
 from coalition.api.errors import http_status
 from coalition.errors import CoalitionError, InvalidArgument, NotFound
 from coalition.ledger.blocks import SignedHeader
 from coalition.ledger.canonical import MAX_SAFE_INTEGER
+from coalition.node.auth import Action, Authenticator, Principal
 from coalition.node.service import NodeService
 from coalition.node.views import BulkResult, EntryView, PurchaseRow, WriteResult
 
 if TYPE_CHECKING:
-    from coalition.node.coalition_node import CoalitionNode
+    from coalition.runtime.wiring import CoalitionNode
 
 MAX_BULK_ROWS = 10_000
 """Most purchase rows one ``POST /v1/earn/bulk`` request may carry."""

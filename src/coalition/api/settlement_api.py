@@ -19,13 +19,13 @@ from fastapi import APIRouter, Path, Query
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
-from coalition.api.auth import Action, Authenticator
 from coalition.api.grpc_server import _guard, authorize_call
 from coalition.api.rest import IdempotencyHeader, Points, _idempotency_key, _Write, guard
 from coalition.ledger.canonical import JsonObject, canonical_json
 from coalition.ledger.entries import check_time
-from coalition.node.redemptions import Redemptions, RedemptionView
-from coalition.node.settlement import NettingView, Settlement, StatementView
+from coalition.node.auth import Action, Authenticator
+from coalition.node.features.redemptions import Redemptions, RedemptionView
+from coalition.node.features.settlement import NettingView, Settlement, StatementView
 from coalition.v1 import settlement_pb2, settlement_pb2_grpc
 
 Signed = dict[str, Any]

@@ -16,11 +16,11 @@ import grpc
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel
 
-from coalition.api.auth import Action, Authenticator
 from coalition.api.grpc_server import _guard, authorize_call
 from coalition.api.rest import guard
 from coalition.ledger.canonical import MAX_SAFE_INTEGER, canonical_json
-from coalition.node.witness import Evidence, FollowerStatus, Witness, WitnessStatus
+from coalition.node.auth import Action, Authenticator
+from coalition.node.features.witness import Evidence, FollowerStatus, Witness, WitnessStatus
 from coalition.v1 import witness_pb2, witness_pb2_grpc
 
 

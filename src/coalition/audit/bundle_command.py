@@ -61,9 +61,9 @@ def add_bundle_parser(subparsers: Any) -> None:
 def _from_config(path: Path) -> tuple[str, str, VerifyKey]:
     """(database URL, program, public key) of a node's configuration; the public key
     file beside the signing key, else the signing key's own."""
-    from coalition.keygen import KeyFiles
-    from coalition.node.app import read_signing_key
     from coalition.node.config import load_config
+    from coalition.ops.keyfiles import read_signing_key
+    from coalition.ops.keygen import KeyFiles
 
     config = load_config(path)
     public = KeyFiles.for_config(config).public_key

@@ -196,8 +196,8 @@ def add_audit_parser(subparsers: Any) -> None:
 
 
 def _config_database_and_key(path: Path) -> tuple[str, VerifyKey]:
-    from coalition.node.app import read_signing_key
     from coalition.node.config import load_config
+    from coalition.ops.keyfiles import read_signing_key
 
     config = load_config(path)
     return config.database_url, read_signing_key(config).public_key

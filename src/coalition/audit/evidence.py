@@ -1,7 +1,7 @@
 """Verify the equivocation and fork evidence the nodes hold, from the signed headers alone.
 
 A witness that catches a partner signing two histories stores both signed headers
-(``node/witness.py``, table ``witness_evidence``). The auditor takes nothing from the
+(``node/features/witness.py``, table ``witness_evidence``). The auditor takes nothing from the
 holder but those two documents: each piece is proven only if both headers parse, are of
 the accused program and verify with that program's manifest key, and show what an honest
 program never signs:

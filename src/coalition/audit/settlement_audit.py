@@ -21,7 +21,7 @@ from coalition.audit.located import LocatedFault
 from coalition.errors import CoalitionError
 from coalition.ledger.canonical import JsonObject, JsonValue, canonical_json
 from coalition.ledger.keys import VerifyKey
-from coalition.node.settlement import (
+from coalition.node.features.settlement import (
     OBLIGATION_KINDS,
     StatementParts,
     verify_signed_statement,

@@ -24,7 +24,7 @@ from coalition.ledger.canonical import JsonObject
 from coalition.ledger.entries import format_time, parse_time
 from coalition.ledger.keys import VerifyKey
 from coalition.ledger.note import checkpoint_of, parse_signature_line, verify_cosignature
-from coalition.node.witness import witness_name
+from coalition.node.features.witness import witness_name
 
 _PREFIX, _SUFFIX = "coalition/", "/witness"
 

@@ -25,18 +25,18 @@ from coalition.api.partner_grpc import serve_partner_grpc
 from coalition.ledger.canonical import JsonObject
 from coalition.ledger.entries import format_time
 from coalition.ledger.keys import SigningKey
-from coalition.node.agreements import Agreements
 from coalition.node.config import SealerConfig
-from coalition.node.conversions import Conversions
+from coalition.node.features.agreements import Agreements
+from coalition.node.features.conversions import Conversions
 from coalition.node.manifest import Manifest
 from coalition.node.partners import PartnerClient, PartnerInbox
 from coalition.node.service import NodeService
 from coalition.node.testing import postgres_schema
+from coalition.ops.tls import TlsFiles, generate_tls
 from coalition.points.rules import ProgramRules
 from coalition.store.db import create_schema, make_engine
 from coalition.store.repository import stored_object
 from coalition.store.tables import entries
-from coalition.tls import TlsFiles, generate_tls
 
 log = logging.getLogger(__name__)
 

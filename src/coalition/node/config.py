@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from coalition.api.auth import ApiKey, Role
 from coalition.errors import InvalidArgument
 from coalition.ledger.entries import check_program_id
+from coalition.node.auth import ApiKey, Role
 from coalition.points.rules import ProgramRules, rules_from_mapping
 
 

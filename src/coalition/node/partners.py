@@ -48,7 +48,7 @@ from coalition.store.repository import to_micros
 if TYPE_CHECKING:
     import grpc
 
-    from coalition.tls import TlsFiles
+    from coalition.ops.tls import TlsFiles
 
 log = logging.getLogger("coalition.partners")
 

@@ -15,18 +15,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from coalition.api.auth import Role
 from coalition.api.grpc_client import NodeClient
-from coalition.demo_nodes import Brand, say
+from coalition.demo.nodes import Brand, say
 from coalition.errors import VerificationError
-from coalition.keygen import find_secret
 from coalition.ledger.blocks import SignedHeader
 from coalition.ledger.canonical import JsonObject, canonical_json
 from coalition.ledger.chain import ChainVerifier
 from coalition.ledger.entries import entry_leaf_hash
 from coalition.ledger.keys import VerifyKey
 from coalition.ledger.proofs import verify_consistency_document, verify_inclusion_document
+from coalition.node.auth import Role
 from coalition.node.manifest import Manifest
+from coalition.ops.keygen import find_secret
 from coalition.progress import Progress
 
 PROOF_THREADS = 4

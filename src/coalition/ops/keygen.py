@@ -22,9 +22,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from coalition.api.auth import Role, key_digest
 from coalition.errors import FailedPrecondition, InvalidArgument
 from coalition.ledger.keys import SigningKey
+from coalition.node.auth import Role, key_digest
 from coalition.node.config import NodeConfig
 from coalition.points.accounts import validate_member_id
 

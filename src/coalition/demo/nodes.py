@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from coalition.api.auth import Role
 from coalition.api.errors import http_error_kind
 from coalition.api.grpc_client import NodeClient
 from coalition.errors import (
@@ -30,11 +29,12 @@ from coalition.errors import (
     FailedPrecondition,
     VerificationError,
 )
-from coalition.keygen import KeyFiles, find_secret
 from coalition.ledger.canonical import JsonObject
 from coalition.ledger.keys import VerifyKey
+from coalition.node.auth import Role
 from coalition.node.config import NodeConfig, load_config
 from coalition.node.manifest import Manifest
+from coalition.ops.keygen import KeyFiles, find_secret
 
 OVERRIDES = {
     "sqlite_synchronous": '"NORMAL"',

@@ -19,15 +19,16 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from coalition.api.auth import Authenticator
 from coalition.api.grpc_server import serve_grpc
 from coalition.api.rest import create_app, serve_http
-from coalition.node.app import open_node, read_signing_key
+from coalition.node.auth import Authenticator
 from coalition.node.config import NodeConfig, load_api_keys, split_address
 from coalition.node.service import NodeService
+from coalition.ops.keyfiles import read_signing_key
+from coalition.runtime.wiring import open_node
 
 if TYPE_CHECKING:
-    from coalition.node.coalition_node import CoalitionNode
+    from coalition.runtime.wiring import CoalitionNode
 
 log = logging.getLogger("coalition.node")
 
@@ -91,7 +92,7 @@ def run_node(config: NodeConfig, stop: threading.Event | None = None) -> None:
     coalition: CoalitionNode | None = None
     try:
         if config.coalition is not None:
-            from coalition.node.coalition_node import CoalitionNode
+            from coalition.runtime.wiring import CoalitionNode
 
             coalition = CoalitionNode(config, service, read_signing_key(config))
         service.start()

@@ -16,12 +16,12 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Protocol
 
 import grpc
 from fastapi import APIRouter
 
-from coalition.api.auth import Authenticator
 from coalition.api.conversions_api import add_conversions_servicer, conversions_router
 from coalition.api.partner_grpc import serve_partner_grpc
 from coalition.api.settlement_api import (
@@ -33,16 +33,42 @@ from coalition.api.settlement_api import (
 from coalition.api.witness_api import add_witness_servicer, witness_router
 from coalition.errors import FailedPrecondition, InvalidArgument, NotFound
 from coalition.ledger.keys import SigningKey
-from coalition.node.agreements import Agreements
+from coalition.node.auth import Authenticator
 from coalition.node.config import CoalitionConfig, NodeConfig, split_address
-from coalition.node.conversions import Conversions
+from coalition.node.features.agreements import Agreements
+from coalition.node.features.conversions import Conversions
+from coalition.node.features.redemptions import Redemptions
+from coalition.node.features.settlement import Settlement
+from coalition.node.features.witness import Witness
 from coalition.node.manifest import Manifest
 from coalition.node.partners import PartnerClient, PartnerInbox
-from coalition.node.redemptions import Redemptions
 from coalition.node.service import NodeService
-from coalition.node.settlement import Settlement
-from coalition.node.witness import Witness
-from coalition.tls import TlsFiles
+from coalition.ops.keyfiles import read_account_secret, read_signing_key
+from coalition.ops.tls import TlsFiles
+from coalition.store.db import create_schema, make_engine
+
+
+def _ensure_sqlite_folder(url: str) -> None:
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and ":memory:" not in url:
+        Path(url[len(prefix) :].split("?", 1)[0]).parent.mkdir(parents=True, exist_ok=True)
+
+
+def open_node(config: NodeConfig) -> NodeService:
+    """A ready service (SQLite folder and schema created if missing); call ``start()`` to
+    begin sealing."""
+    _ensure_sqlite_folder(config.database_url)
+    engine = make_engine(config.database_url, sqlite_synchronous=config.sqlite_synchronous)
+    create_schema(engine)
+    return NodeService(
+        engine,
+        config.program,
+        read_signing_key(config),
+        read_account_secret(config.account_secret_path),
+        config.rules,
+        config.sealer,
+    )
+
 
 log = logging.getLogger("coalition.node")
 

@@ -22,9 +22,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from coalition.errors import FailedPrecondition, InvalidArgument
-from coalition.keygen import write_key_file
 from coalition.node.config import split_address
 from coalition.node.manifest import Manifest
+from coalition.ops.keygen import write_key_file
 
 CA_VALIDITY = timedelta(days=3650)
 NODE_VALIDITY = timedelta(days=825)

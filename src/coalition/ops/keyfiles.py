@@ -1,4 +1,5 @@
-"""Build a node's application service from its configuration files."""
+"""Read a node's secret key files (written by ``coalition keygen``), with errors that say
+which file is missing or malformed."""
 
 from __future__ import annotations
 
@@ -7,8 +8,6 @@ from pathlib import Path
 from coalition.errors import InvalidArgument
 from coalition.ledger.keys import SigningKey
 from coalition.node.config import NodeConfig
-from coalition.node.service import NodeService
-from coalition.store.db import create_schema, make_engine
 
 
 def read_account_secret(path: Path) -> bytes:
@@ -29,25 +28,3 @@ def read_signing_key(config: NodeConfig) -> SigningKey:
             f"no signing key at {config.signing_key_path}: run 'coalition keygen'"
         ) from exc
     return SigningKey.from_pem(data, config.signing_key_password)
-
-
-def _ensure_sqlite_folder(url: str) -> None:
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and ":memory:" not in url:
-        Path(url[len(prefix) :].split("?", 1)[0]).parent.mkdir(parents=True, exist_ok=True)
-
-
-def open_node(config: NodeConfig) -> NodeService:
-    """A ready service (SQLite folder and schema created if missing); call ``start()`` to
-    begin sealing."""
-    _ensure_sqlite_folder(config.database_url)
-    engine = make_engine(config.database_url, sqlite_synchronous=config.sqlite_synchronous)
-    create_schema(engine)
-    return NodeService(
-        engine,
-        config.program,
-        read_signing_key(config),
-        read_account_secret(config.account_secret_path),
-        config.rules,
-        config.sealer,
-    )

@@ -30,8 +30,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from coalition.api.auth import Role
-from coalition.demo_evidence import (
+from coalition.demo.evidence import (
     Chain,
     audit_bundles,
     check_sealed_after_stop,
@@ -40,7 +39,7 @@ from coalition.demo_evidence import (
     run_cross_chain_audit,
     witness_evidence,
 )
-from coalition.demo_nodes import (
+from coalition.demo.nodes import (
     Brand,
     load_brands,
     prepare_coalition,
@@ -56,11 +55,12 @@ from coalition.errors import (
     InvalidArgument,
     VerificationError,
 )
-from coalition.keygen import find_secret, generate_coalition_keys
 from coalition.ledger.canonical import JsonObject
 from coalition.ledger.entries import format_time, parse_time
+from coalition.node.auth import Role
 from coalition.node.manifest import Manifest
 from coalition.node.views import PurchaseRow
+from coalition.ops.keygen import find_secret, generate_coalition_keys
 from coalition.points.replay import Replay
 from coalition.progress import Progress
 
@@ -500,7 +500,7 @@ def _check_options(options: DemoOptions) -> None:
 
 def run_demo(out: Path, options: DemoOptions | None = None) -> int:
     """Run the demo, write the evidence to ``out``; 0 only if every check passed."""
-    from coalition.tls import generate_tls
+    from coalition.ops.tls import generate_tls
 
     options = options or DemoOptions()
     _check_options(options)

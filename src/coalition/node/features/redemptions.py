@@ -40,7 +40,7 @@ from coalition.errors import (
 from coalition.ledger.canonical import MAX_SAFE_INTEGER, JsonObject, JsonValue, canonical_json
 from coalition.ledger.entries import check_program_id, check_time, entry_leaf_hash, format_time
 from coalition.ledger.envelope import SignedMessage, open_message, sign_message
-from coalition.node.agreements import Agreements
+from coalition.node.features.agreements import Agreements
 from coalition.node.manifest import Manifest
 from coalition.node.partners import PartnerClient, PartnerInbox
 from coalition.node.service import Decision, NodeService
