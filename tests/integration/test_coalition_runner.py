@@ -71,7 +71,7 @@ def test_coalition_table_defaults_and_overrides(
         ({"manifest": "m.toml", "abort_after_s": "30"}, "abort_after_s"),
         ({"manifest": "m.toml", "witness": "yes"}, "witness"),
         ({"manifest": "m.toml", "tls_cert": 3}, "tls_cert"),
-        ({"manifest": "m.toml", "outbox": 1}, "unknown setting"),
+        ({"manifest": "m.toml", "outbox": 1}, "unknown key .coalition.outbox."),
     ],
 )
 def test_bad_coalition_tables_are_refused(

@@ -9,26 +9,31 @@ the manifest's path, the partner (mutual TLS) address, overridden by
 ``COALITION_PARTNER_GRPC_ADDRESS``, the TLS files and the outbox settings. A node
 without it runs alone, unless ``COALITION_MANIFEST`` names a manifest (then it joins
 with the defaults; a container can join a brand folder as shipped).
+
+The file is read strictly into a typed model (``NodeFile``, via ``node.strict_toml``)
+before anything opens a database: an unknown key (a misspelt ``databse`` would otherwise
+open a fresh, empty ledger), a wrong type (``max_entries = true``), a value out of range
+or a missing key stops the node with a message naming the file and the key.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from coalition.errors import InvalidArgument
 from coalition.ledger.entries import check_program_id
 from coalition.node.auth import ApiKey, Role
-from coalition.points.rules import ProgramRules, rules_from_mapping
+from coalition.node.strict_toml import AtLeast, ConfigError, NonEmpty, OneOf, Satisfies, read_table
+from coalition.points.rules import ProgramRules, parse_duration, parse_rational, rules_from_mapping
 
-
-def validate_program_id(program: str) -> str:
-    """Program ids are 2-32 characters of lowercase letters, digits and '-'."""
-    return check_program_id(program)
+SQLITE_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -90,6 +95,115 @@ class NodeConfig:
         return self.signing_key_path.parent.parent
 
 
+# --- the typed model of node.toml (strict_toml reads it; README "Configuration") ----------
+
+
+def _address(value: str, key: str) -> None:
+    try:
+        split_address(value)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"{key}: {exc}") from None
+
+
+Address = Annotated[str, Satisfies(_address)]
+PathText = Annotated[str, NonEmpty]
+Rational = Annotated[str | int, Satisfies(parse_rational)]
+Duration = Annotated[str | int, Satisfies(parse_duration)]
+Count = Annotated[int, AtLeast(1)]
+
+
+@dataclass(frozen=True)
+class ProgramTable:
+    id: Annotated[str, Satisfies(check_program_id)]
+    name: Annotated[str, NonEmpty] | None = None
+
+
+@dataclass(frozen=True)
+class NodeTable:
+    database: PathText | None = None
+    """A SQLite URL (relative to the file's folder) or a PostgreSQL URL."""
+    signing_key: PathText = "keys/ledger.pem"
+    account_secret: PathText = "keys/account-secret"  # noqa: S105  (a path, not a secret)
+    api_keys: PathText = "keys/api-keys.toml"
+    signing_key_password_env: Annotated[str, NonEmpty] | None = None
+    grpc: Address = "127.0.0.1:50051"
+    http: Address = "127.0.0.1:8080"
+    sqlite_synchronous: Annotated[str, OneOf(SQLITE_SYNCHRONOUS, fold_case=True)] = "FULL"
+    expiry_interval_s: Annotated[float, AtLeast(0, exclusive=True)] = 60.0
+
+
+@dataclass(frozen=True)
+class SealerTable:
+    max_entries: Count = 1000
+    max_delay_ms: Count = 200
+
+
+@dataclass(frozen=True)
+class CoalitionTable:
+    manifest: PathText
+    partner_grpc: Address | None = None
+    tls_cert: PathText | None = None
+    tls_key: PathText | None = None
+    tls_ca: PathText | None = None
+    abort_after_s: Annotated[float, AtLeast(0, exclusive=True)] = 30.0
+    witness: bool = True
+
+
+@dataclass(frozen=True)
+class TierTable:
+    name: Annotated[str, NonEmpty]
+    threshold: Annotated[int, AtLeast(0)]
+    multiplier: Rational
+
+
+@dataclass(frozen=True)
+class TiersTable:
+    window: Duration | None = None
+    levels: tuple[TierTable, ...] | None = None
+
+
+@dataclass(frozen=True)
+class PromotionTable:
+    name: Annotated[str, NonEmpty]
+    multiplier: Rational
+    start: str | datetime
+    end: str | datetime
+    categories: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class RulesTable:
+    """Only checked here: ``points.rules.rules_from_mapping`` builds the rules and keeps
+    their defaults (``ProgramRules``), so every field is optional."""
+
+    currency: Annotated[str, NonEmpty] | None = None
+    minor_units: Count | None = None
+    points_per_unit: Rational | None = None
+    categories: dict[str, Rational] | None = None
+    promotions: tuple[PromotionTable, ...] | None = None
+    tiers: TiersTable | None = None
+    holding_period: Duration | None = None
+    expiry_period: Duration | None = None
+    max_points_per_purchase: Count | None = None
+    max_points_per_operation: Count | None = None
+    max_spend_minor: Count | None = None
+    rewards: dict[str, Count] | None = None
+
+
+@dataclass(frozen=True)
+class NodeFile:
+    """A whole ``node.toml``."""
+
+    program: ProgramTable
+    node: NodeTable = field(default_factory=NodeTable)
+    sealer: SealerTable = field(default_factory=SealerTable)
+    rules: RulesTable = field(default_factory=RulesTable)
+    coalition: CoalitionTable | None = None
+
+
+# --- from the model to NodeConfig: paths, defaults and environment overrides ----------
+
+
 def _path(base: Path, value: str) -> Path:
     path = Path(value)
     return path if path.is_absolute() else base / path
@@ -102,120 +216,86 @@ def _database_url(base: Path, url: str) -> str:
     return url
 
 
-def _optional_path(base: Path, table: Mapping[str, Any], key: str) -> Path | None:
-    value = table.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value:
-        raise InvalidArgument(f"coalition.{key} must be a non-empty path")
-    return _path(base, value)
+def _env_address(name: str, configured: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        return configured
+    _address(value, f"the environment variable {name}")
+    return value
 
 
-def coalition_from_mapping(table: Mapping[str, Any], base: Path) -> CoalitionConfig:
-    """The ``[coalition]`` table; ``base`` resolves relative paths."""
-    if not isinstance(table, Mapping):
-        raise InvalidArgument("[coalition] must be a table")
-    unknown = sorted(set(table) - _COALITION_KEYS)
-    if unknown:
-        raise InvalidArgument(f"[coalition]: unknown setting(s) {', '.join(unknown)}")
-    manifest = table.get("manifest")
-    if not isinstance(manifest, str) or not manifest:
-        raise InvalidArgument("coalition.manifest must be the path of the coalition manifest")
-    address = os.environ.get("COALITION_PARTNER_GRPC_ADDRESS") or table.get("partner_grpc")
-    if address is not None:
-        if not isinstance(address, str):
-            raise InvalidArgument("coalition.partner_grpc must be HOST:PORT")
-        split_address(address)
-    abort_after = table.get("abort_after_s", 30)
-    if type(abort_after) not in (int, float) or not abort_after > 0:
-        raise InvalidArgument("coalition.abort_after_s must be a positive number of seconds")
-    witness = table.get("witness", True)
-    if type(witness) is not bool:
-        raise InvalidArgument("coalition.witness must be true or false")
-    return CoalitionConfig(
-        manifest_path=_path(base, manifest),
-        partner_grpc_address=address,
-        tls_cert_path=_optional_path(base, table, "tls_cert"),
-        tls_key_path=_optional_path(base, table, "tls_key"),
-        tls_ca_path=_optional_path(base, table, "tls_ca"),
-        abort_after_s=float(abort_after),
-        witness=witness,
-    )
+def _optional_path(base: Path, value: str | None) -> Path | None:
+    return None if value is None else _path(base, value)
 
 
-def _coalition(raw: Mapping[str, Any], base: Path) -> CoalitionConfig | None:
-    table = raw.get("coalition")
+def _coalition(table: CoalitionTable | None, base: Path) -> CoalitionConfig | None:
     manifest = os.environ.get("COALITION_MANIFEST")
     if manifest:
         resolved = str(Path(manifest).resolve())  # relative to where the node starts
-        table = {**(table if isinstance(table, Mapping) else {}), "manifest": resolved}
-    return None if table is None else coalition_from_mapping(table, base)
+        table = dataclasses.replace(table, manifest=resolved) if table else CoalitionTable(resolved)
+    if table is None:
+        return None
+    partner_grpc = table.partner_grpc
+    if os.environ.get("COALITION_PARTNER_GRPC_ADDRESS"):
+        partner_grpc = _env_address("COALITION_PARTNER_GRPC_ADDRESS", "")
+    return CoalitionConfig(
+        manifest_path=_path(base, table.manifest),
+        partner_grpc_address=partner_grpc,
+        tls_cert_path=_optional_path(base, table.tls_cert),
+        tls_key_path=_optional_path(base, table.tls_key),
+        tls_ca_path=_optional_path(base, table.tls_ca),
+        abort_after_s=table.abort_after_s,
+        witness=table.witness,
+    )
 
 
-_COALITION_KEYS = {
-    "manifest",
-    "partner_grpc",
-    "tls_cert",
-    "tls_key",
-    "tls_ca",
-    "abort_after_s",
-    "witness",
-}
-
-
-def config_from_mapping(raw: Mapping[str, Any], base: Path) -> NodeConfig:
-    """Build a NodeConfig from parsed TOML; ``base`` resolves relative paths."""
+def config_from_mapping(
+    raw: Mapping[str, Any], base: Path, *, source: str = "the node configuration"
+) -> NodeConfig:
+    """Build a NodeConfig from parsed TOML; ``base`` resolves relative paths, ``source``
+    names the file in messages. Refuses (ConfigError) what the model does not allow."""
+    model = read_table(NodeFile, raw, source)
+    program, node = model.program.id, model.node
+    password = os.environ.get(node.signing_key_password_env or "") or None
+    url = (
+        os.environ.get("COALITION_DATABASE_URL")
+        or node.database
+        or (f"sqlite:///data/{program}.db")
+    )
     try:
-        program = raw["program"]
-        node = raw.get("node", {})
-        sealer = raw.get("sealer", {})
-        password_env = node.get("signing_key_password_env")
-        password = os.environ.get(password_env) if password_env else None
-        url = os.environ.get("COALITION_DATABASE_URL") or node.get(
-            "database", f"sqlite:///data/{program['id']}.db"
-        )
-        config = NodeConfig(
-            program=validate_program_id(str(program["id"])),
-            name=str(program.get("name", program["id"])),
-            database_url=_database_url(base, url),
-            signing_key_path=_path(base, node.get("signing_key", "keys/ledger.pem")),
-            account_secret_path=_path(base, node.get("account_secret", "keys/account-secret")),
-            api_keys_path=_path(base, node.get("api_keys", "keys/api-keys.toml")),
-            grpc_address=os.environ.get("COALITION_GRPC_ADDRESS")
-            or str(node.get("grpc", "127.0.0.1:50051")),
-            http_address=os.environ.get("COALITION_HTTP_ADDRESS")
-            or str(node.get("http", "127.0.0.1:8080")),
-            signing_key_password=password.encode() if password else None,
-            sealer=SealerConfig(
-                max_entries=int(sealer.get("max_entries", 1000)),
-                max_delay_ms=int(sealer.get("max_delay_ms", 200)),
-            ),
-            rules=rules_from_mapping(raw.get("rules", {})),
-            sqlite_synchronous=str(node.get("sqlite_synchronous", "FULL")).upper(),
-            expiry_interval_s=float(node.get("expiry_interval_s", 60)),
-            coalition=_coalition(raw, base),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InvalidArgument(f"bad node configuration: missing or wrong {exc}") from exc
-    if config.sealer.max_entries < 1 or config.sealer.max_delay_ms < 1:
-        raise InvalidArgument("sealer.max_entries and sealer.max_delay_ms must be positive")
-    if not config.expiry_interval_s > 0:
-        raise InvalidArgument("node.expiry_interval_s must be positive")
-    if config.sqlite_synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
-        raise InvalidArgument("node.sqlite_synchronous must be OFF, NORMAL, FULL or EXTRA")
-    return config
+        rules = rules_from_mapping(raw.get("rules", {}))
+    except InvalidArgument as exc:
+        raise ConfigError(source, "rules", f"[rules]: {exc}") from None
+    return NodeConfig(
+        program=program,
+        name=model.program.name or program,
+        database_url=_database_url(base, url),
+        signing_key_path=_path(base, node.signing_key),
+        account_secret_path=_path(base, node.account_secret),
+        api_keys_path=_path(base, node.api_keys),
+        grpc_address=_env_address("COALITION_GRPC_ADDRESS", node.grpc),
+        http_address=_env_address("COALITION_HTTP_ADDRESS", node.http),
+        signing_key_password=password.encode() if password else None,
+        sealer=SealerConfig(model.sealer.max_entries, model.sealer.max_delay_ms),
+        rules=rules,
+        sqlite_synchronous=node.sqlite_synchronous.upper(),
+        expiry_interval_s=node.expiry_interval_s,
+        coalition=_coalition(model.coalition, base),
+    )
 
 
 def load_config(path: str | Path) -> NodeConfig:
-    """Read and check a node's TOML configuration file."""
+    """Read and check a node's TOML configuration file (ConfigError names the key)."""
     file = Path(path)
     try:
-        raw = tomllib.loads(file.read_text())
+        raw = tomllib.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise InvalidArgument(f"no configuration file at {file}") from exc
-    except tomllib.TOMLDecodeError as exc:
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read the configuration {file}: {exc.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise InvalidArgument(f"{file}: not valid TOML: {exc}") from exc
-    return config_from_mapping(raw, file.resolve().parent)
+    return config_from_mapping(raw, file.resolve().parent, source=str(file))
 
 
 def load_api_keys(path: Path) -> list[ApiKey]:

@@ -3,6 +3,8 @@
 Every node and every auditor reads the same file. A partner is known by its program id
 and its Ed25519 ledger public key; relative paths resolve against the manifest's folder.
 Public keys are read on first use, so ``coalition tls-init`` works before ``keygen``.
+The file is read strictly into a typed model (``ManifestFile``): an unknown or misspelt
+key, a wrong type or a value out of range is refused with the file and the key named.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from coalition.errors import FailedPrecondition, InvalidArgument, NotFound
+from coalition.ledger.entries import check_program_id
 from coalition.ledger.keys import VerifyKey
-from coalition.node.config import validate_program_id
+from coalition.node.strict_toml import AtLeast, ConfigError, NonEmpty, Satisfies, read_table
 
 _ADDRESS = re.compile(r"[A-Za-z0-9.\-]+:\d{1,5}|\[[0-9A-Fa-f:.]+\]:\d{1,5}", re.ASCII)
 _CURRENCY = re.compile(r"[A-Z]{3}", re.ASCII)
@@ -122,18 +125,60 @@ class Manifest:
         return manifest_from_mapping(raw, file.resolve())
 
 
-def _text(table: Mapping[str, Any], key: str, where: str) -> str:
-    value = table.get(key)
-    if not isinstance(value, str) or not value:
-        raise InvalidArgument(f"{where}: {key} must be a non-empty string")
-    return value
+# --- the typed model of the manifest (strict_toml reads it) ---------------------------
 
 
-def _address(table: Mapping[str, Any], key: str, where: str) -> str:
-    value = _text(table, key, where)
+def _port_address(value: str, key: str) -> None:
     if not _ADDRESS.fullmatch(value) or not 0 < int(value.rsplit(":", 1)[1]) < 65536:
-        raise InvalidArgument(f"{where}: {key} must be HOST:PORT, not {value!r}")
-    return value
+        raise InvalidArgument(f"{key} must be HOST:PORT with a port in 1..65535, not {value!r}")
+
+
+def _currency(value: str, key: str) -> None:
+    if not _CURRENCY.fullmatch(value):
+        raise InvalidArgument(f"{key} must be an ISO 4217 code like EUR, not {value!r}")
+
+
+Address = Annotated[str, Satisfies(_port_address)]
+Text = Annotated[str, NonEmpty]
+
+
+@dataclass(frozen=True)
+class CoalitionTable:
+    name: Text | None = None
+    ca_cert: Text | None = None
+    witness_quorum: Annotated[int, AtLeast(0)] | None = None
+    """Cosigners besides the signer; at most the partners less one (default: all)."""
+
+
+@dataclass(frozen=True)
+class PartnerTable:
+    program: Annotated[str, Satisfies(check_program_id)]
+    grpc: Address
+    partner_grpc: Address
+    http: Address
+    public_key: Text
+    currency: Annotated[str, Satisfies(_currency)]
+    name: Text | None = None
+    config: Text | None = None
+
+
+@dataclass(frozen=True)
+class CreditLimitTable:
+    creditor: Text
+    debtor: Text
+    limit_minor: Annotated[int, AtLeast(0)]
+
+
+@dataclass(frozen=True)
+class ManifestFile:
+    """A whole manifest: ``[coalition]``, ``[[partners]]``, ``[[credit_limits]]``."""
+
+    coalition: CoalitionTable
+    partners: tuple[PartnerTable, ...]
+    credit_limits: tuple[CreditLimitTable, ...] = ()
+
+
+# --- from the model to Manifest: paths and the rules between tables -------------------
 
 
 def _path(base: Path, value: str) -> Path:
@@ -141,84 +186,72 @@ def _path(base: Path, value: str) -> Path:
     return path if path.is_absolute() else base / path
 
 
-def _partner(raw: object, n: int, base: Path) -> PartnerInfo:
-    where = f"partners[{n}]"
-    if not isinstance(raw, dict):
-        raise InvalidArgument(f"{where} must be a table")
-    program = _text(raw, "program", where)
-    where = f"partner {program!r}"
-    validate_program_id(program)
-    currency = _text(raw, "currency", where)
-    if not _CURRENCY.fullmatch(currency):
-        raise InvalidArgument(f"{where}: currency must be an ISO 4217 code like EUR")
-    config = raw.get("config")
-    if config is not None and (not isinstance(config, str) or not config):
-        raise InvalidArgument(f"{where}: config must be a path")
+def _partner(table: PartnerTable, base: Path) -> PartnerInfo:
     return PartnerInfo(
-        program=program,
-        name=str(raw.get("name") or program),
-        grpc=_address(raw, "grpc", where),
-        partner_grpc=_address(raw, "partner_grpc", where),
-        http=_address(raw, "http", where),
-        public_key_path=_path(base, _text(raw, "public_key", where)),
-        currency=currency,
-        config=_path(base, config) if config else None,
+        program=table.program,
+        name=table.name or table.program,
+        grpc=table.grpc,
+        partner_grpc=table.partner_grpc,
+        http=table.http,
+        public_key_path=_path(base, table.public_key),
+        currency=table.currency,
+        config=_path(base, table.config) if table.config else None,
     )
 
 
-def _credit_limits(raw: object, programs: set[str]) -> dict[tuple[str, str], int]:
-    if not isinstance(raw, list):
-        raise InvalidArgument("credit_limits must be an array of tables")
+def _credit_limits(
+    tables: tuple[CreditLimitTable, ...], programs: set[str], source: str
+) -> dict[tuple[str, str], int]:
     limits: dict[tuple[str, str], int] = {}
-    for n, item in enumerate(raw):
+    for n, item in enumerate(tables):
         where = f"credit_limits[{n}]"
-        if not isinstance(item, dict):
-            raise InvalidArgument(f"{where} must be a table")
-        creditor, debtor = _text(item, "creditor", where), _text(item, "debtor", where)
-        for program in (creditor, debtor):
+        for program in (item.creditor, item.debtor):
             if program not in programs:
-                raise InvalidArgument(f"{where}: {program!r} is not a partner")
-        if creditor == debtor:
-            raise InvalidArgument(f"{where}: creditor and debtor must differ")
-        limit = item.get("limit_minor")
-        if type(limit) is not int or limit < 0:
-            raise InvalidArgument(f"{where}: limit_minor must be a non-negative integer")
-        if (creditor, debtor) in limits:
-            raise InvalidArgument(f"{where}: a second limit for {creditor} <- {debtor}")
-        limits[(creditor, debtor)] = limit
+                raise ConfigError(source, where, f"{where}: {program!r} is not a partner")
+        if item.creditor == item.debtor:
+            raise ConfigError(source, where, f"{where}: creditor and debtor must differ")
+        if (item.creditor, item.debtor) in limits:
+            raise ConfigError(
+                source, where, f"{where}: a second limit for {item.creditor} <- {item.debtor}"
+            )
+        limits[(item.creditor, item.debtor)] = item.limit_minor
     return limits
 
 
 def manifest_from_mapping(raw: Mapping[str, Any], path: Path) -> Manifest:
-    """Build a Manifest from parsed TOML; relative paths resolve against ``path``'s folder."""
-    base = path.parent
-    coalition = raw.get("coalition")
-    if not isinstance(coalition, dict):
-        raise InvalidArgument(f"{path}: missing the [coalition] table")
-    partners_raw = raw.get("partners")
-    if not isinstance(partners_raw, list) or not partners_raw:
-        raise InvalidArgument(f"{path}: list the partners as [[partners]] tables")
-    partners = tuple(_partner(item, n, base) for n, item in enumerate(partners_raw))
+    """Build a Manifest from parsed TOML; relative paths resolve against ``path``'s folder.
+
+    Refuses (ConfigError, naming the file and the key) what the model does not allow.
+    """
+    source, base = str(path), path.parent
+    model = read_table(ManifestFile, raw, source)
+    if not model.partners:
+        raise ConfigError(source, "partners", "list the partners as [[partners]] tables")
+    partners = tuple(_partner(table, base) for table in model.partners)
     programs = [p.program for p in partners]
     duplicates = sorted({p for p in programs if programs.count(p) > 1})
     if duplicates:
-        raise InvalidArgument(f"{path}: partners listed twice: {', '.join(duplicates)}")
+        raise ConfigError(source, "partners", f"partners listed twice: {', '.join(duplicates)}")
     for what in ("grpc", "partner_grpc", "http"):
         addresses = [getattr(p, what) for p in partners]
         if len(set(addresses)) != len(addresses):
-            raise InvalidArgument(f"{path}: two partners share a {what} address")
-    quorum = coalition.get("witness_quorum", len(partners) - 1)
-    if type(quorum) is not int or not 0 <= quorum <= len(partners) - 1:
-        raise InvalidArgument(
-            f"{path}: witness_quorum must be an integer in [0, {len(partners) - 1}] "
-            "(cosigners besides the signer)"
+            raise ConfigError(source, "partners", f"two partners share a {what} address")
+    quorum = model.coalition.witness_quorum
+    if quorum is None:
+        quorum = len(partners) - 1
+    elif quorum > len(partners) - 1:
+        raise ConfigError(
+            source,
+            "coalition.witness_quorum",
+            f"coalition.witness_quorum must be in [0, {len(partners) - 1}] "
+            f"(cosigners besides the signer), not {quorum}",
         )
     return Manifest(
         path=path,
-        name=str(coalition.get("name") or "coalition"),
-        ca_cert=_path(base, str(coalition.get("ca_cert") or "tls/ca.pem")),
+        name=model.coalition.name or "coalition",
+        ca_cert=_path(base, model.coalition.ca_cert or "tls/ca.pem"),
         witness_quorum=quorum,
         partners=partners,
-        credit_limits=_credit_limits(raw.get("credit_limits", []), set(programs)),
-        settings=dict(coalition),
+        credit_limits=_credit_limits(model.credit_limits, set(programs), source),
+        settings=dict(raw["coalition"]),
     )

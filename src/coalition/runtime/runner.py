@@ -23,6 +23,7 @@ from coalition.api.grpc_server import serve_grpc
 from coalition.api.rest import create_app, serve_http
 from coalition.node.auth import Authenticator
 from coalition.node.config import NodeConfig, load_api_keys, split_address
+from coalition.node.manifest import Manifest
 from coalition.node.service import NodeService
 from coalition.ops.keyfiles import read_signing_key
 from coalition.runtime.wiring import open_node
@@ -88,13 +89,15 @@ def run_node(config: NodeConfig, stop: threading.Event | None = None) -> None:
     authenticator = Authenticator(load_api_keys(config.api_keys_path))
     grpc_host, grpc_port = split_address(config.grpc_address)
     http_host, http_port = split_address(config.http_address)
+    # A bad manifest is refused before the database is opened (or created).
+    manifest = Manifest.load(config.coalition.manifest_path) if config.coalition else None
     service = open_node(config)
     coalition: CoalitionNode | None = None
     try:
         if config.coalition is not None:
             from coalition.runtime.wiring import CoalitionNode
 
-            coalition = CoalitionNode(config, service, read_signing_key(config))
+            coalition = CoalitionNode(config, service, read_signing_key(config), manifest=manifest)
         service.start()
         if coalition is not None:
             coalition.start()

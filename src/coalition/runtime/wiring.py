@@ -117,7 +117,9 @@ class CoalitionNode:
         signing_key: SigningKey,
         *,
         clock: Callable[[], datetime] | None = None,
+        manifest: Manifest | None = None,
     ) -> None:
+        """``manifest``: the one ``config`` names, when the caller already loaded it."""
         if config.coalition is None:
             raise FailedPrecondition(f"{config.program}'s configuration has no [coalition] table")
         if service.program != config.program:
@@ -128,7 +130,7 @@ class CoalitionNode:
         self.settings = config.coalition
         self.service = service
         self.program = config.program
-        self.manifest = Manifest.load(self.settings.manifest_path)
+        self.manifest = manifest or Manifest.load(self.settings.manifest_path)
         try:
             self.info = self.manifest.partner(self.program)
         except NotFound:
