@@ -47,7 +47,8 @@ from coalition.points.accounts import account_id
 from coalition.points.operations import EntryContext
 from coalition.points.replay import Replay
 from coalition.points.rules import ProgramRules
-from coalition.store.db import create_schema, make_engine
+from coalition.store.db import make_engine
+from coalition.store.schema import upgrade_schema
 from coalition.store.tables import entries
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -119,7 +120,7 @@ def build(folder: Path, size: int) -> None:
     (folder / "key.pem").write_bytes(key.to_pem())
     url = f"sqlite:///{folder / 'log.db'}"
     engine = make_engine(url, sqlite_synchronous="OFF")
-    create_schema(engine)
+    upgrade_schema(engine)
     service = NodeService(engine, PROGRAM, key, SECRET, RULES, SealerConfig(max_entries=BLOCK))
     t0 = time.perf_counter()
     try:

@@ -64,7 +64,8 @@ from coalition.node.service import NodeService
 from coalition.points.accounts import account_id
 from coalition.points.rules import ProgramRules
 from coalition.store import repository
-from coalition.store.db import create_schema, make_engine
+from coalition.store.db import make_engine
+from coalition.store.schema import upgrade_schema
 from coalition.store.tables import entries
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -78,7 +79,7 @@ BLOCK = 1000
 
 def _service(url: str, key: SigningKey, synchronous: str = "FULL") -> NodeService:
     engine = make_engine(url, sqlite_synchronous=synchronous)
-    create_schema(engine)
+    upgrade_schema(engine)
     return NodeService(
         engine, PROGRAM, key, SECRET, ProgramRules(), SealerConfig(max_entries=BLOCK)
     )

@@ -45,7 +45,8 @@ from coalition.ledger.keys import SigningKey
 from coalition.node.manifest import Manifest
 from coalition.node.partners import GrpcTransport, PartnerClient, PartnerInbox
 from coalition.ops.tls import TlsFiles, make_ca, make_node_cert
-from coalition.store.db import create_schema, make_engine
+from coalition.store.db import make_engine
+from coalition.store.schema import upgrade_schema
 from coalition.v1 import conversions_pb2, conversions_pb2_grpc
 
 pytestmark = pytest.mark.slow
@@ -652,7 +653,7 @@ class FakeTarget:
         manifest = pair.manifest()
         self.key = SigningKey.from_pem((pair.b.folder / "keys" / "ledger.pem").read_bytes())
         self.engine = make_engine(f"sqlite:///{folder / 'fake.db'}")
-        create_schema(self.engine)
+        upgrade_schema(self.engine)
         self.inbox = PartnerInbox(B, manifest, self.engine, self.key)
         self.inbox.register("convert", self._convert)
         self.calls = 0

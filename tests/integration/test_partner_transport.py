@@ -43,8 +43,9 @@ from coalition.node.partners import (
 )
 from coalition.node.testing import Clock, temporary_node
 from coalition.ops.tls import TlsFiles, generate_tls
-from coalition.store.db import create_schema, make_engine
+from coalition.store.db import make_engine
 from coalition.store.partner_tables import SeenMessageRow
+from coalition.store.schema import upgrade_schema
 from coalition.v1 import ledger_pb2, ledger_pb2_grpc, partner_pb2, partner_pb2_grpc
 
 PROGRAMS = ("skyair", "staybright", "beanhouse")
@@ -144,7 +145,7 @@ def coalition(tmp_path: Path, database_url: str) -> Iterator[Coalition]:
         for program, key in keys.items():
             url = database_url if program == "skyair" else f"sqlite:///{tmp_path / program}.db"
             engine = make_engine(url, sqlite_synchronous="NORMAL")
-            create_schema(engine)
+            upgrade_schema(engine)
             inbox = PartnerInbox(program, manifest, engine, key, clock)
             tls = TlsFiles.for_program(manifest, program)
             server, port = serve_partner_grpc(inbox, tls, "127.0.0.1", 0)
@@ -453,7 +454,7 @@ def test_the_in_memory_network_runs_the_same_checks(tmp_path: Path) -> None:
     manifest = Manifest.load(tmp_path / "coalition.toml")
     network = InMemoryNetwork()
     engine = make_engine(f"sqlite:///{tmp_path / 'mem.db'}", sqlite_synchronous="NORMAL")
-    create_schema(engine)
+    upgrade_schema(engine)
     try:
         inbox = PartnerInbox("skyair", manifest, engine, keys["skyair"])
         inbox.register("echo", lambda sender, body: ("echo-reply", {"sender": sender}))

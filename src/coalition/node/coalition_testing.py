@@ -34,8 +34,9 @@ from coalition.node.service import NodeService
 from coalition.node.testing import postgres_schema
 from coalition.ops.tls import TlsFiles, generate_tls
 from coalition.points.rules import ProgramRules
-from coalition.store.db import create_schema, make_engine
+from coalition.store.db import make_engine
 from coalition.store.repository import stored_object
+from coalition.store.schema import upgrade_schema
 from coalition.store.tables import entries
 
 log = logging.getLogger(__name__)
@@ -216,7 +217,7 @@ def agreement_doc(
 
 def _open_service(program: str, url: str, key: SigningKey, rules: ProgramRules) -> NodeService:
     engine = make_engine(url, sqlite_synchronous="NORMAL")
-    create_schema(engine)
+    upgrade_schema(engine)
     service = NodeService(
         engine,
         program,

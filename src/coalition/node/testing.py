@@ -15,7 +15,8 @@ from coalition.ledger.keys import SigningKey
 from coalition.node.config import SealerConfig
 from coalition.node.service import NodeService
 from coalition.points.rules import ProgramRules
-from coalition.store.db import create_schema, make_engine, normalise_url
+from coalition.store.db import make_engine, normalise_url
+from coalition.store.schema import upgrade_schema
 
 
 class Clock:
@@ -67,7 +68,7 @@ def temporary_node(
     if not re.fullmatch(r"[a-z][a-z0-9-]{1,31}", program):
         raise ValueError(program)
     engine = make_engine(url, sqlite_synchronous="NORMAL")
-    create_schema(engine)
+    upgrade_schema(engine)
     service = NodeService(
         engine,
         program,

@@ -16,7 +16,6 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Protocol
 
 import grpc
@@ -45,21 +44,16 @@ from coalition.node.partners import PartnerClient, PartnerInbox
 from coalition.node.service import NodeService
 from coalition.ops.keyfiles import read_account_secret, read_signing_key
 from coalition.ops.tls import TlsFiles
-from coalition.store.db import create_schema, make_engine
-
-
-def _ensure_sqlite_folder(url: str) -> None:
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and ":memory:" not in url:
-        Path(url[len(prefix) :].split("?", 1)[0]).parent.mkdir(parents=True, exist_ok=True)
+from coalition.store.db import ensure_sqlite_folder, make_engine
+from coalition.store.schema import upgrade_schema
 
 
 def open_node(config: NodeConfig) -> NodeService:
-    """A ready service (SQLite folder and schema created if missing); call ``start()`` to
-    begin sealing."""
-    _ensure_sqlite_folder(config.database_url)
+    """A ready service (SQLite folder created if missing, schema upgraded to this code's
+    revision under the schema lock); call ``start()`` to begin sealing."""
+    ensure_sqlite_folder(config.database_url)
     engine = make_engine(config.database_url, sqlite_synchronous=config.sqlite_synchronous)
-    create_schema(engine)
+    upgrade_schema(engine)
     return NodeService(
         engine,
         config.program,

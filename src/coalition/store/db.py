@@ -1,11 +1,11 @@
-"""Engines: SQLite in WAL mode by default, PostgreSQL by URL; schema creation on start."""
+"""Engines: SQLite in WAL mode by default, PostgreSQL by URL (the schema: ``store.schema``)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlmodel import SQLModel
 
 from coalition.store import (
     coalition_tables,  # noqa: F401  (agreements, conversions)
@@ -22,6 +22,21 @@ def normalise_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix) :]
     return url
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URL; None for other databases and memory."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or ":memory:" in url:
+        return None
+    return Path(url[len(prefix) :].split("?", 1)[0])
+
+
+def ensure_sqlite_folder(url: str) -> None:
+    """Create the folder of a SQLite database file if it is missing."""
+    file = sqlite_file(url)
+    if file is not None:
+        file.parent.mkdir(parents=True, exist_ok=True)
 
 
 def make_engine(url: str, *, sqlite_synchronous: str = "FULL", **kwargs: Any) -> Engine:
@@ -47,8 +62,3 @@ def make_engine(url: str, *, sqlite_synchronous: str = "FULL", **kwargs: Any) ->
 
         return engine
     return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True, **kwargs)
-
-
-def create_schema(engine: Engine) -> None:
-    """Create missing tables and indexes (idempotent)."""
-    SQLModel.metadata.create_all(engine)
