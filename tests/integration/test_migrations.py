@@ -91,14 +91,14 @@ def test_the_migrated_schema_is_the_tables_schema(engine: Engine, database_url: 
 
 
 @contextmanager
-def _other_database(database_url: str) -> Iterator[Engine]:
+def _other_database(database_url: str, name: str = "create-all.db") -> Iterator[Engine]:
     """A second fresh database of ``database_url``'s kind: a SQLite file beside it, or a
     new PostgreSQL schema."""
     with ExitStack() as stack:
         if database_url.startswith("postgres"):
             url = stack.enter_context(postgres_schema())
         else:
-            url = database_url.replace("node.db", "create-all.db")
+            url = database_url.replace("node.db", name)
         engine = make_engine(url)
         stack.callback(engine.dispose)
         yield engine
@@ -159,8 +159,8 @@ def test_an_unknown_revision_is_refused_by_name_and_nothing_changes(
     assert recorded_revision(engine) == "9999_from_the_future"
 
 
-def test_concurrent_upgrades_all_succeed(database_url: str) -> None:
-    engines = [make_engine(database_url) for _ in range(4)]
+def _upgrade_at_once(engines: list[Engine]) -> None:
+    """Upgrade every engine from its own thread, all released together."""
     start = threading.Barrier(len(engines))
     results: list[str] = []
     errors: list[BaseException] = []
@@ -177,9 +177,26 @@ def test_concurrent_upgrades_all_succeed(database_url: str) -> None:
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
+    assert errors == [] and results == [head_revision()] * len(engines)
+
+
+def test_concurrent_upgrades_of_one_database_all_succeed(database_url: str) -> None:
+    engines = [make_engine(database_url) for _ in range(4)]
+    _upgrade_at_once(engines)
     for engine in engines:
         engine.dispose()
-    assert errors == [] and results == [head_revision()] * len(engines)
+
+
+def test_upgrades_of_several_databases_in_one_process_at_once(database_url: str) -> None:
+    """Alembic's globals are shared by the threads of a process (several nodes in one
+    test process): upgrades of different databases must not trample each other."""
+    with ExitStack() as stack:
+        engines = [
+            stack.enter_context(_other_database(database_url, f"other-{n}.db")) for n in range(3)
+        ]
+        _upgrade_at_once(engines)
+        for engine in engines:
+            assert schema_state(engine).current
 
 
 def test_the_migrate_command(

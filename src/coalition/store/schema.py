@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,6 +39,10 @@ BASELINE = "0001"
 VERSION_TABLE = "alembic_version"
 
 log = logging.getLogger("coalition.store")
+
+_ONE_AT_A_TIME = threading.RLock()
+"""Alembic keeps ``context`` and ``op`` in module globals, so within one process (several
+nodes in threads, as tests run them) one Alembic command runs at a time."""
 
 
 @dataclass(frozen=True)
@@ -113,7 +118,7 @@ def _baseline_columns() -> dict[str, frozenset[str]]:
     """Each baseline table's columns, read from the baseline migration itself (run on a
     scratch in-memory SQLite database), so the check never drifts from it."""
     engine = create_engine("sqlite://")
-    with engine.connect() as connection:
+    with _ONE_AT_A_TIME, engine.connect() as connection:
         command.upgrade(alembic_config(connection), BASELINE)
         inspector = inspect(connection)
         columns = {
@@ -164,7 +169,7 @@ def schema_state(engine: Engine) -> SchemaState:
 
     Raises FailedPrecondition for a revision this code does not know.
     """
-    with engine.connect() as connection:
+    with _ONE_AT_A_TIME, engine.connect() as connection:
         return _state(connection)
 
 
@@ -175,7 +180,7 @@ def upgrade_schema(engine: Engine) -> str:
     reads or writes its tables. Raises FailedPrecondition (and changes nothing) for a
     database at an unknown revision, or with tables that are not the baseline's.
     """
-    with _schema_lock(engine) as connection:
+    with _ONE_AT_A_TIME, _schema_lock(engine) as connection:
         state = _state(connection)
         if state.current:
             return state.head
