@@ -1,4 +1,5 @@
-"""The committed gRPC code must match a fresh generation from proto/ (Trillian-style)."""
+"""Committed generated files must match a fresh generation (Trillian-style): the gRPC code
+and its typed stubs from proto/, docker-compose.yml from nodes/."""
 
 from __future__ import annotations
 
@@ -12,6 +13,17 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_generated_code_is_current() -> None:
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "gen_proto.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_file_is_current() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gen_compose.py"), "--check"],
         capture_output=True,
         text=True,
         timeout=120,
