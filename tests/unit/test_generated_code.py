@@ -58,5 +58,19 @@ def test_check_reports_an_edited_or_extra_file(tmp_path: Path) -> None:
 
     edited = committed / "points_pb2.py"
     edited.write_bytes(edited.read_bytes() + b"# hand edit\n")
+    stub = committed / "ledger_pb2_grpc.pyi"
+    stub.write_bytes(stub.read_bytes().replace(b"def ", b"def  ", 1))
     (committed / "old_pb2.py").write_text("# from a deleted proto\n")
-    assert gen_proto.stale_files(fresh, committed) == ["old_pb2.py", "points_pb2.py"]
+    (committed / "witness_pb2_grpc.pyi").unlink()
+    assert gen_proto.stale_files(fresh, committed) == [
+        "ledger_pb2_grpc.pyi",
+        "old_pb2.py",
+        "points_pb2.py",
+        "witness_pb2_grpc.pyi",
+    ]
+
+
+def test_every_generated_module_has_its_typed_stub() -> None:
+    package = ROOT / "src" / "coalition" / "v1"
+    modules = {p.stem for p in package.glob("*_pb2*.py")}
+    assert modules and modules == {p.stem for p in package.glob("*_pb2*.pyi")}
