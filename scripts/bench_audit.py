@@ -180,7 +180,7 @@ def main() -> int:
     print(f"bundle: {bundle.stat().st_size / 1e6:,.0f} MB")
 
     t0 = time.perf_counter()
-    bodies = []
+    bodies: list[bytes] = []
     with BundleSource(bundle) as source:
         for _, block in source.blocks():
             bodies.extend(raw.body for raw in block)
