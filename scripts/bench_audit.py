@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -65,7 +66,7 @@ the sealer dates their blocks with (an entry is never dated after its block)."""
 RULES = ProgramRules(rewards={"signup": 500, "review": 50})
 
 
-def _entries(size: int, seed: int = 7):  # type: ignore[no-untyped-def]
+def _entries(size: int, seed: int = 7) -> Iterator[JsonObject]:
     """Yield ``size`` realistic entry bodies in log order: a replayable chain."""
     rng = random.Random(seed)
     rules = RULES
@@ -124,9 +125,11 @@ def build(folder: Path, size: int) -> None:
     service = NodeService(engine, PROGRAM, key, SECRET, RULES, SealerConfig(max_entries=BLOCK))
     t0 = time.perf_counter()
     try:
-        rows = []
+        rows: list[dict[str, object]] = []
+        leaves: list[bytes] = []
         for index, body in enumerate(_entries(size)):
             data = canonical_json(body)
+            leaves.append(leaf_hash(data))
             rows.append(
                 {
                     "log_index": index,
@@ -135,7 +138,7 @@ def build(folder: Path, size: int) -> None:
                     "account": body["account"],
                     "to_account": body.get("to"),
                     "body": data.decode(),
-                    "leaf_hash": leaf_hash(data),
+                    "leaf_hash": leaves[-1],
                     "idem_key": None,
                     "request_hash": None,
                 }
@@ -143,9 +146,9 @@ def build(folder: Path, size: int) -> None:
             if len(rows) == CHUNK or index == size - 1:
                 with service.engine.begin() as conn:
                     conn.execute(insert(entries), rows)
-                service.sealer.added([r["leaf_hash"] for r in rows])
+                service.sealer.added(leaves)
                 service.flush()
-                rows = []
+                rows, leaves = [], []
                 print(
                     f"\r  built {index + 1:,}/{size:,} ({time.perf_counter() - t0:.0f} s)", end=""
                 )
@@ -181,7 +184,7 @@ def main() -> int:
     print(f"bundle: {bundle.stat().st_size / 1e6:,.0f} MB")
 
     t0 = time.perf_counter()
-    bodies = []
+    bodies: list[bytes] = []
     with BundleSource(bundle) as source:
         for _, block in source.blocks():
             bodies.extend(raw.body for raw in block)

@@ -6,10 +6,12 @@
     .venv/bin/python scripts/bench_import.py --keep /tmp/run  # work there and keep it
 
 In a temporary folder: a copy of ``nodes/skyair/node.toml`` with only its gRPC and HTTP
-addresses changed to free ``127.0.0.1`` ports (so that ``--config`` finds the node;
-everything else as shipped: SQLite WAL
-with ``synchronous=FULL``, blocks of 1,000 entries or 200 ms, the real rules), then
-``coalition keygen``, and ``coalition run`` as a subprocess (the demo's ``NodeProcess``).
+addresses changed to free ``127.0.0.1`` ports (so that ``--config`` finds the node) and
+without its ``[coalition]`` table (one node alone: no partners to reach); everything else
+as shipped: SQLite WAL with ``synchronous=FULL``, blocks of 1,000 entries or 200 ms, the
+real rules; then
+``coalition keygen``, and ``coalition run`` as a subprocess (the demo's ``NodeProcess``,
+ready when it logs that it serves).
 Untimed: enrolling ``--members`` members over gRPC from a few threads, and writing the
 CSV with ``scripts/make_purchases_csv.py``.
 
@@ -40,12 +42,16 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 from coalition.api.grpc_client import NodeClient
-from coalition.demo.scenario import NodeProcess, settle, wait_healthy
+from coalition.demo.nodes import NodeProcess, wait_healthy
 from coalition.errors import CoalitionError
+from coalition.ledger.blocks import SignedHeader
 from coalition.node.auth import Role
 from coalition.node.config import load_config
 from coalition.ops.keygen import find_secret
@@ -76,8 +82,12 @@ def free_port() -> int:
 
 def prepare_brand(folder: Path) -> Path:
     """Copy SkyAir's node.toml, changing only the gRPC and HTTP addresses to free ports
-    (real ones, not port 0: the CLI commands read the address from the file)."""
+    (real ones, not port 0: the CLI commands read the address from the file) and leaving
+    out the ``[coalition]`` table."""
     text = (ROOT / "nodes" / PROGRAM / "node.toml").read_text()
+    text, found = re.subn(r"(?ms)^\[coalition\]$.*?(?=^\[)", "", text)
+    if found != 1 or "coalition" in tomllib.loads(text):
+        raise BenchFailed(f"nodes/{PROGRAM}/node.toml has no single [coalition] table")
     for key in ("grpc", "http"):
         address = f'{key} = "127.0.0.1:{free_port()}"'
         text, found = re.subn(rf'(?m)^{key}\s*=\s*"[^"]*"', address, text)
@@ -89,12 +99,14 @@ def prepare_brand(folder: Path) -> Path:
     return path
 
 
-def run(cmd: list[str], what: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(cmd, text=True, check=False, **kwargs)  # type: ignore[call-overload]
+def run(
+    cmd: list[str], what: str, *, stdout: int | None = None, stderr: int | None = None
+) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(cmd, text=True, check=False, stdout=stdout, stderr=stderr)
     if done.returncode != 0:
         out = (done.stdout or "").strip()
         raise BenchFailed(f"{what} exited with {done.returncode}" + (f":\n{out}" if out else ""))
-    return done  # type: ignore[no-any-return]
+    return done
 
 
 def enroll(target: str, key: str, members: int) -> int:
@@ -114,9 +126,29 @@ def enroll(target: str, key: str, members: int) -> int:
             client.close()
 
 
-def log_size(client: NodeClient) -> int:
+def latest_header(client: NodeClient) -> SignedHeader | None:
     latest = client.latest_header()
-    return 0 if latest is None else int(latest["header"]["log_size"])  # type: ignore[index,call-overload]
+    return None if latest is None else SignedHeader.from_json(latest)
+
+
+def log_size(client: NodeClient) -> int:
+    latest = latest_header(client)
+    return 0 if latest is None else latest.header.log_size
+
+
+def wait_covered(client: NodeClient, expected_entries: int, timeout: float) -> SignedHeader:
+    """Wait until the latest signed header covers exactly ``expected_entries`` entries."""
+    deadline = time.monotonic() + timeout
+    while True:
+        latest = latest_header(client)
+        size = 0 if latest is None else latest.header.log_size
+        if latest is not None and size >= expected_entries:
+            if size != expected_entries:
+                raise BenchFailed(f"the log holds {size} entries, {expected_entries} written")
+            return latest
+        if time.monotonic() > deadline:
+            raise BenchFailed(f"only {size} of {expected_entries} entries were sealed")
+        time.sleep(0.05)
 
 
 def wait_sealed(client: NodeClient, timeout: float = 60) -> int:
@@ -133,10 +165,26 @@ def wait_sealed(client: NodeClient, timeout: float = 60) -> int:
     return size
 
 
+@contextmanager
+def running_node(config_path: Path, log_path: Path) -> Iterator[NodeProcess]:
+    """``coalition run`` for the block: then SIGTERM, after which the node must seal what is
+    pending and exit 0; killed at once if the block fails."""
+    node = NodeProcess(config_path, log_path, env={})
+    node.start()
+    try:
+        node.wait_ready()
+        yield node
+    except BaseException:
+        node.kill()
+        raise
+    node.stop()
+
+
 def bench(folder: Path, rows: int, members: int) -> list[str]:
     config_path = prepare_brand(folder)
     config = load_config(config_path)
-    run(coalition("keygen", "--config", str(config_path)), "coalition keygen", capture_output=True)
+    quiet = subprocess.PIPE
+    run(coalition("keygen", "--config", str(config_path)), "keygen", stdout=quiet, stderr=quiet)
     csv_path = folder / "purchases.csv"
     t0 = time.perf_counter()
     run(
@@ -154,12 +202,13 @@ def bench(folder: Path, rows: int, members: int) -> list[str]:
     size_mb = csv_path.stat().st_size / 1e6
     print(f"CSV: {rows:,} rows, {size_mb:.1f} MB in {time.perf_counter() - t0:.1f} s (not timed)")
     lines: list[str] = []
-    with NodeProcess(config_path, folder / "node.log") as node:
-        with NodeClient(node.grpc, find_secret(config, Role.OPERATOR), timeout=30) as client:
+    target = config.grpc_address
+    with running_node(config_path, folder / "node.log"):
+        with NodeClient(target, find_secret(config, Role.OPERATOR), timeout=30) as client:
             wait_healthy(client)
-            print(f"node up at gRPC {node.grpc} (log {folder / 'node.log'})")
+            print(f"node up at gRPC {target} (log {folder / 'node.log'})")
             t0 = time.perf_counter()
-            written = enroll(node.grpc, find_secret(config, Role.OPERATOR), members)
+            written = enroll(target, find_secret(config, Role.OPERATOR), members)
             base = wait_sealed(client)
             print(
                 f"enrolled {members:,} members ({written:,} entries, log size {base:,}) in "
@@ -182,13 +231,11 @@ def bench(folder: Path, rows: int, members: int) -> list[str]:
                     f"expected {rows} accepted, 0 replayed, 0 rejected; got {accepted}, "
                     f"{replayed}, {rejected}"
                 )
-            latest = settle(client, base + accepted, timeout=120)
+            header = wait_covered(client, base + accepted, timeout=120).header
             sealed_s = time.perf_counter() - t0
-            header = latest["header"]
-            assert isinstance(header, dict)
             print(
-                f"sealed: latest header height {header['height']}, log size "
-                f"{header['log_size']:,} = {base:,} + {accepted:,} "
+                f"sealed: latest header height {header.height}, log size "
+                f"{header.log_size:,} = {base:,} + {accepted:,} "
                 f"({sealed_s:.1f} s after the import started)"
             )
 
@@ -207,7 +254,7 @@ def bench(folder: Path, rows: int, members: int) -> list[str]:
         audited = int(report["entries"])
         print(done.stdout.rstrip())
         print("stopping the node (SIGTERM) ...", flush=True)
-    # NodeProcess.__exit__ sent SIGTERM and required exit status 0.
+    # running_node sent SIGTERM and required exit status 0.
     lines += [
         "",
         f"machine: {machine()}",

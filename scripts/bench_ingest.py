@@ -253,7 +253,7 @@ def main() -> int:
         f"batch {args.batch}, sealer max_entries=1000, SQLite WAL synchronous=FULL"
     )
     folder_ctx = tempfile.TemporaryDirectory(prefix="coalition-bench-") if not args.dir else None
-    folder = Path(args.dir or folder_ctx.name)  # type: ignore[union-attr]
+    folder = Path(folder_ctx.name if folder_ctx is not None else args.dir)
     folder.mkdir(parents=True, exist_ok=True)
     key = SigningKey.generate()
     t0 = time.perf_counter()

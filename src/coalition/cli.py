@@ -379,9 +379,10 @@ def _cmd_scenario(args: argparse.Namespace) -> int:
     return run_scenario(Path(args.manifest), Path(args.out), options)
 
 
-def _save(doc: Any, out: str) -> None:
+def _save(doc: Any, out: str) -> int:
     Path(out).write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
     print(f"wrote {out}")
+    return 0
 
 
 def _reads(run: Callable[[NodeClient, argparse.Namespace], Any]) -> Callable[..., int]:
@@ -494,10 +495,13 @@ def _add_client_commands(sub: Any, conn: argparse.ArgumentParser) -> None:
     p = cmd("expire", "expire every due lot now", conn)
     p.set_defaults(func=_reads(lambda c, a: c.run_expiry()))
 
-    for name, helptext in (("balance", "a member's balance and tier"), ("lots", "a member's lots")):
-        p = cmd(name, helptext, conn)
-        p.add_argument("member")
-        p.set_defaults(func=_reads(lambda c, a, n=name: getattr(c, n)(a.member)))
+    p = cmd("balance", "a member's balance and tier", conn)
+    p.add_argument("member")
+    p.set_defaults(func=_reads(lambda c, a: c.balance(a.member)))
+
+    p = cmd("lots", "a member's lots", conn)
+    p.add_argument("member")
+    p.set_defaults(func=_reads(lambda c, a: c.lots(a.member)))
 
     p = cmd("history", "a member's ledger entries", conn)
     p.add_argument("member")
@@ -509,7 +513,7 @@ def _add_client_commands(sub: Any, conn: argparse.ArgumentParser) -> None:
     p.add_argument("--tree-size", type=int)
     p.add_argument("--out", required=True)
     p.set_defaults(
-        func=_with_client(lambda c, a: _save(c.inclusion_proof(a.entry, a.tree_size), a.out) or 0)
+        func=_with_client(lambda c, a: _save(c.inclusion_proof(a.entry, a.tree_size), a.out))
     )
 
     p = cmd("consistency", "fetch a consistency proof between two heights", conn)
@@ -517,7 +521,7 @@ def _add_client_commands(sub: Any, conn: argparse.ArgumentParser) -> None:
     p.add_argument("--second", type=int, required=True)
     p.add_argument("--out", required=True)
     p.set_defaults(
-        func=_with_client(lambda c, a: _save(c.consistency_proof(a.first, a.second), a.out) or 0)
+        func=_with_client(lambda c, a: _save(c.consistency_proof(a.first, a.second), a.out))
     )
 
     p = cmd("import-csv", "earn for every purchase of a CSV file (EarnBulk stream)", conn)

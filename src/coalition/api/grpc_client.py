@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from types import TracebackType
-from typing import Any
+from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -34,6 +34,9 @@ from coalition.node.views import (
 )
 from coalition.v1 import ledger_pb2, ledger_pb2_grpc, points_pb2, points_pb2_grpc
 
+_Request = TypeVar("_Request")
+_Reply = TypeVar("_Reply")
+
 
 class TransportError(CoalitionError):
     """The call did not get a verdict from the node: unreachable, timed out or crashed."""
@@ -47,8 +50,8 @@ class TransportError(CoalitionError):
 # shared by several kinds come back as the most general one (IdempotencyConflict and
 # InsufficientPoints arrive as FailedPrecondition).
 def _error(exc: grpc.RpcError) -> CoalitionError:
-    code: grpc.StatusCode = exc.code()  # type: ignore[attr-defined]
-    message: str = exc.details() or ""  # type: ignore[attr-defined]
+    code: grpc.StatusCode = exc.code()
+    message: str = exc.details() or ""
     kind = error_kind(code)
     return kind(message) if kind is not None else TransportError(code, message)
 
@@ -72,7 +75,7 @@ def _entry(message: ledger_pb2.Entry) -> EntryView:
 class HeaderWatch:
     """Signed headers (JSON objects) as the node seals them; iterate, then ``cancel``."""
 
-    def __init__(self, call: Iterator[ledger_pb2.SignedHeader]) -> None:
+    def __init__(self, call: grpc.CallIterator[ledger_pb2.SignedHeader]) -> None:
         self._call = call
 
     def __iter__(self) -> Iterator[JsonObject]:
@@ -80,11 +83,11 @@ class HeaderWatch:
             for message in self._call:
                 yield _object(message.signed_header_json)
         except grpc.RpcError as exc:
-            if exc.code() != grpc.StatusCode.CANCELLED:  # type: ignore[attr-defined]
+            if exc.code() != grpc.StatusCode.CANCELLED:
                 raise _error(exc) from None
 
     def cancel(self) -> None:
-        self._call.cancel()  # type: ignore[attr-defined]
+        self._call.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs leaves it unannotated
 
     def __enter__(self) -> HeaderWatch:
         return self
@@ -121,13 +124,19 @@ class NodeClient:
     ) -> None:
         self.close()
 
-    def _call(self, method: grpc.UnaryUnaryMultiCallable, request: object) -> Any:
+    def _call(
+        self, method: grpc.UnaryUnaryMultiCallable[_Request, _Reply], request: _Request
+    ) -> _Reply:
         try:
             return method(request, metadata=self._metadata, timeout=self._timeout)
         except grpc.RpcError as exc:
             raise _error(exc) from None
 
-    def _write(self, method: grpc.UnaryUnaryMultiCallable, request: object) -> WriteResult:
+    def _write(
+        self,
+        method: grpc.UnaryUnaryMultiCallable[_Request, points_pb2.WriteReply],
+        request: _Request,
+    ) -> WriteResult:
         return _written(self._call(method, request))
 
     # --- points writes ------------------------------------------------------------------
@@ -325,4 +334,5 @@ class NodeClient:
         """The standard health status name of ``service`` ("" = the whole server)."""
         request = health_pb2.HealthCheckRequest(service=service)
         reply = self._call(self._health.Check, request)
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+        name: str = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)  # untyped stub
+        return name

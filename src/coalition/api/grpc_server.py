@@ -83,7 +83,7 @@ def authorize_call(
 ) -> Principal:
     """Authenticate a call by its ``authorization`` metadata and authorize ``action``;
     every gRPC servicer of the node checks its callers with this one function."""
-    metadata = dict(context.invocation_metadata())
+    metadata = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}  # no -bin
     principal = authenticator.authenticate(metadata.get("authorization"))
     authenticator.authorize(principal, action, member_id)
     return principal

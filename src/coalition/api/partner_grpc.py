@@ -34,7 +34,8 @@ PARTNER_SERVICE = partner_pb2.DESCRIPTOR.services_by_name["Partner"].full_name
 
 def peer_program(context: grpc.ServicerContext) -> str | None:
     """The program named by the TLS client certificate's CN, or None without one."""
-    names = context.auth_context().get("x509_common_name") or []
+    # grpc-stubs types each value as bytes; gRPC gives a list of bytes per property name.
+    names: list[bytes] = context.auth_context().get("x509_common_name") or []  # type: ignore[assignment]
     if len(names) != 1:
         return None
     try:

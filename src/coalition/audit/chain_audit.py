@@ -218,7 +218,7 @@ def _objects(
     raws: list[RawEntry], bodies: list[JsonObject | Prepared | None]
 ) -> list[JsonObject | None]:
     return [
-        _object(raw) if type(body) is tuple else body
+        _object(raw) if isinstance(body, tuple) else body
         for raw, body in zip(raws, bodies, strict=True)
     ]
 
@@ -491,7 +491,7 @@ class _Auditor:
         for n, body in enumerate(bodies):
             if body is None:
                 continue
-            if type(body) is tuple:
+            if isinstance(body, tuple):
                 if apply_prepared(replay, body):
                     continue
                 body = _object(raw_entries[n])

@@ -43,7 +43,7 @@ from coalition.errors import (
     VerificationError,
 )
 from coalition.ledger.canonical import JsonObject, JsonValue
-from coalition.ledger.entries import entry_leaf_hash, format_time, parse_time
+from coalition.ledger.entries import check_program_id, entry_leaf_hash, format_time, parse_time
 from coalition.ledger.envelope import SignedMessage, open_message, sign_message
 from coalition.node.features.agreements import Agreements
 from coalition.node.features.outbox import Outbox
@@ -57,7 +57,6 @@ from coalition.points.rates import (
     Agreement,
     check_credit_limit,
     check_daily_cap,
-    check_program_id,
     current_agreements,
     quote,
 )

@@ -115,7 +115,7 @@ class GrpcLedgerSource:
         call = self._stub.WatchHeaders(ledger_pb2.WatchHeadersRequest(after_height=after_height))
         with self._lock:
             if self._closed:
-                call.cancel()
+                call.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs leaves it unannotated
                 return
             self._calls.append(call)
         try:

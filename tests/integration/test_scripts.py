@@ -1,0 +1,134 @@
+"""Every script under ``scripts/`` still runs: each Python script answers ``--help`` (so it
+imports against today's package), the benchmarks and the CSV writer run end to end at a
+tiny size, the shell scripts parse, and every ``scripts/NAME.py --option`` the docs tell
+readers to run names a script that offers that option. ``mypy`` checks the scripts too
+(``[tool.mypy] files``), so a script calling a moved or changed API fails before it runs.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPTS = ROOT / "scripts"
+PYTHON_SCRIPTS = sorted(SCRIPTS.glob("*.py"))
+SHELL_SCRIPTS = sorted(p for p in SCRIPTS.iterdir() if p.is_file() and p.suffix in ("", ".sh"))
+DOCUMENTS = [
+    ROOT / "README.md",
+    ROOT / "nodes" / "README.md",
+    *sorted((ROOT / "docs").glob("*.md")),
+]
+COMMAND = re.compile(r"scripts/(\w+\.py)([^#`\n]*)")
+
+
+def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+@functools.cache
+def help_text(script: str) -> str:
+    result = run(str(SCRIPTS / script), "--help")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+@pytest.mark.parametrize("script", PYTHON_SCRIPTS, ids=lambda p: p.name)
+def test_every_python_script_imports_and_answers_help(script: Path) -> None:
+    assert help_text(script.name).startswith(f"usage: {script.name}")
+
+
+@pytest.mark.parametrize("script", SHELL_SCRIPTS, ids=lambda p: p.name)
+def test_every_shell_script_parses(script: Path) -> None:
+    result = subprocess.run(
+        ["bash", "-n", str(script)], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_mypy_checks_every_script() -> None:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]
+    assert config["strict"] is True
+    assert "scripts" in config["files"]
+
+
+def documented_commands() -> list[tuple[str, str, list[str]]]:
+    """(where, script, options) for every ``scripts/NAME.py ...`` in the docs and in the
+    scripts' own docstrings."""
+    found = []
+    for path in [*DOCUMENTS, *PYTHON_SCRIPTS]:
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            for match in COMMAND.finditer(line):
+                options = re.findall(r"(?<!\S)(--[a-z][-a-z]*)", match.group(2))
+                found.append((f"{path.relative_to(ROOT)}:{number}", match.group(1), options))
+    return found
+
+
+def test_the_documented_commands_are_real() -> None:
+    commands = documented_commands()
+    assert {script for _, script, _ in commands} >= {"bench_import.py", "gen_compose.py"}
+    helps = {script: help_text(script) for script in {s for _, s, _ in commands}}
+    for where, script, options in commands:
+        for option in options:
+            assert re.search(rf"(?<![\w-]){option}(?![\w-])", helps[script]), (
+                f"{where}: {script} has no option {option}"
+            )
+
+
+def test_make_purchases_csv_writes_the_rows_asked_for() -> None:
+    result = run(str(SCRIPTS / "make_purchases_csv.py"), "5", "--members", "2")
+    assert result.returncode == 0, result.stderr
+    rows = result.stdout.splitlines()[1:]
+    assert len(rows) == 5 and all(row.split(",")[0] in ("M0001", "M0002") for row in rows)
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "last_words"),
+    [
+        ("bench_ingest.py", ["--purchases", "200", "--members", "20", "--repeat", "1"], "floor"),
+        ("bench_proofs.py", ["--entries", "2000", "--samples", "20"], "path hashes"),
+        ("bench_audit.py", ["--entries", "2000", "--runs", "1", "--workers", "0"], "entries/s"),
+    ],
+)
+def test_the_benchmarks_run_at_a_tiny_size(
+    tmp_path: Path, script: str, args: list[str], last_words: str
+) -> None:
+    result = run(str(SCRIPTS / script), *args, "--dir", str(tmp_path / "work"), timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert last_words in result.stdout
+
+
+@pytest.mark.slow
+def test_bench_import_runs_a_real_node_at_a_tiny_size(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    result = run(
+        str(SCRIPTS / "bench_import.py"),
+        "--rows",
+        "50",
+        "--members",
+        "5",
+        "--keep",
+        str(work),
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "accepted 50, replayed 0, rejected 0" in result.stdout
+    assert "node stopped with SIGTERM, exit status 0" in result.stdout
+
+
+@pytest.mark.slow
+def test_bench_conversions_runs_two_nodes_at_a_tiny_size(tmp_path: Path) -> None:
+    args = ["--conversions", "10", "--clients", "1", "--procs", "1", "--members", "4"]
+    args += ["--bare-calls", "20", "--keep", str(tmp_path / "work")]
+    result = run(str(SCRIPTS / "bench_conversions.py"), *args, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    completed = re.search(r"^audit OK: .*, (\d+) conversions completed", result.stdout, re.M)
+    assert completed is not None and int(completed.group(1)) >= 10  # the warm-up's count too
