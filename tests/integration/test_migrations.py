@@ -209,6 +209,7 @@ def test_the_migrate_command(
     assert main(["migrate", "--config", str(config), "--check"]) == 1
     out = capsys.readouterr().out
     assert "migrating creates it at revision" in out and head in out
+    assert not (tmp_path / "node.db").exists(), "--check creates no SQLite file"
     assert main(["migrate", "--config", str(config)]) == 0
     assert capsys.readouterr().out == f"schema at revision {head}\n"
     assert main(["migrate", "--config", str(config), "--check"]) == 0
