@@ -42,10 +42,11 @@ from coalition.node.coalition_testing import (
     wait_for,
 )
 from coalition.node.features.redemptions import Redemptions
-from coalition.node.features.settlement import Settlement, sign_statement
+from coalition.node.features.settlement import Settlement
 from coalition.node.features.witness import Witness
 from coalition.node.sealer import TREE_STRIDE
 from coalition.node.testing import postgres_schema
+from coalition.points.statements import sign_statement
 from coalition.store.db import make_engine
 from coalition.store.tables import blocks, entries, tree_nodes
 from coalition.store.witness_tables import witness_cosignatures

@@ -44,13 +44,9 @@ from coalition.node.coalition_testing import (
     wait_for,
 )
 from coalition.node.features.redemptions import Redemptions
-from coalition.node.features.settlement import (
-    Settlement,
-    sign_statement,
-    statement_parts,
-    verify_signed_statement,
-)
+from coalition.node.features.settlement import Settlement
 from coalition.points.settlement import Owed
+from coalition.points.statements import sign_statement, statement_parts, verify_signed_statement
 from coalition.v1 import settlement_pb2, settlement_pb2_grpc
 
 A, B, C = "skyair", "staybright", "beanhouse"

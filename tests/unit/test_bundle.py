@@ -28,9 +28,8 @@ from coalition.ledger.blocks import BlockHeader, SignedHeader, sign_header
 from coalition.ledger.canonical import canonical_json, parse_json
 from coalition.ledger.keys import SigningKey
 from coalition.ledger.merkle import leaf_hash
-from coalition.ledger.note import checkpoint_of, cosign, verify_cosignature
+from coalition.ledger.note import checkpoint_of, cosign, verify_cosignature, witness_name
 from coalition.node.config import SealerConfig
-from coalition.node.features.witness import witness_name
 from coalition.node.service import NodeService
 from coalition.node.testing import Clock, temporary_node
 from coalition.store.witness_tables import (

@@ -10,8 +10,7 @@ from coalition.ledger.blocks import BlockHeader, SignedHeader, sign_header
 from coalition.ledger.entries import format_time
 from coalition.ledger.keys import SigningKey, VerifyKey
 from coalition.ledger.merkle import EMPTY_ROOT
-from coalition.ledger.note import checkpoint_of, cosign
-from coalition.node.features.witness import witness_name
+from coalition.ledger.note import checkpoint_of, cosign, witness_name
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 KEYS = {p: SigningKey.generate() for p in ("air", "hotel", "coffee")}

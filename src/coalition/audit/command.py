@@ -33,8 +33,8 @@ from coalition.audit.witness_quorum import WitnessPolicy
 from coalition.errors import CoalitionError, InvalidArgument
 from coalition.ledger.blocks import SignedHeader
 from coalition.ledger.canonical import JsonObject, canonical_json, parse_json
+from coalition.ledger.envelope import MAX_CLOCK_SKEW
 from coalition.ledger.keys import VerifyKey
-from coalition.node.partners import MAX_CLOCK_SKEW
 from coalition.progress import Progress
 
 __all__ = [

@@ -24,10 +24,9 @@ from coalition.ledger.keys import VerifyKey
 from coalition.ledger.merkle import consistency_coords, consistency_from_nodes, expand_nodes
 from coalition.ledger.merkle import stored_coords as stored_node_coords
 from coalition.ledger.proofs import consistency_document
-from coalition.node.sealer import TREE_STRIDE, signed_header_from_row
 from coalition.store import repository
 from coalition.store.db import make_engine, normalise_url
-from coalition.store.repository import from_micros
+from coalition.store.repository import TREE_STRIDE, from_micros, signed_header_from_row
 from coalition.store.witness_tables import cosignature_lines, witness_cosignatures, witness_evidence
 
 
