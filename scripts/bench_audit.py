@@ -36,7 +36,6 @@ from pathlib import Path
 from sqlalchemy import insert
 
 from coalition.audit.bundle import BundleSource, export_bundle
-from coalition.audit.chain_audit import audit_chain
 from coalition.ledger.canonical import JsonObject, canonical_json
 from coalition.ledger.keys import SigningKey
 from coalition.ledger.merkle import leaf_hash
@@ -49,6 +48,7 @@ from coalition.points.replay import Replay
 from coalition.points.rules import ProgramRules
 from coalition.store.db import create_schema, make_engine
 from coalition.store.tables import entries
+from coalition.verify.chain_audit import audit_chain
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ingest import machine

@@ -59,7 +59,7 @@ sys.path.insert(0, str(ROOT / "tests" / "integration"))
 from _processes import BrandProcess, make_coalition  # noqa: E402
 from bench_ingest import machine  # noqa: E402
 
-from coalition.audit.command import audit_partners  # noqa: E402
+from coalition.audit import audit_partners  # noqa: E402
 from coalition.audit.sources import DatabaseSource  # noqa: E402
 from coalition.ledger.entries import format_time, parse_time  # noqa: E402
 from coalition.node.manifest import Manifest  # noqa: E402

@@ -27,7 +27,6 @@ from typing import Any
 import pytest
 from sqlalchemy import delete, insert, select, update
 
-from coalition.audit.state import STATE_TYPE
 from coalition.cli import main
 from coalition.ledger.blocks import BlockHeader, make_header, sign_header
 from coalition.ledger.canonical import JsonObject, canonical_json, parse_json
@@ -50,6 +49,7 @@ from coalition.points.statements import sign_statement
 from coalition.store.db import make_engine
 from coalition.store.tables import blocks, entries, tree_nodes
 from coalition.store.witness_tables import witness_cosignatures
+from coalition.verify.state import STATE_TYPE
 
 A, B, C = "skyair", "staybright", "beanhouse"
 PROGRAMS = (A, B, C)

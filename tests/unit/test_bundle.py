@@ -22,7 +22,7 @@ from coalition.audit.bundle import (
     export_bundle,
     write_bundle,
 )
-from coalition.audit.sources import BlockStream, CosignatureSource, DatabaseSource, EvidenceSource
+from coalition.audit.sources import DatabaseSource
 from coalition.errors import CorruptStore, InvalidArgument, VerificationError
 from coalition.ledger.blocks import BlockHeader, SignedHeader, sign_header
 from coalition.ledger.canonical import canonical_json, parse_json
@@ -38,6 +38,7 @@ from coalition.store.witness_tables import (
     save_evidence,
     witness_evidence,
 )
+from coalition.verify.source import BlockStream, CosignatureSource, EvidenceSource
 
 PROGRAM = "testair"
 MEMBERS = ("alice", "bob", "carol", "dave")

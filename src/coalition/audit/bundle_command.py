@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from coalition.api.errors import http_error_kind
-from coalition.audit.bundle import AtomicFile, BundleSource, BundleSummary, export_bundle
+from coalition.audit.bundle import AtomicFile, BundleSource, export_bundle
 from coalition.audit.command import read_public_key
 from coalition.errors import (
     CoalitionError,
@@ -29,6 +29,7 @@ from coalition.errors import (
 )
 from coalition.ledger.keys import VerifyKey
 from coalition.progress import Progress
+from coalition.verify.bundle_format import BundleSummary
 
 OK, FAILED, USAGE = 0, 1, 2
 BUNDLE_PATH = "/v1/ledger/bundle"

@@ -18,35 +18,21 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from coalition.audit.chain_audit import audit_chain
-from coalition.audit.coalition_audit import (
-    PartnersAudit,
-    audit_all,
-    audit_partners,
-    total_entries,
-)
 from coalition.audit.db_check import check_database
-from coalition.audit.recording import RecordingSource
-from coalition.audit.sources import ChainSource, DatabaseSource, GrpcSource
-from coalition.audit.state import AuditorState
-from coalition.audit.witness_quorum import WitnessPolicy
+from coalition.audit.sources import DatabaseSource, GrpcSource
+from coalition.audit.state import load_state, save_state
 from coalition.errors import CoalitionError, InvalidArgument
 from coalition.ledger.blocks import SignedHeader
 from coalition.ledger.canonical import JsonObject, canonical_json, parse_json
 from coalition.ledger.envelope import MAX_CLOCK_SKEW
 from coalition.ledger.keys import VerifyKey
-from coalition.progress import Progress
+from coalition.progress import Progress, phase
+from coalition.verify.chain_audit import audit_chain
+from coalition.verify.coalition_audit import audit_all, total_entries
+from coalition.verify.source import ChainSource
+from coalition.verify.witness_quorum import WitnessPolicy
 
-__all__ = [
-    "PartnersAudit",
-    "RecordingSource",
-    "add_audit_parser",
-    "audit_all",
-    "audit_partners",
-    "run_audit",
-    "run_audit_coalition",
-    "run_check",
-]
+__all__ = ["add_audit_parser", "run_audit", "run_audit_coalition", "run_check"]
 
 OK, FAULTS, USAGE = 0, 1, 2
 WITNESS_GRACE_S = 60.0
@@ -435,7 +421,7 @@ def run_audit_coalition(args: argparse.Namespace) -> int:
             manifest.public_key(program)  # fail now, naming the missing key file
         pending_grace = _grace(args.pending_grace, PENDING_GRACE_S, "--pending-grace")
         witness_grace = _grace(args.witness_grace, WITNESS_GRACE_S, "--witness-grace")
-        state = AuditorState.load(args.state) if args.state is not None else None
+        state = load_state(args.state) if args.state is not None else None
         sources = _coalition_sources(args, manifest)
     except CoalitionError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
@@ -451,6 +437,7 @@ def run_audit_coalition(args: argparse.Namespace) -> int:
             pending_before=now - pending_grace,
             trusted=state.trusted() if state is not None else None,
             witnessing=policy,
+            progress=phase,
         )
     except CoalitionError as exc:
         print(f"{name}: cannot read a chain: {exc}", file=sys.stderr)
@@ -472,7 +459,7 @@ def run_audit_coalition(args: argparse.Namespace) -> int:
         _write_json(args.json, report)
     if state is not None:
         try:
-            state.save(args.state)
+            save_state(state, args.state)
         except OSError as exc:
             print(f"{name}: cannot write the state file {args.state}: {exc}", file=sys.stderr)
             return USAGE

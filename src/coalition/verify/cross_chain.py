@@ -28,13 +28,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from coalition.audit.located import LocatedFault
 from coalition.errors import CoalitionError
 from coalition.ledger.canonical import JsonObject, JsonValue, canonical_json
 from coalition.ledger.entries import entry_leaf_hash, parse_time
 from coalition.ledger.envelope import Envelope, SignedMessage, open_message
 from coalition.ledger.keys import VerifyKey
 from coalition.points.rates import Agreement, quote, verify_signed_agreement
+from coalition.verify.located import LocatedFault
 
 KeyOf = Callable[[str], VerifyKey]
 

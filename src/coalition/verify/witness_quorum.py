@@ -17,7 +17,6 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from coalition.audit.located import LocatedFault
 from coalition.errors import CoalitionError
 from coalition.ledger.blocks import SignedHeader
 from coalition.ledger.canonical import JsonObject
@@ -30,6 +29,7 @@ from coalition.ledger.note import (
     witness_name,
     witness_of,
 )
+from coalition.verify.located import LocatedFault
 
 
 @dataclass(frozen=True, slots=True)

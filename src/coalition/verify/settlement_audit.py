@@ -18,7 +18,6 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from coalition.audit.located import LocatedFault
 from coalition.errors import CoalitionError
 from coalition.ledger.canonical import JsonObject, JsonValue, canonical_json
 from coalition.ledger.keys import VerifyKey
@@ -31,6 +30,7 @@ from coalition.points.settlement import (
     obligations,
 )
 from coalition.points.statements import StatementParts, verify_signed_statement
+from coalition.verify.located import LocatedFault
 
 KeyOf = Callable[[str], VerifyKey]
 

@@ -106,6 +106,7 @@ def fast_entry(body: bytes, program: str, sealed_at: str = "") -> JsonObject | N
         and entry_id
         and type(kind) is str
         and kind
+        and type(at) is str
         and canonical_time(at) is not None
         and (not sealed_at or at <= sealed_at)
     ):
