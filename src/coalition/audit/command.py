@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from coalition.audit.db_check import check_database
+from coalition.audit.public_keys import config_public_key, read_public_key
 from coalition.audit.sources import DatabaseSource, GrpcSource
 from coalition.audit.state import load_state, save_state
 from coalition.errors import CoalitionError, InvalidArgument
@@ -94,7 +95,11 @@ def add_audit_parser(subparsers: Any) -> None:
         "2 on bad usage.",
     )
     audit.add_argument("--manifest", type=Path, help="audit the whole coalition of this manifest")
-    audit.add_argument("--config", type=Path, help="the node's node.toml (its database and key)")
+    audit.add_argument(
+        "--config",
+        type=Path,
+        help="the node's node.toml (its database; the public_key.pem beside its signing key)",
+    )
     audit.add_argument(
         "--database",
         action="append",
@@ -181,22 +186,6 @@ def add_audit_parser(subparsers: Any) -> None:
     check.set_defaults(func=run_check)
 
 
-def _config_database_and_key(path: Path) -> tuple[str, VerifyKey]:
-    from coalition.node.config import load_config
-    from coalition.ops.keyfiles import read_signing_key
-
-    config = load_config(path)
-    return config.database_url, read_signing_key(config).public_key
-
-
-def read_public_key(path: Path) -> VerifyKey:
-    """A program's Ed25519 public key from its PEM file; InvalidArgument naming the file."""
-    try:
-        return VerifyKey.from_pem(path.read_bytes())
-    except OSError as exc:
-        raise InvalidArgument(f"cannot read the public key {path}: {exc}") from None
-
-
 def _read_trusted(path: Path) -> SignedHeader:
     try:
         return SignedHeader.from_json(parse_json(path.read_bytes()))
@@ -270,8 +259,11 @@ def _open_source(args: argparse.Namespace) -> tuple[ChainSource, VerifyKey]:
     _single_chain_usage(args)
     pinned = read_public_key(args.public_key) if args.public_key is not None else None
     if args.config is not None:
-        url, key = _config_database_and_key(args.config)
-        return DatabaseSource(url), pinned or key
+        from coalition.node.config import load_config
+
+        config = load_config(args.config)
+        key = pinned or config_public_key(config)
+        return DatabaseSource(config.database_url), key
     if args.database:
         if pinned is None:
             raise InvalidArgument("--database needs --public-key (the program's public key)")
@@ -321,8 +313,10 @@ def run_audit(args: argparse.Namespace) -> int:
 
 def run_check(args: argparse.Namespace) -> int:
     """Run ``coalition check``; prints the report, returns the exit code."""
+    from coalition.node.config import load_config
+
     try:
-        url = _config_database_and_key(args.config)[0] if args.config is not None else args.database
+        url = load_config(args.config).database_url if args.config is not None else args.database
         with Progress("check entries", None) as bar:
             report = check_database(url, progress=bar.advance)
     except CoalitionError as exc:
