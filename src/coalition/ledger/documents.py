@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 
-from coalition.errors import VerificationError
+from coalition.errors import CoalitionError, VerificationError
 from coalition.ledger.canonical import JsonObject, JsonValue, canonical_json
 from coalition.ledger.keys import SIGNATURE_SIZE, SigningKey, VerifyKey
 
@@ -32,12 +32,17 @@ def signed_document(field: str, doc: JsonObject, signatures: Mapping[str, str]) 
     return {field: doc, SIGNATURES: sigs}
 
 
-def split_signed(signed: JsonValue, field: str) -> tuple[JsonValue, JsonValue]:
-    """(document, signatures) of a recorded form, unchecked; VerificationError unless
-    ``signed`` is an object with exactly ``field`` and ``signatures``."""
-    if not isinstance(signed, dict) or set(signed) != {field, SIGNATURES}:
-        raise VerificationError(f"a signed {field} is {{{field}, signatures}}")
-    return signed[field], signed[SIGNATURES]
+def split_signed(
+    signed: JsonValue, field: str, error: type[CoalitionError] = VerificationError
+) -> tuple[JsonObject, JsonObject]:
+    """(document, signatures) of a recorded form, their content unchecked; ``error``
+    (VerificationError unless the caller is judging its own input) unless ``signed`` is
+    an object of exactly the objects ``field`` and ``signatures``."""
+    if isinstance(signed, dict) and set(signed) == {field, SIGNATURES}:
+        doc, signatures = signed[field], signed[SIGNATURES]
+        if isinstance(doc, dict) and isinstance(signatures, dict):
+            return doc, signatures
+    raise error(f"a signed {field} is {{{field}, signatures}}")
 
 
 def check_signature(
@@ -61,7 +66,7 @@ def check_signature(
 
 def verify_signatures(
     doc: JsonObject,
-    signatures: JsonValue,
+    signatures: JsonObject,
     parties: Iterable[str],
     key_of: Callable[[str], VerifyKey],
     what: str,
@@ -70,8 +75,8 @@ def verify_signatures(
     of ``parties`` over ``doc`` (checked in program order); ``key_of`` errors (an
     unknown program) pass through."""
     expected = sorted(set(parties))
-    given = sorted(signatures) if isinstance(signatures, dict) else []
-    if not isinstance(signatures, dict) or given != expected:
+    given = sorted(signatures)
+    if given != expected:
         raise VerificationError(f"{what} needs signatures of exactly {expected}, has {given}")
     for program in expected:
         check_signature(key_of(program), doc, signatures[program], program, what)

@@ -15,7 +15,7 @@ from datetime import datetime
 from decimal import Context, Decimal
 from fractions import Fraction
 
-from coalition.errors import FailedPrecondition, InvalidArgument, VerificationError
+from coalition.errors import FailedPrecondition, InvalidArgument
 from coalition.ledger.canonical import JsonObject
 from coalition.ledger.documents import (
     sign_document,
@@ -214,8 +214,6 @@ def verify_signed_agreement(signed: JsonObject, key_of: Callable[[str], VerifyKe
     malformed document; ``key_of`` errors (an unknown program) pass through.
     """
     doc, signatures = split_signed(signed, AGREEMENT_FIELD)
-    if not isinstance(doc, dict) or not isinstance(signatures, dict):
-        raise VerificationError("a signed agreement is {agreement, signatures}")
     agreement = agreement_from_document(doc)
     what = f"agreement {agreement.id} v{agreement.version}"
     verify_signatures(doc, signatures, agreement.pair, key_of, what)

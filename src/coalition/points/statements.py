@@ -110,6 +110,5 @@ def verify_signed_statement(
         parts = statement_parts(doc)
     except InvalidArgument as exc:
         raise VerificationError(f"a malformed statement: {exc}") from None
-    assert isinstance(doc, dict)
     verify_signatures(doc, signatures, parts.parties, key_of, f"statement {parts.id}")
     return parts
