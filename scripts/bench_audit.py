@@ -37,7 +37,6 @@ from pathlib import Path
 from sqlalchemy import insert
 
 from coalition.audit.bundle import BundleSource, export_bundle
-from coalition.audit.chain_audit import audit_chain
 from coalition.ledger.canonical import JsonObject, canonical_json
 from coalition.ledger.keys import SigningKey
 from coalition.ledger.merkle import leaf_hash
@@ -51,6 +50,7 @@ from coalition.points.rules import ProgramRules
 from coalition.store.db import make_engine
 from coalition.store.schema import upgrade_schema
 from coalition.store.tables import entries
+from coalition.verify.chain_audit import audit_chain
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ingest import machine

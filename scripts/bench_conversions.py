@@ -59,11 +59,12 @@ sys.path.insert(0, str(ROOT / "tests" / "integration"))
 from _processes import BrandProcess, make_coalition  # noqa: E402
 from bench_ingest import machine  # noqa: E402
 
-from coalition.audit.command import audit_partners  # noqa: E402
+from coalition.audit import audit_partners  # noqa: E402
 from coalition.audit.sources import DatabaseSource  # noqa: E402
 from coalition.ledger.entries import format_time, parse_time  # noqa: E402
 from coalition.node.manifest import Manifest  # noqa: E402
 from coalition.ops.tls import TlsFiles  # noqa: E402
+from coalition.progress import phase  # noqa: E402
 from coalition.store.redemption_tables import bodies_of_kinds  # noqa: E402
 from coalition.v1 import conversions_pb2, conversions_pb2_grpc  # noqa: E402
 
@@ -374,7 +375,9 @@ def audit(folder: Path, a: BrandProcess, b: BrandProcess) -> str:
     manifest = Manifest.load(folder / "coalition.toml")
     sources = {A: DatabaseSource(a.database_url), B: DatabaseSource(b.database_url)}
     try:
-        reports, cross = audit_partners(sources, manifest.public_key, pending_before=None)
+        reports, cross = audit_partners(
+            sources, manifest.public_key, pending_before=None, progress=phase
+        )
     finally:
         for source in sources.values():
             source.close()

@@ -60,12 +60,12 @@ from coalition.ledger.merkle import (
 )
 from coalition.ledger.proofs import verify_consistency_document, verify_inclusion_document
 from coalition.node.config import SealerConfig
-from coalition.node.sealer import TREE_STRIDE
 from coalition.node.service import NodeService
 from coalition.points.accounts import account_id
 from coalition.points.rules import ProgramRules
 from coalition.store import repository
 from coalition.store.db import make_engine
+from coalition.store.repository import TREE_STRIDE
 from coalition.store.schema import upgrade_schema
 from coalition.store.tables import entries
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import TracebackType
 from typing import TextIO
 
@@ -74,3 +76,11 @@ class Progress:
             self._last_line_pct = pct
             self._last_line_done = self.done
             self._last_draw = now
+
+
+@contextmanager
+def phase(label: str, total: int | None) -> Iterator[Callable[[int], None]]:
+    """A bar for one phase, as its ``advance``: what ``coalition.verify.audit_all`` takes
+    as ``progress`` (the verifier prints nothing itself)."""
+    with Progress(label, total) as bar:
+        yield bar.advance

@@ -198,8 +198,13 @@ def test_cli_audit_and_check_exit_codes(built: tuple[Node, dict[str, int]], tmp_
         f'[program]\nid = "testair"\n[node]\ndatabase = "{node.url}"\n'
         'signing_key = "keys/ledger.pem"\n'
     )
-    assert run_cli(["audit", "--config", str(config)]) == 0
+    # The auditor never opens the private key: without public_key.pem beside it the
+    # audit stops (exit 2, naming the file); the check needs no key at all.
+    assert run_cli(["audit", "--config", str(config)]) == 2
     assert run_cli(["check", "--config", str(config)]) == 0
+    (tmp_path / "keys" / "public_key.pem").write_bytes(node.key.public_key.to_pem())
+    (tmp_path / "keys" / "ledger.pem").unlink()
+    assert run_cli(["audit", "--config", str(config)]) == 0
     assert run_cli(["check", "--database", f"sqlite:///{tmp_path / 'none.db'}"]) == 2
     other = tmp_path / "other.pem"
     other.write_bytes(SigningKey.generate().public_key.to_pem())

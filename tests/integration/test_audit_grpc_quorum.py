@@ -35,14 +35,14 @@ from coalition.audit import (
     WitnessPolicy,
     audit_all,
 )
-from coalition.audit.sources import ChainSource
-from coalition.audit.witness_quorum import cosigner_of
 from coalition.cli import main
 from coalition.ledger.note import NoteSignature, parse_signature_line
 from coalition.node.auth import Authenticator
 from coalition.node.coalition_testing import RunningCoalition, coalition_nodes, node_urls, wait_for
 from coalition.node.features.witness import Witness
 from coalition.store.witness_tables import witness_cosignatures
+from coalition.verify.source import ChainSource
+from coalition.verify.witness_quorum import cosigner_of
 
 A, B, C = "skyair", "staybright", "beanhouse"
 PROGRAMS = (A, B, C)

@@ -166,3 +166,14 @@ def test_coalition_bundle_from_a_node_config(
         assert bundle.public_key() is not None
         assert bundle.public_key().to_pem() == public  # type: ignore[union-attr]
         assert bundle.check_framing().entries == 6
+    # The public key comes from public_key.pem (or --public-key), never from the
+    # signing key: without the file the export stops, naming it, and writes nothing.
+    pinned = tmp_path / "skyair.pub.pem"
+    (folder / "keys" / "public_key.pem").rename(pinned)
+    again = tmp_path / "again.bundle"
+    assert main(["bundle", "--config", str(config_path), "--out", str(again)]) == 2
+    assert "public_key.pem" in capsys.readouterr().err and not again.exists()
+    argv = ["bundle", "--config", str(config_path), "--public-key", str(pinned)]
+    assert main([*argv, "--out", str(again)]) == 0
+    with BundleSource(again) as bundle:
+        assert bundle.public_key().to_pem() == public  # type: ignore[union-attr]

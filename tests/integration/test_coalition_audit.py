@@ -27,7 +27,6 @@ from typing import Any
 import pytest
 from sqlalchemy import delete, insert, select, update
 
-from coalition.audit.state import STATE_TYPE
 from coalition.cli import main
 from coalition.ledger.blocks import BlockHeader, make_header, sign_header
 from coalition.ledger.canonical import JsonObject, canonical_json, parse_json
@@ -42,13 +41,15 @@ from coalition.node.coalition_testing import (
     wait_for,
 )
 from coalition.node.features.redemptions import Redemptions
-from coalition.node.features.settlement import Settlement, sign_statement
+from coalition.node.features.settlement import Settlement
 from coalition.node.features.witness import Witness
 from coalition.node.sealer import TREE_STRIDE
 from coalition.node.testing import postgres_schema
+from coalition.points.statements import sign_statement
 from coalition.store.db import make_engine
 from coalition.store.tables import blocks, entries, tree_nodes
 from coalition.store.witness_tables import witness_cosignatures
+from coalition.verify.state import STATE_TYPE
 
 A, B, C = "skyair", "staybright", "beanhouse"
 PROGRAMS = (A, B, C)

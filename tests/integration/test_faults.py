@@ -29,7 +29,7 @@ from _processes import COALITION, BrandProcess, CoalitionProcesses, make_coaliti
 from sqlalchemy import create_engine, text
 
 from coalition.api.partner_grpc import serve_partner_grpc
-from coalition.audit.command import audit_partners
+from coalition.audit import audit_partners
 from coalition.audit.db_check import check_database
 from coalition.audit.sources import DatabaseSource
 from coalition.errors import (

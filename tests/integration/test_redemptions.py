@@ -15,7 +15,6 @@ from typing import Any, TypeVar
 
 import pytest
 
-from coalition.audit.cross_chain import check_coalition
 from coalition.errors import (
     FailedPrecondition,
     IdempotencyConflict,
@@ -38,6 +37,7 @@ from coalition.node.coalition_testing import (
 from coalition.node.features.redemptions import Redemptions
 from coalition.points.replay import Replay
 from coalition.store import redemption_tables
+from coalition.verify.cross_chain import check_coalition
 
 A, B = "skyair", "staybright"
 T = TypeVar("T")

@@ -28,7 +28,6 @@ from coalition.api.settlement_api import (
     redemptions_router,
     settlement_router,
 )
-from coalition.audit.cross_chain import check_coalition
 from coalition.errors import FailedPrecondition, InvalidArgument
 from coalition.ledger.canonical import parse_json
 from coalition.ledger.entries import format_time
@@ -44,14 +43,11 @@ from coalition.node.coalition_testing import (
     wait_for,
 )
 from coalition.node.features.redemptions import Redemptions
-from coalition.node.features.settlement import (
-    Settlement,
-    sign_statement,
-    statement_parts,
-    verify_signed_statement,
-)
+from coalition.node.features.settlement import Settlement
 from coalition.points.settlement import Owed
+from coalition.points.statements import sign_statement, statement_parts, verify_signed_statement
 from coalition.v1 import settlement_pb2, settlement_pb2_grpc
+from coalition.verify.cross_chain import check_coalition
 
 A, B, C = "skyair", "staybright", "beanhouse"
 

@@ -19,8 +19,6 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from coalition.audit.chain_audit import audit_chain
-from coalition.audit.cross_chain import audit_coalition
 from coalition.audit.db_check import check_database
 from coalition.audit.sources import DatabaseSource
 from coalition.demo.nodes import (
@@ -37,6 +35,8 @@ from coalition.node.testing import POSTGRES_URL
 from coalition.ops.keygen import generate_coalition_keys
 from coalition.ops.tls import generate_tls
 from coalition.store.db import normalise_url
+from coalition.verify.chain_audit import audit_chain
+from coalition.verify.cross_chain import audit_coalition
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 

@@ -30,11 +30,12 @@ from coalition.ledger.note import (
     note_verifier,
     origin_of,
     verify_note,
+    witness_name,
 )
 from coalition.ledger.proofs import consistency_document
 from coalition.node.auth import Authenticator
 from coalition.node.config import SealerConfig
-from coalition.node.features.witness import FORK, Fault, Witness, witness_name
+from coalition.node.features.witness import FORK, Fault, Witness
 from coalition.node.manifest import Manifest
 from coalition.node.partners import InMemoryNetwork, PartnerClient, PartnerInbox
 from coalition.node.service import NodeService

@@ -22,15 +22,14 @@ from coalition.audit.bundle import (
     export_bundle,
     write_bundle,
 )
-from coalition.audit.sources import BlockStream, CosignatureSource, DatabaseSource, EvidenceSource
+from coalition.audit.sources import DatabaseSource
 from coalition.errors import CorruptStore, InvalidArgument, VerificationError
 from coalition.ledger.blocks import BlockHeader, SignedHeader, sign_header
 from coalition.ledger.canonical import canonical_json, parse_json
 from coalition.ledger.keys import SigningKey
 from coalition.ledger.merkle import leaf_hash
-from coalition.ledger.note import checkpoint_of, cosign, verify_cosignature
+from coalition.ledger.note import checkpoint_of, cosign, verify_cosignature, witness_name
 from coalition.node.config import SealerConfig
-from coalition.node.features.witness import witness_name
 from coalition.node.service import NodeService
 from coalition.node.testing import Clock, temporary_node
 from coalition.store.witness_tables import (
@@ -38,6 +37,14 @@ from coalition.store.witness_tables import (
     save_cosignature,
     save_evidence,
     witness_evidence,
+)
+from coalition.verify.bundle_format import BlockReader, Framing, Unreadable, read_prelude
+from coalition.verify.source import (
+    BlockStream,
+    CosignatureSource,
+    EvidenceSource,
+    RawEntry,
+    RawHeader,
 )
 
 PROGRAM = "testair"
@@ -469,3 +476,62 @@ def test_a_database_that_cannot_be_framed_is_refused_without_a_file(
     assert list(out.iterdir()) == []  # no bundle, no temporary file
     with pytest.raises(InvalidArgument, match="not 'other'"):
         write_bundle(io.BytesIO(), chain.service.engine, "other", chain.key.public_key)
+
+
+# --- the format reader alone (coalition.verify.bundle_format: lines in memory) ---------
+
+
+class _MemoryLines:
+    """``BundleLines`` over bytes in memory; fails with ``Unreadable`` after ``good``
+    lines when asked to (what a damaged gzip stream does to the file reader)."""
+
+    def __init__(self, data: bytes, good: int | None = None) -> None:
+        self._lines = io.BytesIO(data).readlines()
+        self._at = 0
+        self._good = good
+
+    def _take(self, count: int) -> list[bytes]:
+        if self._good is not None and self._at + count > self._good:
+            raise Unreadable("Error -3 while decompressing data")
+        found = self._lines[self._at : self._at + count]
+        self._at += len(found)
+        return found
+
+    def readline(self) -> bytes:
+        found = self._take(1)
+        return found[0] if found else b""
+
+    def readlines(self, count: int) -> list[bytes]:
+        return self._take(count)
+
+
+def _all_blocks(reader: BlockReader) -> list[tuple[RawHeader, list[RawEntry]]]:
+    found = []
+    while (block := reader.next()) is not None:
+        found.append(block)
+    return found
+
+
+def test_the_format_reader_frames_lines_from_memory(
+    sqlite_bundle: tuple[Path, SigningKey],
+) -> None:
+    """The verifier reads a bundle from any ``BundleLines`` (no file): the same blocks and
+    summary as ``BundleSource``, and a read failure named by its line."""
+    data = sqlite_bundle[0].read_bytes()
+    frame = Framing("memory.bundle")
+    lines = _MemoryLines(data)
+    prelude = read_prelude(frame, lines.readline(), lines)
+    framed: list[int] = []
+    reader = BlockReader(frame, prelude, lines, entries=True, framed=lambda h, _: framed.append(h))
+    blocks = _all_blocks(reader)
+    with BundleSource(sqlite_bundle[0]) as source:
+        assert blocks == list(source.blocks())
+        assert reader.summary == source.summary
+    assert framed == list(range(prelude.head.blocks))
+
+    broken = _MemoryLines(data, good=4)
+    reader = BlockReader(
+        frame, read_prelude(frame, broken.readline(), broken), broken, entries=False
+    )
+    with pytest.raises(VerificationError, match=r"memory\.bundle: line \d+: the file cannot"):
+        _all_blocks(reader)

@@ -10,10 +10,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from coalition.audit import chain_audit
-from coalition.audit.chain_audit import audit_chain
-from coalition.audit.entry_scan import fast_entry, scan_block
-from coalition.audit.sources import RawEntry, RawHeader
 from coalition.errors import InvalidArgument
 from coalition.ledger.blocks import GENESIS_PREV, BlockHeader, sign_header
 from coalition.ledger.canonical import JsonObject, canonical_json, parse_json
@@ -25,6 +21,10 @@ from coalition.points.operations import EntryContext
 from coalition.points.replay import Replay
 from coalition.points.rules import ProgramRules
 from coalition.points.state import _time
+from coalition.verify import chain_audit
+from coalition.verify.chain_audit import audit_chain
+from coalition.verify.entry_scan import fast_entry, scan_block
+from coalition.verify.source import RawEntry, RawHeader
 
 PROGRAM = "speedair"
 START = datetime(2026, 3, 1, tzinfo=UTC)

@@ -1,4 +1,5 @@
-"""The pure core (ledger/, points/) imports no transport, database or network client."""
+"""The pure core (ledger/, points/) imports no transport, database or network client, and
+the verifier (verify/) imports only the standard library, cryptography and the pure core."""
 
 from __future__ import annotations
 
@@ -54,3 +55,81 @@ def test_core_imports_no_io_library() -> None:
     loaded = json.loads(result.stdout)
     bad = sorted(m for m in loaded for f in FORBIDDEN if m == f or m.startswith(f + "."))
     assert not bad, f"the pure core imports {bad}"
+
+
+VERIFIER_MAY_IMPORT = ("coalition.ledger", "coalition.points", "coalition.verify", "cryptography")
+"""Besides the standard library, ``coalition`` itself and ``coalition.errors``."""
+
+
+def _verifier_modules() -> list[str]:
+    import coalition.verify
+
+    package = coalition.verify
+    return [package.__name__] + [
+        m.name for m in pkgutil.walk_packages(package.__path__, package.__name__ + ".")
+    ]
+
+
+def _fresh_modules(imports: list[str]) -> list[str]:
+    """``sys.modules`` of a fresh interpreter after importing ``imports``."""
+    code = (
+        "import importlib, json, sys\n"
+        f"for name in {imports!r}:\n"
+        "    importlib.import_module(name)\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    loaded: list[str] = json.loads(result.stdout)
+    return loaded
+
+
+def _outside_closure(loaded: list[str], baseline: set[str]) -> list[str]:
+    """What ``loaded`` holds beyond the standard library, the verifier's allowed packages
+    and what the interpreter and ``cryptography`` load by themselves (``baseline``)."""
+    allowed = {"coalition", "coalition.errors", "__mp_main__"}  # multiprocessing's __main__
+    return sorted(
+        name
+        for name in loaded
+        if name.split(".")[0] not in sys.stdlib_module_names
+        and name not in allowed
+        and name not in baseline
+        and not any(name == p or name.startswith(p + ".") for p in VERIFIER_MAY_IMPORT)
+    )
+
+
+def test_verifier_modules_are_found() -> None:
+    names = _verifier_modules()
+    for expected in (
+        "chain_audit",
+        "cross_chain",
+        "settlement_audit",
+        "witness_quorum",
+        "evidence",
+        "bundle_format",
+        "source",
+        "state",
+        "coalition_audit",
+    ):
+        assert f"coalition.verify.{expected}" in names
+
+
+def test_the_verifier_imports_only_stdlib_cryptography_and_the_pure_core() -> None:
+    """Each module of ``coalition.verify``, imported alone in a fresh interpreter, loads
+    nothing but the standard library, ``cryptography`` (and what it loads) and
+    ``coalition.ledger``, ``points``, ``verify``, ``errors``: no SQLAlchemy, grpc,
+    FastAPI, pydantic, nor anything of node/, store/, api/, audit/, runtime/, ops/."""
+    for name in _verifier_modules():
+        loaded = _fresh_modules([name])
+        crypto = [m for m in loaded if m == "cryptography" or m.startswith("cryptography.")]
+        baseline = set(_fresh_modules(crypto))
+        bad = _outside_closure(loaded, baseline)
+        assert not bad, f"{name} imports {bad}"
+
+
+def test_the_closure_check_catches_a_node_import() -> None:
+    """The check above is not vacuous: a module of node/ (and what it drags in) fails it."""
+    loaded = _fresh_modules(["coalition.verify", "coalition.node.sealer"])
+    bad = _outside_closure(loaded, set(_fresh_modules(["cryptography"])))
+    assert "coalition.node.sealer" in bad and "sqlalchemy" in bad

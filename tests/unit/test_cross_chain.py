@@ -10,13 +10,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from coalition.audit.cross_chain import CrossChainFault, audit_coalition, check_coalition
 from coalition.errors import NotFound
 from coalition.ledger.canonical import JsonObject, JsonValue
 from coalition.ledger.entries import ENTRY_TYPE, entry_leaf_hash, format_time
 from coalition.ledger.envelope import sign_message
 from coalition.ledger.keys import SigningKey, VerifyKey
 from coalition.points.rates import sign_agreement
+from coalition.verify.cross_chain import CrossChainFault, audit_coalition, check_coalition
 
 A, B = "skyair", "staybright"
 T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)

@@ -8,7 +8,12 @@ from dataclasses import replace
 
 import pytest
 
-from coalition.audit.evidence import (
+from coalition.errors import NotFound, VerificationError
+from coalition.ledger.blocks import BlockHeader, SignedHeader, make_header, sign_header
+from coalition.ledger.canonical import canonical_json
+from coalition.ledger.keys import SigningKey, VerifyKey
+from coalition.ledger.merkle import leaf_hash, root
+from coalition.verify.evidence import (
     BOGUS,
     EQUIVOCATION,
     FORK,
@@ -17,11 +22,6 @@ from coalition.audit.evidence import (
     evidence_heights,
     verify_evidence,
 )
-from coalition.errors import NotFound, VerificationError
-from coalition.ledger.blocks import BlockHeader, SignedHeader, make_header, sign_header
-from coalition.ledger.canonical import canonical_json
-from coalition.ledger.keys import SigningKey, VerifyKey
-from coalition.ledger.merkle import leaf_hash, root
 
 A, B = "skyair", "staybright"
 KEYS = {A: SigningKey.generate(), B: SigningKey.generate()}

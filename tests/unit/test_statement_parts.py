@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 import pytest
 
 from coalition.errors import InvalidArgument
-from coalition.node.features.settlement import statement_id, statement_parts
 from coalition.points.settlement import Owed, statement_document
+from coalition.points.statements import statement_id, statement_parts
 
 START, END = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC)
 OWED = {("air", "hotel"): Owed(300, 2), ("hotel", "air"): Owed(5, 1)}

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from coalition.audit.witness_quorum import WitnessPolicy, check_quorum
 from coalition.ledger.blocks import BlockHeader, SignedHeader, sign_header
 from coalition.ledger.entries import format_time
 from coalition.ledger.keys import SigningKey, VerifyKey
 from coalition.ledger.merkle import EMPTY_ROOT
-from coalition.ledger.note import checkpoint_of, cosign
-from coalition.node.features.witness import witness_name
+from coalition.ledger.note import checkpoint_of, cosign, witness_name
+from coalition.verify.witness_quorum import WitnessPolicy, check_quorum
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 KEYS = {p: SigningKey.generate() for p in ("air", "hotel", "coffee")}

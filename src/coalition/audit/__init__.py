@@ -1,24 +1,25 @@
-"""The auditor: verify a program's chain from signed data alone, check that a node's
-database equals the replay of its own chain, reconcile the partners' chains with each
-other and verify the equivocation and fork evidence the nodes hold.
+"""The auditor: the verifier (``coalition.verify``) plus where it reads from and the CLI.
 
-``audit_chain`` (with a ``DatabaseSource`` or ``GrpcSource``), ``check_database``,
-``audit_coalition``, ``check_evidence``, ``check_quorum`` (witness cosignatures) and
-``audit_settlement`` (statements, netting) are all an auditor needs; ``audit_all`` runs
-them over a whole coalition (with the auditor's ``AuditorState``), and ``command``
-wires them into the ``coalition`` CLI.
+``coalition.verify`` checks signed data and nothing else; this package adds the sources
+it reads (``BundleSource`` for bundle files in ``bundle``, ``DatabaseSource`` and
+``GrpcSource`` in ``sources``), the database check (``check_database``: a node's tables
+equal the replay of its own chain), the auditor's state file (``state``), the public
+keys (``public_keys``: from the manifest or a public key file, never a private key) and
+the ``coalition audit``, ``audit-coalition``, ``check`` and ``bundle`` commands. The
+names below are kept here for callers of the whole auditor.
 """
 
-from coalition.audit.chain_audit import AuditReport, Fault, audit_chain
-from coalition.audit.coalition_audit import PartnersAudit, audit_all, audit_partners
-from coalition.audit.cross_chain import (
+from coalition.audit.db_check import CheckReport, check_database
+from coalition.audit.sources import DatabaseSource, GrpcSource
+from coalition.verify.chain_audit import AuditReport, Fault, audit_chain
+from coalition.verify.coalition_audit import PartnersAudit, audit_all, audit_partners
+from coalition.verify.cross_chain import (
     CoalitionReport,
     CrossChainFault,
     audit_coalition,
     check_coalition,
 )
-from coalition.audit.db_check import CheckReport, check_database
-from coalition.audit.evidence import (
+from coalition.verify.evidence import (
     EvidenceFault,
     EvidenceReport,
     ProvenEvidence,
@@ -26,11 +27,11 @@ from coalition.audit.evidence import (
     check_evidence,
     verify_evidence,
 )
-from coalition.audit.located import LocatedFault
-from coalition.audit.settlement_audit import SettlementReport, audit_settlement
-from coalition.audit.sources import ChainSource, DatabaseSource, EvidenceSource, GrpcSource
-from coalition.audit.state import AuditorState
-from coalition.audit.witness_quorum import QuorumReport, WitnessPolicy, check_quorum
+from coalition.verify.located import LocatedFault
+from coalition.verify.settlement_audit import SettlementReport, audit_settlement
+from coalition.verify.source import ChainSource, EvidenceSource
+from coalition.verify.state import AuditorState
+from coalition.verify.witness_quorum import QuorumReport, WitnessPolicy, check_quorum
 
 __all__ = [
     "AuditReport",

@@ -11,41 +11,47 @@ and an end line with the counts and the SHA-256 of every byte before it. docs/pr
 §9 is the normative description.
 
 ``write_bundle``/``export_bundle``/``BundleExport`` write one from a node's database;
-``BundleSource`` reads one as an audit source. The reader checks framing only (and the
-end hash, a guard against truncation and damage); every cryptographic check is the
-auditor's. Both stream: memory is bounded by a chunk of entries, never the whole log.
+``BundleSource`` opens one as an audit source, its lines framed by
+``coalition.verify.bundle_format`` (framing and the end hash only; every cryptographic
+check is the auditor's). Both stream: memory is bounded by a chunk of entries, never
+the whole log.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import gzip
 import hashlib
 import os
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from itertools import islice, repeat
+from itertools import islice
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
 from sqlalchemy import Connection, Engine, inspect
 
-from coalition.audit.evidence import RawEvidence
-from coalition.audit.sources import RawEntry, RawHeader, existing_database, stored_evidence
-from coalition.errors import CoalitionError, CorruptStore, InvalidArgument, VerificationError
+from coalition.audit.sources import existing_database, stored_evidence
+from coalition.errors import CoalitionError, CorruptStore, InvalidArgument
 from coalition.ledger.canonical import JsonObject, JsonValue, canonical_json, parse_json
 from coalition.ledger.entries import format_time
-from coalition.ledger.keys import PUBLIC_KEY_SIZE, VerifyKey
+from coalition.ledger.keys import VerifyKey
 from coalition.store import repository
 from coalition.store.witness_tables import cosignature_lines, witness_cosignatures, witness_evidence
-
-BUNDLE_TYPE = "coalition/bundle/v1"
-EVIDENCE_TYPE = "coalition/bundle-evidence/v1"
-END_TYPE = "coalition/bundle-end/v1"
+from coalition.verify.bundle_format import (
+    BUNDLE_TYPE,
+    END_TYPE,
+    EVIDENCE_TYPE,
+    BlockReader,
+    BundleSummary,
+    Framing,
+    Unreadable,
+    read_prelude,
+)
+from coalition.verify.evidence import RawEvidence
+from coalition.verify.source import RawEntry, RawHeader
 
 ENTRY_CHUNK = 20_000
 """Log indexes the writer selects at once: its memory bound."""
@@ -58,35 +64,6 @@ _READ_BUFFER = 1 << 20
 _GZIP_MAGIC = b"\x1f\x8b"
 _READ_ERRORS = (OSError, EOFError, zlib.error)
 """What reading a damaged or truncated (gzip) file raises."""
-_NOT_ENTRY = (b'{"cosignatures":', b'{"blocks":')
-"""How a block line and an end line start (canonical key order); no entry starts so."""
-
-
-@dataclass(frozen=True, slots=True)
-class BundleSummary:
-    """What a bundle holds: its program, B blocks, N entries, the end line's hex SHA-256,
-    and the K evidence pieces."""
-
-    program: str
-    blocks: int
-    entries: int
-    sha256: str
-    evidence: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class BundleHead:
-    """The head line, parsed. ``public_key`` is what the exporting node announces: an
-    auditor verifies with the manifest's key and at most reports a mismatch."""
-
-    program: str
-    public_key: VerifyKey | None
-    key_id: str | None
-    blocks: int
-    log_size: int
-    evidence: int
-    exported_at: str
-    latest: RawHeader | None
 
 
 # --- writing ---------------------------------------------------------------------------
@@ -373,109 +350,23 @@ def _open(path: Path) -> BinaryIO:
         raise InvalidArgument(f"cannot read the bundle {path}: {exc.strerror or exc}") from None
 
 
-def _int(value: JsonValue) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+class _FileLines:
+    """A bundle file's lines (``BundleLines``), read errors raised as ``Unreadable``."""
 
+    def __init__(self, file: BinaryIO) -> None:
+        self.file = file
 
-class _Framing:
-    """Raises VerificationError naming the bundle and the line."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def error(self, lineno: int, message: str) -> VerificationError:
-        return VerificationError(f"bundle {self.path.name}: line {lineno}: {message}")
-
-    def parse(self, line: bytes, lineno: int, what: str) -> JsonObject:
-        """A non-entry line as a canonical JSON object."""
-        if not line:
-            raise self.error(lineno, f"the file ends where {what} was expected (truncated)")
-        if not line.endswith(b"\n"):
-            raise self.error(lineno, f"{what} has no final newline (truncated)")
+    def readline(self) -> bytes:
         try:
-            value = parse_json(line[:-1])
-        except CoalitionError as exc:
-            raise self.error(lineno, f"{what} is not JSON: {exc}") from None
-        if not isinstance(value, dict):
-            raise self.error(lineno, f"{what} is not a JSON object")
-        if canonical_json(value) != line[:-1]:
-            raise self.error(lineno, f"{what} is not in RFC 8785 canonical form")
-        return value
+            return self.file.readline()
+        except _READ_ERRORS as exc:
+            raise Unreadable(str(exc)) from None
 
-
-def _header_at_position(doc: JsonValue, height: int) -> RawHeader | None:
-    """A signed header object as the RawHeader at position ``height`` of the bundle (its own
-    height field is checked later, by the audit); None when it has no header
-    object or signature string."""
-    if not isinstance(doc, dict):
-        return None
-    header, signature = doc.get("header"), doc.get("signature")
-    if not isinstance(header, dict) or not isinstance(signature, str):
-        return None
-    return RawHeader(height, canonical_json(header).decode(), signature)
-
-
-def _head(frame: _Framing, doc: JsonObject) -> BundleHead:
-    if doc.get("type") != BUNDLE_TYPE:
-        raise frame.error(1, f"not a {BUNDLE_TYPE} head (type {doc.get('type')!r})")
-    program, exported_at = doc.get("program"), doc.get("exported_at")
-    blocks, log_size, evidence = (_int(doc.get(k)) for k in ("blocks", "log_size", "evidence"))
-    if not isinstance(program, str) or not isinstance(exported_at, str):
-        raise frame.error(1, "the head needs program and exported_at strings")
-    if blocks is None or log_size is None or evidence is None:
-        raise frame.error(1, "the head needs blocks, log_size and evidence counts")
-    key, key_id = _head_key(frame, doc.get("public_key"), doc.get("key_id"))
-    latest_doc = doc.get("latest")
-    latest = None if latest_doc is None else _header_at_position(latest_doc, blocks - 1)
-    if (latest is None) != (blocks == 0):
-        raise frame.error(1, "the head's latest header must be a signed header iff blocks > 0")
-    return BundleHead(program, key, key_id, blocks, log_size, evidence, exported_at, latest)
-
-
-def _head_key(
-    frame: _Framing, encoded: JsonValue, key_id: JsonValue
-) -> tuple[VerifyKey | None, str | None]:
-    if encoded is None and key_id is None:
-        return None, None
-    if not isinstance(encoded, str) or not isinstance(key_id, str):
-        raise frame.error(1, "the head's public_key and key_id must be strings")
-    try:
-        raw = base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError):
-        raise frame.error(1, "the head's public_key is not base64") from None
-    if len(raw) != PUBLIC_KEY_SIZE:
-        raise frame.error(1, f"the head's public_key is {len(raw)} bytes, not 32")
-    key = VerifyKey.from_raw(raw)
-    if key.key_id != key_id:
-        raise frame.error(1, "the head's key_id is not the SHA-256 of its public_key")
-    return key, key_id
-
-
-def _evidence(frame: _Framing, doc: JsonObject, lineno: int) -> RawEvidence:
-    if doc.get("type") != EVIDENCE_TYPE:
-        raise frame.error(lineno, f"expected an evidence line, found type {doc.get('type')!r}")
-    ident, height = _int(doc.get("id")), _int(doc.get("height"))
-    program, kind, reason = doc.get("program"), doc.get("kind"), doc.get("reason")
-    detected = doc.get("detected_at")
-    texts = []
-    for which in ("first", "second"):
-        value = doc.get(which)
-        if isinstance(value, dict):
-            texts.append(canonical_json(value).decode())
-        elif isinstance(value, str):
-            texts.append(value)
-        else:
-            raise frame.error(lineno, f"the evidence's {which} is not a signed header or a string")
-    if (
-        ident is None
-        or height is None
-        or not isinstance(program, str)
-        or not isinstance(kind, str)
-        or not isinstance(reason, str)
-        or not (detected is None or isinstance(detected, str))
-    ):
-        raise frame.error(lineno, "an evidence line needs id, program, height, kind and reason")
-    return RawEvidence(ident, program, height, kind, reason, texts[0], texts[1], detected)
+    def readlines(self, count: int) -> list[bytes]:
+        try:
+            return list(islice(self.file, count))
+        except _READ_ERRORS as exc:
+            raise Unreadable(str(exc)) from None
 
 
 class BundleSource:
@@ -492,24 +383,15 @@ class BundleSource:
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        self._frame = _Framing(self.path)
+        self._frame = Framing(self.path.name)
         with _open(self.path) as f:
             try:
-                line = f.readline()
+                first = f.readline()
             except _READ_ERRORS as exc:
                 raise InvalidArgument(f"cannot read the bundle {self.path}: {exc}") from None
-            if not line:
-                raise self._frame.error(1, "the file is empty; expected the head line")
-            self.head = _head(self._frame, self._frame.parse(line, 1, "the head line"))
-            digest = hashlib.sha256(line)
-            self._evidence: list[RawEvidence] = []
-            for lineno in range(2, 2 + self.head.evidence):
-                line = self._readline(f, lineno)
-                doc = self._frame.parse(line, lineno, "an evidence line")
-                self._evidence.append(_evidence(self._frame, doc, lineno))
-                digest.update(line)
+            self._prelude = read_prelude(self._frame, first, _FileLines(f))
             self._offset = f.tell()
-        self._prefix = digest
+        self.head = self._prelude.head
         self._header_cursor: _Cursor | None = None
         self._entry_cursor: _Cursor | None = None
         self._cosignatures: dict[int, list[str]] = {}
@@ -518,11 +400,12 @@ class BundleSource:
         self.summary: BundleSummary | None = None
         """Set once a pass has read and checked the end line."""
 
-    def _readline(self, f: BinaryIO, lineno: int) -> bytes:
-        try:
-            return f.readline()
-        except _READ_ERRORS as exc:
-            raise self._frame.error(lineno, f"the file cannot be read: {exc}") from None
+    def _framed(self, height: int, cosignatures: list[str]) -> None:
+        """Remember a block's cosignature lines the first time a pass frames it."""
+        if height >= self._cosigned_through:
+            if cosignatures:
+                self._cosignatures[height] = cosignatures
+            self._cosigned_through = height + 1
 
     # --- ChainSource -------------------------------------------------------------------
 
@@ -568,7 +451,7 @@ class BundleSource:
     # --- EvidenceSource, CosignatureSource, BlockStream -----------------------------------
 
     def evidence(self) -> list[RawEvidence] | None:
-        return list(self._evidence)
+        return list(self._prelude.evidence)
 
     def cosignatures(self, start: int, end: int) -> dict[int, list[str]] | None:
         """The cosignature lines the block lines at ``start`` .. ``end - 1`` carry (read
@@ -610,22 +493,28 @@ class BundleSource:
 
 
 class _Cursor:
-    """One forward pass over a bundle's blocks, checking framing; ``next()`` gives the
-    next (header, entries) (entries empty unless ``entries``), None after the end line."""
+    """One forward pass over a bundle's blocks, on its own open file (a
+    ``bundle_format.BlockReader``); ``next()`` gives the next (header, entries) (entries
+    empty unless ``entries``), None after the end line. A framing fault stops the pass
+    and is raised again if asked for more."""
 
     def __init__(self, source: BundleSource, *, entries: bool) -> None:
         self._source = source
-        self._frame = source._frame
-        self._keep = entries
         self._file: BinaryIO | None = _open(source.path)
         self._file.seek(source._offset)
-        self._digest = source._prefix.copy()
-        self._lineno = 1 + source.head.evidence
-        self._entries_seen = 0
-        self.height = 0
-        """The height of the next block this cursor reads."""
+        self._reader = BlockReader(
+            source._frame,
+            source._prelude,
+            _FileLines(self._file),
+            entries=entries,
+            framed=source._framed,
+        )
         self._failed: CoalitionError | None = None
-        """The framing fault that stopped this pass (raised again if asked for more)."""
+
+    @property
+    def height(self) -> int:
+        """The height of the next block this cursor reads."""
+        return self._reader.height
 
     def close(self) -> None:
         if self._file is not None:
@@ -640,11 +529,10 @@ class _Cursor:
     def next(self) -> tuple[RawHeader, list[RawEntry]] | None:
         if self._failed is not None:
             raise self._failed
-        f = self._file
-        if f is None:
+        if self._file is None:
             return None
         try:
-            block = self._block(f)
+            block = self._reader.next()
         except CoalitionError as exc:
             self._failed = exc
             self.close()
@@ -653,98 +541,6 @@ class _Cursor:
             self.close()
             raise
         if block is None:
+            self._source.summary = self._reader.summary
             self.close()
         return block
-
-    def _block(self, f: BinaryIO) -> tuple[RawHeader, list[RawEntry]] | None:
-        head, frame = self._source.head, self._frame
-        self._lineno += 1
-        lineno = self._lineno
-        line = self._source._readline(f, lineno)
-        if self.height == head.blocks:
-            self._end(f, line, lineno)
-            return None
-        doc = frame.parse(line, lineno, f"the block line of height {self.height}")
-        self._digest.update(line)
-        raw, first, count, cosignatures = self._block_line(doc, lineno)
-        try:
-            lines = list(islice(f, count))
-        except _READ_ERRORS as exc:
-            raise frame.error(lineno + 1, f"the file cannot be read: {exc}") from None
-        if len(lines) < count or (count and not lines[-1].endswith(b"\n")):
-            at = lineno + 1 + len(lines) - (0 if len(lines) < count else 1)
-            raise frame.error(at, f"the file ends inside block {self.height}'s entries (truncated)")
-        if any(map(bytes.startswith, lines, repeat(_NOT_ENTRY))):
-            n = next(n for n, entry in enumerate(lines) if entry.startswith(_NOT_ENTRY))
-            raise frame.error(
-                lineno + 1 + n,
-                f"a block or end line where entry {n} of block {self.height} was expected "
-                f"(the header says {count} entries)",
-            )
-        self._digest.update(b"".join(lines))
-        self._lineno += count
-        self._entries_seen += count
-        source = self._source
-        if self.height >= source._cosigned_through:
-            if cosignatures:
-                source._cosignatures[self.height] = cosignatures
-            source._cosigned_through = self.height + 1
-        self.height += 1
-        if self.height == head.blocks and raw != head.latest:
-            raise frame.error(lineno, "the last block is not the head's latest header")
-        if not self._keep:
-            return raw, []
-        return raw, [RawEntry(i, body[:-1]) for i, body in enumerate(lines, first)]
-
-    def _block_line(self, doc: JsonObject, lineno: int) -> tuple[RawHeader, int, int, list[str]]:
-        frame, height = self._frame, self.height
-        raw = _header_at_position(doc, height)
-        cosignatures = doc.get("cosignatures")
-        if raw is None or set(doc) != {"header", "signature", "cosignatures"}:
-            raise frame.error(
-                lineno,
-                f"expected the block line of height {height} (header, signature, "
-                "cosignatures); an extra entry line, or a line out of place",
-            )
-        if not isinstance(cosignatures, list) or not all(isinstance(c, str) for c in cosignatures):
-            raise frame.error(lineno, "the block line's cosignatures are not a list of strings")
-        header = doc["header"]
-        assert isinstance(header, dict)
-        if header.get("height") != height:
-            raise frame.error(
-                lineno, f"a block line of height {header.get('height')!r} where {height} belongs"
-            )
-        first, count = _int(header.get("first_index")), _int(header.get("entry_count"))
-        if first is None or count is None:
-            raise frame.error(lineno, "the block's header has no first_index and entry_count")
-        return raw, first, count, [c for c in cosignatures if isinstance(c, str)]
-
-    def _end(self, f: BinaryIO, line: bytes, lineno: int) -> None:
-        head, frame = self._source.head, self._frame
-        doc = frame.parse(line, lineno, "the end line")
-        if doc.get("type") != END_TYPE:
-            raise frame.error(
-                lineno,
-                f"expected the end line after {head.blocks} blocks; an extra entry or block "
-                "line, or a line out of place",
-            )
-        if doc.get("blocks") != head.blocks:
-            raise frame.error(
-                lineno, f"the end line counts {doc.get('blocks')!r} blocks, the head {head.blocks}"
-            )
-        if doc.get("entries") != self._entries_seen or doc.get("entries") != head.log_size:
-            raise frame.error(
-                lineno,
-                f"the end line counts {doc.get('entries')!r} entries, the head "
-                f"{head.log_size}, the file {self._entries_seen}",
-            )
-        sha = self._digest.hexdigest()
-        if doc.get("sha256") != sha:
-            raise frame.error(
-                lineno, "the end line's sha256 is not the hash of the bytes before it (damaged)"
-            )
-        if self._source._readline(f, lineno + 1):
-            raise frame.error(lineno + 1, "data after the end line")
-        self._source.summary = BundleSummary(
-            head.program, head.blocks, self._entries_seen, sha, head.evidence
-        )

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from coalition.api.errors import http_error_kind
-from coalition.audit.bundle import AtomicFile, BundleSource, BundleSummary, export_bundle
-from coalition.audit.command import read_public_key
+from coalition.audit.bundle import AtomicFile, BundleSource, export_bundle
+from coalition.audit.public_keys import config_public_key, read_public_key
 from coalition.errors import (
     CoalitionError,
     InvalidArgument,
@@ -29,6 +29,7 @@ from coalition.errors import (
 )
 from coalition.ledger.keys import VerifyKey
 from coalition.progress import Progress
+from coalition.verify.bundle_format import BundleSummary
 
 OK, FAILED, USAGE = 0, 1, 2
 BUNDLE_PATH = "/v1/ledger/bundle"
@@ -47,10 +48,18 @@ def add_bundle_parser(subparsers: Any) -> None:
         "bad usage or an unreachable node.",
     )
     where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--config", type=Path, help="the node's node.toml (database and key)")
+    where.add_argument(
+        "--config", type=Path, help="the node's node.toml (database, public_key.pem)"
+    )
     where.add_argument("--database", metavar="URL", help="the node's database URL")
     where.add_argument("--url", metavar="http://HOST:PORT", help="a live node's REST address")
-    p.add_argument("--public-key", type=Path, metavar="PEM", help="the program's key (--database)")
+    p.add_argument(
+        "--public-key",
+        type=Path,
+        metavar="PEM",
+        help="the program's public key (--database; with --config default: the "
+        "public_key.pem beside its signing key)",
+    )
     p.add_argument("--program", help="the program id (--database)")
     p.add_argument("--api-key", help="operator or auditor key for --url ($COALITION_API_KEY)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per read for --url")
@@ -58,22 +67,19 @@ def add_bundle_parser(subparsers: Any) -> None:
     p.set_defaults(func=run_bundle)
 
 
-def _from_config(path: Path) -> tuple[str, str, VerifyKey]:
-    """(database URL, program, public key) of a node's configuration; the public key
-    file beside the signing key, else the signing key's own."""
+def _from_config(path: Path, pinned: Path | None) -> tuple[str, str, VerifyKey]:
+    """(database URL, program, public key) of a node's configuration: the key is
+    ``pinned`` when given, else the public key file beside the signing key."""
     from coalition.node.config import load_config
-    from coalition.ops.keyfiles import read_signing_key
-    from coalition.ops.keygen import KeyFiles
 
     config = load_config(path)
-    public = KeyFiles.for_config(config).public_key
-    key = read_public_key(public) if public.is_file() else read_signing_key(config).public_key
+    key = read_public_key(pinned) if pinned is not None else config_public_key(config)
     return config.database_url, config.program, key
 
 
 def _export(args: argparse.Namespace) -> BundleSummary:
     if args.config is not None:
-        url, program, key = _from_config(args.config)
+        url, program, key = _from_config(args.config, args.public_key)
     else:
         if args.public_key is None or args.program is None:
             raise InvalidArgument("--database needs --public-key and --program")

@@ -18,35 +18,22 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from coalition.audit.chain_audit import audit_chain
-from coalition.audit.coalition_audit import (
-    PartnersAudit,
-    audit_all,
-    audit_partners,
-    total_entries,
-)
 from coalition.audit.db_check import check_database
-from coalition.audit.recording import RecordingSource
-from coalition.audit.sources import ChainSource, DatabaseSource, GrpcSource
-from coalition.audit.state import AuditorState
-from coalition.audit.witness_quorum import WitnessPolicy
+from coalition.audit.public_keys import config_public_key, read_public_key
+from coalition.audit.sources import DatabaseSource, GrpcSource
+from coalition.audit.state import load_state, save_state
 from coalition.errors import CoalitionError, InvalidArgument
 from coalition.ledger.blocks import SignedHeader
 from coalition.ledger.canonical import JsonObject, canonical_json, parse_json
+from coalition.ledger.envelope import MAX_CLOCK_SKEW
 from coalition.ledger.keys import VerifyKey
-from coalition.node.partners import MAX_CLOCK_SKEW
-from coalition.progress import Progress
+from coalition.progress import Progress, phase
+from coalition.verify.chain_audit import audit_chain
+from coalition.verify.coalition_audit import audit_all, total_entries
+from coalition.verify.source import ChainSource
+from coalition.verify.witness_quorum import WitnessPolicy
 
-__all__ = [
-    "PartnersAudit",
-    "RecordingSource",
-    "add_audit_parser",
-    "audit_all",
-    "audit_partners",
-    "run_audit",
-    "run_audit_coalition",
-    "run_check",
-]
+__all__ = ["add_audit_parser", "run_audit", "run_audit_coalition", "run_check"]
 
 OK, FAULTS, USAGE = 0, 1, 2
 WITNESS_GRACE_S = 60.0
@@ -108,7 +95,11 @@ def add_audit_parser(subparsers: Any) -> None:
         "2 on bad usage.",
     )
     audit.add_argument("--manifest", type=Path, help="audit the whole coalition of this manifest")
-    audit.add_argument("--config", type=Path, help="the node's node.toml (its database and key)")
+    audit.add_argument(
+        "--config",
+        type=Path,
+        help="the node's node.toml (its database; the public_key.pem beside its signing key)",
+    )
     audit.add_argument(
         "--database",
         action="append",
@@ -195,22 +186,6 @@ def add_audit_parser(subparsers: Any) -> None:
     check.set_defaults(func=run_check)
 
 
-def _config_database_and_key(path: Path) -> tuple[str, VerifyKey]:
-    from coalition.node.config import load_config
-    from coalition.ops.keyfiles import read_signing_key
-
-    config = load_config(path)
-    return config.database_url, read_signing_key(config).public_key
-
-
-def read_public_key(path: Path) -> VerifyKey:
-    """A program's Ed25519 public key from its PEM file; InvalidArgument naming the file."""
-    try:
-        return VerifyKey.from_pem(path.read_bytes())
-    except OSError as exc:
-        raise InvalidArgument(f"cannot read the public key {path}: {exc}") from None
-
-
 def _read_trusted(path: Path) -> SignedHeader:
     try:
         return SignedHeader.from_json(parse_json(path.read_bytes()))
@@ -284,8 +259,11 @@ def _open_source(args: argparse.Namespace) -> tuple[ChainSource, VerifyKey]:
     _single_chain_usage(args)
     pinned = read_public_key(args.public_key) if args.public_key is not None else None
     if args.config is not None:
-        url, key = _config_database_and_key(args.config)
-        return DatabaseSource(url), pinned or key
+        from coalition.node.config import load_config
+
+        config = load_config(args.config)
+        key = pinned or config_public_key(config)
+        return DatabaseSource(config.database_url), key
     if args.database:
         if pinned is None:
             raise InvalidArgument("--database needs --public-key (the program's public key)")
@@ -335,8 +313,10 @@ def run_audit(args: argparse.Namespace) -> int:
 
 def run_check(args: argparse.Namespace) -> int:
     """Run ``coalition check``; prints the report, returns the exit code."""
+    from coalition.node.config import load_config
+
     try:
-        url = _config_database_and_key(args.config)[0] if args.config is not None else args.database
+        url = load_config(args.config).database_url if args.config is not None else args.database
         with Progress("check entries", None) as bar:
             report = check_database(url, progress=bar.advance)
     except CoalitionError as exc:
@@ -435,7 +415,7 @@ def run_audit_coalition(args: argparse.Namespace) -> int:
             manifest.public_key(program)  # fail now, naming the missing key file
         pending_grace = _grace(args.pending_grace, PENDING_GRACE_S, "--pending-grace")
         witness_grace = _grace(args.witness_grace, WITNESS_GRACE_S, "--witness-grace")
-        state = AuditorState.load(args.state) if args.state is not None else None
+        state = load_state(args.state) if args.state is not None else None
         sources = _coalition_sources(args, manifest)
     except CoalitionError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
@@ -451,6 +431,7 @@ def run_audit_coalition(args: argparse.Namespace) -> int:
             pending_before=now - pending_grace,
             trusted=state.trusted() if state is not None else None,
             witnessing=policy,
+            progress=phase,
         )
     except CoalitionError as exc:
         print(f"{name}: cannot read a chain: {exc}", file=sys.stderr)
@@ -472,7 +453,7 @@ def run_audit_coalition(args: argparse.Namespace) -> int:
         _write_json(args.json, report)
     if state is not None:
         try:
-            state.save(args.state)
+            save_state(state, args.state)
         except OSError as exc:
             print(f"{name}: cannot write the state file {args.state}: {exc}", file=sys.stderr)
             return USAGE

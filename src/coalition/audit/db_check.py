@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Connection
 
-from coalition.audit.chain_audit import Fault, FaultList, faults_json, render_faults
 from coalition.audit.sources import existing_database
 from coalition.errors import CoalitionError, InvalidArgument
 from coalition.ledger.canonical import JsonObject, parse_json
 from coalition.points.replay import Replay
 from coalition.points.state import Lot
 from coalition.store import repository
+from coalition.verify.chain_audit import Fault, FaultList, faults_json, render_faults
 
 CHUNK = 5000
 _LOT_FIELDS = ("account", "amount", "remaining", "qualifying", "ref", "reversed")

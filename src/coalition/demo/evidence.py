@@ -159,8 +159,8 @@ def witness_evidence(brand: Brand, chain: Chain, out: Path, timeout: float = 30)
 
 def run_chain_audit(brand: Brand, entries: int, out: Path) -> JsonObject:
     """The independent chain audit over gRPC with the auditor's key, as its JSON report."""
-    from coalition.audit.chain_audit import audit_chain
     from coalition.audit.sources import GrpcSource
+    from coalition.verify.chain_audit import audit_chain
 
     auditor = find_secret(brand.config, Role.AUDITOR)
     with (
@@ -177,7 +177,7 @@ def run_chain_audit(brand: Brand, entries: int, out: Path) -> JsonObject:
 
 def run_cross_chain_audit(manifest: Manifest, chains: list[Chain], out: Path) -> JsonObject:
     """The three chains against each other: conversions, holds, agreements."""
-    from coalition.audit.cross_chain import audit_coalition
+    from coalition.verify.cross_chain import audit_coalition
 
     report = audit_coalition(
         {c.program: c.entries for c in chains},

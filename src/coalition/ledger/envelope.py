@@ -12,7 +12,7 @@ import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from coalition.errors import InvalidArgument, VerificationError
 from coalition.ledger.canonical import JsonObject, JsonValue, canonical_json, parse_json
@@ -22,6 +22,10 @@ from coalition.ledger.keys import SIGNATURE_SIZE, SigningKey, VerifyKey
 ENVELOPE_TYPE = "coalition.partner.v1"
 MAX_ENVELOPE_BYTES = 4 * 1024 * 1024
 """Largest envelope accepted: a batch of conversions fits; a flood does not."""
+MAX_CLOCK_SKEW = timedelta(seconds=300)
+"""The clock difference the coalition tolerates: a message whose ``at`` is further than
+this from the receiver's clock is refused, and an auditor accepts a header sealed at
+most this far ahead of its own clock."""
 
 _KEYS = frozenset({"type", "kind", "from", "to", "id", "at", "body"})
 _KIND = re.compile(r"[a-z][a-z0-9-]{0,63}", re.ASCII)

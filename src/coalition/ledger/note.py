@@ -348,6 +348,24 @@ def origin_of(program: str) -> str:
     return f"coalition/{program}"
 
 
+_WITNESS_PREFIX, _WITNESS_SUFFIX = "coalition/", "/witness"
+
+
+def witness_name(program: str) -> str:
+    """The C2SP cosigner name of ``program``'s node (its key id uses type 0x04): the name
+    a node cosigns with and the auditor verifies against."""
+    return f"{_WITNESS_PREFIX}{program}{_WITNESS_SUFFIX}"
+
+
+def witness_of(name: str) -> str | None:
+    """The program a cosigner name ``coalition/<program>/witness`` names (the inverse of
+    ``witness_name``), None for any other name."""
+    if not (name.startswith(_WITNESS_PREFIX) and name.endswith(_WITNESS_SUFFIX)):
+        return None
+    program = name[len(_WITNESS_PREFIX) : -len(_WITNESS_SUFFIX)]
+    return program if program and "/" not in program else None
+
+
 def checkpoint_of(signed: SignedHeader, origin: str | None = None) -> str:
     """The C2SP checkpoint text of a header's log: ``origin`` (default
     ``coalition/<program>``), ``log_size`` and ``log_root``. The header's own signature is

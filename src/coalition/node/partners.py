@@ -33,6 +33,7 @@ from coalition.errors import (
 from coalition.ledger.canonical import JsonObject
 from coalition.ledger.entries import format_time
 from coalition.ledger.envelope import (
+    MAX_CLOCK_SKEW,
     Envelope,
     SignedMessage,
     open_message,
@@ -52,8 +53,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("coalition.partners")
 
-MAX_CLOCK_SKEW = timedelta(seconds=300)
-"""A message whose ``at`` is further than this from the receiver's clock is refused."""
 SEEN_WINDOW = timedelta(seconds=600)
 """Seen message ids are kept this long: longer than any ``at`` the skew check lets in."""
 PRUNE_EVERY = timedelta(seconds=60)

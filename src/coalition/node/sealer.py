@@ -18,22 +18,16 @@ from datetime import datetime
 
 from sqlalchemy import Engine
 
-from coalition.ledger.blocks import BlockHeader, SignedHeader, make_header, sign_header
+from coalition.ledger.blocks import SignedHeader, make_header, sign_header
 from coalition.ledger.canonical import canonical_json
 from coalition.ledger.entries import format_time
 from coalition.ledger.keys import SigningKey
 from coalition.ledger.merkle import CompactRange, root_coords, stored_coords
 from coalition.node.config import SealerConfig
 from coalition.store import repository
+from coalition.store.repository import TREE_STRIDE, signed_header_from_row
 
-TREE_STRIDE = 4
 log = logging.getLogger(__name__)
-
-
-def signed_header_from_row(header: str, signature: str) -> SignedHeader:
-    return SignedHeader(
-        BlockHeader.from_json(repository.stored_object(header, "header")), signature
-    )
 
 
 class Sealer:

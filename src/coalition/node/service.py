@@ -45,7 +45,7 @@ from coalition.ledger.merkle import (
 )
 from coalition.ledger.proofs import consistency_document, inclusion_document
 from coalition.node.config import SealerConfig
-from coalition.node.sealer import TREE_STRIDE, Sealer, signed_header_from_row
+from coalition.node.sealer import Sealer
 from coalition.node.views import (
     BalanceView,
     BulkResult,
@@ -62,6 +62,7 @@ from coalition.points.operations import EntryContext
 from coalition.points.rules import ProgramRules
 from coalition.points.state import Account, Lot, apply_entry, lot_ref
 from coalition.store import repository
+from coalition.store.repository import TREE_STRIDE, signed_header_from_row
 
 _ENTRY_ID = re.compile(r"[0-9a-f]{32}")
 Decision = tuple[JsonObject, list[Account], set[str]]

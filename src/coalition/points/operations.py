@@ -14,6 +14,7 @@ from datetime import datetime
 
 from coalition.errors import FailedPrecondition, InvalidArgument, NotFound
 from coalition.ledger.canonical import JsonObject, JsonValue
+from coalition.ledger.documents import split_signed
 from coalition.ledger.entries import (
     ENTRY_TYPE,
     check_envelope,
@@ -32,6 +33,7 @@ from coalition.points.rates import (
 )
 from coalition.points.rules import ProgramRules, check_positive
 from coalition.points.state import PROGRAM_ACCOUNT, Account, Lot, debit_order, split_debit
+from coalition.points.statements import STATEMENT_FIELD
 
 MAX_NOTE = 200
 
@@ -638,21 +640,12 @@ def redemption_receipt(
 
 def agreement_entry(ctx: EntryContext, signed_agreement: JsonObject) -> JsonObject:
     """Record a rate agreement signed by both partners (verified by the caller)."""
-    signed = signed_agreement
-    if not isinstance(signed, dict) or set(signed) != {"agreement", "signatures"}:
-        raise InvalidArgument("a signed agreement is {agreement, signatures}")
-    document = signed["agreement"]
-    if not isinstance(document, dict) or not isinstance(signed["signatures"], dict):
-        raise InvalidArgument("a signed agreement is {agreement, signatures}")
+    document, _ = split_signed(signed_agreement, rates.AGREEMENT_FIELD, InvalidArgument)
     agreement_from_document(document)
-    return _entry(ctx, "agreement", PROGRAM_ACCOUNT, agreement=signed)
+    return _entry(ctx, "agreement", PROGRAM_ACCOUNT, agreement=signed_agreement)
 
 
 def statement_entry(ctx: EntryContext, signed_statement: JsonObject) -> JsonObject:
     """Record a settlement statement signed by both parties (verified by the caller)."""
-    signed = signed_statement
-    if not isinstance(signed, dict) or set(signed) != {"statement", "signatures"}:
-        raise InvalidArgument("a signed statement is {statement, signatures}")
-    if not isinstance(signed["statement"], dict) or not isinstance(signed["signatures"], dict):
-        raise InvalidArgument("a signed statement is {statement, signatures}")
-    return _entry(ctx, "statement", PROGRAM_ACCOUNT, statement=signed)
+    split_signed(signed_statement, STATEMENT_FIELD, InvalidArgument)
+    return _entry(ctx, "statement", PROGRAM_ACCOUNT, statement=signed_statement)

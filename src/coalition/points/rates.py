@@ -15,13 +15,21 @@ from datetime import datetime
 from decimal import Context, Decimal
 from fractions import Fraction
 
-from coalition.errors import FailedPrecondition, InvalidArgument, VerificationError
-from coalition.ledger.canonical import JsonObject, JsonValue, canonical_json
+from coalition.errors import FailedPrecondition, InvalidArgument
+from coalition.ledger.canonical import JsonObject
+from coalition.ledger.documents import (
+    sign_document,
+    signed_document,
+    split_signed,
+    verify_signatures,
+)
 from coalition.ledger.entries import check_program_id, check_time, format_time
 from coalition.ledger.keys import SigningKey, VerifyKey
 from coalition.points.accounts import validate_reference
 
 AGREEMENT_TYPE = "coalition.agreement.v1"
+AGREEMENT_FIELD = "agreement"
+"""The recorded form's key for the document (``ledger.documents``)."""
 BPS = 10_000
 _CURRENCY = re.compile(r"[A-Z]{3}")
 _FIELDS = frozenset(
@@ -191,13 +199,12 @@ def _time(doc: JsonObject, key: str) -> datetime:
 def sign_agreement(doc: JsonObject, key: SigningKey) -> str:
     """Hex Ed25519 signature over the agreement's canonical JSON (checked first)."""
     agreement_from_document(doc)
-    return key.sign(canonical_json(doc)).hex()
+    return sign_document(doc, key)
 
 
 def signed_agreement(doc: JsonObject, signatures: Mapping[str, str]) -> JsonObject:
     """The recorded form: ``{"agreement": doc, "signatures": {program: hex}}``."""
-    sigs: dict[str, JsonValue] = dict(sorted(signatures.items()))
-    return {"agreement": doc, "signatures": sigs}
+    return signed_document(AGREEMENT_FIELD, doc, signatures)
 
 
 def verify_signed_agreement(signed: JsonObject, key_of: Callable[[str], VerifyKey]) -> Agreement:
@@ -206,34 +213,10 @@ def verify_signed_agreement(signed: JsonObject, key_of: Callable[[str], VerifyKe
     VerificationError for a missing, extra or bad signature; InvalidArgument for a
     malformed document; ``key_of`` errors (an unknown program) pass through.
     """
-    if not isinstance(signed, dict) or set(signed) != {"agreement", "signatures"}:
-        raise VerificationError("a signed agreement is {agreement, signatures}")
-    doc, signatures = signed["agreement"], signed["signatures"]
-    if not isinstance(doc, dict) or not isinstance(signatures, dict):
-        raise VerificationError("a signed agreement is {agreement, signatures}")
+    doc, signatures = split_signed(signed, AGREEMENT_FIELD)
     agreement = agreement_from_document(doc)
-    parties = {agreement.from_program, agreement.to_program}
-    if set(signatures) != parties:
-        raise VerificationError(
-            f"agreement {agreement.id} v{agreement.version} needs signatures of exactly "
-            f"{sorted(parties)}, has {sorted(signatures)}"
-        )
-    message = canonical_json(doc)
-    for program in sorted(parties):
-        signature = signatures[program]
-        try:
-            raw = bytes.fromhex(signature) if isinstance(signature, str) else b""
-        except ValueError:
-            raw = b""
-        if len(raw) != 64 or raw.hex() != signature:
-            raise VerificationError(f"{program}'s agreement signature is not 128 lowercase hex")
-        try:
-            key_of(program).verify(message, raw)
-        except VerificationError:
-            raise VerificationError(
-                f"{program}'s signature on agreement {agreement.id} v{agreement.version} "
-                "does not verify"
-            ) from None
+    what = f"agreement {agreement.id} v{agreement.version}"
+    verify_signatures(doc, signatures, agreement.pair, key_of, what)
     return agreement
 
 

@@ -22,6 +22,15 @@ from coalition.ledger.entries import check_program_id, format_time, parse_time
 from coalition.points.accounts import validate_reference
 
 STATEMENT_TYPE = "coalition.statement.v1"
+OBLIGATION_KINDS = (
+    "convert-out",
+    "convert-complete",
+    "convert-refund",
+    "convert-in",
+    "hold-capture",
+    "redemption-receipt",
+)
+"""The entry kinds ``obligations`` reads (completions and refunds included)."""
 EXACT_NETTING_LIMIT = 16
 
 

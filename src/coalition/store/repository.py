@@ -14,12 +14,18 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Connection, and_, bindparam, func, insert, or_, select, update
 
 from coalition.errors import CoalitionError, CorruptStore
+from coalition.ledger.blocks import BlockHeader, SignedHeader
 from coalition.ledger.canonical import JsonObject, parse_json
 from coalition.ledger.merkle import NodeCoord
 from coalition.points.state import Account, Lot
 from coalition.store.tables import accounts, blocks, entries, lots, tree_nodes
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+TREE_STRIDE = 4
+"""The store keeps the Merkle tree's nodes every ``TREE_STRIDE`` levels
+(``ledger.merkle.stored_coords``); the sealer writes and every reader expands them so."""
 
 
 def stored_object(text: str, what: str = "entry") -> JsonObject:
@@ -31,6 +37,12 @@ def stored_object(text: str, what: str = "entry") -> JsonObject:
     if not isinstance(value, dict):
         raise CorruptStore(f"a stored {what} is not a JSON object")
     return value
+
+
+def signed_header_from_row(header: str, signature: str) -> SignedHeader:
+    """A ``blocks`` row's header text and signature as a signed header (not verified);
+    CorruptStore when the text is not JSON."""
+    return SignedHeader(BlockHeader.from_json(stored_object(header, "header")), signature)
 
 
 @functools.lru_cache(maxsize=4096)

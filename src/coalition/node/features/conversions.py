@@ -44,11 +44,11 @@ from coalition.errors import (
 )
 from coalition.ledger.canonical import JsonObject, JsonValue
 from coalition.ledger.entries import check_program_id, entry_leaf_hash, format_time, parse_time
-from coalition.ledger.envelope import SignedMessage, open_message, sign_message
+from coalition.ledger.envelope import MAX_CLOCK_SKEW, SignedMessage, open_message, sign_message
 from coalition.node.features.agreements import Agreements
 from coalition.node.features.outbox import Outbox
 from coalition.node.manifest import Manifest
-from coalition.node.partners import MAX_CLOCK_SKEW, PartnerClient, PartnerInbox
+from coalition.node.partners import PartnerClient, PartnerInbox
 from coalition.node.service import Decision, NodeService
 from coalition.points import operations
 from coalition.points.accounts import validate_member_id, validate_reference

@@ -16,7 +16,7 @@ into positions and the fewest payments, exported as CSV and JSON.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -30,16 +30,15 @@ from coalition.errors import (
     PartnerUnavailable,
     VerificationError,
 )
-from coalition.ledger.canonical import JsonObject, JsonValue, canonical_json
+from coalition.ledger.canonical import JsonObject, JsonValue
 from coalition.ledger.entries import check_program_id, check_time, format_time
-from coalition.ledger.keys import SigningKey, VerifyKey
 from coalition.node.manifest import Manifest
 from coalition.node.partners import PartnerClient, PartnerInbox
 from coalition.node.service import Decision, NodeService
 from coalition.points import operations
 from coalition.points.operations import EntryContext
 from coalition.points.settlement import (
-    STATEMENT_TYPE,
+    OBLIGATION_KINDS,
     Netting,
     Owed,
     net,
@@ -49,6 +48,15 @@ from coalition.points.settlement import (
     pending_conversions,
     statement_document,
 )
+from coalition.points.statements import (
+    StatementParts,
+    check_statement_signature,
+    sign_statement,
+    signed_statement,
+    statement_id,
+    statement_parts,
+    verify_signed_statement,
+)
 from coalition.store import redemption_tables as tables
 from coalition.store.redemption_tables import Statement
 
@@ -57,121 +65,13 @@ log = logging.getLogger(__name__)
 PROPOSE = "statement-propose"
 LIST = "statements-list"
 CALL_TIMEOUT_S = 10.0
-OBLIGATION_KINDS = (
-    "convert-out",
-    "convert-complete",
-    "convert-refund",
-    "convert-in",
-    "hold-capture",
-    "redemption-receipt",
-)
-"""The entry kinds ``points.settlement.obligations`` reads (completions included)."""
 BEGINNING = datetime(1970, 1, 1, tzinfo=UTC)
 END_OF_TIME = datetime(9999, 1, 1, tzinfo=UTC)
 MAX_LISTED = 10_000
 """Most statements one ``statements-list`` reply carries."""
 
 
-# --- signed statements ------------------------------------------------------------------
-
-
-def sign_statement(doc: JsonObject, key: SigningKey) -> str:
-    """Hex Ed25519 signature over the statement's canonical JSON."""
-    return key.sign(canonical_json(doc)).hex()
-
-
-def signed_statement(doc: JsonObject, signatures: Mapping[str, str]) -> JsonObject:
-    """The recorded form: ``{"statement": doc, "signatures": {program: hex}}``."""
-    sigs: dict[str, JsonValue] = dict(sorted(signatures.items()))
-    return {"statement": doc, "signatures": sigs}
-
-
-@dataclass(frozen=True, slots=True)
-class StatementParts:
-    """The checked fields of a statement document."""
-
-    id: str
-    parties: tuple[str, str]
-    start: datetime
-    end: datetime
-    currency: str
-    owed: dict[tuple[str, str], Owed]
-
-
-def statement_parts(doc: JsonValue) -> StatementParts:
-    """Parse a statement document; InvalidArgument unless it is exactly what
-    ``statement_document`` writes for its own fields."""
-    if not isinstance(doc, dict) or doc.get("type") != STATEMENT_TYPE:
-        raise InvalidArgument(f"a statement is a {STATEMENT_TYPE} object")
-    parties, period = doc.get("parties"), doc.get("period")
-    if not isinstance(parties, list) or len(parties) != 2:
-        raise InvalidArgument("a statement names two parties")
-    a, b = (check_program_id(p, "party") for p in parties)
-    if not isinstance(period, dict):
-        raise InvalidArgument("a statement has a period {start, end}")
-    start = check_time(period.get("start"), "statement period start")
-    end = check_time(period.get("end"), "statement period end")
-    owed_doc, items_doc = doc.get("owed"), doc.get("items")
-    if not isinstance(owed_doc, dict) or not isinstance(items_doc, dict):
-        raise InvalidArgument("a statement has owed and items per direction")
-    owed: dict[tuple[str, str], Owed] = {}
-    for debtor, creditor in ((a, b), (b, a)):
-        key = f"{debtor}->{creditor}"
-        minor, items = owed_doc.get(key), items_doc.get(key)
-        for value in (minor, items):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise InvalidArgument(f"statement {key}: amounts are non-negative integers")
-        assert isinstance(minor, int) and isinstance(items, int)
-        owed[(debtor, creditor)] = Owed(minor, items)
-    given_id, currency = doc.get("id"), doc.get("currency")
-    if not isinstance(given_id, str) or not isinstance(currency, str):
-        raise InvalidArgument("a statement has an id and a currency")
-    if given_id != statement_id((a, b), start, end):
-        raise InvalidArgument(f"a statement's id is {statement_id((a, b), start, end)!r}")
-    rebuilt = statement_document(given_id, (a, b), start, end, currency, owed)
-    if rebuilt != doc:
-        raise InvalidArgument("the statement document has unexpected fields")
-    return StatementParts(given_id, (a, b), start, end, currency, owed)
-
-
-def verify_signed_statement(
-    signed: JsonValue, key_of: Callable[[str], VerifyKey]
-) -> StatementParts:
-    """The statement, once both parties' signatures verify; VerificationError otherwise."""
-    if not isinstance(signed, dict) or set(signed) != {"statement", "signatures"}:
-        raise VerificationError("a signed statement is {statement, signatures}")
-    doc, signatures = signed["statement"], signed["signatures"]
-    try:
-        parts = statement_parts(doc)
-    except InvalidArgument as exc:
-        raise VerificationError(f"a malformed statement: {exc}") from None
-    assert isinstance(doc, dict)
-    if not isinstance(signatures, dict) or set(signatures) != set(parts.parties):
-        raise VerificationError(f"statement {parts.id} needs signatures of {list(parts.parties)}")
-    message = canonical_json(doc)
-    for program in parts.parties:
-        _verify(key_of(program), message, signatures[program], f"{program}'s on {parts.id}")
-    return parts
-
-
-def _verify(key: VerifyKey, message: bytes, signature: JsonValue, what: str) -> None:
-    raw = b""
-    if isinstance(signature, str) and len(signature) == 128:
-        try:
-            raw = bytes.fromhex(signature)
-        except ValueError:
-            raw = b""
-    if len(raw) != 64 or raw.hex() != signature:
-        raise VerificationError(f"signature {what} is not 128 lowercase hex digits")
-    try:
-        key.verify(message, raw)
-    except VerificationError:
-        raise VerificationError(f"signature {what} does not verify") from None
-
-
-def statement_id(parties: tuple[str, str], start: datetime, end: datetime) -> str:
-    """The id of a pair's statement for a period: one statement per pair and period."""
-    return f"{parties[0]}:{parties[1]}:{format_time(start)}:{format_time(end)}"
+# --- proposals -------------------------------------------------------------------------
 
 
 def _differences(expected: JsonObject, proposed: JsonObject) -> list[str]:
@@ -443,11 +343,8 @@ class Settlement:
         assert isinstance(proposed, dict)
         if set(parts.parties) != {sender, self.program}:
             raise InvalidArgument(f"the statement's parties are not {sender} and {self.program}")
-        _verify(
-            self.manifest.public_key(sender),
-            canonical_json(proposed),
-            body["signature"],
-            f"{sender}'s on statement {parts.id}",
+        check_statement_signature(
+            self.manifest.public_key(sender), proposed, body["signature"], sender, parts
         )
         with self.service.engine.connect() as conn:
             existing = tables.statement(conn, parts.id)

@@ -45,7 +45,7 @@ from coalition.ledger.blocks import (
 from coalition.ledger.canonical import JsonObject, JsonValue, parse_json
 from coalition.ledger.entries import format_time
 from coalition.ledger.keys import SigningKey
-from coalition.ledger.note import checkpoint_of, cosign, sign_note, verify_cosignature
+from coalition.ledger.note import checkpoint_of, cosign, sign_note, verify_cosignature, witness_name
 from coalition.ledger.proofs import verify_consistency_document
 from coalition.node.manifest import Manifest
 from coalition.node.service import NodeService
@@ -62,11 +62,6 @@ GOSSIP_TIMEOUT_S = 3.0
 GAP_BATCH = 1000
 MAX_FUTURE_S = 300
 """A cosignature timestamped further ahead of our clock is refused (as partner messages)."""
-
-
-def witness_name(program: str) -> str:
-    """The C2SP cosigner name of ``program``'s node (its key id uses type 0x04)."""
-    return f"coalition/{program}/witness"
 
 
 class PartnerInbox(Protocol):

@@ -11,33 +11,44 @@ lists every fault found with its program, block height, log index and entry id.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from coalition.audit.chain_audit import AuditReport, audit_chain
-from coalition.audit.cross_chain import CoalitionReport, audit_coalition, with_heights
-from coalition.audit.evidence import EvidenceReport, RawEvidence, check_evidence, evidence_heights
-from coalition.audit.located import LocatedFault
-from coalition.audit.recording import RecordingSource, recording
-from coalition.audit.settlement_audit import SettlementReport, audit_settlement
-from coalition.audit.sources import (
+from coalition.errors import CoalitionError
+from coalition.ledger.blocks import SignedHeader
+from coalition.ledger.canonical import JsonObject, JsonValue
+from coalition.ledger.keys import VerifyKey
+from coalition.verify.chain_audit import AuditReport, audit_chain
+from coalition.verify.cross_chain import CoalitionReport, audit_coalition, with_heights
+from coalition.verify.evidence import EvidenceReport, RawEvidence, check_evidence, evidence_heights
+from coalition.verify.located import LocatedFault
+from coalition.verify.recording import RecordingSource, recording
+from coalition.verify.settlement_audit import SettlementReport, audit_settlement
+from coalition.verify.source import (
     ChainSource,
     CosignatureSource,
     EvidenceSource,
     signed_header,
 )
-from coalition.audit.witness_quorum import QuorumReport, WitnessPolicy, check_quorum
-from coalition.errors import CoalitionError
-from coalition.ledger.blocks import SignedHeader
-from coalition.ledger.canonical import JsonObject, JsonValue
-from coalition.ledger.keys import VerifyKey
-from coalition.progress import Progress
+from coalition.verify.witness_quorum import QuorumReport, WitnessPolicy, check_quorum
 
 REWRITE_KINDS = frozenset({"trusted-mismatch", "trusted-missing"})
 """The chain audit's faults about a pinned header that, for a header pinned by the
 auditor's state file, mean the program rewrote (or cut) its history since."""
 RENDER_LIMIT = 200
+
+Phases = Callable[[str, int | None], AbstractContextManager[Callable[[int], None]]]
+"""How a caller shows progress: ``with phases(label, total) as advance: advance(n)``
+for each phase of the audit (a chain's entries, a program's cosignatures; ``total``
+None when unknown). The CLI wires a progress bar; the verifier itself prints nothing."""
+
+
+@contextmanager
+def silent(label: str, total: int | None) -> Iterator[Callable[[int], None]]:
+    """Phases that show nothing (the default)."""
+    yield lambda n: None
 
 
 @dataclass(slots=True)
@@ -160,10 +171,11 @@ def _audit_one(
     key: VerifyKey,
     heights: frozenset[int],
     trusted: SignedHeader | None,
+    phases: Phases,
 ) -> tuple[AuditReport, RecordingSource]:
     recorder = recording(source, heights)
-    with Progress(f"audit {program}", total_entries(source)) as bar:
-        report = audit_chain(recorder, key, program=program, trusted=trusted, progress=bar.advance)
+    with phases(f"audit {program}", total_entries(source)) as advance:
+        report = audit_chain(recorder, key, program=program, trusted=trusted, progress=advance)
     if trusted is not None:
         _name_rewrites(report, program)
     return report, recorder
@@ -175,12 +187,13 @@ def _witnessing(
     recorder: RecordingSource,
     key_of: Callable[[str], VerifyKey],
     policy: WitnessPolicy,
+    phases: Phases,
 ) -> QuorumReport:
     headers = recorder.headers_seen
     end = max(headers, default=-1) + 1
     lines = source.cosignatures(0, end) if isinstance(source, CosignatureSource) else None
-    with Progress(f"cosignatures {program}", len(headers)) as bar:
-        return check_quorum(program, headers, lines, key_of, policy, bar.advance)
+    with phases(f"cosignatures {program}", len(headers)) as advance:
+        return check_quorum(program, headers, lines, key_of, policy, advance)
 
 
 def audit_all(
@@ -190,14 +203,15 @@ def audit_all(
     pending_before: datetime | None = None,
     trusted: Mapping[str, SignedHeader] | None = None,
     witnessing: WitnessPolicy | None = None,
+    progress: Phases = silent,
 ) -> PartnersAudit:
     """Audit each program's chain from its source and everything across them.
 
     ``trusted`` pins, per program, a header its chain must still hold unchanged (the
     auditor state file's): a difference is a ``history-rewritten`` fault. ``witnessing``
     (None: not checked) is the manifest's quorum and the cut-off before which a header
-    must be witnessed. The sources are read once (cosignatures apart); the caller
-    closes them.
+    must be witnessed. ``progress`` is told each phase (see ``Phases``). The sources are
+    read once (cosignatures apart); the caller closes them.
     """
     held = _held_evidence(sources)
     heights: dict[str, set[int]] = {}
@@ -214,7 +228,7 @@ def audit_all(
             notes.append(note)
         pinned = (trusted or {}).get(program)
         reports[program], recorders[program] = _audit_one(
-            program, source, key, frozenset(heights.get(program, ())), pinned
+            program, source, key, frozenset(heights.get(program, ())), pinned, progress
         )
 
     def height_of(program: str, log_index: int | None) -> int | None:
@@ -234,7 +248,7 @@ def audit_all(
     if witnessing is not None:
         for program, source in sources.items():
             witnesses[program] = _witnessing(
-                program, source, recorders[program], key_of, witnessing
+                program, source, recorders[program], key_of, witnessing, progress
             )
     return PartnersAudit(
         reports, with_heights(cross, height_of), evidence, witnesses, settlement, notes
@@ -246,9 +260,10 @@ def audit_partners(
     key_of: Callable[[str], VerifyKey],
     *,
     pending_before: datetime | None = None,
+    progress: Phases = silent,
 ) -> tuple[dict[str, AuditReport], CoalitionReport]:
     """``audit_all`` as (chain reports, cross-chain report), the evidence faults appended
     to the cross-chain report's faults (so it is not ok while any evidence stands)."""
-    found = audit_all(sources, key_of, pending_before=pending_before)
+    found = audit_all(sources, key_of, pending_before=pending_before, progress=progress)
     cross = found.cross_chain
     return found.chains, replace(cross, faults=[*cross.faults, *found.evidence.faults])

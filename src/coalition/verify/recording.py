@@ -11,12 +11,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from coalition.audit.located import BlockIndex
-from coalition.audit.sources import BlockStream, ChainSource, RawEntry, RawHeader, signed_header
 from coalition.errors import CoalitionError
 from coalition.ledger.blocks import SignedHeader
 from coalition.ledger.canonical import JsonObject, parse_json
 from coalition.ledger.keys import VerifyKey
+from coalition.verify.located import BlockIndex
+from coalition.verify.source import BlockStream, ChainSource, RawEntry, RawHeader, signed_header
 
 COALITION_KINDS = re.compile(
     rb'"kind":"(?:convert-|hold|agreement"|redemption-receipt"|statement")'

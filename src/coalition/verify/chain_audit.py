@@ -35,8 +35,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import cast
 
-from coalition.audit.entry_scan import BlockScan, scan_block
-from coalition.audit.sources import BlockStream, ChainSource, RawEntry, RawHeader, signed_header
 from coalition.errors import CoalitionError, VerificationError
 from coalition.ledger.blocks import GENESIS_PREV, BlockHeader, SignedHeader
 from coalition.ledger.canonical import JsonObject, JsonValue, canonical_json, parse_json
@@ -46,6 +44,8 @@ from coalition.ledger.merkle import CompactRange, leaf_hash, root
 from coalition.ledger.proofs import verify_consistency_document
 from coalition.points.replay import Replay
 from coalition.points.replay_fast import Prepared, apply_prepared
+from coalition.verify.entry_scan import BlockScan, scan_block
+from coalition.verify.source import BlockStream, ChainSource, RawEntry, RawHeader, signed_header
 
 HEADER_PAGE = 1000
 PARALLEL_AFTER = 50_000

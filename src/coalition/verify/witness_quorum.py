@@ -17,16 +17,19 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from coalition.audit.located import LocatedFault
 from coalition.errors import CoalitionError
 from coalition.ledger.blocks import SignedHeader
 from coalition.ledger.canonical import JsonObject
 from coalition.ledger.entries import format_time, parse_time
 from coalition.ledger.keys import VerifyKey
-from coalition.ledger.note import checkpoint_of, parse_signature_line, verify_cosignature
-from coalition.node.features.witness import witness_name
-
-_PREFIX, _SUFFIX = "coalition/", "/witness"
+from coalition.ledger.note import (
+    checkpoint_of,
+    parse_signature_line,
+    verify_cosignature,
+    witness_name,
+    witness_of,
+)
+from coalition.verify.located import LocatedFault
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,13 +91,9 @@ def cosigner_of(line: str) -> str | None:
     """The program a cosignature line names (``coalition/<program>/witness``), None when
     the line does not parse or names no witness."""
     try:
-        name = parse_signature_line(line).name
+        return witness_of(parse_signature_line(line).name)
     except CoalitionError:
         return None
-    if not (name.startswith(_PREFIX) and name.endswith(_SUFFIX)):
-        return None
-    program = name[len(_PREFIX) : -len(_SUFFIX)]
-    return program if program and "/" not in program else None
 
 
 def check_quorum(

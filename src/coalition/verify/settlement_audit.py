@@ -3,10 +3,11 @@ same on both chains, equal to the obligations recomputed from each chain, and th
 netting of all statements consistent.
 
 Pure logic over entry bodies in log order (like ``cross_chain``). For each ``statement``
-entry: both signatures verify with the manifest keys (``node.settlement``'s rule); both
-parties' chains (those audited) record it, byte for byte the same signed form; its
-``owed`` and ``items`` per direction equal ``points.settlement.obligations`` of each
-party's chain for its period; a pair's periods do not overlap. Netting (per currency)
+entry: both signatures verify with the manifest keys (``points.statements``, the rule the
+nodes apply too); both parties' chains (those audited) record it, byte for byte the same
+signed form; its ``owed`` and ``items`` per direction equal
+``points.settlement.obligations`` of each party's chain for its period; a pair's periods
+do not overlap. Netting (per currency)
 over every distinct statement gives positions that sum to zero and payments that bring
 every position to zero.
 """
@@ -17,16 +18,19 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from coalition.audit.located import LocatedFault
 from coalition.errors import CoalitionError
 from coalition.ledger.canonical import JsonObject, JsonValue, canonical_json
 from coalition.ledger.keys import VerifyKey
-from coalition.node.features.settlement import (
+from coalition.points.settlement import (
     OBLIGATION_KINDS,
-    StatementParts,
-    verify_signed_statement,
+    Netting,
+    Owed,
+    net,
+    netting_json,
+    obligations,
 )
-from coalition.points.settlement import Netting, Owed, net, netting_json, obligations
+from coalition.points.statements import StatementParts, verify_signed_statement
+from coalition.verify.located import LocatedFault
 
 KeyOf = Callable[[str], VerifyKey]
 

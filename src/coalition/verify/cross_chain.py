@@ -2,9 +2,9 @@
 arrived in the other exactly once, at the signed rate, or came back on a signed rejection.
 
 Pure logic over entry bodies (docs/coalition.md, "Entry kinds added by the coalition"): it
-reads no database and no network; ``audit.sources`` fetches the chains and each chain is
-audited on its own by ``chain_audit`` (signatures, links, replay). This module checks only
-what no single chain can show:
+reads no database and no network; the sources of ``coalition.audit`` fetch the chains and
+each chain is audited on its own by ``chain_audit`` (signatures, links, replay). This
+module checks only what no single chain can show:
 
 - each ``convert-out`` on A is matched by exactly one ``convert-in`` on B with the same
   conversion id, the quoted credit and A's entry hash, or by a ``convert-refund`` on A that
@@ -28,13 +28,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from coalition.audit.located import LocatedFault
 from coalition.errors import CoalitionError
 from coalition.ledger.canonical import JsonObject, JsonValue, canonical_json
 from coalition.ledger.entries import entry_leaf_hash, parse_time
 from coalition.ledger.envelope import Envelope, SignedMessage, open_message
 from coalition.ledger.keys import VerifyKey
 from coalition.points.rates import Agreement, quote, verify_signed_agreement
+from coalition.verify.located import LocatedFault
 
 KeyOf = Callable[[str], VerifyKey]
 

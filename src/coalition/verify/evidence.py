@@ -27,7 +27,6 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 
-from coalition.audit.cross_chain import CrossChainFault
 from coalition.errors import CoalitionError, VerificationError
 from coalition.ledger.blocks import (
     SignedHeader,
@@ -36,6 +35,7 @@ from coalition.ledger.blocks import (
 )
 from coalition.ledger.canonical import JsonObject, parse_json
 from coalition.ledger.keys import VerifyKey
+from coalition.verify.cross_chain import CrossChainFault
 
 EQUIVOCATION = "equivocation"
 FORK = "fork"
