@@ -43,7 +43,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from coalition.api.grpc_client import NodeClient
+from coalition.api.grpc.client import NodeClient
 from coalition.demo.scenario import NodeProcess, settle, wait_healthy
 from coalition.errors import CoalitionError
 from coalition.node.auth import Role
