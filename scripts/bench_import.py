@@ -48,7 +48,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-from coalition.api.grpc_client import NodeClient
+from coalition.api.grpc.client import NodeClient
 from coalition.demo.nodes import NodeProcess, wait_healthy
 from coalition.errors import CoalitionError
 from coalition.ledger.blocks import SignedHeader

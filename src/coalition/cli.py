@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from coalition.errors import CoalitionError, InvalidArgument
 
 if TYPE_CHECKING:
-    from coalition.api.grpc_client import NodeClient
+    from coalition.api.grpc.client import NodeClient
     from coalition.node.views import PurchaseRow, RowError
 
 CSV_COLUMNS = ("member_id", "reference", "spend_minor", "category", "idempotency_key")
@@ -51,7 +51,7 @@ def _print_json(value: Any) -> None:
 
 
 def _client(args: argparse.Namespace) -> NodeClient:
-    from coalition.api.grpc_client import NodeClient
+    from coalition.api.grpc.client import NodeClient
     from coalition.node.auth import Role
     from coalition.node.config import load_config
     from coalition.ops.keygen import find_secret

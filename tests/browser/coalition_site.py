@@ -16,10 +16,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from coalition.api.conversions_api import conversions_router
-from coalition.api.rest import create_app, serve_http
-from coalition.api.settlement_api import redemptions_router, settlement_router
-from coalition.api.witness_api import witness_router
+from coalition.api.http.agreements import agreements_router
+from coalition.api.http.app import create_app
+from coalition.api.http.conversions import conversions_router
+from coalition.api.http.redemptions import redemptions_router
+from coalition.api.http.server import serve_http
+from coalition.api.http.settlement import settlement_router
+from coalition.api.http.witness import witness_router
 from coalition.node.auth import ApiKey, Authenticator, Role, key_digest
 from coalition.node.coalition_testing import RunningCoalition, agreement_doc, coalition_nodes
 from coalition.node.coalition_testing import wait_for as wait_until
@@ -131,6 +134,7 @@ def running_site(folder: Path) -> Iterator[Site]:
         authenticator = _authenticator()
         routers = [
             conversions_router(node_a.conv, authenticator),
+            agreements_router(node_a.agr, authenticator),
             redemptions_router(redemptions[A], authenticator),
             settlement_router(settlement[A], authenticator),
             witness_router(witnesses[A], authenticator),

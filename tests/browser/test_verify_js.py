@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from coalition.api.rest import create_app, serve_http
+from coalition.api.http.app import create_app
+from coalition.api.http.server import serve_http
 from coalition.ledger.canonical import JsonObject
 from coalition.node.auth import ApiKey, Authenticator, Role, key_digest
 from coalition.node.service import NodeService

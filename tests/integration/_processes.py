@@ -20,7 +20,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from coalition.api.grpc_client import NodeClient
+from coalition.api.grpc.client import NodeClient
 from coalition.demo.nodes import free_ports
 from coalition.errors import CoalitionError
 

@@ -15,8 +15,9 @@ import grpc
 import pytest
 from fastapi.testclient import TestClient
 
-from coalition.api.conversions_api import add_conversions_servicer, conversions_router
-from coalition.api.rest import create_app
+from coalition.api.grpc.agreements import add_agreements_servicer
+from coalition.api.http.agreements import agreements_router
+from coalition.api.http.app import create_app
 from coalition.errors import FailedPrecondition, InvalidArgument
 from coalition.ledger.canonical import canonical_json, parse_json
 from coalition.ledger.keys import SigningKey
@@ -161,7 +162,7 @@ def test_operator_api_rest_and_grpc(
     c = make()
     a = c["skyair"]
     app = create_app(a.service, authenticator)
-    app.include_router(conversions_router(a.conv, authenticator))
+    app.include_router(agreements_router(a.agr, authenticator))
     op = {"Authorization": f"Bearer {api_keys['operator']}"}
     member = {"Authorization": f"Bearer {api_keys['member']}"}
     doc = agreement_doc("skyair", "staybright")
@@ -179,7 +180,7 @@ def test_operator_api_rest_and_grpc(
         assert bad.status_code == 400 and bad.json()["error"] == "invalid_argument"
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    add_conversions_servicer(server, a.conv, authenticator)
+    add_agreements_servicer(server, a.agr, authenticator)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:

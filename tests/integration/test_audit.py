@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from coalition.api.grpc_server import serve_grpc
+from coalition.api.grpc.server import serve_grpc
 from coalition.audit import (
     AuditReport,
     DatabaseSource,

@@ -17,8 +17,8 @@ from typing import Any
 import grpc
 import pytest
 
-from coalition.api.grpc_server import serve_grpc
-from coalition.api.witness_api import add_witness_servicer
+from coalition.api.grpc.server import serve_grpc
+from coalition.api.grpc.witness import add_witness_servicer
 from coalition.audit import (
     DatabaseSource,
     EvidenceFault,

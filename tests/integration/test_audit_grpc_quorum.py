@@ -26,8 +26,8 @@ import grpc
 import pytest
 from sqlalchemy import select, update
 
-from coalition.api.grpc_server import serve_grpc
-from coalition.api.witness_api import add_witness_servicer
+from coalition.api.grpc.server import serve_grpc
+from coalition.api.grpc.witness import add_witness_servicer
 from coalition.audit import (
     DatabaseSource,
     GrpcSource,

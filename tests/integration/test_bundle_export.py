@@ -12,7 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from coalition.api.rest import create_app, serve_http
+from coalition.api.http.app import create_app
+from coalition.api.http.server import serve_http
 from coalition.audit import audit_chain
 from coalition.audit.bundle import BundleSource, export_bundle
 from coalition.cli import main

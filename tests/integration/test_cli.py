@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from coalition.api.grpc_server import serve_grpc
+from coalition.api.grpc.server import serve_grpc
 from coalition.cli import main
 from coalition.errors import InvalidArgument
 from coalition.ledger.keys import SigningKey

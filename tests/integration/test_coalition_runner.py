@@ -19,13 +19,14 @@ from typing import Any
 
 import pytest
 
+from coalition.api.http.app import create_app
 from coalition.cli import main
 from coalition.demo.nodes import prepare_coalition
 from coalition.demo.scenario import RATES, agreement_document
 from coalition.errors import FailedPrecondition, InvalidArgument
 from coalition.ledger.keys import SigningKey
-from coalition.node.auth import Role
-from coalition.node.config import config_from_mapping, load_config
+from coalition.node.auth import Authenticator, Role
+from coalition.node.config import config_from_mapping, load_api_keys, load_config
 from coalition.node.manifest import Manifest
 from coalition.ops.keyfiles import read_signing_key
 from coalition.ops.keygen import find_secret
@@ -125,6 +126,75 @@ def test_a_program_missing_from_the_manifest_cannot_join(coalition: Path) -> Non
             CoalitionNode(stranger, service, read_signing_key(config))
     finally:
         service.close()
+
+
+FEATURE_OPERATIONS = [
+    (
+        "post",
+        "/v1/members/{member_id}/conversions",
+        "convert_v1_members__member_id__conversions_post",
+    ),
+    (
+        "get",
+        "/v1/members/{member_id}/conversions/quote",
+        "quote_v1_members__member_id__conversions_quote_get",
+    ),
+    (
+        "get",
+        "/v1/members/{member_id}/conversions/{conversion_id}",
+        "status_v1_members__member_id__conversions__conversion_id__get",
+    ),
+    ("get", "/v1/agreements", "agreements_v1_agreements_get"),
+    ("post", "/v1/agreements", "propose_v1_agreements_post"),
+    ("post", "/v1/partner-redemptions", "authorize_v1_partner_redemptions_post"),
+    (
+        "post",
+        "/v1/partner-redemptions/{hold_id}/capture",
+        "capture_v1_partner_redemptions__hold_id__capture_post",
+    ),
+    (
+        "post",
+        "/v1/partner-redemptions/{hold_id}/void",
+        "void_v1_partner_redemptions__hold_id__void_post",
+    ),
+    ("get", "/v1/partner-redemptions/{hold_id}", "get_v1_partner_redemptions__hold_id__get"),
+    ("post", "/v1/jobs/hold-expiry", "release_expired_v1_jobs_hold_expiry_post"),
+    ("get", "/v1/settlement/statements", "statements_v1_settlement_statements_get"),
+    ("post", "/v1/settlement/statements", "propose_v1_settlement_statements_post"),
+    ("get", "/v1/settlement/netting", "netting_v1_settlement_netting_get"),
+    ("get", "/v1/blocks/{height}/witnesses", "witnesses_v1_blocks__height__witnesses_get"),
+    ("get", "/v1/equivocations", "equivocations_v1_equivocations_get"),
+    ("get", "/v1/witness/followers", "followers_v1_witness_followers_get"),
+    ("get", "/v1/explorer/about", "about_v1_explorer_about_get"),
+    ("get", "/v1/explorer/flows", "flows_v1_explorer_flows_get"),
+]
+"""A coalition node's operations after the single node's, in document order, with the
+operation ids that clients generated from the OpenAPI document call."""
+
+
+def test_a_coalition_node_documents_its_feature_routes(coalition: Path) -> None:
+    config = load_config(coalition.parent / "skyair" / "node.toml")
+    service = open_node(config)
+    try:
+        node = CoalitionNode(config, service, read_signing_key(config))
+        authenticator = Authenticator(load_api_keys(config.api_keys_path))
+        schema = create_app(service, authenticator, node.routers(authenticator), node).openapi()
+        node.stop()
+    finally:
+        service.close()
+    operations = [
+        (method, path, operation["operationId"])
+        for path, ops in schema["paths"].items()
+        for method, operation in ops.items()
+    ]
+    last_of_one_node = operations.index(("get", "/v1/ledger/bundle", "bundle_v1_ledger_bundle_get"))
+    assert operations[last_of_one_node + 1 :] == FEATURE_OPERATIONS
+    for method, path in (
+        ("post", "/v1/agreements"),
+        ("get", "/v1/members/{member_id}/conversions/quote"),
+    ):
+        refusal = schema["paths"][path][method]["responses"]["409"]["content"]
+        assert refusal["application/json"]["schema"]["$ref"].endswith("/ErrorOut")
 
 
 def _post(url: str, key: str, body: dict[str, Any], retry_s: float = 20) -> Any:

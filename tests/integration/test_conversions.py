@@ -21,8 +21,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from coalition.api.conversions_api import add_conversions_servicer, conversions_router
-from coalition.api.rest import create_app
+from coalition.api.grpc.conversions import add_conversions_servicer
+from coalition.api.http.app import create_app
+from coalition.api.http.conversions import conversions_router
 from coalition.audit.db_check import check_database
 from coalition.errors import CoalitionError, FailedPrecondition, InsufficientPoints
 from coalition.ledger.canonical import JsonObject

@@ -28,7 +28,7 @@ import pytest
 from _processes import COALITION, BrandProcess, CoalitionProcesses, make_coalition
 from sqlalchemy import create_engine, text
 
-from coalition.api.partner_grpc import serve_partner_grpc
+from coalition.api.grpc.partner import GrpcTransport, serve_partner_grpc
 from coalition.audit import audit_partners
 from coalition.audit.db_check import check_database
 from coalition.audit.sources import DatabaseSource
@@ -43,7 +43,7 @@ from coalition.ledger.entries import format_time
 from coalition.ledger.envelope import SignedMessage, sign_message
 from coalition.ledger.keys import SigningKey
 from coalition.node.manifest import Manifest
-from coalition.node.partners import GrpcTransport, PartnerClient, PartnerInbox
+from coalition.node.partners import PartnerClient, PartnerInbox
 from coalition.ops.tls import TlsFiles, make_ca, make_node_cert
 from coalition.store.db import make_engine
 from coalition.store.schema import upgrade_schema
@@ -404,7 +404,9 @@ def _a_client(pair: Pair) -> PartnerClient:
     """A PartnerClient speaking as A (A's ledger key and TLS certificate)."""
     manifest = pair.manifest()
     key = SigningKey.from_pem((pair.a.folder / "keys" / "ledger.pem").read_bytes())
-    return PartnerClient(A, manifest, key, TlsFiles.for_program(manifest, A))
+    return PartnerClient(
+        A, manifest, key, GrpcTransport(manifest, TlsFiles.for_program(manifest, A))
+    )
 
 
 def to_members(brand: BrandProcess) -> dict[str, str]:

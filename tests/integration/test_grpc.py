@@ -14,13 +14,11 @@ from typing import Any
 import grpc
 import pytest
 
-from coalition.api.grpc_client import NodeClient, TransportError
-from coalition.api.grpc_server import (
-    LEDGER_SERVICE,
-    POINTS_SERVICE,
-    PointsServicer,
-    serve_grpc,
-)
+from coalition.api.grpc.client import NodeClient, TransportError
+from coalition.api.grpc.kit import ApiKeyAuthorizer
+from coalition.api.grpc.ledger import LEDGER_SERVICE
+from coalition.api.grpc.points import POINTS_SERVICE, PointsServicer
+from coalition.api.grpc.server import serve_grpc
 from coalition.errors import (
     CoalitionError,
     FailedPrecondition,
@@ -376,11 +374,13 @@ def test_a_bug_becomes_internal_with_the_traceback_logged_not_sent(
     """Fault injection: a servicer whose call hits a non-Coalition exception."""
 
     class Broken(PointsServicer):
-        def _allow(self, context: Any, action: Any, member_id: str | None = None) -> Any:
+        def allow(self, context: Any, action: Any, member_id: str | None = None) -> Any:
             raise KeyError("secret detail")
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    points_pb2_grpc.add_PointsServicer_to_server(Broken(node, authenticator), server)
+    points_pb2_grpc.add_PointsServicer_to_server(
+        Broken(node, ApiKeyAuthorizer(authenticator)), server
+    )
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:

@@ -19,7 +19,7 @@ import grpc
 import pytest
 from sqlalchemy import Engine, func, select
 
-from coalition.api.partner_grpc import serve_partner_grpc
+from coalition.api.grpc.partner import GrpcTransport, serve_partner_grpc
 from coalition.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -35,7 +35,6 @@ from coalition.ledger.keys import SigningKey, VerifyKey
 from coalition.node.manifest import Manifest
 from coalition.node.partners import (
     SEEN_WINDOW,
-    GrpcTransport,
     InMemoryNetwork,
     PartnerClient,
     PartnerInbox,
@@ -102,10 +101,8 @@ class Coalition:
         transport: PartnerTransport | None = None,
     ) -> PartnerClient:
         node = self.nodes[program]
-        if transport is not None:
-            client = PartnerClient(program, self.manifest, node.key, transport=transport)
-        else:
-            client = PartnerClient(program, self.manifest, node.key, tls or node.tls)
+        transport = transport or GrpcTransport(self.manifest, tls or node.tls)
+        client = PartnerClient(program, self.manifest, node.key, transport)
         self.closing.append(client)
         return client
 
@@ -426,12 +423,9 @@ def test_partners_read_the_ledger_over_mutual_tls(coalition: Coalition, tmp_path
         server, port = serve_partner_grpc(node.inbox, node.tls, "127.0.0.1", 0, service=service)
         try:
             manifest = coalition.manifest.with_partner_grpc({"skyair": f"127.0.0.1:{port}"})
-            client = PartnerClient(
-                "staybright",
-                manifest,
-                coalition.nodes["staybright"].key,
-                coalition.nodes["staybright"].tls,
-            )
+            staybright = coalition.nodes["staybright"]
+            transport = GrpcTransport(manifest, staybright.tls)
+            client = PartnerClient("staybright", manifest, staybright.key, transport)
             coalition.closing.append(client)
             stub = ledger_pb2_grpc.LedgerStub(client.channel("skyair"))
             key = stub.GetPublicKey(ledger_pb2.GetPublicKeyRequest(), timeout=5)
@@ -508,7 +502,7 @@ def test_a_server_with_another_partners_certificate_is_not_trusted(coalition: Co
         {"skyair": coalition.manifest.partner("staybright").partner_grpc}
     )
     node = coalition.nodes["beanhouse"]
-    client = PartnerClient("beanhouse", wrong, node.key, node.tls)
+    client = PartnerClient("beanhouse", wrong, node.key, GrpcTransport(wrong, node.tls))
     coalition.closing.append(client)
     with pytest.raises(PartnerUnavailable, match="skyair is unavailable"):
         client.call("skyair", "echo", {}, timeout=3)
@@ -517,12 +511,11 @@ def test_a_server_with_another_partners_certificate_is_not_trusted(coalition: Co
 
 def test_the_client_takes_the_contracts_argument_order_too(coalition: Coalition) -> None:
     node = coalition.nodes["beanhouse"]
-    client = PartnerClient(coalition.manifest, "beanhouse", node.key, node.tls)  # type: ignore[arg-type]
+    transport = GrpcTransport(coalition.manifest, node.tls)
+    client = PartnerClient(coalition.manifest, "beanhouse", node.key, transport)  # type: ignore[arg-type]
     coalition.closing.append(client)
     assert client.program == "beanhouse"
     assert client.call("skyair", "echo", {})[1]["sender"] == "beanhouse"
-    with pytest.raises(InvalidArgument, match="TLS files or a transport"):
-        PartnerClient("beanhouse", coalition.manifest, node.key)
     with pytest.raises(InvalidArgument, match="a node does not send partner messages to itself"):
         client.call("beanhouse", "echo", {})
     with pytest.raises(NotFound):

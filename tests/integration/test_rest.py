@@ -13,7 +13,9 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from coalition.api.rest import MAX_BULK_ROWS, create_app, serve_http
+from coalition.api.http.app import create_app
+from coalition.api.http.points import MAX_BULK_ROWS
+from coalition.api.http.server import serve_http
 from coalition.errors import VerificationError
 from coalition.ledger.blocks import SignedHeader
 from coalition.ledger.canonical import canonical_json

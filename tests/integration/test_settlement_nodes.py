@@ -21,13 +21,11 @@ import grpc
 import pytest
 from fastapi.testclient import TestClient
 
-from coalition.api.rest import create_app
-from coalition.api.settlement_api import (
-    add_redemptions_servicer,
-    add_settlement_servicer,
-    redemptions_router,
-    settlement_router,
-)
+from coalition.api.grpc.redemptions import add_redemptions_servicer
+from coalition.api.grpc.settlement import add_settlement_servicer
+from coalition.api.http.app import create_app
+from coalition.api.http.redemptions import redemptions_router
+from coalition.api.http.settlement import settlement_router
 from coalition.errors import FailedPrecondition, InvalidArgument
 from coalition.ledger.canonical import parse_json
 from coalition.ledger.entries import format_time

@@ -15,10 +15,11 @@ import grpc
 import pytest
 from fastapi.testclient import TestClient
 
-from coalition.api.grpc_server import serve_grpc
-from coalition.api.partner_grpc import serve_partner_grpc
-from coalition.api.rest import create_app
-from coalition.api.witness_api import add_witness_servicer, witness_router
+from coalition.api.grpc.partner import GrpcTransport, serve_partner_grpc
+from coalition.api.grpc.server import serve_grpc
+from coalition.api.grpc.witness import add_witness_servicer
+from coalition.api.http.app import create_app
+from coalition.api.http.witness import witness_router
 from coalition.errors import FailedPrecondition, InvalidArgument, VerificationError
 from coalition.ledger.blocks import SignedHeader, sign_header
 from coalition.ledger.canonical import JsonValue, canonical_json
@@ -133,7 +134,9 @@ class Coalition:
         """Give ``node`` a partner client and a started witness."""
         assert self.manifest is not None
         tls = TlsFiles.for_program(self.base, node.program)
-        node.client = PartnerClient(node.program, self.manifest, node.key, tls)
+        node.client = PartnerClient(
+            node.program, self.manifest, node.key, GrpcTransport(self.manifest, tls)
+        )
         node.witness = Witness(
             node.service, self.manifest, node.client, key=node.key, backoff=(0.05, 0.5)
         )

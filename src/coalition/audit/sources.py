@@ -153,14 +153,14 @@ def _raw_header(obj: JsonObject, fallback_height: int) -> RawHeader:
 
 
 class GrpcSource:
-    """A live node's Ledger service (``coalition.api.grpc_client.NodeClient``).
+    """A live node's Ledger service (``coalition.api.grpc.client.NodeClient``).
 
     The node sends parsed entries, so the bytes audited are their canonical encoding and
     there are no stored leaf hashes or log indexes to compare with.
     """
 
     def __init__(self, target: str, api_key: str | None, *, timeout: float = 30.0) -> None:
-        from coalition.api.grpc_client import NodeClient
+        from coalition.api.grpc.client import NodeClient
 
         self._client = NodeClient(target, api_key, timeout=timeout)
         self._target, self._api_key, self._timeout = target, api_key, timeout
@@ -188,7 +188,7 @@ class GrpcSource:
         """``coalition.v1.Witness/ListEquivocations`` (None: the node runs no witness)."""
         import grpc
 
-        from coalition.api.grpc_client import TransportError
+        from coalition.api.grpc.client import TransportError
         from coalition.v1 import witness_pb2, witness_pb2_grpc
 
         metadata = (("authorization", f"Bearer {self._api_key}"),) if self._api_key else ()
@@ -222,7 +222,7 @@ class GrpcSource:
         them again."""
         import grpc
 
-        from coalition.api.grpc_client import TransportError
+        from coalition.api.grpc.client import TransportError
         from coalition.v1 import witness_pb2, witness_pb2_grpc
 
         metadata = (("authorization", f"Bearer {self._api_key}"),) if self._api_key else ()

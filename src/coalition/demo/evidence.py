@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from coalition.api.grpc_client import NodeClient
+from coalition.api.grpc.client import NodeClient
 from coalition.demo.nodes import Brand, say
 from coalition.errors import VerificationError
 from coalition.ledger.blocks import SignedHeader

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from coalition.api.errors import http_error_kind
-from coalition.api.grpc_client import NodeClient
+from coalition.api.grpc.client import NodeClient
 from coalition.errors import (
     CoalitionError,
     FailedPrecondition,

@@ -21,7 +21,7 @@ from pathlib import Path
 import grpc
 from sqlalchemy import select
 
-from coalition.api.partner_grpc import serve_partner_grpc
+from coalition.api.grpc.partner import GrpcTransport, serve_partner_grpc
 from coalition.ledger.canonical import JsonObject
 from coalition.ledger.entries import format_time
 from coalition.ledger.keys import SigningKey
@@ -232,7 +232,8 @@ def _open_service(program: str, url: str, key: SigningKey, rules: ProgramRules) 
 
 def _wire(node: PartnerNode, manifest: Manifest, abort_after_s: float) -> None:
     """The node's client and features, registered on its inbox."""
-    node.client = PartnerClient(node.program, manifest, node.key, node.tls)
+    transport = GrpcTransport(manifest, node.tls)
+    node.client = PartnerClient(node.program, manifest, node.key, transport)
     node.agreements = Agreements(node.service, manifest, node.client)
     node.conversions = Conversions(
         node.service, manifest, node.client, node.agreements, abort_after_s=abort_after_s

@@ -4,7 +4,8 @@
 checked (sender in the manifest, TLS peer, signature, ``to``, clock skew, replay) before
 a feature's handler sees it; replies are signed with the node's ledger key.
 ``PartnerClient`` signs, sends over a ``PartnerTransport`` (mutual-TLS gRPC in
-production, ``InMemoryNetwork`` in protocol tests) and checks the signed reply the same way.
+production, ``api.grpc.partner.GrpcTransport``; ``InMemoryNetwork`` in protocol tests)
+and checks the signed reply the same way. This module imports no transport.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from sqlalchemy import Engine, delete, insert
 from sqlalchemy.exc import IntegrityError
@@ -48,8 +49,6 @@ from coalition.store.repository import to_micros
 
 if TYPE_CHECKING:
     import grpc
-
-    from coalition.ops.tls import TlsFiles
 
 log = logging.getLogger("coalition.partners")
 
@@ -225,74 +224,12 @@ class PartnerTransport(Protocol):
     def close(self) -> None: ...
 
 
-def error_from_status(code: grpc.StatusCode, details: str) -> CoalitionError:
-    """The CoalitionError for a partner's gRPC status (the inverse of api.errors)."""
-    from coalition.api.errors import error_kind
+@runtime_checkable
+class ChannelTransport(PartnerTransport, Protocol):
+    """A transport that also opens a gRPC channel to a partner's ledger reads (the
+    witness follows ``Ledger.WatchHeaders`` over it): ``api.grpc.partner.GrpcTransport``."""
 
-    return (error_kind(code) or PartnerUnavailable)(details)
-
-
-class GrpcTransport:
-    """Mutual-TLS gRPC to the partners' ``partner_grpc`` addresses, one channel each."""
-
-    def __init__(self, manifest: Manifest, tls: TlsFiles) -> None:
-        import grpc
-
-        self._manifest = manifest
-        ca, cert, key = tls.read()
-        self._credentials = grpc.ssl_channel_credentials(
-            root_certificates=ca, private_key=key, certificate_chain=cert
-        )
-        self._channels: dict[str, grpc.Channel] = {}
-        self._lock = threading.Lock()
-
-    def channel(self, program: str) -> grpc.Channel:
-        """The cached channel to ``program``'s partner server (its certificate must name it)."""
-        import grpc
-
-        target = self._manifest.partner(program).partner_grpc
-        with self._lock:
-            channel = self._channels.get(program)
-            if channel is None:
-                channel = grpc.secure_channel(
-                    target,
-                    self._credentials,
-                    options=[
-                        ("grpc.ssl_target_name_override", program),
-                        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                        # a partner that restarts is dialled again within a second, not
-                        # after gRPC's default backoff of up to two minutes
-                        ("grpc.initial_reconnect_backoff_ms", 200),
-                        ("grpc.min_reconnect_backoff_ms", 200),
-                        ("grpc.max_reconnect_backoff_ms", 1000),
-                    ],
-                )
-                self._channels[program] = channel
-            return channel
-
-    def send(self, to: str, msg: SignedMessage, timeout: float) -> SignedMessage:
-        import grpc
-
-        from coalition.v1 import partner_pb2, partner_pb2_grpc
-
-        stub = partner_pb2_grpc.PartnerStub(self.channel(to))
-        request = partner_pb2.SignedMessage(envelope=msg.envelope, signature=msg.signature)
-        try:
-            reply = stub.Call(request, timeout=timeout)
-        except grpc.RpcError as exc:
-            code, details = exc.code(), exc.details() or ""
-            error = error_from_status(code, f"{to}: {details}")
-            if isinstance(error, PartnerUnavailable):
-                error = PartnerUnavailable(f"{to} is unavailable ({code.name}): {details}")
-            raise error from None
-        return SignedMessage(bytes(reply.envelope), bytes(reply.signature))
-
-    def close(self) -> None:
-        with self._lock:
-            channels, self._channels = list(self._channels.values()), {}
-        for channel in channels:
-            channel.close()
+    def channel(self, program: str) -> grpc.Channel: ...
 
 
 class InMemoryNetwork:
@@ -344,22 +281,15 @@ class PartnerClient:
         program: str | Manifest,
         manifest: Manifest | str,
         signing_key: SigningKey,
-        tls: TlsFiles | None = None,
+        transport: PartnerTransport,
         *,
-        transport: PartnerTransport | None = None,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
         # docs/coalition.md writes (manifest, own_program, ...): accept that order too.
         own, info = (manifest, program) if isinstance(program, Manifest) else (program, manifest)
         if not isinstance(own, str) or not isinstance(info, Manifest):
-            raise InvalidArgument("PartnerClient takes (program, manifest, signing_key, tls)")
+            raise InvalidArgument("PartnerClient takes (program, manifest, signing_key, transport)")
         info.partner(own)
-        if transport is None:
-            if tls is None:
-                raise InvalidArgument("give a PartnerClient either TLS files or a transport")
-            transport = GrpcTransport(info, tls)
-        elif tls is not None:
-            raise InvalidArgument("give a PartnerClient TLS files or a transport, not both")
         self.program: str = own
         self.manifest: Manifest = info
         self._key = signing_key
@@ -370,7 +300,7 @@ class PartnerClient:
 
     def channel(self, program: str) -> grpc.Channel:
         """The mutual-TLS channel to ``program`` (e.g. for ``Ledger.WatchHeaders``)."""
-        if not isinstance(self.transport, GrpcTransport):
+        if not isinstance(self.transport, ChannelTransport):
             raise FailedPrecondition("this partner client has no gRPC channels")
         return self.transport.channel(program)
 

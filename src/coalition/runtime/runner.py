@@ -17,19 +17,16 @@ import signal
 import threading
 from collections.abc import Callable
 from types import FrameType
-from typing import TYPE_CHECKING
 
-from coalition.api.grpc_server import serve_grpc
-from coalition.api.rest import create_app, serve_http
+from coalition.api.grpc.server import serve_grpc
+from coalition.api.http.app import create_app
+from coalition.api.http.server import serve_http
 from coalition.node.auth import Authenticator
 from coalition.node.config import NodeConfig, load_api_keys, split_address
 from coalition.node.manifest import Manifest
 from coalition.node.service import NodeService
 from coalition.ops.keyfiles import read_signing_key
-from coalition.runtime.wiring import open_node
-
-if TYPE_CHECKING:
-    from coalition.runtime.wiring import CoalitionNode
+from coalition.runtime.wiring import CoalitionNode, open_node
 
 log = logging.getLogger("coalition.node")
 
@@ -95,8 +92,6 @@ def run_node(config: NodeConfig, stop: threading.Event | None = None) -> None:
     coalition: CoalitionNode | None = None
     try:
         if config.coalition is not None:
-            from coalition.runtime.wiring import CoalitionNode
-
             coalition = CoalitionNode(config, service, read_signing_key(config), manifest=manifest)
         service.start()
         if coalition is not None:

@@ -21,15 +21,18 @@ from typing import Protocol
 import grpc
 from fastapi import APIRouter
 
-from coalition.api.conversions_api import add_conversions_servicer, conversions_router
-from coalition.api.partner_grpc import serve_partner_grpc
-from coalition.api.settlement_api import (
-    add_redemptions_servicer,
-    add_settlement_servicer,
-    redemptions_router,
-    settlement_router,
-)
-from coalition.api.witness_api import add_witness_servicer, witness_router
+from coalition.api.grpc.agreements import add_agreements_servicer
+from coalition.api.grpc.conversions import add_conversions_servicer
+from coalition.api.grpc.partner import GrpcTransport, serve_partner_grpc
+from coalition.api.grpc.redemptions import add_redemptions_servicer
+from coalition.api.grpc.server import AddServicer
+from coalition.api.grpc.settlement import add_settlement_servicer
+from coalition.api.grpc.witness import add_witness_servicer
+from coalition.api.http.agreements import agreements_router
+from coalition.api.http.conversions import conversions_router
+from coalition.api.http.redemptions import redemptions_router
+from coalition.api.http.settlement import settlement_router
+from coalition.api.http.witness import witness_router
 from coalition.errors import FailedPrecondition, InvalidArgument, NotFound
 from coalition.ledger.keys import SigningKey
 from coalition.node.auth import Authenticator
@@ -77,10 +80,6 @@ class Feature(Protocol):
     def start(self) -> None: ...
 
     def stop(self) -> None: ...
-
-
-AddServicer = Callable[[grpc.Server], None]
-"""Adds one feature's gRPC servicer to the member/operator server."""
 
 
 def tls_files(coalition: CoalitionConfig, manifest: Manifest, program: str) -> TlsFiles:
@@ -140,7 +139,10 @@ class CoalitionNode:
         self.tls = tls_files(self.settings, self.manifest, self.program)
         self.tls.read()  # fail at start, with the file's name, rather than at the first call
         self._key = signing_key
-        self.client = PartnerClient(self.program, self.manifest, signing_key, self.tls, clock=clock)
+        transport = GrpcTransport(self.manifest, self.tls)
+        self.client = PartnerClient(
+            self.program, self.manifest, signing_key, transport, clock=clock
+        )
         self.inbox = PartnerInbox(self.program, self.manifest, service.engine, signing_key, clock)
         self.features: list[Feature] = []
         self._build_features()
@@ -214,9 +216,10 @@ class CoalitionNode:
     # --- the member/operator API ------------------------------------------------------
 
     def routers(self, authenticator: Authenticator) -> Sequence[APIRouter]:
-        """The features' REST routers, for ``api.rest.create_app``."""
+        """The features' HTTP route groups, for ``api.http.app.create_app``."""
         routers = [
             conversions_router(self.conversions, authenticator),
+            agreements_router(self.agreements, authenticator),
             redemptions_router(self.redemptions, authenticator),
             settlement_router(self.settlement, authenticator),
         ]
@@ -225,10 +228,12 @@ class CoalitionNode:
         return routers
 
     def servicers(self, authenticator: Authenticator) -> Sequence[AddServicer]:
-        """The features' gRPC servicers, for ``api.grpc_server.serve_grpc``."""
-        conversions, redemptions, settlement = self.conversions, self.redemptions, self.settlement
+        """The features' gRPC servicers, for ``api.grpc.server.serve_grpc``."""
+        conversions, agreements = self.conversions, self.agreements
+        redemptions, settlement = self.redemptions, self.settlement
         adders: list[AddServicer] = [
             lambda server: add_conversions_servicer(server, conversions, authenticator),
+            lambda server: add_agreements_servicer(server, agreements, authenticator),
             lambda server: add_redemptions_servicer(server, redemptions, authenticator),
             lambda server: add_settlement_servicer(server, settlement, authenticator),
         ]

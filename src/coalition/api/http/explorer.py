@@ -11,21 +11,31 @@ this origin's scripts, styles and fetches). The JSON routes need a ledger-read k
 from __future__ import annotations
 
 from importlib import resources
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from fastapi import APIRouter, Query
 from fastapi.responses import RedirectResponse, Response
 from pydantic import BaseModel
 
-from coalition.api.rest import guard
+from coalition.api.http.deps import guard
 from coalition.errors import NotFound
 from coalition.explorer.flows import FLOW_KINDS, MAX_BUCKET_S, MIN_BUCKET_S, conversion_flows
 from coalition.node.auth import Action, Authenticator
+from coalition.node.manifest import Manifest
 from coalition.node.service import NodeService
 from coalition.store.redemption_tables import bodies_of_kinds
 
-if TYPE_CHECKING:
-    from coalition.runtime.wiring import CoalitionNode
+
+class Membership(Protocol):
+    """What the explorer shows of the coalition a node belongs to: the manifest, and
+    whether this node witnesses its partners (``runtime.wiring.CoalitionNode`` is one)."""
+
+    @property
+    def manifest(self) -> Manifest: ...
+
+    @property
+    def witness(self) -> object | None: ...
+
 
 _MEDIA_TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -79,28 +89,28 @@ class FlowsOut(BaseModel):
     flows: list[dict[str, Any]]
 
 
+def _coalition_out(coalition: Membership) -> CoalitionOut:
+    manifest = coalition.manifest
+    return CoalitionOut(
+        name=manifest.name,
+        witness_quorum=manifest.witness_quorum,
+        partners=[
+            PartnerOut(program=p.program, name=p.name, currency=p.currency)
+            for p in manifest.partners
+        ],
+        witness=coalition.witness is not None,
+    )
+
+
 def explorer_router(
-    service: NodeService, authenticator: Authenticator, coalition: CoalitionNode | None = None
+    service: NodeService, authenticator: Authenticator, coalition: Membership | None = None
 ) -> APIRouter:
     """``/explorer/`` (the page, no key) and ``/v1/explorer/about`` and
     ``/v1/explorer/flows`` (ledger-read keys). ``coalition`` adds the manifest's partners
     to ``about``; without it the page shows this node alone."""
     router = APIRouter(tags=["explorer"])
-    files = _page_files()
+    router.include_router(_page_router())
     read = [guard(authenticator, Action.LEDGER_READ)]
-
-    @router.get("/explorer", include_in_schema=False)
-    def explorer_root() -> RedirectResponse:
-        return RedirectResponse("/explorer/", status_code=308)
-
-    @router.get("/explorer/{name}", include_in_schema=False)
-    @router.get("/explorer/", include_in_schema=False)
-    def page_file(name: str = "index.html") -> Response:
-        body = files.get(name)
-        if body is None:
-            raise NotFound(f"no explorer file {name!r}")
-        media_type = next(t for ext, t in _MEDIA_TYPES.items() if name.endswith(ext))
-        return Response(body, media_type=media_type, headers=_HEADERS)
 
     @router.get(
         "/v1/explorer/about",
@@ -109,23 +119,11 @@ def explorer_router(
     )
     def about() -> AboutOut:
         latest = service.latest_header()
-        joined = None
-        if coalition is not None:
-            manifest = coalition.manifest
-            joined = CoalitionOut(
-                name=manifest.name,
-                witness_quorum=manifest.witness_quorum,
-                partners=[
-                    PartnerOut(program=p.program, name=p.name, currency=p.currency)
-                    for p in manifest.partners
-                ],
-                witness=coalition.witness is not None,
-            )
         return AboutOut(
             program=service.program,
             log_size=0 if latest is None else latest.header.log_size,
             height=None if latest is None else latest.header.height,
-            coalition=joined,
+            coalition=None if coalition is None else _coalition_out(coalition),
         )
 
     @router.get(
@@ -142,5 +140,26 @@ def explorer_router(
         return FlowsOut(
             program=service.program, bucket_s=bucket_s, flows=[f.to_json() for f in found]
         )
+
+    return router
+
+
+def _page_router() -> APIRouter:
+    """The page's static files, from a fixed list read once, outside the OpenAPI schema."""
+    router = APIRouter(include_in_schema=False)
+    files = _page_files()
+
+    @router.get("/explorer")
+    def explorer_root() -> RedirectResponse:
+        return RedirectResponse("/explorer/", status_code=308)
+
+    @router.get("/explorer/{name}")
+    @router.get("/explorer/")
+    def page_file(name: str = "index.html") -> Response:
+        body = files.get(name)
+        if body is None:
+            raise NotFound(f"no explorer file {name!r}")
+        media_type = next(t for ext, t in _MEDIA_TYPES.items() if name.endswith(ext))
+        return Response(body, media_type=media_type, headers=_HEADERS)
 
     return router

@@ -11,7 +11,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
-from coalition.api.rest import guard
+from coalition.api.http.deps import guard
 from coalition.audit.bundle import BundleExport
 from coalition.node.auth import Action, Authenticator
 from coalition.node.service import NodeService
@@ -20,7 +20,7 @@ MEDIA_TYPE = "application/x-ndjson"
 
 
 def bundle_router(service: NodeService, authenticator: Authenticator) -> APIRouter:
-    """The bundle route, for ``api.rest.create_app``."""
+    """The bundle route: a key that may read the ledger."""
     router = APIRouter(tags=["ledger"], dependencies=[guard(authenticator, Action.LEDGER_READ)])
 
     @router.get(

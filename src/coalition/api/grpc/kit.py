@@ -1,0 +1,100 @@
+"""What every servicer of the node shares: how a call is authorized and how an exception
+becomes a status.
+
+Each RPC authorizes its caller first (``Servicer.allow``), calls one node service and
+builds the reply. Core errors are mapped once, by the ``guarded`` decorators, through
+``coalition.api.errors.grpc_status``; anything else is a bug and becomes INTERNAL with
+the traceback in the log, never on the wire.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol, TypeVar
+
+import grpc
+
+from coalition.api.errors import grpc_status
+from coalition.errors import CoalitionError
+from coalition.node.auth import Action, Authenticator, Principal
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fail(context: grpc.ServicerContext, name: str, exc: Exception) -> None:
+    """Abort the call for ``exc`` (always raises)."""
+    if isinstance(exc, CoalitionError):
+        context.abort(grpc_status(exc), str(exc))
+    if not context.is_active():  # the client went away, e.g. mid EarnBulk stream
+        context.abort(grpc.StatusCode.CANCELLED, "call cancelled")
+    log.exception("unexpected error in %s", name)
+    context.abort(grpc.StatusCode.INTERNAL, f"internal error in {name}; see the node log")
+
+
+def guarded(method: F) -> F:
+    """Map a unary-reply RPC's exceptions to a status; every such RPC of the node has it."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except Exception as exc:
+            _fail(context, method.__name__, exc)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def guarded_stream(method: F) -> F:
+    """``guarded`` for a server-streaming RPC (errors may arise between messages)."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        try:
+            yield from method(self, request, context)
+        except Exception as exc:
+            _fail(context, method.__name__, exc)
+
+    return wrapper  # type: ignore[return-value]
+
+
+class CallAuthorizer(Protocol):
+    """Decides who makes a call and whether they may do ``action`` (on ``member_id``):
+    returns the caller, or raises Unauthenticated or PermissionDenied."""
+
+    def __call__(
+        self, context: grpc.ServicerContext, action: Action, member_id: str | None = None
+    ) -> Principal: ...
+
+
+class ApiKeyAuthorizer:
+    """Authorizes by the call's ``authorization`` metadata (``Bearer <key>``), as the
+    HTTP API does by its header: the member/operator server's authorizer."""
+
+    def __init__(self, authenticator: Authenticator) -> None:
+        self._authenticator = authenticator
+
+    def __call__(
+        self, context: grpc.ServicerContext, action: Action, member_id: str | None = None
+    ) -> Principal:
+        metadata = dict(context.invocation_metadata())
+        principal = self._authenticator.authenticate(metadata.get("authorization"))
+        self._authenticator.authorize(principal, action, member_id)
+        return principal
+
+
+class Servicer:
+    """Base of every servicer of the node: it needs only how to authorize its calls;
+    each subclass takes the one feature or service it calls as well."""
+
+    def __init__(self, authorize: CallAuthorizer) -> None:
+        self._authorize = authorize
+
+    def allow(
+        self, context: grpc.ServicerContext, action: Action, member_id: str | None = None
+    ) -> Principal:
+        """The caller, once allowed to do ``action``; MUST be the first step of every RPC."""
+        return self._authorize(context, action, member_id)

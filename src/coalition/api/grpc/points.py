@@ -1,0 +1,187 @@
+# ruff: noqa: N802  (RPC method names are fixed by the .proto: CamelCase)
+"""``coalition.v1.Points``: members' points (enroll, earn, spend, operator corrections,
+the batch jobs, one member's balance, lots and history). Operators write; a member key
+may spend and read its own member's points (``node.auth``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict
+
+import grpc
+
+from coalition.api.grpc.kit import CallAuthorizer, Servicer, guarded
+from coalition.api.grpc.ledger import entry_message
+from coalition.ledger.canonical import canonical_json
+from coalition.node.auth import Action
+from coalition.node.service import NodeService
+from coalition.node.views import PurchaseRow, WriteResult
+from coalition.v1 import points_pb2, points_pb2_grpc
+
+POINTS_SERVICE = points_pb2.DESCRIPTOR.services_by_name["Points"].full_name
+
+
+def _write_reply(result: WriteResult) -> points_pb2.WriteReply:
+    return points_pb2.WriteReply(entry_json=canonical_json(result.entry), replayed=result.replayed)
+
+
+def _rows(messages: Iterable[points_pb2.PurchaseRow]) -> Iterator[PurchaseRow]:
+    """Bulk rows converted one by one as they arrive, so a large stream is never held."""
+    for m in messages:
+        yield PurchaseRow(m.member_id, m.reference, m.spend_minor, m.category, m.idempotency_key)
+
+
+class PointsServicer(Servicer, points_pb2_grpc.PointsServicer):
+    """``coalition.v1.Points`` over a NodeService."""
+
+    def __init__(self, service: NodeService, authorize: CallAuthorizer) -> None:
+        super().__init__(authorize)
+        self._service = service
+
+    @guarded
+    def Enroll(
+        self, request: points_pb2.EnrollRequest, context: grpc.ServicerContext
+    ) -> points_pb2.WriteReply:
+        self.allow(context, Action.OPERATE, request.member_id)
+        key = request.idempotency_key
+        return _write_reply(self._service.enroll(request.member_id, idempotency_key=key))
+
+    @guarded
+    def EarnPurchase(
+        self, request: points_pb2.EarnPurchaseRequest, context: grpc.ServicerContext
+    ) -> points_pb2.WriteReply:
+        self.allow(context, Action.OPERATE, request.member_id)
+        result = self._service.earn_purchase(
+            request.member_id,
+            request.reference,
+            request.spend_minor,
+            request.category,
+            idempotency_key=request.idempotency_key,
+        )
+        return _write_reply(result)
+
+    @guarded
+    def EarnReward(
+        self, request: points_pb2.EarnRewardRequest, context: grpc.ServicerContext
+    ) -> points_pb2.WriteReply:
+        self.allow(context, Action.OPERATE, request.member_id)
+        result = self._service.earn_reward(
+            request.member_id,
+            request.event,
+            request.reference,
+            idempotency_key=request.idempotency_key,
+        )
+        return _write_reply(result)
+
+    @guarded
+    def EarnBulk(
+        self, request_iterator: Iterator[points_pb2.PurchaseRow], context: grpc.ServicerContext
+    ) -> points_pb2.BulkSummary:
+        self.allow(context, Action.OPERATE)
+        result = self._service.earn_bulk(_rows(request_iterator))
+        rejected = [
+            points_pb2.RowError(row=e.row, idempotency_key=e.idempotency_key, message=e.message)
+            for e in result.rejected
+        ]
+        return points_pb2.BulkSummary(
+            accepted=result.accepted, replayed=result.replayed, rejected=rejected
+        )
+
+    @guarded
+    def ReversePurchase(
+        self, request: points_pb2.ReversePurchaseRequest, context: grpc.ServicerContext
+    ) -> points_pb2.WriteReply:
+        self.allow(context, Action.OPERATE, request.member_id)
+        result = self._service.reverse_purchase(
+            request.member_id, request.reference, idempotency_key=request.idempotency_key
+        )
+        return _write_reply(result)
+
+    @guarded
+    def Redeem(
+        self, request: points_pb2.RedeemRequest, context: grpc.ServicerContext
+    ) -> points_pb2.WriteReply:
+        self.allow(context, Action.MEMBER_SPEND, request.member_id)
+        result = self._service.redeem(
+            request.member_id,
+            request.amount,
+            request.reference,
+            idempotency_key=request.idempotency_key,
+        )
+        return _write_reply(result)
+
+    @guarded
+    def Transfer(
+        self, request: points_pb2.TransferRequest, context: grpc.ServicerContext
+    ) -> points_pb2.WriteReply:
+        self.allow(context, Action.MEMBER_SPEND, request.member_id)
+        result = self._service.transfer(
+            request.member_id,
+            request.to_member_id,
+            request.amount,
+            request.note,
+            idempotency_key=request.idempotency_key,
+        )
+        return _write_reply(result)
+
+    @guarded
+    def Adjust(
+        self, request: points_pb2.AdjustRequest, context: grpc.ServicerContext
+    ) -> points_pb2.WriteReply:
+        self.allow(context, Action.OPERATE, request.member_id)
+        result = self._service.adjust(
+            request.member_id,
+            request.amount,
+            request.operator,
+            request.note,
+            idempotency_key=request.idempotency_key,
+        )
+        return _write_reply(result)
+
+    @guarded
+    def Revoke(
+        self, request: points_pb2.RevokeRequest, context: grpc.ServicerContext
+    ) -> points_pb2.WriteReply:
+        self.allow(context, Action.OPERATE, request.member_id)
+        result = self._service.revoke(
+            request.member_id,
+            request.earn_entry_id,
+            request.operator,
+            request.note,
+            idempotency_key=request.idempotency_key,
+        )
+        return _write_reply(result)
+
+    @guarded
+    def RunExpiry(
+        self, request: points_pb2.RunExpiryRequest, context: grpc.ServicerContext
+    ) -> points_pb2.ExpirySummary:
+        self.allow(context, Action.OPERATE)
+        result = self._service.run_expiry()
+        return points_pb2.ExpirySummary(entries=result.entries, points=result.points)
+
+    @guarded
+    def GetBalance(
+        self, request: points_pb2.GetBalanceRequest, context: grpc.ServicerContext
+    ) -> points_pb2.Balance:
+        self.allow(context, Action.MEMBER_READ, request.member_id)
+        return points_pb2.Balance(**asdict(self._service.balance(request.member_id)))
+
+    @guarded
+    def ListLots(
+        self, request: points_pb2.ListLotsRequest, context: grpc.ServicerContext
+    ) -> points_pb2.LotList:
+        self.allow(context, Action.MEMBER_READ, request.member_id)
+        lots = [points_pb2.Lot(**asdict(lot)) for lot in self._service.lots(request.member_id)]
+        return points_pb2.LotList(lots=lots)
+
+    @guarded
+    def GetHistory(
+        self, request: points_pb2.GetHistoryRequest, context: grpc.ServicerContext
+    ) -> points_pb2.History:
+        self.allow(context, Action.MEMBER_READ, request.member_id)
+        if request.limit:
+            views = self._service.history(request.member_id, request.limit)
+        else:
+            views = self._service.history(request.member_id)
+        return points_pb2.History(entries=[entry_message(v) for v in views])

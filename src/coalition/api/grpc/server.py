@@ -1,0 +1,54 @@
+"""``serve_grpc``: the member/operator gRPC server (plaintext, API keys): Points, Ledger
+and Health, plus the coalition features' servicers the wiring passes in."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent import futures
+
+import grpc
+
+from coalition.api.grpc.health import add_health
+from coalition.api.grpc.kit import ApiKeyAuthorizer
+from coalition.api.grpc.ledger import LEDGER_SERVICE, LedgerServicer
+from coalition.api.grpc.points import POINTS_SERVICE, PointsServicer
+from coalition.node.auth import Authenticator
+from coalition.node.service import NodeService
+from coalition.v1 import ledger_pb2_grpc, points_pb2_grpc
+
+AddServicer = Callable[[grpc.Server], None]
+"""Adds one feature's servicer to the member/operator server."""
+
+
+def add_servicers(server: grpc.Server, service: NodeService, authenticator: Authenticator) -> None:
+    """Register Points, Ledger and the standard health service (all SERVING) on ``server``."""
+    authorize = ApiKeyAuthorizer(authenticator)
+    points_pb2_grpc.add_PointsServicer_to_server(PointsServicer(service, authorize), server)
+    ledger_pb2_grpc.add_LedgerServicer_to_server(LedgerServicer(service, authorize), server)
+    add_health(server, (POINTS_SERVICE, LEDGER_SERVICE))
+
+
+def serve_grpc(
+    service: NodeService,
+    authenticator: Authenticator,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    max_workers: int = 16,
+    extra: Sequence[AddServicer] = (),
+) -> tuple[grpc.Server, int]:
+    """Start a plaintext gRPC server and return it with its bound port (``port=0``: any
+    free one). The caller MUST ``server.stop(grace)`` it; each open WatchHeaders stream
+    holds a worker, so size ``max_workers`` for the expected watchers. ``extra`` adds
+    the coalition features' servicers."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers),
+        options=[("grpc.so_reuseport", 0)],  # a port in use is an error, never a shared port
+    )
+    add_servicers(server, service, authenticator)
+    for add in extra:
+        add(server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot bind gRPC to {host}:{port}")
+    server.start()
+    return server, bound

@@ -1,0 +1,119 @@
+"""Member conversions over HTTP: convert, quote, and one conversion's status.
+
+Converting is ``member-spend`` on the path's member; reading a conversion or a quote is
+``member-read``. A conversion answers at once with its pending state; it completes or is
+refunded when the partner answers (``node.features.conversions``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
+from pydantic import BaseModel, Field
+
+from coalition.api.http.deps import (
+    ERROR_RESPONSES,
+    IdempotencyHeader,
+    MemberId,
+    Points,
+    QueryInt,
+    WriteBody,
+    guard,
+    idempotency_key,
+)
+from coalition.node.auth import Action, Authenticator
+from coalition.node.features.conversions import Conversions, ConversionView
+
+
+class ConversionIn(WriteBody):
+    to_program: str
+    to_member_id: str = Field(description="The member's id in the target program.")
+    amount: Points
+
+
+class ConversionOut(BaseModel):
+    id: str
+    member_id: str
+    to_program: str
+    to_member_id: str
+    agreement_id: str
+    agreement_version: int
+    amount: int
+    fee: int
+    net: int
+    credit: int
+    value_minor: int
+    currency: str
+    status: str = Field(description="pending, completed or refunded")
+    reason: str | None
+    created_at: str
+    out_entry: str
+    final_entry: str | None
+
+
+class QuoteOut(BaseModel):
+    to_program: str
+    agreement_id: str
+    agreement_version: int
+    amount: int
+    fee: int
+    net: int
+    credit: int
+    value_minor: int
+    currency: str
+    rate: tuple[int, int]
+    daily_cap_points: int
+    converted_today: int
+
+
+def _conversion_out(view: ConversionView) -> ConversionOut:
+    return ConversionOut(**asdict(view))
+
+
+def conversions_router(conversions: Conversions, authenticator: Authenticator) -> APIRouter:
+    """``/v1/members/{member_id}/conversions``: convert, quote, status."""
+    router = APIRouter(tags=["conversions"], responses=ERROR_RESPONSES)
+    spend = [guard(authenticator, Action.MEMBER_SPEND)]
+    read = [guard(authenticator, Action.MEMBER_READ)]
+
+    @router.post(
+        "/v1/members/{member_id}/conversions",
+        summary="Convert points into a partner program's points",
+        dependencies=spend,
+        status_code=201,
+    )
+    def convert(
+        member_id: MemberId,
+        body: ConversionIn,
+        key: IdempotencyHeader = None,
+    ) -> ConversionOut:
+        view = conversions.convert(
+            member_id,
+            body.to_program,
+            body.to_member_id,
+            body.amount,
+            idempotency_key=idempotency_key(body, key),
+        )
+        return _conversion_out(view)
+
+    @router.get(
+        "/v1/members/{member_id}/conversions/quote",
+        summary="What a conversion would give now (nothing is written)",
+        dependencies=read,
+    )
+    def quote(
+        member_id: MemberId, to_program: Annotated[str, Query()], amount: QueryInt
+    ) -> QuoteOut:
+        return QuoteOut(**asdict(conversions.quote(member_id, to_program, amount)))
+
+    @router.get(
+        "/v1/members/{member_id}/conversions/{conversion_id}",
+        summary="One conversion: pending, completed or refunded",
+        dependencies=read,
+    )
+    def status(member_id: MemberId, conversion_id: Annotated[str, Path()]) -> ConversionOut:
+        return _conversion_out(conversions.status(member_id, conversion_id))
+
+    return router

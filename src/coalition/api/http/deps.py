@@ -1,0 +1,90 @@
+"""What every HTTP route module shares: the auth guard, idempotency keys, the error body
+and the request/response bases.
+
+Request integers are strict JSON integers (never floats or strings) bounded to the
+I-JSON safe range (RFC 7493 §2.2); the services make the real range checks. Signed
+objects (entries, headers, proof documents) are passed through untouched, so a client
+that re-canonicalizes them (RFC 8785) gets the bytes that were signed.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from fastapi import Depends, Header, Path, Query, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
+
+from coalition.errors import CoalitionError, InvalidArgument
+from coalition.ledger.canonical import MAX_SAFE_INTEGER
+from coalition.node.auth import Action, Authenticator, Principal
+
+Points = Annotated[StrictInt, Field(ge=-MAX_SAFE_INTEGER, le=MAX_SAFE_INTEGER)]
+Signed = dict[str, Any]
+"""A signed JSON object (entry, header, proof document), passed through untouched."""
+IdempotencyHeader = Annotated[str | None, Header(alias="Idempotency-Key")]
+QueryInt = Annotated[int, Query(ge=-MAX_SAFE_INTEGER, le=MAX_SAFE_INTEGER)]
+"""A query integer within the I-JSON range; the service checks its real range."""
+PathInt = Annotated[int, Path(ge=-MAX_SAFE_INTEGER, le=MAX_SAFE_INTEGER)]
+MemberId = Annotated[str, Path(description="The member's id in this program.")]
+
+
+class RequestBody(BaseModel):
+    """Base of every request body: an unknown field is refused, never ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class WriteBody(RequestBody):
+    """Base of a request that writes: it carries an idempotency key (or its header does)."""
+
+    idempotency_key: str | None = Field(
+        None, description="Or send the `Idempotency-Key` header (1-128 of A-Za-z0-9._:/#-)."
+    )
+
+
+class ErrorOut(BaseModel):
+    error: str
+    message: str
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorOut} for status in (400, 401, 403, 404, 409)
+}
+"""The refusals a route documents in OpenAPI; every one has the ``ErrorOut`` body."""
+
+
+def error_body(error: CoalitionError) -> dict[str, str]:
+    """The JSON body of a refusal: ``InsufficientPoints("...")`` ->
+    ``{"error": "insufficient_points", "message": "..."}``."""
+    kind = re.sub(r"(?<!^)(?=[A-Z])", "_", type(error).__name__).lower()
+    return {"error": kind, "message": str(error)}
+
+
+def idempotency_key(body: WriteBody, header: str | None) -> str:
+    """The key from the body or the ``Idempotency-Key`` header; both must agree if both given."""
+    if body.idempotency_key is not None and header is not None and body.idempotency_key != header:
+        raise InvalidArgument("the Idempotency-Key header and the body's idempotency_key differ")
+    key = body.idempotency_key if body.idempotency_key is not None else header
+    if key is None:
+        raise InvalidArgument("missing idempotency key: send idempotency_key or Idempotency-Key")
+    return key
+
+
+_bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
+BearerDoc = Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]
+"""Declares the scheme in OpenAPI; the raw header goes to ``Authenticator`` unchanged."""
+
+
+def guard(authenticator: Authenticator, action: Action) -> Any:
+    """A route dependency: authenticate the caller and authorize ``action`` (on the path's
+    member, when the route has one). Every HTTP route but the health check and the
+    explorer's static files uses this one."""
+
+    def dependency(request: Request, _: BearerDoc) -> Principal:
+        principal = authenticator.authenticate(request.headers.get("authorization"))
+        authenticator.authorize(principal, action, request.path_params.get("member_id"))
+        return principal
+
+    return Depends(dependency)

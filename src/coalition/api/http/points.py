@@ -1,0 +1,343 @@
+"""Members' points over HTTP: enrollment, earning, spending, operator corrections, the
+batch jobs, and one member's balance, lots and history.
+
+Writes answer 201 with the signed entry, or 200 with the earlier entry when the
+idempotency key was used before (``replayed``). Operators write; a member key may spend
+and read its own member's points (``node.auth``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Response
+from pydantic import BaseModel, Field
+
+from coalition.api.http.deps import (
+    ERROR_RESPONSES,
+    IdempotencyHeader,
+    MemberId,
+    Points,
+    QueryInt,
+    RequestBody,
+    Signed,
+    WriteBody,
+    guard,
+    idempotency_key,
+)
+from coalition.api.http.ledger import EntryOut, entry_out
+from coalition.node.auth import Action, Authenticator
+from coalition.node.service import NodeService
+from coalition.node.views import BulkResult, PurchaseRow, WriteResult
+
+MAX_BULK_ROWS = 10_000
+"""Most purchase rows one ``POST /v1/earn/bulk`` request may carry."""
+
+# ------------------------------------------------------------------------------ requests
+
+
+class EnrollIn(WriteBody):
+    member_id: str
+
+
+class PurchaseIn(WriteBody):
+    reference: str
+    spend_minor: Points = Field(description="Amount spent, in minor units of the currency.")
+    category: str = ""
+
+
+class RewardIn(WriteBody):
+    event: str
+    reference: str
+
+
+class ReversalIn(WriteBody):
+    reference: str = Field(description="Reference of the purchase being refunded.")
+
+
+class RedemptionIn(WriteBody):
+    amount: Points
+    reference: str
+
+
+class TransferIn(WriteBody):
+    to_member_id: str
+    amount: Points
+    note: str
+
+
+class AdjustmentIn(WriteBody):
+    amount: Points = Field(description="Positive credits, negative debits.")
+    operator: str
+    note: str
+
+
+class RevocationIn(WriteBody):
+    earn_entry_id: str
+    operator: str
+    note: str
+
+
+class BulkRowIn(RequestBody):
+    member_id: str
+    reference: str
+    spend_minor: Points
+    category: str = ""
+    idempotency_key: str
+
+
+BulkIn = Annotated[list[BulkRowIn], Field(max_length=MAX_BULK_ROWS)]
+
+# ----------------------------------------------------------------------------- responses
+
+
+class WriteOut(BaseModel):
+    entry: Signed
+    replayed: bool
+
+
+class RowErrorOut(BaseModel):
+    row: int
+    idempotency_key: str
+    message: str
+
+
+class BulkOut(BaseModel):
+    accepted: int
+    replayed: int
+    rejected: list[RowErrorOut]
+
+
+class ExpiryOut(BaseModel):
+    entries: int
+    points: int
+
+
+class BalanceOut(BaseModel):
+    member_id: str
+    account: str
+    spendable: int
+    pending: int
+    held: int
+    tier: str
+    qualifying: int
+
+
+class LotOut(BaseModel):
+    id: str
+    amount: int
+    remaining: int
+    qualifying: int
+    earned_at: str
+    available_at: str
+    expires_at: str
+    ref: str | None
+    reversed: bool
+
+
+_WRITE: dict[str, Any] = {
+    "status_code": 201,
+    "response_model": WriteOut,
+    "responses": {200: {"description": "Replay of an earlier request", "model": WriteOut}}
+    | ERROR_RESPONSES,
+}
+
+
+def _written(result: WriteResult, response: Response) -> WriteOut:
+    response.status_code = 200 if result.replayed else 201
+    return WriteOut(entry=result.entry, replayed=result.replayed)
+
+
+# ------------------------------------------------------------------------------- routers
+
+
+def points_router(service: NodeService, authenticator: Authenticator) -> APIRouter:
+    """Every member route and the operator's batch jobs: the writes (earning, spending,
+    the operator's corrections), the jobs, then the reads."""
+    router = APIRouter()
+    router.include_router(_earning(service, authenticator))
+    router.include_router(_spending(service, authenticator))
+    router.include_router(_operator_corrections(service, authenticator))
+    router.include_router(_batch_jobs(service, authenticator))
+    router.include_router(_member_reads(service, authenticator))
+    return router
+
+
+def _earning(service: NodeService, authenticator: Authenticator) -> APIRouter:
+    router = APIRouter(tags=["members"], dependencies=[guard(authenticator, Action.OPERATE)])
+
+    @router.post("/v1/members", summary="Enroll a member", **_WRITE)
+    def enroll(body: EnrollIn, response: Response, key: IdempotencyHeader = None) -> WriteOut:
+        result = service.enroll(body.member_id, idempotency_key=idempotency_key(body, key))
+        return _written(result, response)
+
+    @router.post(
+        "/v1/members/{member_id}/earn",
+        summary="Earn points for a purchase",
+        **_WRITE,
+    )
+    def earn(
+        member_id: MemberId, body: PurchaseIn, response: Response, key: IdempotencyHeader = None
+    ) -> WriteOut:
+        result = service.earn_purchase(
+            member_id,
+            body.reference,
+            body.spend_minor,
+            body.category,
+            idempotency_key=idempotency_key(body, key),
+        )
+        return _written(result, response)
+
+    @router.post(
+        "/v1/members/{member_id}/rewards",
+        summary="Earn fixed points for an event",
+        **_WRITE,
+    )
+    def reward(
+        member_id: MemberId, body: RewardIn, response: Response, key: IdempotencyHeader = None
+    ) -> WriteOut:
+        result = service.earn_reward(
+            member_id, body.event, body.reference, idempotency_key=idempotency_key(body, key)
+        )
+        return _written(result, response)
+
+    @router.post(
+        "/v1/members/{member_id}/reversals",
+        summary="Reverse the points of a refunded purchase",
+        **_WRITE,
+    )
+    def reverse(
+        member_id: MemberId, body: ReversalIn, response: Response, key: IdempotencyHeader = None
+    ) -> WriteOut:
+        result = service.reverse_purchase(
+            member_id, body.reference, idempotency_key=idempotency_key(body, key)
+        )
+        return _written(result, response)
+
+    return router
+
+
+def _spending(service: NodeService, authenticator: Authenticator) -> APIRouter:
+    router = APIRouter(tags=["members"], dependencies=[guard(authenticator, Action.MEMBER_SPEND)])
+
+    @router.post(
+        "/v1/members/{member_id}/redemptions",
+        summary="Redeem spendable points",
+        **_WRITE,
+    )
+    def redeem(
+        member_id: MemberId, body: RedemptionIn, response: Response, key: IdempotencyHeader = None
+    ) -> WriteOut:
+        result = service.redeem(
+            member_id, body.amount, body.reference, idempotency_key=idempotency_key(body, key)
+        )
+        return _written(result, response)
+
+    @router.post(
+        "/v1/members/{member_id}/transfers",
+        summary="Transfer points to another member",
+        **_WRITE,
+    )
+    def transfer(
+        member_id: MemberId, body: TransferIn, response: Response, key: IdempotencyHeader = None
+    ) -> WriteOut:
+        result = service.transfer(
+            member_id,
+            body.to_member_id,
+            body.amount,
+            body.note,
+            idempotency_key=idempotency_key(body, key),
+        )
+        return _written(result, response)
+
+    return router
+
+
+def _operator_corrections(service: NodeService, authenticator: Authenticator) -> APIRouter:
+    router = APIRouter(tags=["members"], dependencies=[guard(authenticator, Action.OPERATE)])
+
+    @router.post(
+        "/v1/members/{member_id}/adjustments",
+        summary="Credit or debit points by hand (operator)",
+        **_WRITE,
+    )
+    def adjust(
+        member_id: MemberId, body: AdjustmentIn, response: Response, key: IdempotencyHeader = None
+    ) -> WriteOut:
+        result = service.adjust(
+            member_id,
+            body.amount,
+            body.operator,
+            body.note,
+            idempotency_key=idempotency_key(body, key),
+        )
+        return _written(result, response)
+
+    @router.post(
+        "/v1/members/{member_id}/revocations",
+        summary="Revoke the points of one earn entry (operator)",
+        **_WRITE,
+    )
+    def revoke(
+        member_id: MemberId, body: RevocationIn, response: Response, key: IdempotencyHeader = None
+    ) -> WriteOut:
+        result = service.revoke(
+            member_id,
+            body.earn_entry_id,
+            body.operator,
+            body.note,
+            idempotency_key=idempotency_key(body, key),
+        )
+        return _written(result, response)
+
+    return router
+
+
+def _batch_jobs(service: NodeService, authenticator: Authenticator) -> APIRouter:
+    router = APIRouter(
+        tags=["operations"],
+        dependencies=[guard(authenticator, Action.OPERATE)],
+        responses=ERROR_RESPONSES,
+    )
+
+    @router.post("/v1/earn/bulk", summary=f"Earn points for up to {MAX_BULK_ROWS} purchases")
+    def earn_bulk(rows: BulkIn) -> BulkOut:
+        result: BulkResult = service.earn_bulk(
+            PurchaseRow(r.member_id, r.reference, r.spend_minor, r.category, r.idempotency_key)
+            for r in rows
+        )
+        rejected = [
+            RowErrorOut(row=e.row, idempotency_key=e.idempotency_key, message=e.message)
+            for e in result.rejected
+        ]
+        return BulkOut(accepted=result.accepted, replayed=result.replayed, rejected=rejected)
+
+    @router.post("/v1/jobs/expiry", summary="Expire every lot whose time has come")
+    def run_expiry() -> ExpiryOut:
+        result = service.run_expiry()
+        return ExpiryOut(entries=result.entries, points=result.points)
+
+    return router
+
+
+def _member_reads(service: NodeService, authenticator: Authenticator) -> APIRouter:
+    router = APIRouter(
+        tags=["members"],
+        dependencies=[guard(authenticator, Action.MEMBER_READ)],
+        responses=ERROR_RESPONSES,
+    )
+
+    @router.get("/v1/members/{member_id}/balance", summary="A member's balance and tier")
+    def balance(member_id: MemberId) -> BalanceOut:
+        return BalanceOut(**asdict(service.balance(member_id)))
+
+    @router.get("/v1/members/{member_id}/lots", summary="A member's lots of points")
+    def lots(member_id: MemberId) -> list[LotOut]:
+        return [LotOut(**asdict(lot)) for lot in service.lots(member_id)]
+
+    @router.get("/v1/members/{member_id}/history", summary="A member's entries, newest first")
+    def history(member_id: MemberId, limit: QueryInt = 100) -> list[EntryOut]:
+        return [entry_out(view) for view in service.history(member_id, limit)]
+
+    return router

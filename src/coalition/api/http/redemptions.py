@@ -1,0 +1,114 @@
+"""Cross-brand redemptions over HTTP, for operators: a member of a partner spends that
+partner's points here. Start (the partner holds the points), capture (it debits them and
+owes their value) or void (it gives them back), read one, and the hold expiry job.
+Signed receipts pass through untouched."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Annotated
+
+from fastapi import APIRouter, Path
+from pydantic import BaseModel, Field
+
+from coalition.api.http.deps import (
+    IdempotencyHeader,
+    Points,
+    Signed,
+    WriteBody,
+    guard,
+    idempotency_key,
+)
+from coalition.node.auth import Action, Authenticator
+from coalition.node.features.redemptions import Redemptions, RedemptionView
+
+HoldId = Annotated[str, Path(description="The hold id (32 hex digits) of the redemption.")]
+
+
+class PartnerRedemptionIn(WriteBody):
+    program: str = Field(description="The partner whose points the member spends.")
+    member_id: str = Field(description="The member's id at that partner.")
+    amount: Points
+    reference: str
+    expires_in_s: Points = Field(3600, description="How long the hold lasts (1 s - 30 days).")
+
+
+class PartnerRedemptionOut(BaseModel):
+    hold_id: str
+    program: str
+    member_id: str
+    amount: int
+    reference: str
+    status: str
+    created_at: str
+    expires_at: str | None
+    agreement_id: str | None
+    agreement_version: int | None
+    value_minor: int | None
+    currency: str | None
+    receipt_entry: str | None
+    reason: str | None
+    authorization: Signed | None
+    capture: Signed | None
+    release: Signed | None
+
+
+class ReleasedOut(BaseModel):
+    released: int
+
+
+def _redemption_out(view: RedemptionView) -> PartnerRedemptionOut:
+    return PartnerRedemptionOut(**asdict(view))
+
+
+def redemptions_router(redemptions: Redemptions, authenticator: Authenticator) -> APIRouter:
+    """``/v1/partner-redemptions`` (start, capture, void, read) and the hold expiry job;
+    operators only."""
+    router = APIRouter(
+        tags=["partner redemptions"],
+        dependencies=[guard(authenticator, Action.OPERATE)],
+    )
+
+    @router.post(
+        "/v1/partner-redemptions",
+        status_code=201,
+        summary="Ask a partner to hold its member's points for a redemption here",
+    )
+    def authorize(body: PartnerRedemptionIn, key: IdempotencyHeader = None) -> PartnerRedemptionOut:
+        view = redemptions.authorize(
+            body.program,
+            body.member_id,
+            body.amount,
+            body.reference,
+            body.expires_in_s,
+            idempotency_key=idempotency_key(body, key),
+        )
+        return _redemption_out(view)
+
+    @router.post(
+        "/v1/partner-redemptions/{hold_id}/capture",
+        summary="Capture: the partner debits the held points and owes their value",
+    )
+    def capture(hold_id: HoldId) -> PartnerRedemptionOut:
+        return _redemption_out(redemptions.capture(hold_id))
+
+    @router.post(
+        "/v1/partner-redemptions/{hold_id}/void",
+        summary="Void: the partner gives the held points back",
+    )
+    def void(hold_id: HoldId) -> PartnerRedemptionOut:
+        return _redemption_out(redemptions.void(hold_id))
+
+    @router.get("/v1/partner-redemptions/{hold_id}", summary="One partner redemption")
+    def get(hold_id: HoldId) -> PartnerRedemptionOut:
+        return _redemption_out(redemptions.get(hold_id))
+
+    @router.post(
+        "/v1/jobs/hold-expiry",
+        tags=["operations"],
+        summary="Release the holds made for partners whose time has come",
+    )
+    def release_expired() -> ReleasedOut:
+        return ReleasedOut(released=redemptions.release_expired())
+
+    return router

@@ -1,0 +1,38 @@
+"""``serve_http``: an ASGI app under uvicorn in a thread of this process (the runner, the
+tests and the browser site serve the node's app this way)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import uvicorn
+from fastapi import FastAPI
+
+
+def serve_http(
+    app: FastAPI, host: str = "127.0.0.1", port: int = 0
+) -> tuple[uvicorn.Server, threading.Thread, int]:
+    """Run ``app`` under uvicorn in a daemon thread and return once it accepts connections.
+
+    ``port=0`` binds a free port; the bound port is returned. Stop with
+    ``server.should_exit = True`` then ``thread.join()``.
+    """
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    bound = int(sock.getsockname()[1])
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name=f"http:{bound}", daemon=True
+    )
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            sock.close()
+            raise RuntimeError(f"the HTTP server on {host}:{bound} did not start")
+        time.sleep(0.01)
+    return server, thread, bound

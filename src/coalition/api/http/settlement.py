@@ -1,0 +1,84 @@
+"""Settlement over HTTP: the statements recorded on this chain (operators and auditors
+read; operators propose a finished period's statement to a partner) and the coalition's
+netting over a period, as JSON or CSV. Signed statements pass through untouched."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel, Field
+
+from coalition.api.http.deps import Signed, guard
+from coalition.ledger.entries import check_time
+from coalition.node.auth import Action, Authenticator
+from coalition.node.features.settlement import Settlement, StatementView
+
+Time = Annotated[str, Query(description="RFC 3339 UTC, e.g. 2026-11-01T00:00:00.000000Z")]
+Format = Annotated[Literal["json", "csv"], Query(alias="format", description="json or csv")]
+
+
+class StatementIn(BaseModel):
+    partner: str
+    start: str = Field(description="RFC 3339 UTC start of the period (included).")
+    end: str = Field(description="RFC 3339 UTC end of the period (excluded), in the past.")
+
+
+class StatementOut(BaseModel):
+    id: str
+    parties: list[str]
+    start: str
+    end: str
+    currency: str
+    signed: Signed
+    entry_id: str
+
+
+def _statement_out(view: StatementView) -> StatementOut:
+    fields = asdict(view)
+    fields["parties"] = list(view.parties)
+    return StatementOut(**fields)
+
+
+def settlement_router(settlement: Settlement, authenticator: Authenticator) -> APIRouter:
+    """``/v1/settlement/statements`` (list: operators and auditors; propose: operators)
+    and ``/v1/settlement/netting`` (CSV or JSON)."""
+    router = APIRouter(tags=["settlement"])
+    read = [guard(authenticator, Action.LEDGER_READ)]
+    operate = [guard(authenticator, Action.OPERATE)]
+
+    @router.get(
+        "/v1/settlement/statements",
+        summary="Statements recorded on this chain, oldest period first",
+        dependencies=read,
+    )
+    def statements(
+        partner: Annotated[str | None, Query(max_length=64)] = None,
+    ) -> list[StatementOut]:
+        return [_statement_out(v) for v in settlement.statements(partner)]
+
+    @router.post(
+        "/v1/settlement/statements",
+        status_code=201,
+        summary="Agree a finished period's statement with a partner (recorded on both chains)",
+        dependencies=operate,
+    )
+    def propose(body: StatementIn) -> Signed:
+        start, end = check_time(body.start, "start"), check_time(body.end, "end")
+        return dict(settlement.propose(body.partner, start, end))
+
+    @router.get(
+        "/v1/settlement/netting",
+        summary="Net positions and the fewest payments over the period's statements",
+        dependencies=read,
+        response_model=None,
+    )
+    def netting(start: Time, end: Time, fmt: Format = "json") -> Signed | PlainTextResponse:
+        view = settlement.coalition_netting(check_time(start, "start"), check_time(end, "end"))
+        if fmt == "csv":
+            return PlainTextResponse(view.to_csv(), media_type="text/csv")
+        return dict(view.to_json())
+
+    return router

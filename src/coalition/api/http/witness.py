@@ -1,0 +1,89 @@
+"""Witnessing over HTTP: who cosigned this node's headers, the evidence of partners'
+equivocations and forks, and how far each partner's chain was verified. Every route
+needs a key that may read the ledger (the same role as headers and proofs)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel
+
+from coalition.api.http.deps import PathInt, guard
+from coalition.node.auth import Action, Authenticator
+from coalition.node.features.witness import Witness, WitnessStatus
+
+
+class CosignatureOut(BaseModel):
+    witness: str
+    timestamp: int
+    cosignature: str
+
+
+class WitnessStatusOut(BaseModel):
+    height: int
+    header_hash: str
+    checkpoint: str
+    note: str
+    cosigners: list[CosignatureOut]
+    quorum: int
+    witnessed: bool
+
+
+class EquivocationOut(BaseModel):
+    id: int
+    program: str
+    height: int
+    kind: str
+    reason: str
+    first: dict[str, Any]
+    second: dict[str, Any]
+    detected_at: str
+
+
+class FollowerOut(BaseModel):
+    program: str
+    verified_height: int | None
+    halted: bool
+    last_error: str | None
+
+
+def _status_out(status: WitnessStatus) -> WitnessStatusOut:
+    return WitnessStatusOut(
+        height=status.height,
+        header_hash=status.header_hash,
+        checkpoint=status.checkpoint,
+        note=status.note,
+        cosigners=[CosignatureOut(**asdict(c)) for c in status.cosigners],
+        quorum=status.quorum,
+        witnessed=status.witnessed,
+    )
+
+
+def witness_router(witness: Witness, authenticator: Authenticator) -> APIRouter:
+    """``GET /v1/blocks/{height}/witnesses``, ``GET /v1/equivocations`` and
+    ``GET /v1/witness/followers``."""
+    router = APIRouter(tags=["witness"], dependencies=[guard(authenticator, Action.LEDGER_READ)])
+
+    @router.get(
+        "/v1/blocks/{height}/witnesses",
+        summary="Who cosigned this node's header at a height; witnessed once a quorum did",
+    )
+    def witnesses(height: PathInt) -> WitnessStatusOut:
+        return _status_out(witness.status(height))
+
+    @router.get(
+        "/v1/equivocations",
+        summary="Evidence of partners' equivocations and forks (both signed headers)",
+    )
+    def equivocations(
+        program: Annotated[str | None, Query(max_length=64)] = None,
+    ) -> list[EquivocationOut]:
+        return [EquivocationOut(**asdict(e)) for e in witness.equivocations(program)]
+
+    @router.get("/v1/witness/followers", summary="How far each partner's chain was verified")
+    def followers() -> list[FollowerOut]:
+        return [FollowerOut(**asdict(f)) for f in witness.followers()]
+
+    return router
