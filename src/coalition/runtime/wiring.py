@@ -145,7 +145,9 @@ class CoalitionNode:
         self.tls.read()  # fail at start, with the file's name, rather than at the first call
         self._key = signing_key
         self.client = PartnerClient(self.program, self.manifest, signing_key, self.tls, clock=clock)
-        self.inbox = PartnerInbox(self.program, self.manifest, service.engine, signing_key, clock)
+        self.inbox = PartnerInbox(
+            self.program, self.manifest, service.sequencer, signing_key, clock
+        )
         self.features: list[Feature] = []
         self._build_features()
         for feature in self.features:
