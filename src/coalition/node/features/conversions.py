@@ -243,7 +243,7 @@ class Conversions:
                 check_credit_limit(limit, unsettled, quoted.value_minor, self.program, to_program)
             touched, known = self.service.points.load_touched(conn, [account])
             body = operations.convert_out(
-                ctx, self.service.rules, touched[0], agreement, quoted, conversion_id
+                ctx, self.service.points.rules, touched[0], agreement, quoted, conversion_id
             )
             conversion_repo.insert_conversion(
                 conn,
@@ -635,7 +635,7 @@ class Conversions:
             check_credit_limit(limit, unsettled, quoted.value_minor, sender, self.program)
         body = operations.convert_in(
             ctx,
-            self.service.rules,
+            self.service.points.rules,
             account,
             out_entry,
             entry_leaf_hash(out_entry).hex(),

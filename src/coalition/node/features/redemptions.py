@@ -482,7 +482,7 @@ class Redemptions:
             expires_at = ctx.at + timedelta(seconds=expires_in_s)
             entry = operations.hold(
                 ctx,
-                self.service.rules,
+                self.service.points.rules,
                 touched[0],
                 hold_id,
                 sender,

@@ -534,7 +534,7 @@ class Witness:
     # --- partner messages -----------------------------------------------------------------
 
     def _our_header(self, height: int) -> SignedHeader:
-        found = self._service.headers(height, 1)
+        found = self._service.ledger.headers(height, 1)
         if not found or found[0].header.height != height:
             raise NotFound(f"{self._program} has no block at height {height}")
         return found[0]
