@@ -42,8 +42,10 @@ from coalition.ledger.canonical import JsonObject, parse_json
 from coalition.ledger.entries import format_time
 from coalition.ledger.envelope import SignedMessage, sign_message
 from coalition.ledger.keys import SigningKey
+from coalition.node.config import SealerConfig
 from coalition.node.manifest import Manifest
 from coalition.node.partners import PartnerClient, PartnerInbox
+from coalition.node.sequencer import Sequencer
 from coalition.ops.tls import TlsFiles, make_ca, make_node_cert
 from coalition.store.db import make_engine
 from coalition.store.schema import upgrade_schema
@@ -656,7 +658,8 @@ class FakeTarget:
         self.key = SigningKey.from_pem((pair.b.folder / "keys" / "ledger.pem").read_bytes())
         self.engine = make_engine(f"sqlite:///{folder / 'fake.db'}")
         upgrade_schema(self.engine)
-        self.inbox = PartnerInbox(B, manifest, self.engine, self.key)
+        sequencer = Sequencer(self.engine, B, self.key, SealerConfig())
+        self.inbox = PartnerInbox(B, manifest, sequencer, self.key)
         self.inbox.register("convert", self._convert)
         self.calls = 0
         port = int(pair.b.partner_grpc.rsplit(":", 1)[1])

@@ -32,6 +32,7 @@ from coalition.ledger.blocks import SignedHeader
 from coalition.ledger.canonical import JsonObject, parse_json
 from coalition.ledger.envelope import SignedMessage, open_message, sign_message
 from coalition.ledger.keys import SigningKey, VerifyKey
+from coalition.node.config import SealerConfig
 from coalition.node.manifest import Manifest
 from coalition.node.partners import (
     SEEN_WINDOW,
@@ -40,6 +41,7 @@ from coalition.node.partners import (
     PartnerInbox,
     PartnerTransport,
 )
+from coalition.node.sequencer import Sequencer
 from coalition.node.testing import Clock, temporary_node
 from coalition.ops.tls import TlsFiles, generate_tls
 from coalition.store.db import make_engine
@@ -83,6 +85,11 @@ class Node:
     def seen(self) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(SeenMessageRow)).scalar_one())
+
+
+def _sequencer(engine: Engine, program: str, key: SigningKey) -> Sequencer:
+    """The writer an inbox records seen messages through (no entries in these tests)."""
+    return Sequencer(engine, program, key, SealerConfig())
 
 
 @dataclass
@@ -143,7 +150,7 @@ def coalition(tmp_path: Path, database_url: str) -> Iterator[Coalition]:
             url = database_url if program == "skyair" else f"sqlite:///{tmp_path / program}.db"
             engine = make_engine(url, sqlite_synchronous="NORMAL")
             upgrade_schema(engine)
-            inbox = PartnerInbox(program, manifest, engine, key, clock)
+            inbox = PartnerInbox(program, manifest, _sequencer(engine, program, key), key, clock)
             tls = TlsFiles.for_program(manifest, program)
             server, port = serve_partner_grpc(inbox, tls, "127.0.0.1", 0)
             node = Node(program, key, inbox, engine, tls, server, port)
@@ -407,9 +414,11 @@ def test_the_replay_guard_forgets_ids_after_its_window(coalition: Coalition) -> 
 def test_the_inbox_refuses_a_signing_key_that_is_not_its_own(coalition: Coalition) -> None:
     node = coalition.nodes["skyair"]
     with pytest.raises(InvalidArgument, match="not skyair's key"):
-        PartnerInbox("skyair", coalition.manifest, node.engine, SigningKey.generate())
+        PartnerInbox(
+            "skyair", coalition.manifest, node.inbox.replay_guard.sequencer, SigningKey.generate()
+        )
     with pytest.raises(NotFound):
-        PartnerInbox("nobody", coalition.manifest, node.engine, node.key)
+        PartnerInbox("nobody", coalition.manifest, node.inbox.replay_guard.sequencer, node.key)
 
 
 def test_partners_read_the_ledger_over_mutual_tls(coalition: Coalition, tmp_path: Path) -> None:
@@ -450,7 +459,8 @@ def test_the_in_memory_network_runs_the_same_checks(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'mem.db'}", sqlite_synchronous="NORMAL")
     upgrade_schema(engine)
     try:
-        inbox = PartnerInbox("skyair", manifest, engine, keys["skyair"])
+        sequencer = _sequencer(engine, "skyair", keys["skyair"])
+        inbox = PartnerInbox("skyair", manifest, sequencer, keys["skyair"])
         inbox.register("echo", lambda sender, body: ("echo-reply", {"sender": sender}))
         network.add(inbox)
         client = PartnerClient(

@@ -123,7 +123,7 @@ class Coalition:
                 sealer=SealerConfig(max_entries=1000, max_delay_ms=50),
             )
         )
-        inbox = PartnerInbox(program, self.base, service.engine, self.keys[program])
+        inbox = PartnerInbox(program, self.base, service.sequencer, self.keys[program])
         tls = TlsFiles.for_program(self.base, program)
         server, bound = serve_partner_grpc(inbox, tls, "127.0.0.1", port, service=service)
         node = Node(program, self.keys[program], service, inbox, server, bound, stack)

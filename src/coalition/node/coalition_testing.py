@@ -104,7 +104,7 @@ class RunningCoalition:
         old = self.nodes[program]
         _close(old)
         service = _open_service(program, old.url, old.key, self.rules)
-        inbox = PartnerInbox(program, self.manifest, service.engine, old.key)
+        inbox = PartnerInbox(program, self.manifest, service.sequencer, old.key)
         node = PartnerNode(program, old.url, old.key, service, inbox, old.tls, old.port, None)
         node.start_partner_server()
         _wire(node, self.manifest, self.abort_after_s)
@@ -154,7 +154,7 @@ def ledger_entries(service: NodeService, kind: str | None = None) -> list[JsonOb
     query = select(entries.c.body).order_by(entries.c.log_index)
     if kind is not None:
         query = query.where(entries.c.kind == kind)
-    with service.engine.connect() as conn:
+    with service.sequencer.read() as conn:
         return [stored_object(row.body) for row in conn.execute(query)]
 
 
@@ -275,7 +275,7 @@ def coalition_nodes(
     try:
         for program in programs:
             service = _open_service(program, urls[program], keys[program], coalition.rules)
-            inbox = PartnerInbox(program, manifest, service.engine, keys[program])
+            inbox = PartnerInbox(program, manifest, service.sequencer, keys[program])
             tls = TlsFiles.for_program(manifest, program)
             node = PartnerNode(program, urls[program], keys[program], service, inbox, tls, 0, None)
             coalition.nodes[program] = node

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from sqlalchemy import Engine, delete, insert
+from sqlalchemy import Connection, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from coalition.errors import (
@@ -44,6 +44,7 @@ from coalition.ledger.envelope import (
 )
 from coalition.ledger.keys import SigningKey
 from coalition.node.manifest import Manifest
+from coalition.node.sequencer import Sequencer
 from coalition.store.partner_tables import SeenMessageRow
 from coalition.store.repository import to_micros
 
@@ -68,11 +69,16 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-class ReplayGuard:
-    """Remembers ``(sender, message id)`` pairs for SEEN_WINDOW, in the node's database."""
+def _replay(sender: str, message_id: str) -> FailedPrecondition:
+    return FailedPrecondition(f"message {message_id} from {sender} was already received (replay)")
 
-    def __init__(self, engine: Engine, window: timedelta = SEEN_WINDOW) -> None:
-        self._engine = engine
+
+class ReplayGuard:
+    """Remembers ``(sender, message id)`` pairs for SEEN_WINDOW, in the node's database
+    (written through its sequencer)."""
+
+    def __init__(self, sequencer: Sequencer, window: timedelta = SEEN_WINDOW) -> None:
+        self.sequencer = sequencer
         self._window = window
         self._table = SeenMessageRow.__table__  # type: ignore[attr-defined]
         self._lock = threading.Lock()
@@ -82,23 +88,30 @@ class ReplayGuard:
         """Record the pair; FailedPrecondition if it was recorded before (a replay)."""
         self._maybe_prune(now)
         try:
-            with self._engine.begin() as conn:
-                conn.execute(
-                    insert(self._table).values(
-                        sender=sender, message_id=message_id, seen_at=to_micros(now)
-                    )
-                )
-        except IntegrityError:
-            raise FailedPrecondition(
-                f"message {message_id} from {sender} was already received (replay)"
-            ) from None
+            self.sequencer.run(lambda tx: self._insert(tx.conn, sender, message_id, now))
+        except IntegrityError:  # another replica on the same database recorded it first
+            raise _replay(sender, message_id) from None
+
+    def _insert(self, conn: Connection, sender: str, message_id: str, now: datetime) -> None:
+        table = self._table
+        seen = select(table.c.message_id).where(
+            table.c.sender == sender, table.c.message_id == message_id
+        )
+        if conn.execute(seen).first() is not None:
+            raise _replay(sender, message_id)  # a refusal: nothing written
+        conn.execute(
+            insert(table).values(sender=sender, message_id=message_id, seen_at=to_micros(now))
+        )
 
     def prune(self, now: datetime) -> int:
         """Forget pairs seen before ``now - window``; the number forgotten."""
         cutoff = to_micros(now - self._window)
-        with self._engine.begin() as conn:
+
+        def forget(conn: Connection) -> int:
             result = conn.execute(delete(self._table).where(self._table.c.seen_at < cutoff))
-        return int(result.rowcount or 0)
+            return int(result.rowcount or 0)
+
+        return self.sequencer.run(lambda tx: forget(tx.conn))
 
     def _maybe_prune(self, now: datetime) -> None:
         with self._lock:
@@ -116,7 +129,7 @@ class PartnerInbox:
         self,
         program: str,
         manifest: Manifest,
-        engine: Engine,
+        sequencer: Sequencer,
         signing_key: SigningKey,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
@@ -130,7 +143,7 @@ class PartnerInbox:
         self._key = signing_key
         self._clock = clock or _now
         self._handlers: dict[str, Handler] = {}
-        self.replay_guard = ReplayGuard(engine)
+        self.replay_guard = ReplayGuard(sequencer)
 
     def register(self, kind: str, handler: Handler) -> None:
         """Route messages of ``kind`` to ``handler``; one handler per kind."""

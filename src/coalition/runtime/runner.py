@@ -43,7 +43,7 @@ def _expire_every(
     failure is logged and retried at the next tick without holding back the other."""
     while not stop.wait(interval):
         try:
-            result = service.run_expiry()
+            result = service.points.run_expiry()
             if result.entries:
                 log.info("expired %d points in %d entries", result.points, result.entries)
         except Exception:
@@ -116,7 +116,7 @@ def run_node(config: NodeConfig, stop: threading.Event | None = None) -> None:
             daemon=True,
         )
         expiry.start()
-        latest = service.latest_header()
+        latest = service.ledger.latest_header()
         partner = "" if coalition is None else f" and partner gRPC port {coalition.partner_port}"
         log.info(
             "node %s (%s) serving gRPC %s:%d and HTTP %s:%d%s, log size %d",
@@ -141,6 +141,6 @@ def run_node(config: NodeConfig, stop: threading.Event | None = None) -> None:
         service.close()
         if restore is not None:
             restore()
-    latest = service.latest_header()
+    latest = service.ledger.latest_header()
     size = 0 if latest is None else latest.header.log_size
     log.info("node %s stopped; every entry is sealed (log size %d)", config.program, size)

@@ -143,7 +143,9 @@ class CoalitionNode:
         self.client = PartnerClient(
             self.program, self.manifest, signing_key, transport, clock=clock
         )
-        self.inbox = PartnerInbox(self.program, self.manifest, service.engine, signing_key, clock)
+        self.inbox = PartnerInbox(
+            self.program, self.manifest, service.sequencer, signing_key, clock
+        )
         self.features: list[Feature] = []
         self._build_features()
         for feature in self.features:

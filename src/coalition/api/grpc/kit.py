@@ -80,7 +80,7 @@ class ApiKeyAuthorizer:
     def __call__(
         self, context: grpc.ServicerContext, action: Action, member_id: str | None = None
     ) -> Principal:
-        metadata = dict(context.invocation_metadata())
+        metadata = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}  # no -bin
         principal = self._authenticator.authenticate(metadata.get("authorization"))
         self._authenticator.authorize(principal, action, member_id)
         return principal

@@ -35,7 +35,8 @@ from coalition.ledger.canonical import JsonObject, JsonValue
 from coalition.ledger.entries import format_time
 from coalition.node.manifest import Manifest
 from coalition.node.partners import PartnerClient, PartnerInbox
-from coalition.node.service import Decision, NodeService
+from coalition.node.sequencer import Decision
+from coalition.node.service import NodeService
 from coalition.points import operations
 from coalition.points.operations import EntryContext
 from coalition.points.rates import (
@@ -104,12 +105,12 @@ class Agreements:
         if agreement.proposed_by != self.program:
             raise InvalidArgument(f"{self.program} proposes only agreements proposed_by itself")
         partner = self._counterparty(agreement)
-        with self.service.engine.connect() as conn:
+        with self.service.sequencer.read() as conn:
             recorded = self._recorded(conn, agreement, doc)
         if recorded is not None:
             return recorded
         elsewhere = self._partners_agreements()
-        with self.service.engine.connect() as conn:
+        with self.service.sequencer.read() as conn:
             self._check_new(conn, agreement, self.service.now(), elsewhere)
         own = sign_agreement(doc, self.service.signing_key)
         body: JsonObject = {"agreement": signed_agreement(doc, {self.program: own})}
@@ -139,7 +140,7 @@ class Agreements:
         own = sign_agreement(doc, self.service.signing_key)
         full = signed_agreement(doc, {sender: str(signatures[sender]), self.program: own})
         verify_signed_agreement(full, self.manifest.public_key)  # the proposer's signature
-        with self.service.engine.connect() as conn:
+        with self.service.sequencer.read() as conn:
             recorded = self._recorded(conn, agreement, doc)
         if recorded is None:
             self._record(full, agreement, check=self._partners_agreements(exclude=sender))
@@ -175,7 +176,7 @@ class Agreements:
 
     def _on_list(self, sender: str, body: JsonObject) -> tuple[str, JsonObject]:
         """Every agreement recorded here, signed by both of its partners."""
-        with self.service.engine.connect() as conn:
+        with self.service.sequencer.read() as conn:
             recorded: list[JsonValue] = list(conversion_repo.all_agreements(conn))
         return f"{LIST}-reply", {"agreements": recorded}
 
@@ -256,9 +257,7 @@ class Agreements:
             )
             return body, [], set()
 
-        result = self.service.write_many([decide])[0]
-        if isinstance(result, CoalitionError):
-            raise result
+        self.service.sequencer.decide(decide)
 
     # --- lookups -----------------------------------------------------------------------
 
@@ -298,7 +297,7 @@ class Agreements:
 
     def usable(self, from_program: str, to_program: str, at: datetime) -> Agreement | None:
         """``usable_on`` in its own read transaction."""
-        with self.service.engine.connect() as conn:
+        with self.service.sequencer.read() as conn:
             return self.usable_on(conn, from_program, to_program, at)
 
     def require(
@@ -315,7 +314,7 @@ class Agreements:
     def list(self) -> list[AgreementView]:
         """Every recorded agreement, by id then version."""
         now = self.service.now()
-        with self.service.engine.connect() as conn:
+        with self.service.sequencer.read() as conn:
             signed_all = conversion_repo.all_agreements(conn)
             parsed = [self._parse(signed) for signed in signed_all]
         current = {(a.id, a.version) for a in current_agreements(parsed, now).values()}

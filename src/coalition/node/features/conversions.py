@@ -29,7 +29,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -49,7 +49,8 @@ from coalition.node.features.agreements import Agreements
 from coalition.node.features.outbox import Outbox
 from coalition.node.manifest import Manifest
 from coalition.node.partners import PartnerClient, PartnerInbox
-from coalition.node.service import Decision, NodeService
+from coalition.node.sequencer import Decision, EntryDecision
+from coalition.node.service import NodeService
 from coalition.points import operations
 from coalition.points.accounts import validate_member_id, validate_reference
 from coalition.points.operations import EntryContext
@@ -169,7 +170,7 @@ class Conversions:
         self._call_timeout = call_timeout_s
         self._wall = wall_clock
         self.outbox = Outbox(
-            service.engine,
+            service.sequencer,
             self._deliver,
             [partner.program for partner in manifest.others(self.program)],
             abort_after_s=abort_after_s,
@@ -225,7 +226,7 @@ class Conversions:
         conversion_id = secrets.token_hex(16)
 
         def decide(conn: Connection, ctx: EntryContext) -> Decision:
-            account = self.service.member_account(conn, member_id)
+            account = self.service.points.member_account(conn, member_id)
             agreement = self.agreements.require(conn, self.program, to_program, ctx.at)
             quoted = quote(agreement, amount)
             start = _day_start(ctx.at)
@@ -239,9 +240,9 @@ class Conversions:
                     conn, self.program, self.program, to_program, in_flight=True, keep=True
                 )
                 check_credit_limit(limit, unsettled, quoted.value_minor, self.program, to_program)
-            touched, known = self.service.load_touched(conn, [account])
+            touched, known = self.service.points.load_touched(conn, [account])
             body = operations.convert_out(
-                ctx, self.service.rules, touched[0], agreement, quoted, conversion_id
+                ctx, self.service.points.rules, touched[0], agreement, quoted, conversion_id
             )
             conversion_repo.insert_conversion(
                 conn,
@@ -266,7 +267,7 @@ class Conversions:
             conversion_repo.enqueue(conn, conversion_id, to_program, self._wall())
             return body, touched, known
 
-        result = self.service.write(request, idempotency_key, decide)
+        result = self.service.sequencer.append(request, idempotency_key, decide)
         conversion = result.entry.get("conversion")
         assert isinstance(conversion, dict)
         if result.replayed:  # it may have settled since: read its status
@@ -280,7 +281,7 @@ class Conversions:
         """The member's conversion; NotFound for another member's or an unknown one."""
         validate_member_id(member_id)
         validate_reference(conversion_id, "conversion id")
-        with self.service.engine.connect() as conn:
+        with self.service.sequencer.read() as conn:
             record = conversion_repo.conversion(conn, conversion_id)
             if record is None or record.member_id != member_id:
                 raise NotFound(f"member {member_id} has no conversion {conversion_id}")
@@ -314,8 +315,8 @@ class Conversions:
         """What ``amount`` points would convert into now; writes nothing."""
         self._check_target(to_program)
         now = self.service.now()
-        with self.service.engine.connect() as conn:
-            account = self.service.member_account(conn, member_id)
+        with self.service.sequencer.read() as conn:
+            account = self.service.points.member_account(conn, member_id)
             agreement = self.agreements.require(conn, self.program, to_program, now)
             quoted = quote(agreement, amount)
             start = _day_start(now)
@@ -345,15 +346,13 @@ class Conversions:
         Raises PartnerUnavailable (or the partner's refusal) so the outbox backs off.
         """
         ids = [item.conversion_id for item in items]
-        with self.service.engine.connect() as conn:
+        with self.service.sequencer.read() as conn:
             records = conversion_repo.conversions_by_id(conn, ids)
             bodies = conversion_repo.out_entry_bodies(conn, [r.out_entry for r in records.values()])
         live = [records[i] for i in ids if i in records and records[i].status == "pending"]
         stale = set(ids) - {r.id for r in live}
         if stale:  # settled meanwhile (e.g. by another replica): nothing to send
-            with self.service.engine.begin() as conn:
-                for conversion_id in stale:
-                    conversion_repo.dequeue(conn, conversion_id)
+            self.service.sequencer.run(lambda tx: _dequeue(tx.conn, stale))
         if not live:
             return stale
         body: JsonObject
@@ -388,7 +387,7 @@ class Conversions:
                 opened.append(self._open_answer(partner, raw))
             except CoalitionError as exc:
                 log.warning("refused an answer from %s: %s", partner, exc)
-        with self.service.engine.connect() as conn:
+        with self.service.sequencer.read() as conn:
             records = conversion_repo.conversions_by_id(conn, [o[0] for o in opened])
         checked: list[_Checked] = []
         for conversion_id, kind, body, message in opened:
@@ -400,8 +399,12 @@ class Conversions:
                 log.warning(
                     "refused %s's %s for conversion %s: %s", partner, kind, conversion_id, exc
                 )
-        batch = _SourceBatch([c.conversion_id for c in checked])
-        results = self.service.write_many([self._settle_decision(c, batch) for c in checked])
+
+        def decisions() -> list[EntryDecision]:
+            batch = _SourceBatch([c.conversion_id for c in checked])
+            return [self._settle_decision(c, batch) for c in checked]
+
+        results = self.service.sequencer.decide_each(decisions)
         settled: set[str] = set()
         for answer, result in zip(checked, results, strict=True):
             if isinstance(result, CoalitionError):
@@ -454,9 +457,7 @@ class Conversions:
             raise VerificationError("a rejection has status rejected and a reason")
         return _Checked(record.id, kind, message, reason)
 
-    def _settle_decision(
-        self, answer: _Checked, batch: _SourceBatch
-    ) -> Callable[[Connection, EntryContext], Decision | None]:
+    def _settle_decision(self, answer: _Checked, batch: _SourceBatch) -> EntryDecision:
         def decide(conn: Connection, ctx: EntryContext) -> Decision | None:
             record = batch.pending(conn, answer.conversion_id)
             if record is None:
@@ -503,8 +504,11 @@ class Conversions:
             validate_reference(conversion_id, "conversion id")
             assert isinstance(out_entry, dict)
             parsed.append((conversion_id, out_entry, to_member))
-        batch = _TargetBatch(self, sender, [p[0] for p in parsed], [p[2] for p in parsed])
-        decisions = [self._credit_decision(batch, *p) for p in parsed]
+
+        def decisions() -> list[EntryDecision]:
+            batch = _TargetBatch(self, sender, [p[0] for p in parsed], [p[2] for p in parsed])
+            return [self._credit_decision(batch, *p) for p in parsed]
+
         self._write_answers(decisions)
         return f"{CONVERT}-reply", self._stored_answers(sender, [p[0] for p in parsed])
 
@@ -518,21 +522,24 @@ class Conversions:
                 raise InvalidArgument("conversion ids are strings")
             validate_reference(conversion_id, "conversion id")
         wanted = [str(i) for i in ids]
-        batch = _TargetBatch(self, sender, wanted, [])
-        self._write_answers([self._abort_decision(batch, i) for i in wanted])
+
+        def decisions() -> list[EntryDecision]:
+            batch = _TargetBatch(self, sender, wanted, [])
+            return [self._abort_decision(batch, i) for i in wanted]
+
+        self._write_answers(decisions)
         return f"{ABORT}-reply", self._stored_answers(sender, wanted)
 
-    def _write_answers(
-        self, decisions: list[Callable[[Connection, EntryContext], Decision | None]]
-    ) -> None:
-        """Record the answers; one that cannot be recorded (a conversion id no entry may
-        carry) is logged and left unanswered, never holding up the rest of the batch."""
-        for result in self.service.write_many(decisions):
+    def _write_answers(self, decisions: Callable[[], list[EntryDecision]]) -> None:
+        """Record the answers in one transaction; one that cannot be recorded (a conversion
+        id no entry may carry) is logged and left unanswered, never holding up the rest of
+        the batch."""
+        for result in self.service.sequencer.decide_each(decisions):
             if isinstance(result, CoalitionError):
                 log.warning("a conversion could not be answered: %s", result)
 
     def _stored_answers(self, sender: str, ids: list[str]) -> JsonObject:
-        with self.service.engine.connect() as conn:
+        with self.service.sequencer.read() as conn:
             stored = conversion_repo.answers(conn, sender, ids)
         unique = list(dict.fromkeys(ids))
         return {"receipts": [stored[i].message for i in unique if i in stored]}
@@ -542,7 +549,7 @@ class Conversions:
 
     def _credit_decision(
         self, batch: _TargetBatch, conversion_id: str, out_entry: JsonObject, to_member: str
-    ) -> Callable[[Connection, EntryContext], Decision | None]:
+    ) -> EntryDecision:
         sender = batch.sender
 
         def decide(conn: Connection, ctx: EntryContext) -> Decision | None:
@@ -627,7 +634,7 @@ class Conversions:
             check_credit_limit(limit, unsettled, quoted.value_minor, sender, self.program)
         body = operations.convert_in(
             ctx,
-            self.service.rules,
+            self.service.points.rules,
             account,
             out_entry,
             entry_leaf_hash(out_entry).hex(),
@@ -663,9 +670,7 @@ class Conversions:
         )
         return body, [], set()
 
-    def _abort_decision(
-        self, batch: _TargetBatch, conversion_id: str
-    ) -> Callable[[Connection, EntryContext], Decision | None]:
+    def _abort_decision(self, batch: _TargetBatch, conversion_id: str) -> EntryDecision:
         sender = batch.sender
 
         def decide(conn: Connection, ctx: EntryContext) -> Decision | None:
@@ -747,6 +752,11 @@ class _TargetBatch:
             valid = [m for m in self._members if _valid_member(m)]
             self._accounts = repository.accounts_for_members(conn, valid)
         return self._accounts
+
+
+def _dequeue(conn: Connection, conversion_ids: Iterable[str]) -> None:
+    for conversion_id in conversion_ids:
+        conversion_repo.dequeue(conn, conversion_id)
 
 
 def _valid_member(member_id: str) -> bool:

@@ -17,9 +17,10 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection
 
 from coalition.errors import CoalitionError, PartnerUnavailable
+from coalition.node.sequencer import Sequencer
 from coalition.store import conversion_repo
 from coalition.store.conversion_repo import OutboxItem
 
@@ -45,7 +46,7 @@ class Outbox:
 
     def __init__(
         self,
-        engine: Engine,
+        sequencer: Sequencer,
         deliver: Deliver,
         partners: Sequence[str],
         *,
@@ -53,7 +54,7 @@ class Outbox:
         batch: int = 500,
         wall_clock: Callable[[], int] = lambda: time.time_ns() // 1000,
     ) -> None:
-        self._engine = engine
+        self._sequencer = sequencer
         self._deliver = deliver
         self.partners = tuple(partners)
         self.abort_after_us = int(abort_after_s * 1_000_000)
@@ -92,7 +93,7 @@ class Outbox:
 
     def pending(self) -> int:
         """Conversions still to deliver."""
-        with self._engine.connect() as conn:
+        with self._sequencer.read() as conn:
             return conversion_repo.pending_count(conn)
 
     def _run(self, partner: str) -> None:
@@ -117,7 +118,7 @@ class Outbox:
         (None when it has none queued)."""
         self._wake[partner].clear()
         now = self._wall()
-        with self._engine.connect() as conn:
+        with self._sequencer.read() as conn:
             items = conversion_repo.due(conn, partner, now, self._batch * 8)
         aborting = [i for i in items if now - i.queued_at >= self.abort_after_us]
         sending = [i for i in items if now - i.queued_at < self.abort_after_us]
@@ -129,7 +130,7 @@ class Outbox:
         for chunk, abort in calls:
             if self._stop.is_set() or not self._send(partner, chunk, abort):
                 break  # the partner failed: the rest (aborts and sends) waits for its backoff
-        with self._engine.connect() as conn:
+        with self._sequencer.read() as conn:
             next_us = conversion_repo.next_due(conn, partner)
         if next_us is None:
             return None
@@ -157,7 +158,10 @@ class Outbox:
         by_attempts: dict[int, list[str]] = {}
         for item in items:
             by_attempts.setdefault(item.attempts, []).append(item.conversion_id)
-        with self._engine.begin() as conn:
+
+        def postpone(conn: Connection) -> None:
             for attempts, ids in by_attempts.items():
                 delay = int(backoff_s(attempts) * 1_000_000)
                 conversion_repo.postpone(conn, ids, now + delay, error)
+
+        self._sequencer.run(lambda tx: postpone(tx.conn))

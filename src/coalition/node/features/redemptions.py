@@ -20,9 +20,9 @@ import hashlib
 import logging
 import re
 import secrets
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
@@ -31,7 +31,6 @@ from coalition.errors import (
     CoalitionError,
     CorruptStore,
     FailedPrecondition,
-    IdempotencyConflict,
     InvalidArgument,
     NotFound,
     PartnerUnavailable,
@@ -43,7 +42,13 @@ from coalition.ledger.envelope import SignedMessage, open_message, sign_message
 from coalition.node.features.agreements import Agreements
 from coalition.node.manifest import Manifest
 from coalition.node.partners import PartnerClient, PartnerInbox
-from coalition.node.service import Decision, NodeService
+from coalition.node.sequencer import (
+    Decision,
+    EntryDecision,
+    Transaction,
+    idempotency_conflict,
+)
+from coalition.node.service import NodeService
 from coalition.points import operations
 from coalition.points.accounts import validate_member_id, validate_reference
 from coalition.points.operations import EntryContext
@@ -189,35 +194,35 @@ class Redemptions:
 
     def _start(self, key: str, request_hash: str, request: JsonObject) -> PartnerRedemption:
         """The redemption stored under ``key``, inserted as ``pending`` when new."""
+
+        def start(tx: Transaction) -> PartnerRedemption:
+            found = tables.redemption_by_key(tx.conn, key)
+            if found is not None:
+                if found.request_hash != request_hash:
+                    raise idempotency_conflict(key)
+                return found
+            hold_id = secrets.token_hex(16)
+            tables.insert_redemption(
+                tx.conn,
+                hold_id=hold_id,
+                program=str(request["program"]),
+                member_id=str(request["member_id"]),
+                amount=int(request["amount"]),  # type: ignore[arg-type]
+                reference=str(request["reference"]),
+                expires_in_s=int(request["expires_in_s"]),  # type: ignore[arg-type]
+                idem_key=key,
+                request_hash=request_hash,
+                created_at=tx.now(),
+            )
+            inserted = tables.redemption(tx.conn, hold_id)
+            assert inserted is not None
+            return inserted
+
         for _ in range(2):
-            with self.service.engine.begin() as conn:
-                found = tables.redemption_by_key(conn, key)
-                if found is not None:
-                    if found.request_hash != request_hash:
-                        raise IdempotencyConflict(
-                            f"idempotency key {key} was used for a different request"
-                        )
-                    return found
             try:
-                with self.service.engine.begin() as conn:
-                    hold_id = secrets.token_hex(16)
-                    tables.insert_redemption(
-                        conn,
-                        hold_id=hold_id,
-                        program=str(request["program"]),
-                        member_id=str(request["member_id"]),
-                        amount=int(request["amount"]),  # type: ignore[arg-type]
-                        reference=str(request["reference"]),
-                        expires_in_s=int(request["expires_in_s"]),  # type: ignore[arg-type]
-                        idem_key=key,
-                        request_hash=request_hash,
-                        created_at=self.service.now(),
-                    )
-                    found = tables.redemption(conn, hold_id)
-                    assert found is not None
-                    return found
+                return self.service.sequencer.run(start)
             except IntegrityError:
-                continue  # a concurrent request with the same key inserted it first
+                continue  # another replica with the same key inserted it first
         raise FailedPrecondition(f"idempotency key {key} is being used concurrently; retry")
 
     def _send_authorize(self, row: PartnerRedemption) -> RedemptionView:
@@ -233,22 +238,22 @@ class Redemptions:
         except (PartnerUnavailable, VerificationError):
             raise  # no trustworthy answer: the redemption stays pending, a retry resends
         except CoalitionError:
-            with self.service.engine.begin() as conn:
-                tables.delete_pending(conn, row.hold_id)
+            self.service.sequencer.run(lambda tx: tables.delete_pending(tx.conn, row.hold_id))
             raise
         receipt, answer = self._open_receipt(row, reply, HOLD_RECEIPT)
         if answer.get("status") != "held" or answer.get("reference") != row.reference:
             raise VerificationError(f"{row.program}'s hold receipt for {row.hold_id} differs")
         expires_at = check_time(_field(answer, "expires_at", "a hold receipt"), "expires_at")
         agreement = _agreement_ref(answer)
-        with self.service.engine.begin() as conn:
-            tables.authorize_redemption(
-                conn,
+        self.service.sequencer.run(
+            lambda tx: tables.authorize_redemption(
+                tx.conn,
                 row.hold_id,
                 expires_at=expires_at,
                 agreement=agreement,
                 authorization=receipt,
             )
+        )
         return self.get(row.hold_id)
 
     def capture(self, hold_id: str) -> RedemptionView:
@@ -287,7 +292,7 @@ class Redemptions:
             )
             return body, [], set()
 
-        _raise_error(self.service.write_many([decide])[0])
+        self.service.sequencer.decide(decide)
         return self.get(row.hold_id)
 
     def void(self, hold_id: str) -> RedemptionView:
@@ -304,23 +309,25 @@ class Redemptions:
             if row.status != "pending":
                 raise
             # The issuer never made this hold: nothing to give back.
-            with self.service.engine.begin() as conn:
-                tables.end_redemption(
-                    conn, row.hold_id, status="refused", reason="voided before authorization"
+            self.service.sequencer.run(
+                lambda tx: tables.end_redemption(
+                    tx.conn, row.hold_id, status="refused", reason="voided before authorization"
                 )
+            )
             return self.get(row.hold_id)
         receipt, answer = self._open_receipt(row, reply, RELEASE_RECEIPT)
         why = answer.get("why")
         if answer.get("status") != "released" or why not in ("void", "expired"):
             raise VerificationError(f"{row.program}'s release receipt for {hold_id} is malformed")
-        with self.service.engine.begin() as conn:
-            tables.end_redemption(
-                conn,
+        self.service.sequencer.run(
+            lambda tx: tables.end_redemption(
+                tx.conn,
                 row.hold_id,
                 status="voided" if why == "void" else "expired",
                 reason=None,
                 release=receipt,
             )
+        )
         return self.get(row.hold_id)
 
     def get(self, hold_id: str) -> RedemptionView:
@@ -329,7 +336,7 @@ class Redemptions:
 
     def _row(self, hold_id: str) -> PartnerRedemption:
         check_hold_id(hold_id)
-        with self.service.engine.connect() as conn:
+        with self.service.sequencer.read() as conn:
             row = tables.redemption(conn, hold_id)
         if row is None:
             raise NotFound(f"no partner redemption {hold_id} here")
@@ -404,7 +411,7 @@ class Redemptions:
         except InvalidArgument as exc:
             raise VerificationError(f"{what}: {exc}") from None
         assert row.agreement_id is not None and row.agreement_version is not None
-        with self.service.engine.connect() as conn:
+        with self.service.sequencer.read() as conn:
             agreement = self.agreements.get(conn, row.agreement_id, row.agreement_version)
         if agreement is None:
             raise VerificationError(
@@ -471,11 +478,11 @@ class Redemptions:
             if member_id not in accounts:
                 raise NotFound(f"unknown member {member_id} at {self.program}")
             agreement = self.agreements.require(conn, self.program, sender, ctx.at)
-            touched, known = self.service.load_touched(conn, [accounts[member_id]])
+            touched, known = self.service.points.load_touched(conn, [accounts[member_id]])
             expires_at = ctx.at + timedelta(seconds=expires_in_s)
             entry = operations.hold(
                 ctx,
-                self.service.rules,
+                self.service.points.rules,
                 touched[0],
                 hold_id,
                 sender,
@@ -513,12 +520,12 @@ class Redemptions:
             )
             return entry, touched, known
 
-        _raise_error(self.service.write_many([decide])[0])
+        self.service.sequencer.decide(decide)
         return f"{AUTHORIZE}-reply", {"receipt": self._held(hold_id, sender).receipt}
 
     def _held(self, hold_id: str, sender: str) -> Hold:
         """The hold ``sender`` asked for; NotFound for an unknown or another partner's."""
-        with self.service.engine.connect() as conn:
+        with self.service.sequencer.read() as conn:
             found = tables.hold(conn, hold_id)
         if found is None or found.partner != sender:
             raise NotFound(f"{self.program} holds nothing under {hold_id} for {sender}")
@@ -586,13 +593,13 @@ class Redemptions:
             )
             return entry, [Account(found.account)], set()
 
-        _raise_error(self.service.write_many([decide])[0])
+        self.service.sequencer.decide(decide)
         return f"{CAPTURE}-reply", {"receipt": self._end_receipt(hold_id, sender)}
 
     def _on_void(self, sender: str, body: JsonObject) -> tuple[str, JsonObject]:
         hold_id = self._only_hold(body, VOID)
         self._held(hold_id, sender)
-        _raise_error(self.service.write_many([self._release(hold_id, voided=True)])[0])
+        self.service.sequencer.decide(self._release(hold_id, voided=True))
         return f"{VOID}-reply", {"receipt": self._end_receipt(hold_id, sender)}
 
     def _end_receipt(self, hold_id: str, sender: str) -> JsonObject:
@@ -601,9 +608,7 @@ class Redemptions:
             raise CorruptStore(f"hold {hold_id} is {found.status} without a receipt")
         return found.end_receipt
 
-    def _release(
-        self, hold_id: str, *, voided: bool
-    ) -> Callable[[Connection, EntryContext], Decision | None]:
+    def _release(self, hold_id: str, *, voided: bool) -> EntryDecision:
         """The decision releasing a hold: voided by its partner (``expired`` once past its
         time), or by the expiry job; nothing for a hold already released."""
 
@@ -646,16 +651,19 @@ class Redemptions:
 
         return decide
 
+    def _expiry_releases(self, due: list[str]) -> list[EntryDecision]:
+        return [self._release(hold_id, voided=False) for hold_id in due]
+
     def release_expired(self, batch: int = SWEEP_BATCH) -> int:
         """Release every hold whose ``expires_at`` has come (``why: expired``), a batch per
         transaction; the number released. Safe to run at any time, from any scheduler."""
         released = 0
         while True:
-            with self.service.engine.connect() as conn:
+            with self.service.sequencer.read() as conn:
                 due = tables.due_holds(conn, self.service.now(), batch)
             if not due:
                 return released
-            results = self.service.write_many([self._release(h, voided=False) for h in due])
+            results = self.service.sequencer.decide_each(partial(self._expiry_releases, due))
             done = 0
             for hold_id, result in zip(due, results, strict=True):
                 if isinstance(result, CoalitionError):
@@ -675,8 +683,3 @@ def _agreement_ref(obj: JsonObject) -> tuple[str, int]:
     if not isinstance(agreement_id, str) or not isinstance(version, int):
         raise VerificationError("a hold's agreement is {id, version}")
     return agreement_id, version
-
-
-def _raise_error(result: JsonObject | CoalitionError | None) -> None:
-    if isinstance(result, CoalitionError):
-        raise result

@@ -23,7 +23,6 @@ from datetime import UTC, datetime
 from sqlalchemy import Connection
 
 from coalition.errors import (
-    CoalitionError,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -34,7 +33,8 @@ from coalition.ledger.canonical import JsonObject, JsonValue
 from coalition.ledger.entries import check_program_id, check_time, format_time
 from coalition.node.manifest import Manifest
 from coalition.node.partners import PartnerClient, PartnerInbox
-from coalition.node.service import Decision, NodeService
+from coalition.node.sequencer import Decision
+from coalition.node.service import NodeService
 from coalition.points import operations
 from coalition.points.operations import EntryContext
 from coalition.points.settlement import (
@@ -185,7 +185,7 @@ class Settlement:
 
     def obligations(self, start: datetime, end: datetime) -> dict[tuple[str, str], Owed]:
         """``(debtor, creditor) -> Owed`` for ``[start, end)`` from this node's chain."""
-        with self.service.engine.connect() as conn:
+        with self.service.sequencer.read() as conn:
             return obligations(self.program, self._chain(conn), start, end)
 
     def unsettled(self, debtor: str, creditor: str, conn: Connection | None = None) -> int:
@@ -197,7 +197,7 @@ class Settlement:
         if self.program not in (debtor, creditor) or debtor == creditor:
             raise InvalidArgument(f"{self.program} knows only its own obligations")
         if conn is None:
-            with self.service.engine.connect() as own:
+            with self.service.sequencer.read() as own:
                 return self.unsettled(debtor, creditor, own)
         owed = obligations(self.program, self._chain(conn), BEGINNING, END_OF_TIME)
         total = owed.get((debtor, creditor), Owed(0, 0)).minor
@@ -277,7 +277,7 @@ class Settlement:
         """Agree the statement of ``[start, end)`` with ``partner``; the statement signed by
         both, recorded on both chains. Proposing an agreed period again returns it."""
         parties = self._check_partner(partner)
-        with self.service.engine.connect() as conn:
+        with self.service.sequencer.read() as conn:
             existing = tables.statement(conn, statement_id(parties, start, end))
             if existing is not None:
                 return existing.signed
@@ -331,9 +331,7 @@ class Settlement:
             )
             return body, [], set()
 
-        result = self.service.write_many([decide])[0]
-        if isinstance(result, CoalitionError):
-            raise result
+        self.service.sequencer.decide(decide)
 
     def _on_propose(self, sender: str, body: JsonObject) -> tuple[str, JsonObject]:
         if set(body) != {"statement", "signature"}:
@@ -346,7 +344,7 @@ class Settlement:
         check_statement_signature(
             self.manifest.public_key(sender), proposed, body["signature"], sender, parts
         )
-        with self.service.engine.connect() as conn:
+        with self.service.sequencer.read() as conn:
             existing = tables.statement(conn, parts.id)
             if existing is not None and existing.signed["statement"] == proposed:
                 return f"{PROPOSE}-reply", {"signed": existing.signed}
@@ -367,18 +365,18 @@ class Settlement:
     def statements(self, partner: str | None = None) -> list[StatementView]:
         """Statements recorded on this chain (with ``partner`` only), oldest period first."""
         parties = None if partner is None else self._check_partner(partner)
-        with self.service.engine.connect() as conn:
+        with self.service.sequencer.read() as conn:
             return [_view(s) for s in tables.statements_between(conn, parties)]
 
     def statement(self, statement_id: str) -> StatementView:
-        with self.service.engine.connect() as conn:
+        with self.service.sequencer.read() as conn:
             found = tables.statement(conn, statement_id)
         if found is None:
             raise NotFound(f"no statement {statement_id} is recorded here")
         return _view(found)
 
     def _within(self, start: datetime, end: datetime) -> list[Statement]:
-        with self.service.engine.connect() as conn:
+        with self.service.sequencer.read() as conn:
             found = tables.statements_between(conn, None, (start, end))
         return [s for s in found if start <= s.start and s.end <= end]
 

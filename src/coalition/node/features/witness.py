@@ -196,6 +196,9 @@ class FollowerStatus:
     last_error: str | None
 
 
+_GOSSIP_DIFFERS = "differs from a header a partner forwarded"
+
+
 def _same(a: SignedHeader, b: SignedHeader) -> bool:
     return hmac.compare_digest(a.header.hash(), b.header.hash())
 
@@ -240,7 +243,7 @@ class Witness:
         self._client = client
         self._key = signing_key
         self._program = service.program
-        self._engine = service.engine
+        self._sequencer = service.sequencer
         self._sources = sources or (lambda program: GrpcLedgerSource(client.channel(program)))
         self._clock = clock or (lambda: datetime.now(UTC))
         self._backoff = backoff
@@ -249,7 +252,7 @@ class Witness:
         self._threads: list[threading.Thread] = []
         self._active: dict[str, LedgerSource] = {}
         self._errors: dict[str, str] = {}
-        with self._engine.connect() as conn:
+        with self._sequencer.read() as conn:
             self._halted: set[str] = store.programs_with_evidence(conn)
 
     @property
@@ -335,7 +338,7 @@ class Witness:
             delay = min(delay * 2, self._backoff[1])
 
     def last_verified(self, program: str) -> SignedHeader | None:
-        with self._engine.connect() as conn:
+        with self._sequencer.read() as conn:
             return store.last_header(conn, program)
 
     def accept(self, program: str, signed: SignedHeader, source: LedgerSource) -> bool:
@@ -351,7 +354,7 @@ class Witness:
         if program in self._halted:
             raise Fault(f"{program} equivocated or forked; its headers are no longer trusted")
         height = signed.header.height
-        with self._engine.connect() as conn:
+        with self._sequencer.read() as conn:
             stored = store.header_at(conn, program, height)
             last = store.last_header(conn, program)
         if stored is not None:
@@ -364,7 +367,7 @@ class Witness:
                 if missing.header.height >= height:
                     break
                 self.accept(program, missing, source)
-            with self._engine.connect() as conn:
+            with self._sequencer.read() as conn:
                 last = store.last_header(conn, program)
             if (0 if last is None else last.header.height + 1) != height:
                 raise VerificationError(f"{program} did not serve the headers before {height}")
@@ -376,23 +379,31 @@ class Witness:
             self._fault(FORK, reason, first, signed)
         # Under the lock, so a header forwarded meanwhile is either compared here or
         # compares itself with the stored header (on_gossip).
-        with self._lock, self._engine.begin() as conn:
-            conflict = next(
-                (g for g in store.gossip_at(conn, program, height) if not _same(g, signed)), None
-            )
-            if conflict is not None:
-                reason = "differs from a header a partner forwarded"
-                self._record(conn, EQUIVOCATION, reason, conflict, signed)
-            else:
-                store.insert_header(conn, signed, to_micros(self._clock()))
-                store.drop_gossip(conn, program, height)
-                cosig = self._cosign(signed)
-                store.save_cosignature(conn, cosig)
-        if conflict is not None:
-            raise Fault(f"{program} equivocation at height {height}: {reason}")
+        with self._lock:
+            cosig = self._sequencer.run(lambda tx: self._store_verified(tx.conn, signed))
+        if cosig is None:
+            raise Fault(f"{program} equivocation at height {height}: {_GOSSIP_DIFFERS}")
         self._deliver(program, [cosig], signed)
         self._gossip(program, signed)
         return True
+
+    def _store_verified(
+        self, conn: Connection, signed: SignedHeader
+    ) -> store.StoredCosignature | None:
+        """Store a verified header and our cosignature of it; None (and evidence stored)
+        when a partner forwarded another header at its height."""
+        program, height = signed.header.program, signed.header.height
+        conflict = next(
+            (g for g in store.gossip_at(conn, program, height) if not _same(g, signed)), None
+        )
+        if conflict is not None:
+            self._record(conn, EQUIVOCATION, _GOSSIP_DIFFERS, conflict, signed)
+            return None
+        store.insert_header(conn, signed, to_micros(self._clock()))
+        store.drop_gossip(conn, program, height)
+        cosig = self._cosign(signed)
+        store.save_cosignature(conn, cosig)
+        return cosig
 
     def _check_consistency(
         self,
@@ -439,8 +450,8 @@ class Witness:
             )
 
     def _fault(self, kind: str, reason: str, first: SignedHeader, second: SignedHeader) -> None:
-        with self._lock, self._engine.begin() as conn:
-            self._record(conn, kind, reason, first, second)
+        with self._lock:
+            self._sequencer.run(lambda tx: self._record(tx.conn, kind, reason, first, second))
         raise Fault(f"{second.header.program} {kind} at height {second.header.height}: {reason}")
 
     def _record(
@@ -475,7 +486,7 @@ class Witness:
         )
 
     def _deliver_pending(self, program: str) -> None:
-        with self._engine.connect() as conn:
+        with self._sequencer.read() as conn:
             pending = store.undelivered(conn, program, self._program)
             headers = [store.header_at(conn, program, c.height) for c in pending]
         for cosig, signed in zip(pending, headers, strict=True):
@@ -498,8 +509,12 @@ class Witness:
             except CoalitionError as exc:
                 log.warning("witness: %s refused or missed our cosignature: %s", program, exc)
                 continue
-            with self._engine.begin() as conn:
-                store.mark_delivered(conn, program, cosig.height, self._program)
+            self._mark_delivered(program, cosig.height)
+
+    def _mark_delivered(self, program: str, height: int) -> None:
+        self._sequencer.run(
+            lambda tx: store.mark_delivered(tx.conn, program, height, self._program)
+        )
 
     def _gossip(self, program: str, signed: SignedHeader) -> None:
         body: JsonObject = {"header": signed.to_json()}
@@ -514,7 +529,7 @@ class Witness:
     # --- partner messages -----------------------------------------------------------------
 
     def _our_header(self, height: int) -> SignedHeader:
-        found = self._service.headers(height, 1)
+        found = self._service.ledger.headers(height, 1)
         if not found or found[0].header.height != height:
             raise NotFound(f"{self._program} has no block at height {height}")
         return found[0]
@@ -543,20 +558,22 @@ class Witness:
         )
         if cosig.timestamp > self._clock().timestamp() + MAX_FUTURE_S:
             raise VerificationError(f"the cosignature's time {cosig.timestamp} is in the future")
-        with self._lock, self._engine.begin() as conn:
-            store.save_cosignature(
-                conn,
-                store.StoredCosignature(
-                    program=self._program,
-                    height=height,
-                    witness=sender,
-                    header_hash=ours.header.hash(),
-                    cosignature=cosig.line,
-                    timestamp=cosig.timestamp,
-                    delivered=True,
-                ),
-            )
-            count = len(store.cosignatures(conn, self._program, height))
+        stored = store.StoredCosignature(
+            program=self._program,
+            height=height,
+            witness=sender,
+            header_hash=ours.header.hash(),
+            cosignature=cosig.line,
+            timestamp=cosig.timestamp,
+            delivered=True,
+        )
+
+        def save(conn: Connection) -> int:
+            store.save_cosignature(conn, stored)
+            return len(store.cosignatures(conn, self._program, height))
+
+        with self._lock:
+            count = self._sequencer.run(lambda tx: save(tx.conn))
         return "cosign-ack", {"program": self._program, "height": height, "cosigners": count}
 
     def _check_foreign_view(self, theirs: SignedHeader) -> None:
@@ -566,9 +583,10 @@ class Witness:
         theirs.verify(self._service.public_key)
         ours = self._our_header(theirs.header.height)
         if not _same(ours, theirs):
-            with self._lock, self._engine.begin() as conn:
-                self._record(
-                    conn, EQUIVOCATION, "a partner holds another header of ours", ours, theirs
+            reason = "a partner holds another header of ours"
+            with self._lock:
+                self._sequencer.run(
+                    lambda tx: self._record(tx.conn, EQUIVOCATION, reason, ours, theirs)
                 )
             raise FailedPrecondition(
                 f"the header at height {theirs.header.height} is not ours: equivocation recorded"
@@ -579,7 +597,7 @@ class Witness:
         if set(body) != {"header"}:
             raise InvalidArgument("header-gossip carries exactly one field, header")
         signed = SignedHeader.from_json(body["header"])
-        program, height = signed.header.program, signed.header.height
+        program = signed.header.program
         try:
             key = self._manifest.public_key(program)
         except NotFound:
@@ -593,20 +611,27 @@ class Witness:
             except FailedPrecondition:
                 return "header-gossip-reply", {"status": EQUIVOCATION}
             return "header-gossip-reply", {"status": "consistent"}
-        status = "unknown"
-        with self._lock, self._engine.begin() as conn:
-            stored = store.header_at(conn, program, height)
-            known = [stored] if stored is not None else store.gossip_at(conn, program, height)
-            for other in known:
-                if _same(other, signed):
-                    status = "consistent"
-                else:
-                    self._record(conn, EQUIVOCATION, f"forwarded by {sender}", other, signed)
-                    status = EQUIVOCATION
-                    break
-            if stored is None:
-                store.insert_gossip(conn, signed, sender, to_micros(self._clock()))
+        with self._lock:
+            status = self._sequencer.run(lambda tx: self._compare_gossip(tx.conn, sender, signed))
         return "header-gossip-reply", {"status": status}
+
+    def _compare_gossip(self, conn: Connection, sender: str, signed: SignedHeader) -> str:
+        """Compare a forwarded header with the one stored or forwarded before at its
+        height (evidence if they differ); keep it while none is verified there."""
+        program, height = signed.header.program, signed.header.height
+        status = "unknown"
+        stored = store.header_at(conn, program, height)
+        known = [stored] if stored is not None else store.gossip_at(conn, program, height)
+        for other in known:
+            if _same(other, signed):
+                status = "consistent"
+            else:
+                self._record(conn, EQUIVOCATION, f"forwarded by {sender}", other, signed)
+                status = EQUIVOCATION
+                break
+        if stored is None:
+            store.insert_gossip(conn, signed, sender, to_micros(self._clock()))
+        return status
 
     # --- reads ----------------------------------------------------------------------------
 
@@ -614,7 +639,7 @@ class Witness:
         """Who cosigned our header at ``height`` (NotFound if there is none)."""
         ours = self._our_header(height)
         header_hash = ours.header.hash()
-        with self._engine.connect() as conn:
+        with self._sequencer.read() as conn:
             rows = store.cosignatures(conn, self._program, height)
         checkpoint = checkpoint_of(ours)
         cosigners: list[Cosigner] = []
@@ -647,7 +672,7 @@ class Witness:
 
     def equivocations(self, program: str | None = None) -> list[Evidence]:
         """Stored evidence of equivocations and forks, oldest first."""
-        with self._engine.connect() as conn:
+        with self._sequencer.read() as conn:
             rows = store.evidence(conn, program)
         return [
             Evidence(

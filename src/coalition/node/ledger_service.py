@@ -1,0 +1,127 @@
+"""The verifiable ledger of a node, read: signed headers, blocks, entries and proofs.
+
+Everything here reads committed state through the sequencer's read sessions and the
+sealer's view of what is sealed; nothing writes. Proofs are RFC 9162 documents
+(``coalition.ledger.proofs``) that verify offline with the program's public key.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection
+
+from coalition.errors import FailedPrecondition, InvalidArgument, NotFound
+from coalition.ledger.blocks import SignedHeader
+from coalition.ledger.canonical import JsonObject
+from coalition.ledger.merkle import (
+    NodeCoord,
+    consistency_coords,
+    consistency_from_nodes,
+    expand_nodes,
+    inclusion_coords,
+    inclusion_from_nodes,
+    stored_coords,
+)
+from coalition.ledger.proofs import consistency_document, inclusion_document
+from coalition.node.sequencer import Sequencer, check_entry_id
+from coalition.node.views import EntryView
+from coalition.store import repository
+from coalition.store.repository import TREE_STRIDE, signed_header_from_row
+
+
+class LedgerService:
+    """Reads of one program's log: what partners, auditors and the explorer fetch."""
+
+    def __init__(self, sequencer: Sequencer) -> None:
+        self._sequencer = sequencer
+        self._sealer = sequencer.sealer
+
+    def latest_header(self) -> SignedHeader | None:
+        return self._sealer.last
+
+    def headers(self, start: int, limit: int = 1000) -> list[SignedHeader]:
+        if not isinstance(start, int) or start < 0:
+            raise InvalidArgument(f"start must be a height >= 0, got {start!r}")
+        if not isinstance(limit, int) or not 1 <= limit <= 10_000:
+            raise InvalidArgument(f"limit must be 1..10000, got {limit!r}")
+        with self._sequencer.read() as conn:
+            rows = repository.block_rows(conn, start, limit)
+        return [signed_header_from_row(header, sig) for _, header, sig in rows]
+
+    def _header_at(self, conn: Connection, height: int) -> SignedHeader:
+        if not isinstance(height, int) or height < 0:
+            raise InvalidArgument(f"height must be >= 0, got {height!r}")
+        rows = repository.block_rows(conn, height, 1)
+        if not rows or rows[0][0] != height:
+            raise NotFound(f"no block at height {height}")
+        return signed_header_from_row(rows[0][1], rows[0][2])
+
+    def block(self, height: int) -> tuple[SignedHeader, list[JsonObject]]:
+        with self._sequencer.read() as conn:
+            signed = self._header_at(conn, height)
+            first = signed.header.first_index
+            rows = repository.entry_bodies(conn, first, first + signed.header.entry_count)
+        return signed, [repository.stored_object(body) for _, body, _ in rows]
+
+    def entry(self, entry_id: str) -> EntryView:
+        check_entry_id(entry_id)
+        with self._sequencer.read() as conn:
+            found = repository.entry_by_id(conn, entry_id)
+        if found is None:
+            raise NotFound(f"no entry {entry_id}")
+        index, body = found
+        return EntryView(body, index if index < self._sealer.log_size else None)
+
+    def _nodes(self, conn: Connection, coords: list[NodeCoord]) -> dict[NodeCoord, bytes]:
+        stored = repository.read_nodes(
+            conn, stored_coords(coords, TREE_STRIDE), self._sealer.node_cache
+        )
+        return expand_nodes(coords, stored, TREE_STRIDE)
+
+    def inclusion_proof(self, entry_id: str, tree_size: int | None = None) -> JsonObject:
+        """The inclusion proof document of an entry in the log at a sealed size (default:
+        the newest); FailedPrecondition while the entry is not sealed yet."""
+        check_entry_id(entry_id)
+        with self._sequencer.read() as conn:
+            found = repository.entry_by_id(conn, entry_id)
+            if found is None:
+                raise NotFound(f"no entry {entry_id}")
+            leaf_index, entry = found
+            signed = self._signed_at_size(conn, tree_size)
+            size = signed.header.log_size
+            if leaf_index >= size:
+                raise FailedPrecondition(
+                    f"entry {entry_id} is not in the log at size {size} yet (not sealed)"
+                )
+            nodes = self._nodes(conn, inclusion_coords(leaf_index, size))
+        path = inclusion_from_nodes(leaf_index, size, nodes)
+        return inclusion_document(entry, leaf_index, path, signed)
+
+    def _signed_at_size(self, conn: Connection, tree_size: int | None) -> SignedHeader:
+        if tree_size is None:
+            if self._sealer.last is None:
+                raise FailedPrecondition("no block has been sealed yet")
+            return self._sealer.last
+        if not isinstance(tree_size, int) or tree_size < 1:
+            raise InvalidArgument(f"tree_size must be a positive integer, got {tree_size!r}")
+        row = repository.block_with_log_size(conn, tree_size)
+        if row is None:
+            raise NotFound(f"no signed header has log size {tree_size}")
+        return signed_header_from_row(row[1], row[2])
+
+    def consistency_proof(self, first_height: int, second_height: int) -> JsonObject:
+        """The consistency proof document between two sealed headers (first <= second)."""
+        with self._sequencer.read() as conn:
+            first = self._header_at(conn, first_height)
+            second = self._header_at(conn, second_height)
+            if first_height > second_height:
+                raise InvalidArgument("the first height must not be above the second")
+            size1, size2 = first.header.log_size, second.header.log_size
+            nodes = self._nodes(conn, consistency_coords(size1, size2))
+        path = consistency_from_nodes(size1, size2, nodes)
+        return consistency_document(first, second, path)
+
+    def wait_for_header(self, after_height: int, timeout: float) -> SignedHeader | None:
+        return self._sealer.wait_for_header(after_height, timeout)
+
+    def flush(self) -> SignedHeader | None:
+        return self._sealer.flush()

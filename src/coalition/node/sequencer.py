@@ -1,0 +1,360 @@
+"""The sequencer: the one path by which entries are appended to a node's log.
+
+A node is the single sequencer of its own log. Every write of the node (a member
+operation, a bulk earn, the expiry job, a feature's decision, the rows of the outbox,
+the inbox and the witness) runs as a *decision* inside the writer's transaction, through
+``Sequencer.run`` or one of the helpers built on it. Reads take ``Sequencer.read``.
+
+Contract (callers depend on it):
+
+- **Acknowledged means durable.** ``run`` returns only after the transaction holding the
+  decision committed: an entry the caller sees is *acknowledged*, and it is *durable*,
+  committed together with the state it changes and its idempotency record (SQLite runs
+  ``synchronous=FULL`` by default, so it survives a power cut). It is not sealed yet: the
+  sealer is told after the commit and cuts it into a signed block in the background.
+- **Order.** Decisions run one at a time under one writer lock. Log indexes are dense and
+  follow the order in which decisions ran; the entries of one decision are consecutive.
+- **Group commit.** Concurrent calls queue; whoever holds the writer lock next runs every
+  queued decision, in queue order, in one transaction (one fsync for all of them). A
+  decision sees the writes of those that ran before it in the same transaction.
+- **Inside the transaction** a decision MAY read and write any table through ``tx.conn``
+  (its own rows: outbox, holds, answers ...) and append zero, one or several entries with
+  ``tx.append``. It MUST NOT call the sequencer's writes (the writer lock is not
+  re-entrant) and SHOULD do no network call: every other writer waits for it.
+- **Refusal.** A decision refuses by raising a ``CoalitionError`` before it appended an
+  entry. The refusal reaches its own caller only and the other decisions of the batch
+  commit; since the transaction goes on, a decision MUST NOT write rows while it may still
+  refuse.
+- **Failure.** Any other exception, or a ``CoalitionError`` raised after the decision
+  appended an entry, rolls the whole batch back; every decision of the batch that did not
+  refuse then runs again alone, in a transaction of its own, so a decision MUST be safe to
+  run again: it reads what it needs through ``tx.conn`` and keeps no state from an earlier
+  run. Alone, its error reaches its caller and nothing it did is kept.
+- **Idempotency.** ``append`` records the caller's idempotency key with the entry; the same
+  key with the same request replays the recorded entry, with another request it is refused
+  (``IdempotencyConflict``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import Connection, Engine
+
+from coalition.errors import CoalitionError, IdempotencyConflict, InvalidArgument
+from coalition.ledger.canonical import JsonObject, canonical_json
+from coalition.ledger.keys import SigningKey
+from coalition.ledger.merkle import leaf_hash
+from coalition.node.config import SealerConfig
+from coalition.node.sealer import Sealer
+from coalition.node.views import WriteResult
+from coalition.points.accounts import validate_reference
+from coalition.points.operations import EntryContext
+from coalition.points.state import Account, apply_entry
+from coalition.store import repository
+
+T = TypeVar("T")
+
+Decision = tuple[JsonObject, list[Account], set[str]]
+"""An entry a decision took: its body, the accounts it acts on (loaded with the lots it
+needs) and the ids of those lots that already exist in the database."""
+
+EntryDecision = Callable[[Connection, EntryContext], Decision | None]
+"""``decide(conn, ctx)``: the entry to append, or None to append nothing."""
+
+
+def new_entry_ids(count: int) -> list[str]:
+    """Fresh entry ids: 12 hex digits of Unix milliseconds then 20 random ones. Unique, and
+    roughly time-ordered, so index inserts append instead of landing on random pages."""
+    prefix = f"{time.time_ns() // 1_000_000:012x}"
+    noise = os.urandom(10 * count).hex()
+    return [prefix + noise[20 * n : 20 * n + 20] for n in range(count)]
+
+
+_ENTRY_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def check_entry_id(entry_id: str) -> None:
+    """Entry ids are 32 lowercase hex digits (``new_entry_ids``); InvalidArgument otherwise."""
+    if not isinstance(entry_id, str) or not _ENTRY_ID.fullmatch(entry_id):
+        raise InvalidArgument(f"malformed entry id {entry_id!r}: expected 32 hex digits")
+
+
+_encode_request = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+
+
+def request_hash(request: JsonObject) -> str:
+    """What an idempotency key is bound to (internal: any stable encoding will do)."""
+    return hashlib.sha256(_encode_request(request).encode()).hexdigest()
+
+
+def idempotency_conflict(key: str) -> IdempotencyConflict:
+    return IdempotencyConflict(f"idempotency key {key} was used for a different request")
+
+
+class Transaction:
+    """The writer's transaction as a decision sees it: ``conn`` for its own reads and
+    writes, ``append`` for entries (at the next log indexes, in call order)."""
+
+    def __init__(
+        self, conn: Connection, program: str, first_index: int, clock: Callable[[], datetime]
+    ) -> None:
+        self.conn = conn
+        self.program = program
+        self._clock = clock
+        self._next_index = first_index
+        self._staged: list[dict[str, Any]] = []
+        self._touched: dict[str, Account] = {}
+        self._known: set[str] = set()
+        self._appends = 0
+        self.leaf_hashes: list[bytes] = []
+
+    def now(self) -> datetime:
+        """The node's clock."""
+        return self._clock()
+
+    def context(self) -> EntryContext:
+        """A fresh entry id and the time now, for one entry."""
+        return EntryContext(self.program, new_entry_ids(1)[0], self._clock())
+
+    def contexts(self, count: int, at: datetime) -> Iterator[EntryContext]:
+        """``count`` fresh entry ids, all at ``at`` (a batch decided at one time)."""
+        return (EntryContext(self.program, i, at) for i in new_entry_ids(count))
+
+    @property
+    def next_index(self) -> int:
+        """The log index the next appended entry gets."""
+        return self._next_index + len(self._staged)
+
+    @property
+    def appends(self) -> int:
+        """How many entries decisions appended (or tried to) in this transaction."""
+        return self._appends
+
+    def append(
+        self,
+        body: JsonObject,
+        touched: Sequence[Account],
+        known: Iterable[str] = (),
+        *,
+        idempotency_key: str | None = None,
+        request_hash: str | None = None,
+    ) -> None:
+        """Append the entry ``body``: apply it to ``touched`` (the accounts it acts on,
+        one object per account in a decision), whose changed lots are written with the
+        entry; ``known`` are the ids of their lots already stored. Written when the
+        decision returns: reads through ``conn`` do not see it before."""
+        self._appends += 1
+        by_id = {account.id: account for account in touched}
+        apply_entry(body, by_id.__getitem__)
+        data = canonical_json(body)
+        to_account = body.get("to")
+        self._staged.append(
+            {
+                "log_index": self.next_index,
+                "entry_id": body["id"],
+                "kind": body["kind"],
+                "account": body["account"],
+                "to_account": to_account if isinstance(to_account, str) else None,
+                "body": data.decode(),
+                "leaf_hash": leaf_hash(data),
+                "idem_key": idempotency_key,
+                "request_hash": request_hash,
+            }
+        )
+        self._touched.update(by_id)
+        self._known.update(known)
+
+    def attempt(self, decide: EntryDecision) -> JsonObject | CoalitionError | None:
+        """Run one decision of a batch: the entry it appended, None when it chose to
+        append nothing, or the ``CoalitionError`` it refused with (and the batch goes on)."""
+        before = self._appends
+        try:
+            decision = decide(self.conn, self.context())
+        except CoalitionError as exc:
+            if self._appends != before:  # it appended, then failed: not a refusal
+                raise
+            return exc
+        if decision is None:
+            return None
+        body, touched, known = decision
+        self.append(body, touched, known)
+        self.flush()
+        return body
+
+    def flush(self) -> None:
+        """Write the staged entries and the lots they changed."""
+        if self._staged:
+            repository.insert_entries(self.conn, self._staged)
+            self.leaf_hashes.extend(row["leaf_hash"] for row in self._staged)
+            self._next_index += len(self._staged)
+            self._staged = []
+        if self._touched:
+            repository.save_lots(self.conn, self._touched.values(), self._known)
+            self._touched = {}
+            self._known = set()
+
+
+@dataclass(slots=True)
+class _Queued(Generic[T]):
+    """A decision waiting for the group commit; ``done`` once committed or refused."""
+
+    work: Callable[[Transaction], T]
+    result: T | None = None
+    error: BaseException | None = None
+    refused: bool = False
+    done: bool = False
+
+
+class Sequencer:
+    """The writer of one program's log (see the module's contract) and its read sessions;
+    owns the sealer, which it tells about every committed entry."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        program: str,
+        key: SigningKey,
+        sealer: SealerConfig,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.program = program
+        self._engine = engine
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._writer = threading.Lock()
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Queued[Any]] = []
+        with engine.connect() as conn:
+            self._next_index = repository.next_log_index(conn)
+        self.sealer = Sealer(engine, program, key, sealer, self._clock)
+
+    @property
+    def engine(self) -> Engine:
+        """The node's database (for the store's own readers, e.g. a bundle export)."""
+        return self._engine
+
+    def now(self) -> datetime:
+        """The node's clock (the time its entries carry)."""
+        return self._clock()
+
+    @property
+    def next_index(self) -> int:
+        """The log index the next committed entry gets."""
+        return self._next_index
+
+    @property
+    def waiting(self) -> int:
+        """Decisions queued for the next group commit."""
+        with self._queue_lock:
+            return len(self._queue)
+
+    def read(self) -> AbstractContextManager[Connection]:
+        """A read session: sees committed state only, never blocks the writer."""
+        return self._engine.connect()
+
+    def close(self) -> None:
+        """Seal what is pending, stop the sealer and release the database."""
+        self.sealer.stop()
+        self._engine.dispose()
+
+    # --- writes -------------------------------------------------------------------------
+
+    def run(self, work: Callable[[Transaction], T]) -> T:
+        """Run ``work(tx)`` as one decision in the writer's transaction and return what it
+        returned once committed; raise its refusal or failure (the module's contract)."""
+        item: _Queued[T] = _Queued(work)
+        with self._queue_lock:
+            self._queue.append(item)
+        with self._writer:
+            if not item.done:
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                self._commit(batch)
+        if item.error is not None:
+            raise item.error
+        return item.result  # type: ignore[return-value]  # T, set by the commit
+
+    def decide(self, decide: EntryDecision) -> JsonObject | None:
+        """One decision of zero or one entry: the entry appended (None for none); its
+        refusal is raised."""
+        result = self.run(lambda tx: tx.attempt(decide))
+        if isinstance(result, CoalitionError):
+            raise result
+        return result
+
+    def decide_each(
+        self, decisions: Callable[[], Sequence[EntryDecision]]
+    ) -> list[JsonObject | CoalitionError | None]:
+        """Many decisions in one transaction, each refused alone: per decision its entry,
+        its refusal or None. ``decisions()`` builds them, again for a rerun, so state they
+        share (e.g. rows read once for the batch) is fresh each time."""
+        return self.run(lambda tx: [tx.attempt(decide) for decide in decisions()])
+
+    def append(
+        self,
+        request: JsonObject,
+        idempotency_key: str | None,
+        decide: Callable[[Connection, EntryContext], Decision],
+    ) -> WriteResult:
+        """Append the one entry ``decide`` takes, recorded under ``idempotency_key``, or
+        replay the entry recorded for it. Without a key nothing is recorded (system
+        entries that are idempotent by their own ids)."""
+        if idempotency_key is None:
+            key, req_hash = None, None
+        else:
+            key = validate_reference(idempotency_key, "idempotency key")
+            req_hash = request_hash(request)
+
+        def work(tx: Transaction) -> WriteResult:
+            if key is not None:
+                found = repository.find_idempotent(tx.conn, key)
+                if found is not None:
+                    if found[0] != req_hash:
+                        raise idempotency_conflict(key)
+                    return WriteResult(found[1], replayed=True)
+            body, touched, known = decide(tx.conn, tx.context())
+            tx.append(body, touched, known, idempotency_key=key, request_hash=req_hash)
+            return WriteResult(body)
+
+        return self.run(work)
+
+    def _commit(self, batch: list[_Queued[Any]]) -> None:
+        """Run ``batch`` in one transaction (the caller holds the writer lock)."""
+        try:
+            with self._engine.begin() as conn:
+                tx = Transaction(conn, self.program, self._next_index, self._clock)
+                for item in batch:
+                    before = tx.appends
+                    try:
+                        item.result = item.work(tx)
+                    except CoalitionError as exc:
+                        if tx.appends != before:  # it appended, then failed: not a refusal
+                            raise
+                        item.error, item.refused = exc, True
+                        continue
+                    tx.flush()
+        except Exception as exc:
+            if len(batch) == 1:
+                batch[0].result, batch[0].error, batch[0].done = None, exc, True
+                return
+            for item in batch:
+                if not item.refused:
+                    item.result = None
+                    self._commit([item])
+                item.done = True
+            return
+        self._next_index = tx.next_index
+        if tx.leaf_hashes:
+            self.sealer.added(tx.leaf_hashes)
+        for item in batch:
+            item.done = True
