@@ -8,8 +8,8 @@
 **Node**: ``NodeService.earn_bulk`` (the bulk earning path partners use) on SQLite with
 ``synchronous=FULL``, as the node runs by default: the engine comes from
 ``coalition.store.db.make_engine`` with its default settings and the ``NodeService`` is
-built directly (``coalition.node.testing.temporary_node`` uses ``synchronous=NORMAL`` and is
-therefore not used). The sealer runs in its background thread as in production. The clock
+built directly (the tests' ``support.nodes.temporary_node`` uses ``synchronous=NORMAL`` and
+is therefore not used). The sealer runs in its background thread as in production. The clock
 runs from the call of ``earn_bulk`` until ``flush()`` returns, i.e. until every entry is
 committed and sealed into signed, hash-chained blocks with their tree nodes written.
 

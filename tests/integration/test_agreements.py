@@ -21,16 +21,17 @@ from coalition.errors import FailedPrecondition, InvalidArgument
 from coalition.ledger.canonical import canonical_json, parse_json
 from coalition.ledger.keys import SigningKey
 from coalition.node.auth import Authenticator
-from coalition.node.coalition_testing import (
+from coalition.points.rates import sign_agreement, signed_agreement, verify_signed_agreement
+from coalition.v1 import conversions_pb2, conversions_pb2_grpc
+
+from support.coalition import (
     RunningCoalition,
     agreement_doc,
     coalition_nodes,
     entry_kinds,
     ledger_entries,
-    node_urls,
 )
-from coalition.points.rates import sign_agreement, signed_agreement, verify_signed_agreement
-from coalition.v1 import conversions_pb2, conversions_pb2_grpc
+from support.databases import node_urls
 
 Factory = Callable[..., RunningCoalition]
 

@@ -15,6 +15,7 @@ serves only those that verify. So over gRPC the forgery shows as one cosignature
 from __future__ import annotations
 
 import json
+import tomllib
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -40,9 +41,12 @@ from coalition.audit.witness_quorum import cosigner_of
 from coalition.cli import main
 from coalition.ledger.note import NoteSignature, parse_signature_line
 from coalition.node.auth import Authenticator
-from coalition.node.coalition_testing import RunningCoalition, coalition_nodes, node_urls, wait_for
 from coalition.node.features.witness import Witness
+from coalition.ops.tomlfiles import write_toml
 from coalition.store.witness_tables import witness_cosignatures
+
+from support.coalition import RunningCoalition, coalition_nodes, wait_for
+from support.databases import node_urls
 
 A, B, C = "skyair", "staybright", "beanhouse"
 PROGRAMS = (A, B, C)
@@ -80,20 +84,14 @@ def live(
     each node then serves Ledger and Witness over plaintext gRPC on a free port."""
     with (
         node_urls("sqlite:///unused", tmp_path, PROGRAMS) as urls,
-        coalition_nodes(tmp_path, urls, start_features=False) as running,
+        coalition_nodes(tmp_path, urls, witness=True, start_features=False) as running,
         ExitStack() as stack,
     ):
-        witnesses: dict[str, Witness] = {}
+        witnesses = {p: node.witness for p, node in running.nodes.items()}
         with ExitStack() as following:
-            for program, node in running.nodes.items():
-                assert node.client is not None
-                witness = Witness(
-                    node.service, running.manifest, node.client, key=node.key, backoff=(0.05, 0.5)
-                )
-                witness.register(node.inbox)
+            for witness in witnesses.values():
                 witness.start()
                 following.callback(witness.stop)
-                witnesses[program] = witness
             for program, node in running.nodes.items():
                 for n in range(BLOCKS):
                     node.service.enroll(f"{program}-{n}", idempotency_key=f"{program}-{n}")
@@ -209,10 +207,10 @@ def test_a_forged_stored_cosignature_over_grpc_and_from_the_database(
     forge_stored(live, B, 1, C)
     assert served_cosigners(live, B) == {0: sorted([A, C])}
     manifest = live.running.folder / "coalition.toml"
-    text = manifest.read_text()
-    for n, program in enumerate(PROGRAMS):
-        text = text.replace(f'grpc = "127.0.0.1:{41000 + n}"', f'grpc = "{live.target(program)}"')
-    manifest.write_text(text)
+    document = tomllib.loads(manifest.read_text())
+    for partner in document["partners"]:
+        partner["grpc"] = live.target(partner["program"])
+    write_toml(manifest, document)
     out = tmp_path / "report.json"
     argv = ["audit", "--manifest", str(manifest), "--from", "grpc", "--witness-grace", "0"]
     argv += [arg for p in PROGRAMS for arg in ("--api-key", f"{p}={live.api_key}")]

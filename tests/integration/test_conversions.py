@@ -29,22 +29,22 @@ from coalition.ledger.canonical import JsonObject
 from coalition.ledger.entries import entry_leaf_hash, format_time
 from coalition.ledger.envelope import SignedMessage, open_message, sign_message
 from coalition.node.auth import Authenticator
-from coalition.node.coalition_testing import (
+from coalition.node.features.conversions import RECEIPT, ConversionView
+from coalition.points.replay import Replay
+from coalition.store import conversion_repo
+from coalition.store.coalition_tables import outbox
+from coalition.v1 import conversions_pb2, conversions_pb2_grpc
+
+from support.coalition import (
     PartnerNode,
     RunningCoalition,
     agreement_doc,
     coalition_nodes,
     entry_kinds,
     ledger_entries,
-    node_urls,
     wait_for,
 )
-from coalition.node.features.conversions import RECEIPT, ConversionView
-from coalition.node.features.settlement import Settlement
-from coalition.points.replay import Replay
-from coalition.store import conversion_repo
-from coalition.store.coalition_tables import outbox
-from coalition.v1 import conversions_pb2, conversions_pb2_grpc
+from support.databases import node_urls
 
 Factory = Callable[..., RunningCoalition]
 A, B, C = "skyair", "staybright", "beanhouse"
@@ -101,8 +101,7 @@ def assert_consistent(c: RunningCoalition) -> None:
         assert replay(node).in_flight == {}
         # The running totals the credit limits read agree with the chain's own reading
         # of what is unsettled (``Settlement.unsettled``), in every direction.
-        assert node.client is not None
-        chain = Settlement(node.service, c.manifest, node.client)
+        chain = node.settlement
         for other in c.nodes:
             for debtor, creditor in ((node.program, other), (other, node.program)):
                 if debtor != creditor:
@@ -295,13 +294,6 @@ def test_concurrent_conversions_never_overdraw(make: Factory) -> None:
     assert_consistent(c)
 
 
-def settlement(c: RunningCoalition) -> dict[str, Settlement]:
-    """The real settlement feature on A and B (B answers A's proposals)."""
-    features = {p: Settlement(c[p].service, c.manifest, c[p].conv.client) for p in (A, B)}
-    features[B].register(c[B].inbox)
-    return features
-
-
 def unsettled_here(node: PartnerNode, debtor: str, creditor: str, in_flight: bool) -> int:
     with node.service.engine.connect() as conn:
         return conversion_repo.unsettled(conn, node.program, debtor, creditor, in_flight=in_flight)
@@ -321,7 +313,7 @@ def test_credit_limit_refuses_until_settled(make: Factory) -> None:
     quoted = a.conv.quote("alice", B, 1000)
     assert (quoted.credit, quoted.value_minor, quoted.converted_today) == (CREDIT, 990, 2000)
 
-    settlement(c)[A].propose(B, start, datetime.now(UTC))
+    c[A].settlement.propose(B, start, datetime.now(UTC))
     third = a.conv.convert("alice", B, "bob", 1000, idempotency_key="cl-3")
     assert settled(a, third).status == "completed"  # B's own limit check passes too
     assert spendable(b, "bob") == 3 * CREDIT
@@ -342,7 +334,7 @@ def test_credit_limit_counts_what_a_later_statement_left_unsettled(make: Factory
     assert settled(a, a.conv.convert("alice", B, "bob", 1000, idempotency_key="g-2")).status == (
         "completed"
     )
-    features = settlement(c)
+    features = {p: node.settlement for p, node in c.nodes.items()}
     features[A].propose(B, later, datetime.now(UTC))  # settles g-2 only
     for node in (a, b):
         assert unsettled_here(node, A, B, in_flight=False) == 990

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from _processes import COALITION, BrandProcess, CoalitionProcesses, make_coalition
 from sqlalchemy import create_engine, text
 
 from coalition.api.partner_grpc import serve_partner_grpc
@@ -47,6 +46,8 @@ from coalition.node.partners import GrpcTransport, PartnerClient, PartnerInbox
 from coalition.ops.tls import TlsFiles, make_ca, make_node_cert
 from coalition.store.db import create_schema, make_engine
 from coalition.v1 import conversions_pb2, conversions_pb2_grpc
+
+from support.processes import COALITION, BrandProcess, CoalitionProcesses, make_coalition
 
 pytestmark = pytest.mark.slow
 

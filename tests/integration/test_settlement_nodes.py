@@ -33,16 +33,6 @@ from coalition.errors import FailedPrecondition, InvalidArgument
 from coalition.ledger.canonical import parse_json
 from coalition.ledger.entries import format_time
 from coalition.node.auth import Authenticator
-from coalition.node.coalition_testing import (
-    PartnerNode,
-    RunningCoalition,
-    agreement_doc,
-    coalition_nodes,
-    entry_kinds,
-    ledger_entries,
-    node_urls,
-    wait_for,
-)
 from coalition.node.features.redemptions import Redemptions
 from coalition.node.features.settlement import (
     Settlement,
@@ -52,6 +42,17 @@ from coalition.node.features.settlement import (
 )
 from coalition.points.settlement import Owed
 from coalition.v1 import settlement_pb2, settlement_pb2_grpc
+
+from support.coalition import (
+    PartnerNode,
+    RunningCoalition,
+    agreement_doc,
+    coalition_nodes,
+    entry_kinds,
+    ledger_entries,
+    wait_for,
+)
+from support.databases import node_urls
 
 A, B, C = "skyair", "staybright", "beanhouse"
 
@@ -74,16 +75,8 @@ def trio(tmp_path: Path, database_url: str) -> Iterator[Trio]:
     with ExitStack() as stack:
         urls = stack.enter_context(node_urls(database_url, tmp_path, (A, B, C)))
         coalition = stack.enter_context(coalition_nodes(tmp_path, urls))
-        redemptions: dict[str, Redemptions] = {}
-        settlement: dict[str, Settlement] = {}
-        for program, node in coalition.nodes.items():
-            assert node.client is not None
-            redemptions[program] = Redemptions(
-                node.service, coalition.manifest, node.client, node.agr
-            )
-            settlement[program] = Settlement(node.service, coalition.manifest, node.client)
-            redemptions[program].register(node.inbox)
-            settlement[program].register(node.inbox)
+        redemptions = {p: node.redemptions for p, node in coalition.nodes.items()}
+        settlement = {p: node.settlement for p, node in coalition.nodes.items()}
         start = datetime.now(UTC) - timedelta(seconds=1)
         for issuer, spender in ((A, B), (B, C), (C, A)):
             coalition[issuer].agr.propose(

@@ -33,10 +33,11 @@ from coalition.demo.nodes import (
 from coalition.demo.scenario import Scenario
 from coalition.ledger.canonical import JsonObject, parse_json
 from coalition.node.manifest import Manifest
-from coalition.node.testing import POSTGRES_URL
 from coalition.ops.keygen import generate_coalition_keys
 from coalition.ops.tls import generate_tls
 from coalition.store.db import normalise_url
+
+from support.databases import POSTGRES_URL
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 

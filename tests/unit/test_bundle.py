@@ -32,13 +32,14 @@ from coalition.ledger.note import checkpoint_of, cosign, verify_cosignature
 from coalition.node.config import SealerConfig
 from coalition.node.features.witness import witness_name
 from coalition.node.service import NodeService
-from coalition.node.testing import Clock, temporary_node
 from coalition.store.witness_tables import (
     StoredCosignature,
     save_cosignature,
     save_evidence,
     witness_evidence,
 )
+
+from support.nodes import Clock, temporary_node
 
 PROGRAM = "testair"
 MEMBERS = ("alice", "bob", "carol", "dave")

@@ -1,4 +1,10 @@
-"""A node's part in the coalition: partner inbox and client, features, the partner server.
+"""The composition root's wiring: a whole node built from its configuration.
+
+``build_node`` opens the store and the service (``open_node``) and, for a coalition
+partner, its ``CoalitionNode``; ``serve_member_api`` puts the member/operator transports
+(gRPC and REST, with every feature's servicers and routes) in front of it. ``coalition
+run`` (``runtime.runner``), the demo's processes and the tests' in-process nodes all
+build their nodes here, so the node under test is the node users run.
 
 ``CoalitionNode`` builds, from a node's configuration and its running ``NodeService``,
 the manifest, the ``PartnerClient`` and ``PartnerInbox``, and every feature
@@ -13,6 +19,7 @@ the service last, so everything acknowledged is sealed.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,10 +27,13 @@ from pathlib import Path
 from typing import Protocol
 
 import grpc
+import uvicorn
 from fastapi import APIRouter
 
 from coalition.api.conversions_api import add_conversions_servicer, conversions_router
+from coalition.api.grpc_server import serve_grpc
 from coalition.api.partner_grpc import serve_partner_grpc
+from coalition.api.rest import create_app, serve_http
 from coalition.api.settlement_api import (
     add_redemptions_servicer,
     add_settlement_servicer,
@@ -54,9 +64,9 @@ def _ensure_sqlite_folder(url: str) -> None:
         Path(url[len(prefix) :].split("?", 1)[0]).parent.mkdir(parents=True, exist_ok=True)
 
 
-def open_node(config: NodeConfig) -> NodeService:
+def open_node(config: NodeConfig, *, clock: Callable[[], datetime] | None = None) -> NodeService:
     """A ready service (SQLite folder and schema created if missing); call ``start()`` to
-    begin sealing."""
+    begin sealing. ``clock`` (tests) replaces the wall clock for entries and headers."""
     _ensure_sqlite_folder(config.database_url)
     engine = make_engine(config.database_url, sqlite_synchronous=config.sqlite_synchronous)
     create_schema(engine)
@@ -67,6 +77,7 @@ def open_node(config: NodeConfig) -> NodeService:
         read_account_secret(config.account_secret_path),
         config.rules,
         config.sealer,
+        clock,
     )
 
 
@@ -117,6 +128,7 @@ class CoalitionNode:
         signing_key: SigningKey,
         *,
         clock: Callable[[], datetime] | None = None,
+        witness_backoff: tuple[float, float] | None = None,
     ) -> None:
         if config.coalition is None:
             raise FailedPrecondition(f"{config.program}'s configuration has no [coalition] table")
@@ -144,6 +156,7 @@ class CoalitionNode:
         self.tls = tls_files(self.settings, self.manifest, self.program)
         self.tls.read()  # fail at start, with the file's name, rather than at the first call
         self._key = signing_key
+        self._witness_backoff = witness_backoff
         self.client = PartnerClient(self.program, self.manifest, signing_key, self.tls, clock=clock)
         self.inbox = PartnerInbox(self.program, self.manifest, service.engine, signing_key, clock)
         self.features: list[Feature] = []
@@ -162,8 +175,11 @@ class CoalitionNode:
         self.redemptions = Redemptions(service, manifest, client, self.agreements)
         self.settlement = Settlement(service, manifest, client)
         self.features += [self.agreements, self.conversions, self.redemptions, self.settlement]
+        backoff = {} if self._witness_backoff is None else {"backoff": self._witness_backoff}
         self.witness = (
-            Witness(service, manifest, client, key=self._key) if self.settings.witness else None
+            Witness(service, manifest, client, key=self._key, **backoff)
+            if self.settings.witness
+            else None
         )
         if self.witness is not None:
             self.features.append(self.witness)
@@ -178,26 +194,43 @@ class CoalitionNode:
 
     def start(self) -> None:
         """Serve partners (mutual TLS), then start the features that send."""
-        if self._server is not None:
-            raise FailedPrecondition("the coalition node is already started")
-        host, port = split_address(self.partner_address)
-        server, bound = serve_partner_grpc(self.inbox, self.tls, host, port, service=self.service)
-        self._server = PartnerServer(server, bound)
-        try:
-            for feature in self.features:
-                feature.start()
-                self._started.append(feature)
-        except BaseException:
-            self.stop()
-            raise
+        self.serve_partners()
+        self.start_features()
         log.info(
             "%s joined coalition %r: partner gRPC (mutual TLS) %s:%d, partners %s",
             self.program,
             self.manifest.name,
-            host,
-            bound,
+            split_address(self.partner_address)[0],
+            self.partner_port,
             ", ".join(p.program for p in self.manifest.others(self.program)),
         )
+
+    def serve_partners(self) -> None:
+        """Start the mutual-TLS partner server (port 0 binds a free one: ``partner_port``)."""
+        if self._server is not None:
+            raise FailedPrecondition("the partner server is already running")
+        host, port = split_address(self.partner_address)
+        server, bound = serve_partner_grpc(self.inbox, self.tls, host, port, service=self.service)
+        self._server = PartnerServer(server, bound)
+
+    def stop_serving_partners(self) -> None:
+        """Take the partner server down (partners calling get PartnerUnavailable); the
+        features keep running. ``serve_partners`` brings it back on the configured port."""
+        if self._server is not None:
+            self._server.server.stop(STOP_GRACE_SECONDS).wait()
+            self._server = None
+
+    def start_features(self) -> None:
+        """Start every feature not started yet (the outbox delivers what is pending, the
+        witness follows the partners); on a failure, stop everything again."""
+        try:
+            for feature in self.features:
+                if feature not in self._started:
+                    feature.start()
+                    self._started.append(feature)
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         """Stop sending (features in reverse order), then the partner server; idempotent.
@@ -210,9 +243,7 @@ class CoalitionNode:
                 feature.stop()
             except Exception:
                 log.exception("stopping %s failed", type(feature).__name__)
-        if self._server is not None:
-            self._server.server.stop(STOP_GRACE_SECONDS).wait()
-            self._server = None
+        self.stop_serving_partners()
         self.client.close()
 
     # --- the member/operator API ------------------------------------------------------
@@ -240,3 +271,109 @@ class CoalitionNode:
             witness = self.witness
             adders.append(lambda server: add_witness_servicer(server, witness, authenticator))
         return adders
+
+
+# --- a whole node -----------------------------------------------------------------------
+
+
+class Node:
+    """One brand's node as ``coalition run`` runs it: the service and, for a partner of a
+    coalition, its ``CoalitionNode``. ``start()`` begins sealing, then serves partners and
+    starts the features; ``close()`` stops them, then closes the service (which seals
+    what is pending); the caller MUST close a node it built, started or not."""
+
+    def __init__(self, config: NodeConfig, service: NodeService, coalition: CoalitionNode | None):
+        self.config = config
+        self.service = service
+        self.coalition = coalition
+
+    @property
+    def program(self) -> str:
+        return self.config.program
+
+    def start(self) -> None:
+        self.service.start()
+        if self.coalition is not None:
+            self.coalition.start()
+
+    def close(self) -> None:
+        """Idempotent."""
+        try:
+            if self.coalition is not None:
+                self.coalition.stop()
+        finally:
+            self.service.close()
+
+    def routers(self, authenticator: Authenticator) -> Sequence[APIRouter]:
+        return () if self.coalition is None else self.coalition.routers(authenticator)
+
+    def servicers(self, authenticator: Authenticator) -> Sequence[AddServicer]:
+        return () if self.coalition is None else self.coalition.servicers(authenticator)
+
+
+def build_node(
+    config: NodeConfig,
+    *,
+    clock: Callable[[], datetime] | None = None,
+    witness_backoff: tuple[float, float] | None = None,
+) -> Node:
+    """The node of ``config``, built but not started: store, service, and the coalition
+    features when ``config`` has a ``[coalition]`` table. ``clock`` and
+    ``witness_backoff`` (tests) replace the wall clock and the witness's retry delays."""
+    service = open_node(config, clock=clock)
+    try:
+        coalition = (
+            None
+            if config.coalition is None
+            else CoalitionNode(
+                config,
+                service,
+                service.signing_key,
+                clock=clock,
+                witness_backoff=witness_backoff,
+            )
+        )
+    except BaseException:
+        service.close()
+        raise
+    return Node(config, service, coalition)
+
+
+@dataclass
+class MemberServers:
+    """The running member/operator transports of one node and the ports they bound."""
+
+    grpc: grpc.Server
+    grpc_port: int
+    http: uvicorn.Server
+    http_thread: threading.Thread
+    http_port: int
+
+    def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        """Stop taking calls; in-flight calls get ``grace`` seconds."""
+        self.grpc.stop(grace).wait()
+        self.http.should_exit = True
+        self.http_thread.join(grace)
+
+
+def serve_member_api(
+    node: Node,
+    authenticator: Authenticator,
+    grpc_address: str | None = None,
+    http_address: str | None = None,
+) -> MemberServers:
+    """Serve ``node``'s member/operator API over gRPC and REST, every feature's servicers
+    and routes included, at the given addresses (default: the configuration's; port 0
+    binds a free port). The caller MUST ``stop()`` the servers before closing the node."""
+    grpc_host, grpc_port = split_address(grpc_address or node.config.grpc_address)
+    http_host, http_port = split_address(http_address or node.config.http_address)
+    grpc_server, grpc_bound = serve_grpc(
+        node.service, authenticator, grpc_host, grpc_port, extra=node.servicers(authenticator)
+    )
+    try:
+        app = create_app(node.service, authenticator, node.routers(authenticator), node.coalition)
+        http_server, http_thread, http_bound = serve_http(app, http_host, http_port)
+    except BaseException:
+        grpc_server.stop(0).wait()
+        raise
+    return MemberServers(grpc_server, grpc_bound, http_server, http_thread, http_bound)

@@ -1,21 +1,18 @@
-"""Ready-made nodes for tests and benchmarks: a real service on a real database."""
+"""A settable clock and a ready-made service on a real database, for the tests of the
+service itself (a whole node, features and transports included, is ``support.coalition``)."""
 
 from __future__ import annotations
 
-import os
 import re
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-
-from sqlalchemy import create_engine, text
 
 from coalition.ledger.keys import SigningKey
 from coalition.node.config import SealerConfig
 from coalition.node.service import NodeService
 from coalition.points.rules import ProgramRules
-from coalition.store.db import create_schema, make_engine, normalise_url
+from coalition.store.db import create_schema, make_engine
 
 
 class Clock:
@@ -29,27 +26,6 @@ class Clock:
 
     def advance(self, **kwargs: float) -> None:
         self.now += timedelta(**kwargs)
-
-
-POSTGRES_URL = os.environ.get(
-    "COALITION_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
-
-
-@contextmanager
-def postgres_schema(base_url: str = POSTGRES_URL) -> Iterator[str]:
-    """A URL whose connections use a fresh schema, dropped afterwards."""
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(normalise_url(base_url), isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f"CREATE SCHEMA {schema}"))
-        sep = "&" if "?" in base_url else "?"
-        yield f"{base_url}{sep}options=-csearch_path%3D{schema}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
-        admin.dispose()
 
 
 @contextmanager
