@@ -23,12 +23,9 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 
-import grpc
 import pytest
 from sqlalchemy import select, update
 
-from coalition.api.grpc_server import serve_grpc
-from coalition.api.witness_api import add_witness_servicer
 from coalition.audit import (
     DatabaseSource,
     GrpcSource,
@@ -43,6 +40,7 @@ from coalition.ledger.note import NoteSignature, parse_signature_line
 from coalition.node.auth import Authenticator
 from coalition.node.features.witness import Witness
 from coalition.ops.tomlfiles import write_toml
+from coalition.runtime.wiring import serve_member_api
 from coalition.store.witness_tables import witness_cosignatures
 
 from support.coalition import RunningCoalition, coalition_nodes, wait_for
@@ -71,17 +69,14 @@ def fully_cosigned(witness: Witness, heights: int) -> bool:
     return all(len(witness.status(h).cosigners) == len(PROGRAMS) - 1 for h in range(heights))
 
 
-def stop_server(server: grpc.Server) -> None:
-    server.stop(None).wait(10)
-
-
 @pytest.fixture
 def live(
     tmp_path: Path, authenticator: Authenticator, api_keys: dict[str, str]
 ) -> Iterator[LiveCoalition]:
     """Every node seals two blocks; the witnesses cosign every header of the others and
     are stopped once every cosignature arrived (so nothing changes the tables after);
-    each node then serves Ledger and Witness over plaintext gRPC on a free port."""
+    each node then serves its member API (Ledger and Witness over plaintext gRPC) on free
+    ports."""
     with (
         node_urls("sqlite:///unused", tmp_path, PROGRAMS) as urls,
         coalition_nodes(tmp_path, urls, witness=True, start_features=False) as running,
@@ -100,13 +95,9 @@ def live(
                 wait_for(partial(fully_cosigned, witness, BLOCKS), what=f"{program} cosigned")
         ports: dict[str, int] = {}
         for program, node in running.nodes.items():
-            witness = witnesses[program]
-            server, ports[program] = serve_grpc(
-                node.service,
-                authenticator,
-                extra=[partial(add_witness_servicer, witness=witness, authenticator=authenticator)],
-            )
-            stack.callback(stop_server, server)
+            servers = serve_member_api(node.node, authenticator, "127.0.0.1:0", "127.0.0.1:0")
+            stack.callback(servers.stop, 0)
+            ports[program] = servers.grpc_port
         yield LiveCoalition(running, ports, api_keys["auditor"])
 
 

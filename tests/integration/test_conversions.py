@@ -21,8 +21,6 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from coalition.api.conversions_api import add_conversions_servicer, conversions_router
-from coalition.api.rest import create_app
 from coalition.audit.db_check import check_database
 from coalition.errors import CoalitionError, FailedPrecondition, InsufficientPoints
 from coalition.ledger.canonical import JsonObject
@@ -31,6 +29,7 @@ from coalition.ledger.envelope import SignedMessage, open_message, sign_message
 from coalition.node.auth import Authenticator
 from coalition.node.features.conversions import RECEIPT, ConversionView
 from coalition.points.replay import Replay
+from coalition.runtime.wiring import member_app, serve_member_api
 from coalition.store import conversion_repo
 from coalition.store.coalition_tables import outbox
 from coalition.v1 import conversions_pb2, conversions_pb2_grpc
@@ -476,8 +475,7 @@ def test_member_api_rest_and_grpc(
 ) -> None:
     c = make()
     a = c[A]
-    app = create_app(a.service, authenticator)
-    app.include_router(conversions_router(a.conv, authenticator))
+    app = member_app(a.node, authenticator)
     alice = {"Authorization": f"Bearer {api_keys['member']}"}
     with TestClient(app) as http:
         body = {"to_program": B, "to_member_id": "bob", "amount": 1000}
@@ -524,10 +522,8 @@ def test_member_api_rest_and_grpc(
         assert no_agreement.status_code == 404  # beanhouse is not in this coalition
         assert http.get("/v1/members/alice/conversions/nope", headers=alice).status_code == 404
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    add_conversions_servicer(server, a.conv, authenticator)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    servers = serve_member_api(a.node, authenticator, "127.0.0.1:0", "127.0.0.1:0")
+    port = servers.grpc_port
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = conversions_pb2_grpc.ConversionsStub(channel)
@@ -575,7 +571,7 @@ def test_member_api_rest_and_grpc(
                 )
             assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
     finally:
-        server.stop(None).wait(5)
+        servers.stop(0)
     assert_consistent(c)
 
 

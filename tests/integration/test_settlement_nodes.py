@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from concurrent import futures
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,13 +20,6 @@ import grpc
 import pytest
 from fastapi.testclient import TestClient
 
-from coalition.api.rest import create_app
-from coalition.api.settlement_api import (
-    add_redemptions_servicer,
-    add_settlement_servicer,
-    redemptions_router,
-    settlement_router,
-)
 from coalition.audit.cross_chain import check_coalition
 from coalition.errors import FailedPrecondition, InvalidArgument
 from coalition.ledger.canonical import parse_json
@@ -41,6 +33,7 @@ from coalition.node.features.settlement import (
     verify_signed_statement,
 )
 from coalition.points.settlement import Owed
+from coalition.runtime.wiring import member_app, serve_member_api
 from coalition.v1 import settlement_pb2, settlement_pb2_grpc
 
 from support.coalition import (
@@ -233,9 +226,7 @@ def test_coalition_netting_gives_the_fewest_payments(trio: Trio) -> None:
 
 def test_rest_and_grpc(trio: Trio, authenticator: Authenticator, api_keys: dict[str, str]) -> None:
     node_b = trio.node(B)
-    app = create_app(node_b.service, authenticator)
-    app.include_router(redemptions_router(trio.redemptions[B], authenticator))
-    app.include_router(settlement_router(trio.settlement[B], authenticator))
+    app = member_app(node_b.node, authenticator)
     op = {"Authorization": f"Bearer {api_keys['operator']}"}
     auditor = {"Authorization": f"Bearer {api_keys['auditor']}"}
     member = {"Authorization": f"Bearer {api_keys['member']}"}
@@ -280,11 +271,8 @@ def test_rest_and_grpc(trio: Trio, authenticator: Authenticator, api_keys: dict[
         bad = http.get("/v1/settlement/netting", params={"start": "x", "end": later}, headers=op)
         assert bad.status_code == 400
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    add_redemptions_servicer(server, trio.redemptions[B], authenticator)
-    add_settlement_servicer(server, trio.settlement[B], authenticator)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    servers = serve_member_api(node_b.node, authenticator, "127.0.0.1:0", "127.0.0.1:0")
+    port = servers.grpc_port
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             meta = (("authorization", f"Bearer {api_keys['operator']}"),)
@@ -343,4 +331,4 @@ def test_rest_and_grpc(trio: Trio, authenticator: Authenticator, api_keys: dict[
                 )
             assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
     finally:
-        server.stop(None).wait(10)
+        servers.stop(0)

@@ -28,7 +28,7 @@ from typing import Protocol
 
 import grpc
 import uvicorn
-from fastapi import APIRouter
+from fastapi import APIRouter, FastAPI
 
 from coalition.api.conversions_api import add_conversions_servicer, conversions_router
 from coalition.api.grpc_server import serve_grpc
@@ -356,6 +356,11 @@ class MemberServers:
         self.http_thread.join(grace)
 
 
+def member_app(node: Node, authenticator: Authenticator) -> FastAPI:
+    """The node's REST app: the service's routes, every feature's and the explorer."""
+    return create_app(node.service, authenticator, node.routers(authenticator), node.coalition)
+
+
 def serve_member_api(
     node: Node,
     authenticator: Authenticator,
@@ -371,8 +376,9 @@ def serve_member_api(
         node.service, authenticator, grpc_host, grpc_port, extra=node.servicers(authenticator)
     )
     try:
-        app = create_app(node.service, authenticator, node.routers(authenticator), node.coalition)
-        http_server, http_thread, http_bound = serve_http(app, http_host, http_port)
+        http_server, http_thread, http_bound = serve_http(
+            member_app(node, authenticator), http_host, http_port
+        )
     except BaseException:
         grpc_server.stop(0).wait()
         raise
