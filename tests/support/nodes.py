@@ -12,7 +12,7 @@ from coalition.ledger.keys import SigningKey
 from coalition.node.config import SealerConfig
 from coalition.node.service import NodeService
 from coalition.points.rules import ProgramRules
-from coalition.store.db import create_schema, make_engine
+from coalition.runtime.wiring import open_service
 
 
 class Clock:
@@ -39,19 +39,19 @@ def temporary_node(
     key: SigningKey | None = None,
     start: bool = True,
 ) -> Iterator[NodeService]:
-    """A started NodeService on ``url`` with a fresh key; closed (and sealed) afterwards."""
+    """A started NodeService on ``url`` (``runtime.wiring.open_service``) with a fresh key
+    unless given; closed (and sealed) afterwards."""
     if not re.fullmatch(r"[a-z][a-z0-9-]{1,31}", program):
         raise ValueError(program)
-    engine = make_engine(url, sqlite_synchronous="NORMAL")
-    create_schema(engine)
-    service = NodeService(
-        engine,
+    service = open_service(
+        url,
         program,
         key or SigningKey.generate(),
         b"test-account-secret-0123456789",
         rules or ProgramRules(rewards={"signup": 500, "review": 50, "referral": 1000}),
         sealer or SealerConfig(max_entries=1000, max_delay_ms=50),
-        clock,
+        sqlite_synchronous="NORMAL",
+        clock=clock,
     )
     if start:
         service.start()

@@ -44,7 +44,7 @@ from coalition.api.witness_api import add_witness_servicer, witness_router
 from coalition.errors import FailedPrecondition, InvalidArgument, NotFound
 from coalition.ledger.keys import SigningKey
 from coalition.node.auth import Authenticator
-from coalition.node.config import CoalitionConfig, NodeConfig, split_address
+from coalition.node.config import CoalitionConfig, NodeConfig, SealerConfig, split_address
 from coalition.node.features.agreements import Agreements
 from coalition.node.features.conversions import Conversions
 from coalition.node.features.redemptions import Redemptions
@@ -55,6 +55,7 @@ from coalition.node.partners import PartnerClient, PartnerInbox
 from coalition.node.service import NodeService
 from coalition.ops.keyfiles import read_account_secret, read_signing_key
 from coalition.ops.tls import TlsFiles
+from coalition.points.rules import ProgramRules
 from coalition.store.db import create_schema, make_engine
 
 
@@ -64,20 +65,36 @@ def _ensure_sqlite_folder(url: str) -> None:
         Path(url[len(prefix) :].split("?", 1)[0]).parent.mkdir(parents=True, exist_ok=True)
 
 
-def open_node(config: NodeConfig, *, clock: Callable[[], datetime] | None = None) -> NodeService:
-    """A ready service (SQLite folder and schema created if missing); call ``start()`` to
-    begin sealing. ``clock`` (tests) replaces the wall clock for entries and headers."""
-    _ensure_sqlite_folder(config.database_url)
-    engine = make_engine(config.database_url, sqlite_synchronous=config.sqlite_synchronous)
+def open_service(
+    database_url: str,
+    program: str,
+    key: SigningKey,
+    account_secret: bytes,
+    rules: ProgramRules,
+    sealer: SealerConfig,
+    *,
+    sqlite_synchronous: str = "FULL",
+    clock: Callable[[], datetime] | None = None,
+) -> NodeService:
+    """The store (SQLite folder and schema created if missing) and the service on it, not
+    yet sealing: call ``start()``. ``clock`` (tests) replaces the wall clock."""
+    _ensure_sqlite_folder(database_url)
+    engine = make_engine(database_url, sqlite_synchronous=sqlite_synchronous)
     create_schema(engine)
-    return NodeService(
-        engine,
+    return NodeService(engine, program, key, account_secret, rules, sealer, clock)
+
+
+def open_node(config: NodeConfig, *, clock: Callable[[], datetime] | None = None) -> NodeService:
+    """``open_service`` for ``config``, its keys read from their files."""
+    return open_service(
+        config.database_url,
         config.program,
         read_signing_key(config),
         read_account_secret(config.account_secret_path),
         config.rules,
         config.sealer,
-        clock,
+        sqlite_synchronous=config.sqlite_synchronous,
+        clock=clock,
     )
 
 
@@ -175,12 +192,12 @@ class CoalitionNode:
         self.redemptions = Redemptions(service, manifest, client, self.agreements)
         self.settlement = Settlement(service, manifest, client)
         self.features += [self.agreements, self.conversions, self.redemptions, self.settlement]
-        backoff = {} if self._witness_backoff is None else {"backoff": self._witness_backoff}
-        self.witness = (
-            Witness(service, manifest, client, key=self._key, **backoff)
-            if self.settings.witness
-            else None
-        )
+        self.witness: Witness | None = None
+        backoff = self._witness_backoff
+        if self.settings.witness and backoff is None:
+            self.witness = Witness(service, manifest, client, key=self._key)
+        elif self.settings.witness and backoff is not None:
+            self.witness = Witness(service, manifest, client, key=self._key, backoff=backoff)
         if self.witness is not None:
             self.features.append(self.witness)
 
