@@ -508,7 +508,7 @@ def test_the_clean_coalition_audits_sound_on_postgresql(
     with ExitStack() as stack:
         url = stack.enter_context(postgres_schema())
         urls = stack.enter_context(node_urls(url, tmp_path, PROGRAMS))
-        with coalition_nodes(tmp_path, urls) as running:
+        with coalition_nodes(tmp_path, urls, witness=True) as running:
             run_coalition(running)
         argv = ["audit", "--manifest", str(tmp_path / "coalition.toml")]
         for program, db in urls.items():

@@ -47,6 +47,9 @@ from coalition.store.tables import entries
 PROGRAMS = ("skyair", "staybright", "beanhouse")
 RULES: dict[str, Any] = {"holding_period": "0s"}
 """The default ``[rules]`` table: purchases are spendable at once."""
+STOP_GRACE_S = 0.0
+"""Partner servers stop at once: the partners' header streams would hold each one for
+the runner's grace (a test stops or restarts nodes often)."""
 WITNESS_BACKOFF = (0.05, 0.5)
 """The witness's retry delays in tests (seconds): partners that start later are
 followed within a fraction of a second."""
@@ -123,7 +126,7 @@ class PartnerNode:
 
     def stop_partner_server(self) -> None:
         """Take the partner server down (partners calling it get PartnerUnavailable)."""
-        self.coalition.stop_serving_partners()
+        self.coalition.stop_serving_partners(STOP_GRACE_S)
 
     def start_partner_server(self) -> None:
         """Bring the partner server back on the same port."""
@@ -149,7 +152,7 @@ class RunningCoalition:
         configuration: same key and partner port, same database (its outbox resumes from
         it) unless ``database_url`` names another, written into its ``node.toml``."""
         old = self.nodes[program]
-        old.node.close()
+        old.node.close(STOP_GRACE_S)
         config = old.config
         if database_url is not None:
             path = self.folder / program / "node.toml"
@@ -266,9 +269,9 @@ def coalition_nodes(
     finally:
         for node in coalition.nodes.values():
             if node.node.coalition is not None:
-                node.node.coalition.stop()  # every node stops sending before any closes
+                node.node.coalition.stop_features()  # all stop sending before any closes
         for node in coalition.nodes.values():
-            node.node.close()
+            node.node.close(STOP_GRACE_S)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:

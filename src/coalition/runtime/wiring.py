@@ -230,11 +230,12 @@ class CoalitionNode:
         server, bound = serve_partner_grpc(self.inbox, self.tls, host, port, service=self.service)
         self._server = PartnerServer(server, bound)
 
-    def stop_serving_partners(self) -> None:
-        """Take the partner server down (partners calling get PartnerUnavailable); the
-        features keep running. ``serve_partners`` brings it back on the configured port."""
+    def stop_serving_partners(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        """Take the partner server down (partners calling get PartnerUnavailable) after
+        ``grace`` seconds for the calls and header streams in flight; the features keep
+        running. ``serve_partners`` brings it back on the configured port."""
         if self._server is not None:
-            self._server.server.stop(STOP_GRACE_SECONDS).wait()
+            self._server.server.stop(grace).wait()
             self._server = None
 
     def start_features(self) -> None:
@@ -249,18 +250,22 @@ class CoalitionNode:
             self.stop()
             raise
 
-    def stop(self) -> None:
-        """Stop sending (features in reverse order), then the partner server; idempotent.
-
-        The caller closes the service afterwards.
-        """
+    def stop_features(self) -> None:
+        """Stop the started features in reverse order (the outbox and the witness stop
+        sending); idempotent."""
         while self._started:
             feature = self._started.pop()
             try:
                 feature.stop()
             except Exception:
                 log.exception("stopping %s failed", type(feature).__name__)
-        self.stop_serving_partners()
+
+    def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        """Stop sending (``stop_features``), then the partner server (``grace``: see
+        ``stop_serving_partners``); idempotent. The caller closes the service afterwards.
+        """
+        self.stop_features()
+        self.stop_serving_partners(grace)
         self.client.close()
 
     # --- the member/operator API ------------------------------------------------------
@@ -313,11 +318,11 @@ class Node:
         if self.coalition is not None:
             self.coalition.start()
 
-    def close(self) -> None:
-        """Idempotent."""
+    def close(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        """Idempotent; ``grace`` is the partner server's (``CoalitionNode.stop``)."""
         try:
             if self.coalition is not None:
-                self.coalition.stop()
+                self.coalition.stop(grace)
         finally:
             self.service.close()
 
