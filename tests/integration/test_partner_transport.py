@@ -43,11 +43,12 @@ from coalition.node.partners import (
     PartnerTransport,
 )
 from coalition.ops.tls import TlsFiles, generate_tls
-from coalition.ops.tomlfiles import manifest_document, partner_table, write_toml
+from coalition.ops.tomlfiles import partner_table, write_toml
 from coalition.store.db import create_schema, make_engine
 from coalition.store.partner_tables import SeenMessageRow
 from coalition.v1 import ledger_pb2, ledger_pb2_grpc, partner_pb2, partner_pb2_grpc
 
+from support.coalition import write_manifest
 from support.nodes import Clock, temporary_node
 
 PROGRAMS = ("skyair", "staybright", "beanhouse")
@@ -56,21 +57,7 @@ PROGRAMS = ("skyair", "staybright", "beanhouse")
 def write_coalition(folder: Path, programs: tuple[str, ...] = PROGRAMS) -> dict[str, SigningKey]:
     """A manifest in ``folder`` with a fresh ledger key per program and its TLS material."""
     keys = {p: SigningKey.generate() for p in programs}
-    partners = []
-    for n, (program, key) in enumerate(keys.items()):
-        (folder / program / "keys").mkdir(parents=True)
-        (folder / program / "keys" / "public_key.pem").write_bytes(key.public_key.to_pem())
-        partners.append(
-            partner_table(
-                program,
-                grpc=f"127.0.0.1:{41000 + n}",
-                partner_grpc=f"127.0.0.1:{42000 + n}",
-                http=f"127.0.0.1:{43000 + n}",
-                public_key=f"{program}/keys/public_key.pem",
-            )
-        )
-    document = manifest_document("Test coalition", partners, witness_quorum=1)
-    generate_tls(Manifest.load(write_toml(folder / "coalition.toml", document)))
+    write_manifest(folder, keys)
     return keys
 
 

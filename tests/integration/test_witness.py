@@ -35,36 +35,13 @@ from coalition.node.features.witness import FORK, Fault, Witness, witness_name
 from coalition.node.manifest import Manifest
 from coalition.node.partners import InMemoryNetwork, PartnerClient
 from coalition.node.service import NodeService
-from coalition.ops.tls import generate_tls
-from coalition.ops.tomlfiles import manifest_document, partner_table, write_toml
 from coalition.v1 import witness_pb2, witness_pb2_grpc
 
-from support.coalition import PartnerNode, RunningCoalition, coalition_nodes
+from support.coalition import PartnerNode, RunningCoalition, coalition_nodes, write_manifest
 from support.nodes import temporary_node
 
 PROGRAMS = ("skyair", "staybright", "beanhouse")
 DEADLINE_S = 30.0
-
-
-def write_manifest(folder: Path, keys: dict[str, SigningKey], quorum: int) -> Manifest:
-    """A manifest with each program's public key, and the coalition's TLS material."""
-    partners = []
-    for n, (program, key) in enumerate(keys.items()):
-        (folder / program).mkdir(parents=True, exist_ok=True)
-        (folder / program / "public_key.pem").write_bytes(key.public_key.to_pem())
-        partners.append(
-            partner_table(
-                program,
-                grpc=f"127.0.0.1:{44000 + n}",
-                partner_grpc=f"127.0.0.1:{45000 + n}",
-                http=f"127.0.0.1:{46000 + n}",
-                public_key=f"{program}/public_key.pem",
-            )
-        )
-    document = manifest_document("Witness test", partners, witness_quorum=quorum)
-    manifest = Manifest.load(write_toml(folder / "coalition.toml", document))
-    generate_tls(manifest)
-    return manifest
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = DEADLINE_S) -> None:
@@ -342,7 +319,7 @@ class ScriptedSource:
 def pair(tmp_path: Path) -> Iterator[tuple[NodeService, NodeService, Manifest]]:
     """skyair (the partner) and staybright (the witness), no network."""
     keys = {p: SigningKey.generate() for p in ("skyair", "staybright")}
-    manifest = write_manifest(tmp_path, keys, quorum=1)
+    manifest = write_manifest(tmp_path, keys)
     with (
         temporary_node(f"sqlite:///{tmp_path}/a.db", program="skyair", key=keys["skyair"]) as a,
         temporary_node(

@@ -163,6 +163,33 @@ class RunningCoalition:
         return node
 
 
+def write_manifest(
+    folder: Path, keys: Mapping[str, SigningKey], *, witness_quorum: int = 1
+) -> Manifest:
+    """A manifest in ``folder`` for the programs of ``keys`` (their public keys written to
+    ``<program>/keys/public_key.pem``; member and partner addresses where nothing
+    listens) and the coalition's TLS material; for tests of the partner protocol that
+    need no node."""
+    partners = []
+    for n, (program, key) in enumerate(keys.items()):
+        public_key = folder / program / "keys" / "public_key.pem"
+        public_key.parent.mkdir(parents=True, exist_ok=True)
+        public_key.write_bytes(key.public_key.to_pem())
+        partners.append(
+            partner_table(
+                program,
+                grpc=f"127.0.0.1:{41000 + n}",
+                partner_grpc=f"127.0.0.1:{42000 + n}",
+                http=f"127.0.0.1:{43000 + n}",
+                public_key=f"{program}/keys/public_key.pem",
+            )
+        )
+    document = manifest_document("Test coalition", partners, witness_quorum=witness_quorum)
+    manifest = Manifest.load(write_toml(folder / "coalition.toml", document))
+    generate_tls(manifest)
+    return manifest
+
+
 def coalition_configs(
     folder: Path,
     urls: Mapping[str, str],
