@@ -52,7 +52,8 @@ from coalition.node.config import SealerConfig
 from coalition.node.service import NodeService
 from coalition.node.views import PurchaseRow
 from coalition.points.rules import ProgramRules, Tier
-from coalition.store.db import create_schema, make_engine
+from coalition.runtime.wiring import open_service
+from coalition.store.db import make_engine
 from coalition.store.tables import entries, lots
 
 PROGRAM = "benchair"
@@ -103,11 +104,8 @@ def member_id(n: int) -> str:
 
 
 def make_service(url: str, key: SigningKey, synchronous: str) -> NodeService:
-    engine = make_engine(url, sqlite_synchronous=synchronous)
-    create_schema(engine)
-    return NodeService(
-        engine, PROGRAM, key, SECRET, rules(), SealerConfig(max_entries=1000, max_delay_ms=200)
-    )
+    sealer = SealerConfig(max_entries=1000, max_delay_ms=200)
+    return open_service(url, PROGRAM, key, SECRET, rules(), sealer, sqlite_synchronous=synchronous)
 
 
 def build_template(folder: Path, members: int, key: SigningKey) -> Path:

@@ -63,8 +63,8 @@ from coalition.node.sealer import TREE_STRIDE
 from coalition.node.service import NodeService
 from coalition.points.accounts import account_id
 from coalition.points.rules import ProgramRules
+from coalition.runtime.wiring import open_service
 from coalition.store import repository
-from coalition.store.db import create_schema, make_engine
 from coalition.store.tables import entries
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -77,10 +77,9 @@ BLOCK = 1000
 
 
 def _service(url: str, key: SigningKey, synchronous: str = "FULL") -> NodeService:
-    engine = make_engine(url, sqlite_synchronous=synchronous)
-    create_schema(engine)
-    return NodeService(
-        engine, PROGRAM, key, SECRET, ProgramRules(), SealerConfig(max_entries=BLOCK)
+    sealer = SealerConfig(max_entries=BLOCK)
+    return open_service(
+        url, PROGRAM, key, SECRET, ProgramRules(), sealer, sqlite_synchronous=synchronous
     )
 
 
