@@ -14,9 +14,6 @@ import grpc
 import pytest
 from fastapi.testclient import TestClient
 
-from coalition.api.grpc_server import serve_grpc
-from coalition.api.rest import create_app
-from coalition.api.witness_api import add_witness_servicer, witness_router
 from coalition.errors import FailedPrecondition, InvalidArgument, VerificationError
 from coalition.ledger.blocks import SignedHeader, sign_header
 from coalition.ledger.canonical import JsonValue, canonical_json
@@ -35,6 +32,7 @@ from coalition.node.features.witness import FORK, Fault, Witness, witness_name
 from coalition.node.manifest import Manifest
 from coalition.node.partners import InMemoryNetwork, PartnerClient
 from coalition.node.service import NodeService
+from coalition.runtime.wiring import member_app, serve_member_api
 from coalition.v1 import witness_pb2, witness_pb2_grpc
 
 from support.coalition import PartnerNode, RunningCoalition, coalition_nodes, write_manifest
@@ -121,7 +119,7 @@ def test_three_nodes_witness_each_other_to_quorum(
 
     skyair = coalition.nodes["skyair"]
     auditor = {"Authorization": f"Bearer {api_keys['auditor']}"}
-    app = create_app(skyair.service, authenticator, [witness_router(skyair.witness, authenticator)])
+    app = member_app(skyair.node, authenticator)
     with TestClient(app) as http:
         reply = http.get(f"/v1/blocks/{heights['skyair']}/witnesses", headers=auditor)
         assert reply.status_code == 200
@@ -136,10 +134,9 @@ def test_three_nodes_witness_each_other_to_quorum(
         listed = http.get("/v1/witness/followers", headers=auditor).json()
         assert {f["program"] for f in listed} == {"staybright", "beanhouse"}
 
-    adder = [lambda server: add_witness_servicer(server, skyair.witness, authenticator)]
-    server, port = serve_grpc(skyair.service, authenticator, extra=adder)
+    servers = serve_member_api(skyair.node, authenticator, "127.0.0.1:0", "127.0.0.1:0")
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        with grpc.insecure_channel(f"127.0.0.1:{servers.grpc_port}") as channel:
             stub = witness_pb2_grpc.WitnessStub(channel)
             metadata = (("authorization", f"Bearer {api_keys['auditor']}"),)
             got = stub.GetWitnesses(witness_pb2.GetWitnessesRequest(height=1), metadata=metadata)
@@ -152,7 +149,7 @@ def test_three_nodes_witness_each_other_to_quorum(
                 stub.GetWitnesses(witness_pb2.GetWitnessesRequest(height=99), metadata=metadata)
             assert missing.value.code() == grpc.StatusCode.NOT_FOUND
     finally:
-        server.stop(None).wait(10)
+        servers.stop(0)
 
 
 def test_a_restarted_witness_resumes_from_its_last_verified_header(
@@ -248,9 +245,7 @@ def test_two_signed_headers_at_one_height_are_caught_and_reported(
     assert not skyair.witness.status(newest).witnessed
 
     auditor = {"Authorization": f"Bearer {api_keys['auditor']}"}
-    app = create_app(
-        staybright.service, authenticator, [witness_router(staybright.witness, authenticator)]
-    )
+    app = member_app(staybright.node, authenticator)
     with TestClient(app) as http:
         listed = http.get("/v1/equivocations", headers=auditor).json()
         assert [(e["program"], e["height"], e["kind"]) for e in listed] == [
