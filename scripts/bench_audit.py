@@ -41,14 +41,12 @@ from coalition.ledger.canonical import JsonObject, canonical_json
 from coalition.ledger.keys import SigningKey
 from coalition.ledger.merkle import leaf_hash
 from coalition.node.config import SealerConfig
-from coalition.node.service import NodeService
 from coalition.points import operations
 from coalition.points.accounts import account_id
 from coalition.points.operations import EntryContext
 from coalition.points.replay import Replay
 from coalition.points.rules import ProgramRules
-from coalition.store.db import make_engine
-from coalition.store.schema import upgrade_schema
+from coalition.runtime.wiring import open_service
 from coalition.store.tables import entries
 from coalition.verify.chain_audit import audit_chain
 
@@ -120,9 +118,8 @@ def build(folder: Path, size: int) -> None:
     key = SigningKey.generate()
     (folder / "key.pem").write_bytes(key.to_pem())
     url = f"sqlite:///{folder / 'log.db'}"
-    engine = make_engine(url, sqlite_synchronous="OFF")
-    upgrade_schema(engine)
-    service = NodeService(engine, PROGRAM, key, SECRET, RULES, SealerConfig(max_entries=BLOCK))
+    sealer = SealerConfig(max_entries=BLOCK)
+    service = open_service(url, PROGRAM, key, SECRET, RULES, sealer, sqlite_synchronous="OFF")
     t0 = time.perf_counter()
     try:
         rows: list[dict[str, object]] = []

@@ -8,7 +8,7 @@
 Setup (untimed): in a temporary folder, skyair (A) and staybright (B) from ``nodes/``, each
 ``coalition run --config`` as its own process on free 127.0.0.1 ports with its own SQLite
 file (WAL, ``synchronous=FULL`` as shipped), keys from ``coalition keygen --manifest`` and
-mutual TLS from ``coalition tls-init`` (the fault tests' ``tests/integration/_processes.py``);
+mutual TLS from ``coalition tls-init`` (the fault tests' ``tests/support/processes.py``);
 a 3:2 agreement with a 1% fee; ``--members`` members enrolled at both and funded at A.
 
 **Timed**, in the same run:
@@ -55,8 +55,7 @@ from sqlalchemy import Engine, create_engine
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-sys.path.insert(0, str(ROOT / "tests" / "integration"))
-from _processes import BrandProcess, make_coalition  # noqa: E402
+sys.path.insert(0, str(ROOT / "tests"))
 from bench_ingest import machine  # noqa: E402
 
 from coalition.audit import audit_partners  # noqa: E402
@@ -67,6 +66,8 @@ from coalition.ops.tls import TlsFiles  # noqa: E402
 from coalition.progress import phase  # noqa: E402
 from coalition.store.redemption_tables import bodies_of_kinds  # noqa: E402
 from coalition.v1 import conversions_pb2, conversions_pb2_grpc  # noqa: E402
+
+from support.processes import BrandProcess, make_coalition  # noqa: E402
 
 A, B = "skyair", "staybright"
 AMOUNT = 1000

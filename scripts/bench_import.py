@@ -49,7 +49,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from coalition.api.grpc.client import NodeClient
-from coalition.demo.nodes import NodeProcess, wait_healthy
+from coalition.demo.processes import NodeProcess
 from coalition.errors import CoalitionError
 from coalition.ledger.blocks import SignedHeader
 from coalition.node.auth import Role
@@ -167,9 +167,13 @@ def wait_sealed(client: NodeClient, timeout: float = 60) -> int:
 
 @contextmanager
 def running_node(config_path: Path, log_path: Path) -> Iterator[NodeProcess]:
-    """``coalition run`` for the block: then SIGTERM, after which the node must seal what is
-    pending and exit 0; killed at once if the block fails."""
-    node = NodeProcess(config_path, log_path, env={})
+    """``coalition run`` for the block, ready (gRPC health SERVING, /healthz answering):
+    then SIGTERM, after which the node must seal what is pending and exit 0; killed at
+    once if the block fails."""
+    config = load_config(config_path)
+    node = NodeProcess(
+        config_path, grpc=config.grpc_address, http=config.http_address, log_path=log_path
+    )
     node.start()
     try:
         node.wait_ready()
@@ -205,7 +209,6 @@ def bench(folder: Path, rows: int, members: int) -> list[str]:
     target = config.grpc_address
     with running_node(config_path, folder / "node.log"):
         with NodeClient(target, find_secret(config, Role.OPERATOR), timeout=30) as client:
-            wait_healthy(client)
             print(f"node up at gRPC {target} (log {folder / 'node.log'})")
             t0 = time.perf_counter()
             written = enroll(target, find_secret(config, Role.OPERATOR), members)

@@ -8,8 +8,8 @@
 **Node**: ``NodeService.earn_bulk`` (the bulk earning path partners use) on SQLite with
 ``synchronous=FULL``, as the node runs by default: the engine comes from
 ``coalition.store.db.make_engine`` with its default settings and the ``NodeService`` is
-built directly (``coalition.node.testing.temporary_node`` uses ``synchronous=NORMAL`` and is
-therefore not used). The sealer runs in its background thread as in production. The clock
+built directly (the tests' ``support.nodes.temporary_node`` uses ``synchronous=NORMAL`` and
+is therefore not used). The sealer runs in its background thread as in production. The clock
 runs from the call of ``earn_bulk`` until ``flush()`` returns, i.e. until every entry is
 committed and sealed into signed, hash-chained blocks with their tree nodes written.
 
@@ -52,8 +52,8 @@ from coalition.node.config import SealerConfig
 from coalition.node.service import NodeService
 from coalition.node.views import PurchaseRow
 from coalition.points.rules import ProgramRules, Tier
+from coalition.runtime.wiring import open_service
 from coalition.store.db import make_engine
-from coalition.store.schema import upgrade_schema
 from coalition.store.tables import entries, lots
 
 PROGRAM = "benchair"
@@ -104,11 +104,8 @@ def member_id(n: int) -> str:
 
 
 def make_service(url: str, key: SigningKey, synchronous: str) -> NodeService:
-    engine = make_engine(url, sqlite_synchronous=synchronous)
-    upgrade_schema(engine)
-    return NodeService(
-        engine, PROGRAM, key, SECRET, rules(), SealerConfig(max_entries=1000, max_delay_ms=200)
-    )
+    sealer = SealerConfig(max_entries=1000, max_delay_ms=200)
+    return open_service(url, PROGRAM, key, SECRET, rules(), sealer, sqlite_synchronous=synchronous)
 
 
 def build_template(folder: Path, members: int, key: SigningKey) -> Path:

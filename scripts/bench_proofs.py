@@ -63,10 +63,9 @@ from coalition.node.config import SealerConfig
 from coalition.node.service import NodeService
 from coalition.points.accounts import account_id
 from coalition.points.rules import ProgramRules
+from coalition.runtime.wiring import open_service
 from coalition.store import repository
-from coalition.store.db import make_engine
 from coalition.store.repository import TREE_STRIDE
-from coalition.store.schema import upgrade_schema
 from coalition.store.tables import entries
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -79,10 +78,9 @@ BLOCK = 1000
 
 
 def _service(url: str, key: SigningKey, synchronous: str = "FULL") -> NodeService:
-    engine = make_engine(url, sqlite_synchronous=synchronous)
-    upgrade_schema(engine)
-    return NodeService(
-        engine, PROGRAM, key, SECRET, ProgramRules(), SealerConfig(max_entries=BLOCK)
+    sealer = SealerConfig(max_entries=BLOCK)
+    return open_service(
+        url, PROGRAM, key, SECRET, ProgramRules(), sealer, sqlite_synchronous=synchronous
     )
 
 

@@ -15,8 +15,10 @@ from sqlalchemy import create_engine, text
 
 from coalition.node.auth import ApiKey, Authenticator, Role, key_digest
 from coalition.node.service import NodeService
-from coalition.node.testing import POSTGRES_URL, postgres_schema, temporary_node
 from coalition.store.db import normalise_url
+
+from support.databases import POSTGRES_URL, postgres_schema
+from support.nodes import temporary_node
 
 API_KEYS = {
     "operator": "op-secret-key",

@@ -1,10 +1,11 @@
 """A small running coalition with the explorer served over HTTP, for the browser tests
 and for regenerating the screenshots (scripts/explorer_screenshots.py).
 
-Three real nodes (SQLite, mutual-TLS partner gRPC on free ports) with every coalition
-feature, witnesses cosigning each other's headers, conversions both ways, a captured
-cross-brand redemption and an agreed settlement statement; skyair's REST app (with the
-explorer) listens on 127.0.0.1 on a free port.
+Three real nodes (SQLite, mutual-TLS partner gRPC on free ports) built as ``coalition
+run`` builds them, with every coalition feature, witnesses cosigning each other's
+headers, conversions both ways, a captured cross-brand redemption and an agreed
+settlement statement; skyair's member API (REST with the explorer, and gRPC) listens on
+127.0.0.1 on free ports.
 """
 
 from __future__ import annotations
@@ -16,19 +17,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from coalition.api.http.agreements import agreements_router
-from coalition.api.http.app import create_app
-from coalition.api.http.conversions import conversions_router
-from coalition.api.http.redemptions import redemptions_router
-from coalition.api.http.server import serve_http
-from coalition.api.http.settlement import settlement_router
-from coalition.api.http.witness import witness_router
 from coalition.node.auth import ApiKey, Authenticator, Role, key_digest
-from coalition.node.coalition_testing import RunningCoalition, agreement_doc, coalition_nodes
-from coalition.node.coalition_testing import wait_for as wait_until
 from coalition.node.features.redemptions import Redemptions
 from coalition.node.features.settlement import Settlement
 from coalition.node.features.witness import Witness
+from coalition.runtime.wiring import serve_member_api
+
+from support.coalition import RunningCoalition, agreement_doc, coalition_nodes
+from support.coalition import wait_for as wait_until
 
 A, B, C = "skyair", "staybright", "beanhouse"
 AUDITOR_KEY = "explorer-auditor-key"
@@ -108,44 +104,18 @@ def running_site(folder: Path) -> Iterator[Site]:
     """Start the coalition in ``folder``, fill it, serve skyair's explorer; stop it all."""
     urls = {p: f"sqlite:///{folder / p}.db" for p in (A, B, C)}
     with ExitStack() as stack:
-        coalition = stack.enter_context(coalition_nodes(folder, urls))
-        witnesses: dict[str, Witness] = {}
-        settlement: dict[str, Settlement] = {}
-        redemptions: dict[str, Redemptions] = {}
-        for program, node in coalition.nodes.items():
-            assert node.client is not None
-            redemptions[program] = Redemptions(
-                node.service, coalition.manifest, node.client, node.agr
-            )
-            settlement[program] = Settlement(node.service, coalition.manifest, node.client)
-            witnesses[program] = Witness(
-                node.service, coalition.manifest, node.client, key=node.key
-            )
-            for feature in (redemptions[program], settlement[program], witnesses[program]):
-                feature.register(node.inbox)
-        for witness in witnesses.values():
-            witness.start()
-            stack.callback(witness.stop)
+        coalition = stack.enter_context(coalition_nodes(folder, urls, witness=True))
+        witnesses = {p: node.witness for p, node in coalition.nodes.items()}
+        redemptions = {p: node.redemptions for p, node in coalition.nodes.items()}
+        settlement = {p: node.settlement for p, node in coalition.nodes.items()}
         start = datetime.now(UTC) - timedelta(seconds=1)
         site = Site(coalition, "", witnesses, redemptions, settlement, start, start)
         _populate(site)
 
         node_a = coalition[A]
-        authenticator = _authenticator()
-        routers = [
-            conversions_router(node_a.conv, authenticator),
-            agreements_router(node_a.agr, authenticator),
-            redemptions_router(redemptions[A], authenticator),
-            settlement_router(settlement[A], authenticator),
-            witness_router(witnesses[A], authenticator),
-        ]
-        server, thread, port = serve_http(create_app(node_a.service, authenticator, routers))
-
-        def stop_http() -> None:
-            server.should_exit = True
-            thread.join(10)
-
-        stack.callback(stop_http)
+        servers = serve_member_api(node_a.node, _authenticator(), "127.0.0.1:0", "127.0.0.1:0")
+        stack.callback(servers.stop)
+        port = servers.http_port
         site.base_url = f"http://127.0.0.1:{port}"
         latest = node_a.service.latest_header()
         assert latest is not None

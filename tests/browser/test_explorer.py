@@ -37,7 +37,7 @@ from coalition_site import (
 from pages import enter_keys, error_text, find, go, screenshot, text_of, wait
 from selenium.webdriver.common.by import By
 
-from coalition.node.coalition_testing import ledger_entries
+from support.coalition import ledger_entries
 
 SHOTS = (
     Path(os.environ["COALITION_SCREENSHOTS"]) if os.environ.get("COALITION_SCREENSHOTS") else None

@@ -21,7 +21,8 @@ from coalition.api.http.server import serve_http
 from coalition.ledger.canonical import JsonObject
 from coalition.node.auth import ApiKey, Authenticator, Role, key_digest
 from coalition.node.service import NodeService
-from coalition.node.testing import temporary_node
+
+from support.nodes import temporary_node
 
 ROOT = Path(__file__).resolve().parents[2]
 VECTORS = ROOT / "tests" / "vectors" / "merkle"

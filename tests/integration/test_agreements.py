@@ -5,7 +5,6 @@ nothing recorded anywhere."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from concurrent import futures
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,23 +14,22 @@ import grpc
 import pytest
 from fastapi.testclient import TestClient
 
-from coalition.api.grpc.agreements import add_agreements_servicer
-from coalition.api.http.agreements import agreements_router
-from coalition.api.http.app import create_app
 from coalition.errors import FailedPrecondition, InvalidArgument
 from coalition.ledger.canonical import canonical_json, parse_json
 from coalition.ledger.keys import SigningKey
 from coalition.node.auth import Authenticator
-from coalition.node.coalition_testing import (
+from coalition.points.rates import sign_agreement, signed_agreement, verify_signed_agreement
+from coalition.runtime.wiring import member_app, serve_member_api
+from coalition.v1 import conversions_pb2, conversions_pb2_grpc
+
+from support.coalition import (
     RunningCoalition,
     agreement_doc,
     coalition_nodes,
     entry_kinds,
     ledger_entries,
-    node_urls,
 )
-from coalition.points.rates import sign_agreement, signed_agreement, verify_signed_agreement
-from coalition.v1 import conversions_pb2, conversions_pb2_grpc
+from support.databases import node_urls
 
 Factory = Callable[..., RunningCoalition]
 
@@ -161,8 +159,7 @@ def test_operator_api_rest_and_grpc(
 ) -> None:
     c = make()
     a = c["skyair"]
-    app = create_app(a.service, authenticator)
-    app.include_router(agreements_router(a.agr, authenticator))
+    app = member_app(a.node, authenticator)
     op = {"Authorization": f"Bearer {api_keys['operator']}"}
     member = {"Authorization": f"Bearer {api_keys['member']}"}
     doc = agreement_doc("skyair", "staybright")
@@ -179,10 +176,8 @@ def test_operator_api_rest_and_grpc(
         bad = http.post("/v1/agreements", json=dict(doc, rate=[0, 1], version=2), headers=op)
         assert bad.status_code == 400 and bad.json()["error"] == "invalid_argument"
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    add_agreements_servicer(server, a.agr, authenticator)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    servers = serve_member_api(a.node, authenticator, "127.0.0.1:0", "127.0.0.1:0")
+    port = servers.grpc_port
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = conversions_pb2_grpc.AgreementsStub(channel)
@@ -202,4 +197,4 @@ def test_operator_api_rest_and_grpc(
                 )
             assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
     finally:
-        server.stop(None).wait(5)
+        servers.stop(0)

@@ -27,7 +27,9 @@ from coalition.ledger.keys import SigningKey
 from coalition.node.auth import Authenticator
 from coalition.node.config import SealerConfig
 from coalition.node.service import NodeService
-from coalition.node.testing import Clock, temporary_node
+from coalition.ops.tomlfiles import write_toml
+
+from support.nodes import Clock, temporary_node
 
 MEMBERS = ("alice", "bob", "carol")
 
@@ -193,10 +195,12 @@ def test_cli_audit_and_check_exit_codes(built: tuple[Node, dict[str, int]], tmp_
     assert run_cli(["audit", "--database", node.url]) == 2  # no public key
     (tmp_path / "keys").mkdir()
     (tmp_path / "keys" / "ledger.pem").write_bytes(node.key.to_pem())
-    config = tmp_path / "node.toml"
-    config.write_text(
-        f'[program]\nid = "testair"\n[node]\ndatabase = "{node.url}"\n'
-        'signing_key = "keys/ledger.pem"\n'
+    config = write_toml(
+        tmp_path / "node.toml",
+        {
+            "program": {"id": "testair"},
+            "node": {"database": node.url, "signing_key": "keys/ledger.pem"},
+        },
     )
     # The auditor never opens the private key: without public_key.pem beside it the
     # audit stops (exit 2, naming the file); the check needs no key at all.

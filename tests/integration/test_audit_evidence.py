@@ -29,27 +29,24 @@ from coalition.audit import (
 from coalition.cli import main
 from coalition.ledger.blocks import SignedHeader, sign_header
 from coalition.node.auth import Authenticator
-from coalition.node.coalition_testing import RunningCoalition, coalition_nodes, node_urls
 from coalition.node.features.witness import Witness
 from coalition.store import witness_tables
+
+from support.coalition import RunningCoalition, coalition_nodes
+from support.databases import node_urls
 
 PROGRAMS = ("skyair", "staybright")
 
 
 @pytest.fixture
 def coalition(tmp_path: Path, database_url: str) -> Iterator[tuple[RunningCoalition, Witness]]:
-    """skyair and staybright, two sealed blocks each; staybright runs a witness (its
-    partner messages registered; no follower threads, so the test decides what it sees)."""
+    """skyair and staybright, two sealed blocks each; staybright's witness (its partner
+    messages registered; no follower threads, so the test decides what it sees)."""
     with (
         node_urls(database_url, tmp_path, PROGRAMS) as urls,
-        coalition_nodes(tmp_path, urls, start_features=False) as running,
+        coalition_nodes(tmp_path, urls, witness=True, start_features=False) as running,
     ):
-        staybright = running["staybright"]
-        assert staybright.client is not None
-        witness = Witness(
-            staybright.service, running.manifest, staybright.client, key=staybright.key
-        )
-        witness.register(staybright.inbox)
+        witness = running["staybright"].witness
         for program, node in running.nodes.items():
             for n in range(2):
                 node.service.enroll(f"{program}-{n}", idempotency_key=f"{program}-{n}")

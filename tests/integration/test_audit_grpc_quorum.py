@@ -15,6 +15,7 @@ serves only those that verify. So over gRPC the forgery shows as one cosignature
 from __future__ import annotations
 
 import json
+import tomllib
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -22,12 +23,9 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 
-import grpc
 import pytest
 from sqlalchemy import select, update
 
-from coalition.api.grpc.server import serve_grpc
-from coalition.api.grpc.witness import add_witness_servicer
 from coalition.audit import (
     DatabaseSource,
     GrpcSource,
@@ -38,11 +36,15 @@ from coalition.audit import (
 from coalition.cli import main
 from coalition.ledger.note import NoteSignature, parse_signature_line
 from coalition.node.auth import Authenticator
-from coalition.node.coalition_testing import RunningCoalition, coalition_nodes, node_urls, wait_for
 from coalition.node.features.witness import Witness
+from coalition.ops.tomlfiles import write_toml
+from coalition.runtime.wiring import serve_member_api
 from coalition.store.witness_tables import witness_cosignatures
 from coalition.verify.source import ChainSource
 from coalition.verify.witness_quorum import cosigner_of
+
+from support.coalition import RunningCoalition, coalition_nodes, wait_for
+from support.databases import node_urls
 
 A, B, C = "skyair", "staybright", "beanhouse"
 PROGRAMS = (A, B, C)
@@ -67,33 +69,24 @@ def fully_cosigned(witness: Witness, heights: int) -> bool:
     return all(len(witness.status(h).cosigners) == len(PROGRAMS) - 1 for h in range(heights))
 
 
-def stop_server(server: grpc.Server) -> None:
-    server.stop(None).wait(10)
-
-
 @pytest.fixture
 def live(
     tmp_path: Path, authenticator: Authenticator, api_keys: dict[str, str]
 ) -> Iterator[LiveCoalition]:
     """Every node seals two blocks; the witnesses cosign every header of the others and
     are stopped once every cosignature arrived (so nothing changes the tables after);
-    each node then serves Ledger and Witness over plaintext gRPC on a free port."""
+    each node then serves its member API (Ledger and Witness over plaintext gRPC) on free
+    ports."""
     with (
         node_urls("sqlite:///unused", tmp_path, PROGRAMS) as urls,
-        coalition_nodes(tmp_path, urls, start_features=False) as running,
+        coalition_nodes(tmp_path, urls, witness=True, start_features=False) as running,
         ExitStack() as stack,
     ):
-        witnesses: dict[str, Witness] = {}
+        witnesses = {p: node.witness for p, node in running.nodes.items()}
         with ExitStack() as following:
-            for program, node in running.nodes.items():
-                assert node.client is not None
-                witness = Witness(
-                    node.service, running.manifest, node.client, key=node.key, backoff=(0.05, 0.5)
-                )
-                witness.register(node.inbox)
+            for witness in witnesses.values():
                 witness.start()
                 following.callback(witness.stop)
-                witnesses[program] = witness
             for program, node in running.nodes.items():
                 for n in range(BLOCKS):
                     node.service.enroll(f"{program}-{n}", idempotency_key=f"{program}-{n}")
@@ -102,13 +95,9 @@ def live(
                 wait_for(partial(fully_cosigned, witness, BLOCKS), what=f"{program} cosigned")
         ports: dict[str, int] = {}
         for program, node in running.nodes.items():
-            witness = witnesses[program]
-            server, ports[program] = serve_grpc(
-                node.service,
-                authenticator,
-                extra=[partial(add_witness_servicer, witness=witness, authenticator=authenticator)],
-            )
-            stack.callback(stop_server, server)
+            servers = serve_member_api(node.node, authenticator, "127.0.0.1:0", "127.0.0.1:0")
+            stack.callback(servers.stop, 0)
+            ports[program] = servers.grpc_port
         yield LiveCoalition(running, ports, api_keys["auditor"])
 
 
@@ -209,10 +198,10 @@ def test_a_forged_stored_cosignature_over_grpc_and_from_the_database(
     forge_stored(live, B, 1, C)
     assert served_cosigners(live, B) == {0: sorted([A, C])}
     manifest = live.running.folder / "coalition.toml"
-    text = manifest.read_text()
-    for n, program in enumerate(PROGRAMS):
-        text = text.replace(f'grpc = "127.0.0.1:{41000 + n}"', f'grpc = "{live.target(program)}"')
-    manifest.write_text(text)
+    document = tomllib.loads(manifest.read_text())
+    for partner in document["partners"]:
+        partner["grpc"] = live.target(partner["program"])
+    write_toml(manifest, document)
     out = tmp_path / "report.json"
     argv = ["audit", "--manifest", str(manifest), "--from", "grpc", "--witness-grace", "0"]
     argv += [arg for p in PROGRAMS for arg in ("--api-key", f"{p}={live.api_key}")]

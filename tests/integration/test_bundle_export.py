@@ -21,8 +21,9 @@ from coalition.ledger.keys import SigningKey
 from coalition.node.auth import Authenticator
 from coalition.node.config import SealerConfig, load_config
 from coalition.node.service import NodeService
-from coalition.node.testing import Clock, temporary_node
 from coalition.runtime.wiring import open_node
+
+from support.nodes import Clock, temporary_node
 
 ROOT = Path(__file__).resolve().parents[2]
 PROGRAM = "testair"

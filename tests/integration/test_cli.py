@@ -23,8 +23,9 @@ from coalition.ledger.keys import SigningKey
 from coalition.node.auth import ApiKey, Authenticator, Role, key_digest
 from coalition.node.config import load_api_keys, load_config
 from coalition.node.service import NodeService
-from coalition.node.testing import temporary_node
 from coalition.ops.keygen import read_api_secrets
+
+from support.nodes import temporary_node
 
 ROOT = Path(__file__).resolve().parents[2]
 OPERATOR_KEY = "cli-test-operator-key"

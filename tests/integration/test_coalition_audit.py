@@ -33,23 +33,15 @@ from coalition.ledger.canonical import JsonObject, canonical_json, parse_json
 from coalition.ledger.keys import SigningKey
 from coalition.ledger.merkle import CompactRange, leaf_hash
 from coalition.ledger.note import NoteSignature, parse_signature_line
-from coalition.node.coalition_testing import (
-    RunningCoalition,
-    agreement_doc,
-    coalition_nodes,
-    node_urls,
-    wait_for,
-)
-from coalition.node.features.redemptions import Redemptions
-from coalition.node.features.settlement import Settlement
-from coalition.node.features.witness import Witness
-from coalition.node.sealer import TREE_STRIDE
-from coalition.node.testing import postgres_schema
 from coalition.points.statements import sign_statement
 from coalition.store.db import make_engine
+from coalition.store.repository import TREE_STRIDE
 from coalition.store.tables import blocks, entries, tree_nodes
 from coalition.store.witness_tables import witness_cosignatures
 from coalition.verify.state import STATE_TYPE
+
+from support.coalition import RunningCoalition, agreement_doc, coalition_nodes, wait_for
+from support.databases import node_urls, postgres_schema
 
 A, B, C = "skyair", "staybright", "beanhouse"
 PROGRAMS = (A, B, C)
@@ -69,51 +61,33 @@ class Built:
 def run_coalition(running: RunningCoalition) -> None:
     """Agreement skyair -> staybright; a conversion and a captured hold skyair owes
     staybright for; their statement signed by both; witnesses cosign every header."""
-    stack = ExitStack()
-    redemptions: dict[str, Redemptions] = {}
-    settlement: dict[str, Settlement] = {}
-    with stack:
-        for program, node in running.nodes.items():
-            assert node.client is not None
-            redemptions[program] = Redemptions(
-                node.service, running.manifest, node.client, node.agr
+    start = datetime.now(UTC) - timedelta(seconds=1)
+    a, b, c = running[A], running[B], running[C]
+    a.agr.propose(agreement_doc(A, B))
+    a.service.enroll("alice", idempotency_key="enroll-alice")
+    a.service.adjust("alice", 10_000, "ops", "opening", idempotency_key="seed-alice")
+    b.service.enroll("bob", idempotency_key="enroll-bob")
+    c.service.enroll("carol", idempotency_key="enroll-carol")
+    view = a.conv.convert("alice", B, "bob", 1000, idempotency_key="conv-1")
+    wait_for(
+        lambda: a.conv.status("alice", view.id).status == "completed",
+        what="the conversion to complete",
+    )
+    held = b.redemptions.authorize(A, "alice", 300, "ref-1", 600, idempotency_key="h-1")
+    assert b.redemptions.capture(held.hold_id).status == "captured"
+    time.sleep(0.01)
+    end = datetime.now(UTC)
+    time.sleep(0.01)
+    a.settlement.propose(B, start, end)
+    for node in running.nodes.values():
+        node.service.flush()
+    for program, node in running.nodes.items():
+        last = node.service.latest_header()
+        assert last is not None
+        for height in range(last.header.height + 1):
+            wait_for(
+                lambda n=node, h=height: cosigned(n, h), what=f"{program} at {height} cosigned"
             )
-            settlement[program] = Settlement(node.service, running.manifest, node.client)
-            redemptions[program].register(node.inbox)
-            settlement[program].register(node.inbox)
-            witness = Witness(
-                node.service, running.manifest, node.client, key=node.key, backoff=(0.05, 0.5)
-            )
-            witness.register(node.inbox)
-            witness.start()
-            stack.callback(witness.stop)
-        start = datetime.now(UTC) - timedelta(seconds=1)
-        a, b, c = running[A], running[B], running[C]
-        a.agr.propose(agreement_doc(A, B))
-        a.service.enroll("alice", idempotency_key="enroll-alice")
-        a.service.adjust("alice", 10_000, "ops", "opening", idempotency_key="seed-alice")
-        b.service.enroll("bob", idempotency_key="enroll-bob")
-        c.service.enroll("carol", idempotency_key="enroll-carol")
-        view = a.conv.convert("alice", B, "bob", 1000, idempotency_key="conv-1")
-        wait_for(
-            lambda: a.conv.status("alice", view.id).status == "completed",
-            what="the conversion to complete",
-        )
-        held = redemptions[B].authorize(A, "alice", 300, "ref-1", 600, idempotency_key="h-1")
-        assert redemptions[B].capture(held.hold_id).status == "captured"
-        time.sleep(0.01)
-        end = datetime.now(UTC)
-        time.sleep(0.01)
-        settlement[A].propose(B, start, end)
-        for node in running.nodes.values():
-            node.service.flush()
-        for program, node in running.nodes.items():
-            last = node.service.latest_header()
-            assert last is not None
-            for height in range(last.header.height + 1):
-                wait_for(
-                    lambda n=node, h=height: cosigned(n, h), what=f"{program} at {height} cosigned"
-                )
 
 
 def cosigned(node: Any, height: int) -> bool:
@@ -133,7 +107,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     folder = tmp_path_factory.mktemp("coalition")
     with (
         node_urls("sqlite:///unused", folder, PROGRAMS) as urls,
-        coalition_nodes(folder, urls) as running,
+        coalition_nodes(folder, urls, witness=True) as running,
     ):
         run_coalition(running)
         keys = {p: n.key for p, n in running.nodes.items()}
@@ -534,7 +508,7 @@ def test_the_clean_coalition_audits_sound_on_postgresql(
     with ExitStack() as stack:
         url = stack.enter_context(postgres_schema())
         urls = stack.enter_context(node_urls(url, tmp_path, PROGRAMS))
-        with coalition_nodes(tmp_path, urls) as running:
+        with coalition_nodes(tmp_path, urls, witness=True) as running:
             run_coalition(running)
         argv = ["audit", "--manifest", str(tmp_path / "coalition.toml")]
         for program, db in urls.items():

@@ -20,10 +20,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from coalition.node.testing import POSTGRES_URL
 from sqlalchemy import create_engine, make_url, text
 
 from coalition.demo.nodes import free_ports
-from coalition.node.testing import POSTGRES_URL
 from coalition.store.db import normalise_url
 from coalition.store.schema import head_revision
 

@@ -21,31 +21,29 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from coalition.api.grpc.conversions import add_conversions_servicer
-from coalition.api.http.app import create_app
-from coalition.api.http.conversions import conversions_router
 from coalition.audit.db_check import check_database
 from coalition.errors import CoalitionError, FailedPrecondition, InsufficientPoints
 from coalition.ledger.canonical import JsonObject
 from coalition.ledger.entries import entry_leaf_hash, format_time
 from coalition.ledger.envelope import SignedMessage, open_message, sign_message
 from coalition.node.auth import Authenticator
-from coalition.node.coalition_testing import (
+from coalition.node.features.conversions import RECEIPT, ConversionView
+from coalition.points.replay import Replay
+from coalition.runtime.wiring import member_app, serve_member_api
+from coalition.store import conversion_repo
+from coalition.store.coalition_tables import outbox
+from coalition.v1 import conversions_pb2, conversions_pb2_grpc
+
+from support.coalition import (
     PartnerNode,
     RunningCoalition,
     agreement_doc,
     coalition_nodes,
     entry_kinds,
     ledger_entries,
-    node_urls,
     wait_for,
 )
-from coalition.node.features.conversions import RECEIPT, ConversionView
-from coalition.node.features.settlement import Settlement
-from coalition.points.replay import Replay
-from coalition.store import conversion_repo
-from coalition.store.coalition_tables import outbox
-from coalition.v1 import conversions_pb2, conversions_pb2_grpc
+from support.databases import node_urls
 
 Factory = Callable[..., RunningCoalition]
 A, B, C = "skyair", "staybright", "beanhouse"
@@ -102,8 +100,7 @@ def assert_consistent(c: RunningCoalition) -> None:
         assert replay(node).in_flight == {}
         # The running totals the credit limits read agree with the chain's own reading
         # of what is unsettled (``Settlement.unsettled``), in every direction.
-        assert node.client is not None
-        chain = Settlement(node.service, c.manifest, node.client)
+        chain = node.settlement
         for other in c.nodes:
             for debtor, creditor in ((node.program, other), (other, node.program)):
                 if debtor != creditor:
@@ -296,13 +293,6 @@ def test_concurrent_conversions_never_overdraw(make: Factory) -> None:
     assert_consistent(c)
 
 
-def settlement(c: RunningCoalition) -> dict[str, Settlement]:
-    """The real settlement feature on A and B (B answers A's proposals)."""
-    features = {p: Settlement(c[p].service, c.manifest, c[p].conv.client) for p in (A, B)}
-    features[B].register(c[B].inbox)
-    return features
-
-
 def unsettled_here(node: PartnerNode, debtor: str, creditor: str, in_flight: bool) -> int:
     with node.service.engine.connect() as conn:
         return conversion_repo.unsettled(conn, node.program, debtor, creditor, in_flight=in_flight)
@@ -322,7 +312,7 @@ def test_credit_limit_refuses_until_settled(make: Factory) -> None:
     quoted = a.conv.quote("alice", B, 1000)
     assert (quoted.credit, quoted.value_minor, quoted.converted_today) == (CREDIT, 990, 2000)
 
-    settlement(c)[A].propose(B, start, datetime.now(UTC))
+    c[A].settlement.propose(B, start, datetime.now(UTC))
     third = a.conv.convert("alice", B, "bob", 1000, idempotency_key="cl-3")
     assert settled(a, third).status == "completed"  # B's own limit check passes too
     assert spendable(b, "bob") == 3 * CREDIT
@@ -343,7 +333,7 @@ def test_credit_limit_counts_what_a_later_statement_left_unsettled(make: Factory
     assert settled(a, a.conv.convert("alice", B, "bob", 1000, idempotency_key="g-2")).status == (
         "completed"
     )
-    features = settlement(c)
+    features = {p: node.settlement for p, node in c.nodes.items()}
     features[A].propose(B, later, datetime.now(UTC))  # settles g-2 only
     for node in (a, b):
         assert unsettled_here(node, A, B, in_flight=False) == 990
@@ -485,8 +475,7 @@ def test_member_api_rest_and_grpc(
 ) -> None:
     c = make()
     a = c[A]
-    app = create_app(a.service, authenticator)
-    app.include_router(conversions_router(a.conv, authenticator))
+    app = member_app(a.node, authenticator)
     alice = {"Authorization": f"Bearer {api_keys['member']}"}
     with TestClient(app) as http:
         body = {"to_program": B, "to_member_id": "bob", "amount": 1000}
@@ -533,10 +522,8 @@ def test_member_api_rest_and_grpc(
         assert no_agreement.status_code == 404  # beanhouse is not in this coalition
         assert http.get("/v1/members/alice/conversions/nope", headers=alice).status_code == 404
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    add_conversions_servicer(server, a.conv, authenticator)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    servers = serve_member_api(a.node, authenticator, "127.0.0.1:0", "127.0.0.1:0")
+    port = servers.grpc_port
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = conversions_pb2_grpc.ConversionsStub(channel)
@@ -584,7 +571,7 @@ def test_member_api_rest_and_grpc(
                 )
             assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
     finally:
-        server.stop(None).wait(5)
+        servers.stop(0)
     assert_consistent(c)
 
 

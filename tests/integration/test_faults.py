@@ -25,7 +25,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from _processes import COALITION, BrandProcess, CoalitionProcesses, make_coalition
 from sqlalchemy import create_engine, text
 
 from coalition.api.grpc.partner import GrpcTransport, serve_partner_grpc
@@ -50,6 +49,8 @@ from coalition.ops.tls import TlsFiles, make_ca, make_node_cert
 from coalition.store.db import make_engine
 from coalition.store.schema import upgrade_schema
 from coalition.v1 import conversions_pb2, conversions_pb2_grpc
+
+from support.processes import COALITION, BrandProcess, CoalitionProcesses, make_coalition
 
 pytestmark = pytest.mark.slow
 

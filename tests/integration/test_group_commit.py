@@ -11,10 +11,11 @@ from sqlalchemy import func, select
 from coalition.errors import CoalitionError, InsufficientPoints
 from coalition.node.config import SealerConfig
 from coalition.node.service import NodeService
-from coalition.node.testing import Clock, temporary_node
 from coalition.points.replay import Replay
 from coalition.store import repository
 from coalition.store.tables import entries
+
+from support.nodes import Clock, temporary_node
 
 WRITERS = 8
 WRITES = 25

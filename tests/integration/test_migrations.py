@@ -16,12 +16,12 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from coalition.node.testing import postgres_schema, temporary_node
 from sqlalchemy import Connection, Engine, inspect, text
 from sqlmodel import SQLModel
 
 from coalition.cli import main
 from coalition.errors import FailedPrecondition
-from coalition.node.testing import postgres_schema, temporary_node
 from coalition.store.db import make_engine
 from coalition.store.schema import (
     BASELINE,

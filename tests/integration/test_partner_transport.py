@@ -9,6 +9,7 @@ handler never ran (``calls`` stays empty), so a refused message changed nothing.
 from __future__ import annotations
 
 import logging
+import tomllib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -42,12 +43,15 @@ from coalition.node.partners import (
     PartnerTransport,
 )
 from coalition.node.sequencer import Sequencer
-from coalition.node.testing import Clock, temporary_node
 from coalition.ops.tls import TlsFiles, generate_tls
+from coalition.ops.tomlfiles import partner_table, write_toml
 from coalition.store.db import make_engine
 from coalition.store.partner_tables import SeenMessageRow
 from coalition.store.schema import upgrade_schema
 from coalition.v1 import ledger_pb2, ledger_pb2_grpc, partner_pb2, partner_pb2_grpc
+
+from support.coalition import write_manifest
+from support.nodes import Clock, temporary_node
 
 PROGRAMS = ("skyair", "staybright", "beanhouse")
 
@@ -55,17 +59,7 @@ PROGRAMS = ("skyair", "staybright", "beanhouse")
 def write_coalition(folder: Path, programs: tuple[str, ...] = PROGRAMS) -> dict[str, SigningKey]:
     """A manifest in ``folder`` with a fresh ledger key per program and its TLS material."""
     keys = {p: SigningKey.generate() for p in programs}
-    parts = ['[coalition]\nname = "Test coalition"\nca_cert = "tls/ca.pem"\nwitness_quorum = 1\n']
-    for n, (program, key) in enumerate(keys.items()):
-        (folder / program / "keys").mkdir(parents=True)
-        (folder / program / "keys" / "public_key.pem").write_bytes(key.public_key.to_pem())
-        parts.append(
-            f'[[partners]]\nprogram = "{program}"\ngrpc = "127.0.0.1:{41000 + n}"\n'
-            f'partner_grpc = "127.0.0.1:{42000 + n}"\nhttp = "127.0.0.1:{43000 + n}"\n'
-            f'public_key = "{program}/keys/public_key.pem"\ncurrency = "EUR"\n'
-        )
-    (folder / "coalition.toml").write_text("\n".join(parts))
-    generate_tls(Manifest.load(folder / "coalition.toml"))
+    write_manifest(folder, keys)
     return keys
 
 
@@ -485,10 +479,16 @@ def test_a_certificate_of_the_ca_for_a_program_outside_the_manifest_is_refused(
     coalition: Coalition,
 ) -> None:
     # The CA signs a certificate for "ghost" (say, a partner that left the coalition).
-    with_ghost = coalition.folder / "with-ghost.toml"
-    text = (coalition.folder / "coalition.toml").read_text()
-    ghost = text.split("[[partners]]")[1].replace("skyair", "ghost").replace(":4", ":5")
-    with_ghost.write_text(text + "[[partners]]" + ghost)
+    document = tomllib.loads((coalition.folder / "coalition.toml").read_text())
+    ghost = partner_table(
+        "ghost",
+        grpc="127.0.0.1:51000",
+        partner_grpc="127.0.0.1:52000",
+        http="127.0.0.1:53000",
+        public_key="ghost/keys/public_key.pem",
+    )
+    document["partners"].append(ghost)
+    with_ghost = write_toml(coalition.folder / "with-ghost.toml", document)
     generate_tls(Manifest.load(with_ghost))  # adds ghost.pem, same CA, nothing replaced
     ghost_tls = TlsFiles(
         coalition.manifest.ca_cert,

@@ -25,19 +25,20 @@ from coalition.errors import (
 )
 from coalition.ledger.entries import entry_leaf_hash, parse_time
 from coalition.ledger.envelope import SignedMessage, open_message
-from coalition.node.coalition_testing import (
+from coalition.node.features.redemptions import Redemptions
+from coalition.points.replay import Replay
+from coalition.store import redemption_tables
+from coalition.verify.cross_chain import check_coalition
+
+from support.coalition import (
     PartnerNode,
     RunningCoalition,
     agreement_doc,
     coalition_nodes,
     entry_kinds,
     ledger_entries,
-    node_urls,
 )
-from coalition.node.features.redemptions import Redemptions
-from coalition.points.replay import Replay
-from coalition.store import redemption_tables
-from coalition.verify.cross_chain import check_coalition
+from support.databases import node_urls
 
 A, B = "skyair", "staybright"
 T = TypeVar("T")
@@ -46,24 +47,14 @@ MEMBER = "alice"
 
 @dataclass
 class Pair:
-    """Two running nodes with redemptions wired: ``a`` issues the points, ``b`` asks."""
+    """Two running nodes: ``a`` issues the points, ``b`` asks (``ra``, ``rb``: their
+    redemptions)."""
 
     coalition: RunningCoalition
     a: PartnerNode
     b: PartnerNode
     ra: Redemptions
     rb: Redemptions
-
-
-def wire(coalition: RunningCoalition) -> dict[str, Redemptions]:
-    """A Redemptions feature on every node, registered on its partner inbox."""
-    features = {}
-    for program, node in coalition.nodes.items():
-        assert node.client is not None
-        feature = Redemptions(node.service, coalition.manifest, node.client, node.agr)
-        feature.register(node.inbox)
-        features[program] = feature
-    return features
 
 
 @pytest.fixture
@@ -73,12 +64,11 @@ def pair(tmp_path: Path, database_url: str) -> Iterator[Pair]:
     with ExitStack() as stack:
         urls = stack.enter_context(node_urls(database_url, tmp_path, (A, B)))
         coalition = stack.enter_context(coalition_nodes(tmp_path, urls, start_features=False))
-        features = wire(coalition)
         a, b = coalition[A], coalition[B]
         a.agr.propose(agreement_doc(A, B, point_value=(2, 3)))
         a.service.enroll(MEMBER, idempotency_key="enroll-alice")
         a.service.adjust(MEMBER, 1000, "ops", "opening balance", idempotency_key="adj-alice")
-        yield Pair(coalition, a, b, features[A], features[B])
+        yield Pair(coalition, a, b, a.redemptions, b.redemptions)
 
 
 def balance(node: PartnerNode, member: str = MEMBER) -> tuple[int, int]:

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable, Iterator
 
 import pytest
+from coalition.node.testing import Clock, temporary_node
 from sqlalchemy import Connection, func, insert, select
 
 from coalition.errors import CoalitionError, FailedPrecondition
@@ -14,7 +15,6 @@ from coalition.ledger.canonical import JsonObject
 from coalition.node.config import SealerConfig
 from coalition.node.sequencer import Sequencer, Transaction
 from coalition.node.service import NodeService
-from coalition.node.testing import Clock, temporary_node
 from coalition.points import operations
 from coalition.points.operations import EntryContext
 from coalition.points.state import Account

@@ -20,9 +20,10 @@ from coalition.errors import (
 from coalition.ledger.proofs import verify_consistency_document, verify_inclusion_document
 from coalition.node.config import SealerConfig
 from coalition.node.service import NodeService
-from coalition.node.testing import Clock, temporary_node
 from coalition.node.views import PurchaseRow
 from coalition.points.rules import ProgramRules, Tier
+
+from support.nodes import Clock, temporary_node
 
 RULES = ProgramRules(
     points_per_unit=Fraction(1),

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from concurrent import futures
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,31 +20,28 @@ import grpc
 import pytest
 from fastapi.testclient import TestClient
 
-from coalition.api.grpc.redemptions import add_redemptions_servicer
-from coalition.api.grpc.settlement import add_settlement_servicer
-from coalition.api.http.app import create_app
-from coalition.api.http.redemptions import redemptions_router
-from coalition.api.http.settlement import settlement_router
 from coalition.errors import FailedPrecondition, InvalidArgument
 from coalition.ledger.canonical import parse_json
 from coalition.ledger.entries import format_time
 from coalition.node.auth import Authenticator
-from coalition.node.coalition_testing import (
+from coalition.node.features.redemptions import Redemptions
+from coalition.node.features.settlement import Settlement
+from coalition.points.settlement import Owed
+from coalition.points.statements import sign_statement, statement_parts, verify_signed_statement
+from coalition.runtime.wiring import member_app, serve_member_api
+from coalition.v1 import settlement_pb2, settlement_pb2_grpc
+from coalition.verify.cross_chain import check_coalition
+
+from support.coalition import (
     PartnerNode,
     RunningCoalition,
     agreement_doc,
     coalition_nodes,
     entry_kinds,
     ledger_entries,
-    node_urls,
     wait_for,
 )
-from coalition.node.features.redemptions import Redemptions
-from coalition.node.features.settlement import Settlement
-from coalition.points.settlement import Owed
-from coalition.points.statements import sign_statement, statement_parts, verify_signed_statement
-from coalition.v1 import settlement_pb2, settlement_pb2_grpc
-from coalition.verify.cross_chain import check_coalition
+from support.databases import node_urls
 
 A, B, C = "skyair", "staybright", "beanhouse"
 
@@ -68,16 +64,8 @@ def trio(tmp_path: Path, database_url: str) -> Iterator[Trio]:
     with ExitStack() as stack:
         urls = stack.enter_context(node_urls(database_url, tmp_path, (A, B, C)))
         coalition = stack.enter_context(coalition_nodes(tmp_path, urls))
-        redemptions: dict[str, Redemptions] = {}
-        settlement: dict[str, Settlement] = {}
-        for program, node in coalition.nodes.items():
-            assert node.client is not None
-            redemptions[program] = Redemptions(
-                node.service, coalition.manifest, node.client, node.agr
-            )
-            settlement[program] = Settlement(node.service, coalition.manifest, node.client)
-            redemptions[program].register(node.inbox)
-            settlement[program].register(node.inbox)
+        redemptions = {p: node.redemptions for p, node in coalition.nodes.items()}
+        settlement = {p: node.settlement for p, node in coalition.nodes.items()}
         start = datetime.now(UTC) - timedelta(seconds=1)
         for issuer, spender in ((A, B), (B, C), (C, A)):
             coalition[issuer].agr.propose(
@@ -234,9 +222,7 @@ def test_coalition_netting_gives_the_fewest_payments(trio: Trio) -> None:
 
 def test_rest_and_grpc(trio: Trio, authenticator: Authenticator, api_keys: dict[str, str]) -> None:
     node_b = trio.node(B)
-    app = create_app(node_b.service, authenticator)
-    app.include_router(redemptions_router(trio.redemptions[B], authenticator))
-    app.include_router(settlement_router(trio.settlement[B], authenticator))
+    app = member_app(node_b.node, authenticator)
     op = {"Authorization": f"Bearer {api_keys['operator']}"}
     auditor = {"Authorization": f"Bearer {api_keys['auditor']}"}
     member = {"Authorization": f"Bearer {api_keys['member']}"}
@@ -281,11 +267,8 @@ def test_rest_and_grpc(trio: Trio, authenticator: Authenticator, api_keys: dict[
         bad = http.get("/v1/settlement/netting", params={"start": "x", "end": later}, headers=op)
         assert bad.status_code == 400
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    add_redemptions_servicer(server, trio.redemptions[B], authenticator)
-    add_settlement_servicer(server, trio.settlement[B], authenticator)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    servers = serve_member_api(node_b.node, authenticator, "127.0.0.1:0", "127.0.0.1:0")
+    port = servers.grpc_port
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             meta = (("authorization", f"Bearer {api_keys['operator']}"),)
@@ -344,4 +327,4 @@ def test_rest_and_grpc(trio: Trio, authenticator: Authenticator, api_keys: dict[
                 )
             assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
     finally:
-        server.stop(None).wait(10)
+        servers.stop(0)

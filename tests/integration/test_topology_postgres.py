@@ -31,12 +31,13 @@ from coalition.demo.nodes import (
 from coalition.demo.scenario import Scenario
 from coalition.ledger.canonical import JsonObject, parse_json
 from coalition.node.manifest import Manifest
-from coalition.node.testing import POSTGRES_URL
 from coalition.ops.keygen import generate_coalition_keys
 from coalition.ops.tls import generate_tls
 from coalition.store.db import normalise_url
 from coalition.verify.chain_audit import audit_chain
 from coalition.verify.cross_chain import audit_coalition
+
+from support.databases import POSTGRES_URL
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 

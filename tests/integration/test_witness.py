@@ -7,19 +7,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
 import pytest
 from fastapi.testclient import TestClient
 
-from coalition.api.grpc.partner import GrpcTransport, serve_partner_grpc
-from coalition.api.grpc.server import serve_grpc
-from coalition.api.grpc.witness import add_witness_servicer
-from coalition.api.http.app import create_app
-from coalition.api.http.witness import witness_router
 from coalition.errors import FailedPrecondition, InvalidArgument, VerificationError
 from coalition.ledger.blocks import SignedHeader, sign_header
 from coalition.ledger.canonical import JsonValue, canonical_json
@@ -35,36 +29,18 @@ from coalition.ledger.note import (
 )
 from coalition.ledger.proofs import consistency_document
 from coalition.node.auth import Authenticator
-from coalition.node.config import SealerConfig
 from coalition.node.features.witness import FORK, Fault, Witness
 from coalition.node.manifest import Manifest
-from coalition.node.partners import InMemoryNetwork, PartnerClient, PartnerInbox
+from coalition.node.partners import InMemoryNetwork, PartnerClient
 from coalition.node.service import NodeService
-from coalition.node.testing import temporary_node
-from coalition.ops.tls import TlsFiles, generate_tls
+from coalition.runtime.wiring import member_app, serve_member_api
 from coalition.v1 import witness_pb2, witness_pb2_grpc
+
+from support.coalition import PartnerNode, RunningCoalition, coalition_nodes, write_manifest
+from support.nodes import temporary_node
 
 PROGRAMS = ("skyair", "staybright", "beanhouse")
 DEADLINE_S = 30.0
-
-
-def write_manifest(folder: Path, keys: dict[str, SigningKey], quorum: int) -> Manifest:
-    """A manifest with each program's public key, and the coalition's TLS material."""
-    parts = [
-        f'[coalition]\nname = "Witness test"\nca_cert = "tls/ca.pem"\nwitness_quorum = {quorum}\n'
-    ]
-    for n, (program, key) in enumerate(keys.items()):
-        (folder / program).mkdir(parents=True, exist_ok=True)
-        (folder / program / "public_key.pem").write_bytes(key.public_key.to_pem())
-        parts.append(
-            f'[[partners]]\nprogram = "{program}"\ngrpc = "127.0.0.1:{44000 + n}"\n'
-            f'partner_grpc = "127.0.0.1:{45000 + n}"\nhttp = "127.0.0.1:{46000 + n}"\n'
-            f'public_key = "{program}/public_key.pem"\ncurrency = "EUR"\n'
-        )
-    (folder / "coalition.toml").write_text("\n".join(parts))
-    manifest = Manifest.load(folder / "coalition.toml")
-    generate_tls(manifest)
-    return manifest
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = DEADLINE_S) -> None:
@@ -87,105 +63,22 @@ def add_blocks(service: NodeService, count: int, tag: str) -> int:
     return last.header.height
 
 
-@dataclass
-class Node:
-    program: str
-    key: SigningKey
-    service: NodeService
-    inbox: PartnerInbox
-    server: grpc.Server
-    port: int
-    stack: ExitStack
-    client: PartnerClient | None = None
-    witness: Witness | None = None
-
-    def w(self) -> Witness:
-        assert self.witness is not None
-        return self.witness
-
-
-@dataclass
-class Coalition:
-    folder: Path
-    base: Manifest
-    keys: dict[str, SigningKey]
-    nodes: dict[str, Node] = field(default_factory=dict)
-    manifest: Manifest | None = None
-
-    def serve(self, program: str, url: str, port: int = 0) -> Node:
-        """A started node and its partner server (Partner + Ledger over mutual TLS)."""
-        stack = ExitStack()
-        service = stack.enter_context(
-            temporary_node(
-                url,
-                program=program,
-                key=self.keys[program],
-                sealer=SealerConfig(max_entries=1000, max_delay_ms=50),
-            )
-        )
-        inbox = PartnerInbox(program, self.base, service.sequencer, self.keys[program])
-        tls = TlsFiles.for_program(self.base, program)
-        server, bound = serve_partner_grpc(inbox, tls, "127.0.0.1", port, service=service)
-        node = Node(program, self.keys[program], service, inbox, server, bound, stack)
-        self.nodes[program] = node
-        return node
-
-    def join(self, node: Node, *, register: bool = True) -> Witness:
-        """Give ``node`` a partner client and a started witness."""
-        assert self.manifest is not None
-        tls = TlsFiles.for_program(self.base, node.program)
-        node.client = PartnerClient(
-            node.program, self.manifest, node.key, GrpcTransport(self.manifest, tls)
-        )
-        node.witness = Witness(
-            node.service, self.manifest, node.client, key=node.key, backoff=(0.05, 0.5)
-        )
-        if register:
-            node.witness.register(node.inbox)
-        node.witness.start()
-        return node.witness
-
-    def halt(self, node: Node) -> None:
-        """Stop the node's witness, client, server and service (in that order)."""
-        if node.witness is not None:
-            node.witness.stop()
-        if node.client is not None:
-            node.client.close()
-        node.server.stop(None).wait(10)
-        node.stack.close()
-
-    def close(self) -> None:
-        for node in self.nodes.values():
-            self.halt(node)
-
-
 @pytest.fixture
-def coalition(tmp_path: Path, database_url: str) -> Iterator[Coalition]:
+def coalition(tmp_path: Path, database_url: str) -> Iterator[RunningCoalition]:
     """Three witnessing nodes; skyair on ``database_url`` (SQLite or PostgreSQL)."""
-    keys = {p: SigningKey.generate() for p in PROGRAMS}
-    made = Coalition(tmp_path, write_manifest(tmp_path, keys, quorum=2), keys)
-    try:
-        for program in PROGRAMS:
-            url = database_url if program == "skyair" else f"sqlite:///{tmp_path / program}.db"
-            made.serve(program, url)
-        made.manifest = made.base.with_partner_grpc(
-            {p: f"127.0.0.1:{n.port}" for p, n in made.nodes.items()}
-        )
-        for node in made.nodes.values():
-            made.join(node)
-        yield made
-    finally:
-        made.close()
+    urls = {p: f"sqlite:///{tmp_path / p}.db" for p in PROGRAMS} | {"skyair": database_url}
+    with coalition_nodes(tmp_path, urls, witness=True, witness_quorum=2) as running:
+        yield running
 
 
-def witnessed(node: Node, height: int) -> bool:
+def witnessed(node: PartnerNode, height: int) -> bool:
     try:
-        return node.w().status(height).witnessed
+        return node.witness.status(height).witnessed
     except Exception:
         return False
 
 
-def witness_all(coalition: Coalition, blocks: int = 3) -> dict[str, int]:
+def witness_all(coalition: RunningCoalition, blocks: int = 3) -> dict[str, int]:
     """Seal ``blocks`` on every node and wait until a quorum witnessed each; the heights."""
     heights = {p: add_blocks(n.service, blocks, p) for p, n in coalition.nodes.items()}
     for program, node in coalition.nodes.items():
@@ -194,40 +87,40 @@ def witness_all(coalition: Coalition, blocks: int = 3) -> dict[str, int]:
     return heights
 
 
-def verifiers(coalition: Coalition, program: str) -> list[object]:
+def verifiers(coalition: RunningCoalition, program: str) -> list[object]:
     """The C2SP note verifiers a client of ``program``'s log would configure."""
-    found = [note_verifier(origin_of(program), coalition.keys[program].public_key)]
+    found = [note_verifier(origin_of(program), coalition[program].key.public_key)]
     for other in PROGRAMS:
         if other != program:
-            key = coalition.keys[other].public_key
+            key = coalition[other].key.public_key
             found.append(note_verifier(witness_name(other), key, SIG_COSIGNATURE_V1))
     return found
 
 
 def test_three_nodes_witness_each_other_to_quorum(
-    coalition: Coalition, authenticator: Authenticator, api_keys: dict[str, str]
+    coalition: RunningCoalition, authenticator: Authenticator, api_keys: dict[str, str]
 ) -> None:
     heights = witness_all(coalition)
     for program, node in coalition.nodes.items():
         others = sorted(p for p in PROGRAMS if p != program)
         for height in range(heights[program] + 1):
-            status = node.w().status(height)
+            status = node.witness.status(height)
             assert status.witnessed and status.quorum == 2
             assert sorted(c.witness for c in status.cosigners) == others
             # The C2SP note verifies with vkeys alone: the log's signature and each witness.
             opened = verify_note(status.note, verifiers(coalition, program))  # type: ignore[arg-type]
             assert opened.text == status.checkpoint
             assert len(opened.verified) == 3
-        followers = {f.program: f for f in node.w().followers()}
+        followers = {f.program: f for f in node.witness.followers()}
         assert set(followers) == set(others)
         for other in others:
             assert followers[other].verified_height == heights[other]
             assert not followers[other].halted
-        assert node.w().equivocations() == []
+        assert node.witness.equivocations() == []
 
     skyair = coalition.nodes["skyair"]
     auditor = {"Authorization": f"Bearer {api_keys['auditor']}"}
-    app = create_app(skyair.service, authenticator, [witness_router(skyair.w(), authenticator)])
+    app = member_app(skyair.node, authenticator)
     with TestClient(app) as http:
         reply = http.get(f"/v1/blocks/{heights['skyair']}/witnesses", headers=auditor)
         assert reply.status_code == 200
@@ -242,10 +135,9 @@ def test_three_nodes_witness_each_other_to_quorum(
         listed = http.get("/v1/witness/followers", headers=auditor).json()
         assert {f["program"] for f in listed} == {"staybright", "beanhouse"}
 
-    adder = [lambda server: add_witness_servicer(server, skyair.w(), authenticator)]
-    server, port = serve_grpc(skyair.service, authenticator, extra=adder)
+    servers = serve_member_api(skyair.node, authenticator, "127.0.0.1:0", "127.0.0.1:0")
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        with grpc.insecure_channel(f"127.0.0.1:{servers.grpc_port}") as channel:
             stub = witness_pb2_grpc.WitnessStub(channel)
             metadata = (("authorization", f"Bearer {api_keys['auditor']}"),)
             got = stub.GetWitnesses(witness_pb2.GetWitnessesRequest(height=1), metadata=metadata)
@@ -258,31 +150,25 @@ def test_three_nodes_witness_each_other_to_quorum(
                 stub.GetWitnesses(witness_pb2.GetWitnessesRequest(height=99), metadata=metadata)
             assert missing.value.code() == grpc.StatusCode.NOT_FOUND
     finally:
-        server.stop(None).wait(10)
+        servers.stop(0)
 
 
-def test_a_restarted_witness_resumes_from_its_last_verified_header(coalition: Coalition) -> None:
+def test_a_restarted_witness_resumes_from_its_last_verified_header(
+    coalition: RunningCoalition,
+) -> None:
     heights = witness_all(coalition, blocks=2)
     staybright, skyair = coalition.nodes["staybright"], coalition.nodes["skyair"]
-    staybright.w().stop()
+    staybright.witness.stop()
     newest = add_blocks(skyair.service, 2, "later")
     wait_for(
-        lambda: len(skyair.w().status(newest).cosigners) >= 1,
+        lambda: len(skyair.witness.status(newest).cosigners) >= 1,
         "beanhouse cosigns skyair's new blocks",
     )
-    assert {c.witness for c in skyair.w().status(newest).cosigners} == {"beanhouse"}
-    # A new witness on the same database: it resumes after the stored height.
-    assert staybright.client is not None
-    again = Witness(
-        staybright.service,
-        coalition.manifest,
-        staybright.client,
-        key=staybright.key,  # type: ignore[arg-type]
-    )
-    staybright.witness = again
-    again.start()
+    assert {c.witness for c in skyair.witness.status(newest).cosigners} == {"beanhouse"}
+    # The node restarted on the same database: its witness resumes after the stored height.
+    again = coalition.restart("staybright").witness
     wait_for(
-        lambda: witnessed(skyair, newest) and len(skyair.w().status(newest).cosigners) == 2,
+        lambda: witnessed(skyair, newest) and len(skyair.witness.status(newest).cosigners) == 2,
         "skyair's new blocks cosigned by the restarted staybright",
     )
     follower = {f.program: f for f in again.followers()}["skyair"]
@@ -290,7 +176,7 @@ def test_a_restarted_witness_resumes_from_its_last_verified_header(coalition: Co
     assert again.equivocations() == []
 
 
-def test_tampered_or_misattributed_cosignatures_are_refused(coalition: Coalition) -> None:
+def test_tampered_or_misattributed_cosignatures_are_refused(coalition: RunningCoalition) -> None:
     heights = witness_all(coalition, blocks=1)
     skyair = coalition.nodes["skyair"]
     staybright, beanhouse = coalition.nodes["staybright"], coalition.nodes["beanhouse"]
@@ -299,7 +185,7 @@ def test_tampered_or_misattributed_cosignatures_are_refused(coalition: Coalition
     assert signed is not None
     height = heights["skyair"]
     checkpoint = checkpoint_of(signed)
-    before = skyair.w().status(height).cosigners
+    before = skyair.witness.status(height).cosigners
     good = cosign(checkpoint, staybright.key, witness_name("staybright"), 1_800_000_000)
     prefix, encoded = good.rsplit(" ", 1)
     flipped = encoded[:-6] + ("A" if encoded[-6] != "A" else "B") + encoded[-5:]
@@ -317,13 +203,13 @@ def test_tampered_or_misattributed_cosignatures_are_refused(coalition: Coalition
         staybright.client.call("skyair", "cosign", {**body, "cosignature": future})
     with pytest.raises(InvalidArgument):  # for another program
         staybright.client.call("skyair", "cosign", {**body, "program": "beanhouse"})
-    after = skyair.w().status(height).cosigners
+    after = skyair.witness.status(height).cosigners
     assert after == before
-    assert skyair.w().equivocations() == []
+    assert skyair.witness.equivocations() == []
 
 
 def test_two_signed_headers_at_one_height_are_caught_and_reported(
-    coalition: Coalition, authenticator: Authenticator, api_keys: dict[str, str]
+    coalition: RunningCoalition, authenticator: Authenticator, api_keys: dict[str, str]
 ) -> None:
     witness_all(coalition, blocks=2)
     skyair, staybright = coalition.nodes["skyair"], coalition.nodes["staybright"]
@@ -334,7 +220,7 @@ def test_two_signed_headers_at_one_height_are_caught_and_reported(
     forged = sign_header(replace(real.header, sealed_at="2030-01-01T00:00:00.000000Z"), skyair.key)
     kind, reply = beanhouse.client.call("staybright", "header-gossip", {"header": forged.to_json()})
     assert (kind, reply) == ("header-gossip-reply", {"status": "equivocation"})
-    found = staybright.w().equivocations()
+    found = staybright.witness.equivocations()
     assert len(found) == 1
     evidence = found[0]
     assert (evidence.program, evidence.height, evidence.kind) == ("skyair", 1, "equivocation")
@@ -347,22 +233,20 @@ def test_two_signed_headers_at_one_height_are_caught_and_reported(
     # Forwarded to skyair itself, it is evidence against skyair's own key (both signed).
     kind, reply = beanhouse.client.call("skyair", "header-gossip", {"header": forged.to_json()})
     assert reply == {"status": "equivocation"}
-    assert [(e.program, e.height) for e in skyair.w().equivocations()] == [("skyair", 1)]
+    assert [(e.program, e.height) for e in skyair.witness.equivocations()] == [("skyair", 1)]
     # staybright no longer trusts skyair: new blocks get beanhouse's cosignature only.
     wait_for(
-        lambda: {f.program: f for f in staybright.w().followers()}["skyair"].halted,
+        lambda: {f.program: f for f in staybright.witness.followers()}["skyair"].halted,
         "staybright halts its skyair follower",
     )
     newest = add_blocks(skyair.service, 1, "after")
-    wait_for(lambda: len(skyair.w().status(newest).cosigners) == 1, "beanhouse cosigns")
+    wait_for(lambda: len(skyair.witness.status(newest).cosigners) == 1, "beanhouse cosigns")
     time.sleep(0.3)
-    assert [c.witness for c in skyair.w().status(newest).cosigners] == ["beanhouse"]
-    assert not skyair.w().status(newest).witnessed
+    assert [c.witness for c in skyair.witness.status(newest).cosigners] == ["beanhouse"]
+    assert not skyair.witness.status(newest).witnessed
 
     auditor = {"Authorization": f"Bearer {api_keys['auditor']}"}
-    app = create_app(
-        staybright.service, authenticator, [witness_router(staybright.w(), authenticator)]
-    )
+    app = member_app(staybright.node, authenticator)
     with TestClient(app) as http:
         listed = http.get("/v1/equivocations", headers=auditor).json()
         assert [(e["program"], e["height"], e["kind"]) for e in listed] == [
@@ -373,29 +257,29 @@ def test_two_signed_headers_at_one_height_are_caught_and_reported(
 
 
 def test_a_chain_rebuilt_after_being_witnessed_is_caught(
-    coalition: Coalition, tmp_path: Path
+    coalition: RunningCoalition, tmp_path: Path
 ) -> None:
     heights = witness_all(coalition, blocks=2)
     old = coalition.nodes["beanhouse"]
     witnessed_height = heights["beanhouse"]
     old_headers = old.service.headers(0, 100)
     port = old.port
-    coalition.halt(old)
     # Same key, same address, a fresh database with other entries and a longer chain.
-    fresh = coalition.serve("beanhouse", f"sqlite:///{tmp_path / 'rebuilt.db'}", port)
+    rebuilt_url = f"sqlite:///{tmp_path / 'rebuilt.db'}"
+    fresh = coalition.restart("beanhouse", database_url=rebuilt_url, start_features=False)
     assert fresh.port == port
     add_blocks(fresh.service, witnessed_height + 3, "rewritten")
-    coalition.join(fresh)
+    fresh.coalition.start_features()
     for program in ("skyair", "staybright"):
         node = coalition.nodes[program]
-        wait_for(lambda n=node: bool(n.w().equivocations("beanhouse")), f"{program} catches it")
-        evidence = node.w().equivocations("beanhouse")[0]
+        wait_for(lambda n=node: bool(n.witness.equivocations("beanhouse")), f"{program} catches it")
+        evidence = node.witness.equivocations("beanhouse")[0]
         assert evidence.kind == "equivocation" and evidence.height == witnessed_height
         docs = {canonical(evidence.first), canonical(evidence.second)}
         assert canonical(old_headers[witnessed_height].to_json()) in docs
         rebuilt = fresh.service.headers(witnessed_height, 1)[0]
         assert canonical(rebuilt.to_json()) in docs
-        follower = {f.program: f for f in node.w().followers()}["beanhouse"]
+        follower = {f.program: f for f in node.witness.followers()}["beanhouse"]
         assert follower.halted and follower.verified_height == witnessed_height
 
 
@@ -431,7 +315,7 @@ class ScriptedSource:
 def pair(tmp_path: Path) -> Iterator[tuple[NodeService, NodeService, Manifest]]:
     """skyair (the partner) and staybright (the witness), no network."""
     keys = {p: SigningKey.generate() for p in ("skyair", "staybright")}
-    manifest = write_manifest(tmp_path, keys, quorum=1)
+    manifest = write_manifest(tmp_path, keys)
     with (
         temporary_node(f"sqlite:///{tmp_path}/a.db", program="skyair", key=keys["skyair"]) as a,
         temporary_node(

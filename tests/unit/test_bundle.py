@@ -31,7 +31,6 @@ from coalition.ledger.merkle import leaf_hash
 from coalition.ledger.note import checkpoint_of, cosign, verify_cosignature, witness_name
 from coalition.node.config import SealerConfig
 from coalition.node.service import NodeService
-from coalition.node.testing import Clock, temporary_node
 from coalition.store.witness_tables import (
     StoredCosignature,
     save_cosignature,
@@ -46,6 +45,8 @@ from coalition.verify.source import (
     RawEntry,
     RawHeader,
 )
+
+from support.nodes import Clock, temporary_node
 
 PROGRAM = "testair"
 MEMBERS = ("alice", "bob", "carol", "dave")

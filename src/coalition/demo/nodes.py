@@ -1,5 +1,6 @@
-"""The demo's nodes: a work folder copied from ``nodes/`` with free ports, ``coalition run``
-child processes, and the clients a scenario drives them with.
+"""The demo's nodes: a work folder written from the demo's templates with free ports,
+``coalition run`` child processes (``demo.processes``), and the clients a scenario
+drives them with.
 
 Also used by ``coalition scenario`` (nodes that run elsewhere, e.g. docker compose) and
 by the tests that run the coalition's topology for real.
@@ -8,22 +9,20 @@ by the tests that run the coalition's topology for real.
 from __future__ import annotations
 
 import json
-import os
-import re
-import signal
-import socket
-import subprocess
-import sys
 import time
+import tomllib
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
+from importlib.resources import as_file, files
 from pathlib import Path
 from typing import Any
 
 from coalition.api.errors import http_error_kind
 from coalition.api.grpc.client import NodeClient
+from coalition.demo.processes import NodeProcess, free_ports, wait_ready
 from coalition.errors import (
     CoalitionError,
     FailedPrecondition,
@@ -35,15 +34,20 @@ from coalition.node.auth import Role
 from coalition.node.config import NodeConfig, load_config
 from coalition.node.manifest import Manifest
 from coalition.ops.keygen import KeyFiles, find_secret
+from coalition.ops.tomlfiles import manifest_document, partner_table, write_toml
 
-OVERRIDES = {
-    "sqlite_synchronous": '"NORMAL"',
-    "expiry_interval_s": "1",  # releases expired partner holds promptly
-    "max_entries": "500",
-    "max_delay_ms": "50",
-    "holding_period": '"1s"',
+TEMPLATES = "templates"
+"""The demo coalition shipped in this package: a copy of the repository's ``nodes/``
+(its manifest and each brand's ``node.toml``); tests/unit/test_demo_templates.py checks
+that the two agree."""
+
+NODE_OVERRIDES: dict[str, dict[str, object]] = {
+    "node": {"sqlite_synchronous": "NORMAL", "expiry_interval_s": 1},
+    "sealer": {"max_entries": 500, "max_delay_ms": 50},
+    "rules": {"holding_period": "1s"},
 }
-READY_TIMEOUT_S = 60.0
+"""What the demo changes in each brand's configuration: time-compressed rules, prompt
+release of expired partner holds, smaller blocks."""
 
 
 def say(text: str) -> None:
@@ -53,27 +57,18 @@ def say(text: str) -> None:
 # --- the work folder ------------------------------------------------------------------
 
 
-def template_manifest() -> Path:
-    """``nodes/coalition.toml`` of the repository (from its root or the source tree)."""
-    for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        candidate = base / "nodes" / "coalition.toml"
-        if candidate.is_file():
-            return candidate
-    raise CoalitionError("cannot find nodes/coalition.toml (run from the repository)")
+@contextmanager
+def templates() -> Iterator[Path]:
+    """The folder of the demo's templates (a real folder while the context lasts, even
+    when the package is installed as a zip)."""
+    with as_file(files("coalition.demo").joinpath(TEMPLATES)) as folder:
+        yield Path(folder)
 
 
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct ports free on 127.0.0.1 right now (all bound at once)."""
-    socks = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            socks.append(sock)
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for sock in socks:
-            sock.close()
+def template_programs() -> tuple[str, ...]:
+    """The programs of the demo coalition, in the manifest's order."""
+    with templates() as folder:
+        return Manifest.load(folder / "coalition.toml").programs
 
 
 @dataclass(frozen=True)
@@ -90,181 +85,61 @@ class Addresses:
         }
 
 
-def _toml(value: object) -> str:
-    return json.dumps(value) if isinstance(value, str) else str(value)
-
-
-def _brand_toml(template: Path, addresses: Addresses, abort_after_s: float) -> str:
-    """The template with the demo's overrides and addresses, so the copy also runs by
-    itself (``coalition run --config <out>/work/<brand>/node.toml``)."""
-    text = template.read_text()
-    overrides = OVERRIDES | {"grpc": _toml(addresses.grpc), "http": _toml(addresses.http)}
-    for key, value in overrides.items():
-        text, found = re.subn(rf"(?m)^{key}\s*=.*$", f"{key} = {value}", text, count=1)
-        if not found:
-            raise CoalitionError(f"{template} has no '{key} =' line to override")
-    text = re.sub(r"(?m)^\[coalition\]\s*$\n(?:^(?!\[).*$\n?)*", "", text)
-    table = [
-        "[coalition]",
-        'manifest = "../coalition.toml"',
-        f"partner_grpc = {_toml(addresses.partner_grpc)}",
-        f"abort_after_s = {abort_after_s}",
-    ]
-    return text.rstrip() + "\n\n" + "\n".join(table) + "\n"
+def _brand_document(template: Path, addresses: Addresses, abort_after_s: float) -> dict[str, Any]:
+    """The template with the demo's overrides, addresses and ``[coalition]`` table, so the
+    copy also runs by itself (``coalition run --config <out>/work/<brand>/node.toml``)."""
+    document = tomllib.loads(template.read_text(encoding="utf-8"))
+    for table, values in NODE_OVERRIDES.items():
+        document.setdefault(table, {}).update(values)
+    document["node"].update(grpc=addresses.grpc, http=addresses.http)
+    document["coalition"] = {
+        "manifest": "../coalition.toml",
+        "partner_grpc": addresses.partner_grpc,
+        "abort_after_s": abort_after_s,
+    }
+    return document
 
 
 def prepare_coalition(work: Path, *, abort_after_s: float = 30.0) -> Path:
-    """Copy the demo coalition into ``work`` with free ports; the manifest copy's path.
+    """Write the demo coalition into ``work`` with free ports; the manifest copy's path.
 
     The manifest copy names the chosen ports (partners find each other through it, and
     ``load_brands`` passes them to each node as environment overrides, as a container
     would); each brand's ``node.toml`` copy names them too, so it also runs by itself.
     """
-    source = Manifest.load(template_manifest())
-    ports = free_ports(3 * len(source.partners))
-    addresses: dict[str, Addresses] = {}
-    lines = [
-        "# The demo's copy of nodes/coalition.toml, with free ports (written by coalition demo).",
-        "[coalition]",
-        f"name = {_toml(source.name)}",
-        'ca_cert = "tls/ca.pem"',
-        f"witness_quorum = {source.witness_quorum}",
-    ]
-    for n, partner in enumerate(source.partners):
-        if partner.config is None:
-            raise CoalitionError(f"{source.path}: partner {partner.program} names no config")
-        grpc, partner_grpc, http = (f"127.0.0.1:{p}" for p in ports[3 * n : 3 * n + 3])
-        addresses[partner.program] = Addresses(grpc, partner_grpc, http)
-        folder = work / partner.program
-        folder.mkdir(parents=True)
-        toml = _brand_toml(partner.config, addresses[partner.program], abort_after_s)
-        (folder / "node.toml").write_text(toml)
-        lines += [
-            "",
-            "[[partners]]",
-            f"program = {_toml(partner.program)}",
-            f"name = {_toml(partner.name)}",
-            f'config = "{partner.program}/node.toml"',
-            f"grpc = {_toml(grpc)}",
-            f"partner_grpc = {_toml(partner_grpc)}",
-            f"http = {_toml(http)}",
-            f'public_key = "{partner.program}/keys/public_key.pem"',
-            f"currency = {_toml(partner.currency)}",
-        ]
-    for (creditor, debtor), limit in source.credit_limits.items():
-        lines += [
-            "",
-            "[[credit_limits]]",
-            f"creditor = {_toml(creditor)}",
-            f"debtor = {_toml(debtor)}",
-            f"limit_minor = {limit}",
-        ]
-    manifest = work / "coalition.toml"
-    manifest.write_text("\n".join(lines) + "\n")
-    return manifest
-
-
-# --- node processes -------------------------------------------------------------------
-
-
-class NodeProcess:
-    """``coalition run`` as a child process, started with ``env`` overrides."""
-
-    def __init__(self, config_path: Path, log_path: Path, env: dict[str, str]) -> None:
-        self.config_path = config_path
-        self.log_path = log_path
-        self._env = env
-        self.process: subprocess.Popen[bytes] | None = None
-        self._log: Any = None
-        self._offset = 0
-        self._terminated = False
-
-    def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("COALITION_")}
-        env.update(self._env, PYTHONUNBUFFERED="1")
-        self._offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        self._terminated = False
-        self._log = self.log_path.open("ab")
-        self.process = subprocess.Popen(  # noqa: S603 (our own interpreter and module)
-            [sys.executable, "-m", "coalition.cli", "run", "--config", str(self.config_path)],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-
-    def log_tail(self, lines: int = 20) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
-        """Until this run logs that it serves (the log line comes after every server)."""
-        assert self.process is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self.log_path.open("rb") as file:
-                file.seek(self._offset)
-                if b"serving gRPC" in file.read():
-                    return
-            if self.process.poll() is not None:
-                raise CoalitionError(
-                    f"{self.config_path.parent.name} exited at start:\n{self.log_tail()}"
+    with templates() as folder:
+        source = Manifest.load(folder / "coalition.toml")
+        ports = free_ports(3 * len(source.partners))
+        partners = []
+        for n, partner in enumerate(source.partners):
+            if partner.config is None:
+                raise CoalitionError(f"{source.path}: partner {partner.program} names no config")
+            grpc, partner_grpc, http = (f"127.0.0.1:{p}" for p in ports[3 * n : 3 * n + 3])
+            addresses = Addresses(grpc, partner_grpc, http)
+            document = _brand_document(partner.config, addresses, abort_after_s)
+            write_toml(work / partner.program / "node.toml", document)
+            partners.append(
+                partner_table(
+                    partner.program,
+                    name=partner.name,
+                    config=f"{partner.program}/node.toml",
+                    grpc=grpc,
+                    partner_grpc=partner_grpc,
+                    http=http,
+                    public_key=f"{partner.program}/keys/public_key.pem",
+                    currency=partner.currency,
                 )
-            time.sleep(0.05)
-        raise CoalitionError(f"{self.config_path.parent.name} did not start within {timeout:.0f} s")
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown at all (what a power cut does to the process)."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def terminate(self) -> None:
-        """Send SIGTERM once (a second one would find the default handler restored)."""
-        if self.process is not None and not self._terminated and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            self._terminated = True
-
-    def stop(self, timeout: float = 30) -> None:
-        """SIGTERM, then wait; the node seals what is pending before it exits."""
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-                raise CoalitionError(
-                    f"{self.config_path.parent.name} did not stop on SIGTERM; killed it"
-                ) from None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        if self.process.returncode != 0:
-            raise CoalitionError(
-                f"{self.config_path.parent.name} exited with {self.process.returncode}:\n"
-                f"{self.log_tail()}"
             )
-
-
-def wait_healthy(client: NodeClient, timeout: float = 30) -> None:
-    """Until the node's health service says SERVING; CoalitionError after ``timeout`` s,
-    whether the node stays unreachable or keeps answering another status."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            status = client.health()
-            if status == "SERVING":
-                return
-        except CoalitionError:
-            if time.monotonic() > deadline:
-                raise
-        else:
-            if time.monotonic() > deadline:
-                raise CoalitionError(f"the node reports {status}, not SERVING, after {timeout} s")
-        time.sleep(0.1)
+    manifest = manifest_document(
+        source.name,
+        partners,
+        witness_quorum=source.witness_quorum,
+        credit_limits=source.credit_limits,
+    )
+    comment = (
+        "The demo's copy of nodes/coalition.toml, with free ports (written by coalition demo)."
+    )
+    return write_toml(work / "coalition.toml", manifest, comment=comment)
 
 
 # --- a small REST client (the coalition features' routes) -----------------------------
@@ -361,10 +236,8 @@ class Brand:
         self.process().start()
 
     def ready(self) -> None:
-        if self.node is not None:
-            self.node.wait_ready()
+        wait_ready(self.addresses.grpc, self.addresses.http, process=self.node)
         self.connect()
-        wait_healthy(self.op())
         served = VerifyKey.from_pem(self.op().public_key_pem().encode())
         if served != self.public_key:
             raise VerificationError(f"{self.program} serves another public key than its own")
@@ -429,7 +302,13 @@ def load_brands(
         node = None
         if logs is not None:
             overrides = addresses.env() | dict((env or {}).get(info.program, {}))
-            node = NodeProcess(info.config, logs / f"{info.program}.log", overrides)
+            node = NodeProcess(
+                info.config,
+                grpc=info.grpc,
+                http=info.http,
+                log_path=logs / f"{info.program}.log",
+                env=overrides,
+            )
         brands.append(
             Brand(
                 program=info.program,

@@ -46,7 +46,7 @@ from coalition.demo.nodes import (
     say,
     start_brands,
     stop_brands,
-    template_manifest,
+    template_programs,
     wait_connected,
 )
 from coalition.errors import (
@@ -505,7 +505,7 @@ def run_demo(out: Path, options: DemoOptions | None = None) -> int:
     options = options or DemoOptions()
     _check_options(options)
     started = time.monotonic()
-    programs = Manifest.load(template_manifest()).programs
+    programs = template_programs()
     _prepare_out(out, programs)
     work = out / "work"
     manifest_path = prepare_coalition(work)

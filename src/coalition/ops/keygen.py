@@ -14,7 +14,6 @@ signed before it unverifiable with the new public key.
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import tomllib
@@ -26,6 +25,7 @@ from coalition.errors import FailedPrecondition, InvalidArgument
 from coalition.ledger.keys import SigningKey
 from coalition.node.auth import Role, key_digest
 from coalition.node.config import NodeConfig
+from coalition.ops.tomlfiles import toml_text
 from coalition.points.accounts import validate_member_id
 
 PUBLIC_KEY_FILE = "public_key.pem"
@@ -72,25 +72,19 @@ class KeyFiles:
         )
 
 
-def _toml_str(value: str) -> str:
-    # JSON string escapes are valid TOML basic-string escapes.
-    return json.dumps(value)
-
-
 def _api_keys_toml(keys: Sequence[ApiSecret], *, with_secrets: bool) -> str:
-    lines = [
-        "# Written by 'coalition keygen'. "
-        + ("SECRETS: keep private, never ship to the node." if with_secrets else "Digests only."),
-    ]
+    tables = []
     for key in keys:
-        lines += ["", "[[api_keys]]", f"name = {_toml_str(key.name)}", f'role = "{key.role}"']
+        table: dict[str, str] = {"name": key.name, "role": str(key.role)}
         if with_secrets:
-            lines.append(f"secret = {_toml_str(key.secret)}")
+            table["secret"] = key.secret
         else:
-            lines.append(f'sha256 = "{key_digest(key.secret)}"')
+            table["sha256"] = key_digest(key.secret)
         if key.member_id is not None:
-            lines.append(f"member_id = {_toml_str(key.member_id)}")
-    return "\n".join(lines) + "\n"
+            table["member_id"] = key.member_id
+        tables.append(table)
+    what = "SECRETS: keep private, never ship to the node." if with_secrets else "Digests only."
+    return toml_text({"api_keys": tables}, comment=f"Written by 'coalition keygen'. {what}")
 
 
 def write_key_file(path: Path, data: bytes, private: bool) -> None:

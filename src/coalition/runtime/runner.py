@@ -18,19 +18,17 @@ import threading
 from collections.abc import Callable
 from types import FrameType
 
-from coalition.api.grpc.server import serve_grpc
-from coalition.api.http.app import create_app
-from coalition.api.http.server import serve_http
 from coalition.node.auth import Authenticator
 from coalition.node.config import NodeConfig, load_api_keys, split_address
-from coalition.node.manifest import Manifest
 from coalition.node.service import NodeService
-from coalition.ops.keyfiles import read_signing_key
-from coalition.runtime.wiring import CoalitionNode, open_node
+from coalition.runtime.wiring import (
+    STOP_GRACE_SECONDS,
+    CoalitionNode,
+    build_node,
+    serve_member_api,
+)
 
 log = logging.getLogger("coalition.node")
-
-STOP_GRACE_SECONDS = 5.0
 
 
 def _expire_every(
@@ -84,30 +82,11 @@ def run_node(config: NodeConfig, stop: threading.Event | None = None) -> None:
     in_main = threading.current_thread() is threading.main_thread()
     restore = _on_signals(stop) if in_main else None
     authenticator = Authenticator(load_api_keys(config.api_keys_path))
-    grpc_host, grpc_port = split_address(config.grpc_address)
-    http_host, http_port = split_address(config.http_address)
-    # A bad manifest is refused before the database is opened (or created).
-    manifest = Manifest.load(config.coalition.manifest_path) if config.coalition else None
-    service = open_node(config)
-    coalition: CoalitionNode | None = None
+    node = build_node(config)
+    service, coalition = node.service, node.coalition
     try:
-        if config.coalition is not None:
-            coalition = CoalitionNode(config, service, read_signing_key(config), manifest=manifest)
-        service.start()
-        if coalition is not None:
-            coalition.start()
-        routers = coalition.routers(authenticator) if coalition is not None else ()
-        servicers = coalition.servicers(authenticator) if coalition is not None else ()
-        grpc_server, grpc_bound = serve_grpc(
-            service, authenticator, grpc_host, grpc_port, extra=servicers
-        )
-        try:
-            http_server, http_thread, http_bound = serve_http(
-                create_app(service, authenticator, routers, coalition), http_host, http_port
-            )
-        except BaseException:
-            grpc_server.stop(0).wait()
-            raise
+        node.start()
+        servers = serve_member_api(node, authenticator)
         expiry_stop = threading.Event()
         expiry = threading.Thread(
             target=_expire_every,
@@ -122,23 +101,19 @@ def run_node(config: NodeConfig, stop: threading.Event | None = None) -> None:
             "node %s (%s) serving gRPC %s:%d and HTTP %s:%d%s, log size %d",
             config.program,
             config.name,
-            grpc_host,
-            grpc_bound,
-            http_host,
-            http_bound,
+            split_address(config.grpc_address)[0],
+            servers.grpc_port,
+            split_address(config.http_address)[0],
+            servers.http_port,
             partner,
             0 if latest is None else latest.header.log_size,
         )
         stop.wait()
         expiry_stop.set()
-        grpc_server.stop(STOP_GRACE_SECONDS).wait()
-        http_server.should_exit = True
-        http_thread.join(STOP_GRACE_SECONDS)
+        servers.stop(STOP_GRACE_SECONDS)
         expiry.join()
     finally:
-        if coalition is not None:
-            coalition.stop()
-        service.close()
+        node.close()
         if restore is not None:
             restore()
     latest = service.ledger.latest_header()

@@ -1,4 +1,10 @@
-"""A node's part in the coalition: partner inbox and client, features, the partner server.
+"""The composition root's wiring: a whole node built from its configuration.
+
+``build_node`` opens the store and the service (``open_node``) and, for a coalition
+partner, its ``CoalitionNode``; ``serve_member_api`` puts the member/operator transports
+(gRPC and REST, with every feature's servicers and routes) in front of it. ``coalition
+run`` (``runtime.runner``), the demo's processes and the tests' in-process nodes all
+build their nodes here, so the node under test is the node users run.
 
 ``CoalitionNode`` builds, from a node's configuration and its running ``NodeService``,
 the manifest, the ``PartnerClient`` and ``PartnerInbox``, and every feature
@@ -13,57 +19,80 @@ the service last, so everything acknowledged is sealed.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
 import grpc
-from fastapi import APIRouter
+import uvicorn
+from fastapi import APIRouter, FastAPI
 
 from coalition.api.grpc.agreements import add_agreements_servicer
 from coalition.api.grpc.conversions import add_conversions_servicer
 from coalition.api.grpc.partner import GrpcTransport, serve_partner_grpc
 from coalition.api.grpc.redemptions import add_redemptions_servicer
-from coalition.api.grpc.server import AddServicer
+from coalition.api.grpc.server import AddServicer, serve_grpc
 from coalition.api.grpc.settlement import add_settlement_servicer
 from coalition.api.grpc.witness import add_witness_servicer
 from coalition.api.http.agreements import agreements_router
+from coalition.api.http.app import create_app
 from coalition.api.http.conversions import conversions_router
 from coalition.api.http.redemptions import redemptions_router
+from coalition.api.http.server import serve_http
 from coalition.api.http.settlement import settlement_router
 from coalition.api.http.witness import witness_router
 from coalition.errors import FailedPrecondition, InvalidArgument, NotFound
 from coalition.ledger.keys import SigningKey
 from coalition.node.auth import Authenticator
-from coalition.node.config import CoalitionConfig, NodeConfig, split_address
+from coalition.node.config import CoalitionConfig, NodeConfig, SealerConfig, split_address
 from coalition.node.features.agreements import Agreements
 from coalition.node.features.conversions import Conversions
 from coalition.node.features.redemptions import Redemptions
 from coalition.node.features.settlement import Settlement
-from coalition.node.features.witness import Witness
+from coalition.node.features.witness import BACKOFF_S, Witness
 from coalition.node.manifest import Manifest
 from coalition.node.partners import PartnerClient, PartnerInbox
 from coalition.node.service import NodeService
 from coalition.ops.keyfiles import read_account_secret, read_signing_key
 from coalition.ops.tls import TlsFiles
+from coalition.points.rules import ProgramRules
 from coalition.store.db import ensure_sqlite_folder, make_engine
 from coalition.store.schema import upgrade_schema
 
 
-def open_node(config: NodeConfig) -> NodeService:
-    """A ready service (SQLite folder created if missing, schema upgraded to this code's
-    revision under the schema lock); call ``start()`` to begin sealing."""
-    ensure_sqlite_folder(config.database_url)
-    engine = make_engine(config.database_url, sqlite_synchronous=config.sqlite_synchronous)
+def open_service(
+    database_url: str,
+    program: str,
+    key: SigningKey,
+    account_secret: bytes,
+    rules: ProgramRules,
+    sealer: SealerConfig,
+    *,
+    sqlite_synchronous: str = "FULL",
+    clock: Callable[[], datetime] | None = None,
+) -> NodeService:
+    """The store (SQLite folder created if missing, schema upgraded to this code's
+    revision under the schema lock) and the service on it, not yet sealing: call
+    ``start()``. ``clock`` (tests) replaces the wall clock."""
+    ensure_sqlite_folder(database_url)
+    engine = make_engine(database_url, sqlite_synchronous=sqlite_synchronous)
     upgrade_schema(engine)
-    return NodeService(
-        engine,
+    return NodeService(engine, program, key, account_secret, rules, sealer, clock)
+
+
+def open_node(config: NodeConfig, *, clock: Callable[[], datetime] | None = None) -> NodeService:
+    """``open_service`` for ``config``, its keys read from their files."""
+    return open_service(
+        config.database_url,
         config.program,
         read_signing_key(config),
         read_account_secret(config.account_secret_path),
         config.rules,
         config.sealer,
+        sqlite_synchronous=config.sqlite_synchronous,
+        clock=clock,
     )
 
 
@@ -111,6 +140,7 @@ class CoalitionNode:
         *,
         clock: Callable[[], datetime] | None = None,
         manifest: Manifest | None = None,
+        witness_backoff: tuple[float, float] | None = None,
     ) -> None:
         """``manifest``: the one ``config`` names, when the caller already loaded it."""
         if config.coalition is None:
@@ -139,6 +169,7 @@ class CoalitionNode:
         self.tls = tls_files(self.settings, self.manifest, self.program)
         self.tls.read()  # fail at start, with the file's name, rather than at the first call
         self._key = signing_key
+        self._witness_backoff = witness_backoff
         transport = GrpcTransport(self.manifest, self.tls)
         self.client = PartnerClient(
             self.program, self.manifest, signing_key, transport, clock=clock
@@ -162,10 +193,10 @@ class CoalitionNode:
         self.redemptions = Redemptions(service, manifest, client, self.agreements)
         self.settlement = Settlement(service, manifest, client)
         self.features += [self.agreements, self.conversions, self.redemptions, self.settlement]
-        self.witness = (
-            Witness(service, manifest, client, key=self._key) if self.settings.witness else None
-        )
-        if self.witness is not None:
+        self.witness: Witness | None = None
+        if self.settings.witness:
+            backoff = self._witness_backoff or BACKOFF_S
+            self.witness = Witness(service, manifest, client, key=self._key, backoff=backoff)
             self.features.append(self.witness)
 
     # --- life cycle -------------------------------------------------------------------
@@ -178,41 +209,61 @@ class CoalitionNode:
 
     def start(self) -> None:
         """Serve partners (mutual TLS), then start the features that send."""
-        if self._server is not None:
-            raise FailedPrecondition("the coalition node is already started")
-        host, port = split_address(self.partner_address)
-        server, bound = serve_partner_grpc(self.inbox, self.tls, host, port, service=self.service)
-        self._server = PartnerServer(server, bound)
-        try:
-            for feature in self.features:
-                feature.start()
-                self._started.append(feature)
-        except BaseException:
-            self.stop()
-            raise
+        self.serve_partners()
+        self.start_features()
         log.info(
             "%s joined coalition %r: partner gRPC (mutual TLS) %s:%d, partners %s",
             self.program,
             self.manifest.name,
-            host,
-            bound,
+            split_address(self.partner_address)[0],
+            self.partner_port,
             ", ".join(p.program for p in self.manifest.others(self.program)),
         )
 
-    def stop(self) -> None:
-        """Stop sending (features in reverse order), then the partner server; idempotent.
+    def serve_partners(self) -> None:
+        """Start the mutual-TLS partner server (port 0 binds a free one: ``partner_port``)."""
+        if self._server is not None:
+            raise FailedPrecondition("the partner server is already running")
+        host, port = split_address(self.partner_address)
+        server, bound = serve_partner_grpc(self.inbox, self.tls, host, port, service=self.service)
+        self._server = PartnerServer(server, bound)
 
-        The caller closes the service afterwards.
-        """
+    def stop_serving_partners(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        """Take the partner server down (partners calling get PartnerUnavailable) after
+        ``grace`` seconds for the calls and header streams in flight; the features keep
+        running. ``serve_partners`` brings it back on the configured port."""
+        if self._server is not None:
+            self._server.server.stop(grace).wait()
+            self._server = None
+
+    def start_features(self) -> None:
+        """Start every feature not started yet (the outbox delivers what is pending, the
+        witness follows the partners); on a failure, stop everything again."""
+        try:
+            for feature in self.features:
+                if feature not in self._started:
+                    feature.start()
+                    self._started.append(feature)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop_features(self) -> None:
+        """Stop the started features in reverse order (the outbox and the witness stop
+        sending); idempotent."""
         while self._started:
             feature = self._started.pop()
             try:
                 feature.stop()
             except Exception:
                 log.exception("stopping %s failed", type(feature).__name__)
-        if self._server is not None:
-            self._server.server.stop(STOP_GRACE_SECONDS).wait()
-            self._server = None
+
+    def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        """Stop sending (``stop_features``), then the partner server (``grace``: see
+        ``stop_serving_partners``); idempotent. The caller closes the service afterwards.
+        """
+        self.stop_features()
+        self.stop_serving_partners(grace)
         self.client.close()
 
     # --- the member/operator API ------------------------------------------------------
@@ -243,3 +294,118 @@ class CoalitionNode:
             witness = self.witness
             adders.append(lambda server: add_witness_servicer(server, witness, authenticator))
         return adders
+
+
+# --- a whole node -----------------------------------------------------------------------
+
+
+class Node:
+    """One brand's node as ``coalition run`` runs it: the service and, for a partner of a
+    coalition, its ``CoalitionNode``. ``start()`` begins sealing, then serves partners and
+    starts the features; ``close()`` stops them, then closes the service (which seals
+    what is pending); the caller MUST close a node it built, started or not."""
+
+    def __init__(self, config: NodeConfig, service: NodeService, coalition: CoalitionNode | None):
+        self.config = config
+        self.service = service
+        self.coalition = coalition
+
+    @property
+    def program(self) -> str:
+        return self.config.program
+
+    def start(self) -> None:
+        self.service.start()
+        if self.coalition is not None:
+            self.coalition.start()
+
+    def close(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        """Idempotent; ``grace`` is the partner server's (``CoalitionNode.stop``)."""
+        try:
+            if self.coalition is not None:
+                self.coalition.stop(grace)
+        finally:
+            self.service.close()
+
+    def routers(self, authenticator: Authenticator) -> Sequence[APIRouter]:
+        return () if self.coalition is None else self.coalition.routers(authenticator)
+
+    def servicers(self, authenticator: Authenticator) -> Sequence[AddServicer]:
+        return () if self.coalition is None else self.coalition.servicers(authenticator)
+
+
+def build_node(
+    config: NodeConfig,
+    *,
+    clock: Callable[[], datetime] | None = None,
+    witness_backoff: tuple[float, float] | None = None,
+) -> Node:
+    """The node of ``config``, built but not started: store, service, and the coalition
+    features when ``config`` has a ``[coalition]`` table. ``clock`` and
+    ``witness_backoff`` (tests) replace the wall clock and the witness's retry delays."""
+    # A bad manifest is refused before the database is opened (or created).
+    manifest = None if config.coalition is None else Manifest.load(config.coalition.manifest_path)
+    service = open_node(config, clock=clock)
+    try:
+        coalition = (
+            None
+            if config.coalition is None
+            else CoalitionNode(
+                config,
+                service,
+                service.signing_key,
+                clock=clock,
+                manifest=manifest,
+                witness_backoff=witness_backoff,
+            )
+        )
+    except BaseException:
+        service.close()
+        raise
+    return Node(config, service, coalition)
+
+
+@dataclass
+class MemberServers:
+    """The running member/operator transports of one node and the ports they bound."""
+
+    grpc: grpc.Server
+    grpc_port: int
+    http: uvicorn.Server
+    http_thread: threading.Thread
+    http_port: int
+
+    def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        """Stop taking calls; in-flight calls get ``grace`` seconds."""
+        self.grpc.stop(grace).wait()
+        self.http.should_exit = True
+        self.http_thread.join(grace)
+
+
+def member_app(node: Node, authenticator: Authenticator) -> FastAPI:
+    """The node's REST app: the service's routes, every feature's and the explorer."""
+    return create_app(node.service, authenticator, node.routers(authenticator), node.coalition)
+
+
+def serve_member_api(
+    node: Node,
+    authenticator: Authenticator,
+    grpc_address: str | None = None,
+    http_address: str | None = None,
+) -> MemberServers:
+    """Serve ``node``'s member/operator API over gRPC and REST, every feature's servicers
+    and routes included, at the given addresses (default: the configuration's; port 0
+    binds a free port). The caller MUST ``stop()`` the servers before closing the node."""
+    grpc_host, grpc_port = split_address(grpc_address or node.config.grpc_address)
+    http_host, http_port = split_address(http_address or node.config.http_address)
+    grpc_server, grpc_bound = serve_grpc(
+        node.service, authenticator, grpc_host, grpc_port, extra=node.servicers(authenticator)
+    )
+    try:
+        http_server, http_thread, http_bound = serve_http(
+            member_app(node, authenticator), http_host, http_port
+        )
+    except BaseException:
+        grpc_server.stop(0).wait()
+        raise
+    return MemberServers(grpc_server, grpc_bound, http_server, http_thread, http_bound)

@@ -60,6 +60,8 @@ FORK = "fork"
 CALL_TIMEOUT_S = 10.0
 GOSSIP_TIMEOUT_S = 3.0
 GAP_BATCH = 1000
+BACKOFF_S = (0.2, 10.0)
+"""The follower's first and longest delay between attempts to follow a partner."""
 MAX_FUTURE_S = 300
 """A cosignature timestamped further ahead of our clock is refused (as partner messages)."""
 
@@ -231,7 +233,7 @@ class Witness:
         key: SigningKey | None = None,
         sources: Callable[[str], LedgerSource] | None = None,
         clock: Callable[[], datetime] | None = None,
-        backoff: tuple[float, float] = (0.2, 10.0),
+        backoff: tuple[float, float] = BACKOFF_S,
     ) -> None:
         signing_key = key if key is not None else service.signing_key
         if signing_key.public_key != manifest.public_key(service.program):

@@ -1,22 +1,18 @@
-"""Ready-made nodes for tests and benchmarks: a real service on a real database."""
+"""A settable clock and a ready-made service on a real database, for the tests of the
+service itself (a whole node, features and transports included, is ``support.coalition``)."""
 
 from __future__ import annotations
 
-import os
 import re
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-
-from sqlalchemy import create_engine, text
 
 from coalition.ledger.keys import SigningKey
 from coalition.node.config import SealerConfig
 from coalition.node.service import NodeService
 from coalition.points.rules import ProgramRules
-from coalition.store.db import make_engine, normalise_url
-from coalition.store.schema import upgrade_schema
+from coalition.runtime.wiring import open_service
 
 
 class Clock:
@@ -32,27 +28,6 @@ class Clock:
         self.now += timedelta(**kwargs)
 
 
-POSTGRES_URL = os.environ.get(
-    "COALITION_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
-
-
-@contextmanager
-def postgres_schema(base_url: str = POSTGRES_URL) -> Iterator[str]:
-    """A URL whose connections use a fresh schema, dropped afterwards."""
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(normalise_url(base_url), isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f"CREATE SCHEMA {schema}"))
-        sep = "&" if "?" in base_url else "?"
-        yield f"{base_url}{sep}options=-csearch_path%3D{schema}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
-        admin.dispose()
-
-
 @contextmanager
 def temporary_node(
     url: str,
@@ -64,19 +39,19 @@ def temporary_node(
     key: SigningKey | None = None,
     start: bool = True,
 ) -> Iterator[NodeService]:
-    """A started NodeService on ``url`` with a fresh key; closed (and sealed) afterwards."""
+    """A started NodeService on ``url`` (``runtime.wiring.open_service``) with a fresh key
+    unless given; closed (and sealed) afterwards."""
     if not re.fullmatch(r"[a-z][a-z0-9-]{1,31}", program):
         raise ValueError(program)
-    engine = make_engine(url, sqlite_synchronous="NORMAL")
-    upgrade_schema(engine)
-    service = NodeService(
-        engine,
+    service = open_service(
+        url,
         program,
         key or SigningKey.generate(),
         b"test-account-secret-0123456789",
         rules or ProgramRules(rewards={"signup": 500, "review": 50, "referral": 1000}),
         sealer or SealerConfig(max_entries=1000, max_delay_ms=50),
-        clock,
+        sqlite_synchronous="NORMAL",
+        clock=clock,
     )
     if start:
         service.start()

@@ -1,0 +1,177 @@
+"""Brand nodes as real processes (``coalition run --config``) for fault tests and
+benchmarks, on the one process harness (``coalition.demo.processes``).
+
+``make_coalition`` writes a coalition into a folder: a manifest, each brand's
+``node.toml`` (the demo's template for that brand, with free ports on 127.0.0.1 and its
+own SQLite file), then the keys and TLS material through the CLI (``coalition keygen
+--manifest``, ``coalition tls-init --manifest``). Each ``BrandProcess`` can be started,
+killed with SIGKILL and restarted on the same database and ports.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from coalition.api.grpc.client import NodeClient
+from coalition.demo.nodes import templates
+from coalition.demo.processes import NodeProcess, free_ports
+from coalition.ops.tomlfiles import manifest_document, partner_table, write_toml
+
+COALITION = [sys.executable, "-m", "coalition.cli"]
+READY_TIMEOUT_S = 30.0
+
+
+def run_cli(*args: str, timeout: float = 60) -> str:
+    """Run ``coalition ARGS`` to completion; the output, or AssertionError with it."""
+    result = subprocess.run(
+        [*COALITION, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    assert result.returncode == 0, f"coalition {' '.join(args)}: {result.stdout}{result.stderr}"
+    return result.stdout
+
+
+@dataclass
+class BrandProcess:
+    """One brand's node process, restartable on the same configuration."""
+
+    program: str
+    folder: Path
+    grpc: str
+    http: str
+    partner_grpc: str
+    database: Path
+    node: NodeProcess
+    api_keys: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def config(self) -> Path:
+        return self.folder / "node.toml"
+
+    @property
+    def database_url(self) -> str:
+        return f"sqlite:///{self.database}"
+
+    @property
+    def log(self) -> Path:
+        return self.node.log_path
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return self.node.process
+
+    @property
+    def starts(self) -> int:
+        return self.node.starts
+
+    def start(self, ready_timeout: float = READY_TIMEOUT_S) -> None:
+        """Start ``coalition run`` and wait until it is ready (``demo.processes``)."""
+        self.node.start()
+        self.node.wait_ready(ready_timeout)
+
+    def kill9(self) -> None:
+        """SIGKILL: no shutdown, nothing flushed beyond what was committed."""
+        self.node.kill()
+
+    def stop(self) -> None:
+        """SIGTERM and wait (the node seals what is pending); SIGKILL if it hangs."""
+        self.node.stop()
+
+    def tail(self, lines: int = 40) -> str:
+        return self.node.log_tail(lines)
+
+    def client(self, role: str = "operator", timeout: float = 10.0) -> NodeClient:
+        return NodeClient(self.grpc, self.api_keys[role], timeout=timeout)
+
+
+@dataclass
+class CoalitionProcesses:
+    folder: Path
+    manifest: Path
+    brands: dict[str, BrandProcess]
+
+    def stop_all(self) -> None:
+        """Stop every brand; raise the first failure after trying them all."""
+        failures = []
+        for brand in self.brands.values():
+            try:
+                brand.stop()
+            except Exception as exc:
+                failures.append(exc)
+        if failures:
+            raise failures[0]
+
+
+def _brand_document(
+    template: Path, brand: BrandProcess, settings: dict[str, Any]
+) -> dict[str, Any]:
+    """The brand's template with this test's database, addresses and ``[coalition]``."""
+    document = tomllib.loads(template.read_text(encoding="utf-8"))
+    document["node"].update(
+        database=brand.database_url, grpc=brand.grpc, http=brand.http, expiry_interval_s=3600
+    )
+    document["sealer"]["max_delay_ms"] = 50
+    document["coalition"] = {"manifest": "../coalition.toml", **settings}
+    return document
+
+
+def make_coalition(
+    folder: Path,
+    programs: tuple[str, ...] = ("skyair", "staybright"),
+    *,
+    members: tuple[str, ...] = (),
+    **settings: Any,
+) -> CoalitionProcesses:
+    """Write a coalition of ``programs`` under ``folder`` with keys and TLS; start nothing.
+
+    ``settings`` go to every node's ``[coalition]`` table (e.g. ``abort_after_s=5``).
+    """
+    brands: dict[str, BrandProcess] = {}
+    ports = iter(free_ports(3 * len(programs)))
+    partners = []
+    with templates() as source:
+        for program in programs:
+            grpc, http, partner_grpc = (f"127.0.0.1:{next(ports)}" for _ in range(3))
+            brand = BrandProcess(
+                program=program,
+                folder=folder / program,
+                grpc=grpc,
+                http=http,
+                partner_grpc=partner_grpc,
+                database=folder / program / "data" / f"{program}.db",
+                node=NodeProcess(
+                    folder / program / "node.toml",
+                    grpc=grpc,
+                    http=http,
+                    log_path=folder / program / "node.log",
+                ),
+            )
+            brand.database.parent.mkdir(parents=True)
+            document = _brand_document(source / program / "node.toml", brand, settings)
+            write_toml(brand.config, document)
+            brands[program] = brand
+            partners.append(
+                partner_table(
+                    program,
+                    config=f"{program}/node.toml",
+                    grpc=grpc,
+                    partner_grpc=partner_grpc,
+                    http=http,
+                    public_key=f"{program}/keys/public_key.pem",
+                )
+            )
+    manifest = manifest_document("Fault-test coalition", partners, witness_quorum=len(programs) - 1)
+    manifest_path = write_toml(folder / "coalition.toml", manifest)
+    member_args = [arg for m in members for arg in ("--member", m)]
+    run_cli("keygen", "--manifest", str(manifest_path), *member_args)
+    run_cli("tls-init", "--manifest", str(manifest_path))
+    for brand in brands.values():
+        secrets = tomllib.loads((brand.folder / "keys" / "api-keys.secret.toml").read_text())
+        for key in secrets.get("api_keys", []):
+            brand.api_keys[str(key.get("role"))] = str(key["secret"])
+            brand.api_keys[str(key["name"])] = str(key["secret"])
+    return CoalitionProcesses(folder, manifest_path, brands)
