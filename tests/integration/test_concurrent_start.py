@@ -20,12 +20,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from coalition.node.testing import POSTGRES_URL
 from sqlalchemy import create_engine, make_url, text
 
-from coalition.demo.nodes import free_ports
+from coalition.demo.processes import free_ports
 from coalition.store.db import normalise_url
 from coalition.store.schema import head_revision
+
+from support.databases import POSTGRES_URL
 
 COALITION = [sys.executable, "-m", "coalition.cli"]
 PROCESSES = 4

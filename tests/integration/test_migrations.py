@@ -16,7 +16,6 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from coalition.node.testing import postgres_schema, temporary_node
 from sqlalchemy import Connection, Engine, inspect, text
 from sqlmodel import SQLModel
 
@@ -32,6 +31,9 @@ from coalition.store.schema import (
     upgrade_schema,
 )
 from coalition.store.tables import accounts
+
+from support.databases import postgres_schema
+from support.nodes import temporary_node
 
 
 @pytest.fixture

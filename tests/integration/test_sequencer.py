@@ -7,7 +7,6 @@ import threading
 from collections.abc import Callable, Iterator
 
 import pytest
-from coalition.node.testing import Clock, temporary_node
 from sqlalchemy import Connection, func, insert, select
 
 from coalition.errors import CoalitionError, FailedPrecondition
@@ -21,6 +20,8 @@ from coalition.points.state import Account
 from coalition.store import repository
 from coalition.store.partner_tables import SeenMessageRow
 from coalition.store.tables import entries
+
+from support.nodes import Clock, temporary_node
 
 SEEN = SeenMessageRow.__table__  # type: ignore[attr-defined]
 
