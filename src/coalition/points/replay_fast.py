@@ -28,7 +28,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from coalition.ledger.canonical import JsonObject, JsonValue
-from coalition.ledger.entries import canonical_time
+from coalition.ledger.entries import ENTRY_TYPE, canonical_time
+from coalition.points import model
 from coalition.points.state import PROGRAM_ACCOUNT, Account, Lot, earn_ref
 
 if TYPE_CHECKING:
@@ -52,13 +53,15 @@ def _time(value: JsonValue) -> str | None:
 
 def _parts(entry: JsonObject, *, transfer: bool = False) -> tuple[tuple[Any, ...], ...] | None:
     """The ``taken`` items as (lot, part) (transfer: (lot, part, new lot, expiry)) when
-    each is well formed, every part positive and every lot (and new lot) distinct."""
+    each is well formed (exactly its struct's fields), every part positive and every lot
+    (and new lot) distinct."""
     items = entry.get("taken")
     if type(items) is not list:
         return None
     out: list[tuple[Any, ...]] = []
+    size = 4 if transfer else 2
     for item in items:
-        if type(item) is not dict:
+        if type(item) is not dict or len(item) != size:
             return None
         lot_id, part = item.get("lot"), item.get("amount")
         if type(lot_id) is not str or type(part) is not int or part <= 0:
@@ -78,22 +81,49 @@ def _parts(entry: JsonObject, *, transfer: bool = False) -> tuple[tuple[Any, ...
     return tuple(out)
 
 
+def _size(struct: type[model.Entry]) -> int:
+    """How many members an entry of ``struct`` has when every field is present."""
+    return len(struct.__struct_fields__) + 1  # + the ``kind`` tag
+
+
+_ENROLL, _EARN, _LOT = (
+    _size(model.Enroll),
+    _size(model.Earn),
+    len(model.EarnedLot.__struct_fields__),
+)
+_DEBIT, _TRANSFER = _size(model.Redeem), _size(model.Transfer)
+_ADJUST_UP = _size(model.Adjust) - 1  # without ``taken``
+_ADJUST_DOWN = _size(model.Adjust) - 2  # without ``lot`` and ``expires_at``
+assert _size(model.Expire) == _DEBIT
+
+
 def prepare(entry: JsonObject) -> Prepared | None:
     """The entry reduced for ``apply_prepared`` when its kind has a fast path and every
-    check that needs no state passes, else None (the reference path must run)."""
+    check that needs no state passes, else None (the reference path must run).
+
+    As ``model.parse_entry``, it takes only exact members: the envelope's types, each
+    field present, none the kind does not declare (counted, every field being read)."""
     kind = entry.get("kind")
     account = _member_id(entry.get("account"))
     at = _time(entry.get("at"))
     amount = entry.get("amount")
     if account is None or at is None or type(kind) is not str:
         return None
+    if (
+        entry.get("type") != ENTRY_TYPE
+        or type(entry.get("program")) is not str
+        or type(entry.get("id")) is not str
+        or type(entry.get("reason")) is not dict
+    ):
+        return None
+    size = len(entry)
     if kind == "enroll":
-        return None if amount is not None and type(amount) is not int else (kind, account, amount)
+        return (kind, account, None) if size == _ENROLL else None
     if type(amount) is not int:
         return None
     if kind == "earn":
         spec = entry.get("lot")
-        if amount <= 0 or type(spec) is not dict:
+        if amount <= 0 or size != _EARN or type(spec) is not dict or len(spec) != _LOT:
             return None
         lot_id, qualifying = spec.get("id"), spec.get("qualifying")
         available_at, expires_at = _time(spec.get("available_at")), _time(spec.get("expires_at"))
@@ -105,11 +135,14 @@ def prepare(entry: JsonObject) -> Prepared | None:
         return (kind, account, amount, lot_id, qualifying, at, available_at, expires_at, ref)
     if kind == "adjust" and amount > 0:
         lot_id, expires_at = entry.get("lot"), _time(entry.get("expires_at"))
-        if type(lot_id) is not str or expires_at is None:
+        if type(lot_id) is not str or expires_at is None or size != _ADJUST_UP:
             return None
         return (kind, account, amount, at, lot_id, expires_at)
     if kind in ("redeem", "expire", "transfer") or (kind == "adjust" and amount < 0):
         to = _member_id(entry.get("to")) if kind == "transfer" else None
+        expected = _TRANSFER if kind == "transfer" else _ADJUST_DOWN if kind == "adjust" else _DEBIT
+        if size != expected:
+            return None
         parts = _parts(entry, transfer=kind == "transfer")
         if parts is None or (kind == "transfer" and to is None):
             return None
@@ -128,12 +161,10 @@ def _done(replay: Replay, kind: str, amount: int, *accounts: Account) -> None:
 
 
 def _enroll(replay: Replay, p: Prepared) -> bool:
-    _, account_id, amount = p
+    account_id = p[1]
     if account_id in replay.accounts:
         return False
     replay.accounts[account_id] = Account(account_id)
-    if amount is not None:
-        replay.points_by_kind["enroll"] += amount
     replay.entries += 1
     return True
 
@@ -230,7 +261,3 @@ def apply_fast(replay: Replay, entry: JsonObject) -> bool:
     """``prepare`` then ``apply_prepared``: True when the entry was applied."""
     prepared = prepare(entry)
     return prepared is not None and apply_prepared(replay, prepared)
-
-
-FAST_KINDS = frozenset({"enroll", "earn", "redeem", "transfer", "expire", "adjust"})
-"""The kinds ``prepare`` may reduce (``Replay.apply`` tries ``apply_fast`` on them)."""
