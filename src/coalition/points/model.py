@@ -113,6 +113,15 @@ class AgreementRef(Part, frozen=True):
         return (self.id, self.version)
 
 
+def agreement_key(value: object, what: str) -> tuple[str, int]:
+    """``(id, version)`` of an agreement reference found in a partner's message (entries
+    carry theirs typed, as ``AgreementRef``); VerificationError naming ``what``."""
+    try:
+        return msgspec.convert(value, AgreementRef).key
+    except msgspec.ValidationError as exc:
+        raise VerificationError(f"{what} names no agreement {{id, version}}: {exc}") from None
+
+
 class SignedMessage(Part, frozen=True):
     """A partner's signed message as embedded in entries (``ledger.envelope``)."""
 
