@@ -2,8 +2,9 @@
 expire, adjust): what an audit of a long chain spends most of its time on.
 
 The fast path has two halves. ``prepare`` checks what needs no state (types, canonical
-times, positive parts, distinct lots, totals) and reduces the entry to a small tuple of
-what the replay needs (cheap to ship from a worker process with ``marshal``);
+times, exactly the members ``points.model`` declares, positive parts, distinct lots,
+totals) and reduces the entry to a small tuple of what the replay needs (cheap to ship
+from a worker process with ``marshal``);
 ``apply_prepared`` checks what needs the state and applies the tuple. Together they
 apply one entry to a ``Replay`` and report True only when
 ``Replay.apply_reference`` would accept the entry and leave exactly the same state
