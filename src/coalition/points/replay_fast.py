@@ -18,9 +18,9 @@ two on random and hostile entries).
 
 Cheaper means: fields read once, exact types (``type(x) is int`` excludes ``bool`` as
 the reference's ``isinstance`` tests do, and declines subclasses the reference would
-take), times parsed by ``entries.canonical_time`` (the spelling every entry uses), no
-per-entry closures, and the accounts' ``changed`` sets, which ``apply_reference``
-empties after every entry, never filled.
+take), each time matched once against ``entries.CANONICAL_TIME`` (the spelling every
+entry uses) and parsed once, no per-entry closures, and the accounts' ``changed`` sets,
+which ``apply_reference`` empties after every entry, never filled (nor cleared).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from coalition.ledger.canonical import JsonObject, JsonValue
-from coalition.ledger.entries import ENTRY_TYPE, canonical_time
+from coalition.ledger.entries import CANONICAL_TIME, ENTRY_TYPE
 from coalition.points import model
 from coalition.points.state import PROGRAM_ACCOUNT, Account, Lot, earn_ref
 
@@ -41,6 +41,7 @@ Prepared: TypeAlias = tuple[Any, ...]
 (strings, integers, None and tuples of them, so ``marshal`` ships it)."""
 
 _fromisoformat = datetime.fromisoformat
+_canonical = CANONICAL_TIME.fullmatch
 
 
 def _member_id(value: JsonValue) -> str | None:
@@ -48,8 +49,10 @@ def _member_id(value: JsonValue) -> str | None:
 
 
 def _time(value: JsonValue) -> str | None:
-    """``value`` when it is a canonical time (``entries.canonical_time``), else None."""
-    return value if canonical_time(value) is not None else None  # type: ignore[return-value]
+    """``value`` when it has the canonical time spelling (``entries.CANONICAL_TIME``),
+    else None. Whether it names a real date-time (not 2026-02-30) is left to
+    ``apply_prepared``, which parses every time before it changes anything."""
+    return value if type(value) is str and _canonical(value) else None
 
 
 def _parts(entry: JsonObject, *, transfer: bool = False) -> tuple[tuple[Any, ...], ...] | None:
@@ -119,7 +122,7 @@ def prepare(entry: JsonObject) -> Prepared | None:
         return None
     size = len(entry)
     if kind == "enroll":
-        return (kind, account, None) if size == _ENROLL else None
+        return (kind, account, at) if size == _ENROLL else None
     if type(amount) is not int:
         return None
     if kind == "earn":
@@ -153,18 +156,16 @@ def prepare(entry: JsonObject) -> Prepared | None:
     return None
 
 
-def _done(replay: Replay, kind: str, amount: int, *accounts: Account) -> None:
-    for account in accounts:
-        if account.changed:
-            account.changed.clear()
+def _done(replay: Replay, kind: str, amount: int) -> None:
     replay.points_by_kind[kind] += amount
     replay.entries += 1
 
 
 def _enroll(replay: Replay, p: Prepared) -> bool:
-    account_id = p[1]
+    _, account_id, at = p
     if account_id in replay.accounts:
         return False
+    _fromisoformat(at)  # a real date-time, as the reference path demands
     replay.accounts[account_id] = Account(account_id)
     replay.entries += 1
     return True
@@ -175,9 +176,7 @@ def _earn(replay: Replay, p: Prepared) -> bool:
     account = replay.accounts.get(account_id)
     if account is None or lot_id in account.lots or (ref is not None and ref in replay.refs):
         return False
-    if ref is not None:
-        replay.refs.add(ref)
-    account.lots[lot_id] = Lot(
+    lot = Lot(
         lot_id,
         account.id,
         amount,
@@ -188,7 +187,10 @@ def _earn(replay: Replay, p: Prepared) -> bool:
         _fromisoformat(expires_at),
         ref,
     )
-    _done(replay, kind, amount, account)
+    if ref is not None:
+        replay.refs.add(ref)
+    account.lots[lot_id] = lot
+    _done(replay, kind, amount)
     return True
 
 
@@ -200,7 +202,7 @@ def _adjust_up(replay: Replay, p: Prepared) -> bool:
     now = _fromisoformat(at)
     lot = Lot(lot_id, account.id, amount, amount, 0, now, now, _fromisoformat(expires_at))
     account.lots[lot_id] = lot
-    _done(replay, kind, amount, account)
+    _done(replay, kind, amount)
     return True
 
 
@@ -230,32 +232,38 @@ def _debit(replay: Replay, p: Prepared) -> bool:
         elif kind != "adjust" and not lot.available_at <= now < lot.expires_at:
             return False
         taken.append(lot)
-    if target is not None and any(part[2] in target.lots for part in parts):
-        return False
+    if target is not None:
+        if any(part[2] in target.lots for part in parts):
+            return False
+        expiry = [_fromisoformat(part[3]) for part in parts]
     for lot, part in zip(taken, parts, strict=True):
         lot.remaining -= part[1]
-    if target is None:
-        _done(replay, kind, amount, account)
-        return True
-    for _, part_amount, new_lot, expires_at in parts:
-        target.lots[new_lot] = Lot(
-            new_lot, target.id, part_amount, part_amount, 0, now, now, _fromisoformat(expires_at)
-        )
-    _done(replay, kind, amount, account, target)
+    if target is not None:
+        for (_, part_amount, new_lot, _), expires_at in zip(parts, expiry, strict=True):
+            target.lots[new_lot] = Lot(
+                new_lot, target.id, part_amount, part_amount, 0, now, now, expires_at
+            )
+    _done(replay, kind, amount)
     return True
 
 
 def apply_prepared(replay: Replay, prepared: Prepared) -> bool:
     """Apply what ``prepare`` made of an entry when the state allows it, and say so;
-    False: nothing changed, ``Replay.apply_reference`` must run on the entry."""
+    False: nothing changed, ``Replay.apply_reference`` must run on the entry.
+
+    Each kind's step parses its times before it changes anything, so a time that is no
+    real date-time (``ValueError``) leaves the state as it was."""
     kind = prepared[0]
-    if kind == "earn":
-        return _earn(replay, prepared)
-    if kind == "enroll":
-        return _enroll(replay, prepared)
-    if kind == "adjust" and prepared[2] > 0:
-        return _adjust_up(replay, prepared)
-    return _debit(replay, prepared)
+    try:
+        if kind == "earn":
+            return _earn(replay, prepared)
+        if kind == "enroll":
+            return _enroll(replay, prepared)
+        if kind == "adjust" and prepared[2] > 0:
+            return _adjust_up(replay, prepared)
+        return _debit(replay, prepared)
+    except ValueError:
+        return False
 
 
 def apply_fast(replay: Replay, entry: JsonObject) -> bool:
