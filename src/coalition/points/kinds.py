@@ -8,6 +8,13 @@ kinds the cross-chain and settlement checks read, the explorer's flow kinds) is 
 here, so a new kind is added in one place; tests/unit/test_kinds.py fails when a
 consumer does not handle a declared role, and when docs/proofs.md's kinds table is not
 ``markdown_table()``.
+
+To add a kind: declare its struct in ``points.model`` (and in ``ENTRY_TYPES``), its
+``Kind`` here, its effect in ``points.state`` (``_MEMBER_EFFECTS`` or
+``_PROGRAM_CHECKS``), its cross-entry rule in ``points.replay`` if it has a cross-chain
+role, its reading in ``points.settlement.priced`` if it is owed, its flow in
+``explorer.flows`` if it has one, an ``operations`` function that writes it and a sample
+in tests/unit/kind_samples.py; then run scripts/update_kinds_doc.py.
 """
 
 from __future__ import annotations
