@@ -389,12 +389,17 @@ def kind_of(struct: type[Entry]) -> str:
 _BY_KIND: dict[str, type[Entry]] = {kind_of(t): t for t in ENTRY_TYPES}
 
 
-def parse_entry(body: object) -> AnyEntry:
+def parse_entry(body: object) -> Entry:
     """The typed entry for ``body`` (a parsed JSON object), or VerificationError naming
     the entry and the offending field (wrong type, missing, unknown, unknown kind)."""
+    kind = body.get("kind") if isinstance(body, dict) else None
+    struct = _BY_KIND.get(kind) if isinstance(kind, str) else None
     try:
-        found: AnyEntry = msgspec.convert(body, AnyEntry)
-        return found
+        if struct is None:  # the union names the unknown kind (or what is not an object)
+            found: Entry = msgspec.convert(body, AnyEntry)
+            return found
+        # One struct, not the union: msgspec converts to the union ten times slower.
+        return msgspec.convert(body, struct)
     except msgspec.ValidationError as exc:
         raise VerificationError(f"{_named(body)}: {exc}") from None
 
