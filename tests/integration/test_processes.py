@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from coalition.api.grpc.client import NodeClient
 
+from coalition.api.grpc.client import NodeClient
 from coalition.demo.processes import NodeProcess, free_ports, not_ready, wait_ready
 from coalition.errors import CoalitionError
 from coalition.node.auth import Role

@@ -547,6 +547,7 @@ def test_healthz_and_openapi(
         ("get", "/v1/ledger/bundle"),
         ("get", "/v1/explorer/about"),
         ("get", "/v1/explorer/flows"),
+        ("get", "/v1/explorer/kinds"),
         ("get", "/healthz"),
     }
     listed = {(method, path) for path, ops in schema["paths"].items() for method in ops}

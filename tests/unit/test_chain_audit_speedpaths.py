@@ -10,17 +10,17 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from coalition.errors import InvalidArgument
+from coalition.errors import InvalidArgument, VerificationError
 from coalition.ledger.blocks import GENESIS_PREV, BlockHeader, sign_header
 from coalition.ledger.canonical import JsonObject, canonical_json, parse_json
 from coalition.ledger.entries import check_envelope, format_time, parse_time
 from coalition.ledger.keys import SigningKey, VerifyKey
 from coalition.ledger.merkle import CompactRange, leaf_hash, root, subtree_roots
 from coalition.points import operations
+from coalition.points.model import moment
 from coalition.points.operations import EntryContext
 from coalition.points.replay import Replay
 from coalition.points.rules import ProgramRules
-from coalition.points.state import _time
 from coalition.verify import chain_audit
 from coalition.verify.chain_audit import audit_chain
 from coalition.verify.entry_scan import fast_entry, scan_block
@@ -51,13 +51,17 @@ def test_extend_subtrees_refuses_a_misaligned_subtree() -> None:
         log.extend_subtrees([(1, bytes(32))])
 
 
-def test_fast_time_equals_parse_time() -> None:
+def test_entry_time_equals_parse_time_and_refuses_other_spellings() -> None:
     for text in ("2026-03-01T10:00:00.000001Z", "2024-02-29T23:59:59.999999Z"):
-        assert _time(text) == parse_time(text)
-    for bad in ("2023-02-29T00:00:00.000000Z", "2026-03-01T24:00:00.000000Z", "x"):
-        with pytest.raises(InvalidArgument):
-            _time(bad)
-    assert _time("2026-03-01T11:00:00+01:00") == parse_time("2026-03-01T10:00:00.000000Z")
+        assert moment(text) == parse_time(text)
+    for bad in (
+        "2023-02-29T00:00:00.000000Z",
+        "2026-03-01T24:00:00.000000Z",
+        "x",
+        "2026-03-01T11:00:00+01:00",  # an instant parse_time reads, not in the entry spelling
+    ):
+        with pytest.raises(VerificationError):
+            moment(bad)
 
 
 def _body(**extra: object) -> JsonObject:

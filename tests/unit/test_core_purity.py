@@ -1,5 +1,6 @@
 """The pure core (ledger/, points/) imports no transport, database or network client, and
-the verifier (verify/) imports only the standard library, cryptography and the pure core."""
+the verifier (verify/) imports only the standard library, cryptography, msgspec (the typed
+entries' parser) and the pure core."""
 
 from __future__ import annotations
 
@@ -57,7 +58,13 @@ def test_core_imports_no_io_library() -> None:
     assert not bad, f"the pure core imports {bad}"
 
 
-VERIFIER_MAY_IMPORT = ("coalition.ledger", "coalition.points", "coalition.verify", "cryptography")
+VERIFIER_MAY_IMPORT = (
+    "coalition.ledger",
+    "coalition.points",
+    "coalition.verify",
+    "cryptography",
+    "msgspec",
+)
 """Besides the standard library, ``coalition`` itself and ``coalition.errors``."""
 
 
@@ -87,7 +94,8 @@ def _fresh_modules(imports: list[str]) -> list[str]:
 
 def _outside_closure(loaded: list[str], baseline: set[str]) -> list[str]:
     """What ``loaded`` holds beyond the standard library, the verifier's allowed packages
-    and what the interpreter and ``cryptography`` load by themselves (``baseline``)."""
+    and what the interpreter, ``cryptography`` and ``msgspec`` load by themselves
+    (``baseline``)."""
     allowed = {"coalition", "coalition.errors", "__mp_main__"}  # multiprocessing's __main__
     return sorted(
         name
@@ -117,13 +125,13 @@ def test_verifier_modules_are_found() -> None:
 
 def test_the_verifier_imports_only_stdlib_cryptography_and_the_pure_core() -> None:
     """Each module of ``coalition.verify``, imported alone in a fresh interpreter, loads
-    nothing but the standard library, ``cryptography`` (and what it loads) and
+    nothing but the standard library, ``cryptography`` (and what it loads), ``msgspec`` and
     ``coalition.ledger``, ``points``, ``verify``, ``errors``: no SQLAlchemy, grpc,
     FastAPI, pydantic, nor anything of node/, store/, api/, audit/, runtime/, ops/."""
     for name in _verifier_modules():
         loaded = _fresh_modules([name])
-        crypto = [m for m in loaded if m == "cryptography" or m.startswith("cryptography.")]
-        baseline = set(_fresh_modules(crypto))
+        third_party = [m for m in loaded if m.split(".")[0] in ("cryptography", "msgspec")]
+        baseline = set(_fresh_modules(third_party))
         bad = _outside_closure(loaded, baseline)
         assert not bad, f"{name} imports {bad}"
 

@@ -15,10 +15,13 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kind_samples import two_chains
 
 from coalition.errors import InsufficientPoints
 from coalition.ledger.canonical import JsonObject
+from coalition.ledger.entries import CANONICAL_TIME
 from coalition.points import operations
+from coalition.points.kinds import FAST_KINDS
 from coalition.points.operations import EntryContext
 from coalition.points.replay import Replay
 from coalition.points.replay_fast import apply_prepared, prepare
@@ -409,3 +412,39 @@ def test_fast_path_takes_an_expired_lot_and_declines_an_unexpired_one() -> None:
     assert prepared is not None and apply_prepared(replay, prepared)
     assert replay.accounts[MEMBERS[0]].lots["a1"].remaining == 0
     assert replay.points_by_kind["expire"] == 100
+
+
+def test_an_impossible_date_anywhere_is_declined_and_named_by_the_reference() -> None:
+    """The fast path matches a time's spelling and parses it only when it applies; a
+    well-spelt impossible date must still leave the state alone and fail as the
+    reference path says, in every time field of every fast kind."""
+    sky, _ = two_chains()
+    chain = sky.entries
+    checked = 0
+    for n, entry in enumerate(chain):
+        if entry["kind"] not in FAST_KINDS:
+            continue
+        for path in _paths(entry):
+            if not (
+                isinstance(_at(entry, path), str) and CANONICAL_TIME.fullmatch(_at(entry, path))
+            ):
+                continue
+            broken = copy.deepcopy(chain[: n + 1])
+            _put(broken[n], path, "2026-02-30T00:00:00.000000Z")
+            assert_same(broken)
+            outcomes, _ = run(copy.deepcopy(broken), "prepared")
+            assert outcomes[-1] is not None and "date" in outcomes[-1]
+            checked += 1
+    assert checked > 20
+
+
+def _at(value: Any, path: tuple[Any, ...]) -> Any:
+    for key in path:
+        value = value[key]
+    return value
+
+
+def _put(value: Any, path: tuple[Any, ...], new: Any) -> None:
+    for key in path[:-1]:
+        value = value[key]
+    value[path[-1]] = new

@@ -231,7 +231,7 @@ def test_mixed_currencies_and_malformed_entries_are_refused() -> None:
     with pytest.raises(FailedPrecondition, match="in EUR and USD"):
         obligations("skyair", [*sky.entries, dollars], NOV, DEC)
     broken = {**capture, "id": "y", "value_minor": -5}
-    with pytest.raises(VerificationError, match="bad value_minor"):
+    with pytest.raises(VerificationError, match="value_minor"):
         obligations("skyair", [*sky.entries, broken], NOV, DEC)
 
 

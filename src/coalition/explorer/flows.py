@@ -14,11 +14,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from coalition.errors import InvalidArgument
-from coalition.ledger.canonical import JsonObject, JsonValue
+from coalition.errors import InvalidArgument, VerificationError
+from coalition.ledger.canonical import JsonObject
 from coalition.ledger.entries import format_time, parse_time
+from coalition.points import kinds, model
 
-FLOW_KINDS = ("convert-out", "convert-refund", "convert-in", "hold-capture", "redemption-receipt")
+FLOW_KINDS = kinds.FLOW_KINDS
+"""The kinds summed into flows (those whose ``kinds.Display`` names a flow)."""
 MIN_BUCKET_S = 60
 MAX_BUCKET_S = 31 * 86400
 
@@ -58,27 +60,6 @@ class Flow:
         }
 
 
-def _object(entry: JsonObject, key: str) -> JsonObject:
-    value = entry.get(key)
-    if not isinstance(value, dict):
-        raise InvalidArgument(f"entry {entry.get('id')}: {key} is not an object")
-    return value
-
-
-def _int(obj: JsonObject, key: str) -> int:
-    value: JsonValue = obj.get(key)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise InvalidArgument(f"{key} is not an integer")
-    return value
-
-
-def _str(obj: JsonObject, key: str) -> str:
-    value: JsonValue = obj.get(key)
-    if not isinstance(value, str):
-        raise InvalidArgument(f"{key} is not a string")
-    return value
-
-
 def bucket_of(at: str, bucket_s: int) -> str:
     """The start of the ``bucket_s``-second UTC bucket holding the time ``at``."""
     seconds = int(parse_time(at).timestamp())
@@ -99,45 +80,53 @@ def conversion_flows(chain: Iterable[JsonObject], program: str, bucket_s: int) -
             flows[key] = Flow(kind, source, target, key[0], currency)
         return flows[key]
 
-    for entry in chain:
-        kind, at = entry.get("kind"), _str(entry, "at")
-        if kind == "convert-out":
-            conversion = _object(entry, "conversion")
-            target = _str(conversion, "to_program")
-            f = flow("conversion", program, target, at, _str(conversion, "currency"))
-            points, credit = _int(entry, "amount"), _int(conversion, "credit")
-            value = _int(conversion, "value_minor")
+    for body in chain:
+        found = kinds.kind(body.get("kind"))
+        if found is None or found.display.flow is None:
+            continue
+        entry = _parsed(body)
+        at, flow_of = entry.at, found.display.flow
+        if isinstance(entry, model.ConvertOut):
+            conversion = entry.conversion
+            f = flow("conversion", program, conversion.to_program, at, conversion.currency)
+            points, credit, value = entry.amount, conversion.credit, conversion.value_minor
             f.count += 1
             f.points_out += points
             f.points_in += credit
             f.value_minor += value
-            sent[_str(conversion, "id")] = (f, points, credit, value)
-        elif kind == "convert-refund":
-            found = sent.pop(_str(_object(entry, "conversion"), "id"), None)
-            if found is not None:
-                f, points, credit, value = found
+            sent[conversion.id] = (f, points, credit, value)
+        elif isinstance(entry, model.ConvertRefund):
+            refunded = sent.pop(entry.conversion.id, None)
+            if refunded is not None:
+                f, points, credit, value = refunded
                 f.count -= 1
                 f.refunded += 1
                 f.points_out -= points
                 f.points_in -= credit
                 f.value_minor -= value
-        elif kind == "convert-in":
-            conversion = _object(entry, "conversion")
-            source = _str(conversion, "from_program")
-            f = flow("conversion", source, program, at, _str(conversion, "currency"))
+        elif isinstance(entry, model.ConvertIn):
+            incoming = entry.conversion
+            f = flow("conversion", incoming.from_program, program, at, incoming.currency)
             f.count += 1
-            f.points_in += _int(entry, "amount")
-            f.value_minor += _int(conversion, "value_minor")
-        elif kind == "hold-capture":
-            partner = _str(_object(entry, "hold"), "partner")
-            f = flow("redemption", program, partner, at, _str(entry, "currency"))
+            f.points_in += entry.amount
+            f.value_minor += incoming.value_minor
+        elif isinstance(entry, model.HoldCapture):
+            f = flow("redemption", program, entry.hold.partner, at, entry.currency)
             f.count += 1
-            f.points_out += _int(entry, "amount")
-            f.value_minor += _int(entry, "value_minor")
-        elif kind == "redemption-receipt":
-            hold = _object(entry, "hold")
-            f = flow("redemption", _str(hold, "partner"), program, at, _str(entry, "currency"))
+            f.points_out += entry.amount
+            f.value_minor += entry.value_minor
+        elif isinstance(entry, model.RedemptionReceipt):
+            f = flow("redemption", entry.hold.partner, program, at, entry.currency)
             f.count += 1
-            f.points_out += _int(hold, "amount")
-            f.value_minor += _int(entry, "value_minor")
+            f.points_out += entry.hold.amount
+            f.value_minor += entry.value_minor
+        else:
+            raise AssertionError(f"no flow rule for {flow_of}")  # test_kinds covers each flow
     return [flows[key] for key in sorted(flows)]
+
+
+def _parsed(body: JsonObject) -> model.Entry:
+    try:
+        return model.parse_entry(body)
+    except VerificationError as exc:
+        raise InvalidArgument(str(exc)) from None

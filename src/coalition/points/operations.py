@@ -11,19 +11,18 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from coalition.errors import FailedPrecondition, InvalidArgument, NotFound
+from coalition.errors import FailedPrecondition, InvalidArgument, NotFound, VerificationError
 from coalition.ledger.canonical import JsonObject, JsonValue
 from coalition.ledger.documents import split_signed
 from coalition.ledger.entries import (
-    ENTRY_TYPE,
     check_envelope,
     check_program_id,
     entry_leaf_hash,
     format_time,
-    parse_time,
 )
-from coalition.points import rates
+from coalition.points import model, rates
 from coalition.points.accounts import validate_reference
 from coalition.points.rates import (
     Agreement,
@@ -48,16 +47,9 @@ class EntryContext:
 
 
 def _entry(ctx: EntryContext, kind: str, account: str, **fields: object) -> JsonObject:
-    body: JsonObject = {
-        "type": ENTRY_TYPE,
-        "program": ctx.program,
-        "id": ctx.entry_id,
-        "kind": kind,
-        "at": format_time(ctx.at),
-        "account": account,
-    }
-    body.update(fields)  # type: ignore[arg-type]
-    return body
+    """The body of a new entry, checked against its kind's struct (``model.build_entry``)."""
+    at = format_time(ctx.at)
+    return model.build_entry(kind, ctx.program, ctx.entry_id, at, account, fields)
 
 
 def validate_note(note: str) -> str:
@@ -294,42 +286,23 @@ def _taken_with_expiry(lots: list[Lot], amount: int) -> list[JsonObject]:
     return taken
 
 
-def _restored(ctx: EntryContext, taken: JsonValue, what: str) -> list[JsonValue]:
+def _restored(ctx: EntryContext, taken: list[model.TakenWithExpiry]) -> list[JsonValue]:
     """New lots ``<entry id>:<n>`` for the points ``taken`` took, with the same expiry."""
-    if not isinstance(taken, list) or not taken:
-        raise InvalidArgument(f"{what} has no taken lots to restore")
-    restored: list[JsonValue] = []
-    for n, item in enumerate(taken):
-        if not isinstance(item, dict):
-            raise InvalidArgument(f"{what} has a malformed taken item")
-        restored.append(
-            {
-                "lot": f"{ctx.entry_id}:{n}",
-                "amount": item.get("amount"),
-                "expires_at": item.get("expires_at"),
-            }
-        )
-    return restored
+    return [
+        {"lot": f"{ctx.entry_id}:{n}", "amount": item.amount, "expires_at": item.expires_at}
+        for n, item in enumerate(taken)
+    ]
 
 
-def _field(obj: JsonValue, key: str, what: str) -> JsonValue:
-    if not isinstance(obj, dict) or key not in obj:
-        raise InvalidArgument(f"{what} has no {key!r}")
-    return obj[key]
-
-
-def _text(obj: JsonValue, key: str, what: str) -> str:
-    value = _field(obj, key, what)
-    if not isinstance(value, str):
-        raise InvalidArgument(f"{what} field {key!r} must be a string")
-    return value
-
-
-def _number(obj: JsonValue, key: str, what: str) -> int:
-    value = _field(obj, key, what)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise InvalidArgument(f"{what} field {key!r} must be an integer")
-    return value
+def _stored(body: JsonObject, struct: type[model.Entry], refusal: str) -> Any:
+    """A stored entry the decision builds on, typed: ``refusal`` when it is another kind,
+    the parse error when it is malformed (both InvalidArgument)."""
+    if not isinstance(body, dict) or body.get("kind") != model.kind_of(struct):
+        raise InvalidArgument(refusal)
+    try:
+        return model.parse_entry(body)
+    except VerificationError as exc:
+        raise InvalidArgument(str(exc)) from None
 
 
 def _check_value(value_minor: int, currency: str) -> None:
@@ -407,19 +380,20 @@ def convert_in(
     agreement was not in force at the convert-out's time. The credit is a lot available
     now and expiring after this program's expiry period.
     """
-    what = "the convert-out"
+    refusal = "a conversion is credited from a convert-out entry"
     if not isinstance(out_entry, dict) or out_entry.get("kind") != "convert-out":
-        raise InvalidArgument("a conversion is credited from a convert-out entry")
+        raise InvalidArgument(refusal)
     if not isinstance(out_hash, str) or not _HEX_HASH.fullmatch(out_hash):
         raise InvalidArgument("out_hash must be 64 lowercase hex digits")
     if entry_leaf_hash(out_entry).hex() != out_hash:
         raise InvalidArgument("out_hash is not the leaf hash of the convert-out entry")
     check_envelope(out_entry)
-    conversion = _field(out_entry, "conversion", what)
-    conversion_id = _check_id(_text(conversion, "id", what), "conversion id")
-    source = _text(out_entry, "program", what)
-    out_at = parse_time(_text(out_entry, "at", what))
-    if (source, _text(conversion, "to_program", what)) != (agreement.from_program, ctx.program):
+    out: model.ConvertOut = _stored(out_entry, model.ConvertOut, refusal)
+    conversion = out.conversion
+    conversion_id = _check_id(conversion.id, "conversion id")
+    source = out.program
+    out_at = model.moment(out.at)
+    if (source, conversion.to_program) != (agreement.from_program, ctx.program):
         raise InvalidArgument(
             f"conversion {conversion_id} is not {agreement.from_program} -> {ctx.program}"
         )
@@ -427,9 +401,9 @@ def convert_in(
         raise InvalidArgument(
             f"agreement {agreement.id} credits {agreement.to_program}, not {ctx.program}"
         )
-    if _field(conversion, "agreement", what) != agreement.ref():
+    if conversion.agreement.key != (agreement.id, agreement.version):
         raise InvalidArgument(
-            f"conversion {conversion_id} names agreement {_field(conversion, 'agreement', what)}, "
+            f"conversion {conversion_id} names agreement {model.to_json(conversion.agreement)}, "
             f"not {agreement.ref()}"
         )
     if not agreement.usable_at(out_at):
@@ -437,7 +411,7 @@ def convert_in(
             f"agreement {agreement.id} v{agreement.version} "
             f"was not in force at {format_time(out_at)}"
         )
-    expected = rates.quote(agreement, _number(out_entry, "amount", what))
+    expected = rates.quote(agreement, out.amount)
     derived: JsonObject = {
         "fee": expected.fee,
         "net": expected.net,
@@ -446,7 +420,8 @@ def convert_in(
         "rate": [agreement.rate_num, agreement.rate_den],
         "currency": agreement.currency,
     }
-    stated = {key: conversion.get(key) for key in derived} if isinstance(conversion, dict) else {}
+    stated = model.to_json(conversion)
+    stated = {key: stated[key] for key in derived}
     if stated != derived:
         raise InvalidArgument(
             f"conversion {conversion_id} states {stated}, agreement {agreement.id} gives {derived}"
@@ -465,7 +440,7 @@ def convert_in(
         conversion={
             "id": conversion_id,
             "from_program": source,
-            "out_entry": _text(out_entry, "id", what),
+            "out_entry": out.id,
             "out_hash": out_hash,
             "out_at": format_time(out_at),
             "value_minor": expected.value_minor,
@@ -492,17 +467,16 @@ def convert_complete(
 def convert_refund(ctx: EntryContext, out_entry: JsonObject, rejection: JsonObject) -> JsonObject:
     """Give back a conversion's points on the partner's signed rejection or abort answer:
     new lots, spendable now, each with the expiry of the lot its points came from."""
-    what = "the convert-out"
-    if not isinstance(out_entry, dict) or out_entry.get("kind") != "convert-out":
-        raise InvalidArgument("a refund reverses a convert-out entry")
-    conversion_id = _text(_field(out_entry, "conversion", what), "id", what)
+    out: model.ConvertOut = _stored(
+        out_entry, model.ConvertOut, "a refund reverses a convert-out entry"
+    )
     return _entry(
         ctx,
         "convert-refund",
-        _text(out_entry, "account", what),
-        amount=_number(out_entry, "amount", what),
-        restored=_restored(ctx, out_entry.get("taken"), what),
-        conversion={"id": conversion_id},
+        out.account,
+        amount=out.amount,
+        restored=_restored(ctx, out.taken),
+        conversion={"id": out.conversion.id},
         rejection=_signed_message(rejection, "a conversion rejection"),
     )
 
@@ -563,13 +537,10 @@ def hold(
     )
 
 
-def _hold_parts(hold_entry: JsonObject) -> tuple[str, str, datetime]:
-    what = "the hold"
-    if not isinstance(hold_entry, dict) or hold_entry.get("kind") != "hold":
-        raise InvalidArgument("expected a hold entry")
-    spec = _field(hold_entry, "hold", what)
-    expires_at = parse_time(_text(spec, "expires_at", what))
-    return _text(spec, "id", what), _text(spec, "partner", what), expires_at
+def _stored_hold(hold_entry: JsonObject) -> tuple[model.Hold, datetime]:
+    """The hold entry, typed, and the time it expires."""
+    held: model.Hold = _stored(hold_entry, model.Hold, "expected a hold entry")
+    return held, model.moment(held.hold.expires_at)
 
 
 def hold_capture(
@@ -577,16 +548,16 @@ def hold_capture(
 ) -> JsonObject:
     """The held points leave for good: the partner redeemed them; this program owes it
     ``value_minor``. Refused (FailedPrecondition) once the hold has expired."""
-    hold_id, partner, expires_at = _hold_parts(hold_entry)
+    held, expires_at = _stored_hold(hold_entry)
     if ctx.at >= expires_at:
-        raise FailedPrecondition(f"hold {hold_id} expired at {format_time(expires_at)}")
+        raise FailedPrecondition(f"hold {held.hold.id} expired at {format_time(expires_at)}")
     _check_value(value_minor, currency)
     return _entry(
         ctx,
         "hold-capture",
-        _text(hold_entry, "account", "the hold"),
-        amount=_number(hold_entry, "amount", "the hold"),
-        hold={"id": hold_id, "partner": partner},
+        held.account,
+        amount=held.amount,
+        hold={"id": held.hold.id, "partner": held.hold.partner},
         value_minor=value_minor,
         currency=currency,
     )
@@ -594,18 +565,18 @@ def hold_capture(
 
 def hold_release(ctx: EntryContext, hold_entry: JsonObject, why: str) -> JsonObject:
     """Give held points back (``void`` by the partner, or ``expired``), old expiry kept."""
-    hold_id, partner, expires_at = _hold_parts(hold_entry)
+    held, expires_at = _stored_hold(hold_entry)
     if why not in ("void", "expired"):
         raise InvalidArgument(f"a hold is released because of void or expired, not {why!r}")
     if why == "expired" and ctx.at < expires_at:
-        raise FailedPrecondition(f"hold {hold_id} expires only at {format_time(expires_at)}")
+        raise FailedPrecondition(f"hold {held.hold.id} expires only at {format_time(expires_at)}")
     return _entry(
         ctx,
         "hold-release",
-        _text(hold_entry, "account", "the hold"),
-        amount=_number(hold_entry, "amount", "the hold"),
-        restored=_restored(ctx, hold_entry.get("taken"), "the hold"),
-        hold={"id": hold_id, "partner": partner, "why": why},
+        held.account,
+        amount=held.amount,
+        restored=_restored(ctx, held.taken),
+        hold={"id": held.hold.id, "partner": held.hold.partner, "why": why},
     )
 
 

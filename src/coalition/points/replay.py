@@ -19,10 +19,11 @@ from datetime import datetime
 from typing import TypeAlias
 
 from coalition.errors import VerificationError
-from coalition.ledger.canonical import JsonObject, JsonValue
-from coalition.ledger.entries import parse_time
-from coalition.points.replay_fast import FAST_KINDS, apply_fast
-from coalition.points.state import PROGRAM_ACCOUNT, Account, apply_entry
+from coalition.ledger.canonical import JsonObject
+from coalition.points import model
+from coalition.points.kinds import FAST_KINDS
+from coalition.points.replay_fast import apply_fast
+from coalition.points.state import PROGRAM_ACCOUNT, Account, apply_typed
 
 _Settle: TypeAlias = Callable[[], None]
 
@@ -33,7 +34,7 @@ class Outgoing:
 
     account: str
     amount: int
-    parts: tuple[tuple[JsonValue, JsonValue], ...]  # (amount, expires_at) per lot taken
+    parts: tuple[tuple[int, str], ...]  # (amount, expires_at) per lot taken
     partner: str
     expires_at: datetime | None = None  # holds only
 
@@ -81,14 +82,20 @@ class Replay:
 
     def apply_reference(self, entry: JsonObject) -> None:
         """``apply`` without the fast path: the one definition of what an entry does."""
-        entry_id = entry.get("id")
-        account = entry.get("account")
-        if entry.get("kind") == "enroll":
-            if not isinstance(account, str) or account == PROGRAM_ACCOUNT:
-                raise VerificationError(f"entry {entry_id}: enroll without a member account")
-            if account in self.accounts:
-                raise VerificationError(f"entry {entry_id}: account enrolled twice")
-            self.accounts[account] = Account(account)
+        try:
+            typed = model.parse_entry(entry)
+        except VerificationError as exc:
+            raise VerificationError(_named(exc, entry.get("id"))) from exc
+        self.apply_typed(typed)
+
+    def apply_typed(self, entry: model.Entry) -> None:
+        """``apply_reference`` of an entry already parsed (``model.parse_entry``)."""
+        if isinstance(entry, model.Enroll):
+            if entry.account == PROGRAM_ACCOUNT:
+                raise VerificationError(f"entry {entry.id}: enroll without a member account")
+            if entry.account in self.accounts:
+                raise VerificationError(f"entry {entry.id}: account enrolled twice")
+            self.accounts[entry.account] = Account(entry.account)
         touched: list[Account] = []
 
         def lookup(account_id: str) -> Account:
@@ -98,77 +105,64 @@ class Replay:
 
         try:
             settle = self._check_coalition(entry)
-            apply_entry(entry, lookup)
+            apply_typed(entry, lookup)
         except VerificationError as exc:
-            message = str(exc)
-            raise VerificationError(
-                message if message.startswith("entry ") else f"entry {entry_id}: {message}"
-            ) from exc
+            raise VerificationError(_named(exc, entry.id)) from exc
         finally:
             for changed in touched:  # only the accounts this entry touched: O(1) per entry
                 changed.changed.clear()
         settle()
-        spec = entry.get("lot")
-        if entry.get("kind") == "earn" and isinstance(spec, dict):
-            lot = self._lookup(str(account)).lots[str(spec.get("id"))]
+        if isinstance(entry, model.Earn):
+            lot = self._lookup(entry.account).lots[entry.lot.id]
             if lot.ref is not None:
                 if lot.ref in self.refs:
-                    raise VerificationError(f"entry {entry_id}: reference {lot.ref} earned twice")
+                    raise VerificationError(f"entry {entry.id}: reference {lot.ref} earned twice")
                 self.refs.add(lot.ref)
-        amount = entry.get("amount")
+        amount = getattr(entry, "amount", None)
         if isinstance(amount, int):
-            self.points_by_kind[str(entry.get("kind"))] += amount
+            self.points_by_kind[model.kind_of(type(entry))] += amount
         self.entries += 1
 
-    def _check_coalition(self, entry: JsonObject) -> _Settle:
+    def _check_coalition(self, entry: model.Entry) -> _Settle:
         """Check a coalition entry against the conversions and holds seen so far.
 
         Returns what to record once ``apply_entry`` accepted the entry, so a refused entry
         changes nothing here either.
         """
-        kind = entry.get("kind")
-        if kind in ("convert-out", "hold"):
-            return self._check_outgoing(entry, str(kind))
-        if kind in ("convert-complete", "convert-refund"):
-            return self._check_conversion_end(entry, str(kind))
-        if kind in ("hold-capture", "hold-release"):
-            return self._check_hold_end(entry, str(kind))
-        if kind in ("convert-in", "convert-reject"):
-            conversion_id = _field(_field(entry, "conversion"), "id")
-            if not isinstance(conversion_id, str):
-                raise VerificationError("conversion without an id")
+        if isinstance(entry, model.ConvertOut | model.Hold):
+            return self._check_outgoing(entry)
+        if isinstance(entry, model.ConvertComplete | model.ConvertRefund):
+            return self._check_conversion_end(entry)
+        if isinstance(entry, model.HoldCapture | model.HoldRelease):
+            return self._check_hold_end(entry)
+        if isinstance(entry, model.ConvertIn | model.ConvertReject):
+            conversion_id = entry.conversion.id
             if conversion_id in self.credited:
                 raise VerificationError(f"conversion {conversion_id} was already credited")
             if conversion_id in self.rejected:
                 raise VerificationError(f"conversion {conversion_id} was already rejected")
-            done = self.credited if kind == "convert-in" else self.rejected
+            done = self.credited if isinstance(entry, model.ConvertIn) else self.rejected
             return lambda: done.add(conversion_id)
         return _nothing
 
-    def _check_outgoing(self, entry: JsonObject, kind: str) -> _Settle:
-        what = "conversion" if kind == "convert-out" else "hold"
-        spec = _field(entry, what)
-        key = _field(spec, "id")
-        partner = _field(spec, "to_program" if kind == "convert-out" else "partner")
-        amount = entry.get("amount")
-        taken = entry.get("taken")
-        if not isinstance(key, str) or not isinstance(partner, str):
-            raise VerificationError(f"{what} without an id or partner")
-        if not isinstance(amount, int) or not isinstance(taken, list):
-            raise VerificationError(f"{what} {key} without amount or taken")
-        seen = self._outgoing if kind == "convert-out" else self._held
+    def _check_outgoing(self, entry: model.ConvertOut | model.Hold) -> _Settle:
+        if isinstance(entry, model.ConvertOut):
+            what, key, partner, expires = (
+                "conversion",
+                entry.conversion.id,
+                entry.conversion.to_program,
+                None,
+            )
+            seen, totals = self._outgoing, self.in_flight
+        else:
+            what, key, partner = "hold", entry.hold.id, entry.hold.partner
+            expires = model.moment(entry.hold.expires_at)
+            seen, totals = self._held, self.holds
         if key in seen:
             raise VerificationError(f"{what} {key} started twice")
-        parts = tuple((_field(item, "amount"), _field(item, "expires_at")) for item in taken)
-        expires = _field(spec, "expires_at") if kind == "hold" else None
-        out = Outgoing(
-            str(entry.get("account")),
-            amount,
-            parts,
-            partner,
-            parse_time(expires) if isinstance(expires, str) else None,
-        )
-        totals = self.in_flight if kind == "convert-out" else self.holds
+        parts = tuple((item.amount, item.expires_at) for item in entry.taken)
+        out = Outgoing(entry.account, entry.amount, parts, partner, expires)
+        amount = entry.amount
 
         def settle() -> None:
             seen[key] = out
@@ -176,16 +170,17 @@ class Replay:
 
         return settle
 
-    def _check_conversion_end(self, entry: JsonObject, kind: str) -> _Settle:
-        conversion_id = _field(_field(entry, "conversion"), "id")
-        if not isinstance(conversion_id, str) or conversion_id not in self._outgoing:
+    def _check_conversion_end(self, entry: model.ConvertComplete | model.ConvertRefund) -> _Settle:
+        kind = model.kind_of(type(entry))
+        conversion_id = entry.conversion.id
+        if conversion_id not in self._outgoing:
             raise VerificationError(f"{kind} of unknown conversion {conversion_id}")
         if conversion_id not in self.in_flight:  # started, so settled already
             raise VerificationError(f"conversion {conversion_id} was already settled")
         out = self._outgoing[conversion_id]
-        if entry.get("account") != out.account:
+        if entry.account != out.account:
             raise VerificationError(f"{kind} of conversion {conversion_id} on another account")
-        if kind == "convert-refund":
+        if isinstance(entry, model.ConvertRefund):
             _check_restored(entry, out, f"refund of conversion {conversion_id}")
 
         def settle() -> None:
@@ -193,32 +188,33 @@ class Replay:
 
         return settle
 
-    def _check_hold_end(self, entry: JsonObject, kind: str) -> _Settle:
-        spec = _field(entry, "hold")
-        hold_id = _field(spec, "id")
-        if not isinstance(hold_id, str) or hold_id not in self._held:
+    def _check_hold_end(self, entry: model.HoldCapture | model.HoldRelease) -> _Settle:
+        kind = model.kind_of(type(entry))
+        hold_id = entry.hold.id
+        if hold_id not in self._held:
             raise VerificationError(f"{kind} of unknown hold {hold_id}")
         if hold_id not in self.holds:  # held, so captured or released already
             raise VerificationError(f"hold {hold_id} was already captured or released")
         held = self._held[hold_id]
-        if entry.get("account") != held.account or _field(spec, "partner") != held.partner:
+        if entry.account != held.account or entry.hold.partner != held.partner:
             raise VerificationError(f"{kind} of hold {hold_id} names another account or partner")
-        if entry.get("amount") != held.amount:
+        if entry.amount != held.amount:
             raise VerificationError(
-                f"{kind} of hold {hold_id}: amount {entry.get('amount')}, held {held.amount}"
+                f"{kind} of hold {hold_id}: amount {entry.amount}, held {held.amount}"
             )
-        at = parse_time(str(entry.get("at")))
+        at = model.moment(entry.at)
         expires_at = held.expires_at or at  # every hold has one (apply_entry checks)
-        if kind == "hold-capture" and at >= expires_at:
+        if isinstance(entry, model.HoldCapture) and at >= expires_at:
             raise VerificationError(f"hold {hold_id} captured after it expired")
-        if kind == "hold-release":
-            if _field(spec, "why") == "expired" and at < expires_at:
+        if isinstance(entry, model.HoldRelease):
+            if entry.hold.why == "expired" and at < expires_at:
                 raise VerificationError(f"hold {hold_id} released as expired before its time")
             _check_restored(entry, held, f"release of hold {hold_id}")
+        captured = isinstance(entry, model.HoldCapture)
 
         def settle() -> None:
             del self.holds[hold_id]
-            if kind == "hold-capture":
+            if captured:
                 self.captured += held.amount
 
         return settle
@@ -240,19 +236,17 @@ def _nothing() -> None:
     return None
 
 
-def _field(obj: JsonValue, key: str) -> JsonValue:
-    if not isinstance(obj, dict):
-        raise VerificationError(f"expected an object holding {key!r}")
-    return obj.get(key)
+def _named(exc: VerificationError, entry_id: object) -> str:
+    message = str(exc)
+    return message if message.startswith("entry ") else f"entry {entry_id}: {message}"
 
 
-def _check_restored(entry: JsonObject, out: Outgoing, what: str) -> None:
+def _check_restored(
+    entry: model.ConvertRefund | model.HoldRelease, out: Outgoing, what: str
+) -> None:
     """Points coming back must be exactly those that left, with their expiry times."""
-    if entry.get("amount") != out.amount:
-        raise VerificationError(f"{what}: amount {entry.get('amount')}, sent {out.amount}")
-    restored = entry.get("restored")
-    if not isinstance(restored, list):
-        raise VerificationError(f"{what}: field 'restored' must be a list")
-    parts = tuple((_field(item, "amount"), _field(item, "expires_at")) for item in restored)
+    if entry.amount != out.amount:
+        raise VerificationError(f"{what}: amount {entry.amount}, sent {out.amount}")
+    parts = tuple((item.amount, item.expires_at) for item in entry.restored)
     if parts != out.parts:
         raise VerificationError(f"{what}: restored lots differ from the lots taken")

@@ -2,8 +2,9 @@
 expire, adjust): what an audit of a long chain spends most of its time on.
 
 The fast path has two halves. ``prepare`` checks what needs no state (types, canonical
-times, positive parts, distinct lots, totals) and reduces the entry to a small tuple of
-what the replay needs (cheap to ship from a worker process with ``marshal``);
+times, exactly the members ``points.model`` declares, positive parts, distinct lots,
+totals) and reduces the entry to a small tuple of what the replay needs (cheap to ship
+from a worker process with ``marshal``);
 ``apply_prepared`` checks what needs the state and applies the tuple. Together they
 apply one entry to a ``Replay`` and report True only when
 ``Replay.apply_reference`` would accept the entry and leave exactly the same state
@@ -17,9 +18,9 @@ two on random and hostile entries).
 
 Cheaper means: fields read once, exact types (``type(x) is int`` excludes ``bool`` as
 the reference's ``isinstance`` tests do, and declines subclasses the reference would
-take), times parsed by ``entries.canonical_time`` (the spelling every entry uses), no
-per-entry closures, and the accounts' ``changed`` sets, which ``apply_reference``
-empties after every entry, never filled.
+take), each time matched once against ``entries.CANONICAL_TIME`` (the spelling every
+entry uses) and parsed once, no per-entry closures, and the accounts' ``changed`` sets,
+which ``apply_reference`` empties after every entry, never filled (nor cleared).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from coalition.ledger.canonical import JsonObject, JsonValue
-from coalition.ledger.entries import canonical_time
+from coalition.ledger.entries import CANONICAL_TIME, ENTRY_TYPE
+from coalition.points import model
 from coalition.points.state import PROGRAM_ACCOUNT, Account, Lot, earn_ref
 
 if TYPE_CHECKING:
@@ -39,6 +41,7 @@ Prepared: TypeAlias = tuple[Any, ...]
 (strings, integers, None and tuples of them, so ``marshal`` ships it)."""
 
 _fromisoformat = datetime.fromisoformat
+_canonical = CANONICAL_TIME.fullmatch
 
 
 def _member_id(value: JsonValue) -> str | None:
@@ -46,19 +49,23 @@ def _member_id(value: JsonValue) -> str | None:
 
 
 def _time(value: JsonValue) -> str | None:
-    """``value`` when it is a canonical time (``entries.canonical_time``), else None."""
-    return value if canonical_time(value) is not None else None  # type: ignore[return-value]
+    """``value`` when it has the canonical time spelling (``entries.CANONICAL_TIME``),
+    else None. Whether it names a real date-time (not 2026-02-30) is left to
+    ``apply_prepared``, which parses every time before it changes anything."""
+    return value if type(value) is str and _canonical(value) else None
 
 
 def _parts(entry: JsonObject, *, transfer: bool = False) -> tuple[tuple[Any, ...], ...] | None:
     """The ``taken`` items as (lot, part) (transfer: (lot, part, new lot, expiry)) when
-    each is well formed, every part positive and every lot (and new lot) distinct."""
+    each is well formed (exactly its struct's fields), every part positive and every lot
+    (and new lot) distinct."""
     items = entry.get("taken")
     if type(items) is not list:
         return None
     out: list[tuple[Any, ...]] = []
+    size = 4 if transfer else 2
     for item in items:
-        if type(item) is not dict:
+        if type(item) is not dict or len(item) != size:
             return None
         lot_id, part = item.get("lot"), item.get("amount")
         if type(lot_id) is not str or type(part) is not int or part <= 0:
@@ -78,22 +85,49 @@ def _parts(entry: JsonObject, *, transfer: bool = False) -> tuple[tuple[Any, ...
     return tuple(out)
 
 
+def _size(struct: type[model.Entry]) -> int:
+    """How many members an entry of ``struct`` has when every field is present."""
+    return len(struct.__struct_fields__) + 1  # + the ``kind`` tag
+
+
+_ENROLL, _EARN, _LOT = (
+    _size(model.Enroll),
+    _size(model.Earn),
+    len(model.EarnedLot.__struct_fields__),
+)
+_DEBIT, _TRANSFER = _size(model.Redeem), _size(model.Transfer)
+_ADJUST_UP = _size(model.Adjust) - 1  # without ``taken``
+_ADJUST_DOWN = _size(model.Adjust) - 2  # without ``lot`` and ``expires_at``
+assert _size(model.Expire) == _DEBIT
+
+
 def prepare(entry: JsonObject) -> Prepared | None:
     """The entry reduced for ``apply_prepared`` when its kind has a fast path and every
-    check that needs no state passes, else None (the reference path must run)."""
+    check that needs no state passes, else None (the reference path must run).
+
+    As ``model.parse_entry``, it takes only exact members: the envelope's types, each
+    field present, none the kind does not declare (counted, every field being read)."""
     kind = entry.get("kind")
     account = _member_id(entry.get("account"))
     at = _time(entry.get("at"))
     amount = entry.get("amount")
     if account is None or at is None or type(kind) is not str:
         return None
+    if (
+        entry.get("type") != ENTRY_TYPE
+        or type(entry.get("program")) is not str
+        or type(entry.get("id")) is not str
+        or type(entry.get("reason")) is not dict
+    ):
+        return None
+    size = len(entry)
     if kind == "enroll":
-        return None if amount is not None and type(amount) is not int else (kind, account, amount)
+        return (kind, account, at) if size == _ENROLL else None
     if type(amount) is not int:
         return None
     if kind == "earn":
         spec = entry.get("lot")
-        if amount <= 0 or type(spec) is not dict:
+        if amount <= 0 or size != _EARN or type(spec) is not dict or len(spec) != _LOT:
             return None
         lot_id, qualifying = spec.get("id"), spec.get("qualifying")
         available_at, expires_at = _time(spec.get("available_at")), _time(spec.get("expires_at"))
@@ -105,11 +139,14 @@ def prepare(entry: JsonObject) -> Prepared | None:
         return (kind, account, amount, lot_id, qualifying, at, available_at, expires_at, ref)
     if kind == "adjust" and amount > 0:
         lot_id, expires_at = entry.get("lot"), _time(entry.get("expires_at"))
-        if type(lot_id) is not str or expires_at is None:
+        if type(lot_id) is not str or expires_at is None or size != _ADJUST_UP:
             return None
         return (kind, account, amount, at, lot_id, expires_at)
     if kind in ("redeem", "expire", "transfer") or (kind == "adjust" and amount < 0):
         to = _member_id(entry.get("to")) if kind == "transfer" else None
+        expected = _TRANSFER if kind == "transfer" else _ADJUST_DOWN if kind == "adjust" else _DEBIT
+        if size != expected:
+            return None
         parts = _parts(entry, transfer=kind == "transfer")
         if parts is None or (kind == "transfer" and to is None):
             return None
@@ -119,21 +156,17 @@ def prepare(entry: JsonObject) -> Prepared | None:
     return None
 
 
-def _done(replay: Replay, kind: str, amount: int, *accounts: Account) -> None:
-    for account in accounts:
-        if account.changed:
-            account.changed.clear()
+def _done(replay: Replay, kind: str, amount: int) -> None:
     replay.points_by_kind[kind] += amount
     replay.entries += 1
 
 
 def _enroll(replay: Replay, p: Prepared) -> bool:
-    _, account_id, amount = p
+    _, account_id, at = p
     if account_id in replay.accounts:
         return False
+    _fromisoformat(at)  # a real date-time, as the reference path demands
     replay.accounts[account_id] = Account(account_id)
-    if amount is not None:
-        replay.points_by_kind["enroll"] += amount
     replay.entries += 1
     return True
 
@@ -143,9 +176,7 @@ def _earn(replay: Replay, p: Prepared) -> bool:
     account = replay.accounts.get(account_id)
     if account is None or lot_id in account.lots or (ref is not None and ref in replay.refs):
         return False
-    if ref is not None:
-        replay.refs.add(ref)
-    account.lots[lot_id] = Lot(
+    lot = Lot(
         lot_id,
         account.id,
         amount,
@@ -156,7 +187,10 @@ def _earn(replay: Replay, p: Prepared) -> bool:
         _fromisoformat(expires_at),
         ref,
     )
-    _done(replay, kind, amount, account)
+    if ref is not None:
+        replay.refs.add(ref)
+    account.lots[lot_id] = lot
+    _done(replay, kind, amount)
     return True
 
 
@@ -168,7 +202,7 @@ def _adjust_up(replay: Replay, p: Prepared) -> bool:
     now = _fromisoformat(at)
     lot = Lot(lot_id, account.id, amount, amount, 0, now, now, _fromisoformat(expires_at))
     account.lots[lot_id] = lot
-    _done(replay, kind, amount, account)
+    _done(replay, kind, amount)
     return True
 
 
@@ -198,39 +232,41 @@ def _debit(replay: Replay, p: Prepared) -> bool:
         elif kind != "adjust" and not lot.available_at <= now < lot.expires_at:
             return False
         taken.append(lot)
-    if target is not None and any(part[2] in target.lots for part in parts):
-        return False
+    if target is not None:
+        if any(part[2] in target.lots for part in parts):
+            return False
+        expiry = [_fromisoformat(part[3]) for part in parts]
     for lot, part in zip(taken, parts, strict=True):
         lot.remaining -= part[1]
-    if target is None:
-        _done(replay, kind, amount, account)
-        return True
-    for _, part_amount, new_lot, expires_at in parts:
-        target.lots[new_lot] = Lot(
-            new_lot, target.id, part_amount, part_amount, 0, now, now, _fromisoformat(expires_at)
-        )
-    _done(replay, kind, amount, account, target)
+    if target is not None:
+        for (_, part_amount, new_lot, _), expires_at in zip(parts, expiry, strict=True):
+            target.lots[new_lot] = Lot(
+                new_lot, target.id, part_amount, part_amount, 0, now, now, expires_at
+            )
+    _done(replay, kind, amount)
     return True
 
 
 def apply_prepared(replay: Replay, prepared: Prepared) -> bool:
     """Apply what ``prepare`` made of an entry when the state allows it, and say so;
-    False: nothing changed, ``Replay.apply_reference`` must run on the entry."""
+    False: nothing changed, ``Replay.apply_reference`` must run on the entry.
+
+    Each kind's step parses its times before it changes anything, so a time that is no
+    real date-time (``ValueError``) leaves the state as it was."""
     kind = prepared[0]
-    if kind == "earn":
-        return _earn(replay, prepared)
-    if kind == "enroll":
-        return _enroll(replay, prepared)
-    if kind == "adjust" and prepared[2] > 0:
-        return _adjust_up(replay, prepared)
-    return _debit(replay, prepared)
+    try:
+        if kind == "earn":
+            return _earn(replay, prepared)
+        if kind == "enroll":
+            return _enroll(replay, prepared)
+        if kind == "adjust" and prepared[2] > 0:
+            return _adjust_up(replay, prepared)
+        return _debit(replay, prepared)
+    except ValueError:
+        return False
 
 
 def apply_fast(replay: Replay, entry: JsonObject) -> bool:
     """``prepare`` then ``apply_prepared``: True when the entry was applied."""
     prepared = prepare(entry)
     return prepared is not None and apply_prepared(replay, prepared)
-
-
-FAST_KINDS = frozenset({"enroll", "earn", "redeem", "transfer", "expire", "adjust"})
-"""The kinds ``prepare`` may reduce (``Replay.apply`` tries ``apply_fast`` on them)."""

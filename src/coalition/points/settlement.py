@@ -16,21 +16,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from coalition.errors import FailedPrecondition, InvalidArgument, VerificationError
+from coalition.errors import FailedPrecondition, InvalidArgument
 from coalition.ledger.canonical import JsonObject, JsonValue
-from coalition.ledger.entries import check_program_id, format_time, parse_time
+from coalition.ledger.entries import check_program_id, format_time
+from coalition.points import model
 from coalition.points.accounts import validate_reference
+from coalition.points.kinds import OBLIGATION_KINDS
 
 STATEMENT_TYPE = "coalition.statement.v1"
-OBLIGATION_KINDS = (
-    "convert-out",
-    "convert-complete",
-    "convert-refund",
-    "convert-in",
-    "hold-capture",
-    "redemption-receipt",
-)
-"""The entry kinds ``obligations`` reads (completions and refunds included)."""
 EXACT_NETTING_LIMIT = 16
 
 
@@ -42,43 +35,47 @@ class Owed:
     items: int
 
 
-def _get(obj: JsonValue, key: str, entry: JsonObject) -> JsonValue:
-    if not isinstance(obj, dict) or key not in obj:
-        raise VerificationError(f"entry {entry.get('id')}: {entry.get('kind')} without {key!r}")
-    return obj[key]
+def _typed(entries: Iterable[JsonObject]) -> list[model.Entry]:
+    """The entries of the kinds settlement reads (``kinds.OBLIGATION_KINDS``), parsed."""
+    return [model.parse_entry(e) for e in entries if e.get("kind") in OBLIGATION_KINDS]
 
 
-def _text(obj: JsonValue, key: str, entry: JsonObject) -> str:
-    value = _get(obj, key, entry)
-    if not isinstance(value, str):
-        raise VerificationError(f"entry {entry.get('id')}: {key!r} must be a string")
-    return value
-
-
-def _minor(obj: JsonValue, entry: JsonObject) -> int:
-    value = _get(obj, "value_minor", entry)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise VerificationError(f"entry {entry.get('id')}: bad value_minor {value!r}")
-    return value
-
-
-def _settled(entries: Iterable[JsonObject]) -> tuple[list[JsonObject], set[str], set[str]]:
-    """The entries, and the conversion ids completed and refunded among them."""
-    kept: list[JsonObject] = []
+def _settled(typed: list[model.Entry]) -> tuple[set[str], set[str]]:
+    """The conversion ids completed and refunded among ``typed``."""
     completed: set[str] = set()
     refunded: set[str] = set()
-    for entry in entries:
-        kept.append(entry)
-        kind = entry.get("kind")
-        if kind in ("convert-complete", "convert-refund"):
-            conversion_id = _text(_get(entry, "conversion", entry), "id", entry)
-            (completed if kind == "convert-complete" else refunded).add(conversion_id)
-    return kept, completed, refunded
+    for entry in typed:
+        if isinstance(entry, model.ConvertComplete):
+            completed.add(entry.conversion.id)
+        elif isinstance(entry, model.ConvertRefund):
+            refunded.add(entry.conversion.id)
+    return completed, refunded
 
 
 def _check_period(start: datetime, end: datetime) -> None:
     if start >= end:
         raise InvalidArgument(f"a period starts before it ends: {start} >= {end}")
+
+
+def priced(program: str, entry: model.Entry) -> tuple[str, str, datetime, int, str] | None:
+    """``(debtor, creditor, date, value_minor, currency)`` of an obligation entry of
+    ``program``'s chain (``Settlement.OWED_BY_PROGRAM`` or ``OWED_TO_PROGRAM``), None for
+    every other kind. Both partners date one obligation alike: a convert-out by its
+    ``at``, its convert-in by ``out_at``; a hold-capture by its ``at``, its
+    redemption-receipt by ``captured_at``."""
+    if isinstance(entry, model.ConvertOut):
+        c = entry.conversion
+        return program, c.to_program, model.moment(entry.at), c.value_minor, c.currency
+    if isinstance(entry, model.ConvertIn):
+        i = entry.conversion
+        return i.from_program, program, model.moment(i.out_at), i.value_minor, i.currency
+    if isinstance(entry, model.HoldCapture):
+        at = model.moment(entry.at)
+        return program, entry.hold.partner, at, entry.value_minor, entry.currency
+    if isinstance(entry, model.RedemptionReceipt):
+        at = model.moment(entry.captured_at)
+        return entry.hold.partner, program, at, entry.value_minor, entry.currency
+    return None
 
 
 def obligations(
@@ -88,61 +85,44 @@ def obligations(
 
     Counts a ``convert-out`` only once its ``convert-complete`` is among ``entries`` (so
     pass the chain up to now, not just the period). FailedPrecondition if one pair's
-    obligations are in two currencies (settle those apart).
+    obligations are in two currencies (settle those apart); VerificationError for an
+    entry of a kind read here that does not parse.
     """
     _check_period(start, end)
-    kept, completed, _ = _settled(entries)
+    typed = _typed(entries)
+    completed, _ = _settled(typed)
     owed: dict[tuple[str, str], Owed] = {}
     currencies: dict[tuple[str, str], str] = {}
-    for entry in kept:
-        kind = entry.get("kind")
-        found: tuple[str, str, datetime, JsonValue] | None = None
-        if kind == "convert-out":
-            conversion = _get(entry, "conversion", entry)
-            if _text(conversion, "id", entry) in completed:
-                to_program = _text(conversion, "to_program", entry)
-                found = (program, to_program, _at(entry), conversion)
-        elif kind == "convert-in":
-            conversion = _get(entry, "conversion", entry)
-            out_at = parse_time(_text(conversion, "out_at", entry))
-            found = (_text(conversion, "from_program", entry), program, out_at, conversion)
-        elif kind == "hold-capture":
-            partner = _text(_get(entry, "hold", entry), "partner", entry)
-            found = (program, partner, _at(entry), entry)
-        elif kind == "redemption-receipt":
-            partner = _text(_get(entry, "hold", entry), "partner", entry)
-            captured_at = parse_time(_text(entry, "captured_at", entry))
-            found = (partner, program, captured_at, entry)
+    for entry in typed:
+        if isinstance(entry, model.ConvertOut) and entry.conversion.id not in completed:
+            continue
+        found = priced(program, entry)
         if found is None:
             continue
-        debtor, creditor, at, priced = found
+        debtor, creditor, at, value_minor, currency = found
         if not start <= at < end:
             continue
         pair = (debtor, creditor)
-        currency = _text(priced, "currency", entry)
         if currencies.setdefault(pair, currency) != currency:
             raise FailedPrecondition(
                 f"{debtor} owes {creditor} in {currencies[pair]} and {currency} in one period"
             )
         before = owed.get(pair, Owed(0, 0))
-        owed[pair] = Owed(before.minor + _minor(priced, entry), before.items + 1)
+        owed[pair] = Owed(before.minor + value_minor, before.items + 1)
     return owed
-
-
-def _at(entry: JsonObject) -> datetime:
-    return parse_time(_text(entry, "at", entry))
 
 
 def pending_conversions(entries: Iterable[JsonObject], start: datetime, end: datetime) -> list[str]:
     """Conversion ids sent in ``[start, end)`` and neither completed nor refunded yet:
     a statement for the period would miss them, so a proposer waits or says so."""
     _check_period(start, end)
-    kept, completed, refunded = _settled(entries)
+    typed = _typed(entries)
+    completed, refunded = _settled(typed)
     pending: list[str] = []
-    for entry in kept:
-        if entry.get("kind") != "convert-out" or not start <= _at(entry) < end:
+    for entry in typed:
+        if not isinstance(entry, model.ConvertOut) or not start <= model.moment(entry.at) < end:
             continue
-        conversion_id = _text(_get(entry, "conversion", entry), "id", entry)
+        conversion_id = entry.conversion.id
         if conversion_id not in completed and conversion_id not in refunded:
             pending.append(conversion_id)
     return pending

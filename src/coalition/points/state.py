@@ -10,13 +10,15 @@ the two always agree.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from coalition.errors import InsufficientPoints, VerificationError
 from coalition.ledger.canonical import JsonObject, JsonValue
-from coalition.ledger.entries import canonical_time, parse_time
+from coalition.points import model
+from coalition.points.kinds import PROGRAM_KINDS
 
 
 @dataclass(slots=True)
@@ -115,51 +117,31 @@ def split_debit(lots: Iterable[Lot], amount: int) -> list[JsonObject]:
 
 AccountLookup = Callable[[str], Account]
 
-
-def _time(text: str) -> datetime:
-    """``parse_time``, with a fast path for the one spelling entries use (``format_time``'s);
-    anything else, including an impossible date, takes ``parse_time`` and its errors."""
-    return canonical_time(text) or parse_time(text)
+PROGRAM_ACCOUNT = "-"
+"""The ``account`` of program-level entries, which change no balance."""
 
 
-def _int(entry: JsonObject, key: str) -> int:
-    value = entry.get(key)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise VerificationError(f"entry {entry.get('id')}: field {key!r} must be an integer")
-    return value
-
-
-def _str(obj: JsonObject, key: str, entry_id: JsonValue) -> str:
-    value = obj.get(key)
-    if not isinstance(value, str):
-        raise VerificationError(f"entry {entry_id}: field {key!r} must be a string")
-    return value
-
-
-def _taken(entry: JsonObject) -> Iterator[tuple[str, int, JsonObject]]:
-    items = entry.get("taken")
-    if not isinstance(items, list):
-        raise VerificationError(f"entry {entry.get('id')}: field 'taken' must be a list")
-    for item in items:
-        if not isinstance(item, dict):
-            raise VerificationError(f"entry {entry.get('id')}: bad 'taken' item")
-        yield _str(item, "lot", entry.get("id")), _int(item, "amount"), item
-
-
-def _debit(entry: JsonObject, account: Account, at: datetime, *, expiring: bool) -> int:
+def _debit(
+    entry: model.Entry,
+    taken: Sequence[model.Taken | model.TakenWithExpiry | model.TakenToLot],
+    account: Account,
+    at: datetime,
+    *,
+    expiring: bool,
+) -> int:
     """Apply the ``taken`` list of ``entry`` to ``account``; return the total taken."""
-    entry_id = entry.get("id")
     total = 0
-    for lot_id, part, _ in _taken(entry):
+    for item in taken:
+        lot_id, part = item.lot, item.amount
         lot = account.lots.get(lot_id)
         if lot is None:
-            raise VerificationError(f"entry {entry_id}: lot {lot_id} not in account")
+            raise VerificationError(f"entry {entry.id}: lot {lot_id} not in account")
         if part <= 0 or part > lot.remaining:
             raise VerificationError(
-                f"entry {entry_id}: takes {part} from lot {lot_id} holding {lot.remaining}"
+                f"entry {entry.id}: takes {part} from lot {lot_id} holding {lot.remaining}"
             )
         if expiring and lot.expires_at > at:
-            raise VerificationError(f"entry {entry_id}: expires lot {lot_id} before its time")
+            raise VerificationError(f"entry {entry.id}: expires lot {lot_id} before its time")
         lot.remaining -= part
         account.changed.add(lot_id)
         total += part
@@ -190,255 +172,225 @@ def _open_lot(
 def apply_entry(entry: JsonObject, lookup: AccountLookup) -> None:
     """Apply one entry body to the accounts ``lookup`` returns, checking it as it goes.
 
+    The body is parsed into its kind's typed entry first (``points.model``: types,
+    fields, canonical times), then ``apply_typed`` applies it.
+    """
+    apply_typed(model.parse_entry(entry), lookup)
+
+
+def apply_typed(entry: model.Entry, lookup: AccountLookup) -> None:
+    """Apply one typed entry to the accounts ``lookup`` returns, checking it as it goes.
+
     Raises VerificationError when the entry does not fit the state (a debit beyond a
     lot, an unknown lot, a premature expiry, a wrong total): on the node that means a bug,
     on an auditor's replay it means the chain is wrong. Program-level kinds
-    (``PROGRAM_KINDS``, account ``"-"``) never call ``lookup``; every other kind looks up
-    its member account once, even when it changes no balance (``convert-complete``,
-    ``hold-capture``), so a node passes that account (its lots need not be loaded).
+    (``kinds.PROGRAM_KINDS``, account ``"-"``) never call ``lookup``; every other kind
+    looks up its member account once, even when it changes no balance
+    (``convert-complete``, ``hold-capture``), so a node passes that account (its lots
+    need not be loaded).
     """
-    kind = entry.get("kind")
-    entry_id = entry.get("id")
-    at = _time(_str(entry, "at", entry_id))
-    account_id = _str(entry, "account", entry_id)
+    kind = model.kind_of(type(entry))
+    at = model.moment(entry.at)
     if kind in PROGRAM_KINDS:
-        _apply_program_entry(entry, str(kind), account_id)
+        if entry.account != PROGRAM_ACCOUNT:
+            raise VerificationError(f"entry {entry.id}: a {kind} entry has account '-'")
+        _PROGRAM_CHECKS[type(entry)](entry)
         return
-    if account_id == PROGRAM_ACCOUNT:
-        raise VerificationError(f"entry {entry_id}: a {kind} entry needs a member account")
-    account = lookup(account_id)
-    if kind == "enroll":
-        return
-    if kind in COALITION_MEMBER_KINDS:
-        _apply_coalition_entry(entry, str(kind), account, at)
-        return
-    amount = _int(entry, "amount")
-    if kind == "earn":
-        spec = entry.get("lot")
-        if not isinstance(spec, dict):
-            raise VerificationError(f"entry {entry_id}: earn without a lot")
-        _open_lot(
-            account,
-            _str(spec, "id", entry_id),
-            amount,
-            at,
-            _time(_str(spec, "available_at", entry_id)),
-            _time(_str(spec, "expires_at", entry_id)),
-            qualifying=_int(spec, "qualifying"),
-            ref=earn_ref(entry.get("reason")),
-        )
-        return
-    if kind in ("redeem", "transfer"):
-        taken = list(_taken(entry))
-        for lot_id, _, _ in taken:
-            source = account.lots.get(lot_id)
-            if source is not None and not source.spendable(at):
-                raise VerificationError(f"entry {entry_id}: lot {lot_id} is not spendable")
-        total = _debit(entry, account, at, expiring=False)
-        if total != amount:
-            raise VerificationError(f"entry {entry_id}: lots give {total}, amount says {amount}")
-        if kind == "transfer":
-            target = lookup(_str(entry, "to", entry_id))
-            if target.id == account.id:
-                raise VerificationError(f"entry {entry_id}: transfer to the same account")
-            for _, part, item in taken:
-                _open_lot(
-                    target,
-                    _str(item, "new_lot", entry_id),
-                    part,
-                    at,
-                    at,
-                    _time(_str(item, "expires_at", entry_id)),
-                )
-        return
-    if kind == "expire":
-        if _debit(entry, account, at, expiring=True) != amount:
-            raise VerificationError(f"entry {entry_id}: expired lots do not sum to amount")
-        return
-    if kind in ("reverse", "revoke"):
-        lot_id = _str(entry, "lot", entry_id)
-        earned = account.lots.get(lot_id)
-        if earned is None or earned.reversed:
-            raise VerificationError(f"entry {entry_id}: lot {lot_id} missing or already reversed")
-        total = _debit(entry, account, at, expiring=False)
-        if total != amount or total + _int(entry, "written_off") != earned.amount:
-            raise VerificationError(f"entry {entry_id}: clawback does not add up")
-        earned.reversed = True
-        earned.qualifying = 0
-        account.changed.add(lot_id)
-        return
-    if kind == "adjust":
-        if amount > 0:
-            _open_lot(
-                account,
-                _str(entry, "lot", entry_id),
-                amount,
-                at,
-                at,
-                _time(_str(entry, "expires_at", entry_id)),
+    if entry.account == PROGRAM_ACCOUNT:
+        raise VerificationError(f"entry {entry.id}: a {kind} entry needs a member account")
+    account = lookup(entry.account)
+    _MEMBER_EFFECTS[type(entry)](entry, account, at, lookup)
+
+
+def _enroll(entry: Any, account: Account, at: datetime, lookup: AccountLookup) -> None:
+    return None
+
+
+def _earn(entry: model.Earn, account: Account, at: datetime, lookup: AccountLookup) -> None:
+    spec = entry.lot
+    _open_lot(
+        account,
+        spec.id,
+        entry.amount,
+        at,
+        model.moment(spec.available_at),
+        model.moment(spec.expires_at),
+        qualifying=spec.qualifying,
+        ref=earn_ref(entry.reason),
+    )
+
+
+def _spend(
+    entry: model.Redeem | model.Transfer, account: Account, at: datetime, lookup: AccountLookup
+) -> None:
+    for item in entry.taken:
+        source = account.lots.get(item.lot)
+        if source is not None and not source.spendable(at):
+            raise VerificationError(f"entry {entry.id}: lot {item.lot} is not spendable")
+    total = _debit(entry, entry.taken, account, at, expiring=False)
+    if total != entry.amount:
+        raise VerificationError(f"entry {entry.id}: lots give {total}, amount says {entry.amount}")
+    if isinstance(entry, model.Transfer):
+        target = lookup(entry.to)
+        if target.id == account.id:
+            raise VerificationError(f"entry {entry.id}: transfer to the same account")
+        for item in entry.taken:
+            _open_lot(target, item.new_lot, item.amount, at, at, model.moment(item.expires_at))
+
+
+def _expire(entry: model.Expire, account: Account, at: datetime, lookup: AccountLookup) -> None:
+    if _debit(entry, entry.taken, account, at, expiring=True) != entry.amount:
+        raise VerificationError(f"entry {entry.id}: expired lots do not sum to amount")
+
+
+def _claw_back(entry: model.Reverse, account: Account, at: datetime, lookup: AccountLookup) -> None:
+    earned = account.lots.get(entry.lot)
+    if earned is None or earned.reversed:
+        raise VerificationError(f"entry {entry.id}: lot {entry.lot} missing or already reversed")
+    total = _debit(entry, entry.taken, account, at, expiring=False)
+    if total != entry.amount or total + entry.written_off != earned.amount:
+        raise VerificationError(f"entry {entry.id}: clawback does not add up")
+    earned.reversed = True
+    earned.qualifying = 0
+    account.changed.add(entry.lot)
+
+
+def _adjust(entry: model.Adjust, account: Account, at: datetime, lookup: AccountLookup) -> None:
+    amount = entry.amount
+    if amount > 0:
+        if (
+            isinstance(entry.lot, model.UnsetType)
+            or isinstance(entry.expires_at, model.UnsetType)
+            or not isinstance(entry.taken, model.UnsetType)
+        ):
+            raise VerificationError(
+                f"entry {entry.id}: a credit adjustment has lot and expires_at, no taken"
             )
-        elif amount < 0:
-            if _debit(entry, account, at, expiring=False) != -amount:
-                raise VerificationError(f"entry {entry_id}: adjustment lots do not add up")
-        else:
-            raise VerificationError(f"entry {entry_id}: adjustment of zero")
-        return
-    raise VerificationError(f"entry {entry_id}: unknown kind {kind!r}")
+        _open_lot(account, entry.lot, amount, at, at, model.moment(entry.expires_at))
+    elif amount < 0:
+        if isinstance(entry.taken, model.UnsetType) or not (
+            isinstance(entry.lot, model.UnsetType) and isinstance(entry.expires_at, model.UnsetType)
+        ):
+            raise VerificationError(
+                f"entry {entry.id}: a debit adjustment has taken, no lot or expires_at"
+            )
+        if _debit(entry, entry.taken, account, at, expiring=False) != -amount:
+            raise VerificationError(f"entry {entry.id}: adjustment lots do not add up")
+    else:
+        raise VerificationError(f"entry {entry.id}: adjustment of zero")
 
 
-PROGRAM_ACCOUNT = "-"
-"""The ``account`` of program-level entries, which change no balance."""
-
-PROGRAM_KINDS = frozenset({"agreement", "statement", "convert-reject", "redemption-receipt"})
-"""Kinds recorded with ``account: "-"``: ``apply_entry`` never looks an account up for them."""
-
-COALITION_MEMBER_KINDS = frozenset(
-    {"convert-out", "convert-in", "convert-complete", "convert-refund"}
-    | {"hold", "hold-capture", "hold-release"}
-)
-
-
-def _obj(obj: JsonObject, key: str, entry_id: JsonValue) -> JsonObject:
-    value = obj.get(key)
-    if not isinstance(value, dict):
-        raise VerificationError(f"entry {entry_id}: field {key!r} must be an object")
-    return value
-
-
-def _positive(obj: JsonObject, key: str, entry_id: JsonValue, *, zero: bool = False) -> int:
-    value = obj.get(key)
-    if not isinstance(value, int) or isinstance(value, bool) or value < (0 if zero else 1):
-        least = "a non-negative" if zero else "a positive"
-        raise VerificationError(f"entry {entry_id}: field {key!r} must be {least} integer")
-    return value
-
-
-def _apply_program_entry(entry: JsonObject, kind: str, account_id: str) -> None:
-    """Program-level entries: check their shape; no account, no balance."""
-    entry_id = entry.get("id")
-    if account_id != PROGRAM_ACCOUNT:
-        raise VerificationError(f"entry {entry_id}: a {kind} entry has account '-'")
-    if "amount" in entry:
-        raise VerificationError(f"entry {entry_id}: a {kind} entry moves no points")
-    if kind == "agreement":
-        signed = _obj(entry, "agreement", entry_id)
-        _obj(signed, "agreement", entry_id)
-        _obj(signed, "signatures", entry_id)
-    elif kind == "statement":
-        signed = _obj(entry, "statement", entry_id)
-        _obj(signed, "statement", entry_id)
-        _obj(signed, "signatures", entry_id)
-    elif kind == "convert-reject":
-        conversion = _obj(entry, "conversion", entry_id)
-        for key in ("id", "from_program", "reason"):
-            _str(conversion, key, entry_id)
-    else:  # redemption-receipt
-        hold = _obj(entry, "hold", entry_id)
-        _str(hold, "id", entry_id)
-        _str(hold, "partner", entry_id)
-        _positive(hold, "amount", entry_id)
-        _positive(entry, "value_minor", entry_id, zero=True)
-        _str(entry, "currency", entry_id)
-        _time(_str(entry, "captured_at", entry_id))
-        _obj(entry, "receipt", entry_id)
-
-
-def _debit_spendable(entry: JsonObject, account: Account, at: datetime, amount: int) -> None:
+def _debit_spendable(entry: model.ConvertOut | model.Hold, account: Account, at: datetime) -> None:
     """Debit ``taken`` from spendable lots only; each item names its lot's expiry time."""
-    entry_id = entry.get("id")
-    for lot_id, _, item in _taken(entry):
-        source = account.lots.get(lot_id)
+    for item in entry.taken:
+        source = account.lots.get(item.lot)
         if source is None:
             continue  # _debit names the unknown lot
         if not source.spendable(at):
-            raise VerificationError(f"entry {entry_id}: lot {lot_id} is not spendable")
-        if _time(_str(item, "expires_at", entry_id)) != source.expires_at:
-            raise VerificationError(f"entry {entry_id}: wrong expiry time for lot {lot_id}")
-    total = _debit(entry, account, at, expiring=False)
-    if total != amount:
-        raise VerificationError(f"entry {entry_id}: lots give {total}, amount says {amount}")
+            raise VerificationError(f"entry {entry.id}: lot {item.lot} is not spendable")
+        if model.moment(item.expires_at) != source.expires_at:
+            raise VerificationError(f"entry {entry.id}: wrong expiry time for lot {item.lot}")
+    total = _debit(entry, entry.taken, account, at, expiring=False)
+    if total != entry.amount:
+        raise VerificationError(f"entry {entry.id}: lots give {total}, amount says {entry.amount}")
 
 
-def _restore(entry: JsonObject, account: Account, at: datetime, amount: int) -> None:
+def _restore(
+    entry: model.ConvertRefund | model.HoldRelease, account: Account, at: datetime
+) -> None:
     """Reopen ``restored`` points as lots ``<entry id>:<n>``, spendable now, old expiry."""
-    entry_id = entry.get("id")
-    items = entry.get("restored")
-    if not isinstance(items, list) or not items:
-        raise VerificationError(f"entry {entry_id}: field 'restored' must be a non-empty list")
     lots: list[tuple[str, int, datetime]] = []
-    for n, item in enumerate(items):
-        if not isinstance(item, dict):
-            raise VerificationError(f"entry {entry_id}: bad 'restored' item")
-        lot_id = _str(item, "lot", entry_id)
-        if lot_id != f"{entry_id}:{n}" or lot_id in account.lots:
-            raise VerificationError(f"entry {entry_id}: restored lot {n} must be {entry_id}:{n}")
-        expires_at = _time(_str(item, "expires_at", entry_id))
-        lots.append((lot_id, _positive(item, "amount", entry_id), expires_at))
+    for n, item in enumerate(entry.restored):
+        if item.lot != f"{entry.id}:{n}" or item.lot in account.lots:
+            raise VerificationError(f"entry {entry.id}: restored lot {n} must be {entry.id}:{n}")
+        lots.append((item.lot, item.amount, model.moment(item.expires_at)))
     total = sum(part for _, part, _ in lots)
-    if total != amount:
-        raise VerificationError(f"entry {entry_id}: restored lots give {total}, amount {amount}")
+    if total != entry.amount:
+        raise VerificationError(
+            f"entry {entry.id}: restored lots give {total}, amount {entry.amount}"
+        )
     for lot_id, part, expires_at in lots:
         _open_lot(account, lot_id, part, at, at, expires_at)
 
 
-def _apply_coalition_entry(entry: JsonObject, kind: str, account: Account, at: datetime) -> None:
-    """Conversions and partner holds on a member's account (see docs/coalition.md)."""
-    entry_id = entry.get("id")
-    if kind == "convert-complete":
-        _str(_obj(entry, "conversion", entry_id), "id", entry_id)
-        receipt = _obj(entry, "receipt", entry_id)
-        _str(receipt, "envelope", entry_id)
-        _str(receipt, "signature", entry_id)
-        return
-    amount = _positive(entry, "amount", entry_id)
-    if kind == "convert-out":
-        conversion = _obj(entry, "conversion", entry_id)
-        _str(conversion, "id", entry_id)
-        _str(conversion, "to_program", entry_id)
-        fee = _positive(conversion, "fee", entry_id, zero=True)
-        net = _positive(conversion, "net", entry_id)
-        _positive(conversion, "credit", entry_id)
-        _positive(conversion, "value_minor", entry_id, zero=True)
-        if fee + net != amount:
-            raise VerificationError(f"entry {entry_id}: fee {fee} + net {net} != amount {amount}")
-        _debit_spendable(entry, account, at, amount)
-    elif kind == "hold":
-        hold = _obj(entry, "hold", entry_id)
-        for key in ("id", "partner", "reference"):
-            _str(hold, key, entry_id)
-        if _time(_str(hold, "expires_at", entry_id)) <= at:
-            raise VerificationError(f"entry {entry_id}: hold expires before it starts")
-        _debit_spendable(entry, account, at, amount)
-    elif kind == "convert-in":
-        conversion = _obj(entry, "conversion", entry_id)
-        for key in ("id", "from_program", "out_entry", "out_hash"):
-            _str(conversion, key, entry_id)
-        spec = _obj(entry, "lot", entry_id)
-        _open_lot(
-            account,
-            _str(spec, "id", entry_id),
-            amount,
-            at,
-            _time(_str(spec, "available_at", entry_id)),
-            _time(_str(spec, "expires_at", entry_id)),
+def _send(entry: model.ConvertOut, account: Account, at: datetime, lookup: AccountLookup) -> None:
+    conversion = entry.conversion
+    if conversion.fee + conversion.net != entry.amount:
+        raise VerificationError(
+            f"entry {entry.id}: fee {conversion.fee} + net {conversion.net} "
+            f"!= amount {entry.amount}"
         )
-    elif kind == "convert-refund":
-        _str(_obj(entry, "conversion", entry_id), "id", entry_id)
-        _obj(entry, "rejection", entry_id)
-        _restore(entry, account, at, amount)
-    elif kind == "hold-capture":
-        hold = _obj(entry, "hold", entry_id)
-        _str(hold, "id", entry_id)
-        _str(hold, "partner", entry_id)
-        _positive(entry, "value_minor", entry_id, zero=True)
-        _str(entry, "currency", entry_id)
-    else:  # hold-release
-        hold = _obj(entry, "hold", entry_id)
-        _str(hold, "id", entry_id)
-        _str(hold, "partner", entry_id)
-        if hold.get("why") not in ("void", "expired"):
-            raise VerificationError(f"entry {entry_id}: hold release why must be void or expired")
-        _restore(entry, account, at, amount)
+    _debit_spendable(entry, account, at)
+
+
+def _hold(entry: model.Hold, account: Account, at: datetime, lookup: AccountLookup) -> None:
+    if model.moment(entry.hold.expires_at) <= at:
+        raise VerificationError(f"entry {entry.id}: hold expires before it starts")
+    _debit_spendable(entry, account, at)
+
+
+def _credit(entry: model.ConvertIn, account: Account, at: datetime, lookup: AccountLookup) -> None:
+    spec = entry.lot
+    _open_lot(
+        account,
+        spec.id,
+        entry.amount,
+        at,
+        model.moment(spec.available_at),
+        model.moment(spec.expires_at),
+    )
+
+
+def _return(
+    entry: model.ConvertRefund | model.HoldRelease,
+    account: Account,
+    at: datetime,
+    lookup: AccountLookup,
+) -> None:
+    _restore(entry, account, at)
+
+
+def _close(entry: Any, account: Account, at: datetime, lookup: AccountLookup) -> None:
+    """convert-complete, hold-capture: the typed entry is the whole check."""
+    return None
+
+
+def _receipt(entry: model.RedemptionReceipt) -> None:
+    model.moment(entry.captured_at)
+
+
+def _record(entry: Any) -> None:
+    """agreement, statement, convert-reject: the typed entry is the whole check (their
+    signatures are the cross-chain and settlement audits' to verify)."""
+    return None
+
+
+_MEMBER_EFFECTS: dict[type[model.Entry], Callable[[Any, Account, datetime, AccountLookup], None]]
+_MEMBER_EFFECTS = {
+    model.Enroll: _enroll,
+    model.Earn: _earn,
+    model.Redeem: _spend,
+    model.Transfer: _spend,
+    model.Expire: _expire,
+    model.Reverse: _claw_back,
+    model.Revoke: _claw_back,
+    model.Adjust: _adjust,
+    model.ConvertOut: _send,
+    model.ConvertIn: _credit,
+    model.ConvertComplete: _close,
+    model.ConvertRefund: _return,
+    model.Hold: _hold,
+    model.HoldCapture: _close,
+    model.HoldRelease: _return,
+}
+"""What each member kind does to its account (``kinds.Kind.effect`` says it in words)."""
+_PROGRAM_CHECKS: dict[type[model.Entry], Callable[[Any], None]] = {
+    model.ConvertReject: _record,
+    model.RedemptionReceipt: _receipt,
+    model.AgreementRecord: _record,
+    model.StatementRecord: _record,
+}
+"""What replay checks of each program kind beyond its type."""
 
 
 def earn_ref(reason: JsonValue) -> str | None:

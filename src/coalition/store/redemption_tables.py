@@ -15,7 +15,7 @@ make obligations without scanning the whole log.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -479,9 +479,12 @@ def statements_between(
     return [_statement(row) for row in conn.execute(query)]
 
 
-def bodies_of_kinds(conn: Connection, kinds: Sequence[str]) -> list[JsonObject]:
-    """Bodies of every entry of ``kinds`` in log order (uses ``ix_entries_kind``)."""
+def bodies_of_kinds(conn: Connection, kinds: Collection[str]) -> list[JsonObject]:
+    """Bodies of every entry of ``kinds`` (a set from ``points.kinds``) in log order
+    (uses ``ix_entries_kind``)."""
     query = (
-        select(entries.c.body).where(entries.c.kind.in_(list(kinds))).order_by(entries.c.log_index)
+        select(entries.c.body)
+        .where(entries.c.kind.in_(sorted(kinds)))
+        .order_by(entries.c.log_index)
     )
     return [stored_object(row.body) for row in conn.execute(query)]

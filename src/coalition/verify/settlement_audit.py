@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from coalition.errors import CoalitionError
 from coalition.ledger.canonical import JsonObject, JsonValue, canonical_json
 from coalition.ledger.keys import VerifyKey
+from coalition.points.kinds import OBLIGATION_KINDS
 from coalition.points.settlement import (
-    OBLIGATION_KINDS,
     Netting,
     Owed,
     net,

@@ -5,7 +5,8 @@ authentication (they hold no data; every call the page makes carries an API key 
 typed in). Files are served from a fixed list with a strict Content-Security-Policy (only
 this origin's scripts, styles and fetches). The JSON routes need a ledger-read key:
 ``/v1/explorer/about`` (who this node is, and its coalition when it runs one) and
-``/v1/explorer/flows`` (value between brands per time bucket, from this node's chain).
+``/v1/explorer/flows`` (value between brands per time bucket, from this node's chain) and
+``/v1/explorer/kinds`` (how the page names each entry kind, from ``points.kinds``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from coalition.explorer.flows import FLOW_KINDS, MAX_BUCKET_S, MIN_BUCKET_S, con
 from coalition.node.auth import Action, Authenticator
 from coalition.node.manifest import Manifest
 from coalition.node.service import NodeService
+from coalition.points.kinds import display_json
 from coalition.store.redemption_tables import bodies_of_kinds
 
 
@@ -125,6 +127,14 @@ def explorer_router(
             height=None if latest is None else latest.header.height,
             coalition=None if coalition is None else _coalition_out(coalition),
         )
+
+    @router.get(
+        "/v1/explorer/kinds",
+        summary="The entry kinds: label, scope and the flow each counts in",
+        dependencies=read,
+    )
+    def entry_kinds() -> list[dict[str, str | None]]:
+        return display_json()
 
     @router.get(
         "/v1/explorer/flows",

@@ -51,7 +51,7 @@ from coalition.node.manifest import Manifest
 from coalition.node.partners import PartnerClient, PartnerInbox
 from coalition.node.sequencer import Decision, EntryDecision
 from coalition.node.service import NodeService
-from coalition.points import operations
+from coalition.points import model, operations
 from coalition.points.accounts import validate_member_id, validate_reference
 from coalition.points.operations import EntryContext
 from coalition.points.rates import (
@@ -600,14 +600,11 @@ class Conversions:
         sender = batch.sender
         if out_entry.get("program") != sender:
             raise InvalidArgument(f"the convert-out is not {sender}'s entry")
-        conversion = out_entry.get("conversion")
-        assert isinstance(conversion, dict)
-        ref = conversion.get("agreement")
-        if not isinstance(ref, dict):
-            raise InvalidArgument("the convert-out names no agreement")
-        agreement_id, version = ref.get("id"), ref.get("version")
-        if not isinstance(agreement_id, str) or type(version) is not int:
-            raise InvalidArgument("the convert-out's agreement is {id, version}")
+        try:
+            out: model.ConvertOut = model.parse_as(out_entry, model.ConvertOut)
+        except VerificationError as exc:
+            raise InvalidArgument(str(exc)) from None
+        agreement_id, version = out.conversion.agreement.key
         recorded = batch.agreements(conn)
         agreement = next(
             (a for a in recorded if (a.id, a.version) == (agreement_id, version)), None
@@ -627,7 +624,7 @@ class Conversions:
         account = batch.accounts(conn).get(validate_member_id(to_member))
         if account is None:
             raise NotFound(f"member {to_member} is not enrolled at {self.program}")
-        quoted = quote(agreement, _int(out_entry.get("amount")))
+        quoted = quote(agreement, out.amount)
         limit = self.manifest.credit_limit(self.program, sender)
         if limit is not None:
             unsettled = batch.unsettled(conn)
@@ -767,29 +764,27 @@ def _valid_member(member_id: str) -> bool:
     return True
 
 
-def _pending_view(out: JsonObject, member_id: str, to_member_id: str) -> ConversionView:
+def _pending_view(body: JsonObject, member_id: str, to_member_id: str) -> ConversionView:
     """The view of a conversion just written, from its own convert-out entry."""
-    conversion = out["conversion"]
-    assert isinstance(conversion, dict)
-    agreement = conversion["agreement"]
-    assert isinstance(agreement, dict)
+    out: model.ConvertOut = model.parse_as(body, model.ConvertOut)
+    conversion = out.conversion
     return ConversionView(
-        id=str(conversion["id"]),
+        id=conversion.id,
         member_id=member_id,
-        to_program=str(conversion["to_program"]),
+        to_program=conversion.to_program,
         to_member_id=to_member_id,
-        agreement_id=str(agreement["id"]),
-        agreement_version=_int(agreement["version"]),
-        amount=_int(out["amount"]),
-        fee=_int(conversion["fee"]),
-        net=_int(conversion["net"]),
-        credit=_int(conversion["credit"]),
-        value_minor=_int(conversion["value_minor"]),
-        currency=str(conversion["currency"]),
+        agreement_id=conversion.agreement.id,
+        agreement_version=conversion.agreement.version,
+        amount=out.amount,
+        fee=conversion.fee,
+        net=conversion.net,
+        credit=conversion.credit,
+        value_minor=conversion.value_minor,
+        currency=conversion.currency,
         status="pending",
         reason=None,
-        created_at=str(out["at"]),
-        out_entry=str(out["id"]),
+        created_at=out.at,
+        out_entry=out.id,
         final_entry=None,
     )
 
@@ -802,12 +797,6 @@ def _out_time(out_entry: JsonObject) -> datetime | None:
         return parse_time(at)
     except CoalitionError:
         return None
-
-
-def _int(value: JsonValue) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise InvalidArgument(f"the convert-out amount must be an integer, got {value!r}")
-    return value
 
 
 def _check_in_force(current: Agreement | None, named: Agreement) -> None:

@@ -36,7 +36,7 @@ from coalition.errors import (
     PartnerUnavailable,
     VerificationError,
 )
-from coalition.ledger.canonical import MAX_SAFE_INTEGER, JsonObject, JsonValue, canonical_json
+from coalition.ledger.canonical import MAX_SAFE_INTEGER, JsonObject, canonical_json
 from coalition.ledger.entries import check_program_id, check_time, entry_leaf_hash, format_time
 from coalition.ledger.envelope import SignedMessage, open_message, sign_message
 from coalition.node.features.agreements import Agreements
@@ -49,7 +49,7 @@ from coalition.node.sequencer import (
     idempotency_conflict,
 )
 from coalition.node.service import NodeService
-from coalition.points import operations
+from coalition.points import model, operations
 from coalition.points.accounts import validate_member_id, validate_reference
 from coalition.points.operations import EntryContext
 from coalition.points.rates import redemption_value
@@ -88,12 +88,6 @@ def _whole(value: object, what: str, least: int, most: int) -> int:
 
 def _hash(request: JsonObject) -> str:
     return hashlib.sha256(canonical_json(request)).hexdigest()
-
-
-def _field(body: JsonObject, key: str, what: str) -> JsonValue:
-    if key not in body:
-        raise VerificationError(f"{what} has no {key!r}")
-    return body[key]
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,8 +237,10 @@ class Redemptions:
         receipt, answer = self._open_receipt(row, reply, HOLD_RECEIPT)
         if answer.get("status") != "held" or answer.get("reference") != row.reference:
             raise VerificationError(f"{row.program}'s hold receipt for {row.hold_id} differs")
-        expires_at = check_time(_field(answer, "expires_at", "a hold receipt"), "expires_at")
-        agreement = _agreement_ref(answer)
+        if "expires_at" not in answer:
+            raise VerificationError("a hold receipt has no 'expires_at'")
+        expires_at = check_time(answer["expires_at"], "expires_at")
+        agreement = model.agreement_key(answer.get("agreement"), "a hold receipt")
         self.service.sequencer.run(
             lambda tx: tables.authorize_redemption(
                 tx.conn,
@@ -398,7 +394,10 @@ class Redemptions:
         what = f"{row.program}'s capture receipt for {row.hold_id}"
         if answer.get("status") != "captured":
             raise VerificationError(f"{what} does not say captured")
-        if _agreement_ref(answer) != (row.agreement_id, row.agreement_version):
+        if model.agreement_key(answer.get("agreement"), what) != (
+            row.agreement_id,
+            row.agreement_version,
+        ):
             raise VerificationError(f"{what} names another agreement than the authorization")
         value_minor = answer.get("value_minor")
         currency = answer.get("currency")
@@ -558,9 +557,8 @@ class Redemptions:
                     f"hold {hold_id} expired at {format_time(found.expires_at)}: capture refused"
                 )
             hold_entry = self._hold_entry(conn, found)
-            ref = hold_entry["hold"]
-            assert isinstance(ref, dict) and isinstance(ref["agreement"], dict)
-            agreement_id, version = _agreement_ref(ref)
+            held: model.Hold = model.parse_as(hold_entry, model.Hold)
+            agreement_id, version = held.hold.agreement.key
             agreement = self.agreements.get(conn, agreement_id, version)
             if agreement is None:
                 raise CorruptStore(f"hold {hold_id}: agreement {agreement_id} v{version} missing")
@@ -673,13 +671,3 @@ class Redemptions:
             released += done
             if done == 0 or len(due) < batch:
                 return released
-
-
-def _agreement_ref(obj: JsonObject) -> tuple[str, int]:
-    ref = obj.get("agreement")
-    if not isinstance(ref, dict):
-        raise VerificationError("a hold names no agreement")
-    agreement_id, version = ref.get("id"), ref.get("version")
-    if not isinstance(agreement_id, str) or not isinstance(version, int):
-        raise VerificationError("a hold's agreement is {id, version}")
-    return agreement_id, version

@@ -29,16 +29,16 @@ from coalition.errors import (
     PartnerUnavailable,
     VerificationError,
 )
-from coalition.ledger.canonical import JsonObject, JsonValue
+from coalition.ledger.canonical import JsonObject
 from coalition.ledger.entries import check_program_id, check_time, format_time
 from coalition.node.manifest import Manifest
 from coalition.node.partners import PartnerClient, PartnerInbox
 from coalition.node.sequencer import Decision
 from coalition.node.service import NodeService
-from coalition.points import operations
+from coalition.points import model, operations
+from coalition.points.kinds import OBLIGATION_KINDS
 from coalition.points.operations import EntryContext
 from coalition.points.settlement import (
-    OBLIGATION_KINDS,
     Netting,
     Owed,
     net,
@@ -46,6 +46,7 @@ from coalition.points.settlement import (
     netting_json,
     obligations,
     pending_conversions,
+    priced,
     statement_document,
 )
 from coalition.points.statements import (
@@ -252,7 +253,11 @@ class Settlement:
         ``default`` (else this program's manifest currency) for a period without any."""
         found: set[str] = set()
         for entry in chain:
-            counterpart, at, currency = _priced(self.program, entry)
+            obligation = priced(self.program, model.parse_entry(entry))
+            if obligation is None:
+                continue
+            debtor, creditor, at, _, currency = obligation
+            counterpart = creditor if debtor == self.program else debtor
             if counterpart in parties and counterpart != self.program and start <= at < end:
                 found.add(currency)
         if len(found) > 1:
@@ -466,28 +471,3 @@ class Settlement:
             statements=sorted(gathered),
             unreachable=unreachable,
         )
-
-
-def _priced(program: str, entry: JsonObject) -> tuple[str | None, datetime, str]:
-    """(counterpart, date, currency) of an obligation entry of ``program``'s chain, the
-    same reading as ``points.settlement.obligations``; counterpart None for the others."""
-    kind = entry.get("kind")
-    conversion = entry.get("conversion")
-    hold = entry.get("hold")
-    try:
-        if kind == "convert-out" and isinstance(conversion, dict):
-            return str(conversion["to_program"]), _time(entry["at"]), str(conversion["currency"])
-        if kind == "convert-in" and isinstance(conversion, dict):
-            at = _time(conversion["out_at"])
-            return str(conversion["from_program"]), at, str(conversion["currency"])
-        if kind == "hold-capture" and isinstance(hold, dict):
-            return str(hold["partner"]), _time(entry["at"]), str(entry["currency"])
-        if kind == "redemption-receipt" and isinstance(hold, dict):
-            return str(hold["partner"]), _time(entry["captured_at"]), str(entry["currency"])
-    except KeyError as exc:
-        raise VerificationError(f"entry {entry.get('id')}: {kind} without {exc}") from None
-    return None, BEGINNING, ""
-
-
-def _time(value: JsonValue) -> datetime:
-    return check_time(value, "entry time")

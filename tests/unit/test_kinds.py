@@ -1,0 +1,113 @@
+"""The registry of entry kinds (points.kinds): every kind has a consumer for each part it
+declares (replay, cross-chain, settlement, display), the derived sets are what their
+users read, and docs/proofs.md's kinds table is the registry's."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from kind_samples import every_kind, two_chains
+
+from coalition.explorer.flows import conversion_flows
+from coalition.ledger.canonical import canonical_json
+from coalition.points import kinds, model, state
+from coalition.points.kinds import KINDS, CrossChain, Flow, Scope, Settlement
+from coalition.points.settlement import obligations, priced
+from coalition.verify import cross_chain, recording
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLES = every_kind()
+
+
+def test_every_kind_has_a_replay_effect_and_its_struct_has_a_handler() -> None:
+    members = {k.struct for k in KINDS.values() if k.scope is Scope.MEMBER}
+    programs = {k.struct for k in KINDS.values() if k.scope is Scope.PROGRAM}
+    assert set(state._MEMBER_EFFECTS) == members
+    assert set(state._PROGRAM_CHECKS) == programs
+    assert set(model.ENTRY_TYPES) == members | programs
+    assert [k.name for k in KINDS.values()] == [model.kind_of(t) for t in model.ENTRY_TYPES]
+
+
+def test_every_cross_chain_kind_is_read_by_the_cross_chain_audit_and_recorded() -> None:
+    """Until audit/ reads the registry itself, its hand-kept sets and the recorder's
+    byte markers must say exactly what the registry says."""
+    assert cross_chain.CONVERSION_KINDS == kinds.CONVERSION_KINDS
+    assert cross_chain.HOLD_KINDS == kinds.HOLD_KINDS
+    families = {k.cross_chain.family for k in KINDS.values()} - {kinds.Family.NONE}
+    assert families == {kinds.Family.CONVERSION, kinds.Family.HOLD, kinds.Family.AGREEMENT}
+    for name, entries in SAMPLES.items():
+        selected = bool(recording.COALITION_KINDS.search(canonical_json(entries[0])))
+        assert selected == (name in kinds.COALITION_KINDS), name
+
+
+def test_every_settlement_role_is_read_by_settlement() -> None:
+    sky, stay = two_chains()
+    for chain in (sky, stay):
+        for entry in chain.entries:
+            role = KINDS[str(entry["kind"])].settlement
+            owed = role in (Settlement.OWED_BY_PROGRAM, Settlement.OWED_TO_PROGRAM)
+            found = priced(chain.program, model.parse_entry(entry))
+            assert (found is not None) == owed, entry["kind"]
+            if found is not None:
+                debtor = found[0]
+                assert (debtor == chain.program) == (role is Settlement.OWED_BY_PROGRAM)
+    start, end = sky.entries[0]["at"], sky.now
+    period = (model.moment(str(start)), end)
+    owed_sky = obligations("skyair", sky.entries, *period)
+    owed_stay = obligations("staybright", stay.entries, *period)
+    # conv-1 completed (COMPLETES), conv-2 refunded (CANCELS): one conversion, one capture
+    assert owed_sky == owed_stay and owed_sky[("skyair", "staybright")].items == 2
+    assert {
+        n for n, k in KINDS.items() if k.settlement not in (Settlement.NONE, Settlement.STATEMENT)
+    } == kinds.OBLIGATION_KINDS
+
+
+def test_every_kind_is_displayed_and_every_flow_is_summed() -> None:
+    shown = kinds.display_json()
+    assert [row["kind"] for row in shown] == list(KINDS)
+    assert all(row["label"] for row in shown)
+    sky, stay = two_chains()
+    flows = conversion_flows(sky.entries, "skyair", 3600) + conversion_flows(
+        stay.entries, "staybright", 3600
+    )
+    summed = {(f.kind, f.source == "skyair") for f in flows}
+    assert summed == {("conversion", True), ("redemption", True)}
+    assert {k.display.flow for k in KINDS.values()} - {None} == set(Flow)
+    refunded = [f for f in flows if f.refunded]
+    assert len(refunded) == 1 and refunded[0].count == 1  # conv-2 came back, conv-1 stays
+
+
+def test_supply_changes_as_the_registry_says() -> None:
+    for chain in two_chains():
+        assert kinds.supply_change(chain.replay.points_by_kind) == chain.replay.supply()
+
+
+def test_derived_sets_are_those_the_code_used_to_keep_by_hand() -> None:
+    assert {"agreement", "statement", "convert-reject", "redemption-receipt"} == kinds.PROGRAM_KINDS
+    assert {"enroll", "earn", "redeem", "transfer", "expire", "adjust"} == kinds.FAST_KINDS
+    assert {
+        "convert-out", "convert-in", "convert-complete", "convert-refund",
+        "hold", "hold-capture", "hold-release",
+    } == kinds.COALITION_MEMBER_KINDS  # fmt: skip
+    assert {
+        "convert-out",
+        "convert-refund",
+        "convert-in",
+        "hold-capture",
+        "redemption-receipt",
+    } == kinds.FLOW_KINDS
+    assert all(
+        k.cross_chain is not CrossChain.NONE for k in KINDS.values() if k.name in kinds.HOLD_KINDS
+    )
+
+
+def test_the_kinds_table_of_docs_proofs_md_is_the_registry_s() -> None:
+    doc = (ROOT / "docs" / "proofs.md").read_text(encoding="utf-8")
+    found = re.search(r"<!-- kinds:begin -->\n(.*?)<!-- kinds:end -->", doc, re.S)
+    assert found is not None, "docs/proofs.md lost its kinds table markers"
+    assert found.group(1) == kinds.markdown_table(), "run scripts/update_kinds_doc.py"
+    check = [sys.executable, str(ROOT / "scripts" / "update_kinds_doc.py"), "--check"]
+    assert subprocess.run(check, check=False).returncode == 0
