@@ -16,12 +16,7 @@ import pytest
 from sqlalchemy import insert, text
 
 from coalition.audit import audit_chain
-from coalition.audit.bundle import (
-    BundleExport,
-    BundleSource,
-    export_bundle,
-    write_bundle,
-)
+from coalition.audit.bundle import BundleSource, export_bundle
 from coalition.audit.sources import DatabaseSource
 from coalition.errors import CorruptStore, InvalidArgument, VerificationError
 from coalition.ledger.blocks import BlockHeader, SignedHeader, sign_header
@@ -29,6 +24,7 @@ from coalition.ledger.canonical import canonical_json, parse_json
 from coalition.ledger.keys import SigningKey
 from coalition.ledger.merkle import leaf_hash
 from coalition.ledger.note import checkpoint_of, cosign, verify_cosignature, witness_name
+from coalition.node.bundle_export import BundleExport, write_bundle
 from coalition.node.config import SealerConfig
 from coalition.node.service import NodeService
 from coalition.store.witness_tables import (
@@ -163,7 +159,7 @@ def test_a_bundle_carries_every_header_and_entry_byte_for_byte(
 
 
 def test_the_snapshot_is_the_newest_header_when_the_export_starts(chain: Chain) -> None:
-    export = BundleExport(chain.service.engine, PROGRAM, chain.key.public_key)
+    export = BundleExport(chain.service.sequencer.read, PROGRAM, chain.key.public_key)
     before = chain.service.latest_header()
     assert before is not None
     chain.service.enroll("erin", idempotency_key="enroll-erin")
@@ -476,7 +472,7 @@ def test_a_database_that_cannot_be_framed_is_refused_without_a_file(
         export_bundle(out / "x.bundle", chain.url, PROGRAM, chain.key.public_key)
     assert list(out.iterdir()) == []  # no bundle, no temporary file
     with pytest.raises(InvalidArgument, match="not 'other'"):
-        write_bundle(io.BytesIO(), chain.service.engine, "other", chain.key.public_key)
+        write_bundle(io.BytesIO(), chain.service.sequencer.read, "other", chain.key.public_key)
 
 
 # --- the format reader alone (coalition.verify.bundle_format: lines in memory) ---------

@@ -10,18 +10,18 @@ from __future__ import annotations
 from pathlib import Path
 from types import TracebackType
 
-from sqlalchemy import Connection, Engine, inspect, select
+from sqlalchemy import Engine, inspect
 
 from coalition.errors import CoalitionError, InvalidArgument
 from coalition.ledger.canonical import JsonObject, canonical_json
-from coalition.ledger.entries import format_time
 from coalition.ledger.keys import VerifyKey
 from coalition.ledger.merkle import consistency_coords, consistency_from_nodes, expand_nodes
 from coalition.ledger.merkle import stored_coords as stored_node_coords
 from coalition.ledger.proofs import consistency_document
+from coalition.node.bundle_export import stored_evidence
 from coalition.store import repository
 from coalition.store.db import make_engine, normalise_url
-from coalition.store.repository import TREE_STRIDE, from_micros, signed_header_from_row
+from coalition.store.repository import TREE_STRIDE, signed_header_from_row
 from coalition.store.witness_tables import cosignature_lines, witness_cosignatures, witness_evidence
 from coalition.verify.evidence import RawEvidence
 from coalition.verify.source import RawEntry, RawHeader
@@ -36,25 +36,6 @@ def existing_database(url: str) -> Engine:
         if not path.is_file():
             raise InvalidArgument(f"no database file at {path}")
     return make_engine(url)
-
-
-def stored_evidence(conn: Connection) -> list[RawEvidence]:
-    """The node's ``witness_evidence`` rows as stored (headers as text, unparsed), oldest
-    first."""
-    rows = conn.execute(select(witness_evidence).order_by(witness_evidence.c.id)).all()
-    return [
-        RawEvidence(
-            id=row.id,
-            program=row.program,
-            height=row.height,
-            kind=row.kind,
-            reason=row.reason,
-            first=row.first,
-            second=row.second,
-            detected_at=format_time(from_micros(row.detected_at)),
-        )
-        for row in rows
-    ]
 
 
 class DatabaseSource:

@@ -7,11 +7,14 @@ sealer's view of what is sealed; nothing writes. Proofs are RFC 9162 documents
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy import Connection
 
 from coalition.errors import FailedPrecondition, InvalidArgument, NotFound
 from coalition.ledger.blocks import SignedHeader
 from coalition.ledger.canonical import JsonObject
+from coalition.ledger.keys import VerifyKey
 from coalition.ledger.merkle import (
     NodeCoord,
     consistency_coords,
@@ -22,6 +25,7 @@ from coalition.ledger.merkle import (
     stored_coords,
 )
 from coalition.ledger.proofs import consistency_document, inclusion_document
+from coalition.node.bundle_export import BundleExport
 from coalition.node.sequencer import Sequencer, check_entry_id
 from coalition.node.views import EntryView
 from coalition.store import repository
@@ -31,8 +35,9 @@ from coalition.store.repository import TREE_STRIDE, signed_header_from_row
 class LedgerService:
     """Reads of one program's log: what partners, auditors and the explorer fetch."""
 
-    def __init__(self, sequencer: Sequencer) -> None:
+    def __init__(self, sequencer: Sequencer, public_key: VerifyKey) -> None:
         self._sequencer = sequencer
+        self._public_key = public_key
         self._sealer = sequencer.sealer
 
     def latest_header(self) -> SignedHeader | None:
@@ -125,3 +130,10 @@ class LedgerService:
 
     def flush(self) -> SignedHeader | None:
         return self._sealer.flush()
+
+    def bundle(self, *, exported_at: datetime | None = None) -> BundleExport:
+        """A snapshot of the whole chain as a bundle (docs/proofs.md §9), to iterate once;
+        blocks sealed after this call are not in it."""
+        return BundleExport(
+            self._sequencer.read, self._sequencer.program, self._public_key, exported_at=exported_at
+        )

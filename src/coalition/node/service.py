@@ -54,7 +54,7 @@ class NodeService:
         self.sequencer = Sequencer(engine, program, key, sealer, clock)
         self.sealer = self.sequencer.sealer
         self.points = PointsService(self.sequencer, rules, account_secret)
-        self.ledger = LedgerService(self.sequencer)
+        self.ledger = LedgerService(self.sequencer, key.public_key)
 
     @property
     def signing_key(self) -> SigningKey:

@@ -1,9 +1,9 @@
 """``GET /v1/ledger/bundle``: the node's chain as a ``coalition/bundle/v1`` stream.
 
 Thin like the other routers: a key that may read the ledger (operator or auditor), then
-``coalition.audit.bundle.BundleExport`` streamed as it is produced, uncompressed. The
-snapshot (and any CorruptStore it finds) is taken before the response starts; a fault
-later cuts the stream short, which a reader sees as a missing end line.
+``LedgerService.bundle()`` (``coalition.node.bundle_export``) streamed as it is produced,
+uncompressed. The snapshot (and any CorruptStore it finds) is taken before the response
+starts; a fault later cuts the stream short, which a reader sees as a missing end line.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
 from coalition.api.http.deps import guard
-from coalition.audit.bundle import BundleExport
 from coalition.node.auth import Action, Authenticator
 from coalition.node.service import NodeService
 
@@ -31,9 +30,7 @@ def bundle_router(service: NodeService, authenticator: Authenticator) -> APIRout
         responses={200: {"content": {MEDIA_TYPE: {}}}},
     )
     def bundle() -> StreamingResponse:
-        export = BundleExport(
-            service.engine, service.program, service.public_key, exported_at=service.now()
-        )
+        export = service.ledger.bundle(exported_at=service.now())
         return StreamingResponse(
             iter(export),
             media_type=MEDIA_TYPE,
