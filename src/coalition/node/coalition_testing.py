@@ -94,6 +94,8 @@ class RunningCoalition:
     nodes: dict[str, PartnerNode] = field(default_factory=dict)
     rules: ProgramRules = field(default_factory=ProgramRules)
     abort_after_s: float = 30.0
+    clock: Callable[[], datetime] | None = None
+    """What every node's service reads as now (None: the wall clock)."""
 
     def __getitem__(self, program: str) -> PartnerNode:
         return self.nodes[program]
@@ -103,7 +105,7 @@ class RunningCoalition:
         database, key and partner port (its outbox resumes from the database)."""
         old = self.nodes[program]
         _close(old)
-        service = _open_service(program, old.url, old.key, self.rules)
+        service = _open_service(program, old.url, old.key, self.rules, self.clock)
         inbox = PartnerInbox(program, self.manifest, service.engine, old.key)
         node = PartnerNode(program, old.url, old.key, service, inbox, old.tls, old.port, None)
         node.start_partner_server()
@@ -215,7 +217,13 @@ def agreement_doc(
     }
 
 
-def _open_service(program: str, url: str, key: SigningKey, rules: ProgramRules) -> NodeService:
+def _open_service(
+    program: str,
+    url: str,
+    key: SigningKey,
+    rules: ProgramRules,
+    clock: Callable[[], datetime] | None,
+) -> NodeService:
     engine = make_engine(url, sqlite_synchronous="NORMAL")
     upgrade_schema(engine)
     service = NodeService(
@@ -225,6 +233,7 @@ def _open_service(program: str, url: str, key: SigningKey, rules: ProgramRules) 
         ACCOUNT_SECRET,
         rules,
         SealerConfig(max_entries=1000, max_delay_ms=50),
+        clock=clock,
     )
     service.start()
     return service
@@ -260,9 +269,10 @@ def coalition_nodes(
     abort_after_s: float = 30.0,
     rules: ProgramRules | None = None,
     start_features: bool = True,
+    clock: Callable[[], datetime] | None = None,
 ) -> Iterator[RunningCoalition]:
     """Start one node per program of ``urls`` with the coalition features wired (and the
-    outboxes running unless ``start_features`` is False)."""
+    outboxes running unless ``start_features`` is False); ``clock`` is their services' now."""
     programs = list(urls)
     keys = write_manifest(folder, programs, credit_limits)
     manifest = Manifest.load(folder / "coalition.toml")
@@ -271,10 +281,13 @@ def coalition_nodes(
         manifest,
         rules=rules or ProgramRules(holding_period=timedelta(0)),
         abort_after_s=abort_after_s,
+        clock=clock,
     )
     try:
         for program in programs:
-            service = _open_service(program, urls[program], keys[program], coalition.rules)
+            service = _open_service(
+                program, urls[program], keys[program], coalition.rules, coalition.clock
+            )
             inbox = PartnerInbox(program, manifest, service.engine, keys[program])
             tls = TlsFiles.for_program(manifest, program)
             node = PartnerNode(program, urls[program], keys[program], service, inbox, tls, 0, None)
