@@ -66,6 +66,8 @@ class Node:
 def populate(node: Node) -> dict[str, int]:
     """Every kind of entry, with time moving so purchases clear and points expire.
 
+    Everything is sealed before the clock moves, so the chain's shape (blocks of five,
+    cut where the clock moves) and every ``sealed_at`` are the same on every run.
     Returns the points each member should hold at the end (worked out by hand).
     """
     svc, clock = node.service, node.clock
@@ -75,6 +77,7 @@ def populate(node: Node) -> dict[str, int]:
     bob_signup = svc.earn_reward("bob", "signup", "bob", idempotency_key="r-bob")  # bob 500
     svc.earn_purchase("alice", "order-1", 12_345, idempotency_key="p1")  # alice +123 pending
     svc.earn_purchase("carol", "order-2", 50_000, idempotency_key="p2")  # carol +500 pending
+    svc.flush()
     clock.advance(days=31)
     svc.redeem("alice", 200, "gift-1", idempotency_key="x1")  # alice 423
     svc.transfer("alice", "bob", 100, "for dinner", idempotency_key="t1")  # alice 323, bob 600
@@ -83,6 +86,7 @@ def populate(node: Node) -> dict[str, int]:
     svc.reverse_purchase("carol", "order-2", idempotency_key="rv1")  # carol 300
     svc.revoke("bob", str(bob_signup.entry["id"]), "ops-2", "fraud", idempotency_key="rk1")
     # bob: 550 - 500 = 50 (the 50 left is the transferred lot, which kept alice's expiry)
+    svc.flush()
     clock.advance(days=370)
     expired = svc.run_expiry()  # everything earned on day 0 or 31 has expired now
     assert expired.entries == 3
@@ -95,7 +99,7 @@ def populate(node: Node) -> dict[str, int]:
 def built(database_url: str) -> Iterator[tuple[Node, dict[str, int]]]:
     clock = Clock()
     key = SigningKey.generate()
-    sealer = SealerConfig(max_entries=5, max_delay_ms=50)
+    sealer = SealerConfig(max_entries=5, max_delay_ms=3_600_000)  # cut by count or flush only
     with temporary_node(database_url, sealer=sealer, clock=clock, key=key) as service:
         node = Node(service, key, clock, database_url)
         yield node, populate(node)
@@ -291,6 +295,8 @@ def test_a_forged_signature_and_a_changed_header_field_are_named(
     sealed = re.search(r'"sealed_at":"([^"]+)"', header3)
     assert sealed is not None
     later = sealed.group(1)[:-2] + ("8" if sealed.group(1)[-2] != "8" else "9") + "Z"
+    # still in order with its neighbours: only the signature can tell
+    assert node.header(2).header.sealed_at <= later < node.header(4).header.sealed_at
     node.sql(
         "UPDATE blocks SET header = :h WHERE height = 3",
         h=header3.replace(sealed.group(1), later),

@@ -368,9 +368,24 @@ def test_daily_cap_counts_the_members_conversions_today(make: Factory) -> None:
     assert spendable(a, "alice") == 7500
 
 
+class ShiftedClock:
+    """The wall clock plus an offset a test moves forward, so an agreement can end at
+    once however long the nodes took to start."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta(0)
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+    def advance(self, **kwargs: float) -> None:
+        self.offset += timedelta(**kwargs)
+
+
 def test_no_conversion_without_an_agreement_in_force(make: Factory) -> None:
-    ends = datetime.now(UTC) + timedelta(seconds=1.5)
-    c = make(agreement={"valid_until": ends})
+    clock = ShiftedClock()
+    ends = clock() + timedelta(days=1)
+    c = make(agreement={"valid_until": ends}, clock=clock)
     a, b = c[A], c[B]
     b.service.adjust("bob", 5000, "ops", "opening", idempotency_key="seed-bob")
     with pytest.raises(FailedPrecondition, match="no rate agreement staybright -> skyair"):
@@ -378,7 +393,8 @@ def test_no_conversion_without_an_agreement_in_force(make: Factory) -> None:
     assert settled(a, a.conv.convert("alice", B, "bob", 1000, idempotency_key="ok")).status == (
         "completed"
     )
-    wait_for(lambda: datetime.now(UTC) >= ends, 5, "the agreement to end")
+    clock.advance(days=2)
+    assert a.service.now() > ends
     with pytest.raises(FailedPrecondition, match="no rate agreement skyair -> staybright"):
         a.conv.convert("alice", B, "bob", 1000, idempotency_key="late")
     assert spendable(a, "alice") == 9000 and spendable(b, "bob") == 5000 + CREDIT

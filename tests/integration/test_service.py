@@ -238,27 +238,31 @@ def test_bulk_earn_reports_bad_rows_and_commits_the_rest(svc: NodeService) -> No
     assert svc.balance("jo").held == expected["jo"]
 
 
-def test_proofs_verify_at_every_sealed_size(svc: NodeService) -> None:
-    _members(svc, *(f"m{n}" for n in range(30)))
-    for n in range(30):
-        svc.earn_reward(f"m{n}", "signup", f"m{n}", idempotency_key=f"su{n}")
-    last = svc.flush()
-    assert last is not None and last.header.log_size == 60
-    headers = svc.headers(0)
-    assert [h.header.height for h in headers] == list(range(last.header.height + 1))
-    for signed in headers:
-        _, entries = svc.block(signed.header.height)
-        for entry in entries:
-            doc = svc.inclusion_proof(str(entry["id"]), signed.header.log_size)
-            verify_inclusion_document(doc, svc.public_key)
-    for first in range(0, len(headers), 3):
-        for second in range(first, len(headers), 2):
-            verify_consistency_document(svc.consistency_proof(first, second), svc.public_key)
-    with pytest.raises(NotFound):
-        svc.inclusion_proof("f" * 32)
-    unsigned_size = min(set(range(1, 61)) - {h.header.log_size for h in headers})
-    with pytest.raises(NotFound):  # blocks are cut by count or time: find a size none has
-        svc.inclusion_proof(str(entries[0]["id"]), unsigned_size)
+def test_proofs_verify_at_every_sealed_size(database_url: str, clock: Clock) -> None:
+    # Blocks cut by count or flush only: sizes 7, 14, ..., 56, 60 on every run (a timed
+    # seal under load could seal size 59, the size below that no block may have).
+    sealer = SealerConfig(max_entries=7, max_delay_ms=3_600_000)
+    with temporary_node(database_url, rules=RULES, clock=clock, sealer=sealer) as svc:
+        _members(svc, *(f"m{n}" for n in range(30)))
+        for n in range(30):
+            svc.earn_reward(f"m{n}", "signup", f"m{n}", idempotency_key=f"su{n}")
+        last = svc.flush()
+        assert last is not None and last.header.log_size == 60
+        headers = svc.headers(0)
+        assert [h.header.height for h in headers] == list(range(last.header.height + 1))
+        assert [h.header.log_size for h in headers] == [*range(7, 60, 7), 60]
+        for signed in headers:
+            _, entries = svc.block(signed.header.height)
+            for entry in entries:
+                doc = svc.inclusion_proof(str(entry["id"]), signed.header.log_size)
+                verify_inclusion_document(doc, svc.public_key)
+        for first in range(0, len(headers), 3):
+            for second in range(first, len(headers), 2):
+                verify_consistency_document(svc.consistency_proof(first, second), svc.public_key)
+        with pytest.raises(NotFound):
+            svc.inclusion_proof("f" * 32)
+        with pytest.raises(NotFound):  # 59 is a size no block has
+            svc.inclusion_proof(str(entries[0]["id"]), 59)
 
 
 def test_acknowledged_entries_survive_a_crash(database_url: str) -> None:

@@ -63,6 +63,7 @@ def populate(service: NodeService, clock: Clock) -> None:
         service.enroll(member, idempotency_key=f"enroll-{member}")
         service.earn_reward(member, "signup", member, idempotency_key=f"signup-{member}")
     service.earn_purchase("alice", "order-1", 12_345, idempotency_key="p1")
+    service.flush()  # sealed before the clock moves: the same blocks of three on every run
     clock.advance(days=31)
     service.redeem("alice", 200, "gift-1", idempotency_key="x1")
     service.transfer("alice", "bob", 100, "dinner", idempotency_key="t1")
@@ -72,7 +73,7 @@ def populate(service: NodeService, clock: Clock) -> None:
 @pytest.fixture
 def chain(database_url: str) -> Iterator[Chain]:
     clock, key = Clock(), SigningKey.generate()
-    sealer = SealerConfig(max_entries=3, max_delay_ms=20)
+    sealer = SealerConfig(max_entries=3, max_delay_ms=3_600_000)  # cut by count or flush only
     with temporary_node(database_url, sealer=sealer, clock=clock, key=key) as service:
         populate(service, clock)
         yield Chain(service, database_url, key, clock)
@@ -84,7 +85,7 @@ def sqlite_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Signi
     folder = tmp_path_factory.mktemp("bundle")
     url = f"sqlite:///{folder / 'node.db'}"
     clock, key = Clock(), SigningKey.generate()
-    sealer = SealerConfig(max_entries=3, max_delay_ms=20)
+    sealer = SealerConfig(max_entries=3, max_delay_ms=3_600_000)  # cut by count or flush only
     with temporary_node(url, sealer=sealer, clock=clock, key=key) as service:
         populate(service, clock)
         path = folder / "testair.bundle"
@@ -368,6 +369,22 @@ def test_a_truncated_bundle_names_the_missing_end(
     half = tmp_path / "half.bundle"
     half.write_bytes(b"".join(lines[:5]) + lines[5][:10])
     assert "line 6:" in framing_error(half)
+
+
+def test_a_bundle_cut_inside_a_block_names_the_line_cut_or_missing(
+    sqlite_bundle: tuple[Path, SigningKey], tmp_path: Path
+) -> None:
+    lines = lines_of(sqlite_bundle[0])
+    n = first_entry_line(lines)
+    assert json.loads(lines[n - 1])["header"]["entry_count"] >= 2  # entry 0 is not the last
+    partial = tmp_path / "partial.bundle"
+    partial.write_bytes(b"".join(lines[:n]) + lines[n][:10])
+    message = framing_error(partial)
+    assert f"line {n + 1}:" in message and "inside block 0's entries" in message
+    clean = tmp_path / "clean.bundle"
+    clean.write_bytes(b"".join(lines[: n + 1]))
+    message = framing_error(clean)
+    assert f"line {n + 2}:" in message and "inside block 0's entries" in message
 
 
 def test_an_extra_entry_line_is_named(

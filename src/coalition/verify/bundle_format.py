@@ -255,7 +255,8 @@ class BlockReader:
         raw, first, count, cosignatures = self._block_line(doc, lineno)
         lines = _read_lines(frame, lineno + 1, self._lines, count)
         if len(lines) < count or (count and not lines[-1].endswith(b"\n")):
-            at = lineno + 1 + len(lines) - (0 if len(lines) < count else 1)
+            cut = bool(lines) and not lines[-1].endswith(b"\n")  # the last line is cut short
+            at = lineno + len(lines) + (0 if cut else 1)
             raise frame.error(at, f"the file ends inside block {self.height}'s entries (truncated)")
         if any(map(bytes.startswith, lines, repeat(_NOT_ENTRY))):
             n = next(n for n, entry in enumerate(lines) if entry.startswith(_NOT_ENTRY))
