@@ -25,16 +25,25 @@ which ``apply_reference`` empties after every entry, never filled (nor cleared).
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 from coalition.ledger.canonical import JsonObject, JsonValue
 from coalition.ledger.entries import CANONICAL_TIME, ENTRY_TYPE
 from coalition.points import model
 from coalition.points.state import PROGRAM_ACCOUNT, Account, Lot, earn_ref
 
-if TYPE_CHECKING:
-    from coalition.points.replay import Replay
+
+class Replay(Protocol):
+    """The replay state the fast path reads and changes (``points.replay.Replay`` is one):
+    a protocol, so the fast path depends on the state's shape, not on the reference."""
+
+    accounts: dict[str, Account]
+    refs: set[str]
+    points_by_kind: Counter[str]
+    entries: int
+
 
 Prepared: TypeAlias = tuple[Any, ...]
 """What ``prepare`` makes of an entry: its kind first, then the fields its kind needs
