@@ -166,6 +166,7 @@ FEATURE_OPERATIONS = [
     ("get", "/v1/equivocations", "equivocations_v1_equivocations_get"),
     ("get", "/v1/witness/followers", "followers_v1_witness_followers_get"),
     ("get", "/v1/explorer/about", "about_v1_explorer_about_get"),
+    ("get", "/v1/explorer/kinds", "entry_kinds_v1_explorer_kinds_get"),
     ("get", "/v1/explorer/flows", "flows_v1_explorer_flows_get"),
 ]
 """A coalition node's operations after the single node's, in document order, with the
