@@ -47,7 +47,7 @@ from coalition.points.operations import EntryContext
 from coalition.points.replay import Replay
 from coalition.points.rules import ProgramRules
 from coalition.runtime.wiring import open_service
-from coalition.store.tables import entries
+from coalition.store.ledger import entries
 from coalition.verify.chain_audit import audit_chain
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

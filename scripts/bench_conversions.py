@@ -64,7 +64,7 @@ from coalition.ledger.entries import format_time, parse_time  # noqa: E402
 from coalition.node.manifest import Manifest  # noqa: E402
 from coalition.ops.tls import TlsFiles  # noqa: E402
 from coalition.progress import phase  # noqa: E402
-from coalition.store.redemption_tables import bodies_of_kinds  # noqa: E402
+from coalition.store.ledger import bodies_of_kinds  # noqa: E402
 from coalition.v1 import conversions_pb2, conversions_pb2_grpc  # noqa: E402
 
 from support.processes import BrandProcess, make_coalition  # noqa: E402

@@ -54,7 +54,8 @@ from coalition.node.views import PurchaseRow
 from coalition.points.rules import ProgramRules, Tier
 from coalition.runtime.wiring import open_service
 from coalition.store.db import make_engine
-from coalition.store.tables import entries, lots
+from coalition.store.ledger import entries
+from coalition.store.members import lots
 
 PROGRAM = "benchair"
 SECRET = b"bench-account-secret-0123456789"

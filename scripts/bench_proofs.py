@@ -64,9 +64,8 @@ from coalition.node.service import NodeService
 from coalition.points.accounts import account_id
 from coalition.points.rules import ProgramRules
 from coalition.runtime.wiring import open_service
-from coalition.store import repository
-from coalition.store.repository import TREE_STRIDE
-from coalition.store.tables import entries
+from coalition.store import ledger as ledger_store
+from coalition.store.ledger import TREE_STRIDE, entries
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ingest import machine
@@ -254,12 +253,12 @@ def main() -> int:
 
             def path(i: int) -> list[bytes]:
                 coords = inclusion_coords(i, size)
-                stored = repository.read_nodes(conn, stored_coords(coords, TREE_STRIDE))
+                stored = ledger_store.read_nodes(conn, stored_coords(coords, TREE_STRIDE))
                 return inclusion_from_nodes(i, size, expand_nodes(coords, stored, TREE_STRIDE))
 
             fetch = [timed(partial(path, i)) for i in indexes]
             stored_sets = [
-                repository.read_nodes(conn, stored_coords(inclusion_coords(i, size), TREE_STRIDE))
+                ledger_store.read_nodes(conn, stored_coords(inclusion_coords(i, size), TREE_STRIDE))
                 for i in indexes
             ]
         results.append(("  path: stored-node fetch + merkle", *stats(fetch), ""))

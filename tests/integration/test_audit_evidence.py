@@ -30,7 +30,7 @@ from coalition.cli import main
 from coalition.ledger.blocks import SignedHeader, sign_header
 from coalition.node.auth import Authenticator
 from coalition.node.features.witness import Witness
-from coalition.store import witness_tables
+from coalition.store import witness as witness_store
 
 from support.coalition import RunningCoalition, coalition_nodes
 from support.databases import node_urls
@@ -199,7 +199,7 @@ def test_evidence_that_does_not_verify_is_a_fault_of_its_holder(
         replace(real.header, sealed_at="2030-01-01T00:00:00.000000Z"), real.signature
     )
     with skyair.service.engine.begin() as conn:
-        assert witness_tables.save_evidence(conn, "equivocation", "planted", real, claimed, 0)
+        assert witness_store.save_evidence(conn, "equivocation", "planted", real, claimed, 0)
     code, report = audit_cli(running, tmp_path)
     printed = capsys.readouterr().out
     assert code == 1, printed
@@ -226,7 +226,7 @@ def test_a_fork_found_by_a_consistency_proof_is_proven_by_the_accused_chain(
     # extend header 0's: the two headers alone are compatible; skyair's chain is not.
     rewritten = sign_header(replace(h1.header, log_root="4" * 64), skyair.key)
     with staybright.service.engine.begin() as conn:
-        assert witness_tables.save_evidence(conn, "fork", "consistency", h0, rewritten, 0)
+        assert witness_store.save_evidence(conn, "fork", "consistency", h0, rewritten, 0)
     code, report = audit_cli(running, tmp_path)
     printed = capsys.readouterr().out
     assert code == 1, printed

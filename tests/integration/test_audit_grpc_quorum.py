@@ -39,7 +39,7 @@ from coalition.node.auth import Authenticator
 from coalition.node.features.witness import Witness
 from coalition.ops.tomlfiles import write_toml
 from coalition.runtime.wiring import serve_member_api
-from coalition.store.witness_tables import witness_cosignatures
+from coalition.store.witness import witness_cosignatures
 from coalition.verify.source import ChainSource
 from coalition.verify.witness_quorum import cosigner_of
 

@@ -35,9 +35,8 @@ from coalition.ledger.merkle import CompactRange, leaf_hash
 from coalition.ledger.note import NoteSignature, parse_signature_line
 from coalition.points.statements import sign_statement
 from coalition.store.db import make_engine
-from coalition.store.repository import TREE_STRIDE
-from coalition.store.tables import blocks, entries, tree_nodes
-from coalition.store.witness_tables import witness_cosignatures
+from coalition.store.ledger import TREE_STRIDE, blocks, entries, tree_nodes
+from coalition.store.witness import witness_cosignatures
 from coalition.verify.state import STATE_TYPE
 
 from support.coalition import RunningCoalition, agreement_doc, coalition_nodes, wait_for

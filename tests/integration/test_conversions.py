@@ -30,8 +30,8 @@ from coalition.node.auth import Authenticator
 from coalition.node.features.conversions import RECEIPT, ConversionView
 from coalition.points.replay import Replay
 from coalition.runtime.wiring import member_app, serve_member_api
-from coalition.store import conversion_repo
-from coalition.store.coalition_tables import outbox
+from coalition.store import conversions as conversions_store
+from coalition.store.conversions import outbox
 from coalition.v1 import conversions_pb2, conversions_pb2_grpc
 
 from support.coalition import (
@@ -295,7 +295,9 @@ def test_concurrent_conversions_never_overdraw(make: Factory) -> None:
 
 def unsettled_here(node: PartnerNode, debtor: str, creditor: str, in_flight: bool) -> int:
     with node.service.engine.connect() as conn:
-        return conversion_repo.unsettled(conn, node.program, debtor, creditor, in_flight=in_flight)
+        return conversions_store.unsettled(
+            conn, node.program, debtor, creditor, in_flight=in_flight
+        )
 
 
 def test_credit_limit_refuses_until_settled(make: Factory) -> None:

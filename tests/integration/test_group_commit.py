@@ -12,8 +12,9 @@ from coalition.errors import CoalitionError, InsufficientPoints
 from coalition.node.config import SealerConfig
 from coalition.node.service import NodeService
 from coalition.points.replay import Replay
-from coalition.store import repository
-from coalition.store.tables import entries
+from coalition.store import columns as columns_store
+from coalition.store import ledger as ledger_store
+from coalition.store.ledger import entries
 
 from support.nodes import Clock, temporary_node
 
@@ -58,7 +59,7 @@ def test_concurrent_writes_are_all_committed_once_in_a_dense_log(svc: NodeServic
     with svc.engine.connect() as conn:
         count, top = conn.execute(select(func.count(), func.max(entries.c.log_index))).one()
         bodies = [
-            repository.stored_object(b) for _, b, _ in repository.entry_bodies(conn, 0, count)
+            columns_store.stored_object(b) for _, b, _ in ledger_store.entry_bodies(conn, 0, count)
         ]
     assert top == count - 1 == WRITERS * (2 + WRITES) - 1
     replay = Replay()

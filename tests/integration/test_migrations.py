@@ -22,6 +22,7 @@ from sqlmodel import SQLModel
 from coalition.cli import main
 from coalition.errors import FailedPrecondition
 from coalition.store.db import make_engine
+from coalition.store.members import accounts
 from coalition.store.schema import (
     BASELINE,
     VERSION_TABLE,
@@ -30,7 +31,6 @@ from coalition.store.schema import (
     schema_state,
     upgrade_schema,
 )
-from coalition.store.tables import accounts
 
 from support.databases import postgres_schema
 from support.nodes import temporary_node

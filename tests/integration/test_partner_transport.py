@@ -46,7 +46,7 @@ from coalition.node.sequencer import Sequencer
 from coalition.ops.tls import TlsFiles, generate_tls
 from coalition.ops.tomlfiles import partner_table, write_toml
 from coalition.store.db import make_engine
-from coalition.store.partner_tables import SeenMessageRow
+from coalition.store.partners import SeenMessageRow
 from coalition.store.schema import upgrade_schema
 from coalition.v1 import ledger_pb2, ledger_pb2_grpc, partner_pb2, partner_pb2_grpc
 

@@ -27,7 +27,7 @@ from coalition.ledger.entries import entry_leaf_hash, parse_time
 from coalition.ledger.envelope import SignedMessage, open_message
 from coalition.node.features.redemptions import Redemptions
 from coalition.points.replay import Replay
-from coalition.store import redemption_tables
+from coalition.store import redemptions as redemptions_store
 from coalition.verify.cross_chain import check_coalition
 
 from support.coalition import (
@@ -328,8 +328,8 @@ def test_unreachable_issuer_leaves_a_pending_redemption_that_a_retry_completes(
     with pytest.raises(PartnerUnavailable):
         authorize(pair, amount=50, key="given-up")
     with pair.b.service.engine.connect() as conn:
-        first = redemption_tables.redemption_by_key(conn, "retry-me")
-        given_up = redemption_tables.redemption_by_key(conn, "given-up")
+        first = redemptions_store.redemption_by_key(conn, "retry-me")
+        given_up = redemptions_store.redemption_by_key(conn, "given-up")
     assert first is not None and given_up is not None
     assert pair.rb.get(first.hold_id).status == "pending"
     with pytest.raises(FailedPrecondition, match="not authorized yet"):

@@ -17,9 +17,10 @@ from coalition.node.service import NodeService
 from coalition.points import operations
 from coalition.points.operations import EntryContext
 from coalition.points.state import Account
-from coalition.store import repository
-from coalition.store.partner_tables import SeenMessageRow
-from coalition.store.tables import entries
+from coalition.store import columns as columns_store
+from coalition.store import ledger as ledger_store
+from coalition.store.ledger import entries
+from coalition.store.partners import SeenMessageRow
 
 from support.nodes import Clock, temporary_node
 
@@ -81,9 +82,9 @@ def test_a_decision_appends_several_entries_at_consecutive_indexes(node: NodeSer
     sealed = node.flush()
     assert sealed is not None and sealed.header.log_size == first + 3
     with sequencer.read() as conn:
-        stored = repository.entry_bodies(conn, first, first + 3)
+        stored = ledger_store.entry_bodies(conn, first, first + 3)
     assert [index for index, _, _ in stored] == [first, first + 1, first + 2]
-    assert [repository.stored_object(body) for _, body, _ in stored] == bodies
+    assert [columns_store.stored_object(body) for _, body, _ in stored] == bodies
     assert _marks(sequencer) == ["with-entries"]
 
 
@@ -117,7 +118,7 @@ def test_a_refused_decision_leaves_nothing(node: NodeService) -> None:
     sequencer.run(lambda tx: _enrol_entry(tx, "acct-y"))
     assert sequencer.next_index == 1
     with sequencer.read() as conn:
-        assert [index for index, _, _ in repository.entry_bodies(conn, 0, 5)] == [0]
+        assert [index for index, _, _ in ledger_store.entry_bodies(conn, 0, 5)] == [0]
 
 
 def test_decide_each_refuses_per_decision(node: NodeService) -> None:
@@ -213,9 +214,9 @@ def test_a_failed_batch_is_rerun_decision_by_decision(node: NodeService) -> None
     assert len(built) == 2
     assert _marks(sequencer) == ["busy", "each"]
     with sequencer.read() as conn:
-        stored = repository.entry_bodies(conn, 0, 10)
+        stored = ledger_store.entry_bodies(conn, 0, 10)
     assert [index for index, _, _ in stored] == [0]
-    assert repository.stored_object(stored[0][1])["account"] == "acct-ok"
+    assert columns_store.stored_object(stored[0][1])["account"] == "acct-ok"
     assert sequencer.next_index == 1
 
 

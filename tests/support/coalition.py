@@ -41,8 +41,8 @@ from coalition.ops.keygen import generate_keys
 from coalition.ops.tls import TlsFiles, generate_tls
 from coalition.ops.tomlfiles import manifest_document, partner_table, write_toml
 from coalition.runtime.wiring import CoalitionNode, Node, build_node
-from coalition.store.repository import stored_object
-from coalition.store.tables import entries
+from coalition.store.columns import stored_object
+from coalition.store.ledger import entries
 
 PROGRAMS = ("skyair", "staybright", "beanhouse")
 RULES: dict[str, Any] = {"holding_period": "0s"}

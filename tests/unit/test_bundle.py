@@ -27,7 +27,7 @@ from coalition.ledger.note import checkpoint_of, cosign, verify_cosignature, wit
 from coalition.node.bundle_export import BundleExport, write_bundle
 from coalition.node.config import SealerConfig
 from coalition.node.service import NodeService
-from coalition.store.witness_tables import (
+from coalition.store.witness import (
     StoredCosignature,
     save_cosignature,
     save_evidence,

@@ -85,13 +85,13 @@ def _export(args: argparse.Namespace) -> BundleSummary:
             raise InvalidArgument("--database needs --public-key and --program")
         url, program, key = args.database, args.program, read_public_key(args.public_key)
     from coalition.audit.sources import existing_database
-    from coalition.store import repository
-    from coalition.store.repository import stored_object
+    from coalition.store import ledger as ledger_store
+    from coalition.store.columns import stored_object
 
     engine = existing_database(url)
     try:
         with engine.connect() as conn:
-            latest = repository.last_block(conn)
+            latest = ledger_store.last_block(conn)
     finally:
         engine.dispose()
     total = None if latest is None else stored_object(latest[1], "header").get("log_size")

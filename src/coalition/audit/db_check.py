@@ -18,7 +18,8 @@ from coalition.errors import CoalitionError, InvalidArgument
 from coalition.ledger.canonical import JsonObject, parse_json
 from coalition.points.replay import Replay
 from coalition.points.state import Lot
-from coalition.store import repository
+from coalition.store import ledger as ledger_store
+from coalition.store import members as members_store
 from coalition.verify.chain_audit import Fault, FaultList, faults_json, render_faults
 
 CHUNK = 5000
@@ -76,9 +77,9 @@ def _replay(
     conn: Connection, report: CheckReport, progress: Callable[[int], None] | None
 ) -> Replay:
     replay = Replay()
-    end = repository.next_log_index(conn)
+    end = ledger_store.next_log_index(conn)
     for start in range(0, end, CHUNK):
-        rows = repository.entry_bodies(conn, start, min(start + CHUNK, end))
+        rows = ledger_store.entry_bodies(conn, start, min(start + CHUNK, end))
         expected = start
         for index, text, _ in rows:
             for gap in range(expected, index):
@@ -139,8 +140,8 @@ def check_database(url: str, *, progress: Callable[[int], None] | None = None) -
     try:
         with engine.connect() as conn:
             replay = _replay(conn, report, progress)
-            stored_accounts = set(repository.all_accounts(conn))
-            stored_lots = {lot.id: lot for lot in repository.all_lots(conn)}
+            stored_accounts = set(members_store.all_accounts(conn))
+            stored_lots = {lot.id: lot for lot in members_store.all_lots(conn)}
     finally:
         engine.dispose()
     replayed_lots = {

@@ -19,10 +19,10 @@ from coalition.ledger.merkle import consistency_coords, consistency_from_nodes, 
 from coalition.ledger.merkle import stored_coords as stored_node_coords
 from coalition.ledger.proofs import consistency_document
 from coalition.node.bundle_export import stored_evidence
-from coalition.store import repository
+from coalition.store import ledger as ledger_store
 from coalition.store.db import make_engine, normalise_url
-from coalition.store.repository import TREE_STRIDE, signed_header_from_row
-from coalition.store.witness_tables import cosignature_lines, witness_cosignatures, witness_evidence
+from coalition.store.ledger import TREE_STRIDE, signed_header_from_row
+from coalition.store.witness import cosignature_lines, witness_cosignatures, witness_evidence
 from coalition.verify.evidence import RawEvidence
 from coalition.verify.source import RawEntry, RawHeader
 
@@ -56,12 +56,12 @@ class DatabaseSource:
 
     def latest_header(self) -> RawHeader | None:
         with self._engine.connect() as conn:
-            row = repository.last_block(conn)
+            row = ledger_store.last_block(conn)
         return None if row is None else RawHeader(*row)
 
     def headers(self, start: int, limit: int) -> list[RawHeader]:
         with self._engine.connect() as conn:
-            return [RawHeader(*row) for row in repository.block_rows(conn, start, limit)]
+            return [RawHeader(*row) for row in ledger_store.block_rows(conn, start, limit)]
 
     def block_entries(self, height: int, first_index: int, count: int) -> list[RawEntry]:
         end = first_index + count
@@ -69,7 +69,7 @@ class DatabaseSource:
         if not (lo <= first_index and end <= hi):
             hi = max(end, first_index + self._chunk)
             with self._engine.connect() as conn:
-                rows = repository.entry_bodies(conn, first_index, hi)
+                rows = ledger_store.entry_bodies(conn, first_index, hi)
             self._buffer = {i: RawEntry(i, body.encode(), leaf) for i, body, leaf in rows}
             self._buffered = (first_index, hi)
         return [self._buffer[i] for i in range(first_index, end) if i in self._buffer]
@@ -77,7 +77,7 @@ class DatabaseSource:
     def consistency_proof(self, first_height: int, second_height: int) -> JsonObject | None:
         """Built from the stored tree nodes, as the node itself would serve it."""
         with self._engine.connect() as conn:
-            rows = [repository.block_rows(conn, h, 1) for h in (first_height, second_height)]
+            rows = [ledger_store.block_rows(conn, h, 1) for h in (first_height, second_height)]
             if any(
                 not r or r[0][0] != h
                 for r, h in zip(rows, (first_height, second_height), strict=True)
@@ -86,7 +86,7 @@ class DatabaseSource:
             first, second = (signed_header_from_row(r[0][1], r[0][2]) for r in rows)
             size1, size2 = first.header.log_size, second.header.log_size
             coords = consistency_coords(size1, size2)
-            stored = repository.read_nodes(conn, stored_node_coords(coords, TREE_STRIDE))
+            stored = ledger_store.read_nodes(conn, stored_node_coords(coords, TREE_STRIDE))
         nodes = expand_nodes(coords, stored, TREE_STRIDE)  # InvalidArgument: a node is gone
         return consistency_document(first, second, consistency_from_nodes(size1, size2, nodes))
 
@@ -103,7 +103,7 @@ class DatabaseSource:
         with self._engine.connect() as conn:
             if not inspect(conn).has_table(witness_cosignatures.name):
                 return None
-            first = repository.block_rows(conn, 0, 1)
+            first = ledger_store.block_rows(conn, 0, 1)
             if not first or first[0][0] != 0:
                 return {}
             try:

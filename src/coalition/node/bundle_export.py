@@ -22,9 +22,10 @@ from coalition.errors import CoalitionError, CorruptStore, InvalidArgument
 from coalition.ledger.canonical import JsonObject, JsonValue, canonical_json, parse_json
 from coalition.ledger.entries import format_time
 from coalition.ledger.keys import VerifyKey
-from coalition.store import repository
-from coalition.store.repository import from_micros
-from coalition.store.witness_tables import cosignature_lines, witness_cosignatures, witness_evidence
+from coalition.store import columns as columns_store
+from coalition.store import ledger as ledger_store
+from coalition.store.columns import from_micros
+from coalition.store.witness import cosignature_lines, witness_cosignatures, witness_evidence
 from coalition.verify.bundle_format import BUNDLE_TYPE, END_TYPE, EVIDENCE_TYPE, BundleSummary
 from coalition.verify.evidence import RawEvidence
 
@@ -63,7 +64,7 @@ def _line(obj: JsonObject) -> bytes:
 
 
 def _signed_object(header_text: str, signature: str) -> JsonObject:
-    header = repository.stored_object(header_text, "header")
+    header = columns_store.stored_object(header_text, "header")
     return {"header": header, "signature": signature}
 
 
@@ -121,7 +122,7 @@ class BundleExport:
         self.summary: BundleSummary | None = None
         with read() as conn:
             tables = inspect(conn)
-            latest = repository.last_block(conn)
+            latest = ledger_store.last_block(conn)
             self._cosigned = tables.has_table(witness_cosignatures.name)
             evidence = _evidence_lines(conn) if tables.has_table(witness_evidence.name) else []
         self.blocks = 0 if latest is None else latest[0] + 1
@@ -184,7 +185,7 @@ class BundleExport:
         entries = _EntryWindow(conn, self.log_size)
         for start in range(0, self.blocks, BLOCK_PAGE):
             end = min(start + BLOCK_PAGE, self.blocks)
-            rows = repository.block_rows(conn, start, end - start)
+            rows = ledger_store.block_rows(conn, start, end - start)
             cosigned = cosignature_lines(conn, self._program, start, end) if self._cosigned else {}
             for expected, (height, header_text, signature) in enumerate(rows, start):
                 if height != expected:
@@ -227,7 +228,7 @@ class _EntryWindow:
 
     def _load(self, lo: int, hi: int) -> None:
         hi = min(hi, self._log_size)
-        rows = repository.entry_bodies(self._conn, lo, hi)
+        rows = ledger_store.entry_bodies(self._conn, lo, hi)
         lines = []
         for expected, (index, body, _) in enumerate(rows, lo):
             if index != expected or "\n" in body:

@@ -28,8 +28,9 @@ from coalition.ledger.proofs import consistency_document, inclusion_document
 from coalition.node.bundle_export import BundleExport
 from coalition.node.sequencer import Sequencer, check_entry_id
 from coalition.node.views import EntryView
-from coalition.store import repository
-from coalition.store.repository import TREE_STRIDE, signed_header_from_row
+from coalition.store import columns as columns_store
+from coalition.store import ledger as ledger_store
+from coalition.store.ledger import TREE_STRIDE, signed_header_from_row
 
 
 class LedgerService:
@@ -49,13 +50,13 @@ class LedgerService:
         if not isinstance(limit, int) or not 1 <= limit <= 10_000:
             raise InvalidArgument(f"limit must be 1..10000, got {limit!r}")
         with self._sequencer.read() as conn:
-            rows = repository.block_rows(conn, start, limit)
+            rows = ledger_store.block_rows(conn, start, limit)
         return [signed_header_from_row(header, sig) for _, header, sig in rows]
 
     def _header_at(self, conn: Connection, height: int) -> SignedHeader:
         if not isinstance(height, int) or height < 0:
             raise InvalidArgument(f"height must be >= 0, got {height!r}")
-        rows = repository.block_rows(conn, height, 1)
+        rows = ledger_store.block_rows(conn, height, 1)
         if not rows or rows[0][0] != height:
             raise NotFound(f"no block at height {height}")
         return signed_header_from_row(rows[0][1], rows[0][2])
@@ -64,20 +65,20 @@ class LedgerService:
         with self._sequencer.read() as conn:
             signed = self._header_at(conn, height)
             first = signed.header.first_index
-            rows = repository.entry_bodies(conn, first, first + signed.header.entry_count)
-        return signed, [repository.stored_object(body) for _, body, _ in rows]
+            rows = ledger_store.entry_bodies(conn, first, first + signed.header.entry_count)
+        return signed, [columns_store.stored_object(body) for _, body, _ in rows]
 
     def entry(self, entry_id: str) -> EntryView:
         check_entry_id(entry_id)
         with self._sequencer.read() as conn:
-            found = repository.entry_by_id(conn, entry_id)
+            found = ledger_store.entry_by_id(conn, entry_id)
         if found is None:
             raise NotFound(f"no entry {entry_id}")
         index, body = found
         return EntryView(body, index if index < self._sealer.log_size else None)
 
     def _nodes(self, conn: Connection, coords: list[NodeCoord]) -> dict[NodeCoord, bytes]:
-        stored = repository.read_nodes(
+        stored = ledger_store.read_nodes(
             conn, stored_coords(coords, TREE_STRIDE), self._sealer.node_cache
         )
         return expand_nodes(coords, stored, TREE_STRIDE)
@@ -87,7 +88,7 @@ class LedgerService:
         the newest); FailedPrecondition while the entry is not sealed yet."""
         check_entry_id(entry_id)
         with self._sequencer.read() as conn:
-            found = repository.entry_by_id(conn, entry_id)
+            found = ledger_store.entry_by_id(conn, entry_id)
             if found is None:
                 raise NotFound(f"no entry {entry_id}")
             leaf_index, entry = found
@@ -108,7 +109,7 @@ class LedgerService:
             return self._sealer.last
         if not isinstance(tree_size, int) or tree_size < 1:
             raise InvalidArgument(f"tree_size must be a positive integer, got {tree_size!r}")
-        row = repository.block_with_log_size(conn, tree_size)
+        row = ledger_store.block_with_log_size(conn, tree_size)
         if row is None:
             raise NotFound(f"no signed header has log size {tree_size}")
         return signed_header_from_row(row[1], row[2])

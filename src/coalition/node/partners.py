@@ -45,8 +45,8 @@ from coalition.ledger.envelope import (
 from coalition.ledger.keys import SigningKey
 from coalition.node.manifest import Manifest
 from coalition.node.sequencer import Sequencer
-from coalition.store.partner_tables import SeenMessageRow
-from coalition.store.repository import to_micros
+from coalition.store.columns import to_micros
+from coalition.store.partners import SeenMessageRow
 
 if TYPE_CHECKING:
     import grpc

@@ -41,7 +41,8 @@ from coalition.points.accounts import account_id, validate_member_id, validate_r
 from coalition.points.operations import EntryContext
 from coalition.points.rules import ProgramRules
 from coalition.points.state import Account, Lot, lot_ref
-from coalition.store import repository
+from coalition.store import ledger as ledger_store
+from coalition.store import members as members_store
 
 
 def _amount(entry: JsonObject) -> int:
@@ -76,7 +77,7 @@ class PointsService:
     def member_account(self, conn: Connection, member_id: str) -> str:
         """The ledger account of an enrolled member; NotFound otherwise."""
         validate_member_id(member_id)
-        found = repository.accounts_for_members(conn, [member_id])
+        found = members_store.accounts_for_members(conn, [member_id])
         if member_id not in found:
             raise NotFound(f"unknown member {member_id}")
         return found[member_id]
@@ -84,9 +85,9 @@ class PointsService:
     def load_touched(
         self, conn: Connection, account_ids: Sequence[str], **kwargs: Any
     ) -> tuple[list[Account], set[str]]:
-        """The accounts a decision will change (``repository.load_accounts``) and the ids of
+        """The accounts a decision will change (``members_store.load_accounts``) and the ids of
         the lots they hold, as a ``Decision`` reports them."""
-        loaded = repository.load_accounts(conn, account_ids, **kwargs)
+        loaded = members_store.load_accounts(conn, account_ids, **kwargs)
         known = {lot_id for account in loaded.values() for lot_id in account.lots}
         return list(loaded.values()), known
 
@@ -97,9 +98,9 @@ class PointsService:
         account = account_id(self._secret, member_id)
 
         def decide(conn: Connection, ctx: EntryContext) -> Decision:
-            if repository.accounts_for_members(conn, [member_id]):
+            if members_store.accounts_for_members(conn, [member_id]):
                 raise FailedPrecondition(f"member {member_id} is already enrolled")
-            repository.insert_account(conn, account, member_id, ctx.at)
+            members_store.insert_account(conn, account, member_id, ctx.at)
             return operations.enroll(ctx, account), [Account(account)], set()
 
         return self._sequencer.append(
@@ -125,9 +126,9 @@ class PointsService:
 
         def decide(conn: Connection, ctx: EntryContext) -> Decision:
             account = self.member_account(conn, member_id)
-            used = bool(repository.used_refs(conn, [lot_ref("purchase", reference)]))
+            used = bool(members_store.used_refs(conn, [lot_ref("purchase", reference)]))
             since = ctx.at - self.rules.tier_window
-            qualifying = repository.qualifying_points(conn, [account], since)[account]
+            qualifying = members_store.qualifying_points(conn, [account], since)[account]
             body = operations.earn_purchase(
                 ctx,
                 self.rules,
@@ -154,7 +155,7 @@ class PointsService:
 
         def decide(conn: Connection, ctx: EntryContext) -> Decision:
             account = self.member_account(conn, member_id)
-            used = bool(repository.used_refs(conn, [lot_ref(event, reference)]))
+            used = bool(members_store.used_refs(conn, [lot_ref(event, reference)]))
             touched, known = self.load_touched(conn, [account])
             body = operations.earn_reward(
                 ctx, self.rules, touched[0], event, reference, reference_used=used
@@ -171,7 +172,7 @@ class PointsService:
 
         def decide(conn: Connection, ctx: EntryContext) -> Decision:
             account = self.member_account(conn, member_id)
-            found = repository.lot_by_ref(conn, lot_ref("purchase", reference))
+            found = members_store.lot_by_ref(conn, lot_ref("purchase", reference))
             if found is None or found[1] != account:
                 raise NotFound(f"member {member_id} earned nothing for purchase {reference}")
             touched, known = self.load_touched(conn, [account], lot_ids=[found[0]])
@@ -283,7 +284,7 @@ class PointsService:
         """One ``expire`` entry per account with lots due (at most ``batch`` accounts);
         None when none is due."""
         at = tx.now()
-        due = repository.due_accounts(tx.conn, at, batch)
+        due = members_store.due_accounts(tx.conn, at, batch)
         if not due:
             return None
         touched, known = self.load_touched(tx.conn, due)
@@ -356,14 +357,14 @@ class PointsService:
         accepted = replayed = 0
         refused: list[RowError] = []
         keys = [row.idempotency_key for _, row in valid]
-        seen = repository.request_hashes(conn, keys)
+        seen = ledger_store.request_hashes(conn, keys)
         now = tx.now()
-        found = repository.members_with_qualifying(
+        found = members_store.members_with_qualifying(
             conn, [r.member_id for _, r in valid], now - self.rules.tier_window
         )
         members = {member: account for member, (account, _) in found.items()}
         qualifying = {account: points for account, points in found.values()}
-        used = repository.used_refs(conn, [lot_ref("purchase", r.reference) for _, r in valid])
+        used = members_store.used_refs(conn, [lot_ref("purchase", r.reference) for _, r in valid])
         loaded = {account: Account(account) for account in qualifying}
         contexts = tx.contexts(len(valid), now)
         for number, row in valid:
@@ -404,7 +405,7 @@ class PointsService:
         now = self._sequencer.now()
         with self._sequencer.read() as conn:
             account_id_ = self.member_account(conn, member_id)
-            account = repository.load_accounts(
+            account = members_store.load_accounts(
                 conn, [account_id_], earned_since=now - self.rules.tier_window
             )[account_id_]
         qualifying = account.qualifying_since(now - self.rules.tier_window)
@@ -421,7 +422,7 @@ class PointsService:
     def lots(self, member_id: str) -> list[LotView]:
         with self._sequencer.read() as conn:
             account_id_ = self.member_account(conn, member_id)
-            account = repository.load_accounts(conn, [account_id_], all_lots=True)[account_id_]
+            account = members_store.load_accounts(conn, [account_id_], all_lots=True)[account_id_]
         ordered = sorted(account.lots.values(), key=lambda lot: (lot.earned_at, lot.id))
         return [_lot_view(lot) for lot in ordered]
 
@@ -430,6 +431,6 @@ class PointsService:
             raise InvalidArgument(f"limit must be 1..1000, got {limit!r}")
         with self._sequencer.read() as conn:
             account_id_ = self.member_account(conn, member_id)
-            rows = repository.history(conn, account_id_, limit)
+            rows = ledger_store.history(conn, account_id_, limit)
         size = self._sequencer.sealer.log_size
         return [EntryView(body, index if index < size else None) for index, body in rows]

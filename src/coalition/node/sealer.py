@@ -24,8 +24,8 @@ from coalition.ledger.entries import format_time
 from coalition.ledger.keys import SigningKey
 from coalition.ledger.merkle import CompactRange, root_coords, stored_coords
 from coalition.node.config import SealerConfig
-from coalition.store import repository
-from coalition.store.repository import TREE_STRIDE, signed_header_from_row
+from coalition.store import ledger as ledger_store
+from coalition.store.ledger import TREE_STRIDE, signed_header_from_row
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +51,16 @@ class Sealer:
         self._stop = False
         self._thread: threading.Thread | None = None
         with engine.connect() as conn:
-            last = repository.last_block(conn)
+            last = ledger_store.last_block(conn)
             self.last: SignedHeader | None = (
                 None if last is None else signed_header_from_row(last[1], last[2])
             )
             size = 0 if self.last is None else self.last.header.log_size
             needed = stored_coords(root_coords(size), TREE_STRIDE)
-            self.node_cache = repository.NodeCache()
-            nodes = repository.read_nodes(conn, needed, self.node_cache)
+            self.node_cache = ledger_store.NodeCache()
+            nodes = ledger_store.read_nodes(conn, needed, self.node_cache)
             self._range = CompactRange.from_nodes(size, nodes, TREE_STRIDE)
-            self._pending = repository.leaf_hashes_from(conn, size)
+            self._pending = ledger_store.leaf_hashes_from(conn, size)
         self._oldest = time.monotonic() if self._pending else None
 
     @property
@@ -103,7 +103,7 @@ class Sealer:
             )
             signed = sign_header(header, self._key)
             with self._engine.begin() as conn:
-                repository.insert_block(
+                ledger_store.insert_block(
                     conn,
                     header.height,
                     canonical_json(header.to_json()).decode(),
@@ -138,7 +138,7 @@ class Sealer:
         if self.last.header.height == after_height + 1:
             return self.last
         with self._engine.connect() as conn:
-            rows = repository.block_rows(conn, after_height + 1, 1)
+            rows = ledger_store.block_rows(conn, after_height + 1, 1)
         return signed_header_from_row(rows[0][1], rows[0][2])
 
     def start(self) -> None:

@@ -61,7 +61,8 @@ from coalition.node.views import WriteResult
 from coalition.points.accounts import validate_reference
 from coalition.points.operations import EntryContext
 from coalition.points.state import Account, apply_entry
-from coalition.store import repository
+from coalition.store import ledger as ledger_store
+from coalition.store import members as members_store
 
 T = TypeVar("T")
 
@@ -195,12 +196,12 @@ class Transaction:
     def flush(self) -> None:
         """Write the staged entries and the lots they changed."""
         if self._staged:
-            repository.insert_entries(self.conn, self._staged)
+            ledger_store.insert_entries(self.conn, self._staged)
             self.leaf_hashes.extend(row["leaf_hash"] for row in self._staged)
             self._next_index += len(self._staged)
             self._staged = []
         if self._touched:
-            repository.save_lots(self.conn, self._touched.values(), self._known)
+            members_store.save_lots(self.conn, self._touched.values(), self._known)
             self._touched = {}
             self._known = set()
 
@@ -235,7 +236,7 @@ class Sequencer:
         self._queue_lock = threading.Lock()
         self._queue: list[_Queued[Any]] = []
         with engine.connect() as conn:
-            self._next_index = repository.next_log_index(conn)
+            self._next_index = ledger_store.next_log_index(conn)
         self.sealer = Sealer(engine, program, key, sealer, self._clock)
 
     @property
@@ -317,7 +318,7 @@ class Sequencer:
 
         def work(tx: Transaction) -> WriteResult:
             if key is not None:
-                found = repository.find_idempotent(tx.conn, key)
+                found = ledger_store.find_idempotent(tx.conn, key)
                 if found is not None:
                     if found[0] != req_hash:
                         raise idempotency_conflict(key)

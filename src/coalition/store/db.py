@@ -7,12 +7,15 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 
-from coalition.store import (
-    coalition_tables,  # noqa: F401  (agreements, conversions)
-    partner_tables,  # noqa: F401  (the replay guard)
-    redemption_tables,  # noqa: F401  (holds, statements)
-    tables,  # noqa: F401  (registers the tables)
-    witness_tables,  # noqa: F401  (the witness's tables)
+from coalition.store import (  # noqa: F401  (importing a module registers its tables)
+    agreements,
+    conversions,
+    ledger,
+    members,
+    partners,
+    redemptions,
+    statements,
+    witness,
 )
 
 

@@ -25,7 +25,7 @@ from coalition.node.auth import Action, Authenticator
 from coalition.node.manifest import Manifest
 from coalition.node.service import NodeService
 from coalition.points.kinds import display_json
-from coalition.store.redemption_tables import bodies_of_kinds
+from coalition.store.ledger import bodies_of_kinds
 
 
 class Membership(Protocol):

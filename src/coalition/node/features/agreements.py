@@ -48,7 +48,7 @@ from coalition.points.rates import (
     signed_agreement,
     verify_signed_agreement,
 )
-from coalition.store import conversion_repo
+from coalition.store import agreements as agreements_store
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ class Agreements:
     ) -> JsonObject | None:
         """The recorded signed agreement for the same document, or None if not recorded;
         FailedPrecondition when ``(id, version)`` was recorded with other terms."""
-        found = conversion_repo.agreement(conn, agreement.id, agreement.version)
+        found = agreements_store.agreement(conn, agreement.id, agreement.version)
         if found is None:
             return None
         if found.get("agreement") != doc:
@@ -177,7 +177,7 @@ class Agreements:
     def _on_list(self, sender: str, body: JsonObject) -> tuple[str, JsonObject]:
         """Every agreement recorded here, signed by both of its partners."""
         with self.service.sequencer.read() as conn:
-            recorded: list[JsonValue] = list(conversion_repo.all_agreements(conn))
+            recorded: list[JsonValue] = list(agreements_store.all_agreements(conn))
         return f"{LIST}-reply", {"agreements": recorded}
 
     def _partners_agreements(self, exclude: str | None = None) -> list[Agreement]:
@@ -241,12 +241,12 @@ class Agreements:
         agreements) the checks rerun under the writer first."""
 
         def decide(conn: Connection, ctx: EntryContext) -> Decision | None:
-            if conversion_repo.agreement(conn, agreement.id, agreement.version) is not None:
+            if agreements_store.agreement(conn, agreement.id, agreement.version) is not None:
                 return None
             if check is not None:
                 self._check_new(conn, agreement, ctx.at, check)
             body = operations.agreement_entry(ctx, signed)
-            conversion_repo.insert_agreement(
+            agreements_store.insert_agreement(
                 conn,
                 signed,
                 agreement_id=agreement.id,
@@ -278,7 +278,7 @@ class Agreements:
         return agreement
 
     def _all(self, conn: Connection) -> list[Agreement]:
-        return [self._parse(signed) for signed in conversion_repo.all_agreements(conn)]
+        return [self._parse(signed) for signed in agreements_store.all_agreements(conn)]
 
     def recorded(self, conn: Connection) -> list[Agreement]:
         """Every recorded agreement (both signatures verified once, then cached)."""
@@ -286,7 +286,7 @@ class Agreements:
 
     def get(self, conn: Connection, agreement_id: str, version: int) -> Agreement | None:
         """The recorded agreement ``(id, version)`` (signatures verified), or None."""
-        signed = conversion_repo.agreement(conn, agreement_id, version)
+        signed = agreements_store.agreement(conn, agreement_id, version)
         return None if signed is None else self._parse(signed)
 
     def usable_on(
@@ -315,7 +315,7 @@ class Agreements:
         """Every recorded agreement, by id then version."""
         now = self.service.now()
         with self.service.sequencer.read() as conn:
-            signed_all = conversion_repo.all_agreements(conn)
+            signed_all = agreements_store.all_agreements(conn)
             parsed = [self._parse(signed) for signed in signed_all]
         current = {(a.id, a.version) for a in current_agreements(parsed, now).values()}
         return [

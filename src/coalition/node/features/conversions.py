@@ -62,8 +62,10 @@ from coalition.points.rates import (
     quote,
 )
 from coalition.points.state import Account
-from coalition.store import conversion_repo, repository
-from coalition.store.conversion_repo import Answer, ConversionRecord, OutboxItem
+from coalition.store import conversions as conversions_store
+from coalition.store import ledger as ledger_store
+from coalition.store import members as members_store
+from coalition.store.conversions import Answer, ConversionRecord, OutboxItem
 
 log = logging.getLogger(__name__)
 
@@ -230,13 +232,13 @@ class Conversions:
             agreement = self.agreements.require(conn, self.program, to_program, ctx.at)
             quoted = quote(agreement, amount)
             start = _day_start(ctx.at)
-            today = conversion_repo.converted_between(
+            today = conversions_store.converted_between(
                 conn, account, agreement.id, start, start + DAY
             )
             check_daily_cap(agreement, today, amount)
             limit = self.manifest.credit_limit(to_program, self.program)
             if limit is not None:
-                unsettled = conversion_repo.unsettled(
+                unsettled = conversions_store.unsettled(
                     conn, self.program, self.program, to_program, in_flight=True, keep=True
                 )
                 check_credit_limit(limit, unsettled, quoted.value_minor, self.program, to_program)
@@ -244,7 +246,7 @@ class Conversions:
             body = operations.convert_out(
                 ctx, self.service.points.rules, touched[0], agreement, quoted, conversion_id
             )
-            conversion_repo.insert_conversion(
+            conversions_store.insert_conversion(
                 conn,
                 ConversionRecord(
                     id=conversion_id,
@@ -264,7 +266,7 @@ class Conversions:
                     final_entry=None,
                 ),
             )
-            conversion_repo.enqueue(conn, conversion_id, to_program, self._wall())
+            conversions_store.enqueue(conn, conversion_id, to_program, self._wall())
             return body, touched, known
 
         result = self.service.sequencer.append(request, idempotency_key, decide)
@@ -282,10 +284,10 @@ class Conversions:
         validate_member_id(member_id)
         validate_reference(conversion_id, "conversion id")
         with self.service.sequencer.read() as conn:
-            record = conversion_repo.conversion(conn, conversion_id)
+            record = conversions_store.conversion(conn, conversion_id)
             if record is None or record.member_id != member_id:
                 raise NotFound(f"member {member_id} has no conversion {conversion_id}")
-            found = repository.entry_by_id(conn, record.out_entry)
+            found = ledger_store.entry_by_id(conn, record.out_entry)
         if found is None:
             raise NotFound(f"conversion {conversion_id} has no convert-out entry")
         out = found[1]
@@ -320,7 +322,7 @@ class Conversions:
             agreement = self.agreements.require(conn, self.program, to_program, now)
             quoted = quote(agreement, amount)
             start = _day_start(now)
-            today = conversion_repo.converted_between(
+            today = conversions_store.converted_between(
                 conn, account, agreement.id, start, start + DAY
             )
         return QuoteView(
@@ -347,8 +349,10 @@ class Conversions:
         """
         ids = [item.conversion_id for item in items]
         with self.service.sequencer.read() as conn:
-            records = conversion_repo.conversions_by_id(conn, ids)
-            bodies = conversion_repo.out_entry_bodies(conn, [r.out_entry for r in records.values()])
+            records = conversions_store.conversions_by_id(conn, ids)
+            bodies = conversions_store.out_entry_bodies(
+                conn, [r.out_entry for r in records.values()]
+            )
         live = [records[i] for i in ids if i in records and records[i].status == "pending"]
         stale = set(ids) - {r.id for r in live}
         if stale:  # settled meanwhile (e.g. by another replica): nothing to send
@@ -388,7 +392,7 @@ class Conversions:
             except CoalitionError as exc:
                 log.warning("refused an answer from %s: %s", partner, exc)
         with self.service.sequencer.read() as conn:
-            records = conversion_repo.conversions_by_id(conn, [o[0] for o in opened])
+            records = conversions_store.conversions_by_id(conn, [o[0] for o in opened])
         checked: list[_Checked] = []
         for conversion_id, kind, body, message in opened:
             try:
@@ -461,24 +465,24 @@ class Conversions:
         def decide(conn: Connection, ctx: EntryContext) -> Decision | None:
             record = batch.pending(conn, answer.conversion_id)
             if record is None:
-                conversion_repo.dequeue(conn, answer.conversion_id)
+                conversions_store.dequeue(conn, answer.conversion_id)
                 return None  # answered before: nothing twice
             if answer.kind == RECEIPT:
                 body = operations.convert_complete(ctx, record.account, record.id, answer.message)
                 status = "completed"
             else:
-                found = repository.entry_by_id(conn, record.out_entry)
+                found = ledger_store.entry_by_id(conn, record.out_entry)
                 if found is None:
                     raise NotFound(f"conversion {record.id} has no convert-out entry")
                 body = operations.convert_refund(ctx, found[1], answer.message)
                 status = "refunded"
             # The guard that counts: only the writer that moves the row off ``pending``
             # writes the entry (another replica on the same database may race us).
-            finished = conversion_repo.finish_conversion(
+            finished = conversions_store.finish_conversion(
                 conn, record, status, answer.reason, ctx.entry_id, ctx.at
             )
             batch.settled(record.id)
-            conversion_repo.dequeue(conn, record.id)
+            conversions_store.dequeue(conn, record.id)
             if not finished:
                 return None
             return body, [Account(record.account)], set()
@@ -540,7 +544,7 @@ class Conversions:
 
     def _stored_answers(self, sender: str, ids: list[str]) -> JsonObject:
         with self.service.sequencer.read() as conn:
-            stored = conversion_repo.answers(conn, sender, ids)
+            stored = conversions_store.answers(conn, sender, ids)
         unique = list(dict.fromkeys(ids))
         return {"receipts": [stored[i].message for i in unique if i in stored]}
 
@@ -572,7 +576,7 @@ class Conversions:
                 "in_hash": entry_leaf_hash(body).hex(),
                 "credit": body["amount"],
             }
-            conversion_repo.insert_answer(
+            conversions_store.insert_answer(
                 conn,
                 sender,
                 conversion_id,
@@ -654,7 +658,7 @@ class Conversions:
             "status": "rejected",
             "reason": reason,
         }
-        conversion_repo.insert_answer(
+        conversions_store.insert_answer(
             conn,
             sender,
             conversion_id,
@@ -691,7 +695,7 @@ class _SourceBatch:
 
     def pending(self, conn: Connection, conversion_id: str) -> ConversionRecord | None:
         if self._records is None:
-            self._records = conversion_repo.conversions_by_id(conn, self._ids)
+            self._records = conversions_store.conversions_by_id(conn, self._ids)
         record = self._records.get(conversion_id)
         return record if record is not None and record.status == "pending" else None
 
@@ -719,7 +723,7 @@ class _TargetBatch:
 
     def answered(self, conn: Connection, conversion_id: str) -> bool:
         if self._answered is None:
-            self._answered = set(conversion_repo.answers(conn, self.sender, self._ids))
+            self._answered = set(conversions_store.answers(conn, self.sender, self._ids))
         return conversion_id in self._answered
 
     def answer(self, conversion_id: str, credited_minor: int = 0) -> None:
@@ -730,11 +734,11 @@ class _TargetBatch:
             self._unsettled += credited_minor
 
     def unsettled(self, conn: Connection) -> int:
-        """What the sender owes here unsettled (``conversion_repo.unsettled``), read once;
+        """What the sender owes here unsettled (``conversions_store.unsettled``), read once;
         the batch's own credits are added as they are recorded."""
         if self._unsettled is None:
             program = self._owner.program
-            self._unsettled = conversion_repo.unsettled(
+            self._unsettled = conversions_store.unsettled(
                 conn, program, self.sender, program, keep=True
             )
         return self._unsettled
@@ -747,13 +751,13 @@ class _TargetBatch:
     def accounts(self, conn: Connection) -> dict[str, str]:
         if self._accounts is None:
             valid = [m for m in self._members if _valid_member(m)]
-            self._accounts = repository.accounts_for_members(conn, valid)
+            self._accounts = members_store.accounts_for_members(conn, valid)
         return self._accounts
 
 
 def _dequeue(conn: Connection, conversion_ids: Iterable[str]) -> None:
     for conversion_id in conversion_ids:
-        conversion_repo.dequeue(conn, conversion_id)
+        conversions_store.dequeue(conn, conversion_id)
 
 
 def _valid_member(member_id: str) -> bool:

@@ -21,8 +21,8 @@ from sqlalchemy import Connection
 
 from coalition.errors import CoalitionError, PartnerUnavailable
 from coalition.node.sequencer import Sequencer
-from coalition.store import conversion_repo
-from coalition.store.conversion_repo import OutboxItem
+from coalition.store import conversions as conversions_store
+from coalition.store.conversions import OutboxItem
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class Outbox:
     def pending(self) -> int:
         """Conversions still to deliver."""
         with self._sequencer.read() as conn:
-            return conversion_repo.pending_count(conn)
+            return conversions_store.pending_count(conn)
 
     def _run(self, partner: str) -> None:
         wake = self._wake[partner]
@@ -119,7 +119,7 @@ class Outbox:
         self._wake[partner].clear()
         now = self._wall()
         with self._sequencer.read() as conn:
-            items = conversion_repo.due(conn, partner, now, self._batch * 8)
+            items = conversions_store.due(conn, partner, now, self._batch * 8)
         aborting = [i for i in items if now - i.queued_at >= self.abort_after_us]
         sending = [i for i in items if now - i.queued_at < self.abort_after_us]
         calls = [
@@ -131,7 +131,7 @@ class Outbox:
             if self._stop.is_set() or not self._send(partner, chunk, abort):
                 break  # the partner failed: the rest (aborts and sends) waits for its backoff
         with self._sequencer.read() as conn:
-            next_us = conversion_repo.next_due(conn, partner)
+            next_us = conversions_store.next_due(conn, partner)
         if next_us is None:
             return None
         return max(next_us - self._wall(), 0) / 1_000_000
@@ -162,6 +162,6 @@ class Outbox:
         def postpone(conn: Connection) -> None:
             for attempts, ids in by_attempts.items():
                 delay = int(backoff_s(attempts) * 1_000_000)
-                conversion_repo.postpone(conn, ids, now + delay, error)
+                conversions_store.postpone(conn, ids, now + delay, error)
 
         self._sequencer.run(lambda tx: postpone(tx.conn))

@@ -54,9 +54,10 @@ from coalition.points.accounts import validate_member_id, validate_reference
 from coalition.points.operations import EntryContext
 from coalition.points.rates import redemption_value
 from coalition.points.state import Account
-from coalition.store import redemption_tables as tables
-from coalition.store import repository
-from coalition.store.redemption_tables import Hold, PartnerRedemption
+from coalition.store import ledger as ledger_store
+from coalition.store import members as members_store
+from coalition.store import redemptions as redemptions_store
+from coalition.store.redemptions import Hold, PartnerRedemption
 
 log = logging.getLogger(__name__)
 
@@ -190,13 +191,13 @@ class Redemptions:
         """The redemption stored under ``key``, inserted as ``pending`` when new."""
 
         def start(tx: Transaction) -> PartnerRedemption:
-            found = tables.redemption_by_key(tx.conn, key)
+            found = redemptions_store.redemption_by_key(tx.conn, key)
             if found is not None:
                 if found.request_hash != request_hash:
                     raise idempotency_conflict(key)
                 return found
             hold_id = secrets.token_hex(16)
-            tables.insert_redemption(
+            redemptions_store.insert_redemption(
                 tx.conn,
                 hold_id=hold_id,
                 program=str(request["program"]),
@@ -208,7 +209,7 @@ class Redemptions:
                 request_hash=request_hash,
                 created_at=tx.now(),
             )
-            inserted = tables.redemption(tx.conn, hold_id)
+            inserted = redemptions_store.redemption(tx.conn, hold_id)
             assert inserted is not None
             return inserted
 
@@ -232,7 +233,9 @@ class Redemptions:
         except (PartnerUnavailable, VerificationError):
             raise  # no trustworthy answer: the redemption stays pending, a retry resends
         except CoalitionError:
-            self.service.sequencer.run(lambda tx: tables.delete_pending(tx.conn, row.hold_id))
+            self.service.sequencer.run(
+                lambda tx: redemptions_store.delete_pending(tx.conn, row.hold_id)
+            )
             raise
         receipt, answer = self._open_receipt(row, reply, HOLD_RECEIPT)
         if answer.get("status") != "held" or answer.get("reference") != row.reference:
@@ -242,7 +245,7 @@ class Redemptions:
         expires_at = check_time(answer["expires_at"], "expires_at")
         agreement = model.agreement_key(answer.get("agreement"), "a hold receipt")
         self.service.sequencer.run(
-            lambda tx: tables.authorize_redemption(
+            lambda tx: redemptions_store.authorize_redemption(
                 tx.conn,
                 row.hold_id,
                 expires_at=expires_at,
@@ -265,7 +268,7 @@ class Redemptions:
         value_minor, currency, captured_at = self._check_capture(row, answer)
 
         def decide(conn: Connection, ctx: EntryContext) -> Decision | None:
-            current = tables.redemption(conn, row.hold_id)
+            current = redemptions_store.redemption(conn, row.hold_id)
             if current is None or current.status == "captured":
                 return None
             body = operations.redemption_receipt(
@@ -278,7 +281,7 @@ class Redemptions:
                 captured_at,
                 receipt,
             )
-            tables.capture_redemption(
+            redemptions_store.capture_redemption(
                 conn,
                 row.hold_id,
                 value_minor=value_minor,
@@ -306,7 +309,7 @@ class Redemptions:
                 raise
             # The issuer never made this hold: nothing to give back.
             self.service.sequencer.run(
-                lambda tx: tables.end_redemption(
+                lambda tx: redemptions_store.end_redemption(
                     tx.conn, row.hold_id, status="refused", reason="voided before authorization"
                 )
             )
@@ -316,7 +319,7 @@ class Redemptions:
         if answer.get("status") != "released" or why not in ("void", "expired"):
             raise VerificationError(f"{row.program}'s release receipt for {hold_id} is malformed")
         self.service.sequencer.run(
-            lambda tx: tables.end_redemption(
+            lambda tx: redemptions_store.end_redemption(
                 tx.conn,
                 row.hold_id,
                 status="voided" if why == "void" else "expired",
@@ -333,7 +336,7 @@ class Redemptions:
     def _row(self, hold_id: str) -> PartnerRedemption:
         check_hold_id(hold_id)
         with self.service.sequencer.read() as conn:
-            row = tables.redemption(conn, hold_id)
+            row = redemptions_store.redemption(conn, hold_id)
         if row is None:
             raise NotFound(f"no partner redemption {hold_id} here")
         return row
@@ -468,12 +471,12 @@ class Redemptions:
         request_hash = _hash({"partner": sender, **body})
 
         def decide(conn: Connection, ctx: EntryContext) -> Decision | None:
-            found = tables.hold(conn, hold_id)
+            found = redemptions_store.hold(conn, hold_id)
             if found is not None:
                 if found.partner != sender or found.request_hash != request_hash:
                     raise FailedPrecondition(f"hold id {hold_id} was used for another request")
                 return None
-            accounts = repository.accounts_for_members(conn, [member_id])
+            accounts = members_store.accounts_for_members(conn, [member_id])
             if member_id not in accounts:
                 raise NotFound(f"unknown member {member_id} at {self.program}")
             agreement = self.agreements.require(conn, self.program, sender, ctx.at)
@@ -505,7 +508,7 @@ class Redemptions:
                 },
                 ctx.at,
             )
-            tables.insert_hold(
+            redemptions_store.insert_hold(
                 conn,
                 hold_id=hold_id,
                 partner=sender,
@@ -525,13 +528,13 @@ class Redemptions:
     def _held(self, hold_id: str, sender: str) -> Hold:
         """The hold ``sender`` asked for; NotFound for an unknown or another partner's."""
         with self.service.sequencer.read() as conn:
-            found = tables.hold(conn, hold_id)
+            found = redemptions_store.hold(conn, hold_id)
         if found is None or found.partner != sender:
             raise NotFound(f"{self.program} holds nothing under {hold_id} for {sender}")
         return found
 
     def _hold_entry(self, conn: Connection, found: Hold) -> JsonObject:
-        stored = repository.entry_by_id(conn, found.hold_entry)
+        stored = ledger_store.entry_by_id(conn, found.hold_entry)
         if stored is None:
             raise CorruptStore(f"hold {found.hold_id}: its entry {found.hold_entry} is missing")
         return stored[1]
@@ -546,7 +549,7 @@ class Redemptions:
         self._held(hold_id, sender)
 
         def decide(conn: Connection, ctx: EntryContext) -> Decision | None:
-            found = tables.hold(conn, hold_id)
+            found = redemptions_store.hold(conn, hold_id)
             assert found is not None
             if found.status == "captured":
                 return None
@@ -580,7 +583,7 @@ class Redemptions:
                 },
                 ctx.at,
             )
-            tables.finish_hold(
+            redemptions_store.finish_hold(
                 conn,
                 hold_id,
                 status="captured",
@@ -611,7 +614,7 @@ class Redemptions:
         time), or by the expiry job; nothing for a hold already released."""
 
         def decide(conn: Connection, ctx: EntryContext) -> Decision | None:
-            found = tables.hold(conn, hold_id)
+            found = redemptions_store.hold(conn, hold_id)
             if found is None or found.status == "released":
                 return None
             if found.status == "captured":
@@ -636,7 +639,7 @@ class Redemptions:
                 },
                 ctx.at,
             )
-            tables.finish_hold(
+            redemptions_store.finish_hold(
                 conn,
                 hold_id,
                 status="released",
@@ -658,7 +661,7 @@ class Redemptions:
         released = 0
         while True:
             with self.service.sequencer.read() as conn:
-                due = tables.due_holds(conn, self.service.now(), batch)
+                due = redemptions_store.due_holds(conn, self.service.now(), batch)
             if not due:
                 return released
             results = self.service.sequencer.decide_each(partial(self._expiry_releases, due))

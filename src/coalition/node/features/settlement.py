@@ -58,8 +58,9 @@ from coalition.points.statements import (
     statement_parts,
     verify_signed_statement,
 )
-from coalition.store import redemption_tables as tables
-from coalition.store.redemption_tables import Statement
+from coalition.store import ledger as ledger_store
+from coalition.store import statements as statements_store
+from coalition.store.statements import Statement
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +183,7 @@ class Settlement:
     # --- obligations ------------------------------------------------------------------
 
     def _chain(self, conn: Connection) -> list[JsonObject]:
-        return tables.bodies_of_kinds(conn, OBLIGATION_KINDS)
+        return ledger_store.bodies_of_kinds(conn, OBLIGATION_KINDS)
 
     def obligations(self, start: datetime, end: datetime) -> dict[tuple[str, str], Owed]:
         """``(debtor, creditor) -> Owed`` for ``[start, end)`` from this node's chain."""
@@ -203,7 +204,7 @@ class Settlement:
         owed = obligations(self.program, self._chain(conn), BEGINNING, END_OF_TIME)
         total = owed.get((debtor, creditor), Owed(0, 0)).minor
         parties = (min(debtor, creditor), max(debtor, creditor))
-        for statement in tables.statements_between(conn, parties):
+        for statement in statements_store.statements_between(conn, parties):
             parts = statement_parts(statement.signed["statement"])
             total -= parts.owed[(debtor, creditor)].minor
         return total
@@ -283,7 +284,7 @@ class Settlement:
         both, recorded on both chains. Proposing an agreed period again returns it."""
         parties = self._check_partner(partner)
         with self.service.sequencer.read() as conn:
-            existing = tables.statement(conn, statement_id(parties, start, end))
+            existing = statements_store.statement(conn, statement_id(parties, start, end))
             if existing is not None:
                 return existing.signed
             self._check_free(conn, parties, start, end)
@@ -305,7 +306,7 @@ class Settlement:
     def _check_free(
         self, conn: Connection, parties: tuple[str, str], start: datetime, end: datetime
     ) -> None:
-        overlapping = tables.statements_between(conn, parties, (start, end))
+        overlapping = statements_store.statements_between(conn, parties, (start, end))
         if overlapping:
             first = overlapping[0]
             raise FailedPrecondition(
@@ -317,14 +318,14 @@ class Settlement:
         """Write the ``statement`` entry and row once (checked again under the writer)."""
 
         def decide(conn: Connection, ctx: EntryContext) -> Decision | None:
-            existing = tables.statement(conn, parts.id)
+            existing = statements_store.statement(conn, parts.id)
             if existing is not None:
                 if existing.signed != signed:
                     raise FailedPrecondition(f"statement {parts.id} was recorded differently")
                 return None
             self._check_free(conn, parts.parties, parts.start, parts.end)
             body = operations.statement_entry(ctx, signed)
-            tables.insert_statement(
+            statements_store.insert_statement(
                 conn,
                 statement_id=parts.id,
                 parties=parts.parties,
@@ -350,7 +351,7 @@ class Settlement:
             self.manifest.public_key(sender), proposed, body["signature"], sender, parts
         )
         with self.service.sequencer.read() as conn:
-            existing = tables.statement(conn, parts.id)
+            existing = statements_store.statement(conn, parts.id)
             if existing is not None and existing.signed["statement"] == proposed:
                 return f"{PROPOSE}-reply", {"signed": existing.signed}
             self._check_free(conn, parts.parties, parts.start, parts.end)
@@ -371,18 +372,18 @@ class Settlement:
         """Statements recorded on this chain (with ``partner`` only), oldest period first."""
         parties = None if partner is None else self._check_partner(partner)
         with self.service.sequencer.read() as conn:
-            return [_view(s) for s in tables.statements_between(conn, parties)]
+            return [_view(s) for s in statements_store.statements_between(conn, parties)]
 
     def statement(self, statement_id: str) -> StatementView:
         with self.service.sequencer.read() as conn:
-            found = tables.statement(conn, statement_id)
+            found = statements_store.statement(conn, statement_id)
         if found is None:
             raise NotFound(f"no statement {statement_id} is recorded here")
         return _view(found)
 
     def _within(self, start: datetime, end: datetime) -> list[Statement]:
         with self.service.sequencer.read() as conn:
-            found = tables.statements_between(conn, None, (start, end))
+            found = statements_store.statements_between(conn, None, (start, end))
         return [s for s in found if start <= s.start and s.end <= end]
 
     def _on_list(self, sender: str, body: JsonObject) -> tuple[str, JsonObject]:

@@ -49,8 +49,8 @@ from coalition.ledger.note import checkpoint_of, cosign, sign_note, verify_cosig
 from coalition.ledger.proofs import verify_consistency_document
 from coalition.node.manifest import Manifest
 from coalition.node.service import NodeService
-from coalition.store import witness_tables as store
-from coalition.store.repository import from_micros, to_micros
+from coalition.store import witness as witness_store
+from coalition.store.columns import from_micros, to_micros
 from coalition.v1 import ledger_pb2, ledger_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -255,7 +255,7 @@ class Witness:
         self._active: dict[str, LedgerSource] = {}
         self._errors: dict[str, str] = {}
         with self._sequencer.read() as conn:
-            self._halted: set[str] = store.programs_with_evidence(conn)
+            self._halted: set[str] = witness_store.programs_with_evidence(conn)
 
     @property
     def name(self) -> str:
@@ -341,7 +341,7 @@ class Witness:
 
     def last_verified(self, program: str) -> SignedHeader | None:
         with self._sequencer.read() as conn:
-            return store.last_header(conn, program)
+            return witness_store.last_header(conn, program)
 
     def accept(self, program: str, signed: SignedHeader, source: LedgerSource) -> bool:
         """Verify the next header of ``program`` and cosign it; False if already known.
@@ -357,8 +357,8 @@ class Witness:
             raise Fault(f"{program} equivocated or forked; its headers are no longer trusted")
         height = signed.header.height
         with self._sequencer.read() as conn:
-            stored = store.header_at(conn, program, height)
-            last = store.last_header(conn, program)
+            stored = witness_store.header_at(conn, program, height)
+            last = witness_store.last_header(conn, program)
         if stored is not None:
             if _same(stored, signed):
                 return False
@@ -370,7 +370,7 @@ class Witness:
                     break
                 self.accept(program, missing, source)
             with self._sequencer.read() as conn:
-                last = store.last_header(conn, program)
+                last = witness_store.last_header(conn, program)
             if (0 if last is None else last.header.height + 1) != height:
                 raise VerificationError(f"{program} did not serve the headers before {height}")
         if last is not None:
@@ -391,20 +391,21 @@ class Witness:
 
     def _store_verified(
         self, conn: Connection, signed: SignedHeader
-    ) -> store.StoredCosignature | None:
+    ) -> witness_store.StoredCosignature | None:
         """Store a verified header and our cosignature of it; None (and evidence stored)
         when a partner forwarded another header at its height."""
         program, height = signed.header.program, signed.header.height
         conflict = next(
-            (g for g in store.gossip_at(conn, program, height) if not _same(g, signed)), None
+            (g for g in witness_store.gossip_at(conn, program, height) if not _same(g, signed)),
+            None,
         )
         if conflict is not None:
             self._record(conn, EQUIVOCATION, _GOSSIP_DIFFERS, conflict, signed)
             return None
-        store.insert_header(conn, signed, to_micros(self._clock()))
-        store.drop_gossip(conn, program, height)
+        witness_store.insert_header(conn, signed, to_micros(self._clock()))
+        witness_store.drop_gossip(conn, program, height)
         cosig = self._cosign(signed)
-        store.save_cosignature(conn, cosig)
+        witness_store.save_cosignature(conn, cosig)
         return cosig
 
     def _check_consistency(
@@ -460,7 +461,7 @@ class Witness:
         self, conn: Connection, kind: str, reason: str, first: SignedHeader, second: SignedHeader
     ) -> None:
         program = second.header.program
-        if store.save_evidence(conn, kind, reason, first, second, to_micros(self._clock())):
+        if witness_store.save_evidence(conn, kind, reason, first, second, to_micros(self._clock())):
             log.error(
                 "witness: %s by %s at height %d: %s (headers %s and %s stored as evidence)",
                 kind.upper(),
@@ -473,11 +474,11 @@ class Witness:
         if program != self._program:
             self._halted.add(program)
 
-    def _cosign(self, signed: SignedHeader) -> store.StoredCosignature:
+    def _cosign(self, signed: SignedHeader) -> witness_store.StoredCosignature:
         timestamp = int(self._clock().timestamp())
         line = cosign(checkpoint_of(signed), self._key, self.name, timestamp)
         h = signed.header
-        return store.StoredCosignature(
+        return witness_store.StoredCosignature(
             program=h.program,
             height=h.height,
             witness=self._program,
@@ -489,14 +490,14 @@ class Witness:
 
     def _deliver_pending(self, program: str) -> None:
         with self._sequencer.read() as conn:
-            pending = store.undelivered(conn, program, self._program)
-            headers = [store.header_at(conn, program, c.height) for c in pending]
+            pending = witness_store.undelivered(conn, program, self._program)
+            headers = [witness_store.header_at(conn, program, c.height) for c in pending]
         for cosig, signed in zip(pending, headers, strict=True):
             if signed is not None:
                 self._deliver(program, [cosig], signed)
 
     def _deliver(
-        self, program: str, cosigs: list[store.StoredCosignature], signed: SignedHeader
+        self, program: str, cosigs: list[witness_store.StoredCosignature], signed: SignedHeader
     ) -> None:
         for cosig in cosigs:
             body: JsonObject = {
@@ -515,7 +516,7 @@ class Witness:
 
     def _mark_delivered(self, program: str, height: int) -> None:
         self._sequencer.run(
-            lambda tx: store.mark_delivered(tx.conn, program, height, self._program)
+            lambda tx: witness_store.mark_delivered(tx.conn, program, height, self._program)
         )
 
     def _gossip(self, program: str, signed: SignedHeader) -> None:
@@ -560,7 +561,7 @@ class Witness:
         )
         if cosig.timestamp > self._clock().timestamp() + MAX_FUTURE_S:
             raise VerificationError(f"the cosignature's time {cosig.timestamp} is in the future")
-        stored = store.StoredCosignature(
+        stored = witness_store.StoredCosignature(
             program=self._program,
             height=height,
             witness=sender,
@@ -571,8 +572,8 @@ class Witness:
         )
 
         def save(conn: Connection) -> int:
-            store.save_cosignature(conn, stored)
-            return len(store.cosignatures(conn, self._program, height))
+            witness_store.save_cosignature(conn, stored)
+            return len(witness_store.cosignatures(conn, self._program, height))
 
         with self._lock:
             count = self._sequencer.run(lambda tx: save(tx.conn))
@@ -622,8 +623,8 @@ class Witness:
         height (evidence if they differ); keep it while none is verified there."""
         program, height = signed.header.program, signed.header.height
         status = "unknown"
-        stored = store.header_at(conn, program, height)
-        known = [stored] if stored is not None else store.gossip_at(conn, program, height)
+        stored = witness_store.header_at(conn, program, height)
+        known = [stored] if stored is not None else witness_store.gossip_at(conn, program, height)
         for other in known:
             if _same(other, signed):
                 status = "consistent"
@@ -632,7 +633,7 @@ class Witness:
                 status = EQUIVOCATION
                 break
         if stored is None:
-            store.insert_gossip(conn, signed, sender, to_micros(self._clock()))
+            witness_store.insert_gossip(conn, signed, sender, to_micros(self._clock()))
         return status
 
     # --- reads ----------------------------------------------------------------------------
@@ -642,7 +643,7 @@ class Witness:
         ours = self._our_header(height)
         header_hash = ours.header.hash()
         with self._sequencer.read() as conn:
-            rows = store.cosignatures(conn, self._program, height)
+            rows = witness_store.cosignatures(conn, self._program, height)
         checkpoint = checkpoint_of(ours)
         cosigners: list[Cosigner] = []
         for row in rows:
@@ -675,7 +676,7 @@ class Witness:
     def equivocations(self, program: str | None = None) -> list[Evidence]:
         """Stored evidence of equivocations and forks, oldest first."""
         with self._sequencer.read() as conn:
-            rows = store.evidence(conn, program)
+            rows = witness_store.evidence(conn, program)
         return [
             Evidence(
                 id=row.id,

@@ -2,7 +2,12 @@
 
 A message is accepted once per ``(sender, message_id)``; rows older than the guard's
 window are pruned, since a message that old is refused for its ``at`` anyway. Times are
-integer microseconds since the Unix epoch (UTC), as in ``tables``.
+integer microseconds since the Unix epoch (UTC), as in ``columns``.
+
+Storage contract: ``(sender, message_id)`` is unique, so a second insert of a pair fails
+with an integrity error (the replay, which ``node.partners.ReplayGuard`` reports); a row
+never changes, and is deleted only once older than the window. Named like the partner
+transport, ``node/partners.py``, whose ``ReplayGuard`` inserts and prunes the rows.
 """
 
 from __future__ import annotations

@@ -7,6 +7,12 @@ partners sent for our own headers and the ones we made for theirs (``witness`` n
 cosigner). ``witness_gossip`` keeps signed headers partners forwarded, so a header we
 verify later is compared with them. ``witness_evidence`` keeps both signed headers of an
 equivocation or a fork, forever. Times are integer microseconds since the Unix epoch.
+
+Storage contract: every function runs on the caller's ``Connection``. A program's headers
+are unique by height, and one cosigner cosigns a header once (``save_cosignature``
+returns False for a repeat); gossip is kept once per distinct header, until the header at
+its height is verified. Evidence is unique per program and pair of headers and is never
+changed or deleted.
 """
 
 from __future__ import annotations
@@ -31,8 +37,7 @@ from sqlmodel import Field, SQLModel
 from coalition.errors import CorruptStore, InvalidArgument
 from coalition.ledger.blocks import BlockHeader, SignedHeader
 from coalition.ledger.canonical import canonical_json
-from coalition.store.repository import stored_object
-from coalition.store.tables import RowId
+from coalition.store.columns import RowId, stored_object
 
 
 class WitnessHeaderRow(SQLModel, table=True):

@@ -1,21 +1,20 @@
-"""The tables of cross-brand redemptions and settlement statements (docs/coalition.md).
+"""Cross-brand redemptions (docs/coalition.md): both sides' records of a partner hold.
 
 ``coalition_holds`` is the issuing side's (A's) record of each hold a partner asked for:
-its ``hold`` entry, its state (``held``, ``captured``, ``released``) and the signed
-answers A gave, returned verbatim on every repeated request. ``coalition_partner_
-redemptions`` is the asking side's (B's) record of each redemption its operator started
-at a partner, with the partner's signed receipts. ``coalition_statements`` holds the
-settlement statements recorded on this chain, signed by both parties. Rows are written
-in the transaction of the entry they belong to; times are integer microseconds since the
-Unix epoch (UTC), as in ``tables``.
+its ``hold`` entry, its state and the signed answers A gave, returned verbatim on every
+repeated request. ``coalition_partner_redemptions`` is the asking side's (B's) record of
+each redemption its operator started at a partner, with the partner's signed receipts.
+Named like the feature that owns both, ``node/features/redemptions.py``.
 
-The ``entries`` index on ``(kind, log_index)`` lets settlement read the few kinds that
-make obligations without scanning the whole log.
+Storage contract: every function runs on the caller's ``Connection``, in the transaction
+of the entry the row belongs to. ``hold_id`` is unique on each side, and a partner
+redemption's ``idem_key`` too. A hold leaves ``held`` once, for ``captured`` or
+``released`` (``finish_hold`` touches only held rows); a captured redemption is never
+ended or deleted (``end_redemption`` and ``delete_pending`` skip it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -24,11 +23,7 @@ from sqlalchemy import BigInteger, Column, Connection, Index, Text, insert, sele
 from sqlmodel import Field, SQLModel
 
 from coalition.ledger.canonical import JsonObject, canonical_json
-from coalition.store.repository import from_micros, stored_object, to_micros
-from coalition.store.tables import entries
-
-ix_entries_kind = Index("ix_entries_kind", entries.c.kind, entries.c.log_index)
-"""Settlement's lookups by entry kind (statements, conversions, captures)."""
+from coalition.store.columns import from_micros, stored_object, to_micros
 
 
 class HoldRow(SQLModel, table=True):
@@ -90,27 +85,21 @@ class PartnerRedemptionRow(SQLModel, table=True):
     reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
 
 
-class StatementRow(SQLModel, table=True):
-    """A settlement statement both parties signed, as recorded by a ``statement`` entry."""
-
-    __tablename__ = "coalition_statements"
-    __table_args__ = (Index("ix_coalition_statements_pair", "party_a", "party_b", "period_start"),)
-
-    id: str = Field(primary_key=True, max_length=128)
-    party_a: str = Field(max_length=32)
-    party_b: str = Field(max_length=32)
-    """The parties in sorted order (``party_a < party_b``)."""
-    period_start: int = Field(sa_column=Column(BigInteger, nullable=False))
-    period_end: int = Field(sa_column=Column(BigInteger, nullable=False))
-    currency: str = Field(max_length=3)
-    signed: str = Field(sa_column=Column(Text, nullable=False))
-    """``{"statement": doc, "signatures": {...}}`` as canonical JSON."""
-    entry_id: str = Field(max_length=48)
-
-
 holds = HoldRow.__table__  # type: ignore[attr-defined]
 partner_redemptions = PartnerRedemptionRow.__table__  # type: ignore[attr-defined]
-statements = StatementRow.__table__  # type: ignore[attr-defined]
+
+# The credit-limit checks sum captured redemptions per partner (``conversions.
+# unsettled``): covering indexes on the redemption tables keep that a short index read.
+ix_holds_captured = Index(
+    "ix_coalition_holds_captured", holds.c.partner, holds.c.status, holds.c.value_minor
+)
+
+ix_redemptions_captured = Index(
+    "ix_coalition_partner_redemptions_captured",
+    partner_redemptions.c.program,
+    partner_redemptions.c.status,
+    partner_redemptions.c.value_minor,
+)
 
 
 def _text(value: JsonObject) -> str:
@@ -121,7 +110,7 @@ def _object(text: str | None, what: str) -> JsonObject | None:
     return None if text is None else stored_object(text, what)
 
 
-# ------------------------------------------------------------------ holds (issuing side)
+# --------------------------------------------------------------- holds (issuing side)
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,7 +222,7 @@ def due_holds(conn: Connection, now: datetime, limit: int) -> list[str]:
     return [row.hold_id for row in conn.execute(query)]
 
 
-# --------------------------------------------------------- redemptions (asking side)
+# ---------------------------------------------------------- redemptions (asking side)
 
 
 @dataclass(frozen=True, slots=True)
@@ -401,90 +390,3 @@ def delete_pending(conn: Connection, hold_id: str) -> None:
             partner_redemptions.c.status == "pending",
         )
     )
-
-
-# ----------------------------------------------------------------------- statements
-
-
-@dataclass(frozen=True, slots=True)
-class Statement:
-    """A recorded statement: its parties, period, currency and the signed document."""
-
-    id: str
-    parties: tuple[str, str]
-    start: datetime
-    end: datetime
-    currency: str
-    signed: JsonObject
-    entry_id: str
-
-
-def _statement(row: Any) -> Statement:
-    return Statement(
-        id=row.id,
-        parties=(row.party_a, row.party_b),
-        start=from_micros(row.period_start),
-        end=from_micros(row.period_end),
-        currency=row.currency,
-        signed=stored_object(row.signed, "statement"),
-        entry_id=row.entry_id,
-    )
-
-
-def insert_statement(
-    conn: Connection,
-    *,
-    statement_id: str,
-    parties: tuple[str, str],
-    start: datetime,
-    end: datetime,
-    currency: str,
-    signed: JsonObject,
-    entry_id: str,
-) -> None:
-    conn.execute(
-        insert(statements).values(
-            id=statement_id,
-            party_a=parties[0],
-            party_b=parties[1],
-            period_start=to_micros(start),
-            period_end=to_micros(end),
-            currency=currency,
-            signed=_text(signed),
-            entry_id=entry_id,
-        )
-    )
-
-
-def statement(conn: Connection, statement_id: str) -> Statement | None:
-    row = conn.execute(select(statements).where(statements.c.id == statement_id)).first()
-    return None if row is None else _statement(row)
-
-
-def statements_between(
-    conn: Connection,
-    parties: tuple[str, str] | None = None,
-    overlapping: tuple[datetime, datetime] | None = None,
-) -> list[Statement]:
-    """Recorded statements (of one sorted pair; meeting ``[start, end)``), oldest first."""
-    query = select(statements)
-    if parties is not None:
-        query = query.where(statements.c.party_a == parties[0], statements.c.party_b == parties[1])
-    if overlapping is not None:
-        start, end = overlapping
-        query = query.where(
-            statements.c.period_start < to_micros(end), statements.c.period_end > to_micros(start)
-        )
-    query = query.order_by(statements.c.period_start, statements.c.id)
-    return [_statement(row) for row in conn.execute(query)]
-
-
-def bodies_of_kinds(conn: Connection, kinds: Collection[str]) -> list[JsonObject]:
-    """Bodies of every entry of ``kinds`` (a set from ``points.kinds``) in log order
-    (uses ``ix_entries_kind``)."""
-    query = (
-        select(entries.c.body)
-        .where(entries.c.kind.in_(sorted(kinds)))
-        .order_by(entries.c.log_index)
-    )
-    return [stored_object(row.body) for row in conn.execute(query)]

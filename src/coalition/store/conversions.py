@@ -1,7 +1,19 @@
-"""Queries of the agreements, conversions and outbox tables, on a caller's connection.
+"""Conversions between partners (docs/coalition.md): both sides' records and the outbox.
 
-Like ``repository``, every function takes an open ``Connection`` so the feature decides
-the transaction: a conversion's row, its outbox row and its ledger entry commit together.
+``coalition_conversions`` is the source side's view of each conversion it started
+(``pending`` until B's receipt or signed rejection); ``coalition_conversion_answers`` is
+the target side's single answer per conversion id, the signed receipt or rejection it
+returns on every redelivery. ``coalition_conversion_totals`` keeps running sums of those
+rows per partner, so a credit-limit check (``unsettled``, which lives here because it
+reads those sums) costs one row however long the history is. ``coalition_outbox`` lists
+the conversions still to deliver; it is durable, so a restarted node resumes them.
+
+Storage contract: every function runs on the caller's ``Connection``; a conversion's row,
+its outbox row, its totals and its ledger entry commit together. A conversion id is unique
+on the source side, and ``(from_program, conversion_id)`` on the target side, so a
+conversion is credited at most once. A conversion leaves ``pending`` once, for
+``completed`` or ``refunded`` (``finish_conversion`` touches only pending rows); an answer
+never changes. An outbox row is deleted when the answer is recorded.
 """
 
 from __future__ import annotations
@@ -12,9 +24,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     Connection,
+    Index,
     Table,
+    Text,
     bindparam,
     case,
     delete,
@@ -23,66 +38,103 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlmodel import Field, SQLModel
 
 from coalition.errors import InvalidArgument, VerificationError
 from coalition.ledger.canonical import JsonObject, canonical_json
-from coalition.store.coalition_tables import (
-    agreements,
-    conversion_answers,
-    conversion_totals,
-    conversions,
-    outbox,
-)
-from coalition.store.redemption_tables import holds, partner_redemptions, statements
-from coalition.store.repository import from_micros, stored_object, to_micros
-from coalition.store.tables import entries
-
-# ---------------------------------------------------------------------------- agreements
+from coalition.store.columns import from_micros, stored_object, to_micros
+from coalition.store.ledger import entries
+from coalition.store.redemptions import holds, partner_redemptions
+from coalition.store.statements import statements
 
 
-def insert_agreement(
-    conn: Connection,
-    signed: JsonObject,
-    *,
-    agreement_id: str,
-    version: int,
-    pair: tuple[str, str],
-    valid: tuple[datetime, datetime],
-    entry_id: str,
-) -> None:
-    conn.execute(
-        insert(agreements).values(
-            id=agreement_id,
-            version=version,
-            from_program=pair[0],
-            to_program=pair[1],
-            signed=canonical_json(signed).decode(),
-            valid_from=to_micros(valid[0]),
-            valid_until=to_micros(valid[1]),
-            entry_id=entry_id,
-        )
+class ConversionRow(SQLModel, table=True):
+    """A conversion this node started (source side): the member's quote and its status."""
+
+    __tablename__ = "coalition_conversions"
+    __table_args__ = (
+        # The daily cap: one member's conversions under one agreement in a day.
+        Index("ix_conversions_cap", "account", "agreement_id", "created_at"),
+        # The credit limit: what is unsettled towards one partner.
+        Index("ix_conversions_partner", "to_program", "created_at"),
     )
 
+    id: str = Field(primary_key=True, max_length=128)
+    account: str = Field(max_length=64)
+    member_id: str = Field(max_length=64)
+    to_program: str = Field(max_length=32)
+    to_member_id: str = Field(max_length=64)
+    agreement_id: str = Field(max_length=128)
+    agreement_version: int = Field(sa_column=Column(BigInteger, nullable=False))
+    amount: int = Field(sa_column=Column(BigInteger, nullable=False))
+    credit: int = Field(sa_column=Column(BigInteger, nullable=False))
+    value_minor: int = Field(sa_column=Column(BigInteger, nullable=False))
+    created_at: int = Field(sa_column=Column(BigInteger, nullable=False))
+    out_entry: str = Field(max_length=48)
+    status: str = Field(max_length=16)
+    """``pending``, ``completed`` or ``refunded``."""
+    reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    final_entry: str | None = Field(default=None, max_length=48)
+    finished_at: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
 
-def agreement(conn: Connection, agreement_id: str, version: int) -> JsonObject | None:
-    """The signed agreement recorded under ``(id, version)``, if any."""
-    row = conn.execute(
-        select(agreements.c.signed).where(
-            agreements.c.id == agreement_id, agreements.c.version == version
-        )
-    ).first()
-    return None if row is None else stored_object(row.signed, "agreement")
+
+class ConversionAnswerRow(SQLModel, table=True):
+    """The target side's one answer to a partner's conversion: credited or rejected."""
+
+    __tablename__ = "coalition_conversion_answers"
+    __table_args__ = (Index("ix_conversion_answers_partner", "from_program", "created_at"),)
+
+    from_program: str = Field(primary_key=True, max_length=32)
+    conversion_id: str = Field(primary_key=True, max_length=128)
+    status: str = Field(max_length=16)
+    """``credited`` or ``rejected`` (an abort is recorded as ``rejected``)."""
+    entry_id: str = Field(max_length=48)
+    """The ``convert-in`` or ``convert-reject`` entry."""
+    value_minor: int = Field(sa_column=Column(BigInteger, nullable=False))
+    """What the source owes for a credited conversion (0 when rejected)."""
+    out_at: int = Field(sa_column=Column(BigInteger, nullable=False))
+    """The time of the source's convert-out (0 when unknown: an abort of an unseen one)."""
+    created_at: int = Field(sa_column=Column(BigInteger, nullable=False))
+    answer: str = Field(sa_column=Column(Text, nullable=False))
+    """The signed receipt or rejection, ``{"envelope", "signature"}`` as JSON."""
 
 
-def all_agreements(conn: Connection) -> list[JsonObject]:
-    """Every recorded signed agreement, by id then version."""
-    rows = conn.execute(
-        select(agreements.c.signed).order_by(agreements.c.id, agreements.c.version)
-    ).all()
-    return [stored_object(row.signed, "agreement") for row in rows]
+class ConversionTotalRow(SQLModel, table=True):
+    """The sum of ``value_minor`` over this node's conversion rows of one partner in one
+    state, updated in the transaction of every row change; created from the rows the first
+    time a writer reads it (so a database from before this table needs no migration)."""
+
+    __tablename__ = "coalition_conversion_totals"
+
+    partner: str = Field(primary_key=True, max_length=32)
+    state: str = Field(primary_key=True, max_length=16)
+    """``pending`` or ``completed`` (conversions to ``partner``), ``credited`` (answers to
+    conversions from ``partner``)."""
+    minor: int = Field(sa_column=Column(BigInteger, nullable=False))
 
 
-# --------------------------------------------------------------------------- conversions
+class OutboxRow(SQLModel, table=True):
+    """A conversion still to deliver to its target; deleted when the answer is recorded."""
+
+    __tablename__ = "coalition_outbox"
+    __table_args__ = (Index("ix_outbox_due", "to_program", "next_attempt_at"),)
+
+    conversion_id: str = Field(primary_key=True, max_length=128)
+    to_program: str = Field(max_length=32)
+    queued_at: int = Field(sa_column=Column(BigInteger, nullable=False))
+    """Wall-clock time the conversion was written: the abort deadline counts from it."""
+    next_attempt_at: int = Field(sa_column=Column(BigInteger, nullable=False))
+    attempts: int = Field(default=0)
+    last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+
+conversions = ConversionRow.__table__  # type: ignore[attr-defined]
+conversion_answers = ConversionAnswerRow.__table__  # type: ignore[attr-defined]
+conversion_totals = ConversionTotalRow.__table__  # type: ignore[attr-defined]
+outbox = OutboxRow.__table__  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------- conversions (source side)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +164,7 @@ _INSERT_CONVERSION = insert(conversions)
 _INSERT_ANSWER = insert(conversion_answers)
 _ENQUEUE = insert(outbox)
 _DEQUEUE = delete(outbox).where(outbox.c.conversion_id == bindparam("conversion_id"))
+
 _FINISH = (
     update(conversions)
     .where(conversions.c.id == bindparam("conversion_id"), conversions.c.status == "pending")
@@ -122,6 +175,7 @@ _FINISH = (
         finished_at=bindparam("finished_at"),
     )
 )
+
 _CONVERTED = select(func.coalesce(func.sum(conversions.c.amount), 0)).where(
     conversions.c.account == bindparam("account"),
     conversions.c.agreement_id == bindparam("agreement_id"),
@@ -129,6 +183,7 @@ _CONVERTED = select(func.coalesce(func.sum(conversions.c.amount), 0)).where(
     conversions.c.created_at < bindparam("end"),
     conversions.c.status != "refunded",
 )
+
 _BUMP = (
     update(conversion_totals)
     .where(conversion_totals.c.partner == bindparam("p"))
@@ -142,15 +197,19 @@ _BUMP = (
         )
     )
 )
+
 _TOTALS_OF = select(conversion_totals.c.state, conversion_totals.c.minor).where(
     conversion_totals.c.partner == bindparam("p")
 )
+
 _HOLDS_CAPTURED = select(func.coalesce(func.sum(holds.c.value_minor), 0)).where(
     holds.c.partner == bindparam("p"), holds.c.status == "captured"
 )
+
 _REDEMPTIONS_CAPTURED = select(func.coalesce(func.sum(partner_redemptions.c.value_minor), 0)).where(
     partner_redemptions.c.program == bindparam("p"), partner_redemptions.c.status == "captured"
 )
+
 _STATEMENTS_OF = select(statements.c.id, statements.c.entry_id).where(
     statements.c.party_a == bindparam("a"), statements.c.party_b == bindparam("b")
 )
@@ -268,7 +327,7 @@ def out_entry_bodies(conn: Connection, entry_ids: Sequence[str]) -> dict[str, Js
     return {row.entry_id: stored_object(row.body) for row in rows}
 
 
-# ------------------------------------------------------------------- answers (target B)
+# -------------------------------------------------------------- answers (target side)
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,15 +384,18 @@ def answers(conn: Connection, from_program: str, ids: Iterable[str]) -> dict[str
     }
 
 
-# ------------------------------------------------------------------- unsettled obligations
+# -------------------------------------------------------------- unsettled obligations
+
 
 _TOTALS: dict[str, tuple[Table, Column[str]]] = {
     "pending": (conversions, conversions.c.to_program),
     "completed": (conversions, conversions.c.to_program),
     "credited": (conversion_answers, conversion_answers.c.from_program),
 }
+
 _statement_owed: dict[tuple[str, str], dict[str, int]] = {}
 """Parsed ``owed`` of recorded statements by (statement id, entry id): they never change."""
+
 _statement_lock = threading.Lock()
 
 
@@ -443,7 +505,7 @@ def unsettled(
     return owed + _captured(conn, program, debtor, creditor) - _settled(conn, debtor, creditor)
 
 
-# --------------------------------------------------------------------------------- outbox
+# ----------------------------------------------------------------------------- outbox
 
 
 @dataclass(frozen=True, slots=True)

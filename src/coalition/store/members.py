@@ -1,0 +1,256 @@
+"""Members: their pseudonymous accounts and the lots of points they hold.
+
+``accounts`` and ``lots`` are the current state, not history: they MUST always equal the
+replay of the ledger's entries (``coalition check`` verifies it), so a caller writes them
+only in the transaction of the entry that changes them (``save_lots`` beside
+``ledger.insert_entries``), on its own ``Connection``. Storage contract:
+
+- ``accounts.member_id`` is unique and never leaves this node (entries name the account);
+  an account row never changes once written.
+- A lot's ``ref`` (``purchase:R``, a reward's reference) is unique, so a reference earns
+  once. Only ``remaining``, ``qualifying`` and ``reversed`` change after the insert, and
+  ``0 <= remaining <= amount`` always (a CHECK constraint).
+
+Named for the members the rows describe, as the points service speaks of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    Connection,
+    Index,
+    and_,
+    bindparam,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlmodel import Field, SQLModel
+
+from coalition.points.state import Account, Lot
+from coalition.store.columns import from_micros, to_micros
+
+
+class AccountRow(SQLModel, table=True):
+    """A member's pseudonymous account; the member id never leaves this node."""
+
+    __tablename__ = "accounts"
+
+    account: str = Field(primary_key=True, max_length=64)
+    member_id: str = Field(max_length=64, unique=True)
+    enrolled_at: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class LotRow(SQLModel, table=True):
+    """Points that arrived together; ``remaining`` can never go below zero."""
+
+    __tablename__ = "lots"
+    __table_args__ = (
+        CheckConstraint("remaining >= 0 AND remaining <= amount", name="ck_lots_remaining"),
+        # Covers the tier query (qualifying points earned since T, per account).
+        Index("ix_lots_account_earned", "account", "earned_at", "qualifying"),
+        Index("ix_lots_expires_at", "expires_at"),
+        {"sqlite_with_rowid": False},  # the text primary key is the table's own order
+    )
+
+    id: str = Field(primary_key=True, max_length=48)
+    account: str = Field(max_length=64)
+    amount: int = Field(sa_column=Column(BigInteger, nullable=False))
+    remaining: int = Field(sa_column=Column(BigInteger, nullable=False))
+    qualifying: int = Field(sa_column=Column(BigInteger, nullable=False))
+    earned_at: int = Field(sa_column=Column(BigInteger, nullable=False))
+    available_at: int = Field(sa_column=Column(BigInteger, nullable=False))
+    expires_at: int = Field(sa_column=Column(BigInteger, nullable=False))
+    ref: str | None = Field(default=None, max_length=160, unique=True)
+    reversed: bool = False
+
+
+accounts = AccountRow.__table__  # type: ignore[attr-defined]
+lots = LotRow.__table__  # type: ignore[attr-defined]
+
+
+def accounts_for_members(conn: Connection, member_ids: Iterable[str]) -> dict[str, str]:
+    """Map member ids to account ids for the members that are enrolled."""
+    wanted = list(set(member_ids))
+    found: dict[str, str] = {}
+    for start in range(0, len(wanted), 5000):
+        chunk = wanted[start : start + 5000]
+        rows = conn.execute(
+            select(accounts.c.member_id, accounts.c.account).where(accounts.c.member_id.in_(chunk))
+        )
+        found.update({row.member_id: row.account for row in rows})
+    return found
+
+
+def members_with_qualifying(
+    conn: Connection, member_ids: Iterable[str], since: datetime
+) -> dict[str, tuple[str, int]]:
+    """For enrolled members among ``member_ids``: (account, tier-qualifying points earned
+    after ``since``), in one query per 5,000 members (the bulk earn's member lookup)."""
+    wanted = list(set(member_ids))
+    found: dict[str, tuple[str, int]] = {}
+    joined = accounts.outerjoin(
+        lots, and_(lots.c.account == accounts.c.account, lots.c.earned_at > to_micros(since))
+    )
+    for start in range(0, len(wanted), 5000):
+        query = (
+            select(
+                accounts.c.member_id,
+                accounts.c.account,
+                func.coalesce(func.sum(lots.c.qualifying), 0),
+            )
+            .select_from(joined)
+            .where(accounts.c.member_id.in_(wanted[start : start + 5000]))
+            .group_by(accounts.c.member_id, accounts.c.account)
+        )
+        found.update({row[0]: (row[1], int(row[2])) for row in conn.execute(query)})
+    return found
+
+
+def insert_account(conn: Connection, account: str, member_id: str, at: datetime) -> None:
+    conn.execute(
+        insert(accounts).values(account=account, member_id=member_id, enrolled_at=to_micros(at))
+    )
+
+
+def _lot(row: object) -> Lot:
+    return Lot(
+        id=row.id,  # type: ignore[attr-defined]
+        account=row.account,  # type: ignore[attr-defined]
+        amount=row.amount,  # type: ignore[attr-defined]
+        remaining=row.remaining,  # type: ignore[attr-defined]
+        qualifying=row.qualifying,  # type: ignore[attr-defined]
+        earned_at=from_micros(row.earned_at),  # type: ignore[attr-defined]
+        available_at=from_micros(row.available_at),  # type: ignore[attr-defined]
+        expires_at=from_micros(row.expires_at),  # type: ignore[attr-defined]
+        ref=row.ref,  # type: ignore[attr-defined]
+        reversed=row.reversed,  # type: ignore[attr-defined]
+    )
+
+
+def load_accounts(
+    conn: Connection,
+    account_ids: Sequence[str],
+    *,
+    earned_since: datetime | None = None,
+    lot_ids: Sequence[str] = (),
+    all_lots: bool = False,
+) -> dict[str, Account]:
+    """Accounts with the lots a decision needs: those holding points, those earned since
+    ``earned_since`` (for tier qualification), the named ``lot_ids``, or every lot."""
+    loaded = {account_id: Account(account_id) for account_id in account_ids}
+    if not account_ids:
+        return loaded
+    query = select(lots).where(lots.c.account.in_(list(account_ids)))
+    if not all_lots:
+        wanted = [lots.c.remaining > 0]
+        if earned_since is not None:
+            wanted.append(lots.c.earned_at > to_micros(earned_since))
+        if lot_ids:
+            wanted.append(lots.c.id.in_(list(lot_ids)))
+        query = query.where(or_(*wanted))
+    for row in conn.execute(query):
+        lot = _lot(row)
+        loaded[lot.account].lots[lot.id] = lot
+    return loaded
+
+
+def used_refs(conn: Connection, refs: Iterable[str]) -> set[str]:
+    """Which purchase or reward references (``purchase:R``) already earned points."""
+    wanted = list(set(refs))
+    used: set[str] = set()
+    for start in range(0, len(wanted), 5000):
+        rows = conn.execute(select(lots.c.ref).where(lots.c.ref.in_(wanted[start : start + 5000])))
+        used.update(row.ref for row in rows)
+    return used
+
+
+def lot_by_ref(conn: Connection, ref: str) -> tuple[str, str] | None:
+    """(lot id, account) of the lot a reference earned, if any."""
+    row = conn.execute(select(lots.c.id, lots.c.account).where(lots.c.ref == ref)).first()
+    return None if row is None else (row.id, row.account)
+
+
+def save_lots(conn: Connection, touched: Iterable[Account], known: set[str]) -> None:
+    """Write back the lots ``apply_entry`` changed: inserts for new ids, updates otherwise."""
+    new_rows: list[dict[str, object]] = []
+    updates: list[dict[str, object]] = []
+    for account in touched:
+        for lot_id in account.changed:
+            lot = account.lots[lot_id]
+            if lot_id in known:
+                updates.append(
+                    {
+                        "b_id": lot.id,
+                        "remaining": lot.remaining,
+                        "qualifying": lot.qualifying,
+                        "reversed": lot.reversed,
+                    }
+                )
+            else:
+                new_rows.append(
+                    {
+                        "id": lot.id,
+                        "account": lot.account,
+                        "amount": lot.amount,
+                        "remaining": lot.remaining,
+                        "qualifying": lot.qualifying,
+                        "earned_at": to_micros(lot.earned_at),
+                        "available_at": to_micros(lot.available_at),
+                        "expires_at": to_micros(lot.expires_at),
+                        "ref": lot.ref,
+                        "reversed": lot.reversed,
+                    }
+                )
+        account.changed.clear()
+    if new_rows:
+        conn.execute(insert(lots), new_rows)
+    if updates:
+        conn.execute(update(lots).where(lots.c.id == bindparam("b_id")), updates)
+
+
+def due_accounts(conn: Connection, at: datetime, limit: int) -> list[str]:
+    """Accounts holding points whose expiry time has come."""
+    query = (
+        select(lots.c.account)
+        .where(lots.c.remaining > 0, lots.c.expires_at <= to_micros(at))
+        .group_by(lots.c.account)
+        .order_by(lots.c.account)
+        .limit(limit)
+    )
+    return [row.account for row in conn.execute(query)]
+
+
+def all_lots(conn: Connection) -> list[Lot]:
+    return [_lot(row) for row in conn.execute(select(lots).order_by(lots.c.id))]
+
+
+def all_accounts(conn: Connection) -> list[str]:
+    return [row.account for row in conn.execute(select(accounts.c.account))]
+
+
+def qualifying_points(
+    conn: Connection, account_ids: Sequence[str], since: datetime
+) -> dict[str, int]:
+    """Tier-qualifying points earned after ``since``, per account (0 when none)."""
+    totals = dict.fromkeys(account_ids, 0)
+    wanted = list(totals)
+    for start in range(0, len(wanted), 5000):
+        query = (
+            select(lots.c.account, func.sum(lots.c.qualifying))
+            .where(
+                lots.c.account.in_(wanted[start : start + 5000]),
+                lots.c.earned_at > to_micros(since),
+            )
+            .group_by(lots.c.account)
+        )
+        totals.update({row[0]: int(row[1] or 0) for row in conn.execute(query)})
+    return totals
