@@ -21,7 +21,7 @@ from coalition.audit import (
     audit_chain,
     check_database,
 )
-from coalition.audit.command import add_audit_parser
+from coalition.cli.audit import add_commands as add_audit_commands
 from coalition.ledger.blocks import SignedHeader, sign_header
 from coalition.ledger.keys import SigningKey
 from coalition.node.auth import Authenticator
@@ -117,7 +117,7 @@ def index_of(node: Node, kind: str, nth: int = 0) -> int:
 
 def run_cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="coalition")
-    add_audit_parser(parser.add_subparsers(required=True))
+    add_audit_commands(parser.add_subparsers(required=True))
     args = parser.parse_args(argv)
     return int(args.func(args))
 

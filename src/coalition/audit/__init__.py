@@ -1,12 +1,14 @@
-"""The auditor: the verifier (``coalition.verify``) plus where it reads from and the CLI.
+"""The auditor: the verifier (``coalition.verify``) plus where it reads from and what its
+commands run.
 
 ``coalition.verify`` checks signed data and nothing else; this package adds the sources
 it reads (``BundleSource`` for bundle files in ``bundle``, ``DatabaseSource`` and
 ``GrpcSource`` in ``sources``), the database check (``check_database``: a node's tables
 equal the replay of its own chain), the auditor's state file (``state``), the public
 keys (``public_keys``: from the manifest or a public key file, never a private key) and
-the ``coalition audit``, ``audit-coalition``, ``check`` and ``bundle`` commands. The
-names below are kept here for callers of the whole auditor.
+what the ``coalition audit``, ``audit-coalition``, ``check`` and ``bundle`` commands run
+(their options are in ``coalition.cli.audit``). The names below are kept here for
+callers of the whole auditor.
 """
 
 from coalition.audit.db_check import CheckReport, check_database

@@ -1,4 +1,5 @@
-"""``coalition bundle``: export a program's chain as a bundle file (argparse glue).
+"""What ``coalition bundle`` runs (its options are declared in ``coalition.cli.audit``):
+export a program's chain as a bundle file.
 
 From the node's database (``--config``, or ``--database`` with ``--public-key`` and
 ``--program``), or downloaded from a live node's ``GET /v1/ledger/bundle`` (``--url``
@@ -13,10 +14,8 @@ key or database), an unreachable node or any other answer of the node.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
-from typing import Any
 
 from coalition.api.errors import http_error_kind
 from coalition.audit.bundle import AtomicFile, BundleSource, export_bundle
@@ -28,43 +27,13 @@ from coalition.errors import (
     PartnerUnavailable,
 )
 from coalition.ledger.keys import VerifyKey
+from coalition.ops.keygen import api_key_or_env
 from coalition.progress import Progress
 from coalition.verify.bundle_format import BundleSummary
 
 OK, FAILED, USAGE = 0, 1, 2
 BUNDLE_PATH = "/v1/ledger/bundle"
 _DOWNLOAD_CHUNK = 1 << 20
-
-
-def add_bundle_parser(subparsers: Any) -> None:
-    """Add ``bundle`` to the CLI's subparsers."""
-    p = subparsers.add_parser(
-        "bundle",
-        help="export a program's chain (headers, entries, cosignatures, evidence) as a "
-        "bundle file an auditor verifies offline",
-        description="Write the coalition/bundle/v1 file of one program's chain, from its "
-        "node's database or downloaded from its live node. Exit 0 when written, 1 when the "
-        "node refuses the key or the request or the download fails its framing check, 2 on "
-        "bad usage or an unreachable node.",
-    )
-    where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument(
-        "--config", type=Path, help="the node's node.toml (database, public_key.pem)"
-    )
-    where.add_argument("--database", metavar="URL", help="the node's database URL")
-    where.add_argument("--url", metavar="http://HOST:PORT", help="a live node's REST address")
-    p.add_argument(
-        "--public-key",
-        type=Path,
-        metavar="PEM",
-        help="the program's public key (--database; with --config default: the "
-        "public_key.pem beside its signing key)",
-    )
-    p.add_argument("--program", help="the program id (--database)")
-    p.add_argument("--api-key", help="operator or auditor key for --url ($COALITION_API_KEY)")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds per read for --url")
-    p.add_argument("--out", type=Path, required=True, help="the bundle file (.gz: gzip)")
-    p.set_defaults(func=run_bundle)
 
 
 def _from_config(path: Path, pinned: Path | None) -> tuple[str, str, VerifyKey]:
@@ -148,7 +117,7 @@ def run_bundle(args: argparse.Namespace) -> int:
     """Run ``coalition bundle``; prints a one-line summary, returns the exit code."""
     try:
         if args.url is not None:
-            key = args.api_key or os.environ.get("COALITION_API_KEY")
+            key = api_key_or_env(args.api_key)
             summary = download_bundle(args.url, key, args.out, timeout=args.timeout)
         else:
             summary = _export(args)

@@ -1,5 +1,5 @@
-"""``coalition audit``, ``coalition audit-coalition`` and ``coalition check``: argparse
-glue for the CLI.
+"""What ``coalition audit``, ``coalition audit-coalition`` and ``coalition check`` run
+(their options are declared in ``coalition.cli.audit``).
 
 ``coalition audit`` audits one chain (``--config``, ``--database URL``, ``--grpc`` or
 ``--bundle FILE``) or, with ``--manifest``, the whole coalition (``audit-coalition`` is
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,163 +26,19 @@ from coalition.ledger.blocks import SignedHeader
 from coalition.ledger.canonical import JsonObject, canonical_json, parse_json
 from coalition.ledger.envelope import MAX_CLOCK_SKEW
 from coalition.ledger.keys import VerifyKey
+from coalition.ops.keygen import api_key_or_env
 from coalition.progress import Progress, phase
 from coalition.verify.chain_audit import audit_chain
-from coalition.verify.coalition_audit import audit_all, total_entries
+from coalition.verify.coalition_audit import PartnersAudit, audit_all, total_entries
 from coalition.verify.source import ChainSource
+from coalition.verify.state import AuditorState
 from coalition.verify.witness_quorum import WitnessPolicy
 
-__all__ = ["add_audit_parser", "run_audit", "run_audit_coalition", "run_check"]
+__all__ = ["PENDING_GRACE_S", "WITNESS_GRACE_S", "run_audit", "run_audit_coalition", "run_check"]
 
 OK, FAULTS, USAGE = 0, 1, 2
 WITNESS_GRACE_S = 60.0
 PENDING_GRACE_S = 600.0
-
-
-def _add_coalition_options(parser: argparse.ArgumentParser) -> None:
-    """The options of the coalition audit (``--database``, ``--bundle`` and ``--api-key``
-    are added by the caller: ``audit`` shares them with its single-chain form)."""
-    parser.add_argument(
-        "--from",
-        dest="read_from",
-        choices=("database", "grpc", "bundles"),
-        default=None,
-        help="read each chain from the node's database (its config in the manifest), from "
-        "its live node's gRPC address, or from bundle files (default: bundles with "
-        "--bundle-dir, else database)",
-    )
-    parser.add_argument(
-        "--bundle-dir",
-        type=Path,
-        metavar="DIR",
-        help="read DIR/<program>.bundle (or .bundle.gz) for every program of the manifest",
-    )
-    parser.add_argument(
-        "--state",
-        type=Path,
-        metavar="FILE",
-        help="the auditor's state file: each program's header at the last sound audit must "
-        "still be in its chain; created when missing, advanced for programs audited sound",
-    )
-    parser.add_argument(
-        "--witness-grace",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help=f"a header older than this short of the witness quorum is a fault; younger "
-        f"ones are reported pending (default {WITNESS_GRACE_S:g})",
-    )
-    parser.add_argument(
-        "--pending-grace",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help=f"a conversion or hold still open after this long is a fault "
-        f"(default {PENDING_GRACE_S:g})",
-    )
-
-
-def add_audit_parser(subparsers: Any) -> None:
-    """Add ``audit``, ``audit-coalition`` and ``check`` to the CLI's subparsers; each sets
-    ``func``."""
-    audit = subparsers.add_parser(
-        "audit",
-        help="verify a node's whole chain, or with --manifest the whole coalition",
-        description="Audit one program's chain (from its node's database, over gRPC or "
-        "from a bundle file), or with --manifest every program of the coalition and "
-        "everything across them (as audit-coalition). Exit 0 when sound, 1 on any fault, "
-        "2 on bad usage.",
-    )
-    audit.add_argument("--manifest", type=Path, help="audit the whole coalition of this manifest")
-    audit.add_argument(
-        "--config",
-        type=Path,
-        help="the node's node.toml (its database; the public_key.pem beside its signing key)",
-    )
-    audit.add_argument(
-        "--database",
-        action="append",
-        default=[],
-        metavar="URL",
-        help="the node's database URL (with --manifest: PROGRAM=URL, repeatable)",
-    )
-    audit.add_argument("--grpc", metavar="HOST:PORT", help="a live node's gRPC address")
-    audit.add_argument(
-        "--bundle",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="a chain bundle file (with --manifest: PROGRAM=FILE, repeatable)",
-    )
-    audit.add_argument("--public-key", type=Path, metavar="PEM", help="the program's public key")
-    audit.add_argument(
-        "--api-key",
-        action="append",
-        default=[],
-        help="API key for --grpc, auditor role (default: $COALITION_API_KEY; with "
-        "--manifest: PROGRAM=KEY, repeatable)",
-    )
-    audit.add_argument("--program", help="pin the program id (default: the chain's own)")
-    audit.add_argument(
-        "--trusted", type=Path, metavar="FILE", help="a signed header JSON seen before to pin"
-    )
-    audit.add_argument(
-        "--save-header",
-        type=Path,
-        metavar="FILE",
-        help="when sound, write the newest header here (pass it as --trusted next time)",
-    )
-    _add_coalition_options(audit)
-    audit.add_argument("--json", type=Path, metavar="FILE", help="also write the JSON report")
-    audit.set_defaults(func=run_audit)
-
-    coalition = subparsers.add_parser(
-        "audit-coalition",
-        help="audit every partner's chain and everything across them (= audit --manifest)",
-        description="Audit each partner of the manifest (from its database, its live node "
-        "or a bundle): every chain on its own, against the auditor's state file, the "
-        "witness quorum of each header, conversions and holds across the chains at the "
-        "signed rates, settlement statements against the obligations recomputed from the "
-        "chains, netting, and the equivocation and fork evidence the nodes hold. Exit 0 "
-        "when sound, 1 on any fault, 2 on bad usage.",
-    )
-    coalition.add_argument("--manifest", type=Path, required=True, help="nodes/coalition.toml")
-    coalition.add_argument(
-        "--database",
-        action="append",
-        default=[],
-        metavar="PROGRAM=URL",
-        help="read PROGRAM's chain from this database URL instead",
-    )
-    coalition.add_argument(
-        "--bundle",
-        action="append",
-        default=[],
-        metavar="PROGRAM=FILE",
-        help="read PROGRAM's chain from this bundle file instead",
-    )
-    coalition.add_argument(
-        "--api-key",
-        action="append",
-        default=[],
-        metavar="PROGRAM=KEY",
-        help="auditor API key for PROGRAM's node with --from grpc (default: $COALITION_API_KEY)",
-    )
-    _add_coalition_options(coalition)
-    coalition.add_argument("--json", type=Path, metavar="FILE", help="also write the JSON report")
-    coalition.set_defaults(func=run_audit_coalition)
-
-    check = subparsers.add_parser(
-        "check",
-        help="check that a node's database equals the replay of its own entries",
-        description="Replay the node's entries and compare with its accounts and lots. "
-        "Exit 0 when equal, 1 on any difference, 2 on bad usage.",
-    )
-    db = check.add_mutually_exclusive_group(required=True)
-    db.add_argument("--config", type=Path, help="the node's node.toml")
-    db.add_argument("--database", metavar="URL", help="the node's database URL")
-    check.add_argument("--json", type=Path, metavar="FILE", help="also write the JSON report")
-    check.set_defaults(func=run_check)
 
 
 def _read_trusted(path: Path) -> SignedHeader:
@@ -271,7 +126,7 @@ def _open_source(args: argparse.Namespace) -> tuple[ChainSource, VerifyKey]:
     if args.bundle:
         source = _bundle_source(Path(args.bundle[0]))
         return source, pinned or _announced_key(source, "bundle")
-    api_key = args.api_key[-1] if args.api_key else os.environ.get("COALITION_API_KEY")
+    api_key = api_key_or_env(args.api_key[-1] if args.api_key else None)
     grpc_source = GrpcSource(args.grpc, api_key)
     return grpc_source, pinned or _announced_key(grpc_source, "node")
 
@@ -366,7 +221,7 @@ def _coalition_source(
             raise InvalidArgument(f"--from bundles needs --bundle-dir or --bundle {program}=FILE")
         return _bundle_source(_bundle_in(args.bundle_dir, program))
     if read_from == "grpc":
-        key = named["api_key"].get(program) or os.environ.get("COALITION_API_KEY")
+        key = api_key_or_env(named["api_key"].get(program))
         return GrpcSource(partner.grpc, key)
     if partner.config is not None:
         return DatabaseSource(load_config(partner.config).database_url)
@@ -401,6 +256,18 @@ def _grace(value: float | None, default: float, option: str) -> timedelta:
     if seconds < 0:
         raise InvalidArgument(f"{option} must not be negative")
     return timedelta(seconds=seconds)
+
+
+def _advance_state(state: AuditorState, found: PartnersAudit, now: datetime) -> list[str]:
+    """Advance ``state`` to the newest header of every program audited sound; those
+    programs, in audit order."""
+    advanced: list[str] = []
+    for program in found.sound_programs():
+        last = found.chains[program].last_header
+        if last is not None:
+            state.advance(program, last, now)
+            advanced.append(program)
+    return advanced
 
 
 def run_audit_coalition(args: argparse.Namespace) -> int:
@@ -442,11 +309,7 @@ def run_audit_coalition(args: argparse.Namespace) -> int:
     report = found.to_json()
     advanced: list[str] = []
     if state is not None:
-        for program in found.sound_programs():
-            last = found.chains[program].last_header
-            if last is not None:
-                state.advance(program, last, now)
-                advanced.append(program)
+        advanced = _advance_state(state, found, now)
         report["state"] = {"file": str(args.state), "advanced": list(advanced)}
     print(found.render())
     if args.json is not None:

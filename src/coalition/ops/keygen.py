@@ -29,6 +29,7 @@ from coalition.ops.tomlfiles import toml_text
 from coalition.points.accounts import validate_member_id
 
 PUBLIC_KEY_FILE = "public_key.pem"
+API_KEY_ENV = "COALITION_API_KEY"
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +155,12 @@ def read_api_secrets(path: Path) -> list[ApiSecret]:
         ]
     except (KeyError, ValueError) as exc:
         raise InvalidArgument(f"{path}: bad API key entry: {exc}") from exc
+
+
+def api_key_or_env(given: str | None) -> str | None:
+    """``given``, else ``$COALITION_API_KEY``: the key a client command uses when it is
+    named on neither side (None when neither is set)."""
+    return given or os.environ.get(API_KEY_ENV)
 
 
 def find_secret(config: NodeConfig, role: Role, member_id: str | None = None) -> str:
