@@ -11,8 +11,10 @@ from pathlib import Path
 
 from kind_samples import every_kind, two_chains
 
+from coalition.errors import NotFound
 from coalition.explorer.flows import conversion_flows
 from coalition.ledger.canonical import canonical_json
+from coalition.ledger.keys import VerifyKey
 from coalition.points import kinds, model, state
 from coalition.points.kinds import KINDS, CrossChain, Flow, Scope, Settlement
 from coalition.points.settlement import obligations, priced
@@ -31,11 +33,22 @@ def test_every_kind_has_a_replay_effect_and_its_struct_has_a_handler() -> None:
     assert [k.name for k in KINDS.values()] == [model.kind_of(t) for t in model.ENTRY_TYPES]
 
 
+def _no_key(program: str) -> VerifyKey:
+    raise NotFound(program)
+
+
 def test_every_cross_chain_kind_is_read_by_the_cross_chain_audit_and_recorded() -> None:
-    """Until audit/ reads the registry itself, its hand-kept sets and the recorder's
-    byte markers must say exactly what the registry says."""
-    assert cross_chain.CONVERSION_KINDS == kinds.CONVERSION_KINDS
-    assert cross_chain.HOLD_KINDS == kinds.HOLD_KINDS
+    """The cross-chain audit indexes every step a kind may declare, each sample of a
+    cross-chain kind is indexed without a fault, and the recorder's byte markers select
+    exactly the kinds the coalition checks read."""
+    chain = cross_chain._Chain("skyair")
+    for step in set(CrossChain) - {CrossChain.NONE, CrossChain.AGREEMENT}:
+        assert isinstance(chain.index_of(step), dict), step
+    checker = cross_chain._Checker({}, _no_key, None)
+    for name in kinds.CROSS_CHAIN_KINDS:
+        for n, entry in enumerate(SAMPLES[name]):
+            at = cross_chain._At(str(entry["program"]), n, entry, model.parse_entry(entry))
+            checker._index_one(cross_chain._Chain(at.program), at)  # raises if not indexed
     families = {k.cross_chain.family for k in KINDS.values()} - {kinds.Family.NONE}
     assert families == {kinds.Family.CONVERSION, kinds.Family.HOLD, kinds.Family.AGREEMENT}
     for name, entries in SAMPLES.items():
