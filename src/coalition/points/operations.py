@@ -381,7 +381,7 @@ def convert_in(
     now and expiring after this program's expiry period.
     """
     refusal = "a conversion is credited from a convert-out entry"
-    if not isinstance(out_entry, dict) or out_entry.get("kind") != "convert-out":
+    if not isinstance(out_entry, dict) or out_entry.get("kind") != model.kind_of(model.ConvertOut):
         raise InvalidArgument(refusal)
     if not isinstance(out_hash, str) or not _HEX_HASH.fullmatch(out_hash):
         raise InvalidArgument("out_hash must be 64 lowercase hex digits")
