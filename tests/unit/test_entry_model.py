@@ -116,3 +116,13 @@ def test_an_agreement_reference_is_read_in_one_place() -> None:
     for bad in (None, {"id": "a"}, {"id": "a", "version": True}, {"id": "a", "version": 2, "x": 1}):
         with pytest.raises(VerificationError, match="a receipt names no agreement"):
             model.agreement_key(bad, "a receipt")
+
+
+def test_a_partners_entry_is_answered_by_the_conversion_id_it_names() -> None:
+    out = SAMPLES["convert-out"][0]
+    conversion = out["conversion"]
+    assert isinstance(conversion, dict)
+    assert model.conversion_id(out) == conversion["id"]
+    assert model.conversion_id({"conversion": {"id": "c-1", "odd": 1}, "extra": 2}) == "c-1"
+    for named_none in ({"conversion": {"id": 7}}, {"conversion": "c-1"}, [], None):
+        assert model.conversion_id(named_none) is None

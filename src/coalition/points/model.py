@@ -122,6 +122,23 @@ def agreement_key(value: object, what: str) -> tuple[str, int]:
         raise VerificationError(f"{what} names no agreement {{id, version}}: {exc}") from None
 
 
+class _ConversionId(Struct, frozen=True):
+    id: str
+
+
+class _NamesConversion(Struct, frozen=True):
+    conversion: _ConversionId
+
+
+def conversion_id(body: object) -> str | None:
+    """The conversion id an entry names (``conversion.id``), read leniently, or None: a
+    partner's copy of its entry is answered by that id even when it does not parse."""
+    try:
+        return msgspec.convert(body, _NamesConversion).conversion.id
+    except msgspec.ValidationError:
+        return None
+
+
 class SignedMessage(Part, frozen=True):
     """A partner's signed message as embedded in entries (``ledger.envelope``)."""
 

@@ -46,7 +46,7 @@ class EntryContext:
     at: datetime
 
 
-def _entry(ctx: EntryContext, kind: str, account: str, **fields: object) -> JsonObject:
+def _entry(ctx: EntryContext, kind: str, account: str, **fields: object) -> model.EntryBody:
     """The body of a new entry, checked against its kind's struct (``model.build_entry``)."""
     at = format_time(ctx.at)
     return model.build_entry(kind, ctx.program, ctx.entry_id, at, account, fields)
@@ -372,7 +372,7 @@ def convert_in(
     out_entry: JsonObject,
     out_hash: str,
     agreement: Agreement,
-) -> JsonObject:
+) -> model.EntryBody:
     """Credit a conversion from a partner, after re-deriving it from the partner's entry.
 
     Refused (InvalidArgument) when the convert-out is not for this program, its hash or
