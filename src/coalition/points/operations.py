@@ -1,9 +1,10 @@
 """Decide what an operation does: each function checks a request against the rules and the
 account's state and returns the entry body that records it, or raises.
 
-Nothing here changes state; ``state.apply_entry`` does that from the returned body, so
-the ledger entry is the single description of every change. Every entry says why it
-happened in its ``reason`` (rule, event, reference, operator).
+Nothing here changes state; ``state.apply_typed`` does that from the returned body (a
+``model.EntryBody``: the JSON and the typed entry it was checked as), so the ledger
+entry is the single description of every change. Every entry says why it happened in
+its ``reason`` (rule, event, reference, operator).
 """
 
 from __future__ import annotations
