@@ -122,6 +122,9 @@ class Chains:
                 "from_program": A,
                 "out_entry": out["id"],
                 "out_hash": entry_leaf_hash(out).hex(),
+                "out_at": out["at"],
+                "value_minor": conv["value_minor"],
+                "currency": conv["currency"],
                 "agreement": {"id": AGREEMENT["id"], "version": AGREEMENT["version"]},
             },
         )
@@ -344,7 +347,9 @@ def test_fee_skipped_is_found() -> None:
 def test_convert_out_taking_other_than_its_amount_is_found() -> None:
     c = Chains()
     out = c.out("c8", 1000)
-    out["taken"] = [{"lot": "lot-1", "amount": 900}]
+    taken = out["taken"]
+    assert isinstance(taken, list) and isinstance(taken[0], dict)
+    out["taken"] = [{**taken[0], "amount": 900}]
     assert kinds(c.faults()) == {"convert-out-amount"}
 
 
@@ -406,6 +411,21 @@ def test_malformed_entries_are_reported_not_raised() -> None:
     c.add(A, "hold", "acct-a", amount=5, hold=[])
     faults = c.faults()
     assert kinds(faults) == {"entry-malformed"} and len(faults) == 3
+
+
+def test_an_entry_off_its_kinds_shape_is_malformed_once_and_not_read_further() -> None:
+    """Entries are parsed once, strictly (points.model): a field the kind does not declare
+    or an impossible date is reported where it is, and the audit goes on."""
+    c = honest()
+    out = c.out("c12")
+    out["note"] = "not a convert-out field"
+    late = c.out("c13")
+    late["at"] = "2026-02-30T12:00:00.000000Z"
+    faults = c.faults()
+    malformed = {f.entry_id: f for f in faults if f.kind == "entry-malformed"}
+    assert set(malformed) == {out["id"], late["id"]}
+    assert "note" in malformed[out["id"]].message
+    assert malformed[late["id"]].conversion == "c13"
 
 
 def _hold(c: Chains, hold_id: str, amount: int, expires: datetime) -> None:

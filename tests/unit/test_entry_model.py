@@ -97,8 +97,32 @@ def test_the_node_writes_only_entries_that_parse() -> None:
         model.build_entry("mint", "skyair", "e-1", "2026-11-10T12:00:00.000000Z", "a", {})
 
 
+def test_a_built_entry_carries_its_typed_entry_and_a_copy_is_parsed_again() -> None:
+    """The sequencer applies the typed entry a built body carries (parsed once); a copy,
+    which a caller may change, is a plain body and is parsed."""
+    body = model.build_entry(
+        "enroll", "skyair", "e-1", "2026-11-10T12:00:00.000000Z", "a", {"reason": {}}
+    )
+    assert model.typed_entry(body) is body.typed
+    assert body.typed == model.parse_entry(body)
+    changed = copy.deepcopy(body)
+    assert type(changed) is dict and changed == body
+    changed["account"] = "b"
+    assert model.typed_entry(changed).account == "b"
+
+
 def test_an_agreement_reference_is_read_in_one_place() -> None:
     assert model.agreement_key({"id": "a", "version": 2}, "a receipt") == ("a", 2)
     for bad in (None, {"id": "a"}, {"id": "a", "version": True}, {"id": "a", "version": 2, "x": 1}):
         with pytest.raises(VerificationError, match="a receipt names no agreement"):
             model.agreement_key(bad, "a receipt")
+
+
+def test_a_partners_entry_is_answered_by_the_conversion_id_it_names() -> None:
+    out = SAMPLES["convert-out"][0]
+    conversion = out["conversion"]
+    assert isinstance(conversion, dict)
+    assert model.conversion_id(out) == conversion["id"]
+    assert model.conversion_id({"conversion": {"id": "c-1", "odd": 1}, "extra": 2}) == "c-1"
+    for named_none in ({"conversion": {"id": 7}}, {"conversion": "c-1"}, [], None):
+        assert model.conversion_id(named_none) is None

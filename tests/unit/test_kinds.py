@@ -4,6 +4,7 @@ users read, and docs/proofs.md's kinds table is the registry's."""
 
 from __future__ import annotations
 
+import ast
 import re
 import subprocess
 import sys
@@ -11,9 +12,11 @@ from pathlib import Path
 
 from kind_samples import every_kind, two_chains
 
+from coalition.errors import NotFound
 from coalition.explorer.flows import conversion_flows
 from coalition.ledger.canonical import canonical_json
-from coalition.points import kinds, model, state
+from coalition.ledger.keys import VerifyKey
+from coalition.points import kinds, model, replay_fast, state
 from coalition.points.kinds import KINDS, CrossChain, Flow, Scope, Settlement
 from coalition.points.settlement import obligations, priced
 from coalition.verify import cross_chain, recording
@@ -31,11 +34,22 @@ def test_every_kind_has_a_replay_effect_and_its_struct_has_a_handler() -> None:
     assert [k.name for k in KINDS.values()] == [model.kind_of(t) for t in model.ENTRY_TYPES]
 
 
+def _no_key(program: str) -> VerifyKey:
+    raise NotFound(program)
+
+
 def test_every_cross_chain_kind_is_read_by_the_cross_chain_audit_and_recorded() -> None:
-    """Until audit/ reads the registry itself, its hand-kept sets and the recorder's
-    byte markers must say exactly what the registry says."""
-    assert cross_chain.CONVERSION_KINDS == kinds.CONVERSION_KINDS
-    assert cross_chain.HOLD_KINDS == kinds.HOLD_KINDS
+    """The cross-chain audit indexes every step a kind may declare, each sample of a
+    cross-chain kind is indexed without a fault, and the recorder's byte markers select
+    exactly the kinds the coalition checks read."""
+    chain = cross_chain._Chain("skyair")
+    for step in set(CrossChain) - {CrossChain.NONE, CrossChain.AGREEMENT}:
+        assert isinstance(chain.index_of(step), dict), step
+    checker = cross_chain._Checker({}, _no_key, None)
+    for name in kinds.CROSS_CHAIN_KINDS:
+        for n, entry in enumerate(SAMPLES[name]):
+            at = cross_chain._At(str(entry["program"]), n, entry, model.parse_entry(entry))
+            checker._index_one(cross_chain._Chain(at.program), at)  # raises if not indexed
     families = {k.cross_chain.family for k in KINDS.values()} - {kinds.Family.NONE}
     assert families == {kinds.Family.CONVERSION, kinds.Family.HOLD, kinds.Family.AGREEMENT}
     for name, entries in SAMPLES.items():
@@ -111,3 +125,56 @@ def test_the_kinds_table_of_docs_proofs_md_is_the_registry_s() -> None:
     assert found.group(1) == kinds.markdown_table(), "run scripts/update_kinds_doc.py"
     check = [sys.executable, str(ROOT / "scripts" / "update_kinds_doc.py"), "--check"]
     assert subprocess.run(check, check=False).returncode == 0
+
+
+def _mentions_kind(node: ast.AST) -> bool:
+    """Whether an expression reads an entry's kind (a name ``kind`` or a ``"kind"`` key)."""
+    return any(
+        (isinstance(n, ast.Name) and n.id == "kind")
+        or (isinstance(n, ast.Constant) and n.value == "kind")
+        for n in ast.walk(node)
+    )
+
+
+def _kinds_kept_by_hand(tree: ast.AST) -> list[tuple[int, str]]:
+    """Where a module names entry kinds itself: a literal set, tuple or list of two or
+    more kind names, or an entry's kind compared with a kind name."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Set | ast.Tuple | ast.List):
+            names = [e.value for e in node.elts if isinstance(e, ast.Constant) and e.value in KINDS]
+            if len(names) >= 2:
+                found.append((node.lineno, f"kinds kept by hand: {names}"))
+        elif isinstance(node, ast.Compare):
+            sides = [node.left, *node.comparators]
+            named = [c.value for c in sides if isinstance(c, ast.Constant) and c.value in KINDS]
+            if named and any(_mentions_kind(c) for c in sides if not isinstance(c, ast.Constant)):
+                found.append((node.lineno, f"a kind compared with {named}"))
+    return found
+
+
+def test_no_module_keeps_entry_kinds_by_hand() -> None:
+    """Every set of kinds and every kind test outside the registry derives from it
+    (``kinds.*_KINDS``, ``model.kind_of(struct)``), so adding a kind is one edit there."""
+    package = ROOT / "src" / "coalition"
+    registry = {package / "points" / "kinds.py", package / "points" / "model.py"}
+    offenders = [
+        f"{path.relative_to(ROOT)}:{line}: {what}"
+        for path in sorted(package.rglob("*.py"))
+        if path not in registry and not path.name.endswith("_pb2.py")
+        for line, what in _kinds_kept_by_hand(ast.parse(path.read_text(encoding="utf-8")))
+    ]
+    assert offenders == []
+
+
+def test_the_hand_kept_kinds_check_catches_a_set_and_a_comparison() -> None:
+    planted = ast.parse(
+        'HOLDS = frozenset({"hold", "hold-capture"})\n'
+        'if body.get("kind") == "convert-out": pass\n'
+        'if set(body) != {"hold", "member_id"}: pass\n'
+    )
+    assert sorted(line for line, _ in _kinds_kept_by_hand(planted)) == [1, 2]
+
+
+def test_the_fast_replay_handles_exactly_the_fast_kinds() -> None:
+    assert replay_fast.HANDLED == kinds.FAST_KINDS

@@ -61,6 +61,7 @@ from coalition.node.auth import Role
 from coalition.node.manifest import Manifest
 from coalition.node.views import PurchaseRow
 from coalition.ops.keygen import find_secret, generate_coalition_keys
+from coalition.points import model
 from coalition.points.replay import Replay
 from coalition.progress import Progress
 
@@ -355,7 +356,7 @@ class Scenario:
         """Whether the issuer's chain holds the ``hold-release`` of ``hold_id``."""
         for view in self.brands[issuer].op().history(member, limit=50):
             hold = view.entry.get("hold")
-            if view.entry["kind"] == "hold-release" and isinstance(hold, dict):
+            if view.entry["kind"] == model.kind_of(model.HoldRelease) and isinstance(hold, dict):
                 found = hold.get("id") == hold_id
                 if found:
                     return True

@@ -58,9 +58,10 @@ from coalition.ledger.merkle import leaf_hash
 from coalition.node.config import SealerConfig
 from coalition.node.sealer import Sealer
 from coalition.node.views import WriteResult
+from coalition.points import model
 from coalition.points.accounts import validate_reference
 from coalition.points.operations import EntryContext
-from coalition.points.state import Account, apply_entry
+from coalition.points.state import Account, apply_typed
 from coalition.store import ledger as ledger_store
 from coalition.store import members as members_store
 
@@ -154,10 +155,12 @@ class Transaction:
         """Append the entry ``body``: apply it to ``touched`` (the accounts it acts on,
         one object per account in a decision), whose changed lots are written with the
         entry; ``known`` are the ids of their lots already stored. Written when the
-        decision returns: reads through ``conn`` do not see it before."""
+        decision returns: reads through ``conn`` do not see it before. A body
+        ``points.operations`` built (``model.EntryBody``) is applied as the typed entry
+        it carries, never parsed again; any other body is parsed first."""
         self._appends += 1
         by_id = {account.id: account for account in touched}
-        apply_entry(body, by_id.__getitem__)
+        apply_typed(model.typed_entry(body), by_id.__getitem__)
         data = canonical_json(body)
         to_account = body.get("to")
         self._staged.append(

@@ -256,6 +256,8 @@ OBLIGATION_KINDS = _names(
     where=lambda k: k.settlement not in (Settlement.NONE, Settlement.STATEMENT)
 )
 """The kinds ``points.settlement.obligations`` reads (completions and refunds included)."""
+STATEMENT_KINDS = _names(where=lambda k: k.settlement is Settlement.STATEMENT)
+"""The kinds that record a statement both parties signed (the settlement audit's)."""
 COALITION_KINDS = CROSS_CHAIN_KINDS | SETTLEMENT_KINDS
 """Every kind the coalition checks (cross-chain and settlement) read from a chain."""
 FLOW_KINDS = _names(where=lambda k: k.display.flow is not None)

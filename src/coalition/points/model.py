@@ -122,6 +122,23 @@ def agreement_key(value: object, what: str) -> tuple[str, int]:
         raise VerificationError(f"{what} names no agreement {{id, version}}: {exc}") from None
 
 
+class _ConversionId(Struct, frozen=True):
+    id: str
+
+
+class _NamesConversion(Struct, frozen=True):
+    conversion: _ConversionId
+
+
+def conversion_id(body: object) -> str | None:
+    """The conversion id an entry names (``conversion.id``), read leniently, or None: a
+    partner's copy of its entry is answered by that id even when it does not parse."""
+    try:
+        return msgspec.convert(body, _NamesConversion).conversion.id
+    except msgspec.ValidationError:
+        return None
+
+
 class SignedMessage(Part, frozen=True):
     """A partner's signed message as embedded in entries (``ledger.envelope``)."""
 
@@ -424,13 +441,31 @@ def to_json(value: Entry | Part) -> JsonObject:
     return out
 
 
+class EntryBody(dict[str, Any]):
+    """A new entry's JSON body as the node built it (``build_entry``), carrying the typed
+    entry it was checked as in ``typed``: the sequencer applies ``typed`` and encodes the
+    body, so a node-built entry is parsed once. It MUST NOT be changed once built (its
+    ``typed`` would no longer be its body): change a copy (``copy.deepcopy`` or a pickle of
+    it is a plain dict, parsed again)."""
+
+    __slots__ = ("typed",)
+    typed: Entry
+
+    def __init__(self, body: dict[str, Any], typed: Entry) -> None:
+        super().__init__(body)
+        self.typed = typed
+
+    def __reduce_ex__(self, protocol: object) -> tuple[type[dict[str, Any]], tuple[JsonObject]]:
+        return (dict, (dict(self),))
+
+
 def build_entry(
     kind: str, program: str, entry_id: str, at: str, account: str, fields: Mapping[str, object]
-) -> JsonObject:
+) -> EntryBody:
     """A new entry's body, checked against its kind's struct: the node writes only
     entries that parse. The body is plain JSON (what is stored and hashed), its members
-    in the envelope's order, then ``fields``. Raises VerificationError (a node bug:
-    operations validate their inputs first)."""
+    in the envelope's order, then ``fields``, and carries its typed entry. Raises
+    VerificationError (a node bug: operations validate their inputs first)."""
     struct = _BY_KIND.get(kind)
     if struct is None:
         raise VerificationError(f"unknown entry kind {kind!r}")
@@ -443,5 +478,10 @@ def build_entry(
         "account": account,
         **fields,
     }
-    parse_as(body, struct)
-    return body
+    return EntryBody(body, parse_as(body, struct))
+
+
+def typed_entry(body: JsonObject) -> Entry:
+    """The typed entry of ``body``: the one it was built with (``EntryBody``), else parsed
+    (``parse_entry``)."""
+    return body.typed if type(body) is EntryBody else parse_entry(body)

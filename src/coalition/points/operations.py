@@ -1,9 +1,10 @@
 """Decide what an operation does: each function checks a request against the rules and the
 account's state and returns the entry body that records it, or raises.
 
-Nothing here changes state; ``state.apply_entry`` does that from the returned body, so
-the ledger entry is the single description of every change. Every entry says why it
-happened in its ``reason`` (rule, event, reference, operator).
+Nothing here changes state; ``state.apply_typed`` does that from the returned body (a
+``model.EntryBody``: the JSON and the typed entry it was checked as), so the ledger
+entry is the single description of every change. Every entry says why it happened in
+its ``reason`` (rule, event, reference, operator).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class EntryContext:
     at: datetime
 
 
-def _entry(ctx: EntryContext, kind: str, account: str, **fields: object) -> JsonObject:
+def _entry(ctx: EntryContext, kind: str, account: str, **fields: object) -> model.EntryBody:
     """The body of a new entry, checked against its kind's struct (``model.build_entry``)."""
     at = format_time(ctx.at)
     return model.build_entry(kind, ctx.program, ctx.entry_id, at, account, fields)
@@ -372,7 +373,7 @@ def convert_in(
     out_entry: JsonObject,
     out_hash: str,
     agreement: Agreement,
-) -> JsonObject:
+) -> model.EntryBody:
     """Credit a conversion from a partner, after re-deriving it from the partner's entry.
 
     Refused (InvalidArgument) when the convert-out is not for this program, its hash or
@@ -381,7 +382,7 @@ def convert_in(
     now and expiring after this program's expiry period.
     """
     refusal = "a conversion is credited from a convert-out entry"
-    if not isinstance(out_entry, dict) or out_entry.get("kind") != "convert-out":
+    if not isinstance(out_entry, dict) or out_entry.get("kind") != model.kind_of(model.ConvertOut):
         raise InvalidArgument(refusal)
     if not isinstance(out_hash, str) or not _HEX_HASH.fullmatch(out_hash):
         raise InvalidArgument("out_hash must be 64 lowercase hex digits")

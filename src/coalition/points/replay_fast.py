@@ -109,6 +109,15 @@ _ADJUST_UP = _size(model.Adjust) - 1  # without ``taken``
 _ADJUST_DOWN = _size(model.Adjust) - 2  # without ``lot`` and ``expires_at``
 assert _size(model.Expire) == _DEBIT
 
+_ENROLL_KIND, _EARN_KIND, _ADJUST_KIND, _TRANSFER_KIND, _EXPIRE_KIND = (
+    model.kind_of(struct)
+    for struct in (model.Enroll, model.Earn, model.Adjust, model.Transfer, model.Expire)
+)
+_DEBIT_KINDS = (model.kind_of(model.Redeem), _EXPIRE_KIND, _TRANSFER_KIND)
+HANDLED = frozenset((_ENROLL_KIND, _EARN_KIND, _ADJUST_KIND, *_DEBIT_KINDS))
+"""The kinds ``prepare`` has a fast path for (``kinds.FAST_KINDS`` says which it may
+take: tests/unit/test_kinds.py checks the two agree)."""
+
 
 def prepare(entry: JsonObject) -> Prepared | None:
     """The entry reduced for ``apply_prepared`` when its kind has a fast path and every
@@ -130,11 +139,11 @@ def prepare(entry: JsonObject) -> Prepared | None:
     ):
         return None
     size = len(entry)
-    if kind == "enroll":
+    if kind == _ENROLL_KIND:
         return (kind, account, at) if size == _ENROLL else None
     if type(amount) is not int:
         return None
-    if kind == "earn":
+    if kind == _EARN_KIND:
         spec = entry.get("lot")
         if amount <= 0 or size != _EARN or type(spec) is not dict or len(spec) != _LOT:
             return None
@@ -146,20 +155,26 @@ def prepare(entry: JsonObject) -> Prepared | None:
             return None
         ref = earn_ref(entry.get("reason"))
         return (kind, account, amount, lot_id, qualifying, at, available_at, expires_at, ref)
-    if kind == "adjust" and amount > 0:
+    if kind == _ADJUST_KIND and amount > 0:
         lot_id, expires_at = entry.get("lot"), _time(entry.get("expires_at"))
         if type(lot_id) is not str or expires_at is None or size != _ADJUST_UP:
             return None
         return (kind, account, amount, at, lot_id, expires_at)
-    if kind in ("redeem", "expire", "transfer") or (kind == "adjust" and amount < 0):
-        to = _member_id(entry.get("to")) if kind == "transfer" else None
-        expected = _TRANSFER if kind == "transfer" else _ADJUST_DOWN if kind == "adjust" else _DEBIT
+    if kind in _DEBIT_KINDS or (kind == _ADJUST_KIND and amount < 0):
+        to = _member_id(entry.get("to")) if kind == _TRANSFER_KIND else None
+        expected = (
+            _TRANSFER
+            if kind == _TRANSFER_KIND
+            else _ADJUST_DOWN
+            if kind == _ADJUST_KIND
+            else _DEBIT
+        )
         if size != expected:
             return None
-        parts = _parts(entry, transfer=kind == "transfer")
-        if parts is None or (kind == "transfer" and to is None):
+        parts = _parts(entry, transfer=kind == _TRANSFER_KIND)
+        if parts is None or (kind == _TRANSFER_KIND and to is None):
             return None
-        if sum(p[1] for p in parts) != (-amount if kind == "adjust" else amount):
+        if sum(p[1] for p in parts) != (-amount if kind == _ADJUST_KIND else amount):
             return None
         return (kind, account, amount, at, parts, to)
     return None
@@ -235,10 +250,10 @@ def _debit(replay: Replay, p: Prepared) -> bool:
         lot = lots.get(part[0])
         if lot is None or part[1] > lot.remaining:
             return False
-        if kind == "expire":
+        if kind == _EXPIRE_KIND:
             if lot.expires_at > now:
                 return False
-        elif kind != "adjust" and not lot.available_at <= now < lot.expires_at:
+        elif kind != _ADJUST_KIND and not lot.available_at <= now < lot.expires_at:
             return False
         taken.append(lot)
     if target is not None:
@@ -264,11 +279,11 @@ def apply_prepared(replay: Replay, prepared: Prepared) -> bool:
     real date-time (``ValueError``) leaves the state as it was."""
     kind = prepared[0]
     try:
-        if kind == "earn":
+        if kind == _EARN_KIND:
             return _earn(replay, prepared)
-        if kind == "enroll":
+        if kind == _ENROLL_KIND:
             return _enroll(replay, prepared)
-        if kind == "adjust" and prepared[2] > 0:
+        if kind == _ADJUST_KIND and prepared[2] > 0:
             return _adjust_up(replay, prepared)
         return _debit(replay, prepared)
     except ValueError:

@@ -3,9 +3,10 @@
 Points live in lots: each earn (or positive adjustment, or transfer-in) opens a lot with
 an amount, the time it becomes spendable (after the holding period) and the time it
 expires. Debits take from lots soonest-to-expire first, which for one expiry period is
-oldest first. ``apply_entry`` is the only place where state changes; the node runs it on
-the accounts it loaded from its database, the auditor runs it to replay a whole chain, so
-the two always agree.
+oldest first. ``apply_typed`` (``apply_entry`` parses a body first) is the only place
+where state changes; the node runs it on the typed entries it builds and the accounts it
+loaded from its database, the auditor runs it to replay a whole chain, so the two always
+agree.
 """
 
 from __future__ import annotations

@@ -42,6 +42,7 @@ from coalition.ledger.entries import check_envelope, parse_time
 from coalition.ledger.keys import VerifyKey
 from coalition.ledger.merkle import CompactRange, leaf_hash, root
 from coalition.ledger.proofs import verify_consistency_document
+from coalition.points import kinds
 from coalition.points.replay import Replay
 from coalition.points.replay_fast import Prepared, apply_prepared
 from coalition.verify.entry_scan import BlockScan, scan_block
@@ -745,21 +746,7 @@ class _Auditor:
                 self.trusted.header.height,
             )
         if self.replay_faults == 0:
-            k = r.points_by_kind
-            expected = (
-                k.get("earn", 0)
-                + k.get("adjust", 0)
-                - k.get("redeem", 0)
-                - k.get("expire", 0)
-                - k.get("reverse", 0)
-                - k.get("revoke", 0)
-                # coalition kinds: points leave into flight or a hold and may come back
-                + k.get("convert-in", 0)
-                + k.get("convert-refund", 0)
-                + k.get("hold-release", 0)
-                - k.get("convert-out", 0)
-                - k.get("hold", 0)
-            )
+            expected = kinds.supply_change(r.points_by_kind)
             if expected != r.supply:
                 self.fault("supply", f"members hold {r.supply} points, the entries say {expected}")
         if self.last_good is not None:

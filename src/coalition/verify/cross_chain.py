@@ -18,7 +18,10 @@ module checks only what no single chain can show:
 - nothing is still pending at a cut-off time the auditor chooses.
 
 A chain is given as its entry bodies in log order from index 0, so an entry's position
-is its log index.
+is its log index. Each entry of a kind the checks read (``kinds.CROSS_CHAIN_KINDS``) is
+parsed once into its typed entry (``points.model``); one that does not parse is an
+``entry-malformed`` fault and is not read further. Each kind's ``kinds.CrossChain`` step
+says where it is indexed.
 """
 
 from __future__ import annotations
@@ -27,21 +30,20 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Any, Generic, TypeVar, cast
 
-from coalition.errors import CoalitionError
+from coalition.errors import CoalitionError, VerificationError
 from coalition.ledger.canonical import JsonObject, JsonValue, canonical_json
-from coalition.ledger.entries import entry_leaf_hash, parse_time
+from coalition.ledger.entries import entry_leaf_hash
 from coalition.ledger.envelope import Envelope, SignedMessage, open_message
 from coalition.ledger.keys import VerifyKey
+from coalition.points import kinds, model
+from coalition.points.kinds import CrossChain
 from coalition.points.rates import Agreement, quote, verify_signed_agreement
 from coalition.verify.located import LocatedFault
 
 KeyOf = Callable[[str], VerifyKey]
-
-CONVERSION_KINDS = frozenset(
-    {"convert-out", "convert-in", "convert-complete", "convert-refund", "convert-reject"}
-)
-HOLD_KINDS = frozenset({"hold", "hold-capture", "hold-release", "redemption-receipt"})
+E = TypeVar("E", bound=model.Entry, covariant=True)
 
 
 CrossChainFault = LocatedFault
@@ -128,61 +130,36 @@ class CoalitionReport:
 
 
 @dataclass(frozen=True, slots=True)
-class _At:
-    """One entry of one chain: its program, log index and body."""
+class _At(Generic[E]):
+    """One entry of one chain: its program, log index, body (for its leaf hash) and
+    typed entry."""
 
     program: str
     index: int
     body: JsonObject
+    entry: E
 
     @property
-    def id(self) -> str | None:
-        value = self.body.get("id")
-        return value if isinstance(value, str) else None
+    def id(self) -> str:
+        return self.entry.id
 
 
 class _Malformed(Exception):
-    """An entry field is missing or of the wrong type (reported, never raised out)."""
+    """A signed agreement's document names no id and version (reported, never raised)."""
 
 
-def _obj(value: JsonValue, what: str) -> JsonObject:
-    if not isinstance(value, dict):
-        raise _Malformed(f"{what} must be an object")
-    return value
+def _signed(message: model.SignedMessage) -> SignedMessage:
+    """The partner's signed message an entry embeds, as ``open_message`` takes it."""
+    return SignedMessage.from_json(model.to_json(message))
 
 
-def _text(obj: JsonObject, key: str) -> str:
-    value = obj.get(key)
-    if not isinstance(value, str) or not value:
-        raise _Malformed(f"field {key!r} must be a non-empty string")
-    return value
+def _total(items: Sequence[model.Taken | model.TakenWithExpiry | model.Restored]) -> int:
+    return sum(item.amount for item in items)
 
 
-def _int(obj: JsonObject, key: str) -> int:
-    value = obj.get(key)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise _Malformed(f"field {key!r} must be an integer")
-    return value
-
-
-def _conversion(entry: _At) -> JsonObject:
-    return _obj(entry.body.get("conversion"), "field 'conversion'")
-
-
-def _conversion_id(entry: _At) -> str:
-    return _text(_conversion(entry), "id")
-
-
-def _agreement_ref(obj: JsonObject) -> tuple[str, int]:
-    ref = _obj(obj.get("agreement"), "field 'agreement'")
-    return _text(ref, "id"), _int(ref, "version")
-
-
-def _items_total(entry: _At, key: str) -> int:
-    items = entry.body.get(key)
-    if not isinstance(items, list):
-        raise _Malformed(f"field {key!r} must be a list")
-    return sum(_int(_obj(item, f"a {key!r} item"), "amount") for item in items)
+_Hold = model.Hold | model.HoldCapture | model.HoldRelease | model.RedemptionReceipt
+_Answer = model.ConvertIn | model.ConvertReject
+_Own = model.ConvertOut | model.ConvertComplete | model.ConvertRefund
 
 
 @dataclass
@@ -190,22 +167,53 @@ class _Chain:
     """One program's coalition entries, indexed by conversion id, hold id and agreement."""
 
     program: str
-    outs: dict[str, list[_At]] = field(default_factory=lambda: defaultdict(list))
-    ins: dict[tuple[str, str], list[_At]] = field(default_factory=lambda: defaultdict(list))
-    """(source program, conversion id) -> convert-in entries; likewise ``rejects``: ids
-    are unique per source only."""
-    completes: dict[str, list[_At]] = field(default_factory=lambda: defaultdict(list))
-    refunds: dict[str, list[_At]] = field(default_factory=lambda: defaultdict(list))
-    rejects: dict[tuple[str, str], list[_At]] = field(default_factory=lambda: defaultdict(list))
-    holds: dict[tuple[str, str], list[_At]] = field(default_factory=lambda: defaultdict(list))
-    """(partner, hold id) -> hold entries; likewise captures, releases and, on the
-    partner where the member redeemed, redemption receipts keyed (points' program, id)."""
-    captures: dict[tuple[str, str], list[_At]] = field(default_factory=lambda: defaultdict(list))
-    releases: dict[tuple[str, str], list[_At]] = field(default_factory=lambda: defaultdict(list))
-    redemptions: dict[tuple[str, str], list[_At]] = field(default_factory=lambda: defaultdict(list))
-    agreements: dict[tuple[str, int], list[tuple[_At, JsonObject]]] = field(
+    outs: dict[str, list[_At[model.ConvertOut]]] = field(default_factory=lambda: defaultdict(list))
+    ins: dict[tuple[str, str], list[_At[model.ConvertIn]]] = field(
         default_factory=lambda: defaultdict(list)
     )
+    """(source program, conversion id) -> convert-in entries; likewise ``rejects``: ids
+    are unique per source only."""
+    completes: dict[str, list[_At[model.ConvertComplete]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    refunds: dict[str, list[_At[model.ConvertRefund]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    rejects: dict[tuple[str, str], list[_At[model.ConvertReject]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    holds: dict[tuple[str, str], list[_At[model.Hold]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    """(partner, hold id) -> hold entries; likewise captures, releases and, on the
+    partner where the member redeemed, redemption receipts keyed (points' program, id)."""
+    captures: dict[tuple[str, str], list[_At[model.HoldCapture]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    releases: dict[tuple[str, str], list[_At[model.HoldRelease]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    redemptions: dict[tuple[str, str], list[_At[model.RedemptionReceipt]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    agreements: dict[tuple[str, int], list[tuple[_At[model.AgreementRecord], JsonObject]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+
+    def index_of(self, step: CrossChain) -> dict[Any, list[Any]]:
+        """Where an entry of cross-chain ``step`` is indexed (agreements apart)."""
+        where: dict[CrossChain, dict[Any, list[Any]]] = {
+            CrossChain.CONVERSION_SENT: self.outs,
+            CrossChain.CONVERSION_CREDITED: self.ins,
+            CrossChain.CONVERSION_COMPLETED: self.completes,
+            CrossChain.CONVERSION_REFUNDED: self.refunds,
+            CrossChain.CONVERSION_REJECTED: self.rejects,
+            CrossChain.HOLD_MADE: self.holds,
+            CrossChain.HOLD_CAPTURED: self.captures,
+            CrossChain.HOLD_RELEASED: self.releases,
+            CrossChain.REDEMPTION_RECEIVED: self.redemptions,
+        }
+        return where[step]
 
 
 class _Checker:
@@ -224,7 +232,7 @@ class _Checker:
         """(program, agreement id, version) -> the agreement as that chain records it."""
 
     def fault(
-        self, kind: str, where: _At | str, message: str, conversion: str | None = None
+        self, kind: str, where: _At[Any] | str, message: str, conversion: str | None = None
     ) -> None:
         if isinstance(where, _At):
             fault = CrossChainFault(
@@ -249,49 +257,58 @@ class _Checker:
                 if not isinstance(body, dict):
                     continue  # chain_audit reports malformed entries
                 kind = body.get("kind")
-                if kind not in CONVERSION_KINDS and kind not in HOLD_KINDS and kind != "agreement":
+                if kind not in kinds.CROSS_CHAIN_KINDS:
                     continue
-                at = _At(program, n, body)
+                raw_id = body.get("id")
+                entry_id = raw_id if isinstance(raw_id, str) else None
                 if body.get("program") != program:
-                    self.fault("entry-program", at, f"entry names program {body.get('program')!r}")
+                    self.report.faults.append(
+                        CrossChainFault(
+                            "entry-program",
+                            program,
+                            f"entry names program {body.get('program')!r}",
+                            log_index=n,
+                            entry_id=entry_id,
+                        )
+                    )
                     continue
                 try:
-                    self._index_one(chain, at, str(kind))
-                except _Malformed as exc:
-                    self.fault("entry-malformed", at, f"{kind} entry: {exc}")
+                    self._index_one(chain, _At(program, n, body, model.parse_entry(body)))
+                except (VerificationError, _Malformed) as exc:
+                    self.report.faults.append(
+                        CrossChainFault(
+                            "entry-malformed",
+                            program,
+                            f"{kind} entry: {exc}",
+                            log_index=n,
+                            entry_id=entry_id,
+                        )
+                    )
 
-    def _index_one(self, chain: _Chain, at: _At, kind: str) -> None:
-        if kind == "agreement":
-            signed = _obj(at.body.get("agreement"), "field 'agreement'")
-            doc = _obj(signed.get("agreement"), "the signed agreement's document")
-            key = (_text(doc, "id"), _int(doc, "version"))
-            chain.agreements[key].append((at, signed))
-            return
-        if kind in HOLD_KINDS:
-            spec = _obj(at.body.get("hold"), "field 'hold'")
-            hold_key = (_text(spec, "partner"), _text(spec, "id"))
-            by_kind = {
-                "hold": chain.holds,
-                "hold-capture": chain.captures,
-                "hold-release": chain.releases,
-            }
-            by_kind.get(kind, chain.redemptions)[hold_key].append(at)
-            return
-        cid = _conversion_id(at)
-        if kind in ("convert-in", "convert-reject"):
-            source = _text(_conversion(at), "from_program")
-            (chain.ins if kind == "convert-in" else chain.rejects)[(source, cid)].append(at)
-            return
-        own = {
-            "convert-out": chain.outs,
-            "convert-complete": chain.completes,
-            "convert-refund": chain.refunds,
-        }
-        own[kind][cid].append(at)
+    def _index_one(self, chain: _Chain, at: _At[model.Entry]) -> None:
+        entry = at.entry
+        step = kinds.KINDS[model.kind_of(type(entry))].cross_chain
+        if step is CrossChain.AGREEMENT:
+            signed = cast(model.AgreementRecord, entry).agreement
+            doc = signed.agreement
+            ident, version = doc.get("id"), doc.get("version")
+            if not isinstance(ident, str) or not ident:
+                raise _Malformed("field 'id' must be a non-empty string")
+            if not isinstance(version, int) or isinstance(version, bool):
+                raise _Malformed("field 'version' must be an integer")
+            chain.agreements[(ident, version)].append((cast(Any, at), model.to_json(signed)))
+        elif step.family is kinds.Family.HOLD:
+            hold = cast(_Hold, entry).hold
+            chain.index_of(step)[(hold.partner, hold.id)].append(at)
+        elif step in (CrossChain.CONVERSION_CREDITED, CrossChain.CONVERSION_REJECTED):
+            answer = cast(_Answer, entry).conversion
+            chain.index_of(step)[(answer.from_program, answer.id)].append(at)
+        else:
+            chain.index_of(step)[cast(_Own, entry).conversion.id].append(at)
 
     # --- agreements ------------------------------------------------------------------
 
-    def agreement(self, program: str, ref: tuple[str, int], where: _At) -> Agreement | None:
+    def agreement(self, program: str, ref: tuple[str, int], where: _At[Any]) -> Agreement | None:
         """The agreement ``ref`` as recorded on ``program``'s chain, signatures verified;
         None (and a fault) when it is not recorded or does not verify."""
         if not self.chains[program].agreements.get(ref):
@@ -306,7 +323,7 @@ class _Checker:
     def verify_agreements(self) -> None:
         """Verify every recorded agreement once; the same id and version must be the same
         document everywhere it is recorded, and both its parties must record it."""
-        documents: dict[tuple[str, int], tuple[_At, bytes]] = {}
+        documents: dict[tuple[str, int], tuple[_At[Any], bytes]] = {}
         for program, chain in self.chains.items():
             for ref, records in chain.agreements.items():
                 verified: Agreement | None = None
@@ -366,9 +383,13 @@ class _Checker:
                     )
                 try:
                     self._conversion(chain, cid, outs[0])
-                except _Malformed as exc:
+                except VerificationError as exc:  # an impossible date
                     self.fault("entry-malformed", outs[0], f"convert-out: {exc}", cid)
-            for cid, answers in (*chain.completes.items(), *chain.refunds.items()):
+            settled: list[tuple[str, Sequence[_At[_Own]]]] = [
+                *chain.completes.items(),
+                *chain.refunds.items(),
+            ]
+            for cid, answers in settled:
                 if cid not in chain.outs:
                     self.fault(
                         "settle-orphan",
@@ -382,7 +403,7 @@ class _Checker:
             for (source, cid), rejects in chain.rejects.items():
                 self._orphan(chain, source, cid, rejects[0], "convert-reject")
 
-    def _orphan(self, chain: _Chain, source: str, cid: str, found: _At, kind: str) -> None:
+    def _orphan(self, chain: _Chain, source: str, cid: str, found: _At[_Answer], kind: str) -> None:
         """A convert-in or convert-reject whose source chain has no such convert-out."""
         if source not in self.chains:
             return
@@ -395,10 +416,7 @@ class _Checker:
                 cid,
             )
             return
-        try:
-            target = _text(_conversion(outs[0]), "to_program")
-        except _Malformed:
-            return  # reported with the convert-out
+        target = outs[0].entry.conversion.to_program
         if target != chain.program:
             self.fault(
                 f"{kind}-orphan",
@@ -407,12 +425,11 @@ class _Checker:
                 cid,
             )
 
-    def _conversion(self, chain: _Chain, cid: str, out: _At) -> None:
-        body = out.body
-        conv = _conversion(out)
-        target = _text(conv, "to_program")
-        amount = _int(body, "amount")
-        credit, value_minor = _int(conv, "credit"), _int(conv, "value_minor")
+    def _conversion(self, chain: _Chain, cid: str, out: _At[model.ConvertOut]) -> None:
+        conv = out.entry.conversion
+        target = conv.to_program
+        amount = out.entry.amount
+        credit, value_minor = conv.credit, conv.value_minor
         pair = (chain.program, target)
         totals = self.report.totals.setdefault(pair, PairTotals())
         if target == chain.program:
@@ -420,7 +437,7 @@ class _Checker:
             return
 
         # The points that left the member add up, and equal the signed agreement's quote.
-        taken = _items_total(out, "taken")
+        taken = _total(out.entry.taken)
         if taken != amount:
             self.fault("convert-out-amount", out, f"takes {taken} points, amount says {amount}")
         self._check_quote(chain.program, target, cid, out, conv, amount)
@@ -478,9 +495,15 @@ class _Checker:
             self._check_pending(out, cid, "convert-out is neither completed nor refunded")
 
     def _check_quote(
-        self, source: str, target: str, cid: str, out: _At, conv: JsonObject, amount: int
+        self,
+        source: str,
+        target: str,
+        cid: str,
+        out: _At[model.ConvertOut],
+        conv: model.OutgoingConversion,
+        amount: int,
     ) -> None:
-        ref = _agreement_ref(conv)
+        ref = conv.agreement.key
         agreement = self.agreement(source, ref, out)
         if agreement is None:
             return
@@ -494,9 +517,8 @@ class _Checker:
                 cid,
             )
             return
-        at = parse_time(_text(out.body, "at"))
-        if not agreement.usable_at(at):
-            self.fault("agreement-unusable", out, f"{name} is not valid at {out.body['at']}", cid)
+        if not agreement.usable_at(model.moment(out.entry.at)):
+            self.fault("agreement-unusable", out, f"{name} is not valid at {out.entry.at}", cid)
         try:
             q = quote(agreement, amount)
         except CoalitionError as exc:
@@ -511,42 +533,39 @@ class _Checker:
             "currency": agreement.currency,
         }
         wrong = [
-            f"{k} {conv.get(k)!r} (the agreement gives {v!r})"
+            f"{k} {getattr(conv, k)!r} (the agreement gives {v!r})"
             for k, v in expected.items()
-            if conv.get(k) != v
+            if getattr(conv, k) != v
         ]
         if wrong:
             self.fault("quote-mismatch", out, f"differs from {name}: {'; '.join(wrong)}", cid)
 
-    def _check_in(self, out: _At, convert_in: _At, cid: str, credit: int) -> int:
+    def _check_in(
+        self, out: _At[model.ConvertOut], convert_in: _At[model.ConvertIn], cid: str, credit: int
+    ) -> int:
         """Check the target's convert-in against the convert-out; return its credit."""
-        try:
-            conv = _conversion(convert_in)
-            amount = _int(convert_in.body, "amount")
-            wrong = []
-            if amount != credit:
-                wrong.append(f"credits {amount} points, the convert-out quoted {credit}")
-            if conv.get("from_program") != out.program:
-                wrong.append(f"from_program is {conv.get('from_program')!r}")
-            if conv.get("out_entry") != out.id:
-                wrong.append(f"out_entry {conv.get('out_entry')!r} is not {out.id!r}")
-            if conv.get("out_hash") != entry_leaf_hash(out.body).hex():
-                wrong.append("out_hash is not the leaf hash of the convert-out")
-            if _agreement_ref(conv) != _agreement_ref(_conversion(out)):
-                wrong.append("names another agreement than the convert-out")
-        except _Malformed as exc:
-            self.fault("entry-malformed", convert_in, f"convert-in: {exc}", cid)
-            return 0
+        conv, amount = convert_in.entry.conversion, convert_in.entry.amount
+        wrong = []
+        if amount != credit:
+            wrong.append(f"credits {amount} points, the convert-out quoted {credit}")
+        if conv.from_program != out.program:
+            wrong.append(f"from_program is {conv.from_program!r}")
+        if conv.out_entry != out.id:
+            wrong.append(f"out_entry {conv.out_entry!r} is not {out.id!r}")
+        if conv.out_hash != entry_leaf_hash(out.body).hex():
+            wrong.append("out_hash is not the leaf hash of the convert-out")
+        if conv.agreement.key != out.entry.conversion.agreement.key:
+            wrong.append("names another agreement than the convert-out")
         for what in wrong:
             self.fault("convert-in-mismatch", convert_in, what, cid)
         return amount
 
     def _open(
-        self, signed: JsonValue, sender: str, to: str, kind: str, cid: str
+        self, signed: model.SignedMessage, sender: str, to: str, kind: str, cid: str
     ) -> tuple[Envelope | None, str]:
         """Open an embedded signed message from ``sender`` to ``to``; (None, why) if bad."""
         try:
-            envelope = open_message(SignedMessage.from_json(signed), self.key_of)
+            envelope = open_message(_signed(signed), self.key_of)
         except CoalitionError as exc:
             return None, f"does not verify: {exc}"
         if envelope.sender != sender:
@@ -564,13 +583,11 @@ class _Checker:
         source: str,
         target: str,
         cid: str,
-        complete: _At,
-        convert_in: _At | None,
+        complete: _At[model.ConvertComplete],
+        convert_in: _At[model.ConvertIn] | None,
         partner: _Chain | None,
     ) -> None:
-        envelope, why = self._open(
-            complete.body.get("receipt"), target, source, "convert-receipt", cid
-        )
+        envelope, why = self._open(complete.entry.receipt, target, source, "convert-receipt", cid)
         if envelope is None:
             self.fault("receipt-invalid", complete, f"the embedded receipt {why}", cid)
             return
@@ -595,12 +612,12 @@ class _Checker:
                 f"{convert_in.id!r}",
                 cid,
             )
-        if "credit" in body and body.get("credit") != convert_in.body.get("amount"):
+        if "credit" in body and body.get("credit") != convert_in.entry.amount:
             self.fault(
                 "receipt-mismatch",
                 complete,
                 f"the receipt says credit {body.get('credit')!r}, {target}'s convert-in "
-                f"credits {convert_in.body.get('amount')!r}",
+                f"credits {convert_in.entry.amount!r}",
                 cid,
             )
         if body.get("in_hash") != entry_leaf_hash(convert_in.body).hex():
@@ -616,16 +633,12 @@ class _Checker:
         source: str,
         target: str,
         cid: str,
-        refund: _At,
+        refund: _At[model.ConvertRefund],
         amount: int,
-        rejects: list[_At],
+        rejects: list[_At[model.ConvertReject]],
         partner: _Chain | None,
     ) -> None:
-        try:
-            refunded, restored = _int(refund.body, "amount"), _items_total(refund, "restored")
-        except _Malformed as exc:
-            self.fault("entry-malformed", refund, f"convert-refund: {exc}", cid)
-            return
+        refunded, restored = refund.entry.amount, _total(refund.entry.restored)
         if refunded != amount or restored != amount:
             self.fault(
                 "refund-amount",
@@ -633,9 +646,7 @@ class _Checker:
                 f"refunds {refunded} points and restores {restored}; the convert-out took {amount}",
                 cid,
             )
-        envelope, why = self._open(
-            refund.body.get("rejection"), target, source, "convert-rejection", cid
-        )
+        envelope, why = self._open(refund.entry.rejection, target, source, "convert-rejection", cid)
         if envelope is None:
             self.fault("refund-unsigned", refund, f"the embedded rejection {why}", cid)
             return
@@ -655,15 +666,15 @@ class _Checker:
                 cid,
             )
 
-    def _check_pending(self, at: _At, reference: str, message: str) -> None:
+    def _check_pending(self, at: _At[Any], reference: str, message: str) -> None:
         if self.pending_before is None:
             return
         try:
-            when = parse_time(_text(at.body, "at"))
-        except (_Malformed, CoalitionError):
+            when = model.moment(at.entry.at)
+        except VerificationError:
             return
         if when < self.pending_before:
-            self.fault("pending", at, f"{message} (written {at.body['at']})", reference)
+            self.fault("pending", at, f"{message} (written {at.entry.at})", reference)
 
     # --- holds -----------------------------------------------------------------------
 
@@ -675,14 +686,18 @@ class _Checker:
                     self.fault("hold-duplicate", extra, f"a second hold {key[1]} for {key[0]}")
                 try:
                     self._hold(chain, key, holds[0])
-                except (_Malformed, CoalitionError) as exc:
+                except CoalitionError as exc:
                     self.fault("entry-malformed", holds[0], f"hold: {exc}")
-            for key, found in (*chain.captures.items(), *chain.releases.items()):
+            ended: list[tuple[tuple[str, str], Sequence[_At[_Hold]]]] = [
+                *chain.captures.items(),
+                *chain.releases.items(),
+            ]
+            for key, found in ended:
                 if key not in chain.holds:
                     self.fault("hold-orphan", found[0], f"no hold {key[1]} for {key[0]} here")
             for (source, hold_id), receipts in chain.redemptions.items():
-                for extra in receipts[1:]:
-                    self.fault("redemption-receipt-duplicate", extra, f"hold {hold_id} again")
+                for again in receipts[1:]:
+                    self.fault("redemption-receipt-duplicate", again, f"hold {hold_id} again")
                 other = self.chains.get(source)
                 if other is not None and (chain.program, hold_id) not in other.captures:
                     self.fault(
@@ -691,12 +706,12 @@ class _Checker:
                         f"{source}'s chain has no capture of hold {hold_id} for {chain.program}",
                     )
 
-    def _hold(self, chain: _Chain, key: tuple[str, str], hold: _At) -> None:
+    def _hold(self, chain: _Chain, key: tuple[str, str], hold: _At[model.Hold]) -> None:
         partner, hold_id = key
-        spec = _obj(hold.body.get("hold"), "field 'hold'")
-        amount = _int(hold.body, "amount")
-        expires_at = parse_time(_text(spec, "expires_at"))
-        if _items_total(hold, "taken") != amount:
+        spec = hold.entry.hold
+        amount = hold.entry.amount
+        expires_at = model.moment(spec.expires_at)
+        if _total(hold.entry.taken) != amount:
             self.fault("hold-amount", hold, f"hold {hold_id} takes other than its {amount} points")
         if partner == chain.program:
             self.fault("hold-partner", hold, f"hold {hold_id} is for its own program")
@@ -708,15 +723,16 @@ class _Checker:
                 (captures + releases)[1],
                 f"hold {hold_id} has {len(captures)} captures and {len(releases)} releases",
             )
-        for end in captures + releases:
-            if _int(end.body, "amount") != amount:
+        ends: list[_At[model.HoldCapture | model.HoldRelease]] = [*captures, *releases]
+        for end in ends:
+            if end.entry.amount != amount:
                 self.fault(
                     "hold-amount",
                     end,
-                    f"settles {end.body.get('amount')} points of hold {hold_id} of {amount}",
+                    f"settles {end.entry.amount} points of hold {hold_id} of {amount}",
                 )
         for release in releases:
-            if _items_total(release, "restored") != amount:
+            if _total(release.entry.restored) != amount:
                 self.fault("hold-amount", release, f"restores other than {amount} points")
         for capture in captures:
             self._capture(chain, hold, capture, amount, expires_at)
@@ -725,40 +741,44 @@ class _Checker:
             self.fault(
                 "pending",
                 hold,
-                f"hold {hold_id} expired at {spec['expires_at']} and is neither "
-                "captured nor released",
+                f"hold {hold_id} expired at {spec.expires_at} and is neither captured nor released",
             )
 
     def _capture(
-        self, chain: _Chain, hold: _At, capture: _At, amount: int, expires_at: datetime
+        self,
+        chain: _Chain,
+        hold: _At[model.Hold],
+        capture: _At[model.HoldCapture],
+        amount: int,
+        expires_at: datetime,
     ) -> None:
         """A capture: before expiry, valued by the hold's agreement, and acknowledged by
         the partner's ``redemption-receipt`` carrying this program's signed receipt."""
-        spec = _obj(hold.body.get("hold"), "field 'hold'")
-        partner, hold_id = _text(spec, "partner"), _text(spec, "id")
-        captured_at = parse_time(_text(capture.body, "at"))
+        spec = hold.entry.hold
+        partner, hold_id = spec.partner, spec.id
+        captured_at = model.moment(capture.entry.at)
         if captured_at >= expires_at:
             self.fault(
                 "hold-capture-late",
                 capture,
-                f"captures hold {hold_id} after it expired at {spec['expires_at']}",
+                f"captures hold {hold_id} after it expired at {spec.expires_at}",
             )
-        value_minor = _int(capture.body, "value_minor")
-        ref = _agreement_ref(spec)
+        value_minor, currency = capture.entry.value_minor, capture.entry.currency
+        ref = spec.agreement.key
         agreement = self.agreement(chain.program, ref, hold)
         if agreement is not None:
-            expected = _int(hold.body, "amount") * agreement.value_num // agreement.value_den
+            expected = hold.entry.amount * agreement.value_num // agreement.value_den
             if agreement.pair != (chain.program, partner):
                 self.fault(
                     "agreement-direction",
                     hold,
                     f"agreement {ref[0]} v{ref[1]} is not {chain.program} -> {partner}",
                 )
-            elif value_minor != expected or capture.body.get("currency") != agreement.currency:
+            elif value_minor != expected or currency != agreement.currency:
                 self.fault(
                     "capture-value",
                     capture,
-                    f"values hold {hold_id} at {value_minor} {capture.body.get('currency')}; "
+                    f"values hold {hold_id} at {value_minor} {currency}; "
                     f"agreement {ref[0]} v{ref[1]} gives {expected} {agreement.currency}",
                 )
         other = self.chains.get(partner)
@@ -775,18 +795,16 @@ class _Checker:
                 )
             return
         receipt = receipts[0]
-        stated = _obj(receipt.body.get("hold"), "field 'hold'")
+        stated = receipt.entry
         wrong = []
-        if stated.get("amount") != amount:
-            wrong.append(f"amount {stated.get('amount')!r}, captured {amount}")
-        if receipt.body.get("value_minor") != value_minor:
-            wrong.append(f"value_minor {receipt.body.get('value_minor')!r}, captured {value_minor}")
-        if receipt.body.get("currency") != capture.body.get("currency"):
-            wrong.append(f"currency {receipt.body.get('currency')!r}")
+        if stated.hold.amount != amount:
+            wrong.append(f"amount {stated.hold.amount!r}, captured {amount}")
+        if stated.value_minor != value_minor:
+            wrong.append(f"value_minor {stated.value_minor!r}, captured {value_minor}")
+        if stated.currency != currency:
+            wrong.append(f"currency {stated.currency!r}")
         try:
-            envelope = open_message(
-                SignedMessage.from_json(receipt.body.get("receipt")), self.key_of
-            )
+            envelope = open_message(_signed(stated.receipt), self.key_of)
             if (envelope.sender, envelope.to) != (chain.program, partner):
                 wrong.append(f"its receipt is from {envelope.sender} to {envelope.to}")
             elif envelope.body.get("hold") != hold_id:

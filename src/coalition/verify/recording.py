@@ -15,16 +15,18 @@ from coalition.errors import CoalitionError
 from coalition.ledger.blocks import SignedHeader
 from coalition.ledger.canonical import JsonObject, parse_json
 from coalition.ledger.keys import VerifyKey
+from coalition.points import kinds
 from coalition.verify.located import BlockIndex
 from coalition.verify.source import BlockStream, ChainSource, RawEntry, RawHeader, signed_header
 
 COALITION_KINDS = re.compile(
-    rb'"kind":"(?:convert-|hold|agreement"|redemption-receipt"|statement")'
+    b'"kind":"(?:'
+    + b"|".join(re.escape(name.encode()) for name in sorted(kinds.COALITION_KINDS))
+    + b')"'
 )
-"""Byte markers of the entries the cross-chain and settlement checks read (canonical
-JSON sorts keys, so ``"kind":"..."`` appears exactly so): conversions, holds and
-captures, agreements, redemption receipts and statements, which covers every kind
-``points.settlement.obligations`` reads."""
+"""Byte markers of the entries the cross-chain and settlement checks read
+(``points.kinds.COALITION_KINDS``, each name with its closing quote): canonical JSON
+sorts keys, so ``"kind":"..."`` appears exactly so."""
 OTHER: JsonObject = {}
 """Stands in for an entry the coalition checks do not read (keeps log positions)."""
 

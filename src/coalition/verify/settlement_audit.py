@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from coalition.errors import CoalitionError
 from coalition.ledger.canonical import JsonObject, JsonValue, canonical_json
 from coalition.ledger.keys import VerifyKey
-from coalition.points.kinds import OBLIGATION_KINDS
+from coalition.points.kinds import OBLIGATION_KINDS, STATEMENT_KINDS
 from coalition.points.settlement import (
     Netting,
     Owed,
@@ -108,7 +108,7 @@ class _Checker:
         found: dict[str, list[tuple[_Recorded, StatementParts]]] = defaultdict(list)
         for program, entries in sorted(self.chains.items()):
             for index, body in enumerate(entries):
-                if body.get("kind") != "statement":
+                if body.get("kind") not in STATEMENT_KINDS:
                     continue
                 entry_id = body.get("id")
                 signed = body.get("statement")

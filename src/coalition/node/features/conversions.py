@@ -270,10 +270,9 @@ class Conversions:
             return body, touched, known
 
         result = self.service.sequencer.append(request, idempotency_key, decide)
-        conversion = result.entry.get("conversion")
-        assert isinstance(conversion, dict)
         if result.replayed:  # it may have settled since: read its status
-            view = self.status(member_id, str(conversion["id"]))
+            out: model.ConvertOut = model.parse_as(result.entry, model.ConvertOut)
+            view = self.status(member_id, out.conversion.id)
         else:  # just written, still pending: the entry says it all
             view = _pending_view(result.entry, member_id, to_member_id)
         self.outbox.wake(to_program)
@@ -290,9 +289,7 @@ class Conversions:
             found = ledger_store.entry_by_id(conn, record.out_entry)
         if found is None:
             raise NotFound(f"conversion {conversion_id} has no convert-out entry")
-        out = found[1]
-        conversion = out.get("conversion")
-        assert isinstance(conversion, dict)
+        conversion = model.parse_as(found[1], model.ConvertOut).conversion
         return ConversionView(
             id=record.id,
             member_id=record.member_id,
@@ -301,11 +298,11 @@ class Conversions:
             agreement_id=record.agreement_id,
             agreement_version=record.agreement_version,
             amount=record.amount,
-            fee=int(conversion["fee"]),  # type: ignore[arg-type]
-            net=int(conversion["net"]),  # type: ignore[arg-type]
+            fee=conversion.fee,
+            net=conversion.net,
             credit=record.credit,
             value_minor=record.value_minor,
-            currency=str(conversion["currency"]),
+            currency=conversion.currency,
             status=record.status,
             reason=record.reason,
             created_at=format_time(record.created_at),
@@ -501,9 +498,8 @@ class Conversions:
             if not isinstance(item, dict):
                 raise InvalidArgument("each conversion is {out_entry, to_member_id}")
             out_entry, to_member = item.get("out_entry"), item.get("to_member_id")
-            conversion = out_entry.get("conversion") if isinstance(out_entry, dict) else None
-            conversion_id = conversion.get("id") if isinstance(conversion, dict) else None
-            if not isinstance(conversion_id, str) or not isinstance(to_member, str):
+            conversion_id = model.conversion_id(out_entry)
+            if conversion_id is None or not isinstance(to_member, str):
                 raise InvalidArgument("each conversion is {out_entry, to_member_id}")
             validate_reference(conversion_id, "conversion id")
             assert isinstance(out_entry, dict)
@@ -560,7 +556,9 @@ class Conversions:
             if batch.answered(conn, conversion_id):
                 return None  # answered before: the stored answer goes back
             try:
-                body, account, value, out_at = self._credit(conn, ctx, batch, out_entry, to_member)
+                credited, account, value, out_at = self._credit(
+                    conn, ctx, batch, out_entry, to_member
+                )
             except CoalitionError as exc:
                 reason = _reason(str(exc))
                 log.info("conversion %s from %s rejected: %s", conversion_id, sender, reason)
@@ -569,12 +567,14 @@ class Conversions:
                 )
                 batch.answer(conversion_id)
                 return decision
+            convert_in = credited.typed
+            assert isinstance(convert_in, model.ConvertIn)  # operations.convert_in built it
             receipt: JsonObject = {
                 "conversion": conversion_id,
                 "status": "credited",
                 "in_entry": ctx.entry_id,
-                "in_hash": entry_leaf_hash(body).hex(),
-                "credit": body["amount"],
+                "in_hash": entry_leaf_hash(credited).hex(),
+                "credit": convert_in.amount,
             }
             conversions_store.insert_answer(
                 conn,
@@ -588,7 +588,7 @@ class Conversions:
                 at=ctx.at,
             )
             batch.answer(conversion_id, value)
-            return body, [Account(account)], set()
+            return credited, [Account(account)], set()
 
         return decide
 
@@ -599,7 +599,7 @@ class Conversions:
         batch: _TargetBatch,
         out_entry: JsonObject,
         to_member: str,
-    ) -> tuple[JsonObject, str, int, datetime]:
+    ) -> tuple[model.EntryBody, str, int, datetime]:
         """The convert-in entry for a partner's convert-out, or the reason to reject it."""
         sender = batch.sender
         if out_entry.get("program") != sender:
@@ -615,9 +615,10 @@ class Conversions:
         )
         if agreement is None:
             raise FailedPrecondition(f"agreement {agreement_id} v{version} is not recorded here")
-        out_at = _out_time(out_entry)
-        if out_at is None:
-            raise InvalidArgument("the convert-out has no valid time")
+        try:
+            out_at = model.moment(out.at)
+        except VerificationError:
+            raise InvalidArgument("the convert-out has no valid time") from None
         if out_at > ctx.at + MAX_CLOCK_SKEW:
             # A convert-out is sent after it is written: one dated later would pick an
             # agreement (and a settlement period) that is not yet in force.
@@ -794,6 +795,8 @@ def _pending_view(body: JsonObject, member_id: str, to_member_id: str) -> Conver
 
 
 def _out_time(out_entry: JsonObject) -> datetime | None:
+    """When a partner's convert-out says it was written, read leniently (a rejection
+    records it even for an entry that does not parse), or None."""
     at = out_entry.get("at")
     if not isinstance(at, str):
         return None
