@@ -420,8 +420,8 @@ def test_partners_read_the_ledger_over_mutual_tls(coalition: Coalition, tmp_path
     with temporary_node(
         f"sqlite:///{tmp_path / 'ledger.db'}", program="skyair", key=node.key
     ) as service:
-        service.enroll("m1", idempotency_key="enroll-m1")
-        sealed = service.flush()
+        service.points.enroll("m1", idempotency_key="enroll-m1")
+        sealed = service.ledger.flush()
         assert sealed is not None
         server, port = serve_partner_grpc(node.inbox, node.tls, "127.0.0.1", 0, service=service)
         try:

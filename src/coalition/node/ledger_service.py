@@ -7,6 +7,7 @@ sealer's view of what is sealed; nothing writes. Proofs are RFC 9162 documents
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 
 from sqlalchemy import Connection
@@ -125,6 +126,12 @@ class LedgerService:
             nodes = self._nodes(conn, consistency_coords(size1, size2))
         path = consistency_from_nodes(size1, size2, nodes)
         return consistency_document(first, second, path)
+
+    def entries_of_kinds(self, kinds: Collection[str]) -> list[JsonObject]:
+        """The committed entries of ``kinds`` (a set from ``points.kinds``), sealed or not,
+        in log order: what the explorer's flows are counted from."""
+        with self._sequencer.read() as conn:
+            return ledger_store.bodies_of_kinds(conn, kinds)
 
     def wait_for_header(self, after_height: int, timeout: float) -> SignedHeader | None:
         return self._sealer.wait_for_header(after_height, timeout)

@@ -55,37 +55,37 @@ def ledger_router(service: NodeService, authenticator: Authenticator) -> APIRout
 
     @router.get("/v1/ledger/headers/latest", summary="The latest signed block header")
     def latest_header() -> Signed:
-        header = service.latest_header()
+        header = service.ledger.latest_header()
         if header is None:
             raise NotFound("no block has been sealed yet")
         return _header_doc(header)
 
     @router.get("/v1/ledger/headers", summary="Signed block headers from a height")
     def headers(start: QueryInt = 0, limit: QueryInt = 1000) -> list[Signed]:
-        return [_header_doc(h) for h in service.headers(start, limit)]
+        return [_header_doc(h) for h in service.ledger.headers(start, limit)]
 
     @router.get(
         "/v1/ledger/blocks/{height}", summary="One block: its signed header and its entries"
     )
     def block(height: PathInt) -> BlockOut:
-        header, entries = service.block(height)
+        header, entries = service.ledger.block(height)
         return BlockOut(header=_header_doc(header), entries=entries)
 
     @router.get("/v1/ledger/entries/{entry_id}", summary="One entry and its log index")
     def entry(entry_id: str) -> EntryOut:
-        return entry_out(service.entry(entry_id))
+        return entry_out(service.ledger.entry(entry_id))
 
     @router.get(
         "/v1/ledger/entries/{entry_id}/proof", summary="Inclusion proof document of one entry"
     )
     def inclusion_proof(entry_id: str, tree_size: QueryInt | None = None) -> Signed:
-        return service.inclusion_proof(entry_id, tree_size)
+        return service.ledger.inclusion_proof(entry_id, tree_size)
 
     @router.get(
         "/v1/ledger/consistency",
         summary="Consistency proof document between two block heights",
     )
     def consistency(first: QueryInt, second: QueryInt) -> Signed:
-        return service.consistency_proof(first, second)
+        return service.ledger.consistency_proof(first, second)
 
     return router

@@ -169,7 +169,7 @@ def _earning(service: NodeService, authenticator: Authenticator) -> APIRouter:
 
     @router.post("/v1/members", summary="Enroll a member", **_WRITE)
     def enroll(body: EnrollIn, response: Response, key: IdempotencyHeader = None) -> WriteOut:
-        result = service.enroll(body.member_id, idempotency_key=idempotency_key(body, key))
+        result = service.points.enroll(body.member_id, idempotency_key=idempotency_key(body, key))
         return _written(result, response)
 
     @router.post(
@@ -180,7 +180,7 @@ def _earning(service: NodeService, authenticator: Authenticator) -> APIRouter:
     def earn(
         member_id: MemberId, body: PurchaseIn, response: Response, key: IdempotencyHeader = None
     ) -> WriteOut:
-        result = service.earn_purchase(
+        result = service.points.earn_purchase(
             member_id,
             body.reference,
             body.spend_minor,
@@ -197,7 +197,7 @@ def _earning(service: NodeService, authenticator: Authenticator) -> APIRouter:
     def reward(
         member_id: MemberId, body: RewardIn, response: Response, key: IdempotencyHeader = None
     ) -> WriteOut:
-        result = service.earn_reward(
+        result = service.points.earn_reward(
             member_id, body.event, body.reference, idempotency_key=idempotency_key(body, key)
         )
         return _written(result, response)
@@ -210,7 +210,7 @@ def _earning(service: NodeService, authenticator: Authenticator) -> APIRouter:
     def reverse(
         member_id: MemberId, body: ReversalIn, response: Response, key: IdempotencyHeader = None
     ) -> WriteOut:
-        result = service.reverse_purchase(
+        result = service.points.reverse_purchase(
             member_id, body.reference, idempotency_key=idempotency_key(body, key)
         )
         return _written(result, response)
@@ -229,7 +229,7 @@ def _spending(service: NodeService, authenticator: Authenticator) -> APIRouter:
     def redeem(
         member_id: MemberId, body: RedemptionIn, response: Response, key: IdempotencyHeader = None
     ) -> WriteOut:
-        result = service.redeem(
+        result = service.points.redeem(
             member_id, body.amount, body.reference, idempotency_key=idempotency_key(body, key)
         )
         return _written(result, response)
@@ -242,7 +242,7 @@ def _spending(service: NodeService, authenticator: Authenticator) -> APIRouter:
     def transfer(
         member_id: MemberId, body: TransferIn, response: Response, key: IdempotencyHeader = None
     ) -> WriteOut:
-        result = service.transfer(
+        result = service.points.transfer(
             member_id,
             body.to_member_id,
             body.amount,
@@ -265,7 +265,7 @@ def _operator_corrections(service: NodeService, authenticator: Authenticator) ->
     def adjust(
         member_id: MemberId, body: AdjustmentIn, response: Response, key: IdempotencyHeader = None
     ) -> WriteOut:
-        result = service.adjust(
+        result = service.points.adjust(
             member_id,
             body.amount,
             body.operator,
@@ -282,7 +282,7 @@ def _operator_corrections(service: NodeService, authenticator: Authenticator) ->
     def revoke(
         member_id: MemberId, body: RevocationIn, response: Response, key: IdempotencyHeader = None
     ) -> WriteOut:
-        result = service.revoke(
+        result = service.points.revoke(
             member_id,
             body.earn_entry_id,
             body.operator,
@@ -303,7 +303,7 @@ def _batch_jobs(service: NodeService, authenticator: Authenticator) -> APIRouter
 
     @router.post("/v1/earn/bulk", summary=f"Earn points for up to {MAX_BULK_ROWS} purchases")
     def earn_bulk(rows: BulkIn) -> BulkOut:
-        result: BulkResult = service.earn_bulk(
+        result: BulkResult = service.points.earn_bulk(
             PurchaseRow(r.member_id, r.reference, r.spend_minor, r.category, r.idempotency_key)
             for r in rows
         )
@@ -315,7 +315,7 @@ def _batch_jobs(service: NodeService, authenticator: Authenticator) -> APIRouter
 
     @router.post("/v1/jobs/expiry", summary="Expire every lot whose time has come")
     def run_expiry() -> ExpiryOut:
-        result = service.run_expiry()
+        result = service.points.run_expiry()
         return ExpiryOut(entries=result.entries, points=result.points)
 
     return router
@@ -330,14 +330,14 @@ def _member_reads(service: NodeService, authenticator: Authenticator) -> APIRout
 
     @router.get("/v1/members/{member_id}/balance", summary="A member's balance and tier")
     def balance(member_id: MemberId) -> BalanceOut:
-        return BalanceOut(**asdict(service.balance(member_id)))
+        return BalanceOut(**asdict(service.points.balance(member_id)))
 
     @router.get("/v1/members/{member_id}/lots", summary="A member's lots of points")
     def lots(member_id: MemberId) -> list[LotOut]:
-        return [LotOut(**asdict(lot)) for lot in service.lots(member_id)]
+        return [LotOut(**asdict(lot)) for lot in service.points.lots(member_id)]
 
     @router.get("/v1/members/{member_id}/history", summary="A member's entries, newest first")
     def history(member_id: MemberId, limit: QueryInt = 100) -> list[EntryOut]:
-        return [entry_out(view) for view in service.history(member_id, limit)]
+        return [entry_out(view) for view in service.points.history(member_id, limit)]
 
     return router
