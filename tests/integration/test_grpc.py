@@ -379,7 +379,7 @@ def test_a_bug_becomes_internal_with_the_traceback_logged_not_sent(
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     points_pb2_grpc.add_PointsServicer_to_server(
-        Broken(node, ApiKeyAuthorizer(authenticator)), server
+        Broken(node.points, ApiKeyAuthorizer(authenticator)), server
     )
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()

@@ -42,6 +42,16 @@ class LedgerService:
         self._public_key = public_key
         self._sealer = sequencer.sealer
 
+    @property
+    def program(self) -> str:
+        """Whose log this is."""
+        return self._sequencer.program
+
+    @property
+    def public_key(self) -> VerifyKey:
+        """The key every signed header of this log verifies with."""
+        return self._public_key
+
     def latest_header(self) -> SignedHeader | None:
         return self._sealer.last
 
