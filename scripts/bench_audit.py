@@ -141,10 +141,10 @@ def build(folder: Path, size: int) -> None:
                 }
             )
             if len(rows) == CHUNK or index == size - 1:
-                with service.engine.begin() as conn:
+                with service.sequencer.engine.begin() as conn:
                     conn.execute(insert(entries), rows)
                 service.sealer.added(leaves)
-                service.flush()
+                service.ledger.flush()
                 rows, leaves = [], []
                 print(
                     f"\r  built {index + 1:,}/{size:,} ({time.perf_counter() - t0:.0f} s)", end=""

@@ -5,7 +5,7 @@
     .venv/bin/python scripts/bench_ingest.py --purchases 50000 --members 5000 --repeat 5
     .venv/bin/python scripts/bench_ingest.py --profile            # plus a cProfile of one run
 
-**Node**: ``NodeService.earn_bulk`` (the bulk earning path partners use) on SQLite with
+**Node**: ``PointsService.earn_bulk`` (the bulk earning path partners use) on SQLite with
 ``synchronous=FULL``, as the node runs by default: the engine comes from
 ``coalition.store.db.make_engine`` with its default settings and the ``NodeService`` is
 built directly (the tests' ``support.nodes.temporary_node`` uses ``synchronous=NORMAL`` and
@@ -116,8 +116,8 @@ def build_template(folder: Path, members: int, key: SigningKey) -> Path:
     service = make_service(f"sqlite:///{path}", key, "OFF")
     try:
         for n in range(1, members + 1):
-            service.enroll(member_id(n), idempotency_key=f"enroll:{n}")
-        service.flush()
+            service.points.enroll(member_id(n), idempotency_key=f"enroll:{n}")
+        service.ledger.flush()
     finally:
         service.close()
     return path
@@ -165,8 +165,8 @@ def run_node(
         if profiler:
             profiler.enable()
         t0 = time.perf_counter()
-        result = service.earn_bulk(rows, batch_size=batch)
-        last = service.flush()
+        result = service.points.earn_bulk(rows, batch_size=batch)
+        last = service.ledger.flush()
         elapsed = time.perf_counter() - t0
         if profiler:
             profiler.disable()

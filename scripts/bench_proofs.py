@@ -17,13 +17,13 @@ takes them as they are when they hold a log of the requested size.
 **Measuring**: a fresh ``NodeService`` opened on the cached database (default engine
 settings) serves every proof from the stored tree data, as in production:
 
-* ``NodeService.inclusion_proof`` for random entries (the whole call: entry lookup,
+* ``LedgerService.inclusion_proof`` for random entries (the whole call: entry lookup,
   header, stored-node fetch, path assembly, document);
 * the path alone: stored-node fetch plus Merkle assembly, and the Merkle part alone;
 * ``proofs.verify_inclusion_document`` (entry checks, leaf hash, RFC 9162 path, one
   Ed25519 signature), the bare ``merkle.verify_inclusion`` and a bare Ed25519 verify of
   the same header, measured in the same run;
-* ``NodeService.consistency_proof`` between random block heights and
+* ``LedgerService.consistency_proof`` between random block heights and
   ``proofs.verify_consistency_document`` (two signatures) and ``merkle.verify_consistency``.
 """
 
@@ -89,8 +89,8 @@ def _template(folder: Path, key: SigningKey) -> dict[str, Any]:
     path.unlink(missing_ok=True)
     service = _service(f"sqlite:///{path}", key, "OFF")
     try:
-        service.enroll("M000001", idempotency_key="enroll:1")
-        entry = service.earn_purchase(
+        service.points.enroll("M000001", idempotency_key="enroll:1")
+        entry = service.points.earn_purchase(
             "M000001", "P-00000000", 12_345, idempotency_key="earn:1"
         ).entry
     finally:
@@ -134,10 +134,10 @@ def build(folder: Path, size: int) -> None:
                         "request_hash": None,
                     }
                 )
-            with service.engine.begin() as conn:
+            with service.sequencer.engine.begin() as conn:
                 conn.execute(insert(entries), rows)
             service.sealer.added([r["leaf_hash"] for r in rows])
-            service.flush()
+            service.ledger.flush()
             done = start + len(rows)
             print(
                 f"\r  built {done:,}/{size:,} entries ({time.perf_counter() - t0:.0f} s)",
@@ -145,7 +145,7 @@ def build(folder: Path, size: int) -> None:
                 flush=True,
             )
         print()
-        last = service.latest_header()
+        last = service.ledger.latest_header()
         assert last is not None and last.header.log_size == size
     finally:
         service.close()
@@ -220,12 +220,12 @@ def main() -> int:
     service = _service(f"sqlite:///{folder / 'log.db'}", key)
     rng = random.Random(7)
     try:
-        last = service.latest_header()
+        last = service.ledger.latest_header()
         assert last is not None
         size, height = last.header.log_size, last.header.height
         root = bytes.fromhex(last.header.log_root)
         indexes = [rng.randrange(size) for _ in range(args.samples)]
-        with service.engine.connect() as conn:
+        with service.sequencer.read() as conn:
             found: dict[int, str] = dict(
                 conn.execute(
                     select(entries.c.log_index, entries.c.entry_id).where(
@@ -242,14 +242,14 @@ def main() -> int:
 
         # Warm up caches (SQLite pages, SQLAlchemy statement cache) as a running node is.
         for entry_id in ids[:50]:
-            service.inclusion_proof(entry_id)
+            service.ledger.inclusion_proof(entry_id)
 
         # Inclusion proof: the whole service call.
-        gen = [timed(partial(service.inclusion_proof, e)) for e in ids]
-        results.append(("inclusion proof, NodeService.inclusion_proof", *stats(gen), "< 1 ms"))
+        gen = [timed(partial(service.ledger.inclusion_proof, e)) for e in ids]
+        results.append(("inclusion proof, LedgerService.inclusion_proof", *stats(gen), "< 1 ms"))
 
         # The path alone: stored-node fetch + Merkle assembly, on one open connection.
-        with service.engine.connect() as conn:
+        with service.sequencer.read() as conn:
 
             def path(i: int) -> list[bytes]:
                 coords = inclusion_coords(i, size)
@@ -274,7 +274,7 @@ def main() -> int:
         results.append(("  path: merkle only (nodes in memory)", *stats(pure), ""))
 
         # Verification.
-        docs = [service.inclusion_proof(e) for e in ids[:500]]
+        docs = [service.ledger.inclusion_proof(e) for e in ids[:500]]
         for doc in docs[:20]:
             verify_inclusion_document(doc, verify_key)
         ver = [timed(partial(verify_inclusion_document, d, verify_key), 5) for d in docs]
@@ -300,9 +300,9 @@ def main() -> int:
         for _ in range(args.samples):
             a, b = rng.randrange(height + 1), rng.randrange(height + 1)
             pairs.append((min(a, b), max(a, b)))
-        cgen = [timed(partial(service.consistency_proof, a, b)) for a, b in pairs]
-        results.append(("consistency proof, NodeService.consistency_proof", *stats(cgen), ""))
-        cdocs = [service.consistency_proof(a, b) for a, b in pairs[:500]]
+        cgen = [timed(partial(service.ledger.consistency_proof, a, b)) for a, b in pairs]
+        results.append(("consistency proof, LedgerService.consistency_proof", *stats(cgen), ""))
+        cdocs = [service.ledger.consistency_proof(a, b) for a, b in pairs[:500]]
         cver = [timed(partial(verify_consistency_document, d, verify_key), 5) for d in cdocs]
         results.append(("consistency document verify (2 signatures)", *stats(cver), ""))
         cbare = []

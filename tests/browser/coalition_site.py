@@ -66,12 +66,12 @@ def _populate(site: Site) -> None:
     coalition[A].agr.propose(agreement_doc(A, C, rate=(2, 1), point_value=(1, 2)))
     for program, node in coalition.nodes.items():
         for member in (MEMBER_ID, "bob"):
-            node.service.enroll(member, idempotency_key=f"enroll-{program}-{member}")
-            node.service.adjust(
+            node.service.points.enroll(member, idempotency_key=f"enroll-{program}-{member}")
+            node.service.points.adjust(
                 member, 5000, "ops", "opening", idempotency_key=f"{program}-{member}"
             )
     node_a, node_b = coalition[A], coalition[B]
-    node_a.service.earn_purchase(MEMBER_ID, "PNR-EXPLORE", 48_000, idempotency_key="earn-1")
+    node_a.service.points.earn_purchase(MEMBER_ID, "PNR-EXPLORE", 48_000, idempotency_key="earn-1")
     conversions = [
         node_a.conv.convert(MEMBER_ID, B, MEMBER_ID, 1000, idempotency_key="a-b-1"),
         node_a.conv.convert(MEMBER_ID, B, "bob", 400, idempotency_key="a-b-2"),
@@ -96,7 +96,7 @@ def _populate(site: Site) -> None:
     time.sleep(0.01)
     site.settlement[A].propose(B, site.statement_start, site.statement_end)
     for node in coalition.nodes.values():
-        node.service.flush()
+        node.service.ledger.flush()
 
 
 @contextmanager
@@ -117,7 +117,7 @@ def running_site(folder: Path) -> Iterator[Site]:
         stack.callback(servers.stop)
         port = servers.http_port
         site.base_url = f"http://127.0.0.1:{port}"
-        latest = node_a.service.latest_header()
+        latest = node_a.service.ledger.latest_header()
         assert latest is not None
         wait_until(
             lambda: witnesses[A].status(latest.header.height).witnessed,

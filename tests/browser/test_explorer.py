@@ -72,7 +72,7 @@ def test_without_a_key_the_page_says_so(browser: Any, site: Site) -> None:
 
 
 def test_blocks_show_witness_status_and_entries(page: Any, site: Site) -> None:
-    latest = site.coalition[A].service.latest_header()
+    latest = site.coalition[A].service.ledger.latest_header()
     assert latest is not None
     height = latest.header.height
     row = find(page, f"#blocks-table tr[data-height='{height}']")
@@ -130,9 +130,9 @@ def test_entry_proof_is_verified_in_the_browser_and_tampering_is_rejected(
 
 def test_member_balance_and_history(page: Any, site: Site) -> None:
     go(page, "#/member")
-    balance = site.coalition[A].service.balance(MEMBER_ID)
+    balance = site.coalition[A].service.points.balance(MEMBER_ID)
     assert find(page, "#balance-spendable").text == str(balance.spendable)
-    history = site.coalition[A].service.history(MEMBER_ID, 50)
+    history = site.coalition[A].service.points.history(MEMBER_ID, 50)
     rows = page.find_elements(By.CSS_SELECTOR, "#history-table tbody tr")
     assert [r.get_attribute("data-entry") for r in rows] == [v.entry["id"] for v in history]
     assert "convert-out" in find(page, "#history-table").text

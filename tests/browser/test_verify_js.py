@@ -52,9 +52,11 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
         for block in range(3):
             for n in range(block + 2):
                 member = f"m{block}-{n}"
-                service.enroll(member, idempotency_key=f"e-{member}")
-                service.adjust(member, 100 + n, "ops", "opening", idempotency_key=f"a-{member}")
-            service.flush()
+                service.points.enroll(member, idempotency_key=f"e-{member}")
+                service.points.adjust(
+                    member, 100 + n, "ops", "opening", idempotency_key=f"a-{member}"
+                )
+            service.ledger.flush()
         keys = Authenticator([ApiKey("audit", key_digest("k"), Role.AUDITOR)])
         server, thread, port = serve_http(create_app(service, keys))
         try:
@@ -182,10 +184,10 @@ def _tampered(proof: JsonObject) -> dict[str, JsonObject]:
 
 def test_real_proofs_verify_and_tampered_ones_are_rejected(verify: Any, node: Node) -> None:
     service = node.service
-    latest = service.latest_header()
+    latest = service.ledger.latest_header()
     assert latest is not None and latest.header.height == 2
-    ids = [e["id"] for h in range(3) for e in service.block(h)[1]]
-    proofs = [service.inclusion_proof(str(i), None) for i in ids]
+    ids = [e["id"] for h in range(3) for e in service.ledger.block(h)[1]]
+    proofs = [service.ledger.inclusion_proof(str(i), None) for i in ids]
     pem = service.public_key.to_pem().decode()
     reports = verify(VERIFY_DOCS, {"pem": pem, "docs": proofs})
     assert [r["failed"] for r in reports] == [[] for _ in proofs]
@@ -226,7 +228,7 @@ return out;
 
 def test_real_consistency_proofs_verify(verify: Any, node: Node) -> None:
     service = node.service
-    docs = [service.consistency_proof(a, b) for a in range(3) for b in range(a, 3)]
+    docs = [service.ledger.consistency_proof(a, b) for a in range(3) for b in range(a, 3)]
     pem = service.public_key.to_pem().decode()
     assert verify(CONSISTENCY, {"pem": pem, "docs": docs}) == [None] * len(docs)
     bad = copy.deepcopy(docs[1])  # heights 0 -> 1

@@ -44,7 +44,7 @@ class Node:
         self.url = url
 
     def sql(self, statement: str, **params: object) -> list[tuple[object, ...]]:
-        with self.service.engine.begin() as conn:
+        with self.service.sequencer.engine.begin() as conn:
             result = conn.execute(text(statement), params)
             return [tuple(row) for row in result] if result.returns_rows else []
 
@@ -53,10 +53,10 @@ class Node:
             return audit_chain(source, self.key.public_key, **kwargs)  # type: ignore[arg-type]
 
     def header(self, height: int) -> SignedHeader:
-        return self.service.headers(height, 1)[0]
+        return self.service.ledger.headers(height, 1)[0]
 
     def height_of(self, log_index: int) -> int:
-        for signed in self.service.headers(0, 10_000):
+        for signed in self.service.ledger.headers(0, 10_000):
             h = signed.header
             if h.first_index <= log_index < h.log_size:
                 return h.height
@@ -72,26 +72,28 @@ def populate(node: Node) -> dict[str, int]:
     """
     svc, clock = node.service, node.clock
     for member in MEMBERS:
-        svc.enroll(member, idempotency_key=f"enroll-{member}")
-    svc.earn_reward("alice", "signup", "alice", idempotency_key="r-alice")  # alice 500
-    bob_signup = svc.earn_reward("bob", "signup", "bob", idempotency_key="r-bob")  # bob 500
-    svc.earn_purchase("alice", "order-1", 12_345, idempotency_key="p1")  # alice +123 pending
-    svc.earn_purchase("carol", "order-2", 50_000, idempotency_key="p2")  # carol +500 pending
-    svc.flush()
+        svc.points.enroll(member, idempotency_key=f"enroll-{member}")
+    svc.points.earn_reward("alice", "signup", "alice", idempotency_key="r-alice")  # alice 500
+    bob_signup = svc.points.earn_reward("bob", "signup", "bob", idempotency_key="r-bob")  # bob 500
+    svc.points.earn_purchase("alice", "order-1", 12_345, idempotency_key="p1")  # alice +123 pending
+    svc.points.earn_purchase("carol", "order-2", 50_000, idempotency_key="p2")  # carol +500 pending
+    svc.ledger.flush()
     clock.advance(days=31)
-    svc.redeem("alice", 200, "gift-1", idempotency_key="x1")  # alice 423
-    svc.transfer("alice", "bob", 100, "for dinner", idempotency_key="t1")  # alice 323, bob 600
-    svc.adjust("carol", 300, "ops-1", "goodwill", idempotency_key="a1")  # carol 800
-    svc.adjust("bob", -50, "ops-1", "correction", idempotency_key="a2")  # bob 550
-    svc.reverse_purchase("carol", "order-2", idempotency_key="rv1")  # carol 300
-    svc.revoke("bob", str(bob_signup.entry["id"]), "ops-2", "fraud", idempotency_key="rk1")
+    svc.points.redeem("alice", 200, "gift-1", idempotency_key="x1")  # alice 423
+    svc.points.transfer(
+        "alice", "bob", 100, "for dinner", idempotency_key="t1"
+    )  # alice 323, bob 600
+    svc.points.adjust("carol", 300, "ops-1", "goodwill", idempotency_key="a1")  # carol 800
+    svc.points.adjust("bob", -50, "ops-1", "correction", idempotency_key="a2")  # bob 550
+    svc.points.reverse_purchase("carol", "order-2", idempotency_key="rv1")  # carol 300
+    svc.points.revoke("bob", str(bob_signup.entry["id"]), "ops-2", "fraud", idempotency_key="rk1")
     # bob: 550 - 500 = 50 (the 50 left is the transferred lot, which kept alice's expiry)
-    svc.flush()
+    svc.ledger.flush()
     clock.advance(days=370)
-    expired = svc.run_expiry()  # everything earned on day 0 or 31 has expired now
+    expired = svc.points.run_expiry()  # everything earned on day 0 or 31 has expired now
     assert expired.entries == 3
-    svc.earn_reward("carol", "review", "carol-1", idempotency_key="r-carol")  # carol 50
-    svc.flush()
+    svc.points.earn_reward("carol", "review", "carol-1", idempotency_key="r-carol")  # carol 50
+    svc.ledger.flush()
     return {"alice": 0, "bob": 0, "carol": 50}
 
 
@@ -129,7 +131,7 @@ def test_clean_chain_audits_ok(built: tuple[Node, dict[str, int]]) -> None:
     node, holdings = built
     report = node.audit()
     assert report.ok, report.render()
-    latest = node.service.latest_header()
+    latest = node.service.ledger.latest_header()
     assert latest is not None
     assert report.entries == latest.header.log_size == 17
     assert report.blocks == latest.header.height + 1 >= 4  # blocks of at most 5 entries
@@ -138,7 +140,7 @@ def test_clean_chain_audits_ok(built: tuple[Node, dict[str, int]]) -> None:
     assert report.accounts == len(MEMBERS)
     assert report.supply == sum(holdings.values()) == 50
     for member, points in holdings.items():
-        assert node.service.balance(member).held == points
+        assert node.service.points.balance(member).held == points
     assert report.points_by_kind == {
         "earn": 500 + 500 + 123 + 500 + 50,
         "redeem": 200,
@@ -222,9 +224,9 @@ def test_cli_audit_and_check_exit_codes(built: tuple[Node, dict[str, int]], tmp_
 def test_check_replays_unsealed_entries(database_url: str) -> None:
     with temporary_node(database_url, start=False) as service:
         for member in MEMBERS:
-            service.enroll(member, idempotency_key=f"enroll-{member}")
-        service.adjust("alice", 70, "ops-1", "welcome", idempotency_key="a1")
-        assert service.latest_header() is None
+            service.points.enroll(member, idempotency_key=f"enroll-{member}")
+        service.points.adjust("alice", 70, "ops-1", "welcome", idempotency_key="a1")
+        assert service.ledger.latest_header() is None
         checked = check_database(database_url)
         assert checked.ok, checked.render()
         assert (checked.entries, checked.accounts, checked.lots, checked.supply) == (4, 3, 1, 70)

@@ -49,8 +49,8 @@ def coalition(tmp_path: Path, database_url: str) -> Iterator[tuple[RunningCoalit
         witness = running["staybright"].witness
         for program, node in running.nodes.items():
             for n in range(2):
-                node.service.enroll(f"{program}-{n}", idempotency_key=f"{program}-{n}")
-                node.service.flush()
+                node.service.points.enroll(f"{program}-{n}", idempotency_key=f"{program}-{n}")
+                node.service.ledger.flush()
         yield running, witness
 
 
@@ -76,7 +76,7 @@ def equivocate(running: RunningCoalition) -> tuple[SignedHeader, SignedHeader]:
     other one reach staybright's witness as partner gossip. Both signed headers."""
     skyair = running["skyair"]
     assert skyair.client is not None
-    real = skyair.service.headers(1, 1)[0]
+    real = skyair.service.ledger.headers(1, 1)[0]
     other = sign_header(replace(real.header, sealed_at="2030-01-01T00:00:00.000000Z"), skyair.key)
     for signed, status in ((real, "unknown"), (other, "equivocation")):
         _, reply = skyair.client.call("staybright", "header-gossip", {"header": signed.to_json()})
@@ -193,12 +193,12 @@ def test_evidence_that_does_not_verify_is_a_fault_of_its_holder(
 ) -> None:
     running, _ = coalition
     staybright, skyair = running["staybright"], running["skyair"]
-    real = staybright.service.headers(1, 1)[0]
+    real = staybright.service.ledger.headers(1, 1)[0]
     # skyair's database claims staybright signed another header 1: the signature is a copy.
     claimed = SignedHeader(
         replace(real.header, sealed_at="2030-01-01T00:00:00.000000Z"), real.signature
     )
-    with skyair.service.engine.begin() as conn:
+    with skyair.service.sequencer.engine.begin() as conn:
         assert witness_store.save_evidence(conn, "equivocation", "planted", real, claimed, 0)
     code, report = audit_cli(running, tmp_path)
     printed = capsys.readouterr().out
@@ -221,11 +221,11 @@ def test_a_fork_found_by_a_consistency_proof_is_proven_by_the_accused_chain(
 ) -> None:
     running, _ = coalition
     skyair, staybright = running["skyair"], running["staybright"]
-    h0, h1 = skyair.service.headers(0, 2)
+    h0, h1 = skyair.service.ledger.headers(0, 2)
     # What a witness stores when skyair's header 1 links to header 0 but its log does not
     # extend header 0's: the two headers alone are compatible; skyair's chain is not.
     rewritten = sign_header(replace(h1.header, log_root="4" * 64), skyair.key)
-    with staybright.service.engine.begin() as conn:
+    with staybright.service.sequencer.engine.begin() as conn:
         assert witness_store.save_evidence(conn, "fork", "consistency", h0, rewritten, 0)
     code, report = audit_cli(running, tmp_path)
     printed = capsys.readouterr().out

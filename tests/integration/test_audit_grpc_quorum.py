@@ -89,8 +89,8 @@ def live(
                 following.callback(witness.stop)
             for program, node in running.nodes.items():
                 for n in range(BLOCKS):
-                    node.service.enroll(f"{program}-{n}", idempotency_key=f"{program}-{n}")
-                    node.service.flush()
+                    node.service.points.enroll(f"{program}-{n}", idempotency_key=f"{program}-{n}")
+                    node.service.ledger.flush()
             for program, witness in witnesses.items():
                 wait_for(partial(fully_cosigned, witness, BLOCKS), what=f"{program} cosigned")
         ports: dict[str, int] = {}
@@ -148,7 +148,7 @@ def forge_stored(live: LiveCoalition, program: str, height: int, witness: str) -
     header at ``height`` in ``program``'s own database."""
     c = witness_cosignatures.c
     where = (c.program == program, c.height == height, c.witness == witness)
-    with live.running[program].service.engine.begin() as conn:
+    with live.running[program].service.sequencer.engine.begin() as conn:
         line = conn.execute(select(c.cosignature).where(*where)).scalar_one()
         sig = parse_signature_line(line)
         forged = NoteSignature(

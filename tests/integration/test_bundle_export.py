@@ -31,9 +31,9 @@ PROGRAM = "testair"
 
 def populate(service: NodeService, members: int = 6) -> None:
     for n in range(members):
-        service.enroll(f"m{n}", idempotency_key=f"enroll-{n}")
-        service.earn_reward(f"m{n}", "signup", f"m{n}", idempotency_key=f"signup-{n}")
-    service.flush()
+        service.points.enroll(f"m{n}", idempotency_key=f"enroll-{n}")
+        service.points.earn_reward(f"m{n}", "signup", f"m{n}", idempotency_key=f"signup-{n}")
+    service.ledger.flush()
 
 
 @pytest.fixture

@@ -97,20 +97,20 @@ def _verify(path: Path, key: Path) -> int:
 def test_verify_accepts_good_proofs_and_rejects_tampered_ones(
     service: NodeService, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    service.enroll("alice", idempotency_key="e1")
-    earn = service.earn_purchase("alice", "PNR-1", 45_000, "flights", idempotency_key="k1")
-    first = service.flush()
-    service.enroll("bob", idempotency_key="e2")
-    last = service.flush()
+    service.points.enroll("alice", idempotency_key="e1")
+    earn = service.points.earn_purchase("alice", "PNR-1", 45_000, "flights", idempotency_key="k1")
+    first = service.ledger.flush()
+    service.points.enroll("bob", idempotency_key="e2")
+    last = service.ledger.flush()
     assert first is not None and last is not None
     key = tmp_path / "public_key.pem"
     key.write_bytes(service.public_key.to_pem())
-    proof = service.inclusion_proof(str(earn.entry["id"]))
+    proof = service.ledger.inclusion_proof(str(earn.entry["id"]))
     good = tmp_path / "proof.json"
     good.write_text(json.dumps(proof))
     consistency = tmp_path / "consistency.json"
     consistency.write_text(
-        json.dumps(service.consistency_proof(first.header.height, last.header.height))
+        json.dumps(service.ledger.consistency_proof(first.header.height, last.header.height))
     )
 
     assert _verify(good, key) == 0
@@ -156,9 +156,9 @@ def _import(path: Path, target: str, *extra: str) -> int:
 
 
 def _state(service: NodeService, members: list[str]) -> tuple[int, int]:
-    latest = service.flush()
+    latest = service.ledger.flush()
     assert latest is not None
-    return latest.header.log_size, sum(service.balance(m).held for m in members)
+    return latest.header.log_size, sum(service.points.balance(m).held for m in members)
 
 
 @pytest.mark.slow
@@ -167,7 +167,7 @@ def test_import_csv_of_20000_rows_then_a_reimport_is_all_replayed(
 ) -> None:
     members = [f"M{n:04d}" for n in range(1, 201)]
     for m in members:
-        service.enroll(m, idempotency_key=f"enroll:{m}")
+        service.points.enroll(m, idempotency_key=f"enroll:{m}")
     csv_file = tmp_path / "purchases.csv"
     script = ROOT / "scripts" / "make_purchases_csv.py"
     args = ["20000", "--members", "200", "--out", str(csv_file)]
@@ -180,7 +180,7 @@ def test_import_csv_of_20000_rows_then_a_reimport_is_all_replayed(
     size_after, held_after = _state(service, members)
     assert size_after == size_before + 20_000
     assert held_after > 0
-    history = [e.entry for e in service.history("M0001", 1000)]
+    history = [e.entry for e in service.points.history("M0001", 1000)]
     earned = [e["reason"] for e in history if e["kind"] == "earn"]
     assert earned and all(str(r["reference"]).startswith("CSV-") for r in earned)  # type: ignore[index,call-overload]
 
@@ -192,8 +192,8 @@ def test_import_csv_of_20000_rows_then_a_reimport_is_all_replayed(
 def test_import_csv_reports_bad_rows_by_line_and_accepts_the_others(
     service: NodeService, grpc_target: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    service.enroll("alice", idempotency_key="e1")
-    service.enroll("bob", idempotency_key="e2")
+    service.points.enroll("alice", idempotency_key="e1")
+    service.points.enroll("bob", idempotency_key="e2")
     csv_file = tmp_path / "mixed.csv"
     csv_file.write_text(
         "member_id,reference,spend_minor,category,idempotency_key\n"
@@ -216,8 +216,8 @@ def test_import_csv_reports_bad_rows_by_line_and_accepts_the_others(
     assert "unknown category 'cruises'" in out[3]
     assert "columns" in out[4]
     assert "already earned" in out[5]
-    assert service.balance("alice").pending == 150
-    assert service.balance("bob").pending == 150
+    assert service.points.balance("alice").pending == 150
+    assert service.points.balance("bob").pending == 150
 
 
 def test_import_csv_refuses_a_file_without_the_columns(

@@ -63,10 +63,10 @@ def run_coalition(running: RunningCoalition) -> None:
     start = datetime.now(UTC) - timedelta(seconds=1)
     a, b, c = running[A], running[B], running[C]
     a.agr.propose(agreement_doc(A, B))
-    a.service.enroll("alice", idempotency_key="enroll-alice")
-    a.service.adjust("alice", 10_000, "ops", "opening", idempotency_key="seed-alice")
-    b.service.enroll("bob", idempotency_key="enroll-bob")
-    c.service.enroll("carol", idempotency_key="enroll-carol")
+    a.service.points.enroll("alice", idempotency_key="enroll-alice")
+    a.service.points.adjust("alice", 10_000, "ops", "opening", idempotency_key="seed-alice")
+    b.service.points.enroll("bob", idempotency_key="enroll-bob")
+    c.service.points.enroll("carol", idempotency_key="enroll-carol")
     view = a.conv.convert("alice", B, "bob", 1000, idempotency_key="conv-1")
     wait_for(
         lambda: a.conv.status("alice", view.id).status == "completed",
@@ -79,9 +79,9 @@ def run_coalition(running: RunningCoalition) -> None:
     time.sleep(0.01)
     a.settlement.propose(B, start, end)
     for node in running.nodes.values():
-        node.service.flush()
+        node.service.ledger.flush()
     for program, node in running.nodes.items():
-        last = node.service.latest_header()
+        last = node.service.ledger.latest_header()
         assert last is not None
         for height in range(last.header.height + 1):
             wait_for(
@@ -91,7 +91,7 @@ def run_coalition(running: RunningCoalition) -> None:
 
 def cosigned(node: Any, height: int) -> bool:
     """Whether a partner's cosignature of the node's header at ``height`` reached it."""
-    with node.service.engine.connect() as conn:
+    with node.service.sequencer.read() as conn:
         rows = conn.execute(
             select(witness_cosignatures.c.witness).where(
                 witness_cosignatures.c.program == node.program,

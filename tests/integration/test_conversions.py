@@ -62,16 +62,18 @@ def make(tmp_path: Path, database_url: str) -> Iterator[Factory]:
             urls = stack.enter_context(node_urls(database_url, tmp_path, programs))
             c = stack.enter_context(coalition_nodes(tmp_path, urls, **kw))
             c[A].agr.propose(agreement_doc(A, B, **(agreement or {})))
-            c[A].service.enroll("alice", idempotency_key="enroll-alice")
-            c[A].service.adjust("alice", 10_000, "ops", "opening", idempotency_key="seed-alice")
-            c[B].service.enroll("bob", idempotency_key="enroll-bob")
+            c[A].service.points.enroll("alice", idempotency_key="enroll-alice")
+            c[A].service.points.adjust(
+                "alice", 10_000, "ops", "opening", idempotency_key="seed-alice"
+            )
+            c[B].service.points.enroll("bob", idempotency_key="enroll-bob")
             return c
 
         yield factory
 
 
 def spendable(node: PartnerNode, member: str) -> int:
-    return node.service.balance(member).spendable
+    return node.service.points.balance(member).spendable
 
 
 def settled(node: PartnerNode, view: ConversionView, timeout: float = 20.0) -> ConversionView:
@@ -94,7 +96,7 @@ def replay(node: PartnerNode) -> Replay:
 def assert_consistent(c: RunningCoalition) -> None:
     """Each node's tables equal the replay of its chain; nothing is left in flight."""
     for node in c.nodes.values():
-        node.service.flush()
+        node.service.ledger.flush()
         report = check_database(node.url)
         assert report.ok, report.render()
         assert replay(node).in_flight == {}
@@ -109,7 +111,7 @@ def assert_consistent(c: RunningCoalition) -> None:
 
 
 def outbox_rows(node: PartnerNode) -> list[Any]:
-    with node.service.engine.connect() as conn:
+    with node.service.sequencer.read() as conn:
         return list(conn.execute(select(outbox)).all())
 
 
@@ -186,7 +188,7 @@ def test_one_partner_down_does_not_hold_up_another(make: Factory) -> None:
     c = make(programs=(A, B, C), abort_after_s=60.0)
     a, h = c[A], c[C]
     a.agr.propose(agreement_doc(A, C, rate=(1, 1), fee_bps=0))
-    h.service.enroll("carol", idempotency_key="enroll-carol")
+    h.service.points.enroll("carol", idempotency_key="enroll-carol")
     h.stop_partner_server()
     to_c = a.conv.convert("alice", C, "carol", 1000, idempotency_key="to-c")
     to_b = a.conv.convert("alice", B, "bob", 1000, idempotency_key="to-b")
@@ -294,7 +296,7 @@ def test_concurrent_conversions_never_overdraw(make: Factory) -> None:
 
 
 def unsettled_here(node: PartnerNode, debtor: str, creditor: str, in_flight: bool) -> int:
-    with node.service.engine.connect() as conn:
+    with node.service.sequencer.read() as conn:
         return conversions_store.unsettled(
             conn, node.program, debtor, creditor, in_flight=in_flight
         )
@@ -389,7 +391,7 @@ def test_no_conversion_without_an_agreement_in_force(make: Factory) -> None:
     ends = clock() + timedelta(days=1)
     c = make(agreement={"valid_until": ends}, clock=clock)
     a, b = c[A], c[B]
-    b.service.adjust("bob", 5000, "ops", "opening", idempotency_key="seed-bob")
+    b.service.points.adjust("bob", 5000, "ops", "opening", idempotency_key="seed-bob")
     with pytest.raises(FailedPrecondition, match="no rate agreement staybright -> skyair"):
         b.conv.convert("bob", A, "alice", 1000, idempotency_key="back")
     assert settled(a, a.conv.convert("alice", B, "bob", 1000, idempotency_key="ok")).status == (

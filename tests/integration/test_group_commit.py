@@ -33,8 +33,8 @@ def svc(database_url: str) -> Iterator[NodeService]:
 def test_concurrent_writes_are_all_committed_once_in_a_dense_log(svc: NodeService) -> None:
     members = [f"m{n}" for n in range(WRITERS)]
     for member in members:
-        svc.enroll(member, idempotency_key=f"enroll-{member}")
-        svc.adjust(member, 1000, "op", "opening", idempotency_key=f"open-{member}")
+        svc.points.enroll(member, idempotency_key=f"enroll-{member}")
+        svc.points.adjust(member, 1000, "op", "opening", idempotency_key=f"open-{member}")
     errors: list[BaseException] = []
     replayed: list[bool] = []
 
@@ -43,7 +43,7 @@ def test_concurrent_writes_are_all_committed_once_in_a_dense_log(svc: NodeServic
             for n in range(WRITES):
                 # every key is sent twice, by this thread: the second is a replay
                 for _ in range(2):
-                    result = svc.redeem(member, 1, f"r{n}", idempotency_key=f"{member}-{n}")
+                    result = svc.points.redeem(member, 1, f"r{n}", idempotency_key=f"{member}-{n}")
                     replayed.append(result.replayed)
         except BaseException as exc:
             errors.append(exc)
@@ -55,8 +55,8 @@ def test_concurrent_writes_are_all_committed_once_in_a_dense_log(svc: NodeServic
         thread.join(60)
     assert not errors
     assert replayed.count(True) == replayed.count(False) == WRITERS * WRITES
-    svc.flush()
-    with svc.engine.connect() as conn:
+    svc.ledger.flush()
+    with svc.sequencer.read() as conn:
         count, top = conn.execute(select(func.count(), func.max(entries.c.log_index))).one()
         bodies = [
             columns_store.stored_object(b) for _, b, _ in ledger_store.entry_bodies(conn, 0, count)
@@ -66,13 +66,13 @@ def test_concurrent_writes_are_all_committed_once_in_a_dense_log(svc: NodeServic
     for body in bodies:
         replay.apply(body)
     for member in members:
-        assert svc.balance(member).spendable == 1000 - WRITES
+        assert svc.points.balance(member).spendable == 1000 - WRITES
 
 
 def test_a_refusal_in_a_batch_fails_only_its_caller(svc: NodeService) -> None:
-    svc.enroll("rich", idempotency_key="e-rich")
-    svc.enroll("poor", idempotency_key="e-poor")
-    svc.adjust("rich", 100, "op", "opening", idempotency_key="open-rich")
+    svc.points.enroll("rich", idempotency_key="e-rich")
+    svc.points.enroll("poor", idempotency_key="e-poor")
+    svc.points.adjust("rich", 100, "op", "opening", idempotency_key="open-rich")
     outcomes: dict[str, object] = {}
     barrier = threading.Barrier(20)
 
@@ -80,7 +80,7 @@ def test_a_refusal_in_a_batch_fails_only_its_caller(svc: NodeService) -> None:
         member = "poor" if n % 2 else "rich"
         barrier.wait()
         try:
-            svc.redeem(member, 1, f"x{n}", idempotency_key=f"k{n}")
+            svc.points.redeem(member, 1, f"x{n}", idempotency_key=f"k{n}")
             outcomes[f"k{n}"] = "ok"
         except CoalitionError as exc:
             outcomes[f"k{n}"] = exc
@@ -95,5 +95,5 @@ def test_a_refusal_in_a_batch_fails_only_its_caller(svc: NodeService) -> None:
             assert isinstance(outcomes[f"k{n}"], InsufficientPoints)
         else:
             assert outcomes[f"k{n}"] == "ok"
-    assert svc.balance("rich").spendable == 90
-    assert svc.balance("poor").spendable == 0
+    assert svc.points.balance("rich").spendable == 90
+    assert svc.points.balance("poor").spendable == 0

@@ -100,24 +100,24 @@ def test_round_trip(ops: NodeClient, clients: dict[str, NodeClient], node: NodeS
     assert reversed_["lot"] == purchase.entry["id"]
 
     balance = alice.balance(ALICE)
-    assert balance == node.balance(ALICE)
+    assert balance == node.points.balance(ALICE)
     assert balance.spendable == 1000 + node.rules.rewards["review"] - 100 - 50
     assert balance.pending == 0
     assert ops.balance(BOB).spendable == 50
 
     lots = alice.lots(ALICE)
-    assert lots == node.lots(ALICE)
+    assert lots == node.points.lots(ALICE)
     assert sum(lot.remaining for lot in lots) == balance.spendable + balance.pending
 
     history = alice.history(ALICE)
-    assert [v.entry for v in history] == [v.entry for v in node.history(ALICE)]
+    assert [v.entry for v in history] == [v.entry for v in node.points.history(ALICE)]
     ids = {view.entry["id"] for view in history}
     assert {redeemed["id"], moved["id"], revoked["id"], reversed_["id"]} <= ids
     assert len(alice.history(ALICE, limit=2)) == 2
 
     # The wire entry is the stored one, byte for byte.
-    assert canonical_json(redeemed) == canonical_json(node.entry(str(redeemed["id"])).entry)
-    assert ops.run_expiry() == node.run_expiry()
+    assert canonical_json(redeemed) == canonical_json(node.ledger.entry(str(redeemed["id"])).entry)
+    assert ops.run_expiry() == node.points.run_expiry()
 
 
 def test_replay_returns_first_entry_and_conflict_changes_nothing(
@@ -159,7 +159,7 @@ def test_bulk_earn_streams_rows(ops: NodeClient, node: NodeService) -> None:
     again = ops.earn_bulk(rows())
     assert (again.accepted, again.replayed) == (0, count - len(bad))
     assert ops.balance(ALICE).pending + ops.balance(BOB).pending == pending
-    assert node.balance(BOB).pending == ops.balance(BOB).pending
+    assert node.points.balance(BOB).pending == ops.balance(BOB).pending
 
 
 def test_proofs_verify_offline(
@@ -169,10 +169,10 @@ def test_proofs_verify_offline(
     key = VerifyKey.from_pem(auditor.public_key_pem().encode())
 
     first = ops.earn_purchase(ALICE, "order-1", 2_000, idempotency_key="p1").entry
-    node.flush()
+    node.ledger.flush()
     first_height = _height(auditor.latest_header())
     second = ops.redeem(ALICE, 10, "gift-1", idempotency_key="d1").entry
-    node.flush()
+    node.ledger.flush()
     second_header = auditor.latest_header()
     second_height = _height(second_header)
     assert second_height > first_height
@@ -211,7 +211,7 @@ def test_watch_delivers_headers_sealed_after_subscribing(
     ops: NodeClient, clients: dict[str, NodeClient], node: NodeService
 ) -> None:
     auditor = clients["auditor"]
-    node.flush()
+    node.ledger.flush()
     latest = auditor.latest_header()
     after = -1 if latest is None else _height(latest)
     key = VerifyKey.from_pem(auditor.public_key_pem().encode())
@@ -219,7 +219,7 @@ def test_watch_delivers_headers_sealed_after_subscribing(
     with auditor.watch_headers(after, timeout=30) as watch:
         stream = iter(watch)
         ops.earn_purchase(ALICE, "order-w", 3_000, idempotency_key="pw")
-        sealed = node.flush()
+        sealed = node.ledger.flush()
         assert sealed is not None
         received = next(stream)
         assert received == sealed.to_json()
@@ -379,7 +379,7 @@ def test_a_bug_becomes_internal_with_the_traceback_logged_not_sent(
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     points_pb2_grpc.add_PointsServicer_to_server(
-        Broken(node, ApiKeyAuthorizer(authenticator)), server
+        Broken(node.points, ApiKeyAuthorizer(authenticator)), server
     )
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()

@@ -127,7 +127,7 @@ def test_a_database_made_by_the_old_create_all_is_stamped_and_keeps_its_rows(
     with engine.connect() as conn:
         assert conn.execute(text("SELECT member_id FROM accounts")).scalar_one() == "m1"
     with temporary_node(str(engine.url.render_as_string(hide_password=False))) as node:
-        assert node.latest_header() is None
+        assert node.ledger.latest_header() is None
 
 
 def test_revision_less_tables_that_are_not_the_baseline_are_refused(engine: Engine) -> None:

@@ -20,6 +20,7 @@ import grpc
 import pytest
 from sqlalchemy import Engine, func, select
 
+from coalition.api.grpc.ledger_source import GrpcLedgerSource
 from coalition.api.grpc.partner import GrpcTransport, serve_partner_grpc
 from coalition.errors import (
     FailedPrecondition,
@@ -34,6 +35,7 @@ from coalition.ledger.canonical import JsonObject, parse_json
 from coalition.ledger.envelope import SignedMessage, open_message, sign_message
 from coalition.ledger.keys import SigningKey, VerifyKey
 from coalition.node.config import SealerConfig
+from coalition.node.features.witness import LedgerSourceFailed
 from coalition.node.manifest import Manifest
 from coalition.node.partners import (
     SEEN_WINDOW,
@@ -420,8 +422,8 @@ def test_partners_read_the_ledger_over_mutual_tls(coalition: Coalition, tmp_path
     with temporary_node(
         f"sqlite:///{tmp_path / 'ledger.db'}", program="skyair", key=node.key
     ) as service:
-        service.enroll("m1", idempotency_key="enroll-m1")
-        sealed = service.flush()
+        service.points.enroll("m1", idempotency_key="enroll-m1")
+        sealed = service.ledger.flush()
         assert sealed is not None
         server, port = serve_partner_grpc(node.inbox, node.tls, "127.0.0.1", 0, service=service)
         try:
@@ -430,7 +432,7 @@ def test_partners_read_the_ledger_over_mutual_tls(coalition: Coalition, tmp_path
             transport = GrpcTransport(manifest, staybright.tls)
             client = PartnerClient("staybright", manifest, staybright.key, transport)
             coalition.closing.append(client)
-            stub = ledger_pb2_grpc.LedgerStub(client.channel("skyair"))
+            stub = ledger_pb2_grpc.LedgerStub(transport.channel("skyair"))
             key = stub.GetPublicKey(ledger_pb2.GetPublicKeyRequest(), timeout=5)
             assert key.program == "skyair"
             assert VerifyKey.from_pem(key.public_key_pem.encode()) == node.key.public_key
@@ -440,6 +442,13 @@ def test_partners_read_the_ledger_over_mutual_tls(coalition: Coalition, tmp_path
             watched = stub.WatchHeaders(ledger_pb2.WatchHeadersRequest(after_height=-1), timeout=5)
             assert SignedHeader.from_json(parse_json(next(watched).signed_header_json)) == sealed
             watched.cancel()
+            # The witness's source on the same channel: closing it ends a stream in flight.
+            source = GrpcLedgerSource(transport.channel("skyair"))
+            stream = source.watch(-1)
+            assert next(stream) == sealed
+            source.close()
+            with pytest.raises(LedgerSourceFailed, match=r"^CANCELLED: "):
+                next(stream)
             # The Partner service is on the same port.
             assert client.call("skyair", "echo", {"n": 3})[1]["echo"] == {"n": 3}
         finally:

@@ -66,13 +66,13 @@ def pair(tmp_path: Path, database_url: str) -> Iterator[Pair]:
         coalition = stack.enter_context(coalition_nodes(tmp_path, urls, start_features=False))
         a, b = coalition[A], coalition[B]
         a.agr.propose(agreement_doc(A, B, point_value=(2, 3)))
-        a.service.enroll(MEMBER, idempotency_key="enroll-alice")
-        a.service.adjust(MEMBER, 1000, "ops", "opening balance", idempotency_key="adj-alice")
+        a.service.points.enroll(MEMBER, idempotency_key="enroll-alice")
+        a.service.points.adjust(MEMBER, 1000, "ops", "opening balance", idempotency_key="adj-alice")
         yield Pair(coalition, a, b, a.redemptions, b.redemptions)
 
 
 def balance(node: PartnerNode, member: str = MEMBER) -> tuple[int, int]:
-    view = node.service.balance(member)
+    view = node.service.points.balance(member)
     return view.spendable, view.held
 
 
@@ -277,16 +277,16 @@ def test_refusals_change_nothing(pair: Pair) -> None:
     with pytest.raises(InvalidArgument, match="another program"):
         pair.rb.authorize(B, MEMBER, 10, "folio", 60, idempotency_key="self")
     # No agreement staybright -> skyair: staybright holds nothing for skyair.
-    pair.b.service.enroll("carol", idempotency_key="enroll-carol")
-    pair.b.service.adjust("carol", 500, "ops", "opening", idempotency_key="adj-carol")
+    pair.b.service.points.enroll("carol", idempotency_key="enroll-carol")
+    pair.b.service.points.adjust("carol", 500, "ops", "opening", idempotency_key="adj-carol")
     with pytest.raises(FailedPrecondition, match="no rate agreement"):
         pair.ra.authorize(B, "carol", 10, "folio", 60, idempotency_key="carol")
     assert balance(pair.a) == (1000, 1000)
-    assert pair.b.service.balance("carol").spendable == 500
+    assert pair.b.service.points.balance("carol").spendable == 500
     assert entry_kinds(pair.a.service) == before_a
     assert entry_kinds(pair.b.service) == before_b + Counter({"enroll": 1, "adjust": 1})
     # A refused key may be retried once the member has the points.
-    pair.a.service.adjust(MEMBER, 1, "ops", "top up", idempotency_key="top-up")
+    pair.a.service.points.adjust(MEMBER, 1, "ops", "top up", idempotency_key="top-up")
     assert authorize(pair, amount=1001, key="too-much").status == "authorized"
     with pytest.raises(NotFound):
         pair.rb.capture("0" * 32)
@@ -327,7 +327,7 @@ def test_unreachable_issuer_leaves_a_pending_redemption_that_a_retry_completes(
         authorize(pair, key="retry-me")
     with pytest.raises(PartnerUnavailable):
         authorize(pair, amount=50, key="given-up")
-    with pair.b.service.engine.connect() as conn:
+    with pair.b.service.sequencer.read() as conn:
         first = redemptions_store.redemption_by_key(conn, "retry-me")
         given_up = redemptions_store.redemption_by_key(conn, "given-up")
     assert first is not None and given_up is not None

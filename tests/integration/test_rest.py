@@ -161,7 +161,7 @@ def test_full_flow(
     assert balance["spendable"] == 1000 + reward_points - 100 - 50 - 10 + 200
     assert balance["pending"] == 0
     assert client.get(f"/v1/members/{BOB}/balance", headers=op).json()["spendable"] == 50
-    service_view = node.balance(ALICE)
+    service_view = node.points.balance(ALICE)
     assert balance["spendable"] == service_view.spendable
     assert balance["account"] == service_view.account
 
@@ -176,7 +176,7 @@ def test_full_flow(
     assert len(limited) == 2
 
     # The wire entry is the signed one, byte for byte.
-    stored = node.entry(redeemed["id"]).entry
+    stored = node.ledger.entry(redeemed["id"]).entry
     assert canonical_json(redeemed) == canonical_json(stored)
 
     expiry = client.post("/v1/jobs/expiry", headers=op)
@@ -454,7 +454,7 @@ def test_ledger_documents_verify(
     enrolled: TestClient, node: NodeService, keys: dict[str, dict[str, str]]
 ) -> None:
     client, auditor = enrolled, keys["auditor"]
-    first_header = node.flush()
+    first_header = node.ledger.flush()
     assert first_header is not None
     entry = write(
         client,
@@ -463,7 +463,7 @@ def test_ledger_documents_verify(
         keys["member"],
     )
     assert client.get(f"/v1/ledger/entries/{entry['id']}", headers=auditor).status_code == 200
-    second_header = node.flush()
+    second_header = node.ledger.flush()
     assert second_header is not None
 
     pem = client.get("/v1/ledger/public-key", headers=auditor)

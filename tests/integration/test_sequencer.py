@@ -79,7 +79,7 @@ def test_a_decision_appends_several_entries_at_consecutive_indexes(node: NodeSer
     first = sequencer.next_index
     bodies = sequencer.run(three)
     assert sequencer.next_index == first + 3
-    sealed = node.flush()
+    sealed = node.ledger.flush()
     assert sealed is not None and sealed.header.log_size == first + 3
     with sequencer.read() as conn:
         stored = ledger_store.entry_bodies(conn, first, first + 3)

@@ -51,96 +51,98 @@ def svc(database_url: str, clock: Clock) -> Iterator[NodeService]:
 
 
 def _state(svc: NodeService, member: str) -> tuple[object, int]:
-    return svc.balance(member), len(svc.history(member, limit=1000))
+    return svc.points.balance(member), len(svc.points.history(member, limit=1000))
 
 
 def _members(svc: NodeService, *names: str) -> None:
     for name in names:
-        svc.enroll(name, idempotency_key=f"enroll-{name}")
+        svc.points.enroll(name, idempotency_key=f"enroll-{name}")
 
 
 def test_points_move_with_pending_tiers_and_expiry(svc: NodeService, clock: Clock) -> None:
     _members(svc, "alice", "bob")
-    svc.earn_reward("alice", "signup", "alice", idempotency_key="su-alice")
-    earn = svc.earn_purchase("alice", "P-1", 20_000, "flights", idempotency_key="p1").entry
+    svc.points.earn_reward("alice", "signup", "alice", idempotency_key="su-alice")
+    earn = svc.points.earn_purchase("alice", "P-1", 20_000, "flights", idempotency_key="p1").entry
     assert earn["amount"] == 600  # 200.00 EUR x 3 (flights), blue tier x 1
-    balance = svc.balance("alice")
+    balance = svc.points.balance("alice")
     assert (balance.spendable, balance.pending, balance.held) == (500, 600, 1100)
     with pytest.raises(InsufficientPoints):
-        svc.redeem("alice", 600, "ORDER-1", idempotency_key="r0")
+        svc.points.redeem("alice", 600, "ORDER-1", idempotency_key="r0")
     clock.advance(days=31)
-    assert svc.balance("alice").spendable == 1100
+    assert svc.points.balance("alice").spendable == 1100
     # P-2 (earned at blue) brings 1,200 qualifying points: gold, so P-3 earns double.
-    svc.earn_purchase("alice", "P-2", 20_000, "flights", idempotency_key="p2")
-    assert svc.balance("alice").tier == "gold"
-    third = svc.earn_purchase("alice", "P-3", 10_000, "", idempotency_key="p3").entry
+    svc.points.earn_purchase("alice", "P-2", 20_000, "flights", idempotency_key="p2")
+    assert svc.points.balance("alice").tier == "gold"
+    third = svc.points.earn_purchase("alice", "P-3", 10_000, "", idempotency_key="p3").entry
     assert third["amount"] == 200
     assert ["tier:gold", "2"] in third["reason"]["multipliers"]  # type: ignore[index, operator]
-    svc.redeem("alice", 700, "ORDER-2", idempotency_key="r1")
-    svc.transfer("alice", "bob", 300, "birthday gift", idempotency_key="t1")
-    assert svc.balance("bob").spendable == 300
+    svc.points.redeem("alice", 700, "ORDER-2", idempotency_key="r1")
+    svc.points.transfer("alice", "bob", 300, "birthday gift", idempotency_key="t1")
+    assert svc.points.balance("bob").spendable == 300
     # The two oldest lots (signup and P-1, 1,100 points) were spent first.
-    lots = {lot.ref: lot.remaining for lot in svc.lots("alice")}
+    lots = {lot.ref: lot.remaining for lot in svc.points.lots("alice")}
     assert lots["signup:alice"] + lots["purchase:P-1"] == 100
     assert (lots["purchase:P-2"], lots["purchase:P-3"]) == (600, 200)
     clock.advance(days=340)  # past the first lots' expiry (and bob's, which kept it)
-    result = svc.run_expiry()
+    result = svc.points.run_expiry()
     assert result.entries == 2 and result.points == 100 + 300
-    assert svc.balance("bob").held == 0
-    assert svc.balance("alice").spendable == 800
-    assert svc.run_expiry().entries == 0
+    assert svc.points.balance("bob").held == 0
+    assert svc.points.balance("alice").spendable == 800
+    assert svc.points.run_expiry().entries == 0
 
 
 def test_expiry_takes_oldest_lots_first(svc: NodeService, clock: Clock) -> None:
     _members(svc, "carol")
-    svc.earn_reward("carol", "signup", "carol", idempotency_key="a")
+    svc.points.earn_reward("carol", "signup", "carol", idempotency_key="a")
     clock.advance(days=100)
-    svc.earn_reward("carol", "review", "rev-1", idempotency_key="b")
+    svc.points.earn_reward("carol", "review", "rev-1", idempotency_key="b")
     clock.advance(days=266)  # the signup lot is now 366 days old, the review lot 266
-    result = svc.run_expiry()
+    result = svc.points.run_expiry()
     assert (result.entries, result.points) == (1, 500)
-    assert svc.balance("carol").spendable == 50
+    assert svc.points.balance("carol").spendable == 50
 
 
 def test_clawback_of_spent_points_recovers_then_writes_off(svc: NodeService, clock: Clock) -> None:
     _members(svc, "dave")
-    svc.earn_purchase("dave", "P-9", 50_000, "", idempotency_key="e")
-    svc.earn_reward("dave", "review", "rv", idempotency_key="rv")
+    svc.points.earn_purchase("dave", "P-9", 50_000, "", idempotency_key="e")
+    svc.points.earn_reward("dave", "review", "rv", idempotency_key="rv")
     clock.advance(days=31)
-    svc.redeem("dave", 520, "ORD", idempotency_key="spend")  # 500 + 20 of the review lot
-    entry = svc.reverse_purchase("dave", "P-9", idempotency_key="refund").entry
+    svc.points.redeem("dave", 520, "ORD", idempotency_key="spend")  # 500 + 20 of the review lot
+    entry = svc.points.reverse_purchase("dave", "P-9", idempotency_key="refund").entry
     assert (entry["amount"], entry["written_off"]) == (30, 470)
-    assert svc.balance("dave").held == 0
+    assert svc.points.balance("dave").held == 0
     with pytest.raises(FailedPrecondition):
-        svc.reverse_purchase("dave", "P-9", idempotency_key="refund-again")
+        svc.points.reverse_purchase("dave", "P-9", idempotency_key="refund-again")
 
 
 def test_revocation_and_adjustment_name_the_operator(svc: NodeService) -> None:
     _members(svc, "erin")
-    reward = svc.earn_reward("erin", "review", "r-77", idempotency_key="rw").entry
-    svc.adjust("erin", 25, "op-7", "goodwill for delay", idempotency_key="adj")
-    revoked = svc.revoke("erin", str(reward["id"]), "op-7", "fake review", idempotency_key="rv")
+    reward = svc.points.earn_reward("erin", "review", "r-77", idempotency_key="rw").entry
+    svc.points.adjust("erin", 25, "op-7", "goodwill for delay", idempotency_key="adj")
+    revoked = svc.points.revoke(
+        "erin", str(reward["id"]), "op-7", "fake review", idempotency_key="rv"
+    )
     assert revoked.entry["reason"] == {
         "rule": "revocation",
         "operator": "op-7",
         "note": "fake review",
         "earn": reward["id"],
     }
-    assert svc.balance("erin").spendable == 25
-    svc.adjust("erin", -25, "op-7", "correction", idempotency_key="adj2")
-    assert svc.balance("erin").held == 0
+    assert svc.points.balance("erin").spendable == 25
+    svc.points.adjust("erin", -25, "op-7", "correction", idempotency_key="adj2")
+    assert svc.points.balance("erin").held == 0
 
 
 def test_idempotency_replays_and_refuses_other_bodies(svc: NodeService) -> None:
     _members(svc, "frank")
-    first = svc.earn_reward("frank", "signup", "frank", idempotency_key="k1")
-    again = svc.earn_reward("frank", "signup", "frank", idempotency_key="k1")
+    first = svc.points.earn_reward("frank", "signup", "frank", idempotency_key="k1")
+    again = svc.points.earn_reward("frank", "signup", "frank", idempotency_key="k1")
     assert again.replayed and again.entry == first.entry
     before = _state(svc, "frank")
     with pytest.raises(IdempotencyConflict):
-        svc.redeem("frank", 10, "X", idempotency_key="k1")
+        svc.points.redeem("frank", 10, "X", idempotency_key="k1")
     assert _state(svc, "frank") == before
-    assert svc.enroll("frank", idempotency_key="enroll-frank").replayed
+    assert svc.points.enroll("frank", idempotency_key="enroll-frank").replayed
 
 
 @pytest.mark.parametrize(
@@ -180,25 +182,25 @@ def test_bad_input_is_refused_and_changes_nothing(
     svc: NodeService, call: object, error: type[CoalitionError]
 ) -> None:
     _members(svc, "gina")
-    svc.earn_reward("gina", "signup", "gina", idempotency_key="su")
+    svc.points.earn_reward("gina", "signup", "gina", idempotency_key="su")
     before = _state(svc, "gina")
-    size_before = svc.flush()
+    size_before = svc.ledger.flush()
     with pytest.raises(error) as raised:
-        call(svc)  # type: ignore[operator]
+        call(svc.points)  # type: ignore[operator]
     assert str(raised.value)
     assert _state(svc, "gina") == before
-    assert svc.flush() == size_before
+    assert svc.ledger.flush() == size_before
 
 
 def test_concurrent_redemptions_never_overdraw(svc: NodeService) -> None:
     _members(svc, "hana")
-    svc.earn_reward("hana", "signup", "hana", idempotency_key="su")  # 500 points
+    svc.points.earn_reward("hana", "signup", "hana", idempotency_key="su")  # 500 points
     outcomes: list[str] = []
     lock = threading.Lock()
 
     def spend(n: int) -> None:
         try:
-            svc.redeem("hana", 30, f"ORD-{n}", idempotency_key=f"spend-{n}")
+            svc.points.redeem("hana", 30, f"ORD-{n}", idempotency_key=f"spend-{n}")
             result = "ok"
         except InsufficientPoints:
             result = "refused"
@@ -212,7 +214,7 @@ def test_concurrent_redemptions_never_overdraw(svc: NodeService) -> None:
         thread.join()
     assert outcomes.count("ok") == 16  # 16 x 30 = 480 <= 500 < 510
     assert outcomes.count("refused") == 24
-    assert svc.balance("hana").spendable == 20
+    assert svc.points.balance("hana").spendable == 20
 
 
 def test_bulk_earn_reports_bad_rows_and_commits_the_rest(svc: NodeService) -> None:
@@ -224,18 +226,18 @@ def test_bulk_earn_reports_bad_rows_and_commits_the_rest(svc: NodeService) -> No
     rows[10] = PurchaseRow("nobody", "B-x", 1000, "", "bulk-x")
     rows[20] = PurchaseRow("ivan", "B-y", -1, "", "bulk-y")
     rows[30] = PurchaseRow("ivan", "B-1", 1000, "", "bulk-dup-ref")  # reference B-1 repeats
-    result = svc.earn_bulk(rows, batch_size=64)
+    result = svc.points.earn_bulk(rows, batch_size=64)
     assert result.accepted == 497 and result.replayed == 0
     assert sorted(err.row for err in result.rejected) == [11, 21, 31]
-    again = svc.earn_bulk(rows, batch_size=100)
+    again = svc.points.earn_bulk(rows, batch_size=100)
     assert again.accepted == 0 and again.replayed == 497
     expected = {"ivan": 0, "jo": 0}
     for n in range(500):  # members turn gold (x2) once they hold 1,000 qualifying points
         if n not in (10, 20, 30):
             member = "ivan" if n % 2 else "jo"
             expected[member] += (1000 + n) * (2 if expected[member] >= 1000 else 1) // 100
-    assert svc.balance("ivan").held == expected["ivan"]
-    assert svc.balance("jo").held == expected["jo"]
+    assert svc.points.balance("ivan").held == expected["ivan"]
+    assert svc.points.balance("jo").held == expected["jo"]
 
 
 def test_proofs_verify_at_every_sealed_size(database_url: str, clock: Clock) -> None:
@@ -245,35 +247,39 @@ def test_proofs_verify_at_every_sealed_size(database_url: str, clock: Clock) -> 
     with temporary_node(database_url, rules=RULES, clock=clock, sealer=sealer) as svc:
         _members(svc, *(f"m{n}" for n in range(30)))
         for n in range(30):
-            svc.earn_reward(f"m{n}", "signup", f"m{n}", idempotency_key=f"su{n}")
-        last = svc.flush()
+            svc.points.earn_reward(f"m{n}", "signup", f"m{n}", idempotency_key=f"su{n}")
+        last = svc.ledger.flush()
         assert last is not None and last.header.log_size == 60
-        headers = svc.headers(0)
+        headers = svc.ledger.headers(0)
         assert [h.header.height for h in headers] == list(range(last.header.height + 1))
         assert [h.header.log_size for h in headers] == [*range(7, 60, 7), 60]
         for signed in headers:
-            _, entries = svc.block(signed.header.height)
+            _, entries = svc.ledger.block(signed.header.height)
             for entry in entries:
-                doc = svc.inclusion_proof(str(entry["id"]), signed.header.log_size)
+                doc = svc.ledger.inclusion_proof(str(entry["id"]), signed.header.log_size)
                 verify_inclusion_document(doc, svc.public_key)
         for first in range(0, len(headers), 3):
             for second in range(first, len(headers), 2):
-                verify_consistency_document(svc.consistency_proof(first, second), svc.public_key)
+                verify_consistency_document(
+                    svc.ledger.consistency_proof(first, second), svc.public_key
+                )
         with pytest.raises(NotFound):
-            svc.inclusion_proof("f" * 32)
+            svc.ledger.inclusion_proof("f" * 32)
         with pytest.raises(NotFound):  # 59 is a size no block has
-            svc.inclusion_proof(str(entries[0]["id"]), 59)
+            svc.ledger.inclusion_proof(str(entries[0]["id"]), 59)
 
 
 def test_acknowledged_entries_survive_a_crash(database_url: str) -> None:
     with temporary_node(database_url, start=False) as first:
-        first.enroll("kim", idempotency_key="e")
-        written = first.earn_reward("kim", "signup", "kim", idempotency_key="s").entry
+        first.points.enroll("kim", idempotency_key="e")
+        written = first.points.earn_reward("kim", "signup", "kim", idempotency_key="s").entry
         key = first.sealer._key  # the same node restarting with its own key
-        first.engine.dispose()  # no flush: the entries are committed, not yet sealed
+        first.sequencer.engine.dispose()  # no flush: the entries are committed, not yet sealed
         first.sealer.flush = lambda: None  # type: ignore[method-assign]
     with temporary_node(database_url, key=key) as second:
-        header = second.flush()
+        header = second.ledger.flush()
         assert header is not None and header.header.log_size == 2
-        assert second.entry(str(written["id"])).log_index == 1
-        verify_inclusion_document(second.inclusion_proof(str(written["id"])), second.public_key)
+        assert second.ledger.entry(str(written["id"])).log_index == 1
+        verify_inclusion_document(
+            second.ledger.inclusion_proof(str(written["id"])), second.public_key
+        )

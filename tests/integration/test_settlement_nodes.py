@@ -72,8 +72,10 @@ def trio(tmp_path: Path, database_url: str) -> Iterator[Trio]:
                 agreement_doc(issuer, spender, rate=(1, 1), point_value=(1, 1))
             )
         for program, node in coalition.nodes.items():
-            node.service.enroll(f"m-{program}", idempotency_key=f"enroll-{program}")
-            node.service.adjust(f"m-{program}", 1000, "ops", "opening", idempotency_key=program)
+            node.service.points.enroll(f"m-{program}", idempotency_key=f"enroll-{program}")
+            node.service.points.adjust(
+                f"m-{program}", 1000, "ops", "opening", idempotency_key=program
+            )
         yield Trio(coalition, redemptions, settlement, start)
 
 
@@ -131,7 +133,7 @@ def test_statement_off_by_one_minor_unit_is_refused(trio: Trio) -> None:
     end = finished(trio)
     sa = trio.settlement[A]
     node_a = trio.node(A)
-    with node_a.service.engine.connect() as conn:
+    with node_a.service.sequencer.read() as conn:
         doc = sa._statement_for(conn, tuple(sorted((A, B))), trio.start, end)  # type: ignore[arg-type]
     owed = dict(doc["owed"])  # type: ignore[arg-type]
     owed[f"{A}->{B}"] = 299
@@ -164,7 +166,7 @@ def test_period_must_be_over_and_conversions_settled(trio: Trio) -> None:
         sa.propose(A, trio.start, finished(trio))
     # A conversion still in flight blocks a statement of its period.
     node_a, node_b = trio.node(A), trio.node(B)
-    node_b.service.enroll("m-at-b", idempotency_key="enroll-m-at-b")
+    node_b.service.points.enroll("m-at-b", idempotency_key="enroll-m-at-b")
     node_b.stop_partner_server()
     conversion = node_a.conv.convert(f"m-{A}", B, "m-at-b", 200, idempotency_key="conv-1")
     assert conversion.status == "pending"

@@ -56,9 +56,9 @@ def add_blocks(service: NodeService, count: int, tag: str) -> int:
     """``count`` new sealed blocks (two enrollments each); the newest height."""
     for n in range(count):
         for m in range(2):
-            service.enroll(f"{tag}-{n}-{m}", idempotency_key=f"{tag}-{n}-{m}")
-        service.flush()
-    last = service.latest_header()
+            service.points.enroll(f"{tag}-{n}-{m}", idempotency_key=f"{tag}-{n}-{m}")
+        service.ledger.flush()
+    last = service.ledger.latest_header()
     assert last is not None
     return last.header.height
 
@@ -126,7 +126,7 @@ def test_three_nodes_witness_each_other_to_quorum(
         assert reply.status_code == 200
         body = reply.json()
         assert body["witnessed"] and len(body["cosigners"]) == 2
-        assert body["checkpoint"] == checkpoint_of(skyair.service.latest_header())  # type: ignore[arg-type]
+        assert body["checkpoint"] == checkpoint_of(skyair.service.ledger.latest_header())  # type: ignore[arg-type]
         assert http.get("/v1/blocks/99/witnesses", headers=auditor).status_code == 404
         member = {"Authorization": f"Bearer {api_keys['member']}"}
         assert http.get("/v1/blocks/0/witnesses", headers=member).status_code == 403
@@ -181,7 +181,7 @@ def test_tampered_or_misattributed_cosignatures_are_refused(coalition: RunningCo
     skyair = coalition.nodes["skyair"]
     staybright, beanhouse = coalition.nodes["staybright"], coalition.nodes["beanhouse"]
     assert staybright.client is not None and beanhouse.client is not None
-    signed = skyair.service.latest_header()
+    signed = skyair.service.ledger.latest_header()
     assert signed is not None
     height = heights["skyair"]
     checkpoint = checkpoint_of(signed)
@@ -215,7 +215,7 @@ def test_two_signed_headers_at_one_height_are_caught_and_reported(
     skyair, staybright = coalition.nodes["skyair"], coalition.nodes["staybright"]
     beanhouse = coalition.nodes["beanhouse"]
     assert beanhouse.client is not None
-    real = skyair.service.headers(1, 1)[0]
+    real = skyair.service.ledger.headers(1, 1)[0]
     # skyair's key signs a second, different header at height 1.
     forged = sign_header(replace(real.header, sealed_at="2030-01-01T00:00:00.000000Z"), skyair.key)
     kind, reply = beanhouse.client.call("staybright", "header-gossip", {"header": forged.to_json()})
@@ -262,7 +262,7 @@ def test_a_chain_rebuilt_after_being_witnessed_is_caught(
     heights = witness_all(coalition, blocks=2)
     old = coalition.nodes["beanhouse"]
     witnessed_height = heights["beanhouse"]
-    old_headers = old.service.headers(0, 100)
+    old_headers = old.service.ledger.headers(0, 100)
     port = old.port
     # Same key, same address, a fresh database with other entries and a longer chain.
     rebuilt_url = f"sqlite:///{tmp_path / 'rebuilt.db'}"
@@ -277,7 +277,7 @@ def test_a_chain_rebuilt_after_being_witnessed_is_caught(
         assert evidence.kind == "equivocation" and evidence.height == witnessed_height
         docs = {canonical(evidence.first), canonical(evidence.second)}
         assert canonical(old_headers[witnessed_height].to_json()) in docs
-        rebuilt = fresh.service.headers(witnessed_height, 1)[0]
+        rebuilt = fresh.service.ledger.headers(witnessed_height, 1)[0]
         assert canonical(rebuilt.to_json()) in docs
         follower = {f.program: f for f in node.witness.followers()}["beanhouse"]
         assert follower.halted and follower.verified_height == witnessed_height
@@ -339,21 +339,21 @@ def test_forks_are_recorded_and_stop_the_follower(
 ) -> None:
     partner, us, manifest = pair
     add_blocks(partner, 2, "real")
-    h0, h1 = partner.headers(0, 2)
+    h0, h1 = partner.ledger.headers(0, 2)
     key = partner.sealer._key
 
     def honest(first: int, second: int) -> JsonValue:
-        return partner.consistency_proof(first, second)
+        return partner.ledger.consistency_proof(first, second)
 
     # Bad link: a header 1 signed by the partner whose prev_hash is not header 0's hash.
     bad_link = sign_header(replace(h1.header, prev_hash="1" * 64), key)
 
     def proof_to(target: SignedHeader) -> Callable[[int, int], JsonValue]:
         def make(first: int, second: int) -> JsonValue:
-            doc = partner.consistency_proof(first, second)
+            doc = partner.ledger.consistency_proof(first, second)
             assert isinstance(doc, dict)
             path = [bytes.fromhex(h) for h in doc["path"]]  # type: ignore[union-attr]
-            return consistency_document(partner.headers(first, 1)[0], target, path)
+            return consistency_document(partner.ledger.headers(first, 1)[0], target, path)
 
         return make
 
@@ -377,13 +377,13 @@ def test_a_failing_consistency_proof_is_a_fork(
 ) -> None:
     partner, us, manifest = pair
     add_blocks(partner, 2, "real")
-    h0, h1 = partner.headers(0, 2)
+    h0, h1 = partner.ledger.headers(0, 2)
     key = partner.sealer._key
     # Header 1 links to header 0, but its log is not an extension of header 0's log.
     rewritten = sign_header(replace(h1.header, log_root="2" * 64), key)
 
     def proof(first: int, second: int) -> JsonValue:
-        doc = partner.consistency_proof(first, second)
+        doc = partner.ledger.consistency_proof(first, second)
         assert isinstance(doc, dict)
         path = [bytes.fromhex(h) for h in doc["path"]]  # type: ignore[union-attr]
         return consistency_document(h0, rewritten, path)
@@ -401,8 +401,8 @@ def test_headers_that_prove_nothing_are_refused_without_evidence(
 ) -> None:
     partner, us, manifest = pair
     add_blocks(partner, 1, "real")
-    (h0,) = partner.headers(0, 1)
-    source = ScriptedSource([h0], partner.consistency_proof)
+    (h0,) = partner.ledger.headers(0, 1)
+    source = ScriptedSource([h0], partner.ledger.consistency_proof)
     witness = _witness(us, manifest, source)
     unsigned = SignedHeader(h0.header, SigningKey.generate().sign_object(h0.header.to_json()))
     with pytest.raises(VerificationError):
@@ -420,11 +420,11 @@ def test_a_forwarded_header_is_compared_with_the_one_verified_later(
 ) -> None:
     partner, us, manifest = pair
     add_blocks(partner, 2, "real")
-    h0, h1 = partner.headers(0, 2)
+    h0, h1 = partner.ledger.headers(0, 2)
     other = sign_header(
         replace(h1.header, sealed_at="2031-01-01T00:00:00.000000Z"), partner.sealer._key
     )
-    source = ScriptedSource([h0, h1], partner.consistency_proof)
+    source = ScriptedSource([h0, h1], partner.ledger.consistency_proof)
     witness = _witness(us, manifest, source)
     assert witness.on_gossip("skyair", {"header": h0.to_json()}) == (
         "header-gossip-reply",

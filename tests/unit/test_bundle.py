@@ -60,14 +60,14 @@ class Chain:
 
 def populate(service: NodeService, clock: Clock) -> None:
     for member in MEMBERS:
-        service.enroll(member, idempotency_key=f"enroll-{member}")
-        service.earn_reward(member, "signup", member, idempotency_key=f"signup-{member}")
-    service.earn_purchase("alice", "order-1", 12_345, idempotency_key="p1")
-    service.flush()  # sealed before the clock moves: the same blocks of three on every run
+        service.points.enroll(member, idempotency_key=f"enroll-{member}")
+        service.points.earn_reward(member, "signup", member, idempotency_key=f"signup-{member}")
+    service.points.earn_purchase("alice", "order-1", 12_345, idempotency_key="p1")
+    service.ledger.flush()  # sealed before the clock moves: the same blocks of three on every run
     clock.advance(days=31)
-    service.redeem("alice", 200, "gift-1", idempotency_key="x1")
-    service.transfer("alice", "bob", 100, "dinner", idempotency_key="t1")
-    service.flush()
+    service.points.redeem("alice", 200, "gift-1", idempotency_key="x1")
+    service.points.transfer("alice", "bob", 100, "dinner", idempotency_key="t1")
+    service.ledger.flush()
 
 
 @pytest.fixture
@@ -125,7 +125,7 @@ def test_a_bundle_carries_every_header_and_entry_byte_for_byte(
 ) -> None:
     path = tmp_path / "chain.bundle"
     summary = export_bundle(path, chain.url, PROGRAM, chain.key.public_key)
-    latest = chain.service.latest_header()
+    latest = chain.service.ledger.latest_header()
     assert latest is not None
     h = latest.header
     assert (summary.program, summary.blocks, summary.entries) == (PROGRAM, h.height + 1, h.log_size)
@@ -161,10 +161,10 @@ def test_a_bundle_carries_every_header_and_entry_byte_for_byte(
 
 def test_the_snapshot_is_the_newest_header_when_the_export_starts(chain: Chain) -> None:
     export = BundleExport(chain.service.sequencer.read, PROGRAM, chain.key.public_key)
-    before = chain.service.latest_header()
+    before = chain.service.ledger.latest_header()
     assert before is not None
-    chain.service.enroll("erin", idempotency_key="enroll-erin")
-    chain.service.flush()
+    chain.service.points.enroll("erin", idempotency_key="enroll-erin")
+    chain.service.ledger.flush()
     out = io.BytesIO()
     for chunk in export:
         out.write(chunk)
@@ -218,9 +218,9 @@ def test_cosignatures_partners_made_for_our_headers_are_carried_sorted(
     chain: Chain, tmp_path: Path
 ) -> None:
     partners = {name: SigningKey.generate() for name in ("skyhotel", "railco")}
-    headers = chain.service.headers(0, 100)
+    headers = chain.service.ledger.headers(0, 100)
     made: dict[int, list[str]] = {}
-    with chain.service.engine.begin() as conn:
+    with chain.service.sequencer.engine.begin() as conn:
         for signed in headers[:2]:
             h = signed.header
             for name, key in partners.items():
@@ -262,7 +262,7 @@ def test_evidence_is_carried_and_an_unparsable_piece_as_its_text(
 
     first = genesis("2026-01-01T12:00:00.000000Z")
     second = genesis("2026-01-01T12:00:01.000000Z")
-    with chain.service.engine.begin() as conn:
+    with chain.service.sequencer.engine.begin() as conn:
         save_evidence(
             conn, "equivocation", "two headers at 0", first, second, 1_767_268_800_000_000
         )
@@ -481,7 +481,7 @@ def test_a_missing_file_is_invalid_argument(tmp_path: Path) -> None:
 def test_a_database_that_cannot_be_framed_is_refused_without_a_file(
     chain: Chain, tmp_path: Path
 ) -> None:
-    with chain.service.engine.begin() as conn:
+    with chain.service.sequencer.engine.begin() as conn:
         conn.execute(text("DELETE FROM entries WHERE log_index = 4"))
     out = tmp_path / "out"
     out.mkdir()

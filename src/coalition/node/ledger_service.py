@@ -7,6 +7,7 @@ sealer's view of what is sealed; nothing writes. Proofs are RFC 9162 documents
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 
 from sqlalchemy import Connection
@@ -40,6 +41,16 @@ class LedgerService:
         self._sequencer = sequencer
         self._public_key = public_key
         self._sealer = sequencer.sealer
+
+    @property
+    def program(self) -> str:
+        """Whose log this is."""
+        return self._sequencer.program
+
+    @property
+    def public_key(self) -> VerifyKey:
+        """The key every signed header of this log verifies with."""
+        return self._public_key
 
     def latest_header(self) -> SignedHeader | None:
         return self._sealer.last
@@ -125,6 +136,12 @@ class LedgerService:
             nodes = self._nodes(conn, consistency_coords(size1, size2))
         path = consistency_from_nodes(size1, size2, nodes)
         return consistency_document(first, second, path)
+
+    def entries_of_kinds(self, kinds: Collection[str]) -> list[JsonObject]:
+        """The committed entries of ``kinds`` (a set from ``points.kinds``), sealed or not,
+        in log order: what the explorer's flows are counted from."""
+        with self._sequencer.read() as conn:
+            return ledger_store.bodies_of_kinds(conn, kinds)
 
     def wait_for_header(self, after_height: int, timeout: float) -> SignedHeader | None:
         return self._sealer.wait_for_header(after_height, timeout)

@@ -16,7 +16,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol
 
 from sqlalchemy import Connection, delete, insert, select
 from sqlalchemy.exc import IntegrityError
@@ -47,9 +47,6 @@ from coalition.node.manifest import Manifest
 from coalition.node.sequencer import Sequencer
 from coalition.store.columns import to_micros
 from coalition.store.partners import SeenMessageRow
-
-if TYPE_CHECKING:
-    import grpc
 
 log = logging.getLogger("coalition.partners")
 
@@ -237,14 +234,6 @@ class PartnerTransport(Protocol):
     def close(self) -> None: ...
 
 
-@runtime_checkable
-class ChannelTransport(PartnerTransport, Protocol):
-    """A transport that also opens a gRPC channel to a partner's ledger reads (the
-    witness follows ``Ledger.WatchHeaders`` over it): ``api.grpc.partner.GrpcTransport``."""
-
-    def channel(self, program: str) -> grpc.Channel: ...
-
-
 class InMemoryNetwork:
     """Inboxes reachable by program id, without sockets: for fast protocol tests.
 
@@ -310,12 +299,6 @@ class PartnerClient:
         self.transport: PartnerTransport = transport
         self._reply_ids: OrderedDict[tuple[str, str], datetime] = OrderedDict()
         self._lock = threading.Lock()
-
-    def channel(self, program: str) -> grpc.Channel:
-        """The mutual-TLS channel to ``program`` (e.g. for ``Ledger.WatchHeaders``)."""
-        if not isinstance(self.transport, ChannelTransport):
-            raise FailedPrecondition("this partner client has no gRPC channels")
-        return self.transport.channel(program)
 
     def call_signed(
         self, to: str, kind: str, body: JsonObject, timeout: float = 5.0

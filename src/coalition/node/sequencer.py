@@ -244,7 +244,9 @@ class Sequencer:
 
     @property
     def engine(self) -> Engine:
-        """The node's database (for the store's own readers, e.g. a bundle export)."""
+        """The node's database, an escape hatch for tests and tools only (a tamper test, a
+        benchmark that bulk-loads rows): node code MUST read through ``read`` and write
+        through ``run``, or the next index and the sealer no longer match the log."""
         return self._engine
 
     def now(self) -> datetime:

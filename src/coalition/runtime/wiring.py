@@ -31,6 +31,7 @@ from fastapi import APIRouter, FastAPI
 
 from coalition.api.grpc.agreements import add_agreements_servicer
 from coalition.api.grpc.conversions import add_conversions_servicer
+from coalition.api.grpc.ledger_source import GrpcLedgerSource
 from coalition.api.grpc.partner import GrpcTransport, serve_partner_grpc
 from coalition.api.grpc.redemptions import add_redemptions_servicer
 from coalition.api.grpc.server import AddServicer, serve_grpc
@@ -170,9 +171,9 @@ class CoalitionNode:
         self.tls.read()  # fail at start, with the file's name, rather than at the first call
         self._key = signing_key
         self._witness_backoff = witness_backoff
-        transport = GrpcTransport(self.manifest, self.tls)
+        self.transport = GrpcTransport(self.manifest, self.tls)
         self.client = PartnerClient(
-            self.program, self.manifest, signing_key, transport, clock=clock
+            self.program, self.manifest, signing_key, self.transport, clock=clock
         )
         self.inbox = PartnerInbox(
             self.program, self.manifest, service.sequencer, signing_key, clock
@@ -196,7 +197,14 @@ class CoalitionNode:
         self.witness: Witness | None = None
         if self.settings.witness:
             backoff = self._witness_backoff or BACKOFF_S
-            self.witness = Witness(service, manifest, client, key=self._key, backoff=backoff)
+            self.witness = Witness(
+                service,
+                manifest,
+                client,
+                sources=lambda program: GrpcLedgerSource(self.transport.channel(program)),
+                key=self._key,
+                backoff=backoff,
+            )
             self.features.append(self.witness)
 
     # --- life cycle -------------------------------------------------------------------

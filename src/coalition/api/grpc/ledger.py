@@ -13,7 +13,7 @@ from coalition.api.grpc.kit import CallAuthorizer, Servicer, guarded, guarded_st
 from coalition.ledger.blocks import SignedHeader
 from coalition.ledger.canonical import canonical_json
 from coalition.node.auth import Action
-from coalition.node.service import NodeService
+from coalition.node.ledger_service import LedgerService
 from coalition.node.views import EntryView
 from coalition.v1 import ledger_pb2, ledger_pb2_grpc
 
@@ -31,18 +31,18 @@ def _header_message(signed: SignedHeader) -> ledger_pb2.SignedHeader:
 
 
 class LedgerServicer(Servicer, ledger_pb2_grpc.LedgerServicer):
-    """``coalition.v1.Ledger`` over a NodeService; every call is a ledger read."""
+    """``coalition.v1.Ledger`` over a node's LedgerService; every call is a ledger read."""
 
-    def __init__(self, service: NodeService, authorize: CallAuthorizer) -> None:
+    def __init__(self, ledger: LedgerService, authorize: CallAuthorizer) -> None:
         super().__init__(authorize)
-        self._service = service
+        self._ledger = ledger
 
     @guarded
     def GetLatestHeader(
         self, request: ledger_pb2.GetLatestHeaderRequest, context: grpc.ServicerContext
     ) -> ledger_pb2.LatestHeader:
         self.allow(context, Action.LEDGER_READ)
-        signed = self._service.latest_header()
+        signed = self._ledger.latest_header()
         if signed is None:
             return ledger_pb2.LatestHeader()
         return ledger_pb2.LatestHeader(header=_header_message(signed))
@@ -53,9 +53,9 @@ class LedgerServicer(Servicer, ledger_pb2_grpc.LedgerServicer):
     ) -> ledger_pb2.HeaderList:
         self.allow(context, Action.LEDGER_READ)
         if request.limit:
-            headers = self._service.headers(request.start, request.limit)
+            headers = self._ledger.headers(request.start, request.limit)
         else:
-            headers = self._service.headers(request.start)
+            headers = self._ledger.headers(request.start)
         return ledger_pb2.HeaderList(headers=[_header_message(h) for h in headers])
 
     @guarded
@@ -63,7 +63,7 @@ class LedgerServicer(Servicer, ledger_pb2_grpc.LedgerServicer):
         self, request: ledger_pb2.GetBlockRequest, context: grpc.ServicerContext
     ) -> ledger_pb2.Block:
         self.allow(context, Action.LEDGER_READ)
-        signed, entries = self._service.block(request.height)
+        signed, entries = self._ledger.block(request.height)
         return ledger_pb2.Block(
             header=_header_message(signed), entry_json=[canonical_json(e) for e in entries]
         )
@@ -73,7 +73,7 @@ class LedgerServicer(Servicer, ledger_pb2_grpc.LedgerServicer):
         self, request: ledger_pb2.GetEntryRequest, context: grpc.ServicerContext
     ) -> ledger_pb2.Entry:
         self.allow(context, Action.LEDGER_READ)
-        return entry_message(self._service.entry(request.entry_id))
+        return entry_message(self._ledger.entry(request.entry_id))
 
     @guarded
     def GetInclusionProof(
@@ -81,7 +81,7 @@ class LedgerServicer(Servicer, ledger_pb2_grpc.LedgerServicer):
     ) -> ledger_pb2.Proof:
         self.allow(context, Action.LEDGER_READ)
         tree_size = request.tree_size if request.HasField("tree_size") else None
-        document = self._service.inclusion_proof(request.entry_id, tree_size)
+        document = self._ledger.inclusion_proof(request.entry_id, tree_size)
         return ledger_pb2.Proof(proof_json=canonical_json(document))
 
     @guarded
@@ -89,7 +89,7 @@ class LedgerServicer(Servicer, ledger_pb2_grpc.LedgerServicer):
         self, request: ledger_pb2.GetConsistencyProofRequest, context: grpc.ServicerContext
     ) -> ledger_pb2.Proof:
         self.allow(context, Action.LEDGER_READ)
-        document = self._service.consistency_proof(request.first_height, request.second_height)
+        document = self._ledger.consistency_proof(request.first_height, request.second_height)
         return ledger_pb2.Proof(proof_json=canonical_json(document))
 
     @guarded_stream
@@ -102,7 +102,7 @@ class LedgerServicer(Servicer, ledger_pb2_grpc.LedgerServicer):
         after = request.after_height
         while context.is_active():
             started = time.monotonic()
-            signed = self._service.wait_for_header(after, WATCH_POLL_SECONDS)
+            signed = self._ledger.wait_for_header(after, WATCH_POLL_SECONDS)
             if signed is not None:
                 yield _header_message(signed)
                 after = signed.header.height
@@ -114,5 +114,5 @@ class LedgerServicer(Servicer, ledger_pb2_grpc.LedgerServicer):
         self, request: ledger_pb2.GetPublicKeyRequest, context: grpc.ServicerContext
     ) -> ledger_pb2.PublicKey:
         self.allow(context, Action.LEDGER_READ)
-        pem = self._service.public_key.to_pem().decode("ascii")
-        return ledger_pb2.PublicKey(program=self._service.program, public_key_pem=pem)
+        pem = self._ledger.public_key.to_pem().decode("ascii")
+        return ledger_pb2.PublicKey(program=self._ledger.program, public_key_pem=pem)

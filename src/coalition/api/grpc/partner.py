@@ -131,7 +131,7 @@ def serve_partner_grpc(
     partner_pb2_grpc.add_PartnerServicer_to_server(PartnerServicer(inbox), server)
     served = [PARTNER_SERVICE]
     if service is not None:
-        ledger = LedgerServicer(service, PartnerAuthorizer(inbox.manifest))
+        ledger = LedgerServicer(service.ledger, PartnerAuthorizer(inbox.manifest))
         ledger_pb2_grpc.add_LedgerServicer_to_server(ledger, server)
         served.append(LEDGER_SERVICE)
     add_health(server, served)

@@ -14,7 +14,7 @@ from coalition.api.grpc.kit import CallAuthorizer, Servicer, guarded
 from coalition.api.grpc.ledger import entry_message
 from coalition.ledger.canonical import canonical_json
 from coalition.node.auth import Action
-from coalition.node.service import NodeService
+from coalition.node.points_service import PointsService
 from coalition.node.views import PurchaseRow, WriteResult
 from coalition.v1 import points_pb2, points_pb2_grpc
 
@@ -32,11 +32,11 @@ def _rows(messages: Iterable[points_pb2.PurchaseRow]) -> Iterator[PurchaseRow]:
 
 
 class PointsServicer(Servicer, points_pb2_grpc.PointsServicer):
-    """``coalition.v1.Points`` over a NodeService."""
+    """``coalition.v1.Points`` over a node's PointsService."""
 
-    def __init__(self, service: NodeService, authorize: CallAuthorizer) -> None:
+    def __init__(self, points: PointsService, authorize: CallAuthorizer) -> None:
         super().__init__(authorize)
-        self._service = service
+        self._points = points
 
     @guarded
     def Enroll(
@@ -44,14 +44,14 @@ class PointsServicer(Servicer, points_pb2_grpc.PointsServicer):
     ) -> points_pb2.WriteReply:
         self.allow(context, Action.OPERATE, request.member_id)
         key = request.idempotency_key
-        return _write_reply(self._service.enroll(request.member_id, idempotency_key=key))
+        return _write_reply(self._points.enroll(request.member_id, idempotency_key=key))
 
     @guarded
     def EarnPurchase(
         self, request: points_pb2.EarnPurchaseRequest, context: grpc.ServicerContext
     ) -> points_pb2.WriteReply:
         self.allow(context, Action.OPERATE, request.member_id)
-        result = self._service.earn_purchase(
+        result = self._points.earn_purchase(
             request.member_id,
             request.reference,
             request.spend_minor,
@@ -65,7 +65,7 @@ class PointsServicer(Servicer, points_pb2_grpc.PointsServicer):
         self, request: points_pb2.EarnRewardRequest, context: grpc.ServicerContext
     ) -> points_pb2.WriteReply:
         self.allow(context, Action.OPERATE, request.member_id)
-        result = self._service.earn_reward(
+        result = self._points.earn_reward(
             request.member_id,
             request.event,
             request.reference,
@@ -78,7 +78,7 @@ class PointsServicer(Servicer, points_pb2_grpc.PointsServicer):
         self, request_iterator: Iterator[points_pb2.PurchaseRow], context: grpc.ServicerContext
     ) -> points_pb2.BulkSummary:
         self.allow(context, Action.OPERATE)
-        result = self._service.earn_bulk(_rows(request_iterator))
+        result = self._points.earn_bulk(_rows(request_iterator))
         rejected = [
             points_pb2.RowError(row=e.row, idempotency_key=e.idempotency_key, message=e.message)
             for e in result.rejected
@@ -92,7 +92,7 @@ class PointsServicer(Servicer, points_pb2_grpc.PointsServicer):
         self, request: points_pb2.ReversePurchaseRequest, context: grpc.ServicerContext
     ) -> points_pb2.WriteReply:
         self.allow(context, Action.OPERATE, request.member_id)
-        result = self._service.reverse_purchase(
+        result = self._points.reverse_purchase(
             request.member_id, request.reference, idempotency_key=request.idempotency_key
         )
         return _write_reply(result)
@@ -102,7 +102,7 @@ class PointsServicer(Servicer, points_pb2_grpc.PointsServicer):
         self, request: points_pb2.RedeemRequest, context: grpc.ServicerContext
     ) -> points_pb2.WriteReply:
         self.allow(context, Action.MEMBER_SPEND, request.member_id)
-        result = self._service.redeem(
+        result = self._points.redeem(
             request.member_id,
             request.amount,
             request.reference,
@@ -115,7 +115,7 @@ class PointsServicer(Servicer, points_pb2_grpc.PointsServicer):
         self, request: points_pb2.TransferRequest, context: grpc.ServicerContext
     ) -> points_pb2.WriteReply:
         self.allow(context, Action.MEMBER_SPEND, request.member_id)
-        result = self._service.transfer(
+        result = self._points.transfer(
             request.member_id,
             request.to_member_id,
             request.amount,
@@ -129,7 +129,7 @@ class PointsServicer(Servicer, points_pb2_grpc.PointsServicer):
         self, request: points_pb2.AdjustRequest, context: grpc.ServicerContext
     ) -> points_pb2.WriteReply:
         self.allow(context, Action.OPERATE, request.member_id)
-        result = self._service.adjust(
+        result = self._points.adjust(
             request.member_id,
             request.amount,
             request.operator,
@@ -143,7 +143,7 @@ class PointsServicer(Servicer, points_pb2_grpc.PointsServicer):
         self, request: points_pb2.RevokeRequest, context: grpc.ServicerContext
     ) -> points_pb2.WriteReply:
         self.allow(context, Action.OPERATE, request.member_id)
-        result = self._service.revoke(
+        result = self._points.revoke(
             request.member_id,
             request.earn_entry_id,
             request.operator,
@@ -157,7 +157,7 @@ class PointsServicer(Servicer, points_pb2_grpc.PointsServicer):
         self, request: points_pb2.RunExpiryRequest, context: grpc.ServicerContext
     ) -> points_pb2.ExpirySummary:
         self.allow(context, Action.OPERATE)
-        result = self._service.run_expiry()
+        result = self._points.run_expiry()
         return points_pb2.ExpirySummary(entries=result.entries, points=result.points)
 
     @guarded
@@ -165,14 +165,14 @@ class PointsServicer(Servicer, points_pb2_grpc.PointsServicer):
         self, request: points_pb2.GetBalanceRequest, context: grpc.ServicerContext
     ) -> points_pb2.Balance:
         self.allow(context, Action.MEMBER_READ, request.member_id)
-        return points_pb2.Balance(**asdict(self._service.balance(request.member_id)))
+        return points_pb2.Balance(**asdict(self._points.balance(request.member_id)))
 
     @guarded
     def ListLots(
         self, request: points_pb2.ListLotsRequest, context: grpc.ServicerContext
     ) -> points_pb2.LotList:
         self.allow(context, Action.MEMBER_READ, request.member_id)
-        lots = [points_pb2.Lot(**asdict(lot)) for lot in self._service.lots(request.member_id)]
+        lots = [points_pb2.Lot(**asdict(lot)) for lot in self._points.lots(request.member_id)]
         return points_pb2.LotList(lots=lots)
 
     @guarded
@@ -181,7 +181,7 @@ class PointsServicer(Servicer, points_pb2_grpc.PointsServicer):
     ) -> points_pb2.History:
         self.allow(context, Action.MEMBER_READ, request.member_id)
         if request.limit:
-            views = self._service.history(request.member_id, request.limit)
+            views = self._points.history(request.member_id, request.limit)
         else:
-            views = self._service.history(request.member_id)
+            views = self._points.history(request.member_id)
         return points_pb2.History(entries=[entry_message(v) for v in views])

@@ -23,8 +23,8 @@ AddServicer = Callable[[grpc.Server], None]
 def add_servicers(server: grpc.Server, service: NodeService, authenticator: Authenticator) -> None:
     """Register Points, Ledger and the standard health service (all SERVING) on ``server``."""
     authorize = ApiKeyAuthorizer(authenticator)
-    points_pb2_grpc.add_PointsServicer_to_server(PointsServicer(service, authorize), server)
-    ledger_pb2_grpc.add_LedgerServicer_to_server(LedgerServicer(service, authorize), server)
+    points_pb2_grpc.add_PointsServicer_to_server(PointsServicer(service.points, authorize), server)
+    ledger_pb2_grpc.add_LedgerServicer_to_server(LedgerServicer(service.ledger, authorize), server)
     add_health(server, (POINTS_SERVICE, LEDGER_SERVICE))
 
 

@@ -56,8 +56,8 @@ def create_app(
         openapi_tags=_TAGS,
     )
     app.exception_handler(CoalitionError)(_coalition_error)
-    app.include_router(points_router(service, authenticator))
-    app.include_router(ledger_router(service, authenticator))
+    app.include_router(points_router(service.points, authenticator))
+    app.include_router(ledger_router(service.ledger, authenticator))
     app.include_router(health_router(service))
     app.include_router(bundle_router(service, authenticator))
     for router in routers:

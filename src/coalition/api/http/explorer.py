@@ -25,7 +25,6 @@ from coalition.node.auth import Action, Authenticator
 from coalition.node.manifest import Manifest
 from coalition.node.service import NodeService
 from coalition.points.kinds import display_json
-from coalition.store.ledger import bodies_of_kinds
 
 
 class Membership(Protocol):
@@ -120,7 +119,7 @@ def explorer_router(
         dependencies=read,
     )
     def about() -> AboutOut:
-        latest = service.latest_header()
+        latest = service.ledger.latest_header()
         return AboutOut(
             program=service.program,
             log_size=0 if latest is None else latest.header.log_size,
@@ -144,8 +143,7 @@ def explorer_router(
     def flows(
         bucket_s: Annotated[int, Query(ge=MIN_BUCKET_S, le=MAX_BUCKET_S)] = 3600,
     ) -> FlowsOut:
-        with service.engine.connect() as conn:
-            chain = bodies_of_kinds(conn, FLOW_KINDS)
+        chain = service.ledger.entries_of_kinds(FLOW_KINDS)
         found = conversion_flows(chain, service.program, bucket_s)
         return FlowsOut(
             program=service.program, bucket_s=bucket_s, flows=[f.to_json() for f in found]

@@ -20,7 +20,7 @@ def health_router(service: NodeService) -> APIRouter:
 
     @router.get("/healthz", summary="Liveness and log size")
     def healthz() -> HealthOut:
-        header = service.latest_header()
+        header = service.ledger.latest_header()
         log_size = 0 if header is None else header.header.log_size
         return HealthOut(status="ok", program=service.program, log_size=log_size)
 

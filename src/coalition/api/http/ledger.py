@@ -15,7 +15,7 @@ from coalition.api.http.deps import ERROR_RESPONSES, PathInt, QueryInt, Signed, 
 from coalition.errors import NotFound
 from coalition.ledger.blocks import SignedHeader
 from coalition.node.auth import Action, Authenticator
-from coalition.node.service import NodeService
+from coalition.node.ledger_service import LedgerService
 from coalition.node.views import EntryView
 
 
@@ -37,7 +37,7 @@ def _header_doc(header: SignedHeader) -> Signed:
     return dict(header.to_json())
 
 
-def ledger_router(service: NodeService, authenticator: Authenticator) -> APIRouter:
+def ledger_router(ledger: LedgerService, authenticator: Authenticator) -> APIRouter:
     """``/v1/ledger/...``: every route needs a key that may read the ledger."""
     router = APIRouter(
         tags=["ledger"],
@@ -51,41 +51,41 @@ def ledger_router(service: NodeService, authenticator: Authenticator) -> APIRout
         response_class=PlainTextResponse,
     )
     def public_key() -> str:
-        return service.public_key.to_pem().decode("ascii")
+        return ledger.public_key.to_pem().decode("ascii")
 
     @router.get("/v1/ledger/headers/latest", summary="The latest signed block header")
     def latest_header() -> Signed:
-        header = service.latest_header()
+        header = ledger.latest_header()
         if header is None:
             raise NotFound("no block has been sealed yet")
         return _header_doc(header)
 
     @router.get("/v1/ledger/headers", summary="Signed block headers from a height")
     def headers(start: QueryInt = 0, limit: QueryInt = 1000) -> list[Signed]:
-        return [_header_doc(h) for h in service.headers(start, limit)]
+        return [_header_doc(h) for h in ledger.headers(start, limit)]
 
     @router.get(
         "/v1/ledger/blocks/{height}", summary="One block: its signed header and its entries"
     )
     def block(height: PathInt) -> BlockOut:
-        header, entries = service.block(height)
+        header, entries = ledger.block(height)
         return BlockOut(header=_header_doc(header), entries=entries)
 
     @router.get("/v1/ledger/entries/{entry_id}", summary="One entry and its log index")
     def entry(entry_id: str) -> EntryOut:
-        return entry_out(service.entry(entry_id))
+        return entry_out(ledger.entry(entry_id))
 
     @router.get(
         "/v1/ledger/entries/{entry_id}/proof", summary="Inclusion proof document of one entry"
     )
     def inclusion_proof(entry_id: str, tree_size: QueryInt | None = None) -> Signed:
-        return service.inclusion_proof(entry_id, tree_size)
+        return ledger.inclusion_proof(entry_id, tree_size)
 
     @router.get(
         "/v1/ledger/consistency",
         summary="Consistency proof document between two block heights",
     )
     def consistency(first: QueryInt, second: QueryInt) -> Signed:
-        return service.consistency_proof(first, second)
+        return ledger.consistency_proof(first, second)
 
     return router

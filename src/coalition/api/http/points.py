@@ -28,7 +28,7 @@ from coalition.api.http.deps import (
 )
 from coalition.api.http.ledger import EntryOut, entry_out
 from coalition.node.auth import Action, Authenticator
-from coalition.node.service import NodeService
+from coalition.node.points_service import PointsService
 from coalition.node.views import BulkResult, PurchaseRow, WriteResult
 
 MAX_BULK_ROWS = 10_000
@@ -152,24 +152,24 @@ def _written(result: WriteResult, response: Response) -> WriteOut:
 # ------------------------------------------------------------------------------- routers
 
 
-def points_router(service: NodeService, authenticator: Authenticator) -> APIRouter:
+def points_router(points: PointsService, authenticator: Authenticator) -> APIRouter:
     """Every member route and the operator's batch jobs: the writes (earning, spending,
     the operator's corrections), the jobs, then the reads."""
     router = APIRouter()
-    router.include_router(_earning(service, authenticator))
-    router.include_router(_spending(service, authenticator))
-    router.include_router(_operator_corrections(service, authenticator))
-    router.include_router(_batch_jobs(service, authenticator))
-    router.include_router(_member_reads(service, authenticator))
+    router.include_router(_earning(points, authenticator))
+    router.include_router(_spending(points, authenticator))
+    router.include_router(_operator_corrections(points, authenticator))
+    router.include_router(_batch_jobs(points, authenticator))
+    router.include_router(_member_reads(points, authenticator))
     return router
 
 
-def _earning(service: NodeService, authenticator: Authenticator) -> APIRouter:
+def _earning(points: PointsService, authenticator: Authenticator) -> APIRouter:
     router = APIRouter(tags=["members"], dependencies=[guard(authenticator, Action.OPERATE)])
 
     @router.post("/v1/members", summary="Enroll a member", **_WRITE)
     def enroll(body: EnrollIn, response: Response, key: IdempotencyHeader = None) -> WriteOut:
-        result = service.enroll(body.member_id, idempotency_key=idempotency_key(body, key))
+        result = points.enroll(body.member_id, idempotency_key=idempotency_key(body, key))
         return _written(result, response)
 
     @router.post(
@@ -180,7 +180,7 @@ def _earning(service: NodeService, authenticator: Authenticator) -> APIRouter:
     def earn(
         member_id: MemberId, body: PurchaseIn, response: Response, key: IdempotencyHeader = None
     ) -> WriteOut:
-        result = service.earn_purchase(
+        result = points.earn_purchase(
             member_id,
             body.reference,
             body.spend_minor,
@@ -197,7 +197,7 @@ def _earning(service: NodeService, authenticator: Authenticator) -> APIRouter:
     def reward(
         member_id: MemberId, body: RewardIn, response: Response, key: IdempotencyHeader = None
     ) -> WriteOut:
-        result = service.earn_reward(
+        result = points.earn_reward(
             member_id, body.event, body.reference, idempotency_key=idempotency_key(body, key)
         )
         return _written(result, response)
@@ -210,7 +210,7 @@ def _earning(service: NodeService, authenticator: Authenticator) -> APIRouter:
     def reverse(
         member_id: MemberId, body: ReversalIn, response: Response, key: IdempotencyHeader = None
     ) -> WriteOut:
-        result = service.reverse_purchase(
+        result = points.reverse_purchase(
             member_id, body.reference, idempotency_key=idempotency_key(body, key)
         )
         return _written(result, response)
@@ -218,7 +218,7 @@ def _earning(service: NodeService, authenticator: Authenticator) -> APIRouter:
     return router
 
 
-def _spending(service: NodeService, authenticator: Authenticator) -> APIRouter:
+def _spending(points: PointsService, authenticator: Authenticator) -> APIRouter:
     router = APIRouter(tags=["members"], dependencies=[guard(authenticator, Action.MEMBER_SPEND)])
 
     @router.post(
@@ -229,7 +229,7 @@ def _spending(service: NodeService, authenticator: Authenticator) -> APIRouter:
     def redeem(
         member_id: MemberId, body: RedemptionIn, response: Response, key: IdempotencyHeader = None
     ) -> WriteOut:
-        result = service.redeem(
+        result = points.redeem(
             member_id, body.amount, body.reference, idempotency_key=idempotency_key(body, key)
         )
         return _written(result, response)
@@ -242,7 +242,7 @@ def _spending(service: NodeService, authenticator: Authenticator) -> APIRouter:
     def transfer(
         member_id: MemberId, body: TransferIn, response: Response, key: IdempotencyHeader = None
     ) -> WriteOut:
-        result = service.transfer(
+        result = points.transfer(
             member_id,
             body.to_member_id,
             body.amount,
@@ -254,7 +254,7 @@ def _spending(service: NodeService, authenticator: Authenticator) -> APIRouter:
     return router
 
 
-def _operator_corrections(service: NodeService, authenticator: Authenticator) -> APIRouter:
+def _operator_corrections(points: PointsService, authenticator: Authenticator) -> APIRouter:
     router = APIRouter(tags=["members"], dependencies=[guard(authenticator, Action.OPERATE)])
 
     @router.post(
@@ -265,7 +265,7 @@ def _operator_corrections(service: NodeService, authenticator: Authenticator) ->
     def adjust(
         member_id: MemberId, body: AdjustmentIn, response: Response, key: IdempotencyHeader = None
     ) -> WriteOut:
-        result = service.adjust(
+        result = points.adjust(
             member_id,
             body.amount,
             body.operator,
@@ -282,7 +282,7 @@ def _operator_corrections(service: NodeService, authenticator: Authenticator) ->
     def revoke(
         member_id: MemberId, body: RevocationIn, response: Response, key: IdempotencyHeader = None
     ) -> WriteOut:
-        result = service.revoke(
+        result = points.revoke(
             member_id,
             body.earn_entry_id,
             body.operator,
@@ -294,7 +294,7 @@ def _operator_corrections(service: NodeService, authenticator: Authenticator) ->
     return router
 
 
-def _batch_jobs(service: NodeService, authenticator: Authenticator) -> APIRouter:
+def _batch_jobs(points: PointsService, authenticator: Authenticator) -> APIRouter:
     router = APIRouter(
         tags=["operations"],
         dependencies=[guard(authenticator, Action.OPERATE)],
@@ -303,7 +303,7 @@ def _batch_jobs(service: NodeService, authenticator: Authenticator) -> APIRouter
 
     @router.post("/v1/earn/bulk", summary=f"Earn points for up to {MAX_BULK_ROWS} purchases")
     def earn_bulk(rows: BulkIn) -> BulkOut:
-        result: BulkResult = service.earn_bulk(
+        result: BulkResult = points.earn_bulk(
             PurchaseRow(r.member_id, r.reference, r.spend_minor, r.category, r.idempotency_key)
             for r in rows
         )
@@ -315,13 +315,13 @@ def _batch_jobs(service: NodeService, authenticator: Authenticator) -> APIRouter
 
     @router.post("/v1/jobs/expiry", summary="Expire every lot whose time has come")
     def run_expiry() -> ExpiryOut:
-        result = service.run_expiry()
+        result = points.run_expiry()
         return ExpiryOut(entries=result.entries, points=result.points)
 
     return router
 
 
-def _member_reads(service: NodeService, authenticator: Authenticator) -> APIRouter:
+def _member_reads(points: PointsService, authenticator: Authenticator) -> APIRouter:
     router = APIRouter(
         tags=["members"],
         dependencies=[guard(authenticator, Action.MEMBER_READ)],
@@ -330,14 +330,14 @@ def _member_reads(service: NodeService, authenticator: Authenticator) -> APIRout
 
     @router.get("/v1/members/{member_id}/balance", summary="A member's balance and tier")
     def balance(member_id: MemberId) -> BalanceOut:
-        return BalanceOut(**asdict(service.balance(member_id)))
+        return BalanceOut(**asdict(points.balance(member_id)))
 
     @router.get("/v1/members/{member_id}/lots", summary="A member's lots of points")
     def lots(member_id: MemberId) -> list[LotOut]:
-        return [LotOut(**asdict(lot)) for lot in service.lots(member_id)]
+        return [LotOut(**asdict(lot)) for lot in points.lots(member_id)]
 
     @router.get("/v1/members/{member_id}/history", summary="A member's entries, newest first")
     def history(member_id: MemberId, limit: QueryInt = 100) -> list[EntryOut]:
-        return [entry_out(view) for view in service.history(member_id, limit)]
+        return [entry_out(view) for view in points.history(member_id, limit)]
 
     return router

@@ -1,6 +1,7 @@
 """Witnessing: follow every partner's signed headers, cosign them, keep proof of faults.
 
-One follower thread per partner reads ``Ledger.WatchHeaders`` over the partner channel
+One follower thread per partner reads its signed headers from a ``LedgerSource`` (in a
+running node ``Ledger.WatchHeaders`` over the partner channel, ``api/grpc/ledger_source.py``)
 and accepts a header only when it is signed by the manifest key, links to the last
 header it accepted (``prev_hash``, ``first_index``, sizes, time) and a consistency proof
 shows the partner's log at the new header extends the log at the last one (RFC 9162
@@ -26,7 +27,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-import grpc
 from sqlalchemy import Connection
 
 from coalition.errors import (
@@ -34,6 +34,7 @@ from coalition.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PartnerUnavailable,
     VerificationError,
 )
 from coalition.ledger.blocks import (
@@ -42,7 +43,7 @@ from coalition.ledger.blocks import (
     header_problem,
     link_problem,
 )
-from coalition.ledger.canonical import JsonObject, JsonValue, parse_json
+from coalition.ledger.canonical import JsonObject, JsonValue
 from coalition.ledger.entries import format_time
 from coalition.ledger.keys import SigningKey
 from coalition.ledger.note import checkpoint_of, cosign, sign_note, verify_cosignature, witness_name
@@ -51,7 +52,6 @@ from coalition.node.manifest import Manifest
 from coalition.node.service import NodeService
 from coalition.store import witness as witness_store
 from coalition.store.columns import from_micros, to_micros
-from coalition.v1 import ledger_pb2, ledger_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +79,21 @@ class PartnerClient(Protocol):
         self, program: str, kind: str, body: JsonObject, timeout: float = ...
     ) -> tuple[str, JsonObject]: ...
 
-    def channel(self, program: str) -> grpc.Channel: ...
+
+class LedgerSourceFailed(PartnerUnavailable):
+    """A partner's ledger could not be read through its source: unreachable, a deadline,
+    the stream cancelled (``close``) or the call refused. ``str()`` is the status the
+    follower shows (``"UNAVAILABLE: ..."``); ``details`` the transport's own words."""
+
+    def __init__(self, code: str, details: str | None) -> None:
+        super().__init__(f"{code}: {details}")
+        self.details = details
 
 
 class LedgerSource(Protocol):
-    """One partner's ledger reads, as the follower uses them (gRPC, or in memory in tests)."""
+    """One partner's ledger reads, as the follower uses them (``api.grpc.ledger_source``,
+    or in memory in tests). A transport failure in any of them MUST be raised as
+    ``LedgerSourceFailed``, never as the transport's own exception."""
 
     def watch(self, after_height: int) -> Iterator[SignedHeader]: ...
 
@@ -92,58 +102,6 @@ class LedgerSource(Protocol):
     def consistency(self, first_height: int, second_height: int) -> JsonValue: ...
 
     def close(self) -> None: ...
-
-
-def _signed_from_bytes(data: bytes) -> SignedHeader:
-    return SignedHeader.from_json(parse_json(data))
-
-
-class GrpcLedgerSource:
-    """``coalition.v1.Ledger`` of a partner over its (mutual-TLS) partner channel."""
-
-    def __init__(self, channel: grpc.Channel, timeout: float = CALL_TIMEOUT_S) -> None:
-        self._stub = ledger_pb2_grpc.LedgerStub(channel)
-        self._timeout = timeout
-        self._lock = threading.Lock()
-        self._calls: list[Any] = []
-        self._closed = False
-
-    def watch(self, after_height: int) -> Iterator[SignedHeader]:
-        call = self._stub.WatchHeaders(ledger_pb2.WatchHeadersRequest(after_height=after_height))
-        with self._lock:
-            if self._closed:
-                call.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs leaves it unannotated
-                return
-            self._calls.append(call)
-        try:
-            for message in call:
-                yield _signed_from_bytes(message.signed_header_json)
-        finally:
-            with self._lock:
-                self._calls.remove(call)
-
-    def headers(self, start: int, limit: int) -> list[SignedHeader]:
-        reply = self._stub.GetHeaders(
-            ledger_pb2.GetHeadersRequest(start=start, limit=limit), timeout=self._timeout
-        )
-        return [_signed_from_bytes(m.signed_header_json) for m in reply.headers]
-
-    def consistency(self, first_height: int, second_height: int) -> JsonValue:
-        reply = self._stub.GetConsistencyProof(
-            ledger_pb2.GetConsistencyProofRequest(
-                first_height=first_height, second_height=second_height
-            ),
-            timeout=self._timeout,
-        )
-        return parse_json(reply.proof_json)
-
-    def close(self) -> None:
-        """Cancel a running watch (the follower's thread then sees the stream end)."""
-        with self._lock:
-            self._closed = True
-            calls = list(self._calls)
-        for call in calls:
-            call.cancel()
 
 
 class Fault(VerificationError):
@@ -220,8 +178,8 @@ class Witness:
 
     Built like every coalition feature from ``(service, manifest, client)``; ``key`` is the
     node's ledger signing key (cosignatures are made with it, key type 0x04), found on
-    the client or the service when not given. ``sources`` makes a partner's LedgerSource
-    (default: gRPC over ``client.channel(program)``).
+    the client or the service when not given. ``sources(program)`` opens a partner's
+    LedgerSource (the composition root passes the gRPC one; tests one in memory).
     """
 
     def __init__(
@@ -230,8 +188,8 @@ class Witness:
         manifest: Manifest,
         client: PartnerClient,
         *,
+        sources: Callable[[str], LedgerSource],
         key: SigningKey | None = None,
-        sources: Callable[[str], LedgerSource] | None = None,
         clock: Callable[[], datetime] | None = None,
         backoff: tuple[float, float] = BACKOFF_S,
     ) -> None:
@@ -246,7 +204,7 @@ class Witness:
         self._key = signing_key
         self._program = service.program
         self._sequencer = service.sequencer
-        self._sources = sources or (lambda program: GrpcLedgerSource(client.channel(program)))
+        self._sources = sources
         self._clock = clock or (lambda: datetime.now(UTC))
         self._backoff = backoff
         self._lock = threading.RLock()  # one decision at a time on the witness tables
@@ -322,10 +280,10 @@ class Witness:
             except Fault as exc:
                 self._errors[program] = str(exc)
                 return
-            except grpc.RpcError as exc:
+            except LedgerSourceFailed as exc:
                 if not self._stop.is_set():
-                    self._errors[program] = f"{exc.code().name}: {exc.details()}"
-                    log.warning("witness: %s's header stream failed: %s", program, exc.details())
+                    self._errors[program] = str(exc)
+                    log.warning("witness: %s's header stream failed: %s", program, exc.details)
             except CoalitionError as exc:
                 self._errors[program] = str(exc)
                 log.warning("witness: refused a header from %s: %s", program, exc)
