@@ -296,7 +296,8 @@ class _Checker:
                 raise _Malformed("field 'id' must be a non-empty string")
             if not isinstance(version, int) or isinstance(version, bool):
                 raise _Malformed("field 'version' must be an integer")
-            chain.agreements[(ident, version)].append((cast(Any, at), model.to_json(signed)))
+            recorded = cast(_At[model.AgreementRecord], at)
+            chain.agreements[(ident, version)].append((recorded, model.to_json(signed)))
         elif step.family is kinds.Family.HOLD:
             hold = cast(_Hold, entry).hold
             chain.index_of(step)[(hold.partner, hold.id)].append(at)
