@@ -20,6 +20,7 @@ from coalition.api.http.app import create_app
 from coalition.api.http.server import serve_http
 from coalition.ledger.canonical import JsonObject
 from coalition.node.auth import ApiKey, Authenticator, Role, key_digest
+from coalition.node.config import SealerConfig
 from coalition.node.service import NodeService
 
 from support.nodes import temporary_node
@@ -46,9 +47,12 @@ class Node:
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    """A node with a few sealed blocks, its REST app (and explorer) on a free port."""
+    """A node with three sealed blocks, its REST app (and explorer) on a free port. Blocks
+    are cut by ``flush`` only (no count or timer seal), so the chain's shape does not
+    depend on how loaded the machine is."""
     url = f"sqlite:///{tmp_path_factory.mktemp('verify') / 'node.db'}"
-    with temporary_node(url, program="skyair") as service:
+    sealer = SealerConfig(max_entries=10_000, max_delay_ms=3_600_000)
+    with temporary_node(url, program="skyair", sealer=sealer) as service:
         for block in range(3):
             for n in range(block + 2):
                 member = f"m{block}-{n}"
