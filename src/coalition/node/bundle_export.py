@@ -16,7 +16,7 @@ from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import BinaryIO
 
-from sqlalchemy import Connection, inspect, select
+from sqlalchemy import Connection, inspect
 
 from coalition.errors import CoalitionError, CorruptStore, InvalidArgument
 from coalition.ledger.canonical import JsonObject, JsonValue, canonical_json, parse_json
@@ -25,7 +25,12 @@ from coalition.ledger.keys import VerifyKey
 from coalition.store import columns as columns_store
 from coalition.store import ledger as ledger_store
 from coalition.store.columns import from_micros
-from coalition.store.witness import cosignature_lines, witness_cosignatures, witness_evidence
+from coalition.store.witness import (
+    cosignature_lines,
+    evidence_rows,
+    witness_cosignatures,
+    witness_evidence,
+)
 from coalition.verify.bundle_format import BUNDLE_TYPE, END_TYPE, EVIDENCE_TYPE, BundleSummary
 from coalition.verify.evidence import RawEvidence
 
@@ -43,7 +48,6 @@ WRITE_CHUNK = 1 << 20
 def stored_evidence(conn: Connection) -> list[RawEvidence]:
     """The node's ``witness_evidence`` rows as stored (headers as text, unparsed), oldest
     first."""
-    rows = conn.execute(select(witness_evidence).order_by(witness_evidence.c.id)).all()
     return [
         RawEvidence(
             id=row.id,
@@ -55,7 +59,7 @@ def stored_evidence(conn: Connection) -> list[RawEvidence]:
             second=row.second,
             detected_at=format_time(from_micros(row.detected_at)),
         )
-        for row in rows
+        for row in evidence_rows(conn)
     ]
 
 

@@ -17,12 +17,15 @@ changed or deleted.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
     Column,
     Connection,
+    Row,
     Text,
     UniqueConstraint,
     and_,
@@ -325,11 +328,17 @@ def save_evidence(
     return True
 
 
-def evidence(conn: Connection, program: str | None = None) -> list[StoredEvidence]:
-    """All stored evidence (of one program when given), oldest first."""
+def evidence_rows(conn: Connection, program: str | None = None) -> Sequence[Row[Any]]:
+    """The ``witness_evidence`` rows as stored (headers as text; of one program when
+    given), oldest first: for readers that must carry a header that does not parse."""
     query = select(witness_evidence).order_by(witness_evidence.c.id)
     if program is not None:
         query = query.where(witness_evidence.c.program == program)
+    return conn.execute(query).all()
+
+
+def evidence(conn: Connection, program: str | None = None) -> list[StoredEvidence]:
+    """All stored evidence (of one program when given), oldest first."""
     return [
         StoredEvidence(
             id=row.id,
@@ -341,7 +350,7 @@ def evidence(conn: Connection, program: str | None = None) -> list[StoredEvidenc
             second=_signed_doc(row.second),
             detected_at=row.detected_at,
         )
-        for row in conn.execute(query).all()
+        for row in evidence_rows(conn, program)
     ]
 
 
