@@ -7,7 +7,6 @@ move: an error status alone does not prove that nothing was written.
 from __future__ import annotations
 
 import os
-
 from collections.abc import Iterator
 from typing import Any
 
