@@ -129,4 +129,11 @@ def run_node(config: NodeConfig, stop: threading.Event | None = None) -> None:
             restore()
     latest = service.ledger.latest_header()
     size = 0 if latest is None else latest.header.log_size
-    log.info("node %s stopped; every entry is sealed (log size %d)", config.program, size)
+    if service.sealer.sealed_at_stop:
+        log.info("node %s stopped; every entry is sealed (log size %d)", config.program, size)
+    else:  # another process holds the lease: it seals the rest
+        log.info(
+            "node %s stopped (log size %d); the sealing process seals the rest",
+            config.program,
+            size,
+        )
