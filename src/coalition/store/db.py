@@ -98,7 +98,8 @@ def make_engine(url: str, *, sqlite_synchronous: str = "FULL", **kwargs: Any) ->
     SQLite: WAL (readers never block the writer), ``synchronous`` FULL by default so an
     acknowledged entry survives power loss, a busy timeout for the CLI's readers, and a
     64 MiB page cache so index pages stay in memory during bulk ingest. PostgreSQL: READ
-    COMMITTED (the writers' ordering relies on it, see ``store.ledger.take_head``).
+    COMMITTED (the writers' ordering relies on it, see ``store.ledger.take_head``) and
+    ``IDLE_IN_TRANSACTION_MS``, so a stalled process cannot hold the node's locks.
     """
     url = normalise_url(url)
     if url.startswith("sqlite"):
@@ -119,4 +120,21 @@ def make_engine(url: str, *, sqlite_synchronous: str = "FULL", **kwargs: Any) ->
     # row lock (``ledger.take_head``) MUST see, in its next statements, what the previous
     # holder committed (its idempotency keys, balances, members).
     kwargs.setdefault("isolation_level", "READ COMMITTED")
-    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True, **kwargs)
+    engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True, **kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _session(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_MS}")
+        cursor.close()
+        dbapi_connection.commit()
+
+    return engine
+
+
+IDLE_IN_TRANSACTION_MS = 4000
+"""PostgreSQL ends a session that sits this long inside a transaction without a statement.
+Our transactions make no network call and no pause, so only a stalled process (SIGSTOP,
+a debugger) gets there; without this its transaction would hold the log head's row lock
+or the lease row for ever and stop every other process of the node. Ended, its work is
+rolled back (never acknowledged) and the others go on."""
