@@ -44,7 +44,7 @@ from coalition.ledger.merkle import CompactRange, leaf_hash, root
 from coalition.ledger.proofs import verify_consistency_document
 from coalition.points import kinds
 from coalition.points.replay import Replay
-from coalition.points.replay_fast import Prepared, apply_prepared
+from coalition.points.replay_fast import Prepared, apply_run
 from coalition.verify.entry_scan import BlockScan, scan_block, scan_lines
 from coalition.verify.source import (
     BlockLines,
@@ -510,17 +510,17 @@ class _Auditor:
 
         t = time.perf_counter()
         replay, apply = self.replay, self.replay.apply
-        for n, body in enumerate(bodies):
-            if body is None:
-                continue
-            if isinstance(body, tuple):
-                if apply_prepared(replay, body):
-                    continue
-                body = _object(raw_entries[n])
-            try:
-                apply(body)
-            except _REPLAY_ERRORS as exc:
-                self._replay_fault(exc, body, self._index(h, raw_entries, n), h.height)
+        n, count = 0, len(bodies)
+        while (n := apply_run(replay, bodies, n)) < count:
+            body = bodies[n]  # not a tuple the state took: the reference path decides
+            if body is not None:
+                if isinstance(body, tuple):
+                    body = _object(raw_entries[n])
+                try:
+                    apply(body)
+                except _REPLAY_ERRORS as exc:
+                    self._replay_fault(exc, body, self._index(h, raw_entries, n), h.height)
+            n += 1
         self.clock["replay"] += time.perf_counter() - t
         self.report.blocks += 1
         self.report.entries += len(raw_entries)
