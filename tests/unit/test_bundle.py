@@ -8,19 +8,15 @@ import gzip
 import hashlib
 import io
 import json
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from sqlalchemy import insert, text
 
 from coalition.audit import audit_chain
-from coalition.audit import bundle as bundle_module
-from coalition.audit.bundle import BundleSource, _ChunkedLines, _FileLines, export_bundle
+from coalition.audit.bundle import BundleSource, export_bundle
 from coalition.audit.sources import DatabaseSource
 from coalition.errors import CorruptStore, InvalidArgument, VerificationError
 from coalition.ledger.blocks import BlockHeader, SignedHeader, sign_header
@@ -553,38 +549,3 @@ def test_the_format_reader_frames_lines_from_memory(
     )
     with pytest.raises(VerificationError, match=r"memory\.bundle: line \d+: the file cannot"):
         _all_blocks(reader)
-
-
-# --- the chunked line reader ------------------------------------------------------------
-
-
-@settings(max_examples=300, deadline=None)
-@given(
-    st.lists(st.sampled_from([b"a", b"\n", b"\r", b"\r\n", b"xyz" * 5, b"\x0b\x1c\x85"])),
-    st.lists(st.integers(0, 6), min_size=1, max_size=30),
-    st.integers(1, 9),
-)
-def test_chunked_lines_are_readlines_lines(
-    pieces: list[bytes], reads: list[int], chunk: int
-) -> None:
-    """``_ChunkedLines`` hands out exactly what ``readline`` would, whatever the chunk
-    size, CRs and lines longer than a chunk (0 reads one line, n > 0 ``readlines(n)``)."""
-    data = b"".join(pieces)
-    exact, chunked = _FileLines(io.BytesIO(data)), _ChunkedLines(io.BytesIO(data))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(bundle_module, "_CHUNK", chunk)
-        for n in [*reads, 10_000]:
-            if n == 0:
-                assert chunked.readline() == exact.readline()
-            else:
-                assert chunked.readlines(n) == exact.readlines(n)
-        assert chunked.readline() == exact.readline() == b""
-
-
-def test_a_read_error_while_chunking_is_unreadable() -> None:
-    class Broken(io.BytesIO):
-        def read(self, size: int | None = -1) -> bytes:
-            raise zlib.error("Error -3 while decompressing data")
-
-    with pytest.raises(Unreadable, match="decompressing"):
-        _ChunkedLines(Broken(b"x\n")).readlines(1)

@@ -46,8 +46,6 @@ from coalition.verify.evidence import RawEvidence
 from coalition.verify.source import BlockLines, RawEntry, RawHeader
 
 _READ_BUFFER = 1 << 20
-_CHUNK = 4 << 20
-"""Bytes a pass over the blocks reads at a time (``_ChunkedLines``)."""
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _READ_ERRORS = (OSError, EOFError, zlib.error)
@@ -150,71 +148,6 @@ class _FileLines:
             return list(islice(self.file, count))
         except _READ_ERRORS as exc:
             raise Unreadable(str(exc)) from None
-
-
-class _ChunkedLines:
-    """A bundle file's lines (``BundleLines``) read in large chunks, each split by one C
-    call instead of one ``readline`` per line: what a pass over a long bundle spends on
-    reading. The lines are exactly ``readline``'s (split at ``\\n`` only: a chunk holding
-    a CR, which ``bytes.splitlines`` would also split at, is split at ``\\n`` by hand).
-    It reads ahead of the lines it hands out, so a read error (damaged compression) is
-    raised at the first line not yet handed out, at or before the damage; the file's
-    position is no line boundary meanwhile (a cursor never asks for it)."""
-
-    def __init__(self, file: BinaryIO) -> None:
-        self.file = file
-        self._lines: list[bytes] = []
-        self._next = 0
-        self._tail: list[bytes] = []
-        """Bytes read after the last newline (a line not yet complete)."""
-        self._eof = False
-
-    def _more(self) -> bool:
-        """Whether a line is buffered, reading chunks until one is or the file ends."""
-        while self._next >= len(self._lines):
-            if self._eof:
-                return False
-            try:
-                chunk = self.file.read(_CHUNK)
-            except _READ_ERRORS as exc:
-                raise Unreadable(str(exc)) from None
-            self._next = 0
-            if not chunk:
-                self._eof = True
-                self._lines = [b"".join(self._tail)] if self._tail else []
-                self._tail = []
-                continue
-            cut = chunk.rfind(b"\n") + 1
-            if not cut:
-                self._tail.append(chunk)
-                self._lines = []
-                continue
-            data = b"".join([*self._tail, chunk[:cut]]) if self._tail else chunk[:cut]
-            self._tail = [chunk[cut:]] if cut < len(chunk) else []
-            if b"\r" in data:
-                parts = data.split(b"\n")
-                parts.pop()
-                self._lines = [part + b"\n" for part in parts]
-            else:
-                self._lines = data.splitlines(keepends=True)
-        return True
-
-    def readline(self) -> bytes:
-        if not self._more():
-            return b""
-        line = self._lines[self._next]
-        self._next += 1
-        return line
-
-    def readlines(self, count: int) -> list[bytes]:
-        out: list[bytes] = []
-        while len(out) < count and self._more():
-            start = self._next
-            end = min(len(self._lines), start + count - len(out))
-            taken = self._lines[start:end]
-            self._next = end
-            out = taken if not out else out + taken
-        return out
 
 
 class BundleSource:
@@ -353,7 +286,7 @@ class _Cursor:
         self._reader = BlockReader(
             source._frame,
             source._prelude,
-            _ChunkedLines(self._file),
+            _FileLines(self._file),
             entries=entries,
             framed=source._framed,
         )
