@@ -185,7 +185,7 @@ def main() -> int:
     bodies: list[bytes] = []
     with BundleSource(bundle) as source:
         for _, block in source.blocks():
-            bodies.extend(raw.body for raw in block)
+            bodies.extend(block.bodies)
     read_s = time.perf_counter() - t0
     n = len(bodies)
     t0 = time.perf_counter()

@@ -23,8 +23,8 @@ from coalition.points.replay import Replay
 from coalition.points.rules import ProgramRules
 from coalition.verify import chain_audit
 from coalition.verify.chain_audit import audit_chain
-from coalition.verify.entry_scan import fast_entry, scan_block
-from coalition.verify.source import RawEntry, RawHeader
+from coalition.verify.entry_scan import fast_entry, scan_block, scan_lines
+from coalition.verify.source import BlockLines, RawEntry, RawHeader
 
 PROGRAM = "speedair"
 START = datetime(2026, 3, 1, tzinfo=UTC)
@@ -227,6 +227,17 @@ class _Stream:
         return None
 
 
+class _LineStream(_Stream):
+    """The same blocks as a bundle hands them: ``BlockLines``, no ``RawEntry`` made."""
+
+    def blocks(self) -> Iterator[tuple[RawHeader, BlockLines]]:  # type: ignore[override]
+        index = 0
+        for height, (text, signature, bodies) in enumerate(self._blocks):
+            lines = [body + b"\n" for body in bodies]
+            yield RawHeader(height, text, signature), BlockLines(index, lines, b"".join(lines))
+            index += len(bodies)
+
+
 @pytest.fixture
 def parallel_early(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(chain_audit, "PARALLEL_AFTER", 10)
@@ -275,3 +286,46 @@ def test_an_entry_dated_after_its_block_was_sealed_is_a_fault() -> None:
         report = audit_chain(_Stream(blocks), key.public_key, workers=workers)
         found = [(f.kind, f.height, f.log_index) for f in report.faults.items]
         assert found == [("entry-after-seal", 4, i) for i in (57, 58, 59)], workers
+
+
+def _found(report: chain_audit.AuditReport) -> list[tuple[str, int | None, int | None, str | None]]:
+    return [(f.kind, f.height, f.log_index, f.entry_id) for f in report.faults.items]
+
+
+@pytest.mark.usefixtures("parallel_early")
+def test_block_lines_audit_like_raw_entries_with_and_without_workers() -> None:
+    """A stream of ``BlockLines`` (shipped to workers as one bytes object, no stored
+    hashes) gives the report a stream of ``RawEntry`` lists gives, clean or tampered."""
+    key = SigningKey.generate()
+    blocks = _chain(key, 10, 12)
+    for chain in (blocks, _tamper(blocks)):
+        reports = [
+            audit_chain(stream(chain), key.public_key, workers=w)
+            for stream in (_Stream, _LineStream)
+            for w in (0, 2)
+        ]
+        assert len({(r.ok, r.entries, r.supply, r.accounts, r.log_root) for r in reports}) == 1
+        assert all(_found(r) == _found(reports[0]) for r in reports)
+    assert reports[0].faults.items  # the tampered chain did fail
+
+
+def test_block_lines_behave_as_a_list_of_raw_entries() -> None:
+    bodies = [b'{"a":1}', b'{"b":"x y"}', b"{}"]
+    lines = [body + b"\n" for body in bodies]
+    block = BlockLines(7, lines, b"".join(lines))
+    expected = [RawEntry(7 + n, body) for n, body in enumerate(bodies)]
+    assert len(block) == 3 and list(block) == expected and block == expected
+    assert block[-1] == expected[-1] and block[1:] == expected[1:]
+    assert block.bodies == bodies and block == BlockLines(7, list(lines), b"".join(lines))
+    assert block != BlockLines(8, lines, b"".join(lines))
+
+
+def test_scan_lines_is_scan_block_of_the_lines() -> None:
+    bodies = [canonical_json(_body(id=f"e{i}")) for i in range(4)] + [b"not json"]
+    data = b"".join(body + b"\n" for body in bodies)
+    assert scan_lines(data, 5, PROGRAM, 3) == scan_block(bodies, PROGRAM, 3, pack=True)
+    for count in (4, 6):
+        with pytest.raises(ValueError, match="lines"):
+            scan_lines(data, count, PROGRAM, 3)
+    with pytest.raises(ValueError, match="lines"):
+        scan_lines(data[:-1], 5, PROGRAM, 3)

@@ -24,7 +24,7 @@ from coalition.points import operations
 from coalition.points.kinds import FAST_KINDS
 from coalition.points.operations import EntryContext
 from coalition.points.replay import Replay
-from coalition.points.replay_fast import apply_prepared, prepare
+from coalition.points.replay_fast import apply_prepared, apply_run, prepare
 from coalition.points.rules import ProgramRules
 
 RULES = ProgramRules(
@@ -107,6 +107,8 @@ def run(chain: list[JsonObject], how: str) -> tuple[list[str | None], object]:
     """Replay ``chain`` one way; each entry's outcome (error type and message) and the end
     state."""
     replay = Replay()
+    if how == "run":
+        return _run_in_blocks(replay, chain), snapshot(replay)
     outcomes: list[str | None] = []
     for entry in chain:
         try:
@@ -125,10 +127,29 @@ def run(chain: list[JsonObject], how: str) -> tuple[list[str | None], object]:
     return outcomes, snapshot(replay)
 
 
+def _run_in_blocks(replay: Replay, chain: list[JsonObject]) -> list[str | None]:
+    """As the chain audit replays a block: ``apply_run`` over the shipped tuples (the
+    entry itself where ``prepare`` declined), the reference path where it stops."""
+    outcomes: list[str | None] = [None] * len(chain)
+    items: list[object] = []
+    for entry in chain:
+        prepared = prepare(entry)
+        items.append(entry if prepared is None else marshal.loads(marshal.dumps(prepared)))  # noqa: S302
+    n = 0
+    while (n := apply_run(replay, items, n)) < len(items):
+        try:
+            replay.apply(chain[n])
+        except Exception as exc:
+            outcomes[n] = f"{type(exc).__name__}: {exc}"
+        n += 1
+    return outcomes
+
+
 def assert_same(chain: list[JsonObject]) -> None:
     reference = run(copy.deepcopy(chain), "reference")
     assert run(copy.deepcopy(chain), "fast") == reference
     assert run(copy.deepcopy(chain), "prepared") == reference
+    assert run(copy.deepcopy(chain), "run") == reference
 
 
 HOSTILE: list[Any] = [
@@ -448,3 +469,21 @@ def _put(value: Any, path: tuple[Any, ...], new: Any) -> None:
     for key in path[:-1]:
         value = value[key]
     value[path[-1]] = new
+
+
+def test_apply_run_stops_at_what_it_does_not_take() -> None:
+    """``apply_run`` applies tuples until one is declined or is no tuple, and returns
+    that position with nothing of it applied."""
+    chain = expiry_chain()
+    items: list[object] = [prepare(entry) for entry in chain]
+    assert all(isinstance(item, tuple) for item in items)
+    replay = Replay()
+    assert apply_run(replay, items, 0) == len(items)
+    again = Replay()
+    assert apply_run(again, [items[0], None, *items[1:]], 0) == 1
+    before = snapshot(again)
+    assert apply_run(again, [items[0]], 0) == 0  # enrolled twice: declined, unchanged
+    assert snapshot(again) == before
+    assert apply_run(again, [None, *items[1:]], 1) == len(items)
+    assert snapshot(again) == snapshot(replay)
+    assert apply_run(Replay(), [("no-such-kind", "x")], 0) == 0

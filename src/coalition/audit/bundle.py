@@ -43,7 +43,7 @@ from coalition.verify.bundle_format import (
     read_prelude,
 )
 from coalition.verify.evidence import RawEvidence
-from coalition.verify.source import RawEntry, RawHeader
+from coalition.verify.source import BlockLines, RawEntry, RawHeader
 
 _READ_BUFFER = 1 << 20
 
@@ -222,7 +222,7 @@ class BundleSource:
             cursor = self._entry_cursor = _Cursor(self, entries=True)
         while (block := cursor.next()) is not None:
             if block[0].height == height:
-                return block[1]
+                return list(block[1])
         return []
 
     def consistency_proof(self, first_height: int, second_height: int) -> JsonObject | None:
@@ -243,7 +243,7 @@ class BundleSource:
             h: list(lines) for h, lines in self._cosignatures.items() if start <= h < end and lines
         }
 
-    def blocks(self) -> Iterator[tuple[RawHeader, list[RawEntry]]]:
+    def blocks(self) -> Iterator[tuple[RawHeader, BlockLines]]:
         cursor = _Cursor(self, entries=True)
         try:
             while (block := cursor.next()) is not None:
@@ -307,7 +307,7 @@ class _Cursor:
         while self.next() is not None:
             pass
 
-    def next(self) -> tuple[RawHeader, list[RawEntry]] | None:
+    def next(self) -> tuple[RawHeader, BlockLines] | None:
         if self._failed is not None:
             raise self._failed
         if self._file is None:

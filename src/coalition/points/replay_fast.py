@@ -26,6 +26,7 @@ which ``apply_reference`` empties after every entry, never filled (nor cleared).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Protocol, TypeAlias
 
@@ -180,11 +181,6 @@ def prepare(entry: JsonObject) -> Prepared | None:
     return None
 
 
-def _done(replay: Replay, kind: str, amount: int) -> None:
-    replay.points_by_kind[kind] += amount
-    replay.entries += 1
-
-
 def _enroll(replay: Replay, p: Prepared) -> bool:
     _, account_id, at = p
     if account_id in replay.accounts:
@@ -214,7 +210,8 @@ def _earn(replay: Replay, p: Prepared) -> bool:
     if ref is not None:
         replay.refs.add(ref)
     account.lots[lot_id] = lot
-    _done(replay, kind, amount)
+    replay.points_by_kind[kind] += amount
+    replay.entries += 1
     return True
 
 
@@ -226,7 +223,8 @@ def _adjust_up(replay: Replay, p: Prepared) -> bool:
     now = _fromisoformat(at)
     lot = Lot(lot_id, account.id, amount, amount, 0, now, now, _fromisoformat(expires_at))
     account.lots[lot_id] = lot
-    _done(replay, kind, amount)
+    replay.points_by_kind[kind] += amount
+    replay.entries += 1
     return True
 
 
@@ -267,8 +265,22 @@ def _debit(replay: Replay, p: Prepared) -> bool:
             target.lots[new_lot] = Lot(
                 new_lot, target.id, part_amount, part_amount, 0, now, now, expires_at
             )
-    _done(replay, kind, amount)
+    replay.points_by_kind[kind] += amount
+    replay.entries += 1
     return True
+
+
+def _adjust(replay: Replay, p: Prepared) -> bool:
+    return _adjust_up(replay, p) if p[2] > 0 else _debit(replay, p)
+
+
+_STEPS: dict[str, Callable[[Replay, Prepared], bool]] = {
+    _EARN_KIND: _earn,
+    _ENROLL_KIND: _enroll,
+    _ADJUST_KIND: _adjust,
+    **dict.fromkeys(_DEBIT_KINDS, _debit),
+}
+assert set(_STEPS) == HANDLED
 
 
 def apply_prepared(replay: Replay, prepared: Prepared) -> bool:
@@ -277,17 +289,34 @@ def apply_prepared(replay: Replay, prepared: Prepared) -> bool:
 
     Each kind's step parses its times before it changes anything, so a time that is no
     real date-time (``ValueError``) leaves the state as it was."""
-    kind = prepared[0]
+    step = _STEPS.get(prepared[0])
     try:
-        if kind == _EARN_KIND:
-            return _earn(replay, prepared)
-        if kind == _ENROLL_KIND:
-            return _enroll(replay, prepared)
-        if kind == _ADJUST_KIND and prepared[2] > 0:
-            return _adjust_up(replay, prepared)
-        return _debit(replay, prepared)
+        return step is not None and step(replay, prepared)
     except ValueError:
         return False
+
+
+def apply_run(replay: Replay, items: Sequence[object], start: int) -> int:
+    """``apply_prepared`` of ``items[start]``, ``items[start + 1]``, ... in order while
+    each is a ``Prepared`` tuple the state takes; the position of the first that is not
+    (another value, or a tuple ``apply_prepared`` declines: nothing of it changed), or
+    ``len(items)``. One call per block instead of one per entry: the replay loop of a
+    long audit."""
+    steps = _STEPS
+    end = len(items)
+    n = start
+    while n < end:
+        prepared = items[n]
+        if type(prepared) is not tuple:
+            return n
+        step = steps.get(prepared[0])
+        try:
+            if step is None or not step(replay, prepared):
+                return n
+        except ValueError:
+            return n
+        n += 1
+    return end
 
 
 def apply_fast(replay: Replay, entry: JsonObject) -> bool:

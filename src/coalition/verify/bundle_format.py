@@ -23,7 +23,7 @@ from coalition.errors import CoalitionError, VerificationError
 from coalition.ledger.canonical import JsonObject, JsonValue, canonical_json, parse_json
 from coalition.ledger.keys import PUBLIC_KEY_SIZE, VerifyKey
 from coalition.verify.evidence import RawEvidence
-from coalition.verify.source import RawEntry, RawHeader
+from coalition.verify.source import BlockLines, RawHeader
 
 BUNDLE_TYPE = "coalition/bundle/v1"
 EVIDENCE_TYPE = "coalition/bundle-evidence/v1"
@@ -242,7 +242,7 @@ class BlockReader:
         """The height of the next block this pass reads."""
         self.summary: BundleSummary | None = None
 
-    def next(self) -> tuple[RawHeader, list[RawEntry]] | None:
+    def next(self) -> tuple[RawHeader, BlockLines] | None:
         head, frame = self._head, self._frame
         self._lineno += 1
         lineno = self._lineno
@@ -265,7 +265,8 @@ class BlockReader:
                 f"a block or end line where entry {n} of block {self.height} was expected "
                 f"(the header says {count} entries)",
             )
-        self._digest.update(b"".join(lines))
+        data = b"".join(lines)
+        self._digest.update(data)
         self._lineno += count
         self._entries_seen += count
         if self._framed is not None:
@@ -274,8 +275,8 @@ class BlockReader:
         if self.height == head.blocks and raw != head.latest:
             raise frame.error(lineno, "the last block is not the head's latest header")
         if not self._keep:
-            return raw, []
-        return raw, [RawEntry(i, body[:-1]) for i, body in enumerate(lines, first)]
+            return raw, BlockLines(first, [], b"")
+        return raw, BlockLines(first, lines, data)
 
     def _block_line(self, doc: JsonObject, lineno: int) -> tuple[RawHeader, int, int, list[str]]:
         frame, height = self._frame, self.height

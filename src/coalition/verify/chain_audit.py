@@ -29,7 +29,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -44,9 +44,16 @@ from coalition.ledger.merkle import CompactRange, leaf_hash, root
 from coalition.ledger.proofs import verify_consistency_document
 from coalition.points import kinds
 from coalition.points.replay import Replay
-from coalition.points.replay_fast import Prepared, apply_prepared
-from coalition.verify.entry_scan import BlockScan, scan_block
-from coalition.verify.source import BlockStream, ChainSource, RawEntry, RawHeader, signed_header
+from coalition.points.replay_fast import Prepared, apply_run
+from coalition.verify.entry_scan import BlockScan, scan_block, scan_lines
+from coalition.verify.source import (
+    BlockLines,
+    BlockStream,
+    ChainSource,
+    RawEntry,
+    RawHeader,
+    signed_header,
+)
 
 HEADER_PAGE = 1000
 PARALLEL_AFTER = 50_000
@@ -216,12 +223,19 @@ def _object(raw: RawEntry) -> JsonObject:
 
 
 def _objects(
-    raws: list[RawEntry], bodies: list[JsonObject | Prepared | None]
+    raws: Sequence[RawEntry], bodies: list[JsonObject | Prepared | None]
 ) -> list[JsonObject | None]:
     return [
         _object(raw) if isinstance(body, tuple) else body
         for raw, body in zip(raws, bodies, strict=True)
     ]
+
+
+def _stored(raws: Sequence[RawEntry]) -> list[bytes | None]:
+    """The source's stored leaf hashes (None: it has none for the entry)."""
+    if isinstance(raws, BlockLines):
+        return [None] * len(raws)
+    return [raw.stored_leaf_hash for raw in raws]
 
 
 def _entry_id(body: JsonValue) -> str | None:
@@ -237,7 +251,7 @@ class _Fetched:
     raw: RawHeader
     signed: SignedHeader | None
     header_error: CoalitionError | None
-    entries: list[RawEntry]
+    entries: Sequence[RawEntry]
     entries_error: CoalitionError | None
     program: str | None = None
     scan: Future[BlockScan] | None = None
@@ -390,9 +404,15 @@ class _Auditor:
         if self.pool is None and self.workers and self.submitted > PARALLEL_AFTER:
             self.pool = _pool(self.workers)
         if self.pool is not None and item.entries:
-            bodies = [raw.body for raw in item.entries]
             first = item.signed.header.first_index
             sealed = item.signed.header.sealed_at
+            if isinstance(item.entries, BlockLines):  # one bytes object to ship, not a list
+                data, count = item.entries.data, len(item.entries)
+                item.scan = self.pool.submit(
+                    scan_lines, data, count, item.program, first, sealed_at=sealed
+                )
+                return
+            bodies = [raw.body for raw in item.entries]
             item.scan = self.pool.submit(
                 scan_block, bodies, item.program, first, pack=True, sealed_at=sealed
             )
@@ -458,7 +478,7 @@ class _Auditor:
         if self.report.program is None:
             self.report.program = h.program
         program = self.report.program
-        raw_entries = got.entries
+        raw_entries: Sequence[RawEntry] = got.entries
         if got.entries_error is not None:
             self.fault(
                 "source", f"reading the block's entries failed: {got.entries_error}", h.height
@@ -469,10 +489,11 @@ class _Auditor:
         leaves, bodies, exact = self._entries(h, raw_entries, program, scan)
         gaps = self._gaps(h, raw_entries)
         self._header_checks(signed, program)
-        stored = [raw.stored_leaf_hash for raw in raw_entries]
+        stored = _stored(raw_entries)
         block_root = root(leaves) if exact else scan.root
-        if block_root.hex() == h.block_root and all(
-            s is None or s == leaf for s, leaf in zip(stored, leaves, strict=True)
+        if block_root.hex() == h.block_root and (
+            isinstance(raw_entries, BlockLines)  # no stored hashes
+            or all(s is None or s == leaf for s, leaf in zip(stored, leaves, strict=True))
         ):
             authentic: list[bytes] | None = leaves
         else:
@@ -489,40 +510,41 @@ class _Auditor:
 
         t = time.perf_counter()
         replay, apply = self.replay, self.replay.apply
-        for n, body in enumerate(bodies):
-            if body is None:
-                continue
-            if isinstance(body, tuple):
-                if apply_prepared(replay, body):
-                    continue
-                body = _object(raw_entries[n])
-            try:
-                apply(body)
-            except _REPLAY_ERRORS as exc:
-                self._replay_fault(exc, body, self._index(h, raw_entries, n), h.height)
+        n, count = 0, len(bodies)
+        while (n := apply_run(replay, bodies, n)) < count:
+            body = bodies[n]  # not a tuple the state took: the reference path decides
+            if body is not None:
+                if isinstance(body, tuple):
+                    body = _object(raw_entries[n])
+                try:
+                    apply(body)
+                except _REPLAY_ERRORS as exc:
+                    self._replay_fault(exc, body, self._index(h, raw_entries, n), h.height)
+            n += 1
         self.clock["replay"] += time.perf_counter() - t
         self.report.blocks += 1
         self.report.entries += len(raw_entries)
         if self.progress is not None:
             self.progress(max(len(raw_entries), h.entry_count))
 
-    def _scan(self, got: _Fetched, raws: list[RawEntry], program: str) -> BlockScan:
+    def _scan(self, got: _Fetched, raws: Sequence[RawEntry], program: str) -> BlockScan:
         """The bulk pass over the block's entries: the workers' result, else done here."""
         if got.scan is not None and got.program == program and raws is got.entries:
             return got.scan.result()
         first = got.signed.header.first_index if got.signed is not None else -1
         sealed = got.signed.header.sealed_at if got.signed is not None else ""
-        return scan_block([raw.body for raw in raws], program, first, sealed_at=sealed)
+        bodies = raws.bodies if isinstance(raws, BlockLines) else [raw.body for raw in raws]
+        return scan_block(bodies, program, first, sealed_at=sealed)
 
     @staticmethod
-    def _index(h: BlockHeader, raws: list[RawEntry], n: int) -> int | None:
+    def _index(h: BlockHeader, raws: Sequence[RawEntry], n: int) -> int | None:
         index = raws[n].log_index
         if index is None and len(raws) == h.entry_count:
             index = h.first_index + n
         return index
 
     def _entries(
-        self, h: BlockHeader, raws: list[RawEntry], program: str, scan: BlockScan
+        self, h: BlockHeader, raws: Sequence[RawEntry], program: str, scan: BlockScan
     ) -> tuple[list[bytes], list[JsonObject | Prepared | None], bool]:
         """Leaf hashes and parsed (or prepared) entries (None: not to be replayed), and
         whether an exact check changed a leaf (then the bulk root and subtrees are void).
@@ -576,10 +598,12 @@ class _Auditor:
             )
         return _Item(index, entry_id, leaf_hash(data), raw.stored_leaf_hash, body)
 
-    def _gaps(self, h: BlockHeader, raws: list[RawEntry]) -> bool:
+    def _gaps(self, h: BlockHeader, raws: Sequence[RawEntry]) -> bool:
         """Name missing (deleted) entries; True when the block's entries are incomplete."""
-        indexes = [raw.log_index for raw in raws]
         first = h.first_index
+        if isinstance(raws, BlockLines) and raws.first == first and len(raws) == h.entry_count:
+            return False
+        indexes = [raw.log_index for raw in raws]
         if len(raws) == h.entry_count and indexes == list(range(first, first + len(raws))):
             return False
         if all(i is not None for i in indexes) and raws:

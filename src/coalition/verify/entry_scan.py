@@ -2,23 +2,18 @@
 
 For each entry body: its RFC 9162 leaf hash over the exact bytes, and a *conservative*
 test that the bytes are an RFC 8785 canonical JSON object with a sound envelope for the
-program, parsing them once with the C decoder. An entry passes only when all of these
-hold, which together imply ``canonical_json(parse_json(body)) == body``, that
-``parse_json`` would return the same value, and that ``check_envelope`` and the program
-check would accept it:
+program. An entry passes only when all of these hold, which together imply
+``canonical_json(parse_json(body)) == body``, that ``parse_json`` would return the same
+value, and that ``check_envelope`` and the program check would accept it:
 
-* the bytes are ASCII (so valid UTF-8, no lone surrogates, every key in the BMP: code
-  point order is RFC 8785's UTF-16 order);
-* the C decoder accepts them with every object's keys strictly increasing (sorted, no
-  duplicate) and no float, NaN or Infinity;
-* no whitespace outside strings (JSON whitespace inside a string must be escaped, so a
-  raw tab, CR or LF anywhere fails; a space must lie inside a string);
-* every escape is one RFC 8785 writes (``\\" \\\\ \\b \\f \\n \\r \\t`` and lowercase
-  ``\\u00xx`` for the other control characters), so every string is spelled canonically;
-* no integer token is ``-0`` or longer than 15 characters (so within +-(2**53 - 1));
-* type, program, id, kind and ``at`` pass (``at`` in the canonical
-  ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` shape and a real date-time, and not after the block's
-  ``sealed_at``: two canonical spellings compare as strings exactly as their instants).
+* ``ledger.canonical_check.canonical_object`` returns the body's object: the bytes
+  decode (msgspec, no float) and encode again (orjson, keys sorted, integers within
+  +-(2**53 - 1)) to exactly themselves, which that module's docstring shows is RFC 8785
+  canonical form of the subset and the value ``parse_json`` gives;
+* the value is an object whose type, program, id, kind and ``at`` pass (``at`` in the
+  canonical ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` shape and a real date-time, and not after the
+  block's ``sealed_at``: two canonical spellings compare as strings exactly as their
+  instants).
 
 An entry that fails any test is *flagged*: the auditor runs the exact checks on it (and
 names the fault); a false alarm costs time, never soundness.
@@ -31,72 +26,22 @@ faster than an object, and the replay needs nothing else.
 
 from __future__ import annotations
 
-import json
 import marshal
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from hashlib import sha256
 
-from coalition.ledger.canonical import JsonObject, JsonValue
+from coalition.ledger.canonical import JsonObject
+from coalition.ledger.canonical_check import canonical_object
 from coalition.ledger.entries import CANONICAL_TIME, ENTRY_TYPE, canonical_time
 from coalition.ledger.merkle import root, subtree_roots
 from coalition.points.replay_fast import Prepared, prepare
 
-_ODD_BYTES = b"\t\n\r\\ "
-"""Bytes after which a closer look is needed: JSON whitespace and escapes."""
-_NON_CANONICAL_ESCAPE = re.compile(rb'\\(?:[^"\\bfnrtu]|u(?!00(?:0[0-7bef]|1[0-9a-f])))')
-"""An escape RFC 8785 does not write (it may also match after an escaped backslash: a
-false alarm, the entry gets the exact check)."""
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
-
-
-class _NotFast(Exception):
-    """The body needs the exact checks."""
-
-
-def _refuse(_text: str) -> JsonValue:
-    raise _NotFast
-
-
-def _short_int(text: str) -> int:
-    if len(text) > 15 or text == "-0":
-        raise _NotFast
-    return int(text)
-
-
-def _sorted_object(pairs: list[tuple[str, JsonValue]]) -> JsonObject:
-    obj = dict(pairs)
-    keys = list(obj)
-    if len(keys) != len(pairs) or keys != sorted(keys):
-        raise _NotFast
-    return obj
-
-
-_decode = json.JSONDecoder(
-    object_pairs_hook=_sorted_object,
-    parse_float=_refuse,
-    parse_int=_short_int,
-    parse_constant=_refuse,
-).decode
-
 
 def fast_entry(body: bytes, program: str, sealed_at: str = "") -> JsonObject | None:
     """The parsed entry when ``body`` passes every test of the module docstring, else None."""
-    if not body.isascii():
-        return None
-    if len(body.translate(None, _ODD_BYTES)) != len(body):
-        if b"\t" in body or b"\n" in body or b"\r" in body:
-            return None
-        if b"\\" in body and _NON_CANONICAL_ESCAPE.search(body) is not None:
-            return None
-        if b" " in body and b" " in _STRING.sub(b"", body):
-            return None
-    try:
-        entry = _decode(body.decode("ascii"))
-    except (_NotFast, ValueError, RecursionError):
-        return None
-    if type(entry) is not dict or entry.get("type") != ENTRY_TYPE:
+    entry = canonical_object(body)
+    if entry is None or entry.get("type") != ENTRY_TYPE:
         return None
     entry_id, kind, at = entry.get("id"), entry.get("kind"), entry.get("at")
     if not (
@@ -161,3 +106,15 @@ def scan_block(
         shipped = [None if entry is None else prepare(entry) or entry for entry in entries]
         return BlockScan(leaves, root(leaves), subtrees, flagged, None, marshal.dumps(shipped))
     return BlockScan(leaves, root(leaves), subtrees, flagged, entries)
+
+
+def scan_lines(
+    data: bytes, count: int, program: str, first: int, *, sealed_at: str = ""
+) -> BlockScan:
+    """``scan_block(pack=True)`` of the ``count`` bodies ``data`` holds as lines, each
+    ending in ``\\n`` (``source.BlockLines.data``): what a worker gets, one bytes object
+    being far cheaper to ship than a list of them."""
+    bodies = data.split(b"\n")
+    if len(bodies) != count + 1 or bodies.pop():
+        raise ValueError(f"expected {count} lines, each ending in a newline")
+    return scan_block(bodies, program, first, pack=True, sealed_at=sealed_at)

@@ -9,7 +9,7 @@ signed header (its checkpoint is what witnesses cosign) and where each block sta
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from coalition.errors import CoalitionError
 from coalition.ledger.blocks import SignedHeader
@@ -17,7 +17,14 @@ from coalition.ledger.canonical import JsonObject, parse_json
 from coalition.ledger.keys import VerifyKey
 from coalition.points import kinds
 from coalition.verify.located import BlockIndex
-from coalition.verify.source import BlockStream, ChainSource, RawEntry, RawHeader, signed_header
+from coalition.verify.source import (
+    BlockLines,
+    BlockStream,
+    ChainSource,
+    RawEntry,
+    RawHeader,
+    signed_header,
+)
 
 COALITION_KINDS = re.compile(
     b'"kind":"(?:'
@@ -77,7 +84,16 @@ class RecordingSource:
             self._record_header(raw)
         return raws
 
-    def _record_entries(self, first_index: int | None, count: int, raws: list[RawEntry]) -> None:
+    def _record_entries(
+        self, first_index: int | None, count: int, raws: Sequence[RawEntry]
+    ) -> None:
+        if (
+            isinstance(raws, BlockLines)
+            and raws.first == len(self.entries)
+            and COALITION_KINDS.search(raws.data) is None
+        ):
+            self.entries.extend([OTHER] * len(raws))  # no coalition entry: one search
+            return
         positional = first_index is not None and len(raws) == count
         for n, raw in enumerate(raws):
             index = raw.log_index
@@ -113,7 +129,7 @@ class RecordingStream(RecordingSource):
     """A RecordingSource over a BlockStream: ``blocks()`` passes each block through,
     recording its header and entries exactly as ``headers``/``block_entries`` do."""
 
-    def blocks(self) -> Iterator[tuple[RawHeader, list[RawEntry]]]:
+    def blocks(self) -> Iterator[tuple[RawHeader, Sequence[RawEntry]]]:
         source = self.source
         assert isinstance(source, BlockStream)
         for raw, entries in source.blocks():

@@ -9,9 +9,9 @@ networks is theirs, never the verifier's.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol, overload, runtime_checkable
 
 from coalition.ledger.blocks import BlockHeader, SignedHeader
 from coalition.ledger.canonical import JsonObject, parse_json
@@ -35,6 +35,54 @@ class RawEntry:
     log_index: int | None
     body: bytes
     stored_leaf_hash: bytes | None = None
+
+
+class BlockLines(Sequence[RawEntry]):
+    """A block's entries as a stream frames them, one line each: consecutive log indexes
+    from ``first``, no stored leaf hashes. ``data`` is the lines joined, each ending in
+    ``\\n`` (so a body holds no raw newline, and ``data`` splits back into exactly the
+    bodies); ``RawEntry`` objects are made only when asked for, so a reader of a long
+    chain that needs the bytes only (``bodies``, ``data``) pays nothing per entry."""
+
+    __slots__ = ("_bodies", "data", "first", "lines")
+
+    def __init__(self, first: int, lines: list[bytes], data: bytes) -> None:
+        self.first = first
+        self.lines = lines
+        self.data = data
+        self._bodies: list[bytes] | None = None
+
+    @property
+    def bodies(self) -> list[bytes]:
+        """Each entry's bytes, without its newline."""
+        if self._bodies is None:
+            self._bodies = [line[:-1] for line in self.lines]
+        return self._bodies
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    @overload
+    def __getitem__(self, index: int) -> RawEntry: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[RawEntry]: ...
+
+    def __getitem__(self, index: int | slice) -> RawEntry | list[RawEntry]:
+        if isinstance(index, slice):
+            return [self[n] for n in range(*index.indices(len(self)))]
+        n = index + len(self) if index < 0 else index
+        return RawEntry(self.first + n, self.lines[index][:-1])
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, BlockLines):
+            return self.first == other.first and self.lines == other.lines
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable-looking, as a list
+
+    def __repr__(self) -> str:
+        return f"BlockLines(first={self.first}, entries={len(self)})"
 
 
 def signed_header(raw: RawHeader) -> SignedHeader:
@@ -90,6 +138,8 @@ class BlockStream(Protocol):
     order, each with its entries' bytes. An audit uses it instead of ``headers`` and
     ``block_entries`` when offered."""
 
-    def blocks(self) -> Iterator[tuple[RawHeader, list[RawEntry]]]:
+    def blocks(self) -> Iterator[tuple[RawHeader, Sequence[RawEntry]]]:
         """Each block from height 0 up, once; a source whose data ends early or breaks
-        its own framing raises ``CoalitionError`` naming where."""
+        its own framing raises ``CoalitionError`` naming where. The entries SHOULD be a
+        ``BlockLines`` when the source holds them as lines (a reader then takes the
+        bytes without a ``RawEntry`` per entry)."""
