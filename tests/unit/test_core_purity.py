@@ -1,6 +1,6 @@
 """The pure core (ledger/, points/) imports no transport, database or network client, and
 the verifier (verify/) imports only the standard library, cryptography, msgspec (the typed
-entries' parser) and the pure core."""
+entries' parser), orjson (the canonical JSON encoder) and the pure core."""
 
 from __future__ import annotations
 
@@ -64,6 +64,7 @@ VERIFIER_MAY_IMPORT = (
     "coalition.verify",
     "cryptography",
     "msgspec",
+    "orjson",
 )
 """Besides the standard library, ``coalition`` itself and ``coalition.errors``."""
 
@@ -94,7 +95,7 @@ def _fresh_modules(imports: list[str]) -> list[str]:
 
 def _outside_closure(loaded: list[str], baseline: set[str]) -> list[str]:
     """What ``loaded`` holds beyond the standard library, the verifier's allowed packages
-    and what the interpreter, ``cryptography`` and ``msgspec`` load by themselves
+    and what the interpreter, ``cryptography``, ``msgspec`` and ``orjson`` load by themselves
     (``baseline``)."""
     allowed = {"coalition", "coalition.errors", "__mp_main__"}  # multiprocessing's __main__
     return sorted(
@@ -125,12 +126,14 @@ def test_verifier_modules_are_found() -> None:
 
 def test_the_verifier_imports_only_stdlib_cryptography_and_the_pure_core() -> None:
     """Each module of ``coalition.verify``, imported alone in a fresh interpreter, loads
-    nothing but the standard library, ``cryptography`` (and what it loads), ``msgspec`` and
-    ``coalition.ledger``, ``points``, ``verify``, ``errors``: no SQLAlchemy, grpc,
+    nothing but the standard library, ``cryptography`` (and what it loads), ``msgspec``,
+    ``orjson`` and ``coalition.ledger``, ``points``, ``verify``, ``errors``: no SQLAlchemy, grpc,
     FastAPI, pydantic, nor anything of node/, store/, api/, audit/, runtime/, ops/."""
     for name in _verifier_modules():
         loaded = _fresh_modules([name])
-        third_party = [m for m in loaded if m.split(".")[0] in ("cryptography", "msgspec")]
+        third_party = [
+            m for m in loaded if m.split(".")[0] in ("cryptography", "msgspec", "orjson")
+        ]
         baseline = set(_fresh_modules(third_party))
         bad = _outside_closure(loaded, baseline)
         assert not bad, f"{name} imports {bad}"
