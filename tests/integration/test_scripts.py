@@ -8,6 +8,7 @@ readers to run names a script that offers that option. ``mypy`` checks the scrip
 from __future__ import annotations
 
 import functools
+import json
 import re
 import subprocess
 import sys
@@ -104,6 +105,18 @@ def test_the_benchmarks_run_at_a_tiny_size(
     result = run(str(SCRIPTS / script), *args, "--dir", str(tmp_path / "work"), timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert last_words in result.stdout
+
+
+def test_bench_writes_runs_at_a_tiny_size(tmp_path: Path) -> None:
+    out = tmp_path / "writes.json"
+    result = run(
+        str(SCRIPTS / "bench_writes.py"), "--calls", "20", "--lots", "10", "--json", str(out)
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    figures = json.loads(out.read_text())
+    assert set(figures["operations"]) == {"redeem_1_lot", "redeem_10_lots", "enroll", "earn"}
+    assert all(f["cpu_us"] > 0 for f in figures["operations"].values())
+    assert figures["debit_lots_ratio"] > 0
 
 
 @pytest.mark.slow

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import enum
 import json
+import uuid
+from datetime import UTC, datetime
 
+import orjson
 import pytest
-from hypothesis import given
+import rfc8785
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coalition.errors import InvalidArgument
 from coalition.ledger.canonical import JsonValue, canonical_json, parse_json
+
+
+class Colour(enum.Enum):
+    RED = "red"
 
 
 def test_rfc8785_sorting_example() -> None:
@@ -186,3 +195,58 @@ def test_an_integer_of_thousands_of_digits_is_refused_not_a_crash() -> None:
         parse_json(b'{"amount":' + b"9" * 5000 + b"}")
     with pytest.raises(InvalidArgument, match="outside"):
         parse_json(b"[-" + b"1" * 20 + b"]")
+
+
+# The fast encoder (orjson, code point order) against the RFC 8785 reference package.
+
+_text = st.text(st.characters(exclude_categories=["Cs"]))
+_ascii = st.text(st.characters(max_codepoint=0x7F))
+_safe_ints = st.integers(-(2**53) + 1, 2**53 - 1)
+ints_and_strings = st.recursive(
+    _safe_ints | _text | _ascii,
+    lambda children: st.lists(children) | st.dictionaries(_ascii | _text, children, max_size=8),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(ints_and_strings)
+def test_bytes_are_the_rfc8785_reference_bytes(value: JsonValue) -> None:
+    assert canonical_json(value) == rfc8785.dumps(value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(_ascii, _safe_ints | _ascii, min_size=1, max_size=20))
+def test_ascii_keyed_objects_are_the_rfc8785_reference_bytes(value: JsonValue) -> None:
+    assert canonical_json(value) == rfc8785.dumps(value)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        1.0,  # RFC 8785 would write 1
+        [1e21],  # ... 1e+21
+        {"a": float("inf")},
+        -0.0,
+        (1, 2),  # orjson would write a tuple as an array
+        {"a": orjson.Fragment(b"1.5")},  # ... and a fragment as it stands
+        {"a": uuid.UUID(int=1)},
+        {"a": Colour.RED},
+        {"a": datetime(2026, 1, 1, tzinfo=UTC)},
+        {"n": 2**53},
+        {"n": -(2**63)},
+        {2: "non-string key"},
+        "lone \udfff surrogate",
+        {"\ud800": "lone surrogate key"},
+    ],
+)
+def test_what_rfc8785_would_encode_differently_is_refused(bad: object) -> None:
+    with pytest.raises(InvalidArgument):
+        canonical_json(bad)  # type: ignore[arg-type]
+
+
+def test_nesting_beyond_orjsons_limit_encodes_as_before() -> None:
+    deep: JsonValue = 1
+    for _ in range(400):
+        deep = [deep]
+    assert canonical_json(deep) == b"[" * 400 + b"1" + b"]" * 400

@@ -1,6 +1,7 @@
 """The pure core (ledger/, points/) imports no transport, database or network client, and
 the verifier (verify/) imports only the standard library, cryptography, msgspec (the typed
-entries' parser), orjson (the fast canonical-form check) and the pure core."""
+entries' parser), orjson (the canonical JSON encoder and the fast canonical-form check)
+and the pure core."""
 
 from __future__ import annotations
 
@@ -95,7 +96,7 @@ def _fresh_modules(imports: list[str]) -> list[str]:
 
 def _outside_closure(loaded: list[str], baseline: set[str]) -> list[str]:
     """What ``loaded`` holds beyond the standard library, the verifier's allowed packages
-    and what the interpreter, ``cryptography`` and ``msgspec`` load by themselves
+    and what the interpreter, ``cryptography``, ``msgspec`` and ``orjson`` load by themselves
     (``baseline``)."""
     allowed = {"coalition", "coalition.errors", "__mp_main__"}  # multiprocessing's __main__
     return sorted(
@@ -127,9 +128,8 @@ def test_verifier_modules_are_found() -> None:
 def test_the_verifier_imports_only_stdlib_cryptography_and_the_pure_core() -> None:
     """Each module of ``coalition.verify``, imported alone in a fresh interpreter, loads
     nothing but the standard library, ``cryptography`` (and what it loads), ``msgspec``,
-    ``orjson`` and ``coalition.ledger``, ``points``, ``verify``, ``errors``: no
-    SQLAlchemy, grpc, FastAPI, pydantic, nor anything of node/, store/, api/, audit/,
-    runtime/, ops/."""
+    ``orjson`` and ``coalition.ledger``, ``points``, ``verify``, ``errors``: no SQLAlchemy, grpc,
+    FastAPI, pydantic, nor anything of node/, store/, api/, audit/, runtime/, ops/."""
     for name in _verifier_modules():
         loaded = _fresh_modules([name])
         third_party = [

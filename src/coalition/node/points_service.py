@@ -9,6 +9,7 @@ what they decide.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import datetime
 from functools import partial
 from itertools import islice
 from typing import Any
@@ -77,10 +78,10 @@ class PointsService:
     def member_account(self, conn: Connection, member_id: str) -> str:
         """The ledger account of an enrolled member; NotFound otherwise."""
         validate_member_id(member_id)
-        found = members_store.accounts_for_members(conn, [member_id])
-        if member_id not in found:
+        found = members_store.account_of_member(conn, member_id)
+        if found is None:
             raise NotFound(f"unknown member {member_id}")
-        return found[member_id]
+        return found
 
     def load_touched(
         self, conn: Connection, account_ids: Sequence[str], **kwargs: Any
@@ -91,6 +92,16 @@ class PointsService:
         known = {lot_id for account in loaded.values() for lot_id in account.lots}
         return list(loaded.values()), known
 
+    def load_debit(
+        self, conn: Connection, account_id: str, amount: object, at: datetime
+    ) -> tuple[list[Account], set[str]]:
+        """The account a debit of ``amount`` at ``at`` changes, with only the lots that
+        debit takes (``members_store.debit_account``), as a ``Decision`` reports them: a
+        debit reads and writes the same few rows whether the member holds 1 lot or 500.
+        The account MUST then only be debited (``Account.take``) or credited new lots."""
+        account = members_store.debit_account(conn, account_id, amount, at)
+        return [account], set(account.lots)
+
     # --- member writes ------------------------------------------------------------------
 
     def enroll(self, member_id: str, *, idempotency_key: str) -> WriteResult:
@@ -98,7 +109,7 @@ class PointsService:
         account = account_id(self._secret, member_id)
 
         def decide(conn: Connection, ctx: EntryContext) -> Decision:
-            if members_store.accounts_for_members(conn, [member_id]):
+            if members_store.account_of_member(conn, member_id) is not None:
                 raise FailedPrecondition(f"member {member_id} is already enrolled")
             members_store.insert_account(conn, account, member_id, ctx.at)
             return operations.enroll(ctx, account), [Account(account)], set()
@@ -126,9 +137,8 @@ class PointsService:
 
         def decide(conn: Connection, ctx: EntryContext) -> Decision:
             account = self.member_account(conn, member_id)
-            used = bool(members_store.used_refs(conn, [lot_ref("purchase", reference)]))
-            since = ctx.at - self.rules.tier_window
-            qualifying = members_store.qualifying_points(conn, [account], since)[account]
+            used = members_store.ref_used(conn, lot_ref("purchase", reference))
+            qualifying = members_store.qualifying_of(conn, account, ctx.at - self.rules.tier_window)
             body = operations.earn_purchase(
                 ctx,
                 self.rules,
@@ -155,12 +165,12 @@ class PointsService:
 
         def decide(conn: Connection, ctx: EntryContext) -> Decision:
             account = self.member_account(conn, member_id)
-            used = bool(members_store.used_refs(conn, [lot_ref(event, reference)]))
-            touched, known = self.load_touched(conn, [account])
+            used = members_store.ref_used(conn, lot_ref(event, reference))
+            touched = Account(account)  # an earn opens a lot: it needs none of the others
             body = operations.earn_reward(
-                ctx, self.rules, touched[0], event, reference, reference_used=used
+                ctx, self.rules, touched, event, reference, reference_used=used
             )
-            return body, touched, known
+            return body, [touched], set()
 
         return self._sequencer.append(request, idempotency_key, decide)
 
@@ -222,7 +232,7 @@ class PointsService:
 
         def decide(conn: Connection, ctx: EntryContext) -> Decision:
             account = self.member_account(conn, member_id)
-            touched, known = self.load_touched(conn, [account])
+            touched, known = self.load_debit(conn, account, amount, ctx.at)
             body = operations.redeem(ctx, self.rules, touched[0], amount, reference)
             return body, touched, known
 
@@ -244,9 +254,10 @@ class PointsService:
             target = self.member_account(conn, to_member_id)
             if source == target:
                 raise InvalidArgument("cannot transfer points to the same member")
-            touched, known = self.load_touched(conn, [source, target])
+            touched, known = self.load_debit(conn, source, amount, ctx.at)
+            # The target only receives new lots: none of its own are read.
             body = operations.transfer(ctx, self.rules, touched[0], target, amount, note)
-            return body, touched, known
+            return body, [touched[0], Account(target)], known
 
         return self._sequencer.append(request, idempotency_key, decide)
 
@@ -263,7 +274,10 @@ class PointsService:
 
         def decide(conn: Connection, ctx: EntryContext) -> Decision:
             account = self.member_account(conn, member_id)
-            touched, known = self.load_touched(conn, [account])
+            if isinstance(amount, int) and amount < 0:
+                touched, known = self.load_debit(conn, account, -amount, ctx.at)
+            else:  # a credit opens a lot; anything else is refused by the rules
+                touched, known = [Account(account)], set()
             body = operations.adjust(ctx, self.rules, touched[0], amount, operator, note)
             return body, touched, known
 

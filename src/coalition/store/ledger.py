@@ -46,6 +46,7 @@ from coalition.ledger.blocks import BlockHeader, SignedHeader
 from coalition.ledger.canonical import JsonObject
 from coalition.ledger.merkle import NodeCoord
 from coalition.store.columns import RowId, stored_object
+from coalition.store.prepared import Statement, run, run_many
 
 
 class EntryRow(SQLModel, table=True):
@@ -121,14 +122,15 @@ def signed_header_from_row(header: str, signature: str) -> SignedHeader:
     return SignedHeader(BlockHeader.from_json(stored_object(header, "header")), signature)
 
 
+_FIND_IDEMPOTENT = Statement("SELECT request_hash, body FROM entries WHERE idem_key = :key")
+
+
 def find_idempotent(conn: Connection, key: str) -> tuple[str, JsonObject] | None:
     """The request hash and entry stored under an idempotency key, if any."""
-    row = conn.execute(
-        select(entries.c.request_hash, entries.c.body).where(entries.c.idem_key == key)
-    ).first()
-    if row is None:
+    rows = run(conn, _FIND_IDEMPOTENT, {"key": key})
+    if not rows:
         return None
-    return row.request_hash, stored_object(row.body)
+    return rows[0][0], stored_object(rows[0][1])
 
 
 def request_hashes(conn: Connection, keys: Sequence[str]) -> dict[str, str]:
@@ -139,10 +141,17 @@ def request_hashes(conn: Connection, keys: Sequence[str]) -> dict[str, str]:
     return {row.idem_key: row.request_hash for row in conn.execute(query)}
 
 
+_INSERT_ENTRY = Statement(
+    "INSERT INTO entries (log_index, entry_id, kind, account, to_account, body, leaf_hash,"
+    " idem_key, request_hash) VALUES (:log_index, :entry_id, :kind, :account, :to_account,"
+    " :body, :leaf_hash, :idem_key, :request_hash)"
+)
+
+
 def insert_entries(conn: Connection, rows: Sequence[Mapping[str, object]]) -> None:
-    """Bulk insert of entry rows (keys: the ``entries`` columns)."""
-    if rows:
-        conn.execute(insert(entries), list(rows))
+    """Insert entry rows; each has every ``entries`` column as a key (None for no
+    idempotency key, request hash or ``to`` account)."""
+    run_many(conn, _INSERT_ENTRY, list(rows))
 
 
 def next_log_index(conn: Connection) -> int:

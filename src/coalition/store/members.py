@@ -26,17 +26,16 @@ from sqlalchemy import (
     Connection,
     Index,
     and_,
-    bindparam,
     func,
-    insert,
     or_,
     select,
-    update,
+    text,
 )
 from sqlmodel import Field, SQLModel
 
 from coalition.points.state import Account, Lot
 from coalition.store.columns import from_micros, to_micros
+from coalition.store.prepared import Statement, run, run_many
 
 
 class AccountRow(SQLModel, table=True):
@@ -58,6 +57,16 @@ class LotRow(SQLModel, table=True):
         # Covers the tier query (qualifying points earned since T, per account).
         Index("ix_lots_account_earned", "account", "earned_at", "qualifying"),
         Index("ix_lots_expires_at", "expires_at"),
+        # A debit's FIFO read: the lots with points left, in debit order, per account.
+        Index(
+            "ix_lots_debit",
+            "account",
+            "expires_at",
+            "earned_at",
+            "id",
+            sqlite_where=text("remaining > 0"),
+            postgresql_where=text("remaining > 0"),
+        ),
         {"sqlite_with_rowid": False},  # the text primary key is the table's own order
     )
 
@@ -90,6 +99,15 @@ def accounts_for_members(conn: Connection, member_ids: Iterable[str]) -> dict[st
     return found
 
 
+_ACCOUNT_OF_MEMBER = Statement("SELECT account FROM accounts WHERE member_id = :member_id")
+
+
+def account_of_member(conn: Connection, member_id: str) -> str | None:
+    """The account of an enrolled member, None if the member is not enrolled."""
+    rows = run(conn, _ACCOUNT_OF_MEMBER, {"member_id": member_id})
+    return None if not rows else str(rows[0][0])
+
+
 def members_with_qualifying(
     conn: Connection, member_ids: Iterable[str], since: datetime
 ) -> dict[str, tuple[str, int]]:
@@ -115,9 +133,17 @@ def members_with_qualifying(
     return found
 
 
+_INSERT_ACCOUNT = Statement(
+    "INSERT INTO accounts (account, member_id, enrolled_at)"
+    " VALUES (:account, :member_id, :enrolled_at)"
+)
+
+
 def insert_account(conn: Connection, account: str, member_id: str, at: datetime) -> None:
-    conn.execute(
-        insert(accounts).values(account=account, member_id=member_id, enrolled_at=to_micros(at))
+    run(
+        conn,
+        _INSERT_ACCOUNT,
+        {"account": account, "member_id": member_id, "enrolled_at": to_micros(at)},
     )
 
 
@@ -163,6 +189,14 @@ def load_accounts(
     return loaded
 
 
+_REF_USED = Statement("SELECT 1 FROM lots WHERE ref = :ref")
+
+
+def ref_used(conn: Connection, ref: str) -> bool:
+    """Whether the purchase or reward reference ``ref`` (``purchase:R``) already earned."""
+    return bool(run(conn, _REF_USED, {"ref": ref}))
+
+
 def used_refs(conn: Connection, refs: Iterable[str]) -> set[str]:
     """Which purchase or reward references (``purchase:R``) already earned points."""
     wanted = list(set(refs))
@@ -173,10 +207,64 @@ def used_refs(conn: Connection, refs: Iterable[str]) -> set[str]:
     return used
 
 
+_LOT_BY_REF = Statement("SELECT id, account FROM lots WHERE ref = :ref")
+
+
 def lot_by_ref(conn: Connection, ref: str) -> tuple[str, str] | None:
     """(lot id, account) of the lot a reference earned, if any."""
-    row = conn.execute(select(lots.c.id, lots.c.account).where(lots.c.ref == ref)).first()
-    return None if row is None else (row.id, row.account)
+    rows = run(conn, _LOT_BY_REF, {"ref": ref})
+    return None if not rows else (str(rows[0][0]), str(rows[0][1]))
+
+
+_LOT_COLUMNS = (
+    "id, account, amount, remaining, qualifying, earned_at, available_at, expires_at, ref, reversed"
+)
+_SPENDABLE = (
+    f"SELECT {_LOT_COLUMNS} FROM lots WHERE account = :account AND remaining > 0"
+    " AND expires_at > :at AND available_at <= :at ORDER BY expires_at, earned_at, id{}"
+)
+# PostgreSQL orders text by the database's collation; debit order is code point order.
+_DEBIT_FIRST = Statement(
+    _SPENDABLE.format(" LIMIT :limit"), postgresql=_SPENDABLE.format(' COLLATE "C" LIMIT :limit')
+)
+_DEBIT_ALL = Statement(_SPENDABLE.format(""), postgresql=_SPENDABLE.format(' COLLATE "C"'))
+DEBIT_PREFIX = 8
+"""Lots a debit reads in its first range read (most debits take one or two)."""
+
+
+def _lot_of(row: Sequence[object]) -> Lot:
+    return Lot(
+        id=row[0],  # type: ignore[arg-type]
+        account=row[1],  # type: ignore[arg-type]
+        amount=row[2],  # type: ignore[arg-type]
+        remaining=row[3],  # type: ignore[arg-type]
+        qualifying=row[4],  # type: ignore[arg-type]
+        earned_at=from_micros(row[5]),  # type: ignore[arg-type]
+        available_at=from_micros(row[6]),  # type: ignore[arg-type]
+        expires_at=from_micros(row[7]),  # type: ignore[arg-type]
+        ref=row[8],  # type: ignore[arg-type]
+        reversed=bool(row[9]),
+    )
+
+
+def debit_account(conn: Connection, account_id: str, amount: object, at: datetime) -> Account:
+    """The account with the spendable lots at ``at`` that a debit of ``amount`` takes, in
+    debit order: the first ``DEBIT_PREFIX`` of them, or every spendable lot when those do
+    not cover ``amount`` (so ``Account.take`` and its refusal see the same lots, and
+    the same balance, as with every lot loaded). Its other lots are not loaded: a caller
+    MUST use the result for ``take`` and for entries that only debit or open lots, never
+    for balances beyond what it took."""
+    account = Account(account_id)
+    params = {"account": account_id, "at": to_micros(at), "limit": DEBIT_PREFIX}
+    rows = run(conn, _DEBIT_FIRST, params)
+    if len(rows) == DEBIT_PREFIX and not (
+        isinstance(amount, int) and sum(int(row[3]) for row in rows) >= amount
+    ):
+        rows = run(conn, _DEBIT_ALL, params)
+    for row in rows:
+        lot = _lot_of(row)
+        account.lots[lot.id] = lot
+    return account
 
 
 def save_lots(conn: Connection, touched: Iterable[Account], known: set[str]) -> None:
@@ -211,10 +299,18 @@ def save_lots(conn: Connection, touched: Iterable[Account], known: set[str]) -> 
                     }
                 )
         account.changed.clear()
-    if new_rows:
-        conn.execute(insert(lots), new_rows)
-    if updates:
-        conn.execute(update(lots).where(lots.c.id == bindparam("b_id")), updates)
+    run_many(conn, _INSERT_LOT, new_rows)
+    run_many(conn, _UPDATE_LOT, updates)
+
+
+_INSERT_LOT = Statement(
+    f"INSERT INTO lots ({_LOT_COLUMNS}) VALUES (:id, :account, :amount, :remaining,"
+    " :qualifying, :earned_at, :available_at, :expires_at, :ref, :reversed)"
+)
+_UPDATE_LOT = Statement(
+    "UPDATE lots SET remaining = :remaining, qualifying = :qualifying, reversed = :reversed"
+    " WHERE id = :b_id"
+)
 
 
 def due_accounts(conn: Connection, at: datetime, limit: int) -> list[str]:
@@ -235,6 +331,17 @@ def all_lots(conn: Connection) -> list[Lot]:
 
 def all_accounts(conn: Connection) -> list[str]:
     return [row.account for row in conn.execute(select(accounts.c.account))]
+
+
+_QUALIFYING = Statement(
+    "SELECT COALESCE(SUM(qualifying), 0) FROM lots WHERE account = :account AND earned_at > :since"
+)
+
+
+def qualifying_of(conn: Connection, account_id: str, since: datetime) -> int:
+    """Tier-qualifying points of one account earned after ``since``."""
+    rows = run(conn, _QUALIFYING, {"account": account_id, "since": to_micros(since)})
+    return int(rows[0][0])
 
 
 def qualifying_points(

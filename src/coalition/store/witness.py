@@ -41,6 +41,7 @@ from coalition.errors import CorruptStore, InvalidArgument
 from coalition.ledger.blocks import BlockHeader, SignedHeader
 from coalition.ledger.canonical import canonical_json
 from coalition.store.columns import RowId, stored_object
+from coalition.store.prepared import Statement, run
 
 
 class WitnessHeaderRow(SQLModel, table=True):
@@ -252,18 +253,24 @@ def undelivered(conn: Connection, program: str, witness: str) -> list[StoredCosi
     return [StoredCosignature(**row._mapping) for row in rows]
 
 
+_COSIGNED = Statement(
+    "SELECT 1 FROM witness_cosignatures"
+    " WHERE program = :program AND height = :height AND witness = :witness"
+)
+_INSERT_COSIGNATURE = Statement(
+    "INSERT INTO witness_cosignatures"
+    " (program, height, witness, header_hash, cosignature, timestamp, delivered)"
+    " VALUES (:program, :height, :witness, :header_hash, :cosignature, :timestamp, :delivered)"
+)
+
+
 def save_cosignature(conn: Connection, cosig: StoredCosignature) -> bool:
-    """Store a cosignature unless ``witness`` already cosigned that header; True if new."""
-    exists = conn.execute(
-        select(witness_cosignatures.c.header_hash).where(
-            witness_cosignatures.c.program == cosig.program,
-            witness_cosignatures.c.height == cosig.height,
-            witness_cosignatures.c.witness == cosig.witness,
-        )
-    ).first()
-    if exists is not None:
+    """Store a cosignature unless ``witness`` already cosigned that header; True if new.
+    (Prepared statements: a node stores one per block and partner, on the write path.)"""
+    row = asdict(cosig)
+    if run(conn, _COSIGNED, row):
         return False
-    conn.execute(insert(witness_cosignatures).values(**asdict(cosig)))
+    run(conn, _INSERT_COSIGNATURE, row)
     return True
 
 

@@ -242,7 +242,7 @@ class Conversions:
                     conn, self.program, self.program, to_program, in_flight=True, keep=True
                 )
                 check_credit_limit(limit, unsettled, quoted.value_minor, self.program, to_program)
-            touched, known = self.service.points.load_touched(conn, [account])
+            touched, known = self.service.points.load_debit(conn, account, quoted.amount, ctx.at)
             body = operations.convert_out(
                 ctx, self.service.points.rules, touched[0], agreement, quoted, conversion_id
             )

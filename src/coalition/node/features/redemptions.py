@@ -476,11 +476,11 @@ class Redemptions:
                 if found.partner != sender or found.request_hash != request_hash:
                     raise FailedPrecondition(f"hold id {hold_id} was used for another request")
                 return None
-            accounts = members_store.accounts_for_members(conn, [member_id])
-            if member_id not in accounts:
+            account = members_store.account_of_member(conn, member_id)
+            if account is None:
                 raise NotFound(f"unknown member {member_id} at {self.program}")
             agreement = self.agreements.require(conn, self.program, sender, ctx.at)
-            touched, known = self.service.points.load_touched(conn, [accounts[member_id]])
+            touched, known = self.service.points.load_debit(conn, account, amount, ctx.at)
             expires_at = ctx.at + timedelta(seconds=expires_in_s)
             entry = operations.hold(
                 ctx,
@@ -512,7 +512,7 @@ class Redemptions:
                 conn,
                 hold_id=hold_id,
                 partner=sender,
-                account=accounts[member_id],
+                account=account,
                 amount=amount,
                 reference=reference,
                 request_hash=request_hash,
