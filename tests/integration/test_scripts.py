@@ -107,10 +107,10 @@ def test_the_benchmarks_run_at_a_tiny_size(
     assert last_words in result.stdout
 
 
-def test_bench_writes_runs_at_a_tiny_size(tmp_path: Path) -> None:
+def test_bench_write_path_runs_at_a_tiny_size(tmp_path: Path) -> None:
     out = tmp_path / "writes.json"
     result = run(
-        str(SCRIPTS / "bench_writes.py"), "--calls", "20", "--lots", "10", "--json", str(out)
+        str(SCRIPTS / "bench_write_path.py"), "--calls", "20", "--lots", "10", "--json", str(out)
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     figures = json.loads(out.read_text())

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """The node's CPU per single write, in process (no transport): what the write path costs.
 
-    .venv/bin/python scripts/bench_writes.py                 # 2,000 calls per operation
-    .venv/bin/python scripts/bench_writes.py --calls 5000 --lots 500 --json out.json
-    .venv/bin/python scripts/bench_writes.py --database postgresql   # a fresh schema
+    .venv/bin/python scripts/bench_write_path.py                 # 2,000 calls per operation
+    .venv/bin/python scripts/bench_write_path.py --calls 5000 --lots 500 --json out.json
+    .venv/bin/python scripts/bench_write_path.py --database postgresql   # a fresh schema
 
 Setup (untimed): a node on a fresh SQLite file (``synchronous=NORMAL``, as the tests run
 it), or with ``--database postgresql`` on a fresh schema of the tests' PostgreSQL server
