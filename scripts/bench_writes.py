@@ -1,0 +1,409 @@
+#!/usr/bin/env python3
+"""Single writes (redeem and earn) over gRPC and REST, against a bare gRPC round trip and
+against pgbench TPC-B on the same PostgreSQL server, all in one run.
+
+    .venv/bin/python scripts/bench_writes.py                              # SQLite, 1 process
+    .venv/bin/python scripts/bench_writes.py --database postgres --processes 2
+    .venv/bin/python scripts/bench_writes.py --database postgres --writes 20000 --clients 64
+    .venv/bin/python scripts/bench_writes.py --json /tmp/writes.json --keep /tmp/run
+
+Setup (untimed): in a temporary folder, the demo's skyair ``node.toml`` run alone (no
+coalition), keys from ``coalition keygen``; the database is a SQLite file (WAL,
+``synchronous=FULL`` as shipped) or, with ``--database postgres``, a scratch database
+created on the tests' PostgreSQL server (``$COALITION_TEST_POSTGRES_URL``) and dropped
+afterwards. ``--processes N`` starts N ``coalition run`` processes of that one
+``node.toml`` on their own ports (``benchlib.NodeGroup``; the first alone, so one
+creates the schema); client channels are spread over them round robin. SQLite takes one
+process. ``--members`` members are enrolled and credited once (one lot each).
+
+**Timed**, one phase after another, each by ``--clients`` threads (spread over
+``--procs`` client processes, one channel or keep-alive HTTP connection per thread):
+
+* ``bare_grpc``: ``grpc.health.v1.Health/Check`` on the member gRPC port, the baseline.
+* ``redeem_grpc`` / ``redeem_rest``: ``Points.Redeem`` / ``POST
+  /v1/members/{id}/redemptions`` of 1 point, ``--writes`` calls each, one ``redeem``
+  entry a call.
+* ``earn_grpc`` / ``earn_rest``: ``Points.EarnPurchase`` / ``POST /v1/members/{id}/earn``
+  of one purchase, one ``earn`` entry (and one lot) a call.
+* ``pgbench`` (PostgreSQL only, ``--no-pgbench`` skips it): ``pgbench -c CLIENTS -j 2 -T
+  --pgbench-seconds`` of the built-in TPC-B script on a scratch database of the same
+  server (``pgbench -i -s --pgbench-scale``, untimed).
+
+Each phase prints ops/s, p50/p99, the node processes' CPU per operation and, on
+PostgreSQL, the benchmark database's backends' CPU per operation (``benchlib.BackendCpu``),
+then the ratios: each write / the bare round trip (throughput, p99) and / pgbench.
+Afterwards the nodes stop (SIGTERM) and the run checks that every acknowledged write is
+in the log exactly once, the log is dense and the chain audits; it exits 1 otherwise,
+or when any call failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import multiprocessing
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tomllib
+import uuid
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import grpc
+from benchlib import (
+    POSTGRES_URL,
+    Figures,
+    NodeGroup,
+    bare,
+    database_name,
+    libpq_url,
+    line,
+    machine,
+    measured,
+    pgbench,
+    scratch_database,
+    split,
+    summary,
+    write_json,
+)
+from sqlalchemy import create_engine, text
+
+from coalition.audit import DatabaseSource, audit_chain
+from coalition.demo.nodes import templates
+from coalition.ledger.keys import VerifyKey
+from coalition.node.auth import Role
+from coalition.node.config import load_config
+from coalition.ops.keygen import find_secret
+from coalition.ops.tomlfiles import write_toml
+from coalition.store.db import normalise_url
+
+PROGRAM = "skyair"
+SEED = 1_000_000  # the template's max_points_per_operation
+PHASES = ("redeem_grpc", "redeem_rest", "earn_grpc", "earn_rest")
+
+
+def member(n: int) -> str:
+    return f"W{n:06d}"
+
+
+def write_config(folder: Path) -> Path:
+    """The demo's skyair ``node.toml`` alone (no coalition table), keys made."""
+    with templates() as source:
+        document = tomllib.loads((source / PROGRAM / "node.toml").read_text(encoding="utf-8"))
+    document.pop("coalition", None)
+    document["node"]["database"] = f"sqlite:///{folder / 'data' / 'skyair.db'}"
+    document["node"]["expiry_interval_s"] = 3600
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    config = write_toml(folder / "node.toml", document)
+    subprocess.run(
+        [sys.executable, "-m", "coalition.cli", "keygen", "--config", str(config)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return config
+
+
+# --- client processes -----------------------------------------------------------------
+
+
+def _request(op: str, transport: str, n: int, members: int, tag: str) -> Any:
+    """The call's request: a protobuf message (gRPC) or (path, JSON body) (REST)."""
+    who, key = member(n % members), f"{tag}-{op}-{transport}-{n}"
+    if op == "redeem":
+        fields: dict[str, Any] = {"amount": 1, "reference": key}
+    else:
+        fields = {"reference": key, "spend_minor": 1000, "category": "flights"}
+    if transport == "rest":
+        path = f"/v1/members/{who}/{'redemptions' if op == 'redeem' else 'earn'}"
+        return path, json.dumps({**fields, "idempotency_key": key}).encode()
+    from coalition.v1 import points_pb2
+
+    kind = points_pb2.RedeemRequest if op == "redeem" else points_pb2.EarnPurchaseRequest
+    return kind(member_id=who, idempotency_key=key, **fields)
+
+
+def _write_worker(
+    op: str,
+    transport: str,
+    targets: list[str],
+    api_key: str,
+    numbers: list[int],
+    members: int,
+    threads: int,
+    tag: str,
+) -> tuple[list[float], list[str]]:
+    """``op`` calls over ``transport`` from ``threads`` threads, numbers ``numbers``:
+    (latencies of the acknowledged calls in s, errors)."""
+    from coalition.v1 import points_pb2_grpc
+
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    metadata = (("authorization", f"Bearer {api_key}"),)
+    headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
+
+    def run(t: int, part: list[int]) -> None:
+        target = targets[t % len(targets)]
+        mine, failed = [], []
+        if transport == "grpc":
+            with grpc.insecure_channel(target) as channel:
+                stub = points_pb2_grpc.PointsStub(channel)
+                call = stub.Redeem if op == "redeem" else stub.EarnPurchase
+                for n in part:
+                    request = _request(op, transport, n, members, tag)
+                    began = time.perf_counter()
+                    try:
+                        call(request, metadata=metadata, timeout=30)
+                    except grpc.RpcError as exc:
+                        failed.append(f"{exc.code().name}: {exc.details()}")
+                        continue
+                    mine.append(time.perf_counter() - began)
+        else:
+            host, port = target.rsplit(":", 1)
+            conn = http.client.HTTPConnection(host, int(port), timeout=30)
+            conn.connect()  # no Nagle: a request is one segment, never held for an ACK
+            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for n in part:
+                path, body = _request(op, transport, n, members, tag)
+                began = time.perf_counter()
+                try:
+                    conn.request("POST", path, body, headers)
+                    reply = conn.getresponse()
+                    data = reply.read()
+                except (OSError, http.client.HTTPException) as exc:
+                    conn.close()
+                    failed.append(f"{type(exc).__name__}: {exc}")
+                    continue
+                if not 200 <= reply.status < 300:
+                    failed.append(f"HTTP {reply.status}: {data[:200].decode(errors='replace')}")
+                    continue
+                mine.append(time.perf_counter() - began)
+            conn.close()
+        with lock:
+            latencies.extend(mine)
+            errors.extend(failed)
+
+    parts = [numbers[t::threads] for t in range(threads)]
+    workers = [threading.Thread(target=run, args=(t, p)) for t, p in enumerate(parts) if p]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return latencies, errors
+
+
+def write_run(
+    pool: ProcessPoolExecutor,
+    op: str,
+    transport: str,
+    targets: list[str],
+    api_key: str,
+    count: int,
+    clients: int,
+    procs: int,
+    members: int,
+    tag: str,
+) -> Figures:
+    """``count`` writes by ``clients`` threads in ``procs`` processes of ``pool``. Thread
+    ``t`` of every client process uses target ``t`` (mod the targets), so channels spread
+    over the node's processes."""
+    threads = [t for t in split(clients, procs) if t]
+    numbers = list(range(count))
+    began = time.perf_counter()
+    futures = [
+        pool.submit(
+            _write_worker,
+            op,
+            transport,
+            targets[p % len(targets) :] + targets[: p % len(targets)],
+            api_key,
+            numbers[p :: len(threads)],
+            members,
+            t,
+            tag,
+        )
+        for p, t in enumerate(threads)
+    ]
+    done = [f.result() for f in futures]
+    elapsed = time.perf_counter() - began
+    latencies = [x for lat, _ in done for x in lat]
+    errors = [e for _, err in done for e in err]
+    if not latencies:
+        raise SystemExit(f"{op} over {transport}: every call failed, e.g. {errors[:3]}")
+    result = summary(len(latencies), elapsed, latencies)
+    result["errors"] = len(errors)
+    if errors:
+        print(f"  {op} over {transport}: {len(errors)} calls failed, e.g. {errors[0]}")
+    return result
+
+
+# --- setup and checks -----------------------------------------------------------------
+
+
+def enroll(group: NodeGroup, api_key: str, members: int) -> None:
+    """Enroll and credit ``members`` members (one lot each), spread over the processes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from coalition.api.grpc.client import NodeClient
+
+    def one(n: int) -> None:
+        target = group.grpc[n % len(group.grpc)]
+        with NodeClient(target, api_key, timeout=30) as client:
+            client.enroll(member(n), idempotency_key=f"enroll-{n}")
+            client.adjust(member(n), SEED, "bench", "seed", idempotency_key=f"seed-{n}")
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(one, range(members)))
+
+
+def check_log(url: str, public_key: VerifyKey, expected: int) -> str:
+    """Every acknowledged write in the log once, the log dense, the chain sound."""
+    engine = create_engine(normalise_url(url))
+    try:
+        with engine.connect() as conn:
+            count, top = conn.execute(text("SELECT count(*), max(log_index) FROM entries")).one()
+    finally:
+        engine.dispose()
+    problems = []
+    if count != expected:
+        problems.append(f"{count} entries in the log, {expected} acknowledged")
+    if top is None or top + 1 != count:
+        problems.append(f"log not dense: {count} entries, highest index {top}")
+    source = DatabaseSource(url)
+    try:
+        report = audit_chain(source, public_key)
+    finally:
+        source.close()
+    if not report.ok:
+        problems.append(report.render())
+    if problems:
+        raise SystemExit("check failed:\n" + "\n".join(problems))
+    return f"check OK: {count:,} entries, log dense, chain audits"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
+    parser.add_argument("--processes", type=int, default=1, help="node processes (PostgreSQL)")
+    parser.add_argument("--writes", type=int, default=5000, help="calls per write phase")
+    parser.add_argument("--clients", type=int, default=32, help="concurrent client threads")
+    parser.add_argument("--procs", type=int, default=2, help="client processes")
+    parser.add_argument("--members", type=int, default=200)
+    parser.add_argument("--bare-calls", type=int, default=20000)
+    parser.add_argument("--pgbench-seconds", type=float, default=10.0)
+    parser.add_argument("--pgbench-scale", type=int, default=1, help="pgbench -i -s")
+    parser.add_argument("--no-pgbench", action="store_true", help="skip the pgbench phase")
+    parser.add_argument("--phases", default=",".join(PHASES), help="comma-separated subset")
+    parser.add_argument("--keep", type=Path, help="work in this folder and keep it")
+    parser.add_argument("--json", type=Path, help="also write the figures as JSON")
+    args = parser.parse_args()
+    phases = [p for p in args.phases.split(",") if p]
+    if not set(phases) <= set(PHASES):
+        parser.error(f"--phases: choose among {', '.join(PHASES)}")
+    if args.processes < 1 or args.writes < 1 or args.clients < 1 or args.procs < 1:
+        parser.error("--processes, --writes, --clients and --procs must be positive")
+    if args.database == "sqlite" and args.processes != 1:
+        parser.error("SQLite takes one node process; use --database postgres for several")
+    if args.keep is not None and args.keep.exists() and any(args.keep.iterdir()):
+        parser.error(f"--keep {args.keep}: the folder must be new or empty")
+    folder = args.keep or Path(tempfile.mkdtemp(prefix="coalition-bench-writes-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    print(machine())
+    print(
+        f"{args.database}, {args.processes} node process(es), {args.writes:,} writes a phase, "
+        f"{args.clients} clients in {args.procs} processes, {args.members} members"
+    )
+    results: dict[str, Figures] = {}
+    with ExitStack() as stack:
+        config = write_config(folder)
+        if args.database == "postgres":
+            url = stack.enter_context(scratch_database(POSTGRES_URL))
+        else:
+            url = load_config(config).database_url
+        backends = (libpq_url(POSTGRES_URL), database_name(url))
+        watch = backends if args.database == "postgres" else None
+        group = NodeGroup(config, url, args.processes)
+        api_key = find_secret(load_config(config), Role.OPERATOR)
+        group.start()
+        stopped = False
+        try:
+            enroll(group, api_key, args.members)
+            context = multiprocessing.get_context("spawn")
+            tag = uuid.uuid4().hex[:8]
+            c, p, m = args.clients, args.procs, args.members
+            warm = min(200, args.writes)
+            with ProcessPoolExecutor(args.procs, mp_context=context) as pool:
+                for transport in ("grpc", "rest"):  # channels, pools, caches
+                    targets = group.grpc if transport == "grpc" else group.http
+                    write_run(pool, "redeem", transport, targets, api_key, warm, c, p, m, "warm")
+                results["bare_grpc"] = measured(
+                    lambda: bare(pool, group.grpc, None, args.bare_calls, c, p), group.pids, watch
+                )
+                for phase in phases:
+                    op, transport = phase.split("_")
+                    targets = group.grpc if transport == "grpc" else group.http
+
+                    def run(
+                        op: str = op, transport: str = transport, to: list[str] = targets
+                    ) -> Figures:
+                        return write_run(
+                            pool, op, transport, to, api_key, args.writes, c, p, m, tag
+                        )
+
+                    results[phase] = measured(run, group.pids, watch)
+                    print(line(phase, results[phase]))
+            acknowledged = 2 * args.members + 2 * warm
+            acknowledged += sum(int(results[ph]["count"]) for ph in phases)
+            group.stop()
+            stopped = True
+        finally:
+            if not stopped:
+                group.stop()
+        if args.database == "postgres" and not args.no_pgbench:
+            results["pgbench"] = pgbench(
+                POSTGRES_URL, args.clients, 2, args.pgbench_seconds, args.pgbench_scale
+            )
+        public_key = VerifyKey.from_pem((folder / "keys" / "public_key.pem").read_bytes())
+        verdict = check_log(url, public_key, acknowledged)
+    print()
+    for name, r in results.items():
+        print(line(name, r))
+    ratios: dict[str, float] = {}
+    base = results["bare_grpc"]
+    for phase in phases:
+        r = results[phase]
+        ratios[f"{phase}/bare_grpc"] = r["per_s"] / base["per_s"]
+        ratios[f"{phase}/bare_grpc_p99"] = r["p99_ms"] / base["p99_ms"]
+        if "pgbench" in results:
+            ratios[f"{phase}/pgbench"] = r["per_s"] / results["pgbench"]["per_s"]
+    for phase in phases:
+        text_ = (
+            f"{phase} / bare gRPC: throughput {ratios[f'{phase}/bare_grpc']:.1%}, "
+            f"p99 x{ratios[f'{phase}/bare_grpc_p99']:.1f}"
+        )
+        if "pgbench" in results:
+            text_ += f";  / pgbench TPC-B: {ratios[f'{phase}/pgbench']:.2f}"
+        print(text_)
+    print(verdict)
+    settings = {k: v for k, v in vars(args).items() if k not in ("keep", "json")}
+    write_json(args.json, {"settings": settings, "ratios": ratios, **results})
+    if args.keep is None:
+        shutil.rmtree(folder, ignore_errors=True)
+    failed = sum(int(r.get("errors", 0)) for r in results.values())
+    if failed:
+        print(f"{failed} calls failed")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
