@@ -40,28 +40,23 @@ or when any call failed.
 from __future__ import annotations
 
 import argparse
-import http.client
-import json
+import functools
 import multiprocessing
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 import tomllib
 import uuid
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
-import grpc
 from benchlib import (
     POSTGRES_URL,
     Figures,
     NodeGroup,
+    Writes,
     bare,
     database_name,
     libpq_url,
@@ -70,9 +65,8 @@ from benchlib import (
     measured,
     pgbench,
     scratch_database,
-    split,
-    summary,
     write_json,
+    write_run,
 )
 from sqlalchemy import create_engine, text
 
@@ -90,8 +84,11 @@ SEED = 1_000_000  # the template's max_points_per_operation
 PHASES = ("redeem_grpc", "redeem_rest", "earn_grpc", "earn_rest")
 
 
+MEMBER = "W%06d"
+
+
 def member(n: int) -> str:
-    return f"W{n:06d}"
+    return MEMBER % n
 
 
 def write_config(folder: Path) -> Path:
@@ -110,140 +107,6 @@ def write_config(folder: Path) -> Path:
         timeout=60,
     )
     return config
-
-
-# --- client processes -----------------------------------------------------------------
-
-
-def _request(op: str, transport: str, n: int, members: int, tag: str) -> Any:
-    """The call's request: a protobuf message (gRPC) or (path, JSON body) (REST)."""
-    who, key = member(n % members), f"{tag}-{op}-{transport}-{n}"
-    if op == "redeem":
-        fields: dict[str, Any] = {"amount": 1, "reference": key}
-    else:
-        fields = {"reference": key, "spend_minor": 1000, "category": "flights"}
-    if transport == "rest":
-        path = f"/v1/members/{who}/{'redemptions' if op == 'redeem' else 'earn'}"
-        return path, json.dumps({**fields, "idempotency_key": key}).encode()
-    from coalition.v1 import points_pb2
-
-    kind = points_pb2.RedeemRequest if op == "redeem" else points_pb2.EarnPurchaseRequest
-    return kind(member_id=who, idempotency_key=key, **fields)
-
-
-def _write_worker(
-    op: str,
-    transport: str,
-    targets: list[str],
-    api_key: str,
-    numbers: list[int],
-    members: int,
-    threads: int,
-    tag: str,
-) -> tuple[list[float], list[str]]:
-    """``op`` calls over ``transport`` from ``threads`` threads, numbers ``numbers``:
-    (latencies of the acknowledged calls in s, errors)."""
-    from coalition.v1 import points_pb2_grpc
-
-    latencies: list[float] = []
-    errors: list[str] = []
-    lock = threading.Lock()
-    metadata = (("authorization", f"Bearer {api_key}"),)
-    headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
-
-    def run(t: int, part: list[int]) -> None:
-        target = targets[t % len(targets)]
-        mine, failed = [], []
-        if transport == "grpc":
-            with grpc.insecure_channel(target) as channel:
-                stub = points_pb2_grpc.PointsStub(channel)
-                call = stub.Redeem if op == "redeem" else stub.EarnPurchase
-                for n in part:
-                    request = _request(op, transport, n, members, tag)
-                    began = time.perf_counter()
-                    try:
-                        call(request, metadata=metadata, timeout=30)
-                    except grpc.RpcError as exc:
-                        failed.append(f"{exc.code().name}: {exc.details()}")
-                        continue
-                    mine.append(time.perf_counter() - began)
-        else:
-            host, port = target.rsplit(":", 1)
-            conn = http.client.HTTPConnection(host, int(port), timeout=30)
-            conn.connect()  # no Nagle: a request is one segment, never held for an ACK
-            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            for n in part:
-                path, body = _request(op, transport, n, members, tag)
-                began = time.perf_counter()
-                try:
-                    conn.request("POST", path, body, headers)
-                    reply = conn.getresponse()
-                    data = reply.read()
-                except (OSError, http.client.HTTPException) as exc:
-                    conn.close()
-                    failed.append(f"{type(exc).__name__}: {exc}")
-                    continue
-                if not 200 <= reply.status < 300:
-                    failed.append(f"HTTP {reply.status}: {data[:200].decode(errors='replace')}")
-                    continue
-                mine.append(time.perf_counter() - began)
-            conn.close()
-        with lock:
-            latencies.extend(mine)
-            errors.extend(failed)
-
-    parts = [numbers[t::threads] for t in range(threads)]
-    workers = [threading.Thread(target=run, args=(t, p)) for t, p in enumerate(parts) if p]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    return latencies, errors
-
-
-def write_run(
-    pool: ProcessPoolExecutor,
-    op: str,
-    transport: str,
-    targets: list[str],
-    api_key: str,
-    count: int,
-    clients: int,
-    procs: int,
-    members: int,
-    tag: str,
-) -> Figures:
-    """``count`` writes by ``clients`` threads in ``procs`` processes of ``pool``. Thread
-    ``t`` of every client process uses target ``t`` (mod the targets), so channels spread
-    over the node's processes."""
-    threads = [t for t in split(clients, procs) if t]
-    numbers = list(range(count))
-    began = time.perf_counter()
-    futures = [
-        pool.submit(
-            _write_worker,
-            op,
-            transport,
-            targets[p % len(targets) :] + targets[: p % len(targets)],
-            api_key,
-            numbers[p :: len(threads)],
-            members,
-            t,
-            tag,
-        )
-        for p, t in enumerate(threads)
-    ]
-    done = [f.result() for f in futures]
-    elapsed = time.perf_counter() - began
-    latencies = [x for lat, _ in done for x in lat]
-    errors = [e for _, err in done for e in err]
-    if not latencies:
-        raise SystemExit(f"{op} over {transport}: every call failed, e.g. {errors[:3]}")
-    result = summary(len(latencies), elapsed, latencies)
-    result["errors"] = len(errors)
-    if errors:
-        print(f"  {op} over {transport}: {len(errors)} calls failed, e.g. {errors[0]}")
-    return result
 
 
 # --- setup and checks -----------------------------------------------------------------
@@ -290,6 +153,46 @@ def check_log(url: str, public_key: VerifyKey, expected: int) -> str:
     return f"check OK: {count:,} entries, log dense, chain audits"
 
 
+def timed(
+    group: NodeGroup,
+    api_key: str,
+    phases: list[str],
+    watch: tuple[str, list[str]] | None,
+    args: argparse.Namespace,
+) -> tuple[dict[str, Figures], int]:
+    """The setup's writes, the warm-up, then the timed phases: (figures by phase, writes
+    acknowledged in all, setup included)."""
+    enroll(group, api_key, args.members)
+    acknowledged = 2 * args.members  # enrolments and credits
+    c, p, tag = args.clients, args.procs, uuid.uuid4().hex[:8]
+    results: dict[str, Figures] = {}
+
+    def writes(op: str, transport: str, tag: str = tag) -> Writes:
+        targets = group.grpc if transport == "grpc" else group.http
+        return Writes(op, transport, tuple(targets), api_key, args.members, tag, MEMBER)
+
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(args.procs, mp_context=context) as pool:
+        for transport in ("grpc", "rest"):  # channels, pools, caches: untimed
+            warm = writes("redeem", transport, "warm")
+            acknowledged += int(write_run(pool, warm, min(200, args.writes), c, p)["count"])
+        results["bare_grpc"] = measured(
+            lambda: bare(pool, group.grpc, None, args.bare_calls, c, p),
+            {"node": group.pids},
+            watch,
+        )
+        for phase in phases:
+            what = writes(*phase.split("_"))
+            results[phase] = measured(
+                functools.partial(write_run, pool, what, args.writes, c, p),
+                {"node": group.pids},
+                watch,
+            )
+            acknowledged += int(results[phase]["count"])
+            print(line(phase, results[phase]))
+    return results, acknowledged
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
@@ -322,55 +225,23 @@ def main() -> int:
         f"{args.database}, {args.processes} node process(es), {args.writes:,} writes a phase, "
         f"{args.clients} clients in {args.procs} processes, {args.members} members"
     )
-    results: dict[str, Figures] = {}
     with ExitStack() as stack:
         config = write_config(folder)
         if args.database == "postgres":
             url = stack.enter_context(scratch_database(POSTGRES_URL))
         else:
             url = load_config(config).database_url
-        backends = (libpq_url(POSTGRES_URL), database_name(url))
+        backends = (libpq_url(POSTGRES_URL), [database_name(url)])
         watch = backends if args.database == "postgres" else None
         group = NodeGroup(config, url, args.processes)
         api_key = find_secret(load_config(config), Role.OPERATOR)
         group.start()
-        stopped = False
         try:
-            enroll(group, api_key, args.members)
-            context = multiprocessing.get_context("spawn")
-            tag = uuid.uuid4().hex[:8]
-            c, p, m = args.clients, args.procs, args.members
-            warm = min(200, args.writes)
-            with ProcessPoolExecutor(args.procs, mp_context=context) as pool:
-                acknowledged = 2 * args.members  # enrolments and credits
-                for transport in ("grpc", "rest"):  # channels, pools, caches
-                    targets = group.grpc if transport == "grpc" else group.http
-                    warmed = write_run(
-                        pool, "redeem", transport, targets, api_key, warm, c, p, m, "w"
-                    )
-                    acknowledged += int(warmed["count"])
-                results["bare_grpc"] = measured(
-                    lambda: bare(pool, group.grpc, None, args.bare_calls, c, p), group.pids, watch
-                )
-                for phase in phases:
-                    op, transport = phase.split("_")
-                    targets = group.grpc if transport == "grpc" else group.http
-
-                    def run(
-                        op: str = op, transport: str = transport, to: list[str] = targets
-                    ) -> Figures:
-                        return write_run(
-                            pool, op, transport, to, api_key, args.writes, c, p, m, tag
-                        )
-
-                    results[phase] = measured(run, group.pids, watch)
-                    print(line(phase, results[phase]))
-            acknowledged += sum(int(results[ph]["count"]) for ph in phases)
+            results, acknowledged = timed(group, api_key, phases, watch, args)
+        except BaseException:
             group.stop()
-            stopped = True
-        finally:
-            if not stopped:
-                group.stop()
+            raise
+        group.stop()
         if args.database == "postgres" and not args.no_pgbench:
             results["pgbench"] = pgbench(
                 POSTGRES_URL, args.clients, 2, args.pgbench_seconds, args.pgbench_scale

@@ -1,7 +1,8 @@
 """What the benchmarks under ``scripts/`` share: the machine line, CPU of processes
-(``/proc``), medians and percentiles, the bare gRPC round trip baseline, node processes
-of one ``node.toml`` (``coalition.demo.processes``), scratch PostgreSQL databases,
-``pgbench`` and the JSON output.
+(``/proc``), medians and percentiles, the bare gRPC round trip baseline, single writes
+over gRPC and REST from client processes, node processes of one ``node.toml``
+(``coalition.demo.processes``), scratch PostgreSQL databases, ``pgbench`` and the JSON
+output.
 
 A benchmark reports each figure against a baseline measured **in the same run** (the
 machine is shared and noisy; only ratios compare across runs) and the CPU the node's
@@ -15,11 +16,13 @@ Not a module of the package: the scripts import it with ``scripts/`` on ``sys.pa
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import platform
 import re
 import shutil
+import socket
 import sqlite3
 import statistics
 import subprocess
@@ -27,10 +30,10 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -93,7 +96,8 @@ def machine_busy() -> tuple[float, float]:
 
 
 class BackendCpu:
-    """CPU of the PostgreSQL backends serving database ``datname``, sampled in a thread.
+    """CPU of the PostgreSQL backends serving the databases ``datnames``, sampled in a
+    thread.
 
     Backends are found in ``pg_stat_activity`` (through a connection to ``admin_url``,
     which needs a role that sees other sessions) every ``interval`` s and their CPU read
@@ -103,9 +107,9 @@ class BackendCpu:
     reads nothing when the server is not on this machine (the total stays 0, ``seen`` 0).
     """
 
-    def __init__(self, admin_url: str, datname: str, interval: float = 0.1) -> None:
+    def __init__(self, admin_url: str, datnames: Sequence[str], interval: float = 0.1) -> None:
         self._admin_url = admin_url
-        self._datname = datname
+        self._datnames = list(datnames)
         self._interval = interval
         self._first: dict[int, float] = {}
         self._last: dict[int, float] = {}
@@ -114,8 +118,8 @@ class BackendCpu:
 
     def _sample(self, conn: Any) -> None:
         rows = conn.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-            (self._datname,),
+            "SELECT pid FROM pg_stat_activity WHERE datname = ANY(%s) AND pid <> pg_backend_pid()",
+            (self._datnames,),
         ).fetchall()
         for (pid,) in rows:
             try:
@@ -154,20 +158,26 @@ class BackendCpu:
 
 def measured(
     run: Callable[[], Figures],
-    pids: Sequence[int],
-    backends: tuple[str, str] | None = None,
+    pids: Mapping[str, Sequence[int]],
+    backends: tuple[str, Sequence[str]] | None = None,
 ) -> Figures:
-    """``run()``'s figures (it MUST return ``count``, the operations done) plus the CPU
-    the processes ``pids`` spent per operation (``cpu_node_ms``), how busy the machine
-    was, and with ``backends`` = (admin URL, database name) the CPU per operation of that
-    database's PostgreSQL backends (``cpu_pg_ms``, see ``BackendCpu``)."""
+    """``run()``'s figures (it MUST return ``count``, the operations done) plus CPU per
+    operation in ms: ``cpu_node_ms`` of every process in ``pids`` and, with more than one
+    group, ``cpu_NAME_ms`` of each group; how busy the machine was; and with ``backends``
+    = (admin URL, database names) the CPU of those databases' PostgreSQL backends
+    (``cpu_pg_ms``, see ``BackendCpu``). The processes MUST outlive ``run``."""
     sampler = BackendCpu(*backends).start() if backends is not None else None
-    before = [cpu_seconds(p) for p in pids], machine_busy()
+    before = {name: sum(cpu_seconds(p) for p in group) for name, group in pids.items()}
+    busy_before = machine_busy()
     result = run()
-    after = [cpu_seconds(p) for p in pids], machine_busy()
+    after = {name: sum(cpu_seconds(p) for p in group) for name, group in pids.items()}
+    busy_after = machine_busy()
     count = result["count"]
-    result["cpu_node_ms"] = (sum(after[0]) - sum(before[0])) * 1000 / count
-    busy, total = after[1][0] - before[1][0], after[1][1] - before[1][1]
+    spent = {name: (after[name] - before[name]) * 1000 / count for name in pids}
+    result["cpu_node_ms"] = sum(spent.values())
+    if len(pids) > 1:
+        result.update({f"cpu_{name}_ms": value for name, value in spent.items()})
+    busy, total = busy_after[0] - busy_before[0], busy_after[1] - busy_before[1]
     result["machine_busy"] = busy / total if total else 0.0
     if sampler is not None:
         result["cpu_pg_ms"] = sampler.stop() * 1000 / count
@@ -417,7 +427,7 @@ def pgbench(base_url: str, clients: int, threads: int, seconds: float, scale: in
             command = ["pgbench", "-n", "-c", str(clients), "-j", str(threads)]
             command += ["-T", str(max(1, round(seconds))), "-l", "--log-prefix"]
             command += [str(folder / "tx"), target]
-            sampler = BackendCpu(libpq_url(base_url), database_name(url)).start()
+            sampler = BackendCpu(libpq_url(base_url), [database_name(url)]).start()
             before = machine_busy()
             result = subprocess.run(
                 command, check=True, capture_output=True, text=True, timeout=seconds + 120
@@ -441,3 +451,144 @@ def pgbench(base_url: str, clients: int, threads: int, seconds: float, scale: in
     busy, total = after[0] - before[0], after[1] - before[1]
     figures["machine_busy"] = busy / total if total else 0.0
     return figures
+
+
+# --- single writes over gRPC and REST ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Writes:
+    """What a phase of single writes calls (sent to the client processes as is).
+
+    ``op`` is ``redeem`` (1 point, ``Points.Redeem`` / ``POST .../redemptions``) or
+    ``earn`` (one purchase, ``Points.EarnPurchase`` / ``POST .../earn``); call ``n`` goes
+    to member ``member_format % (n % members)`` with idempotency key ``TAG-OP-TRANSPORT-n``
+    (so no phase replays another's writes). Thread ``t`` of a client process uses target
+    ``t`` (mod the targets), so channels spread over a node's processes.
+    """
+
+    op: str
+    transport: str
+    targets: tuple[str, ...]
+    api_key: str
+    members: int
+    tag: str
+    member_format: str
+
+    def request(self, n: int) -> Any:
+        """Call ``n``'s request: a protobuf message (gRPC) or (path, JSON body) (REST)."""
+        who = self.member_format % (n % self.members)
+        key = f"{self.tag}-{self.op}-{self.transport}-{n}"
+        if self.op == "redeem":
+            fields: dict[str, Any] = {"amount": 1, "reference": key}
+        else:
+            fields = {"reference": key, "spend_minor": 1000, "category": "flights"}
+        if self.transport == "rest":
+            path = f"/v1/members/{who}/{'redemptions' if self.op == 'redeem' else 'earn'}"
+            return path, json.dumps({**fields, "idempotency_key": key}).encode()
+        from coalition.v1 import points_pb2
+
+        kind = points_pb2.RedeemRequest if self.op == "redeem" else points_pb2.EarnPurchaseRequest
+        return kind(member_id=who, idempotency_key=key, **fields)
+
+    def rotated(self, by: int) -> Writes:
+        """The same writes with the targets' list rotated by ``by`` (one per process)."""
+        k = by % len(self.targets)
+        return replace(self, targets=self.targets[k:] + self.targets[:k])
+
+
+def _grpc_writes(writes: Writes, target: str, part: list[int]) -> tuple[list[float], list[str]]:
+    from coalition.v1 import points_pb2_grpc
+
+    metadata = (("authorization", f"Bearer {writes.api_key}"),)
+    latencies, errors = [], []
+    with grpc.insecure_channel(target) as channel:
+        stub = points_pb2_grpc.PointsStub(channel)
+        call = stub.Redeem if writes.op == "redeem" else stub.EarnPurchase
+        for n in part:
+            request = writes.request(n)
+            began = time.perf_counter()
+            try:
+                call(request, metadata=metadata, timeout=30)
+            except grpc.RpcError as exc:
+                errors.append(f"{exc.code().name}: {exc.details()}")
+                continue
+            latencies.append(time.perf_counter() - began)
+    return latencies, errors
+
+
+def _rest_writes(writes: Writes, target: str, part: list[int]) -> tuple[list[float], list[str]]:
+    headers = {"Authorization": f"Bearer {writes.api_key}", "Content-Type": "application/json"}
+    latencies, errors = [], []
+    host, port = target.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.connect()  # no Nagle on our side: a request is one segment, never held for an ACK
+    assert conn.sock is not None
+    conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for n in part:
+        path, body = writes.request(n)
+        began = time.perf_counter()
+        try:
+            conn.request("POST", path, body, headers)
+            reply = conn.getresponse()
+            data = reply.read()
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            errors.append(f"{type(exc).__name__}: {exc}")
+            continue
+        if not 200 <= reply.status < 300:
+            errors.append(f"HTTP {reply.status}: {data[:200].decode(errors='replace')}")
+            continue
+        latencies.append(time.perf_counter() - began)
+    conn.close()
+    return latencies, errors
+
+
+def write_worker(writes: Writes, numbers: list[int], threads: int) -> tuple[list[float], list[str]]:
+    """Calls ``numbers`` of ``writes`` from ``threads`` threads (one channel or keep-alive
+    HTTP connection each): (latencies of the acknowledged calls in s, errors)."""
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    one = _grpc_writes if writes.transport == "grpc" else _rest_writes
+
+    def run(t: int, part: list[int]) -> None:
+        mine, failed = one(writes, writes.targets[t % len(writes.targets)], part)
+        with lock:
+            latencies.extend(mine)
+            errors.extend(failed)
+
+    parts = [numbers[t::threads] for t in range(threads)]
+    workers = [threading.Thread(target=run, args=(t, p)) for t, p in enumerate(parts) if p]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return latencies, errors
+
+
+def write_run(
+    pool: ProcessPoolExecutor, writes: Writes, count: int, clients: int, procs: int
+) -> Figures:
+    """``count`` calls of ``writes`` by ``clients`` threads in ``procs`` processes of
+    ``pool``: the figures of the acknowledged calls and ``errors``, the failed ones (the
+    first printed). SystemExit when every call failed."""
+    threads = [t for t in split(clients, procs) if t]
+    numbers = list(range(count))
+    began = time.perf_counter()
+    futures = [
+        pool.submit(write_worker, writes.rotated(p), numbers[p :: len(threads)], t)
+        for p, t in enumerate(threads)
+    ]
+    done = [f.result() for f in futures]
+    elapsed = time.perf_counter() - began
+    latencies = [x for lat, _ in done for x in lat]
+    errors = [e for _, err in done for e in err]
+    what = f"{writes.op} over {writes.transport}"
+    if not latencies:
+        raise SystemExit(f"{what}: every call failed, e.g. {errors[:3]}")
+    result = summary(len(latencies), elapsed, latencies)
+    result["errors"] = len(errors)
+    if errors:
+        print(f"  {what}: {len(errors)} calls failed, e.g. {errors[0]}")
+    return result
