@@ -43,10 +43,8 @@ import argparse
 import functools
 import multiprocessing
 import shutil
-import subprocess
 import sys
 import tempfile
-import tomllib
 import uuid
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
@@ -65,18 +63,17 @@ from benchlib import (
     measured,
     pgbench,
     scratch_database,
+    standalone_config,
     write_json,
     write_run,
 )
 from sqlalchemy import create_engine, text
 
 from coalition.audit import DatabaseSource, audit_chain
-from coalition.demo.nodes import templates
 from coalition.ledger.keys import VerifyKey
 from coalition.node.auth import Role
 from coalition.node.config import load_config
 from coalition.ops.keygen import find_secret
-from coalition.ops.tomlfiles import write_toml
 from coalition.store.db import normalise_url
 
 PROGRAM = "skyair"
@@ -89,24 +86,6 @@ MEMBER = "W%06d"
 
 def member(n: int) -> str:
     return MEMBER % n
-
-
-def write_config(folder: Path) -> Path:
-    """The demo's skyair ``node.toml`` alone (no coalition table), keys made."""
-    with templates() as source:
-        document = tomllib.loads((source / PROGRAM / "node.toml").read_text(encoding="utf-8"))
-    document.pop("coalition", None)
-    document["node"]["database"] = f"sqlite:///{folder / 'data' / 'skyair.db'}"
-    document["node"]["expiry_interval_s"] = 3600
-    (folder / "data").mkdir(parents=True, exist_ok=True)
-    config = write_toml(folder / "node.toml", document)
-    subprocess.run(
-        [sys.executable, "-m", "coalition.cli", "keygen", "--config", str(config)],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    return config
 
 
 # --- setup and checks -----------------------------------------------------------------
@@ -226,7 +205,7 @@ def main() -> int:
         f"{args.clients} clients in {args.procs} processes, {args.members} members"
     )
     with ExitStack() as stack:
-        config = write_config(folder)
+        config = standalone_config(folder)
         if args.database == "postgres":
             url = stack.enter_context(scratch_database(POSTGRES_URL))
         else:

@@ -26,9 +26,11 @@ import socket
 import sqlite3
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
+import tomllib
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -371,6 +373,31 @@ class NodeGroup:
                 failures.append(exc)
         if failures:
             raise failures[0]
+
+
+def standalone_config(folder: Path, program: str = "skyair", sealer_ms: int | None = None) -> Path:
+    """The demo's ``node.toml`` of ``program`` run alone (no coalition table) in
+    ``folder``, its SQLite file there, keys made by ``coalition keygen``; with
+    ``sealer_ms`` the sealer's ``max_delay_ms``. The path of the file."""
+    from coalition.demo.nodes import templates
+    from coalition.ops.tomlfiles import write_toml
+
+    with templates() as source:
+        document = tomllib.loads((source / program / "node.toml").read_text(encoding="utf-8"))
+    document.pop("coalition", None)
+    document["node"]["database"] = f"sqlite:///{folder / 'data' / f'{program}.db'}"
+    document["node"]["expiry_interval_s"] = 3600
+    if sealer_ms is not None:
+        document["sealer"]["max_delay_ms"] = sealer_ms
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    config = write_toml(folder / "node.toml", document)
+    subprocess.run(
+        [sys.executable, "-m", "coalition.cli", "keygen", "--config", str(config)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return config
 
 
 # --- PostgreSQL -----------------------------------------------------------------------
