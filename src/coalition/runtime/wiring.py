@@ -59,7 +59,7 @@ from coalition.node.service import NodeService
 from coalition.ops.keyfiles import read_account_secret, read_signing_key
 from coalition.ops.tls import TlsFiles
 from coalition.points.rules import ProgramRules
-from coalition.store.db import ensure_sqlite_folder, make_engine
+from coalition.store.db import ensure_sqlite_folder, lock_sqlite_file, make_engine
 from coalition.store.schema import upgrade_schema
 
 
@@ -76,11 +76,24 @@ def open_service(
 ) -> NodeService:
     """The store (SQLite folder created if missing, schema upgraded to this code's
     revision under the schema lock) and the service on it, not yet sealing: call
-    ``start()``. ``clock`` (tests) replaces the wall clock."""
+    ``start()``. ``clock`` (tests) replaces the wall clock.
+
+    On SQLite the service holds the database's writer lock (``lock_sqlite_file``) until it
+    is closed: a second node on the same file is refused here with FailedPrecondition,
+    before anything is read or written."""
     ensure_sqlite_folder(database_url)
-    engine = make_engine(database_url, sqlite_synchronous=sqlite_synchronous)
-    upgrade_schema(engine)
-    return NodeService(engine, program, key, account_secret, rules, sealer, clock)
+    writer_lock = lock_sqlite_file(database_url)
+    try:
+        engine = make_engine(database_url, sqlite_synchronous=sqlite_synchronous)
+        upgrade_schema(engine)
+        service = NodeService(engine, program, key, account_secret, rules, sealer, clock)
+    except BaseException:
+        if writer_lock is not None:
+            writer_lock.release()
+        raise
+    if writer_lock is not None:
+        service.on_close(writer_lock.release)
+    return service
 
 
 def open_node(config: NodeConfig, *, clock: Callable[[], datetime] | None = None) -> NodeService:
