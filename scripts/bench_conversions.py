@@ -15,9 +15,9 @@ a 3:2 agreement with a 1% fee; ``--members`` members enrolled at both and funded
 With ``--database postgres`` each node has a scratch database of its own on the tests'
 PostgreSQL server (``$COALITION_TEST_POSTGRES_URL``), dropped afterwards; ``--processes
 2`` runs two ``coalition run`` processes of each node's ``node.toml`` on that database
-(``benchlib.NodeGroup``: member ports of their own, the partner port shared through
-``SO_REUSEPORT``), and the clients' channels alternate between A's processes. SQLite takes
-one process per node.
+(``benchlib.NodeGroup``: member ports of their own; partners call the first process,
+whose port the manifest names), and the clients' channels alternate between A's
+processes. SQLite takes one process per node.
 
 **Timed**, in the same run:
 

@@ -310,10 +310,13 @@ class NodeGroup:
 
     Each process gets its own member gRPC and HTTP ports through the environment
     (``COALITION_GRPC_ADDRESS``, ``COALITION_HTTP_ADDRESS``; the first keeps the file's
-    when ``first`` names them) and ``COALITION_DATABASE_URL``; with ``partner_grpc`` all
-    of them bind that partner port (gRPC sets ``SO_REUSEPORT``, so the kernel spreads the
-    partners' connections). The first process starts alone and is ready before the others
-    start, so only one creates the schema.
+    when ``first`` names them) and ``COALITION_DATABASE_URL``. With ``partner_grpc`` the
+    first process binds that partner port (the one the manifest names, so partners call
+    it) and every other one a free port of its own (``COALITION_PARTNER_GRPC_ADDRESS``):
+    the node's servers refuse a shared port, so until ``coalition run --processes N``
+    shares them, the partners' calls reach the first process only, while every process
+    serves members and delivers its own outbox. The first process starts alone and is
+    ready before the others start, so only one creates the schema.
     """
 
     config: Path
@@ -324,9 +327,9 @@ class NodeGroup:
     nodes: list[NodeProcess] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        ports = iter(free_ports(2 * self.processes))
+        ports = iter(free_ports(3 * self.processes))
         for n in range(self.processes):
-            grpc_addr, http_addr = (f"127.0.0.1:{next(ports)}" for _ in range(2))
+            grpc_addr, http_addr, partner = (f"127.0.0.1:{next(ports)}" for _ in range(3))
             if n == 0 and self.first is not None:
                 grpc_addr, http_addr = self.first
             env = {
@@ -335,7 +338,7 @@ class NodeGroup:
                 "COALITION_HTTP_ADDRESS": http_addr,
             }
             if self.partner_grpc is not None:
-                env["COALITION_PARTNER_GRPC_ADDRESS"] = self.partner_grpc
+                env["COALITION_PARTNER_GRPC_ADDRESS"] = self.partner_grpc if n == 0 else partner
             log = self.config.parent / f"node-{n + 1}.log"
             self.nodes.append(
                 NodeProcess(self.config, grpc=grpc_addr, http=http_addr, log_path=log, env=env)
