@@ -4,6 +4,7 @@ against pgbench TPC-B on the same PostgreSQL server, all in one run.
 
     .venv/bin/python scripts/bench_writes.py                              # SQLite, 1 process
     .venv/bin/python scripts/bench_writes.py --database postgres --processes 2
+    .venv/bin/python scripts/bench_writes.py --database postgres --processes 2 --compare-one
     .venv/bin/python scripts/bench_writes.py --database postgres --writes 20000 --clients 64
     .venv/bin/python scripts/bench_writes.py --json /tmp/writes.json --keep /tmp/run
 
@@ -14,7 +15,10 @@ created on the tests' PostgreSQL server (``$COALITION_TEST_POSTGRES_URL``) and d
 afterwards. ``--processes N`` starts N ``coalition run`` processes of that one
 ``node.toml`` on their own ports (``benchlib.NodeGroup``; the first alone, so one
 creates the schema); client channels are spread over them round robin. SQLite takes one
-process. ``--members`` members are enrolled and credited once (one lot each).
+process. ``--members`` members are enrolled and credited once (one lot each). With
+``--compare-one`` the same phases first run against one process on a database of its
+own, so the N-process figures have a same-run baseline: throughput N/1 and the CPU per
+write (node + PostgreSQL backends) N/1.
 
 **Timed**, one phase after another, each by ``--clients`` threads (spread over
 ``--procs`` client processes, one channel or keep-alive HTTP connection per thread):
@@ -172,10 +176,78 @@ def timed(
     return results, acknowledged
 
 
+def configuration(
+    folder: Path, processes: int, phases: list[str], args: argparse.Namespace
+) -> tuple[dict[str, Figures], str]:
+    """One node of ``processes`` processes on a database of its own in ``folder``: the
+    timed phases, then the log checked after the processes stopped."""
+    folder.mkdir(parents=True)
+    with ExitStack() as stack:
+        config = standalone_config(folder)
+        if args.database == "postgres":
+            url = stack.enter_context(scratch_database(POSTGRES_URL))
+            watch: tuple[str, list[str]] | None = (libpq_url(POSTGRES_URL), [database_name(url)])
+        else:
+            url, watch = load_config(config).database_url, None
+        group = NodeGroup(config, url, processes)
+        api_key = find_secret(load_config(config), Role.OPERATOR)
+        group.start()
+        try:
+            results, acknowledged = timed(group, api_key, phases, watch, args)
+        except BaseException:
+            group.stop()
+            raise
+        group.stop()
+        public_key = VerifyKey.from_pem((folder / "keys" / "public_key.pem").read_bytes())
+        return results, check_log(url, public_key, acknowledged)
+
+
+def cpu_per_write(r: Figures) -> float:
+    """The node's and PostgreSQL's CPU per write (ms)."""
+    return r["cpu_node_ms"] + r.get("cpu_pg_ms", 0.0)
+
+
+def ratios_of(
+    results: dict[str, Figures], one: dict[str, Figures] | None, phases: list[str]
+) -> dict[str, float]:
+    """Each phase against the bare round trip, pgbench and (when run) one process."""
+    ratios: dict[str, float] = {}
+    base = results["bare_grpc"]
+    for phase in phases:
+        r = results[phase]
+        ratios[f"{phase}/bare_grpc"] = r["per_s"] / base["per_s"]
+        ratios[f"{phase}/bare_grpc_p99"] = r["p99_ms"] / base["p99_ms"]
+        if "pgbench" in results:
+            ratios[f"{phase}/pgbench"] = r["per_s"] / results["pgbench"]["per_s"]
+        if one is not None:
+            ratios[f"{phase}/one_process"] = r["per_s"] / one[phase]["per_s"]
+            ratios[f"{phase}/one_process_cpu"] = cpu_per_write(r) / cpu_per_write(one[phase])
+    return ratios
+
+
+def report(ratios: dict[str, float], phases: list[str], processes: int) -> None:
+    for phase in phases:
+        text_ = (
+            f"{phase} / bare gRPC: throughput {ratios[f'{phase}/bare_grpc']:.1%}, "
+            f"p99 x{ratios[f'{phase}/bare_grpc_p99']:.1f}"
+        )
+        if f"{phase}/pgbench" in ratios:
+            text_ += f";  / pgbench TPC-B: {ratios[f'{phase}/pgbench']:.2f}"
+        if f"{phase}/one_process" in ratios:
+            text_ += (
+                f";  {processes} processes / 1: {ratios[f'{phase}/one_process']:.2f}, "
+                f"CPU per write x{ratios[f'{phase}/one_process_cpu']:.2f}"
+            )
+        print(text_)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--processes", type=int, default=1, help="node processes (PostgreSQL)")
+    parser.add_argument(
+        "--compare-one", action="store_true", help="also run 1 process first (PostgreSQL)"
+    )
     parser.add_argument("--writes", type=int, default=5000, help="calls per write phase")
     parser.add_argument("--clients", type=int, default=32, help="concurrent client threads")
     parser.add_argument("--procs", type=int, default=2, help="client processes")
@@ -193,7 +265,7 @@ def main() -> int:
         parser.error(f"--phases: choose among {', '.join(PHASES)}")
     if args.processes < 1 or args.writes < 1 or args.clients < 1 or args.procs < 1:
         parser.error("--processes, --writes, --clients and --procs must be positive")
-    if args.database == "sqlite" and args.processes != 1:
+    if args.database == "sqlite" and (args.processes != 1 or args.compare_one):
         parser.error("SQLite takes one node process; use --database postgres for several")
     if args.keep is not None and args.keep.exists() and any(args.keep.iterdir()):
         parser.error(f"--keep {args.keep}: the folder must be new or empty")
@@ -204,54 +276,29 @@ def main() -> int:
         f"{args.database}, {args.processes} node process(es), {args.writes:,} writes a phase, "
         f"{args.clients} clients in {args.procs} processes, {args.members} members"
     )
-    with ExitStack() as stack:
-        config = standalone_config(folder)
-        if args.database == "postgres":
-            url = stack.enter_context(scratch_database(POSTGRES_URL))
-        else:
-            url = load_config(config).database_url
-        backends = (libpq_url(POSTGRES_URL), [database_name(url)])
-        watch = backends if args.database == "postgres" else None
-        group = NodeGroup(config, url, args.processes)
-        api_key = find_secret(load_config(config), Role.OPERATOR)
-        group.start()
-        try:
-            results, acknowledged = timed(group, api_key, phases, watch, args)
-        except BaseException:
-            group.stop()
-            raise
-        group.stop()
-        if args.database == "postgres" and not args.no_pgbench:
-            results["pgbench"] = pgbench(
-                POSTGRES_URL, args.clients, 2, args.pgbench_seconds, args.pgbench_scale
-            )
-        public_key = VerifyKey.from_pem((folder / "keys" / "public_key.pem").read_bytes())
-        verdict = check_log(url, public_key, acknowledged)
+    one = None
+    if args.compare_one:
+        print("1 process first (the baseline of the processes' ratio):")
+        one, verdict_one = configuration(folder / "one", 1, phases, args)
+        print(verdict_one)
+        print(f"{args.processes} processes:")
+    results, verdict = configuration(folder / "node", args.processes, phases, args)
+    if args.database == "postgres" and not args.no_pgbench:
+        results["pgbench"] = pgbench(
+            POSTGRES_URL, args.clients, 2, args.pgbench_seconds, args.pgbench_scale
+        )
     print()
     for name, r in results.items():
         print(line(name, r))
-    ratios: dict[str, float] = {}
-    base = results["bare_grpc"]
-    for phase in phases:
-        r = results[phase]
-        ratios[f"{phase}/bare_grpc"] = r["per_s"] / base["per_s"]
-        ratios[f"{phase}/bare_grpc_p99"] = r["p99_ms"] / base["p99_ms"]
-        if "pgbench" in results:
-            ratios[f"{phase}/pgbench"] = r["per_s"] / results["pgbench"]["per_s"]
-    for phase in phases:
-        text_ = (
-            f"{phase} / bare gRPC: throughput {ratios[f'{phase}/bare_grpc']:.1%}, "
-            f"p99 x{ratios[f'{phase}/bare_grpc_p99']:.1f}"
-        )
-        if "pgbench" in results:
-            text_ += f";  / pgbench TPC-B: {ratios[f'{phase}/pgbench']:.2f}"
-        print(text_)
+    ratios = ratios_of(results, one, phases)
+    report(ratios, phases, args.processes)
     print(verdict)
     settings = {k: v for k, v in vars(args).items() if k not in ("keep", "json")}
-    write_json(args.json, {"settings": settings, "ratios": ratios, **results})
+    extra = {} if one is None else {"one_process": one}
+    write_json(args.json, {"settings": settings, "ratios": ratios, **results, **extra})
     if args.keep is None:
         shutil.rmtree(folder, ignore_errors=True)
-    failed = sum(int(r.get("errors", 0)) for r in results.values())
+    failed = sum(int(r.get("errors", 0)) for r in [*results.values(), *(one or {}).values()])
     if failed:
         print(f"{failed} calls failed")
         return 1

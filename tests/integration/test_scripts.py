@@ -167,12 +167,16 @@ def test_bench_writes_refuses_two_processes_on_sqlite() -> None:
 @pytest.mark.postgres
 @pytest.mark.usefixtures("postgres_available")
 def test_bench_writes_runs_two_processes_on_postgres_against_pgbench(tmp_path: Path) -> None:
-    args = [*TINY_WRITES, "--database", "postgres", "--processes", "2"]
+    args = [*TINY_WRITES, "--database", "postgres", "--processes", "2", "--compare-one"]
     args += ["--phases", "redeem_grpc,earn_rest", "--pgbench-seconds", "1"]
     found = run_json("bench_writes.py", args, tmp_path)
-    assert found["redeem_grpc"]["errors"] == 0 and found["earn_rest"]["errors"] == 0
-    assert found["pgbench"]["per_s"] > 0 and "cpu_pg_ms" in found["redeem_grpc"]
+    for figures in (found, found["one_process"]):
+        assert figures["redeem_grpc"]["errors"] == 0 and figures["earn_rest"]["errors"] == 0
+        assert "cpu_pg_ms" in figures["redeem_grpc"]
+    assert found["pgbench"]["per_s"] > 0
     assert found["ratios"]["redeem_grpc/pgbench"] > 0
+    assert found["ratios"]["earn_rest/one_process"] > 0
+    assert found["ratios"]["earn_rest/one_process_cpu"] > 0
 
 
 def test_bench_ingest_writes_its_figures_as_json(tmp_path: Path) -> None:
