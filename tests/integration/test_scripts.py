@@ -20,7 +20,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "scripts"
-PYTHON_SCRIPTS = sorted(SCRIPTS.glob("*.py"))
+LIBRARIES = {"benchlib.py"}
+"""Modules the scripts import (not run by themselves): checked by importing them."""
+PYTHON_SCRIPTS = sorted(p for p in SCRIPTS.glob("*.py") if p.name not in LIBRARIES)
 SHELL_SCRIPTS = sorted(p for p in SCRIPTS.iterdir() if p.is_file() and p.suffix in ("", ".sh"))
 DOCUMENTS = [
     ROOT / "README.md",
@@ -46,6 +48,15 @@ def help_text(script: str) -> str:
 @pytest.mark.parametrize("script", PYTHON_SCRIPTS, ids=lambda p: p.name)
 def test_every_python_script_imports_and_answers_help(script: Path) -> None:
     assert help_text(script.name).startswith(f"usage: {script.name}")
+
+
+@pytest.mark.parametrize("library", sorted(LIBRARIES))
+def test_every_script_library_imports(library: str) -> None:
+    name = library.removesuffix(".py")
+    code = f"import sys; sys.path.insert(0, {str(SCRIPTS)!r}); import {name}; print({name}.__doc__)"
+    result = run("-c", code)
+    assert result.returncode == 0, result.stderr
+    assert "benchmarks" in result.stdout
 
 
 @pytest.mark.parametrize("script", SHELL_SCRIPTS, ids=lambda p: p.name)
