@@ -175,6 +175,7 @@ def test_bench_writes_refuses_two_processes_on_sqlite() -> None:
     assert result.returncode == 2 and "SQLite takes one node process" in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 @pytest.mark.usefixtures("postgres_available")
 def test_bench_writes_runs_two_processes_on_postgres_against_pgbench(tmp_path: Path) -> None:
@@ -208,6 +209,7 @@ def test_bench_conversions_runs_two_processes_a_node_on_postgres(tmp_path: Path)
     assert found["ratios"]["conversions/bare_member_p99"] > 0
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 @pytest.mark.usefixtures("postgres_available")
 def test_bench_failover_measures_a_takeover_and_loses_nothing(tmp_path: Path) -> None:
