@@ -51,7 +51,7 @@ from coalition.store.ledger import entries, set_head_to_log
 from coalition.verify.chain_audit import audit_chain
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_ingest import machine
+from benchlib import machine
 
 PROGRAM = "benchair"
 SECRET = b"bench-account-secret-0123456789"

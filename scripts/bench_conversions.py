@@ -4,12 +4,20 @@
     .venv/bin/python scripts/bench_conversions.py                  # 5,000 conversions, 32 clients
     .venv/bin/python scripts/bench_conversions.py --conversions 20000 --clients 64
     .venv/bin/python scripts/bench_conversions.py --keep /tmp/run  # keep the folder
+    .venv/bin/python scripts/bench_conversions.py --database postgres --processes 2
+    .venv/bin/python scripts/bench_conversions.py --json /tmp/conversions.json
 
 Setup (untimed): in a temporary folder, skyair (A) and staybright (B) from ``nodes/``, each
 ``coalition run --config`` as its own process on free 127.0.0.1 ports with its own SQLite
 file (WAL, ``synchronous=FULL`` as shipped), keys from ``coalition keygen --manifest`` and
 mutual TLS from ``coalition tls-init`` (the fault tests' ``tests/support/processes.py``);
 a 3:2 agreement with a 1% fee; ``--members`` members enrolled at both and funded at A.
+With ``--database postgres`` each node has a scratch database of its own on the tests'
+PostgreSQL server (``$COALITION_TEST_POSTGRES_URL``), dropped afterwards; ``--processes
+2`` runs two ``coalition run`` processes of each node's ``node.toml`` on that database
+(``benchlib.NodeGroup``: member ports of their own; partners call the first process,
+whose port the manifest names), and the clients' channels alternate between A's
+processes. SQLite takes one process per node.
 
 **Timed**, in the same run:
 
@@ -27,8 +35,11 @@ a 3:2 agreement with a 1% fee; ``--members`` members enrolled at both and funded
   call) on A's member API (the channel the Convert calls use) and, over mutual TLS with
   A's certificate, on B's partner port (the channel the outbox uses).
 
-Afterwards both nodes stop (SIGTERM) and ``audit_partners`` audits both chains and
-reconciles them; the run fails unless everything is sound.
+Each phase prints the CPU per operation of A's and B's node processes and, on PostgreSQL,
+of both databases' backends (``benchlib.BackendCpu``), then conversions against each
+baseline: throughput ratio, p50 and p99 over the baseline's. Afterwards both nodes stop
+(SIGTERM) and ``audit_partners`` audits both chains and reconciles them; the run fails
+unless everything is sound. ``--json`` writes every figure and ratio.
 """
 
 from __future__ import annotations
@@ -36,27 +47,40 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import os
 import shutil
-import statistics
 import sys
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import Engine, create_engine
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "tests"))
-from bench_ingest import machine  # noqa: E402
+from benchlib import (  # noqa: E402
+    POSTGRES_URL,
+    Figures,
+    NodeGroup,
+    Writes,
+    bare,
+    database_name,
+    libpq_url,
+    machine,
+    measured,
+    percentile,
+    scratch_database,
+    split,
+    summary,
+    write_json,
+    write_run,
+)
 
 from coalition.audit import audit_partners  # noqa: E402
 from coalition.audit.sources import DatabaseSource  # noqa: E402
@@ -64,6 +88,7 @@ from coalition.ledger.entries import format_time, parse_time  # noqa: E402
 from coalition.node.manifest import Manifest  # noqa: E402
 from coalition.ops.tls import TlsFiles  # noqa: E402
 from coalition.progress import phase  # noqa: E402
+from coalition.store.db import normalise_url  # noqa: E402
 from coalition.store.ledger import bodies_of_kinds  # noqa: E402
 from coalition.v1 import conversions_pb2, conversions_pb2_grpc  # noqa: E402
 
@@ -73,8 +98,11 @@ A, B = "skyair", "staybright"
 AMOUNT = 1000
 
 
+MEMBER = "B%05d"
+
+
 def member(n: int) -> str:
-    return f"B{n:05d}"
+    return MEMBER % n
 
 
 def agreement() -> dict[str, object]:
@@ -98,11 +126,29 @@ def agreement() -> dict[str, object]:
     }
 
 
-def setup(folder: Path, members: int, per_member: int) -> tuple[BrandProcess, BrandProcess]:
-    coalition = make_coalition(folder, (A, B))
-    a, b = coalition.brands[A], coalition.brands[B]
-    b.start()
-    a.start()
+def groups(
+    a: BrandProcess, b: BrandProcess, urls: dict[str, str], processes: int
+) -> tuple[NodeGroup, NodeGroup]:
+    """Each brand's processes on its database, the first on the brand's own ports."""
+    return tuple(  # type: ignore[return-value]
+        NodeGroup(
+            brand.config,
+            urls[brand.program],
+            processes,
+            first=(brand.grpc, brand.http),
+            partner_grpc=brand.partner_grpc,
+        )
+        for brand in (a, b)
+    )
+
+
+def setup(
+    a: BrandProcess, b: BrandProcess, ga: NodeGroup, gb: NodeGroup, members: int, per_member: int
+) -> None:
+    """Start B then A, sign the agreement, enroll and fund the members (through each
+    node's first process)."""
+    gb.start()
+    ga.start()
     metadata = (("authorization", f"Bearer {a.api_keys['operator']}"),)
     request = conversions_pb2.ProposeAgreementRequest(
         agreement_json=json.dumps(agreement()).encode()
@@ -128,22 +174,22 @@ def setup(folder: Path, members: int, per_member: int) -> tuple[BrandProcess, Br
 
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(fund, range(members)))
-    return a, b
 
 
 # --- client processes -----------------------------------------------------------------
 
 
 def _convert_worker(
-    target: str, api_key: str, tag: str, numbers: list[int], members: int, threads: int
+    targets: list[str], api_key: str, tag: str, numbers: list[int], members: int, threads: int
 ) -> list[tuple[str, float, float]]:
-    """Convert in ``threads`` threads; (conversion id, send time, reply time) each.
-    Idempotency keys carry the run's ``tag``, so no run replays another's conversions."""
+    """Convert in ``threads`` threads (thread ``t`` on target ``t`` mod the targets);
+    (conversion id, send time, reply time) each. Idempotency keys carry the run's
+    ``tag``, so no run replays another's conversions."""
     metadata = (("authorization", f"Bearer {api_key}"),)
     results: list[tuple[str, float, float]] = []
     lock = threading.Lock()
 
-    def run(part: list[int]) -> None:
+    def run(target: str, part: list[int]) -> None:
         with grpc.insecure_channel(target) as channel:
             stub = conversions_pb2_grpc.ConversionsStub(channel)
             mine = []
@@ -162,162 +208,16 @@ def _convert_worker(
             results.extend(mine)
 
     parts = [numbers[t::threads] for t in range(threads)]
-    workers = [threading.Thread(target=run, args=(p,)) for p in parts if p]
+    workers = [
+        threading.Thread(target=run, args=(targets[t % len(targets)], p))
+        for t, p in enumerate(parts)
+        if p
+    ]
     for w in workers:
         w.start()
     for w in workers:
         w.join()
     return results
-
-
-def _health_worker(
-    target: str, tls: tuple[bytes, bytes, bytes] | None, calls: int, threads: int
-) -> list[float]:
-    """``calls`` Health/Check round trips from ``threads`` threads; latencies in s."""
-    latencies: list[float] = []
-    lock = threading.Lock()
-
-    def run(count: int) -> None:
-        if tls is None:
-            channel = grpc.insecure_channel(target)
-        else:
-            ca, cert, key = tls
-            credentials = grpc.ssl_channel_credentials(ca, key, cert)
-            channel = grpc.secure_channel(
-                target, credentials, options=[("grpc.ssl_target_name_override", B)]
-            )
-        stub = health_pb2_grpc.HealthStub(channel)
-        stub.Check(health_pb2.HealthCheckRequest(), timeout=10)  # connect first, untimed
-        mine = []
-        for _ in range(count):
-            began = time.perf_counter()
-            stub.Check(health_pb2.HealthCheckRequest(), timeout=10)
-            mine.append(time.perf_counter() - began)
-        channel.close()
-        with lock:
-            latencies.extend(mine)
-
-    workers = [threading.Thread(target=run, args=(calls // threads,)) for _ in range(threads)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    return latencies
-
-
-def _redeem_worker(
-    target: str, api_key: str, numbers: list[int], members: int, threads: int
-) -> list[float]:
-    """One-point redemptions (a single-entry write each) from ``threads`` threads."""
-    from coalition.v1 import points_pb2, points_pb2_grpc
-
-    metadata = (("authorization", f"Bearer {api_key}"),)
-    latencies: list[float] = []
-    lock = threading.Lock()
-
-    def run(part: list[int]) -> None:
-        with grpc.insecure_channel(target) as channel:
-            stub = points_pb2_grpc.PointsStub(channel)
-            mine = []
-            for n in part:
-                request = points_pb2.RedeemRequest(
-                    member_id=member(n % members),
-                    amount=1,
-                    reference=f"bench-redeem-{n}",
-                    idempotency_key=f"bench-redeem-{n}",
-                )
-                began = time.perf_counter()
-                stub.Redeem(request, metadata=metadata, timeout=30)
-                mine.append(time.perf_counter() - began)
-        with lock:
-            latencies.extend(mine)
-
-    workers = [threading.Thread(target=run, args=(numbers[t::threads],)) for t in range(threads)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    return latencies
-
-
-def split(clients: int, procs: int) -> list[int]:
-    return [clients // procs + (1 if p < clients % procs else 0) for p in range(procs)]
-
-
-def bare(
-    pool: ProcessPoolExecutor,
-    target: str,
-    tls: tuple[bytes, bytes, bytes] | None,
-    calls: int,
-    clients: int,
-    procs: int,
-) -> dict[str, float]:
-    threads = [t for t in split(clients, procs) if t]
-    began = time.perf_counter()
-    futures = [pool.submit(_health_worker, target, tls, calls * t // clients, t) for t in threads]
-    latencies = [x for f in futures for x in f.result()]
-    elapsed = time.perf_counter() - began
-    return summary(len(latencies), elapsed, latencies)
-
-
-def write_run(
-    pool: ProcessPoolExecutor, a: BrandProcess, count: int, clients: int, procs: int, members: int
-) -> dict[str, float]:
-    threads = [t for t in split(clients, procs) if t]
-    numbers = list(range(count))
-    key = a.api_keys["operator"]
-    began = time.perf_counter()
-    futures = [
-        pool.submit(_redeem_worker, a.grpc, key, numbers[p :: len(threads)], members, t)
-        for p, t in enumerate(threads)
-    ]
-    latencies = [x for f in futures for x in f.result()]
-    return summary(len(latencies), time.perf_counter() - began, latencies)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` so far (Linux ``/proc``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def machine_busy() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine so far (``/proc/stat``)."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    total = sum(values) / os.sysconf("SC_CLK_TCK")
-    idle = (values[3] + values[4]) / os.sysconf("SC_CLK_TCK")
-    return total - idle, total
-
-
-def measured(
-    run: Callable[[], dict[str, float]], a: BrandProcess, b: BrandProcess
-) -> dict[str, float]:
-    """``run()``'s figures plus the CPU each node process spent per operation (ms) and
-    how busy the machine was."""
-    assert a.proc is not None and b.proc is not None
-    before = (cpu_seconds(a.proc.pid), cpu_seconds(b.proc.pid), *machine_busy())
-    result = run()
-    after = (cpu_seconds(a.proc.pid), cpu_seconds(b.proc.pid), *machine_busy())
-    count = result["count"]
-    result["cpu_a_ms"] = (after[0] - before[0]) * 1000 / count
-    result["cpu_b_ms"] = (after[1] - before[1]) * 1000 / count
-    result["machine_busy"] = (after[2] - before[2]) / (after[3] - before[3])
-    return result
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
-
-
-def summary(count: int, elapsed: float, latencies: list[float]) -> dict[str, float]:
-    return {
-        "count": count,
-        "per_s": count / elapsed,
-        "p50_ms": percentile(latencies, 50) * 1000,
-        "p99_ms": percentile(latencies, 99) * 1000,
-        "mean_ms": statistics.fmean(latencies) * 1000,
-    }
 
 
 def completions(engine: Engine) -> dict[str, float]:
@@ -333,8 +233,14 @@ def completions(engine: Engine) -> dict[str, float]:
 
 
 def convert_run(
-    pool: ProcessPoolExecutor, a: BrandProcess, count: int, clients: int, procs: int, members: int
-) -> dict[str, float]:
+    pool: ProcessPoolExecutor,
+    a: BrandProcess,
+    ga: NodeGroup,
+    count: int,
+    clients: int,
+    procs: int,
+    members: int,
+) -> Figures:
     threads = [t for t in split(clients, procs) if t]
     numbers = list(range(count))
     chunks, start = [], 0
@@ -345,13 +251,13 @@ def convert_run(
     chunks[-1].extend(numbers[start:])
     key, tag = a.api_keys["operator"], uuid.uuid4().hex[:12]
     futures = [
-        pool.submit(_convert_worker, a.grpc, key, tag, chunk, members, t)
-        for chunk, t in zip(chunks, threads, strict=True)
+        pool.submit(_convert_worker, ga.grpc[p:] + ga.grpc[:p], key, tag, chunk, members, t)
+        for p, (chunk, t) in enumerate(zip(chunks, threads, strict=True))
     ]
     made = [x for f in futures for x in f.result()]
     assert len(made) == count
     deadline = time.monotonic() + 120
-    engine = create_engine(a.database_url)
+    engine = create_engine(normalise_url(ga.database_url))
     try:
         while True:
             done = completions(engine)
@@ -372,9 +278,9 @@ def convert_run(
     return result
 
 
-def audit(folder: Path, a: BrandProcess, b: BrandProcess) -> str:
+def audit(folder: Path, urls: dict[str, str]) -> str:
     manifest = Manifest.load(folder / "coalition.toml")
-    sources = {A: DatabaseSource(a.database_url), B: DatabaseSource(b.database_url)}
+    sources = {A: DatabaseSource(urls[A]), B: DatabaseSource(urls[B])}
     try:
         reports, cross = audit_partners(
             sources, manifest.public_key, pending_before=None, progress=phase
@@ -394,6 +300,65 @@ def audit(folder: Path, a: BrandProcess, b: BrandProcess) -> str:
     )
 
 
+def timed(
+    a: BrandProcess,
+    ga: NodeGroup,
+    gb: NodeGroup,
+    tls: tuple[bytes, bytes, bytes, str],
+    watch: tuple[str, list[str]] | None,
+    args: argparse.Namespace,
+) -> dict[str, Figures]:
+    """The warm-up, then the timed phases, each with both nodes' CPU per operation."""
+    n, c, p, m = args.conversions, args.clients, args.procs, args.members
+    pids = {"a": ga.pids, "b": gb.pids}
+    redeems = Writes(
+        "redeem", "grpc", tuple(ga.grpc), a.api_keys["operator"], m, uuid.uuid4().hex[:8], MEMBER
+    )
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(args.procs, mp_context=context) as pool:
+        # warm up: channels, the outbox, both databases
+        convert_run(pool, a, ga, min(200, n), c, p, m)
+        return {
+            "bare_member": measured(
+                lambda: bare(pool, ga.grpc, None, args.bare_calls, c, p), pids, watch
+            ),
+            "bare_partner_mtls": measured(
+                lambda: bare(pool, [str(gb.partner_grpc)], tls, args.bare_calls, c, p),
+                pids,
+                watch,
+            ),
+            "redeem_write": measured(lambda: write_run(pool, redeems, n, c, p), pids, watch),
+            "conversions": measured(lambda: convert_run(pool, a, ga, n, c, p, m), pids, watch),
+        }
+
+
+def report(results: dict[str, Figures]) -> dict[str, float]:
+    """Print every phase and the conversions' ratios to each baseline; the ratios."""
+    conv = results["conversions"]
+    for name, r in results.items():
+        text = (
+            f"{name:18} {r['per_s']:8,.0f}/s   p50 {r['p50_ms']:7.2f} ms   "
+            f"p99 {r['p99_ms']:7.2f} ms   CPU/op A {r['cpu_a_ms']:5.2f} ms, "
+            f"B {r['cpu_b_ms']:5.2f} ms"
+        )
+        if "cpu_pg_ms" in r:
+            text += f", PostgreSQL {r['cpu_pg_ms']:5.2f} ms"
+        print(f"{text}   machine busy {r['machine_busy']:.0%}")
+    print(f"Convert call alone: p50 {conv['call_p50_ms']:.2f} ms, p99 {conv['call_p99_ms']:.2f} ms")
+    ratios = {}
+    for name in ("bare_member", "bare_partner_mtls", "redeem_write"):
+        r = results[name]
+        ratios[f"conversions/{name}"] = conv["per_s"] / r["per_s"]
+        ratios[f"conversions/{name}_p50"] = conv["p50_ms"] / r["p50_ms"]
+        ratios[f"conversions/{name}_p99"] = conv["p99_ms"] / r["p99_ms"]
+        print(
+            f"conversions / {name}: throughput {ratios[f'conversions/{name}']:.1%}, "
+            f"p50 x{ratios[f'conversions/{name}_p50']:.1f}, "
+            f"p99 x{ratios[f'conversions/{name}_p99']:.1f}"
+        )
+    return ratios
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--conversions", type=int, default=5000)
@@ -401,58 +366,46 @@ def main() -> int:
     parser.add_argument("--procs", type=int, default=2, help="client processes")
     parser.add_argument("--members", type=int, default=200)
     parser.add_argument("--bare-calls", type=int, default=20000)
+    parser.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
+    parser.add_argument("--processes", type=int, choices=(1, 2), default=1, help="per node")
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
     args = parser.parse_args()
+    if args.database == "sqlite" and args.processes != 1:
+        parser.error("SQLite takes one process per node; use --database postgres for two")
+    if args.keep is not None and args.keep.exists() and any(args.keep.iterdir()):
+        parser.error(f"--keep {args.keep}: the folder must be new or empty")
     folder = args.keep or Path(tempfile.mkdtemp(prefix="coalition-bench-conv-"))
     folder.mkdir(parents=True, exist_ok=True)
-    warm_up = min(200, args.conversions)
-    per_member = ((args.conversions + warm_up) // args.members + 2) * AMOUNT
+    per_member = ((args.conversions + min(200, args.conversions)) // args.members + 2) * AMOUNT
     print(machine())
     print(
         f"{args.conversions:,} conversions of {AMOUNT} points, {args.members} members, "
-        f"{args.clients} clients in {args.procs} processes"
+        f"{args.clients} clients in {args.procs} processes; {args.database}, "
+        f"{args.processes} process(es) per node"
     )
-    a, b = setup(folder, args.members, per_member)
-    try:
-        manifest = Manifest.load(folder / "coalition.toml")
-        tls = TlsFiles.for_program(manifest, A).read()
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(args.procs, mp_context=context) as pool:
-            # warm up: channels, the outbox, both databases
-            convert_run(pool, a, warm_up, args.clients, args.procs, args.members)
-            n, c, p, m = args.conversions, args.clients, args.procs, args.members
-            results = {
-                "bare_member": measured(
-                    lambda: bare(pool, a.grpc, None, args.bare_calls, c, p), a, b
-                ),
-                "bare_partner_mtls": measured(
-                    lambda: bare(pool, b.partner_grpc, tls, args.bare_calls, c, p), a, b
-                ),
-                "redeem_write": measured(lambda: write_run(pool, a, n, c, p, m), a, b),
-                "conversions": measured(lambda: convert_run(pool, a, n, c, p, m), a, b),
-            }
-    finally:
-        a.stop()
-        b.stop()
-    verdict = audit(folder, a, b)
-    conv = results["conversions"]
-    for name, r in results.items():
-        print(
-            f"{name:18} {r['per_s']:8,.0f}/s   p50 {r['p50_ms']:7.2f} ms   "
-            f"p99 {r['p99_ms']:7.2f} ms   CPU/op A {r['cpu_a_ms']:5.2f} ms, "
-            f"B {r['cpu_b_ms']:5.2f} ms   machine busy {r['machine_busy']:.0%}"
-        )
-    print(f"Convert call alone: p50 {conv['call_p50_ms']:.2f} ms, p99 {conv['call_p99_ms']:.2f} ms")
-    for name in ("bare_member", "bare_partner_mtls", "redeem_write"):
-        r = results[name]
-        print(
-            f"conversions / {name}: throughput {conv['per_s'] / r['per_s']:.1%}, "
-            f"p50 x{conv['p50_ms'] / r['p50_ms']:.1f}, p99 x{conv['p99_ms'] / r['p99_ms']:.1f}"
-        )
+    coalition = make_coalition(folder, (A, B))
+    a, b = coalition.brands[A], coalition.brands[B]
+    with ExitStack() as stack:
+        if args.database == "postgres":
+            urls = {p: stack.enter_context(scratch_database(POSTGRES_URL)) for p in (A, B)}
+            watch = (libpq_url(POSTGRES_URL), [database_name(u) for u in urls.values()])
+        else:
+            urls, watch = {A: a.database_url, B: b.database_url}, None
+        ga, gb = groups(a, b, urls, args.processes)
+        try:
+            setup(a, b, ga, gb, args.members, per_member)
+            manifest = Manifest.load(folder / "coalition.toml")
+            tls = (*TlsFiles.for_program(manifest, A).read(), B)
+            results = timed(a, ga, gb, tls, watch, args)
+        finally:
+            for group in (ga, gb):
+                group.stop()
+        verdict = audit(folder, urls)
+    ratios = report(results)
     print(verdict)
-    if args.json is not None:
-        args.json.write_text(json.dumps({"machine": machine(), **results}, indent=2) + "\n")
+    settings = {k: v for k, v in vars(args).items() if k not in ("keep", "json")}
+    write_json(args.json, {"settings": settings, "ratios": ratios, **results})
     if args.keep is None:
         shutil.rmtree(folder, ignore_errors=True)
     return 0

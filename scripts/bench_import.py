@@ -57,7 +57,7 @@ from coalition.node.config import load_config
 from coalition.ops.keygen import find_secret
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_ingest import machine
+from benchlib import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 PROGRAM = "skyair"

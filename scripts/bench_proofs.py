@@ -69,7 +69,7 @@ from coalition.store import ledger as ledger_store
 from coalition.store.ledger import TREE_STRIDE, entries, set_head_to_log
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_ingest import machine
+from benchlib import machine
 
 PROGRAM = "benchair"
 SECRET = b"bench-account-secret-0123456789"

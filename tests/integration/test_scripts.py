@@ -14,12 +14,15 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "scripts"
-PYTHON_SCRIPTS = sorted(SCRIPTS.glob("*.py"))
+LIBRARIES = {"benchlib.py"}
+"""Modules the scripts import (not run by themselves): checked by importing them."""
+PYTHON_SCRIPTS = sorted(p for p in SCRIPTS.glob("*.py") if p.name not in LIBRARIES)
 SHELL_SCRIPTS = sorted(p for p in SCRIPTS.iterdir() if p.is_file() and p.suffix in ("", ".sh"))
 DOCUMENTS = [
     ROOT / "README.md",
@@ -45,6 +48,15 @@ def help_text(script: str) -> str:
 @pytest.mark.parametrize("script", PYTHON_SCRIPTS, ids=lambda p: p.name)
 def test_every_python_script_imports_and_answers_help(script: Path) -> None:
     assert help_text(script.name).startswith(f"usage: {script.name}")
+
+
+@pytest.mark.parametrize("library", sorted(LIBRARIES))
+def test_every_script_library_imports(library: str) -> None:
+    name = library.removesuffix(".py")
+    code = f"import sys; sys.path.insert(0, {str(SCRIPTS)!r}); import {name}; print({name}.__doc__)"
+    result = run("-c", code)
+    assert result.returncode == 0, result.stderr
+    assert "benchmarks" in result.stdout
 
 
 @pytest.mark.parametrize("script", SHELL_SCRIPTS, ids=lambda p: p.name)
@@ -145,3 +157,74 @@ def test_bench_conversions_runs_two_nodes_at_a_tiny_size(tmp_path: Path) -> None
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     completed = re.search(r"^audit OK: .*, (\d+) conversions completed", result.stdout, re.M)
     assert completed is not None and int(completed.group(1)) >= 10  # the warm-up's count too
+
+
+def run_json(script: str, args: list[str], work: Path, timeout: float = 300) -> dict[str, Any]:
+    """Run a benchmark with ``--json`` into ``work``; its exit status 0, the document."""
+    out = work / f"{script}.json"
+    result = run(str(SCRIPTS / script), *args, "--json", str(out), timeout=timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    document: dict[str, Any] = json.loads(out.read_text())
+    assert document["machine"].startswith("CPU ")
+    return document
+
+
+TINY_WRITES = ["--writes", "20", "--clients", "2", "--procs", "1", "--members", "4"]
+TINY_WRITES += ["--bare-calls", "40"]
+
+
+def test_bench_writes_runs_on_sqlite_at_a_tiny_size(tmp_path: Path) -> None:
+    found = run_json("bench_writes.py", TINY_WRITES, tmp_path)
+    for phase in ("redeem_grpc", "redeem_rest", "earn_grpc", "earn_rest"):
+        assert found[phase]["count"] == 20 and found[phase]["errors"] == 0
+        assert found[phase]["cpu_node_ms"] > 0
+        assert found["ratios"][f"{phase}/bare_grpc"] > 0
+    assert "pgbench" not in found and found["bare_grpc"]["count"] == 40
+
+
+def test_bench_writes_refuses_two_processes_on_sqlite() -> None:
+    result = run(str(SCRIPTS / "bench_writes.py"), "--processes", "2")
+    assert result.returncode == 2 and "SQLite takes one node process" in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.usefixtures("postgres_available")
+def test_bench_writes_runs_two_processes_on_postgres_against_pgbench(tmp_path: Path) -> None:
+    args = [*TINY_WRITES, "--database", "postgres", "--processes", "2", "--compare-one"]
+    args += ["--phases", "redeem_grpc,earn_rest", "--pgbench-seconds", "1"]
+    found = run_json("bench_writes.py", args, tmp_path)
+    for figures in (found, found["one_process"]):
+        assert figures["redeem_grpc"]["errors"] == 0 and figures["earn_rest"]["errors"] == 0
+        assert "cpu_pg_ms" in figures["redeem_grpc"]
+    assert found["pgbench"]["per_s"] > 0
+    assert found["ratios"]["redeem_grpc/pgbench"] > 0
+    assert found["ratios"]["earn_rest/one_process"] > 0
+    assert found["ratios"]["earn_rest/one_process_cpu"] > 0
+
+
+def test_bench_ingest_writes_its_figures_as_json(tmp_path: Path) -> None:
+    args = ["--purchases", "200", "--members", "20", "--repeat", "1", "--dir", str(tmp_path)]
+    found = run_json("bench_ingest.py", args, tmp_path)
+    assert found["median"]["ratio"] > 0 and found["median"]["node_cpu_us"] > 0
+    assert len(found["runs"]) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.usefixtures("postgres_available")
+def test_bench_conversions_runs_two_processes_a_node_on_postgres(tmp_path: Path) -> None:
+    args = ["--conversions", "10", "--clients", "2", "--procs", "1", "--members", "4"]
+    args += ["--bare-calls", "20", "--database", "postgres", "--processes", "2"]
+    found = run_json("bench_conversions.py", args, tmp_path, timeout=600)
+    assert found["conversions"]["count"] == 10 and found["conversions"]["cpu_pg_ms"] > 0
+    assert found["ratios"]["conversions/bare_member_p99"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.usefixtures("postgres_available")
+def test_bench_failover_measures_a_takeover_and_loses_nothing(tmp_path: Path) -> None:
+    args = ["--processes", "2", "--rounds", "1", "--settle", "1", "--writers", "2"]
+    found = run_json("bench_failover.py", args, tmp_path, timeout=600)
+    assert 0 < found["median"]["failover_ms"] < 30_000 and found["acknowledged"] > 0
