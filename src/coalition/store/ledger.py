@@ -10,9 +10,10 @@ derived state or a feature's record beside it. Storage contract:
   ``log_head`` row: the next index) is what the writer takes, with ``take_head``, at the
   start of every write transaction: on PostgreSQL ``SELECT ... FOR UPDATE``, so the row
   lock serialises the writers of every process until their commit; on SQLite the one
-  process's writer lock does (``store.db.lock_sqlite_file`` refuses a second process). The writer MUST move the head with
-  ``advance_head`` in the same transaction as the entries it wrote, so committed entries
-  are always the dense prefix ``0 .. next_index - 1``. ``entry_id`` and ``idem_key`` are
+  process's writer lock does (``store.db.lock_sqlite_file`` refuses a second process).
+  The writer MUST move the head with ``advance_head`` in the same transaction as the
+  entries it wrote, so committed entries are always the dense prefix
+  ``0 .. next_index - 1``. ``entry_id`` and ``idem_key`` are
   unique. An entry row is never
   updated or deleted, so a stored body is the exact bytes the leaf hash covers.
 - ``blocks.height`` and ``blocks.log_size`` are unique. ``insert_block`` writes a block
