@@ -310,14 +310,6 @@ def test_followers_see_the_whole_log_and_wait_for_headers(pg_url: str, key: Sign
         assert leader.ledger.latest_header() == header
 
 
-def test_migrating_an_existing_log_starts_the_head_after_it(pg_url: str, key: SigningKey) -> None:
-    with temporary_node(pg_url, key=key) as service:
-        for n in range(3):
-            service.points.enroll(f"m{n}", idempotency_key=f"enrol-{n}")
-        with service.sequencer.engine.begin() as conn:
-            assert ledger_store.take_head(conn) == 3
-
-
 def test_a_process_stalled_inside_its_transaction_does_not_stop_the_others(
     pg_url: str, key: SigningKey
 ) -> None:
