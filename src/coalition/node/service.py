@@ -18,6 +18,7 @@ from coalition.ledger.keys import SigningKey, VerifyKey
 from coalition.node.config import SealerConfig
 from coalition.node.ledger_service import LedgerService
 from coalition.node.points_service import PointsService
+from coalition.node.read_only import ReadOnlySequencer
 from coalition.node.sequencer import Sequencer
 from coalition.points.rules import ProgramRules
 
@@ -34,12 +35,21 @@ class NodeService:
         rules: ProgramRules,
         sealer: SealerConfig,
         clock: Callable[[], datetime] | None = None,
+        *,
+        read_only_primary: str | None = None,
     ) -> None:
+        """``read_only_primary``: a read-only process (``node/read_only.py``) whose writes
+        are refused naming this primary; it never seals."""
         self.program = program
         self.rules = rules
         self.public_key: VerifyKey = key.public_key
         self._key = key
-        self.sequencer = Sequencer(engine, program, key, sealer, clock)
+        self.read_only = read_only_primary is not None
+        self.sequencer = (
+            Sequencer(engine, program, key, sealer, clock)
+            if read_only_primary is None
+            else ReadOnlySequencer(read_only_primary, engine, program, key, sealer, clock)
+        )
         self.sealer = self.sequencer.sealer
         self.points = PointsService(self.sequencer, rules, account_secret)
         self.ledger = LedgerService(self.sequencer, key.public_key)
@@ -56,8 +66,9 @@ class NodeService:
     # --- life cycle ---------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start sealing in the background."""
-        self.sealer.start()
+        """Start sealing in the background (a read-only process never seals)."""
+        if not self.read_only:
+            self.sealer.start()
 
     def close(self) -> None:
         """Seal what is pending, stop the sealer and release the database."""
