@@ -4,8 +4,25 @@ A block is sealed when ``max_entries`` entries are pending or the oldest pending
 has waited ``max_delay_ms``. The log root is kept incrementally in a compact range, and
 only the perfect subtree nodes at stored levels are written, so sealing costs O(entries)
 hashes and about one node row per 2**stride entries, never a rebuild of the tree.
-Entries are durable (committed) before they are pending; a block is durable before
-``wait_for_header`` reports it.
+
+Several processes of one node share the database; each runs a sealer, and only the one
+holding the node's lease (``node.leadership``) seals. Contract:
+
+- **Pending entries come from the database**: the committed entries at and after the
+  sealed size (they are a dense prefix of the log, ``store.ledger.take_head``), whoever
+  wrote them. Local commits nudge the loop (``added``); other processes' commits are
+  found by polling every ``min(max_delay_ms / 4, 100 ms)``.
+- **Fenced sealing.** Every block is written in a transaction that first locks the lease
+  row and checks holder, token and expiry (``Leadership.fence``), then checks that the
+  newest stored block is the one this sealer built on. If either fails the transaction
+  writes nothing, the sealer reloads its state (last header, compact range from the
+  stored nodes) and does not seal: a block is never sealed twice, skipped or forked,
+  even by a holder woken from a pause after losing its lease.
+- **Every process sees the whole log.** A sealer that does not hold the lease follows
+  the stored blocks by the same poll, so ``last``, ``log_size`` and
+  ``wait_for_header`` are current in every process.
+- Entries are durable (committed) before they are pending; a block is durable before
+  ``wait_for_header`` reports it.
 """
 
 from __future__ import annotations
@@ -16,7 +33,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from coalition.ledger.blocks import SignedHeader, make_header, sign_header
 from coalition.ledger.canonical import canonical_json
@@ -24,14 +41,29 @@ from coalition.ledger.entries import format_time
 from coalition.ledger.keys import SigningKey
 from coalition.ledger.merkle import CompactRange, root_coords, stored_coords
 from coalition.node.config import SealerConfig
+from coalition.node.leadership import Leadership
 from coalition.store import ledger as ledger_store
 from coalition.store.ledger import TREE_STRIDE, signed_header_from_row
 
 log = logging.getLogger(__name__)
 
+POLL_CAP_S = 0.1
+"""The longest a sealer waits before looking at the database again."""
+FOLLOW_TIMEOUT_S = 10.0
+"""How long ``flush`` in a process without the lease waits for the holder to seal."""
+
+
+class _Stale(Exception):
+    """The sealing transaction found the lease or the chain not as this sealer left it."""
+
+    def __init__(self, reason: str, *, lease_lost: bool) -> None:
+        super().__init__(reason)
+        self.lease_lost = lease_lost
+
 
 class Sealer:
-    """Owns the log's tail: pending leaf hashes, the compact range and the last header."""
+    """Owns this process's view of the log's tail: the last header, the compact range,
+    and (while it holds the lease) the pending leaf hashes."""
 
     def __init__(
         self,
@@ -40,90 +72,180 @@ class Sealer:
         key: SigningKey,
         config: SealerConfig,
         clock: Callable[[], datetime],
+        leadership: Leadership,
     ) -> None:
         self._engine = engine
         self._program = program
         self._key = key
         self._config = config
         self._clock = clock
+        self.leadership = leadership
         self._cond = threading.Condition()
-        self._seal_lock = threading.Lock()
+        self._seal_lock = threading.Lock()  # guards the state below while it changes
         self._stop = False
         self._thread: threading.Thread | None = None
+        self._unseen = 0  # entries committed here since the last look at the database
+        self._poll_s = min(config.max_delay_ms / 4000, POLL_CAP_S)
+        self.node_cache = ledger_store.NodeCache()
+        self.last: SignedHeader | None = None
+        self._range = CompactRange.from_nodes(0, {}, TREE_STRIDE)
+        self._pending: list[bytes] = []
+        self._oldest: float | None = None
         with engine.connect() as conn:
-            last = ledger_store.last_block(conn)
-            self.last: SignedHeader | None = (
-                None if last is None else signed_header_from_row(last[1], last[2])
-            )
-            size = 0 if self.last is None else self.last.header.log_size
-            needed = stored_coords(root_coords(size), TREE_STRIDE)
-            self.node_cache = ledger_store.NodeCache()
-            nodes = ledger_store.read_nodes(conn, needed, self.node_cache)
-            self._range = CompactRange.from_nodes(size, nodes, TREE_STRIDE)
-            self._pending = ledger_store.leaf_hashes_from(conn, size)
-        self._oldest = time.monotonic() if self._pending else None
+            self._reload(conn)
+            self._read_pending(conn)
+        leadership.on_change(lambda _held: self._nudge())
 
     @property
     def log_size(self) -> int:
-        """Entries sealed so far."""
+        """Entries sealed so far (as this process last saw the stored blocks)."""
         return self._range.size
 
     @property
     def pending(self) -> int:
+        """Committed entries not yet sealed, as this process last read them."""
         with self._cond:
             return len(self._pending)
 
-    def added(self, leaf_hashes: list[bytes]) -> None:
-        """Report entries just committed, in log order (the writer calls this)."""
+    # --- this process's view of the stored chain --------------------------------------
+
+    def _reload(self, conn: Connection) -> None:
+        """Rebuild the view from the stored chain: the newest block, the compact range
+        from the stored nodes; pending is read again from the new size. The caller holds
+        ``_seal_lock`` (or is ``__init__``)."""
+        row = ledger_store.last_block(conn)
+        last = None if row is None else signed_header_from_row(row[1], row[2])
+        size = 0 if last is None else last.header.log_size
+        needed = stored_coords(root_coords(size), TREE_STRIDE)
+        nodes = ledger_store.read_nodes(conn, needed, self.node_cache)
+        tree = CompactRange.from_nodes(size, nodes, TREE_STRIDE)
         with self._cond:
-            if not self._pending:
-                self._oldest = time.monotonic()
-            self._pending.extend(leaf_hashes)
-            if len(self._pending) >= self._config.max_entries:
+            self.last = last
+            self._range = tree
+            self._pending = []
+            self._oldest = None
+            self._cond.notify_all()
+
+    def _height(self) -> int | None:
+        return None if self.last is None else self.last.header.height
+
+    def _follow(self, conn: Connection) -> None:
+        """Reload if blocks were stored since this process last looked (another process
+        sealed them)."""
+        if ledger_store.last_height(conn) != self._height():
+            self._reload(conn)
+
+    def _read_pending(self, conn: Connection) -> None:
+        """Append the committed entries after those already pending."""
+        start = self._range.size + len(self._pending)
+        fresh = ledger_store.leaf_hashes_from(conn, start)
+        with self._cond:
+            self._unseen = 0
+            if fresh:
+                if not self._pending:
+                    self._oldest = time.monotonic()
+                self._pending.extend(fresh)
+
+    def refresh(self) -> None:
+        """Look at the database now: follow stored blocks, and (holding the lease) read
+        the pending entries."""
+        with self._seal_lock, self._engine.connect() as conn:
+            self._follow(conn)
+            if self.leadership.held():
+                self._read_pending(conn)
+
+    # --- sealing ----------------------------------------------------------------------
+
+    def added(self, count: int) -> None:
+        """Report ``count`` entries this process just committed (the writer calls this):
+        a nudge, the entries themselves are read from the database."""
+        with self._cond:
+            self._unseen += count
+            if len(self._pending) + self._unseen >= self._config.max_entries:
                 self._cond.notify_all()
+
+    def _nudge(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
 
     def seal(self) -> SignedHeader | None:
-        """Seal up to ``max_entries`` pending entries into one block now; None if none."""
+        """Seal up to ``max_entries`` pending entries into one block now, fenced (see the
+        contract); None when nothing is pending or this process may not seal."""
         with self._seal_lock:
-            with self._cond:
-                batch = self._pending[: self._config.max_entries]
-            if not batch:
-                return None
-            tree = self._range.copy()
-            first_index = tree.size
-            nodes = tree.extend(batch)
-            header = make_header(
-                self._program,
-                None if self.last is None else self.last.header,
-                first_index,
-                batch,
-                tree.size,
-                tree.root(),
-                format_time(self._clock()),
-            )
-            signed = sign_header(header, self._key)
-            with self._engine.begin() as conn:
-                ledger_store.insert_block(
-                    conn,
-                    header.height,
-                    canonical_json(header.to_json()).decode(),
-                    signed.signature,
-                    header.log_size,
-                    nodes,
+            with self._engine.connect() as conn:
+                self._follow(conn)
+                self._read_pending(conn)
+            for _attempt in range(2):
+                try:
+                    return self._seal_fenced()
+                except _Stale as stale:
+                    log.info("sealer state reloaded, nothing sealed: %s", stale)
+                    with self._engine.connect() as conn:
+                        self._reload(conn)
+                        self._read_pending(conn)
+                    if stale.lease_lost:
+                        return None
+            return None
+
+    def _seal_fenced(self) -> SignedHeader | None:
+        with self._cond:
+            batch = self._pending[: self._config.max_entries]
+        if not batch:
+            return None
+        tree = self._range.copy()
+        first_index = tree.size
+        nodes = tree.extend(batch)
+        header = make_header(
+            self._program,
+            None if self.last is None else self.last.header,
+            first_index,
+            batch,
+            tree.size,
+            tree.root(),
+            format_time(self._clock()),
+        )
+        signed = sign_header(header, self._key)
+        with self._engine.begin() as conn:
+            if not self.leadership.fence(conn):
+                raise _Stale("this process does not hold the lease", lease_lost=True)
+            if ledger_store.last_height(conn) != self._height():
+                raise _Stale(
+                    "another sealer stored blocks since this one last looked", lease_lost=False
                 )
-            self.node_cache.put(nodes)
-            with self._cond:
-                del self._pending[: len(batch)]
-                self._oldest = time.monotonic() if self._pending else None
-                self._range = tree
-                self.last = signed
-                self._cond.notify_all()
-            return signed
+            ledger_store.insert_block(
+                conn,
+                header.height,
+                canonical_json(header.to_json()).decode(),
+                signed.signature,
+                header.log_size,
+                nodes,
+            )
+        self.node_cache.put(nodes)
+        with self._cond:
+            del self._pending[: len(batch)]
+            self._oldest = time.monotonic() if self._pending else None
+            self._range = tree
+            self.last = signed
+            self._cond.notify_all()
+        return signed
 
     def flush(self) -> SignedHeader | None:
-        """Seal everything pending now; returns the newest header."""
-        while self.seal() is not None:
-            pass
+        """Seal everything committed so far; the newest header. A process that does not
+        hold (and cannot take) the lease waits up to ``FOLLOW_TIMEOUT_S`` for the holder
+        to seal it instead."""
+        if self.leadership.held() or self.leadership.try_acquire():
+            while self.seal() is not None:
+                pass
+            with self._engine.connect() as conn:
+                target = ledger_store.read_head(conn)
+            if self.log_size >= target:
+                return self.last
+        with self._engine.connect() as conn:
+            target = ledger_store.read_head(conn)
+        deadline = time.monotonic() + FOLLOW_TIMEOUT_S
+        while self.log_size < target and time.monotonic() < deadline:
+            self.refresh()
+            time.sleep(self._poll_s)
         return self.last
 
     def wait_for_header(self, after_height: int, timeout: float) -> SignedHeader | None:
@@ -135,25 +257,34 @@ class Sealer:
                 if remaining <= 0 or self._stop:
                     return None
                 self._cond.wait(remaining)
-        if self.last.header.height == after_height + 1:
-            return self.last
+            last = self.last
+        if last.header.height == after_height + 1:
+            return last
         with self._engine.connect() as conn:
             rows = ledger_store.block_rows(conn, after_height + 1, 1)
         return signed_header_from_row(rows[0][1], rows[0][2])
 
+    # --- the loop ---------------------------------------------------------------------
+
     def start(self) -> None:
-        """Run the sealing loop in a daemon thread until ``stop``."""
+        """Run the sealing (or following) loop in a daemon thread until ``stop``."""
+        with self._cond:
+            self._stop = False
         self._thread = threading.Thread(target=self._run, name="sealer", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop the loop and seal what is pending, so nothing acknowledged stays unsealed."""
+        """Stop the loop and, holding the lease, seal what is pending, so nothing
+        acknowledged stays unsealed (without it, the holder seals it)."""
         with self._cond:
             self._stop = True
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join()
-        self.flush()
+            self._thread = None
+        if self.leadership.held():
+            while self.seal() is not None:
+                pass
 
     def _due(self) -> bool:
         if not self._pending or self._oldest is None:
@@ -164,15 +295,18 @@ class Sealer:
         )
 
     def _run(self) -> None:
-        delay = self._config.max_delay_ms / 1000
         while True:
             with self._cond:
-                while not self._stop and not self._due():
-                    self._cond.wait(delay / 4 if self._pending else delay)
+                if self._stop:
+                    return
+                self._cond.wait(self._poll_s)
                 if self._stop:
                     return
             try:
-                self.seal()
+                self.refresh()
+                if self.leadership.held():
+                    while self._due() and self.seal() is not None:
+                        pass
             except Exception:
                 log.exception("sealing failed; will retry")
-                time.sleep(delay)
+                time.sleep(max(self._poll_s, 0.05))

@@ -5,22 +5,36 @@ operation, a bulk earn, the expiry job, a feature's decision, the rows of the ou
 the inbox and the witness) runs as a *decision* inside the writer's transaction, through
 ``Sequencer.run`` or one of the helpers built on it. Reads take ``Sequencer.read``.
 
+Several processes may serve one node on one PostgreSQL database (on SQLite, one process:
+``store.db.lock_sqlite_file`` refuses a second). No process keeps the log's next index in
+memory: the database does (``store.ledger.take_head``).
+
 Contract (callers depend on it):
 
 - **Acknowledged means durable.** ``run`` returns only after the transaction holding the
   decision committed: an entry the caller sees is *acknowledged*, and it is *durable*,
   committed together with the state it changes and its idempotency record (SQLite runs
-  ``synchronous=FULL`` by default, so it survives a power cut). It is not sealed yet: the
-  sealer is told after the commit and cuts it into a signed block in the background.
-- **Order.** Decisions run one at a time under one writer lock. Log indexes are dense and
-  follow the order in which decisions ran; the entries of one decision are consecutive.
-- **Group commit.** Concurrent calls queue; whoever holds the writer lock next runs every
-  queued decision, in queue order, in one transaction (one fsync for all of them). A
-  decision sees the writes of those that ran before it in the same transaction.
+  ``synchronous=FULL`` by default, so it survives a power cut). Every process of the node
+  reads it from then on. It is not sealed yet: the sealer of whichever process holds the
+  node's lease cuts it into a signed block in the background (``node.sealer``).
+- **Order.** Every write transaction of every process first takes the log's head: on
+  PostgreSQL the ``log_head`` row, locked ``FOR UPDATE`` (READ COMMITTED) until commit;
+  on SQLite the write transaction of the one process. So write transactions run one at a
+  time across all processes, in the order they took the head, and each sees everything
+  committed before it. Log indexes follow that order; the entries of one decision are
+  consecutive, those of one transaction too.
+- **Dense.** The committed entries are always exactly the indexes ``0 .. next_index - 1``
+  of the ``log_head`` row: a transaction moves the head by what it appended and commits
+  both together, or neither; no index is skipped or given twice, whichever process wrote.
+- **Group commit.** Within a process, concurrent calls queue; whoever holds the writer
+  lock next runs every queued decision, in queue order, in one transaction (one head
+  lock, one fsync for all of them). A decision sees the writes of those that ran before
+  it in the same transaction.
 - **Inside the transaction** a decision MAY read and write any table through ``tx.conn``
   (its own rows: outbox, holds, answers ...) and append zero, one or several entries with
   ``tx.append``. It MUST NOT call the sequencer's writes (the writer lock is not
-  re-entrant) and SHOULD do no network call: every other writer waits for it.
+  re-entrant) and SHOULD do no network call: every other writer of every process waits
+  for it.
 - **Refusal.** A decision refuses by raising a ``CoalitionError`` before it appended an
   entry. The refusal reaches its own caller only and the other decisions of the batch
   commit; since the transaction goes on, a decision MUST NOT write rows while it may still
@@ -32,7 +46,8 @@ Contract (callers depend on it):
   run. Alone, its error reaches its caller and nothing it did is kept.
 - **Idempotency.** ``append`` records the caller's idempotency key with the entry; the same
   key with the same request replays the recorded entry, with another request it is refused
-  (``IdempotencyConflict``).
+  (``IdempotencyConflict``). The key is looked up after the head is taken, so one key sent
+  to two processes at once gives one entry: the second sees the first's commit.
 """
 
 from __future__ import annotations
@@ -56,6 +71,7 @@ from coalition.ledger.canonical import JsonObject, canonical_json
 from coalition.ledger.keys import SigningKey
 from coalition.ledger.merkle import leaf_hash
 from coalition.node.config import SealerConfig
+from coalition.node.leadership import Leadership
 from coalition.node.sealer import Sealer
 from coalition.node.views import WriteResult
 from coalition.points import model
@@ -222,7 +238,8 @@ class _Queued(Generic[T]):
 
 class Sequencer:
     """The writer of one program's log (see the module's contract) and its read sessions;
-    owns the sealer, which it tells about every committed entry."""
+    owns the node's ``leadership`` (the lease) and the sealer, which it nudges after
+    every commit that appended entries."""
 
     def __init__(
         self,
@@ -238,15 +255,15 @@ class Sequencer:
         self._writer = threading.Lock()
         self._queue_lock = threading.Lock()
         self._queue: list[_Queued[Any]] = []
-        with engine.connect() as conn:
-            self._next_index = ledger_store.next_log_index(conn)
-        self.sealer = Sealer(engine, program, key, sealer, self._clock)
+        self.leadership = Leadership(engine)
+        self.sealer = Sealer(engine, program, key, sealer, self._clock, self.leadership)
 
     @property
     def engine(self) -> Engine:
         """The node's database, an escape hatch for tests and tools only (a tamper test, a
         benchmark that bulk-loads rows): node code MUST read through ``read`` and write
-        through ``run``, or the next index and the sealer no longer match the log."""
+        through ``run``, or the log's head no longer matches the log (a tool that
+        inserts entry rows itself calls ``store.ledger.set_head_to_log``)."""
         return self._engine
 
     def now(self) -> datetime:
@@ -255,8 +272,9 @@ class Sequencer:
 
     @property
     def next_index(self) -> int:
-        """The log index the next committed entry gets."""
-        return self._next_index
+        """The log index the next committed entry gets (the committed head, read now)."""
+        with self._engine.connect() as conn:
+            return ledger_store.read_head(conn)
 
     @property
     def waiting(self) -> int:
@@ -268,10 +286,19 @@ class Sequencer:
         """A read session: sees committed state only, never blocks the writer."""
         return self._engine.connect()
 
+    def start(self) -> None:
+        """Claim the node's lease (kept renewed) and start the sealer's loop."""
+        self.leadership.start()
+        self.sealer.start()
+
     def close(self) -> None:
-        """Seal what is pending, stop the sealer and release the database."""
-        self.sealer.stop()
-        self._engine.dispose()
+        """Stop the sealer (holding the lease, it seals what is pending first), let the
+        lease go and release the database."""
+        try:
+            self.sealer.stop()
+        finally:
+            self.leadership.stop()
+            self._engine.dispose()
 
     # --- writes -------------------------------------------------------------------------
 
@@ -338,7 +365,8 @@ class Sequencer:
         """Run ``batch`` in one transaction (the caller holds the writer lock)."""
         try:
             with self._engine.begin() as conn:
-                tx = Transaction(conn, self.program, self._next_index, self._clock)
+                first = ledger_store.take_head(conn)
+                tx = Transaction(conn, self.program, first, self._clock)
                 for item in batch:
                     before = tx.appends
                     try:
@@ -349,6 +377,8 @@ class Sequencer:
                         item.error, item.refused = exc, True
                         continue
                     tx.flush()
+                if tx.next_index != first:
+                    ledger_store.advance_head(conn, tx.next_index)
         except Exception as exc:
             if len(batch) == 1:
                 batch[0].result, batch[0].error, batch[0].done = None, exc, True
@@ -359,8 +389,7 @@ class Sequencer:
                     self._commit([item])
                 item.done = True
             return
-        self._next_index = tx.next_index
         if tx.leaf_hashes:
-            self.sealer.added(tx.leaf_hashes)
+            self.sealer.added(len(tx.leaf_hashes))
         for item in batch:
             item.done = True

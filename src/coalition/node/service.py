@@ -51,7 +51,9 @@ class NodeService:
             else ReadOnlySequencer(read_only_primary, engine, program, key, sealer, clock)
         )
         self.sealer = self.sequencer.sealer
+        self.leadership = self.sequencer.leadership
         self.points = PointsService(self.sequencer, rules, account_secret)
+        self._on_close: list[Callable[[], None]] = []
         self.ledger = LedgerService(self.sequencer, key.public_key)
 
     @property
@@ -66,10 +68,21 @@ class NodeService:
     # --- life cycle ---------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start sealing in the background (a read-only process never seals)."""
+        """Claim the node's lease and start sealing (or following) in the background; a
+        read-only process starts nothing (it never seals)."""
         if not self.read_only:
-            self.sealer.start()
+            self.sequencer.start()
+
+    def on_close(self, release: Callable[[], None]) -> None:
+        """Run ``release`` after the service closed (the composition root hands it what it
+        holds for the service's life, such as the SQLite writer lock)."""
+        self._on_close.append(release)
 
     def close(self) -> None:
-        """Seal what is pending, stop the sealer and release the database."""
-        self.sequencer.close()
+        """Seal what is pending (holding the lease), stop the sealer, let the lease go,
+        release the database, then what ``on_close`` was given; idempotent."""
+        try:
+            self.sequencer.close()
+        finally:
+            while self._on_close:
+                self._on_close.pop()()

@@ -60,7 +60,7 @@ from coalition.node.service import NodeService
 from coalition.ops.keyfiles import read_account_secret, read_signing_key
 from coalition.ops.tls import TlsFiles
 from coalition.points.rules import ProgramRules
-from coalition.store.db import ensure_sqlite_folder, make_engine
+from coalition.store.db import ensure_sqlite_folder, lock_sqlite_file, make_engine
 from coalition.store.schema import schema_state, upgrade_schema
 
 
@@ -82,27 +82,40 @@ def open_service(
 
     ``read_only_primary`` (a process on a hot standby, ``node/read_only.py``) migrates
     nothing: the schema MUST already be at this code's revision (FailedPrecondition
-    otherwise, saying to migrate the primary or run this version there)."""
+    otherwise, saying to migrate the primary or run this version there).
+
+    On SQLite the service holds the database's writer lock (``lock_sqlite_file``) until it
+    is closed: a second node on the same file is refused here with FailedPrecondition,
+    before anything is read or written."""
     ensure_sqlite_folder(database_url)
-    engine = make_engine(database_url, sqlite_synchronous=sqlite_synchronous)
+    writer_lock = lock_sqlite_file(database_url)
     try:
-        if read_only_primary is None:
-            upgrade_schema(engine)
-        else:
-            check_schema_current(engine, read_only_primary)
+        engine = make_engine(database_url, sqlite_synchronous=sqlite_synchronous)
+        try:
+            if read_only_primary is None:
+                upgrade_schema(engine)
+            else:
+                check_schema_current(engine, read_only_primary)
+            service = NodeService(
+                engine,
+                program,
+                key,
+                account_secret,
+                rules,
+                sealer,
+                clock,
+                read_only_primary=read_only_primary,
+            )
+        except BaseException:
+            engine.dispose()
+            raise
     except BaseException:
-        engine.dispose()
+        if writer_lock is not None:
+            writer_lock.release()
         raise
-    return NodeService(
-        engine,
-        program,
-        key,
-        account_secret,
-        rules,
-        sealer,
-        clock,
-        read_only_primary=read_only_primary,
-    )
+    if writer_lock is not None:
+        service.on_close(writer_lock.release)
+    return service
 
 
 def check_schema_current(engine: Engine, primary: str) -> None:

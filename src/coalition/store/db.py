@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from sqlalchemy import Engine, create_engine, event
 
+from coalition.errors import FailedPrecondition
 from coalition.store import (  # noqa: F401  (importing a module registers its tables)
     agreements,
     conversions,
+    leases,
     ledger,
     members,
     partners,
@@ -42,12 +46,59 @@ def ensure_sqlite_folder(url: str) -> None:
         file.parent.mkdir(parents=True, exist_ok=True)
 
 
+class SqliteWriterLock:
+    """The one-writing-process lock of a SQLite database: an exclusive ``flock`` on
+    ``<database>.lock`` beside it, held until ``release`` (or the process's end, which
+    the kernel sees to even after SIGKILL)."""
+
+    def __init__(self, path: Path, handle: IO[str]) -> None:
+        self.path = path
+        self._handle: IO[str] | None = handle
+
+    def release(self) -> None:
+        """Unlock; idempotent."""
+        if self._handle is not None:
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
+
+
+def lock_sqlite_file(url: str) -> SqliteWriterLock | None:
+    """Take the writer lock of a SQLite database file (None for PostgreSQL and memory).
+
+    A node on SQLite is one process: its log order, lease and group commit rely on it.
+    Raises FailedPrecondition, naming the lock file and what to do instead, when another
+    process (or another node in this one) already writes the file. Read-only tools
+    (``audit``, ``check``, ``verify``, bundle export) do not take it.
+    """
+    file = sqlite_file(normalise_url(url))
+    if file is None:
+        return None
+    path = file.with_name(file.name + ".lock")
+    handle = path.open("a", encoding="utf-8")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise FailedPrecondition(
+            f"the SQLite database {file} is already used by another running node "
+            f"(its lock {path} is held): a node on SQLite is one process. Stop the other "
+            "one, or use PostgreSQL (a postgresql:// database URL) to serve one node "
+            "from several processes"
+        ) from None
+    handle.truncate(0)
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return SqliteWriterLock(path, handle)
+
+
 def make_engine(url: str, *, sqlite_synchronous: str = "FULL", **kwargs: Any) -> Engine:
     """An engine for ``url`` with the settings Coalition relies on.
 
     SQLite: WAL (readers never block the writer), ``synchronous`` FULL by default so an
     acknowledged entry survives power loss, a busy timeout for the CLI's readers, and a
-    64 MiB page cache so index pages stay in memory during bulk ingest.
+    64 MiB page cache so index pages stay in memory during bulk ingest. PostgreSQL: READ
+    COMMITTED (the writers' ordering relies on it, see ``store.ledger.take_head``).
     """
     url = normalise_url(url)
     if url.startswith("sqlite"):
@@ -64,4 +115,8 @@ def make_engine(url: str, *, sqlite_synchronous: str = "FULL", **kwargs: Any) ->
             cursor.close()
 
         return engine
+    # READ COMMITTED, stated rather than assumed: a writer that waited for the log head's
+    # row lock (``ledger.take_head``) MUST see, in its next statements, what the previous
+    # holder committed (its idempotency keys, balances, members).
+    kwargs.setdefault("isolation_level", "READ COMMITTED")
     return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True, **kwargs)

@@ -6,8 +6,14 @@ derived state or a feature's record beside it. Storage contract:
 - Every function runs on the caller's ``Connection``, in the caller's transaction: the
   writer commits an entry, the state it changes and its idempotency record together or
   not at all.
-- ``entries.log_index`` is the entry's position in the log (the writer takes
-  ``next_log_index``); ``entry_id`` and ``idem_key`` are unique. An entry row is never
+- ``entries.log_index`` is the entry's position in the log. The log's head (the one
+  ``log_head`` row: the next index) is what the writer takes, with ``take_head``, at the
+  start of every write transaction: on PostgreSQL ``SELECT ... FOR UPDATE``, so the row
+  lock serialises the writers of every process until their commit; on SQLite the write
+  transaction itself does (one process). The writer MUST move the head with
+  ``advance_head`` in the same transaction as the entries it wrote, so committed entries
+  are always the dense prefix ``0 .. next_index - 1``. ``entry_id`` and ``idem_key`` are
+  unique. An entry row is never
   updated or deleted, so a stored body is the exact bytes the leaf hash covers.
 - ``blocks.height`` and ``blocks.log_size`` are unique. ``insert_block`` writes a block
   and the tree nodes it completes in one transaction; neither changes afterwards, which
@@ -24,6 +30,7 @@ from sqlalchemy import (
     Column,
     Connection,
     Index,
+    Integer,
     LargeBinary,
     Text,
     bindparam,
@@ -31,9 +38,11 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    update,
 )
 from sqlmodel import Field, SQLModel
 
+from coalition.errors import CorruptStore
 from coalition.ledger.blocks import BlockHeader, SignedHeader
 from coalition.ledger.canonical import JsonObject
 from coalition.ledger.merkle import NodeCoord
@@ -85,7 +94,17 @@ class TreeNodeRow(SQLModel, table=True):
     hash: bytes = Field(sa_column=Column(LargeBinary(32), nullable=False))
 
 
+class LogHeadRow(SQLModel, table=True):
+    """The log's head: one row (``id`` 1) holding the index the next entry gets."""
+
+    __tablename__ = "log_head"
+
+    id: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    next_index: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
 entries = EntryRow.__table__  # type: ignore[attr-defined]
+log_head = LogHeadRow.__table__  # type: ignore[attr-defined]
 blocks = BlockRow.__table__  # type: ignore[attr-defined]
 tree_nodes = TreeNodeRow.__table__  # type: ignore[attr-defined]
 
@@ -128,8 +147,46 @@ def insert_entries(conn: Connection, rows: Sequence[Mapping[str, object]]) -> No
 
 
 def next_log_index(conn: Connection) -> int:
+    """The index after the newest stored entry (what ``log_head`` starts from)."""
     value = conn.execute(select(func.max(entries.c.log_index))).scalar()
     return 0 if value is None else int(value) + 1
+
+
+_HEAD_ID = 1
+_TAKE_HEAD = select(log_head.c.next_index).where(log_head.c.id == _HEAD_ID).with_for_update()
+_READ_HEAD = select(log_head.c.next_index).where(log_head.c.id == _HEAD_ID)
+_MOVE_HEAD = update(log_head).where(log_head.c.id == _HEAD_ID)
+
+
+def take_head(conn: Connection) -> int:
+    """Lock the log's head for this transaction and return the next index. PostgreSQL: a
+    row lock (``FOR UPDATE``) held until the transaction ends, which every other writer
+    of any process waits for; the caller MUST run at READ COMMITTED so its later
+    statements see what the previous holder committed. SQLite: the caller's write
+    transaction is the lock (one process). CorruptStore when the row is missing."""
+    value = conn.execute(_TAKE_HEAD).scalar()
+    if value is None:
+        raise CorruptStore("the log_head row is missing: the schema was not migrated")
+    return int(value)
+
+
+def read_head(conn: Connection) -> int:
+    """The committed next index, without locking (a read session's view)."""
+    value = conn.execute(_READ_HEAD).scalar()
+    return 0 if value is None else int(value)
+
+
+def advance_head(conn: Connection, next_index: int) -> None:
+    """Move the head to ``next_index`` in the transaction that took it (``take_head``)."""
+    conn.execute(_MOVE_HEAD.values(next_index=next_index))
+
+
+def set_head_to_log(conn: Connection) -> int:
+    """Set the head after the newest stored entry (tools that bulk-load entry rows
+    directly, then hand them to the sealer); the new next index."""
+    head = next_log_index(conn)
+    advance_head(conn, head)
+    return head
 
 
 def entry_by_id(conn: Connection, entry_id: str) -> tuple[int, JsonObject] | None:
@@ -162,13 +219,17 @@ def entry_bodies(conn: Connection, start: int, end: int) -> list[tuple[int, str,
     return [(row.log_index, row.body, bytes(row.leaf_hash)) for row in conn.execute(query)]
 
 
-def leaf_hashes_from(conn: Connection, start: int) -> list[bytes]:
-    """Stored leaf hashes from ``start`` to the end of the log, in order."""
+def leaf_hashes_from(conn: Connection, start: int, limit: int | None = None) -> list[bytes]:
+    """Stored leaf hashes from ``start`` to the end of the log (at most ``limit``), in
+    order. The committed entries are a dense prefix of the log (``take_head``), so these
+    are the entries ``start, start + 1, ...`` with no gap."""
     query = (
         select(entries.c.leaf_hash)
         .where(entries.c.log_index >= start)
         .order_by(entries.c.log_index)
     )
+    if limit is not None:
+        query = query.limit(limit)
     return [bytes(row.leaf_hash) for row in conn.execute(query)]
 
 
@@ -281,11 +342,18 @@ def block_rows(conn: Connection, start: int, limit: int) -> list[tuple[int, str,
 
 
 def last_block(conn: Connection) -> tuple[int, str, str] | None:
+    """The newest stored block (height, header, signature), if any."""
     query = select(blocks.c.height, blocks.c.header, blocks.c.signature).order_by(
         blocks.c.height.desc()
     )
     row = conn.execute(query.limit(1)).first()
     return None if row is None else (row.height, row.header, row.signature)
+
+
+def last_height(conn: Connection) -> int | None:
+    """The newest stored block's height (a cheap poll of what others sealed)."""
+    value = conn.execute(select(func.max(blocks.c.height))).scalar()
+    return None if value is None else int(value)
 
 
 def block_with_log_size(conn: Connection, log_size: int) -> tuple[int, str, str] | None:

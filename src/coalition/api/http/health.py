@@ -1,7 +1,11 @@
 """``GET /healthz``: liveness and log size, without authentication (for load balancers
-and the process harness's readiness check)."""
+and the process harness's readiness check). With several processes per node it also
+says which process answered (``pid``) and whether it holds the node's lease and so seals
+(``sealer``); ``log_size`` is the sealed size of the whole log, whichever process sealed."""
 
 from __future__ import annotations
+
+import os
 
 from fastapi import APIRouter
 from pydantic import BaseModel
@@ -13,6 +17,8 @@ class HealthOut(BaseModel):
     status: str
     program: str
     log_size: int
+    pid: int
+    sealer: bool
 
 
 def health_router(service: NodeService) -> APIRouter:
@@ -22,6 +28,12 @@ def health_router(service: NodeService) -> APIRouter:
     def healthz() -> HealthOut:
         header = service.ledger.latest_header()
         log_size = 0 if header is None else header.header.log_size
-        return HealthOut(status="ok", program=service.program, log_size=log_size)
+        return HealthOut(
+            status="ok",
+            program=service.program,
+            log_size=log_size,
+            pid=os.getpid(),
+            sealer=service.leadership.held(),
+        )
 
     return router
