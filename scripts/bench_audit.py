@@ -47,7 +47,7 @@ from coalition.points.operations import EntryContext
 from coalition.points.replay import Replay
 from coalition.points.rules import ProgramRules
 from coalition.runtime.wiring import open_service
-from coalition.store.ledger import entries
+from coalition.store.ledger import entries, set_head_to_log
 from coalition.verify.chain_audit import audit_chain
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -143,7 +143,8 @@ def build(folder: Path, size: int) -> None:
             if len(rows) == CHUNK or index == size - 1:
                 with service.sequencer.engine.begin() as conn:
                     conn.execute(insert(entries), rows)
-                service.sealer.added(leaves)
+                    set_head_to_log(conn)
+                service.sealer.added(len(leaves))
                 service.ledger.flush()
                 rows, leaves = [], []
                 print(

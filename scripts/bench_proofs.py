@@ -8,11 +8,12 @@
 **Building** (untimed): earn-shaped entry bodies (a real ``operations.earn_purchase`` body
 used as a template, with a fresh id, account and reference per entry) are inserted as
 ``entries`` rows with their canonical bytes and leaf hashes, in chunks; after each chunk
-the real ``Sealer`` of a ``NodeService`` is told about them (``sealer.added``) and
-``flush()`` seals them into signed blocks of 1,000 entries, writing the tree nodes through
-``CompactRange`` exactly as the running node does. The database (SQLite) and the signing
-key are cached in ``--dir`` (default: ``$TMPDIR/coalition-bench-proofs``); ``--reuse``
-takes them as they are when they hold a log of the requested size.
+the real ``Sealer`` of a ``NodeService`` is told about them (``sealer.added``, after the
+log's head is moved past them) and ``flush()`` seals them into signed blocks of 1,000
+entries, writing the tree nodes through ``CompactRange`` exactly as the running node
+does. The database (SQLite) and the signing key are cached in ``--dir`` (default:
+``$TMPDIR/coalition-bench-proofs``); ``--reuse`` takes them as they are when they hold a
+log of the requested size.
 
 **Measuring**: a fresh ``NodeService`` opened on the cached database (default engine
 settings) serves every proof from the stored tree data, as in production:
@@ -65,7 +66,7 @@ from coalition.points.accounts import account_id
 from coalition.points.rules import ProgramRules
 from coalition.runtime.wiring import open_service
 from coalition.store import ledger as ledger_store
-from coalition.store.ledger import TREE_STRIDE, entries
+from coalition.store.ledger import TREE_STRIDE, entries, set_head_to_log
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ingest import machine
@@ -136,7 +137,8 @@ def build(folder: Path, size: int) -> None:
                 )
             with service.sequencer.engine.begin() as conn:
                 conn.execute(insert(entries), rows)
-            service.sealer.added([r["leaf_hash"] for r in rows])
+                set_head_to_log(conn)
+            service.sealer.added(len(rows))
             service.ledger.flush()
             done = start + len(rows)
             print(

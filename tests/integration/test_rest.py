@@ -6,6 +6,7 @@ move: an error status alone does not prove that nothing was written.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -516,7 +517,13 @@ def test_healthz_and_openapi(
 ) -> None:
     health = client.get("/healthz")
     assert health.status_code == 200
-    assert health.json() == {"status": "ok", "program": node.program, "log_size": 0}
+    assert health.json() == {
+        "status": "ok",
+        "program": node.program,
+        "log_size": 0,
+        "pid": os.getpid(),
+        "sealer": True,
+    }
     nothing_sealed = client.get("/v1/ledger/headers/latest", headers=keys["auditor"])
     assert nothing_sealed.status_code == 404
     assert nothing_sealed.json()["error"] == "not_found"

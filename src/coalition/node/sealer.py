@@ -91,6 +91,8 @@ class Sealer:
         self._range = CompactRange.from_nodes(0, {}, TREE_STRIDE)
         self._pending: list[bytes] = []
         self._oldest: float | None = None
+        self.sealed_at_stop = False
+        """Whether ``stop`` found this process holding the lease and sealed everything."""
         with engine.connect() as conn:
             self._reload(conn)
             self._read_pending(conn)
@@ -285,6 +287,7 @@ class Sealer:
         if self.leadership.held():
             while self.seal() is not None:
                 pass
+            self.sealed_at_stop = not self._pending
 
     def _due(self) -> bool:
         if not self._pending or self._oldest is None:

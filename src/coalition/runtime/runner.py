@@ -1,5 +1,11 @@
 """Run one brand's node until SIGTERM or SIGINT: sealer, gRPC, REST and scheduled expiry.
 
+Any number of processes may run one node on one PostgreSQL database (a SQLite file takes
+one: a second is refused at start, ``store.db.lock_sqlite_file``). Every process serves
+every call; the one holding the node's lease (``node.leadership``) seals and runs the
+background jobs (the expiry tick here, the outbox and the witness in the features), the
+others take over within seconds when it dies.
+
 A node whose configuration has a ``[coalition]`` table also runs its ``CoalitionNode``:
 the mutual-TLS partner server and the features (outbox, witness, ...), their routes and
 servicers on the member API, and the release of expired holds in the scheduled job.
@@ -38,8 +44,13 @@ def _expire_every(
     stop: threading.Event,
 ) -> None:
     """The scheduled jobs: expire due points and release expired partner holds. Each job's
-    failure is logged and retried at the next tick without holding back the other."""
+    failure is logged and retried at the next tick without holding back the other. Only
+    the process holding the node's lease runs them (``node.leadership``); their
+    decisions read what they expire or release inside the writer's transaction, after the
+    log head is taken, so even two runs at once could not expire a lot twice."""
     while not stop.wait(interval):
+        if not service.leadership.held():
+            continue
         try:
             result = service.points.run_expiry()
             if result.entries:
@@ -128,5 +139,11 @@ def run_node(config: NodeConfig, stop: threading.Event | None = None) -> None:
     size = 0 if latest is None else latest.header.log_size
     if config.read_only:
         log.info("read-only node %s stopped (log size %d)", config.program, size)
-    else:
+    elif service.sealer.sealed_at_stop:
         log.info("node %s stopped; every entry is sealed (log size %d)", config.program, size)
+    else:  # another process holds the lease: it seals the rest
+        log.info(
+            "node %s stopped (log size %d); the sealing process seals the rest",
+            config.program,
+            size,
+        )

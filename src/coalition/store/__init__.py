@@ -1,6 +1,7 @@
 """Storage: one module per aggregate, each with its SQLModel tables and their queries.
 
-``ledger`` (entries, blocks, tree nodes), ``members`` (accounts, lots), ``agreements``,
+``ledger`` (entries, blocks, tree nodes, the log's head), ``leases`` (which process of a
+node seals), ``members`` (accounts, lots), ``agreements``,
 ``conversions`` (with the outbox), ``redemptions`` (holds), ``statements``, ``witness``
 and ``partners`` (the replay guard); ``columns`` is how values are encoded, ``db`` makes
 engines and ``schema`` migrates. Every query takes the caller's ``Connection``, so the

@@ -8,6 +8,13 @@ unreachable, or refusing) postpones the rows with exponential backoff. A row old
 or records the abort and signs a rejection. Nothing here ever refunds: only a signed
 rejection does (``Conversions.record_answers``). ``wake()`` makes a new conversion go
 out at once.
+
+With several processes per node only the holder of the node's lease delivers (the job
+discipline of ``node.leadership``): the loop checks ``held()`` before every pass, and a
+process without the lease only waits. Delivery is safe to repeat (a partner credits once
+per conversion id and answers "already credited"), so the short overlap when a paused
+holder wakes after losing its lease sends a row twice at worst, never credits it twice.
+Rows written by another process are found by the holder's poll (``IDLE_WAIT_S``).
 """
 
 from __future__ import annotations
@@ -31,8 +38,11 @@ Deliver = Callable[[str, Sequence[OutboxItem], bool], set[str]]
 
 BACKOFF_FIRST_S = 0.2
 BACKOFF_MAX_S = 10.0
-IDLE_WAIT_S = 5.0
-"""Longest sleep with nothing due: rows another replica wrote are noticed this late."""
+IDLE_WAIT_S = 0.25
+"""Longest sleep with nothing due: rows another process wrote are noticed this late (one
+indexed ``next_due`` query per partner and wait)."""
+FOLLOWER_WAIT_S = 0.5
+"""How often a process without the node's lease looks whether it has it now."""
 
 
 def backoff_s(attempts: int) -> float:
@@ -99,6 +109,9 @@ class Outbox:
     def _run(self, partner: str) -> None:
         wake = self._wake[partner]
         while not self._stop.is_set():
+            if not self._sequencer.leadership.held():
+                self._stop.wait(FOLLOWER_WAIT_S)
+                continue
             try:
                 wait = self._pass(partner)
             except Exception:
@@ -109,7 +122,8 @@ class Outbox:
             wake.wait(IDLE_WAIT_S if wait is None else min(wait, IDLE_WAIT_S))
 
     def run_once(self) -> None:
-        """One pass for every partner in turn, in the caller's thread (tests, tools)."""
+        """One pass for every partner in turn, in the caller's thread (tests, tools),
+        whether or not this process holds the lease."""
         for partner in self.partners:
             self._pass(partner)
 

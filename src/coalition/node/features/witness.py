@@ -15,6 +15,14 @@ Two validly signed headers of one program at one height are an equivocation; a s
 header that does not extend the last accepted one is a fork. Both are stored with the
 two signed headers as evidence, logged at ERROR, and the follower stops trusting that
 partner: nothing newer is accepted or cosigned until an operator investigates.
+
+With several processes per node, only the holder of the node's lease follows partners
+(``node.leadership``): each follower checks ``held()`` before connecting and before
+every header. Partner messages (``cosign``, ``header-gossip``) arrive at any process:
+every decision on the witness tables runs through the sequencer, whose log-head lock
+serialises the write transactions of all processes, so the in-process lock here only
+spares a process contention and correctness never rests on it. Whether a partner is
+halted (evidence stored) is read from the database, so every process agrees.
 """
 
 from __future__ import annotations
@@ -62,6 +70,8 @@ GOSSIP_TIMEOUT_S = 3.0
 GAP_BATCH = 1000
 BACKOFF_S = (0.2, 10.0)
 """The follower's first and longest delay between attempts to follow a partner."""
+FOLLOWER_WAIT_S = 0.5
+"""How often a process without the node's lease looks whether it has it now."""
 MAX_FUTURE_S = 300
 """A cosignature timestamped further ahead of our clock is refused (as partner messages)."""
 
@@ -250,10 +260,24 @@ class Witness:
 
     # --- the follower -----------------------------------------------------------------------
 
+    def _leading(self) -> bool:
+        return self._service.leadership.held()
+
+    def halted(self, program: str) -> bool:
+        """Whether evidence against ``program`` is stored (by any process of this node)."""
+        if program not in self._halted:
+            with self._sequencer.read() as conn:
+                if program in witness_store.programs_with_evidence(conn):
+                    self._halted.add(program)
+        return program in self._halted
+
     def _follow_forever(self, program: str) -> None:
         delay = self._backoff[0]
         while not self._stop.is_set():
-            if program in self._halted:
+            if not self._leading():
+                self._stop.wait(FOLLOWER_WAIT_S)
+                continue
+            if self.halted(program):
                 log.error("witness: not following %s any more: it equivocated or forked", program)
                 return
             try:
@@ -272,7 +296,7 @@ class Witness:
                 self._deliver_pending(program)
                 last = self.last_verified(program)
                 for signed in source.watch(-1 if last is None else last.header.height):
-                    if self._stop.is_set():
+                    if self._stop.is_set() or not self._leading():
                         break
                     self.accept(program, signed, source)
                     self._errors.pop(program, None)
@@ -311,7 +335,7 @@ class Witness:
         if signed.header.program != program:
             raise VerificationError(f"{program}'s stream sent a header of {signed.header.program}")
         signed.verify(key)
-        if program in self._halted:
+        if self.halted(program):
             raise Fault(f"{program} equivocated or forked; its headers are no longer trusted")
         height = signed.header.height
         with self._sequencer.read() as conn:
@@ -658,7 +682,7 @@ class Witness:
                 FollowerStatus(
                     program=partner.program,
                     verified_height=None if last is None else last.header.height,
-                    halted=partner.program in self._halted,
+                    halted=self.halted(partner.program),
                     last_error=self._errors.get(partner.program),
                 )
             )
