@@ -119,4 +119,27 @@ def make_engine(url: str, *, sqlite_synchronous: str = "FULL", **kwargs: Any) ->
     # row lock (``ledger.take_head``) MUST see, in its next statements, what the previous
     # holder committed (its idempotency keys, balances, members).
     kwargs.setdefault("isolation_level", "READ COMMITTED")
-    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True, **kwargs)
+    engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True, **kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _session(dbapi_connection: Any, _record: Any) -> None:
+        autocommit = dbapi_connection.autocommit
+        dbapi_connection.autocommit = True  # a SET in a transaction could be rolled back
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_MS}")
+        cursor.close()
+        dbapi_connection.autocommit = autocommit
+
+    return engine
+
+
+IDLE_IN_TRANSACTION_MS = 2000
+"""PostgreSQL ends a session idle inside a transaction this long (rolling it back).
+
+Every process of a node takes the log head's row lock in each write transaction, so one
+process stalled inside its transaction (SIGSTOP, a VM pause, a debugger) would hold every
+other process's writes until it wakes. A node's transactions never wait on their client
+for anywhere near this long (a group commit is milliseconds of work between statements),
+so a session that does is stalled: the server rolls it back and frees its locks, and the
+stalled process finds its transaction failed when it wakes (nothing of it acknowledged).
+Regression: ``test_processes_faults.py``, the SIGSTOPped sealer."""
