@@ -157,14 +157,14 @@ class CoalitionProcesses:
 
 
 def _brand_document(
-    template: Path, brand: BrandProcess, settings: dict[str, Any]
+    template: Path, brand: BrandProcess, settings: dict[str, Any], max_delay_ms: int
 ) -> dict[str, Any]:
     """The brand's template with this test's database, addresses and ``[coalition]``."""
     document = tomllib.loads(template.read_text(encoding="utf-8"))
     document["node"].update(
         database=brand.database_url, grpc=brand.grpc, http=brand.http, expiry_interval_s=3600
     )
-    document["sealer"]["max_delay_ms"] = 50
+    document["sealer"]["max_delay_ms"] = max_delay_ms
     document["coalition"] = {"manifest": "../coalition.toml", **settings}
     return document
 
@@ -176,13 +176,15 @@ def make_coalition(
     members: tuple[str, ...] = (),
     database_urls: Mapping[str, str] | None = None,
     processes: Mapping[str, int] | None = None,
+    max_delay_ms: int = 50,
     **settings: Any,
 ) -> CoalitionProcesses:
     """Write a coalition of ``programs`` under ``folder`` with keys and TLS; start nothing.
 
     ``settings`` go to every node's ``[coalition]`` table (e.g. ``abort_after_s=5``);
     ``database_urls`` gives programs a PostgreSQL database, ``processes`` the number of
-    processes of a program's node (more than one needs PostgreSQL; the module's rules).
+    processes of a program's node (more than one needs PostgreSQL; the module's rules);
+    ``max_delay_ms`` is every sealer's.
     """
     brands: dict[str, BrandProcess] = {}
     counts = {p: (processes or {}).get(p, 1) for p in programs}
@@ -222,7 +224,9 @@ def make_coalition(
                     )
                 )
             brand.database.parent.mkdir(parents=True)
-            document = _brand_document(source / program / "node.toml", brand, settings)
+            document = _brand_document(
+                source / program / "node.toml", brand, settings, max_delay_ms
+            )
             write_toml(brand.config, document)
             brands[program] = brand
             partners.append(
