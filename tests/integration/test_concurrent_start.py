@@ -1,6 +1,7 @@
 """Four real ``coalition run`` processes started at once on one fresh PostgreSQL database
 all come up: the schema upgrade runs under an advisory lock, so none crashes on the
-``create_all`` race (``UniqueViolation`` on ``pg_type``) that existed before migrations.
+``create_all`` race (``UniqueViolation`` on ``pg_type``) that existed before migrations;
+and they serve one node, exactly one of them holding the sealer's lease (``/healthz``).
 
 The database is created with a unique name in the local server and dropped afterwards;
 each process binds free ports, must answer ``/healthz``, and stops on SIGTERM.
@@ -46,6 +47,12 @@ def fresh_database(postgres_available: None) -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def _health(port: int) -> dict[str, object]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as answer:
+        report: dict[str, object] = json.loads(answer.read())
+    return report
 
 
 def _healthy(port: int) -> bool:
@@ -101,6 +108,10 @@ def test_four_first_starts_on_one_fresh_database_all_come_up(
                     waiting.discard(n)
             time.sleep(0.2)
         assert not waiting, f"nodes {sorted(waiting)} not healthy after {READY_SECONDS} s"
+        # One node, four processes: each answers as itself, exactly one seals.
+        reports = [_health(ports[2 * n + 1]) for n in range(PROCESSES)]
+        assert len({r["pid"] for r in reports}) == PROCESSES
+        assert sum(bool(r["sealer"]) for r in reports) == 1, reports
     finally:
         for proc in procs:
             if proc.poll() is None:

@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import DBAPIError
 
 from coalition.audit import DatabaseSource, audit_chain, check_database
 from coalition.ledger.blocks import SignedHeader
@@ -28,6 +29,7 @@ from coalition.points.replay import Replay
 from coalition.store import columns as columns_store
 from coalition.store import leases as leases_store
 from coalition.store import ledger as ledger_store
+from coalition.store.db import IDLE_IN_TRANSACTION_MS
 from coalition.store.ledger import blocks, entries
 
 from support.databases import postgres_schema
@@ -314,3 +316,23 @@ def test_migrating_an_existing_log_starts_the_head_after_it(pg_url: str, key: Si
             service.points.enroll(f"m{n}", idempotency_key=f"enrol-{n}")
         with service.sequencer.engine.begin() as conn:
             assert ledger_store.take_head(conn) == 3
+
+
+def test_a_process_stalled_inside_its_transaction_does_not_stop_the_others(
+    pg_url: str, key: SigningKey
+) -> None:
+    """A writer that stops (SIGSTOP) while it holds the log head's row lock: PostgreSQL
+    ends its session after ``IDLE_IN_TRANSACTION_MS``, its work is rolled back, and the
+    other processes' writes go on."""
+    with ExitStack() as stack:
+        stalled, other = _services(stack, pg_url, key, 2, SealerConfig())
+        conn = stack.enter_context(stalled.sequencer.engine.connect())
+        conn.begin()
+        held = ledger_store.take_head(conn)  # ... and never another statement
+        began = time.monotonic()
+        written = other.points.enroll("eve", idempotency_key="enrol-eve")
+        waited = time.monotonic() - began
+        assert IDLE_IN_TRANSACTION_MS / 1000 - 1 <= waited <= IDLE_IN_TRANSACTION_MS / 1000 + 5
+        with pytest.raises(DBAPIError):
+            conn.execute(text("SELECT 1"))
+        assert _log(other) == [(held, str(written.entry["id"]))]

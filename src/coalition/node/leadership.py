@@ -66,6 +66,8 @@ class Leadership:
     ) -> None:
         if not 0 < renew_s < lease_s - SAFETY_S:
             raise ValueError("renew_s must be below lease_s - SAFETY_S")
+        self._named = holder
+        self._pid = os.getpid()
         self.holder = holder or holder_name()
         self._engine = engine
         self._lease_us = int(lease_s * 1_000_000)
@@ -95,6 +97,10 @@ class Leadership:
     def try_acquire(self) -> bool:
         """One round: take or renew the lease now; whether this process holds it. A
         database failure counts as not renewed (``held()`` lapses on its own)."""
+        if os.getpid() != self._pid:  # a forked child is another holder, never its parent
+            with self._lock:
+                self._pid, self._token, self._valid_until = os.getpid(), None, 0.0
+                self.holder = self._named or holder_name()
         was = self.held()
         started = time.monotonic()
         try:

@@ -96,7 +96,8 @@ class Sealer:
         with engine.connect() as conn:
             self._reload(conn)
             self._read_pending(conn)
-        leadership.on_change(lambda _held: self._nudge())
+        self._took_lease = True
+        leadership.on_change(self._lease_changed)
 
     @property
     def log_size(self) -> int:
@@ -149,12 +150,18 @@ class Sealer:
                 self._pending.extend(fresh)
 
     def refresh(self) -> None:
-        """Look at the database now: follow stored blocks, and (holding the lease) read
-        the pending entries."""
+        """Look at the database now, one query: without the lease, follow the stored
+        blocks; holding it, read the pending entries (only the holder seals, so its view
+        of the blocks is current; it follows once when it takes the lease, and ``seal``
+        checks again inside its fenced transaction)."""
         with self._seal_lock, self._engine.connect() as conn:
-            self._follow(conn)
-            if self.leadership.held():
-                self._read_pending(conn)
+            if not self.leadership.held():
+                self._follow(conn)
+                return
+            if self._took_lease:
+                self._took_lease = False
+                self._follow(conn)
+            self._read_pending(conn)
 
     # --- sealing ----------------------------------------------------------------------
 
@@ -166,8 +173,9 @@ class Sealer:
             if len(self._pending) + self._unseen >= self._config.max_entries:
                 self._cond.notify_all()
 
-    def _nudge(self) -> None:
+    def _lease_changed(self, held: bool) -> None:
         with self._cond:
+            self._took_lease = self._took_lease or held
             self._cond.notify_all()
 
     def seal(self) -> SignedHeader | None:

@@ -98,7 +98,8 @@ def make_engine(url: str, *, sqlite_synchronous: str = "FULL", **kwargs: Any) ->
     SQLite: WAL (readers never block the writer), ``synchronous`` FULL by default so an
     acknowledged entry survives power loss, a busy timeout for the CLI's readers, and a
     64 MiB page cache so index pages stay in memory during bulk ingest. PostgreSQL: READ
-    COMMITTED (the writers' ordering relies on it, see ``store.ledger.take_head``).
+    COMMITTED (the writers' ordering relies on it, see ``store.ledger.take_head``) and
+    ``IDLE_IN_TRANSACTION_MS``, so a stalled process cannot hold the node's locks.
     """
     url = normalise_url(url)
     if url.startswith("sqlite"):
@@ -123,23 +124,17 @@ def make_engine(url: str, *, sqlite_synchronous: str = "FULL", **kwargs: Any) ->
 
     @event.listens_for(engine, "connect")
     def _session(dbapi_connection: Any, _record: Any) -> None:
-        autocommit = dbapi_connection.autocommit
-        dbapi_connection.autocommit = True  # a SET in a transaction could be rolled back
         cursor = dbapi_connection.cursor()
         cursor.execute(f"SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_MS}")
         cursor.close()
-        dbapi_connection.autocommit = autocommit
+        dbapi_connection.commit()
 
     return engine
 
 
-IDLE_IN_TRANSACTION_MS = 2000
-"""PostgreSQL ends a session idle inside a transaction this long (rolling it back).
-
-Every process of a node takes the log head's row lock in each write transaction, so one
-process stalled inside its transaction (SIGSTOP, a VM pause, a debugger) would hold every
-other process's writes until it wakes. A node's transactions never wait on their client
-for anywhere near this long (a group commit is milliseconds of work between statements),
-so a session that does is stalled: the server rolls it back and frees its locks, and the
-stalled process finds its transaction failed when it wakes (nothing of it acknowledged).
-Regression: ``test_processes_faults.py``, the SIGSTOPped sealer."""
+IDLE_IN_TRANSACTION_MS = 4000
+"""PostgreSQL ends a session that sits this long inside a transaction without a statement.
+Our transactions make no network call and no pause, so only a stalled process (SIGSTOP,
+a debugger) gets there; without this its transaction would hold the log head's row lock
+or the lease row for ever and stop every other process of the node. Ended, its work is
+rolled back (never acknowledged) and the others go on."""
