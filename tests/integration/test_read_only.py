@@ -152,6 +152,9 @@ def test_a_read_only_process_on_a_hot_standby_reads_and_refuses_writes(
             time.sleep(0.1)
         with NodeClient(replica.grpc, key) as client:
             assert client.balance("bob").spendable == 0
+            # sealed by the primary after this process started: known as sealed here
+            assert client.history("bob")[0].log_index == 2
+            assert client.entry(str(client.history("bob")[0].entry["id"])).log_index == 2
     finally:
         failures = []
         for process in (replica, primary):

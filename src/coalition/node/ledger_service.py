@@ -98,11 +98,10 @@ class LedgerService:
         check_entry_id(entry_id)
         with self._sequencer.read() as conn:
             found = ledger_store.entry_by_id(conn, entry_id)
-            latest = None if found is None else self._latest(conn)
+            sealed = ledger_store.sealed_size(conn)
         if found is None:
             raise NotFound(f"no entry {entry_id}")
         index, body = found
-        sealed = 0 if latest is None else latest.header.log_size
         return EntryView(body, index if index < sealed else None)
 
     def _nodes(self, conn: Connection, coords: list[NodeCoord]) -> dict[NodeCoord, bytes]:
