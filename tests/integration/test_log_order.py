@@ -10,16 +10,24 @@ processes.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 import time
+import tomllib
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError
 
+from coalition.api.grpc.client import NodeClient
 from coalition.audit import DatabaseSource, audit_chain, check_database
+from coalition.demo.processes import NodeProcess, free_ports
 from coalition.ledger.blocks import SignedHeader
 from coalition.ledger.keys import SigningKey
 from coalition.node.config import SealerConfig
@@ -310,14 +318,6 @@ def test_followers_see_the_whole_log_and_wait_for_headers(pg_url: str, key: Sign
         assert leader.ledger.latest_header() == header
 
 
-def test_migrating_an_existing_log_starts_the_head_after_it(pg_url: str, key: SigningKey) -> None:
-    with temporary_node(pg_url, key=key) as service:
-        for n in range(3):
-            service.points.enroll(f"m{n}", idempotency_key=f"enrol-{n}")
-        with service.sequencer.engine.begin() as conn:
-            assert ledger_store.take_head(conn) == 3
-
-
 def test_a_process_stalled_inside_its_transaction_does_not_stop_the_others(
     pg_url: str, key: SigningKey
 ) -> None:
@@ -336,3 +336,59 @@ def test_a_process_stalled_inside_its_transaction_does_not_stop_the_others(
         with pytest.raises(DBAPIError):
             conn.execute(text("SELECT 1"))
         assert _log(other) == [(held, str(written.entry["id"]))]
+
+
+def _healthz(http: str) -> dict[str, object]:
+    with urllib.request.urlopen(f"http://{http}/healthz", timeout=5) as answer:
+        report: dict[str, object] = json.loads(answer.read())
+    return report
+
+
+@pytest.mark.slow
+def test_two_coalition_run_processes_on_one_database_serve_one_node(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """The issue's reproduction, with real processes: writes spread over two ``coalition
+    run`` processes of one node all succeed (none answers a duplicate key or an unknown
+    member), and both report the whole log, one of them sealing."""
+    config = tmp_path / "node.toml"
+    config.write_text(f'[program]\nid = "skyair"\n\n[node]\ndatabase = "{pg_url}"\n')
+    made = subprocess.run(
+        [sys.executable, "-m", "coalition.cli", "keygen", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert made.returncode == 0, made.stderr
+    secrets = tomllib.loads((tmp_path / "keys" / "api-keys.secret.toml").read_text())
+    operator = next(k["secret"] for k in secrets["api_keys"] if k["role"] == "operator")
+    ports = iter(free_ports(4))
+    nodes = []
+    for n in range(2):
+        grpc, http = f"127.0.0.1:{next(ports)}", f"127.0.0.1:{next(ports)}"
+        env = {"COALITION_GRPC_ADDRESS": grpc, "COALITION_HTTP_ADDRESS": http}
+        nodes.append(
+            NodeProcess(config, grpc=grpc, http=http, log_path=tmp_path / f"{n}.log", env=env)
+        )
+    with ExitStack() as stack:
+        for node in nodes:
+            node.start()
+            stack.callback(node.stop)
+        for node in nodes:
+            node.wait_ready(60)
+        clients = [stack.enter_context(NodeClient(node.grpc, operator)) for node in nodes]
+        for n in range(20):
+            member = f"m{n}"
+            one, other = clients[n % 2], clients[(n + 1) % 2]
+            one.enroll(member, idempotency_key=f"e-{member}")
+            other.adjust(member, 100, "op", "open", idempotency_key=f"a-{member}")
+            one.redeem(member, 40, f"r-{member}", idempotency_key=f"r-{member}")
+        for client in clients:
+            assert client.balance("m7").spendable == 60
+        _until(lambda: all(_healthz(n.http)["log_size"] == 60 for n in nodes), FAILOVER_S)
+        reports = [_healthz(node.http) for node in nodes]
+        assert sorted(bool(r["sealer"]) for r in reports) == [False, True], reports
+        assert len({r["pid"] for r in reports}) == 2
+    report = check_database(pg_url)
+    assert report.ok and report.entries == 60, report.render()

@@ -21,7 +21,9 @@ from sqlmodel import SQLModel
 
 from coalition.cli import main
 from coalition.errors import FailedPrecondition
+from coalition.store import ledger as ledger_store
 from coalition.store.db import make_engine
+from coalition.store.ledger import entries
 from coalition.store.members import accounts
 from coalition.store.schema import (
     BASELINE,
@@ -113,6 +115,30 @@ def test_a_database_at_the_baseline_upgrades(engine: Engine) -> None:
     assert schema_state(engine).revision == BASELINE
     assert upgrade_schema(engine) == head_revision()
     assert schema_state(engine).current
+
+
+def test_the_log_head_of_an_existing_log_starts_after_its_newest_entry(engine: Engine) -> None:
+    """0002_log_order on a database with entries: the head is max(log_index) + 1, so the
+    next write takes the next index (an empty log starts at 0)."""
+    with engine.connect() as conn:
+        command.upgrade(alembic_config(conn), BASELINE)
+        conn.commit()
+    with engine.begin() as conn:
+        for index in range(3):
+            conn.execute(
+                entries.insert().values(
+                    log_index=index,
+                    entry_id=f"{index:032x}",
+                    kind="enroll",
+                    account="a1",
+                    body="{}",
+                    leaf_hash=bytes(32),
+                )
+            )
+    assert upgrade_schema(engine) == head_revision()
+    with engine.begin() as conn:
+        assert ledger_store.take_head(conn) == 3
+        assert ledger_store.read_head(conn) == 3
 
 
 def test_a_database_made_by_the_old_create_all_is_stamped_and_keeps_its_rows(

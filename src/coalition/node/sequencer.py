@@ -19,7 +19,7 @@ Contract (callers depend on it):
   node's lease cuts it into a signed block in the background (``node.sealer``).
 - **Order.** Every write transaction of every process first takes the log's head: on
   PostgreSQL the ``log_head`` row, locked ``FOR UPDATE`` (READ COMMITTED) until commit;
-  on SQLite the write transaction of the one process. So write transactions run one at a
+  on SQLite, with one process, the writer lock below. So write transactions run one at a
   time across all processes, in the order they took the head, and each sees everything
   committed before it. Log indexes follow that order; the entries of one decision are
   consecutive, those of one transaction too.

@@ -9,10 +9,11 @@ derived state or a feature's record beside it. Storage contract:
 - ``entries.log_index`` is the entry's position in the log. The log's head (the one
   ``log_head`` row: the next index) is what the writer takes, with ``take_head``, at the
   start of every write transaction: on PostgreSQL ``SELECT ... FOR UPDATE``, so the row
-  lock serialises the writers of every process until their commit; on SQLite the write
-  transaction itself does (one process). The writer MUST move the head with
-  ``advance_head`` in the same transaction as the entries it wrote, so committed entries
-  are always the dense prefix ``0 .. next_index - 1``. ``entry_id`` and ``idem_key`` are
+  lock serialises the writers of every process until their commit; on SQLite the one
+  process's writer lock does (``store.db.lock_sqlite_file`` refuses a second process).
+  The writer MUST move the head with ``advance_head`` in the same transaction as the
+  entries it wrote, so committed entries are always the dense prefix
+  ``0 .. next_index - 1``. ``entry_id`` and ``idem_key`` are
   unique. An entry row is never
   updated or deleted, so a stored body is the exact bytes the leaf hash covers.
 - ``blocks.height`` and ``blocks.log_size`` are unique. ``insert_block`` writes a block
@@ -164,8 +165,10 @@ def take_head(conn: Connection) -> int:
     """Lock the log's head for this transaction and return the next index. PostgreSQL: a
     row lock (``FOR UPDATE``) held until the transaction ends, which every other writer
     of any process waits for; the caller MUST run at READ COMMITTED so its later
-    statements see what the previous holder committed. SQLite: the caller's write
-    transaction is the lock (one process). CorruptStore when the row is missing."""
+    statements see what the previous holder committed. SQLite: no row lock (the driver
+    begins the transaction at the first write); the one process's writer lock
+    serialises its writers and ``store.db.lock_sqlite_file`` keeps other processes out.
+    CorruptStore when the row is missing."""
     lock = "" if conn.dialect.name == "sqlite" else " FOR UPDATE"
     value = conn.exec_driver_sql(_TAKE_HEAD_SQL.format(lock=lock)).scalar()
     if value is None:

@@ -116,7 +116,8 @@ class Outbox:
                 wait = self._pass(partner)
             except Exception:
                 log.exception("the outbox pass for %s failed; retrying", partner)
-                wait = BACKOFF_MAX_S
+                wake.wait(BACKOFF_MAX_S)  # a database outage or a bug: no tight loop
+                continue
             if self._stop.is_set():
                 return
             wake.wait(IDLE_WAIT_S if wait is None else min(wait, IDLE_WAIT_S))
