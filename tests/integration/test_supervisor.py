@@ -27,6 +27,7 @@ from coalition.node.auth import Role
 from coalition.node.config import load_config
 from coalition.ops.keygen import find_secret, generate_keys
 from coalition.ops.tomlfiles import write_toml
+from coalition.runtime.supervisor import Supervisor
 from coalition.store.db import make_engine
 
 from support.databases import postgres_databases
@@ -160,3 +161,31 @@ def test_a_supervisor_runs_restarts_and_stops_its_workers(tmp_path: Path, databa
     assert sorted(ids) == sorted(acknowledged.values()), "each acknowledged write exactly once"
     assert tuple(indexes) == (0, len(ids) - 1), "the log is dense"
     assert size == len(ids), "every entry was sealed when the workers stopped"
+
+
+def test_a_worker_that_keeps_failing_at_start_stops_the_supervisor(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Five exits in a row, each soon after its start, are a configuration problem: the
+    supervisor stops restarting (and the other workers) and fails, each exit logged."""
+    failing = [sys.executable, "-c", "import sys; sys.exit(3)"]
+    sleeping = [sys.executable, "-c", "import time; time.sleep(60)"]
+    starts: list[int] = []
+
+    def command(supervisor_pid: int) -> list[str]:
+        """Worker 1 starts once and runs; worker 2 exits at every start."""
+        starts.append(supervisor_pid)
+        return sleeping if len(starts) == 1 else failing
+
+    supervisor = Supervisor(tmp_path / "node.toml", 2, command=command, backoff=(0.01, 0.05))
+    caplog.set_level("INFO", logger="coalition.supervisor")
+    began = time.monotonic()
+    assert supervisor.run() == 1
+    assert time.monotonic() - began < 30
+    restarts = [r.getMessage() for r in caplog.records if "restarting it in" in r.getMessage()]
+    assert len(restarts) >= 4 and all("exited with 3" in m for m in restarts)
+    assert any(
+        "not restarting; stopping the other workers" in r.getMessage() for r in caplog.records
+    )
+    assert supervisor.pids == [], "the worker that ran was stopped too"
+    assert set(starts) == {os.getpid()}, "each worker is told its supervisor's pid"
