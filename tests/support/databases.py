@@ -9,6 +9,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from coalition.store.db import normalise_url
 
@@ -45,3 +46,29 @@ def node_urls(database_url: str, folder: Path, programs: Sequence[str]) -> Itera
         for program in programs[1:]:
             urls[program] = stack.enter_context(postgres_schema())
         yield urls
+
+
+@contextmanager
+def postgres_databases(
+    programs: Sequence[str], base_url: str = POSTGRES_URL
+) -> Iterator[dict[str, str]]:
+    """A fresh PostgreSQL database per program on the test server (each a node's whole
+    database, as ``coalition run`` processes use it), dropped afterwards (FORCE: a node
+    process killed by a failing test may still hold connections)."""
+    admin = create_engine(normalise_url(base_url), isolation_level="AUTOCOMMIT")
+    suffix = uuid.uuid4().hex[:10]
+    names = {p: f"coalition_{p}_{suffix}" for p in programs}
+    base = make_url(base_url)
+    try:
+        with admin.connect() as conn:
+            for name in names.values():
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+        yield {
+            p: base.set(database=name).render_as_string(hide_password=False)
+            for p, name in names.items()
+        }
+    finally:
+        with admin.connect() as conn:
+            for name in names.values():
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

@@ -3,16 +3,28 @@ benchmarks, on the one process harness (``coalition.demo.processes``).
 
 ``make_coalition`` writes a coalition into a folder: a manifest, each brand's
 ``node.toml`` (the demo's template for that brand, with free ports on 127.0.0.1 and its
-own SQLite file), then the keys and TLS material through the CLI (``coalition keygen
---manifest``, ``coalition tls-init --manifest``). Each ``BrandProcess`` can be started,
-killed with SIGKILL and restarted on the same database and ports.
+own SQLite file, or the PostgreSQL database given), then the keys and TLS material
+through the CLI (``coalition keygen --manifest``, ``coalition tls-init --manifest``). Each
+``BrandProcess`` can be started, killed with SIGKILL and restarted on the same database
+and ports.
+
+A brand may run several processes of its node (``processes``, on PostgreSQL): all of
+them ``coalition run --reuse-port`` on the one node.toml, sharing the partner port (the
+manifest's one address, as behind a load balancer), each with member ports of its own
+(``COALITION_GRPC_ADDRESS``/``COALITION_HTTP_ADDRESS``) so a test can call, kill and
+stop each one.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import subprocess
 import sys
 import tomllib
+import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +59,10 @@ class BrandProcess:
     database: Path
     node: NodeProcess
     api_keys: dict[str, str] = field(default_factory=dict)
+    url: str | None = None
+    """The PostgreSQL database, when not the SQLite file ``database``."""
+    siblings: list[NodeProcess] = field(default_factory=list)
+    """The node's other processes (``make_coalition(processes=...)``)."""
 
     @property
     def config(self) -> Path:
@@ -54,7 +70,19 @@ class BrandProcess:
 
     @property
     def database_url(self) -> str:
-        return f"sqlite:///{self.database}"
+        return self.url or f"sqlite:///{self.database}"
+
+    @property
+    def processes(self) -> list[NodeProcess]:
+        """Every process of the node, ``node`` first."""
+        return [self.node, *self.siblings]
+
+    def start_all(self, ready_timeout: float = READY_TIMEOUT_S) -> None:
+        """Start every process of the node, then wait until each is ready."""
+        for process in self.processes:
+            process.start()
+        for process in self.processes:
+            process.wait_ready(ready_timeout)
 
     @property
     def log(self) -> Path:
@@ -78,14 +106,36 @@ class BrandProcess:
         self.node.kill()
 
     def stop(self) -> None:
-        """SIGTERM and wait (the node seals what is pending); SIGKILL if it hangs."""
-        self.node.stop()
+        """SIGTERM and wait for every process (the lease holder seals what is pending);
+        SIGKILL if one hangs. A stopped (SIGSTOP) process is continued first."""
+        failures = []
+        for process in reversed(self.processes):
+            if process.running:
+                os.kill(process.pid, signal.SIGCONT)
+            try:
+                process.stop()
+            except Exception as exc:
+                failures.append(exc)
+        if failures:
+            raise failures[0]
 
     def tail(self, lines: int = 40) -> str:
         return self.node.log_tail(lines)
 
-    def client(self, role: str = "operator", timeout: float = 10.0) -> NodeClient:
-        return NodeClient(self.grpc, self.api_keys[role], timeout=timeout)
+    def client(
+        self, role: str = "operator", timeout: float = 10.0, process: NodeProcess | None = None
+    ) -> NodeClient:
+        """A client of the node (of one of its processes: ``process``)."""
+        target = self.grpc if process is None else process.grpc
+        return NodeClient(target, self.api_keys[role], timeout=timeout)
+
+
+def healthz(process: NodeProcess, timeout: float = 2.0) -> dict[str, Any]:
+    """``GET /healthz`` of one process (its pid, whether it seals, the log size)."""
+    with urllib.request.urlopen(f"http://{process.http}/healthz", timeout=timeout) as reply:
+        body = json.loads(reply.read())
+    assert isinstance(body, dict)
+    return body
 
 
 @dataclass
@@ -107,14 +157,14 @@ class CoalitionProcesses:
 
 
 def _brand_document(
-    template: Path, brand: BrandProcess, settings: dict[str, Any]
+    template: Path, brand: BrandProcess, settings: dict[str, Any], max_delay_ms: int
 ) -> dict[str, Any]:
     """The brand's template with this test's database, addresses and ``[coalition]``."""
     document = tomllib.loads(template.read_text(encoding="utf-8"))
     document["node"].update(
         database=brand.database_url, grpc=brand.grpc, http=brand.http, expiry_interval_s=3600
     )
-    document["sealer"]["max_delay_ms"] = 50
+    document["sealer"]["max_delay_ms"] = max_delay_ms
     document["coalition"] = {"manifest": "../coalition.toml", **settings}
     return document
 
@@ -124,18 +174,26 @@ def make_coalition(
     programs: tuple[str, ...] = ("skyair", "staybright"),
     *,
     members: tuple[str, ...] = (),
+    database_urls: Mapping[str, str] | None = None,
+    processes: Mapping[str, int] | None = None,
+    max_delay_ms: int = 50,
     **settings: Any,
 ) -> CoalitionProcesses:
     """Write a coalition of ``programs`` under ``folder`` with keys and TLS; start nothing.
 
-    ``settings`` go to every node's ``[coalition]`` table (e.g. ``abort_after_s=5``).
+    ``settings`` go to every node's ``[coalition]`` table (e.g. ``abort_after_s=5``);
+    ``database_urls`` gives programs a PostgreSQL database, ``processes`` the number of
+    processes of a program's node (more than one needs PostgreSQL; the module's rules);
+    ``max_delay_ms`` is every sealer's.
     """
     brands: dict[str, BrandProcess] = {}
-    ports = iter(free_ports(3 * len(programs)))
+    counts = {p: (processes or {}).get(p, 1) for p in programs}
+    ports = iter(free_ports(sum(1 + 2 * n for n in counts.values())))
     partners = []
     with templates() as source:
         for program in programs:
             grpc, http, partner_grpc = (f"127.0.0.1:{next(ports)}" for _ in range(3))
+            shared = ("--reuse-port",) if counts[program] > 1 else ()
             brand = BrandProcess(
                 program=program,
                 folder=folder / program,
@@ -148,10 +206,27 @@ def make_coalition(
                     grpc=grpc,
                     http=http,
                     log_path=folder / program / "node.log",
+                    args=shared,
                 ),
+                url=(database_urls or {}).get(program),
             )
+            for n in range(2, counts[program] + 1):
+                grpc_n, http_n = (f"127.0.0.1:{next(ports)}" for _ in range(2))
+                env = {"COALITION_GRPC_ADDRESS": grpc_n, "COALITION_HTTP_ADDRESS": http_n}
+                brand.siblings.append(
+                    NodeProcess(
+                        brand.config,
+                        grpc=grpc_n,
+                        http=http_n,
+                        log_path=folder / program / f"node-{n}.log",
+                        env=env,
+                        args=shared,
+                    )
+                )
             brand.database.parent.mkdir(parents=True)
-            document = _brand_document(source / program / "node.toml", brand, settings)
+            document = _brand_document(
+                source / program / "node.toml", brand, settings, max_delay_ms
+            )
             write_toml(brand.config, document)
             brands[program] = brand
             partners.append(

@@ -1,5 +1,10 @@
 """``coalition run`` and ``coalition migrate``: run a brand's node from its node.toml, and
-bring (or check) its database schema at this version's revision."""
+bring (or check) its database schema at this version's revision.
+
+``coalition run`` runs one process of the node (today's behaviour, the default);
+``--processes N`` (N > 1, PostgreSQL only) runs a supervisor of N workers sharing the
+node's ports (``runtime.supervisor``); ``--reuse-port`` lets separately started processes
+of one node share its ports the same way."""
 
 from __future__ import annotations
 
@@ -9,12 +14,39 @@ from typing import Any
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    import dataclasses
+    import threading
+    from pathlib import Path
+
     from coalition.node.config import load_config
     from coalition.runtime.runner import run_node
+    from coalition.runtime.supervisor import Supervisor, check_processes, watch_parent
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    run_node(load_config(args.config))
+    several = args.processes > 1 or args.worker_of is not None
+    shown = "%(asctime)s [%(process)d] %(levelname)s %(message)s" if several else None
+    logging.basicConfig(level=logging.INFO, format=shown or "%(asctime)s %(levelname)s %(message)s")
+    config = load_config(args.config)
+    check_processes(config, args.processes)
+    if args.processes > 1:
+        return Supervisor(Path(args.config), args.processes).run()
+    stop = None
+    if args.worker_of is not None:
+        stop = threading.Event()
+        watch_parent(args.worker_of, stop)
+    if args.reuse_port or args.worker_of is not None:
+        config = dataclasses.replace(config, reuse_port=True)
+    run_node(config, stop)
     return 0
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
@@ -54,6 +86,22 @@ def add_commands(sub: Any) -> None:
     """Add ``run`` and ``migrate``."""
     p = sub.add_parser("run", help="run a brand's node until SIGTERM/SIGINT")
     p.add_argument("--config", required=True)
+    p.add_argument(
+        "--processes",
+        type=_count,
+        default=1,
+        metavar="N",
+        help="run N worker processes of this node sharing its ports (SO_REUSEPORT), "
+        "restarted when they die; N > 1 needs PostgreSQL (default 1: this process)",
+    )
+    p.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="share the node's ports with the other processes of this node on this host "
+        "(SO_REUSEPORT), e.g. processes started one by one",
+    )
+    # A worker of --processes: the supervisor's pid (ports shared, stops if it dies).
+    p.add_argument("--worker-of", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser(

@@ -18,7 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -86,11 +86,12 @@ def wait_ready(
 
 
 class NodeProcess:
-    """``coalition run --config CONFIG`` as a child process, restartable.
+    """``coalition run --config CONFIG [ARGS]`` as a child process, restartable.
 
     Its output is appended to ``log_path`` (every start of one node in one file). The
     child gets no ``COALITION_*`` variable of ours, only ``env``, so a variable set in the
-    caller's shell never reaches a node by accident.
+    caller's shell never reaches a node by accident. ``args`` follow ``--config`` (e.g.
+    ``--reuse-port`` for one of several processes of a node, ``--processes N``).
     """
 
     def __init__(
@@ -101,8 +102,10 @@ class NodeProcess:
         http: str,
         log_path: Path,
         env: Mapping[str, str] | None = None,
+        args: Sequence[str] = (),
     ) -> None:
         self.config_path = config_path
+        self.args = tuple(args)
         self.grpc = grpc
         self.http = http
         self.log_path = log_path
@@ -127,7 +130,10 @@ class NodeProcess:
         self._log = self.log_path.open("ab")
         self.starts += 1
         self.process = subprocess.Popen(  # noqa: S603 (our own interpreter and module)
-            [sys.executable, "-m", "coalition.cli", "run", "--config", str(self.config_path)],
+            [
+                *(sys.executable, "-m", "coalition.cli", "run"),
+                *("--config", str(self.config_path), *self.args),
+            ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=env,
@@ -136,6 +142,13 @@ class NodeProcess:
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
         wait_ready(self.grpc, self.http, timeout, process=self)
+
+    @property
+    def pid(self) -> int:
+        """The running (or last) process's pid; CoalitionError before the first start."""
+        if self.process is None:
+            raise CoalitionError(f"{self.name} was never started")
+        return self.process.pid
 
     @property
     def running(self) -> bool:

@@ -10,6 +10,11 @@ the manifest's path, the partner (mutual TLS) address, overridden by
 without it runs alone, unless ``COALITION_MANIFEST`` names a manifest (then it joins
 with the defaults; a container can join a brand folder as shipped).
 
+``[node] read_only = true`` with ``primary = "..."`` makes a **read-only process** for a
+PostgreSQL hot standby (docs/operations.md): it runs no migration (it checks the schema's
+revision is this code's and refuses otherwise), no sealer and no background job, serves
+every read, and refuses every write with FailedPrecondition naming the primary.
+
 The file is read strictly into a typed model (``NodeFile``, via ``node.strict_toml``)
 before anything opens a database: an unknown key (a misspelt ``databse`` would otherwise
 open a fresh, empty ledger), a wrong type (``max_entries = true``), a value out of range
@@ -89,6 +94,13 @@ class NodeConfig:
     """How often the running node's scheduled job expires due points (``node.runner``)."""
     coalition: CoalitionConfig | None = None
     """Set when the node is a partner of a coalition (the ``[coalition]`` table)."""
+    read_only: bool = False
+    """A process against a hot standby: reads only, writes refused naming ``primary``."""
+    primary: str | None = None
+    """Where writes go when ``read_only`` (an address or URL, shown to callers)."""
+    reuse_port: bool = False
+    """Not in the file: set by ``coalition run --reuse-port`` (and for the workers of
+    ``--processes N``), so the processes of one node share its ports (SO_REUSEPORT)."""
 
     @property
     def folder(self) -> Path:
@@ -130,6 +142,8 @@ class NodeTable:
     http: Address = "127.0.0.1:8080"
     sqlite_synchronous: Annotated[str, OneOf(SQLITE_SYNCHRONOUS, fold_case=True)] = "FULL"
     expiry_interval_s: Annotated[float, AtLeast(0, exclusive=True)] = 60.0
+    read_only: bool = False
+    primary: Annotated[str, NonEmpty] | None = None
 
 
 @dataclass(frozen=True)
@@ -266,6 +280,7 @@ def config_from_mapping(
         rules = rules_from_mapping(raw.get("rules", {}))
     except InvalidArgument as exc:
         raise ConfigError(source, "rules", f"[rules]: {exc}") from None
+    _check_read_only(node, url, source)
     return NodeConfig(
         program=program,
         name=model.program.name or program,
@@ -281,7 +296,34 @@ def config_from_mapping(
         sqlite_synchronous=node.sqlite_synchronous.upper(),
         expiry_interval_s=node.expiry_interval_s,
         coalition=_coalition(model.coalition, base),
+        read_only=node.read_only,
+        primary=node.primary,
     )
+
+
+def _check_read_only(node: NodeTable, url: str, source: str) -> None:
+    """A read-only process names its primary and reads a PostgreSQL hot standby."""
+    if node.read_only and node.primary is None:
+        raise ConfigError(
+            source,
+            "node.primary",
+            "node.read_only = true needs node.primary: the address of the primary that "
+            "takes the writes this process refuses",
+        )
+    if node.primary is not None and not node.read_only:
+        raise ConfigError(
+            source,
+            "node.primary",
+            "node.primary is only for a read-only process (set node.read_only = true, "
+            "or remove node.primary)",
+        )
+    if node.read_only and not url.startswith("postgres"):
+        raise ConfigError(
+            source,
+            "node.read_only",
+            "node.read_only = true serves a PostgreSQL hot standby; the database "
+            f"{url.split('?')[0]!r} is not PostgreSQL (SQLite has one process, which writes)",
+        )
 
 
 def load_config(path: str | Path) -> NodeConfig:

@@ -1,12 +1,17 @@
 """The verifiable ledger of a node, read: signed headers, blocks, entries and proofs.
 
-Everything here reads committed state through the sequencer's read sessions and the
-sealer's view of what is sealed; nothing writes. Proofs are RFC 9162 documents
+Everything here reads committed state through the sequencer's read sessions; nothing
+writes. What is sealed is read from the database too (the newest stored block), never from
+this process's sealer: with several processes of one node another one may be the sealer,
+and a read-only process on a hot standby seals nothing, so only the database knows the
+newest header. (The stored tree nodes the proofs read are immutable once written, so the
+sealer's node cache stays a safe cache.) Proofs are RFC 9162 documents
 (``coalition.ledger.proofs``) that verify offline with the program's public key.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Collection
 from datetime import datetime
 
@@ -33,6 +38,9 @@ from coalition.store import columns as columns_store
 from coalition.store import ledger as ledger_store
 from coalition.store.ledger import TREE_STRIDE, signed_header_from_row
 
+HEADER_POLL_S = 0.2
+"""How often a header wait reads the database for a header another process stored."""
+
 
 class LedgerService:
     """Reads of one program's log: what partners, auditors and the explorer fetch."""
@@ -53,7 +61,14 @@ class LedgerService:
         return self._public_key
 
     def latest_header(self) -> SignedHeader | None:
-        return self._sealer.last
+        """The newest signed header in the database (whichever process sealed it)."""
+        with self._sequencer.read() as conn:
+            return self._latest(conn)
+
+    @staticmethod
+    def _latest(conn: Connection) -> SignedHeader | None:
+        row = ledger_store.last_block(conn)
+        return None if row is None else signed_header_from_row(row[1], row[2])
 
     def headers(self, start: int, limit: int = 1000) -> list[SignedHeader]:
         if not isinstance(start, int) or start < 0:
@@ -83,10 +98,11 @@ class LedgerService:
         check_entry_id(entry_id)
         with self._sequencer.read() as conn:
             found = ledger_store.entry_by_id(conn, entry_id)
+            sealed = ledger_store.sealed_size(conn)
         if found is None:
             raise NotFound(f"no entry {entry_id}")
         index, body = found
-        return EntryView(body, index if index < self._sealer.log_size else None)
+        return EntryView(body, index if index < sealed else None)
 
     def _nodes(self, conn: Connection, coords: list[NodeCoord]) -> dict[NodeCoord, bytes]:
         stored = ledger_store.read_nodes(
@@ -115,9 +131,10 @@ class LedgerService:
 
     def _signed_at_size(self, conn: Connection, tree_size: int | None) -> SignedHeader:
         if tree_size is None:
-            if self._sealer.last is None:
+            latest = self._latest(conn)
+            if latest is None:
                 raise FailedPrecondition("no block has been sealed yet")
-            return self._sealer.last
+            return latest
         if not isinstance(tree_size, int) or tree_size < 1:
             raise InvalidArgument(f"tree_size must be a positive integer, got {tree_size!r}")
         row = ledger_store.block_with_log_size(conn, tree_size)
@@ -144,7 +161,28 @@ class LedgerService:
             return ledger_store.bodies_of_kinds(conn, kinds)
 
     def wait_for_header(self, after_height: int, timeout: float) -> SignedHeader | None:
-        return self._sealer.wait_for_header(after_height, timeout)
+        """The header at ``after_height + 1`` once it is stored, waiting up to ``timeout``
+        s; None after the timeout, or earlier only when this node is stopping.
+
+        This process's sealer wakes the wait at once; a header another process sealed
+        (or a standby replayed) is found by reading the database every
+        ``HEADER_POLL_S``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._sequencer.read() as conn:
+                rows = ledger_store.block_rows(conn, after_height + 1, 1)
+            if rows:
+                return signed_header_from_row(rows[0][1], rows[0][2])
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            wait = min(remaining, HEADER_POLL_S)
+            started = time.monotonic()
+            local = self._sealer.wait_for_header(after_height, wait)
+            if local is not None:
+                return local
+            if time.monotonic() - started < wait / 2:
+                return None  # the sealer returns early only when the node is stopping
 
     def flush(self) -> SignedHeader | None:
         return self._sealer.flush()

@@ -446,5 +446,5 @@ class PointsService:
         with self._sequencer.read() as conn:
             account_id_ = self.member_account(conn, member_id)
             rows = ledger_store.history(conn, account_id_, limit)
-        size = self._sequencer.sealer.log_size
+            size = ledger_store.sealed_size(conn)  # whichever process sealed them
         return [EntryView(body, index if index < size else None) for index, body in rows]

@@ -18,6 +18,7 @@ from coalition.ledger.keys import SigningKey, VerifyKey
 from coalition.node.config import SealerConfig
 from coalition.node.ledger_service import LedgerService
 from coalition.node.points_service import PointsService
+from coalition.node.read_only import ReadOnlySequencer
 from coalition.node.sequencer import Sequencer
 from coalition.points.rules import ProgramRules
 
@@ -34,12 +35,21 @@ class NodeService:
         rules: ProgramRules,
         sealer: SealerConfig,
         clock: Callable[[], datetime] | None = None,
+        *,
+        read_only_primary: str | None = None,
     ) -> None:
+        """``read_only_primary``: a read-only process (``node/read_only.py``) whose writes
+        are refused naming this primary; it never seals."""
         self.program = program
         self.rules = rules
         self.public_key: VerifyKey = key.public_key
         self._key = key
-        self.sequencer = Sequencer(engine, program, key, sealer, clock)
+        self.read_only = read_only_primary is not None
+        self.sequencer = (
+            Sequencer(engine, program, key, sealer, clock)
+            if read_only_primary is None
+            else ReadOnlySequencer(read_only_primary, engine, program, key, sealer, clock)
+        )
         self.sealer = self.sequencer.sealer
         self.leadership = self.sequencer.leadership
         self.points = PointsService(self.sequencer, rules, account_secret)
@@ -58,8 +68,10 @@ class NodeService:
     # --- life cycle ---------------------------------------------------------------------
 
     def start(self) -> None:
-        """Claim the node's lease and start sealing (or following) in the background."""
-        self.sequencer.start()
+        """Claim the node's lease and start sealing (or following) in the background; a
+        read-only process starts nothing (it never seals)."""
+        if not self.read_only:
+            self.sequencer.start()
 
     def on_close(self, release: Callable[[], None]) -> None:
         """Run ``release`` after the service closed (the composition root hands it what it

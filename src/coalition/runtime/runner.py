@@ -105,11 +105,17 @@ def run_node(config: NodeConfig, stop: threading.Event | None = None) -> None:
             name="expiry",
             daemon=True,
         )
-        expiry.start()
+        if not config.read_only:  # a read-only process runs no background job
+            expiry.start()
         latest = service.ledger.latest_header()
-        partner = "" if coalition is None else f" and partner gRPC port {coalition.partner_port}"
+        partner = (
+            ""
+            if coalition is None or config.read_only
+            else f" and partner gRPC port {coalition.partner_port}"
+        )
+        mode = f", read-only (writes go to {config.primary})" if config.read_only else ""
         log.info(
-            "node %s (%s) serving gRPC %s:%d and HTTP %s:%d%s, log size %d",
+            "node %s (%s) serving gRPC %s:%d and HTTP %s:%d%s, log size %d%s",
             config.program,
             config.name,
             split_address(config.grpc_address)[0],
@@ -118,18 +124,22 @@ def run_node(config: NodeConfig, stop: threading.Event | None = None) -> None:
             servers.http_port,
             partner,
             0 if latest is None else latest.header.log_size,
+            mode,
         )
         stop.wait()
         expiry_stop.set()
         servers.stop(STOP_GRACE_SECONDS)
-        expiry.join()
+        if expiry.is_alive():
+            expiry.join()
     finally:
         node.close()
         if restore is not None:
             restore()
     latest = service.ledger.latest_header()
     size = 0 if latest is None else latest.header.log_size
-    if service.sealer.sealed_at_stop:
+    if config.read_only:
+        log.info("read-only node %s stopped (log size %d)", config.program, size)
+    elif service.sealer.sealed_at_stop:
         log.info("node %s stopped; every entry is sealed (log size %d)", config.program, size)
     else:  # another process holds the lease: it seals the rest
         log.info(

@@ -28,6 +28,7 @@ from typing import Protocol
 import grpc
 import uvicorn
 from fastapi import APIRouter, FastAPI
+from sqlalchemy import Engine
 
 from coalition.api.grpc.agreements import add_agreements_servicer
 from coalition.api.grpc.conversions import add_conversions_servicer
@@ -60,7 +61,7 @@ from coalition.ops.keyfiles import read_account_secret, read_signing_key
 from coalition.ops.tls import TlsFiles
 from coalition.points.rules import ProgramRules
 from coalition.store.db import ensure_sqlite_folder, lock_sqlite_file, make_engine
-from coalition.store.schema import upgrade_schema
+from coalition.store.schema import schema_state, upgrade_schema
 
 
 def open_service(
@@ -73,10 +74,15 @@ def open_service(
     *,
     sqlite_synchronous: str = "FULL",
     clock: Callable[[], datetime] | None = None,
+    read_only_primary: str | None = None,
 ) -> NodeService:
     """The store (SQLite folder created if missing, schema upgraded to this code's
     revision under the schema lock) and the service on it, not yet sealing: call
     ``start()``. ``clock`` (tests) replaces the wall clock.
+
+    ``read_only_primary`` (a process on a hot standby, ``node/read_only.py``) migrates
+    nothing: the schema MUST already be at this code's revision (FailedPrecondition
+    otherwise, saying to migrate the primary or run this version there).
 
     On SQLite the service holds the database's writer lock (``lock_sqlite_file``) until it
     is closed: a second node on the same file is refused here with FailedPrecondition,
@@ -85,8 +91,24 @@ def open_service(
     writer_lock = lock_sqlite_file(database_url)
     try:
         engine = make_engine(database_url, sqlite_synchronous=sqlite_synchronous)
-        upgrade_schema(engine)
-        service = NodeService(engine, program, key, account_secret, rules, sealer, clock)
+        try:
+            if read_only_primary is None:
+                upgrade_schema(engine)
+            else:
+                check_schema_current(engine, read_only_primary)
+            service = NodeService(
+                engine,
+                program,
+                key,
+                account_secret,
+                rules,
+                sealer,
+                clock,
+                read_only_primary=read_only_primary,
+            )
+        except BaseException:
+            engine.dispose()
+            raise
     except BaseException:
         if writer_lock is not None:
             writer_lock.release()
@@ -94,6 +116,19 @@ def open_service(
     if writer_lock is not None:
         service.on_close(writer_lock.release)
     return service
+
+
+def check_schema_current(engine: Engine, primary: str) -> None:
+    """FailedPrecondition unless the (standby's) schema is at this code's revision."""
+    state = schema_state(engine)
+    if state.current:
+        return
+    found = "no schema" if state.revision is None else f"schema revision {state.revision}"
+    raise FailedPrecondition(
+        f"a read-only process migrates nothing, and its database has {found} where this "
+        f"version needs {state.head}: upgrade the primary ({primary}) first "
+        "(coalition migrate on it, or start this version there) and let the standby replay it"
+    )
 
 
 def open_node(config: NodeConfig, *, clock: Callable[[], datetime] | None = None) -> NodeService:
@@ -107,6 +142,7 @@ def open_node(config: NodeConfig, *, clock: Callable[[], datetime] | None = None
         config.sealer,
         sqlite_synchronous=config.sqlite_synchronous,
         clock=clock,
+        read_only_primary=config.primary if config.read_only else None,
     )
 
 
@@ -246,7 +282,10 @@ class CoalitionNode:
         if self._server is not None:
             raise FailedPrecondition("the partner server is already running")
         host, port = split_address(self.partner_address)
-        server, bound = serve_partner_grpc(self.inbox, self.tls, host, port, service=self.service)
+        reuse_port = self.config.reuse_port
+        server, bound = serve_partner_grpc(
+            self.inbox, self.tls, host, port, service=self.service, reuse_port=reuse_port
+        )
         self._server = PartnerServer(server, bound)
 
     def stop_serving_partners(self, grace: float = STOP_GRACE_SECONDS) -> None:
@@ -336,6 +375,8 @@ class Node:
         return self.config.program
 
     def start(self) -> None:
+        if self.config.read_only:
+            return
         self.service.start()
         if self.coalition is not None:
             self.coalition.start()
@@ -416,15 +457,22 @@ def serve_member_api(
 ) -> MemberServers:
     """Serve ``node``'s member/operator API over gRPC and REST, every feature's servicers
     and routes included, at the given addresses (default: the configuration's; port 0
-    binds a free port). The caller MUST ``stop()`` the servers before closing the node."""
+    binds a free port; ``config.reuse_port`` shares the ports with the node's other
+    processes). The caller MUST ``stop()`` the servers before closing the node."""
     grpc_host, grpc_port = split_address(grpc_address or node.config.grpc_address)
     http_host, http_port = split_address(http_address or node.config.http_address)
+    reuse_port = node.config.reuse_port
     grpc_server, grpc_bound = serve_grpc(
-        node.service, authenticator, grpc_host, grpc_port, extra=node.servicers(authenticator)
+        node.service,
+        authenticator,
+        grpc_host,
+        grpc_port,
+        extra=node.servicers(authenticator),
+        reuse_port=reuse_port,
     )
     try:
         http_server, http_thread, http_bound = serve_http(
-            member_app(node, authenticator), http_host, http_port
+            member_app(node, authenticator), http_host, http_port, reuse_port=reuse_port
         )
     except BaseException:
         grpc_server.stop(0).wait()

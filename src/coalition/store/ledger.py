@@ -372,6 +372,13 @@ def last_height(conn: Connection) -> int | None:
     return None if value is None else int(value)
 
 
+def sealed_size(conn: Connection) -> int:
+    """How many entries the stored blocks cover (0 before the first): whichever process
+    sealed them, so a reader of any process learns what is sealed from here."""
+    value = conn.execute(select(func.max(blocks.c.log_size))).scalar()
+    return 0 if value is None else int(value)
+
+
 def block_with_log_size(conn: Connection, log_size: int) -> tuple[int, str, str] | None:
     query = select(blocks.c.height, blocks.c.header, blocks.c.signature).where(
         blocks.c.log_size == log_size

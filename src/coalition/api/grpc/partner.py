@@ -112,12 +112,15 @@ def serve_partner_grpc(
     port: int = 0,
     service: NodeService | None = None,
     max_workers: int = 16,
+    *,
+    reuse_port: bool = False,
 ) -> tuple[grpc.Server, int]:
     """Start the mutual-TLS partner server; return it with its bound port.
 
     With the node's ``service`` it also serves ``Ledger`` to partners. The caller MUST
     ``server.stop(grace)`` it; each open WatchHeaders stream holds a worker, so size
-    ``max_workers`` for the partners.
+    ``max_workers`` for the partners. A port in use is an error unless ``reuse_port``
+    (the processes of one node share it with SO_REUSEPORT, as ``serve_grpc``).
     """
     ca, cert, key = tls.read()
     credentials = grpc.ssl_server_credentials(
@@ -125,8 +128,7 @@ def serve_partner_grpc(
     )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers),
-        # a port in use is an error, never a shared port
-        options=[*_CHANNEL_LIMITS, ("grpc.so_reuseport", 0)],
+        options=[*_CHANNEL_LIMITS, ("grpc.so_reuseport", int(reuse_port))],
     )
     partner_pb2_grpc.add_PartnerServicer_to_server(PartnerServicer(inbox), server)
     served = [PARTNER_SERVICE]

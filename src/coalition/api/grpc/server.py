@@ -35,14 +35,21 @@ def serve_grpc(
     port: int = 0,
     max_workers: int = 16,
     extra: Sequence[AddServicer] = (),
+    *,
+    reuse_port: bool = False,
 ) -> tuple[grpc.Server, int]:
     """Start a plaintext gRPC server and return it with its bound port (``port=0``: any
     free one). The caller MUST ``server.stop(grace)`` it; each open WatchHeaders stream
     holds a worker, so size ``max_workers`` for the expected watchers. ``extra`` adds
-    the coalition features' servicers."""
+    the coalition features' servicers.
+
+    By default a port in use is an error, never a shared port. ``reuse_port`` (the
+    processes of one node, ``coalition run --processes``) sets SO_REUSEPORT, so every
+    process of the node binds the same port and the kernel spreads connections over them.
+    """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers),
-        options=[("grpc.so_reuseport", 0)],  # a port in use is an error, never a shared port
+        options=[("grpc.so_reuseport", int(reuse_port))],
     )
     add_servicers(server, service, authenticator)
     for add in extra:

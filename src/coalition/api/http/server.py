@@ -12,15 +12,20 @@ from fastapi import FastAPI
 
 
 def serve_http(
-    app: FastAPI, host: str = "127.0.0.1", port: int = 0
+    app: FastAPI, host: str = "127.0.0.1", port: int = 0, *, reuse_port: bool = False
 ) -> tuple[uvicorn.Server, threading.Thread, int]:
     """Run ``app`` under uvicorn in a daemon thread and return once it accepts connections.
 
     ``port=0`` binds a free port; the bound port is returned. Stop with
-    ``server.should_exit = True`` then ``thread.join()``.
+    ``server.should_exit = True`` then ``thread.join()``. ``reuse_port`` sets
+    SO_REUSEPORT on the listening socket, so the processes of one node (``coalition run
+    --processes``) each bind the node's HTTP port and the kernel spreads connections
+    over them; without it a port in use is an error.
     """
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     bound = int(sock.getsockname()[1])
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
