@@ -10,6 +10,7 @@ from sqlalchemy import Engine, create_engine, event
 from coalition.store import (  # noqa: F401  (importing a module registers its tables)
     agreements,
     conversions,
+    flows,
     ledger,
     members,
     partners,
