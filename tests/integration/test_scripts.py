@@ -8,6 +8,7 @@ readers to run names a script that offers that option. ``mypy`` checks the scrip
 from __future__ import annotations
 
 import functools
+import json
 import re
 import subprocess
 import sys
@@ -132,3 +133,16 @@ def test_bench_conversions_runs_two_nodes_at_a_tiny_size(tmp_path: Path) -> None
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     completed = re.search(r"^audit OK: .*, (\d+) conversions completed", result.stdout, re.M)
     assert completed is not None and int(completed.group(1)) >= 10  # the warm-up's count too
+
+
+@pytest.mark.slow
+def test_bench_reads_measures_every_read_at_a_tiny_size(tmp_path: Path) -> None:
+    out = tmp_path / "reads.json"
+    args = ["--sizes", "300", "--calls", "3", "--members", "4", "--json", str(out)]
+    result = run(str(SCRIPTS / "bench_reads.py"), *args, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    [measured] = json.loads(out.read_text())["runs"]
+    assert measured["entries"] == 300 and measured["conversions"] == 5
+    for name in ("blocks view, newest 20", "history, deep page", "flows, hourly, newest 48"):
+        assert 0 < measured["reads"][name]["p50_ms"] <= measured["reads"][name]["p99_ms"]
+    assert "300 entries: 5 conversions" in result.stdout
