@@ -7,7 +7,6 @@ sealer's view of what is sealed; nothing writes. Proofs are RFC 9162 documents
 
 from __future__ import annotations
 
-from collections.abc import Collection
 from datetime import datetime
 
 from sqlalchemy import Connection
@@ -138,12 +137,6 @@ class LedgerService:
             nodes = self._nodes(conn, consistency_coords(size1, size2))
         path = consistency_from_nodes(size1, size2, nodes)
         return consistency_document(first, second, path)
-
-    def entries_of_kinds(self, kinds: Collection[str]) -> list[JsonObject]:
-        """The committed entries of ``kinds`` (a set from ``points.kinds``), sealed or not,
-        in log order: what the explorer's flows are counted from."""
-        with self._sequencer.read() as conn:
-            return ledger_store.bodies_of_kinds(conn, kinds)
 
     def flow_page(
         self, bucket_s: int, limit: int, before: datetime | None = None
