@@ -178,9 +178,9 @@ def lots_page(
         ).scalar()
         if at is None:
             return None
-        query = query.where(
-            or_(lots.c.earned_at > at, and_(lots.c.earned_at == at, lots.c.id > after))
-        )
+        # ``>=`` first: the index's range starts at the cursor (PostgreSQL filters an OR
+        # alone along the whole range before it).
+        query = query.where(lots.c.earned_at >= at, or_(lots.c.earned_at > at, lots.c.id > after))
     query = query.order_by(lots.c.earned_at, lots.c.id).limit(limit)
     return [_lot(row) for row in conn.execute(query)]
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, Connection, Index, Text, and_, insert, or_, select
+from sqlalchemy import BigInteger, Column, Connection, Index, Text, insert, or_, select
 from sqlmodel import Field, SQLModel
 
 from coalition.ledger.canonical import JsonObject, canonical_json
@@ -134,8 +134,7 @@ def statements_page(
         start = conn.execute(select(c.period_start).where(c.id == after)).scalar()
         if start is None:
             return None
-        query = query.where(
-            or_(c.period_start > start, and_(c.period_start == start, c.id > after))
-        )
+        # ``>=`` first: the index's range starts at the cursor (as ``members.lots_page``).
+        query = query.where(c.period_start >= start, or_(c.period_start > start, c.id > after))
     query = query.order_by(c.period_start, c.id).limit(limit)
     return [_statement(row) for row in conn.execute(query)]
