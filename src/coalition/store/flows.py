@@ -18,10 +18,12 @@ the explorer shows. Storage contract:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 from sqlalchemy import BigInteger, Column, Connection, Integer, String, Table, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Field, SQLModel
@@ -91,17 +93,23 @@ def _add(totals: Totals, delta: FlowDelta) -> None:
             found[i] += value
 
 
-def _upsert(conn: Connection, totals: Totals) -> None:
-    if not totals:
-        return
-    dialect: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
+@functools.cache
+def _upsert_statement(dialect_name: str) -> Any:
+    """``INSERT ... ON CONFLICT (key) DO UPDATE SET sum = sum + excluded.sum``, built once
+    per dialect (building it costs far more than running it)."""
+    dialect: Any = postgresql if dialect_name == "postgresql" else sqlite
     statement = dialect.insert(flow_totals)
-    statement = statement.on_conflict_do_update(
+    return statement.on_conflict_do_update(
         index_elements=[flow_totals.c[k] for k in _KEY],
         set_={s: flow_totals.c[s] + statement.excluded[s] for s in _SUMS},
     )
+
+
+def _upsert(conn: Connection, totals: Totals) -> None:
+    if not totals:
+        return
     conn.execute(
-        statement,
+        _upsert_statement(conn.dialect.name),
         [
             dict(zip(_KEY, key, strict=True)) | dict(zip(_SUMS, sums, strict=True))
             for key, sums in totals.items()
@@ -117,7 +125,8 @@ def record_entries(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
     for row in rows:
         if row["kind"] not in _FLOW_KINDS:
             continue
-        entry = _parsed(row["body"])
+        # Bytes the writer has just encoded: parsed without the stored-text checks.
+        entry = model.parse_entry(msgspec.json.decode(row["body"]))
         if isinstance(entry, model.ConvertRefund):
             out = _out_delta(conn, entry.conversion.id)
             if out is not None:
