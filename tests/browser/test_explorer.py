@@ -79,6 +79,12 @@ def test_blocks_show_witness_status_and_entries(page: Any, site: Site) -> None:
     status = text_of(page, f"#blocks-table tr[data-height='{height}'] .witness-status", "/ 1")
     assert "witnessed" in status and (B in status or C in status), status
     assert len(page.find_elements(By.CSS_SELECTOR, "#blocks-table tbody tr")) == height + 1
+    # The page's witness statuses came in one request, not one per block.
+    fetched = page.execute_script(
+        "return performance.getEntriesByType('resource').map((e) => e.name)"
+    )
+    assert len([u for u in fetched if "witnesses" in u]) == 1, fetched
+    assert any("/v1/blocks/witnesses?start=0&limit=20" in u for u in fetched), fetched
     screenshot(page, SHOTS, "blocks")
 
     row.find_element(By.TAG_NAME, "a").click()
@@ -159,6 +165,7 @@ def test_conversions_chart_draws_each_flow(page: Any, site: Site) -> None:
     bars = page.find_elements(By.CSS_SELECTOR, "#flows-chart rect.flow-bar")
     assert len(bars) == 4
     assert "skyair → staybright" in find(page, "#flows-table").text
+    assert page.find_elements(By.CSS_SELECTOR, "#flows-older") == []  # one page holds it all
     screenshot(page, SHOTS, "flows")
 
 

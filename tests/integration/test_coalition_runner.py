@@ -163,6 +163,7 @@ FEATURE_OPERATIONS = [
     ("post", "/v1/settlement/statements", "propose_v1_settlement_statements_post"),
     ("get", "/v1/settlement/netting", "netting_v1_settlement_netting_get"),
     ("get", "/v1/blocks/{height}/witnesses", "witnesses_v1_blocks__height__witnesses_get"),
+    ("get", "/v1/blocks/witnesses", "witnesses_from_v1_blocks_witnesses_get"),
     ("get", "/v1/equivocations", "equivocations_v1_equivocations_get"),
     ("get", "/v1/witness/followers", "followers_v1_witness_followers_get"),
     ("get", "/v1/explorer/about", "about_v1_explorer_about_get"),

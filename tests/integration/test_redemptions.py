@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from coalition.audit.db_check import check_database
 from coalition.errors import (
     FailedPrecondition,
     IdempotencyConflict,
@@ -108,6 +109,9 @@ def reconciled(pair: Pair) -> None:
     """Both chains pass the auditor's cross-chain checks (holds, captures, receipts)."""
     chains = {p: ledger_entries(pair.coalition[p].service) for p in (A, B)}
     assert check_coalition(chains, pair.coalition.manifest.public_key) == []
+    for program in (A, B):  # and each node's tables (the flow totals too) equal its chain
+        report = check_database(pair.coalition[program].url)
+        assert report.ok, report.render()
 
 
 def authorize(pair: Pair, amount: int = 300, key: str = "r-1", **kw: Any) -> Any:

@@ -228,3 +228,16 @@ def test_bench_failover_measures_a_takeover_and_loses_nothing(tmp_path: Path) ->
     args = ["--processes", "2", "--rounds", "1", "--settle", "1", "--writers", "2"]
     found = run_json("bench_failover.py", args, tmp_path, timeout=600)
     assert 0 < found["median"]["failover_ms"] < 30_000 and found["acknowledged"] > 0
+
+
+@pytest.mark.slow
+def test_bench_reads_measures_every_read_at_a_tiny_size(tmp_path: Path) -> None:
+    out = tmp_path / "reads.json"
+    args = ["--sizes", "300", "--calls", "3", "--members", "4", "--json", str(out)]
+    result = run(str(SCRIPTS / "bench_reads.py"), *args, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    [measured] = json.loads(out.read_text())["runs"]
+    assert measured["entries"] == 300 and measured["conversions"] == 5
+    for name in ("blocks view, newest 20", "history, deep page", "flows, hourly, newest 48"):
+        assert 0 < measured["reads"][name]["p50_ms"] <= measured["reads"][name]["p99_ms"]
+    assert "300 entries: 5 conversions" in result.stdout

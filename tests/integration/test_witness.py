@@ -128,6 +128,15 @@ def test_three_nodes_witness_each_other_to_quorum(
         assert body["witnessed"] and len(body["cosigners"]) == 2
         assert body["checkpoint"] == checkpoint_of(skyair.service.ledger.latest_header())  # type: ignore[arg-type]
         assert http.get("/v1/blocks/99/witnesses", headers=auditor).status_code == 404
+        # The blocks view's one request per page: the same statuses as one call a block.
+        one_by_one = [
+            http.get(f"/v1/blocks/{h}/witnesses", headers=auditor).json()
+            for h in range(1, heights["skyair"] + 1)
+        ]
+        page = http.get("/v1/blocks/witnesses?start=1&limit=1000", headers=auditor)
+        assert page.status_code == 200 and page.json() == one_by_one
+        assert http.get("/v1/blocks/witnesses?start=99", headers=auditor).json() == []
+        assert http.get("/v1/blocks/witnesses?limit=0", headers=auditor).status_code == 422
         member = {"Authorization": f"Bearer {api_keys['member']}"}
         assert http.get("/v1/blocks/0/witnesses", headers=member).status_code == 403
         assert http.get("/v1/blocks/0/witnesses").status_code == 401

@@ -2,7 +2,8 @@
 
 Replays every entry the node stored (sealed or not, in log order) with the same
 ``Replay`` an auditor uses, then compares the result with the ``accounts`` and ``lots``
-tables field by field and lists each difference.
+tables field by field, and the explorer's running flow totals with the fold of the flow
+entries, and lists each difference.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from coalition.errors import CoalitionError, InvalidArgument
 from coalition.ledger.canonical import JsonObject, parse_json
 from coalition.points.replay import Replay
 from coalition.points.state import Lot
+from coalition.store import flows as flows_store
 from coalition.store import ledger as ledger_store
 from coalition.store import members as members_store
 from coalition.verify.chain_audit import Fault, FaultList, faults_json, render_faults
@@ -129,6 +131,25 @@ def _compare_lot(stored: Lot, replayed: Lot, report: CheckReport) -> None:
             )
 
 
+def _compare_flows(conn: Connection, report: CheckReport) -> None:
+    """The explorer's running flow totals (``store.flows``) against the fold of the
+    chain's flow entries."""
+    stored = flows_store.stored_totals(conn)
+    folded = flows_store.fold(flows_store.flow_entry_bodies(conn))
+    for key in sorted(stored.keys() | folded.keys()):
+        have, want = stored.get(key), folded.get(key)
+        if have != want:
+            level, bucket, kind, source, target, currency = key
+            report.differences.add(
+                Fault(
+                    "flow-total",
+                    f"flow {kind} {source}->{target} {currency} in the {level} s bucket at "
+                    f"{bucket}: {have} in the database, {want} from the entries "
+                    "(count, points out, points in, value, refunded)",
+                )
+            )
+
+
 def check_database(url: str, *, progress: Callable[[int], None] | None = None) -> CheckReport:
     """Replay the node's entries and compare with its ``accounts`` and ``lots`` tables.
 
@@ -142,6 +163,7 @@ def check_database(url: str, *, progress: Callable[[int], None] | None = None) -
             replay = _replay(conn, report, progress)
             stored_accounts = set(members_store.all_accounts(conn))
             stored_lots = {lot.id: lot for lot in members_store.all_lots(conn)}
+            _compare_flows(conn, report)
     finally:
         engine.dispose()
     replayed_lots = {

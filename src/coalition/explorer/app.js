@@ -16,6 +16,7 @@ import {
 
 const RECENT_BLOCKS = 20;
 const HISTORY_LIMIT = 50;
+const FLOW_BUCKETS = 48;
 const STORE = { ledger: "coalition.ledgerKey", memberId: "coalition.memberId", member: "coalition.memberKey" };
 const PALETTE = ["#2451b5", "#d9730d", "#1a7f37", "#9c27b0", "#c62828", "#00838f", "#6d4c41", "#5c6bc0"];
 const SVG = "http://www.w3.org/2000/svg";
@@ -186,7 +187,10 @@ async function viewBlocks(render) {
   }
   const start = Math.max(0, about.height - RECENT_BLOCKS + 1);
   const headers = (await ledger(`/v1/ledger/headers?start=${start}&limit=${RECENT_BLOCKS}`)).reverse();
-  const witnesses = await Promise.all(headers.map((h) => witnessOf(h.header.height)));
+  // One request for the page's witness statuses (not one per block), oldest first.
+  const statuses = await ledger(`/v1/blocks/witnesses?start=${start}&limit=${RECENT_BLOCKS}`).catch((err) => err);
+  const byHeight = new Map(statuses instanceof ApiError ? [] : statuses.map((s) => [s.height, s]));
+  const witnesses = headers.map((h) => (statuses instanceof ApiError ? statuses : byHeight.get(h.header.height) ?? new ApiError(404, "not_found", `no status of block ${h.header.height}`)));
   const rows = headers.map(({ header }, i) =>
     el(
       "tr",
@@ -579,8 +583,12 @@ function flowChart(flows, colorOf) {
 }
 
 async function viewFlows(render) {
-  const bucket = Number(new URLSearchParams(location.hash.split("?")[1] ?? "").get("bucket_s") ?? 3600);
-  const data = await ledger(`/v1/explorer/flows?bucket_s=${bucket}`);
+  const params = new URLSearchParams(location.hash.split("?")[1] ?? "");
+  const bucket = Number(params.get("bucket_s") ?? 3600);
+  const before = params.get("before");
+  const page = new URLSearchParams({ bucket_s: String(bucket), limit: String(FLOW_BUCKETS) });
+  if (before) page.set("before", before);
+  const data = await ledger(`/v1/explorer/flows?${page}`);
   const keysInOrder = [...new Set(data.flows.map(pairKey))].sort();
   const colorOf = (key) => PALETTE[keysInOrder.indexOf(key) % PALETTE.length];
   const select = el(
@@ -620,7 +628,16 @@ async function viewFlows(render) {
   );
   render(
     el("h2", {}, `Conversions and redemptions seen by ${data.program}`),
-    el("div", { class: "toolbar" }, el("label", {}, "Bucket ", select), el("span", { class: "muted" }, "From this node's own signed entries: convert-out/in, refunds, hold captures, redemption receipts.")),
+    el(
+      "div",
+      { class: "toolbar" },
+      el("label", {}, "Bucket ", select),
+      el("span", { class: "muted" }, "From this node's own signed entries: convert-out/in, refunds, hold captures, redemption receipts."),
+      before ? el("a", { id: "flows-newest", href: `#/flows?bucket_s=${bucket}` }, "newest") : null,
+      data.next_before
+        ? el("a", { id: "flows-older", href: `#/flows?bucket_s=${bucket}&before=${encodeURIComponent(data.next_before)}` }, `older buckets (before ${data.next_before.slice(0, 16).replace("T", " ")}) →`)
+        : null,
+    ),
     data.flows.length ? legend : el("p", {}, "No conversion or redemption on this chain yet."),
     data.flows.length ? flowChart(data.flows, colorOf) : null,
     table(

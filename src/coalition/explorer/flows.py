@@ -16,8 +16,10 @@ from datetime import UTC, datetime
 
 from coalition.errors import InvalidArgument, VerificationError
 from coalition.ledger.canonical import JsonObject
-from coalition.ledger.entries import format_time, parse_time
+from coalition.ledger.entries import format_time
 from coalition.points import kinds, model
+from coalition.points.flows import FlowDelta, flow_delta, refund_of
+from coalition.store.flows import FlowTotal
 
 FLOW_KINDS = kinds.FLOW_KINDS
 """The kinds summed into flows (those whose ``kinds.Display`` names a flow)."""
@@ -45,6 +47,13 @@ class Flow:
     refunded: int = 0
     """Conversions sent back on a signed rejection (their points and value are excluded)."""
 
+    def add(self, delta: FlowDelta) -> None:
+        self.count += delta.count
+        self.points_out += delta.points_out
+        self.points_in += delta.points_in
+        self.value_minor += delta.value_minor
+        self.refunded += delta.refunded
+
     def to_json(self) -> JsonObject:
         return {
             "kind": self.kind,
@@ -60,69 +69,62 @@ class Flow:
         }
 
 
-def bucket_of(at: str, bucket_s: int) -> str:
-    """The start of the ``bucket_s``-second UTC bucket holding the time ``at``."""
-    seconds = int(parse_time(at).timestamp())
-    return format_time(datetime.fromtimestamp(seconds - seconds % bucket_s, UTC))
-
-
 def conversion_flows(chain: Iterable[JsonObject], program: str, bucket_s: int) -> list[Flow]:
     """Sum ``chain`` (this node's entries in log order, any kinds) into flows, sorted by
-    bucket, kind and direction. A refund finds its conversion by id, so the order matters."""
+    bucket, kind and direction. A refund finds its conversion by id, so the order matters.
+
+    The reference fold over a whole chain: the node serves flows from the running totals
+    of ``store.flows`` (``flows_page``), which the tests compare with this."""
     if not MIN_BUCKET_S <= bucket_s <= MAX_BUCKET_S:
         raise InvalidArgument(f"bucket_s must be in [{MIN_BUCKET_S}, {MAX_BUCKET_S}]")
     flows: dict[tuple[str, str, str, str, str], Flow] = {}
-    sent: dict[str, tuple[Flow, int, int, int]] = {}
+    sent: dict[str, FlowDelta] = {}
 
-    def flow(kind: str, source: str, target: str, at: str, currency: str) -> Flow:
-        key = (bucket_of(at, bucket_s), kind, source, target, currency)
-        if key not in flows:
-            flows[key] = Flow(kind, source, target, key[0], currency)
-        return flows[key]
+    def add(delta: FlowDelta) -> None:
+        start = delta.at_s - delta.at_s % bucket_s
+        bucket = format_time(datetime.fromtimestamp(start, UTC))
+        key = (bucket, *delta.key)
+        f = flows.get(key)
+        if f is None:
+            f = flows[key] = Flow(delta.kind, delta.source, delta.target, bucket, delta.currency)
+        f.add(delta)
 
     for body in chain:
         found = kinds.kind(body.get("kind"))
         if found is None or found.display.flow is None:
             continue
         entry = _parsed(body)
-        at, flow_of = entry.at, found.display.flow
+        if isinstance(entry, model.ConvertRefund):
+            out = sent.pop(entry.conversion.id, None)
+            if out is not None:
+                add(refund_of(out))
+            continue
+        delta = flow_delta(entry)
+        if delta is None:
+            raise AssertionError(f"no flow rule for {found.name}")  # test_kinds covers each
         if isinstance(entry, model.ConvertOut):
-            conversion = entry.conversion
-            f = flow("conversion", program, conversion.to_program, at, conversion.currency)
-            points, credit, value = entry.amount, conversion.credit, conversion.value_minor
-            f.count += 1
-            f.points_out += points
-            f.points_in += credit
-            f.value_minor += value
-            sent[conversion.id] = (f, points, credit, value)
-        elif isinstance(entry, model.ConvertRefund):
-            refunded = sent.pop(entry.conversion.id, None)
-            if refunded is not None:
-                f, points, credit, value = refunded
-                f.count -= 1
-                f.refunded += 1
-                f.points_out -= points
-                f.points_in -= credit
-                f.value_minor -= value
-        elif isinstance(entry, model.ConvertIn):
-            incoming = entry.conversion
-            f = flow("conversion", incoming.from_program, program, at, incoming.currency)
-            f.count += 1
-            f.points_in += entry.amount
-            f.value_minor += incoming.value_minor
-        elif isinstance(entry, model.HoldCapture):
-            f = flow("redemption", program, entry.hold.partner, at, entry.currency)
-            f.count += 1
-            f.points_out += entry.amount
-            f.value_minor += entry.value_minor
-        elif isinstance(entry, model.RedemptionReceipt):
-            f = flow("redemption", entry.hold.partner, program, at, entry.currency)
-            f.count += 1
-            f.points_out += entry.hold.amount
-            f.value_minor += entry.value_minor
-        else:
-            raise AssertionError(f"no flow rule for {flow_of}")  # test_kinds covers each flow
+            sent[entry.conversion.id] = delta
+        add(delta)
     return [flows[key] for key in sorted(flows)]
+
+
+def flows_of(totals: Iterable[FlowTotal]) -> list[Flow]:
+    """The stored totals of a flows page (``store.flows.flow_page``) as flows."""
+    return [
+        Flow(
+            t.kind,
+            t.source,
+            t.target,
+            format_time(datetime.fromtimestamp(t.bucket, UTC)),
+            t.currency,
+            t.count,
+            t.points_out,
+            t.points_in,
+            t.value_minor,
+            t.refunded,
+        )
+        for t in totals
+    ]
 
 
 def _parsed(body: JsonObject) -> model.Entry:

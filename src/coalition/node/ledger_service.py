@@ -12,7 +12,6 @@ sealer's node cache stays a safe cache.) Proofs are RFC 9162 documents
 from __future__ import annotations
 
 import time
-from collections.abc import Collection
 from datetime import datetime
 
 from sqlalchemy import Connection
@@ -34,7 +33,9 @@ from coalition.ledger.proofs import consistency_document, inclusion_document
 from coalition.node.bundle_export import BundleExport
 from coalition.node.sequencer import Sequencer, check_entry_id
 from coalition.node.views import EntryView
+from coalition.points.flows import level_for
 from coalition.store import columns as columns_store
+from coalition.store import flows as flows_store
 from coalition.store import ledger as ledger_store
 from coalition.store.ledger import TREE_STRIDE, signed_header_from_row
 
@@ -154,11 +155,21 @@ class LedgerService:
         path = consistency_from_nodes(size1, size2, nodes)
         return consistency_document(first, second, path)
 
-    def entries_of_kinds(self, kinds: Collection[str]) -> list[JsonObject]:
-        """The committed entries of ``kinds`` (a set from ``points.kinds``), sealed or not,
-        in log order: what the explorer's flows are counted from."""
+    def flow_page(
+        self, bucket_s: int, limit: int, before: datetime | None = None
+    ) -> tuple[list[flows_store.FlowTotal], int | None]:
+        """The flows of the newest ``limit`` (1..1000) non-empty buckets of ``bucket_s``
+        seconds (a multiple of 60) starting before ``before``, from the running totals
+        (``store.flows``), and the next older page's cursor (seconds; None: no older one)."""
+        if not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise InvalidArgument(f"limit must be 1..1000, got {limit!r}")
+        try:
+            level_for(bucket_s)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
+        cursor = None if before is None else int(before.timestamp())
         with self._sequencer.read() as conn:
-            return ledger_store.bodies_of_kinds(conn, kinds)
+            return flows_store.flow_page(conn, bucket_s, limit, cursor)
 
     def wait_for_header(self, after_height: int, timeout: float) -> SignedHeader | None:
         """The header at ``after_height + 1`` once it is stored, waiting up to ``timeout``

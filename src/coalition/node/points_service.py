@@ -434,17 +434,47 @@ class PointsService:
         )
 
     def lots(self, member_id: str) -> list[LotView]:
+        """Every lot of the member, oldest first (gRPC's ``Lots``; HTTP pages: ``lots_page``)."""
         with self._sequencer.read() as conn:
             account_id_ = self.member_account(conn, member_id)
             account = members_store.load_accounts(conn, [account_id_], all_lots=True)[account_id_]
         ordered = sorted(account.lots.values(), key=lambda lot: (lot.earned_at, lot.id))
         return [_lot_view(lot) for lot in ordered]
 
-    def history(self, member_id: str, limit: int = 100) -> list[EntryView]:
-        if not isinstance(limit, int) or not 1 <= limit <= 1000:
-            raise InvalidArgument(f"limit must be 1..1000, got {limit!r}")
+    def lots_page(
+        self, member_id: str, limit: int = 1000, after: str | None = None
+    ) -> list[LotView]:
+        """Up to ``limit`` (1..1000) of the member's lots in (earned_at, id) order, from the
+        one after the lot ``after`` (an id; NotFound when the member has none so named):
+        the order of ``lots``, at the cost of one page."""
+        _check_limit(limit)
         with self._sequencer.read() as conn:
             account_id_ = self.member_account(conn, member_id)
-            rows = ledger_store.history(conn, account_id_, limit)
+            found = members_store.lots_page(conn, account_id_, limit, after)
+        if found is None:
+            raise NotFound(f"member {member_id} has no lot {after}")
+        return [_lot_view(lot) for lot in found]
+
+    def history(self, member_id: str, limit: int = 100) -> list[EntryView]:
+        return self.history_page(member_id, limit)[0]
+
+    def history_page(
+        self, member_id: str, limit: int = 100, before: int | None = None
+    ) -> tuple[list[EntryView], int | None]:
+        """The member's entries newest first, up to ``limit`` (1..1000), those below the log
+        index ``before`` (None: the newest); and the ``before`` of the next older page (None
+        when this page is not full). Costs one page however long the history is."""
+        _check_limit(limit)
+        if before is not None and (not isinstance(before, int) or before < 0):
+            raise InvalidArgument(f"before must be a log index >= 0, got {before!r}")
+        with self._sequencer.read() as conn:
+            account_id_ = self.member_account(conn, member_id)
+            rows = ledger_store.history(conn, account_id_, limit, before)
             size = ledger_store.sealed_size(conn)  # whichever process sealed them
-        return [EntryView(body, index if index < size else None) for index, body in rows]
+        views = [EntryView(body, index if index < size else None) for index, body in rows]
+        return views, (rows[-1][0] if len(rows) == limit else None)
+
+
+def _check_limit(limit: int) -> None:
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 1000:
+        raise InvalidArgument(f"limit must be 1..1000, got {limit!r}")

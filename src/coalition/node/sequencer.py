@@ -78,6 +78,7 @@ from coalition.points import model
 from coalition.points.accounts import validate_reference
 from coalition.points.operations import EntryContext
 from coalition.points.state import Account, apply_typed
+from coalition.store import flows as flows_store
 from coalition.store import ledger as ledger_store
 from coalition.store import members as members_store
 
@@ -216,6 +217,7 @@ class Transaction:
         """Write the staged entries and the lots they changed."""
         if self._staged:
             ledger_store.insert_entries(self.conn, self._staged)
+            flows_store.record_entries(self.conn, self._staged)  # derived: explorer's flows
             self.leaf_hashes.extend(row["leaf_hash"] for row in self._staged)
             self._next_index += len(self._staged)
             self._staged = []

@@ -13,6 +13,7 @@ from coalition.errors import FailedPrecondition
 from coalition.store import (  # noqa: F401  (importing a module registers its tables)
     agreements,
     conversions,
+    flows,
     leases,
     ledger,
     members,

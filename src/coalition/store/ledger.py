@@ -37,7 +37,6 @@ from sqlalchemy import (
     bindparam,
     func,
     insert,
-    or_,
     select,
 )
 from sqlmodel import Field, SQLModel
@@ -55,9 +54,13 @@ class EntryRow(SQLModel, table=True):
 
     __tablename__ = "entries"
     __table_args__ = (
+        # A member's history, newest first, a page at a time (``history``): one ordered
+        # range scan per column, however long the member's history or the log is.
+        Index("ix_entries_account_log", "account", "log_index"),
         Index(
-            "ix_entries_to_account",
+            "ix_entries_to_account_log",
             "to_account",
+            "log_index",
             sqlite_where=Column("to_account").isnot(None),
             postgresql_where=Column("to_account").isnot(None),
         ),
@@ -66,7 +69,7 @@ class EntryRow(SQLModel, table=True):
     log_index: int = Field(sa_column=Column(RowId, primary_key=True, autoincrement=False))
     entry_id: str = Field(max_length=48, unique=True)
     kind: str = Field(max_length=32)  # "redemption-receipt" is 18
-    account: str = Field(max_length=64, index=True)
+    account: str = Field(max_length=64)
     to_account: str | None = Field(default=None, max_length=64)
     body: str = Field(sa_column=Column(Text, nullable=False))
     leaf_hash: bytes = Field(sa_column=Column(LargeBinary(32), nullable=False))
@@ -214,15 +217,22 @@ def entry_by_id(conn: Connection, entry_id: str) -> tuple[int, JsonObject] | Non
     return row.log_index, stored_object(row.body)
 
 
-def history(conn: Connection, account: str, limit: int) -> list[tuple[int, JsonObject]]:
-    """The newest ``limit`` entries that touch ``account``, newest first."""
-    query = (
-        select(entries.c.log_index, entries.c.body)
-        .where(or_(entries.c.account == account, entries.c.to_account == account))
-        .order_by(entries.c.log_index.desc())
-        .limit(limit)
-    )
-    return [(row.log_index, stored_object(row.body)) for row in conn.execute(query)]
+def history(
+    conn: Connection, account: str, limit: int, before: int | None = None
+) -> list[tuple[int, JsonObject]]:
+    """The newest ``limit`` entries that touch ``account`` (as ``account`` or ``to``) with a
+    log index below ``before`` (None: the newest), newest first. Two ordered range scans
+    of ``limit`` rows each (``ix_entries_account_log``, ``ix_entries_to_account_log``),
+    merged: the cost is the page's, not the member's history's."""
+    found: dict[int, str] = {}
+    for column in (entries.c.account, entries.c.to_account):
+        query = select(entries.c.log_index, entries.c.body).where(column == account)
+        if before is not None:
+            query = query.where(entries.c.log_index < before)
+        query = query.order_by(entries.c.log_index.desc()).limit(limit)
+        found.update((row.log_index, row.body) for row in conn.execute(query))
+    newest = sorted(found, reverse=True)[:limit]
+    return [(index, stored_object(found[index])) for index in newest]
 
 
 def entry_bodies(conn: Connection, start: int, end: int) -> list[tuple[int, str, bytes]]:

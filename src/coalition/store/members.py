@@ -54,8 +54,9 @@ class LotRow(SQLModel, table=True):
     __tablename__ = "lots"
     __table_args__ = (
         CheckConstraint("remaining >= 0 AND remaining <= amount", name="ck_lots_remaining"),
-        # Covers the tier query (qualifying points earned since T, per account).
-        Index("ix_lots_account_earned", "account", "earned_at", "qualifying"),
+        # Covers the tier query (qualifying points earned since T, per account) and serves
+        # a member's lots a page at a time in (earned_at, id) order (``lots_page``).
+        Index("ix_lots_account_earned_id", "account", "earned_at", "id", "qualifying"),
         Index("ix_lots_expires_at", "expires_at"),
         # A debit's FIFO read: the lots with points left, in debit order, per account.
         Index(
@@ -195,6 +196,27 @@ _REF_USED = Statement("SELECT 1 FROM lots WHERE ref = :ref")
 def ref_used(conn: Connection, ref: str) -> bool:
     """Whether the purchase or reward reference ``ref`` (``purchase:R``) already earned."""
     return bool(run(conn, _REF_USED, {"ref": ref}))
+
+
+def lots_page(
+    conn: Connection, account: str, limit: int, after: str | None = None
+) -> list[Lot] | None:
+    """Up to ``limit`` lots of ``account`` in (earned_at, id) order, from the one after the
+    lot ``after`` (an id; None: from the first); None when ``account`` has no lot
+    ``after``. One ordered range scan of ``ix_lots_account_earned_id`` (and one primary
+    key lookup for the cursor): the page's cost, not the member's lots'."""
+    query = select(lots).where(lots.c.account == account)
+    if after is not None:
+        at = conn.execute(
+            select(lots.c.earned_at).where(lots.c.id == after, lots.c.account == account)
+        ).scalar()
+        if at is None:
+            return None
+        # ``>=`` first: the index's range starts at the cursor (PostgreSQL filters an OR
+        # alone along the whole range before it).
+        query = query.where(lots.c.earned_at >= at, or_(lots.c.earned_at > at, lots.c.id > after))
+    query = query.order_by(lots.c.earned_at, lots.c.id).limit(limit)
+    return [_lot(row) for row in conn.execute(query)]
 
 
 def used_refs(conn: Connection, refs: Iterable[str]) -> set[str]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, Connection, Index, Text, insert, select
+from sqlalchemy import BigInteger, Column, Connection, Index, Text, insert, or_, select
 from sqlmodel import Field, SQLModel
 
 from coalition.ledger.canonical import JsonObject, canonical_json
@@ -24,7 +24,12 @@ class StatementRow(SQLModel, table=True):
     """A settlement statement both parties signed, as recorded by a ``statement`` entry."""
 
     __tablename__ = "coalition_statements"
-    __table_args__ = (Index("ix_coalition_statements_pair", "party_a", "party_b", "period_start"),)
+    __table_args__ = (
+        # The listing, oldest period first, a page at a time (``statements_page``): of
+        # one pair of parties, or of all.
+        Index("ix_coalition_statements_pair_start", "party_a", "party_b", "period_start", "id"),
+        Index("ix_coalition_statements_start", "period_start", "id"),
+    )
 
     id: str = Field(primary_key=True, max_length=128)
     party_a: str = Field(max_length=32)
@@ -111,4 +116,25 @@ def statements_between(
             statements.c.period_start < to_micros(end), statements.c.period_end > to_micros(start)
         )
     query = query.order_by(statements.c.period_start, statements.c.id)
+    return [_statement(row) for row in conn.execute(query)]
+
+
+def statements_page(
+    conn: Connection, parties: tuple[str, str] | None, limit: int, after: str | None = None
+) -> list[Statement] | None:
+    """Up to ``limit`` recorded statements (of one sorted pair) in (period start, id)
+    order, from the one after the statement ``after`` (an id; None: the oldest); None when
+    there is no statement ``after``. One ordered range scan of an index (and one primary
+    key lookup for the cursor): the page's cost, however many statements there are."""
+    c = statements.c
+    query = select(statements)
+    if parties is not None:
+        query = query.where(c.party_a == parties[0], c.party_b == parties[1])
+    if after is not None:
+        start = conn.execute(select(c.period_start).where(c.id == after)).scalar()
+        if start is None:
+            return None
+        # ``>=`` first: the index's range starts at the cursor (as ``members.lots_page``).
+        query = query.where(c.period_start >= start, or_(c.period_start > start, c.id > after))
+    query = query.order_by(c.period_start, c.id).limit(limit)
     return [_statement(row) for row in conn.execute(query)]

@@ -226,6 +226,23 @@ def cosignatures(conn: Connection, program: str, height: int) -> list[StoredCosi
     return [StoredCosignature(**row._mapping) for row in rows]
 
 
+def cosignatures_between(
+    conn: Connection, program: str, start: int, end: int
+) -> dict[int, list[StoredCosignature]]:
+    """``cosignatures`` of ``program``'s headers at heights ``start`` .. ``end - 1``, by
+    height (a height without any is absent): one range scan of the primary key."""
+    c = witness_cosignatures.c
+    query = (
+        select(witness_cosignatures)
+        .where(c.program == program, c.height >= start, c.height < end)
+        .order_by(c.height, c.witness)
+    )
+    found: dict[int, list[StoredCosignature]] = {}
+    for row in conn.execute(query):
+        found.setdefault(row.height, []).append(StoredCosignature(**row._mapping))
+    return found
+
+
 def cosignature_lines(conn: Connection, program: str, start: int, end: int) -> dict[int, list[str]]:
     """The cosignature lines stored for ``program``'s headers at heights ``start`` ..
     ``end - 1``, sorted, by height (a height without any is absent)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from fastapi import Depends, Header, Path, Query, Request, Security
+from fastapi import Depends, Header, Path, Query, Request, Response, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
@@ -70,6 +70,17 @@ def idempotency_key(body: WriteBody, header: str | None) -> str:
     if key is None:
         raise InvalidArgument("missing idempotency key: send idempotency_key or Idempotency-Key")
     return key
+
+
+def link_next(request: Request, response: Response, **query: object) -> None:
+    """Set ``Link: <...>; rel="next"`` (RFC 8288, as GitHub's API pages) to this route
+    with ``query`` replacing those parameters: how a paged list route names its next
+    page while its body stays the list it always was. A None value sets no header."""
+    if any(value is None for value in query.values()):
+        return
+    params = dict(request.query_params) | {k: str(v) for k, v in query.items()}
+    url = request.url.replace_query_params(**params)
+    response.headers["Link"] = f'<{url.path}?{url.query}>; rel="next"'
 
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")

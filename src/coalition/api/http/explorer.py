@@ -5,22 +5,25 @@ authentication (they hold no data; every call the page makes carries an API key 
 typed in). Files are served from a fixed list with a strict Content-Security-Policy (only
 this origin's scripts, styles and fetches). The JSON routes need a ledger-read key:
 ``/v1/explorer/about`` (who this node is, and its coalition when it runs one) and
-``/v1/explorer/flows`` (value between brands per time bucket, from this node's chain) and
+``/v1/explorer/flows`` (value between brands per time bucket, from the running totals the
+writer keeps beside this node's chain: a page of buckets at a time, newest first) and
 ``/v1/explorer/kinds`` (how the page names each entry kind, from ``points.kinds``).
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from importlib import resources
 from typing import Annotated, Any, Protocol
 
 from fastapi import APIRouter, Query
 from fastapi.responses import RedirectResponse, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from coalition.api.http.deps import guard
 from coalition.errors import NotFound
-from coalition.explorer.flows import FLOW_KINDS, MAX_BUCKET_S, MIN_BUCKET_S, conversion_flows
+from coalition.explorer.flows import MAX_BUCKET_S, MIN_BUCKET_S, flows_of
+from coalition.ledger.entries import check_time, format_time
 from coalition.node.auth import Action, Authenticator
 from coalition.node.manifest import Manifest
 from coalition.node.service import NodeService
@@ -88,6 +91,10 @@ class FlowsOut(BaseModel):
     program: str
     bucket_s: int
     flows: list[dict[str, Any]]
+    """The newest ``limit`` non-empty buckets before ``before``, oldest first."""
+    next_before: str | None = Field(
+        description="Pass as ``before`` for the next older page; null when there is none."
+    )
 
 
 def _coalition_out(coalition: Membership) -> CoalitionOut:
@@ -141,12 +148,19 @@ def explorer_router(
         dependencies=read,
     )
     def flows(
-        bucket_s: Annotated[int, Query(ge=MIN_BUCKET_S, le=MAX_BUCKET_S)] = 3600,
+        bucket_s: Annotated[int, Query(ge=MIN_BUCKET_S, le=MAX_BUCKET_S, multiple_of=60)] = 3600,
+        limit: Annotated[int, Query(ge=1, le=1000, description="Most buckets.")] = 200,
+        before: Annotated[
+            str | None, Query(description="Only buckets starting before this time (RFC 3339).")
+        ] = None,
     ) -> FlowsOut:
-        chain = service.ledger.entries_of_kinds(FLOW_KINDS)
-        found = conversion_flows(chain, service.program, bucket_s)
+        until = None if before is None else check_time(before, "before")
+        totals, older = service.ledger.flow_page(bucket_s, limit, until)
         return FlowsOut(
-            program=service.program, bucket_s=bucket_s, flows=[f.to_json() for f in found]
+            program=service.program,
+            bucket_s=bucket_s,
+            flows=[f.to_json() for f in flows_of(totals)],
+            next_before=None if older is None else format_time(datetime.fromtimestamp(older, UTC)),
         )
 
     return router

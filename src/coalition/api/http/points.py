@@ -1,6 +1,9 @@
 """Members' points over HTTP: enrollment, earning, spending, operator corrections, the
 batch jobs, and one member's balance, lots and history.
 
+The lots and history are paged: each answers the list it always did, at most ``limit``
+items, with a ``Link: <...>; rel="next"`` header (RFC 8288) when a next page may exist.
+
 Writes answer 201 with the signed entry, or 200 with the earlier entry when the
 idempotency key was used before (``replayed``). Operators write; a member key may spend
 and read its own member's points (``node.auth``).
@@ -11,7 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from coalition.api.http.deps import (
@@ -25,6 +28,7 @@ from coalition.api.http.deps import (
     WriteBody,
     guard,
     idempotency_key,
+    link_next,
 )
 from coalition.api.http.ledger import EntryOut, entry_out
 from coalition.node.auth import Action, Authenticator
@@ -332,12 +336,34 @@ def _member_reads(points: PointsService, authenticator: Authenticator) -> APIRou
     def balance(member_id: MemberId) -> BalanceOut:
         return BalanceOut(**asdict(points.balance(member_id)))
 
-    @router.get("/v1/members/{member_id}/lots", summary="A member's lots of points")
-    def lots(member_id: MemberId) -> list[LotOut]:
-        return [LotOut(**asdict(lot)) for lot in points.lots(member_id)]
+    @router.get(
+        "/v1/members/{member_id}/lots",
+        summary="A member's lots of points, oldest first, a page at a time",
+    )
+    def lots(
+        member_id: MemberId,
+        request: Request,
+        response: Response,
+        limit: QueryInt = 1000,
+        after: Annotated[str | None, Query(max_length=48, description="A lot id.")] = None,
+    ) -> list[LotOut]:
+        found = points.lots_page(member_id, limit, after)
+        link_next(request, response, after=found[-1].id if len(found) == limit else None)
+        return [LotOut(**asdict(lot)) for lot in found]
 
-    @router.get("/v1/members/{member_id}/history", summary="A member's entries, newest first")
-    def history(member_id: MemberId, limit: QueryInt = 100) -> list[EntryOut]:
-        return [entry_out(view) for view in points.history(member_id, limit)]
+    @router.get(
+        "/v1/members/{member_id}/history",
+        summary="A member's entries, newest first, a page at a time",
+    )
+    def history(
+        member_id: MemberId,
+        request: Request,
+        response: Response,
+        limit: QueryInt = 100,
+        before: Annotated[QueryInt | None, Query(description="A log index.")] = None,
+    ) -> list[EntryOut]:
+        views, older = points.history_page(member_id, limit, before)
+        link_next(request, response, before=older)
+        return [entry_out(view) for view in views]
 
     return router

@@ -7,11 +7,11 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
-from coalition.api.http.deps import Signed, guard
+from coalition.api.http.deps import Signed, guard, link_next
 from coalition.ledger.entries import check_time
 from coalition.node.auth import Action, Authenticator
 from coalition.node.features.settlement import Settlement, StatementView
@@ -51,13 +51,19 @@ def settlement_router(settlement: Settlement, authenticator: Authenticator) -> A
 
     @router.get(
         "/v1/settlement/statements",
-        summary="Statements recorded on this chain, oldest period first",
+        summary="Statements recorded on this chain, oldest period first, a page at a time",
         dependencies=read,
     )
     def statements(
+        request: Request,
+        response: Response,
         partner: Annotated[str | None, Query(max_length=64)] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
+        after: Annotated[str | None, Query(max_length=128, description="A statement id.")] = None,
     ) -> list[StatementOut]:
-        return [_statement_out(v) for v in settlement.statements(partner)]
+        found = settlement.statements_page(partner, limit, after)
+        link_next(request, response, after=found[-1].id if len(found) == limit else None)
+        return [_statement_out(v) for v in found]
 
     @router.post(
         "/v1/settlement/statements",

@@ -11,8 +11,9 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from coalition.api.http.deps import PathInt, guard
+from coalition.ledger.canonical import MAX_SAFE_INTEGER
 from coalition.node.auth import Action, Authenticator
-from coalition.node.features.witness import Witness, WitnessStatus
+from coalition.node.features.witness import MAX_STATUSES, Witness, WitnessStatus
 
 
 class CosignatureOut(BaseModel):
@@ -62,7 +63,8 @@ def _status_out(status: WitnessStatus) -> WitnessStatusOut:
 
 
 def witness_router(witness: Witness, authenticator: Authenticator) -> APIRouter:
-    """``GET /v1/blocks/{height}/witnesses``, ``GET /v1/equivocations`` and
+    """``GET /v1/blocks/{height}/witnesses``, ``GET /v1/blocks/witnesses`` (a page of
+    heights in one request, for the blocks view), ``GET /v1/equivocations`` and
     ``GET /v1/witness/followers``."""
     router = APIRouter(tags=["witness"], dependencies=[guard(authenticator, Action.LEDGER_READ)])
 
@@ -72,6 +74,16 @@ def witness_router(witness: Witness, authenticator: Authenticator) -> APIRouter:
     )
     def witnesses(height: PathInt) -> WitnessStatusOut:
         return _status_out(witness.status(height))
+
+    @router.get(
+        "/v1/blocks/witnesses",
+        summary="Witness status of the headers from a height, a page in one request",
+    )
+    def witnesses_from(
+        start: Annotated[int, Query(ge=0, le=MAX_SAFE_INTEGER)] = 0,
+        limit: Annotated[int, Query(ge=1, le=MAX_STATUSES)] = 100,
+    ) -> list[WitnessStatusOut]:
+        return [_status_out(s) for s in witness.statuses(start, limit)]
 
     @router.get(
         "/v1/equivocations",

@@ -374,6 +374,21 @@ class Settlement:
         with self.service.sequencer.read() as conn:
             return [_view(s) for s in statements_store.statements_between(conn, parties)]
 
+    def statements_page(
+        self, partner: str | None, limit: int, after: str | None = None
+    ) -> list[StatementView]:
+        """``statements`` a page at a time: up to ``limit`` (1..1000), from the one after
+        the statement ``after`` (an id), oldest period first. NotFound for an unknown
+        ``after``."""
+        parties = None if partner is None else self._check_partner(partner)
+        if not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise InvalidArgument(f"limit must be 1..1000, got {limit!r}")
+        with self.service.sequencer.read() as conn:
+            found = statements_store.statements_page(conn, parties, limit, after)
+        if found is None:
+            raise NotFound(f"no statement {after} is recorded here")
+        return [_view(s) for s in found]
+
     def statement(self, statement_id: str) -> StatementView:
         with self.service.sequencer.read() as conn:
             found = statements_store.statement(conn, statement_id)

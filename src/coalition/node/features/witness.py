@@ -74,6 +74,8 @@ FOLLOWER_WAIT_S = 0.5
 """How often a process without the node's lease looks whether it has it now."""
 MAX_FUTURE_S = 300
 """A cosignature timestamped further ahead of our clock is refused (as partner messages)."""
+MAX_STATUSES = 1000
+"""Most witness statuses one ``statuses`` read returns (a page of the blocks view)."""
 
 
 class PartnerInbox(Protocol):
@@ -623,9 +625,28 @@ class Witness:
     def status(self, height: int) -> WitnessStatus:
         """Who cosigned our header at ``height`` (NotFound if there is none)."""
         ours = self._our_header(height)
-        header_hash = ours.header.hash()
         with self._sequencer.read() as conn:
             rows = witness_store.cosignatures(conn, self._program, height)
+        return self._status_of(ours, rows)
+
+    def statuses(self, start: int, limit: int) -> list[WitnessStatus]:
+        """``status`` of each of our headers from height ``start``, up to ``limit`` (1..1000)
+        of them, oldest first: one read of the headers and one of their cosignatures, so a
+        page of the blocks view costs one request, not one per block."""
+        if not isinstance(limit, int) or not 1 <= limit <= MAX_STATUSES:
+            raise InvalidArgument(f"limit must be 1..{MAX_STATUSES}, got {limit!r}")
+        headers = self._service.ledger.headers(start, limit)
+        if not headers:
+            return []
+        first, last = headers[0].header.height, headers[-1].header.height
+        with self._sequencer.read() as conn:
+            rows = witness_store.cosignatures_between(conn, self._program, first, last + 1)
+        return [self._status_of(h, rows.get(h.header.height, [])) for h in headers]
+
+    def _status_of(
+        self, ours: SignedHeader, rows: list[witness_store.StoredCosignature]
+    ) -> WitnessStatus:
+        header_hash = ours.header.hash()
         checkpoint = checkpoint_of(ours)
         cosigners: list[Cosigner] = []
         for row in rows:
@@ -646,7 +667,7 @@ class Witness:
         note += "".join(c.cosignature for c in cosigners)
         quorum = self._manifest.witness_quorum
         return WitnessStatus(
-            height=height,
+            height=ours.header.height,
             header_hash=header_hash,
             checkpoint=checkpoint,
             note=note,
