@@ -39,15 +39,15 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "tests"))
-from bench_conversions import AMOUNT, _convert_worker, member, setup  # noqa: E402
-from bench_ingest import machine  # noqa: E402
+from bench_conversions import AMOUNT, A, B, _convert_worker, groups, member, setup  # noqa: E402
+from benchlib import machine  # noqa: E402
 
 from coalition.explorer.flows import FLOW_KINDS, conversion_flows  # noqa: E402
 from coalition.node.views import PurchaseRow  # noqa: E402
 from coalition.store.db import make_engine  # noqa: E402
 from coalition.store.ledger import bodies_of_kinds, next_log_index  # noqa: E402
 
-from support.processes import BrandProcess  # noqa: E402
+from support.processes import BrandProcess, make_coalition  # noqa: E402
 
 PAGE = 50
 BLOCKS = 20
@@ -105,7 +105,8 @@ def wait_until(check: Callable[[], bool], what: str, timeout: float) -> None:
 def build(a: BrandProcess, api: Api, size: int, members: int) -> dict[str, int]:
     """A's log up to ``size`` entries: conversions first, then bulk earns."""
     conversions = max(5, size // 100)
-    _convert_worker(a.grpc, a.api_keys["operator"], "reads", list(range(conversions)), members, 8)
+    numbers = list(range(conversions))
+    _convert_worker([a.grpc], a.api_keys["operator"], "reads", numbers, members, 8)
     wait_until(
         lambda: len(api.json("/v1/explorer/flows?bucket_s=86400")["flows"]) > 0, "flows", 120
     )
@@ -207,15 +208,20 @@ def measure(a: BrandProcess, api: Api, calls: int) -> dict[str, dict[str, float]
 def run_size(folder: Path, size: int, members: int, calls: int) -> dict[str, Any]:
     conversions = max(5, size // 100)
     per_member = (conversions // members + 2) * AMOUNT
-    a, b = setup(folder, members, per_member)
-    api = Api(a)
+    coalition = make_coalition(folder, (A, B))
+    a, b = coalition.brands[A], coalition.brands[B]
+    ga, gb = groups(a, b, {A: a.database_url, B: b.database_url}, 1)
     try:
-        built = build(a, api, size, members)
-        results = measure(a, api, calls)
+        setup(a, b, ga, gb, members, per_member)
+        api = Api(a)
+        try:
+            built = build(a, api, size, members)
+            results = measure(a, api, calls)
+        finally:
+            api.http.close()
     finally:
-        api.http.close()
-        a.stop()
-        b.stop()
+        ga.stop()
+        gb.stop()
     return {"entries": size, **built, "reads": results}
 
 
