@@ -38,7 +38,6 @@ from coalition.errors import (
     Unauthenticated,
 )
 from coalition.ledger.canonical import JsonObject, parse_json
-from coalition.ledger.entries import format_time
 from coalition.ledger.envelope import SignedMessage, sign_message
 from coalition.ledger.keys import SigningKey
 from coalition.node.config import SealerConfig
@@ -50,6 +49,7 @@ from coalition.store.db import make_engine
 from coalition.store.schema import upgrade_schema
 from coalition.v1 import conversions_pb2, conversions_pb2_grpc
 
+from support.coalition import agreement_doc
 from support.processes import COALITION, BrandProcess, CoalitionProcesses, make_coalition
 
 pytestmark = pytest.mark.slow
@@ -75,24 +75,15 @@ exactly what a member's client would do (the node answers the first result again
 
 
 def agreement_document() -> JsonObject:
+    """The skyair -> staybright agreement, valid from five minutes ago for a day."""
     now = datetime.now(UTC)
-    return {
-        "type": "coalition.agreement.v1",
-        "id": "skyair-staybright",
-        "version": 1,
-        "from_program": A,
-        "to_program": B,
-        "rate": [3, 2],
-        "fee_bps": 100,
-        "min_points": 100,
-        "max_points": 100_000,
-        "daily_cap_points": 10**9,
-        "point_value": [1, 1],
-        "currency": "EUR",
-        "valid_from": format_time(now - timedelta(minutes=5)),
-        "valid_until": format_time(now + timedelta(days=1)),
-        "proposed_by": A,
-    }
+    return agreement_doc(
+        A,
+        B,
+        daily_cap_points=10**9,
+        valid_from=now - timedelta(minutes=5),
+        valid_until=now + timedelta(days=1),
+    )
 
 
 def _metadata(brand: BrandProcess) -> tuple[tuple[str, str], ...]:

@@ -43,13 +43,13 @@ from coalition.audit.db_check import check_database
 from coalition.audit.sources import DatabaseSource
 from coalition.demo.processes import NodeProcess
 from coalition.ledger.canonical import JsonObject, parse_json
-from coalition.ledger.entries import format_time
 from coalition.ledger.keys import VerifyKey
 from coalition.node.manifest import Manifest
 from coalition.store.db import make_engine
 from coalition.v1 import conversions_pb2, conversions_pb2_grpc
 from coalition.verify.chain_audit import audit_chain
 
+from support.coalition import agreement_doc
 from support.databases import postgres_databases
 from support.processes import BrandProcess, CoalitionProcesses, healthz, make_coalition
 
@@ -354,24 +354,15 @@ def test_three_processes_survive_sigkill_of_the_sealer_and_a_writer_and_sigstop(
 
 
 def agreement_document() -> JsonObject:
+    """The skyair -> staybright agreement, valid from five minutes ago for a day."""
     now = datetime.now(UTC)
-    return {
-        "type": "coalition.agreement.v1",
-        "id": "skyair-staybright",
-        "version": 1,
-        "from_program": A,
-        "to_program": B,
-        "rate": [3, 2],
-        "fee_bps": 100,
-        "min_points": 100,
-        "max_points": 100_000,
-        "daily_cap_points": 10**9,
-        "point_value": [1, 1],
-        "currency": "EUR",
-        "valid_from": format_time(now - timedelta(minutes=5)),
-        "valid_until": format_time(now + timedelta(days=1)),
-        "proposed_by": A,
-    }
+    return agreement_doc(
+        A,
+        B,
+        daily_cap_points=10**9,
+        valid_from=now - timedelta(minutes=5),
+        valid_until=now + timedelta(days=1),
+    )
 
 
 def _metadata(brand: BrandProcess) -> tuple[tuple[str, str], ...]:

@@ -10,14 +10,11 @@ In CI (``CI=true``) an unreachable PostgreSQL fails this test (``postgres_availa
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from coalition.audit.db_check import check_database
 from coalition.audit.sources import DatabaseSource
@@ -33,11 +30,10 @@ from coalition.ledger.canonical import JsonObject, parse_json
 from coalition.node.manifest import Manifest
 from coalition.ops.keygen import generate_coalition_keys
 from coalition.ops.tls import generate_tls
-from coalition.store.db import normalise_url
 from coalition.verify.chain_audit import audit_chain
 from coalition.verify.cross_chain import audit_coalition
 
-from support.databases import POSTGRES_URL
+from support.databases import postgres_databases
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -47,23 +43,8 @@ PROGRAMS = ("skyair", "staybright", "beanhouse")
 @pytest.fixture
 def databases(postgres_available: None) -> Iterator[dict[str, str]]:
     """A fresh database per node on the test server, dropped afterwards."""
-    admin = create_engine(normalise_url(POSTGRES_URL), isolation_level="AUTOCOMMIT")
-    suffix = uuid.uuid4().hex[:10]
-    names = {p: f"coalition_{p}_{suffix}" for p in PROGRAMS}
-    base = make_url(POSTGRES_URL)
-    try:
-        with admin.connect() as conn:
-            for name in names.values():
-                conn.execute(text(f'CREATE DATABASE "{name}"'))
-        yield {
-            p: base.set(database=name).render_as_string(hide_password=False)
-            for p, name in names.items()
-        }
-    finally:
-        with admin.connect() as conn:
-            for name in names.values():
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with postgres_databases(PROGRAMS) as urls:
+        yield urls
 
 
 def _chain(url: str) -> list[JsonObject]:
