@@ -69,7 +69,7 @@ from coalition.store import ledger as ledger_store
 from coalition.store.ledger import TREE_STRIDE, entries, set_head_to_log
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import machine
+from benchlib import machine, write_json
 
 PROGRAM = "benchair"
 SECRET = b"bench-account-secret-0123456789"
@@ -202,6 +202,7 @@ def main() -> int:
         default=str(Path(tempfile.gettempdir()) / "coalition-bench-proofs"),
         help="cache folder for the log database and its key",
     )
+    parser.add_argument("--json", type=Path, help="also write the figures as JSON")
     args = parser.parse_args()
     folder = Path(args.dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -327,6 +328,23 @@ def main() -> int:
     print(
         f"\ninclusion document: median {doc_bytes:.0f} bytes of canonical JSON, "
         f"{path_len:.0f} path hashes"
+    )
+    bare_ed25519 = next(med for name, med, _, _ in results if "bare Ed25519" in name)
+    write_json(
+        args.json,
+        {
+            "entries": size,
+            "samples": args.samples,
+            "operations": {
+                name.strip(): {"median_ms": med, "p99_ms": p99, "target": target}
+                for name, med, p99, target in results
+            },
+            "ratios": {
+                "inclusion_proof/bare_ed25519_verify": results[0][1] / bare_ed25519,
+            },
+            "inclusion_document_bytes": doc_bytes,
+            "path_hashes": path_len,
+        },
     )
     return 0
 

@@ -119,6 +119,28 @@ def test_the_benchmarks_run_at_a_tiny_size(
     assert last_words in result.stdout
 
 
+@pytest.mark.parametrize(
+    ("script", "args", "ratio"),
+    [
+        (
+            "bench_proofs.py",
+            ["--entries", "2000", "--samples", "20"],
+            "inclusion_proof/bare_ed25519_verify",
+        ),
+        (
+            "bench_audit.py",
+            ["--entries", "2000", "--runs", "1", "--workers", "0"],
+            "audit/bare_sha256",
+        ),
+    ],
+)
+def test_the_in_process_benchmarks_write_json(
+    tmp_path: Path, script: str, args: list[str], ratio: str
+) -> None:
+    found = run_json(script, [*args, "--dir", str(tmp_path / "work")], tmp_path)
+    assert found["ratios"][ratio] > 0
+
+
 def test_bench_write_path_runs_at_a_tiny_size(tmp_path: Path) -> None:
     out = tmp_path / "writes.json"
     result = run(
