@@ -54,6 +54,7 @@ from benchlib import (
     Figures,
     NodeGroup,
     cpu_seconds,
+    log_problems,
     machine,
     scratch_database,
     standalone_config,
@@ -61,7 +62,6 @@ from benchlib import (
 )
 from sqlalchemy import Engine, create_engine, text
 
-from coalition.audit import DatabaseSource, audit_chain
 from coalition.demo.processes import NodeProcess
 from coalition.ledger.keys import VerifyKey
 from coalition.node.auth import Role
@@ -230,7 +230,6 @@ def check(url: str, public_key: VerifyKey, acknowledged: list[str]) -> str:
     engine = create_engine(normalise_url(url))
     try:
         with engine.connect() as conn:
-            count, top = conn.execute(text("SELECT count(*), max(log_index) FROM entries")).one()
             keys = [
                 str(k)
                 for (k,) in conn.execute(
@@ -246,15 +245,8 @@ def check(url: str, public_key: VerifyKey, acknowledged: list[str]) -> str:
         problems.append(f"{len(missing)} acknowledged writes lost, e.g. {missing[:3]}")
     if len(keys) != len(present):
         problems.append(f"{len(keys) - len(present)} writes in the log twice")
-    if top is None or top + 1 != count:
-        problems.append(f"log not dense: {count} entries, highest index {top}")
-    source = DatabaseSource(url)
-    try:
-        report = audit_chain(source, public_key)
-    finally:
-        source.close()
-    if not report.ok:
-        problems.append(report.render())
+    count, log = log_problems(url, public_key)
+    problems += log
     if problems:
         raise SystemExit("check failed:\n" + "\n".join(problems))
     return (

@@ -63,6 +63,7 @@ from benchlib import (
     database_name,
     libpq_url,
     line,
+    log_problems,
     machine,
     measured,
     pgbench,
@@ -71,14 +72,11 @@ from benchlib import (
     write_json,
     write_run,
 )
-from sqlalchemy import create_engine, text
 
-from coalition.audit import DatabaseSource, audit_chain
 from coalition.ledger.keys import VerifyKey
 from coalition.node.auth import Role
 from coalition.node.config import load_config
 from coalition.ops.keygen import find_secret
-from coalition.store.db import normalise_url
 
 PROGRAM = "skyair"
 SEED = 1_000_000  # the template's max_points_per_operation
@@ -113,24 +111,9 @@ def enroll(group: NodeGroup, api_key: str, members: int) -> None:
 
 def check_log(url: str, public_key: VerifyKey, expected: int) -> str:
     """Every acknowledged write in the log once, the log dense, the chain sound."""
-    engine = create_engine(normalise_url(url))
-    try:
-        with engine.connect() as conn:
-            count, top = conn.execute(text("SELECT count(*), max(log_index) FROM entries")).one()
-    finally:
-        engine.dispose()
-    problems = []
+    count, problems = log_problems(url, public_key)
     if count != expected:
-        problems.append(f"{count} entries in the log, {expected} acknowledged")
-    if top is None or top + 1 != count:
-        problems.append(f"log not dense: {count} entries, highest index {top}")
-    source = DatabaseSource(url)
-    try:
-        report = audit_chain(source, public_key)
-    finally:
-        source.close()
-    if not report.ok:
-        problems.append(report.render())
+        problems.insert(0, f"{count} entries in the log, {expected} acknowledged")
     if problems:
         raise SystemExit("check failed:\n" + "\n".join(problems))
     return f"check OK: {count:,} entries, log dense, chain audits"

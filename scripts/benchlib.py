@@ -42,8 +42,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy import create_engine, text
 
+from coalition.audit import DatabaseSource, audit_chain
 from coalition.demo.processes import NodeProcess, free_ports, wait_ready
+from coalition.ledger.keys import VerifyKey
+from coalition.store.db import normalise_url
 
 ROOT = Path(__file__).resolve().parents[1]
 POSTGRES_URL = os.environ.get(
@@ -622,3 +626,25 @@ def write_run(
     if errors:
         print(f"  {what}: {len(errors)} calls failed, e.g. {errors[0]}")
     return result
+
+
+def log_problems(url: str, public_key: VerifyKey) -> tuple[int, list[str]]:
+    """The number of entries in the node's log at ``url`` and what is wrong with it: not
+    dense, or the chain not sound (``audit_chain``). The benchmarks' closing check."""
+    engine = create_engine(normalise_url(url))
+    try:
+        with engine.connect() as conn:
+            count, top = conn.execute(text("SELECT count(*), max(log_index) FROM entries")).one()
+    finally:
+        engine.dispose()
+    problems = []
+    if top is None or top + 1 != count:
+        problems.append(f"log not dense: {count} entries, highest index {top}")
+    source = DatabaseSource(url)
+    try:
+        report = audit_chain(source, public_key)
+    finally:
+        source.close()
+    if not report.ok:
+        problems.append(report.render())
+    return int(count), problems

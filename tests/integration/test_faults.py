@@ -12,7 +12,6 @@ finds nothing.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import threading
 import time
@@ -20,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
@@ -49,8 +48,16 @@ from coalition.store.db import make_engine
 from coalition.store.schema import upgrade_schema
 from coalition.v1 import conversions_pb2, conversions_pb2_grpc
 
-from support.coalition import agreement_doc
-from support.processes import COALITION, BrandProcess, CoalitionProcesses, make_coalition
+from support.processes import (
+    CHANNEL_OPTIONS,
+    COALITION,
+    RETRYABLE,
+    BrandProcess,
+    CoalitionProcesses,
+    make_coalition,
+    operator_metadata,
+    propose_agreement,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -58,13 +65,6 @@ A, B = "skyair", "staybright"
 MEMBERS = [f"M{n:03d}" for n in range(20)]
 SEED = 200_000
 """Points each member of A starts with."""
-CHANNEL_OPTIONS = [
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 500),
-]
-RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
-"""Codes a caller retries on (the node is down or restarting)."""
 TRANSPORT_FAILURES = RETRYABLE | {
     grpc.StatusCode.UNKNOWN,
     grpc.StatusCode.INTERNAL,
@@ -74,42 +74,8 @@ TRANSPORT_FAILURES = RETRYABLE | {
 exactly what a member's client would do (the node answers the first result again)."""
 
 
-def agreement_document() -> JsonObject:
-    """The skyair -> staybright agreement, valid from five minutes ago for a day."""
-    now = datetime.now(UTC)
-    return agreement_doc(
-        A,
-        B,
-        daily_cap_points=10**9,
-        valid_from=now - timedelta(minutes=5),
-        valid_until=now + timedelta(days=1),
-    )
-
-
-def _metadata(brand: BrandProcess) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {brand.api_keys['operator']}"),)
-
-
 def _channel(brand: BrandProcess) -> grpc.Channel:
     return grpc.insecure_channel(brand.grpc, options=CHANNEL_OPTIONS)
-
-
-def propose_agreement(source: BrandProcess, timeout: float = 30.0) -> None:
-    """Propose the agreement at A; B countersigns (retried while A's channel to B warms)."""
-    request = conversions_pb2.ProposeAgreementRequest(
-        agreement_json=json.dumps(agreement_document()).encode()
-    )
-    deadline = time.monotonic() + timeout
-    with _channel(source) as channel:
-        stub = conversions_pb2_grpc.AgreementsStub(channel)
-        while True:
-            try:
-                stub.ProposeAgreement(request, metadata=_metadata(source), timeout=10)
-                return
-            except grpc.RpcError as exc:
-                if exc.code() not in RETRYABLE or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.3)
 
 
 @dataclass
@@ -144,7 +110,7 @@ class Pair:
 def start_pair(pair: Pair) -> None:
     pair.b.start()  # B first: A's first calls to B then find it up
     pair.a.start()
-    propose_agreement(pair.a)
+    propose_agreement(pair.a, B)
 
 
 @pytest.fixture
@@ -199,7 +165,7 @@ class Driver:
         deadline = time.monotonic() + 60
         while True:
             try:
-                reply = stub.Convert(request, metadata=_metadata(self.source), timeout=10)
+                reply = stub.Convert(request, metadata=operator_metadata(self.source), timeout=10)
                 break
             except grpc.RpcError as exc:
                 if exc.code() in TRANSPORT_FAILURES and time.monotonic() < deadline:
@@ -504,7 +470,7 @@ def test_concurrent_conversions_never_overdraw(pair_factory: Callable[..., Pair]
                     idempotency_key=f"race-{thread}-{n}",
                 )
                 try:
-                    stub.Convert(request, metadata=_metadata(pair.a), timeout=10)
+                    stub.Convert(request, metadata=operator_metadata(pair.a), timeout=10)
                     outcome = "converted"
                 except grpc.RpcError as exc:
                     outcome = exc.code().name
@@ -595,7 +561,7 @@ def test_impersonation_refused_by_a_running_node(
                 amount=1000,
                 idempotency_key="e1",
             ),
-            metadata=_metadata(pair.a),
+            metadata=operator_metadata(pair.a),
             timeout=10,
         )
     wait_settled(pair.a, 1)
@@ -717,7 +683,7 @@ def test_tampered_receipts_never_complete_a_conversion(
                         amount=1000,
                         idempotency_key=f"f{n}",
                     ),
-                    metadata=_metadata(pair.a),
+                    metadata=operator_metadata(pair.a),
                     timeout=10,
                 )
         deadline = time.monotonic() + 30

@@ -21,7 +21,6 @@ fails, and the databases are dropped.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -29,7 +28,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +48,15 @@ from coalition.store.db import make_engine
 from coalition.v1 import conversions_pb2, conversions_pb2_grpc
 from coalition.verify.chain_audit import audit_chain
 
-from support.coalition import agreement_doc
 from support.databases import postgres_databases
-from support.processes import BrandProcess, CoalitionProcesses, healthz, make_coalition
+from support.processes import (
+    BrandProcess,
+    CoalitionProcesses,
+    healthz,
+    make_coalition,
+    operator_metadata,
+    propose_agreement,
+)
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -353,45 +358,6 @@ def test_three_processes_survive_sigkill_of_the_sealer_and_a_writer_and_sigstop(
 # --- conversions between two nodes of two processes each --------------------------------
 
 
-def agreement_document() -> JsonObject:
-    """The skyair -> staybright agreement, valid from five minutes ago for a day."""
-    now = datetime.now(UTC)
-    return agreement_doc(
-        A,
-        B,
-        daily_cap_points=10**9,
-        valid_from=now - timedelta(minutes=5),
-        valid_until=now + timedelta(days=1),
-    )
-
-
-def _metadata(brand: BrandProcess) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {brand.api_keys['operator']}"),)
-
-
-def propose_agreement(source: BrandProcess, timeout: float = 30.0) -> None:
-    """Propose at A; B countersigns (retried while A's channel to B warms up)."""
-    request = conversions_pb2.ProposeAgreementRequest(
-        agreement_json=json.dumps(agreement_document()).encode()
-    )
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(source.grpc) as channel:
-        stub = conversions_pb2_grpc.AgreementsStub(channel)
-        while True:
-            try:
-                stub.ProposeAgreement(request, metadata=_metadata(source), timeout=10)
-                return
-            except grpc.RpcError as exc:
-                if time.monotonic() > deadline:
-                    raise
-                if exc.code() not in (
-                    grpc.StatusCode.UNAVAILABLE,
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                ):
-                    raise
-                time.sleep(0.3)
-
-
 MEMBERS = [f"M{n:02d}" for n in range(12)]
 SEED = 100_000
 
@@ -440,7 +406,7 @@ class Converter:
                     with grpc.insecure_channel(processes[at].grpc) as channel:
                         stub = conversions_pb2_grpc.ConversionsStub(channel)
                         reply = stub.Convert(
-                            request, metadata=_metadata(self.source), timeout=CALL_TIMEOUT_S
+                            request, metadata=operator_metadata(self.source), timeout=CALL_TIMEOUT_S
                         )
                     with self.lock:
                         self.ids[n] = reply.id
@@ -492,7 +458,7 @@ def test_conversions_between_two_nodes_of_two_processes_survive_a_sigkill_in_eac
     a, b = made.brands[A], made.brands[B]
     b.start_all()
     a.start_all()
-    propose_agreement(a)
+    propose_agreement(a, B)
     with a.client() as ca, b.client() as cb:
         for member in MEMBERS:
             ca.enroll(member, idempotency_key=f"enroll-{member}")

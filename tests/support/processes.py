@@ -22,17 +22,24 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import tomllib
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+import grpc
 
 from coalition.api.grpc.client import NodeClient
 from coalition.demo.nodes import templates
 from coalition.demo.processes import NodeProcess, free_ports
 from coalition.ops.tomlfiles import manifest_document, partner_table, write_toml
+from coalition.v1 import conversions_pb2, conversions_pb2_grpc
+
+from support.coalition import agreement_doc
 
 COALITION = [sys.executable, "-m", "coalition.cli"]
 READY_TIMEOUT_S = 30.0
@@ -250,3 +257,43 @@ def make_coalition(
             brand.api_keys[str(key.get("role"))] = str(key["secret"])
             brand.api_keys[str(key["name"])] = str(key["secret"])
     return CoalitionProcesses(folder, manifest_path, brands)
+
+
+CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 500),
+]
+"""gRPC channel options of a client that reconnects quickly to a restarted node."""
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+"""Codes a caller retries on (the node is down or restarting)."""
+
+
+def operator_metadata(brand: BrandProcess) -> tuple[tuple[str, str], ...]:
+    """gRPC metadata with ``brand``'s operator key."""
+    return (("authorization", f"Bearer {brand.api_keys['operator']}"),)
+
+
+def propose_agreement(source: BrandProcess, to_program: str, timeout: float = 30.0) -> None:
+    """Propose at ``source`` an agreement to ``to_program`` valid from five minutes ago for
+    a day, which the partner countersigns; retried while the node's channel to it warms."""
+    now = datetime.now(UTC)
+    document = agreement_doc(
+        source.program,
+        to_program,
+        daily_cap_points=10**9,
+        valid_from=now - timedelta(minutes=5),
+        valid_until=now + timedelta(days=1),
+    )
+    request = conversions_pb2.ProposeAgreementRequest(agreement_json=json.dumps(document).encode())
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(source.grpc, options=CHANNEL_OPTIONS) as channel:
+        stub = conversions_pb2_grpc.AgreementsStub(channel)
+        while True:
+            try:
+                stub.ProposeAgreement(request, metadata=operator_metadata(source), timeout=10)
+                return
+            except grpc.RpcError as exc:
+                if exc.code() not in RETRYABLE or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
