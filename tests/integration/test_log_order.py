@@ -254,6 +254,26 @@ def test_the_lease_moves_at_once_when_the_holder_closes(pg_url: str, key: Signin
         _assert_chain(second, pg_url)
 
 
+def test_every_entry_is_sealed_when_the_holder_stops_before_the_others(
+    pg_url: str, key: SigningKey
+) -> None:
+    """Regression (CI, stop 16): all workers of a supervisor stop at once; the lease
+    holder stopped first and the others' last writes stayed unsealed."""
+    sealer = SealerConfig(max_entries=1000, max_delay_ms=60_000)  # nothing seals by time
+    with ExitStack() as stack:
+        first = stack.enter_context(temporary_node(pg_url, key=key, sealer=sealer))
+        second = stack.enter_context(temporary_node(pg_url, key=key, sealer=sealer))
+        assert first.leadership.held() and not second.leadership.held()
+        second.points.enroll("max", idempotency_key="enrol-max")
+        first.close()
+        assert first.sealer.sealed_at_stop
+        second.points.enroll("ada", idempotency_key="enrol-ada")
+        second.close()  # takes the lapsed lease and seals its own writes
+        assert second.sealer.sealed_at_stop
+        _assert_chain(second, pg_url)
+        assert [len(_log(second)), _headers(second)[-1].header.log_size] == [2, 2]
+
+
 def test_a_sealer_that_lost_its_lease_cannot_seal(pg_url: str, key: SigningKey) -> None:
     """Fencing: the old holder, woken after another took over, tries to seal what is
     pending; its transaction finds another holder and token and writes nothing. Its

@@ -50,7 +50,8 @@ log = logging.getLogger(__name__)
 POLL_CAP_S = 0.1
 """The longest a sealer waits before looking at the database again."""
 FOLLOW_TIMEOUT_S = 10.0
-"""How long ``flush`` in a process without the lease waits for the holder to seal."""
+"""How long ``flush`` and ``stop`` in a process without the lease wait for the holder to
+seal (the lease lapses in 3 s, so a dead holder's work is taken over well within it)."""
 
 
 class _Stale(Exception):
@@ -92,7 +93,8 @@ class Sealer:
         self._pending: list[bytes] = []
         self._oldest: float | None = None
         self.sealed_at_stop = False
-        """Whether ``stop`` found this process holding the lease and sealed everything."""
+        """Whether ``stop`` saw every entry committed before it sealed (by this process
+        or by the lease holder) within ``FOLLOW_TIMEOUT_S``."""
         with engine.connect() as conn:
             self._reload(conn)
             self._read_pending(conn)
@@ -240,23 +242,29 @@ class Sealer:
         return signed
 
     def flush(self) -> SignedHeader | None:
-        """Seal everything committed so far; the newest header. A process that does not
-        hold (and cannot take) the lease waits up to ``FOLLOW_TIMEOUT_S`` for the holder
-        to seal it instead."""
-        if self.leadership.held() or self.leadership.try_acquire():
-            while self.seal() is not None:
-                pass
-            with self._engine.connect() as conn:
-                target = ledger_store.read_head(conn)
-            if self.log_size >= target:
-                return self.last
+        """Seal everything committed so far; the newest header (see ``_seal_committed``)."""
+        self._seal_committed(FOLLOW_TIMEOUT_S)
+        return self.last
+
+    def _seal_committed(self, timeout: float) -> bool:
+        """Make sure every entry committed before the call is sealed: seal it while this
+        process holds (or can take) the lease, else wait for the holder, trying the lease
+        at every poll, so the last process of a node to stop seals what the others left.
+        Whether everything was sealed within ``timeout`` seconds."""
         with self._engine.connect() as conn:
             target = ledger_store.read_head(conn)
-        deadline = time.monotonic() + FOLLOW_TIMEOUT_S
-        while self.log_size < target and time.monotonic() < deadline:
-            self.refresh()
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.leadership.held() or self.leadership.try_acquire():
+                while self.seal() is not None:
+                    pass
+            else:
+                self.refresh()
+            if self.log_size >= target:
+                return True
+            if time.monotonic() >= deadline:
+                return False
             time.sleep(self._poll_s)
-        return self.last
 
     def wait_for_header(self, after_height: int, timeout: float) -> SignedHeader | None:
         """Block until a header above ``after_height`` is sealed; the next one, or None."""
@@ -284,18 +292,15 @@ class Sealer:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop the loop and, holding the lease, seal what is pending, so nothing
-        acknowledged stays unsealed (without it, the holder seals it)."""
+        """Stop the loop and seal what is committed (``_seal_committed``), so nothing
+        acknowledged stays unsealed when every process of the node stops at once."""
         with self._cond:
             self._stop = True
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        if self.leadership.held():
-            while self.seal() is not None:
-                pass
-            self.sealed_at_stop = not self._pending
+        self.sealed_at_stop = self._seal_committed(FOLLOW_TIMEOUT_S)
 
     def _due(self) -> bool:
         if not self._pending or self._oldest is None:

@@ -141,9 +141,10 @@ def run_node(config: NodeConfig, stop: threading.Event | None = None) -> None:
         log.info("read-only node %s stopped (log size %d)", config.program, size)
     elif service.sealer.sealed_at_stop:
         log.info("node %s stopped; every entry is sealed (log size %d)", config.program, size)
-    else:  # another process holds the lease: it seals the rest
-        log.info(
-            "node %s stopped (log size %d); the sealing process seals the rest",
+    else:  # the holder stalled: the next holder seals the rest
+        log.warning(
+            "node %s stopped (log size %d) before the lease holder sealed every entry; "
+            "the next process to hold the lease seals the rest",
             config.program,
             size,
         )
