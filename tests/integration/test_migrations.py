@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic import command
@@ -21,7 +23,9 @@ from sqlmodel import SQLModel
 
 from coalition.cli import main
 from coalition.errors import FailedPrecondition
+from coalition.store import db as db_module
 from coalition.store import ledger as ledger_store
+from coalition.store import schema as schema_module
 from coalition.store.db import make_engine
 from coalition.store.ledger import entries
 from coalition.store.members import accounts
@@ -246,3 +250,31 @@ def test_the_migrate_command(
     assert capsys.readouterr().out == f"schema at revision {head}\n"
     assert main(["migrate", "--config", str(config), "--check"]) == 0
     assert capsys.readouterr().out == f"schema at revision {head}: current\n"
+
+
+@pytest.mark.postgres
+def test_a_slow_migration_is_not_ended_by_the_writers_idle_timeout(
+    postgres_available: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression (CI on a loaded machine): Alembic's pauses between statements exceeded
+    the 4 s idle-in-transaction limit meant for stalled writers and ended the migration."""
+    monkeypatch.setattr(db_module, "IDLE_IN_TRANSACTION_MS", 300)
+    monkeypatch.setattr(schema_module.command, "upgrade", _slow(schema_module.command.upgrade))
+    with postgres_schema() as url:
+        engine = make_engine(url)
+        try:
+            upgrade_schema(engine)
+            assert recorded_revision(engine) == head_revision()
+        finally:
+            engine.dispose()
+
+
+def _slow(upgrade: Callable[..., None]) -> Callable[..., None]:
+    """``upgrade`` after a pause longer than the patched writers' idle limit, inside the
+    migrating transaction."""
+
+    def slow(config: Any, revision: str) -> None:
+        time.sleep(0.6)
+        upgrade(config, revision)
+
+    return slow
