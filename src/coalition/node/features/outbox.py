@@ -14,9 +14,10 @@ every process delivers the rows it wrote itself, claimed for it (``holder``) in 
 convert-out's own transaction, so a conversion goes out from the process that took the
 call, at once, with no poll and no hand-off to another process. A claim lasts
 ``claim_s`` past the row's next attempt, and a retry extends it. The holder of the
-node's lease (``node.leadership``) also takes, every ``IDLE_WAIT_S``, the due rows that
-nobody holds: those of a killed process once their claim lapsed, of a process that
-stopped (``stop`` gives its claims up), or from before claims existed. Within a process,
+node's lease (``node.leadership``) also takes (its first sender a partner, every
+``IDLE_WAIT_S``) the due rows that nobody holds: those of a killed process once their
+claim lapsed, of a process that stopped (``stop`` gives its claims up), or from before
+claims existed. Within a process,
 ``senders`` threads per partner send disjoint batches at once (an in-memory set of the
 rows in flight), so a batch waiting on the partner does not hold up the next one.
 Delivery is safe to repeat (a partner credits once per conversion id and answers
@@ -50,6 +51,9 @@ BACKOFF_MAX_S = 10.0
 IDLE_WAIT_S = 0.25
 """Longest sleep with nothing due; also how often the lease holder looks for rows
 nobody holds (one indexed count per partner)."""
+QUIET_WAIT_S = 1.0
+"""Longest sleep of a sender that does not sweep: its own new rows wake it, its
+postponed ones come due when ``next_due`` says; this only bounds a missed wake."""
 CLAIM_S = 10.0
 """How long a claim outlives its row's next attempt (at most ``abort_after_s``): a killed
 process's rows are taken over this late."""
@@ -128,7 +132,10 @@ class Outbox:
         for partner in self.partners:
             for n in range(self._senders):
                 thread = threading.Thread(
-                    target=self._run, args=(partner,), name=f"outbox:{partner}:{n}", daemon=True
+                    target=self._run,
+                    args=(partner, n == 0),
+                    name=f"outbox:{partner}:{n}",
+                    daemon=True,
                 )
                 thread.start()
                 self._threads.append(thread)
@@ -155,18 +162,20 @@ class Outbox:
         with self._sequencer.read() as conn:
             return conversions_store.pending_count(conn)
 
-    def _run(self, partner: str) -> None:
+    def _run(self, partner: str, sweeper: bool) -> None:
         wake = self._wake[partner]
         while not self._stop.is_set():
+            sweep = sweeper and self._sequencer.leadership.held()
             try:
-                wait = self._pass(partner, sweep=self._sequencer.leadership.held())
+                wait = self._pass(partner, sweep=sweep)
             except Exception:
                 log.exception("the outbox pass for %s failed; retrying", partner)
                 wake.wait(BACKOFF_MAX_S)  # a database outage or a bug: no tight loop
                 continue
             if self._stop.is_set():
                 return
-            wake.wait(IDLE_WAIT_S if wait is None else min(wait, IDLE_WAIT_S))
+            longest = IDLE_WAIT_S if sweep else QUIET_WAIT_S
+            wake.wait(longest if wait is None else min(wait, longest))
 
     def run_once(self) -> None:
         """One pass for every partner in turn, in the caller's thread (tests, tools),
