@@ -100,6 +100,7 @@ class Outbox:
         self._lock = threading.Lock()
         self._in_flight: set[str] = set()
         self._swept = dict.fromkeys(self.partners, 0.0)
+        self._claimed = False  # whether this process may hold claims (wrote or took rows)
 
     @property
     def holder(self) -> str:
@@ -110,6 +111,7 @@ class Outbox:
 
     def enqueue(self, conn: Connection, conversion_id: str, to_program: str) -> None:
         """In the convert-out's transaction: queue the conversion, claimed by this process."""
+        self._claimed = True
         conversions_store.enqueue(
             conn,
             conversion_id,
@@ -151,6 +153,8 @@ class Outbox:
         self.wake()
         for thread in threads:
             thread.join(timeout)
+        if not self._claimed:
+            return  # nothing to give up (a read-only process never claims)
         holder = self.holder
         try:
             self._sequencer.run(lambda tx: conversions_store.release(tx.conn, holder))
@@ -233,6 +237,7 @@ class Outbox:
             lambda tx: conversions_store.take_lapsed(tx.conn, partner, holder, now, claim_us, limit)
         )
         if taken:
+            self._claimed = True
             log.info("took over %d conversion(s) to %s that nobody delivered", taken, partner)
 
     def _send_due(self, partner: str, items: list[OutboxItem], now: int) -> bool:
