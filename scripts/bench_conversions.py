@@ -35,7 +35,10 @@ processes. SQLite takes one process per node.
   call) on A's member API (the channel the Convert calls use) and, over mutual TLS with
   A's certificate, on B's partner port (the channel the outbox uses).
 
-Each phase prints the CPU per operation of A's and B's node processes and, on PostgreSQL,
+The conversions' latency is also split into legs, from the entries' times: the
+Convert call, the outbox (A's ``convert-out`` to B's ``convert-in``) and the answer
+(B's ``convert-in`` to A's ``convert-complete``). Each phase prints the CPU per operation
+of A's and B's node processes and, on PostgreSQL,
 of both databases' backends (``benchlib.BackendCpu``), then conversions against each
 baseline: throughput ratio, p50 and p99 over the baseline's. Afterwards both nodes stop
 (SIGTERM) and ``audit_partners`` audits both chains and reconciles them; the run fails
@@ -220,22 +223,52 @@ def _convert_worker(
     return results
 
 
-def completions(engine: Engine) -> dict[str, float]:
-    """Conversion id -> time of its convert-complete entry on A (epoch seconds)."""
+def entry_times(engine: Engine, kind: str) -> dict[str, float]:
+    """Conversion id -> time of its ``kind`` entry on the engine's chain (epoch seconds)."""
     with engine.connect() as conn:
-        entries = bodies_of_kinds(conn, ["convert-complete"])
-    done: dict[str, float] = {}
+        entries = bodies_of_kinds(conn, [kind])
+    found: dict[str, float] = {}
     for entry in entries:
         conversion, at = entry["conversion"], entry["at"]
         assert isinstance(conversion, dict) and isinstance(at, str)
-        done[str(conversion["id"])] = parse_time(at).timestamp()
-    return done
+        found[str(conversion["id"])] = parse_time(at).timestamp()
+    return found
+
+
+def completions(engine: Engine) -> dict[str, float]:
+    """Conversion id -> time of its convert-complete entry on A (epoch seconds)."""
+    return entry_times(engine, "convert-complete")
+
+
+def legs(made: list[tuple[str, float, float]], a_url: str, b_url: str) -> Figures:
+    """p50 and p99 of each leg of a conversion, from its entries' times (one host, one
+    clock): the Convert call (send to reply), the outbox (A's convert-out to B's
+    convert-in: wait for a sender, the call, B's group commit) and the answer (B's
+    convert-in to A's convert-complete: B's reply, A's checks and write)."""
+    times: dict[str, dict[str, float]] = {}
+    for url, kind in ((a_url, "convert-out"), (b_url, "convert-in"), (a_url, "convert-complete")):
+        engine = create_engine(normalise_url(url))
+        try:
+            times[kind] = entry_times(engine, kind)
+        finally:
+            engine.dispose()
+    spans = {
+        "call": [replied - sent for _, sent, replied in made],
+        "outbox": [times["convert-in"][c] - times["convert-out"][c] for c, _, _ in made],
+        "answer": [times["convert-complete"][c] - times["convert-in"][c] for c, _, _ in made],
+    }
+    figures: Figures = {}
+    for name, values in spans.items():
+        figures[f"{name}_p50_ms"] = percentile(values, 50) * 1000
+        figures[f"{name}_p99_ms"] = percentile(values, 99) * 1000
+    return figures
 
 
 def convert_run(
     pool: ProcessPoolExecutor,
     a: BrandProcess,
     ga: NodeGroup,
+    b_url: str,
     count: int,
     clients: int,
     procs: int,
@@ -272,9 +305,7 @@ def convert_run(
     last = max(done[cid] for cid, _, _ in made)
     latencies = [done[cid] - sent for cid, sent, _ in made]
     result = summary(count, last - first, latencies)
-    calls = [replied - sent for _, sent, replied in made]
-    result["call_p50_ms"] = percentile(calls, 50) * 1000
-    result["call_p99_ms"] = percentile(calls, 99) * 1000
+    result.update(legs(made, ga.database_url, b_url))
     return result
 
 
@@ -317,7 +348,7 @@ def timed(
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(args.procs, mp_context=context) as pool:
         # warm up: channels, the outbox, both databases
-        convert_run(pool, a, ga, min(200, n), c, p, m)
+        convert_run(pool, a, ga, gb.database_url, min(200, n), c, p, m)
         return {
             "bare_member": measured(
                 lambda: bare(pool, ga.grpc, None, args.bare_calls, c, p), pids, watch
@@ -328,7 +359,9 @@ def timed(
                 watch,
             ),
             "redeem_write": measured(lambda: write_run(pool, redeems, n, c, p), pids, watch),
-            "conversions": measured(lambda: convert_run(pool, a, ga, n, c, p, m), pids, watch),
+            "conversions": measured(
+                lambda: convert_run(pool, a, ga, gb.database_url, n, c, p, m), pids, watch
+            ),
         }
 
 
@@ -344,7 +377,13 @@ def report(results: dict[str, Figures]) -> dict[str, float]:
         if "cpu_pg_ms" in r:
             text += f", PostgreSQL {r['cpu_pg_ms']:5.2f} ms"
         print(f"{text}   machine busy {r['machine_busy']:.0%}")
-    print(f"Convert call alone: p50 {conv['call_p50_ms']:.2f} ms, p99 {conv['call_p99_ms']:.2f} ms")
+    print(
+        "legs of a conversion (p50 / p99): "
+        + ", ".join(
+            f"{leg} {conv[f'{leg}_p50_ms']:.1f} / {conv[f'{leg}_p99_ms']:.1f} ms"
+            for leg in ("call", "outbox", "answer")
+        )
+    )
     ratios = {}
     for name in ("bare_member", "bare_partner_mtls", "redeem_write"):
         r = results[name]

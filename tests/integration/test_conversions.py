@@ -725,3 +725,51 @@ def test_a_failed_call_defers_the_rest_of_the_pass(make: Factory) -> None:
     assert a.conv.status("alice", old.id).status == "refunded"
     assert a.conv.status("alice", new.id).status in ("completed", "refunded")
     assert_consistent(c)
+
+
+def test_a_conversion_is_claimed_by_its_writer_and_a_foreign_claim_waits_for_its_lapse(
+    make: Factory,
+) -> None:
+    """Outbox claims (issue 10, item 3): the convert-out's transaction claims the row for
+    the process that wrote it; a row another holder claims is left alone until the claim
+    lapses, then the sweep takes it and delivers it once."""
+    c = make(start_features=False)
+    a = c[A]
+    view = a.conv.convert("alice", B, "bob", 1000, idempotency_key="claim-1")
+    (row,) = outbox_rows(a)
+    assert row.claimed_by == a.conv.outbox.holder
+    assert row.claim_until == row.queued_at + a.conv.outbox.claim_us
+    far = row.queued_at + 3_600_000_000
+
+    def claim(until: int) -> None:
+        with a.service.sequencer.engine.begin() as conn:
+            conn.execute(outbox.update().values(claimed_by="elsewhere:1:gone", claim_until=until))
+
+    claim(far)
+    a.conv.outbox.run_once()
+    assert a.conv.status("alice", view.id).status == "pending"
+    assert [r.claimed_by for r in outbox_rows(a)] == ["elsewhere:1:gone"]
+    claim(row.queued_at)  # lapsed
+    a.conv.outbox.run_once()
+    assert a.conv.status("alice", view.id).status == "completed"
+    assert outbox_rows(a) == []
+    assert entry_kinds(c[B].service)["convert-in"] == 1
+    assert_consistent(c)
+
+
+def test_a_stopping_outbox_gives_its_claims_up(make: Factory) -> None:
+    """A clean stop releases this process's claims (the lease holder takes them at once
+    instead of after the lapse); the rows stay queued and are delivered later."""
+    c = make()
+    a, b = c[A], c[B]
+    b.stop_partner_server()
+    view = a.conv.convert("alice", B, "bob", 1000, idempotency_key="release-1")
+    wait_for(lambda: outbox_rows(a)[0].attempts >= 1, 10, "a failed delivery attempt")
+    assert outbox_rows(a)[0].claimed_by == a.conv.outbox.holder
+    a.conv.outbox.stop()
+    (row,) = outbox_rows(a)
+    assert row.claimed_by is None and row.claim_until is None
+    b.start_partner_server()
+    a.conv.outbox.start()
+    assert settled(a, view).status == "completed"
+    assert_consistent(c)

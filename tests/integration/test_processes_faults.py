@@ -11,9 +11,11 @@ TLS on a partner port the processes share.
    took the lease within 5 s each time, and staybright's witness cosigned every header,
    those sealed after each failover included.
 2. Conversions skyair -> staybright between two nodes of two processes each, the sealing
-   process (which also runs the outbox) of each SIGKILLed mid-run: every conversion ends
-   completed or refunded, credited at most once, and the cross-chain audit passes (value
-   conserved).
+   process of each SIGKILLed mid-run: every conversion ends completed or refunded,
+   credited at most once, and the cross-chain audit passes (value conserved).
+3. A process of skyair that is not the sealer SIGKILLed while it holds the outbox claims
+   of the conversions it took (staybright down, so they wait for their retry): the lease
+   holder takes them over once the claims lapse and delivers each once.
 
 Each test stays well under two minutes; every process is stopped (SIGCONT first) whatever
 fails, and the databases are dropped.
@@ -484,7 +486,13 @@ def test_conversions_between_two_nodes_of_two_processes_survive_a_sigkill_in_eac
 
     wait_until(settled, f"every conversion settled: {dict(statuses(a))}", 60)
     made.stop_all()
+    assert_each_conversion_ended_once(made, expected)
 
+
+def assert_each_conversion_ended_once(made: CoalitionProcesses, expected: set[str]) -> None:
+    """Both chains audit and reconcile; each conversion of ``expected`` left A once and
+    ended once (completed and credited at B once, or refunded); value is conserved."""
+    a, b = made.brands[A], made.brands[B]
     manifest = Manifest.load(made.manifest)
     sources = {p: DatabaseSource(made.brands[p].database_url) for p in (A, B)}
     try:
@@ -528,3 +536,50 @@ def kind_of(entry: JsonObject, kind: str) -> str | None:
     """The conversion id of ``entry`` when it is of ``kind``, else None."""
     ids = conversion_ids([entry], kind)
     return ids[0] if ids else None
+
+
+def test_a_killed_process_s_claimed_conversions_are_delivered_once_by_another(
+    coalition: Callable[..., CoalitionProcesses],
+) -> None:
+    """Regression (outbox claims): the conversions a process wrote are claimed by it in
+    their own transaction; killed, it cannot deliver them, so the lease holder must take
+    them over when the claims lapse (``abort_after_s`` here) and deliver each once."""
+    made = coalition({A: 2, B: 1}, abort_after_s=6)
+    a, b = made.brands[A], made.brands[B]
+    b.start_all()
+    a.start_all()
+    propose_agreement(a, B)
+    with a.client() as ca, b.client() as cb:
+        for member in MEMBERS:
+            ca.enroll(member, idempotency_key=f"enroll-{member}")
+            cb.enroll(member, idempotency_key=f"enroll-{member}")
+            ca.adjust(member, SEED, "ops", "fault test seed", idempotency_key=f"seed-{member}")
+    leader = sealer_of(a)
+    writer = a.processes[1 - leader]
+    b.processes[0].stop()  # deliveries fail: the rows stay claimed, waiting for a retry
+    ids = set()
+    with grpc.insecure_channel(writer.grpc) as channel:
+        stub = conversions_pb2_grpc.ConversionsStub(channel)
+        for n in range(20):
+            request = conversions_pb2.ConvertRequest(
+                member_id=MEMBERS[n % len(MEMBERS)],
+                to_program=B,
+                to_member_id=MEMBERS[n % len(MEMBERS)],
+                amount=100 + n,
+                idempotency_key=f"claimed-{n}",
+            )
+            reply = stub.Convert(request, metadata=operator_metadata(a), timeout=CALL_TIMEOUT_S)
+            ids.add(reply.id)
+    holders = query(a.database_url, "SELECT DISTINCT claimed_by FROM coalition_outbox")
+    assert len(holders) == 1 and holders[0][0] is not None, holders
+    assert sealer_of(a) == leader, "the writer is not the lease holder"
+    writer.kill()
+    b.start_all()
+    wait_until(
+        lambda: statuses(a)["pending"] == 0 and sum(statuses(a).values()) == len(ids),
+        f"every conversion settled: {dict(statuses(a))}",
+        60,
+    )
+    assert query(a.database_url, "SELECT count(*) FROM coalition_outbox")[0][0] == 0
+    made.stop_all()
+    assert_each_conversion_ended_once(made, ids)

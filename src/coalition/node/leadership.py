@@ -2,7 +2,7 @@
 
 Several processes may serve one node on one PostgreSQL database. Exactly one of them at a
 time holds the node's lease (``store.leases``, name ``LEASE``): it seals blocks and runs
-the jobs that must not run twice at once (outbox delivery, witness following, expiry,
+the jobs that must not run twice at once (the outbox's sweep, witness following, expiry,
 the release of expired holds). A small thread renews the lease every ``renew_s``
 seconds for ``lease_s`` seconds, in the database's clock, so when the holder dies
 (SIGKILL) or stalls (SIGSTOP) another process takes it over within

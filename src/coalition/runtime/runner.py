@@ -3,8 +3,9 @@
 Any number of processes may run one node on one PostgreSQL database (a SQLite file takes
 one: a second is refused at start, ``store.db.lock_sqlite_file``). Every process serves
 every call; the one holding the node's lease (``node.leadership``) seals and runs the
-background jobs (the expiry tick here, the outbox and the witness in the features), the
-others take over within seconds when it dies.
+background jobs (the expiry tick here, the witness and the outbox's sweep in the
+features), the others take over within seconds when it dies. Every process delivers the
+conversions it wrote (``node.features.outbox``).
 
 A node whose configuration has a ``[coalition]`` table also runs its ``CoalitionNode``:
 the mutual-TLS partner server and the features (outbox, witness, ...), their routes and

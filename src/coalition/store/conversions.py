@@ -14,6 +14,15 @@ on the source side, and ``(from_program, conversion_id)`` on the target side, so
 conversion is credited at most once. A conversion leaves ``pending`` once, for
 ``completed`` or ``refunded`` (``finish_conversion`` touches only pending rows); an answer
 never changes. An outbox row is deleted when the answer is recorded.
+
+Outbox claims: a row names the process that delivers it (``claimed_by``) until
+``claim_until``. ``enqueue`` claims it for its writer in the convert-out's transaction;
+``claimed`` lists one holder's due rows; ``take_lapsed`` moves rows nobody holds (claim
+lapsed, or none) to a new holder, skipping rows another transaction has locked
+(``FOR UPDATE SKIP LOCKED`` on PostgreSQL) and re-checking the lapse in the UPDATE itself,
+so two takers never both get a row. A claim is a division of work, not a lock: delivery
+is safe to repeat (the partner answers once per conversion id), so a lapse while its
+holder still works sends a row twice at worst, never settles it twice.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from datetime import datetime
 from sqlalchemy import (
     BigInteger,
     Column,
+    ColumnElement,
     Connection,
     Index,
     Table,
@@ -35,6 +45,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    or_,
     select,
     update,
 )
@@ -126,6 +137,10 @@ class OutboxRow(SQLModel, table=True):
     next_attempt_at: int = Field(sa_column=Column(BigInteger, nullable=False))
     attempts: int = Field(default=0)
     last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    claimed_by: str | None = Field(default=None, max_length=128)
+    """The process delivering the row (``Outbox.holder``); None: nobody yet."""
+    claim_until: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    """Wall-clock microseconds when the claim lapses and the lease holder may take it."""
 
 
 conversions = ConversionRow.__table__  # type: ignore[attr-defined]
@@ -517,7 +532,16 @@ class OutboxItem:
     attempts: int
 
 
-def enqueue(conn: Connection, conversion_id: str, to_program: str, now_us: int) -> None:
+def enqueue(
+    conn: Connection,
+    conversion_id: str,
+    to_program: str,
+    now_us: int,
+    *,
+    holder: str | None = None,
+    claim_us: int = 0,
+) -> None:
+    """Queue a conversion for delivery, claimed by ``holder`` for ``claim_us``."""
     conn.execute(
         _ENQUEUE,
         dict(
@@ -527,34 +551,109 @@ def enqueue(conn: Connection, conversion_id: str, to_program: str, now_us: int) 
             next_attempt_at=now_us,
             attempts=0,
             last_error=None,
+            claimed_by=holder,
+            claim_until=None if holder is None else now_us + claim_us,
         ),
     )
 
 
-def due(conn: Connection, to_program: str, now_us: int, limit: int) -> list[OutboxItem]:
-    """Rows for ``to_program`` whose next attempt has come, oldest first."""
-    rows = conn.execute(
-        select(outbox)
-        .where(outbox.c.to_program == to_program, outbox.c.next_attempt_at <= now_us)
-        .order_by(outbox.c.queued_at, outbox.c.conversion_id)
-        .limit(limit)
-    ).all()
+def _items(rows: Iterable[object]) -> list[OutboxItem]:
     return [
-        OutboxItem(row.conversion_id, row.to_program, int(row.queued_at), int(row.attempts))
-        for row in rows
+        OutboxItem(r.conversion_id, r.to_program, int(r.queued_at), int(r.attempts))  # type: ignore[attr-defined]
+        for r in rows
     ]
 
 
-def next_due(conn: Connection, to_program: str) -> int | None:
-    """The earliest next attempt for ``to_program`` (wall-clock microseconds), or None."""
-    value = conn.execute(
-        select(func.min(outbox.c.next_attempt_at)).where(outbox.c.to_program == to_program)
-    ).scalar_one()
+_ITEM_COLUMNS = (outbox.c.conversion_id, outbox.c.to_program, outbox.c.queued_at, outbox.c.attempts)
+
+_CLAIMED = (
+    select(*_ITEM_COLUMNS)
+    .where(
+        outbox.c.to_program == bindparam("to_program"),
+        outbox.c.claimed_by == bindparam("holder"),
+        outbox.c.next_attempt_at <= bindparam("now"),
+    )
+    .order_by(outbox.c.queued_at, outbox.c.conversion_id)
+    .limit(bindparam("limit"))
+)
+
+
+def _unheld(now_us: int) -> ColumnElement[bool]:
+    return or_(outbox.c.claimed_by.is_(None), outbox.c.claim_until <= now_us)
+
+
+def claimed(
+    conn: Connection, to_program: str, holder: str, now_us: int, limit: int
+) -> list[OutboxItem]:
+    """``holder``'s rows for ``to_program`` whose next attempt has come, oldest first."""
+    rows = conn.execute(
+        _CLAIMED, {"to_program": to_program, "holder": holder, "now": now_us, "limit": limit}
+    ).all()
+    return _items(rows)
+
+
+def lapsed_count(conn: Connection, to_program: str, now_us: int) -> int:
+    """Due rows for ``to_program`` that nobody holds: what ``take_lapsed`` would take."""
+    query = (
+        select(func.count())
+        .select_from(outbox)
+        .where(
+            outbox.c.to_program == to_program,
+            outbox.c.next_attempt_at <= now_us,
+            _unheld(now_us),
+        )
+    )
+    return int(conn.execute(query).scalar_one())
+
+
+def take_lapsed(
+    conn: Connection, to_program: str, holder: str, now_us: int, claim_us: int, limit: int
+) -> int:
+    """Claim for ``holder`` up to ``limit`` due rows for ``to_program`` that nobody holds
+    (oldest first); how many it took."""
+    candidates = (
+        select(outbox.c.conversion_id)
+        .where(
+            outbox.c.to_program == to_program,
+            outbox.c.next_attempt_at <= now_us,
+            _unheld(now_us),
+        )
+        .order_by(outbox.c.queued_at, outbox.c.conversion_id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    result = conn.execute(
+        update(outbox)
+        .where(outbox.c.conversion_id.in_(candidates.scalar_subquery()), _unheld(now_us))
+        .values(claimed_by=holder, claim_until=now_us + claim_us)
+    )
+    return int(result.rowcount)
+
+
+def release(conn: Connection, holder: str) -> None:
+    """Give up ``holder``'s claims (a clean stop): the lease holder takes them at once."""
+    conn.execute(
+        update(outbox)
+        .where(outbox.c.claimed_by == holder)
+        .values(claimed_by=None, claim_until=None)
+    )
+
+
+def next_due(conn: Connection, to_program: str, holder: str | None = None) -> int | None:
+    """The earliest next attempt for ``to_program`` (of ``holder``'s rows when given;
+    wall-clock microseconds), or None."""
+    query = select(func.min(outbox.c.next_attempt_at)).where(outbox.c.to_program == to_program)
+    if holder is not None:
+        query = query.where(outbox.c.claimed_by == holder)
+    value = conn.execute(query).scalar_one()
     return None if value is None else int(value)
 
 
-def postpone(conn: Connection, ids: Sequence[str], next_us: int, error: str) -> None:
-    """Record a failed attempt for ``ids``: try again at ``next_us``."""
+def postpone(
+    conn: Connection, ids: Sequence[str], next_us: int, error: str, claim_us: int = 0
+) -> None:
+    """Record a failed attempt for ``ids``: try again at ``next_us``, the claim kept until
+    ``claim_us`` after that."""
     if not ids:
         return
     conn.execute(
@@ -564,6 +663,7 @@ def postpone(conn: Connection, ids: Sequence[str], next_us: int, error: str) -> 
             next_attempt_at=next_us,
             attempts=outbox.c.attempts + 1,
             last_error=error[:1000],
+            claim_until=case((outbox.c.claimed_by.is_(None), None), else_=next_us + claim_us),
         )
     )
 

@@ -266,7 +266,7 @@ class Conversions:
                     final_entry=None,
                 ),
             )
-            conversions_store.enqueue(conn, conversion_id, to_program, self._wall())
+            self.outbox.enqueue(conn, conversion_id, to_program)
             return body, touched, known
 
         result = self.service.sequencer.append(request, idempotency_key, decide)
