@@ -6,7 +6,7 @@ In this order, before any route runs, so a refused request reads and writes noth
    the body is read; the route's ``guard`` still authorizes the action);
 2. the body is read up to ``MAX_BODY_BYTES``: a larger ``Content-Length`` is refused at
    once, a chunked body as soon as it passes the limit (413);
-3. a JSON body (``application/json`` or ``+json``) is parsed by the one JSON parser of
+3. a JSON body (``application/json``, ``+json`` or untyped) is parsed by the one parser of
    every transport, ``coalition.ledger.canonical.parse_json``: duplicate keys, NaN,
    Infinity, floats (``1E400`` included) and integers beyond 2**53 - 1 are refused (400).
 
@@ -37,9 +37,11 @@ class _ClientGone(Exception):
 
 
 def is_json(content_type: str | None) -> bool:
-    """Whether FastAPI decodes a body of this type as JSON (so the gate must parse it)."""
+    """Whether FastAPI may decode a body of this type as JSON, so the gate must parse it:
+    ``application/json``, ``application/*+json``, or no type at all (FastAPI versions
+    without a strict content type decode an untyped body as JSON)."""
     if not content_type:
-        return False
+        return True
     media = content_type.split(";", 1)[0].strip().lower()
     return media == "application/json" or (
         media.startswith("application/") and media.endswith("+json")
