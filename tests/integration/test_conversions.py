@@ -769,6 +769,18 @@ def test_a_repeated_convert_answers_200_replayed_over_rest_and_grpc(
                 with pytest.raises(grpc.RpcError) as failed:
                     channel.unary_unary(method)(b"\xff\xff\xff\xff", metadata=meta, timeout=10)
                 assert failed.value.code() is grpc.StatusCode.INVALID_ARGUMENT, method
+            agreements = conversions_pb2_grpc.AgreementsStub(channel)
+            operator = (("authorization", f"Bearer {api_keys['operator']}"),)
+            for document in (b'{"rate": [1, 1], "rate": [9, 1]}', b'{"fee": NaN}'):
+                with pytest.raises(grpc.RpcError) as failed:  # the one parser, as over REST
+                    agreements.ProposeAgreement(
+                        conversions_pb2.ProposeAgreementRequest(agreement_json=document),
+                        metadata=operator,
+                    )
+                assert failed.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+                assert "duplicate object key" in str(failed.value.details()) or "NaN" in str(
+                    failed.value.details()
+                )
     finally:
         servers.stop(0)
     settled(a, a.conv.status("alice", made.id))

@@ -270,6 +270,7 @@ def test_openapi_says_the_idempotency_key_is_required(enrolled: httpx.Client) ->
         assert status in operation["responses"], status
     error_ref = operation["responses"]["422"]["content"]["application/json"]["schema"]["$ref"]
     assert error_ref.endswith("/ErrorOut")
+    assert f"{MAX_BODY_BYTES:,} bytes" in document["info"]["description"]
 
 
 # ---------------------------------------------------------- class 7: malformed protobuf

@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from coalition.api.errors import MAX_MESSAGE_CHARS
-from coalition.api.http.body import BodyGate
+from coalition.api.http.body import MAX_BODY_BYTES, BodyGate
 from coalition.api.http.bundle import bundle_router
 from coalition.api.http.deps import error_response
 from coalition.api.http.explorer import Membership, explorer_router
@@ -87,7 +87,13 @@ def create_app(
     lets the explorer name the node's partners and witness quorum."""
     app = FastAPI(
         title=f"Coalition node {service.program}",
-        description="Member and operator API of one Coalition loyalty program node.",
+        description=(
+            "Member and operator API of one Coalition loyalty program node. Every route "
+            "but `/healthz` takes `Authorization: Bearer <key>`, checked before a body is "
+            f"read; a request body is at most {MAX_BODY_BYTES:,} bytes (413 past it); JSON "
+            "bodies with duplicate keys, NaN, Infinity, floats or integers beyond 2^53 - 1 "
+            "are refused with 400. Every refusal has the `ErrorOut` body."
+        ),
         version="1",
         openapi_tags=_TAGS,
         docs_url=None,
