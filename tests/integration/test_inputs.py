@@ -159,6 +159,12 @@ def test_a_refusal_quotes_only_a_short_prefix_of_the_refused_value(
     assert response.status_code == 400, response.text[:200]
     assert len(response.content) < 400
     assert "2,097,152 characters" in response.json()["message"]
+    long_category = {"reference": "r", "spend_minor": 100, "category": "c" * 1_000_000}
+    response = enrolled.post(
+        f"/v1/members/{ALICE}/earn", json=long_category, headers=op | idem("category")
+    )
+    assert response.status_code == 400
+    assert len(response.content) < 400
     bad_id = "x!" * 100_000
     response = enrolled.post("/v1/members", json={"member_id": bad_id}, headers=op | idem("id"))
     assert response.status_code == 400

@@ -35,6 +35,7 @@ from coalition.errors import (
     NotFound,
     PartnerUnavailable,
     VerificationError,
+    quoted,
 )
 from coalition.ledger.canonical import MAX_SAFE_INTEGER, JsonObject, canonical_json
 from coalition.ledger.entries import check_program_id, check_time, entry_leaf_hash, format_time
@@ -77,7 +78,7 @@ _HOLD_ID = re.compile(r"[0-9a-f]{32}")
 def check_hold_id(hold_id: object) -> str:
     """Hold ids are 32 lowercase hex digits, chosen at random by the asking partner."""
     if not isinstance(hold_id, str) or not _HOLD_ID.fullmatch(hold_id):
-        raise InvalidArgument(f"a hold id is 32 lowercase hex digits, not {hold_id!r}")
+        raise InvalidArgument(f"a hold id is 32 lowercase hex digits, not {quoted(hold_id)}")
     return hold_id
 
 
