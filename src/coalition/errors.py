@@ -7,6 +7,19 @@ on.
 
 from __future__ import annotations
 
+QUOTE_CHARS = 40
+"""Most characters of a refused value a message quotes (``quoted``)."""
+
+
+def quoted(value: object, limit: int = QUOTE_CHARS) -> str:
+    """``repr(value)`` for an error message, cut to a short prefix when longer: a refusal
+    MUST NOT echo a whole refused value (a 10 MiB note would give a 10 MiB answer)."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = f"{len(value):,} characters" if isinstance(value, str | bytes) else "cut"
+    return f"{text[:limit]}... ({size})"
+
 
 class CoalitionError(Exception):
     """Base of every error Coalition raises on purpose."""
@@ -14,6 +27,10 @@ class CoalitionError(Exception):
 
 class InvalidArgument(CoalitionError):
     """The request itself is malformed: a bad amount, id, format or out-of-range value."""
+
+
+class RequestTooLarge(InvalidArgument):
+    """The request is larger than the transport accepts (an HTTP body over its limit)."""
 
 
 class NotFound(CoalitionError):

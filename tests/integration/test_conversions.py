@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
@@ -772,4 +773,63 @@ def test_a_stopping_outbox_gives_its_claims_up(make: Factory) -> None:
     b.start_partner_server()
     a.conv.outbox.start()
     assert settled(a, view).status == "completed"
+    assert_consistent(c)
+
+
+def test_a_repeated_convert_answers_200_replayed_over_rest_and_grpc(
+    make: Factory, authenticator: Authenticator, api_keys: dict[str, str]
+) -> None:
+    """Issue 11, class 10: the replay convention of points writes (201 first, then 200
+    with ``replayed: true``; gRPC's ``replayed``), for conversions. Also class 7 for every
+    coalition service: bytes that are no protobuf message are INVALID_ARGUMENT."""
+    c = make()
+    a = c[A]
+    servers = serve_member_api(a.node, authenticator, "127.0.0.1:0", "127.0.0.1:0")
+    alice = {"Authorization": f"Bearer {api_keys['member']}", "Idempotency-Key": "rk"}
+    meta = (("authorization", f"Bearer {api_keys['member']}"),)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{servers.http_port}", timeout=30) as http:
+            body = {"to_program": B, "to_member_id": "bob", "amount": 1000}
+            first = http.post("/v1/members/alice/conversions", json=body, headers=alice)
+            assert first.status_code == 201, first.text
+            assert first.json()["replayed"] is False
+            again = http.post("/v1/members/alice/conversions", json=body, headers=alice)
+            assert again.status_code == 200, again.text
+            assert again.json()["replayed"] is True
+            assert again.json()["id"] == first.json()["id"]
+            read = http.get(f"/v1/members/alice/conversions/{first.json()['id']}", headers=alice)
+            assert read.json()["replayed"] is False
+        with grpc.insecure_channel(f"127.0.0.1:{servers.grpc_port}") as channel:
+            stub = conversions_pb2_grpc.ConversionsStub(channel)
+            request = conversions_pb2.ConvertRequest(
+                member_id="alice", to_program=B, to_member_id="bob", amount=500,
+                idempotency_key="rg",
+            )  # fmt: skip
+            made = stub.Convert(request, metadata=meta)
+            replayed = stub.Convert(request, metadata=meta)
+            assert (made.replayed, replayed.replayed, replayed.id) == (False, True, made.id)
+            for method in (
+                "/coalition.v1.Conversions/Convert",
+                "/coalition.v1.Agreements/ProposeAgreement",
+                "/coalition.v1.PartnerRedemptions/Authorize",
+                "/coalition.v1.Settlement/ProposeStatement",
+            ):
+                with pytest.raises(grpc.RpcError) as failed:
+                    channel.unary_unary(method)(b"\xff\xff\xff\xff", metadata=meta, timeout=10)
+                assert failed.value.code() is grpc.StatusCode.INVALID_ARGUMENT, method
+            agreements = conversions_pb2_grpc.AgreementsStub(channel)
+            operator = (("authorization", f"Bearer {api_keys['operator']}"),)
+            for document in (b'{"rate": [1, 1], "rate": [9, 1]}', b'{"fee": NaN}'):
+                with pytest.raises(grpc.RpcError) as failed:  # the one parser, as over REST
+                    agreements.ProposeAgreement(
+                        conversions_pb2.ProposeAgreementRequest(agreement_json=document),
+                        metadata=operator,
+                    )
+                assert failed.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+                assert "duplicate object key" in str(failed.value.details()) or "NaN" in str(
+                    failed.value.details()
+                )
+    finally:
+        servers.stop(0)
+    settled(a, a.conv.status("alice", made.id))
     assert_consistent(c)

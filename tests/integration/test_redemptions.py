@@ -9,10 +9,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+import grpc
+import httpx
 import pytest
 
 from coalition.audit.db_check import check_database
@@ -26,9 +28,12 @@ from coalition.errors import (
 )
 from coalition.ledger.entries import entry_leaf_hash, parse_time
 from coalition.ledger.envelope import SignedMessage, open_message
+from coalition.node.auth import Authenticator
 from coalition.node.features.redemptions import Redemptions
 from coalition.points.replay import Replay
+from coalition.runtime.wiring import serve_member_api
 from coalition.store import redemptions as redemptions_store
+from coalition.v1 import settlement_pb2, settlement_pb2_grpc
 from coalition.verify.cross_chain import check_coalition
 
 from support.coalition import (
@@ -172,7 +177,9 @@ def test_capture_twice_gives_the_same_signed_answer(pair: Pair) -> None:
 
 def test_repeated_authorize_is_idempotent(pair: Pair) -> None:
     first = authorize(pair)
-    assert authorize(pair) == first
+    again = authorize(pair)
+    assert (first.replayed, again.replayed) == (False, True)
+    assert again == replace(first, replayed=True)
     reply = pair.b.client.call(  # type: ignore[union-attr]
         A,
         "hold-authorize",
@@ -363,3 +370,36 @@ def test_a_lost_capture_reply_is_recovered_by_capturing_again(pair: Pair) -> Non
     assert entry_kinds(pair.a.service)["hold-capture"] == 1
     assert entry_kinds(pair.b.service)["redemption-receipt"] == 1
     reconciled(pair)
+
+
+def test_a_repeated_authorize_answers_200_replayed_over_rest_and_grpc(
+    pair: Pair, authenticator: Authenticator, api_keys: dict[str, str]
+) -> None:
+    """Issue 11, class 10: partner redemptions follow the points writes' replay
+    convention (201, then 200 with ``replayed: true``; gRPC's ``replayed``)."""
+    servers = serve_member_api(pair.b.node, authenticator, "127.0.0.1:0", "127.0.0.1:0")
+    op = {"Authorization": f"Bearer {api_keys['operator']}", "Idempotency-Key": "rr"}
+    meta = (("authorization", f"Bearer {api_keys['operator']}"),)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{servers.http_port}", timeout=30) as http:
+            body = {"program": A, "member_id": MEMBER, "amount": 100, "reference": "folio-r"}
+            first = http.post("/v1/partner-redemptions", json=body, headers=op)
+            assert first.status_code == 201, first.text
+            assert first.json()["replayed"] is False
+            again = http.post("/v1/partner-redemptions", json=body, headers=op)
+            assert again.status_code == 200, again.text
+            assert again.json()["replayed"] is True
+            assert again.json()["hold_id"] == first.json()["hold_id"]
+        with grpc.insecure_channel(f"127.0.0.1:{servers.grpc_port}") as channel:
+            stub = settlement_pb2_grpc.PartnerRedemptionsStub(channel)
+            request = settlement_pb2.AuthorizeRedemptionRequest(
+                program=A, member_id=MEMBER, amount=50, reference="folio-g",
+                expires_in_s=600, idempotency_key="rg",
+            )  # fmt: skip
+            made = stub.Authorize(request, metadata=meta)
+            replayed = stub.Authorize(request, metadata=meta)
+            assert (made.replayed, replayed.replayed) == (False, True)
+            assert replayed.hold_id == made.hold_id
+    finally:
+        servers.stop(0)
+    assert balance(pair.a)[0] == 850  # 100 and 50 held once each, not twice

@@ -281,12 +281,12 @@ EARN = f"/v1/members/{ALICE}/earn"
     [
         (REDEEM, {"amount": -5, "reference": "g"}, 400),
         (REDEEM, {"amount": 0, "reference": "g"}, 400),
-        (REDEEM, {"amount": 1.5, "reference": "g"}, 422),
-        (REDEEM, {"amount": 10.0, "reference": "g"}, 422),
+        (REDEEM, {"amount": 1.5, "reference": "g"}, 400),
+        (REDEEM, {"amount": 10.0, "reference": "g"}, 400),
         (REDEEM, {"amount": "10", "reference": "g"}, 422),
         (REDEEM, {"amount": True, "reference": "g"}, 422),
         (REDEEM, {"amount": None, "reference": "g"}, 422),
-        (REDEEM, {"amount": 2**53, "reference": "g"}, 422),
+        (REDEEM, {"amount": 2**53, "reference": "g"}, 400),
         (REDEEM, {"amount": 100_000_001, "reference": "g"}, 400),
         (REDEEM, {"amount": 1001, "reference": "g"}, 409),
         (REDEEM, {"amount": 10, "reference": "bad reference!"}, 400),
@@ -294,7 +294,7 @@ EARN = f"/v1/members/{ALICE}/earn"
         (REDEEM, {"reference": "g"}, 422),
         (EARN, {"reference": "o-1", "spend_minor": 0}, 400),
         (EARN, {"reference": "o-1", "spend_minor": -100}, 400),
-        (EARN, {"reference": "o-1", "spend_minor": 99.99}, 422),
+        (EARN, {"reference": "o-1", "spend_minor": 99.99}, 400),
         (EARN, {"reference": "o-1", "spend_minor": "1000"}, 422),
         (EARN, {"reference": "o-1", "spend_minor": 10_000_000_001}, 400),
         (EARN, {"reference": "o-1", "spend_minor": 1000, "category": "no-such"}, 400),
@@ -347,11 +347,8 @@ def test_refused_request_changes_nothing(
         path, json=body | {"idempotency_key": "refused-1"}, headers=keys["operator"]
     )
     assert response.status_code == status, response.text
-    if status != 422:
-        assert set(response.json()) == {"error", "message"}
-        assert response.json()["message"]
-    else:
-        assert response.json()["detail"]
+    assert set(response.json()) == {"error", "message"}
+    assert response.json()["message"]
     assert snapshot(enrolled, keys, ALICE) == before
 
 
@@ -437,7 +434,7 @@ def test_bulk_earn(enrolled: TestClient, keys: dict[str, dict[str, str]]) -> Non
 
     before = snapshot(enrolled, keys, ALICE)
     bad_row = [rows[0] | {"spend_minor": 10.5, "idempotency_key": "b-float"}]
-    assert enrolled.post("/v1/earn/bulk", json=bad_row, headers=op).status_code == 422
+    assert enrolled.post("/v1/earn/bulk", json=bad_row, headers=op).status_code == 400
     too_many = [
         {
             "member_id": ALICE,

@@ -141,6 +141,18 @@ def test_the_in_process_benchmarks_write_json(
     assert found["ratios"][ratio] > 0
 
 
+def test_bench_body_gate_runs_at_a_tiny_size(tmp_path: Path) -> None:
+    out = tmp_path / "gate.json"
+    result = run(
+        str(SCRIPTS / "bench_body_gate.py"), "--repeats", "1", "--scale", "0.01",
+        "--json", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    bodies = json.loads(out.read_text())["bodies"]
+    assert set(bodies) == {"redeem", "bulk 1,000", "bulk 10,000"}
+    assert all(b["gated_cpu_us"] >= 0 and b["bytes"] > 0 for b in bodies.values())
+
+
 def test_bench_write_path_runs_at_a_tiny_size(tmp_path: Path) -> None:
     out = tmp_path / "writes.json"
     result = run(

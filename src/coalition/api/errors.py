@@ -1,4 +1,5 @@
-"""The one place where core errors become HTTP statuses and gRPC codes."""
+"""The one place where core errors become HTTP statuses and gRPC codes, and where a
+refusal's message is cut to a size every transport carries (``refusal_message``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from coalition.errors import (
     NotFound,
     PartnerUnavailable,
     PermissionDenied,
+    RequestTooLarge,
     Unauthenticated,
     VerificationError,
 )
@@ -20,6 +22,7 @@ from coalition.errors import (
 # Most specific first: the first matching class wins.
 _MAPPING: tuple[tuple[type[CoalitionError], int, grpc.StatusCode], ...] = (
     (IdempotencyConflict, 409, grpc.StatusCode.FAILED_PRECONDITION),
+    (RequestTooLarge, 413, grpc.StatusCode.INVALID_ARGUMENT),
     (InvalidArgument, 400, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFound, 404, grpc.StatusCode.NOT_FOUND),
     (FailedPrecondition, 409, grpc.StatusCode.FAILED_PRECONDITION),
@@ -29,6 +32,20 @@ _MAPPING: tuple[tuple[type[CoalitionError], int, grpc.StatusCode], ...] = (
     (CorruptStore, 500, grpc.StatusCode.DATA_LOSS),
     (PartnerUnavailable, 503, grpc.StatusCode.UNAVAILABLE),
 )
+
+
+MAX_MESSAGE_CHARS = 1024
+"""Most characters of a refusal's message on the wire (HTTP body, gRPC status details):
+far below gRPC's 8 KiB default metadata limit, past which a client sees
+RESOURCE_EXHAUSTED instead of the refusal."""
+
+
+def refusal_message(error: CoalitionError) -> str:
+    """The message a transport sends for ``error``, at most ``MAX_MESSAGE_CHARS``."""
+    text = str(error)
+    if len(text) <= MAX_MESSAGE_CHARS:
+        return text
+    return text[: MAX_MESSAGE_CHARS - 30] + f"... ({len(text):,} characters)"
 
 
 def http_status(error: CoalitionError) -> int:

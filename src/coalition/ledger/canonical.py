@@ -30,7 +30,7 @@ from typing import NoReturn, TypeAlias
 
 import orjson
 
-from coalition.errors import InvalidArgument
+from coalition.errors import InvalidArgument, quoted
 
 JsonValue: TypeAlias = "bool | int | str | list[JsonValue] | dict[str, JsonValue] | None"
 JsonObject: TypeAlias = "dict[str, JsonValue]"
@@ -122,11 +122,11 @@ def _slow(value: JsonValue) -> str:
 
 
 def _refuse_float(text: str) -> NoReturn:
-    raise InvalidArgument(f"floating-point numbers are not allowed: {text}")
+    raise InvalidArgument(f"floating-point numbers are not allowed: {quoted(text)}")
 
 
 def _refuse_constant(text: str) -> NoReturn:
-    raise InvalidArgument(f"{text} is not a JSON value")
+    raise InvalidArgument(f"{text} is not a JSON value (NaN and Infinity are not JSON)")
 
 
 def _parse_int(text: str) -> int:
@@ -144,7 +144,7 @@ def _object(pairs: list[tuple[str, JsonValue]]) -> JsonObject:
         seen: set[str] = set()
         for k, _ in pairs:
             if k in seen:
-                raise InvalidArgument(f"duplicate object key {k!r}")
+                raise InvalidArgument(f"duplicate object key {quoted(k)}")
             seen.add(k)
     return obj
 

@@ -1,7 +1,9 @@
 """API keys with roles, checked the same way by the REST and gRPC transports.
 
 A key is presented as ``Authorization: Bearer <key>`` (HTTP) or the ``authorization``
-metadata (gRPC). The node stores only SHA-256 digests of keys. Roles:
+metadata (gRPC); the scheme name is case-insensitive (RFC 7235 §2.1), so ``bearer`` works
+too. The node stores only SHA-256 digests of keys, and ``Authenticator.replace`` swaps
+the whole set at once (``coalition run`` does on SIGHUP). Roles:
 
 - ``member``: reads its own account and spends or transfers its own points;
 - ``operator``: every points operation for the program, and ledger reads;
@@ -67,21 +69,40 @@ def key_digest(secret: str) -> str:
 
 
 class Authenticator:
-    """Maps presented keys to principals and decides whether they may act."""
+    """Maps presented keys to principals and decides whether they may act.
+
+    The key set MAY be replaced while calls are served (``replace``): a call sees either
+    the old set or the new one, never a mix, and a removed key is refused from then on.
+    """
 
     def __init__(self, keys: Iterable[ApiKey]) -> None:
-        self._keys = {key.digest: key for key in keys}
-        for key in self._keys.values():
+        self._keys = self._checked(keys)
+
+    @staticmethod
+    def _checked(keys: Iterable[ApiKey]) -> dict[str, ApiKey]:
+        by_digest = {key.digest: key for key in keys}
+        for key in by_digest.values():
             if key.role is Role.MEMBER and not key.member_id:
                 raise InvalidArgument(f"member API key {key.name!r} needs a member_id")
+        return by_digest
+
+    def replace(self, keys: Iterable[ApiKey]) -> int:
+        """Serve ``keys`` instead of the current set, all at once; returns how many.
+        A bad set (InvalidArgument) leaves the current one in force."""
+        checked = self._checked(keys)
+        self._keys = checked  # one assignment: a lookup reads the old dict or the new one
+        return len(checked)
 
     def authenticate(self, authorization: str | None) -> Principal:
-        """Principal for an ``Authorization`` value (``Bearer <key>`` or the bare key)."""
+        """Principal for an ``Authorization`` value (``Bearer <key>``, any case of the
+        scheme, or the bare key)."""
         if not authorization:
             raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>'")
-        secret = authorization.removeprefix("Bearer ").strip()
+        scheme, _, rest = authorization.strip().partition(" ")
+        secret = rest.strip() if scheme.lower() == "bearer" and rest else authorization.strip()
         digest = key_digest(secret)
-        for known, key in self._keys.items():
+        keys = self._keys  # one snapshot: a concurrent replace never splits a lookup
+        for known, key in keys.items():
             if hmac.compare_digest(known, digest):
                 return Principal(key.name, key.role, key.member_id)
         raise Unauthenticated("unknown API key")

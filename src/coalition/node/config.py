@@ -346,6 +346,8 @@ def load_api_keys(path: Path) -> list[ApiKey]:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError as exc:
         raise InvalidArgument(f"no API keys file at {path}: run 'coalition keygen'") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidArgument(f"{path} is not valid TOML: {exc}") from None
     try:
         return [
             ApiKey(str(k["name"]), str(k["sha256"]), Role(k["role"]), k.get("member_id"))

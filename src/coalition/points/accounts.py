@@ -10,7 +10,7 @@ import hashlib
 import hmac
 import re
 
-from coalition.errors import InvalidArgument
+from coalition.errors import InvalidArgument, quoted
 
 _MEMBER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}")
 _REFERENCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/#-]{0,127}")
@@ -21,7 +21,7 @@ def validate_member_id(member_id: str) -> str:
     """Return ``member_id`` if it is 1-64 characters of ``A-Z a-z 0-9 . _ : @ -``."""
     if not isinstance(member_id, str) or not _MEMBER_ID.fullmatch(member_id):
         raise InvalidArgument(
-            f"malformed member id {member_id!r}: use 1-64 letters, digits or . _ : @ -"
+            f"malformed member id {quoted(member_id)}: use 1-64 letters, digits or . _ : @ -"
         )
     return member_id
 
@@ -30,7 +30,7 @@ def validate_reference(reference: str, what: str = "reference") -> str:
     """Return ``reference`` if it is 1-128 characters of ``A-Z a-z 0-9 . _ : / # -``."""
     if not isinstance(reference, str) or not _REFERENCE.fullmatch(reference):
         raise InvalidArgument(
-            f"malformed {what} {reference!r}: use 1-128 letters, digits or . _ : / # -"
+            f"malformed {what} {quoted(reference)}: use 1-128 letters, digits or . _ : / # -"
         )
     return reference
 
@@ -38,7 +38,7 @@ def validate_reference(reference: str, what: str = "reference") -> str:
 def validate_account(account: str) -> str:
     """Return ``account`` if it is a 64-digit lowercase hex account id."""
     if not isinstance(account, str) or not _ACCOUNT.fullmatch(account):
-        raise InvalidArgument(f"malformed account id {account!r}: expected 64 lowercase hex")
+        raise InvalidArgument(f"malformed account id {quoted(account)}: expected 64 lowercase hex")
     return account
 
 

@@ -14,7 +14,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from coalition.errors import FailedPrecondition, InvalidArgument, NotFound, VerificationError
+from coalition.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    VerificationError,
+    quoted,
+)
 from coalition.ledger.canonical import JsonObject, JsonValue
 from coalition.ledger.documents import split_signed
 from coalition.ledger.entries import (
@@ -56,7 +62,7 @@ def _entry(ctx: EntryContext, kind: str, account: str, **fields: object) -> mode
 def validate_note(note: str) -> str:
     """A free-text note: printable, at most 200 characters, not blank."""
     if not isinstance(note, str) or not note.strip() or len(note) > MAX_NOTE:
-        raise InvalidArgument(f"note must be 1-{MAX_NOTE} characters, got {note!r}")
+        raise InvalidArgument(f"note must be 1-{MAX_NOTE} characters, got {quoted(note)}")
     if not note.isprintable():
         raise InvalidArgument("note must not contain control characters")
     return note

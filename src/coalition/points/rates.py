@@ -15,7 +15,7 @@ from datetime import datetime
 from decimal import Context, Decimal
 from fractions import Fraction
 
-from coalition.errors import FailedPrecondition, InvalidArgument
+from coalition.errors import FailedPrecondition, InvalidArgument, quoted
 from coalition.ledger.canonical import JsonObject
 from coalition.ledger.documents import (
     sign_document,
@@ -56,7 +56,7 @@ _FIELDS = frozenset(
 def check_currency(currency: object, what: str = "currency") -> str:
     """An ISO 4217-style code: three capital letters."""
     if not isinstance(currency, str) or not _CURRENCY.fullmatch(currency):
-        raise InvalidArgument(f"{what} must be 3 capital letters, got {currency!r}")
+        raise InvalidArgument(f"{what} must be 3 capital letters, got {quoted(currency)}")
     return currency
 
 
@@ -123,7 +123,7 @@ class Agreement:
 def _count(doc: JsonObject, key: str, *, least: int = 1, most: int | None = None) -> int:
     value = doc.get(key)
     if not isinstance(value, int) or isinstance(value, bool):
-        raise InvalidArgument(f"agreement {key} must be an integer, got {value!r}")
+        raise InvalidArgument(f"agreement {key} must be an integer, got {quoted(value)}")
     if value < least or (most is not None and value > most):
         upper = "" if most is None else f"..{most}"
         raise InvalidArgument(f"agreement {key} must be in {least}{upper}, got {value}")
@@ -133,7 +133,9 @@ def _count(doc: JsonObject, key: str, *, least: int = 1, most: int | None = None
 def _ratio(doc: JsonObject, key: str) -> tuple[int, int]:
     value = doc.get(key)
     if not isinstance(value, list) or len(value) != 2:
-        raise InvalidArgument(f"agreement {key} must be [numerator, denominator], got {value!r}")
+        raise InvalidArgument(
+            f"agreement {key} must be [numerator, denominator], got {quoted(value)}"
+        )
     pair: JsonObject = {"numerator": value[0], "denominator": value[1]}
     try:
         return _count(pair, "numerator"), _count(pair, "denominator")

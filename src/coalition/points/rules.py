@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from fractions import Fraction
 from typing import Any
 
-from coalition.errors import InvalidArgument
+from coalition.errors import InvalidArgument, quoted
 
 _DURATION = re.compile(r"(\d+)(ms|s|m|h|d)")
 _UNITS = {
@@ -137,7 +137,7 @@ class ProgramRules:
         if category:
             if category not in self.categories:
                 known = ", ".join(sorted(self.categories)) or "none"
-                raise InvalidArgument(f"unknown category {category!r} (known: {known})")
+                raise InvalidArgument(f"unknown category {quoted(category)} (known: {known})")
             multipliers.append((f"category:{category}", self.categories[category]))
         multipliers.extend(
             (f"promotion:{p.name}", p.multiplier) for p in self.promotions if p.name in active
@@ -154,7 +154,7 @@ class ProgramRules:
         """Fixed points for a behaviour event (sign-up, review, referral, ...)."""
         if event not in self.rewards:
             known = ", ".join(sorted(self.rewards)) or "none"
-            raise InvalidArgument(f"unknown reward event {event!r} (known: {known})")
+            raise InvalidArgument(f"unknown reward event {quoted(event)} (known: {known})")
         return self.rewards[event]
 
 

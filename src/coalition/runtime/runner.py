@@ -1,4 +1,6 @@
 """Run one brand's node until SIGTERM or SIGINT: sealer, gRPC, REST and scheduled expiry.
+SIGHUP reloads the API keys file the configuration names (``reload_api_keys``): a key
+removed from it is refused from then on, a new one accepted, nothing restarts.
 
 Any number of processes may run one node on one PostgreSQL database (a SQLite file takes
 one: a second is refused at start, ``store.db.lock_sqlite_file``). Every process serves
@@ -25,6 +27,7 @@ import threading
 from collections.abc import Callable
 from types import FrameType
 
+from coalition.errors import CoalitionError
 from coalition.node.auth import Authenticator
 from coalition.node.config import NodeConfig, load_api_keys, split_address
 from coalition.node.service import NodeService
@@ -68,14 +71,33 @@ def _expire_every(
             log.exception("releasing expired holds failed; retrying in %.0f s", interval)
 
 
-def _on_signals(stop: threading.Event) -> Callable[[], None]:
-    """Set ``stop`` on SIGTERM/SIGINT; returns a function restoring the old handlers."""
+def reload_api_keys(config: NodeConfig, authenticator: Authenticator) -> bool:
+    """Serve the keys now in ``config.api_keys_path``; True when they were taken. A file
+    that cannot be read or holds a bad entry is logged and the keys in force stay."""
+    try:
+        count = authenticator.replace(load_api_keys(config.api_keys_path))
+    except (CoalitionError, OSError) as exc:
+        log.error("API keys not reloaded (the previous keys stay in force): %s", exc)
+        return False
+    log.info("reloaded %d API keys from %s", count, config.api_keys_path)
+    return True
+
+
+def _on_signals(
+    stop: threading.Event, config: NodeConfig, authenticator: Authenticator
+) -> Callable[[], None]:
+    """Set ``stop`` on SIGTERM/SIGINT, reload the API keys on SIGHUP; returns a function
+    restoring the old handlers."""
 
     def handler(signum: int, _frame: FrameType | None) -> None:
         log.info("received %s, stopping", signal.Signals(signum).name)
         stop.set()
 
+    def reload(_signum: int, _frame: FrameType | None) -> None:
+        reload_api_keys(config, authenticator)
+
     old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    old[signal.SIGHUP] = signal.signal(signal.SIGHUP, reload)
 
     def restore() -> None:
         for sig, previous in old.items():
@@ -92,8 +114,8 @@ def run_node(config: NodeConfig, stop: threading.Event | None = None) -> None:
     """
     stop = stop or threading.Event()
     in_main = threading.current_thread() is threading.main_thread()
-    restore = _on_signals(stop) if in_main else None
     authenticator = Authenticator(load_api_keys(config.api_keys_path))
+    restore = _on_signals(stop, config, authenticator) if in_main else None
     node = build_node(config)
     service, coalition = node.service, node.coalition
     try:

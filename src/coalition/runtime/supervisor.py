@@ -12,6 +12,8 @@ The supervisor itself opens no database and serves nothing. It:
   worker starts;
 - forwards SIGTERM or SIGINT to every worker as SIGTERM, so each stops gracefully (the
   runner's shutdown order), and waits for them (SIGKILL after ``STOP_TIMEOUT_S``);
+- forwards SIGHUP to every running worker, so each reloads the API keys (the runner's
+  ``reload_api_keys``) and none restarts;
 - restarts a worker that exits while the supervisor is not stopping, after a backoff
   that doubles from ``BACKOFF_S`` to ``BACKOFF_MAX_S`` and starts again once a worker
   ran for ``STABLE_S``; every exit and restart is logged. A worker that keeps failing
@@ -202,7 +204,14 @@ class Supervisor:
             log.info("received %s, stopping the workers", signal.Signals(signum).name)
             self.stop_event.set()
 
+        def forward_hup(_signum: int, _frame: FrameType | None) -> None:
+            running = [s.process for s in self._slots if s.process and s.process.poll() is None]
+            log.info("received SIGHUP, asking %d workers to reload their API keys", len(running))
+            for process in running:
+                process.send_signal(signal.SIGHUP)
+
         old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+        old[signal.SIGHUP] = signal.signal(signal.SIGHUP, forward_hup)
 
         def restore() -> None:
             for sig, previous in old.items():

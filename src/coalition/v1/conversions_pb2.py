@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63oalition/v1/conversions.proto\x12\x0c\x63oalition.v1\"v\n\x0e\x43onvertRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x12\n\nto_program\x18\x02 \x01(\t\x12\x14\n\x0cto_member_id\x18\x03 \x01(\t\x12\x0e\n\x06\x61mount\x18\x04 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\"@\n\x14GetConversionRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x15\n\rconversion_id\x18\x02 \x01(\t\"E\n\x0cQuoteRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x12\n\nto_program\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\"\xc3\x02\n\nConversion\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\x12\x12\n\nto_program\x18\x03 \x01(\t\x12\x14\n\x0cto_member_id\x18\x04 \x01(\t\x12\x14\n\x0c\x61greement_id\x18\x05 \x01(\t\x12\x19\n\x11\x61greement_version\x18\x06 \x01(\x03\x12\x0e\n\x06\x61mount\x18\x07 \x01(\x03\x12\x0b\n\x03\x66\x65\x65\x18\x08 \x01(\x03\x12\x0b\n\x03net\x18\t \x01(\x03\x12\x0e\n\x06\x63redit\x18\n \x01(\x03\x12\x13\n\x0bvalue_minor\x18\x0b \x01(\x03\x12\x10\n\x08\x63urrency\x18\x0c \x01(\t\x12\x0e\n\x06status\x18\r \x01(\t\x12\x0e\n\x06reason\x18\x0e \x01(\t\x12\x12\n\ncreated_at\x18\x0f \x01(\t\x12\x11\n\tout_entry\x18\x10 \x01(\t\x12\x13\n\x0b\x66inal_entry\x18\x11 \x01(\t\"\x8e\x02\n\x0f\x43onversionQuote\x12\x12\n\nto_program\x18\x01 \x01(\t\x12\x14\n\x0c\x61greement_id\x18\x02 \x01(\t\x12\x19\n\x11\x61greement_version\x18\x03 \x01(\x03\x12\x0e\n\x06\x61mount\x18\x04 \x01(\x03\x12\x0b\n\x03\x66\x65\x65\x18\x05 \x01(\x03\x12\x0b\n\x03net\x18\x06 \x01(\x03\x12\x0e\n\x06\x63redit\x18\x07 \x01(\x03\x12\x13\n\x0bvalue_minor\x18\x08 \x01(\x03\x12\x10\n\x08\x63urrency\x18\t \x01(\t\x12\x10\n\x08rate_num\x18\n \x01(\x03\x12\x10\n\x08rate_den\x18\x0b \x01(\x03\x12\x18\n\x10\x64\x61ily_cap_points\x18\x0c \x01(\x03\x12\x17\n\x0f\x63onverted_today\x18\r \x01(\x03\"1\n\x17ProposeAgreementRequest\x12\x16\n\x0e\x61greement_json\x18\x01 \x01(\x0c\"0\n\x0fSignedAgreement\x12\x1d\n\x15signed_agreement_json\x18\x01 \x01(\x0c\"\x17\n\x15ListAgreementsRequest\"\xb3\x01\n\x10\x41greementSummary\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x14\n\x0c\x66rom_program\x18\x03 \x01(\t\x12\x12\n\nto_program\x18\x04 \x01(\t\x12\x12\n\nvalid_from\x18\x05 \x01(\t\x12\x13\n\x0bvalid_until\x18\x06 \x01(\t\x12\x10\n\x08in_force\x18\x07 \x01(\x08\x12\x1d\n\x15signed_agreement_json\x18\x08 \x01(\x0c\"C\n\rAgreementList\x12\x32\n\nagreements\x18\x01 \x03(\x0b\x32\x1e.coalition.v1.AgreementSummary2\xe3\x01\n\x0b\x43onversions\x12\x41\n\x07\x43onvert\x12\x1c.coalition.v1.ConvertRequest\x1a\x18.coalition.v1.Conversion\x12M\n\rGetConversion\x12\".coalition.v1.GetConversionRequest\x1a\x18.coalition.v1.Conversion\x12\x42\n\x05Quote\x12\x1a.coalition.v1.QuoteRequest\x1a\x1d.coalition.v1.ConversionQuote2\xba\x01\n\nAgreements\x12X\n\x10ProposeAgreement\x12%.coalition.v1.ProposeAgreementRequest\x1a\x1d.coalition.v1.SignedAgreement\x12R\n\x0eListAgreements\x12#.coalition.v1.ListAgreementsRequest\x1a\x1b.coalition.v1.AgreementListb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63oalition/v1/conversions.proto\x12\x0c\x63oalition.v1\"v\n\x0e\x43onvertRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x12\n\nto_program\x18\x02 \x01(\t\x12\x14\n\x0cto_member_id\x18\x03 \x01(\t\x12\x0e\n\x06\x61mount\x18\x04 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\"@\n\x14GetConversionRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x15\n\rconversion_id\x18\x02 \x01(\t\"E\n\x0cQuoteRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x12\n\nto_program\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\"\xd5\x02\n\nConversion\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\x12\x12\n\nto_program\x18\x03 \x01(\t\x12\x14\n\x0cto_member_id\x18\x04 \x01(\t\x12\x14\n\x0c\x61greement_id\x18\x05 \x01(\t\x12\x19\n\x11\x61greement_version\x18\x06 \x01(\x03\x12\x0e\n\x06\x61mount\x18\x07 \x01(\x03\x12\x0b\n\x03\x66\x65\x65\x18\x08 \x01(\x03\x12\x0b\n\x03net\x18\t \x01(\x03\x12\x0e\n\x06\x63redit\x18\n \x01(\x03\x12\x13\n\x0bvalue_minor\x18\x0b \x01(\x03\x12\x10\n\x08\x63urrency\x18\x0c \x01(\t\x12\x0e\n\x06status\x18\r \x01(\t\x12\x0e\n\x06reason\x18\x0e \x01(\t\x12\x12\n\ncreated_at\x18\x0f \x01(\t\x12\x11\n\tout_entry\x18\x10 \x01(\t\x12\x13\n\x0b\x66inal_entry\x18\x11 \x01(\t\x12\x10\n\x08replayed\x18\x12 \x01(\x08\"\x8e\x02\n\x0f\x43onversionQuote\x12\x12\n\nto_program\x18\x01 \x01(\t\x12\x14\n\x0c\x61greement_id\x18\x02 \x01(\t\x12\x19\n\x11\x61greement_version\x18\x03 \x01(\x03\x12\x0e\n\x06\x61mount\x18\x04 \x01(\x03\x12\x0b\n\x03\x66\x65\x65\x18\x05 \x01(\x03\x12\x0b\n\x03net\x18\x06 \x01(\x03\x12\x0e\n\x06\x63redit\x18\x07 \x01(\x03\x12\x13\n\x0bvalue_minor\x18\x08 \x01(\x03\x12\x10\n\x08\x63urrency\x18\t \x01(\t\x12\x10\n\x08rate_num\x18\n \x01(\x03\x12\x10\n\x08rate_den\x18\x0b \x01(\x03\x12\x18\n\x10\x64\x61ily_cap_points\x18\x0c \x01(\x03\x12\x17\n\x0f\x63onverted_today\x18\r \x01(\x03\"1\n\x17ProposeAgreementRequest\x12\x16\n\x0e\x61greement_json\x18\x01 \x01(\x0c\"0\n\x0fSignedAgreement\x12\x1d\n\x15signed_agreement_json\x18\x01 \x01(\x0c\"\x17\n\x15ListAgreementsRequest\"\xb3\x01\n\x10\x41greementSummary\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x14\n\x0c\x66rom_program\x18\x03 \x01(\t\x12\x12\n\nto_program\x18\x04 \x01(\t\x12\x12\n\nvalid_from\x18\x05 \x01(\t\x12\x13\n\x0bvalid_until\x18\x06 \x01(\t\x12\x10\n\x08in_force\x18\x07 \x01(\x08\x12\x1d\n\x15signed_agreement_json\x18\x08 \x01(\x0c\"C\n\rAgreementList\x12\x32\n\nagreements\x18\x01 \x03(\x0b\x32\x1e.coalition.v1.AgreementSummary2\xe3\x01\n\x0b\x43onversions\x12\x41\n\x07\x43onvert\x12\x1c.coalition.v1.ConvertRequest\x1a\x18.coalition.v1.Conversion\x12M\n\rGetConversion\x12\".coalition.v1.GetConversionRequest\x1a\x18.coalition.v1.Conversion\x12\x42\n\x05Quote\x12\x1a.coalition.v1.QuoteRequest\x1a\x1d.coalition.v1.ConversionQuote2\xba\x01\n\nAgreements\x12X\n\x10ProposeAgreement\x12%.coalition.v1.ProposeAgreementRequest\x1a\x1d.coalition.v1.SignedAgreement\x12R\n\x0eListAgreements\x12#.coalition.v1.ListAgreementsRequest\x1a\x1b.coalition.v1.AgreementListb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,21 +38,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_QUOTEREQUEST']._serialized_start=234
   _globals['_QUOTEREQUEST']._serialized_end=303
   _globals['_CONVERSION']._serialized_start=306
-  _globals['_CONVERSION']._serialized_end=629
-  _globals['_CONVERSIONQUOTE']._serialized_start=632
-  _globals['_CONVERSIONQUOTE']._serialized_end=902
-  _globals['_PROPOSEAGREEMENTREQUEST']._serialized_start=904
-  _globals['_PROPOSEAGREEMENTREQUEST']._serialized_end=953
-  _globals['_SIGNEDAGREEMENT']._serialized_start=955
-  _globals['_SIGNEDAGREEMENT']._serialized_end=1003
-  _globals['_LISTAGREEMENTSREQUEST']._serialized_start=1005
-  _globals['_LISTAGREEMENTSREQUEST']._serialized_end=1028
-  _globals['_AGREEMENTSUMMARY']._serialized_start=1031
-  _globals['_AGREEMENTSUMMARY']._serialized_end=1210
-  _globals['_AGREEMENTLIST']._serialized_start=1212
-  _globals['_AGREEMENTLIST']._serialized_end=1279
-  _globals['_CONVERSIONS']._serialized_start=1282
-  _globals['_CONVERSIONS']._serialized_end=1509
-  _globals['_AGREEMENTS']._serialized_start=1512
-  _globals['_AGREEMENTS']._serialized_end=1698
+  _globals['_CONVERSION']._serialized_end=647
+  _globals['_CONVERSIONQUOTE']._serialized_start=650
+  _globals['_CONVERSIONQUOTE']._serialized_end=920
+  _globals['_PROPOSEAGREEMENTREQUEST']._serialized_start=922
+  _globals['_PROPOSEAGREEMENTREQUEST']._serialized_end=971
+  _globals['_SIGNEDAGREEMENT']._serialized_start=973
+  _globals['_SIGNEDAGREEMENT']._serialized_end=1021
+  _globals['_LISTAGREEMENTSREQUEST']._serialized_start=1023
+  _globals['_LISTAGREEMENTSREQUEST']._serialized_end=1046
+  _globals['_AGREEMENTSUMMARY']._serialized_start=1049
+  _globals['_AGREEMENTSUMMARY']._serialized_end=1228
+  _globals['_AGREEMENTLIST']._serialized_start=1230
+  _globals['_AGREEMENTLIST']._serialized_end=1297
+  _globals['_CONVERSIONS']._serialized_start=1300
+  _globals['_CONVERSIONS']._serialized_end=1527
+  _globals['_AGREEMENTS']._serialized_start=1530
+  _globals['_AGREEMENTS']._serialized_end=1716
 # @@protoc_insertion_point(module_scope)

@@ -126,6 +126,7 @@ class Conversion(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     OUT_ENTRY_FIELD_NUMBER: _builtins.int
     FINAL_ENTRY_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     member_id: _builtins.str
     to_program: _builtins.str
@@ -146,6 +147,10 @@ class Conversion(_message.Message):
     out_entry: _builtins.str
     final_entry: _builtins.str
     """The convert-complete or convert-refund entry; empty while pending."""
+    replayed: _builtins.bool
+    """Convert only: true when the idempotency key was seen before and this answers the
+    first request's conversion (as a points write's WriteReply.replayed).
+    """
     def __init__(
         self,
         *,
@@ -166,10 +171,11 @@ class Conversion(_message.Message):
         created_at: _builtins.str = ...,
         out_entry: _builtins.str = ...,
         final_entry: _builtins.str = ...,
+        replayed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement_id", b"agreement_id", "agreement_version", b"agreement_version", "amount", b"amount", "created_at", b"created_at", "credit", b"credit", "currency", b"currency", "fee", b"fee", "final_entry", b"final_entry", "id", b"id", "member_id", b"member_id", "net", b"net", "out_entry", b"out_entry", "reason", b"reason", "status", b"status", "to_member_id", b"to_member_id", "to_program", b"to_program", "value_minor", b"value_minor"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement_id", b"agreement_id", "agreement_version", b"agreement_version", "amount", b"amount", "created_at", b"created_at", "credit", b"credit", "currency", b"currency", "fee", b"fee", "final_entry", b"final_entry", "id", b"id", "member_id", b"member_id", "net", b"net", "out_entry", b"out_entry", "reason", b"reason", "replayed", b"replayed", "status", b"status", "to_member_id", b"to_member_id", "to_program", b"to_program", "value_minor", b"value_minor"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63oalition/v1/settlement.proto\x12\x0c\x63oalition.v1\"\x92\x01\n\x1a\x41uthorizeRedemptionRequest\x12\x0f\n\x07program\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\x12\x11\n\treference\x18\x04 \x01(\t\x12\x14\n\x0c\x65xpires_in_s\x18\x05 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\" \n\rRedemptionRef\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\"\xfd\x03\n\x11PartnerRedemption\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x0f\n\x07program\x18\x02 \x01(\t\x12\x11\n\tmember_id\x18\x03 \x01(\t\x12\x0e\n\x06\x61mount\x18\x04 \x01(\x03\x12\x11\n\treference\x18\x05 \x01(\t\x12\x0e\n\x06status\x18\x06 \x01(\t\x12\x12\n\ncreated_at\x18\x07 \x01(\t\x12\x17\n\nexpires_at\x18\x08 \x01(\tH\x00\x88\x01\x01\x12\x19\n\x0c\x61greement_id\x18\t \x01(\tH\x01\x88\x01\x01\x12\x1e\n\x11\x61greement_version\x18\n \x01(\x03H\x02\x88\x01\x01\x12\x18\n\x0bvalue_minor\x18\x0b \x01(\x03H\x03\x88\x01\x01\x12\x15\n\x08\x63urrency\x18\x0c \x01(\tH\x04\x88\x01\x01\x12\x1a\n\rreceipt_entry\x18\r \x01(\tH\x05\x88\x01\x01\x12\x13\n\x06reason\x18\x0e \x01(\tH\x06\x88\x01\x01\x12\x1a\n\x12\x61uthorization_json\x18\x0f \x01(\x0c\x12\x14\n\x0c\x63\x61pture_json\x18\x10 \x01(\x0c\x12\x14\n\x0crelease_json\x18\x11 \x01(\x0c\x42\r\n\x0b_expires_atB\x0f\n\r_agreement_idB\x14\n\x12_agreement_versionB\x0e\n\x0c_value_minorB\x0b\n\t_currencyB\x10\n\x0e_receipt_entryB\t\n\x07_reason\"\x1c\n\x1aReleaseExpiredHoldsRequest\",\n\x18ReleaseExpiredHoldsReply\x12\x10\n\x08released\x18\x01 \x01(\x03\"F\n\x17ProposeStatementRequest\x12\x0f\n\x07partner\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\t\x12\x0b\n\x03\x65nd\x18\x03 \x01(\t\"\x87\x01\n\x13SettlementStatement\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07parties\x18\x02 \x03(\t\x12\r\n\x05start\x18\x03 \x01(\t\x12\x0b\n\x03\x65nd\x18\x04 \x01(\t\x12\x10\n\x08\x63urrency\x18\x05 \x01(\t\x12\x13\n\x0bsigned_json\x18\x06 \x01(\x0c\x12\x10\n\x08\x65ntry_id\x18\x07 \x01(\t\"(\n\x15ListStatementsRequest\x12\x0f\n\x07partner\x18\x01 \x01(\t\"F\n\rStatementList\x12\x35\n\nstatements\x18\x01 \x03(\x0b\x32!.coalition.v1.SettlementStatement\"/\n\x11GetNettingRequest\x12\r\n\x05start\x18\x01 \x01(\t\x12\x0b\n\x03\x65nd\x18\x02 \x01(\t\".\n\x0bNetPosition\x12\x0f\n\x07program\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\":\n\nNetPayment\x12\r\n\x05payer\x18\x01 \x01(\t\x12\r\n\x05payee\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\"\xdb\x01\n\rNettingReport\x12\r\n\x05start\x18\x01 \x01(\t\x12\x0b\n\x03\x65nd\x18\x02 \x01(\t\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\x12,\n\tpositions\x18\x04 \x03(\x0b\x32\x19.coalition.v1.NetPosition\x12*\n\x08payments\x18\x05 \x03(\x0b\x32\x18.coalition.v1.NetPayment\x12\x12\n\nstatements\x18\x06 \x03(\t\x12\x13\n\x0bunreachable\x18\x07 \x03(\t\x12\x0b\n\x03\x63sv\x18\x08 \x01(\t\x12\x0c\n\x04json\x18\t \x01(\x0c\x32\xb3\x03\n\x12PartnerRedemptions\x12V\n\tAuthorize\x12(.coalition.v1.AuthorizeRedemptionRequest\x1a\x1f.coalition.v1.PartnerRedemption\x12G\n\x07\x43\x61pture\x12\x1b.coalition.v1.RedemptionRef\x1a\x1f.coalition.v1.PartnerRedemption\x12\x44\n\x04Void\x12\x1b.coalition.v1.RedemptionRef\x1a\x1f.coalition.v1.PartnerRedemption\x12M\n\rGetRedemption\x12\x1b.coalition.v1.RedemptionRef\x1a\x1f.coalition.v1.PartnerRedemption\x12g\n\x13ReleaseExpiredHolds\x12(.coalition.v1.ReleaseExpiredHoldsRequest\x1a&.coalition.v1.ReleaseExpiredHoldsReply2\x8a\x02\n\nSettlement\x12\\\n\x10ProposeStatement\x12%.coalition.v1.ProposeStatementRequest\x1a!.coalition.v1.SettlementStatement\x12R\n\x0eListStatements\x12#.coalition.v1.ListStatementsRequest\x1a\x1b.coalition.v1.StatementList\x12J\n\nGetNetting\x12\x1f.coalition.v1.GetNettingRequest\x1a\x1b.coalition.v1.NettingReportb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63oalition/v1/settlement.proto\x12\x0c\x63oalition.v1\"\x92\x01\n\x1a\x41uthorizeRedemptionRequest\x12\x0f\n\x07program\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\x12\x11\n\treference\x18\x04 \x01(\t\x12\x14\n\x0c\x65xpires_in_s\x18\x05 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\" \n\rRedemptionRef\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\"\x8f\x04\n\x11PartnerRedemption\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x0f\n\x07program\x18\x02 \x01(\t\x12\x11\n\tmember_id\x18\x03 \x01(\t\x12\x0e\n\x06\x61mount\x18\x04 \x01(\x03\x12\x11\n\treference\x18\x05 \x01(\t\x12\x0e\n\x06status\x18\x06 \x01(\t\x12\x12\n\ncreated_at\x18\x07 \x01(\t\x12\x17\n\nexpires_at\x18\x08 \x01(\tH\x00\x88\x01\x01\x12\x19\n\x0c\x61greement_id\x18\t \x01(\tH\x01\x88\x01\x01\x12\x1e\n\x11\x61greement_version\x18\n \x01(\x03H\x02\x88\x01\x01\x12\x18\n\x0bvalue_minor\x18\x0b \x01(\x03H\x03\x88\x01\x01\x12\x15\n\x08\x63urrency\x18\x0c \x01(\tH\x04\x88\x01\x01\x12\x1a\n\rreceipt_entry\x18\r \x01(\tH\x05\x88\x01\x01\x12\x13\n\x06reason\x18\x0e \x01(\tH\x06\x88\x01\x01\x12\x1a\n\x12\x61uthorization_json\x18\x0f \x01(\x0c\x12\x14\n\x0c\x63\x61pture_json\x18\x10 \x01(\x0c\x12\x14\n\x0crelease_json\x18\x11 \x01(\x0c\x12\x10\n\x08replayed\x18\x12 \x01(\x08\x42\r\n\x0b_expires_atB\x0f\n\r_agreement_idB\x14\n\x12_agreement_versionB\x0e\n\x0c_value_minorB\x0b\n\t_currencyB\x10\n\x0e_receipt_entryB\t\n\x07_reason\"\x1c\n\x1aReleaseExpiredHoldsRequest\",\n\x18ReleaseExpiredHoldsReply\x12\x10\n\x08released\x18\x01 \x01(\x03\"F\n\x17ProposeStatementRequest\x12\x0f\n\x07partner\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\t\x12\x0b\n\x03\x65nd\x18\x03 \x01(\t\"\x87\x01\n\x13SettlementStatement\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07parties\x18\x02 \x03(\t\x12\r\n\x05start\x18\x03 \x01(\t\x12\x0b\n\x03\x65nd\x18\x04 \x01(\t\x12\x10\n\x08\x63urrency\x18\x05 \x01(\t\x12\x13\n\x0bsigned_json\x18\x06 \x01(\x0c\x12\x10\n\x08\x65ntry_id\x18\x07 \x01(\t\"(\n\x15ListStatementsRequest\x12\x0f\n\x07partner\x18\x01 \x01(\t\"F\n\rStatementList\x12\x35\n\nstatements\x18\x01 \x03(\x0b\x32!.coalition.v1.SettlementStatement\"/\n\x11GetNettingRequest\x12\r\n\x05start\x18\x01 \x01(\t\x12\x0b\n\x03\x65nd\x18\x02 \x01(\t\".\n\x0bNetPosition\x12\x0f\n\x07program\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\":\n\nNetPayment\x12\r\n\x05payer\x18\x01 \x01(\t\x12\r\n\x05payee\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\"\xdb\x01\n\rNettingReport\x12\r\n\x05start\x18\x01 \x01(\t\x12\x0b\n\x03\x65nd\x18\x02 \x01(\t\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\x12,\n\tpositions\x18\x04 \x03(\x0b\x32\x19.coalition.v1.NetPosition\x12*\n\x08payments\x18\x05 \x03(\x0b\x32\x18.coalition.v1.NetPayment\x12\x12\n\nstatements\x18\x06 \x03(\t\x12\x13\n\x0bunreachable\x18\x07 \x03(\t\x12\x0b\n\x03\x63sv\x18\x08 \x01(\t\x12\x0c\n\x04json\x18\t \x01(\x0c\x32\xb3\x03\n\x12PartnerRedemptions\x12V\n\tAuthorize\x12(.coalition.v1.AuthorizeRedemptionRequest\x1a\x1f.coalition.v1.PartnerRedemption\x12G\n\x07\x43\x61pture\x12\x1b.coalition.v1.RedemptionRef\x1a\x1f.coalition.v1.PartnerRedemption\x12\x44\n\x04Void\x12\x1b.coalition.v1.RedemptionRef\x1a\x1f.coalition.v1.PartnerRedemption\x12M\n\rGetRedemption\x12\x1b.coalition.v1.RedemptionRef\x1a\x1f.coalition.v1.PartnerRedemption\x12g\n\x13ReleaseExpiredHolds\x12(.coalition.v1.ReleaseExpiredHoldsRequest\x1a&.coalition.v1.ReleaseExpiredHoldsReply2\x8a\x02\n\nSettlement\x12\\\n\x10ProposeStatement\x12%.coalition.v1.ProposeStatementRequest\x1a!.coalition.v1.SettlementStatement\x12R\n\x0eListStatements\x12#.coalition.v1.ListStatementsRequest\x1a\x1b.coalition.v1.StatementList\x12J\n\nGetNetting\x12\x1f.coalition.v1.GetNettingRequest\x1a\x1b.coalition.v1.NettingReportb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,29 +36,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REDEMPTIONREF']._serialized_start=196
   _globals['_REDEMPTIONREF']._serialized_end=228
   _globals['_PARTNERREDEMPTION']._serialized_start=231
-  _globals['_PARTNERREDEMPTION']._serialized_end=740
-  _globals['_RELEASEEXPIREDHOLDSREQUEST']._serialized_start=742
-  _globals['_RELEASEEXPIREDHOLDSREQUEST']._serialized_end=770
-  _globals['_RELEASEEXPIREDHOLDSREPLY']._serialized_start=772
-  _globals['_RELEASEEXPIREDHOLDSREPLY']._serialized_end=816
-  _globals['_PROPOSESTATEMENTREQUEST']._serialized_start=818
-  _globals['_PROPOSESTATEMENTREQUEST']._serialized_end=888
-  _globals['_SETTLEMENTSTATEMENT']._serialized_start=891
-  _globals['_SETTLEMENTSTATEMENT']._serialized_end=1026
-  _globals['_LISTSTATEMENTSREQUEST']._serialized_start=1028
-  _globals['_LISTSTATEMENTSREQUEST']._serialized_end=1068
-  _globals['_STATEMENTLIST']._serialized_start=1070
-  _globals['_STATEMENTLIST']._serialized_end=1140
-  _globals['_GETNETTINGREQUEST']._serialized_start=1142
-  _globals['_GETNETTINGREQUEST']._serialized_end=1189
-  _globals['_NETPOSITION']._serialized_start=1191
-  _globals['_NETPOSITION']._serialized_end=1237
-  _globals['_NETPAYMENT']._serialized_start=1239
-  _globals['_NETPAYMENT']._serialized_end=1297
-  _globals['_NETTINGREPORT']._serialized_start=1300
-  _globals['_NETTINGREPORT']._serialized_end=1519
-  _globals['_PARTNERREDEMPTIONS']._serialized_start=1522
-  _globals['_PARTNERREDEMPTIONS']._serialized_end=1957
-  _globals['_SETTLEMENT']._serialized_start=1960
-  _globals['_SETTLEMENT']._serialized_end=2226
+  _globals['_PARTNERREDEMPTION']._serialized_end=758
+  _globals['_RELEASEEXPIREDHOLDSREQUEST']._serialized_start=760
+  _globals['_RELEASEEXPIREDHOLDSREQUEST']._serialized_end=788
+  _globals['_RELEASEEXPIREDHOLDSREPLY']._serialized_start=790
+  _globals['_RELEASEEXPIREDHOLDSREPLY']._serialized_end=834
+  _globals['_PROPOSESTATEMENTREQUEST']._serialized_start=836
+  _globals['_PROPOSESTATEMENTREQUEST']._serialized_end=906
+  _globals['_SETTLEMENTSTATEMENT']._serialized_start=909
+  _globals['_SETTLEMENTSTATEMENT']._serialized_end=1044
+  _globals['_LISTSTATEMENTSREQUEST']._serialized_start=1046
+  _globals['_LISTSTATEMENTSREQUEST']._serialized_end=1086
+  _globals['_STATEMENTLIST']._serialized_start=1088
+  _globals['_STATEMENTLIST']._serialized_end=1158
+  _globals['_GETNETTINGREQUEST']._serialized_start=1160
+  _globals['_GETNETTINGREQUEST']._serialized_end=1207
+  _globals['_NETPOSITION']._serialized_start=1209
+  _globals['_NETPOSITION']._serialized_end=1255
+  _globals['_NETPAYMENT']._serialized_start=1257
+  _globals['_NETPAYMENT']._serialized_end=1315
+  _globals['_NETTINGREPORT']._serialized_start=1318
+  _globals['_NETTINGREPORT']._serialized_end=1537
+  _globals['_PARTNERREDEMPTIONS']._serialized_start=1540
+  _globals['_PARTNERREDEMPTIONS']._serialized_end=1975
+  _globals['_SETTLEMENT']._serialized_start=1978
+  _globals['_SETTLEMENT']._serialized_end=2244
 # @@protoc_insertion_point(module_scope)

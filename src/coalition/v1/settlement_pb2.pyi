@@ -102,6 +102,7 @@ class PartnerRedemption(_message.Message):
     AUTHORIZATION_JSON_FIELD_NUMBER: _builtins.int
     CAPTURE_JSON_FIELD_NUMBER: _builtins.int
     RELEASE_JSON_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
     hold_id: _builtins.str
     program: _builtins.str
     member_id: _builtins.str
@@ -122,6 +123,10 @@ class PartnerRedemption(_message.Message):
     """The partner's signed receipts ({envelope, signature} as canonical JSON; empty if none)."""
     capture_json: _builtins.bytes
     release_json: _builtins.bytes
+    replayed: _builtins.bool
+    """Authorize only: true when the idempotency key was seen before and this answers the
+    first request's redemption (as a points write's WriteReply.replayed).
+    """
     def __init__(
         self,
         *,
@@ -142,10 +147,11 @@ class PartnerRedemption(_message.Message):
         authorization_json: _builtins.bytes = ...,
         capture_json: _builtins.bytes = ...,
         release_json: _builtins.bytes = ...,
+        replayed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_agreement_id", b"_agreement_id", "_agreement_version", b"_agreement_version", "_currency", b"_currency", "_expires_at", b"_expires_at", "_reason", b"_reason", "_receipt_entry", b"_receipt_entry", "_value_minor", b"_value_minor", "agreement_id", b"agreement_id", "agreement_version", b"agreement_version", "currency", b"currency", "expires_at", b"expires_at", "reason", b"reason", "receipt_entry", b"receipt_entry", "value_minor", b"value_minor"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_agreement_id", b"_agreement_id", "_agreement_version", b"_agreement_version", "_currency", b"_currency", "_expires_at", b"_expires_at", "_reason", b"_reason", "_receipt_entry", b"_receipt_entry", "_value_minor", b"_value_minor", "agreement_id", b"agreement_id", "agreement_version", b"agreement_version", "amount", b"amount", "authorization_json", b"authorization_json", "capture_json", b"capture_json", "created_at", b"created_at", "currency", b"currency", "expires_at", b"expires_at", "hold_id", b"hold_id", "member_id", b"member_id", "program", b"program", "reason", b"reason", "receipt_entry", b"receipt_entry", "reference", b"reference", "release_json", b"release_json", "status", b"status", "value_minor", b"value_minor"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_agreement_id", b"_agreement_id", "_agreement_version", b"_agreement_version", "_currency", b"_currency", "_expires_at", b"_expires_at", "_reason", b"_reason", "_receipt_entry", b"_receipt_entry", "_value_minor", b"_value_minor", "agreement_id", b"agreement_id", "agreement_version", b"agreement_version", "amount", b"amount", "authorization_json", b"authorization_json", "capture_json", b"capture_json", "created_at", b"created_at", "currency", b"currency", "expires_at", b"expires_at", "hold_id", b"hold_id", "member_id", b"member_id", "program", b"program", "reason", b"reason", "receipt_entry", b"receipt_entry", "reference", b"reference", "release_json", b"release_json", "replayed", b"replayed", "status", b"status", "value_minor", b"value_minor"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__agreement_id: _TypeAlias = _typing.Literal["agreement_id"]  # noqa: Y015
     _WhichOneofArgType__agreement_id: _TypeAlias = _typing.Literal["_agreement_id", b"_agreement_id"]  # noqa: Y015

@@ -16,7 +16,7 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 
-from coalition.api.errors import grpc_status
+from coalition.api.errors import grpc_status, refusal_message
 from coalition.errors import CoalitionError
 from coalition.node.auth import Action, Authenticator, Principal
 
@@ -28,7 +28,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 def _fail(context: grpc.ServicerContext, name: str, exc: Exception) -> None:
     """Abort the call for ``exc`` (always raises)."""
     if isinstance(exc, CoalitionError):
-        context.abort(grpc_status(exc), str(exc))
+        context.abort(grpc_status(exc), refusal_message(exc))
     if not context.is_active():  # the client went away, e.g. mid EarnBulk stream
         context.abort(grpc.StatusCode.CANCELLED, "call cancelled")
     log.exception("unexpected error in %s", name)

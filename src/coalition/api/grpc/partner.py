@@ -16,7 +16,8 @@ from concurrent import futures
 
 import grpc
 
-from coalition.api.errors import error_kind, grpc_status
+from coalition.api.errors import error_kind, grpc_status, refusal_message
+from coalition.api.grpc.decoding import DecodeRequests
 from coalition.api.grpc.health import add_health
 from coalition.api.grpc.ledger import LEDGER_SERVICE, LedgerServicer
 from coalition.errors import CoalitionError, PartnerUnavailable, PermissionDenied, Unauthenticated
@@ -98,7 +99,7 @@ class PartnerServicer(partner_pb2_grpc.PartnerServicer):
             msg = SignedMessage(bytes(request.envelope), bytes(request.signature))
             reply = self._inbox.handle(msg, peer)
         except CoalitionError as exc:
-            context.abort(grpc_status(exc), str(exc))
+            context.abort(grpc_status(exc), refusal_message(exc))
         except Exception:
             log.exception("unexpected error handling a partner message")
             context.abort(grpc.StatusCode.INTERNAL, "internal error; see the partner's node log")
@@ -128,6 +129,7 @@ def serve_partner_grpc(
     )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers),
+        interceptors=[DecodeRequests()],
         options=[*_CHANNEL_LIMITS, ("grpc.so_reuseport", int(reuse_port))],
     )
     partner_pb2_grpc.add_PartnerServicer_to_server(PartnerServicer(inbox), server)

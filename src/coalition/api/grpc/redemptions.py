@@ -36,6 +36,7 @@ def _redemption_message(view: RedemptionView) -> settlement_pb2.PartnerRedemptio
         authorization_json=_json(view.authorization),
         capture_json=_json(view.capture),
         release_json=_json(view.release),
+        replayed=view.replayed,
     )
 
 

@@ -8,6 +8,7 @@ from concurrent import futures
 
 import grpc
 
+from coalition.api.grpc.decoding import DecodeRequests
 from coalition.api.grpc.health import add_health
 from coalition.api.grpc.kit import ApiKeyAuthorizer
 from coalition.api.grpc.ledger import LEDGER_SERVICE, LedgerServicer
@@ -49,6 +50,7 @@ def serve_grpc(
     """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers),
+        interceptors=[DecodeRequests()],
         options=[("grpc.so_reuseport", int(reuse_port))],
     )
     add_servicers(server, service, authenticator)

@@ -2,22 +2,35 @@
 handler.
 
 Every route authenticates the ``Authorization: Bearer <key>`` header and authorizes one
-``Action`` (``deps.guard``); a ``CoalitionError`` raised anywhere reaches one handler,
-which maps it once through ``coalition.api.errors.http_status``. No points rule lives
-in this package: each route converts wire models to one call of a node service and back.
+``Action`` (``deps.guard``); a request with a body passes ``body.BodyGate`` first (the
+key checked before the body is read, the size limit, the one JSON parser). A
+``CoalitionError`` raised anywhere reaches one handler, which maps it once through
+``coalition.api.errors.http_status``; a body that does not fit the operation's schema
+(422) and an unknown route or method get the same ``ErrorOut`` body. Every answer carries
+``headers.DEFAULT_HEADERS`` (``Cache-Control: no-store``, CSP, nosniff, frame denial).
+
+Swagger UI and ReDoc are off: FastAPI would load them from a CDN (see docs/design-notes.md,
+"Input handling"); the OpenAPI document is served at ``/openapi.json``. No points rule
+lives in this package: each route converts wire models to one call of a node service and
+back.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from http import HTTPStatus
 
 from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
-from coalition.api.errors import http_status
+from coalition.api.errors import MAX_MESSAGE_CHARS
+from coalition.api.http.body import MAX_BODY_BYTES, BodyGate
 from coalition.api.http.bundle import bundle_router
-from coalition.api.http.deps import error_body
+from coalition.api.http.deps import error_response
 from coalition.api.http.explorer import Membership, explorer_router
+from coalition.api.http.headers import DefaultHeaders
 from coalition.api.http.health import health_router
 from coalition.api.http.ledger import ledger_router
 from coalition.api.http.points import points_router
@@ -34,9 +47,32 @@ _TAGS = [
 
 
 def _coalition_error(_: Request, exc: CoalitionError) -> JSONResponse:
-    status = http_status(exc)
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(error_body(exc), status_code=status, headers=headers)
+    return error_response(exc)
+
+
+def _schema_error(_: Request, exc: Exception) -> JSONResponse:
+    """422 in the ``ErrorOut`` shape: where and what, never the refused input itself."""
+    assert isinstance(exc, RequestValidationError)
+    problems = [
+        ".".join(str(part) for part in error.get("loc", ())) + ": " + str(error.get("msg", ""))
+        for error in exc.errors()[:5]
+    ]
+    more = len(exc.errors()) - len(problems)
+    message = "; ".join(problems) + (f"; and {more} more" if more > 0 else "")
+    return JSONResponse(
+        {"error": "invalid_argument", "message": message[:MAX_MESSAGE_CHARS]}, status_code=422
+    )
+
+
+def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    """Starlette's own refusals (no such route, method not allowed) in the same shape."""
+    assert isinstance(exc, HTTPException)
+    kind = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
+    return JSONResponse(
+        {"error": kind, "message": str(exc.detail)[:MAX_MESSAGE_CHARS]},
+        status_code=exc.status_code,
+        headers=exc.headers,
+    )
 
 
 def create_app(
@@ -51,11 +87,23 @@ def create_app(
     lets the explorer name the node's partners and witness quorum."""
     app = FastAPI(
         title=f"Coalition node {service.program}",
-        description="Member and operator API of one Coalition loyalty program node.",
+        description=(
+            "Member and operator API of one Coalition loyalty program node. Every route "
+            "but `/healthz` takes `Authorization: Bearer <key>`, checked before a body is "
+            f"read; a request body is at most {MAX_BODY_BYTES:,} bytes (413 past it); JSON "
+            "bodies with duplicate keys, NaN, Infinity, floats or integers beyond 2^53 - 1 "
+            "are refused with 400. Every refusal has the `ErrorOut` body."
+        ),
         version="1",
         openapi_tags=_TAGS,
+        docs_url=None,
+        redoc_url=None,
     )
     app.exception_handler(CoalitionError)(_coalition_error)
+    app.exception_handler(RequestValidationError)(_schema_error)
+    app.exception_handler(HTTPException)(_http_error)
+    app.add_middleware(BodyGate, authenticator=authenticator)  # inner: runs second
+    app.add_middleware(DefaultHeaders)  # outer: the gate's refusals get the headers too
     app.include_router(points_router(service.points, authenticator))
     app.include_router(ledger_router(service.ledger, authenticator))
     app.include_router(health_router(service))

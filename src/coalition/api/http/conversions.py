@@ -1,8 +1,10 @@
 """Member conversions over HTTP: convert, quote, and one conversion's status.
 
 Converting is ``member-spend`` on the path's member; reading a conversion or a quote is
-``member-read``. A conversion answers at once with its pending state; it completes or is
-refunded when the partner answers (``node.features.conversions``).
+``member-read``. A conversion answers at once with its pending state (201); it completes
+or is refunded when the partner answers (``node.features.conversions``). A repeated
+convert with the same idempotency key answers 200 with ``replayed: true`` and the first
+conversion as it stands now, as the points writes do.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, Field
 
 from coalition.api.http.deps import (
@@ -51,6 +53,9 @@ class ConversionOut(BaseModel):
     created_at: str
     out_entry: str
     final_entry: str | None
+    replayed: bool = Field(
+        description="Convert: true when its idempotency key was seen before; false on reads."
+    )
 
 
 class QuoteOut(BaseModel):
@@ -83,10 +88,12 @@ def conversions_router(conversions: Conversions, authenticator: Authenticator) -
         summary="Convert points into a partner program's points",
         dependencies=spend,
         status_code=201,
+        responses={200: {"description": "Replay of an earlier request", "model": ConversionOut}},
     )
     def convert(
         member_id: MemberId,
         body: ConversionIn,
+        response: Response,
         key: IdempotencyHeader = None,
     ) -> ConversionOut:
         view = conversions.convert(
@@ -96,6 +103,7 @@ def conversions_router(conversions: Conversions, authenticator: Authenticator) -
             body.amount,
             idempotency_key=idempotency_key(body, key),
         )
+        response.status_code = 200 if view.replayed else 201
         return _conversion_out(view)
 
     @router.get(

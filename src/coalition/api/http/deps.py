@@ -13,9 +13,11 @@ import re
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, Path, Query, Request, Response, Security
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
+from coalition.api.errors import http_status, refusal_message
 from coalition.errors import CoalitionError, InvalidArgument
 from coalition.ledger.canonical import MAX_SAFE_INTEGER
 from coalition.node.auth import Action, Authenticator, Principal
@@ -23,7 +25,14 @@ from coalition.node.auth import Action, Authenticator, Principal
 Points = Annotated[StrictInt, Field(ge=-MAX_SAFE_INTEGER, le=MAX_SAFE_INTEGER)]
 Signed = dict[str, Any]
 """A signed JSON object (entry, header, proof document), passed through untouched."""
-IdempotencyHeader = Annotated[str | None, Header(alias="Idempotency-Key")]
+IDEMPOTENCY_KEY_RULE = (
+    "Required on every write: in this header or in the body's `idempotency_key` (the same "
+    "value if both), 1-128 of A-Za-z0-9._:/#-. A request repeated with its key answers "
+    "200 with `replayed: true` and the first answer; the key with another body is 409."
+)
+IdempotencyHeader = Annotated[
+    str | None, Header(alias="Idempotency-Key", description=IDEMPOTENCY_KEY_RULE)
+]
 QueryInt = Annotated[int, Query(ge=-MAX_SAFE_INTEGER, le=MAX_SAFE_INTEGER)]
 """A query integer within the I-JSON range; the service checks its real range."""
 PathInt = Annotated[int, Path(ge=-MAX_SAFE_INTEGER, le=MAX_SAFE_INTEGER)]
@@ -39,9 +48,7 @@ class RequestBody(BaseModel):
 class WriteBody(RequestBody):
     """Base of a request that writes: it carries an idempotency key (or its header does)."""
 
-    idempotency_key: str | None = Field(
-        None, description="Or send the `Idempotency-Key` header (1-128 of A-Za-z0-9._:/#-)."
-    )
+    idempotency_key: str | None = Field(None, description=IDEMPOTENCY_KEY_RULE)
 
 
 class ErrorOut(BaseModel):
@@ -50,16 +57,27 @@ class ErrorOut(BaseModel):
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorOut} for status in (400, 401, 403, 404, 409)
+    status: {"model": ErrorOut} for status in (400, 401, 403, 404, 409, 413, 422)
 }
-"""The refusals a route documents in OpenAPI; every one has the ``ErrorOut`` body."""
+"""The refusals a route documents in OpenAPI; every one has the ``ErrorOut`` body (422:
+the JSON is well formed but does not fit the operation's schema; 413: the body is over
+``body.MAX_BODY_BYTES``)."""
 
 
 def error_body(error: CoalitionError) -> dict[str, str]:
     """The JSON body of a refusal: ``InsufficientPoints("...")`` ->
-    ``{"error": "insufficient_points", "message": "..."}``."""
+    ``{"error": "insufficient_points", "message": "..."}``, the message cut to
+    ``api.errors.MAX_MESSAGE_CHARS``."""
     kind = re.sub(r"(?<!^)(?=[A-Z])", "_", type(error).__name__).lower()
-    return {"error": kind, "message": str(error)}
+    return {"error": kind, "message": refusal_message(error)}
+
+
+def error_response(error: CoalitionError) -> JSONResponse:
+    """The one HTTP answer to a core error: its status (``api.errors.http_status``), the
+    ``ErrorOut`` body, and ``WWW-Authenticate: Bearer`` on a 401 (RFC 7235 §3.1)."""
+    status = http_status(error)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(error_body(error), status_code=status, headers=headers)
 
 
 def idempotency_key(body: WriteBody, header: str | None) -> str:

@@ -1,17 +1,19 @@
 """Cross-brand redemptions over HTTP, for operators: a member of a partner spends that
 partner's points here. Start (the partner holds the points), capture (it debits them and
 owes their value) or void (it gives them back), read one, and the hold expiry job.
-Signed receipts pass through untouched."""
+Signed receipts pass through untouched. Starting answers 201, or 200 with ``replayed:
+true`` when its idempotency key was used before, as the points writes do."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
 from typing import Annotated
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Response
 from pydantic import BaseModel, Field
 
 from coalition.api.http.deps import (
+    ERROR_RESPONSES,
     IdempotencyHeader,
     Points,
     Signed,
@@ -51,6 +53,9 @@ class PartnerRedemptionOut(BaseModel):
     authorization: Signed | None
     capture: Signed | None
     release: Signed | None
+    replayed: bool = Field(
+        description="Start: true when its idempotency key was seen before; false otherwise."
+    )
 
 
 class ReleasedOut(BaseModel):
@@ -67,14 +72,20 @@ def redemptions_router(redemptions: Redemptions, authenticator: Authenticator) -
     router = APIRouter(
         tags=["partner redemptions"],
         dependencies=[guard(authenticator, Action.OPERATE)],
+        responses=ERROR_RESPONSES,
     )
 
     @router.post(
         "/v1/partner-redemptions",
         status_code=201,
         summary="Ask a partner to hold its member's points for a redemption here",
+        responses={
+            200: {"description": "Replay of an earlier request", "model": PartnerRedemptionOut}
+        },
     )
-    def authorize(body: PartnerRedemptionIn, key: IdempotencyHeader = None) -> PartnerRedemptionOut:
+    def authorize(
+        body: PartnerRedemptionIn, response: Response, key: IdempotencyHeader = None
+    ) -> PartnerRedemptionOut:
         view = redemptions.authorize(
             body.program,
             body.member_id,
@@ -83,6 +94,7 @@ def redemptions_router(redemptions: Redemptions, authenticator: Authenticator) -
             body.expires_in_s,
             idempotency_key=idempotency_key(body, key),
         )
+        response.status_code = 200 if view.replayed else 201
         return _redemption_out(view)
 
     @router.post(

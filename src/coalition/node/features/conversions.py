@@ -30,7 +30,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import Connection
@@ -121,6 +121,9 @@ class ConversionView:
     created_at: str
     out_entry: str
     final_entry: str | None
+    replayed: bool = False
+    """Set by ``convert`` when its idempotency key was seen before (the first request's
+    conversion, as it stands now); False on every read."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,7 +275,7 @@ class Conversions:
         result = self.service.sequencer.append(request, idempotency_key, decide)
         if result.replayed:  # it may have settled since: read its status
             out: model.ConvertOut = model.parse_as(result.entry, model.ConvertOut)
-            view = self.status(member_id, out.conversion.id)
+            view = replace(self.status(member_id, out.conversion.id), replayed=True)
         else:  # just written, still pending: the entry says it all
             view = _pending_view(result.entry, member_id, to_member_id)
         self.outbox.wake(to_program)

@@ -20,7 +20,7 @@ import hashlib
 import logging
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import partial
 
@@ -35,6 +35,7 @@ from coalition.errors import (
     NotFound,
     PartnerUnavailable,
     VerificationError,
+    quoted,
 )
 from coalition.ledger.canonical import MAX_SAFE_INTEGER, JsonObject, canonical_json
 from coalition.ledger.entries import check_program_id, check_time, entry_leaf_hash, format_time
@@ -77,7 +78,7 @@ _HOLD_ID = re.compile(r"[0-9a-f]{32}")
 def check_hold_id(hold_id: object) -> str:
     """Hold ids are 32 lowercase hex digits, chosen at random by the asking partner."""
     if not isinstance(hold_id, str) or not _HOLD_ID.fullmatch(hold_id):
-        raise InvalidArgument(f"a hold id is 32 lowercase hex digits, not {hold_id!r}")
+        raise InvalidArgument(f"a hold id is 32 lowercase hex digits, not {quoted(hold_id)}")
     return hold_id
 
 
@@ -117,6 +118,9 @@ class RedemptionView:
     authorization: JsonObject | None
     capture: JsonObject | None
     release: JsonObject | None
+    replayed: bool = False
+    """Set by ``authorize`` when its idempotency key was seen before (the first request's
+    redemption, as it stands now); False on every other call."""
 
 
 class Redemptions:
@@ -182,20 +186,22 @@ class Redemptions:
             "reference": reference,
             "expires_in_s": expires_in_s,
         }
-        found = self._start(idempotency_key, _hash(request), request)
-        if found.status != "pending":
-            return self._view(found)
-        return self._send_authorize(found)
+        found, replayed = self._start(idempotency_key, _hash(request), request)
+        view = self._view(found) if found.status != "pending" else self._send_authorize(found)
+        return replace(view, replayed=replayed)
 
-    def _start(self, key: str, request_hash: str, request: JsonObject) -> PartnerRedemption:
-        """The redemption stored under ``key``, inserted as ``pending`` when new."""
+    def _start(
+        self, key: str, request_hash: str, request: JsonObject
+    ) -> tuple[PartnerRedemption, bool]:
+        """The redemption stored under ``key``, inserted as ``pending`` when new, and
+        whether it was there before (a replay)."""
 
-        def start(tx: Transaction) -> PartnerRedemption:
+        def start(tx: Transaction) -> tuple[PartnerRedemption, bool]:
             found = redemptions_store.redemption_by_key(tx.conn, key)
             if found is not None:
                 if found.request_hash != request_hash:
                     raise idempotency_conflict(key)
-                return found
+                return found, True
             hold_id = secrets.token_hex(16)
             redemptions_store.insert_redemption(
                 tx.conn,
@@ -211,7 +217,7 @@ class Redemptions:
             )
             inserted = redemptions_store.redemption(tx.conn, hold_id)
             assert inserted is not None
-            return inserted
+            return inserted, False
 
         for _ in range(2):
             try:
