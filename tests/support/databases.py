@@ -108,6 +108,8 @@ def at_current_schema(url: str) -> None:
     (a database with tables, a whole PostgreSQL database) is left to the node's own
     migration on open."""
     if url.startswith("sqlite"):
+        if not url.startswith("sqlite:///") or ":memory:" in url:
+            return
         path = Path(url.removeprefix("sqlite:///"))
         if not path.exists() or path.stat().st_size == 0:
             path.parent.mkdir(parents=True, exist_ok=True)
