@@ -18,7 +18,12 @@ from coalition.errors import FailedPrecondition, InvalidArgument
 from coalition.ledger.canonical import canonical_json, parse_json
 from coalition.ledger.keys import SigningKey
 from coalition.node.auth import Authenticator
-from coalition.points.rates import sign_agreement, signed_agreement, verify_signed_agreement
+from coalition.points.rates import (
+    current_agreements,
+    sign_agreement,
+    signed_agreement,
+    verify_signed_agreement,
+)
 from coalition.runtime.wiring import member_app, serve_member_api
 from coalition.v1 import conversions_pb2, conversions_pb2_grpc
 
@@ -196,5 +201,60 @@ def test_operator_api_rest_and_grpc(
                     metadata=(("authorization", f"Bearer {api_keys['member']}"),),
                 )
             assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        servers.stop(0)
+
+
+def test_agreement_pages_have_no_gap_or_duplicate_and_say_which_is_in_force(
+    make: Factory, authenticator: Authenticator, api_keys: dict[str, str]
+) -> None:
+    """Pages of two split one agreement's versions (and one pair's rivals) over several
+    pages; each page still says which is in force as the whole list decides it."""
+    c = make()
+    a = c["skyair"]
+    for version in (1, 2, 3):
+        a.agr.propose(agreement_doc("skyair", "staybright", version=version))
+    a.agr.propose(agreement_doc("skyair", "staybright", agreement_id="sky-stay-alt"))
+    a.agr.propose(agreement_doc("staybright", "skyair", rate=(2, 3), proposed_by="skyair"))
+    with a.service.sequencer.read() as conn:
+        recorded = a.agr.recorded(conn)
+    in_force = {(x.id, x.version) for x in current_agreements(recorded, datetime.now(UTC)).values()}
+    assert in_force == {("skyair-staybright", 3), ("staybright-skyair", 1)}
+    whole = [(v.id, v.version, v.in_force) for v in a.agr.list()]
+    assert sorted(whole) == sorted(
+        (x.id, x.version, (x.id, x.version) in in_force) for x in recorded
+    )
+
+    op = {"Authorization": f"Bearer {api_keys['operator']}"}
+    with TestClient(member_app(a.node, authenticator)) as http:
+        walked, url = [], "/v1/agreements?limit=2"
+        while url:
+            reply = http.get(url, headers=op)
+            assert reply.status_code == 200, reply.text
+            walked += [(x["id"], x["version"], x["in_force"]) for x in reply.json()]
+            link = reply.headers.get("link")
+            url = link[1 : link.index(">")] if link else ""
+        assert walked == whole
+        assert http.get("/v1/agreements?after=x", headers=op).status_code == 400
+        assert http.get("/v1/agreements?limit=0", headers=op).status_code in (400, 422)
+
+    servers = serve_member_api(a.node, authenticator, "127.0.0.1:0", "127.0.0.1:0")
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{servers.grpc_port}") as channel:
+            stub = conversions_pb2_grpc.AgreementsStub(channel)
+            meta = (("authorization", f"Bearer {api_keys['operator']}"),)
+            paged, token, pages = [], "", 0
+            while True:
+                request = conversions_pb2.ListAgreementsRequest(page_size=2, page_token=token)
+                reply = stub.ListAgreements(request, metadata=meta)
+                paged += [(x.id, x.version, x.in_force) for x in reply.agreements]
+                pages, token = pages + 1, reply.next_page_token
+                if not token:
+                    break
+            assert paged == whole and pages == 3
+            request = conversions_pb2.ListAgreementsRequest(page_token="v1:x")
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.ListAgreements(request, metadata=meta)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     finally:
         servers.stop(0)

@@ -53,6 +53,7 @@ from coalition.store.schema import upgrade_schema
 from coalition.v1 import ledger_pb2, ledger_pb2_grpc, partner_pb2, partner_pb2_grpc
 
 from support.coalition import write_manifest
+from support.databases import at_current_schema
 from support.nodes import Clock, temporary_node
 
 PROGRAMS = ("skyair", "staybright", "beanhouse")
@@ -144,6 +145,7 @@ def coalition(tmp_path: Path, database_url: str) -> Iterator[Coalition]:
     try:
         for program, key in keys.items():
             url = database_url if program == "skyair" else f"sqlite:///{tmp_path / program}.db"
+            at_current_schema(url)
             engine = make_engine(url, sqlite_synchronous="NORMAL")
             upgrade_schema(engine)
             inbox = PartnerInbox(program, manifest, _sequencer(engine, program, key), key, clock)

@@ -112,6 +112,9 @@ def test_a_read_only_process_on_a_hot_standby_reads_and_refuses_writes(
             time.sleep(0.1)
         health = healthz(replica)
         assert health["sealer"] is False and health["log_size"] == healthz(primary)["log_size"]
+        # A load balancer learns from /healthz alone where this process's writes go.
+        assert health["read_only"] is True and health["primary"] == primary.grpc
+        assert healthz(primary)["read_only"] is False and healthz(primary)["primary"] is None
 
         with NodeClient(replica.grpc, key) as client:
             assert client.balance("alice") == balance

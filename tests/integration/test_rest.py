@@ -521,6 +521,8 @@ def test_healthz_and_openapi(
         "log_size": 0,
         "pid": os.getpid(),
         "sealer": True,
+        "read_only": False,
+        "primary": None,
     }
     nothing_sealed = client.get("/v1/ledger/headers/latest", headers=keys["auditor"])
     assert nothing_sealed.status_code == 404

@@ -9,11 +9,16 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from fastapi.testclient import TestClient
 
+from coalition.api.grpc.server import serve_grpc
+from coalition.api.grpc.witness import add_witness_servicer
+from coalition.api.http.app import create_app
+from coalition.api.http.witness import witness_router
 from coalition.errors import FailedPrecondition, InvalidArgument, VerificationError
 from coalition.ledger.blocks import SignedHeader, sign_header
 from coalition.ledger.canonical import JsonValue, canonical_json
@@ -34,6 +39,7 @@ from coalition.node.manifest import Manifest
 from coalition.node.partners import InMemoryNetwork, PartnerClient
 from coalition.node.service import NodeService
 from coalition.runtime.wiring import member_app, serve_member_api
+from coalition.store import witness as witness_store
 from coalition.v1 import witness_pb2, witness_pb2_grpc
 
 from support.coalition import PartnerNode, RunningCoalition, coalition_nodes, write_manifest
@@ -451,3 +457,93 @@ def test_a_forwarded_header_is_compared_with_the_one_verified_later(
     }
     with pytest.raises(InvalidArgument):
         witness.on_gossip("skyair", {"header": h0.to_json(), "extra": 1})
+
+
+# --- the equivocations list, a page at a time ---------------------------------------------
+
+
+@pytest.fixture
+def evidence_node(
+    tmp_path: Path, database_url: str
+) -> Iterator[tuple[NodeService, Witness, list[int]]]:
+    """staybright on ``database_url`` holding seven pieces of evidence against skyair and
+    beanhouse (skyair's own headers, re-signed with a bad link); their ids, oldest first."""
+    keys = {p: SigningKey.generate() for p in PROGRAMS}
+    manifest = write_manifest(tmp_path, keys)
+    with (
+        temporary_node(f"sqlite:///{tmp_path}/a.db", program="skyair", key=keys["skyair"]) as a,
+        temporary_node(database_url, program="staybright", key=keys["staybright"]) as us,
+    ):
+        add_blocks(a, 7, "e")
+        witness = _witness(us, manifest, ScriptedSource([], lambda first, second: None))
+
+        def record(tx: Any) -> None:
+            for n, signed in enumerate(a.ledger.headers(0, 7)):
+                program = "skyair" if n % 3 else "beanhouse"
+                forged = replace(signed.header, program=program, prev_hash=f"{n:x}" * 64)
+                lying = sign_header(forged, keys["skyair"])
+                witness_store.save_evidence(tx.conn, FORK, f"bad link {n}", lying, lying, n)
+
+        us.sequencer.run(record)
+        ids = [e.id for e in witness.equivocations()]
+        assert len(ids) == 7
+        yield us, witness, ids
+
+
+def test_equivocation_pages_have_no_gap_or_duplicate(
+    evidence_node: tuple[NodeService, Witness, list[int]],
+    authenticator: Authenticator,
+    api_keys: dict[str, str],
+) -> None:
+    us, witness, ids = evidence_node
+    skyair = [e.id for e in witness.equivocations("skyair")]
+    assert len(skyair) == 4 and set(skyair) < set(ids)
+    for program, expected in ((None, ids), ("skyair", skyair)):
+        walked, after = [], None
+        while True:
+            page = witness.equivocations(program, 3, after)
+            walked += [e.id for e in page]
+            if len(page) < 3:
+                break
+            after = page[-1].id
+        assert walked == expected
+    with pytest.raises(InvalidArgument, match="limit"):
+        witness.equivocations(None, 1001)
+
+    op = {"Authorization": f"Bearer {api_keys['auditor']}"}
+    app = create_app(us, authenticator, [witness_router(witness, authenticator)])
+    with TestClient(app) as http:
+        walked_rest: list[int] = []
+        url = "/v1/equivocations?program=skyair&limit=2"
+        while url:
+            reply = http.get(url, headers=op)
+            assert reply.status_code == 200, reply.text
+            walked_rest += [x["id"] for x in reply.json()]
+            link = reply.headers.get("link")
+            url = link[1 : link.index(">")] if link else ""
+        assert walked_rest == skyair
+
+    def add(server: grpc.Server) -> None:
+        add_witness_servicer(server, witness, authenticator)
+
+    server, port = serve_grpc(us, authenticator, "127.0.0.1", 0, extra=[add])
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = witness_pb2_grpc.WitnessStub(channel)
+            meta = (("authorization", f"Bearer {api_keys['auditor']}"),)
+            walked_grpc: list[int] = []
+            token = ""
+            while True:
+                request = witness_pb2.ListEquivocationsRequest(page_size=3, page_token=token)
+                reply = stub.ListEquivocations(request, metadata=meta)
+                walked_grpc += [e.id for e in reply.equivocations]
+                token = reply.next_page_token
+                if not token:
+                    break
+            assert walked_grpc == ids
+            bad = witness_pb2.ListEquivocationsRequest(page_token="-1")
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.ListEquivocations(bad, metadata=meta)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        server.stop(None).wait(10)

@@ -44,6 +44,8 @@ from coalition.runtime.wiring import CoalitionNode, Node, build_node
 from coalition.store.columns import stored_object
 from coalition.store.ledger import entries
 
+from support.databases import at_current_schema
+
 PROGRAMS = ("skyair", "staybright", "beanhouse")
 RULES: dict[str, Any] = {"holding_period": "0s"}
 """The default ``[rules]`` table: purchases are spendable at once."""
@@ -246,6 +248,7 @@ def _started(
 ) -> PartnerNode:
     """A node built from ``config``, sealing and serving partners; its features running
     if ``start_features``."""
+    at_current_schema(config.database_url)
     node = build_node(config, clock=clock, witness_backoff=WITNESS_BACKOFF)
     try:
         node.service.start()

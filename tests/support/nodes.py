@@ -14,6 +14,8 @@ from coalition.node.service import NodeService
 from coalition.points.rules import ProgramRules
 from coalition.runtime.wiring import open_service
 
+from support.databases import at_current_schema
+
 
 class Clock:
     """A settable clock, so holding periods end and points expire within a test."""
@@ -40,9 +42,11 @@ def temporary_node(
     start: bool = True,
 ) -> Iterator[NodeService]:
     """A started NodeService on ``url`` (``runtime.wiring.open_service``) with a fresh key
-    unless given; closed (and sealed) afterwards."""
+    unless given; closed (and sealed) afterwards. A fresh database starts as a copy of
+    the migrated template (``support.databases.at_current_schema``)."""
     if not re.fullmatch(r"[a-z][a-z0-9-]{1,31}", program):
         raise ValueError(program)
+    at_current_schema(url)
     service = open_service(
         url,
         program,

@@ -81,17 +81,43 @@ def _verifier_modules() -> list[str]:
 
 def _fresh_modules(imports: list[str]) -> list[str]:
     """``sys.modules`` of a fresh interpreter after importing ``imports``."""
-    code = (
-        "import importlib, json, sys\n"
-        f"for name in {imports!r}:\n"
-        "    importlib.import_module(name)\n"
-        "print(json.dumps(sorted(sys.modules)))\n"
-    )
+    return _fresh_modules_each([imports])[0]
+
+
+_FORKED = """
+import importlib, json, os, sys
+for imports in json.loads(sys.argv[1]):
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        for name in imports:
+            importlib.import_module(name)
+        os.write(write, json.dumps(sorted(sys.modules)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as answer:
+        loaded = answer.read()
+    _, status = os.waitpid(pid, 0)
+    if status != 0:
+        sys.exit(f"importing {imports} failed")
+    print(loaded)
+"""
+
+
+def _fresh_modules_each(import_lists: list[list[str]]) -> list[list[str]]:
+    """``_fresh_modules`` of each list, in one interpreter that forks a child per list
+    before importing anything of its own (one interpreter start, not one per module)."""
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+        [sys.executable, "-c", _FORKED, json.dumps(import_lists)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
     )
-    loaded: list[str] = json.loads(result.stdout)
-    return loaded
+    answers = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(answers) == len(import_lists)
+    return answers
 
 
 def _outside_closure(loaded: list[str], baseline: set[str]) -> list[str]:
@@ -130,13 +156,15 @@ def test_the_verifier_imports_only_stdlib_cryptography_and_the_pure_core() -> No
     nothing but the standard library, ``cryptography`` (and what it loads), ``msgspec``,
     ``orjson`` and ``coalition.ledger``, ``points``, ``verify``, ``errors``: no SQLAlchemy, grpc,
     FastAPI, pydantic, nor anything of node/, store/, api/, audit/, runtime/, ops/."""
-    for name in _verifier_modules():
-        loaded = _fresh_modules([name])
-        third_party = [
-            m for m in loaded if m.split(".")[0] in ("cryptography", "msgspec", "orjson")
-        ]
-        baseline = set(_fresh_modules(third_party))
-        bad = _outside_closure(loaded, baseline)
+    names = _verifier_modules()
+    everything = _fresh_modules_each([[name] for name in names])
+    third_parties = [
+        [m for m in loaded if m.split(".")[0] in ("cryptography", "msgspec", "orjson")]
+        for loaded in everything
+    ]
+    baselines = _fresh_modules_each(third_parties)
+    for name, loaded, baseline in zip(names, everything, baselines, strict=True):
+        bad = _outside_closure(loaded, set(baseline))
         assert not bad, f"{name} imports {bad}"
 
 

@@ -104,6 +104,14 @@ def reads(run: ClientCommand) -> Callable[..., int]:
     return with_client(func)
 
 
+def paged(items: list[Any], next_page: str | None) -> list[Any]:
+    """A page for ``reads`` to print; the next page's token goes to stderr (``--page``
+    TOKEN), so stdout stays the list it always was."""
+    if next_page is not None:
+        print(f"next page: --page {next_page}", file=sys.stderr)
+    return items
+
+
 def idempotency_key(args: argparse.Namespace) -> str:
     """``--idempotency-key``, or a fresh key printed on stderr (so a retry can reuse it)."""
     if args.idempotency_key:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from coalition.cli.client import add_client_command, reads, written
+from coalition.cli.client import add_client_command, paged, reads, written
 
 
 def add_commands(sub: Any, conn: argparse.ArgumentParser) -> None:
@@ -114,11 +114,16 @@ def _add_reads(sub: Any, conn: argparse.ArgumentParser) -> None:
     p.add_argument("member")
     p.set_defaults(func=reads(lambda c, a: c.balance(a.member)))
 
-    p = add_client_command(sub, "lots", "a member's lots", conn)
+    p = add_client_command(sub, "lots", "a member's lots, oldest first, a page at a time", conn)
     p.add_argument("member")
-    p.set_defaults(func=reads(lambda c, a: c.lots(a.member)))
+    p.add_argument("--limit", type=int, default=1000, help="lots a page (1..1000)")
+    p.add_argument("--page", help="the next page's token, as the previous page printed")
+    p.set_defaults(func=reads(lambda c, a: paged(*c.lots_page(a.member, a.limit, a.page))))
 
-    p = add_client_command(sub, "history", "a member's ledger entries", conn)
+    p = add_client_command(
+        sub, "history", "a member's entries, newest first, a page at a time", conn
+    )
     p.add_argument("member")
-    p.add_argument("--limit", type=int, default=100)
-    p.set_defaults(func=reads(lambda c, a: c.history(a.member, a.limit)))
+    p.add_argument("--limit", type=int, default=100, help="entries a page (1..1000)")
+    p.add_argument("--page", help="the next (older) page's token, as the previous page printed")
+    p.set_defaults(func=reads(lambda c, a: paged(*c.history_page(a.member, a.limit, a.page))))

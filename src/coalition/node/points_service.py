@@ -19,6 +19,7 @@ from sqlalchemy import Connection
 from coalition.errors import CoalitionError, FailedPrecondition, InvalidArgument, NotFound
 from coalition.ledger.canonical import JsonObject
 from coalition.ledger.entries import format_time
+from coalition.node.paging import check_page_size
 from coalition.node.sequencer import (
     Decision,
     Sequencer,
@@ -447,7 +448,7 @@ class PointsService:
         """Up to ``limit`` (1..1000) of the member's lots in (earned_at, id) order, from the
         one after the lot ``after`` (an id; NotFound when the member has none so named):
         the order of ``lots``, at the cost of one page."""
-        _check_limit(limit)
+        check_page_size(limit)
         with self._sequencer.read() as conn:
             account_id_ = self.member_account(conn, member_id)
             found = members_store.lots_page(conn, account_id_, limit, after)
@@ -464,7 +465,7 @@ class PointsService:
         """The member's entries newest first, up to ``limit`` (1..1000), those below the log
         index ``before`` (None: the newest); and the ``before`` of the next older page (None
         when this page is not full). Costs one page however long the history is."""
-        _check_limit(limit)
+        check_page_size(limit)
         if before is not None and (not isinstance(before, int) or before < 0):
             raise InvalidArgument(f"before must be a log index >= 0, got {before!r}")
         with self._sequencer.read() as conn:
@@ -473,8 +474,3 @@ class PointsService:
             size = ledger_store.sealed_size(conn)  # whichever process sealed them
         views = [EntryView(body, index if index < size else None) for index, body in rows]
         return views, (rows[-1][0] if len(rows) == limit else None)
-
-
-def _check_limit(limit: int) -> None:
-    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 1000:
-        raise InvalidArgument(f"limit must be 1..1000, got {limit!r}")

@@ -45,6 +45,8 @@ class NodeService:
         self.public_key: VerifyKey = key.public_key
         self._key = key
         self.read_only = read_only_primary is not None
+        self.primary = read_only_primary
+        """Where a read-only process sends writers (None for a writing process)."""
         self.sequencer = (
             Sequencer(engine, program, key, sealer, clock)
             if read_only_primary is None

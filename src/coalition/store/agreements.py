@@ -9,9 +9,10 @@ canonical JSON.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Column, Connection, Text, insert, select
+from sqlalchemy import BigInteger, Column, Connection, Text, and_, insert, or_, select, tuple_
 from sqlmodel import Field, SQLModel
 
 from coalition.ledger.canonical import JsonObject, canonical_json
@@ -77,3 +78,37 @@ def all_agreements(conn: Connection) -> list[JsonObject]:
         select(agreements.c.signed).order_by(agreements.c.id, agreements.c.version)
     ).all()
     return [stored_object(row.signed, "agreement") for row in rows]
+
+
+def agreements_page(
+    conn: Connection, limit: int, after: tuple[str, int] | None = None
+) -> list[JsonObject]:
+    """Up to ``limit`` signed agreements in (id, version) order, from the one after
+    ``after`` (an (id, version); None: the first): one range scan of the primary key."""
+    c = agreements.c
+    query = select(c.signed)
+    if after is not None:
+        # ``>=`` first: the key's range starts at the cursor (as ``members.lots_page``).
+        query = query.where(
+            c.id >= after[0], or_(c.id > after[0], and_(c.id == after[0], c.version > after[1]))
+        )
+    rows = conn.execute(query.order_by(c.id, c.version).limit(limit)).all()
+    return [stored_object(row.signed, "agreement") for row in rows]
+
+
+def agreements_related(
+    conn: Connection, ids: Iterable[str], pairs: Iterable[tuple[str, str]]
+) -> list[JsonObject]:
+    """Every agreement between the ``pairs`` (from, to), and every version of those and
+    of the agreements ``ids`` (a new version may name another pair): what deciding which
+    agreements of those pairs are in force needs (``points.rates.current_agreements``)."""
+    c = agreements.c
+    wanted_pairs = sorted(set(pairs))
+    if not wanted_pairs:
+        return []
+    rivals = select(c.id).where(tuple_(c.from_program, c.to_program).in_(wanted_pairs))
+    wanted_ids = sorted(set(ids) | set(conn.execute(rivals).scalars()))
+    if not wanted_ids:
+        return []
+    query = select(c.signed).where(c.id.in_(wanted_ids)).order_by(c.id, c.version)
+    return [stored_object(row.signed, "agreement") for row in conn.execute(query)]

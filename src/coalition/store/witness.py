@@ -352,17 +352,34 @@ def save_evidence(
     return True
 
 
-def evidence_rows(conn: Connection, program: str | None = None) -> Sequence[Row[Any]]:
+def evidence_rows(
+    conn: Connection,
+    program: str | None = None,
+    limit: int | None = None,
+    after: int | None = None,
+) -> Sequence[Row[Any]]:
     """The ``witness_evidence`` rows as stored (headers as text; of one program when
-    given), oldest first: for readers that must carry a header that does not parse."""
+    given), oldest first: for readers that must carry a header that does not parse.
+    With ``limit``, at most that many, those with an id above ``after``: a range scan of
+    the key, the page's cost however much evidence is stored."""
     query = select(witness_evidence).order_by(witness_evidence.c.id)
     if program is not None:
         query = query.where(witness_evidence.c.program == program)
+    if after is not None:
+        query = query.where(witness_evidence.c.id > after)
+    if limit is not None:
+        query = query.limit(limit)
     return conn.execute(query).all()
 
 
-def evidence(conn: Connection, program: str | None = None) -> list[StoredEvidence]:
-    """All stored evidence (of one program when given), oldest first."""
+def evidence(
+    conn: Connection,
+    program: str | None = None,
+    limit: int | None = None,
+    after: int | None = None,
+) -> list[StoredEvidence]:
+    """Stored evidence (of one program when given), oldest first; ``limit`` and ``after``
+    as ``evidence_rows``."""
     return [
         StoredEvidence(
             id=row.id,
@@ -374,7 +391,7 @@ def evidence(conn: Connection, program: str | None = None) -> list[StoredEvidenc
             second=_signed_doc(row.second),
             detected_at=row.detected_at,
         )
-        for row in evidence_rows(conn, program)
+        for row in evidence_rows(conn, program, limit, after)
     ]
 
 

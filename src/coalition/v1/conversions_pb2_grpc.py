@@ -222,7 +222,8 @@ class AgreementsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListAgreements(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Recorded agreements by id then version, a page at a time (page_size, page_token).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

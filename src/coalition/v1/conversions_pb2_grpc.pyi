@@ -65,6 +65,7 @@ class AgreementsStub:
     recorded (id, version) with the same terms again returns it.
     """
     ListAgreements: _grpc.UnaryUnaryMultiCallable[_conversions_pb2.ListAgreementsRequest, _conversions_pb2.AgreementList]
+    """Recorded agreements by id then version, a page at a time (page_size, page_token)."""
 
 class AgreementsServicer(metaclass=_abc_1.ABCMeta):
     """Rate agreements with partners: operators only."""
@@ -84,6 +85,7 @@ class AgreementsServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _conversions_pb2.ListAgreementsRequest,
         context: _grpc.ServicerContext,
-    ) -> _conversions_pb2.AgreementList: ...
+    ) -> _conversions_pb2.AgreementList:
+        """Recorded agreements by id then version, a page at a time (page_size, page_token)."""
 
 def add_AgreementsServicer_to_server(servicer: AgreementsServicer, server: _grpc.Server) -> None: ...

@@ -176,13 +176,15 @@ class PointsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListLots(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The member's lots oldest first, a page at a time (page_size, page_token).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetHistory(self, request, context):
-        """The member's ledger entries, at most `limit` (0 = server default).
+        """The member's ledger entries newest first, at most `limit` (0 = server default) a
+        page, older pages by page_token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -40,8 +40,11 @@ class PointsStub:
     """
     GetBalance: _grpc.UnaryUnaryMultiCallable[_points_pb2.GetBalanceRequest, _points_pb2.Balance]
     ListLots: _grpc.UnaryUnaryMultiCallable[_points_pb2.ListLotsRequest, _points_pb2.LotList]
+    """The member's lots oldest first, a page at a time (page_size, page_token)."""
     GetHistory: _grpc.UnaryUnaryMultiCallable[_points_pb2.GetHistoryRequest, _points_pb2.History]
-    """The member's ledger entries, at most `limit` (0 = server default)."""
+    """The member's ledger entries newest first, at most `limit` (0 = server default) a
+    page, older pages by page_token.
+    """
 
 class PointsServicer(metaclass=_abc_1.ABCMeta):
     """Points of one program: every call is authorized by the caller's API key role."""
@@ -132,7 +135,8 @@ class PointsServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _points_pb2.ListLotsRequest,
         context: _grpc.ServicerContext,
-    ) -> _points_pb2.LotList: ...
+    ) -> _points_pb2.LotList:
+        """The member's lots oldest first, a page at a time (page_size, page_token)."""
 
     @_abc_1.abstractmethod
     def GetHistory(
@@ -140,6 +144,8 @@ class PointsServicer(metaclass=_abc_1.ABCMeta):
         request: _points_pb2.GetHistoryRequest,
         context: _grpc.ServicerContext,
     ) -> _points_pb2.History:
-        """The member's ledger entries, at most `limit` (0 = server default)."""
+        """The member's ledger entries newest first, at most `limit` (0 = server default) a
+        page, older pages by page_token.
+        """
 
 def add_PointsServicer_to_server(servicer: PointsServicer, server: _grpc.Server) -> None: ...

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63oalition/v1/witness.proto\x12\x0c\x63oalition.v1\"%\n\x13GetWitnessesRequest\x12\x0e\n\x06height\x18\x01 \x01(\x03\"F\n\x0b\x43osignature\x12\x0f\n\x07witness\x18\x01 \x01(\t\x12\x11\n\ttimestamp\x18\x02 \x01(\x03\x12\x13\n\x0b\x63osignature\x18\x03 \x01(\t\"\xa7\x01\n\rWitnessStatus\x12\x0e\n\x06height\x18\x01 \x01(\x03\x12\x13\n\x0bheader_hash\x18\x02 \x01(\t\x12\x12\n\ncheckpoint\x18\x03 \x01(\t\x12\x0c\n\x04note\x18\x04 \x01(\t\x12,\n\tcosigners\x18\x05 \x03(\x0b\x32\x19.coalition.v1.Cosignature\x12\x0e\n\x06quorum\x18\x06 \x01(\x05\x12\x11\n\twitnessed\x18\x07 \x01(\x08\"+\n\x18ListEquivocationsRequest\x12\x0f\n\x07program\x18\x01 \x01(\t\"\xb3\x01\n\x0c\x45quivocation\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0f\n\x07program\x18\x02 \x01(\t\x12\x0e\n\x06height\x18\x03 \x01(\x03\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12 \n\x18\x66irst_signed_header_json\x18\x06 \x01(\x0c\x12!\n\x19second_signed_header_json\x18\x07 \x01(\x0c\x12\x13\n\x0b\x64\x65tected_at\x18\x08 \x01(\t\"E\n\x10\x45quivocationList\x12\x31\n\requivocations\x18\x01 \x03(\x0b\x32\x1a.coalition.v1.Equivocation\"\x16\n\x14ListFollowersRequest\"q\n\x08\x46ollower\x12\x0f\n\x07program\x18\x01 \x01(\t\x12\x1c\n\x0fverified_height\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12\x0e\n\x06halted\x18\x03 \x01(\x08\x12\x12\n\nlast_error\x18\x04 \x01(\tB\x12\n\x10_verified_height\"9\n\x0c\x46ollowerList\x12)\n\tfollowers\x18\x01 \x03(\x0b\x32\x16.coalition.v1.Follower2\x87\x02\n\x07Witness\x12N\n\x0cGetWitnesses\x12!.coalition.v1.GetWitnessesRequest\x1a\x1b.coalition.v1.WitnessStatus\x12[\n\x11ListEquivocations\x12&.coalition.v1.ListEquivocationsRequest\x1a\x1e.coalition.v1.EquivocationList\x12O\n\rListFollowers\x12\".coalition.v1.ListFollowersRequest\x1a\x1a.coalition.v1.FollowerListb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63oalition/v1/witness.proto\x12\x0c\x63oalition.v1\"%\n\x13GetWitnessesRequest\x12\x0e\n\x06height\x18\x01 \x01(\x03\"F\n\x0b\x43osignature\x12\x0f\n\x07witness\x18\x01 \x01(\t\x12\x11\n\ttimestamp\x18\x02 \x01(\x03\x12\x13\n\x0b\x63osignature\x18\x03 \x01(\t\"\xa7\x01\n\rWitnessStatus\x12\x0e\n\x06height\x18\x01 \x01(\x03\x12\x13\n\x0bheader_hash\x18\x02 \x01(\t\x12\x12\n\ncheckpoint\x18\x03 \x01(\t\x12\x0c\n\x04note\x18\x04 \x01(\t\x12,\n\tcosigners\x18\x05 \x03(\x0b\x32\x19.coalition.v1.Cosignature\x12\x0e\n\x06quorum\x18\x06 \x01(\x05\x12\x11\n\twitnessed\x18\x07 \x01(\x08\"R\n\x18ListEquivocationsRequest\x12\x0f\n\x07program\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\xb3\x01\n\x0c\x45quivocation\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0f\n\x07program\x18\x02 \x01(\t\x12\x0e\n\x06height\x18\x03 \x01(\x03\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12 \n\x18\x66irst_signed_header_json\x18\x06 \x01(\x0c\x12!\n\x19second_signed_header_json\x18\x07 \x01(\x0c\x12\x13\n\x0b\x64\x65tected_at\x18\x08 \x01(\t\"^\n\x10\x45quivocationList\x12\x31\n\requivocations\x18\x01 \x03(\x0b\x32\x1a.coalition.v1.Equivocation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x16\n\x14ListFollowersRequest\"q\n\x08\x46ollower\x12\x0f\n\x07program\x18\x01 \x01(\t\x12\x1c\n\x0fverified_height\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12\x0e\n\x06halted\x18\x03 \x01(\x08\x12\x12\n\nlast_error\x18\x04 \x01(\tB\x12\n\x10_verified_height\"9\n\x0c\x46ollowerList\x12)\n\tfollowers\x18\x01 \x03(\x0b\x32\x16.coalition.v1.Follower2\x87\x02\n\x07Witness\x12N\n\x0cGetWitnesses\x12!.coalition.v1.GetWitnessesRequest\x1a\x1b.coalition.v1.WitnessStatus\x12[\n\x11ListEquivocations\x12&.coalition.v1.ListEquivocationsRequest\x1a\x1e.coalition.v1.EquivocationList\x12O\n\rListFollowers\x12\".coalition.v1.ListFollowersRequest\x1a\x1a.coalition.v1.FollowerListb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,17 +38,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WITNESSSTATUS']._serialized_start=156
   _globals['_WITNESSSTATUS']._serialized_end=323
   _globals['_LISTEQUIVOCATIONSREQUEST']._serialized_start=325
-  _globals['_LISTEQUIVOCATIONSREQUEST']._serialized_end=368
-  _globals['_EQUIVOCATION']._serialized_start=371
-  _globals['_EQUIVOCATION']._serialized_end=550
-  _globals['_EQUIVOCATIONLIST']._serialized_start=552
-  _globals['_EQUIVOCATIONLIST']._serialized_end=621
-  _globals['_LISTFOLLOWERSREQUEST']._serialized_start=623
-  _globals['_LISTFOLLOWERSREQUEST']._serialized_end=645
-  _globals['_FOLLOWER']._serialized_start=647
-  _globals['_FOLLOWER']._serialized_end=760
-  _globals['_FOLLOWERLIST']._serialized_start=762
-  _globals['_FOLLOWERLIST']._serialized_end=819
-  _globals['_WITNESS']._serialized_start=822
-  _globals['_WITNESS']._serialized_end=1085
+  _globals['_LISTEQUIVOCATIONSREQUEST']._serialized_end=407
+  _globals['_EQUIVOCATION']._serialized_start=410
+  _globals['_EQUIVOCATION']._serialized_end=589
+  _globals['_EQUIVOCATIONLIST']._serialized_start=591
+  _globals['_EQUIVOCATIONLIST']._serialized_end=685
+  _globals['_LISTFOLLOWERSREQUEST']._serialized_start=687
+  _globals['_LISTFOLLOWERSREQUEST']._serialized_end=709
+  _globals['_FOLLOWER']._serialized_start=711
+  _globals['_FOLLOWER']._serialized_end=824
+  _globals['_FOLLOWERLIST']._serialized_start=826
+  _globals['_FOLLOWERLIST']._serialized_end=883
+  _globals['_WITNESS']._serialized_start=886
+  _globals['_WITNESS']._serialized_end=1149
 # @@protoc_insertion_point(module_scope)

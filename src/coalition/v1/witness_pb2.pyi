@@ -115,16 +115,24 @@ class ListEquivocationsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PROGRAM_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     program: _builtins.str
     """Empty: every program."""
+    page_size: _builtins.int
+    """At most this many, oldest first (1..1000; 0: 1000)."""
+    page_token: _builtins.str
+    """The next_page_token of the previous page; empty: the oldest."""
     def __init__(
         self,
         *,
         program: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["program", b"program"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "program", b"program"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -178,16 +186,20 @@ class EquivocationList(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     EQUIVOCATIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
     @_builtins.property
     def equivocations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Equivocation]: ...
     def __init__(
         self,
         *,
         equivocations: _abc.Iterable[Global___Equivocation] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["equivocations", b"equivocations"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["equivocations", b"equivocations", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -64,7 +64,8 @@ class WitnessServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListEquivocations(self, request, context):
-        """Evidence of equivocations and forks, oldest first (of one program when given).
+        """Evidence of equivocations and forks, oldest first (of one program when given), a
+        page at a time (page_size, page_token).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

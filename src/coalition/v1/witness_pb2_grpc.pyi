@@ -24,7 +24,9 @@ class WitnessStub:
     GetWitnesses: _grpc.UnaryUnaryMultiCallable[_witness_pb2.GetWitnessesRequest, _witness_pb2.WitnessStatus]
     """The cosignatures of this node's header at `height` and whether a quorum cosigned it."""
     ListEquivocations: _grpc.UnaryUnaryMultiCallable[_witness_pb2.ListEquivocationsRequest, _witness_pb2.EquivocationList]
-    """Evidence of equivocations and forks, oldest first (of one program when given)."""
+    """Evidence of equivocations and forks, oldest first (of one program when given), a
+    page at a time (page_size, page_token).
+    """
     ListFollowers: _grpc.UnaryUnaryMultiCallable[_witness_pb2.ListFollowersRequest, _witness_pb2.FollowerList]
     """How far this node verified each partner's chain, and whether it still trusts it."""
 
@@ -45,7 +47,9 @@ class WitnessServicer(metaclass=_abc_1.ABCMeta):
         request: _witness_pb2.ListEquivocationsRequest,
         context: _grpc.ServicerContext,
     ) -> _witness_pb2.EquivocationList:
-        """Evidence of equivocations and forks, oldest first (of one program when given)."""
+        """Evidence of equivocations and forks, oldest first (of one program when given), a
+        page at a time (page_size, page_token).
+        """
 
     @_abc_1.abstractmethod
     def ListFollowers(

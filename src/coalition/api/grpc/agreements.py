@@ -7,11 +7,17 @@ from dataclasses import asdict
 
 import grpc
 
-from coalition.api.grpc.kit import ApiKeyAuthorizer, CallAuthorizer, Servicer, guarded
+from coalition.api.grpc.kit import (
+    ApiKeyAuthorizer,
+    CallAuthorizer,
+    Servicer,
+    guarded,
+    page_size,
+)
 from coalition.errors import InvalidArgument
 from coalition.ledger.canonical import JsonObject, canonical_json, parse_json
 from coalition.node.auth import Action, Authenticator
-from coalition.node.features.agreements import Agreements
+from coalition.node.features.agreements import Agreements, cursor_of, parse_cursor
 from coalition.v1 import conversions_pb2, conversions_pb2_grpc
 
 
@@ -38,8 +44,10 @@ class AgreementsServicer(Servicer, conversions_pb2_grpc.AgreementsServicer):
         self, request: conversions_pb2.ListAgreementsRequest, context: grpc.ServicerContext
     ) -> conversions_pb2.AgreementList:
         self.allow(context, Action.OPERATE)
+        limit = page_size(request.page_size)
+        found = self._agreements.list(limit, parse_cursor(request.page_token or None))
         summaries = []
-        for view in self._agreements.list():
+        for view in found:
             fields = asdict(view)
             signed = fields.pop("signed")
             summaries.append(
@@ -47,7 +55,8 @@ class AgreementsServicer(Servicer, conversions_pb2_grpc.AgreementsServicer):
                     **fields, signed_agreement_json=canonical_json(signed)
                 )
             )
-        return conversions_pb2.AgreementList(agreements=summaries)
+        following = cursor_of(found[-1]) if len(found) == limit else ""
+        return conversions_pb2.AgreementList(agreements=summaries, next_page_token=following)
 
 
 def add_agreements_servicer(

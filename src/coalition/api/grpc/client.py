@@ -266,8 +266,23 @@ class NodeClient:
         )
 
     def lots(self, member_id: str) -> list[LotView]:
-        reply = self._call(self._points.ListLots, points_pb2.ListLotsRequest(member_id=member_id))
-        return [
+        """Every lot of the member, oldest first, read a page at a time."""
+        found, token = self.lots_page(member_id)
+        while token is not None:
+            more, token = self.lots_page(member_id, page_token=token)
+            found.extend(more)
+        return found
+
+    def lots_page(
+        self, member_id: str, page_size: int = 0, page_token: str | None = None
+    ) -> tuple[list[LotView], str | None]:
+        """One page of the member's lots (``page_size`` 0: the server's 1,000) and the
+        token of the next (None after the last)."""
+        request = points_pb2.ListLotsRequest(
+            member_id=member_id, page_size=page_size, page_token=page_token or ""
+        )
+        reply = self._call(self._points.ListLots, request)
+        lots = [
             LotView(
                 lot.id,
                 lot.amount,
@@ -281,11 +296,22 @@ class NodeClient:
             )
             for lot in reply.lots
         ]
+        return lots, reply.next_page_token or None
 
     def history(self, member_id: str, limit: int = 100) -> list[EntryView]:
-        request = points_pb2.GetHistoryRequest(member_id=member_id, limit=limit)
+        """The member's newest ``limit`` entries."""
+        return self.history_page(member_id, limit)[0]
+
+    def history_page(
+        self, member_id: str, limit: int = 100, page_token: str | None = None
+    ) -> tuple[list[EntryView], str | None]:
+        """One page of the member's entries, newest first, older than the page whose
+        token this is; and the token of the next older page (None after the last)."""
+        request = points_pb2.GetHistoryRequest(
+            member_id=member_id, limit=limit, page_token=page_token or ""
+        )
         reply = self._call(self._points.GetHistory, request)
-        return [_entry(message) for message in reply.entries]
+        return [_entry(message) for message in reply.entries], reply.next_page_token or None
 
     # --- ledger reads -------------------------------------------------------------------
 

@@ -17,8 +17,9 @@ from typing import Any, Protocol, TypeVar
 import grpc
 
 from coalition.api.errors import grpc_status, refusal_message
-from coalition.errors import CoalitionError
+from coalition.errors import CoalitionError, InvalidArgument
 from coalition.node.auth import Action, Authenticator, Principal
+from coalition.node.paging import MAX_PAGE
 
 log = logging.getLogger(__name__)
 
@@ -98,3 +99,19 @@ class Servicer:
     ) -> Principal:
         """The caller, once allowed to do ``action``; MUST be the first step of every RPC."""
         return self._authorize(context, action, member_id)
+
+
+def page_size(requested: int, default: int = MAX_PAGE) -> int:
+    """A list call's ``page_size`` (or ``limit``): 0, proto3's unset, means ``default``;
+    anything else goes to the service, which refuses what is outside 1..MAX_PAGE."""
+    return requested or default
+
+
+def integer_token(token: str, what: str) -> int | None:
+    """A page token that carries an integer cursor (a log index, an evidence id); None for
+    the first page. INVALID_ARGUMENT for a token this node never gave."""
+    if not token:
+        return None
+    if not token.isascii() or not token.isdigit() or len(token) > 19:
+        raise InvalidArgument(f"page_token {token[:40]!r} is not a page token of {what}")
+    return int(token)

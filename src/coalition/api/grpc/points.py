@@ -10,7 +10,7 @@ from dataclasses import asdict
 
 import grpc
 
-from coalition.api.grpc.kit import CallAuthorizer, Servicer, guarded
+from coalition.api.grpc.kit import CallAuthorizer, Servicer, guarded, integer_token, page_size
 from coalition.api.grpc.ledger import entry_message
 from coalition.ledger.canonical import canonical_json
 from coalition.node.auth import Action
@@ -172,16 +172,21 @@ class PointsServicer(Servicer, points_pb2_grpc.PointsServicer):
         self, request: points_pb2.ListLotsRequest, context: grpc.ServicerContext
     ) -> points_pb2.LotList:
         self.allow(context, Action.MEMBER_READ, request.member_id)
-        lots = [points_pb2.Lot(**asdict(lot)) for lot in self._points.lots(request.member_id)]
-        return points_pb2.LotList(lots=lots)
+        limit = page_size(request.page_size)
+        found = self._points.lots_page(request.member_id, limit, request.page_token or None)
+        lots = [points_pb2.Lot(**asdict(lot)) for lot in found]
+        following = found[-1].id if len(found) == limit else ""
+        return points_pb2.LotList(lots=lots, next_page_token=following)
 
     @guarded
     def GetHistory(
         self, request: points_pb2.GetHistoryRequest, context: grpc.ServicerContext
     ) -> points_pb2.History:
         self.allow(context, Action.MEMBER_READ, request.member_id)
-        if request.limit:
-            views = self._points.history(request.member_id, request.limit)
-        else:
-            views = self._points.history(request.member_id)
-        return points_pb2.History(entries=[entry_message(v) for v in views])
+        before = integer_token(request.page_token, "a member's history")
+        limit = page_size(request.limit, 100)
+        views, older = self._points.history_page(request.member_id, limit, before)
+        following = "" if older is None else str(older)
+        return points_pb2.History(
+            entries=[entry_message(v) for v in views], next_page_token=following
+        )

@@ -6,7 +6,14 @@ from __future__ import annotations
 
 import grpc
 
-from coalition.api.grpc.kit import ApiKeyAuthorizer, CallAuthorizer, Servicer, guarded
+from coalition.api.grpc.kit import (
+    ApiKeyAuthorizer,
+    CallAuthorizer,
+    Servicer,
+    guarded,
+    integer_token,
+    page_size,
+)
 from coalition.ledger.canonical import canonical_json
 from coalition.node.auth import Action, Authenticator
 from coalition.node.features.witness import Evidence, FollowerStatus, Witness, WitnessStatus
@@ -71,8 +78,13 @@ class WitnessServicer(Servicer, witness_pb2_grpc.WitnessServicer):
         self, request: witness_pb2.ListEquivocationsRequest, context: grpc.ServicerContext
     ) -> witness_pb2.EquivocationList:
         self.allow(context, Action.LEDGER_READ)
-        found = self._witness.equivocations(request.program or None)
-        return witness_pb2.EquivocationList(equivocations=[_evidence_message(e) for e in found])
+        after = integer_token(request.page_token, "equivocations")
+        limit = page_size(request.page_size)
+        found = self._witness.equivocations(request.program or None, limit, after)
+        following = str(found[-1].id) if len(found) == limit else ""
+        return witness_pb2.EquivocationList(
+            equivocations=[_evidence_message(e) for e in found], next_page_token=following
+        )
 
     @guarded
     def ListFollowers(

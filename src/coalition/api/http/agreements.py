@@ -1,17 +1,19 @@
 """Rate agreements over HTTP, for operators: propose one (the counterparty countersigns
-over the partner channel before it is recorded on both chains) and list them."""
+over the partner channel before it is recorded on both chains) and list them, a page at
+a time with a ``Link: <...>; rel="next"`` header (RFC 8288) when a next page may exist."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Query, Request, Response
 from pydantic import BaseModel
 
-from coalition.api.http.deps import ERROR_RESPONSES, guard
+from coalition.api.http.deps import ERROR_RESPONSES, guard, link_next
 from coalition.node.auth import Action, Authenticator
-from coalition.node.features.agreements import Agreements
+from coalition.node.features.agreements import Agreements, cursor_of, parse_cursor
+from coalition.node.paging import MAX_PAGE
 
 
 class AgreementOut(BaseModel):
@@ -41,8 +43,19 @@ def agreements_router(feature: Agreements, authenticator: Authenticator) -> APIR
     def propose(document: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
         return dict(feature.propose(document))
 
-    @router.get("/v1/agreements", summary="Every recorded rate agreement")
-    def agreements() -> list[AgreementOut]:
-        return [AgreementOut(**asdict(view)) for view in feature.list()]
+    @router.get(
+        "/v1/agreements", summary="Recorded rate agreements by id then version, a page at a time"
+    )
+    def agreements(
+        request: Request,
+        response: Response,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = MAX_PAGE,
+        after: Annotated[
+            str | None, Query(max_length=160, description="The cursor of the page before.")
+        ] = None,
+    ) -> list[AgreementOut]:
+        found = feature.list(limit, parse_cursor(after))
+        link_next(request, response, after=cursor_of(found[-1]) if len(found) == limit else None)
+        return [AgreementOut(**asdict(view)) for view in found]
 
     return router

@@ -1,7 +1,9 @@
 """``GET /healthz``: liveness and log size, without authentication (for load balancers
 and the process harness's readiness check). With several processes per node it also
 says which process answered (``pid``) and whether it holds the node's lease and so seals
-(``sealer``); ``log_size`` is the sealed size of the whole log, whichever process sealed."""
+(``sealer``); ``log_size`` is the sealed size of the whole log, whichever process sealed.
+A process against a hot standby says so (``read_only``) and names where writes go
+(``primary``; null for a writing process), so a load balancer can route writes away."""
 
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ class HealthOut(BaseModel):
     log_size: int
     pid: int
     sealer: bool
+    read_only: bool
+    primary: str | None
 
 
 def health_router(service: NodeService) -> APIRouter:
@@ -34,6 +38,8 @@ def health_router(service: NodeService) -> APIRouter:
             log_size=log_size,
             pid=os.getpid(),
             sealer=service.leadership.held(),
+            read_only=service.read_only,
+            primary=service.primary,
         )
 
     return router

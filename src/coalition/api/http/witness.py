@@ -7,13 +7,14 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel
 
-from coalition.api.http.deps import PathInt, guard
+from coalition.api.http.deps import PathInt, guard, link_next
 from coalition.ledger.canonical import MAX_SAFE_INTEGER
 from coalition.node.auth import Action, Authenticator
 from coalition.node.features.witness import MAX_STATUSES, Witness, WitnessStatus
+from coalition.node.paging import MAX_PAGE
 
 
 class CosignatureOut(BaseModel):
@@ -87,12 +88,20 @@ def witness_router(witness: Witness, authenticator: Authenticator) -> APIRouter:
 
     @router.get(
         "/v1/equivocations",
-        summary="Evidence of partners' equivocations and forks (both signed headers)",
+        summary="Evidence of partners' equivocations and forks (both headers), a page at a time",
     )
     def equivocations(
+        request: Request,
+        response: Response,
         program: Annotated[str | None, Query(max_length=64)] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = MAX_PAGE,
+        after: Annotated[
+            int | None, Query(ge=0, le=MAX_SAFE_INTEGER, description="An evidence id.")
+        ] = None,
     ) -> list[EquivocationOut]:
-        return [EquivocationOut(**asdict(e)) for e in witness.equivocations(program)]
+        found = witness.equivocations(program, limit, after)
+        link_next(request, response, after=found[-1].id if len(found) == limit else None)
+        return [EquivocationOut(**asdict(e)) for e in found]
 
     @router.get("/v1/witness/followers", summary="How far each partner's chain was verified")
     def followers() -> list[FollowerOut]:

@@ -34,6 +34,7 @@ from coalition.errors import (
 from coalition.ledger.canonical import JsonObject, JsonValue
 from coalition.ledger.entries import format_time
 from coalition.node.manifest import Manifest
+from coalition.node.paging import MAX_PAGE, check_page_size
 from coalition.node.partners import PartnerClient, PartnerInbox
 from coalition.node.sequencer import Decision
 from coalition.node.service import NodeService
@@ -311,13 +312,23 @@ class Agreements:
             )
         return found
 
-    def list(self) -> list[AgreementView]:
-        """Every recorded agreement, by id then version."""
+    def list(
+        self, limit: int = MAX_PAGE, after: tuple[str, int] | None = None
+    ) -> list[AgreementView]:
+        """Recorded agreements by id then version, up to ``limit`` (1..1000) from the one
+        after ``after`` (an (id, version)). Whether each is in force is decided among the
+        versions of its id and the agreements of its pair only, so a page costs its own
+        agreements and their rivals, not every agreement recorded."""
+        check_page_size(limit)
         now = self.service.now()
         with self.service.sequencer.read() as conn:
-            signed_all = agreements_store.all_agreements(conn)
+            signed_all = agreements_store.agreements_page(conn, limit, after)
             parsed = [self._parse(signed) for signed in signed_all]
-        current = {(a.id, a.version) for a in current_agreements(parsed, now).values()}
+            rivals = agreements_store.agreements_related(
+                conn, [a.id for a in parsed], [a.pair for a in parsed]
+            )
+            considered = [self._parse(signed) for signed in rivals]
+        current = {(a.id, a.version) for a in current_agreements(considered, now).values()}
         return [
             AgreementView(
                 id=a.id,
@@ -331,6 +342,23 @@ class Agreements:
             )
             for a, signed in zip(parsed, signed_all, strict=True)
         ]
+
+
+def cursor_of(view: AgreementView) -> str:
+    """The cursor naming ``view`` as the last of a page (``VERSION:ID``: ids may hold
+    any character, versions are digits)."""
+    return f"{view.version}:{view.id}"
+
+
+def parse_cursor(cursor: str | None) -> tuple[str, int] | None:
+    """The (id, version) a ``cursor_of`` cursor names; None for the first page.
+    InvalidArgument for anything this node never gave."""
+    if cursor is None:
+        return None
+    version, _, agreement_id = cursor.partition(":")
+    if not agreement_id or not version.isascii() or not version.isdigit() or len(version) > 18:
+        raise InvalidArgument(f"{cursor[:40]!r} is not a cursor of the agreements list")
+    return agreement_id, int(version)
 
 
 def _overlapping(recorded: Iterable[Agreement], new: Agreement, now: datetime) -> list[Agreement]:

@@ -32,6 +32,7 @@ from coalition.errors import (
 from coalition.ledger.canonical import JsonObject
 from coalition.ledger.entries import check_program_id, check_time, format_time
 from coalition.node.manifest import Manifest
+from coalition.node.paging import check_page_size
 from coalition.node.partners import PartnerClient, PartnerInbox
 from coalition.node.sequencer import Decision
 from coalition.node.service import NodeService
@@ -381,8 +382,7 @@ class Settlement:
         the statement ``after`` (an id), oldest period first. NotFound for an unknown
         ``after``."""
         parties = None if partner is None else self._check_partner(partner)
-        if not isinstance(limit, int) or not 1 <= limit <= 1000:
-            raise InvalidArgument(f"limit must be 1..1000, got {limit!r}")
+        check_page_size(limit)
         with self.service.sequencer.read() as conn:
             found = statements_store.statements_page(conn, parties, limit, after)
         if found is None:

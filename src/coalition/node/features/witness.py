@@ -57,6 +57,7 @@ from coalition.ledger.keys import SigningKey
 from coalition.ledger.note import checkpoint_of, cosign, sign_note, verify_cosignature, witness_name
 from coalition.ledger.proofs import verify_consistency_document
 from coalition.node.manifest import Manifest
+from coalition.node.paging import MAX_PAGE, check_page_size
 from coalition.node.service import NodeService
 from coalition.store import witness as witness_store
 from coalition.store.columns import from_micros, to_micros
@@ -676,10 +677,16 @@ class Witness:
             witnessed=len(cosigners) >= quorum,
         )
 
-    def equivocations(self, program: str | None = None) -> list[Evidence]:
-        """Stored evidence of equivocations and forks, oldest first."""
+    def equivocations(
+        self, program: str | None = None, limit: int = MAX_PAGE, after: int | None = None
+    ) -> list[Evidence]:
+        """Stored evidence of equivocations and forks, oldest first, up to ``limit``
+        (1..1000) of them with an id above ``after``: one page, however much is stored."""
+        check_page_size(limit)
+        if after is not None and (not isinstance(after, int) or after < 0):
+            raise InvalidArgument(f"after must be an evidence id >= 0, got {after!r}")
         with self._sequencer.read() as conn:
-            rows = witness_store.evidence(conn, program)
+            rows = witness_store.evidence(conn, program, limit, after)
         return [
             Evidence(
                 id=row.id,
