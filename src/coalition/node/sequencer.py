@@ -58,7 +58,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -123,16 +123,29 @@ def idempotency_conflict(key: str) -> IdempotencyConflict:
 
 class Transaction:
     """The writer's transaction as a decision sees it: ``conn`` for its own reads and
-    writes, ``append`` for entries (at the next log indexes, in call order)."""
+    writes, ``append`` for entries (at the next log indexes, in call order).
+
+    Two ways to run (``Sequencer.run``'s ``accounts``): *serial*, the head taken first
+    (``first_index`` known: each decision's entries are inserted when it returns), or
+    *by account*, the head taken last (``first_index`` None: decisions' lots are written
+    when each returns, their entries kept here and inserted by ``finish``, at the indexes
+    the head then gives)."""
 
     def __init__(
-        self, conn: Connection, program: str, first_index: int, clock: Callable[[], datetime]
+        self,
+        conn: Connection,
+        program: str,
+        first_index: int | None,
+        clock: Callable[[], datetime],
     ) -> None:
         self.conn = conn
         self.program = program
         self._clock = clock
-        self._next_index = first_index
+        self._first_index = first_index
+        self._next_index = 0 if first_index is None else first_index
         self._staged: list[dict[str, Any]] = []
+        self._unnumbered: list[dict[str, Any]] = []
+        self._recorded: dict[str, tuple[str | None, JsonObject]] = {}
         self._touched: dict[str, Account] = {}
         self._known: set[str] = set()
         self._appends = 0
@@ -151,14 +164,15 @@ class Transaction:
         return (EntryContext(self.program, i, at) for i in new_entry_ids(count))
 
     @property
-    def next_index(self) -> int:
-        """The log index the next appended entry gets."""
-        return self._next_index + len(self._staged)
-
-    @property
     def appends(self) -> int:
         """How many entries decisions appended (or tried to) in this transaction."""
         return self._appends
+
+    def recorded(self, key: str) -> tuple[str | None, JsonObject] | None:
+        """The request hash and entry recorded under idempotency ``key``: committed, or
+        appended earlier in this transaction (whose entries a transaction by account
+        inserts only at its end)."""
+        return self._recorded.get(key) or ledger_store.find_idempotent(self.conn, key)
 
     def append(
         self,
@@ -182,7 +196,6 @@ class Transaction:
         to_account = body.get("to")
         self._staged.append(
             {
-                "log_index": self.next_index,
                 "entry_id": body["id"],
                 "kind": body["kind"],
                 "account": body["account"],
@@ -193,6 +206,8 @@ class Transaction:
                 "request_hash": request_hash,
             }
         )
+        if idempotency_key is not None:
+            self._recorded[idempotency_key] = (request_hash, body)
         self._touched.update(by_id)
         self._known.update(known)
 
@@ -214,17 +229,38 @@ class Transaction:
         return body
 
     def flush(self) -> None:
-        """Write the staged entries and the lots they changed."""
+        """Write the lots the staged entries changed, and the entries themselves when the
+        head is held (serial); by account, they wait for ``finish``."""
         if self._staged:
-            ledger_store.insert_entries(self.conn, self._staged)
-            flows_store.record_entries(self.conn, self._staged)  # derived: explorer's flows
-            self.leaf_hashes.extend(row["leaf_hash"] for row in self._staged)
-            self._next_index += len(self._staged)
+            if self._first_index is None:
+                self._unnumbered.extend(self._staged)
+            else:
+                self._insert(self._staged, self._next_index)
             self._staged = []
         if self._touched:
             members_store.save_lots(self.conn, self._touched.values(), self._known)
             self._touched = {}
             self._known = set()
+
+    def finish(self) -> None:
+        """Number and insert what is still unnumbered (taking the head now) and move the
+        head past every entry of the transaction; the last step before the commit."""
+        self.flush()
+        if self._first_index is None:
+            if self._unnumbered:
+                first = ledger_store.claim_head(self.conn, len(self._unnumbered))
+                self._insert(self._unnumbered, first)
+                self._unnumbered = []
+        elif self._next_index != self._first_index:
+            ledger_store.advance_head(self.conn, self._next_index)
+
+    def _insert(self, rows: list[dict[str, Any]], first: int) -> None:
+        for offset, row in enumerate(rows):
+            row["log_index"] = first + offset
+        ledger_store.insert_entries(self.conn, rows)
+        flows_store.record_entries(self.conn, rows)  # derived: the explorer's flows
+        self.leaf_hashes.extend(row["leaf_hash"] for row in rows)
+        self._next_index = first + len(rows)
 
 
 @dataclass(slots=True)
@@ -232,6 +268,7 @@ class _Queued(Generic[T]):
     """A decision waiting for the group commit; ``done`` once committed or refused."""
 
     work: Callable[[Transaction], T]
+    accounts: frozenset[str] | None
     result: T | None = None
     error: BaseException | None = None
     refused: bool = False
@@ -304,10 +341,14 @@ class Sequencer:
 
     # --- writes -------------------------------------------------------------------------
 
-    def run(self, work: Callable[[Transaction], T]) -> T:
+    def run(
+        self, work: Callable[[Transaction], T], *, accounts: Collection[str] | None = None
+    ) -> T:
         """Run ``work(tx)`` as one decision in the writer's transaction and return what it
-        returned once committed; raise its refusal or failure (the module's contract)."""
-        item: _Queued[T] = _Queued(work)
+        returned once committed; raise its refusal or failure (the module's contract).
+        ``accounts``: the decision is *by account* (the module's contract says what it
+        may then read); None, serial."""
+        item: _Queued[T] = _Queued(work, None if accounts is None else frozenset(accounts))
         with self._queue_lock:
             self._queue.append(item)
         with self._writer:
@@ -340,10 +381,12 @@ class Sequencer:
         request: JsonObject,
         idempotency_key: str | None,
         decide: Callable[[Connection, EntryContext], Decision],
+        *,
+        accounts: Collection[str] | None = None,
     ) -> WriteResult:
         """Append the one entry ``decide`` takes, recorded under ``idempotency_key``, or
         replay the entry recorded for it. Without a key nothing is recorded (system
-        entries that are idempotent by their own ids)."""
+        entries that are idempotent by their own ids). ``accounts`` as for ``run``."""
         if idempotency_key is None:
             key, req_hash = None, None
         else:
@@ -352,7 +395,7 @@ class Sequencer:
 
         def work(tx: Transaction) -> WriteResult:
             if key is not None:
-                found = ledger_store.find_idempotent(tx.conn, key)
+                found = tx.recorded(key)
                 if found is not None:
                     if found[0] != req_hash:
                         raise idempotency_conflict(key)
@@ -361,14 +404,14 @@ class Sequencer:
             tx.append(body, touched, known, idempotency_key=key, request_hash=req_hash)
             return WriteResult(body)
 
-        return self.run(work)
+        return self.run(work, accounts=accounts)
 
-    def _commit(self, batch: list[_Queued[Any]]) -> None:
-        """Run ``batch`` in one transaction (the caller holds the writer lock)."""
+    def _commit(self, batch: list[_Queued[Any]], *, serial: bool = False) -> None:
+        """Run ``batch`` in one transaction (the caller holds the writer lock); ``serial``
+        runs it so even when its decisions are by account (a rerun)."""
         try:
             with self._engine.begin() as conn:
-                first = ledger_store.take_head(conn)
-                tx = Transaction(conn, self.program, first, self._clock)
+                tx = self._begin(conn, batch, serial=serial)
                 for item in batch:
                     before = tx.appends
                     try:
@@ -379,19 +422,33 @@ class Sequencer:
                         item.error, item.refused = exc, True
                         continue
                     tx.flush()
-                if tx.next_index != first:
-                    ledger_store.advance_head(conn, tx.next_index)
+                tx.finish()
         except Exception as exc:
-            if len(batch) == 1:
+            # Alone and serial, a decision by account that lost a race on a unique index
+            # (its idempotency key, a lot's reference) sees the winner's commit.
+            if len(batch) == 1 and (serial or batch[0].accounts is None):
                 batch[0].result, batch[0].error, batch[0].done = None, exc, True
                 return
             for item in batch:
                 if not item.refused:
                     item.result = None
-                    self._commit([item])
+                    self._commit([item], serial=True)
                 item.done = True
             return
         if tx.leaf_hashes:
             self.sealer.added(len(tx.leaf_hashes))
         for item in batch:
             item.done = True
+
+    def _begin(self, conn: Connection, batch: list[_Queued[Any]], *, serial: bool) -> Transaction:
+        """Take the locks ``batch`` needs and open its transaction: by account when every
+        decision of it is and ``serial`` is false (their accounts locked, the head taken
+        at the end), else serial (every other writer locked out, the head taken now)."""
+        accounts: set[str] = set()
+        for item in batch:
+            if serial or item.accounts is None:
+                ledger_store.lock_all_writes(conn, self.program)
+                return Transaction(conn, self.program, ledger_store.take_head(conn), self._clock)
+            accounts |= item.accounts
+        ledger_store.lock_accounts(conn, self.program, accounts)
+        return Transaction(conn, self.program, None, self._clock)

@@ -24,6 +24,7 @@ derived state or a feature's record beside it. Storage contract:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
 from sqlalchemy import (
@@ -186,6 +187,69 @@ def take_head(conn: Connection) -> int:
     if value is None:
         raise CorruptStore("the log_head row is missing: the schema was not migrated")
     return int(value)
+
+
+_CLAIM_HEAD_SQL = {
+    "sqlite": "UPDATE log_head SET next_index = next_index + ? WHERE id = 1"
+    " RETURNING next_index - ?"
+}
+_CLAIM_HEAD_DEFAULT = (
+    "UPDATE log_head SET next_index = next_index + %s WHERE id = 1 RETURNING next_index - %s"
+)
+
+
+def claim_head(conn: Connection, count: int) -> int:
+    """Take ``count`` indexes at the head in one statement and return the first: the head
+    moves by ``count`` and, on PostgreSQL, its row stays locked until this transaction
+    ends, so the caller MUST insert exactly those entries before it commits. For a writer
+    that takes the head last (``lock_accounts``): the row lock is then held for the
+    insert and the commit only. CorruptStore when the row is missing."""
+    sql = _CLAIM_HEAD_SQL.get(conn.dialect.name, _CLAIM_HEAD_DEFAULT)
+    value = conn.exec_driver_sql(sql, (count, count)).scalar()
+    if value is None:
+        raise CorruptStore("the log_head row is missing: the schema was not migrated")
+    return int(value)
+
+
+# Transaction-scoped advisory locks in PostgreSQL's two-int4 key space (apart from the
+# one-bigint space of the schema lock): the program's writes gate, and one per account.
+# Advisory locks are per database, so keys are digests of the program id (and account):
+# nodes of other programs on the same database never wait for each other's locks.
+_GATE_CLASS = 0x436F_0001
+_ACCOUNT_CLASS = 0x436F_0002
+
+
+def _lock_key(*parts: str) -> int:
+    """A signed 32-bit digest (two parts that collide only wait for each other)."""
+    digest = hashlib.sha256("\x00".join(parts).encode()).digest()
+    return int.from_bytes(digest[:4], "big", signed=True)
+
+
+def lock_all_writes(conn: Connection, program: str) -> None:
+    """Make this transaction the only writer of ``program``'s log until it ends: the
+    program's gate, exclusive (it waits for every account writer, ``lock_accounts``, to
+    finish, and keeps new ones out). What a write that may read any shared state takes
+    first. SQLite: nothing to do (one process, one writer)."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_GATE_CLASS}, {_lock_key(program)})")
+
+
+def lock_accounts(conn: Connection, program: str, accounts: Iterable[str]) -> None:
+    """Lock ``accounts`` for this transaction: the program's gate shared (so a
+    ``lock_all_writes`` writer excludes it), then each account's lock, in key order, so
+    two writers of overlapping accounts never deadlock: one waits for the other's commit
+    and then reads what it committed (READ COMMITTED). One round trip. SQLite: nothing
+    to do."""
+    if conn.dialect.name != "postgresql":
+        return
+    keys = sorted({_lock_key(program, account) for account in accounts})
+    statements = [f"SELECT pg_advisory_xact_lock_shared({_GATE_CLASS}, {_lock_key(program)})"]
+    statements += [f"SELECT pg_advisory_xact_lock({_ACCOUNT_CLASS}, {key})" for key in keys]
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:  # several statements, no binds: psycopg sends them as one simple query, in order
+        cursor.execute("; ".join(statements))
+    finally:
+        cursor.close()
 
 
 def read_head(conn: Connection) -> int:
