@@ -22,7 +22,7 @@ from contextlib import ExitStack
 from functools import partial
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, select
 
 from coalition.audit import check_database
 from coalition.errors import FailedPrecondition
@@ -33,6 +33,7 @@ from coalition.node.service import NodeService
 from coalition.node.views import PurchaseRow, WriteResult
 from coalition.store import columns as columns_store
 from coalition.store import ledger as ledger_store
+from coalition.store.db import make_engine
 from coalition.store.ledger import entries
 
 from support.databases import postgres_schema
@@ -216,3 +217,60 @@ def test_one_key_with_two_requests_at_two_services_at_once_gives_one_entry_and_a
             kinds = sorted(type(answer).__name__ for answer in answers)
             assert kinds == ["IdempotencyConflict", "WriteResult"], answers
         assert len(_log_ids(services[0])) == 4 + 10
+
+
+def _held_then_released(
+    url: str, take: Callable[[Connection], None], write: Callable[[], WriteResult]
+) -> tuple[bool, WriteResult]:
+    """Run ``write`` while another session holds what ``take`` locked: whether it was
+    still waiting after 0.5 s, and its result once the session let go."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            with conn.begin():
+                take(conn)
+                result: list[WriteResult] = []
+                thread = threading.Thread(target=lambda: result.append(write()))
+                thread.start()
+                thread.join(0.5)
+                waited = thread.is_alive()
+            thread.join(30)
+    finally:
+        engine.dispose()
+    assert result, "the write never finished"
+    return waited, result[0]
+
+
+def test_a_write_by_account_waits_for_its_accounts_and_for_serial_writes_only(
+    pg_url: str,
+) -> None:
+    """The lock contract of ``node.sequencer``: a member's write waits while another
+    transaction holds that member's account lock or the gate exclusive (a serial write),
+    and does not wait for another member's account lock or for the head's row until it
+    numbers its entry."""
+    with temporary_node(pg_url) as service:
+        for member in ("gus", "hal"):
+            service.points.enroll(member, idempotency_key=f"enrol-{member}")
+            service.points.adjust(member, 100, "op", "open", idempotency_key=f"o-{member}")
+        program = service.program
+        gus = service.points.balance("gus").account
+        hal = service.points.balance("hal").account
+
+        def redeem(member: str, key_: str) -> Callable[[], WriteResult]:
+            return lambda: service.points.redeem(member, 1, key_, idempotency_key=key_)
+
+        cases = [
+            (lambda c: ledger_store.lock_accounts(c, program, [gus]), redeem("gus", "1"), True),
+            (lambda c: ledger_store.lock_accounts(c, program, [gus]), redeem("hal", "2"), False),
+            (lambda c: ledger_store.lock_all_writes(c, program), redeem("hal", "3"), True),
+            (lambda c: ledger_store.lock_accounts(c, "otherair", [hal]), redeem("hal", "4"), False),
+        ]
+        for take, write, waits in cases:
+            waited, result = _held_then_released(pg_url, take, write)
+            assert waited == waits, (write, waited)
+            assert not result.replayed
+        # The head's row: a writer by account decides while it is held and waits to number.
+        waited, _ = _held_then_released(pg_url, ledger_store.take_head, redeem("gus", "5"))
+        assert waited
+        assert service.points.balance("gus").spendable == 98
+        assert service.points.balance("hal").spendable == 97

@@ -7,7 +7,13 @@ the inbox and the witness) runs as a *decision* inside the writer's transaction,
 
 Several processes may serve one node on one PostgreSQL database (on SQLite, one process:
 ``store.db.lock_sqlite_file`` refuses a second). No process keeps the log's next index in
-memory: the database does (``store.ledger.take_head``).
+memory: the database does (the ``log_head`` row, ``store.ledger``).
+
+A decision is either *serial* (the default: it may read anything) or *by account*
+(``run(..., accounts=...)``: the member writes of ``node.points_service``). Why two: a
+serial decision must see every write before it, so it excludes every other writer of
+every process for its whole transaction; most writes touch one or two members, and
+those of different members need not wait for each other, only for the log's numbering.
 
 Contract (callers depend on it):
 
@@ -17,37 +23,59 @@ Contract (callers depend on it):
   ``synchronous=FULL`` by default, so it survives a power cut). Every process of the node
   reads it from then on. It is not sealed yet: the sealer of whichever process holds the
   node's lease cuts it into a signed block in the background (``node.sealer``).
-- **Order.** Every write transaction of every process first takes the log's head: on
-  PostgreSQL the ``log_head`` row, locked ``FOR UPDATE`` (READ COMMITTED) until commit;
-  on SQLite, with one process, the writer lock below. So write transactions run one at a
-  time across all processes, in the order they took the head, and each sees everything
-  committed before it. Log indexes follow that order; the entries of one decision are
-  consecutive, those of one transaction too.
+- **Locks, in one order** (PostgreSQL, READ COMMITTED; each held until commit, so the
+  statements after it see what the previous holder committed): the program's *gate*,
+  then *account* locks in key order, then the ``log_head`` row. A serial transaction
+  takes the gate exclusive, then the head, before its first decision
+  (``store.ledger.lock_all_writes``, ``take_head``): it runs alone among every write of
+  every process. A by-account transaction takes the gate shared and the locks of every
+  account its decisions name, in one statement, before its first decision
+  (``store.ledger.lock_accounts``), and the head only after its last
+  (``store.ledger.claim_head``), to number and insert its entries and commit. On SQLite,
+  with one process, the writer lock below does all of it. A transaction is serial when
+  any decision of its batch is.
+- **Order.** Log indexes follow the order in which transactions took the head; the
+  entries of one decision are consecutive, those of one transaction too. Transactions
+  that share an account, or of which one is serial, commit one after the other, each
+  seeing the other's writes; by-account transactions of disjoint accounts decide
+  concurrently and are ordered by their numbering.
 - **Dense.** The committed entries are always exactly the indexes ``0 .. next_index - 1``
   of the ``log_head`` row: a transaction moves the head by what it appended and commits
   both together, or neither; no index is skipped or given twice, whichever process wrote.
+- **Debits of one balance are serialised**: every write that changes an account's lots
+  holds that account's lock (by account) or the gate exclusive (serial).
 - **Group commit.** Within a process, concurrent calls queue; whoever holds the writer
   lock next runs every queued decision, in queue order, in one transaction (one head
-  lock, one fsync for all of them). A decision sees the writes of those that ran before
-  it in the same transaction.
+  lock, one fsync for all of them). A decision sees the rows written by those that ran
+  before it in the same transaction; by account, their entries are inserted only when
+  the head is taken at the end (their idempotency records are seen through
+  ``tx.recorded``).
 - **Inside the transaction** a decision MAY read and write any table through ``tx.conn``
   (its own rows: outbox, holds, answers ...) and append zero, one or several entries with
   ``tx.append``. It MUST NOT call the sequencer's writes (the writer lock is not
-  re-entrant) and SHOULD do no network call: every other writer of every process waits
-  for it.
+  re-entrant) and SHOULD do no network call: the writers waiting for its locks wait for
+  it. A decision by account MUST read and write only the rows of the accounts it named
+  (their member rows and lots) and rows that a unique index guards against a concurrent
+  writer (its idempotency key, a lot's reference: the loser of such a race fails and is
+  rerun, below); it MUST NOT read entries (other than through ``tx.recorded``) or any
+  other shared state; a decision that does is serial.
 - **Refusal.** A decision refuses by raising a ``CoalitionError`` before it appended an
   entry. The refusal reaches its own caller only and the other decisions of the batch
   commit; since the transaction goes on, a decision MUST NOT write rows while it may still
   refuse.
 - **Failure.** Any other exception, or a ``CoalitionError`` raised after the decision
   appended an entry, rolls the whole batch back; every decision of the batch that did not
-  refuse then runs again alone, in a transaction of its own, so a decision MUST be safe to
-  run again: it reads what it needs through ``tx.conn`` and keeps no state from an earlier
-  run. Alone, its error reaches its caller and nothing it did is kept.
+  refuse then runs again alone, in a serial transaction of its own (also a by-account
+  decision that ran alone: so the loser of a race on a unique index decides again after
+  the winner's commit), so a decision MUST be safe to run again: it reads what it needs
+  through ``tx.conn`` and keeps no state from an earlier run. Alone and serial, its error
+  reaches its caller and nothing it did is kept.
 - **Idempotency.** ``append`` records the caller's idempotency key with the entry; the same
   key with the same request replays the recorded entry, with another request it is refused
-  (``IdempotencyConflict``). The key is looked up after the head is taken, so one key sent
-  to two processes at once gives one entry: the second sees the first's commit.
+  (``IdempotencyConflict``). Across processes one key gives one entry: the same request
+  names the same accounts, so the second waits for the first's account locks and then
+  sees its record; a request that names other accounts loses on the key's unique index
+  and, rerun serial, sees the first's record and is refused.
 """
 
 from __future__ import annotations

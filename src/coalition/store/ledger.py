@@ -7,14 +7,14 @@ derived state or a feature's record beside it. Storage contract:
   writer commits an entry, the state it changes and its idempotency record together or
   not at all.
 - ``entries.log_index`` is the entry's position in the log. The log's head (the one
-  ``log_head`` row: the next index) is what the writer takes, with ``take_head``, at the
-  start of every write transaction: on PostgreSQL ``SELECT ... FOR UPDATE``, so the row
-  lock serialises the writers of every process until their commit; on SQLite the one
-  process's writer lock does (``store.db.lock_sqlite_file`` refuses a second process).
-  The writer MUST move the head with ``advance_head`` in the same transaction as the
+  ``log_head`` row: the next index) is what every write transaction takes: a serial
+  writer at its start (``take_head``, after ``lock_all_writes``), a writer by account at
+  its end (``claim_head``, after ``lock_accounts`` at its start); on PostgreSQL the row
+  stays locked until the commit, on SQLite the one process's writer lock serialises its
+  writers (``store.db.lock_sqlite_file`` refuses a second process). The writer MUST move
+  the head (``advance_head``, or ``claim_head`` itself) in the same transaction as the
   entries it wrote, so committed entries are always the dense prefix
-  ``0 .. next_index - 1``. ``entry_id`` and ``idem_key`` are
-  unique. An entry row is never
+  ``0 .. next_index - 1``. ``entry_id`` and ``idem_key`` are unique. An entry row is never
   updated or deleted, so a stored body is the exact bytes the leaf hash covers.
 - ``blocks.height`` and ``blocks.log_size`` are unique. ``insert_block`` writes a block
   and the tree nodes it completes in one transaction; neither changes afterwards, which
