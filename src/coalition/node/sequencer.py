@@ -31,7 +31,7 @@ Contract (callers depend on it):
   every process. A by-account transaction takes the gate shared and the locks of every
   account its decisions name, in one statement, before its first decision
   (``store.ledger.lock_accounts``), and the head only after its last
-  (``store.ledger.claim_head``), to number and insert its entries and commit. On SQLite,
+  (``store.ledger.insert_at_head``), to number and insert its entries and commit. On SQLite,
   with one process, the writer lock below does all of it. A transaction is serial when
   any decision of its batch is.
 - **Order.** Log indexes follow the order in which transactions took the head; the
@@ -276,9 +276,8 @@ class Transaction:
         self.flush()
         if self._first_index is None:
             if self._unnumbered:
-                first = ledger_store.claim_head(self.conn, len(self._unnumbered))
-                self._insert(self._unnumbered, first)
-                self._unnumbered = []
+                rows, self._unnumbered = self._unnumbered, []
+                self._inserted(rows, ledger_store.insert_at_head(self.conn, rows))
         elif self._next_index != self._first_index:
             ledger_store.advance_head(self.conn, self._next_index)
 
@@ -286,9 +285,17 @@ class Transaction:
         for offset, row in enumerate(rows):
             row["log_index"] = first + offset
         ledger_store.insert_entries(self.conn, rows)
+        self._inserted(rows)
+
+    def _inserted(self, rows: list[dict[str, Any]], first: int | None = None) -> None:
+        """What follows the insert of ``rows`` (numbered from ``first`` when the insert
+        numbered them): the flows, the leaf hashes, the next index."""
+        if first is not None:
+            for offset, row in enumerate(rows):
+                row["log_index"] = first + offset
         flows_store.record_entries(self.conn, rows)  # derived: the explorer's flows
         self.leaf_hashes.extend(row["leaf_hash"] for row in rows)
-        self._next_index = first + len(rows)
+        self._next_index = rows[-1]["log_index"] + 1
 
 
 @dataclass(slots=True)

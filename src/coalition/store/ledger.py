@@ -9,10 +9,10 @@ derived state or a feature's record beside it. Storage contract:
 - ``entries.log_index`` is the entry's position in the log. The log's head (the one
   ``log_head`` row: the next index) is what every write transaction takes: a serial
   writer at its start (``take_head``, after ``lock_all_writes``), a writer by account at
-  its end (``claim_head``, after ``lock_accounts`` at its start); on PostgreSQL the row
+  its end (``insert_at_head``, after ``lock_accounts`` at its start); on PostgreSQL the row
   stays locked until the commit, on SQLite the one process's writer lock serialises its
   writers (``store.db.lock_sqlite_file`` refuses a second process). The writer MUST move
-  the head (``advance_head``, or ``claim_head`` itself) in the same transaction as the
+  the head (``advance_head``, or ``insert_at_head`` itself) in the same transaction as the
   entries it wrote, so committed entries are always the dense prefix
   ``0 .. next_index - 1``. ``entry_id`` and ``idem_key`` are unique. An entry row is never
   updated or deleted, so a stored body is the exact bytes the leaf hash covers.
@@ -24,6 +24,7 @@ derived state or a feature's record beside it. Storage contract:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
@@ -209,6 +210,53 @@ def claim_head(conn: Connection, count: int) -> int:
     if value is None:
         raise CorruptStore("the log_head row is missing: the schema was not migrated")
     return int(value)
+
+
+_ENTRY_COLUMNS = (
+    "entry_id",
+    "kind",
+    "account",
+    "to_account",
+    "body",
+    "leaf_hash",
+    "idem_key",
+    "request_hash",
+)
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_at_head(count: int) -> Statement:
+    """PostgreSQL: move the head by ``count`` and insert ``count`` entries at the indexes
+    it passed over, in one statement (one round trip with the head's row locked)."""
+    values = ", ".join(
+        "(" + ", ".join([str(n)] + [f":{column}_{n}" for column in _ENTRY_COLUMNS]) + ")"
+        for n in range(count)
+    )
+    names = ", ".join(_ENTRY_COLUMNS)
+    return Statement(
+        f"WITH head AS (UPDATE log_head SET next_index = next_index + {count} WHERE id = 1"
+        f" RETURNING next_index - {count} AS first)"
+        f" INSERT INTO entries (log_index, {names})"
+        f" SELECT head.first + v.n, {', '.join('v.' + c for c in _ENTRY_COLUMNS)}"
+        f" FROM head CROSS JOIN (VALUES {values}) AS v (n, {names})"
+        " RETURNING log_index"
+    )
+
+
+def insert_at_head(conn: Connection, rows: Sequence[Mapping[str, object]]) -> int:
+    """Take ``len(rows)`` indexes at the head (``claim_head``) and insert ``rows`` there,
+    in order; the first index. Each row has every ``entries`` column but ``log_index``
+    as a key. On PostgreSQL one statement: the head's row is locked from it to the
+    commit, and nothing else."""
+    if conn.dialect.name != "postgresql":
+        first = claim_head(conn, len(rows))
+        insert_entries(conn, [dict(row, log_index=first + n) for n, row in enumerate(rows)])
+        return first
+    params = {f"{c}_{n}": row[c] for n, row in enumerate(rows) for c in _ENTRY_COLUMNS}
+    inserted = run(conn, _insert_at_head(len(rows)), params)
+    if len(inserted) != len(rows):
+        raise CorruptStore("the log_head row is missing: the schema was not migrated")
+    return min(int(index) for (index,) in inserted)
 
 
 # Transaction-scoped advisory locks in PostgreSQL's two-int4 key space (apart from the
