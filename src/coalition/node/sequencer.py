@@ -44,6 +44,10 @@ Contract (callers depend on it):
   both together, or neither; no index is skipped or given twice, whichever process wrote.
 - **Debits of one balance are serialised**: every write that changes an account's lots
   holds that account's lock (by account) or the gate exclusive (serial).
+- **Replay equals state.** The rows a decision changes commit with its entries, and the
+  writes of one account are numbered in the order they were decided (its lock or the
+  gate is held from the decision to the commit), so replaying the log in index order
+  gives the stored accounts and lots (``coalition check``).
 - **Group commit.** Within a process, concurrent calls queue; whoever holds the writer
   lock next runs every queued decision, in queue order, in one transaction (one head
   lock, one fsync for all of them). A decision sees the rows written by those that ran
