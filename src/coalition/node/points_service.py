@@ -103,6 +103,15 @@ class PointsService:
         account = members_store.debit_account(conn, account_id, amount, at)
         return [account], set(account.lots)
 
+    def _accounts(self, *member_ids: str) -> list[str] | None:
+        """The accounts a member write of ``member_ids`` acts on, for the sequencer's
+        by-account writes; None (a serial write) when an id is malformed, so the decision
+        refuses it exactly as before, after the idempotency lookup."""
+        try:
+            return [account_id(self._secret, member_id) for member_id in member_ids]
+        except InvalidArgument:
+            return None
+
     # --- member writes ------------------------------------------------------------------
 
     def enroll(self, member_id: str, *, idempotency_key: str) -> WriteResult:
@@ -116,7 +125,7 @@ class PointsService:
             return operations.enroll(ctx, account), [Account(account)], set()
 
         return self._sequencer.append(
-            {"op": "enroll", "member_id": member_id}, idempotency_key, decide
+            {"op": "enroll", "member_id": member_id}, idempotency_key, decide, accounts=[account]
         )
 
     def earn_purchase(
@@ -152,7 +161,9 @@ class PointsService:
             )
             return body, [Account(account)], set()
 
-        return self._sequencer.append(request, idempotency_key, decide)
+        return self._sequencer.append(
+            request, idempotency_key, decide, accounts=self._accounts(member_id)
+        )
 
     def earn_reward(
         self, member_id: str, event: str, reference: str, *, idempotency_key: str
@@ -173,7 +184,9 @@ class PointsService:
             )
             return body, [touched], set()
 
-        return self._sequencer.append(request, idempotency_key, decide)
+        return self._sequencer.append(
+            request, idempotency_key, decide, accounts=self._accounts(member_id)
+        )
 
     def reverse_purchase(
         self, member_id: str, reference: str, *, idempotency_key: str
@@ -191,7 +204,9 @@ class PointsService:
             body = operations.clawback(ctx, touched[0], found[0], "reverse", reason)
             return body, touched, known
 
-        return self._sequencer.append(request, idempotency_key, decide)
+        return self._sequencer.append(
+            request, idempotency_key, decide, accounts=self._accounts(member_id)
+        )
 
     def revoke(
         self, member_id: str, earn_entry_id: str, operator: str, note: str, *, idempotency_key: str
@@ -219,7 +234,9 @@ class PointsService:
             body = operations.clawback(ctx, touched[0], earn_entry_id, "revoke", reason)
             return body, touched, known
 
-        return self._sequencer.append(request, idempotency_key, decide)
+        return self._sequencer.append(
+            request, idempotency_key, decide, accounts=self._accounts(member_id)
+        )
 
     def redeem(
         self, member_id: str, amount: int, reference: str, *, idempotency_key: str
@@ -237,7 +254,9 @@ class PointsService:
             body = operations.redeem(ctx, self.rules, touched[0], amount, reference)
             return body, touched, known
 
-        return self._sequencer.append(request, idempotency_key, decide)
+        return self._sequencer.append(
+            request, idempotency_key, decide, accounts=self._accounts(member_id)
+        )
 
     def transfer(
         self, member_id: str, to_member_id: str, amount: int, note: str, *, idempotency_key: str
@@ -260,7 +279,9 @@ class PointsService:
             body = operations.transfer(ctx, self.rules, touched[0], target, amount, note)
             return body, [touched[0], Account(target)], known
 
-        return self._sequencer.append(request, idempotency_key, decide)
+        return self._sequencer.append(
+            request, idempotency_key, decide, accounts=self._accounts(member_id, to_member_id)
+        )
 
     def adjust(
         self, member_id: str, amount: int, operator: str, note: str, *, idempotency_key: str
@@ -282,7 +303,9 @@ class PointsService:
             body = operations.adjust(ctx, self.rules, touched[0], amount, operator, note)
             return body, touched, known
 
-        return self._sequencer.append(request, idempotency_key, decide)
+        return self._sequencer.append(
+            request, idempotency_key, decide, accounts=self._accounts(member_id)
+        )
 
     def run_expiry(self, batch: int = 500) -> ExpiryResult:
         """Expire every lot whose time has come (the scheduled job); safe to run any time.

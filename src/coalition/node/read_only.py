@@ -12,7 +12,7 @@ every write of the node goes through ``Sequencer.run`` (the sequencer's contract
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, TypeVar
 
 from coalition.errors import FailedPrecondition
@@ -40,7 +40,9 @@ class ReadOnlySequencer(Sequencer):
     def refusal(self) -> FailedPrecondition:
         return read_only_refusal(self.program, self.primary)
 
-    def run(self, work: Callable[[Transaction], T]) -> T:
+    def run(
+        self, work: Callable[[Transaction], T], *, accounts: Collection[str] | None = None
+    ) -> T:
         """Refuse: this process writes nothing (the module's contract)."""
         raise self.refusal()
 

@@ -7,7 +7,13 @@ the inbox and the witness) runs as a *decision* inside the writer's transaction,
 
 Several processes may serve one node on one PostgreSQL database (on SQLite, one process:
 ``store.db.lock_sqlite_file`` refuses a second). No process keeps the log's next index in
-memory: the database does (``store.ledger.take_head``).
+memory: the database does (the ``log_head`` row, ``store.ledger``).
+
+A decision is either *serial* (the default: it may read anything) or *by account*
+(``run(..., accounts=...)``: the member writes of ``node.points_service``). Why two: a
+serial decision must see every write before it, so it excludes every other writer of
+every process for its whole transaction; most writes touch one or two members, and
+those of different members need not wait for each other, only for the log's numbering.
 
 Contract (callers depend on it):
 
@@ -17,37 +23,63 @@ Contract (callers depend on it):
   ``synchronous=FULL`` by default, so it survives a power cut). Every process of the node
   reads it from then on. It is not sealed yet: the sealer of whichever process holds the
   node's lease cuts it into a signed block in the background (``node.sealer``).
-- **Order.** Every write transaction of every process first takes the log's head: on
-  PostgreSQL the ``log_head`` row, locked ``FOR UPDATE`` (READ COMMITTED) until commit;
-  on SQLite, with one process, the writer lock below. So write transactions run one at a
-  time across all processes, in the order they took the head, and each sees everything
-  committed before it. Log indexes follow that order; the entries of one decision are
-  consecutive, those of one transaction too.
+- **Locks, in one order** (PostgreSQL, READ COMMITTED; each held until commit, so the
+  statements after it see what the previous holder committed): the program's *gate*,
+  then *account* locks in key order, then the ``log_head`` row. A serial transaction
+  takes the gate exclusive, then the head, before its first decision
+  (``store.ledger.lock_all_writes``, ``take_head``): it runs alone among every write of
+  every process. A by-account transaction takes the gate shared and the locks of every
+  account its decisions name, in one statement, before its first decision
+  (``store.ledger.lock_accounts``), and the head only after its last
+  (``store.ledger.insert_at_head``), to number and insert its entries and commit. On SQLite,
+  with one process, the writer lock below does all of it. A transaction is serial when
+  any decision of its batch is.
+- **Order.** Log indexes follow the order in which transactions took the head; the
+  entries of one decision are consecutive, those of one transaction too. Transactions
+  that share an account, or of which one is serial, commit one after the other, each
+  seeing the other's writes; by-account transactions of disjoint accounts decide
+  concurrently and are ordered by their numbering.
 - **Dense.** The committed entries are always exactly the indexes ``0 .. next_index - 1``
   of the ``log_head`` row: a transaction moves the head by what it appended and commits
   both together, or neither; no index is skipped or given twice, whichever process wrote.
+- **Debits of one balance are serialised**: every write that changes an account's lots
+  holds that account's lock (by account) or the gate exclusive (serial).
+- **Replay equals state.** The rows a decision changes commit with its entries, and the
+  writes of one account are numbered in the order they were decided (its lock or the
+  gate is held from the decision to the commit), so replaying the log in index order
+  gives the stored accounts and lots (``coalition check``).
 - **Group commit.** Within a process, concurrent calls queue; whoever holds the writer
   lock next runs every queued decision, in queue order, in one transaction (one head
-  lock, one fsync for all of them). A decision sees the writes of those that ran before
-  it in the same transaction.
+  lock, one fsync for all of them). A decision sees the rows written by those that ran
+  before it in the same transaction; by account, their entries are inserted only when
+  the head is taken at the end (their idempotency records are seen through
+  ``tx.recorded``).
 - **Inside the transaction** a decision MAY read and write any table through ``tx.conn``
   (its own rows: outbox, holds, answers ...) and append zero, one or several entries with
   ``tx.append``. It MUST NOT call the sequencer's writes (the writer lock is not
-  re-entrant) and SHOULD do no network call: every other writer of every process waits
-  for it.
+  re-entrant) and SHOULD do no network call: the writers waiting for its locks wait for
+  it. A decision by account MUST read and write only the rows of the accounts it named
+  (their member rows and lots) and rows that a unique index guards against a concurrent
+  writer (its idempotency key, a lot's reference: the loser of such a race fails and is
+  rerun, below); it MUST NOT read entries (other than through ``tx.recorded``) or any
+  other shared state; a decision that does is serial.
 - **Refusal.** A decision refuses by raising a ``CoalitionError`` before it appended an
   entry. The refusal reaches its own caller only and the other decisions of the batch
   commit; since the transaction goes on, a decision MUST NOT write rows while it may still
   refuse.
 - **Failure.** Any other exception, or a ``CoalitionError`` raised after the decision
   appended an entry, rolls the whole batch back; every decision of the batch that did not
-  refuse then runs again alone, in a transaction of its own, so a decision MUST be safe to
-  run again: it reads what it needs through ``tx.conn`` and keeps no state from an earlier
-  run. Alone, its error reaches its caller and nothing it did is kept.
+  refuse then runs again alone, in a serial transaction of its own (also a by-account
+  decision that ran alone: so the loser of a race on a unique index decides again after
+  the winner's commit), so a decision MUST be safe to run again: it reads what it needs
+  through ``tx.conn`` and keeps no state from an earlier run. Alone and serial, its error
+  reaches its caller and nothing it did is kept.
 - **Idempotency.** ``append`` records the caller's idempotency key with the entry; the same
   key with the same request replays the recorded entry, with another request it is refused
-  (``IdempotencyConflict``). The key is looked up after the head is taken, so one key sent
-  to two processes at once gives one entry: the second sees the first's commit.
+  (``IdempotencyConflict``). Across processes one key gives one entry: the same request
+  names the same accounts, so the second waits for the first's account locks and then
+  sees its record; a request that names other accounts loses on the key's unique index
+  and, rerun serial, sees the first's record and is refused.
 """
 
 from __future__ import annotations
@@ -58,7 +90,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -123,16 +155,29 @@ def idempotency_conflict(key: str) -> IdempotencyConflict:
 
 class Transaction:
     """The writer's transaction as a decision sees it: ``conn`` for its own reads and
-    writes, ``append`` for entries (at the next log indexes, in call order)."""
+    writes, ``append`` for entries (at the next log indexes, in call order).
+
+    Two ways to run (``Sequencer.run``'s ``accounts``): *serial*, the head taken first
+    (``first_index`` known: each decision's entries are inserted when it returns), or
+    *by account*, the head taken last (``first_index`` None: decisions' lots are written
+    when each returns, their entries kept here and inserted by ``finish``, at the indexes
+    the head then gives)."""
 
     def __init__(
-        self, conn: Connection, program: str, first_index: int, clock: Callable[[], datetime]
+        self,
+        conn: Connection,
+        program: str,
+        first_index: int | None,
+        clock: Callable[[], datetime],
     ) -> None:
         self.conn = conn
         self.program = program
         self._clock = clock
-        self._next_index = first_index
+        self._first_index = first_index
+        self._next_index = 0 if first_index is None else first_index
         self._staged: list[dict[str, Any]] = []
+        self._unnumbered: list[dict[str, Any]] = []
+        self._recorded: dict[str, tuple[str | None, JsonObject]] = {}
         self._touched: dict[str, Account] = {}
         self._known: set[str] = set()
         self._appends = 0
@@ -151,14 +196,15 @@ class Transaction:
         return (EntryContext(self.program, i, at) for i in new_entry_ids(count))
 
     @property
-    def next_index(self) -> int:
-        """The log index the next appended entry gets."""
-        return self._next_index + len(self._staged)
-
-    @property
     def appends(self) -> int:
         """How many entries decisions appended (or tried to) in this transaction."""
         return self._appends
+
+    def recorded(self, key: str) -> tuple[str | None, JsonObject] | None:
+        """The request hash and entry recorded under idempotency ``key``: committed, or
+        appended earlier in this transaction (whose entries a transaction by account
+        inserts only at its end)."""
+        return self._recorded.get(key) or ledger_store.find_idempotent(self.conn, key)
 
     def append(
         self,
@@ -182,7 +228,6 @@ class Transaction:
         to_account = body.get("to")
         self._staged.append(
             {
-                "log_index": self.next_index,
                 "entry_id": body["id"],
                 "kind": body["kind"],
                 "account": body["account"],
@@ -193,6 +238,8 @@ class Transaction:
                 "request_hash": request_hash,
             }
         )
+        if idempotency_key is not None:
+            self._recorded[idempotency_key] = (request_hash, body)
         self._touched.update(by_id)
         self._known.update(known)
 
@@ -214,17 +261,45 @@ class Transaction:
         return body
 
     def flush(self) -> None:
-        """Write the staged entries and the lots they changed."""
+        """Write the lots the staged entries changed, and the entries themselves when the
+        head is held (serial); by account, they wait for ``finish``."""
         if self._staged:
-            ledger_store.insert_entries(self.conn, self._staged)
-            flows_store.record_entries(self.conn, self._staged)  # derived: explorer's flows
-            self.leaf_hashes.extend(row["leaf_hash"] for row in self._staged)
-            self._next_index += len(self._staged)
+            if self._first_index is None:
+                self._unnumbered.extend(self._staged)
+            else:
+                self._insert(self._staged, self._next_index)
             self._staged = []
         if self._touched:
             members_store.save_lots(self.conn, self._touched.values(), self._known)
             self._touched = {}
             self._known = set()
+
+    def finish(self) -> None:
+        """Number and insert what is still unnumbered (taking the head now) and move the
+        head past every entry of the transaction; the last step before the commit."""
+        self.flush()
+        if self._first_index is None:
+            if self._unnumbered:
+                rows, self._unnumbered = self._unnumbered, []
+                self._inserted(rows, ledger_store.insert_at_head(self.conn, rows))
+        elif self._next_index != self._first_index:
+            ledger_store.advance_head(self.conn, self._next_index)
+
+    def _insert(self, rows: list[dict[str, Any]], first: int) -> None:
+        for offset, row in enumerate(rows):
+            row["log_index"] = first + offset
+        ledger_store.insert_entries(self.conn, rows)
+        self._inserted(rows)
+
+    def _inserted(self, rows: list[dict[str, Any]], first: int | None = None) -> None:
+        """What follows the insert of ``rows`` (numbered from ``first`` when the insert
+        numbered them): the flows, the leaf hashes, the next index."""
+        if first is not None:
+            for offset, row in enumerate(rows):
+                row["log_index"] = first + offset
+        flows_store.record_entries(self.conn, rows)  # derived: the explorer's flows
+        self.leaf_hashes.extend(row["leaf_hash"] for row in rows)
+        self._next_index = rows[-1]["log_index"] + 1
 
 
 @dataclass(slots=True)
@@ -232,6 +307,7 @@ class _Queued(Generic[T]):
     """A decision waiting for the group commit; ``done`` once committed or refused."""
 
     work: Callable[[Transaction], T]
+    accounts: frozenset[str] | None
     result: T | None = None
     error: BaseException | None = None
     refused: bool = False
@@ -304,10 +380,14 @@ class Sequencer:
 
     # --- writes -------------------------------------------------------------------------
 
-    def run(self, work: Callable[[Transaction], T]) -> T:
+    def run(
+        self, work: Callable[[Transaction], T], *, accounts: Collection[str] | None = None
+    ) -> T:
         """Run ``work(tx)`` as one decision in the writer's transaction and return what it
-        returned once committed; raise its refusal or failure (the module's contract)."""
-        item: _Queued[T] = _Queued(work)
+        returned once committed; raise its refusal or failure (the module's contract).
+        ``accounts``: the decision is *by account* (the module's contract says what it
+        may then read); None, serial."""
+        item: _Queued[T] = _Queued(work, None if accounts is None else frozenset(accounts))
         with self._queue_lock:
             self._queue.append(item)
         with self._writer:
@@ -340,10 +420,12 @@ class Sequencer:
         request: JsonObject,
         idempotency_key: str | None,
         decide: Callable[[Connection, EntryContext], Decision],
+        *,
+        accounts: Collection[str] | None = None,
     ) -> WriteResult:
         """Append the one entry ``decide`` takes, recorded under ``idempotency_key``, or
         replay the entry recorded for it. Without a key nothing is recorded (system
-        entries that are idempotent by their own ids)."""
+        entries that are idempotent by their own ids). ``accounts`` as for ``run``."""
         if idempotency_key is None:
             key, req_hash = None, None
         else:
@@ -352,7 +434,7 @@ class Sequencer:
 
         def work(tx: Transaction) -> WriteResult:
             if key is not None:
-                found = ledger_store.find_idempotent(tx.conn, key)
+                found = tx.recorded(key)
                 if found is not None:
                     if found[0] != req_hash:
                         raise idempotency_conflict(key)
@@ -361,14 +443,14 @@ class Sequencer:
             tx.append(body, touched, known, idempotency_key=key, request_hash=req_hash)
             return WriteResult(body)
 
-        return self.run(work)
+        return self.run(work, accounts=accounts)
 
-    def _commit(self, batch: list[_Queued[Any]]) -> None:
-        """Run ``batch`` in one transaction (the caller holds the writer lock)."""
+    def _commit(self, batch: list[_Queued[Any]], *, serial: bool = False) -> None:
+        """Run ``batch`` in one transaction (the caller holds the writer lock); ``serial``
+        runs it so even when its decisions are by account (a rerun)."""
         try:
             with self._engine.begin() as conn:
-                first = ledger_store.take_head(conn)
-                tx = Transaction(conn, self.program, first, self._clock)
+                tx = self._begin(conn, batch, serial=serial)
                 for item in batch:
                     before = tx.appends
                     try:
@@ -379,19 +461,33 @@ class Sequencer:
                         item.error, item.refused = exc, True
                         continue
                     tx.flush()
-                if tx.next_index != first:
-                    ledger_store.advance_head(conn, tx.next_index)
+                tx.finish()
         except Exception as exc:
-            if len(batch) == 1:
+            # Alone and serial, a decision by account that lost a race on a unique index
+            # (its idempotency key, a lot's reference) sees the winner's commit.
+            if len(batch) == 1 and (serial or batch[0].accounts is None):
                 batch[0].result, batch[0].error, batch[0].done = None, exc, True
                 return
             for item in batch:
                 if not item.refused:
                     item.result = None
-                    self._commit([item])
+                    self._commit([item], serial=True)
                 item.done = True
             return
         if tx.leaf_hashes:
             self.sealer.added(len(tx.leaf_hashes))
         for item in batch:
             item.done = True
+
+    def _begin(self, conn: Connection, batch: list[_Queued[Any]], *, serial: bool) -> Transaction:
+        """Take the locks ``batch`` needs and open its transaction: by account when every
+        decision of it is and ``serial`` is false (their accounts locked, the head taken
+        at the end), else serial (every other writer locked out, the head taken now)."""
+        accounts: set[str] = set()
+        for item in batch:
+            if serial or item.accounts is None:
+                ledger_store.lock_all_writes(conn, self.program)
+                return Transaction(conn, self.program, ledger_store.take_head(conn), self._clock)
+            accounts |= item.accounts
+        ledger_store.lock_accounts(conn, self.program, accounts)
+        return Transaction(conn, self.program, None, self._clock)

@@ -7,14 +7,14 @@ derived state or a feature's record beside it. Storage contract:
   writer commits an entry, the state it changes and its idempotency record together or
   not at all.
 - ``entries.log_index`` is the entry's position in the log. The log's head (the one
-  ``log_head`` row: the next index) is what the writer takes, with ``take_head``, at the
-  start of every write transaction: on PostgreSQL ``SELECT ... FOR UPDATE``, so the row
-  lock serialises the writers of every process until their commit; on SQLite the one
-  process's writer lock does (``store.db.lock_sqlite_file`` refuses a second process).
-  The writer MUST move the head with ``advance_head`` in the same transaction as the
+  ``log_head`` row: the next index) is what every write transaction takes: a serial
+  writer at its start (``take_head``, after ``lock_all_writes``), a writer by account at
+  its end (``insert_at_head``, after ``lock_accounts`` at its start); on PostgreSQL the row
+  stays locked until the commit, on SQLite the one process's writer lock serialises its
+  writers (``store.db.lock_sqlite_file`` refuses a second process). The writer MUST move
+  the head (``advance_head``, or ``insert_at_head`` itself) in the same transaction as the
   entries it wrote, so committed entries are always the dense prefix
-  ``0 .. next_index - 1``. ``entry_id`` and ``idem_key`` are
-  unique. An entry row is never
+  ``0 .. next_index - 1``. ``entry_id`` and ``idem_key`` are unique. An entry row is never
   updated or deleted, so a stored body is the exact bytes the leaf hash covers.
 - ``blocks.height`` and ``blocks.log_size`` are unique. ``insert_block`` writes a block
   and the tree nodes it completes in one transaction; neither changes afterwards, which
@@ -24,6 +24,8 @@ derived state or a feature's record beside it. Storage contract:
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
 from sqlalchemy import (
@@ -186,6 +188,116 @@ def take_head(conn: Connection) -> int:
     if value is None:
         raise CorruptStore("the log_head row is missing: the schema was not migrated")
     return int(value)
+
+
+_CLAIM_HEAD_SQL = {
+    "sqlite": "UPDATE log_head SET next_index = next_index + ? WHERE id = 1"
+    " RETURNING next_index - ?"
+}
+_CLAIM_HEAD_DEFAULT = (
+    "UPDATE log_head SET next_index = next_index + %s WHERE id = 1 RETURNING next_index - %s"
+)
+
+
+def claim_head(conn: Connection, count: int) -> int:
+    """Take ``count`` indexes at the head in one statement and return the first: the head
+    moves by ``count`` and, on PostgreSQL, its row stays locked until this transaction
+    ends, so the caller MUST insert exactly those entries before it commits. For a writer
+    that takes the head last (``lock_accounts``): the row lock is then held for the
+    insert and the commit only. CorruptStore when the row is missing."""
+    sql = _CLAIM_HEAD_SQL.get(conn.dialect.name, _CLAIM_HEAD_DEFAULT)
+    value = conn.exec_driver_sql(sql, (count, count)).scalar()
+    if value is None:
+        raise CorruptStore("the log_head row is missing: the schema was not migrated")
+    return int(value)
+
+
+_ENTRY_COLUMNS = (
+    "entry_id",
+    "kind",
+    "account",
+    "to_account",
+    "body",
+    "leaf_hash",
+    "idem_key",
+    "request_hash",
+)
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_at_head(count: int) -> Statement:
+    """PostgreSQL: move the head by ``count`` and insert ``count`` entries at the indexes
+    it passed over, in one statement (one round trip with the head's row locked)."""
+    values = ", ".join(
+        "(" + ", ".join([str(n)] + [f":{column}_{n}" for column in _ENTRY_COLUMNS]) + ")"
+        for n in range(count)
+    )
+    names = ", ".join(_ENTRY_COLUMNS)
+    return Statement(
+        f"WITH head AS (UPDATE log_head SET next_index = next_index + {count} WHERE id = 1"
+        f" RETURNING next_index - {count} AS first)"
+        f" INSERT INTO entries (log_index, {names})"
+        f" SELECT head.first + v.n, {', '.join('v.' + c for c in _ENTRY_COLUMNS)}"
+        f" FROM head CROSS JOIN (VALUES {values}) AS v (n, {names})"
+        " RETURNING log_index"
+    )
+
+
+def insert_at_head(conn: Connection, rows: Sequence[Mapping[str, object]]) -> int:
+    """Take ``len(rows)`` indexes at the head (``claim_head``) and insert ``rows`` there,
+    in order; the first index. Each row has every ``entries`` column but ``log_index``
+    as a key. On PostgreSQL one statement: the head's row is locked from it to the
+    commit, and nothing else."""
+    if conn.dialect.name != "postgresql":
+        first = claim_head(conn, len(rows))
+        insert_entries(conn, [dict(row, log_index=first + n) for n, row in enumerate(rows)])
+        return first
+    params = {f"{c}_{n}": row[c] for n, row in enumerate(rows) for c in _ENTRY_COLUMNS}
+    inserted = run(conn, _insert_at_head(len(rows)), params)
+    if len(inserted) != len(rows):
+        raise CorruptStore("the log_head row is missing: the schema was not migrated")
+    return min(int(index) for (index,) in inserted)
+
+
+# Transaction-scoped advisory locks in PostgreSQL's two-int4 key space (apart from the
+# one-bigint space of the schema lock): the program's writes gate, and one per account.
+# Advisory locks are per database, so keys are digests of the program id (and account):
+# nodes of other programs on the same database never wait for each other's locks.
+_GATE_CLASS = 0x436F_0001
+_ACCOUNT_CLASS = 0x436F_0002
+
+
+def _lock_key(*parts: str) -> int:
+    """A signed 32-bit digest (two parts that collide only wait for each other)."""
+    digest = hashlib.sha256("\x00".join(parts).encode()).digest()
+    return int.from_bytes(digest[:4], "big", signed=True)
+
+
+def lock_all_writes(conn: Connection, program: str) -> None:
+    """Make this transaction the only writer of ``program``'s log until it ends: the
+    program's gate, exclusive (it waits for every account writer, ``lock_accounts``, to
+    finish, and keeps new ones out). What a write that may read any shared state takes
+    first. SQLite: nothing to do (one process, one writer)."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_GATE_CLASS}, {_lock_key(program)})")
+
+
+def lock_accounts(conn: Connection, program: str, accounts: Iterable[str]) -> None:
+    """Lock ``accounts`` for this transaction: the program's gate shared (so a
+    ``lock_all_writes`` writer excludes it), then each account's lock, in key order, so
+    two writers of overlapping accounts never deadlock: one waits for the other's commit
+    and then reads what it committed (READ COMMITTED). One round trip. SQLite: nothing
+    to do."""
+    if conn.dialect.name != "postgresql":
+        return
+    keys = sorted({_lock_key(program, account) for account in accounts})
+    statements = [f"SELECT pg_advisory_xact_lock_shared({_GATE_CLASS}, {_lock_key(program)})"]
+    statements += [f"SELECT pg_advisory_xact_lock({_ACCOUNT_CLASS}, {key})" for key in keys]
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:  # several statements, no binds: psycopg sends them as one simple query, in order
+        cursor.execute("; ".join(statements))
+    finally:
+        cursor.close()
 
 
 def read_head(conn: Connection) -> int:
