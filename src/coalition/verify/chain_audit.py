@@ -46,6 +46,7 @@ from coalition.points import kinds
 from coalition.points.replay import Replay
 from coalition.points.replay_fast import Prepared, apply_run
 from coalition.verify.entry_scan import BlockScan, scan_block, scan_lines
+from coalition.verify.replay_shards import merged, split_state
 from coalition.verify.source import (
     BlockLines,
     BlockStream,
@@ -54,6 +55,7 @@ from coalition.verify.source import (
     RawHeader,
     signed_header,
 )
+from coalition.verify.workers import AuditWorkers, ScanJob
 
 HEADER_PAGE = 1000
 PARALLEL_AFTER = 50_000
@@ -254,7 +256,12 @@ class _Fetched:
     entries: Sequence[RawEntry]
     entries_error: CoalitionError | None
     program: str | None = None
-    scan: Future[BlockScan] | None = None
+    scan: Future[BlockScan] | ScanJob | None = None
+
+
+class _Doubt(Exception):
+    """The sharded replay cannot decide this chain: it is to be audited again with the
+    replay in the auditing process."""
 
 
 def _after(at: JsonValue, sealed_at: str) -> bool:
@@ -301,13 +308,27 @@ class _Auditor:
         trusted: SignedHeader | None,
         progress: Callable[[int], None] | None,
         workers: int,
+        parallel: AuditWorkers | None = None,
+        shard: bool = False,
     ) -> None:
         self.source = source
         self.key = key
         self.trusted = trusted
         self.progress = progress
-        self.workers = workers
+        self.workers = parallel.count if parallel is not None else workers
         self.pool: Executor | None = None
+        self.parallel = parallel
+        self.shard = shard
+        self.started = False
+        """Whether blocks go to the workers (after the first ``PARALLEL_AFTER`` entries)."""
+        self.shards = 0
+        """How many shards the workers' scans split blocks for (0: replay here)."""
+        self.sharded = False
+        """Whether the replay moved to the shards (then ``self.replay`` holds the state
+        until then, and every later block MUST go to the shards)."""
+        self.fast_only = True
+        """Whether every entry replayed here so far took the fast path (so the state can
+        move to the shards)."""
         self.submitted = 0
         self.scan_program = program
         self.report = AuditReport(program=program)
@@ -401,6 +422,9 @@ class _Auditor:
             self.scan_program = item.signed.header.program
         item.program = self.scan_program
         self.submitted += len(item.entries)
+        if self.parallel is not None:
+            self._submit_parallel(item, self.parallel)
+            return
         if self.pool is None and self.workers and self.submitted > PARALLEL_AFTER:
             self.pool = _pool(self.workers)
         if self.pool is not None and item.entries:
@@ -417,7 +441,22 @@ class _Auditor:
                 scan_block, bodies, item.program, first, pack=True, sealed_at=sealed
             )
 
-    def run(self) -> AuditReport:
+    def _submit_parallel(self, item: _Fetched, parallel: AuditWorkers) -> None:
+        assert item.signed is not None and item.program is not None
+        if not self.started and self.workers and self.submitted > PARALLEL_AFTER:
+            self.started = True
+            self.shards = self.workers if self.shard and self.fast_only else 0
+        if not self.started or not item.entries:
+            return
+        h = item.signed.header
+        entries = item.entries
+        bodies = entries.data if isinstance(entries, BlockLines) else [e.body for e in entries]
+        item.scan = parallel.scan(
+            bodies, len(entries), item.program, h.first_index, h.sealed_at, self.shards
+        )
+
+    def run(self) -> AuditReport | None:
+        """The report; None when the sharded replay met a doubt (``_Doubt``)."""
         began = time.perf_counter()
         if self.trusted is not None:
             try:
@@ -433,12 +472,14 @@ class _Auditor:
                     self.fault("source", item, self.next_height)
                 else:
                     self._block(item)
+            self._finish()
+        except _Doubt:
+            return None
         finally:
             if self.pool is not None:
                 self.pool.shutdown(wait=True, cancel_futures=True)
             if collecting:
                 gc.enable()
-        self._finish()
         self.report.timings_ms = {k: round(v * 1000) for k, v in self.clock.items()}
         self.report.timings_ms["total"] = round((time.perf_counter() - began) * 1000)
         return self.report
@@ -509,9 +550,40 @@ class _Auditor:
         self.clock["verify"] += time.perf_counter() - t
 
         t = time.perf_counter()
+        if scan.shard_ops is not None or (self.sharded and raw_entries):
+            self._replay_in_shards(scan)
+        else:
+            self._replay_here(h, raw_entries, bodies)
+        self.clock["replay"] += time.perf_counter() - t
+        self.report.blocks += 1
+        self.report.entries += len(raw_entries)
+        if self.progress is not None:
+            self.progress(max(len(raw_entries), h.entry_count))
+
+    def _replay_in_shards(self, scan: BlockScan) -> None:
+        """Hand the block's ops to the shards (the state first, at the first such block);
+        a block the shards cannot take, or a shard's decline, is a doubt."""
+        parallel = self.parallel
+        ops = scan.shard_ops
+        if parallel is None or ops is None or parallel.declined:
+            raise _Doubt
+        if not self.sharded:
+            if not self.fast_only:
+                raise _Doubt
+            parallel.load(split_state(self.replay, parallel.count))
+            self.sharded = True
+        parallel.replay(ops)
+
+    def _replay_here(
+        self,
+        h: BlockHeader,
+        raw_entries: Sequence[RawEntry],
+        bodies: list[JsonObject | Prepared | None],
+    ) -> None:
         replay, apply = self.replay, self.replay.apply
         n, count = 0, len(bodies)
         while (n := apply_run(replay, bodies, n)) < count:
+            self.fast_only = False
             body = bodies[n]  # not a tuple the state took: the reference path decides
             if body is not None:
                 if isinstance(body, tuple):
@@ -521,11 +593,6 @@ class _Auditor:
                 except _REPLAY_ERRORS as exc:
                     self._replay_fault(exc, body, self._index(h, raw_entries, n), h.height)
             n += 1
-        self.clock["replay"] += time.perf_counter() - t
-        self.report.blocks += 1
-        self.report.entries += len(raw_entries)
-        if self.progress is not None:
-            self.progress(max(len(raw_entries), h.entry_count))
 
     def _scan(self, got: _Fetched, raws: Sequence[RawEntry], program: str) -> BlockScan:
         """The bulk pass over the block's entries: the workers' result, else done here."""
@@ -760,9 +827,23 @@ class _Auditor:
 
     def _finish(self) -> None:
         r = self.report
-        r.accounts = len(self.replay.accounts)
-        r.supply = self.replay.supply()
-        r.points_by_kind = dict(self.replay.points_by_kind)
+        if self.sharded:
+            assert self.parallel is not None
+            t = time.perf_counter()
+            summaries = self.parallel.finish()
+            self.clock["replay"] += time.perf_counter() - t
+            if summaries is None:
+                raise _Doubt
+            total = merged(self.replay, summaries)
+            r.accounts, r.supply, r.points_by_kind = (
+                total.accounts,
+                total.supply,
+                total.points_by_kind,
+            )
+        else:
+            r.accounts = len(self.replay.accounts)
+            r.supply = self.replay.supply()
+            r.points_by_kind = dict(self.replay.points_by_kind)
         if self.trusted is not None and self.trusted.header.height not in self.hashes:
             self.fault(
                 "trusted-missing",
@@ -808,6 +889,7 @@ def audit_chain(
     trusted: SignedHeader | None = None,
     progress: Callable[[int], None] | None = None,
     workers: int | None = None,
+    parallel: AuditWorkers | None = None,
 ) -> AuditReport:
     """Audit the whole chain ``source`` holds against the program's public ``key``.
 
@@ -816,5 +898,45 @@ def audit_chain(
     and the consistency proof starts there. ``progress`` is called with the number of
     entries of each block as it is audited. ``workers`` is how many processes hash and
     check entries once the chain is long (default: one per CPU; 0: none).
+
+    ``parallel`` (instead of ``workers``): worker processes the caller owns
+    (``coalition.audit.workers``) that also replay the chain split by account
+    (``replay_shards``). The report MUST be the one the audit without them gives: when
+    the split replay cannot decide an entry (a fault, a kind or case left to the
+    reference path) the chain is audited again with the replay here, so a clean chain
+    of common kinds costs one pass and any other at most two (``timings_ms`` then says
+    ``sharded_attempt``).
     """
-    return _Auditor(source, key, program, trusted, progress, _worker_count(workers)).run()
+    count = _worker_count(workers)
+    if parallel is None:
+        report = _Auditor(source, key, program, trusted, progress, count).run()
+        assert report is not None  # no shards, no doubt
+        return report
+    began = time.perf_counter()
+    attempt = _Auditor(source, key, program, trusted, progress, count, parallel, shard=True)
+    report = attempt.run()
+    if report is not None:
+        return report
+    parallel.reset()
+    resumed = None if progress is None else _Resumed(progress, attempt.report.entries)
+    report = _Auditor(source, key, program, trusted, resumed, count, parallel).run()
+    assert report is not None
+    report.timings_ms["sharded_attempt"] = (
+        round((time.perf_counter() - began) * 1000) - (report.timings_ms["total"])
+    )
+    return report
+
+
+class _Resumed:
+    """A progress callback told again about a chain's first ``already`` entries: says
+    nothing until past them."""
+
+    def __init__(self, progress: Callable[[int], None], already: int) -> None:
+        self.progress = progress
+        self.left = already
+
+    def __call__(self, n: int) -> None:
+        skip = min(n, self.left)
+        self.left -= skip
+        if n > skip:
+            self.progress(n - skip)
