@@ -10,6 +10,8 @@ from __future__ import annotations
 import copy
 import json
 import marshal
+import os
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
@@ -22,7 +24,7 @@ from kind_samples import two_chains
 from test_chain_audit_speedpaths import _chain, _found, _LineStream, _Stream, _tamper
 from test_replay_fast import build_chain, mutate, op
 
-from coalition.audit.workers import ProcessWorkers
+from coalition.audit.workers import ProcessWorkers, WorkerDied
 from coalition.errors import CoalitionError
 from coalition.ledger.blocks import GENESIS_PREV, BlockHeader, sign_header
 from coalition.ledger.canonical import JsonObject, canonical_json
@@ -288,3 +290,13 @@ def _kind_chains() -> list[tuple[list[tuple[str, str, list[bytes]]], SigningKey]
         bodies = [canonical_json(entry) for entry in chain.entries]
         out.append((_blocks(key, bodies, 4, _seal_times(chain.entries), chain.program), key))
     return out
+
+
+def test_a_worker_killed_mid_audit_is_an_error_naming_it_not_a_hang() -> None:
+    key = SigningKey.generate()
+    blocks = _chain(key, 10, 12)
+    with ProcessWorkers(2) as killed:
+        killed.scan([b"{}"], 1, "p", 0, "", 0).result()  # started
+        os.kill(killed.pids[0], signal.SIGKILL)
+        with parallel_early(), pytest.raises(WorkerDied, match="audit worker 0"):
+            audit_chain(_LineStream(blocks), key.public_key, parallel=killed)

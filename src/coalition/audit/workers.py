@@ -15,6 +15,7 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import os
+import queue
 import threading
 from collections import deque
 from collections.abc import Sequence
@@ -62,6 +63,7 @@ def _serve(inbox: Queue[tuple[Any, ...]], outbox: Queue[tuple[Any, ...]]) -> Non
             shard = ReplayShard(message[1])
         elif what == _FINISH:
             outbox.put((_SUMMARY, None if shard.declined else shard.summary()))
+            shard = ReplayShard()  # the audit is over: free its state
         elif what == _RESET:
             shard = ReplayShard()
             outbox.put((_RESET_DONE,))
@@ -85,23 +87,19 @@ class _Job:
         return self.scan
 
 
+class WorkerDied(RuntimeError):
+    """A worker process ended while the audit waited for it (killed, out of memory)."""
+
+
 class ProcessWorkers:
-    """``count`` worker processes (default: one per CPU), started at once."""
+    """``count`` worker processes (default: one per CPU), started when first given work
+    (an audit of a short chain never needs them)."""
 
     def __init__(self, count: int | None = None) -> None:
         self._count = max(1, count if count is not None else (os.cpu_count() or 1))
-        context = _context()
         self._inboxes: list[Queue[tuple[Any, ...]]] = []
         self._outboxes: list[Queue[tuple[Any, ...]]] = []
         self._processes: list[BaseProcess] = []
-        for _ in range(self._count):
-            inbox: Queue[tuple[Any, ...]] = context.Queue()
-            outbox: Queue[tuple[Any, ...]] = context.Queue()
-            process = context.Process(target=_serve, args=(inbox, outbox), daemon=True)  # type: ignore[attr-defined]
-            process.start()
-            self._inboxes.append(inbox)
-            self._outboxes.append(outbox)
-            self._processes.append(process)
         self._pending: list[deque[_Job]] = [deque() for _ in range(self._count)]
         self._summaries: dict[int, ShardSummary | None] = {}
         self._next = 0
@@ -111,6 +109,24 @@ class ProcessWorkers:
     @property
     def count(self) -> int:
         return self._count
+
+    @property
+    def pids(self) -> list[int]:
+        """The worker processes' ids (none before the first work)."""
+        return [p.pid for p in self._processes if p.pid is not None]
+
+    def _start(self) -> None:
+        if self._processes or self._closed:
+            return
+        context = _context()
+        for _ in range(self._count):
+            inbox: Queue[tuple[Any, ...]] = context.Queue()
+            outbox: Queue[tuple[Any, ...]] = context.Queue()
+            process = context.Process(target=_serve, args=(inbox, outbox), daemon=True)  # type: ignore[attr-defined]
+            process.start()
+            self._inboxes.append(inbox)
+            self._outboxes.append(outbox)
+            self._processes.append(process)
 
     @property
     def declined(self) -> bool:
@@ -125,6 +141,7 @@ class ProcessWorkers:
         sealed_at: str,
         shards: int,
     ) -> _Job:
+        self._start()
         worker = self._next
         self._next = (worker + 1) % self._count
         job = _Job(self, worker)
@@ -133,6 +150,7 @@ class ProcessWorkers:
         return job
 
     def load(self, states: Sequence[Replay]) -> None:
+        self._start()
         for inbox, state in zip(self._inboxes, states, strict=True):
             inbox.put((_LOAD, state))
 
@@ -155,8 +173,8 @@ class ProcessWorkers:
     def reset(self) -> None:
         for inbox in self._inboxes:
             inbox.put((_RESET,))
-        for worker, outbox in enumerate(self._outboxes):
-            while outbox.get()[0] != _RESET_DONE:
+        for worker in range(len(self._outboxes)):
+            while self._get(worker)[0] != _RESET_DONE:
                 pass
             for job in self._pending[worker]:
                 job.done = True  # never read: its audit was abandoned
@@ -166,7 +184,7 @@ class ProcessWorkers:
 
     def _read(self, worker: int) -> None:
         """Take the worker's next answer."""
-        message = self._outboxes[worker].get()
+        message = self._get(worker)
         what = message[0]
         if what == _DECLINED:
             self._declined = True
@@ -179,6 +197,19 @@ class ProcessWorkers:
                 raise message[1]
             job.scan = message[1]
 
+    def _get(self, worker: int) -> tuple[Any, ...]:
+        """The worker's next message; WorkerDied when it ended instead."""
+        while True:
+            try:
+                return self._outboxes[worker].get(timeout=1.0)
+            except queue.Empty:
+                process = self._processes[worker]
+                if not process.is_alive():
+                    raise WorkerDied(
+                        f"audit worker {worker} (pid {process.pid}) ended with exit code "
+                        f"{process.exitcode}"
+                    ) from None
+
     def close(self) -> None:
         if self._closed:
             return
@@ -190,9 +221,9 @@ class ProcessWorkers:
             if process.is_alive():
                 process.terminate()
                 process.join()
-        for queue in (*self._inboxes, *self._outboxes):
-            queue.close()
-            queue.join_thread()
+        for channel in (*self._inboxes, *self._outboxes):
+            channel.close()
+            channel.join_thread()
 
     def __enter__(self) -> ProcessWorkers:
         return self

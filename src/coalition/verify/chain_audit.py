@@ -914,12 +914,16 @@ def audit_chain(
         return report
     began = time.perf_counter()
     attempt = _Auditor(source, key, program, trusted, progress, count, parallel, shard=True)
-    report = attempt.run()
-    if report is not None:
-        return report
-    parallel.reset()
-    resumed = None if progress is None else _Resumed(progress, attempt.report.entries)
-    report = _Auditor(source, key, program, trusted, resumed, count, parallel).run()
+    try:
+        report = attempt.run()
+        if report is not None:
+            return report
+        parallel.reset()
+        resumed = None if progress is None else _Resumed(progress, attempt.report.entries)
+        report = _Auditor(source, key, program, trusted, resumed, count, parallel).run()
+    except Exception:
+        parallel.reset()  # work handed out and not read: the workers are ready again
+        raise
     assert report is not None
     report.timings_ms["sharded_attempt"] = (
         round((time.perf_counter() - began) * 1000) - (report.timings_ms["total"])
