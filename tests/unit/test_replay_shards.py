@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from kind_samples import two_chains
+from kind_samples import AGREEMENT_DOC, two_chains
 from test_chain_audit_speedpaths import _chain, _found, _LineStream, _Stream, _tamper
 from test_replay_fast import build_chain, mutate, op
 
@@ -31,6 +31,8 @@ from coalition.ledger.canonical import JsonObject, canonical_json
 from coalition.ledger.entries import format_time, parse_time
 from coalition.ledger.keys import SigningKey
 from coalition.ledger.merkle import CompactRange, leaf_hash, root
+from coalition.points import operations
+from coalition.points.operations import EntryContext
 from coalition.points.replay import Replay
 from coalition.points.replay_fast import Prepared, apply_run, prepare
 from coalition.verify import chain_audit
@@ -263,7 +265,7 @@ def test_the_audit_with_workers_names_the_known_tamper_faults() -> None:
         assert clean.ok and (clean.entries, clean.log_verified_height) == (120, 9)
         assert "sharded_attempt" not in clean.timings_ms  # one pass: the shards took it
         bad = audit_chain(_LineStream(_tamper(blocks)), key.public_key, parallel=workers())
-    assert "sharded_attempt" in bad.timings_ms  # a doubt: audited again, replay here
+    assert "sharded_attempt" not in bad.timings_ms  # flagged entries: the replay came back
     assert _found(bad) == [
         ("entry-non-canonical", 3, 38, "e000038"),
         ("entry-malformed", 3, 41, None),
@@ -300,3 +302,40 @@ def test_a_worker_killed_mid_audit_is_an_error_naming_it_not_a_hang() -> None:
         os.kill(killed.pids[0], signal.SIGKILL)
         with parallel_early(), pytest.raises(WorkerDied, match="audit worker 0"):
             audit_chain(_LineStream(blocks), key.public_key, parallel=killed)
+
+
+def test_an_entry_off_the_fast_path_after_the_split_brings_the_replay_back_in_one_pass() -> None:
+    """An agreement recorded in the middle of a chain of member entries: the shards hand
+    their states back and the replay goes on here, with no second pass, and the report
+    is the one of the audit without workers; then the same with a fault after it."""
+    key = SigningKey.generate()
+    chain = build_chain([("purchase", n % 4, 0, 300, 5) for n in range(30)])
+    middle = chain[20]
+    record = operations.agreement_entry(
+        EntryContext("p", "agreement-1", parse_time(str(middle["at"]))),
+        {"agreement": AGREEMENT_DOC, "signatures": {}},
+    )
+    mixed = [*chain[:21], record, *chain[21:]]
+    faulty = [*mixed, copy.deepcopy(chain[-1])]  # an entry repeated: a replay fault
+    for entries in (mixed, faulty):
+        bodies = [canonical_json(entry) for entry in entries]
+        blocks = _blocks(key, bodies, 3, _seal_times(entries))
+        with parallel_early():
+            alone = audit_chain(_LineStream(blocks), key.public_key, workers=0)
+            split_up = audit_chain(_LineStream(blocks), key.public_key, parallel=workers())
+        assert _comparable(split_up) == _comparable(alone)
+        assert "sharded_attempt" not in split_up.timings_ms
+    assert alone.faults.items and alone.faults.items[0].kind == "replay"
+
+
+def test_a_fault_a_shard_finds_reruns_the_audit_with_the_same_report() -> None:
+    key = SigningKey.generate()
+    chain = build_chain([("purchase", n % 4, 0, 300, 5) for n in range(30)])
+    faulty = [*chain, copy.deepcopy(chain[-1])]  # the last earn again: its lot opened twice
+    blocks = _blocks(key, [canonical_json(e) for e in faulty], 3, _seal_times(faulty))
+    with parallel_early():
+        alone = audit_chain(_LineStream(blocks), key.public_key, workers=0)
+        split_up = audit_chain(_LineStream(blocks), key.public_key, parallel=workers())
+    assert "sharded_attempt" in split_up.timings_ms  # declined in a shard: a second pass
+    assert _comparable(split_up) == _comparable(alone)
+    assert [f.kind for f in alone.faults.items] == ["replay"]

@@ -29,8 +29,8 @@ from coalition.points.replay import Replay
 from coalition.verify.entry_scan import BlockScan, scan_block, scan_lines
 from coalition.verify.replay_shards import ReplayShard, ShardSummary
 
-_SCAN, _LOAD, _REPLAY, _FINISH, _RESET, _STOP = range(6)
-_SCANNED, _FAILED, _DECLINED, _SUMMARY, _RESET_DONE = range(5)
+_SCAN, _LOAD, _REPLAY, _FINISH, _STATES, _RESET, _STOP = range(7)
+_SCANNED, _FAILED, _DECLINED, _SUMMARY, _STATE, _RESET_DONE = range(6)
 
 
 def _serve(inbox: Queue[tuple[Any, ...]], outbox: Queue[tuple[Any, ...]]) -> None:
@@ -64,6 +64,9 @@ def _serve(inbox: Queue[tuple[Any, ...]], outbox: Queue[tuple[Any, ...]]) -> Non
         elif what == _FINISH:
             outbox.put((_SUMMARY, None if shard.declined else shard.summary()))
             shard = ReplayShard()  # the audit is over: free its state
+        elif what == _STATES:
+            outbox.put((_STATE, None if shard.declined else shard.state))
+            shard = ReplayShard()
         elif what == _RESET:
             shard = ReplayShard()
             outbox.put((_RESET_DONE,))
@@ -102,6 +105,7 @@ class ProcessWorkers:
         self._processes: list[BaseProcess] = []
         self._pending: list[deque[_Job]] = [deque() for _ in range(self._count)]
         self._summaries: dict[int, ShardSummary | None] = {}
+        self._states: dict[int, Replay | None] = {}
         self._next = 0
         self._declined = False
         self._closed = False
@@ -170,6 +174,19 @@ class ProcessWorkers:
             return None
         return [s for s in found if s is not None]
 
+    def states(self) -> list[Replay] | None:
+        self._states.clear()
+        for inbox in self._inboxes:
+            inbox.put((_STATES,))
+        for worker in range(len(self._inboxes)):
+            while worker not in self._states:
+                self._read(worker)
+        found = [self._states[w] for w in range(len(self._inboxes))]
+        self._states.clear()
+        if self._declined or any(s is None for s in found):
+            return None
+        return [s for s in found if s is not None]
+
     def reset(self) -> None:
         for inbox in self._inboxes:
             inbox.put((_RESET,))
@@ -181,6 +198,7 @@ class ProcessWorkers:
             self._pending[worker].clear()
         self._declined = False
         self._summaries.clear()
+        self._states.clear()
 
     def _read(self, worker: int) -> None:
         """Take the worker's next answer."""
@@ -190,6 +208,8 @@ class ProcessWorkers:
             self._declined = True
         elif what == _SUMMARY:
             self._summaries[worker] = message[1]
+        elif what == _STATE:
+            self._states[worker] = message[1]
         else:
             job = self._pending[worker].popleft()
             job.done = True

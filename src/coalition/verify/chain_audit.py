@@ -44,9 +44,9 @@ from coalition.ledger.merkle import CompactRange, leaf_hash, root
 from coalition.ledger.proofs import verify_consistency_document
 from coalition.points import kinds
 from coalition.points.replay import Replay
-from coalition.points.replay_fast import Prepared, apply_run
+from coalition.points.replay_fast import Prepared, apply_run, prepare
 from coalition.verify.entry_scan import BlockScan, scan_block, scan_lines
-from coalition.verify.replay_shards import merged, split_state
+from coalition.verify.replay_shards import merge_states, merged, split_state
 from coalition.verify.source import (
     BlockLines,
     BlockStream,
@@ -329,6 +329,8 @@ class _Auditor:
         self.fast_only = True
         """Whether every entry replayed here so far took the fast path (so the state can
         move to the shards)."""
+        self.unsharded = False
+        """Whether the replay came back from the shards (it does not go there again)."""
         self.submitted = 0
         self.scan_program = program
         self.report = AuditReport(program=program)
@@ -550,9 +552,13 @@ class _Auditor:
         self.clock["verify"] += time.perf_counter() - t
 
         t = time.perf_counter()
-        if scan.shard_ops is not None or (self.sharded and raw_entries):
-            self._replay_in_shards(scan)
+        if self.sharded and raw_entries and scan.shard_ops is None:
+            self._unshard()  # an entry the shards cannot take: the replay comes back here
+        if scan.shard_ops is not None and (self.sharded or self._may_shard()):
+            self._replay_in_shards(scan.shard_ops)
         else:
+            if scan.shard_ops is not None:  # split for shards no longer replaying
+                bodies = list(map(_object, raw_entries))
             self._replay_here(h, raw_entries, bodies)
         self.clock["replay"] += time.perf_counter() - t
         self.report.blocks += 1
@@ -560,19 +566,38 @@ class _Auditor:
         if self.progress is not None:
             self.progress(max(len(raw_entries), h.entry_count))
 
-    def _replay_in_shards(self, scan: BlockScan) -> None:
+    def _may_shard(self) -> bool:
+        """Whether the replay may move to the shards now: it never came back from them,
+        and every entry so far took the fast path. Else scans stop splitting blocks."""
+        if self.unsharded or not self.fast_only:
+            self.shards = 0
+            return False
+        return True
+
+    def _replay_in_shards(self, ops: list[bytes]) -> None:
         """Hand the block's ops to the shards (the state first, at the first such block);
-        a block the shards cannot take, or a shard's decline, is a doubt."""
+        a shard's decline is a doubt."""
         parallel = self.parallel
-        ops = scan.shard_ops
-        if parallel is None or ops is None or parallel.declined:
+        assert parallel is not None
+        if parallel.declined:
             raise _Doubt
         if not self.sharded:
-            if not self.fast_only:
-                raise _Doubt
             parallel.load(split_state(self.replay, parallel.count))
             self.sharded = True
         parallel.replay(ops)
+
+    def _unshard(self) -> None:
+        """Take the shards' states back into ``self.replay`` (all of it so far: no shard
+        declined, so together they are the sequential state after the last block) and
+        replay here from now on; a shard that declined is a doubt."""
+        assert self.parallel is not None
+        states = self.parallel.states()
+        if states is None:
+            raise _Doubt
+        merge_states(self.replay, states)
+        self.sharded = False
+        self.unsharded = True
+        self.shards = 0
 
     def _replay_here(
         self,
@@ -581,6 +606,8 @@ class _Auditor:
         bodies: list[JsonObject | Prepared | None],
     ) -> None:
         replay, apply = self.replay, self.replay.apply
+        if any(type(body) is dict for body in bodies):  # scanned here: reduce as a worker does
+            bodies = [prepare(b) or b if type(b) is dict else b for b in bodies]
         n, count = 0, len(bodies)
         while (n := apply_run(replay, bodies, n)) < count:
             self.fast_only = False

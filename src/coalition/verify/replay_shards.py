@@ -17,7 +17,10 @@ of ``apply_prepared``, so the entry is taken sequentially iff all its ops are ta
 then changes the same state. Per-kind totals and entry counts add up. When any op is
 declined (a fault, or a case the fast path leaves to the reference) the shards' states
 are no longer the sequential one: the caller MUST then replay the chain sequentially,
-which names the faults exactly as before (``chain_audit`` reruns the audit).
+which names the faults exactly as before (``chain_audit`` reruns the audit). When no op
+was declined but the next entries cannot be split (a kind off the fast path), the
+shards' states together are the sequential state so far (``merge_states``), and the
+replay goes on sequentially from there.
 """
 
 from __future__ import annotations
@@ -98,6 +101,17 @@ class ReplayShard:
         return ShardSummary(
             len(state.accounts), state.supply(), dict(state.points_by_kind), state.entries
         )
+
+
+def merge_states(base: Replay, states: Sequence[Replay]) -> None:
+    """Add the shards' states to ``base`` (the state they were split from, whose totals
+    they did not count): its accounts, references, totals and count become the
+    sequential replay's after the last op the shards took (none declined)."""
+    for state in states:
+        base.accounts.update(state.accounts)
+        base.refs |= state.refs
+        base.points_by_kind.update(state.points_by_kind)
+        base.entries += state.entries
 
 
 def merged(base: Replay, summaries: Sequence[ShardSummary]) -> ShardSummary:

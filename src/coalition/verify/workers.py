@@ -49,6 +49,10 @@ class AuditWorkers(Protocol):
     def replay(self, ops: Sequence[bytes]) -> None:
         """Give shard ``i`` the ops ``ops[i]`` of the next block (``BlockScan.shard_ops``)."""
 
+    def states(self) -> list[Replay] | None:
+        """Each shard's state once it applied everything given (the shards then forget
+        it); None when any shard declined an op."""
+
     def finish(self) -> list[ShardSummary] | None:
         """Each shard's summary once it applied everything given; None when any shard
         declined an op (the chain MUST then be replayed sequentially)."""
