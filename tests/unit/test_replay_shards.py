@@ -329,6 +329,8 @@ def test_an_entry_off_the_fast_path_after_the_split_brings_the_replay_back_in_on
 
 
 def test_a_fault_a_shard_finds_reruns_the_audit_with_the_same_report() -> None:
+    """Also the regression test of the replay that never moved to the shards: blocks of 3
+    (the first ones scanned here, not by the workers) must not keep it here."""
     key = SigningKey.generate()
     chain = build_chain([("purchase", n % 4, 0, 300, 5) for n in range(30)])
     faulty = [*chain, copy.deepcopy(chain[-1])]  # the last earn again: its lot opened twice
