@@ -14,7 +14,9 @@ page by page. Entries are hashed and checked in bulk (``entry_scan``: the exact 
 only on an entry the conservative bulk test flags, so faults are named as before), in
 worker processes once the chain is long, while this process checks headers, merges log
 roots and replays (the workers ship common entries as ``replay_fast.prepare`` tuples; one
-that does not fit the state is parsed again and replayed by the reference path).
+that does not fit the state is parsed again and replayed by the reference path). Given
+``parallel`` workers, the replay itself moves to them, split by account
+(``replay_shards``; see ``audit_chain``).
 The garbage collector is paused meanwhile (the audit makes no cycles).
 
 The audit keeps going after a fault where it can, so the report lists them all. A chain
@@ -928,11 +930,11 @@ def audit_chain(
 
     ``parallel`` (instead of ``workers``): worker processes the caller owns
     (``coalition.audit.workers``) that also replay the chain split by account
-    (``replay_shards``). The report MUST be the one the audit without them gives: when
-    the split replay cannot decide an entry (a fault, a kind or case left to the
-    reference path) the chain is audited again with the replay here, so a clean chain
-    of common kinds costs one pass and any other at most two (``timings_ms`` then says
-    ``sharded_attempt``).
+    (``replay_shards``). The report MUST be the one the audit without them gives: a
+    block the shards cannot take (an entry off the fast path) brings the replay back
+    here, with the shards' states merged; a shard declining an entry (a fault, a case
+    left to the reference path) has the chain audited again with the replay here, so
+    such a chain costs up to two passes (``timings_ms`` then says ``sharded_attempt``).
     """
     count = _worker_count(workers)
     if parallel is None:
