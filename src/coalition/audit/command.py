@@ -21,6 +21,7 @@ from coalition.audit.db_check import check_database
 from coalition.audit.public_keys import config_public_key, read_public_key
 from coalition.audit.sources import DatabaseSource, GrpcSource
 from coalition.audit.state import load_state, save_state
+from coalition.audit.workers import ProcessWorkers
 from coalition.errors import CoalitionError, InvalidArgument
 from coalition.ledger.blocks import SignedHeader
 from coalition.ledger.canonical import JsonObject, canonical_json, parse_json
@@ -149,9 +150,14 @@ def run_audit(args: argparse.Namespace) -> int:
         print(f"coalition audit: {exc}", file=sys.stderr)
         return USAGE
     try:
-        with Progress("audit entries", total_entries(source)) as bar:
+        with ProcessWorkers() as workers, Progress("audit entries", total_entries(source)) as bar:
             report = audit_chain(
-                source, key, program=args.program, trusted=trusted, progress=bar.advance
+                source,
+                key,
+                program=args.program,
+                trusted=trusted,
+                progress=bar.advance,
+                parallel=workers,
             )
     except CoalitionError as exc:
         print(f"coalition audit: cannot read the chain: {exc}", file=sys.stderr)
@@ -292,14 +298,16 @@ def run_audit_coalition(args: argparse.Namespace) -> int:
         manifest.witness_quorum, manifest.programs, now - witness_grace, now + MAX_CLOCK_SKEW
     )
     try:
-        found = audit_all(
-            sources,
-            manifest.public_key,
-            pending_before=now - pending_grace,
-            trusted=state.trusted() if state is not None else None,
-            witnessing=policy,
-            progress=phase,
-        )
+        with ProcessWorkers() as workers:
+            found = audit_all(
+                sources,
+                manifest.public_key,
+                pending_before=now - pending_grace,
+                trusted=state.trusted() if state is not None else None,
+                witnessing=policy,
+                progress=phase,
+                parallel=workers,
+            )
     except CoalitionError as exc:
         print(f"{name}: cannot read a chain: {exc}", file=sys.stderr)
         return USAGE

@@ -270,6 +270,76 @@ def _debit(replay: Replay, p: Prepared) -> bool:
     return True
 
 
+def _earn_lot(replay: Replay, p: Prepared) -> bool:
+    """``_earn`` without the reference: a shard of a replay split by account opens the
+    lot; the reference's uniqueness is ``_claim_ref``'s, in the shard owning it."""
+    kind, account_id, amount, lot_id, qualifying, at, available_at, expires_at, ref = p
+    account = replay.accounts.get(account_id)
+    if account is None or lot_id in account.lots:
+        return False
+    account.lots[lot_id] = Lot(
+        lot_id,
+        account.id,
+        amount,
+        amount,
+        qualifying,
+        _fromisoformat(at),
+        _fromisoformat(available_at),
+        _fromisoformat(expires_at),
+        ref,
+    )
+    replay.points_by_kind[kind] += amount
+    replay.entries += 1
+    return True
+
+
+def _claim_ref(replay: Replay, p: Prepared) -> bool:
+    """An earn's reference (``p == (ref,)``), unique across the program: the other half
+    of ``_earn_lot``."""
+    ref = p[0]
+    if ref in replay.refs:
+        return False
+    replay.refs.add(ref)
+    return True
+
+
+def _transfer_out(replay: Replay, p: Prepared) -> bool:
+    """A transfer's debit of the sender (``_debit`` without the receiver's half, which is
+    ``_transfer_in``'s in the receiver's shard)."""
+    kind, account_id, amount, at, parts, to = p
+    account = replay.accounts.get(account_id)
+    if account is None or to == account_id:
+        return False
+    now = _fromisoformat(at)
+    lots = account.lots
+    taken: list[Lot] = []
+    for part in parts:
+        lot = lots.get(part[0])
+        if lot is None or part[1] > lot.remaining or not lot.available_at <= now < lot.expires_at:
+            return False
+        taken.append(lot)
+    for lot, part in zip(taken, parts, strict=True):
+        lot.remaining -= part[1]
+    replay.points_by_kind[kind] += amount
+    replay.entries += 1
+    return True
+
+
+def _transfer_in(replay: Replay, p: Prepared) -> bool:
+    """A transfer's new lots in the receiver (``_debit``'s second half)."""
+    _kind, account_id, _amount, at, parts, to = p
+    target = replay.accounts.get(to)
+    if target is None or to == account_id or any(part[2] in target.lots for part in parts):
+        return False
+    now = _fromisoformat(at)
+    expiry = [_fromisoformat(part[3]) for part in parts]
+    for (_, part_amount, new_lot, _), expires_at in zip(parts, expiry, strict=True):
+        target.lots[new_lot] = Lot(
+            new_lot, target.id, part_amount, part_amount, 0, now, now, expires_at
+        )
+    return True
+
+
 def _adjust(replay: Replay, p: Prepared) -> bool:
     return _adjust_up(replay, p) if p[2] > 0 else _debit(replay, p)
 
@@ -317,6 +387,34 @@ def apply_run(replay: Replay, items: Sequence[object], start: int) -> int:
             return n
         n += 1
     return end
+
+
+SHARD_STEPS: dict[str, Callable[[Replay, Prepared], bool]] = {
+    **_STEPS,
+    _EARN_KIND: _earn_lot,
+    _TRANSFER_KIND: _transfer_out,
+    "ref": _claim_ref,
+    "transfer-in": _transfer_in,
+}
+"""The steps of a replay split by account (``verify.replay_shards``), by op code: each
+entry kind's step on the shard owning the entry's account, except that an earn's
+reference (code ``ref``, the tuple ``(ref,)``) goes to the shard owning the reference and a
+transfer's new lots (code ``transfer-in``) to the receiver's shard. The entry is accepted
+as ``apply_prepared`` would accept it only if every one of its ops is: the caller MUST
+treat any declined op as "replay this chain the sequential way"."""
+
+
+def apply_ops(replay: Replay, ops: Sequence[tuple[str, Prepared]]) -> int:
+    """``SHARD_STEPS`` of each ``(code, prepared)`` in order while each is taken; the
+    position of the first declined (nothing of it changed), or ``len(ops)``."""
+    steps = SHARD_STEPS
+    for n, (code, prepared) in enumerate(ops):
+        try:
+            if not steps[code](replay, prepared):
+                return n
+        except (KeyError, ValueError):
+            return n
+    return len(ops)
 
 
 def apply_fast(replay: Replay, entry: JsonObject) -> bool:

@@ -14,7 +14,9 @@ page by page. Entries are hashed and checked in bulk (``entry_scan``: the exact 
 only on an entry the conservative bulk test flags, so faults are named as before), in
 worker processes once the chain is long, while this process checks headers, merges log
 roots and replays (the workers ship common entries as ``replay_fast.prepare`` tuples; one
-that does not fit the state is parsed again and replayed by the reference path).
+that does not fit the state is parsed again and replayed by the reference path). Given
+``parallel`` workers, the replay itself moves to them, split by account
+(``replay_shards``; see ``audit_chain``).
 The garbage collector is paused meanwhile (the audit makes no cycles).
 
 The audit keeps going after a fault where it can, so the report lists them all. A chain
@@ -44,8 +46,9 @@ from coalition.ledger.merkle import CompactRange, leaf_hash, root
 from coalition.ledger.proofs import verify_consistency_document
 from coalition.points import kinds
 from coalition.points.replay import Replay
-from coalition.points.replay_fast import Prepared, apply_run
+from coalition.points.replay_fast import Prepared, apply_run, prepare
 from coalition.verify.entry_scan import BlockScan, scan_block, scan_lines
+from coalition.verify.replay_shards import merge_states, merged, split_state
 from coalition.verify.source import (
     BlockLines,
     BlockStream,
@@ -54,6 +57,7 @@ from coalition.verify.source import (
     RawHeader,
     signed_header,
 )
+from coalition.verify.workers import AuditWorkers, ScanJob
 
 HEADER_PAGE = 1000
 PARALLEL_AFTER = 50_000
@@ -254,7 +258,12 @@ class _Fetched:
     entries: Sequence[RawEntry]
     entries_error: CoalitionError | None
     program: str | None = None
-    scan: Future[BlockScan] | None = None
+    scan: Future[BlockScan] | ScanJob | None = None
+
+
+class _Doubt(Exception):
+    """The sharded replay cannot decide this chain: it is to be audited again with the
+    replay in the auditing process."""
 
 
 def _after(at: JsonValue, sealed_at: str) -> bool:
@@ -301,13 +310,29 @@ class _Auditor:
         trusted: SignedHeader | None,
         progress: Callable[[int], None] | None,
         workers: int,
+        parallel: AuditWorkers | None = None,
+        shard: bool = False,
     ) -> None:
         self.source = source
         self.key = key
         self.trusted = trusted
         self.progress = progress
-        self.workers = workers
+        self.workers = parallel.count if parallel is not None else workers
         self.pool: Executor | None = None
+        self.parallel = parallel
+        self.shard = shard
+        self.started = False
+        """Whether blocks go to the workers (after the first ``PARALLEL_AFTER`` entries)."""
+        self.shards = 0
+        """How many shards the workers' scans split blocks for (0: replay here)."""
+        self.sharded = False
+        """Whether the replay moved to the shards (then ``self.replay`` holds the state
+        until then, and every later block MUST go to the shards)."""
+        self.fast_only = True
+        """Whether every entry replayed here so far took the fast path (so the state can
+        move to the shards)."""
+        self.unsharded = False
+        """Whether the replay came back from the shards (it does not go there again)."""
         self.submitted = 0
         self.scan_program = program
         self.report = AuditReport(program=program)
@@ -401,6 +426,9 @@ class _Auditor:
             self.scan_program = item.signed.header.program
         item.program = self.scan_program
         self.submitted += len(item.entries)
+        if self.parallel is not None:
+            self._submit_parallel(item, self.parallel)
+            return
         if self.pool is None and self.workers and self.submitted > PARALLEL_AFTER:
             self.pool = _pool(self.workers)
         if self.pool is not None and item.entries:
@@ -417,7 +445,22 @@ class _Auditor:
                 scan_block, bodies, item.program, first, pack=True, sealed_at=sealed
             )
 
-    def run(self) -> AuditReport:
+    def _submit_parallel(self, item: _Fetched, parallel: AuditWorkers) -> None:
+        assert item.signed is not None and item.program is not None
+        if not self.started and self.workers and self.submitted > PARALLEL_AFTER:
+            self.started = True
+            self.shards = self.workers if self.shard and self.fast_only else 0
+        if not self.started or not item.entries:
+            return
+        h = item.signed.header
+        entries = item.entries
+        bodies = entries.data if isinstance(entries, BlockLines) else [e.body for e in entries]
+        item.scan = parallel.scan(
+            bodies, len(entries), item.program, h.first_index, h.sealed_at, self.shards
+        )
+
+    def run(self) -> AuditReport | None:
+        """The report; None when the sharded replay met a doubt (``_Doubt``)."""
         began = time.perf_counter()
         if self.trusted is not None:
             try:
@@ -433,12 +476,14 @@ class _Auditor:
                     self.fault("source", item, self.next_height)
                 else:
                     self._block(item)
+            self._finish()
+        except _Doubt:
+            return None
         finally:
             if self.pool is not None:
                 self.pool.shutdown(wait=True, cancel_futures=True)
             if collecting:
                 gc.enable()
-        self._finish()
         self.report.timings_ms = {k: round(v * 1000) for k, v in self.clock.items()}
         self.report.timings_ms["total"] = round((time.perf_counter() - began) * 1000)
         return self.report
@@ -509,9 +554,65 @@ class _Auditor:
         self.clock["verify"] += time.perf_counter() - t
 
         t = time.perf_counter()
+        if self.sharded and raw_entries and scan.shard_ops is None:
+            self._unshard()  # an entry the shards cannot take: the replay comes back here
+        if scan.shard_ops is not None and (self.sharded or self._may_shard()):
+            self._replay_in_shards(scan.shard_ops)
+        else:
+            if scan.shard_ops is not None:  # split for shards no longer replaying
+                bodies = list(map(_object, raw_entries))
+            self._replay_here(h, raw_entries, bodies)
+        self.clock["replay"] += time.perf_counter() - t
+        self.report.blocks += 1
+        self.report.entries += len(raw_entries)
+        if self.progress is not None:
+            self.progress(max(len(raw_entries), h.entry_count))
+
+    def _may_shard(self) -> bool:
+        """Whether the replay may move to the shards now: it never came back from them,
+        and every entry so far took the fast path. Else scans stop splitting blocks."""
+        if self.unsharded or not self.fast_only:
+            self.shards = 0
+            return False
+        return True
+
+    def _replay_in_shards(self, ops: list[bytes]) -> None:
+        """Hand the block's ops to the shards (the state first, at the first such block);
+        a shard's decline is a doubt."""
+        parallel = self.parallel
+        assert parallel is not None
+        if parallel.declined:
+            raise _Doubt
+        if not self.sharded:
+            parallel.load(split_state(self.replay, parallel.count))
+            self.sharded = True
+        parallel.replay(ops)
+
+    def _unshard(self) -> None:
+        """Take the shards' states back into ``self.replay`` (all of it so far: no shard
+        declined, so together they are the sequential state after the last block) and
+        replay here from now on; a shard that declined is a doubt."""
+        assert self.parallel is not None
+        states = self.parallel.states()
+        if states is None:
+            raise _Doubt
+        merge_states(self.replay, states)
+        self.sharded = False
+        self.unsharded = True
+        self.shards = 0
+
+    def _replay_here(
+        self,
+        h: BlockHeader,
+        raw_entries: Sequence[RawEntry],
+        bodies: list[JsonObject | Prepared | None],
+    ) -> None:
         replay, apply = self.replay, self.replay.apply
+        if any(type(body) is dict for body in bodies):  # scanned here: reduce as a worker does
+            bodies = [prepare(b) or b if type(b) is dict else b for b in bodies]
         n, count = 0, len(bodies)
         while (n := apply_run(replay, bodies, n)) < count:
+            self.fast_only = False
             body = bodies[n]  # not a tuple the state took: the reference path decides
             if body is not None:
                 if isinstance(body, tuple):
@@ -521,11 +622,6 @@ class _Auditor:
                 except _REPLAY_ERRORS as exc:
                     self._replay_fault(exc, body, self._index(h, raw_entries, n), h.height)
             n += 1
-        self.clock["replay"] += time.perf_counter() - t
-        self.report.blocks += 1
-        self.report.entries += len(raw_entries)
-        if self.progress is not None:
-            self.progress(max(len(raw_entries), h.entry_count))
 
     def _scan(self, got: _Fetched, raws: Sequence[RawEntry], program: str) -> BlockScan:
         """The bulk pass over the block's entries: the workers' result, else done here."""
@@ -760,9 +856,23 @@ class _Auditor:
 
     def _finish(self) -> None:
         r = self.report
-        r.accounts = len(self.replay.accounts)
-        r.supply = self.replay.supply()
-        r.points_by_kind = dict(self.replay.points_by_kind)
+        if self.sharded:
+            assert self.parallel is not None
+            t = time.perf_counter()
+            summaries = self.parallel.finish()
+            self.clock["replay"] += time.perf_counter() - t
+            if summaries is None:
+                raise _Doubt
+            total = merged(self.replay, summaries)
+            r.accounts, r.supply, r.points_by_kind = (
+                total.accounts,
+                total.supply,
+                total.points_by_kind,
+            )
+        else:
+            r.accounts = len(self.replay.accounts)
+            r.supply = self.replay.supply()
+            r.points_by_kind = dict(self.replay.points_by_kind)
         if self.trusted is not None and self.trusted.header.height not in self.hashes:
             self.fault(
                 "trusted-missing",
@@ -808,6 +918,7 @@ def audit_chain(
     trusted: SignedHeader | None = None,
     progress: Callable[[int], None] | None = None,
     workers: int | None = None,
+    parallel: AuditWorkers | None = None,
 ) -> AuditReport:
     """Audit the whole chain ``source`` holds against the program's public ``key``.
 
@@ -816,5 +927,49 @@ def audit_chain(
     and the consistency proof starts there. ``progress`` is called with the number of
     entries of each block as it is audited. ``workers`` is how many processes hash and
     check entries once the chain is long (default: one per CPU; 0: none).
+
+    ``parallel`` (instead of ``workers``): worker processes the caller owns
+    (``coalition.audit.workers``) that also replay the chain split by account
+    (``replay_shards``). The report MUST be the one the audit without them gives: a
+    block the shards cannot take (an entry off the fast path) brings the replay back
+    here, with the shards' states merged; a shard declining an entry (a fault, a case
+    left to the reference path) has the chain audited again with the replay here, so
+    such a chain costs up to two passes (``timings_ms`` then says ``sharded_attempt``).
     """
-    return _Auditor(source, key, program, trusted, progress, _worker_count(workers)).run()
+    count = _worker_count(workers)
+    if parallel is None:
+        report = _Auditor(source, key, program, trusted, progress, count).run()
+        assert report is not None  # no shards, no doubt
+        return report
+    began = time.perf_counter()
+    attempt = _Auditor(source, key, program, trusted, progress, count, parallel, shard=True)
+    try:
+        report = attempt.run()
+        if report is not None:
+            return report
+        parallel.reset()
+        resumed = None if progress is None else _Resumed(progress, attempt.report.entries)
+        report = _Auditor(source, key, program, trusted, resumed, count, parallel).run()
+    except Exception:
+        parallel.reset()  # work handed out and not read: the workers are ready again
+        raise
+    assert report is not None
+    report.timings_ms["sharded_attempt"] = (
+        round((time.perf_counter() - began) * 1000) - (report.timings_ms["total"])
+    )
+    return report
+
+
+class _Resumed:
+    """A progress callback told again about a chain's first ``already`` entries: says
+    nothing until past them."""
+
+    def __init__(self, progress: Callable[[int], None], already: int) -> None:
+        self.progress = progress
+        self.left = already
+
+    def __call__(self, n: int) -> None:
+        skip = min(n, self.left)
+        self.left -= skip
+        if n > skip:
+            self.progress(n - skip)

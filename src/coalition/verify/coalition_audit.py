@@ -33,6 +33,7 @@ from coalition.verify.source import (
     signed_header,
 )
 from coalition.verify.witness_quorum import QuorumReport, WitnessPolicy, check_quorum
+from coalition.verify.workers import AuditWorkers
 
 REWRITE_KINDS = frozenset({"trusted-mismatch", "trusted-missing"})
 """The chain audit's faults about a pinned header that, for a header pinned by the
@@ -172,10 +173,13 @@ def _audit_one(
     heights: frozenset[int],
     trusted: SignedHeader | None,
     phases: Phases,
+    parallel: AuditWorkers | None = None,
 ) -> tuple[AuditReport, RecordingSource]:
     recorder = recording(source, heights)
     with phases(f"audit {program}", total_entries(source)) as advance:
-        report = audit_chain(recorder, key, program=program, trusted=trusted, progress=advance)
+        report = audit_chain(
+            recorder, key, program=program, trusted=trusted, progress=advance, parallel=parallel
+        )
     if trusted is not None:
         _name_rewrites(report, program)
     return report, recorder
@@ -204,14 +208,17 @@ def audit_all(
     trusted: Mapping[str, SignedHeader] | None = None,
     witnessing: WitnessPolicy | None = None,
     progress: Phases = silent,
+    parallel: AuditWorkers | None = None,
 ) -> PartnersAudit:
     """Audit each program's chain from its source and everything across them.
 
     ``trusted`` pins, per program, a header its chain must still hold unchanged (the
     auditor state file's): a difference is a ``history-rewritten`` fault. ``witnessing``
     (None: not checked) is the manifest's quorum and the cut-off before which a header
-    must be witnessed. ``progress`` is told each phase (see ``Phases``). The sources are
-    read once (cosignatures apart); the caller closes them.
+    must be witnessed. ``progress`` is told each phase (see ``Phases``). ``parallel``:
+    worker processes for each chain's audit (``audit_chain``). The sources are read once
+    (cosignatures apart; a chain the split replay cannot decide, twice); the caller
+    closes them.
     """
     held = _held_evidence(sources)
     heights: dict[str, set[int]] = {}
@@ -228,7 +235,7 @@ def audit_all(
             notes.append(note)
         pinned = (trusted or {}).get(program)
         reports[program], recorders[program] = _audit_one(
-            program, source, key, frozenset(heights.get(program, ())), pinned, progress
+            program, source, key, frozenset(heights.get(program, ())), pinned, progress, parallel
         )
 
     def height_of(program: str, log_index: int | None) -> int | None:

@@ -30,12 +30,14 @@ import marshal
 from collections.abc import Sequence
 from dataclasses import dataclass
 from hashlib import sha256
+from typing import cast
 
 from coalition.ledger.canonical import JsonObject
 from coalition.ledger.canonical_check import canonical_object
 from coalition.ledger.entries import CANONICAL_TIME, ENTRY_TYPE, canonical_time
 from coalition.ledger.merkle import root, subtree_roots
 from coalition.points.replay_fast import Prepared, prepare
+from coalition.verify.replay_shards import split
 
 
 def fast_entry(body: bytes, program: str, sealed_at: str = "") -> JsonObject | None:
@@ -77,10 +79,18 @@ class BlockScan:
     flagged: list[int]
     entries: list[JsonObject | None] | None
     packed: bytes | None = None
+    shard_ops: list[bytes] | None = None
+    """Asked for with ``shards``: when every entry passed and ``prepare`` reduced each,
+    the block's ops for each shard of a replay split by account (``replay_shards.split``,
+    ``marshal``led), and neither ``entries`` nor ``packed`` (the shards replay it)."""
 
     def parsed(self) -> list[JsonObject | Prepared | None]:
+        """The entries as shipped; for a block split for the shards, an empty tuple
+        stands for each (every one passed: parse its bytes when it is needed)."""
         if self.entries is not None:
             return list(self.entries)
+        if self.shard_ops is not None:
+            return [()] * len(self.leaves)
         packed = self.packed or marshal.dumps([])
         entries: list[JsonObject | Prepared | None] = marshal.loads(packed)  # noqa: S302
         return entries
@@ -93,9 +103,12 @@ def scan_block(
     *,
     pack: bool = False,
     sealed_at: str = "",
+    shards: int = 0,
 ) -> BlockScan:
     """Hash, root and test every body of one block (see the module docstring);
-    ``sealed_at`` is the block's, when its header has one in the canonical spelling."""
+    ``sealed_at`` is the block's, when its header has one in the canonical spelling.
+    ``shards`` (with ``pack``): also split the block for a sharded replay when it can be
+    (``BlockScan.shard_ops``)."""
     leaves = [sha256(b"\x00" + body).digest() for body in bodies]
     if not CANONICAL_TIME.fullmatch(sealed_at):
         sealed_at = ""
@@ -104,12 +117,16 @@ def scan_block(
     subtrees = subtree_roots(first, leaves) if first >= 0 else []
     if pack:
         shipped = [None if entry is None else prepare(entry) or entry for entry in entries]
+        if shards > 0 and all(type(item) is tuple for item in shipped):
+            prepared = cast(list[Prepared], shipped)
+            ops = [marshal.dumps(part) for part in split(prepared, shards)]
+            return BlockScan(leaves, root(leaves), subtrees, flagged, None, None, ops)
         return BlockScan(leaves, root(leaves), subtrees, flagged, None, marshal.dumps(shipped))
     return BlockScan(leaves, root(leaves), subtrees, flagged, entries)
 
 
 def scan_lines(
-    data: bytes, count: int, program: str, first: int, *, sealed_at: str = ""
+    data: bytes, count: int, program: str, first: int, *, sealed_at: str = "", shards: int = 0
 ) -> BlockScan:
     """``scan_block(pack=True)`` of the ``count`` bodies ``data`` holds as lines, each
     ending in ``\\n`` (``source.BlockLines.data``): what a worker gets, one bytes object
@@ -117,4 +134,4 @@ def scan_lines(
     bodies = data.split(b"\n")
     if len(bodies) != count + 1 or bodies.pop():
         raise ValueError(f"expected {count} lines, each ending in a newline")
-    return scan_block(bodies, program, first, pack=True, sealed_at=sealed_at)
+    return scan_block(bodies, program, first, pack=True, sealed_at=sealed_at, shards=shards)
