@@ -183,3 +183,31 @@ def test_batched_lookups_see_earlier_commits_and_bind_one_list(
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
+
+
+def test_the_sealer_seals_full_blocks_together_as_one_at_a_time_would(
+    urls: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = SigningKey.generate()
+    clock = Clock()
+    rows = [PurchaseRow(MEMBERS[n % 4], f"S-{n}", 5_000, "", f"s{n}") for n in range(19)]
+    stored: dict[str, list[tuple[Any, ...]]] = {}
+    for name, blocks_per_seal in (("bulk", 16), ("reference", 1)):
+        monkeypatch.setattr(sequencer, "new_entry_ids", _counter_ids())
+        with _node(urls[name], key, clock) as service:
+            _enroll(service)
+            assert service.points.earn_bulk(rows).accepted == 19  # 23 entries pending
+            assert service.sealer.leadership.try_acquire()  # not started: take the lease
+            sizes = []
+            while (header := service.sealer.seal(blocks_per_seal)) is not None:
+                sizes.append(header.header.log_size)
+            with service.sequencer.read() as conn:
+                stored[name] = [tuple(r) for r in conn.execute(select(blocks).order_by("height"))]
+        if name == "bulk":  # four full blocks in one transaction, then the partial one
+            assert sizes == [20, 23]
+        else:
+            assert sizes == [5, 10, 15, 20, 23]
+    assert stored["bulk"] == stored["reference"]
+    with DatabaseSource(urls["bulk"]) as source:
+        audit = audit_chain(source, key.public_key, program="testair")
+    assert audit.ok, audit.render()
