@@ -12,9 +12,10 @@ holding the node's lease (``node.leadership``) seals. Contract:
   sealed size (they are a dense prefix of the log, ``store.ledger.take_head``), whoever
   wrote them. Local commits nudge the loop (``added``); other processes' commits are
   found by polling every ``min(max_delay_ms / 4, 100 ms)``.
-- **Fenced sealing.** Every block is written in a transaction that first locks the lease
-  row and checks holder, token and expiry (``Leadership.fence``), then checks that the
-  newest stored block is the one this sealer built on. If either fails the transaction
+- **Fenced sealing.** Blocks are written (up to ``SEAL_BLOCKS`` together) in a transaction
+  that first locks the lease row and checks holder, token and expiry
+  (``Leadership.fence``), then checks that the newest stored block is the one this
+  sealer built on. If either fails the transaction
   writes nothing, the sealer reloads its state (last header, compact range from the
   stored nodes) and does not seal: a block is never sealed twice, skipped or forked,
   even by a holder woken from a pause after losing its lease.

@@ -120,7 +120,7 @@ def request_hash(request: JsonObject) -> str:
     spaces (ASCII, non-ASCII escaped). The hashes are stored beside the keys, so the
     encoding MUST never change. A flat request of strings and integers is encoded by
     orjson when that gives printable ASCII only, where both encoders write the same bytes
-    (tests/unit/test_request_hash.py checks every character)."""
+    (tests/unit/test_request_hash.py)."""
     if type(request) is dict and all(type(v) in _FLAT_VALUES for v in request.values()):
         try:
             data = orjson.dumps(request, option=orjson.OPT_SORT_KEYS)
