@@ -68,7 +68,14 @@ def canonical_time(text: object) -> datetime | None:
     """The instant ``text`` spells when it is in ``format_time``'s canonical form
     (``YYYY-MM-DDTHH:MM:SS.ffffffZ``, a real date-time), else None. For that spelling
     ``fromisoformat`` gives the aware UTC datetime ``parse_time`` gives."""
-    if type(text) is str and CANONICAL_TIME.fullmatch(text):
+    return _canonical_time(text) if type(text) is str else None
+
+
+@functools.lru_cache(maxsize=8192)
+def _canonical_time(text: str) -> datetime | None:
+    """Cached: the entries of a batch share their few times (an earn's ``at``,
+    ``available_at`` and ``expires_at``), each parsed once per batch, not once per entry."""
+    if CANONICAL_TIME.fullmatch(text):
         try:
             return _fromisoformat(text)
         except ValueError:

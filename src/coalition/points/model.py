@@ -469,16 +469,15 @@ def build_entry(
     struct = _BY_KIND.get(kind)
     if struct is None:
         raise VerificationError(f"unknown entry kind {kind!r}")
-    body: dict[str, Any] = {
-        "type": ENTRY_TYPE,
-        "program": program,
-        "id": entry_id,
-        "kind": kind,
-        "at": at,
-        "account": account,
+    body = EntryBody.__new__(EntryBody)  # filled in place: no copy of a plain dict
+    dict.__init__(
+        body,
+        {"type": ENTRY_TYPE, "program": program, "id": entry_id, "kind": kind, "at": at},
+        account=account,
         **fields,
-    }
-    return EntryBody(body, parse_as(body, struct))
+    )
+    body.typed = parse_as(body, struct)
+    return body
 
 
 def typed_entry(body: JsonObject) -> Entry:

@@ -128,7 +128,11 @@ class ProgramRules:
     ) -> tuple[tuple[tuple[str, str], ...], Fraction]:
         """The multipliers that apply and their product, cached per (category, tier,
         active promotions): rational arithmetic once per combination, not per purchase."""
-        active = tuple(p.name for p in self.promotions if p.applies(at, category))
+        active = (
+            tuple(p.name for p in self.promotions if p.applies(at, category))
+            if self.promotions
+            else ()
+        )
         key = (category, tier.name, active)
         cached = self._factors.get(key)
         if cached is not None:

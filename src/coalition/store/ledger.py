@@ -48,7 +48,7 @@ from coalition.ledger.blocks import BlockHeader, SignedHeader
 from coalition.ledger.canonical import JsonObject
 from coalition.ledger.merkle import NodeCoord
 from coalition.store.columns import RowId, stored_object
-from coalition.store.prepared import Statement, run, run_many
+from coalition.store.prepared import Statement, run, run_many, string_list
 
 
 class EntryRow(SQLModel, table=True):
@@ -139,12 +139,20 @@ def find_idempotent(conn: Connection, key: str) -> tuple[str, JsonObject] | None
     return rows[0][0], stored_object(rows[0][1])
 
 
+_REQUEST_HASHES = Statement(
+    "SELECT idem_key, request_hash FROM entries"
+    " WHERE idem_key IN (SELECT value FROM json_each(:keys))",
+    postgresql="SELECT idem_key, request_hash FROM entries WHERE idem_key = ANY(:keys)",
+)
+
+
 def request_hashes(conn: Connection, keys: Sequence[str]) -> dict[str, str]:
-    """The request hash stored under each of ``keys`` that was used before."""
+    """The request hash stored under each of ``keys`` that was used before: one statement
+    whatever the number of keys (``prepared.string_list``)."""
     if not keys:
         return {}
-    query = select(entries.c.idem_key, entries.c.request_hash).where(entries.c.idem_key.in_(keys))
-    return {row.idem_key: row.request_hash for row in conn.execute(query)}
+    rows = run(conn, _REQUEST_HASHES, {"keys": string_list(conn, keys)})
+    return {key: req for key, req in rows}
 
 
 _INSERT_ENTRY = Statement(
@@ -357,18 +365,23 @@ def entry_bodies(conn: Connection, start: int, end: int) -> list[tuple[int, str,
     return [(row.log_index, row.body, bytes(row.leaf_hash)) for row in conn.execute(query)]
 
 
+_LEAF_HASHES_FROM = Statement(
+    "SELECT leaf_hash FROM entries WHERE log_index >= :start ORDER BY log_index"
+)
+_LEAF_HASHES_FROM_LIMIT = Statement(
+    "SELECT leaf_hash FROM entries WHERE log_index >= :start ORDER BY log_index LIMIT :limit"
+)
+
+
 def leaf_hashes_from(conn: Connection, start: int, limit: int | None = None) -> list[bytes]:
     """Stored leaf hashes from ``start`` to the end of the log (at most ``limit``), in
     order. The committed entries are a dense prefix of the log (``take_head``), so these
     are the entries ``start, start + 1, ...`` with no gap."""
-    query = (
-        select(entries.c.leaf_hash)
-        .where(entries.c.log_index >= start)
-        .order_by(entries.c.log_index)
-    )
-    if limit is not None:
-        query = query.limit(limit)
-    return [bytes(row.leaf_hash) for row in conn.execute(query)]
+    if limit is None:
+        rows = run(conn, _LEAF_HASHES_FROM, {"start": start})
+    else:
+        rows = run(conn, _LEAF_HASHES_FROM_LIMIT, {"start": start, "limit": limit})
+    return [bytes(row[0]) for row in rows]
 
 
 def bodies_of_kinds(conn: Connection, kinds: Collection[str]) -> list[JsonObject]:

@@ -25,7 +25,6 @@ from sqlalchemy import (
     Column,
     Connection,
     Index,
-    and_,
     func,
     or_,
     select,
@@ -35,7 +34,7 @@ from sqlmodel import Field, SQLModel
 
 from coalition.points.state import Account, Lot
 from coalition.store.columns import from_micros, to_micros
-from coalition.store.prepared import Statement, run, run_many
+from coalition.store.prepared import Statement, run, run_many, string_list
 
 
 class AccountRow(SQLModel, table=True):
@@ -109,29 +108,30 @@ def account_of_member(conn: Connection, member_id: str) -> str | None:
     return None if not rows else str(rows[0][0])
 
 
+_MEMBERS_WITH_QUALIFYING = (
+    "SELECT a.member_id, a.account, (SELECT COALESCE(SUM(l.qualifying), 0) FROM lots l"
+    " WHERE l.account = a.account AND l.earned_at > :since) FROM accounts a WHERE {}"
+)
+_MEMBERS_WITH_QUALIFYING_SQL = Statement(
+    _MEMBERS_WITH_QUALIFYING.format("a.member_id IN (SELECT value FROM json_each(:ids))"),
+    postgresql=_MEMBERS_WITH_QUALIFYING.format("a.member_id = ANY(:ids)"),
+)
+
+
 def members_with_qualifying(
     conn: Connection, member_ids: Iterable[str], since: datetime
 ) -> dict[str, tuple[str, int]]:
     """For enrolled members among ``member_ids``: (account, tier-qualifying points earned
-    after ``since``), in one query per 5,000 members (the bulk earn's member lookup)."""
+    after ``since``), in one statement (the bulk earn's member lookup); each sum is one
+    range read of ``ix_lots_account_earned_id``, which covers it."""
     wanted = list(set(member_ids))
-    found: dict[str, tuple[str, int]] = {}
-    joined = accounts.outerjoin(
-        lots, and_(lots.c.account == accounts.c.account, lots.c.earned_at > to_micros(since))
-    )
-    for start in range(0, len(wanted), 5000):
-        query = (
-            select(
-                accounts.c.member_id,
-                accounts.c.account,
-                func.coalesce(func.sum(lots.c.qualifying), 0),
-            )
-            .select_from(joined)
-            .where(accounts.c.member_id.in_(wanted[start : start + 5000]))
-            .group_by(accounts.c.member_id, accounts.c.account)
-        )
-        found.update({row[0]: (row[1], int(row[2])) for row in conn.execute(query)})
-    return found
+    if not wanted:
+        return {}
+    params = {"ids": string_list(conn, wanted), "since": to_micros(since)}
+    return {
+        member: (account, int(points))
+        for member, account, points in run(conn, _MEMBERS_WITH_QUALIFYING_SQL, params)
+    }
 
 
 _INSERT_ACCOUNT = Statement(
@@ -219,14 +219,19 @@ def lots_page(
     return [_lot(row) for row in conn.execute(query)]
 
 
+_USED_REFS = Statement(
+    "SELECT ref FROM lots WHERE ref IN (SELECT value FROM json_each(:refs))",
+    postgresql="SELECT ref FROM lots WHERE ref = ANY(:refs)",
+)
+
+
 def used_refs(conn: Connection, refs: Iterable[str]) -> set[str]:
-    """Which purchase or reward references (``purchase:R``) already earned points."""
+    """Which purchase or reward references (``purchase:R``) already earned points: one
+    statement whatever the number of references."""
     wanted = list(set(refs))
-    used: set[str] = set()
-    for start in range(0, len(wanted), 5000):
-        rows = conn.execute(select(lots.c.ref).where(lots.c.ref.in_(wanted[start : start + 5000])))
-        used.update(row.ref for row in rows)
-    return used
+    if not wanted:
+        return set()
+    return {row[0] for row in run(conn, _USED_REFS, {"refs": string_list(conn, wanted)})}
 
 
 _LOT_BY_REF = Statement("SELECT id, account FROM lots WHERE ref = :ref")

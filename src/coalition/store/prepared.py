@@ -16,7 +16,11 @@ Contract for callers:
 - A driver error is raised as SQLAlchemy's exception for it (``IntegrityError`` ...), as
   ``Connection.execute`` would raise it, so callers catch one family whatever ran.
 - Rows come back as the driver's tuples: SQLite gives booleans as 0/1 and a caller that
-  needs ``bool`` converts. Only plain ints, strings, bytes, bools and None are bound.
+  needs ``bool`` converts. Only plain ints, strings, bytes, bools and None are bound,
+  and lists of strings made by ``string_list``.
+- A lookup of many values binds them as one value (``string_list``), never one bind per
+  value: the statement's text is the same for 1 or 50,000 values (nothing rebuilt or
+  expanded per call) and the driver binds one parameter.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import orjson
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
@@ -46,6 +51,15 @@ class Statement:
         """The statement as the dialect's driver takes it (named binds for sqlite3,
         pyformat for psycopg)."""
         return self._pyformat if dialect == "postgresql" else self.sql
+
+
+def string_list(conn: Connection, values: Sequence[str]) -> object:
+    """``values`` as the one bind of a list lookup, written ``column IN (SELECT value FROM
+    json_each(:name))`` in the SQLite text and ``column = ANY(:name)`` in the PostgreSQL
+    one: a JSON array for SQLite, a list (``text[]`` to psycopg) for PostgreSQL."""
+    if conn.dialect.name == "postgresql":
+        return list(values)
+    return orjson.dumps(list(values)).decode()
 
 
 def _cursor(conn: Connection) -> Any:
