@@ -9,7 +9,7 @@ the convert-out's own transaction); the lease holder takes over rows whose claim
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006_outbox_claims"
+revision = "0005_outbox_claims"
 down_revision = "0004_read_paths"
 branch_labels = None
 depends_on = None
