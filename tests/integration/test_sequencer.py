@@ -242,3 +242,57 @@ def test_refusals_in_a_batch_stay_with_their_callers(node: NodeService) -> None:
     assert outcome["rows"] is None
     assert _marks(sequencer) == ["busy", "rows"]
     assert _entry_count(sequencer) == 1
+
+
+def test_a_decision_that_calls_the_sequencer_fails_instead_of_waiting_for_itself(
+    node: NodeService,
+) -> None:
+    """The writer is not re-entrant: a write from inside a decision would wait for its own
+    batch for ever. It raises instead, the decision fails alone, nothing is kept, and the
+    sequencer goes on serving."""
+    sequencer = node.sequencer
+
+    def nested(tx: Transaction) -> None:
+        _mark(tx.conn, "outer")
+        sequencer.run(lambda inner: _mark(inner.conn, "inner"))
+
+    with pytest.raises(RuntimeError, match="inside the writer's transaction"):
+        sequencer.run(nested)
+    assert _marks(sequencer) == []
+    assert sequencer.run(lambda tx: _enrol_entry(tx, "acct-after"))["account"] == "acct-after"
+    assert sequencer.next_index == 1
+
+
+def test_a_batch_stopped_by_a_base_exception_gives_every_caller_an_error(
+    node: NodeService,
+) -> None:
+    """A KeyboardInterrupt (no ``Exception``) raised by one decision of a batch is not a
+    failure the batch reruns: it reaches whichever caller ran the batch, and every other
+    caller of the batch gets RuntimeError, never a result for a write that was rolled
+    back. The next batch commits as usual."""
+    sequencer = node.sequencer
+    busy, release = _hold_writer(sequencer)
+    outcome: dict[str, object] = {}
+
+    def interrupt(tx: Transaction) -> None:
+        _enrol_entry(tx, "acct-interrupted")
+        raise KeyboardInterrupt
+
+    calls: list[tuple[str, Callable[[], object]]] = [
+        ("one", lambda: sequencer.run(lambda tx: _enrol_entry(tx, "acct-1"))),
+        ("interrupt", lambda: sequencer.run(interrupt)),
+        ("rows", lambda: sequencer.run(lambda tx: _mark(tx.conn, "rows"))),
+    ]
+    threads = []
+    for queued, (name, call) in enumerate(calls, start=1):
+        threads.append(_in_thread(call, outcome, name))
+        _await_queue(sequencer, queued)
+    release.set()
+    for thread in (busy, *threads):
+        thread.join(30)
+    kinds = sorted(type(outcome[name]).__name__ for name, _ in calls)
+    assert kinds == ["KeyboardInterrupt", "RuntimeError", "RuntimeError"]
+    assert _marks(sequencer) == ["busy"]
+    assert _entry_count(sequencer) == 0
+    assert sequencer.run(lambda tx: _enrol_entry(tx, "acct-next"))["account"] == "acct-next"
+    assert _entry_count(sequencer) == 1

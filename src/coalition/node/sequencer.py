@@ -32,9 +32,9 @@ Contract (callers depend on it):
   it in the same transaction.
 - **Inside the transaction** a decision MAY read and write any table through ``tx.conn``
   (its own rows: outbox, holds, answers ...) and append zero, one or several entries with
-  ``tx.append``. It MUST NOT call the sequencer's writes (the writer lock is not
-  re-entrant) and SHOULD do no network call: every other writer of every process waits
-  for it.
+  ``tx.append``. It MUST NOT call the sequencer's writes (they raise RuntimeError
+  there, where they would wait for their own batch) and SHOULD do no network call:
+  every other writer of every process waits for it.
 - **Refusal.** A decision refuses by raising a ``CoalitionError`` before it appended an
   entry. The refusal reaches its own caller only and the other decisions of the batch
   commit; since the transaction goes on, a decision MUST NOT write rows while it may still
@@ -238,6 +238,14 @@ class _Queued(Generic[T]):
     done: bool = False
 
 
+def _fail_unfinished(batch: list[_Queued[Any]]) -> None:
+    """After a commit: a decision still not done was cut off by a BaseException."""
+    for item in batch:
+        if not item.done:
+            item.result, item.done = None, True
+            item.error = RuntimeError("the writer stopped before this decision was committed")
+
+
 class Sequencer:
     """The writer of one program's log (see the module's contract) and its read sessions;
     owns the node's ``leadership`` (the lease) and the sealer, which it nudges after
@@ -255,6 +263,7 @@ class Sequencer:
         self._engine = engine
         self._clock = clock or (lambda: datetime.now(UTC))
         self._writer = threading.Lock()
+        self._writer_thread: int | None = None  # the thread committing, while it commits
         self._queue_lock = threading.Lock()
         self._queue: list[_Queued[Any]] = []
         self.leadership = Leadership(engine)
@@ -306,7 +315,15 @@ class Sequencer:
 
     def run(self, work: Callable[[Transaction], T]) -> T:
         """Run ``work(tx)`` as one decision in the writer's transaction and return what it
-        returned once committed; raise its refusal or failure (the module's contract)."""
+        returned once committed; raise its refusal or failure (the module's contract).
+
+        A ``BaseException`` that is no ``Exception`` (KeyboardInterrupt, SystemExit) stops
+        the batch it is raised in: it reaches the caller whose thread ran the batch, and
+        every other caller of that batch gets RuntimeError, never a result."""
+        if self._writer_thread == threading.get_ident():
+            raise RuntimeError(
+                "a decision called the sequencer's writes inside the writer's transaction"
+            )
         item: _Queued[T] = _Queued(work)
         with self._queue_lock:
             self._queue.append(item)
@@ -314,7 +331,12 @@ class Sequencer:
             if not item.done:
                 with self._queue_lock:
                     batch, self._queue = self._queue, []
-                self._commit(batch)
+                self._writer_thread = threading.get_ident()
+                try:
+                    self._commit(batch)
+                finally:
+                    self._writer_thread = None
+                    _fail_unfinished(batch)
         if item.error is not None:
             raise item.error
         return item.result  # type: ignore[return-value]  # T, set by the commit
