@@ -26,15 +26,17 @@ Contract (callers depend on it):
 - **Dense.** The committed entries are always exactly the indexes ``0 .. next_index - 1``
   of the ``log_head`` row: a transaction moves the head by what it appended and commits
   both together, or neither; no index is skipped or given twice, whichever process wrote.
-- **Group commit.** Within a process, concurrent calls queue; whoever holds the writer
-  lock next runs every queued decision, in queue order, in one transaction (one head
-  lock, one fsync for all of them). A decision sees the writes of those that ran before
-  it in the same transaction.
+- **Group commit.** Within a process, concurrent calls queue; one caller at a time, the
+  *leader*, takes every queued decision and runs them, in queue order, in one
+  transaction (one head lock, one fsync for all of them), then hands the lead to the
+  oldest call queued meanwhile. A decision sees the writes of those that ran before it
+  in the same transaction. Each waiting caller is woken once: with its outcome, or to
+  lead the next batch.
 - **Inside the transaction** a decision MAY read and write any table through ``tx.conn``
   (its own rows: outbox, holds, answers ...) and append zero, one or several entries with
-  ``tx.append``. It MUST NOT call the sequencer's writes (they raise RuntimeError
-  there, where they would wait for their own batch) and SHOULD do no network call:
-  every other writer of every process waits for it.
+  ``tx.append``. It MUST NOT call the sequencer's writes (they fail with RuntimeError
+  there: the call would wait for its own batch) and SHOULD do no network call: every
+  other writer of every process waits for it.
 - **Refusal.** A decision refuses by raising a ``CoalitionError`` before it appended an
   entry. The refusal reaches its own caller only and the other decisions of the batch
   commit; since the transaction goes on, a decision MUST NOT write rows while it may still
@@ -60,7 +62,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
@@ -227,23 +229,24 @@ class Transaction:
             self._known = set()
 
 
+def _held_lock() -> threading.Lock:
+    lock = threading.Lock()
+    lock.acquire()
+    return lock
+
+
 @dataclass(slots=True)
 class _Queued(Generic[T]):
-    """A decision waiting for the group commit; ``done`` once committed or refused."""
+    """A decision waiting for the group commit; ``done`` once committed or refused.
+    ``wake`` is released exactly once: when the decision is done, or when its caller
+    is to lead the next batch."""
 
     work: Callable[[Transaction], T]
     result: T | None = None
     error: BaseException | None = None
     refused: bool = False
     done: bool = False
-
-
-def _fail_unfinished(batch: list[_Queued[Any]]) -> None:
-    """After a commit: a decision still not done was cut off by a BaseException."""
-    for item in batch:
-        if not item.done:
-            item.result, item.done = None, True
-            item.error = RuntimeError("the writer stopped before this decision was committed")
+    wake: threading.Lock = field(default_factory=_held_lock)
 
 
 class Sequencer:
@@ -262,10 +265,11 @@ class Sequencer:
         self.program = program
         self._engine = engine
         self._clock = clock or (lambda: datetime.now(UTC))
-        self._writer = threading.Lock()
-        self._writer_thread: int | None = None  # the thread committing, while it commits
-        self._queue_lock = threading.Lock()
+        self._writer = threading.Lock()  # held by the leader while it commits
+        self._queue_lock = threading.Lock()  # guards the queue and the two fields below
         self._queue: list[_Queued[Any]] = []
+        self._leading = False  # a caller leads: it, or its successor, takes the queue
+        self._leader: int | None = None  # the leader's thread while it commits
         self.leadership = Leadership(engine)
         self.sealer = Sealer(engine, program, key, sealer, self._clock, self.leadership)
 
@@ -317,29 +321,52 @@ class Sequencer:
         """Run ``work(tx)`` as one decision in the writer's transaction and return what it
         returned once committed; raise its refusal or failure (the module's contract).
 
-        A ``BaseException`` that is no ``Exception`` (KeyboardInterrupt, SystemExit) stops
-        the batch it is raised in: it reaches the caller whose thread ran the batch, and
-        every other caller of that batch gets RuntimeError, never a result."""
-        if self._writer_thread == threading.get_ident():
+        The hand-off (leader and followers, as LevelDB's writer queue): a call queues its
+        decision; if no call leads, it leads at once, else it sleeps until it is woken,
+        once, by the leader: done, or made the next leader."""
+        if self._leader == threading.get_ident():
             raise RuntimeError(
                 "a decision called the sequencer's writes inside the writer's transaction"
             )
         item: _Queued[T] = _Queued(work)
         with self._queue_lock:
             self._queue.append(item)
-        with self._writer:
-            if not item.done:
-                with self._queue_lock:
-                    batch, self._queue = self._queue, []
-                self._writer_thread = threading.get_ident()
-                try:
-                    self._commit(batch)
-                finally:
-                    self._writer_thread = None
-                    _fail_unfinished(batch)
+            follow, self._leading = self._leading, True
+        if follow:
+            item.wake.acquire()
+        if not item.done:
+            self._lead(item)
         if item.error is not None:
             raise item.error
         return item.result  # type: ignore[return-value]  # T, set by the commit
+
+    def _lead(self, mine: _Queued[Any]) -> None:
+        """Commit every queued decision (``mine`` among them), wake their callers, and
+        hand the lead to the oldest decision queued since, if any."""
+        with self._queue_lock:
+            batch, self._queue = self._queue, []
+        try:
+            with self._writer:
+                self._leader = threading.get_ident()
+                try:
+                    self._commit(batch)
+                finally:
+                    self._leader = None
+        finally:
+            for item in batch:
+                if not item.done:  # the commit itself was interrupted (BaseException)
+                    item.result, item.done = None, True
+                    item.error = RuntimeError(
+                        "the writer stopped before this decision's outcome was known"
+                    )
+            with self._queue_lock:
+                successor = self._queue[0] if self._queue else None
+                self._leading = successor is not None
+            if successor is not None:
+                successor.wake.release()
+            for item in batch:
+                if item is not mine:
+                    item.wake.release()
 
     def decide(self, decide: EntryDecision) -> JsonObject | None:
         """One decision of zero or one entry: the entry appended (None for none); its
