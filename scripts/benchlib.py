@@ -88,6 +88,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def context_switches(pid: int) -> int:
+    """Context switches (voluntary and not) of process ``pid``'s live threads so far
+    (``/proc/<pid>/task/*/status``): a thread that ends takes its count with it, so a
+    phase's difference undercounts when threads come and go during it."""
+    total = 0
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        try:
+            text = status.read_text()
+        except OSError:  # the thread ended while we looked
+            continue
+        total += sum(int(n) for n in re.findall(r"^\w*ctxt_switches:\s+(\d+)$", text, re.M))
+    return total
+
+
 def own_cpu_seconds() -> float:
     """CPU of this process so far, every thread (what an in-process node spends)."""
     return cpu_seconds(os.getpid())
@@ -169,18 +183,23 @@ def measured(
 ) -> Figures:
     """``run()``'s figures (it MUST return ``count``, the operations done) plus CPU per
     operation in ms: ``cpu_node_ms`` of every process in ``pids`` and, with more than one
-    group, ``cpu_NAME_ms`` of each group; how busy the machine was; and with ``backends``
+    group, ``cpu_NAME_ms`` of each group; ``switches_node``, their context switches per
+    operation (``context_switches``); how busy the machine was; and with ``backends``
     = (admin URL, database names) the CPU of those databases' PostgreSQL backends
     (``cpu_pg_ms``, see ``BackendCpu``). The processes MUST outlive ``run``."""
     sampler = BackendCpu(*backends).start() if backends is not None else None
+    every = [p for group in pids.values() for p in group]
     before = {name: sum(cpu_seconds(p) for p in group) for name, group in pids.items()}
+    switches_before = sum(context_switches(p) for p in every)
     busy_before = machine_busy()
     result = run()
     after = {name: sum(cpu_seconds(p) for p in group) for name, group in pids.items()}
+    switches_after = sum(context_switches(p) for p in every)
     busy_after = machine_busy()
     count = result["count"]
     spent = {name: (after[name] - before[name]) * 1000 / count for name in pids}
     result["cpu_node_ms"] = sum(spent.values())
+    result["switches_node"] = (switches_after - switches_before) / count
     if len(pids) > 1:
         result.update({f"cpu_{name}_ms": value for name, value in spent.items()})
     busy, total = busy_after[0] - busy_before[0], busy_after[1] - busy_before[1]
@@ -227,6 +246,8 @@ def line(name: str, r: Figures, width: int = 18) -> str:
     )
     if "cpu_node_ms" in r:
         text += f"   node CPU/op {r['cpu_node_ms']:5.2f} ms"
+    if "switches_node" in r:
+        text += f"   switches/op {r['switches_node']:5.1f}"
     if "cpu_pg_ms" in r:
         text += f"   PostgreSQL CPU/op {r['cpu_pg_ms']:5.2f} ms"
     if "machine_busy" in r:

@@ -230,7 +230,7 @@ def test_bench_writes_runs_on_sqlite_at_a_tiny_size(tmp_path: Path) -> None:
     found = run_json("bench_writes.py", TINY_WRITES, tmp_path)
     for phase in ("redeem_grpc", "redeem_rest", "earn_grpc", "earn_rest"):
         assert found[phase]["count"] == 20 and found[phase]["errors"] == 0
-        assert found[phase]["cpu_node_ms"] > 0
+        assert found[phase]["cpu_node_ms"] > 0 and found[phase]["switches_node"] > 0
         assert found["ratios"][f"{phase}/bare_grpc"] > 0
     assert "pgbench" not in found and found["bare_grpc"]["count"] == 40
 

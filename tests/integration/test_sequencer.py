@@ -242,3 +242,115 @@ def test_refusals_in_a_batch_stay_with_their_callers(node: NodeService) -> None:
     assert outcome["rows"] is None
     assert _marks(sequencer) == ["busy", "rows"]
     assert _entry_count(sequencer) == 1
+
+
+def test_a_decision_that_calls_the_sequencer_fails_instead_of_waiting_for_itself(
+    node: NodeService,
+) -> None:
+    """The writer is not re-entrant: a write from inside a decision would wait for its own
+    batch for ever. It raises instead, the decision fails alone, nothing is kept, and the
+    sequencer goes on serving."""
+    sequencer = node.sequencer
+
+    def nested(tx: Transaction) -> None:
+        _mark(tx.conn, "outer")
+        sequencer.run(lambda inner: _mark(inner.conn, "inner"))
+
+    with pytest.raises(RuntimeError, match="inside the writer's transaction"):
+        sequencer.run(nested)
+    assert _marks(sequencer) == []
+    assert sequencer.run(lambda tx: _enrol_entry(tx, "acct-after"))["account"] == "acct-after"
+    assert sequencer.next_index == 1
+
+
+def test_a_batch_stopped_by_a_base_exception_gives_every_caller_an_error(
+    node: NodeService,
+) -> None:
+    """A KeyboardInterrupt (no ``Exception``) raised by one decision of a batch is not a
+    failure the batch reruns: it reaches whichever caller ran the batch, and every other
+    caller of the batch gets RuntimeError, never a result for a write that was rolled
+    back. The next batch commits as usual."""
+    sequencer = node.sequencer
+    busy, release = _hold_writer(sequencer)
+    outcome: dict[str, object] = {}
+
+    def interrupt(tx: Transaction) -> None:
+        _enrol_entry(tx, "acct-interrupted")
+        raise KeyboardInterrupt
+
+    calls: list[tuple[str, Callable[[], object]]] = [
+        ("one", lambda: sequencer.run(lambda tx: _enrol_entry(tx, "acct-1"))),
+        ("interrupt", lambda: sequencer.run(interrupt)),
+        ("rows", lambda: sequencer.run(lambda tx: _mark(tx.conn, "rows"))),
+    ]
+    threads = []
+    for queued, (name, call) in enumerate(calls, start=1):
+        threads.append(_in_thread(call, outcome, name))
+        _await_queue(sequencer, queued)
+    release.set()
+    for thread in (busy, *threads):
+        thread.join(30)
+    kinds = sorted(type(outcome[name]).__name__ for name, _ in calls)
+    assert kinds == ["KeyboardInterrupt", "RuntimeError", "RuntimeError"]
+    assert _marks(sequencer) == ["busy"]
+    assert _entry_count(sequencer) == 0
+    assert sequencer.run(lambda tx: _enrol_entry(tx, "acct-next"))["account"] == "acct-next"
+    assert _entry_count(sequencer) == 1
+
+
+def test_many_callers_each_get_their_own_outcome_through_the_hand_off(
+    node: NodeService,
+) -> None:
+    """16 threads, 20 calls each, through the leader/follower hand-off: commits, refusals
+    and failures (a failure rolls its batch back and every decision runs again alone)
+    interleave in shared batches; every caller gets its own result or error, every
+    committed entry is in the log once, the log is dense."""
+    sequencer = node.sequencer
+    outcomes: dict[str, object] = {}
+    lock = threading.Lock()
+
+    def call(name: str) -> object:
+        kind = sum(map(ord, name)) % 5
+
+        def work(tx: Transaction) -> JsonObject:
+            if kind == 0:
+                raise FailedPrecondition(f"refused {name}")
+            body = _enrol_entry(tx, f"acct-{name}")
+            if kind == 1:
+                raise RuntimeError(f"failed {name}")
+            return body
+
+        try:
+            return sequencer.run(work)
+        except (FailedPrecondition, RuntimeError) as exc:
+            return exc
+
+    def client(thread: int) -> None:
+        for n in range(20):
+            name = f"{thread}-{n}"
+            result = call(name)
+            with lock:
+                outcomes[name] = result
+
+    threads = [threading.Thread(target=client, args=(t,)) for t in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(outcomes) == 16 * 20
+    committed = []
+    for name, result in outcomes.items():
+        kind = sum(map(ord, name)) % 5
+        if kind == 0:
+            assert isinstance(result, FailedPrecondition) and str(result) == f"refused {name}"
+        elif kind == 1:
+            assert isinstance(result, RuntimeError) and str(result) == f"failed {name}"
+        else:
+            assert isinstance(result, dict) and result["account"] == f"acct-{name}"
+            committed.append(f"acct-{name}")
+    assert sequencer.next_index == len(committed) == _entry_count(sequencer)
+    with sequencer.read() as conn:
+        stored = ledger_store.entry_bodies(conn, 0, len(committed) + 1)
+    assert [index for index, _, _ in stored] == list(range(len(committed)))
+    accounts = [columns_store.stored_object(body)["account"] for _, body, _ in stored]
+    assert sorted(accounts) == sorted(committed)

@@ -48,21 +48,23 @@ Contract (callers depend on it):
   writes of one account are numbered in the order they were decided (its lock or the
   gate is held from the decision to the commit), so replaying the log in index order
   gives the stored accounts and lots (``coalition check``).
-- **Group commit.** Within a process, concurrent calls queue; whoever holds the writer
-  lock next runs every queued decision, in queue order, in one transaction (one head
-  lock, one fsync for all of them). A decision sees the rows written by those that ran
-  before it in the same transaction; by account, their entries are inserted only when
-  the head is taken at the end (their idempotency records are seen through
-  ``tx.recorded``).
+- **Group commit.** Within a process, concurrent calls queue; one caller at a time, the
+  *leader*, takes every queued decision and runs them, in queue order, in one
+  transaction (one head lock, one fsync for all of them), then hands the lead to the
+  oldest call queued meanwhile. Each waiting caller is woken once: with its outcome, or
+  to lead the next batch. A decision sees the rows written by those that ran before it
+  in the same transaction; by account, their entries are inserted only when the head is
+  taken at the end (their idempotency records are seen through ``tx.recorded``).
 - **Inside the transaction** a decision MAY read and write any table through ``tx.conn``
   (its own rows: outbox, holds, answers ...) and append zero, one or several entries with
-  ``tx.append``. It MUST NOT call the sequencer's writes (the writer lock is not
-  re-entrant) and SHOULD do no network call: the writers waiting for its locks wait for
-  it. A decision by account MUST read and write only the rows of the accounts it named
-  (their member rows and lots) and rows that a unique index guards against a concurrent
-  writer (its idempotency key, a lot's reference: the loser of such a race fails and is
-  rerun, below); it MUST NOT read entries (other than through ``tx.recorded``) or any
-  other shared state; a decision that does is serial.
+  ``tx.append``. It MUST NOT call the sequencer's writes (they fail with RuntimeError
+  there: the call would wait for its own batch) and SHOULD do no network call: the
+  writers waiting for its locks wait for it. A decision by account MUST read and write
+  only the rows of the accounts it named (their member rows and lots) and rows that a
+  unique index guards against a concurrent writer (its idempotency key, a lot's
+  reference: the loser of such a race fails and is rerun, below); it MUST NOT read
+  entries (other than through ``tx.recorded``) or any other shared state; a decision
+  that does is serial.
 - **Refusal.** A decision refuses by raising a ``CoalitionError`` before it appended an
   entry. The refusal reaches its own caller only and the other decisions of the batch
   commit; since the transaction goes on, a decision MUST NOT write rows while it may still
@@ -92,7 +94,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
@@ -316,9 +318,17 @@ class Transaction:
         self._next_index = rows[-1]["log_index"] + 1
 
 
+def _held_lock() -> threading.Lock:
+    lock = threading.Lock()
+    lock.acquire()
+    return lock
+
+
 @dataclass(slots=True)
 class _Queued(Generic[T]):
-    """A decision waiting for the group commit; ``done`` once committed or refused."""
+    """A decision waiting for the group commit; ``done`` once committed or refused.
+    ``wake`` is released exactly once: when the decision is done, or when its caller
+    is to lead the next batch."""
 
     work: Callable[[Transaction], T]
     accounts: frozenset[str] | None
@@ -326,6 +336,7 @@ class _Queued(Generic[T]):
     error: BaseException | None = None
     refused: bool = False
     done: bool = False
+    wake: threading.Lock = field(default_factory=_held_lock)
 
 
 class Sequencer:
@@ -344,9 +355,11 @@ class Sequencer:
         self.program = program
         self._engine = engine
         self._clock = clock or (lambda: datetime.now(UTC))
-        self._writer = threading.Lock()
-        self._queue_lock = threading.Lock()
+        self._writer = threading.Lock()  # held by the leader while it commits
+        self._queue_lock = threading.Lock()  # guards the queue and the two fields below
         self._queue: list[_Queued[Any]] = []
+        self._leading = False  # a caller leads: it, or its successor, takes the queue
+        self._leader: int | None = None  # the leader's thread while it commits
         self.leadership = Leadership(engine)
         self.sealer = Sealer(engine, program, key, sealer, self._clock, self.leadership)
 
@@ -400,18 +413,54 @@ class Sequencer:
         """Run ``work(tx)`` as one decision in the writer's transaction and return what it
         returned once committed; raise its refusal or failure (the module's contract).
         ``accounts``: the decision is *by account* (the module's contract says what it
-        may then read); None, serial."""
+        may then read); None, serial.
+
+        The hand-off (leader and followers, as LevelDB's writer queue): a call queues its
+        decision; if no call leads, it leads at once, else it sleeps until it is woken,
+        once, by the leader: done, or made the next leader."""
+        if self._leader == threading.get_ident():
+            raise RuntimeError(
+                "a decision called the sequencer's writes inside the writer's transaction"
+            )
         item: _Queued[T] = _Queued(work, None if accounts is None else frozenset(accounts))
         with self._queue_lock:
             self._queue.append(item)
-        with self._writer:
-            if not item.done:
-                with self._queue_lock:
-                    batch, self._queue = self._queue, []
-                self._commit(batch)
+            follow, self._leading = self._leading, True
+        if follow:
+            item.wake.acquire()
+        if not item.done:
+            self._lead(item)
         if item.error is not None:
             raise item.error
         return item.result  # type: ignore[return-value]  # T, set by the commit
+
+    def _lead(self, mine: _Queued[Any]) -> None:
+        """Commit every queued decision (``mine`` among them), wake their callers, and
+        hand the lead to the oldest decision queued since, if any."""
+        with self._queue_lock:
+            batch, self._queue = self._queue, []
+        try:
+            with self._writer:
+                self._leader = threading.get_ident()
+                try:
+                    self._commit(batch)
+                finally:
+                    self._leader = None
+        finally:
+            for item in batch:
+                if not item.done:  # the commit itself was interrupted (BaseException)
+                    item.result, item.done = None, True
+                    item.error = RuntimeError(
+                        "the writer stopped before this decision's outcome was known"
+                    )
+            with self._queue_lock:
+                successor = self._queue[0] if self._queue else None
+                self._leading = successor is not None
+            if successor is not None:
+                successor.wake.release()
+            for item in batch:
+                if item is not mine:
+                    item.wake.release()
 
     def decide(self, decide: EntryDecision) -> JsonObject | None:
         """One decision of zero or one entry: the entry appended (None for none); its

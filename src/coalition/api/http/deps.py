@@ -111,7 +111,7 @@ def guard(authenticator: Authenticator, action: Action) -> Any:
     member, when the route has one). Every HTTP route but the health check and the
     explorer's static files uses this one."""
 
-    def dependency(request: Request, _: BearerDoc) -> Principal:
+    async def dependency(request: Request, _: BearerDoc) -> Principal:
         principal = authenticator.authenticate(request.headers.get("authorization"))
         authenticator.authorize(principal, action, request.path_params.get("member_id"))
         return principal

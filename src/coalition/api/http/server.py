@@ -20,7 +20,9 @@ def serve_http(
     ``server.should_exit = True`` then ``thread.join()``. ``reuse_port`` sets
     SO_REUSEPORT on the listening socket, so the processes of one node (``coalition run
     --processes``) each bind the node's HTTP port and the kernel spreads connections
-    over them; without it a port in use is an error.
+    over them; without it a port in use is an error. Requests are parsed by httptools
+    (uvicorn's C parser; its pure-Python h11 cost a REST write about a quarter of the
+    node's CPU, docs/performance.md "Single writes against a bare round trip").
     """
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -32,7 +34,8 @@ def serve_http(
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((host, port))
     bound = int(sock.getsockname()[1])
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    config = uvicorn.Config(app, http="httptools", log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, name=f"http:{bound}", daemon=True
     )
