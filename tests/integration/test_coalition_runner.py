@@ -144,8 +144,8 @@ FEATURE_OPERATIONS = [
         "/v1/members/{member_id}/conversions/{conversion_id}",
         "status_v1_members__member_id__conversions__conversion_id__get",
     ),
-    ("get", "/v1/agreements", "agreements_v1_agreements_get"),
     ("post", "/v1/agreements", "propose_v1_agreements_post"),
+    ("get", "/v1/agreements", "agreements_v1_agreements_get"),
     ("post", "/v1/partner-redemptions", "authorize_v1_partner_redemptions_post"),
     (
         "post",
