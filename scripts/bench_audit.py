@@ -268,6 +268,11 @@ def main() -> int:
             "modes": figures,
             "bare_sha256_per_s": sha_rate,
             "read_alone_per_s": n / read_s,
+            "ratios": {
+                # the audit as `coalition audit` runs it (the last mode), then each mode
+                "audit/bare_sha256": figures[modes[-1]]["ratio_to_bare_sha256"],
+                **{f"audit_{m}/bare_sha256": figures[m]["ratio_to_bare_sha256"] for m in modes},
+            },
             "target_per_s": 200_000,
         },
     )
