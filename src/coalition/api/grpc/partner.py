@@ -16,13 +16,15 @@ from concurrent import futures
 
 import grpc
 
-from coalition.api.errors import error_kind, grpc_status, refusal_message
+from coalition.api.errors import error_kind, grpc_abort
 from coalition.api.grpc.decoding import DecodeRequests
 from coalition.api.grpc.health import add_health
 from coalition.api.grpc.ledger import LEDGER_SERVICE, LedgerServicer
+from coalition.api.grpc.streams import LimitStreams
 from coalition.errors import CoalitionError, PartnerUnavailable, PermissionDenied, Unauthenticated
 from coalition.ledger.envelope import SignedMessage
 from coalition.node.auth import Action, Authenticator, Principal, Role
+from coalition.node.limits import DEFAULT_LIMITS, UNARY_WORKERS, Limits, StreamSlots
 from coalition.node.manifest import Manifest
 from coalition.node.partners import MAX_MESSAGE_BYTES, PartnerInbox
 from coalition.node.service import NodeService
@@ -51,6 +53,12 @@ def peer_program(context: grpc.ServicerContext) -> str | None:
         return bytes(names[0]).decode("ascii")
     except UnicodeDecodeError:
         return None
+
+
+def partner_caller(context: grpc.ServicerContext) -> str | None:
+    """A call's caller for the stream limits: its certificate's program (None without)."""
+    program = peer_program(context)
+    return None if program is None else f"partner {program!r}"
 
 
 def _partner_of(context: grpc.ServicerContext, manifest: Manifest) -> str:
@@ -99,7 +107,7 @@ class PartnerServicer(partner_pb2_grpc.PartnerServicer):
             msg = SignedMessage(bytes(request.envelope), bytes(request.signature))
             reply = self._inbox.handle(msg, peer)
         except CoalitionError as exc:
-            context.abort(grpc_status(exc), refusal_message(exc))
+            grpc_abort(context, exc)
         except Exception:
             log.exception("unexpected error handling a partner message")
             context.abort(grpc.StatusCode.INTERNAL, "internal error; see the partner's node log")
@@ -112,24 +120,26 @@ def serve_partner_grpc(
     host: str = "127.0.0.1",
     port: int = 0,
     service: NodeService | None = None,
-    max_workers: int = 16,
     *,
+    limits: Limits = DEFAULT_LIMITS,
     reuse_port: bool = False,
 ) -> tuple[grpc.Server, int]:
     """Start the mutual-TLS partner server; return it with its bound port.
 
     With the node's ``service`` it also serves ``Ledger`` to partners. The caller MUST
-    ``server.stop(grace)`` it; each open WatchHeaders stream holds a worker, so size
-    ``max_workers`` for the partners. A port in use is an error unless ``reuse_port``
-    (the processes of one node share it with SO_REUSEPORT, as ``serve_grpc``).
+    ``server.stop(grace)`` it. Streams (a partner's WatchHeaders) are bounded by
+    ``limits``, in all and per partner certificate, so ``Partner/Call`` always has
+    ``UNARY_WORKERS`` workers. A port in use is an error unless ``reuse_port`` (the
+    processes of one node share it with SO_REUSEPORT, as ``serve_grpc``).
     """
     ca, cert, key = tls.read()
     credentials = grpc.ssl_server_credentials(
         [(key, cert)], root_certificates=ca, require_client_auth=True
     )
+    slots = StreamSlots(limits.max_streams, limits.max_streams_per_caller)
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers),
-        interceptors=[DecodeRequests()],
+        futures.ThreadPoolExecutor(max_workers=UNARY_WORKERS + limits.max_streams),
+        interceptors=[LimitStreams(slots, partner_caller), DecodeRequests()],
         options=[*_CHANNEL_LIMITS, ("grpc.so_reuseport", int(reuse_port))],
     )
     partner_pb2_grpc.add_PartnerServicer_to_server(PartnerServicer(inbox), server)
