@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import httpx
@@ -21,9 +22,13 @@ from coalition.api.grpc.client import NodeClient
 from coalition.api.grpc.server import serve_grpc
 from coalition.api.http.app import create_app
 from coalition.api.http.server import serve_http
+from coalition.demo.processes import NodeProcess, free_ports
 from coalition.node.auth import ApiKey, Authenticator, Role, key_digest
+from coalition.node.config import load_config
 from coalition.node.limits import DEFAULT_LIMITS, Limits, RequestRates
 from coalition.node.service import NodeService
+from coalition.ops.keygen import find_secret, generate_keys
+from coalition.ops.tomlfiles import write_toml
 from coalition.v1 import ledger_pb2, ledger_pb2_grpc
 
 FAR_AHEAD = 10**9
@@ -237,3 +242,42 @@ def test_a_key_over_its_rate_gets_resource_exhausted_with_a_retry_hint_then_reco
             time.sleep(float(trailers[RETRY_AFTER_METADATA]))
             with NodeClient(f"127.0.0.1:{port}", api_keys["operator"], timeout=5) as operator:
                 assert not operator.enroll("m-grpc-rate", idempotency_key="k-rate").replayed
+
+
+def test_a_running_node_takes_its_limits_from_node_toml(tmp_path: Path) -> None:
+    """``coalition run`` wires the ``[limits]`` table into both transports."""
+    grpc_port, http_port = free_ports(2)
+    document = {
+        "program": {"id": "testair", "name": "Test Air"},
+        "node": {
+            "database": "sqlite:///data/testair.db",
+            "grpc": f"127.0.0.1:{grpc_port}",
+            "http": f"127.0.0.1:{http_port}",
+        },
+        "limits": {"max_streams_per_caller": 1, "requests_per_second": 0.5, "burst": 2},
+    }
+    config_path = write_toml(tmp_path / "node.toml", document)
+    config = load_config(config_path)
+    generate_keys(config)
+    operator, auditor = find_secret(config, Role.OPERATOR), find_secret(config, Role.AUDITOR)
+    node = NodeProcess(
+        config_path,
+        grpc=f"127.0.0.1:{grpc_port}",
+        http=f"127.0.0.1:{http_port}",
+        log_path=tmp_path / "node.log",
+    )
+    node.start()
+    try:
+        node.wait_ready(60)
+        headers = {"Authorization": f"Bearer {operator}"}
+        with httpx.Client(base_url=f"http://{node.http}", timeout=10) as http:
+            codes = [http.get("/v1/ledger/headers", headers=headers).status_code for _ in "ab"]
+            assert codes == [200, 200]
+            refused = http.get("/v1/ledger/headers", headers=headers)
+            assert refused.status_code == 429 and refused.headers["Retry-After"] == "2"
+        with grpc.insecure_channel(node.grpc) as channel:
+            calls = open_streams(channel, auditor, 3)
+            assert len(settle(calls, refused=2)) == 1
+            calls[0].cancel()
+    finally:
+        node.stop(60)
