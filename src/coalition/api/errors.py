@@ -58,8 +58,9 @@ def refusal_message(error: CoalitionError) -> str:
 
 def retry_after(error: CoalitionError) -> int | None:
     """Whole seconds (at least 1) after which the refused call may succeed, or None."""
-    wait = getattr(error, "retry_after_s", None)
-    return None if wait is None else max(1, math.ceil(wait))
+    if not isinstance(error, ResourceExhausted) or error.retry_after_s is None:
+        return None
+    return max(1, math.ceil(error.retry_after_s))
 
 
 def http_headers(error: CoalitionError) -> dict[str, str]:
