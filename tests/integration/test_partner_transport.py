@@ -37,7 +37,7 @@ from coalition.ledger.envelope import SignedMessage, open_message, sign_message
 from coalition.ledger.keys import SigningKey, VerifyKey
 from coalition.node.config import SealerConfig
 from coalition.node.features.witness import LedgerSourceFailed
-from coalition.node.limits import DEFAULT_LIMITS
+from coalition.node.limits import DEFAULT_LIMITS, Limits
 from coalition.node.manifest import Manifest
 from coalition.node.partners import (
     SEEN_WINDOW,
@@ -503,6 +503,44 @@ def test_streams_of_one_partner_leave_partner_call_answering(
                     call.cancel()
         finally:
             server.stop(0).wait(10)
+
+
+def test_a_partner_over_its_rate_is_refused_with_a_retry_hint_then_recovers(
+    coalition: Coalition,
+) -> None:
+    """Each partner certificate has a token bucket on the partner server: over it
+    ``Partner/Call`` ends with RESOURCE_EXHAUSTED and trailing ``retry-after``; the sender
+    sees PartnerUnavailable (retried by the outbox, never a refusal); others go on."""
+    node = coalition.nodes["skyair"]
+    limits = Limits(requests_per_second=2.0, burst=2)
+    server, port = serve_partner_grpc(node.inbox, node.tls, "127.0.0.1", 0, limits=limits)
+    try:
+        manifest = coalition.manifest.with_partner_grpc({"skyair": f"127.0.0.1:{port}"})
+        staybright = coalition.nodes["staybright"]
+        transport = GrpcTransport(manifest, staybright.tls)
+        coalition.closing.append(transport)
+        client = PartnerClient("staybright", manifest, staybright.key, transport)
+        for n in range(limits.burst):
+            assert client.call("skyair", "echo", {"n": n})[1]["echo"] == {"n": n}
+        with pytest.raises(PartnerUnavailable, match=r"RESOURCE_EXHAUSTED.*rate limit"):
+            client.call("skyair", "echo", {"n": 9})
+        stub = partner_pb2_grpc.PartnerStub(transport.channel("skyair"))
+        msg = coalition.message("staybright", "skyair")
+        request = partner_pb2.SignedMessage(envelope=msg.envelope, signature=msg.signature)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Call(request, timeout=5)
+        assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "partner 'staybright'" in refused.value.details()
+        assert dict(refused.value.trailing_metadata())["retry-after"] == "1"
+        beanhouse = coalition.nodes["beanhouse"]
+        other = GrpcTransport(manifest, beanhouse.tls)
+        coalition.closing.append(other)
+        other_client = PartnerClient("beanhouse", manifest, beanhouse.key, other)
+        assert other_client.call("skyair", "echo", {"n": 1})[1]["sender"] == "beanhouse"
+        time.sleep(1.0)
+        assert client.call("skyair", "echo", {"n": 10})[1]["echo"] == {"n": 10}
+    finally:
+        server.stop(0).wait(10)
 
 
 def test_the_in_memory_network_runs_the_same_checks(tmp_path: Path) -> None:

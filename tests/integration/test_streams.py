@@ -87,8 +87,8 @@ def settle(calls: list[grpc.Future], refused: int, seconds: float = 10) -> list[
     ended = [call for call in calls if call.done()]
     assert len(ended) == refused
     for call in ended:
-        assert call.code() is grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
-        assert "max_streams" in call.details()  # type: ignore[attr-defined]
+        assert call.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "max_streams" in call.details()
     return [call for call in calls if not call.done()]
 
 
@@ -154,11 +154,11 @@ def test_the_limits_in_all_and_per_caller_refuse_with_their_names(
             first = open_streams(channel, auditor_secret(0), 4)
             open_first = settle(first, refused=1)
             ended = next(call for call in first if call.done())
-            assert "max_streams_per_caller = 3" in ended.details()  # type: ignore[attr-defined]
+            assert "max_streams_per_caller = 3" in ended.details()
             second = open_streams(channel, auditor_secret(1), 2)
             settle(second, refused=1)
             ended = next(call for call in second if call.done())
-            assert "max_streams = 4" in ended.details()  # type: ignore[attr-defined]
+            assert "max_streams = 4" in ended.details()
             for call in [*open_first, *second]:
                 call.cancel()
 
@@ -172,7 +172,7 @@ def test_a_stream_refused_by_authentication_gives_its_slot_back(
             for _ in range(5):  # more than the server's slots, one after another
                 (call,) = open_streams(channel, "no-such-key", 1)
                 with pytest.raises(grpc.RpcError) as refused:
-                    next(call)  # type: ignore[call-overload]
+                    next(call)
                 assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
             still_answering(channel, port, api_keys["operator"], "m-auth")
 
@@ -232,9 +232,9 @@ def test_a_key_over_its_rate_gets_resource_exhausted_with_a_retry_hint_then_reco
             with pytest.raises(grpc.RpcError) as refused:
                 stub.GetLatestHeader(request, metadata=metadata, timeout=5)
             error = refused.value
-            assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
-            assert "rate limit" in error.details()  # type: ignore[attr-defined]
-            trailers = dict(error.trailing_metadata())  # type: ignore[attr-defined]
+            assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "rate limit" in error.details()
+            trailers = dict(error.trailing_metadata())
             assert trailers[RETRY_AFTER_METADATA] == "1"
             with NodeClient(f"127.0.0.1:{port}", api_keys["auditor"], timeout=5) as auditor:
                 assert auditor.health() == "SERVING"

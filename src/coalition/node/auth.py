@@ -117,7 +117,7 @@ class Authenticator:
         principal = self.authenticate(authorization)
         self.authorize(principal, action, member_id)
         if self._rates is not None:
-            self._rates.take(principal.name)
+            self._rates.take(f"API key {principal.name!r}")
         return principal
 
     @staticmethod

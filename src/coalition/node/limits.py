@@ -30,7 +30,8 @@ class Limits:
     max_streams_per_caller: int = 8
     """Of those, how many one API key (or one partner certificate) may hold."""
     requests_per_second: float = 20_000.0
-    """Sustained calls per second per API key (REST and gRPC together, per process)."""
+    """Sustained calls per second per API key (REST and gRPC together) and per partner
+    certificate (its ``Partner/Call`` and ledger reads), per process."""
     burst: int = 40_000
     """Calls a key may make at once above that rate (the bucket's size)."""
 
@@ -106,8 +107,9 @@ class RequestRates:
         self._lock = threading.Lock()
 
     def take(self, key: str) -> None:
-        """Count one call of ``key``, or raise ResourceExhausted with the seconds until
-        the bucket holds a token again."""
+        """Count one call of ``key`` (a caller's name for messages: ``API key 'ops'``,
+        ``partner 'skyair'``), or raise ResourceExhausted with the seconds until the
+        bucket holds a token again."""
         now = self._clock()
         with self._lock:
             tokens, when = self._buckets.get(key, (float(self.burst), now))
@@ -116,7 +118,7 @@ class RequestRates:
                 self._buckets[key] = (tokens, now)
                 wait = (1.0 - tokens) / self.rate
                 raise ResourceExhausted(
-                    f"key {key!r} is over its rate limit ({self.rate:g} requests/s, "
+                    f"{key} is over its rate limit ({self.rate:g} requests/s, "
                     f"burst {self.burst}); retry in {math.ceil(wait * 1000) / 1000:g} s",
                     retry_after_s=wait,
                 )
@@ -124,4 +126,5 @@ class RequestRates:
 
 
 def rates_for(limits: Limits, clock: Clock = time.monotonic) -> RequestRates:
+    """The token buckets of ``limits``' rate (one set per server or authenticator)."""
     return RequestRates(limits.requests_per_second, limits.burst, clock)

@@ -24,7 +24,14 @@ from coalition.api.grpc.streams import LimitStreams
 from coalition.errors import CoalitionError, PartnerUnavailable, PermissionDenied, Unauthenticated
 from coalition.ledger.envelope import SignedMessage
 from coalition.node.auth import Action, Authenticator, Principal, Role
-from coalition.node.limits import DEFAULT_LIMITS, UNARY_WORKERS, Limits, StreamSlots
+from coalition.node.limits import (
+    DEFAULT_LIMITS,
+    UNARY_WORKERS,
+    Limits,
+    RequestRates,
+    StreamSlots,
+    rates_for,
+)
 from coalition.node.manifest import Manifest
 from coalition.node.partners import MAX_MESSAGE_BYTES, PartnerInbox
 from coalition.node.service import NodeService
@@ -76,10 +83,11 @@ def _partner_of(context: grpc.ServicerContext, manifest: Manifest) -> str:
 
 class PartnerAuthorizer:
     """Authorizes by the TLS client certificate: a partner in the manifest may do what an
-    auditor may (read the ledger), nothing more."""
+    auditor may (read the ledger), nothing more, within its rate (``rates``)."""
 
-    def __init__(self, manifest: Manifest) -> None:
+    def __init__(self, manifest: Manifest, rates: RequestRates | None = None) -> None:
         self._manifest = manifest
+        self._rates = rates
 
     def __call__(
         self, context: grpc.ServicerContext, action: Action, member_id: str | None = None
@@ -90,20 +98,25 @@ class PartnerAuthorizer:
             Authenticator.authorize(principal, action, member_id)
         except PermissionDenied:
             raise PermissionDenied(f"partner {program} may only read the ledger") from None
+        if self._rates is not None:
+            self._rates.take(f"partner {program!r}")
         return principal
 
 
 class PartnerServicer(partner_pb2_grpc.PartnerServicer):
     """``coalition.v1.Partner``: hands every message to the inbox with its TLS peer."""
 
-    def __init__(self, inbox: PartnerInbox) -> None:
+    def __init__(self, inbox: PartnerInbox, rates: RequestRates | None = None) -> None:
         self._inbox = inbox
+        self._rates = rates
 
     def Call(
         self, request: partner_pb2.SignedMessage, context: grpc.ServicerContext
     ) -> partner_pb2.SignedMessage:
         try:
             peer = _partner_of(context, self._inbox.manifest)
+            if self._rates is not None:
+                self._rates.take(f"partner {peer!r}")
             msg = SignedMessage(bytes(request.envelope), bytes(request.signature))
             reply = self._inbox.handle(msg, peer)
         except CoalitionError as exc:
@@ -129,7 +142,8 @@ def serve_partner_grpc(
     With the node's ``service`` it also serves ``Ledger`` to partners. The caller MUST
     ``server.stop(grace)`` it. Streams (a partner's WatchHeaders) are bounded by
     ``limits``, in all and per partner certificate, so ``Partner/Call`` always has
-    ``UNARY_WORKERS`` workers. A port in use is an error unless ``reuse_port`` (the
+    ``UNARY_WORKERS`` workers; each partner's calls and ledger reads share one token
+    bucket of ``limits``' rate. A port in use is an error unless ``reuse_port`` (the
     processes of one node share it with SO_REUSEPORT, as ``serve_grpc``).
     """
     ca, cert, key = tls.read()
@@ -142,10 +156,11 @@ def serve_partner_grpc(
         interceptors=[LimitStreams(slots, partner_caller), DecodeRequests()],
         options=[*_CHANNEL_LIMITS, ("grpc.so_reuseport", int(reuse_port))],
     )
-    partner_pb2_grpc.add_PartnerServicer_to_server(PartnerServicer(inbox), server)
+    rates = rates_for(limits)
+    partner_pb2_grpc.add_PartnerServicer_to_server(PartnerServicer(inbox, rates), server)
     served = [PARTNER_SERVICE]
     if service is not None:
-        ledger = LedgerServicer(service.ledger, PartnerAuthorizer(inbox.manifest))
+        ledger = LedgerServicer(service.ledger, PartnerAuthorizer(inbox.manifest, rates))
         ledger_pb2_grpc.add_LedgerServicer_to_server(ledger, server)
         served.append(LEDGER_SERVICE)
     add_health(server, served)
