@@ -3,8 +3,9 @@
 Both are checked before any work is done and refuse at once with ``ResourceExhausted``
 (never a queue): ``StreamSlots`` bounds the gRPC streams open on one server, in all and per
 caller, so streams can never take the workers unary calls and the health check need;
-``RequestRates`` is a token bucket per API key. Each process of a node keeps its own
-counts (``coalition run --processes N`` gives a key up to N times the rate).
+``RequestRates`` is a token bucket per API key or partner certificate. Each process of a
+node keeps its own counts (``coalition run --processes N`` gives a key up to N times the
+rate).
 """
 
 from __future__ import annotations
