@@ -70,3 +70,12 @@ class PartnerUnavailable(CoalitionError):
     handshake, deadline, its own internal error). The message may or may not have been
     handled: retry it (handlers are idempotent) or ask the partner to abort; never assume
     it failed."""
+
+
+class ResourceExhausted(CoalitionError):
+    """The caller is over one of the node's named limits (``node.limits``): nothing was
+    done; ``retry_after_s``, when known, says when the same call may succeed."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

@@ -9,6 +9,7 @@ handler never ran (``calls`` stays empty), so a refused message changed nothing.
 from __future__ import annotations
 
 import logging
+import time
 import tomllib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +37,7 @@ from coalition.ledger.envelope import SignedMessage, open_message, sign_message
 from coalition.ledger.keys import SigningKey, VerifyKey
 from coalition.node.config import SealerConfig
 from coalition.node.features.witness import LedgerSourceFailed
+from coalition.node.limits import DEFAULT_LIMITS, Limits
 from coalition.node.manifest import Manifest
 from coalition.node.partners import (
     SEEN_WINDOW,
@@ -455,6 +457,90 @@ def test_partners_read_the_ledger_over_mutual_tls(coalition: Coalition, tmp_path
             assert client.call("skyair", "echo", {"n": 3})[1]["echo"] == {"n": 3}
         finally:
             server.stop(None).wait(10)
+
+
+def test_streams_of_one_partner_leave_partner_call_answering(
+    coalition: Coalition, tmp_path: Path
+) -> None:
+    """Issue 11, class 1: 14 WatchHeaders streams from one partner certificate once held
+    every worker of the partner server and stopped ``Partner/Call``. Now a partner holds at
+    most ``max_streams_per_caller`` streams (the rest refused at once with
+    RESOURCE_EXHAUSTED) and calls, its own and other partners', still answer."""
+    node = coalition.nodes["skyair"]
+    per_partner = DEFAULT_LIMITS.max_streams_per_caller
+    with temporary_node(
+        f"sqlite:///{tmp_path / 'ledger.db'}", program="skyair", key=node.key
+    ) as service:
+        server, port = serve_partner_grpc(node.inbox, node.tls, "127.0.0.1", 0, service=service)
+        try:
+            manifest = coalition.manifest.with_partner_grpc({"skyair": f"127.0.0.1:{port}"})
+            watchers = {}
+            for program in ("staybright", "beanhouse"):
+                partner = coalition.nodes[program]
+                transport = GrpcTransport(manifest, partner.tls)
+                coalition.closing.append(transport)
+                stub = ledger_pb2_grpc.LedgerStub(transport.channel("skyair"))
+                request = ledger_pb2.WatchHeadersRequest(after_height=10**9)
+                watchers[program] = (
+                    PartnerClient(program, manifest, partner.key, transport),
+                    [stub.WatchHeaders(request, timeout=60) for _ in range(2 * per_partner)],
+                )
+            deadline = datetime.now(UTC) + timedelta(seconds=10)
+            for _, calls in watchers.values():
+                while sum(c.done() for c in calls) < per_partner and datetime.now(UTC) < deadline:
+                    time.sleep(0.02)
+            time.sleep(0.3)
+            for program, (client, calls) in watchers.items():
+                ended = [call for call in calls if call.done()]
+                assert len(ended) == per_partner, program
+                for call in ended:
+                    assert call.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+                    assert f"partner {program!r}" in call.details()
+                    assert "max_streams_per_caller" in call.details()
+                assert client.call("skyair", "echo", {"n": 5})[1]["echo"] == {"n": 5}
+            for _, calls in watchers.values():
+                for call in calls:
+                    call.cancel()
+        finally:
+            server.stop(0).wait(10)
+
+
+def test_a_partner_over_its_rate_is_refused_with_a_retry_hint_then_recovers(
+    coalition: Coalition,
+) -> None:
+    """Each partner certificate has a token bucket on the partner server: over it
+    ``Partner/Call`` ends with RESOURCE_EXHAUSTED and trailing ``retry-after``; the sender
+    sees PartnerUnavailable (retried by the outbox, never a refusal); others go on."""
+    node = coalition.nodes["skyair"]
+    limits = Limits(requests_per_second=2.0, burst=2)
+    server, port = serve_partner_grpc(node.inbox, node.tls, "127.0.0.1", 0, limits=limits)
+    try:
+        manifest = coalition.manifest.with_partner_grpc({"skyair": f"127.0.0.1:{port}"})
+        staybright = coalition.nodes["staybright"]
+        transport = GrpcTransport(manifest, staybright.tls)
+        coalition.closing.append(transport)
+        client = PartnerClient("staybright", manifest, staybright.key, transport)
+        for n in range(limits.burst):
+            assert client.call("skyair", "echo", {"n": n})[1]["echo"] == {"n": n}
+        with pytest.raises(PartnerUnavailable, match=r"RESOURCE_EXHAUSTED.*rate limit"):
+            client.call("skyair", "echo", {"n": 9})
+        stub = partner_pb2_grpc.PartnerStub(transport.channel("skyair"))
+        msg = coalition.message("staybright", "skyair")
+        request = partner_pb2.SignedMessage(envelope=msg.envelope, signature=msg.signature)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Call(request, timeout=5)
+        assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "partner 'staybright'" in refused.value.details()
+        assert dict(refused.value.trailing_metadata())["retry-after"] == "1"
+        beanhouse = coalition.nodes["beanhouse"]
+        other = GrpcTransport(manifest, beanhouse.tls)
+        coalition.closing.append(other)
+        other_client = PartnerClient("beanhouse", manifest, beanhouse.key, other)
+        assert other_client.call("skyair", "echo", {"n": 1})[1]["sender"] == "beanhouse"
+        time.sleep(1.0)
+        assert client.call("skyair", "echo", {"n": 10})[1]["echo"] == {"n": 10}
+    finally:
+        server.stop(0).wait(10)
 
 
 def test_the_in_memory_network_runs_the_same_checks(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from coalition.errors import InvalidArgument
 from coalition.node.config import load_config
+from coalition.node.limits import Limits
 from coalition.node.manifest import Manifest
 from coalition.node.strict_toml import ConfigError
 
@@ -58,6 +59,17 @@ def test_a_minimal_file_takes_the_documented_defaults(tmp_path: Path) -> None:
     assert (config.sealer.max_entries, config.sealer.max_delay_ms) == (1000, 200)
     assert config.sqlite_synchronous == "FULL" and config.expiry_interval_s == 60.0
     assert config.coalition is None and config.signing_key_password is None
+
+
+def test_the_limits_table_sets_the_named_limits(tmp_path: Path) -> None:
+    assert load_config(node_toml(tmp_path, MINIMAL)).limits == Limits()
+    text = MINIMAL + (
+        "[limits]\nmax_streams = 4\nmax_streams_per_caller = 2\n"
+        "requests_per_second = 50.5\nburst = 100\n"
+    )
+    assert load_config(node_toml(tmp_path, text)).limits == Limits(4, 2, 50.5, 100)
+    zero = MINIMAL + "[limits]\nmax_streams = 0\n"
+    assert "limits.max_streams" in str(refusal(node_toml(tmp_path, zero)))
 
 
 def test_the_demo_brands_load_as_shipped() -> None:

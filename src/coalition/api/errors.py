@@ -3,6 +3,9 @@ refusal's message is cut to a size every transport carries (``refusal_message``)
 
 from __future__ import annotations
 
+import math
+from typing import NoReturn
+
 import grpc
 
 from coalition.errors import (
@@ -15,6 +18,7 @@ from coalition.errors import (
     PartnerUnavailable,
     PermissionDenied,
     RequestTooLarge,
+    ResourceExhausted,
     Unauthenticated,
     VerificationError,
 )
@@ -31,7 +35,11 @@ _MAPPING: tuple[tuple[type[CoalitionError], int, grpc.StatusCode], ...] = (
     (VerificationError, 422, grpc.StatusCode.INVALID_ARGUMENT),
     (CorruptStore, 500, grpc.StatusCode.DATA_LOSS),
     (PartnerUnavailable, 503, grpc.StatusCode.UNAVAILABLE),
+    (ResourceExhausted, 429, grpc.StatusCode.RESOURCE_EXHAUSTED),
 )
+
+RETRY_AFTER_METADATA = "retry-after"
+"""The gRPC trailing metadata key of a retry hint: whole seconds, as HTTP's Retry-After."""
 
 
 MAX_MESSAGE_CHARS = 1024
@@ -46,6 +54,32 @@ def refusal_message(error: CoalitionError) -> str:
     if len(text) <= MAX_MESSAGE_CHARS:
         return text
     return text[: MAX_MESSAGE_CHARS - 30] + f"... ({len(text):,} characters)"
+
+
+def retry_after(error: CoalitionError) -> int | None:
+    """Whole seconds (at least 1) after which the refused call may succeed, or None."""
+    if not isinstance(error, ResourceExhausted) or error.retry_after_s is None:
+        return None
+    return max(1, math.ceil(error.retry_after_s))
+
+
+def http_headers(error: CoalitionError) -> dict[str, str]:
+    """The headers a refusal carries: ``WWW-Authenticate`` on a 401 (RFC 7235 §3.1),
+    ``Retry-After`` (RFC 9110 §10.2.3) on a 429 that knows when to retry."""
+    headers = {"WWW-Authenticate": "Bearer"} if http_status(error) == 401 else {}
+    wait = retry_after(error)
+    if wait is not None:
+        headers["Retry-After"] = str(wait)
+    return headers
+
+
+def grpc_abort(context: grpc.ServicerContext, error: CoalitionError) -> NoReturn:
+    """End the call with ``error``'s status and message, and its retry hint (if any) in
+    the trailing metadata ``retry-after``: the one way a gRPC servicer refuses."""
+    wait = retry_after(error)
+    if wait is not None:
+        context.set_trailing_metadata(((RETRY_AFTER_METADATA, str(wait)),))
+    context.abort(grpc_status(error), refusal_message(error))
 
 
 def http_status(error: CoalitionError) -> int:

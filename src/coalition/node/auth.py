@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from coalition.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from coalition.node.limits import RequestRates
 
 
 class Role(StrEnum):
@@ -75,8 +76,9 @@ class Authenticator:
     the old set or the new one, never a mix, and a removed key is refused from then on.
     """
 
-    def __init__(self, keys: Iterable[ApiKey]) -> None:
+    def __init__(self, keys: Iterable[ApiKey], rates: RequestRates | None = None) -> None:
         self._keys = self._checked(keys)
+        self._rates = rates
 
     @staticmethod
     def _checked(keys: Iterable[ApiKey]) -> dict[str, ApiKey]:
@@ -106,6 +108,17 @@ class Authenticator:
             if hmac.compare_digest(known, digest):
                 return Principal(key.name, key.role, key.member_id)
         raise Unauthenticated("unknown API key")
+
+    def check(
+        self, authorization: str | None, action: Action, member_id: str | None = None
+    ) -> Principal:
+        """The caller of one request, allowed to do ``action`` and within its key's rate
+        limit (``node.limits``); every REST route and gRPC call MUST pass here once."""
+        principal = self.authenticate(authorization)
+        self.authorize(principal, action, member_id)
+        if self._rates is not None:
+            self._rates.take(f"API key {principal.name!r}")
+        return principal
 
     @staticmethod
     def authorize(principal: Principal, action: Action, member_id: str | None = None) -> None:

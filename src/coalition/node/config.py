@@ -35,6 +35,7 @@ from typing import Annotated, Any
 from coalition.errors import InvalidArgument
 from coalition.ledger.entries import check_program_id
 from coalition.node.auth import ApiKey, Role
+from coalition.node.limits import Limits
 from coalition.node.strict_toml import AtLeast, ConfigError, NonEmpty, OneOf, Satisfies, read_table
 from coalition.points.rules import ProgramRules, parse_duration, parse_rational, rules_from_mapping
 
@@ -98,6 +99,8 @@ class NodeConfig:
     """A process against a hot standby: reads only, writes refused naming ``primary``."""
     primary: str | None = None
     """Where writes go when ``read_only`` (an address or URL, shown to callers)."""
+    limits: Limits = field(default_factory=Limits)
+    """The ``[limits]`` table: open streams and request rates per key (``node.limits``)."""
     reuse_port: bool = False
     """Not in the file: set by ``coalition run --reuse-port`` (and for the workers of
     ``--processes N``), so the processes of one node share its ports (SO_REUSEPORT)."""
@@ -205,6 +208,14 @@ class RulesTable:
 
 
 @dataclass(frozen=True)
+class LimitsTable:
+    max_streams: Count = Limits.max_streams
+    max_streams_per_caller: Count = Limits.max_streams_per_caller
+    requests_per_second: Annotated[float, AtLeast(0, exclusive=True)] = Limits.requests_per_second
+    burst: Count = Limits.burst
+
+
+@dataclass(frozen=True)
 class NodeFile:
     """A whole ``node.toml``."""
 
@@ -213,6 +224,7 @@ class NodeFile:
     sealer: SealerTable = field(default_factory=SealerTable)
     rules: RulesTable = field(default_factory=RulesTable)
     coalition: CoalitionTable | None = None
+    limits: LimitsTable = field(default_factory=LimitsTable)
 
 
 # --- from the model to NodeConfig: paths, defaults and environment overrides ----------
@@ -298,6 +310,7 @@ def config_from_mapping(
         coalition=_coalition(model.coalition, base),
         read_only=node.read_only,
         primary=node.primary,
+        limits=Limits(**dataclasses.asdict(model.limits)),
     )
 
 

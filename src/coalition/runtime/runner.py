@@ -30,6 +30,7 @@ from types import FrameType
 from coalition.errors import CoalitionError
 from coalition.node.auth import Authenticator
 from coalition.node.config import NodeConfig, load_api_keys, split_address
+from coalition.node.limits import rates_for
 from coalition.node.service import NodeService
 from coalition.runtime.wiring import (
     STOP_GRACE_SECONDS,
@@ -114,7 +115,7 @@ def run_node(config: NodeConfig, stop: threading.Event | None = None) -> None:
     """
     stop = stop or threading.Event()
     in_main = threading.current_thread() is threading.main_thread()
-    authenticator = Authenticator(load_api_keys(config.api_keys_path))
+    authenticator = Authenticator(load_api_keys(config.api_keys_path), rates_for(config.limits))
     restore = _on_signals(stop, config, authenticator) if in_main else None
     node = build_node(config)
     service, coalition = node.service, node.coalition

@@ -284,7 +284,13 @@ class CoalitionNode:
         host, port = split_address(self.partner_address)
         reuse_port = self.config.reuse_port
         server, bound = serve_partner_grpc(
-            self.inbox, self.tls, host, port, service=self.service, reuse_port=reuse_port
+            self.inbox,
+            self.tls,
+            host,
+            port,
+            service=self.service,
+            limits=self.config.limits,
+            reuse_port=reuse_port,
         )
         self._server = PartnerServer(server, bound)
 
@@ -468,6 +474,7 @@ def serve_member_api(
         grpc_host,
         grpc_port,
         extra=node.servicers(authenticator),
+        limits=node.config.limits,
         reuse_port=reuse_port,
     )
     try:

@@ -16,7 +16,7 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 
-from coalition.api.errors import grpc_status, refusal_message
+from coalition.api.errors import grpc_abort
 from coalition.errors import CoalitionError, InvalidArgument
 from coalition.node.auth import Action, Authenticator, Principal
 from coalition.node.paging import MAX_PAGE
@@ -29,7 +29,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 def _fail(context: grpc.ServicerContext, name: str, exc: Exception) -> None:
     """Abort the call for ``exc`` (always raises)."""
     if isinstance(exc, CoalitionError):
-        context.abort(grpc_status(exc), refusal_message(exc))
+        grpc_abort(context, exc)
     if not context.is_active():  # the client went away, e.g. mid EarnBulk stream
         context.abort(grpc.StatusCode.CANCELLED, "call cancelled")
     log.exception("unexpected error in %s", name)
@@ -82,9 +82,7 @@ class ApiKeyAuthorizer:
         self, context: grpc.ServicerContext, action: Action, member_id: str | None = None
     ) -> Principal:
         metadata = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}  # no -bin
-        principal = self._authenticator.authenticate(metadata.get("authorization"))
-        self._authenticator.authorize(principal, action, member_id)
-        return principal
+        return self._authenticator.check(metadata.get("authorization"), action, member_id)
 
 
 class Servicer:

@@ -16,13 +16,22 @@ from concurrent import futures
 
 import grpc
 
-from coalition.api.errors import error_kind, grpc_status, refusal_message
+from coalition.api.errors import error_kind, grpc_abort
 from coalition.api.grpc.decoding import DecodeRequests
 from coalition.api.grpc.health import add_health
 from coalition.api.grpc.ledger import LEDGER_SERVICE, LedgerServicer
+from coalition.api.grpc.streams import LimitStreams
 from coalition.errors import CoalitionError, PartnerUnavailable, PermissionDenied, Unauthenticated
 from coalition.ledger.envelope import SignedMessage
 from coalition.node.auth import Action, Authenticator, Principal, Role
+from coalition.node.limits import (
+    DEFAULT_LIMITS,
+    UNARY_WORKERS,
+    Limits,
+    RequestRates,
+    StreamSlots,
+    rates_for,
+)
 from coalition.node.manifest import Manifest
 from coalition.node.partners import MAX_MESSAGE_BYTES, PartnerInbox
 from coalition.node.service import NodeService
@@ -53,6 +62,12 @@ def peer_program(context: grpc.ServicerContext) -> str | None:
         return None
 
 
+def partner_caller(context: grpc.ServicerContext) -> str | None:
+    """A call's caller for the stream limits: its certificate's program (None without)."""
+    program = peer_program(context)
+    return None if program is None else f"partner {program!r}"
+
+
 def _partner_of(context: grpc.ServicerContext, manifest: Manifest) -> str:
     """The calling partner's program id, or Unauthenticated (logged)."""
     program = peer_program(context)
@@ -68,10 +83,11 @@ def _partner_of(context: grpc.ServicerContext, manifest: Manifest) -> str:
 
 class PartnerAuthorizer:
     """Authorizes by the TLS client certificate: a partner in the manifest may do what an
-    auditor may (read the ledger), nothing more."""
+    auditor may (read the ledger), nothing more, within its rate (``rates``)."""
 
-    def __init__(self, manifest: Manifest) -> None:
+    def __init__(self, manifest: Manifest, rates: RequestRates | None = None) -> None:
         self._manifest = manifest
+        self._rates = rates
 
     def __call__(
         self, context: grpc.ServicerContext, action: Action, member_id: str | None = None
@@ -82,24 +98,29 @@ class PartnerAuthorizer:
             Authenticator.authorize(principal, action, member_id)
         except PermissionDenied:
             raise PermissionDenied(f"partner {program} may only read the ledger") from None
+        if self._rates is not None:
+            self._rates.take(f"partner {program!r}")
         return principal
 
 
 class PartnerServicer(partner_pb2_grpc.PartnerServicer):
     """``coalition.v1.Partner``: hands every message to the inbox with its TLS peer."""
 
-    def __init__(self, inbox: PartnerInbox) -> None:
+    def __init__(self, inbox: PartnerInbox, rates: RequestRates | None = None) -> None:
         self._inbox = inbox
+        self._rates = rates
 
     def Call(
         self, request: partner_pb2.SignedMessage, context: grpc.ServicerContext
     ) -> partner_pb2.SignedMessage:
         try:
             peer = _partner_of(context, self._inbox.manifest)
+            if self._rates is not None:
+                self._rates.take(f"partner {peer!r}")
             msg = SignedMessage(bytes(request.envelope), bytes(request.signature))
             reply = self._inbox.handle(msg, peer)
         except CoalitionError as exc:
-            context.abort(grpc_status(exc), refusal_message(exc))
+            grpc_abort(context, exc)
         except Exception:
             log.exception("unexpected error handling a partner message")
             context.abort(grpc.StatusCode.INTERNAL, "internal error; see the partner's node log")
@@ -112,30 +133,34 @@ def serve_partner_grpc(
     host: str = "127.0.0.1",
     port: int = 0,
     service: NodeService | None = None,
-    max_workers: int = 16,
     *,
+    limits: Limits = DEFAULT_LIMITS,
     reuse_port: bool = False,
 ) -> tuple[grpc.Server, int]:
     """Start the mutual-TLS partner server; return it with its bound port.
 
     With the node's ``service`` it also serves ``Ledger`` to partners. The caller MUST
-    ``server.stop(grace)`` it; each open WatchHeaders stream holds a worker, so size
-    ``max_workers`` for the partners. A port in use is an error unless ``reuse_port``
-    (the processes of one node share it with SO_REUSEPORT, as ``serve_grpc``).
+    ``server.stop(grace)`` it. Streams (a partner's WatchHeaders) are bounded by
+    ``limits``, in all and per partner certificate, so ``Partner/Call`` always has
+    ``UNARY_WORKERS`` workers; each partner's calls and ledger reads share one token
+    bucket of ``limits``' rate. A port in use is an error unless ``reuse_port`` (the
+    processes of one node share it with SO_REUSEPORT, as ``serve_grpc``).
     """
     ca, cert, key = tls.read()
     credentials = grpc.ssl_server_credentials(
         [(key, cert)], root_certificates=ca, require_client_auth=True
     )
+    slots = StreamSlots(limits.max_streams, limits.max_streams_per_caller)
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers),
-        interceptors=[DecodeRequests()],
+        futures.ThreadPoolExecutor(max_workers=UNARY_WORKERS + limits.max_streams),
+        interceptors=[LimitStreams(slots, partner_caller), DecodeRequests()],
         options=[*_CHANNEL_LIMITS, ("grpc.so_reuseport", int(reuse_port))],
     )
-    partner_pb2_grpc.add_PartnerServicer_to_server(PartnerServicer(inbox), server)
+    rates = rates_for(limits)
+    partner_pb2_grpc.add_PartnerServicer_to_server(PartnerServicer(inbox, rates), server)
     served = [PARTNER_SERVICE]
     if service is not None:
-        ledger = LedgerServicer(service.ledger, PartnerAuthorizer(inbox.manifest))
+        ledger = LedgerServicer(service.ledger, PartnerAuthorizer(inbox.manifest, rates))
         ledger_pb2_grpc.add_LedgerServicer_to_server(ledger, server)
         served.append(LEDGER_SERVICE)
     add_health(server, served)

@@ -13,7 +13,10 @@ from coalition.api.grpc.health import add_health
 from coalition.api.grpc.kit import ApiKeyAuthorizer
 from coalition.api.grpc.ledger import LEDGER_SERVICE, LedgerServicer
 from coalition.api.grpc.points import POINTS_SERVICE, PointsServicer
+from coalition.api.grpc.streams import CallerOf, LimitStreams
+from coalition.errors import Unauthenticated
 from coalition.node.auth import Authenticator
+from coalition.node.limits import DEFAULT_LIMITS, UNARY_WORKERS, Limits, StreamSlots
 from coalition.node.service import NodeService
 from coalition.v1 import ledger_pb2_grpc, points_pb2_grpc
 
@@ -29,28 +32,43 @@ def add_servicers(server: grpc.Server, service: NodeService, authenticator: Auth
     add_health(server, (POINTS_SERVICE, LEDGER_SERVICE))
 
 
+def api_key_caller(authenticator: Authenticator) -> CallerOf:
+    """A call's caller for the stream limits: its API key's name (None for no or an
+    unknown key, which the call's own ``allow`` refuses at once)."""
+
+    def caller_of(context: grpc.ServicerContext) -> str | None:
+        metadata = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
+        try:
+            return f"API key {authenticator.authenticate(metadata.get('authorization')).name!r}"
+        except Unauthenticated:
+            return None
+
+    return caller_of
+
+
 def serve_grpc(
     service: NodeService,
     authenticator: Authenticator,
     host: str = "127.0.0.1",
     port: int = 0,
-    max_workers: int = 16,
     extra: Sequence[AddServicer] = (),
     *,
+    limits: Limits = DEFAULT_LIMITS,
     reuse_port: bool = False,
 ) -> tuple[grpc.Server, int]:
     """Start a plaintext gRPC server and return it with its bound port (``port=0``: any
-    free one). The caller MUST ``server.stop(grace)`` it; each open WatchHeaders stream
-    holds a worker, so size ``max_workers`` for the expected watchers. ``extra`` adds
-    the coalition features' servicers.
+    free one). The caller MUST ``server.stop(grace)`` it. Streaming calls are bounded by
+    ``limits`` (``streams.LimitStreams``), so ``UNARY_WORKERS`` workers always serve
+    unary calls and the health check. ``extra`` adds the coalition features' servicers.
 
     By default a port in use is an error, never a shared port. ``reuse_port`` (the
     processes of one node, ``coalition run --processes``) sets SO_REUSEPORT, so every
     process of the node binds the same port and the kernel spreads connections over them.
     """
+    slots = StreamSlots(limits.max_streams, limits.max_streams_per_caller)
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers),
-        interceptors=[DecodeRequests()],
+        futures.ThreadPoolExecutor(max_workers=UNARY_WORKERS + limits.max_streams),
+        interceptors=[LimitStreams(slots, api_key_caller(authenticator)), DecodeRequests()],
         options=[("grpc.so_reuseport", int(reuse_port))],
     )
     add_servicers(server, service, authenticator)

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
-from coalition.api.errors import http_status, refusal_message
+from coalition.api.errors import http_headers, http_status, refusal_message
 from coalition.errors import CoalitionError, InvalidArgument
 from coalition.ledger.canonical import MAX_SAFE_INTEGER
 from coalition.node.auth import Action, Authenticator, Principal
@@ -57,11 +57,11 @@ class ErrorOut(BaseModel):
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorOut} for status in (400, 401, 403, 404, 409, 413, 422)
+    status: {"model": ErrorOut} for status in (400, 401, 403, 404, 409, 413, 422, 429)
 }
 """The refusals a route documents in OpenAPI; every one has the ``ErrorOut`` body (422:
 the JSON is well formed but does not fit the operation's schema; 413: the body is over
-``body.MAX_BODY_BYTES``)."""
+``body.MAX_BODY_BYTES``; 429: the key is over its rate limit, with ``Retry-After``)."""
 
 
 def error_body(error: CoalitionError) -> dict[str, str]:
@@ -74,10 +74,10 @@ def error_body(error: CoalitionError) -> dict[str, str]:
 
 def error_response(error: CoalitionError) -> JSONResponse:
     """The one HTTP answer to a core error: its status (``api.errors.http_status``), the
-    ``ErrorOut`` body, and ``WWW-Authenticate: Bearer`` on a 401 (RFC 7235 §3.1)."""
-    status = http_status(error)
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(error_body(error), status_code=status, headers=headers)
+    ``ErrorOut`` body, and the status's headers (``api.errors.http_headers``)."""
+    return JSONResponse(
+        error_body(error), status_code=http_status(error), headers=http_headers(error) or None
+    )
 
 
 def idempotency_key(body: WriteBody, header: str | None) -> str:
@@ -112,8 +112,7 @@ def guard(authenticator: Authenticator, action: Action) -> Any:
     explorer's static files uses this one."""
 
     async def dependency(request: Request, _: BearerDoc) -> Principal:
-        principal = authenticator.authenticate(request.headers.get("authorization"))
-        authenticator.authorize(principal, action, request.path_params.get("member_id"))
-        return principal
+        member_id = request.path_params.get("member_id")
+        return authenticator.check(request.headers.get("authorization"), action, member_id)
 
     return Depends(dependency)
