@@ -192,26 +192,14 @@ def _enroll(replay: Replay, p: Prepared) -> bool:
 
 
 def _earn(replay: Replay, p: Prepared) -> bool:
-    kind, account_id, amount, lot_id, qualifying, at, available_at, expires_at, ref = p
-    account = replay.accounts.get(account_id)
-    if account is None or lot_id in account.lots or (ref is not None and ref in replay.refs):
+    """An earn: its lot (``_earn_lot``) and its reference, unique across the program."""
+    ref = p[8]
+    if ref is not None and ref in replay.refs:
         return False
-    lot = Lot(
-        lot_id,
-        account.id,
-        amount,
-        amount,
-        qualifying,
-        _fromisoformat(at),
-        _fromisoformat(available_at),
-        _fromisoformat(expires_at),
-        ref,
-    )
+    if not _earn_lot(replay, p):
+        return False
     if ref is not None:
         replay.refs.add(ref)
-    account.lots[lot_id] = lot
-    replay.points_by_kind[kind] += amount
-    replay.entries += 1
     return True
 
 
