@@ -11,20 +11,15 @@ Every server of the node (member/operator and partner) installs it.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 
 from coalition.api.errors import grpc_status, refusal_message
+from coalition.api.grpc.interceptors import Handler, WrapHandlers
 from coalition.errors import InvalidArgument
 
 Decode = Callable[[bytes], Any]
-if TYPE_CHECKING:  # the stubs' generics; at run time grpc's classes take no parameters
-    Handler = grpc.RpcMethodHandler[Any, Any]
-    Interceptor = grpc.ServerInterceptor[Any, Any]
-else:
-    Handler = grpc.RpcMethodHandler
-    Interceptor = grpc.ServerInterceptor
 
 
 def _malformed(method: str, exc: Exception) -> InvalidArgument:
@@ -80,19 +75,8 @@ def _with_decoding(method: str, handler: Handler) -> Handler:
     )
 
 
-class DecodeRequests(Interceptor):
+class DecodeRequests(WrapHandlers):
     """The server interceptor; each method's wrapped handler is built once and kept."""
 
-    def __init__(self) -> None:
-        self._handlers: dict[str, Handler | None] = {}
-
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Handler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        method: str = handler_call_details.method
-        if method not in self._handlers:
-            handler = continuation(handler_call_details)
-            self._handlers[method] = None if handler is None else _with_decoding(method, handler)
-        return self._handlers[method]
+    def wrap(self, method: str, handler: Handler) -> Handler:
+        return _with_decoding(method, handler)

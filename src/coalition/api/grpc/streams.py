@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 
 from coalition.api.errors import grpc_abort
-from coalition.api.grpc.decoding import Handler, Interceptor
+from coalition.api.grpc.interceptors import Handler, WrapHandlers
 from coalition.errors import ResourceExhausted
 from coalition.node.limits import StreamSlots
 
@@ -25,13 +25,13 @@ CallerOf = Callable[[grpc.ServicerContext], str | None]
 """Names a call's caller for the per-caller limit (None: unknown, counted in all only)."""
 
 
-class LimitStreams(Interceptor):
+class LimitStreams(WrapHandlers):
     """Wraps every streaming method's handler (built once per method and kept)."""
 
     def __init__(self, slots: StreamSlots, caller_of: CallerOf) -> None:
+        super().__init__()
         self.slots = slots
         self._caller_of = caller_of
-        self._handlers: dict[str, Handler | None] = {}
 
     def _admit(self, context: grpc.ServicerContext) -> Callable[[], None]:
         try:
@@ -41,7 +41,7 @@ class LimitStreams(Interceptor):
         context.add_callback(release)  # also when the call ends before the handler returns
         return release
 
-    def _wrapped(self, handler: Handler) -> Handler:
+    def wrap(self, method: str, handler: Handler) -> Handler:
         serialize, deserialize = handler.response_serializer, handler.request_deserializer
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
@@ -76,14 +76,3 @@ class LimitStreams(Interceptor):
                 release()
 
         return call
-
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Handler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        method: str = handler_call_details.method
-        if method not in self._handlers:
-            handler = continuation(handler_call_details)
-            self._handlers[method] = None if handler is None else self._wrapped(handler)
-        return self._handlers[method]
