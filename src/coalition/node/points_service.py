@@ -19,6 +19,7 @@ from sqlalchemy import Connection
 from coalition.errors import CoalitionError, FailedPrecondition, InvalidArgument, NotFound
 from coalition.ledger.canonical import JsonObject
 from coalition.ledger.entries import format_time
+from coalition.node.idempotency import OPERATOR, KeyScope
 from coalition.node.paging import check_page_size
 from coalition.node.sequencer import (
     Decision,
@@ -26,6 +27,7 @@ from coalition.node.sequencer import (
     Transaction,
     check_entry_id,
     idempotency_conflict,
+    new_entry_ids,
     request_hash,
 )
 from coalition.node.views import (
@@ -114,7 +116,9 @@ class PointsService:
 
     # --- member writes ------------------------------------------------------------------
 
-    def enroll(self, member_id: str, *, idempotency_key: str) -> WriteResult:
+    def enroll(
+        self, member_id: str, *, idempotency_key: str, scope: KeyScope = OPERATOR
+    ) -> WriteResult:
         validate_member_id(member_id)
         account = account_id(self._secret, member_id)
 
@@ -125,7 +129,11 @@ class PointsService:
             return operations.enroll(ctx, account), [Account(account)], set()
 
         return self._sequencer.append(
-            {"op": "enroll", "member_id": member_id}, idempotency_key, decide, accounts=[account]
+            {"op": "enroll", "member_id": member_id},
+            idempotency_key,
+            decide,
+            accounts=[account],
+            scope=scope,
         )
 
     def earn_purchase(
@@ -136,6 +144,7 @@ class PointsService:
         category: str = "",
         *,
         idempotency_key: str,
+        scope: KeyScope = OPERATOR,
     ) -> WriteResult:
         request: JsonObject = {
             "op": "earn",
@@ -162,11 +171,21 @@ class PointsService:
             return body, [Account(account)], set()
 
         return self._sequencer.append(
-            request, idempotency_key, decide, accounts=self._accounts(member_id)
+            request,
+            idempotency_key,
+            decide,
+            accounts=self._accounts(member_id),
+            scope=scope,
         )
 
     def earn_reward(
-        self, member_id: str, event: str, reference: str, *, idempotency_key: str
+        self,
+        member_id: str,
+        event: str,
+        reference: str,
+        *,
+        idempotency_key: str,
+        scope: KeyScope = OPERATOR,
     ) -> WriteResult:
         request: JsonObject = {
             "op": "reward",
@@ -185,11 +204,15 @@ class PointsService:
             return body, [touched], set()
 
         return self._sequencer.append(
-            request, idempotency_key, decide, accounts=self._accounts(member_id)
+            request,
+            idempotency_key,
+            decide,
+            accounts=self._accounts(member_id),
+            scope=scope,
         )
 
     def reverse_purchase(
-        self, member_id: str, reference: str, *, idempotency_key: str
+        self, member_id: str, reference: str, *, idempotency_key: str, scope: KeyScope = OPERATOR
     ) -> WriteResult:
         validate_reference(reference, "purchase reference")
         request: JsonObject = {"op": "reverse", "member_id": member_id, "reference": reference}
@@ -205,11 +228,22 @@ class PointsService:
             return body, touched, known
 
         return self._sequencer.append(
-            request, idempotency_key, decide, accounts=self._accounts(member_id)
+            request,
+            idempotency_key,
+            decide,
+            accounts=self._accounts(member_id),
+            scope=scope,
         )
 
     def revoke(
-        self, member_id: str, earn_entry_id: str, operator: str, note: str, *, idempotency_key: str
+        self,
+        member_id: str,
+        earn_entry_id: str,
+        operator: str,
+        note: str,
+        *,
+        idempotency_key: str,
+        scope: KeyScope = OPERATOR,
     ) -> WriteResult:
         check_entry_id(earn_entry_id)
         validate_reference(operator, "operator id")
@@ -235,11 +269,21 @@ class PointsService:
             return body, touched, known
 
         return self._sequencer.append(
-            request, idempotency_key, decide, accounts=self._accounts(member_id)
+            request,
+            idempotency_key,
+            decide,
+            accounts=self._accounts(member_id),
+            scope=scope,
         )
 
     def redeem(
-        self, member_id: str, amount: int, reference: str, *, idempotency_key: str
+        self,
+        member_id: str,
+        amount: int,
+        reference: str,
+        *,
+        idempotency_key: str,
+        scope: KeyScope = OPERATOR,
     ) -> WriteResult:
         request: JsonObject = {
             "op": "redeem",
@@ -255,12 +299,28 @@ class PointsService:
             return body, touched, known
 
         return self._sequencer.append(
-            request, idempotency_key, decide, accounts=self._accounts(member_id)
+            request,
+            idempotency_key,
+            decide,
+            accounts=self._accounts(member_id),
+            scope=scope,
         )
 
     def transfer(
-        self, member_id: str, to_member_id: str, amount: int, note: str, *, idempotency_key: str
+        self,
+        member_id: str,
+        to_member_id: str,
+        amount: int,
+        note: str,
+        *,
+        idempotency_key: str,
+        scope: KeyScope = OPERATOR,
     ) -> WriteResult:
+        """Move ``amount`` of the member's spendable points to ``to_member_id``. A member
+        id not enrolled yet is enrolled by the transfer (its ``enroll`` entry comes
+        first, in the same write), so the answer is the same whether the recipient was
+        enrolled or not and a member learns nothing of which ids are (issue 11, class 9);
+        the points wait in that id's account for its holder."""
         request: JsonObject = {
             "op": "transfer",
             "member_id": member_id,
@@ -269,22 +329,43 @@ class PointsService:
             "note": note,
         }
 
-        def decide(conn: Connection, ctx: EntryContext) -> Decision:
+        def decide(conn: Connection, ctx: EntryContext) -> list[Decision]:
             source = self.member_account(conn, member_id)
-            target = self.member_account(conn, to_member_id)
+            validate_member_id(to_member_id)
+            target = members_store.account_of_member(conn, to_member_id)
+            enrolling = target is None
+            if target is None:  # enrolled by the transfer: no enrolment oracle (module doc)
+                target = account_id(self._secret, to_member_id)
             if source == target:
                 raise InvalidArgument("cannot transfer points to the same member")
             touched, known = self.load_debit(conn, source, amount, ctx.at)
             # The target only receives new lots: none of its own are read.
+            recipient = Account(target)
             body = operations.transfer(ctx, self.rules, touched[0], target, amount, note)
-            return body, [touched[0], Account(target)], known
+            transferred: Decision = (body, [touched[0], recipient], known)
+            if not enrolling:
+                return [transferred]
+            opened = EntryContext(ctx.program, new_entry_ids(1)[0], ctx.at)
+            members_store.insert_account(conn, target, to_member_id, ctx.at)  # refusals done
+            return [(operations.enroll(opened, target), [recipient], set()), transferred]
 
         return self._sequencer.append(
-            request, idempotency_key, decide, accounts=self._accounts(member_id, to_member_id)
+            request,
+            idempotency_key,
+            decide,
+            accounts=self._accounts(member_id, to_member_id),
+            scope=scope,
         )
 
     def adjust(
-        self, member_id: str, amount: int, operator: str, note: str, *, idempotency_key: str
+        self,
+        member_id: str,
+        amount: int,
+        operator: str,
+        note: str,
+        *,
+        idempotency_key: str,
+        scope: KeyScope = OPERATOR,
     ) -> WriteResult:
         request: JsonObject = {
             "op": "adjust",
@@ -304,7 +385,11 @@ class PointsService:
             return body, touched, known
 
         return self._sequencer.append(
-            request, idempotency_key, decide, accounts=self._accounts(member_id)
+            request,
+            idempotency_key,
+            decide,
+            accounts=self._accounts(member_id),
+            scope=scope,
         )
 
     def run_expiry(self, batch: int = 500) -> ExpiryResult:

@@ -47,6 +47,7 @@ from coalition.ledger.entries import check_program_id, entry_leaf_hash, format_t
 from coalition.ledger.envelope import MAX_CLOCK_SKEW, SignedMessage, open_message, sign_message
 from coalition.node.features.agreements import Agreements
 from coalition.node.features.outbox import Outbox
+from coalition.node.idempotency import OPERATOR, KeyScope
 from coalition.node.manifest import Manifest
 from coalition.node.partners import PartnerClient, PartnerInbox
 from coalition.node.sequencer import Decision, EntryDecision
@@ -212,10 +213,12 @@ class Conversions:
         amount: int,
         *,
         idempotency_key: str,
+        scope: KeyScope = OPERATOR,
     ) -> ConversionView:
         """Convert ``amount`` of the member's points into ``to_program`` points for the
         member ``to_member_id`` there; returns the conversion, ``pending`` until B answers.
-        The same idempotency key with the same request returns the same conversion."""
+        The same idempotency key with the same request, in the caller's ``scope``
+        (``node.idempotency``), returns the same conversion."""
         validate_member_id(member_id)
         validate_member_id(to_member_id)
         self._check_target(to_program)
@@ -272,7 +275,7 @@ class Conversions:
             self.outbox.enqueue(conn, conversion_id, to_program)
             return body, touched, known
 
-        result = self.service.sequencer.append(request, idempotency_key, decide)
+        result = self.service.sequencer.append(request, idempotency_key, decide, scope=scope)
         if result.replayed:  # it may have settled since: read its status
             out: model.ConvertOut = model.parse_as(result.entry, model.ConvertOut)
             view = replace(self.status(member_id, out.conversion.id), replayed=True)
