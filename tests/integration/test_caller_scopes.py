@@ -49,9 +49,11 @@ class Caller(Protocol):
     def enroll(self, who: str, member: str, key: str) -> Seen: ...
 
 
-class RestCaller:
-    _STATUS = {409: "FailedPrecondition", 404: "NotFound", 400: "InvalidArgument"}
+REST_REFUSALS = {409: "FailedPrecondition", 404: "NotFound", 400: "InvalidArgument"}
+"""The error kind a REST status stands for, named as the gRPC client raises it."""
 
+
+class RestCaller:
     def __init__(self, client: TestClient) -> None:
         self._client = client
 
@@ -63,7 +65,7 @@ class RestCaller:
             assert payload["replayed"] is (response.status_code == 200), response.text
             kind = "replayed" if payload["replayed"] else "written"
             return Seen(kind, payload["entry"])
-        return Seen(self._STATUS[response.status_code], message=payload["message"])
+        return Seen(REST_REFUSALS[response.status_code], message=payload["message"])
 
     def redeem(self, who: str, member: str, amount: int, key: str) -> Seen:
         body = {"amount": amount, "reference": f"ref-{key}"}
