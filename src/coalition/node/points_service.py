@@ -105,6 +105,24 @@ class PointsService:
         account = members_store.debit_account(conn, account_id, amount, at)
         return [account], set(account.lots)
 
+    def account_for(self, member_id: str) -> str:
+        """The account ``member_id`` has, or gets when enrolled (the HMAC of the id)."""
+        return account_id(self._secret, member_id)
+
+    def enrol_on_arrival(
+        self, conn: Connection, member_id: str, account: str, at: datetime
+    ) -> Decision:
+        """Enrol ``member_id``, not enrolled yet, because points arrive for it (a member's
+        transfer, a partner's conversion): its member row, and its ``enroll`` entry (an id
+        of its own, at ``at``) to append before the entry that credits ``account``, its
+        ``account_for``. Points sent to an id nobody enrolled wait in its account for its
+        holder, so a sender learns nothing of which ids are enrolled (issue 11, class 9).
+        The caller MUST have made every check that may refuse before it calls this, and
+        pass the returned account object on to the credit."""
+        members_store.insert_account(conn, account, member_id, at)
+        ctx = EntryContext(self.program, new_entry_ids(1)[0], at)
+        return operations.enroll(ctx, account), [Account(account)], set()
+
     def _accounts(self, *member_ids: str) -> list[str] | None:
         """The accounts a member write of ``member_ids`` acts on, for the sequencer's
         by-account writes; None (a serial write) when an id is malformed, so the decision
@@ -332,22 +350,17 @@ class PointsService:
         def decide(conn: Connection, ctx: EntryContext) -> list[Decision]:
             source = self.member_account(conn, member_id)
             validate_member_id(to_member_id)
-            target = members_store.account_of_member(conn, to_member_id)
-            enrolling = target is None
-            if target is None:  # enrolled by the transfer: no enrolment oracle (module doc)
-                target = account_id(self._secret, to_member_id)
+            enrolled = members_store.account_of_member(conn, to_member_id)
+            target = self.account_for(to_member_id) if enrolled is None else enrolled
             if source == target:
                 raise InvalidArgument("cannot transfer points to the same member")
             touched, known = self.load_debit(conn, source, amount, ctx.at)
-            # The target only receives new lots: none of its own are read.
-            recipient = Account(target)
             body = operations.transfer(ctx, self.rules, touched[0], target, amount, note)
-            transferred: Decision = (body, [touched[0], recipient], known)
-            if not enrolling:
-                return [transferred]
-            opened = EntryContext(ctx.program, new_entry_ids(1)[0], ctx.at)
-            members_store.insert_account(conn, target, to_member_id, ctx.at)  # refusals done
-            return [(operations.enroll(opened, target), [recipient], set()), transferred]
+            if enrolled is not None:
+                # The target only receives new lots: none of its own are read.
+                return [(body, [touched[0], Account(target)], known)]
+            opened = self.enrol_on_arrival(conn, to_member_id, target, ctx.at)
+            return [opened, (body, [touched[0], opened[1][0]], known)]
 
         return self._sequencer.append(
             request,

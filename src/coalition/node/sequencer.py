@@ -126,8 +126,9 @@ Decision = tuple[JsonObject, list[Account], set[str]]
 """An entry a decision took: its body, the accounts it acts on (loaded with the lots it
 needs) and the ids of those lots that already exist in the database."""
 
-EntryDecision = Callable[[Connection, EntryContext], Decision | None]
-"""``decide(conn, ctx)``: the entry to append, or None to append nothing."""
+EntryDecision = Callable[[Connection, EntryContext], Decision | list[Decision] | None]
+"""``decide(conn, ctx)``: the entry to append (or several, appended in list order, those
+after the first with ids of their own), or None to append nothing."""
 
 
 def new_entry_ids(count: int) -> list[str]:
@@ -263,7 +264,7 @@ class Transaction:
         self._known.update(known)
 
     def attempt(self, decide: EntryDecision) -> JsonObject | CoalitionError | None:
-        """Run one decision of a batch: the entry it appended, None when it chose to
+        """Run one decision of a batch: the (last) entry it appended, None when it chose to
         append nothing, or the ``CoalitionError`` it refused with (and the batch goes on)."""
         before = self._appends
         try:
@@ -274,10 +275,11 @@ class Transaction:
             return exc
         if decision is None:
             return None
-        body, touched, known = decision
-        self.append(body, touched, known)
+        decisions = decision if isinstance(decision, list) else [decision]
+        for body, touched, known in decisions:
+            self.append(body, touched, known)
         self.flush()
-        return body
+        return decisions[-1][0]
 
     def flush(self) -> None:
         """Write the lots the staged entries changed, and the entries themselves when the
