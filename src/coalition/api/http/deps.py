@@ -29,7 +29,9 @@ Signed = dict[str, Any]
 IDEMPOTENCY_KEY_RULE = (
     "Required on every write: in this header or in the body's `idempotency_key` (the same "
     "value if both), 1-128 of A-Za-z0-9._:/#-. A request repeated with its key answers "
-    "200 with `replayed: true` and the first answer; the key with another body is 409."
+    "200 with `replayed: true` and the first answer; the key with another body is 409. "
+    "Keys are the caller's own: a member key's are its member's, every operator key of "
+    "the program shares one scope; another caller's key of the same text is another key."
 )
 IdempotencyHeader = Annotated[
     str | None, Header(alias="Idempotency-Key", description=IDEMPOTENCY_KEY_RULE)
