@@ -37,11 +37,12 @@ from coalition.node.auth import Principal, Role
 
 @dataclass(frozen=True, slots=True)
 class KeyScope:
-    """The namespace of one caller's idempotency keys; ``OPERATOR`` or ``member(id)``.
+    """The namespace of one caller's idempotency keys: ``OPERATOR``, or
+    ``KeyScope(member_id)`` for one member's.
 
     Transports MUST pass every write the scope of the caller that sent it
     (``KeyScope.of``); a service called without one writes in the operator scope (the
-    CLI tools, the demo, the node's own jobs)."""
+    demo, the tests, code of the node itself)."""
 
     member_id: str | None = None
 
