@@ -152,13 +152,16 @@ def test_conversion_completes_with_exact_amounts_on_both_chains(make: Factory) -
     assert_consistent(c)
 
 
-def test_unknown_member_at_target_is_rejected_and_refunded(make: Factory) -> None:
-    c = make(credit_limits={(B, A): 10**9, (A, B): 10**9})  # running totals kept both ways
+def test_a_rejected_conversion_is_refunded_with_the_target_signed_rejection(
+    make: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c = make(credit_limits={(B, A): 500, (A, B): 10**9})  # running totals kept both ways
     a, b = c[A], c[B]
-    view = a.conv.convert("alice", B, "nobody", 1000, idempotency_key="conv-x")
+    monkeypatch.setattr(a.conv, "manifest", _NoLimits(c.manifest))  # only B refuses
+    view = a.conv.convert("alice", B, "bob", 1000, idempotency_key="conv-x")
     done = settled(a, view)
     assert done.status == "refunded"
-    assert done.reason is not None and "not enrolled" in done.reason
+    assert done.reason is not None and "the credit limit of" in done.reason
     assert spendable(a, "alice") == 10_000
     [refund] = ledger_entries(a.service, "convert-refund")
     rejection = open_message(SignedMessage.from_json(refund["rejection"]), c.manifest.public_key)
@@ -166,6 +169,25 @@ def test_unknown_member_at_target_is_rejected_and_refunded(make: Factory) -> Non
     [reject] = ledger_entries(b.service, "convert-reject")
     assert reject["conversion"]["id"] == view.id  # type: ignore[index]
     assert entry_kinds(b.service)["convert-in"] == 0
+    assert_consistent(c)
+
+
+def test_a_conversion_to_an_id_not_enrolled_at_the_target_enrolls_it(make: Factory) -> None:
+    """Issue 11, class 9: a member converting to an id that nobody enrolled at the target
+    sees what a conversion to an enrolled member shows (it was refunded with "not
+    enrolled" before: an oracle of the target's members); the points wait there."""
+    c = make()
+    a, b = c[A], c[B]
+    known = settled(a, a.conv.convert("alice", B, "bob", 1000, idempotency_key="to-bob"))
+    unknown = settled(a, a.conv.convert("alice", B, "newbie", 1000, idempotency_key="to-new"))
+    assert (known.status, known.reason, known.credit) == ("completed", None, CREDIT)
+    assert (unknown.status, unknown.reason, unknown.credit) == ("completed", None, CREDIT)
+    assert spendable(b, "newbie") == CREDIT and spendable(a, "alice") == 8000
+    newbie = b.service.points.account_for("newbie")
+    kinds = [e["kind"] for e in ledger_entries(b.service) if e["account"] == newbie]
+    assert kinds == ["enroll", "convert-in"]  # enrolled by the credit, in its transaction
+    with pytest.raises(FailedPrecondition, match="already enrolled"):
+        b.service.points.enroll("newbie", idempotency_key="enroll-newbie")
     assert_consistent(c)
 
 
@@ -309,7 +331,7 @@ def test_credit_limit_refuses_until_settled(make: Factory) -> None:
     start = datetime.now(UTC)
     first = a.conv.convert("alice", B, "bob", 1000, idempotency_key="cl-1")  # owes 990
     second = a.conv.convert("alice", B, "bob", 1000, idempotency_key="cl-2")  # owes 1980
-    with pytest.raises(FailedPrecondition, match="credit limit of 2000"):
+    with pytest.raises(FailedPrecondition, match="the credit limit of"):
         a.conv.convert("alice", B, "bob", 1000, idempotency_key="cl-3")
     assert spendable(a, "alice") == 8000  # the refused one took nothing
     for view in (first, second):
@@ -350,7 +372,7 @@ def test_credit_limit_counts_what_a_later_statement_left_unsettled(make: Factory
         )
     third = a.conv.convert("alice", B, "bob", 1000, idempotency_key="g-3")  # 1980 owed
     assert unsettled_here(a, A, B, in_flight=True) == 1980
-    with pytest.raises(FailedPrecondition, match="credit limit of 2000"):
+    with pytest.raises(FailedPrecondition, match="the credit limit of"):
         a.conv.convert("alice", B, "bob", 1000, idempotency_key="g-4")
     assert settled(a, third).status == "completed"
     assert unsettled_here(b, A, B, in_flight=False) == 1980 == features[B].unsettled(A, B)
@@ -659,7 +681,7 @@ def test_target_enforces_its_credit_limit_within_one_batch(
     a.conv.outbox.run_once()  # one convert message carrying the three
     done = [a.conv.status("alice", v.id) for v in views]
     assert [d.status for d in done] == ["completed", "completed", "refunded"]
-    assert "credit limit of 2000" in str(done[2].reason)
+    assert "the credit limit of" in str(done[2].reason)
     assert spendable(b, "bob") == 2 * CREDIT and spendable(a, "alice") == 8000
     assert unsettled_here(b, A, B, in_flight=False) == 1980
     assert_consistent(c)
@@ -832,4 +854,78 @@ def test_a_repeated_convert_answers_200_replayed_over_rest_and_grpc(
     finally:
         servers.stop(0)
     settled(a, a.conv.status("alice", made.id))
+    assert_consistent(c)
+
+
+def test_conversion_keys_are_the_callers_and_refusals_name_no_server_path(
+    make: Factory, authenticator: Authenticator, api_keys: dict[str, str], tmp_path: Path
+) -> None:
+    """Issue 11, classes 5 and 9 for conversions, over REST and gRPC: the key Alice used
+    is not the operator's (each replays its own, conflicts only with its own), and a
+    conversion to a program the coalition does not have names that program and nothing
+    of the server (it gave the manifest's file path)."""
+    c = make()
+    a = c[A]
+    servers = serve_member_api(a.node, authenticator, "127.0.0.1:0", "127.0.0.1:0")
+    bearer = {role: f"Bearer {secret}" for role, secret in api_keys.items()}
+    body = {"to_program": B, "to_member_id": "bob", "amount": 1000}
+    made: list[str] = []
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{servers.http_port}", timeout=30) as http:
+
+            def convert(role: str, amount: int, key: str = "ck") -> httpx.Response:
+                headers = {"Authorization": bearer[role], "Idempotency-Key": key}
+                payload = dict(body, amount=amount)
+                return http.post("/v1/members/alice/conversions", json=payload, headers=headers)
+
+            mine, theirs = convert("member", 1000), convert("operator", 500)
+            assert (mine.status_code, theirs.status_code) == (201, 201), theirs.text
+            assert mine.json()["id"] != theirs.json()["id"]
+            assert convert("member", 1000).json() == dict(mine.json(), replayed=True)
+            assert convert("operator", 500).json()["id"] == theirs.json()["id"]
+            conflict = convert("member", 700)
+            assert conflict.status_code == 409 and "ck" in conflict.json()["message"]
+            made += [mine.json()["id"], theirs.json()["id"]]
+            nowhere = http.post(
+                "/v1/members/alice/conversions",
+                json=dict(body, to_program="nowhere"),
+                headers={"Authorization": bearer["member"], "Idempotency-Key": "cn"},
+            )
+            quote = http.get(
+                "/v1/members/alice/conversions/quote",
+                params={"to_program": "nowhere", "amount": 100},
+                headers={"Authorization": bearer["member"]},
+            )
+            for refused in (nowhere, quote):
+                assert refused.status_code == 404, refused.text
+                message = refused.json()["message"]
+                assert message == "'nowhere' is not a partner of this coalition"
+        with grpc.insecure_channel(f"127.0.0.1:{servers.grpc_port}") as channel:
+            stub = conversions_pb2_grpc.ConversionsStub(channel)
+
+            def rpc(role: str, amount: int, to: str = B) -> conversions_pb2.Conversion:
+                request = conversions_pb2.ConvertRequest(
+                    member_id="alice", to_program=to, to_member_id="bob", amount=amount,
+                    idempotency_key="gk",
+                )  # fmt: skip
+                reply: conversions_pb2.Conversion = stub.Convert(
+                    request, metadata=(("authorization", bearer[role]),), timeout=30
+                )
+                return reply
+
+            first, other = rpc("member", 800), rpc("operator", 600)
+            assert (first.replayed, other.replayed) == (False, False) and first.id != other.id
+            assert (rpc("member", 800).replayed, rpc("operator", 600).id) == (True, other.id)
+            made += [first.id, other.id]
+            with pytest.raises(grpc.RpcError) as failed:
+                rpc("member", 100, to="nowhere")
+            assert failed.value.code() is grpc.StatusCode.NOT_FOUND
+            details = str(failed.value.details())
+            assert details == "'nowhere' is not a partner of this coalition"
+            assert str(tmp_path) not in details
+    finally:
+        servers.stop(0)
+    for conversion_id in made:
+        assert settled(a, a.conv.status("alice", conversion_id)).status == "completed"
+    assert spendable(a, "alice") == 10_000 - 1000 - 500 - 800 - 600
     assert_consistent(c)

@@ -334,7 +334,11 @@ def test_refused_input_changes_nothing(
             lambda: ops.earn_purchase(ALICE, "o-9", -100, idempotency_key="n6"),
         ),
         (NotFound, "nobody", lambda: ops.adjust("nobody", 5, "op", "n", idempotency_key="n7")),
-        (NotFound, "nobody", lambda: ops.transfer(ALICE, "nobody", 5, "n", idempotency_key="n8")),
+        (
+            InvalidArgument,
+            "member id",
+            lambda: ops.transfer(ALICE, "bad id!", 5, "n", idempotency_key="n8"),
+        ),
         (InvalidArgument, "member id", lambda: ops.balance("bad id!")),
         (
             InvalidArgument,

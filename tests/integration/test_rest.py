@@ -300,8 +300,8 @@ EARN = f"/v1/members/{ALICE}/earn"
         (EARN, {"reference": "o-1", "spend_minor": 1000, "category": "no-such"}, 400),
         (
             f"/v1/members/{ALICE}/transfers",
-            {"to_member_id": "nobody", "amount": 10, "note": "n"},
-            404,
+            {"to_member_id": "bad id!", "amount": 10, "note": "n"},
+            400,
         ),
         (
             f"/v1/members/{ALICE}/transfers",

@@ -547,3 +547,24 @@ def test_equivocation_pages_have_no_gap_or_duplicate(
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     finally:
         server.stop(None).wait(10)
+
+
+def test_a_followers_unexpected_failure_shows_ledger_readers_no_internal_detail(
+    coalition: RunningCoalition, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 11, class 9: the followers' ``last_error`` (``GET /v1/witness/followers``,
+    read by auditors) gave an unexpected exception's text, such as a database's address."""
+    staybright = coalition["staybright"]
+    secret = "connection to server at 10.1.2.3, port 5432 failed for user coalition"
+
+    def failing(*_: Any, **__: Any) -> None:
+        raise RuntimeError(secret)
+
+    monkeypatch.setattr(staybright.witness, "accept", failing)
+    add_blocks(coalition["skyair"].service, 1, "boom")
+
+    def reported() -> str | None:
+        return {f.program: f for f in staybright.witness.followers()}["skyair"].last_error
+
+    wait_for(lambda: "RuntimeError" in str(reported()), "the follower to report its failure")
+    assert reported() == "internal error (RuntimeError); see the node log"

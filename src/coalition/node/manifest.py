@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any
 
-from coalition.errors import FailedPrecondition, InvalidArgument, NotFound
+from coalition.errors import FailedPrecondition, InvalidArgument, NotFound, quoted
 from coalition.ledger.entries import check_program_id
 from coalition.ledger.keys import VerifyKey
 from coalition.node.strict_toml import AtLeast, ConfigError, NonEmpty, Satisfies, read_table
@@ -81,11 +81,13 @@ class Manifest:
         return tuple(p.program for p in self.partners)
 
     def partner(self, program: str) -> PartnerInfo:
-        """The partner named ``program``; NotFound if the manifest does not list it."""
+        """The partner named ``program``; NotFound if the manifest does not list it. The
+        message reaches callers (a member's conversion to an unknown program), so it
+        names the program only, never the manifest's file (issue 11, class 9)."""
         for info in self.partners:
             if info.program == program:
                 return info
-        raise NotFound(f"{program!r} is not a partner in the coalition manifest {self.path}")
+        raise NotFound(f"{quoted(program)} is not a partner of this coalition")
 
     def public_key(self, program: str) -> VerifyKey:
         """``program``'s ledger public key (NotFound for an unknown program)."""

@@ -19,6 +19,7 @@ from sqlalchemy import Connection
 from coalition.errors import CoalitionError, FailedPrecondition, InvalidArgument, NotFound
 from coalition.ledger.canonical import JsonObject
 from coalition.ledger.entries import format_time
+from coalition.node.idempotency import OPERATOR, KeyScope
 from coalition.node.paging import check_page_size
 from coalition.node.sequencer import (
     Decision,
@@ -26,6 +27,7 @@ from coalition.node.sequencer import (
     Transaction,
     check_entry_id,
     idempotency_conflict,
+    new_entry_ids,
     request_hash,
 )
 from coalition.node.views import (
@@ -103,6 +105,24 @@ class PointsService:
         account = members_store.debit_account(conn, account_id, amount, at)
         return [account], set(account.lots)
 
+    def account_for(self, member_id: str) -> str:
+        """The account ``member_id`` has, or gets when enrolled (the HMAC of the id)."""
+        return account_id(self._secret, member_id)
+
+    def enrol_on_arrival(
+        self, conn: Connection, member_id: str, account: str, at: datetime
+    ) -> Decision:
+        """Enrol ``member_id``, not enrolled yet, because points arrive for it (a member's
+        transfer, a partner's conversion): its member row, and its ``enroll`` entry (an id
+        of its own, at ``at``) to append before the entry that credits ``account``, its
+        ``account_for``. Points sent to an id nobody enrolled wait in its account for its
+        holder, so a sender learns nothing of which ids are enrolled (issue 11, class 9).
+        The caller MUST have made every check that may refuse before it calls this, and
+        pass the returned account object on to the credit."""
+        members_store.insert_account(conn, account, member_id, at)
+        ctx = EntryContext(self.program, new_entry_ids(1)[0], at)
+        return operations.enroll(ctx, account), [Account(account)], set()
+
     def _accounts(self, *member_ids: str) -> list[str] | None:
         """The accounts a member write of ``member_ids`` acts on, for the sequencer's
         by-account writes; None (a serial write) when an id is malformed, so the decision
@@ -114,7 +134,9 @@ class PointsService:
 
     # --- member writes ------------------------------------------------------------------
 
-    def enroll(self, member_id: str, *, idempotency_key: str) -> WriteResult:
+    def enroll(
+        self, member_id: str, *, idempotency_key: str, scope: KeyScope = OPERATOR
+    ) -> WriteResult:
         validate_member_id(member_id)
         account = account_id(self._secret, member_id)
 
@@ -125,7 +147,11 @@ class PointsService:
             return operations.enroll(ctx, account), [Account(account)], set()
 
         return self._sequencer.append(
-            {"op": "enroll", "member_id": member_id}, idempotency_key, decide, accounts=[account]
+            {"op": "enroll", "member_id": member_id},
+            idempotency_key,
+            decide,
+            accounts=[account],
+            scope=scope,
         )
 
     def earn_purchase(
@@ -136,6 +162,7 @@ class PointsService:
         category: str = "",
         *,
         idempotency_key: str,
+        scope: KeyScope = OPERATOR,
     ) -> WriteResult:
         request: JsonObject = {
             "op": "earn",
@@ -162,11 +189,21 @@ class PointsService:
             return body, [Account(account)], set()
 
         return self._sequencer.append(
-            request, idempotency_key, decide, accounts=self._accounts(member_id)
+            request,
+            idempotency_key,
+            decide,
+            accounts=self._accounts(member_id),
+            scope=scope,
         )
 
     def earn_reward(
-        self, member_id: str, event: str, reference: str, *, idempotency_key: str
+        self,
+        member_id: str,
+        event: str,
+        reference: str,
+        *,
+        idempotency_key: str,
+        scope: KeyScope = OPERATOR,
     ) -> WriteResult:
         request: JsonObject = {
             "op": "reward",
@@ -185,11 +222,15 @@ class PointsService:
             return body, [touched], set()
 
         return self._sequencer.append(
-            request, idempotency_key, decide, accounts=self._accounts(member_id)
+            request,
+            idempotency_key,
+            decide,
+            accounts=self._accounts(member_id),
+            scope=scope,
         )
 
     def reverse_purchase(
-        self, member_id: str, reference: str, *, idempotency_key: str
+        self, member_id: str, reference: str, *, idempotency_key: str, scope: KeyScope = OPERATOR
     ) -> WriteResult:
         validate_reference(reference, "purchase reference")
         request: JsonObject = {"op": "reverse", "member_id": member_id, "reference": reference}
@@ -205,11 +246,22 @@ class PointsService:
             return body, touched, known
 
         return self._sequencer.append(
-            request, idempotency_key, decide, accounts=self._accounts(member_id)
+            request,
+            idempotency_key,
+            decide,
+            accounts=self._accounts(member_id),
+            scope=scope,
         )
 
     def revoke(
-        self, member_id: str, earn_entry_id: str, operator: str, note: str, *, idempotency_key: str
+        self,
+        member_id: str,
+        earn_entry_id: str,
+        operator: str,
+        note: str,
+        *,
+        idempotency_key: str,
+        scope: KeyScope = OPERATOR,
     ) -> WriteResult:
         check_entry_id(earn_entry_id)
         validate_reference(operator, "operator id")
@@ -235,11 +287,21 @@ class PointsService:
             return body, touched, known
 
         return self._sequencer.append(
-            request, idempotency_key, decide, accounts=self._accounts(member_id)
+            request,
+            idempotency_key,
+            decide,
+            accounts=self._accounts(member_id),
+            scope=scope,
         )
 
     def redeem(
-        self, member_id: str, amount: int, reference: str, *, idempotency_key: str
+        self,
+        member_id: str,
+        amount: int,
+        reference: str,
+        *,
+        idempotency_key: str,
+        scope: KeyScope = OPERATOR,
     ) -> WriteResult:
         request: JsonObject = {
             "op": "redeem",
@@ -255,12 +317,28 @@ class PointsService:
             return body, touched, known
 
         return self._sequencer.append(
-            request, idempotency_key, decide, accounts=self._accounts(member_id)
+            request,
+            idempotency_key,
+            decide,
+            accounts=self._accounts(member_id),
+            scope=scope,
         )
 
     def transfer(
-        self, member_id: str, to_member_id: str, amount: int, note: str, *, idempotency_key: str
+        self,
+        member_id: str,
+        to_member_id: str,
+        amount: int,
+        note: str,
+        *,
+        idempotency_key: str,
+        scope: KeyScope = OPERATOR,
     ) -> WriteResult:
+        """Move ``amount`` of the member's spendable points to ``to_member_id``. A member
+        id not enrolled yet is enrolled by the transfer (its ``enroll`` entry comes
+        first, in the same write), so the answer is the same whether the recipient was
+        enrolled or not and a member learns nothing of which ids are (issue 11, class 9);
+        the points wait in that id's account for its holder."""
         request: JsonObject = {
             "op": "transfer",
             "member_id": member_id,
@@ -269,22 +347,38 @@ class PointsService:
             "note": note,
         }
 
-        def decide(conn: Connection, ctx: EntryContext) -> Decision:
+        def decide(conn: Connection, ctx: EntryContext) -> list[Decision]:
             source = self.member_account(conn, member_id)
-            target = self.member_account(conn, to_member_id)
+            validate_member_id(to_member_id)
+            enrolled = members_store.account_of_member(conn, to_member_id)
+            target = self.account_for(to_member_id) if enrolled is None else enrolled
             if source == target:
                 raise InvalidArgument("cannot transfer points to the same member")
             touched, known = self.load_debit(conn, source, amount, ctx.at)
-            # The target only receives new lots: none of its own are read.
             body = operations.transfer(ctx, self.rules, touched[0], target, amount, note)
-            return body, [touched[0], Account(target)], known
+            if enrolled is not None:
+                # The target only receives new lots: none of its own are read.
+                return [(body, [touched[0], Account(target)], known)]
+            opened = self.enrol_on_arrival(conn, to_member_id, target, ctx.at)
+            return [opened, (body, [touched[0], opened[1][0]], known)]
 
         return self._sequencer.append(
-            request, idempotency_key, decide, accounts=self._accounts(member_id, to_member_id)
+            request,
+            idempotency_key,
+            decide,
+            accounts=self._accounts(member_id, to_member_id),
+            scope=scope,
         )
 
     def adjust(
-        self, member_id: str, amount: int, operator: str, note: str, *, idempotency_key: str
+        self,
+        member_id: str,
+        amount: int,
+        operator: str,
+        note: str,
+        *,
+        idempotency_key: str,
+        scope: KeyScope = OPERATOR,
     ) -> WriteResult:
         request: JsonObject = {
             "op": "adjust",
@@ -304,7 +398,11 @@ class PointsService:
             return body, touched, known
 
         return self._sequencer.append(
-            request, idempotency_key, decide, accounts=self._accounts(member_id)
+            request,
+            idempotency_key,
+            decide,
+            accounts=self._accounts(member_id),
+            scope=scope,
         )
 
     def run_expiry(self, batch: int = 500) -> ExpiryResult:

@@ -76,12 +76,14 @@ Contract (callers depend on it):
   the winner's commit), so a decision MUST be safe to run again: it reads what it needs
   through ``tx.conn`` and keeps no state from an earlier run. Alone and serial, its error
   reaches its caller and nothing it did is kept.
-- **Idempotency.** ``append`` records the caller's idempotency key with the entry; the same
-  key with the same request replays the recorded entry, with another request it is refused
-  (``IdempotencyConflict``). Across processes one key gives one entry: the same request
-  names the same accounts, so the second waits for the first's account locks and then
-  sees its record; a request that names other accounts loses on the key's unique index
-  and, rerun serial, sees the first's record and is refused.
+- **Idempotency.** ``append`` records the caller's idempotency key with the entry, in the
+  caller's scope (``node.idempotency``: the operator's, or one member's; a key of one
+  scope never replays, refuses or reveals another's); the same key with the same request
+  replays the recorded entry, with another request it is refused (``IdempotencyConflict``).
+  Across processes one key gives one entry: the same request names the same accounts,
+  so the second waits for the first's account locks and then sees its record; a request
+  that names other accounts loses on the key's unique index and, rerun serial, sees the
+  first's record and is refused.
 """
 
 from __future__ import annotations
@@ -106,6 +108,7 @@ from coalition.ledger.canonical import JsonObject, canonical_json
 from coalition.ledger.keys import SigningKey
 from coalition.ledger.merkle import leaf_hash
 from coalition.node.config import SealerConfig
+from coalition.node.idempotency import OPERATOR, KeyScope
 from coalition.node.leadership import Leadership
 from coalition.node.sealer import Sealer
 from coalition.node.views import WriteResult
@@ -123,8 +126,9 @@ Decision = tuple[JsonObject, list[Account], set[str]]
 """An entry a decision took: its body, the accounts it acts on (loaded with the lots it
 needs) and the ids of those lots that already exist in the database."""
 
-EntryDecision = Callable[[Connection, EntryContext], Decision | None]
-"""``decide(conn, ctx)``: the entry to append, or None to append nothing."""
+EntryDecision = Callable[[Connection, EntryContext], Decision | list[Decision] | None]
+"""``decide(conn, ctx)``: the entry to append (or several, appended in list order, those
+after the first with ids of their own), or None to append nothing."""
 
 
 def new_entry_ids(count: int) -> list[str]:
@@ -260,7 +264,7 @@ class Transaction:
         self._known.update(known)
 
     def attempt(self, decide: EntryDecision) -> JsonObject | CoalitionError | None:
-        """Run one decision of a batch: the entry it appended, None when it chose to
+        """Run one decision of a batch: the (last) entry it appended, None when it chose to
         append nothing, or the ``CoalitionError`` it refused with (and the batch goes on)."""
         before = self._appends
         try:
@@ -271,10 +275,11 @@ class Transaction:
             return exc
         if decision is None:
             return None
-        body, touched, known = decision
-        self.append(body, touched, known)
+        decisions = decision if isinstance(decision, list) else [decision]
+        for body, touched, known in decisions:
+            self.append(body, touched, known)
         self.flush()
-        return body
+        return decisions[-1][0]
 
     def flush(self) -> None:
         """Write the lots the staged entries changed, and the entries themselves when the
@@ -482,29 +487,47 @@ class Sequencer:
         self,
         request: JsonObject,
         idempotency_key: str | None,
-        decide: Callable[[Connection, EntryContext], Decision],
+        decide: Callable[[Connection, EntryContext], Decision | list[Decision]],
         *,
         accounts: Collection[str] | None = None,
+        scope: KeyScope = OPERATOR,
     ) -> WriteResult:
-        """Append the one entry ``decide`` takes, recorded under ``idempotency_key``, or
-        replay the entry recorded for it. Without a key nothing is recorded (system
-        entries that are idempotent by their own ids). ``accounts`` as for ``run``."""
+        """Append the entry ``decide`` takes, recorded under ``idempotency_key`` in the
+        caller's ``scope`` (``node.idempotency``), or replay the entry recorded for it.
+        ``decide`` may take several entries (appended consecutively, in list order; it
+        gives those after the first ids of their own, ``new_entry_ids``): the key is
+        recorded with the last, which is the write's result. Without a key
+        nothing is recorded (system entries that are idempotent by their own ids).
+        ``accounts`` as for ``run``."""
         if idempotency_key is None:
-            key, req_hash = None, None
+            key, stored, legacy, req_hash = None, None, None, None
         else:
             key = validate_reference(idempotency_key, "idempotency key")
+            stored, legacy = scope.stored(key), scope.legacy(key)
             req_hash = request_hash(request)
 
         def work(tx: Transaction) -> WriteResult:
-            if key is not None:
-                found = tx.recorded(key)
+            if key is not None and stored is not None:
+                found = tx.recorded(stored)
                 if found is not None:
                     if found[0] != req_hash:
                         raise idempotency_conflict(key)
                     return WriteResult(found[1], replayed=True)
-            body, touched, known = decide(tx.conn, tx.context())
-            tx.append(body, touched, known, idempotency_key=key, request_hash=req_hash)
-            return WriteResult(body)
+                before = tx.recorded(legacy) if legacy is not None else None
+                if before is not None and before[0] == req_hash:
+                    return WriteResult(before[1], replayed=True)
+            decided = decide(tx.conn, tx.context())
+            decisions = decided if isinstance(decided, list) else [decided]
+            for n, (body, touched, known) in enumerate(decisions, start=1):
+                last = n == len(decisions)
+                tx.append(
+                    body,
+                    touched,
+                    known,
+                    idempotency_key=stored if last else None,
+                    request_hash=req_hash if last else None,
+                )
+            return WriteResult(decisions[-1][0])
 
         return self.run(work, accounts=accounts)
 

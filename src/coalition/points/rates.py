@@ -274,11 +274,14 @@ def check_daily_cap(agreement: Agreement, converted_today: int, amount: int) -> 
 def check_credit_limit(
     limit: int | None, unsettled: int, value_minor: int, debtor: str, creditor: str
 ) -> None:
-    """FailedPrecondition if ``debtor`` would owe ``creditor`` more than its limit."""
+    """FailedPrecondition if ``debtor`` would owe ``creditor`` more than its limit. The
+    message reaches members (their conversion's refusal or rejection reason), so it names
+    neither the limit (the manifest's) nor what is owed: operators read both from the
+    settlement API (issue 11, class 9)."""
     if limit is not None and unsettled + value_minor > limit:
         raise FailedPrecondition(
-            f"{debtor} owes {creditor} {unsettled} unsettled; {value_minor} more would pass "
-            f"the credit limit of {limit}"
+            f"the conversion would pass the credit limit of {debtor} at {creditor}: "
+            "it can be made once they settle"
         )
 
 

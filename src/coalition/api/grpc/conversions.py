@@ -38,13 +38,14 @@ class ConversionsServicer(Servicer, conversions_pb2_grpc.ConversionsServicer):
     def Convert(
         self, request: conversions_pb2.ConvertRequest, context: grpc.ServicerContext
     ) -> conversions_pb2.Conversion:
-        self.allow(context, Action.MEMBER_SPEND, request.member_id)
+        scope = self.allow_write(context, Action.MEMBER_SPEND, request.member_id)
         view = self._conversions.convert(
             request.member_id,
             request.to_program,
             request.to_member_id,
             request.amount,
             idempotency_key=request.idempotency_key,
+            scope=scope,
         )
         return _conversion_message(view)
 

@@ -19,6 +19,7 @@ import grpc
 from coalition.api.errors import grpc_abort
 from coalition.errors import CoalitionError, InvalidArgument
 from coalition.node.auth import Action, Authenticator, Principal
+from coalition.node.idempotency import KeyScope
 from coalition.node.paging import MAX_PAGE
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,13 @@ class Servicer:
     ) -> Principal:
         """The caller, once allowed to do ``action``; MUST be the first step of every RPC."""
         return self._authorize(context, action, member_id)
+
+    def allow_write(
+        self, context: grpc.ServicerContext, action: Action, member_id: str | None = None
+    ) -> KeyScope:
+        """``allow`` for a write that takes an idempotency key: the caller's key scope
+        (``node.idempotency``), which the RPC MUST pass to the service with the key."""
+        return KeyScope.of(self.allow(context, action, member_id))
 
 
 def page_size(requested: int, default: int = MAX_PAGE) -> int:

@@ -42,21 +42,24 @@ class PointsServicer(Servicer, points_pb2_grpc.PointsServicer):
     def Enroll(
         self, request: points_pb2.EnrollRequest, context: grpc.ServicerContext
     ) -> points_pb2.WriteReply:
-        self.allow(context, Action.OPERATE, request.member_id)
+        scope = self.allow_write(context, Action.OPERATE, request.member_id)
         key = request.idempotency_key
-        return _write_reply(self._points.enroll(request.member_id, idempotency_key=key))
+        return _write_reply(
+            self._points.enroll(request.member_id, idempotency_key=key, scope=scope)
+        )
 
     @guarded
     def EarnPurchase(
         self, request: points_pb2.EarnPurchaseRequest, context: grpc.ServicerContext
     ) -> points_pb2.WriteReply:
-        self.allow(context, Action.OPERATE, request.member_id)
+        scope = self.allow_write(context, Action.OPERATE, request.member_id)
         result = self._points.earn_purchase(
             request.member_id,
             request.reference,
             request.spend_minor,
             request.category,
             idempotency_key=request.idempotency_key,
+            scope=scope,
         )
         return _write_reply(result)
 
@@ -64,12 +67,13 @@ class PointsServicer(Servicer, points_pb2_grpc.PointsServicer):
     def EarnReward(
         self, request: points_pb2.EarnRewardRequest, context: grpc.ServicerContext
     ) -> points_pb2.WriteReply:
-        self.allow(context, Action.OPERATE, request.member_id)
+        scope = self.allow_write(context, Action.OPERATE, request.member_id)
         result = self._points.earn_reward(
             request.member_id,
             request.event,
             request.reference,
             idempotency_key=request.idempotency_key,
+            scope=scope,
         )
         return _write_reply(result)
 
@@ -91,9 +95,12 @@ class PointsServicer(Servicer, points_pb2_grpc.PointsServicer):
     def ReversePurchase(
         self, request: points_pb2.ReversePurchaseRequest, context: grpc.ServicerContext
     ) -> points_pb2.WriteReply:
-        self.allow(context, Action.OPERATE, request.member_id)
+        scope = self.allow_write(context, Action.OPERATE, request.member_id)
         result = self._points.reverse_purchase(
-            request.member_id, request.reference, idempotency_key=request.idempotency_key
+            request.member_id,
+            request.reference,
+            idempotency_key=request.idempotency_key,
+            scope=scope,
         )
         return _write_reply(result)
 
@@ -101,12 +108,13 @@ class PointsServicer(Servicer, points_pb2_grpc.PointsServicer):
     def Redeem(
         self, request: points_pb2.RedeemRequest, context: grpc.ServicerContext
     ) -> points_pb2.WriteReply:
-        self.allow(context, Action.MEMBER_SPEND, request.member_id)
+        scope = self.allow_write(context, Action.MEMBER_SPEND, request.member_id)
         result = self._points.redeem(
             request.member_id,
             request.amount,
             request.reference,
             idempotency_key=request.idempotency_key,
+            scope=scope,
         )
         return _write_reply(result)
 
@@ -114,13 +122,14 @@ class PointsServicer(Servicer, points_pb2_grpc.PointsServicer):
     def Transfer(
         self, request: points_pb2.TransferRequest, context: grpc.ServicerContext
     ) -> points_pb2.WriteReply:
-        self.allow(context, Action.MEMBER_SPEND, request.member_id)
+        scope = self.allow_write(context, Action.MEMBER_SPEND, request.member_id)
         result = self._points.transfer(
             request.member_id,
             request.to_member_id,
             request.amount,
             request.note,
             idempotency_key=request.idempotency_key,
+            scope=scope,
         )
         return _write_reply(result)
 
@@ -128,13 +137,14 @@ class PointsServicer(Servicer, points_pb2_grpc.PointsServicer):
     def Adjust(
         self, request: points_pb2.AdjustRequest, context: grpc.ServicerContext
     ) -> points_pb2.WriteReply:
-        self.allow(context, Action.OPERATE, request.member_id)
+        scope = self.allow_write(context, Action.OPERATE, request.member_id)
         result = self._points.adjust(
             request.member_id,
             request.amount,
             request.operator,
             request.note,
             idempotency_key=request.idempotency_key,
+            scope=scope,
         )
         return _write_reply(result)
 
@@ -142,13 +152,14 @@ class PointsServicer(Servicer, points_pb2_grpc.PointsServicer):
     def Revoke(
         self, request: points_pb2.RevokeRequest, context: grpc.ServicerContext
     ) -> points_pb2.WriteReply:
-        self.allow(context, Action.OPERATE, request.member_id)
+        scope = self.allow_write(context, Action.OPERATE, request.member_id)
         result = self._points.revoke(
             request.member_id,
             request.earn_entry_id,
             request.operator,
             request.note,
             idempotency_key=request.idempotency_key,
+            scope=scope,
         )
         return _write_reply(result)
 

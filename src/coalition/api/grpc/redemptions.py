@@ -51,7 +51,7 @@ class PartnerRedemptionsServicer(Servicer, settlement_pb2_grpc.PartnerRedemption
     def Authorize(
         self, request: settlement_pb2.AuthorizeRedemptionRequest, context: grpc.ServicerContext
     ) -> settlement_pb2.PartnerRedemption:
-        self.allow(context, Action.OPERATE)
+        scope = self.allow_write(context, Action.OPERATE)
         view = self._redemptions.authorize(
             request.program,
             request.member_id,
@@ -59,6 +59,7 @@ class PartnerRedemptionsServicer(Servicer, settlement_pb2_grpc.PartnerRedemption
             request.reference,
             request.expires_in_s,
             idempotency_key=request.idempotency_key,
+            scope=scope,
         )
         return _redemption_message(view)
 

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 
 from coalition.api.http.deps import (
     ERROR_RESPONSES,
+    CallerScope,
     IdempotencyHeader,
     MemberId,
     Points,
@@ -94,6 +95,7 @@ def conversions_router(conversions: Conversions, authenticator: Authenticator) -
         member_id: MemberId,
         body: ConversionIn,
         response: Response,
+        scope: CallerScope,
         key: IdempotencyHeader = None,
     ) -> ConversionOut:
         view = conversions.convert(
@@ -102,6 +104,7 @@ def conversions_router(conversions: Conversions, authenticator: Authenticator) -
             body.to_member_id,
             body.amount,
             idempotency_key=idempotency_key(body, key),
+            scope=scope,
         )
         response.status_code = 200 if view.replayed else 201
         return _conversion_out(view)

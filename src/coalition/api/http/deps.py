@@ -21,6 +21,7 @@ from coalition.api.errors import http_headers, http_status, refusal_message
 from coalition.errors import CoalitionError, InvalidArgument
 from coalition.ledger.canonical import MAX_SAFE_INTEGER
 from coalition.node.auth import Action, Authenticator, Principal
+from coalition.node.idempotency import KeyScope
 
 Points = Annotated[StrictInt, Field(ge=-MAX_SAFE_INTEGER, le=MAX_SAFE_INTEGER)]
 Signed = dict[str, Any]
@@ -28,7 +29,9 @@ Signed = dict[str, Any]
 IDEMPOTENCY_KEY_RULE = (
     "Required on every write: in this header or in the body's `idempotency_key` (the same "
     "value if both), 1-128 of A-Za-z0-9._:/#-. A request repeated with its key answers "
-    "200 with `replayed: true` and the first answer; the key with another body is 409."
+    "200 with `replayed: true` and the first answer; the key with another body is 409. "
+    "Keys are the caller's own: a member key's are its member's, every operator key of "
+    "the program shares one scope; another caller's key of the same text is another key."
 )
 IdempotencyHeader = Annotated[
     str | None, Header(alias="Idempotency-Key", description=IDEMPOTENCY_KEY_RULE)
@@ -113,6 +116,18 @@ def guard(authenticator: Authenticator, action: Action) -> Any:
 
     async def dependency(request: Request, _: BearerDoc) -> Principal:
         member_id = request.path_params.get("member_id")
-        return authenticator.check(request.headers.get("authorization"), action, member_id)
+        caller = authenticator.check(request.headers.get("authorization"), action, member_id)
+        request.state.caller = caller
+        return caller
 
     return Depends(dependency)
+
+
+def key_scope(request: Request) -> KeyScope:
+    """The idempotency scope of the caller ``guard`` let through (``node.idempotency``):
+    every write route MUST pass it to the service with the key."""
+    return KeyScope.of(request.state.caller)
+
+
+CallerScope = Annotated[KeyScope, Depends(key_scope)]
+"""A write route's parameter: the caller's idempotency scope (``key_scope``)."""

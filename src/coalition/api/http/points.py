@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 
 from coalition.api.http.deps import (
     ERROR_RESPONSES,
+    CallerScope,
     IdempotencyHeader,
     MemberId,
     Points,
@@ -172,8 +173,12 @@ def _earning(points: PointsService, authenticator: Authenticator) -> APIRouter:
     router = APIRouter(tags=["members"], dependencies=[guard(authenticator, Action.OPERATE)])
 
     @router.post("/v1/members", summary="Enroll a member", **_WRITE)
-    def enroll(body: EnrollIn, response: Response, key: IdempotencyHeader = None) -> WriteOut:
-        result = points.enroll(body.member_id, idempotency_key=idempotency_key(body, key))
+    def enroll(
+        body: EnrollIn, response: Response, scope: CallerScope, key: IdempotencyHeader = None
+    ) -> WriteOut:
+        result = points.enroll(
+            body.member_id, idempotency_key=idempotency_key(body, key), scope=scope
+        )
         return _written(result, response)
 
     @router.post(
@@ -182,7 +187,11 @@ def _earning(points: PointsService, authenticator: Authenticator) -> APIRouter:
         **_WRITE,
     )
     def earn(
-        member_id: MemberId, body: PurchaseIn, response: Response, key: IdempotencyHeader = None
+        member_id: MemberId,
+        body: PurchaseIn,
+        response: Response,
+        scope: CallerScope,
+        key: IdempotencyHeader = None,
     ) -> WriteOut:
         result = points.earn_purchase(
             member_id,
@@ -190,6 +199,7 @@ def _earning(points: PointsService, authenticator: Authenticator) -> APIRouter:
             body.spend_minor,
             body.category,
             idempotency_key=idempotency_key(body, key),
+            scope=scope,
         )
         return _written(result, response)
 
@@ -199,10 +209,18 @@ def _earning(points: PointsService, authenticator: Authenticator) -> APIRouter:
         **_WRITE,
     )
     def reward(
-        member_id: MemberId, body: RewardIn, response: Response, key: IdempotencyHeader = None
+        member_id: MemberId,
+        body: RewardIn,
+        response: Response,
+        scope: CallerScope,
+        key: IdempotencyHeader = None,
     ) -> WriteOut:
         result = points.earn_reward(
-            member_id, body.event, body.reference, idempotency_key=idempotency_key(body, key)
+            member_id,
+            body.event,
+            body.reference,
+            idempotency_key=idempotency_key(body, key),
+            scope=scope,
         )
         return _written(result, response)
 
@@ -212,10 +230,14 @@ def _earning(points: PointsService, authenticator: Authenticator) -> APIRouter:
         **_WRITE,
     )
     def reverse(
-        member_id: MemberId, body: ReversalIn, response: Response, key: IdempotencyHeader = None
+        member_id: MemberId,
+        body: ReversalIn,
+        response: Response,
+        scope: CallerScope,
+        key: IdempotencyHeader = None,
     ) -> WriteOut:
         result = points.reverse_purchase(
-            member_id, body.reference, idempotency_key=idempotency_key(body, key)
+            member_id, body.reference, idempotency_key=idempotency_key(body, key), scope=scope
         )
         return _written(result, response)
 
@@ -231,10 +253,18 @@ def _spending(points: PointsService, authenticator: Authenticator) -> APIRouter:
         **_WRITE,
     )
     def redeem(
-        member_id: MemberId, body: RedemptionIn, response: Response, key: IdempotencyHeader = None
+        member_id: MemberId,
+        body: RedemptionIn,
+        response: Response,
+        scope: CallerScope,
+        key: IdempotencyHeader = None,
     ) -> WriteOut:
         result = points.redeem(
-            member_id, body.amount, body.reference, idempotency_key=idempotency_key(body, key)
+            member_id,
+            body.amount,
+            body.reference,
+            idempotency_key=idempotency_key(body, key),
+            scope=scope,
         )
         return _written(result, response)
 
@@ -244,7 +274,11 @@ def _spending(points: PointsService, authenticator: Authenticator) -> APIRouter:
         **_WRITE,
     )
     def transfer(
-        member_id: MemberId, body: TransferIn, response: Response, key: IdempotencyHeader = None
+        member_id: MemberId,
+        body: TransferIn,
+        response: Response,
+        scope: CallerScope,
+        key: IdempotencyHeader = None,
     ) -> WriteOut:
         result = points.transfer(
             member_id,
@@ -252,6 +286,7 @@ def _spending(points: PointsService, authenticator: Authenticator) -> APIRouter:
             body.amount,
             body.note,
             idempotency_key=idempotency_key(body, key),
+            scope=scope,
         )
         return _written(result, response)
 
@@ -267,7 +302,11 @@ def _operator_corrections(points: PointsService, authenticator: Authenticator) -
         **_WRITE,
     )
     def adjust(
-        member_id: MemberId, body: AdjustmentIn, response: Response, key: IdempotencyHeader = None
+        member_id: MemberId,
+        body: AdjustmentIn,
+        response: Response,
+        scope: CallerScope,
+        key: IdempotencyHeader = None,
     ) -> WriteOut:
         result = points.adjust(
             member_id,
@@ -275,6 +314,7 @@ def _operator_corrections(points: PointsService, authenticator: Authenticator) -
             body.operator,
             body.note,
             idempotency_key=idempotency_key(body, key),
+            scope=scope,
         )
         return _written(result, response)
 
@@ -284,7 +324,11 @@ def _operator_corrections(points: PointsService, authenticator: Authenticator) -
         **_WRITE,
     )
     def revoke(
-        member_id: MemberId, body: RevocationIn, response: Response, key: IdempotencyHeader = None
+        member_id: MemberId,
+        body: RevocationIn,
+        response: Response,
+        scope: CallerScope,
+        key: IdempotencyHeader = None,
     ) -> WriteOut:
         result = points.revoke(
             member_id,
@@ -292,6 +336,7 @@ def _operator_corrections(points: PointsService, authenticator: Authenticator) -
             body.operator,
             body.note,
             idempotency_key=idempotency_key(body, key),
+            scope=scope,
         )
         return _written(result, response)
 

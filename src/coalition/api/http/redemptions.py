@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 
 from coalition.api.http.deps import (
     ERROR_RESPONSES,
+    CallerScope,
     IdempotencyHeader,
     Points,
     Signed,
@@ -84,7 +85,10 @@ def redemptions_router(redemptions: Redemptions, authenticator: Authenticator) -
         },
     )
     def authorize(
-        body: PartnerRedemptionIn, response: Response, key: IdempotencyHeader = None
+        body: PartnerRedemptionIn,
+        response: Response,
+        scope: CallerScope,
+        key: IdempotencyHeader = None,
     ) -> PartnerRedemptionOut:
         view = redemptions.authorize(
             body.program,
@@ -93,6 +97,7 @@ def redemptions_router(redemptions: Redemptions, authenticator: Authenticator) -
             body.reference,
             body.expires_in_s,
             idempotency_key=idempotency_key(body, key),
+            scope=scope,
         )
         response.status_code = 200 if view.replayed else 201
         return _redemption_out(view)

@@ -47,6 +47,7 @@ from coalition.ledger.entries import check_program_id, entry_leaf_hash, format_t
 from coalition.ledger.envelope import MAX_CLOCK_SKEW, SignedMessage, open_message, sign_message
 from coalition.node.features.agreements import Agreements
 from coalition.node.features.outbox import Outbox
+from coalition.node.idempotency import OPERATOR, KeyScope
 from coalition.node.manifest import Manifest
 from coalition.node.partners import PartnerClient, PartnerInbox
 from coalition.node.sequencer import Decision, EntryDecision
@@ -212,10 +213,12 @@ class Conversions:
         amount: int,
         *,
         idempotency_key: str,
+        scope: KeyScope = OPERATOR,
     ) -> ConversionView:
         """Convert ``amount`` of the member's points into ``to_program`` points for the
         member ``to_member_id`` there; returns the conversion, ``pending`` until B answers.
-        The same idempotency key with the same request returns the same conversion."""
+        The same idempotency key with the same request, in the caller's ``scope``
+        (``node.idempotency``), returns the same conversion."""
         validate_member_id(member_id)
         validate_member_id(to_member_id)
         self._check_target(to_program)
@@ -272,7 +275,7 @@ class Conversions:
             self.outbox.enqueue(conn, conversion_id, to_program)
             return body, touched, known
 
-        result = self.service.sequencer.append(request, idempotency_key, decide)
+        result = self.service.sequencer.append(request, idempotency_key, decide, scope=scope)
         if result.replayed:  # it may have settled since: read its status
             out: model.ConvertOut = model.parse_as(result.entry, model.ConvertOut)
             view = replace(self.status(member_id, out.conversion.id), replayed=True)
@@ -555,7 +558,7 @@ class Conversions:
     ) -> EntryDecision:
         sender = batch.sender
 
-        def decide(conn: Connection, ctx: EntryContext) -> Decision | None:
+        def decide(conn: Connection, ctx: EntryContext) -> list[Decision] | None:
             if batch.answered(conn, conversion_id):
                 return None  # answered before: the stored answer goes back
             try:
@@ -569,7 +572,7 @@ class Conversions:
                     conn, ctx, sender, conversion_id, reason, _out_time(out_entry)
                 )
                 batch.answer(conversion_id)
-                return decision
+                return [decision]
             convert_in = credited.typed
             assert isinstance(convert_in, model.ConvertIn)  # operations.convert_in built it
             receipt: JsonObject = {
@@ -591,7 +594,13 @@ class Conversions:
                 at=ctx.at,
             )
             batch.answer(conversion_id, value)
-            return credited, [Account(account)], set()
+            if batch.enrolled(conn, to_member):
+                return [(credited, [Account(account)], set())]
+            # Enrolled by the conversion, as by a transfer: a member converting to an id
+            # here learns nothing of which ids are enrolled (issue 11, class 9).
+            opened = self.service.points.enrol_on_arrival(conn, to_member, account, ctx.at)
+            batch.enrol(to_member, account)
+            return [opened, (credited, opened[1], set())]
 
         return decide
 
@@ -630,8 +639,8 @@ class Conversions:
             )
         _check_in_force(current_agreements(recorded, out_at).get((sender, self.program)), agreement)
         account = batch.accounts(conn).get(validate_member_id(to_member))
-        if account is None:
-            raise NotFound(f"member {to_member} is not enrolled at {self.program}")
+        if account is None:  # enrolled by the credit (``_credit_decision``)
+            account = self.service.points.account_for(to_member)
         quoted = quote(agreement, out.amount)
         limit = self.manifest.credit_limit(self.program, sender)
         if limit is not None:
@@ -711,7 +720,7 @@ class _SourceBatch:
 class _TargetBatch:
     """What the decisions of one ``convert`` or ``abort`` message share, read once inside
     the writer's transaction: the answers already given, the recorded agreements and the
-    members' accounts (a batch writes no agreement and enrolls no member)."""
+    members' accounts (a batch writes no agreement; the members it enrolls, ``enrol``)."""
 
     def __init__(
         self, owner: Conversions, sender: str, ids: Sequence[str], members: Sequence[str]
@@ -757,6 +766,15 @@ class _TargetBatch:
             valid = [m for m in self._members if _valid_member(m)]
             self._accounts = members_store.accounts_for_members(conn, valid)
         return self._accounts
+
+    def enrolled(self, conn: Connection, member_id: str) -> bool:
+        """Whether ``member_id`` is enrolled here (before the batch, or by it)."""
+        return member_id in self.accounts(conn)
+
+    def enrol(self, member_id: str, account: str) -> None:
+        """Note a member the batch just enrolled (``PointsService.enrol_on_arrival``)."""
+        assert self._accounts is not None
+        self._accounts[member_id] = account
 
 
 def _dequeue(conn: Connection, conversion_ids: Iterable[str]) -> None:

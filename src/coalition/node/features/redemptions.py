@@ -41,6 +41,7 @@ from coalition.ledger.canonical import MAX_SAFE_INTEGER, JsonObject, canonical_j
 from coalition.ledger.entries import check_program_id, check_time, entry_leaf_hash, format_time
 from coalition.ledger.envelope import SignedMessage, open_message, sign_message
 from coalition.node.features.agreements import Agreements
+from coalition.node.idempotency import OPERATOR, KeyScope
 from coalition.node.manifest import Manifest
 from coalition.node.partners import PartnerClient, PartnerInbox
 from coalition.node.sequencer import (
@@ -166,12 +167,15 @@ class Redemptions:
         expires_in_s: int,
         *,
         idempotency_key: str,
+        scope: KeyScope = OPERATOR,
     ) -> RedemptionView:
         """Ask ``program`` to hold ``amount`` of its member ``member_id``'s points for a
         redemption here. The same idempotency key and request return the same redemption
         (resending to the issuer while it is still ``pending``); the issuer's refusal
         (unknown member, too few points, no agreement in force) is raised as it came and
-        leaves nothing behind, so the key may be retried."""
+        leaves nothing behind, so the key may be retried. Keys are the caller's
+        (``scope``, ``node.idempotency``); only operators ask, so in practice the
+        operator scope."""
         self._check_partner(program)
         validate_member_id(member_id)
         _whole(amount, "amount", 1, MAX_SAFE_INTEGER)
@@ -186,18 +190,20 @@ class Redemptions:
             "reference": reference,
             "expires_in_s": expires_in_s,
         }
-        found, replayed = self._start(idempotency_key, _hash(request), request)
+        found, replayed = self._start(
+            idempotency_key, scope.stored(idempotency_key), _hash(request), request
+        )
         view = self._view(found) if found.status != "pending" else self._send_authorize(found)
         return replace(view, replayed=replayed)
 
     def _start(
-        self, key: str, request_hash: str, request: JsonObject
+        self, key: str, stored: str, request_hash: str, request: JsonObject
     ) -> tuple[PartnerRedemption, bool]:
-        """The redemption stored under ``key``, inserted as ``pending`` when new, and
-        whether it was there before (a replay)."""
+        """The redemption stored under ``stored`` (the caller's ``key`` in its scope),
+        inserted as ``pending`` when new, and whether it was there before (a replay)."""
 
         def start(tx: Transaction) -> tuple[PartnerRedemption, bool]:
-            found = redemptions_store.redemption_by_key(tx.conn, key)
+            found = redemptions_store.redemption_by_key(tx.conn, stored)
             if found is not None:
                 if found.request_hash != request_hash:
                     raise idempotency_conflict(key)
@@ -211,7 +217,7 @@ class Redemptions:
                 amount=int(request["amount"]),  # type: ignore[arg-type]
                 reference=str(request["reference"]),
                 expires_in_s=int(request["expires_in_s"]),  # type: ignore[arg-type]
-                idem_key=key,
+                idem_key=stored,
                 request_hash=request_hash,
                 created_at=tx.now(),
             )

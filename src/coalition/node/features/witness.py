@@ -315,7 +315,9 @@ class Witness:
                 self._errors[program] = str(exc)
                 log.warning("witness: refused a header from %s: %s", program, exc)
             except Exception as exc:  # a database outage or a bug: retry, never die silently
-                self._errors[program] = f"{type(exc).__name__}: {exc}"
+                # Ledger readers see the kind only: the text may carry a database's address,
+                # a file path or SQL (issue 11, class 9); the log keeps it.
+                self._errors[program] = f"internal error ({type(exc).__name__}); see the node log"
                 log.exception("witness: following %s failed", program)
             finally:
                 with self._lock:
