@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from coalition.errors import FailedPrecondition, InvalidArgument
-from coalition.node.config import split_address
+from coalition.node.config import ServerTls, split_address
 from coalition.node.manifest import Manifest
 from coalition.ops.keygen import write_key_file
 
@@ -244,3 +244,24 @@ def certificate_program(pem: bytes) -> str | None:
     names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     value = names[0].value if names else None
     return value if isinstance(value, str) else None
+
+
+def read_server_tls(tls: ServerTls) -> tuple[bytes, bytes]:
+    """(certificate chain, private key) PEM bytes of the member/operator ports' ``[tls]``,
+    checked to load and to belong together, so a bad file stops the node at start with
+    its name (FailedPrecondition or InvalidArgument) rather than at the first handshake."""
+    try:
+        chain, key_pem = tls.cert_path.read_bytes(), tls.key_path.read_bytes()
+    except OSError as exc:
+        raise FailedPrecondition(f"cannot read TLS file {exc.filename}: {exc.strerror}") from None
+    try:
+        certificates = x509.load_pem_x509_certificates(chain)
+    except ValueError:
+        raise InvalidArgument(f"{tls.cert_path} holds no PEM certificate") from None
+    try:
+        key = serialization.load_pem_private_key(key_pem, None)
+    except (ValueError, TypeError):
+        raise InvalidArgument(f"{tls.key_path} is not an unencrypted PEM private key") from None
+    if key.public_key() != certificates[0].public_key():
+        raise InvalidArgument(f"{tls.key_path} is not the key of {tls.cert_path}")
+    return chain, key_pem

@@ -55,11 +55,13 @@ def serve_grpc(
     *,
     limits: Limits = DEFAULT_LIMITS,
     reuse_port: bool = False,
+    tls: tuple[bytes, bytes] | None = None,
 ) -> tuple[grpc.Server, int]:
-    """Start a plaintext gRPC server and return it with its bound port (``port=0``: any
-    free one). The caller MUST ``server.stop(grace)`` it. Streaming calls are bounded by
-    ``limits`` (``streams.LimitStreams``), so ``UNARY_WORKERS`` workers always serve
-    unary calls and the health check. ``extra`` adds the coalition features' servicers.
+    """Start a gRPC server and return it with its bound port (``port=0``: any free one):
+    plaintext, or TLS with ``tls`` = (certificate chain, private key) PEM bytes. The
+    caller MUST ``server.stop(grace)`` it. Streaming calls are bounded by ``limits``
+    (``streams.LimitStreams``), so ``UNARY_WORKERS`` workers always serve unary calls and
+    the health check. ``extra`` adds the coalition features' servicers.
 
     By default a port in use is an error, never a shared port. ``reuse_port`` (the
     processes of one node, ``coalition run --processes``) sets SO_REUSEPORT, so every
@@ -74,7 +76,12 @@ def serve_grpc(
     add_servicers(server, service, authenticator)
     for add in extra:
         add(server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"{host}:{port}"
+    if tls is None:
+        bound = server.add_insecure_port(address)
+    else:
+        chain, key = tls
+        bound = server.add_secure_port(address, grpc.ssl_server_credentials([(key, chain)]))
     if bound == 0:
         raise OSError(f"cannot bind gRPC to {host}:{port}")
     server.start()
