@@ -2,7 +2,8 @@
 material and the coalition's TLS certificates, written as files (see ``coalition.ops``);
 ``coalition keys issue|list|revoke``: API keys issued at run time, in the node's database
 (``node.api_keys``), which every running process of the node picks up by itself within
-``node.auth.POLL_INTERVAL_S``."""
+``node.auth.POLL_INTERVAL_S``; ``coalition tls-renew`` and ``tls-revoke``: one partner's
+certificate renewed or revoked while the coalition runs (``ops.tls``)."""
 
 from __future__ import annotations
 
@@ -48,6 +49,28 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
         print(f"account secret  {files.account_secret}")
         print(f"API key digests {files.api_keys}")
         print(f"API key secrets {files.api_secrets} (keep private)")
+    return 0
+
+
+def _cmd_tls_renew(args: argparse.Namespace) -> int:
+    from coalition.node.manifest import Manifest
+    from coalition.ops.tls import CHECK_EVERY_S, renew_certificate
+
+    for path in renew_certificate(
+        Manifest.load(args.manifest), args.program, revoke_old=args.revoke_old
+    ):
+        print(f"wrote {path}")
+    print(f"(a running node takes its renewed files within {CHECK_EVERY_S:g} s)")
+    return 0
+
+
+def _cmd_tls_revoke(args: argparse.Namespace) -> int:
+    from coalition.node.manifest import Manifest
+    from coalition.ops.tls import CHECK_EVERY_S, revoke_certificate
+
+    path, serial = revoke_certificate(Manifest.load(args.manifest), args.program)
+    print(f"revoked the certificate of {args.program} (serial {serial:x}) in {path}")
+    print(f"(every node that reads {path.name} refuses it within {CHECK_EVERY_S:g} s)")
     return 0
 
 
@@ -156,7 +179,7 @@ def _add_keys_group(sub: Any) -> None:
 
 
 def add_commands(sub: Any) -> None:
-    """Add ``keygen``, ``keys`` and ``tls-init``."""
+    """Add ``keygen``, ``keys``, ``tls-init``, ``tls-renew`` and ``tls-revoke``."""
     _add_keys_group(sub)
     p = sub.add_parser("keygen", help="generate a brand's (or every partner's) keys")
     which = p.add_mutually_exclusive_group(required=True)
@@ -171,3 +194,14 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--manifest", required=True, help="the coalition manifest (coalition.toml)")
     p.add_argument("--force", action="store_true", help="replace existing TLS material")
     p.set_defaults(func=_cmd_tls_init)
+
+    p = sub.add_parser("tls-renew", help="a new certificate and key for one partner")
+    p.add_argument("--manifest", required=True, help="the coalition manifest (coalition.toml)")
+    p.add_argument("--program", required=True, help="the partner whose certificate to renew")
+    p.add_argument("--revoke-old", action="store_true", help="also revoke the one replaced")
+    p.set_defaults(func=_cmd_tls_renew)
+
+    p = sub.add_parser("tls-revoke", help="revoke one partner's certificate (the CA's CRL)")
+    p.add_argument("--manifest", required=True, help="the coalition manifest (coalition.toml)")
+    p.add_argument("--program", required=True, help="the partner whose certificate to revoke")
+    p.set_defaults(func=_cmd_tls_revoke)
