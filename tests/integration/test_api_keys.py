@@ -10,10 +10,12 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
+import grpc
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
+from coalition.api.grpc.server import serve_grpc
 from coalition.api.http.app import create_app
 from coalition.cli import main
 from coalition.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
@@ -32,6 +34,7 @@ from coalition.ops.keygen import find_secret, generate_keys
 from coalition.ops.tomlfiles import write_toml
 from coalition.runtime.wiring import build_node
 from coalition.store.db import make_engine
+from coalition.v1 import keys_pb2, keys_pb2_grpc
 
 from support.databases import at_current_schema
 from support.nodes import Clock
@@ -250,3 +253,47 @@ def test_cli_keys_issue_list_revoke_round_trip(
         engine.dispose()
     assert main(["keys", "revoke", "--config", str(config_path), "--name", "operator"]) == 1
     assert "keys file" in capsys.readouterr().err
+
+
+def test_grpc_issue_list_revoke_round_trip(node: NodeService) -> None:
+    auth = Authenticator([FILE_OPERATOR], issued=node.api_keys, poll_interval_s=0)
+    server, port = serve_grpc(node, auth)
+    operator = (("authorization", bearer("file-operator-secret")),)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            keys = keys_pb2_grpc.ApiKeysStub(channel)
+            request = keys_pb2.IssueKeyRequest(
+                name="pos-7", role="member", member_id="alice", expires_at="2099-01-01T00:00:00Z"
+            )
+            issued = keys.IssueKey(request, metadata=operator, timeout=10)
+            assert issued.key.usable and issued.key.source == "database"
+            member = (("authorization", bearer(issued.secret)),)
+            with pytest.raises(grpc.RpcError) as denied:
+                keys.ListKeys(keys_pb2.ListKeysRequest(), metadata=member, timeout=10)
+            assert denied.value.code() is grpc.StatusCode.PERMISSION_DENIED
+            listed = keys.ListKeys(keys_pb2.ListKeysRequest(), metadata=operator, timeout=10)
+            assert [k.name for k in listed.keys] == ["ops-file", "pos-7"]
+            assert issued.secret not in str(listed)
+            with pytest.raises(grpc.RpcError) as bad:
+                keys.IssueKey(
+                    keys_pb2.IssueKeyRequest(name="x", role="auditor", expires_at="soon"),
+                    metadata=operator,
+                    timeout=10,
+                )
+            assert bad.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+            assert "RFC 3339" in (bad.value.details() or "")
+            revoked = keys.RevokeKey(
+                keys_pb2.RevokeKeyRequest(name="pos-7"), metadata=operator, timeout=10
+            )
+            assert revoked.revoked_at and not revoked.usable
+            with pytest.raises(grpc.RpcError) as refused:
+                keys.ListKeys(keys_pb2.ListKeysRequest(), metadata=member, timeout=10)
+            assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+            assert "'pos-7' was revoked" in (refused.value.details() or "")
+            with pytest.raises(grpc.RpcError) as last:
+                keys.RevokeKey(
+                    keys_pb2.RevokeKeyRequest(name="ops-file"), metadata=operator, timeout=10
+                )
+            assert last.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    finally:
+        server.stop(None).wait(10)

@@ -1,5 +1,6 @@
-"""``serve_grpc``: the member/operator gRPC server (plaintext, API keys): Points, Ledger
-and Health, plus the coalition features' servicers the wiring passes in."""
+"""``serve_grpc``: the member/operator gRPC server (API keys; plaintext, or TLS with
+``[tls]``): Points, Ledger, ApiKeys and Health, plus the coalition features' servicers
+the wiring passes in."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import grpc
 
 from coalition.api.grpc.decoding import DecodeRequests
 from coalition.api.grpc.health import add_health
+from coalition.api.grpc.keys import KEYS_SERVICE, add_keys_servicer
 from coalition.api.grpc.kit import ApiKeyAuthorizer
 from coalition.api.grpc.ledger import LEDGER_SERVICE, LedgerServicer
 from coalition.api.grpc.points import POINTS_SERVICE, PointsServicer
@@ -25,11 +27,12 @@ AddServicer = Callable[[grpc.Server], None]
 
 
 def add_servicers(server: grpc.Server, service: NodeService, authenticator: Authenticator) -> None:
-    """Register Points, Ledger and the standard health service (all SERVING) on ``server``."""
+    """Register Points, Ledger, ApiKeys and the standard health service (all SERVING)."""
     authorize = ApiKeyAuthorizer(authenticator)
     points_pb2_grpc.add_PointsServicer_to_server(PointsServicer(service.points, authorize), server)
     ledger_pb2_grpc.add_LedgerServicer_to_server(LedgerServicer(service.ledger, authorize), server)
-    add_health(server, (POINTS_SERVICE, LEDGER_SERVICE))
+    add_keys_servicer(server, service.api_keys, authenticator, service.now)
+    add_health(server, (POINTS_SERVICE, LEDGER_SERVICE, KEYS_SERVICE))
 
 
 def api_key_caller(authenticator: Authenticator) -> CallerOf:
