@@ -137,6 +137,7 @@ class Authenticator:
         self._poll_interval = poll_interval_s
         self._next_poll = 0.0
         self._polling = threading.Lock()
+        self._merging = threading.Lock()  # a reload and a poll never drop each other's keys
         self._keys = dict(self._file)
         if issued is not None:
             self._poll(raise_errors=True)
@@ -154,8 +155,9 @@ class Authenticator:
         how many. A bad set (InvalidArgument) leaves the current one in force. Issued
         keys are not touched."""
         checked = self._checked(keys)
-        self._file = checked
-        self._keys = {**self._issued_keys, **checked}  # one assignment: old or new set
+        with self._merging:
+            self._file = checked
+            self._keys = {**self._issued_keys, **checked}  # one assignment: old or new set
         return len(checked)
 
     def file_keys(self) -> list[ApiKey]:
@@ -175,8 +177,9 @@ class Authenticator:
             if changed is not None:
                 version, keys = changed
                 issued = self._checked(keys)
-                self._issued_keys = issued
-                self._keys = {**issued, **self._file}
+                with self._merging:
+                    self._issued_keys = issued
+                    self._keys = {**issued, **self._file}
                 self._version = version
         except Exception:
             if raise_errors:
