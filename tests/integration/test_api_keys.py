@@ -35,7 +35,7 @@ from coalition.ops.keygen import find_secret, generate_keys
 from coalition.ops.tomlfiles import write_toml
 from coalition.runtime.wiring import build_node
 from coalition.store.db import make_engine
-from coalition.v1 import keys_pb2, keys_pb2_grpc
+from coalition.v1 import keys_pb2, keys_pb2_grpc, ledger_pb2, ledger_pb2_grpc
 
 from support.databases import at_current_schema
 from support.nodes import Clock
@@ -371,3 +371,27 @@ def _statuses(http: str, secret: str, tries: int = 10) -> set[int]:
             response = client.get("/v1/ledger/headers", headers={"Authorization": bearer(secret)})
         found.add(response.status_code)
     return found
+
+
+def test_an_open_header_stream_ends_when_its_key_is_revoked(node: NodeService) -> None:
+    auth = Authenticator([FILE_OPERATOR], issued=node.api_keys, poll_interval_s=0)
+    issued = node.api_keys.issue("watcher", Role.AUDITOR)
+    server, port = serve_grpc(node, auth)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            ledger = ledger_pb2_grpc.LedgerStub(channel)
+            stream = ledger.WatchHeaders(
+                ledger_pb2.WatchHeadersRequest(after_height=-1),
+                metadata=(("authorization", bearer(issued.secret)),),
+                timeout=30,
+            )
+            node.points.enroll("alice", idempotency_key="enroll-alice")
+            assert next(stream).signed_header_json, "the stream serves while the key is usable"
+            node.api_keys.revoke("watcher")
+            node.points.enroll("bob", idempotency_key="enroll-bob")
+            with pytest.raises(grpc.RpcError) as ended:
+                next(stream)
+            assert ended.value.code() is grpc.StatusCode.UNAUTHENTICATED
+            assert "'watcher' was revoked" in (ended.value.details() or "")
+    finally:
+        server.stop(None).wait(10)
