@@ -118,16 +118,19 @@ def test_bad_issues_and_revocations_are_refused_and_change_nothing(engine: Engin
 
 
 def test_the_last_usable_operator_key_cannot_be_revoked(engine: Engine) -> None:
-    store = ApiKeyStore(engine)
-    first = store.issue("ops-1", Role.OPERATOR)
+    clock = Clock()
+    store = ApiKeyStore(engine, clock)
+    store.issue("ops-1", Role.OPERATOR)
     store.issue("ops-2", Role.OPERATOR)
+    store.issue("ops-brief", Role.OPERATOR, expires_at=clock.now + timedelta(minutes=5))
     store.revoke("ops-2")
+    clock.advance(minutes=5)  # an expired operator key is no one left to manage the node
     with pytest.raises(FailedPrecondition, match="last usable operator key"):
         store.revoke("ops-1")
+    assert [k.name for k in store.issued() if k.usable(clock.now)] == ["ops-1"]
     with pytest.raises(FailedPrecondition, match="already revoked"):
         store.revoke("ops-2")
-    assert store.revoke("ops-1", file_keys=[FILE_OPERATOR]).revoked_at is not None
-    assert first.key.name == "ops-1"
+    assert store.revoke("ops-1", file_keys=[FILE_OPERATOR]).revoked_at == clock.now
 
 
 def test_a_list_shows_no_secret_or_digest(node: NodeService) -> None:

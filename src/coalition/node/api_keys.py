@@ -22,7 +22,7 @@ import re
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine
 
@@ -45,12 +45,17 @@ class IssuedKey:
     secret: str
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
 def _micros(at: datetime) -> int:
-    return int(at.timestamp() * 1_000_000)
+    """Exact integer microseconds since the epoch (no float rounding)."""
+    return (at - _EPOCH) // _MICROSECOND
 
 
 def _time(micros: int | None) -> datetime | None:
-    return None if micros is None else datetime.fromtimestamp(micros / 1_000_000, UTC)
+    return None if micros is None else _EPOCH + micros * _MICROSECOND
 
 
 def _api_key(row: store.StoredKey) -> ApiKey:
