@@ -33,6 +33,7 @@ from coalition.node.partners import PartnerClient, PartnerInbox
 from coalition.node.sequencer import Sequencer
 from coalition.ops.tls import (
     CHECK_EVERY_S,
+    NodeTls,
     RevocationList,
     TlsFiles,
     crl_path,
@@ -211,3 +212,24 @@ def test_a_crl_not_signed_by_the_ca_is_never_taken(
     assert "signature is not the CA's" in caplog.text
     with pytest.raises(InvalidArgument, match="signature is not the CA's"):
         RevocationList(pair.manifest.ca_cert)  # and a node does not start on it
+
+
+def test_a_half_written_renewal_keeps_the_material_in_force(
+    pair: Pair, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``tls-renew`` replaces the key, then the certificate: a node that looks between the
+    two sees a key that is not its certificate's and keeps serving with the old pair."""
+    files = TlsFiles.for_program(pair.manifest, "staybright")
+    own = NodeTls(files, check_every_s=0)
+    version, before = own.current()
+    old_cert, old_key = files.cert.read_bytes(), files.key.read_bytes()
+    renew_certificate(pair.manifest, "staybright")
+    new_cert = files.cert.read_bytes()
+    files.cert.write_bytes(old_cert)  # as if the node looked before the certificate was written
+    with caplog.at_level(logging.ERROR, logger="coalition.tls"):
+        assert own.current() == (version, before)
+    assert "is not the key of" in caplog.text
+    assert files.key.read_bytes() != old_key
+    files.cert.write_bytes(new_cert)
+    renewed_version, renewed = own.current()
+    assert renewed_version == version + 1 and renewed[1] == new_cert

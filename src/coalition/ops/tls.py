@@ -270,17 +270,23 @@ def read_server_tls(tls: ServerTls) -> tuple[bytes, bytes]:
         chain, key_pem = tls.cert_path.read_bytes(), tls.key_path.read_bytes()
     except OSError as exc:
         raise FailedPrecondition(f"cannot read TLS file {exc.filename}: {exc.strerror}") from None
+    check_key_pair(chain, key_pem, tls.cert_path, tls.key_path)
+    return chain, key_pem
+
+
+def check_key_pair(chain: bytes, key_pem: bytes, cert_path: Path, key_path: Path) -> None:
+    """InvalidArgument, naming the file, unless ``chain`` holds a PEM certificate and
+    ``key_pem`` is the unencrypted private key of its first (leaf) certificate."""
     try:
         certificates = x509.load_pem_x509_certificates(chain)
     except ValueError:
-        raise InvalidArgument(f"{tls.cert_path} holds no PEM certificate") from None
+        raise InvalidArgument(f"{cert_path} holds no PEM certificate") from None
     try:
         key = serialization.load_pem_private_key(key_pem, None)
     except (ValueError, TypeError):
-        raise InvalidArgument(f"{tls.key_path} is not an unencrypted PEM private key") from None
+        raise InvalidArgument(f"{key_path} is not an unencrypted PEM private key") from None
     if key.public_key() != certificates[0].public_key():
-        raise InvalidArgument(f"{tls.key_path} is not the key of {tls.cert_path}")
-    return chain, key_pem
+        raise InvalidArgument(f"{key_path} is not the key of {cert_path}")
 
 
 # --- renewal and revocation of partner certificates ------------------------------------
@@ -309,18 +315,6 @@ def _stamp(paths: Iterable[Path]) -> tuple[tuple[int, int, int] | None, ...]:
     return tuple(stamps)
 
 
-def _matching_pair(cert_pem: bytes, key_pem: bytes, where: Path) -> None:
-    """InvalidArgument unless ``key_pem`` is the private key of ``cert_pem``'s first
-    certificate (a renewal half written: the node keeps its material in force)."""
-    try:
-        certificate = x509.load_pem_x509_certificates(cert_pem)[0]
-        key = serialization.load_pem_private_key(key_pem, None)
-    except (ValueError, TypeError):
-        raise InvalidArgument(f"{where}: the certificate or its key does not load") from None
-    if key.public_key() != certificate.public_key():
-        raise InvalidArgument(f"{where}: the key is not the certificate's")
-
-
 class NodeTls:
     """A node's own partner TLS material (CA, certificate, key), re-read when its files
     change, so a renewed certificate is taken without a restart.
@@ -337,7 +331,7 @@ class NodeTls:
         self._lock = threading.Lock()
         self._stamp = _stamp(self._paths)
         self._material = files.read()
-        _matching_pair(self._material[1], self._material[2], files.cert)
+        check_key_pair(self._material[1], self._material[2], files.cert, files.key)
         self._version = 0
         self._next = time.monotonic() + check_every_s
 
@@ -357,7 +351,7 @@ class NodeTls:
             return
         try:
             material = self.files.read()
-            _matching_pair(material[1], material[2], self.files.cert)
+            check_key_pair(material[1], material[2], self.files.cert, self.files.key)
         except (FailedPrecondition, InvalidArgument) as exc:
             log.error("TLS files changed but not taken (the current ones stay): %s", exc)
             return
