@@ -111,9 +111,15 @@ def test_bad_issues_and_revocations_are_refused_and_change_nothing(engine: Engin
             lambda: store.revoke("ops-file", file_keys=[FILE_OPERATOR]),
         ),
     ]
+    standby = ApiKeyStore(engine, read_only_primary=("testair", "10.0.0.1:8080"))
+    refused += [
+        (FailedPrecondition, "send writes to the primary", lambda: standby.issue("s", "auditor")),
+        (FailedPrecondition, "send writes to the primary", lambda: standby.revoke("ops-2")),
+    ]
     for kind, message, call in refused:
         with pytest.raises(kind, match=message):
             call()  # type: ignore[operator]
+    assert [k.name for k in standby.issued()] == ["ops-2"], "a standby lists the keys"
     assert [(k.name, k.revoked_at) for k in store.issued()] == [("ops-2", None)]
 
 
