@@ -1,7 +1,7 @@
 """The API-key life cycle: keys issued, listed, expired and revoked at run time, kept in
 the node's database so that every process of the node serves the same set.
 
-``coalition keys issue|list|revoke`` and the operator routes (``api.http.keys``) both
+``coalition keys issue|list|revoke`` and the operator routes (``api.http.api_keys``) both
 come here. Contract for callers:
 
 - ``issue`` returns the secret once; only its SHA-256 is stored, so a lost secret is

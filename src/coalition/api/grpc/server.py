@@ -9,9 +9,9 @@ from concurrent import futures
 
 import grpc
 
+from coalition.api.grpc.api_keys import KEYS_SERVICE, add_keys_servicer
 from coalition.api.grpc.decoding import DecodeRequests
 from coalition.api.grpc.health import add_health
-from coalition.api.grpc.keys import KEYS_SERVICE, add_keys_servicer
 from coalition.api.grpc.kit import ApiKeyAuthorizer
 from coalition.api.grpc.ledger import LEDGER_SERVICE, LedgerServicer
 from coalition.api.grpc.points import POINTS_SERVICE, PointsServicer

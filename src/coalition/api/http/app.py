@@ -26,13 +26,13 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from coalition.api.errors import MAX_MESSAGE_CHARS
+from coalition.api.http.api_keys import keys_router
 from coalition.api.http.body import MAX_BODY_BYTES, BodyGate
 from coalition.api.http.bundle import bundle_router
 from coalition.api.http.deps import error_response
 from coalition.api.http.explorer import Membership, explorer_router
 from coalition.api.http.headers import DefaultHeaders
 from coalition.api.http.health import health_router
-from coalition.api.http.keys import keys_router
 from coalition.api.http.ledger import ledger_router
 from coalition.api.http.points import points_router
 from coalition.errors import CoalitionError

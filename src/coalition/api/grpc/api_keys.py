@@ -1,6 +1,6 @@
 # ruff: noqa: N802  (RPC method names are fixed by the .proto: CamelCase)
 """``coalition.v1.ApiKeys``: operators issue, list and revoke API keys, the twin of the
-REST routes ``/v1/operator/keys`` (``api.http.keys``); the rules are ``node.api_keys``'s."""
+REST routes ``/v1/operator/keys`` (``api.http.api_keys``); the rules are ``node.api_keys``'s."""
 
 from __future__ import annotations
 
