@@ -32,7 +32,9 @@ from coalition.node.read_only import read_only_refusal
 from coalition.points.accounts import validate_member_id
 from coalition.store import api_keys as store
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}", re.ASCII)
+KEY_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}"
+"""What a key's name may be (the transports publish it, e.g. in OpenAPI)."""
+_NAME = re.compile(KEY_NAME_PATTERN, re.ASCII)
 SECRET_PREFIX = "ck_"  # noqa: S105  (a prefix, not a secret)
 """Issued secrets start with it, so a leaked one is recognisable in logs and scanners."""
 

@@ -15,14 +15,14 @@ from fastapi import APIRouter, Path
 from pydantic import BaseModel, Field
 
 from coalition.api.http.deps import ERROR_RESPONSES, RequestBody, guard
-from coalition.node.api_keys import ApiKeyStore, parse_expiry
+from coalition.node.api_keys import KEY_NAME_PATTERN, ApiKeyStore, parse_expiry
 from coalition.node.auth import Action, ApiKey, Authenticator
 
 KeyName = Annotated[
     str,
     Path(
         description="The key's name.",
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}$",
+        pattern=f"^{KEY_NAME_PATTERN}$",
         max_length=64,
     ),
 ]
