@@ -66,6 +66,8 @@ def test_keygen_writes_matching_keys_and_refuses_to_overwrite(
     err = capsys.readouterr().err
     assert err.startswith("error: keys already exist") and "--force" in err
     assert config.signing_key_path.read_bytes() == before
+    assert main(["keygen", "--config", str(brand), "--member", "M0002"]) == 1
+    assert "use 'coalition keys issue'" in capsys.readouterr().err
 
     assert main(["keygen", "--config", str(brand), "--force"]) == 0
     assert config.signing_key_path.read_bytes() != before

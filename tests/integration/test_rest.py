@@ -555,6 +555,9 @@ def test_healthz_and_openapi(
         ("get", "/v1/explorer/about"),
         ("get", "/v1/explorer/flows"),
         ("get", "/v1/explorer/kinds"),
+        ("post", "/v1/operator/keys"),
+        ("get", "/v1/operator/keys"),
+        ("post", "/v1/operator/keys/{name}/revoke"),
         ("get", "/healthz"),
     }
     listed = {(method, path) for path, ops in schema["paths"].items() for method in ops}

@@ -72,6 +72,19 @@ def test_the_limits_table_sets_the_named_limits(tmp_path: Path) -> None:
     assert "limits.max_streams" in str(refusal(node_toml(tmp_path, zero)))
 
 
+def test_the_tls_table_turns_on_tls_for_the_member_ports(tmp_path: Path) -> None:
+    assert load_config(node_toml(tmp_path, MINIMAL)).tls is None, "off by default"
+    text = MINIMAL + '[tls]\ncert = "tls/api.pem"\nkey = "/etc/coalition/api.key"\n'
+    tls = load_config(node_toml(tmp_path, text)).tls
+    assert tls is not None
+    assert (tls.cert_path, tls.key_path) == (
+        tmp_path / "tls/api.pem",
+        Path("/etc/coalition/api.key"),
+    )
+    no_key = MINIMAL + '[tls]\ncert = "tls/api.pem"\n'
+    assert "missing the required key 'tls.key'" in str(refusal(node_toml(tmp_path, no_key)))
+
+
 def test_the_demo_brands_load_as_shipped() -> None:
     for brand in ("skyair", "staybright", "beanhouse"):
         config = load_config(ROOT / "nodes" / brand / "node.toml")

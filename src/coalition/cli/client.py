@@ -15,6 +15,7 @@ import json
 import sys
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from coalition.errors import InvalidArgument
@@ -51,6 +52,9 @@ def connection_options() -> argparse.ArgumentParser:
     )
     group.add_argument("--as-member", metavar="ID", help="with --role member: which member")
     group.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
+    group.add_argument(
+        "--tls-ca", metavar="FILE", help="connect over TLS, trusting these PEM CA certificates"
+    )
     return parent
 
 
@@ -81,7 +85,13 @@ def open_client(args: argparse.Namespace) -> NodeClient:
             key = find_secret(config, Role(args.role), args.as_member)
     if not target or not key:
         raise InvalidArgument("give --grpc HOST:PORT and --api-key KEY, or --config FILE")
-    return NodeClient(target, key, timeout=args.timeout)
+    roots = None
+    if args.tls_ca:
+        try:
+            roots = Path(args.tls_ca).read_bytes()
+        except OSError as exc:
+            raise InvalidArgument(f"cannot read --tls-ca {args.tls_ca}: {exc.strerror}") from None
+    return NodeClient(target, key, timeout=args.timeout, tls_roots=roots)
 
 
 def with_client(run: Callable[[NodeClient, argparse.Namespace], int]) -> Callable[..., int]:

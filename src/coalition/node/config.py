@@ -78,6 +78,16 @@ class CoalitionConfig:
 
 
 @dataclass(frozen=True)
+class ServerTls:
+    """TLS for the member/operator ports (the ``[tls]`` table): the PEM certificate chain
+    and private key both REST and gRPC serve. Read at start; a renewed certificate is
+    taken by restarting the node's processes one at a time (docs/operations.md)."""
+
+    cert_path: Path
+    key_path: Path
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     program: str
     name: str
@@ -101,6 +111,8 @@ class NodeConfig:
     """Where writes go when ``read_only`` (an address or URL, shown to callers)."""
     limits: Limits = field(default_factory=Limits)
     """The ``[limits]`` table: open streams and request rates per key (``node.limits``)."""
+    tls: ServerTls | None = None
+    """The ``[tls]`` table: serve the member/operator ports over TLS (off by default)."""
     reuse_port: bool = False
     """Not in the file: set by ``coalition run --reuse-port`` (and for the workers of
     ``--processes N``), so the processes of one node share its ports (SO_REUSEPORT)."""
@@ -216,6 +228,12 @@ class LimitsTable:
 
 
 @dataclass(frozen=True)
+class TlsTable:
+    cert: PathText
+    key: PathText
+
+
+@dataclass(frozen=True)
 class NodeFile:
     """A whole ``node.toml``."""
 
@@ -225,6 +243,7 @@ class NodeFile:
     rules: RulesTable = field(default_factory=RulesTable)
     coalition: CoalitionTable | None = None
     limits: LimitsTable = field(default_factory=LimitsTable)
+    tls: TlsTable | None = None
 
 
 # --- from the model to NodeConfig: paths, defaults and environment overrides ----------
@@ -311,6 +330,11 @@ def config_from_mapping(
         read_only=node.read_only,
         primary=node.primary,
         limits=Limits(**dataclasses.asdict(model.limits)),
+        tls=(
+            None
+            if model.tls is None
+            else ServerTls(_path(base, model.tls.cert), _path(base, model.tls.key))
+        ),
     )
 
 

@@ -2,7 +2,8 @@
 
 It composes three parts, each with one job: the sequencer (``node/sequencer.py``, the
 one write path and its contract), the points operations (``node/points_service.py``)
-and the ledger reads (``node/ledger_service.py``). Features and transports call the
+and the ledger reads (``node/ledger_service.py``), plus the issued API keys
+(``node/api_keys.py``). Features and transports call the
 parts, ``service.sequencer``, ``service.points`` and ``service.ledger``; this object
 only owns their life cycle and the node's identity (program, keys, rules, clock).
 """
@@ -15,6 +16,7 @@ from datetime import datetime
 from sqlalchemy import Engine
 
 from coalition.ledger.keys import SigningKey, VerifyKey
+from coalition.node.api_keys import ApiKeyStore
 from coalition.node.config import SealerConfig
 from coalition.node.ledger_service import LedgerService
 from coalition.node.points_service import PointsService
@@ -57,6 +59,12 @@ class NodeService:
         self.points = PointsService(self.sequencer, rules, account_secret)
         self._on_close: list[Callable[[], None]] = []
         self.ledger = LedgerService(self.sequencer, key.public_key)
+        self.api_keys = ApiKeyStore(
+            engine,
+            self.sequencer.now,
+            read_only_primary=None if read_only_primary is None else (program, read_only_primary),
+        )
+        """The API keys issued at run time (``node.api_keys``)."""
 
     @property
     def signing_key(self) -> SigningKey:

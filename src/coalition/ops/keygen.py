@@ -117,6 +117,11 @@ def generate_keys(
         raise FailedPrecondition(
             f"keys already exist ({', '.join(existing)}); pass --force to replace them "
             "(headers signed with the old key will no longer verify with the new one)"
+            + (
+                "; to add an API key to a node that has keys, use 'coalition keys issue'"
+                if members
+                else ""
+            )
         )
     for member in members:
         validate_member_id(member)

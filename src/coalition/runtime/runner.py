@@ -1,6 +1,8 @@
 """Run one brand's node until SIGTERM or SIGINT: sealer, gRPC, REST and scheduled expiry.
 SIGHUP reloads the API keys file the configuration names (``reload_api_keys``): a key
-removed from it is refused from then on, a new one accepted, nothing restarts.
+removed from it is refused from then on, a new one accepted, nothing restarts. Keys issued
+in the node's database (``coalition keys``, the operator API) need no signal: every
+process polls them (``node.auth.POLL_INTERVAL_S``).
 
 Any number of processes may run one node on one PostgreSQL database (a SQLite file takes
 one: a second is refused at start, ``store.db.lock_sqlite_file``). Every process serves
@@ -115,11 +117,13 @@ def run_node(config: NodeConfig, stop: threading.Event | None = None) -> None:
     """
     stop = stop or threading.Event()
     in_main = threading.current_thread() is threading.main_thread()
-    authenticator = Authenticator(load_api_keys(config.api_keys_path), rates_for(config.limits))
-    restore = _on_signals(stop, config, authenticator) if in_main else None
+    file_keys = load_api_keys(config.api_keys_path)
     node = build_node(config)
     service, coalition = node.service, node.coalition
+    restore = None
     try:
+        authenticator = Authenticator(file_keys, rates_for(config.limits), issued=service.api_keys)
+        restore = _on_signals(stop, config, authenticator) if in_main else None
         node.start()
         servers = serve_member_api(node, authenticator)
         expiry_stop = threading.Event()

@@ -58,7 +58,7 @@ from coalition.node.manifest import Manifest
 from coalition.node.partners import PartnerClient, PartnerInbox
 from coalition.node.service import NodeService
 from coalition.ops.keyfiles import read_account_secret, read_signing_key
-from coalition.ops.tls import TlsFiles
+from coalition.ops.tls import TlsFiles, read_server_tls
 from coalition.points.rules import ProgramRules
 from coalition.store.db import ensure_sqlite_folder, lock_sqlite_file, make_engine
 from coalition.store.schema import schema_state, upgrade_schema
@@ -464,10 +464,13 @@ def serve_member_api(
     """Serve ``node``'s member/operator API over gRPC and REST, every feature's servicers
     and routes included, at the given addresses (default: the configuration's; port 0
     binds a free port; ``config.reuse_port`` shares the ports with the node's other
-    processes). The caller MUST ``stop()`` the servers before closing the node."""
+    processes; ``config.tls`` serves both over TLS only). The caller MUST ``stop()`` the
+    servers before closing the node."""
     grpc_host, grpc_port = split_address(grpc_address or node.config.grpc_address)
     http_host, http_port = split_address(http_address or node.config.http_address)
     reuse_port = node.config.reuse_port
+    tls = node.config.tls
+    pem = None if tls is None else read_server_tls(tls)
     grpc_server, grpc_bound = serve_grpc(
         node.service,
         authenticator,
@@ -476,10 +479,15 @@ def serve_member_api(
         extra=node.servicers(authenticator),
         limits=node.config.limits,
         reuse_port=reuse_port,
+        tls=pem,
     )
     try:
         http_server, http_thread, http_bound = serve_http(
-            member_app(node, authenticator), http_host, http_port, reuse_port=reuse_port
+            member_app(node, authenticator),
+            http_host,
+            http_port,
+            reuse_port=reuse_port,
+            tls=None if tls is None else (tls.cert_path, tls.key_path),
         )
     except BaseException:
         grpc_server.stop(0).wait()

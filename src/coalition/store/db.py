@@ -12,6 +12,7 @@ from sqlalchemy import Engine, create_engine, event
 from coalition.errors import FailedPrecondition
 from coalition.store import (  # noqa: F401  (importing a module registers its tables)
     agreements,
+    api_keys,
     conversions,
     flows,
     leases,

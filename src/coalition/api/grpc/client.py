@@ -101,12 +101,24 @@ class HeaderWatch:
 class NodeClient:
     """One channel to one node, authenticated with one API key (None: no credentials).
 
-    ``timeout`` is the deadline of each unary call in seconds. Use as a context manager,
-    or call ``close``.
+    ``timeout`` is the deadline of each unary call in seconds; ``tls_roots`` (PEM CA
+    certificates) connects over TLS to a node whose ``[tls]`` is on. Use as a context
+    manager, or call ``close``.
     """
 
-    def __init__(self, target: str, api_key: str | None, timeout: float = 10.0) -> None:
-        self._channel = grpc.insecure_channel(target)
+    def __init__(
+        self,
+        target: str,
+        api_key: str | None,
+        timeout: float = 10.0,
+        *,
+        tls_roots: bytes | None = None,
+    ) -> None:
+        self._channel = (
+            grpc.insecure_channel(target)
+            if tls_roots is None
+            else grpc.secure_channel(target, grpc.ssl_channel_credentials(tls_roots))
+        )
         self._timeout = timeout
         self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
         self._points = points_pb2_grpc.PointsStub(self._channel)

@@ -97,13 +97,17 @@ class LedgerServicer(Servicer, ledger_pb2_grpc.LedgerServicer):
         self, request: ledger_pb2.WatchHeadersRequest, context: grpc.ServicerContext
     ) -> Iterator[ledger_pb2.SignedHeader]:
         """Each header above ``after_height`` in order; ends when the call is cancelled
-        (client gone or server stopping) or the node stops sealing."""
+        (client gone or server stopping) or the node stops sealing. Each header is
+        authorized again before it is sent (one rate token, as a call): a key revoked
+        or expired, or a partner certificate revoked, while the stream is open ends it
+        with UNAUTHENTICATED at the next header."""
         self.allow(context, Action.LEDGER_READ)
         after = request.after_height
         while context.is_active():
             started = time.monotonic()
             signed = self._ledger.wait_for_header(after, WATCH_POLL_SECONDS)
             if signed is not None:
+                self.allow(context, Action.LEDGER_READ)
                 yield _header_message(signed)
                 after = signed.header.height
             elif time.monotonic() - started < WATCH_POLL_SECONDS / 2:

@@ -4,8 +4,12 @@
 
 Only holders of a certificate from the coalition CA get past the handshake; the
 certificate's CN names the calling program, which ``PartnerInbox.handle`` compares with
-the message's signer. Partners read ``Ledger`` (e.g. ``WatchHeaders`` for witnessing)
-as auditors, authenticated by their certificate instead of an API key.
+the message's signer. Every call is then checked against the CA's revocation list
+(``ops.tls.RevocationList``), so a revoked certificate is refused at its first call;
+the server presents, and the transport dials with, the node's renewed certificate
+within ``ops.tls.CHECK_EVERY_S`` of the files changing (``ops.tls.NodeTls``). Partners
+read ``Ledger`` (e.g. ``WatchHeaders`` for witnessing) as auditors, authenticated by
+their certificate instead of an API key.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent import futures
+from typing import Any
 
 import grpc
 
@@ -35,7 +40,7 @@ from coalition.node.limits import (
 from coalition.node.manifest import Manifest
 from coalition.node.partners import MAX_MESSAGE_BYTES, PartnerInbox
 from coalition.node.service import NodeService
-from coalition.ops.tls import TlsFiles
+from coalition.ops.tls import NodeTls, RevocationList, TlsFiles
 from coalition.v1 import ledger_pb2_grpc, partner_pb2, partner_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -68,15 +73,33 @@ def partner_caller(context: grpc.ServicerContext) -> str | None:
     return None if program is None else f"partner {program!r}"
 
 
-def _partner_of(context: grpc.ServicerContext, manifest: Manifest) -> str:
-    """The calling partner's program id, or Unauthenticated (logged)."""
+def _peer_certificate(context: grpc.ServicerContext) -> bytes | None:
+    certificates: list[bytes] = context.auth_context().get("x509_pem_cert") or []  # type: ignore[assignment]
+    return bytes(certificates[0]) if len(certificates) == 1 else None
+
+
+def _partner_of(
+    context: grpc.ServicerContext, manifest: Manifest, revocations: RevocationList | None
+) -> str:
+    """The calling partner's program id, or Unauthenticated (logged): no certificate,
+    not a partner, or a certificate the CA revoked."""
     program = peer_program(context)
     if program is None:
         error = Unauthenticated("the partner API needs a coalition TLS client certificate")
     elif program not in manifest.programs:
         error = Unauthenticated(f"TLS client {program!r} is not a partner in the manifest")
-    else:
+    elif revocations is None:
         return program
+    else:
+        certificate = _peer_certificate(context)
+        try:
+            if certificate is None:
+                raise Unauthenticated(f"no TLS client certificate of {program!r} to check")
+            revocations.check(certificate, program)
+        except Unauthenticated as exc:
+            error = exc
+        else:
+            return program
     refusals.warning("refused a call from %s: %s", context.peer(), error)
     raise error
 
@@ -85,14 +108,20 @@ class PartnerAuthorizer:
     """Authorizes by the TLS client certificate: a partner in the manifest may do what an
     auditor may (read the ledger), nothing more, within its rate (``rates``)."""
 
-    def __init__(self, manifest: Manifest, rates: RequestRates | None = None) -> None:
+    def __init__(
+        self,
+        manifest: Manifest,
+        rates: RequestRates | None = None,
+        revocations: RevocationList | None = None,
+    ) -> None:
         self._manifest = manifest
         self._rates = rates
+        self._revocations = revocations
 
     def __call__(
         self, context: grpc.ServicerContext, action: Action, member_id: str | None = None
     ) -> Principal:
-        program = _partner_of(context, self._manifest)
+        program = _partner_of(context, self._manifest, self._revocations)
         principal = Principal(f"partner:{program}", Role.AUDITOR)
         try:
             Authenticator.authorize(principal, action, member_id)
@@ -106,15 +135,21 @@ class PartnerAuthorizer:
 class PartnerServicer(partner_pb2_grpc.PartnerServicer):
     """``coalition.v1.Partner``: hands every message to the inbox with its TLS peer."""
 
-    def __init__(self, inbox: PartnerInbox, rates: RequestRates | None = None) -> None:
+    def __init__(
+        self,
+        inbox: PartnerInbox,
+        rates: RequestRates | None = None,
+        revocations: RevocationList | None = None,
+    ) -> None:
         self._inbox = inbox
         self._rates = rates
+        self._revocations = revocations
 
     def Call(
         self, request: partner_pb2.SignedMessage, context: grpc.ServicerContext
     ) -> partner_pb2.SignedMessage:
         try:
-            peer = _partner_of(context, self._inbox.manifest)
+            peer = _partner_of(context, self._inbox.manifest, self._revocations)
             if self._rates is not None:
                 self._rates.take(f"partner {peer!r}")
             msg = SignedMessage(bytes(request.envelope), bytes(request.signature))
@@ -125,6 +160,29 @@ class PartnerServicer(partner_pb2_grpc.PartnerServicer):
             log.exception("unexpected error handling a partner message")
             context.abort(grpc.StatusCode.INTERNAL, "internal error; see the partner's node log")
         return partner_pb2.SignedMessage(envelope=reply.envelope, signature=reply.signature)
+
+
+def _reloading_server_credentials(own: NodeTls) -> grpc.ServerCredentials:
+    """Mutual-TLS server credentials that present the node's renewed certificate (and
+    trust a renewed CA file) from the first handshake after ``own`` takes it."""
+
+    def configuration(material: tuple[bytes, bytes, bytes]) -> Any:
+        ca, cert, key = material
+        return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=ca)
+
+    version, material = own.current()
+    served = [version]
+
+    def fetch() -> Any:  # gRPC calls it before each handshake; None keeps the current one
+        version, material = own.current()
+        if version == served[0]:
+            return None
+        served[0] = version
+        return configuration(material)
+
+    return grpc.dynamic_ssl_server_credentials(
+        configuration(material), fetch, require_client_authentication=True
+    )
 
 
 def serve_partner_grpc(
@@ -146,10 +204,9 @@ def serve_partner_grpc(
     bucket of ``limits``' rate. A port in use is an error unless ``reuse_port`` (the
     processes of one node share it with SO_REUSEPORT, as ``serve_grpc``).
     """
-    ca, cert, key = tls.read()
-    credentials = grpc.ssl_server_credentials(
-        [(key, cert)], root_certificates=ca, require_client_auth=True
-    )
+    own = NodeTls(tls)
+    revocations = RevocationList(tls.ca_cert)
+    credentials = _reloading_server_credentials(own)
     slots = StreamSlots(limits.max_streams, limits.max_streams_per_caller)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=UNARY_WORKERS + limits.max_streams),
@@ -157,10 +214,13 @@ def serve_partner_grpc(
         options=[*_CHANNEL_LIMITS, ("grpc.so_reuseport", int(reuse_port))],
     )
     rates = rates_for(limits)
-    partner_pb2_grpc.add_PartnerServicer_to_server(PartnerServicer(inbox, rates), server)
+    partner_pb2_grpc.add_PartnerServicer_to_server(
+        PartnerServicer(inbox, rates, revocations), server
+    )
     served = [PARTNER_SERVICE]
     if service is not None:
-        ledger = LedgerServicer(service.ledger, PartnerAuthorizer(inbox.manifest, rates))
+        authorizer = PartnerAuthorizer(inbox.manifest, rates, revocations)
+        ledger = LedgerServicer(service.ledger, authorizer)
         ledger_pb2_grpc.add_LedgerServicer_to_server(ledger, server)
         served.append(LEDGER_SERVICE)
     add_health(server, served)
@@ -186,17 +246,37 @@ class GrpcTransport:
 
     def __init__(self, manifest: Manifest, tls: TlsFiles) -> None:
         self._manifest = manifest
-        ca, cert, key = tls.read()
-        self._credentials = grpc.ssl_channel_credentials(
-            root_certificates=ca, private_key=key, certificate_chain=cert
-        )
+        self._tls = NodeTls(tls)
+        self._version, material = self._tls.current()
+        self._credentials = self._credentials_of(material)
         self._channels: dict[str, grpc.Channel] = {}
         self._lock = threading.Lock()
 
+    @staticmethod
+    def _credentials_of(material: tuple[bytes, bytes, bytes]) -> grpc.ChannelCredentials:
+        ca, cert, key = material
+        return grpc.ssl_channel_credentials(
+            root_certificates=ca, private_key=key, certificate_chain=cert
+        )
+
+    def _renewed(self) -> list[grpc.Channel]:
+        """With the lock held: when the node's TLS files were renewed, dial with the new
+        ones from now on; returns the channels made with the old ones, to close."""
+        version, material = self._tls.current()
+        if version == self._version:
+            return []
+        self._version, self._credentials = version, self._credentials_of(material)
+        stale, self._channels = list(self._channels.values()), {}
+        return stale
+
     def channel(self, program: str) -> grpc.Channel:
-        """The cached channel to ``program``'s partner server (its certificate must name it)."""
+        """The cached channel to ``program``'s partner server (its certificate must name
+        it), dialled again with the node's renewed certificate once it is taken."""
         target = self._manifest.partner(program).partner_grpc
         with self._lock:
+            stale = self._renewed()
+            for old in stale:  # calls on them fail once and are retried by their callers
+                old.close()
             channel = self._channels.get(program)
             if channel is None:
                 channel = grpc.secure_channel(

@@ -1,5 +1,6 @@
-"""``serve_grpc``: the member/operator gRPC server (plaintext, API keys): Points, Ledger
-and Health, plus the coalition features' servicers the wiring passes in."""
+"""``serve_grpc``: the member/operator gRPC server (API keys; plaintext, or TLS with
+``[tls]``): Points, Ledger, ApiKeys and Health, plus the coalition features' servicers
+the wiring passes in."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from concurrent import futures
 
 import grpc
 
+from coalition.api.grpc.api_keys import KEYS_SERVICE, add_keys_servicer
 from coalition.api.grpc.decoding import DecodeRequests
 from coalition.api.grpc.health import add_health
 from coalition.api.grpc.kit import ApiKeyAuthorizer
@@ -25,11 +27,12 @@ AddServicer = Callable[[grpc.Server], None]
 
 
 def add_servicers(server: grpc.Server, service: NodeService, authenticator: Authenticator) -> None:
-    """Register Points, Ledger and the standard health service (all SERVING) on ``server``."""
+    """Register Points, Ledger, ApiKeys and the standard health service (all SERVING)."""
     authorize = ApiKeyAuthorizer(authenticator)
     points_pb2_grpc.add_PointsServicer_to_server(PointsServicer(service.points, authorize), server)
     ledger_pb2_grpc.add_LedgerServicer_to_server(LedgerServicer(service.ledger, authorize), server)
-    add_health(server, (POINTS_SERVICE, LEDGER_SERVICE))
+    add_keys_servicer(server, service.api_keys, authenticator, service.now)
+    add_health(server, (POINTS_SERVICE, LEDGER_SERVICE, KEYS_SERVICE))
 
 
 def api_key_caller(authenticator: Authenticator) -> CallerOf:
@@ -55,11 +58,13 @@ def serve_grpc(
     *,
     limits: Limits = DEFAULT_LIMITS,
     reuse_port: bool = False,
+    tls: tuple[bytes, bytes] | None = None,
 ) -> tuple[grpc.Server, int]:
-    """Start a plaintext gRPC server and return it with its bound port (``port=0``: any
-    free one). The caller MUST ``server.stop(grace)`` it. Streaming calls are bounded by
-    ``limits`` (``streams.LimitStreams``), so ``UNARY_WORKERS`` workers always serve
-    unary calls and the health check. ``extra`` adds the coalition features' servicers.
+    """Start a gRPC server and return it with its bound port (``port=0``: any free one):
+    plaintext, or TLS with ``tls`` = (certificate chain, private key) PEM bytes. The
+    caller MUST ``server.stop(grace)`` it. Streaming calls are bounded by ``limits``
+    (``streams.LimitStreams``), so ``UNARY_WORKERS`` workers always serve unary calls and
+    the health check. ``extra`` adds the coalition features' servicers.
 
     By default a port in use is an error, never a shared port. ``reuse_port`` (the
     processes of one node, ``coalition run --processes``) sets SO_REUSEPORT, so every
@@ -74,7 +79,12 @@ def serve_grpc(
     add_servicers(server, service, authenticator)
     for add in extra:
         add(server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"{host}:{port}"
+    if tls is None:
+        bound = server.add_insecure_port(address)
+    else:
+        chain, key = tls
+        bound = server.add_secure_port(address, grpc.ssl_server_credentials([(key, chain)]))
     if bound == 0:
         raise OSError(f"cannot bind gRPC to {host}:{port}")
     server.start()

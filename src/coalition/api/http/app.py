@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from coalition.api.errors import MAX_MESSAGE_CHARS
+from coalition.api.http.api_keys import keys_router
 from coalition.api.http.body import MAX_BODY_BYTES, BodyGate
 from coalition.api.http.bundle import bundle_router
 from coalition.api.http.deps import error_response
@@ -43,6 +44,7 @@ _TAGS = [
     {"name": "operations", "description": "Batch jobs an operator runs for the program."},
     {"name": "ledger", "description": "Signed headers, blocks, entries and proofs (auditors)."},
     {"name": "health", "description": "Liveness, without authentication."},
+    {"name": "operator", "description": "API keys: issue, list, revoke (operators)."},
 ]
 
 
@@ -108,6 +110,7 @@ def create_app(
     app.include_router(ledger_router(service.ledger, authenticator))
     app.include_router(health_router(service))
     app.include_router(bundle_router(service, authenticator))
+    app.include_router(keys_router(service.api_keys, authenticator, service.now))
     for router in routers:
         app.include_router(router)
     app.include_router(explorer_router(service, authenticator, coalition))

@@ -6,13 +6,19 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
 
 
 def serve_http(
-    app: FastAPI, host: str = "127.0.0.1", port: int = 0, *, reuse_port: bool = False
+    app: FastAPI,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    reuse_port: bool = False,
+    tls: tuple[Path, Path] | None = None,
 ) -> tuple[uvicorn.Server, threading.Thread, int]:
     """Run ``app`` under uvicorn in a daemon thread and return once it accepts connections.
 
@@ -23,6 +29,7 @@ def serve_http(
     over them; without it a port in use is an error. Requests are parsed by httptools
     (uvicorn's C parser; its pure-Python h11 cost a REST write about a quarter of the
     node's CPU, docs/performance.md "Single writes against a bare round trip").
+    ``tls`` = (certificate chain file, private key file) serves HTTPS only.
     """
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -34,7 +41,15 @@ def serve_http(
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((host, port))
     bound = int(sock.getsockname()[1])
-    config = uvicorn.Config(app, http="httptools", log_level="warning", access_log=False)
+    cert, key = (None, None) if tls is None else tls
+    config = uvicorn.Config(
+        app,
+        http="httptools",
+        log_level="warning",
+        access_log=False,
+        ssl_certfile=cert,
+        ssl_keyfile=key,
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, name=f"http:{bound}", daemon=True
