@@ -22,7 +22,7 @@ from coalition.points.state import Lot
 from coalition.store import flows as flows_store
 from coalition.store import ledger as ledger_store
 from coalition.store import members as members_store
-from coalition.verify.chain_audit import Fault, FaultList, faults_json, render_faults
+from coalition.verify.block_checks import Fault, FaultList, faults_json, render_faults
 
 CHUNK = 5000
 _LOT_FIELDS = ("account", "amount", "remaining", "qualifying", "ref", "reversed")

@@ -59,6 +59,19 @@ class SealerConfig:
 
 
 @dataclass(frozen=True)
+class IntegrityConfig:
+    """The node's checks of its own ledger (``node.integrity``, docs/operations.md
+    "Integrity checks")."""
+
+    verify_at_start_blocks: int = 100
+    """How many of the newest blocks are verified before the node serves (0: none)."""
+    scrub_entries_per_second: float = 2000.0
+    """The background scrub's rate limit, in entries per second (0: no scrub)."""
+    scrub_pause_s: float = 3600.0
+    """Seconds between the end of one scrub pass over the whole log and the next."""
+
+
+@dataclass(frozen=True)
 class CoalitionConfig:
     """The node's part in a coalition; ``None`` fields take their default from the manifest.
 
@@ -101,6 +114,8 @@ class NodeConfig:
     """Where writes go when ``read_only`` (an address or URL, shown to callers)."""
     limits: Limits = field(default_factory=Limits)
     """The ``[limits]`` table: open streams and request rates per key (``node.limits``)."""
+    integrity: IntegrityConfig = field(default_factory=IntegrityConfig)
+    """The ``[integrity]`` table: the start check and the scrub (``node.integrity``)."""
     reuse_port: bool = False
     """Not in the file: set by ``coalition run --reuse-port`` (and for the workers of
     ``--processes N``), so the processes of one node share its ports (SO_REUSEPORT)."""
@@ -216,6 +231,15 @@ class LimitsTable:
 
 
 @dataclass(frozen=True)
+class IntegrityTable:
+    verify_at_start_blocks: Annotated[int, AtLeast(0)] = IntegrityConfig.verify_at_start_blocks
+    scrub_entries_per_second: Annotated[float, AtLeast(0)] = (
+        IntegrityConfig.scrub_entries_per_second
+    )
+    scrub_pause_s: Annotated[float, AtLeast(0)] = IntegrityConfig.scrub_pause_s
+
+
+@dataclass(frozen=True)
 class NodeFile:
     """A whole ``node.toml``."""
 
@@ -225,6 +249,7 @@ class NodeFile:
     rules: RulesTable = field(default_factory=RulesTable)
     coalition: CoalitionTable | None = None
     limits: LimitsTable = field(default_factory=LimitsTable)
+    integrity: IntegrityTable = field(default_factory=IntegrityTable)
 
 
 # --- from the model to NodeConfig: paths, defaults and environment overrides ----------
@@ -311,6 +336,7 @@ def config_from_mapping(
         read_only=node.read_only,
         primary=node.primary,
         limits=Limits(**dataclasses.asdict(model.limits)),
+        integrity=IntegrityConfig(**dataclasses.asdict(model.integrity)),
     )
 
 

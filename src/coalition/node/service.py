@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 
 from coalition.ledger.keys import SigningKey, VerifyKey
 from coalition.node.config import SealerConfig
+from coalition.node.integrity import IntegrityState
 from coalition.node.ledger_service import LedgerService
 from coalition.node.points_service import PointsService
 from coalition.node.read_only import ReadOnlySequencer
@@ -56,7 +57,9 @@ class NodeService:
         self.leadership = self.sequencer.leadership
         self.points = PointsService(self.sequencer, rules, account_secret)
         self._on_close: list[Callable[[], None]] = []
-        self.ledger = LedgerService(self.sequencer, key.public_key)
+        self.integrity = IntegrityState()
+        """What this process found checking its own ledger (``node.integrity``)."""
+        self.ledger = LedgerService(self.sequencer, key.public_key, self.integrity)
 
     @property
     def signing_key(self) -> SigningKey:
