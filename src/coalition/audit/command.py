@@ -172,21 +172,46 @@ def run_audit(args: argparse.Namespace) -> int:
     return OK if report.ok else FAULTS
 
 
-def run_check(args: argparse.Namespace) -> int:
-    """Run ``coalition check``; prints the report, returns the exit code."""
+def _check_target(args: argparse.Namespace) -> tuple[str, VerifyKey | None]:
+    """The database ``coalition check`` reads and the program's key, if known."""
     from coalition.node.config import load_config
 
+    pinned = read_public_key(args.public_key) if args.public_key is not None else None
+    if args.config is None:
+        if args.audit and pinned is None:
+            raise InvalidArgument("--audit with --database needs --public-key")
+        return str(args.database), pinned
+    config = load_config(args.config)
+    return config.database_url, pinned or config_public_key(config)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    """Run ``coalition check`` (and, with ``--audit``, the audit of the same database);
+    prints the reports, returns the exit code."""
     try:
-        url = load_config(args.config).database_url if args.config is not None else args.database
+        url, key = _check_target(args)
         with Progress("check entries", None) as bar:
-            report = check_database(url, progress=bar.advance)
+            report = check_database(url, key=key, program=args.program, progress=bar.advance)
     except CoalitionError as exc:
         print(f"coalition check: {exc}", file=sys.stderr)
         return USAGE
     print(report.render())
+    document = report.to_json()
+    sound = report.ok
+    if args.audit:
+        assert key is not None  # _check_target refuses --audit without a key
+        try:
+            with DatabaseSource(url) as source:
+                audit = audit_chain(source, key, program=args.program, workers=0)
+        except CoalitionError as exc:
+            print(f"coalition check: cannot audit the chain: {exc}", file=sys.stderr)
+            return USAGE
+        print(audit.render())
+        document["audit"] = audit.to_json()
+        sound = sound and audit.ok
     if args.json is not None:
-        _write_json(args.json, report.to_json())
-    return OK if report.ok else FAULTS
+        _write_json(args.json, document)
+    return OK if sound else FAULTS
 
 
 # --- the coalition ---------------------------------------------------------------------

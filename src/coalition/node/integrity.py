@@ -234,6 +234,46 @@ class IntegrityState:
             }
 
 
+def stored_blocks(reads: Reads, stop: threading.Event | None = None) -> Iterator[StoredBlock]:
+    """Every stored block from height 0 in height order, each read in its own short read
+    session (a long walk holds no snapshot and never blocks the writer); ends early when
+    ``stop`` is set."""
+    height = 0
+    while stop is None or not stop.is_set():
+        with reads() as conn:
+            rows = ledger_store.block_rows(conn, height, 1)
+            if not rows:
+                return
+            block = read_block(conn, rows[0])
+        yield block
+        height = rows[0][0] + 1
+
+
+def stored_program(reads: Reads) -> str | None:
+    """The program the first stored header names (None: no block, or it does not parse)."""
+    with reads() as conn:
+        rows = ledger_store.block_rows(conn, 0, 1)
+    if not rows:
+        return None
+    try:
+        return signed_header(RawHeader(*rows[0])).header.program
+    except CoalitionError:
+        return None
+
+
+def check_all(
+    reads: Reads, key: VerifyKey, program: str, progress: Callable[[int], None] | None = None
+) -> StoredChainCheck:
+    """Check every stored block from height 0 (``coalition check``); ``progress`` gets
+    each block's entry count."""
+    walk = StoredChainCheck(key, program, TREE_STRIDE, FaultList())
+    for block in stored_blocks(reads):
+        walk.check(block)
+        if progress is not None:
+            progress(len(block.entries))
+    return walk
+
+
 class Scrub:
     """The background walk of the whole log, block by block from height 0, at most
     ``entries_per_second`` entries a second (each block read in its own short read
@@ -278,24 +318,13 @@ class Scrub:
             if self._stop.wait(self._pause_s):
                 return
 
-    def _blocks(self) -> Iterator[StoredBlock]:
-        height = 0
-        while not self._stop.is_set():
-            with self._reads() as conn:
-                rows = ledger_store.block_rows(conn, height, 1)
-                if not rows:
-                    return
-                block = read_block(conn, rows[0])
-            yield block
-            height = rows[0][0] + 1
-
     def run_pass(self) -> StoredChainCheck:
         """One walk of the log as stored now; faults found are recorded and logged."""
         walk = StoredChainCheck(self._key, self._program, TREE_STRIDE, FaultList(limit=FAULTS_KEPT))
         progress = self._state.scrub
         progress.height, progress.blocks_checked, progress.entries_checked = None, 0, 0
         began = time.monotonic()
-        for block in self._blocks():
+        for block in stored_blocks(self._reads, self._stop):
             known = len(walk.faults.items)
             walk.check(block)
             for fault in self._state.found(walk.faults.items[known:], walk.damaged[-1:]):
