@@ -12,10 +12,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
+from coalition.api.grpc.client import NodeClient, TransportError
+from coalition.api.grpc.server import serve_grpc
 from coalition.api.http.app import create_app
 from coalition.audit import DatabaseSource, audit_chain, check_database
 from coalition.cli.audit import add_commands as add_audit_commands
@@ -177,9 +180,8 @@ def test_the_scrub_finds_damage_beyond_the_start_window_and_stops_serving_it(
             service.ledger.inclusion_proof(entry_id)
         with pytest.raises(LedgerDamaged):
             service.ledger.block(2)
-        verify_inclusion_document(service.ledger.inclusion_proof(stopped.entry(30)[0]), (
-            service.public_key
-        ))  # the rest is still served
+        served = service.ledger.inclusion_proof(stopped.entry(30)[0])  # the rest still is
+        verify_inclusion_document(served, service.public_key)
         with TestClient(create_app(service, authenticator)) as client:
             health = client.get("/healthz").json()
             assert health["status"] == "damaged"
@@ -194,6 +196,17 @@ def test_the_scrub_finds_damage_beyond_the_start_window_and_stops_serving_it(
             assert refused.status_code == 503
             assert "damaged" in refused.json()["message"]
             assert client.get("/healthz").json()["integrity"]["answers_refused_total"] == 3
+        server, port = serve_grpc(service, authenticator, "127.0.0.1", 0)
+        try:
+            with (
+                NodeClient(f"127.0.0.1:{port}", api_keys["auditor"]) as grpc_client,
+                pytest.raises(TransportError) as caught,
+            ):
+                grpc_client.inclusion_proof(entry_id)
+            assert caught.value.code == grpc.StatusCode.DATA_LOSS
+            assert "damaged" in str(caught.value)
+        finally:
+            server.stop(None).wait(10)
     finally:
         service.close()
 
@@ -337,4 +350,3 @@ def test_a_sound_database_checks_and_audits_ok(stopped: Stopped, tmp_path: Path)
     assert _run_cli(["check", "--database", stopped.url, "--public-key", str(pem), "--audit"]) == 0
     report = check_database(stopped.url, key=stopped.key.public_key)
     assert report.ok and report.ledger_checked and report.blocks == 20
-

@@ -17,7 +17,6 @@ from coalition.ops.tomlfiles import write_toml
 from support.processes import healthz, make_coalition
 
 
-
 def _with_integrity(config: Path, **settings: object) -> None:
     document = tomllib.loads(config.read_text(encoding="utf-8"))
     document["integrity"] = settings

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from coalition.errors import InvalidArgument
-from coalition.node.config import load_config
+from coalition.node.config import IntegrityConfig, load_config
 from coalition.node.limits import Limits
 from coalition.node.manifest import Manifest
 from coalition.node.strict_toml import ConfigError
@@ -70,6 +70,23 @@ def test_the_limits_table_sets_the_named_limits(tmp_path: Path) -> None:
     assert load_config(node_toml(tmp_path, text)).limits == Limits(4, 2, 50.5, 100)
     zero = MINIMAL + "[limits]\nmax_streams = 0\n"
     assert "limits.max_streams" in str(refusal(node_toml(tmp_path, zero)))
+
+
+def test_the_integrity_table_sets_the_start_check_and_the_scrub(tmp_path: Path) -> None:
+    assert load_config(node_toml(tmp_path, MINIMAL)).integrity == IntegrityConfig(
+        100, 2000.0, 3600.0
+    )
+    text = MINIMAL + (
+        "[integrity]\nverify_at_start_blocks = 0\nscrub_entries_per_second = 0\n"
+        "scrub_pause_s = 60\n"
+    )
+    assert load_config(node_toml(tmp_path, text)).integrity == IntegrityConfig(0, 0.0, 60.0)
+    negative = MINIMAL + "[integrity]\nscrub_entries_per_second = -1\n"
+    assert "integrity.scrub_entries_per_second must be at least 0" in str(
+        refusal(node_toml(tmp_path, negative))
+    )
+    misspelt = MINIMAL + "[integrity]\nverify_at_start = 5\n"
+    assert "verify_at_start_blocks" in str(refusal(node_toml(tmp_path, misspelt)))
 
 
 def test_the_demo_brands_load_as_shipped() -> None:
