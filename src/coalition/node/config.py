@@ -63,7 +63,7 @@ class IntegrityConfig:
     """The node's checks of its own ledger (``node.integrity``, docs/operations.md
     "Integrity checks")."""
 
-    verify_at_start_blocks: int = 100
+    verify_at_start_blocks: int = 32
     """How many of the newest blocks are verified before the node serves (0: none)."""
     scrub_entries_per_second: float = 2000.0
     """The background scrub's rate limit, in entries per second (0: no scrub)."""

@@ -34,8 +34,10 @@ from coalition.verify.block_checks import (
     check_gaps,
     check_header,
     check_roots,
+    entry_id_of,
     exact_item,
 )
+from coalition.verify.entry_scan import scan_block
 from coalition.verify.source import RawEntry, RawHeader, signed_header
 
 
@@ -173,7 +175,7 @@ class StoredChainCheck:
             )
         check_header(self.fault, signed, self._key, self._program, self._at)
         gaps = check_gaps(self.fault, h, block.entries)
-        items = [self._item(h, raw_entry, n, block) for n, raw_entry in enumerate(block.entries)]
+        items = self._items(h, block)
         authentic = check_roots(self.fault, h, items, gaps, self._at.prev_forged)
         self._tree_checks(h, authentic, block.nodes)
         self._at.next_height = h.height + 1
@@ -184,11 +186,26 @@ class StoredChainCheck:
         if len(self.faults) > before:
             self.damaged.append(DamagedBlock(h.height, h.first_index, h.entry_count))
 
-    def _item(self, h: BlockHeader, raw: RawEntry, n: int, block: StoredBlock) -> Item:
-        index = raw.log_index
-        if index is None and len(block.entries) == h.entry_count:
-            index = h.first_index + n
-        return exact_item(self.fault, h, raw, index, self._program)
+    def _items(self, h: BlockHeader, block: StoredBlock) -> list[Item]:
+        """Each entry hashed; the exact checks (which name faults) only on the entries the
+        audit's bulk pass flags (``entry_scan``: the same rule, so the same faults)."""
+        raws = block.entries
+        scan = scan_block([raw.body for raw in raws], self._program, -1, sealed_at=h.sealed_at)
+        flagged = set(scan.flagged)
+        parsed = scan.entries or [None] * len(raws)
+        items: list[Item] = []
+        for n, raw in enumerate(raws):
+            index = raw.log_index
+            if index is None and len(raws) == h.entry_count:
+                index = h.first_index + n
+            if n in flagged:
+                items.append(exact_item(self.fault, h, raw, index, self._program))
+            else:
+                entry = parsed[n]
+                items.append(
+                    Item(index, entry_id_of(entry), scan.leaves[n], raw.stored_leaf_hash, entry)
+                )
+        return items
 
     def _tree_checks(
         self, h: BlockHeader, authentic: list[bytes] | None, nodes: Mapping[NodeCoord, bytes]
