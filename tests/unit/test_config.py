@@ -73,9 +73,8 @@ def test_the_limits_table_sets_the_named_limits(tmp_path: Path) -> None:
 
 
 def test_the_integrity_table_sets_the_start_check_and_the_scrub(tmp_path: Path) -> None:
-    assert load_config(node_toml(tmp_path, MINIMAL)).integrity == IntegrityConfig(
-        100, 2000.0, 3600.0
-    )
+    documented = IntegrityConfig(32, 2000.0, 3600.0)  # README "Configuration"
+    assert load_config(node_toml(tmp_path, MINIMAL)).integrity == documented
     text = MINIMAL + (
         "[integrity]\nverify_at_start_blocks = 0\nscrub_entries_per_second = 0\n"
         "scrub_pause_s = 60\n"
