@@ -60,6 +60,11 @@ FOLLOW_TIMEOUT_S = 10.0
 seal (the lease lapses in 3 s, so a dead holder's work is taken over well within it)."""
 
 
+DAMAGED_RETRY_S = 1.0
+"""How often a sealer that found its stored frontier damaged looks again (a restored
+database lets it go on)."""
+
+
 class _Stale(Exception):
     """The sealing transaction found the lease or the chain not as this sealer left it."""
 
@@ -341,6 +346,7 @@ class Sealer:
         )
 
     def _run(self) -> None:
+        damage: str | None = None  # logged once, not at every poll
         while True:
             with self._cond:
                 if self._stop:
@@ -353,6 +359,12 @@ class Sealer:
                 if self.leadership.held():
                     while self._due() and self.seal(SEAL_BLOCKS) is not None:
                         pass
+                damage = None
+            except LedgerDamaged as exc:
+                if str(exc) != damage:
+                    log.error("not sealing: %s", exc)
+                    damage = str(exc)
+                time.sleep(DAMAGED_RETRY_S)
             except Exception:
                 log.exception("sealing failed; will retry")
                 time.sleep(max(self._poll_s, 0.05))
