@@ -65,6 +65,13 @@ class CorruptStore(CoalitionError):
     """The node's own stored data does not parse: the operator's fault, never the caller's."""
 
 
+class LedgerDamaged(CorruptStore):
+    """The node's own stored ledger fails the node's own verification (rows changed
+    behind its back: an entry, a tree node, a header): what it cannot prove it does not
+    serve, and a node that finds this at start does not start (docs/operations.md,
+    "Integrity checks")."""
+
+
 class PartnerUnavailable(CoalitionError):
     """A partner node could not be reached or did not answer in time (network, TLS
     handshake, deadline, its own internal error). The message may or may not have been

@@ -515,7 +515,9 @@ def test_healthz_and_openapi(
 ) -> None:
     health = client.get("/healthz")
     assert health.status_code == 200
-    assert health.json() == {
+    body = health.json()
+    integrity = body["integrity"]
+    assert body == {
         "status": "ok",
         "program": node.program,
         "log_size": 0,
@@ -523,7 +525,9 @@ def test_healthz_and_openapi(
         "sealer": True,
         "read_only": False,
         "primary": None,
+        "integrity": integrity,
     }
+    assert integrity["status"] == "ok" and integrity["start_check"]["status"] == "ok"
     nothing_sealed = client.get("/v1/ledger/headers/latest", headers=keys["auditor"])
     assert nothing_sealed.status_code == 404
     assert nothing_sealed.json()["error"] == "not_found"

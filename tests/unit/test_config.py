@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from coalition.errors import InvalidArgument
-from coalition.node.config import load_config
+from coalition.node.config import IntegrityConfig, load_config
 from coalition.node.limits import Limits
 from coalition.node.manifest import Manifest
 from coalition.node.strict_toml import ConfigError
@@ -83,6 +83,22 @@ def test_the_tls_table_turns_on_tls_for_the_member_ports(tmp_path: Path) -> None
     )
     no_key = MINIMAL + '[tls]\ncert = "tls/api.pem"\n'
     assert "missing the required key 'tls.key'" in str(refusal(node_toml(tmp_path, no_key)))
+
+
+def test_the_integrity_table_sets_the_start_check_and_the_scrub(tmp_path: Path) -> None:
+    documented = IntegrityConfig(32, 2000.0, 3600.0)  # README "Configuration"
+    assert load_config(node_toml(tmp_path, MINIMAL)).integrity == documented
+    text = MINIMAL + (
+        "[integrity]\nverify_at_start_blocks = 0\nscrub_entries_per_second = 0\n"
+        "scrub_pause_s = 60\n"
+    )
+    assert load_config(node_toml(tmp_path, text)).integrity == IntegrityConfig(0, 0.0, 60.0)
+    negative = MINIMAL + "[integrity]\nscrub_entries_per_second = -1\n"
+    assert "integrity.scrub_entries_per_second must be at least 0" in str(
+        refusal(node_toml(tmp_path, negative))
+    )
+    misspelt = MINIMAL + "[integrity]\nverify_at_start = 5\n"
+    assert "verify_at_start_blocks" in str(refusal(node_toml(tmp_path, misspelt)))
 
 
 def test_the_demo_brands_load_as_shipped() -> None:

@@ -13,7 +13,8 @@ callers of the whole auditor.
 
 from coalition.audit.db_check import CheckReport, check_database
 from coalition.audit.sources import DatabaseSource, GrpcSource
-from coalition.verify.chain_audit import AuditReport, Fault, audit_chain
+from coalition.verify.block_checks import Fault
+from coalition.verify.chain_audit import AuditReport, audit_chain
 from coalition.verify.coalition_audit import PartnersAudit, audit_all, audit_partners
 from coalition.verify.cross_chain import (
     CoalitionReport,

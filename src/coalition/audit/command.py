@@ -29,7 +29,7 @@ from coalition.ledger.envelope import MAX_CLOCK_SKEW
 from coalition.ledger.keys import VerifyKey
 from coalition.ops.keygen import api_key_or_env
 from coalition.progress import Progress, phase
-from coalition.verify.chain_audit import audit_chain
+from coalition.verify.chain_audit import AuditReport, audit_chain
 from coalition.verify.coalition_audit import PartnersAudit, audit_all, total_entries
 from coalition.verify.source import ChainSource
 from coalition.verify.state import AuditorState
@@ -132,6 +132,17 @@ def _open_source(args: argparse.Namespace) -> tuple[ChainSource, VerifyKey]:
     return grpc_source, pinned or _announced_key(grpc_source, "node")
 
 
+def _audit(
+    source: ChainSource, key: VerifyKey, program: str | None, trusted: SignedHeader | None
+) -> AuditReport:
+    """``audit_chain`` with worker processes and a progress bar (``audit`` and ``check
+    --audit``)."""
+    with ProcessWorkers() as workers, Progress("audit entries", total_entries(source)) as bar:
+        return audit_chain(
+            source, key, program=program, trusted=trusted, progress=bar.advance, parallel=workers
+        )
+
+
 def run_audit(args: argparse.Namespace) -> int:
     """Run ``coalition audit``; prints the report, returns the exit code."""
     if args.manifest is not None:
@@ -150,15 +161,7 @@ def run_audit(args: argparse.Namespace) -> int:
         print(f"coalition audit: {exc}", file=sys.stderr)
         return USAGE
     try:
-        with ProcessWorkers() as workers, Progress("audit entries", total_entries(source)) as bar:
-            report = audit_chain(
-                source,
-                key,
-                program=args.program,
-                trusted=trusted,
-                progress=bar.advance,
-                parallel=workers,
-            )
+        report = _audit(source, key, args.program, trusted)
     except CoalitionError as exc:
         print(f"coalition audit: cannot read the chain: {exc}", file=sys.stderr)
         return USAGE
@@ -172,21 +175,55 @@ def run_audit(args: argparse.Namespace) -> int:
     return OK if report.ok else FAULTS
 
 
-def run_check(args: argparse.Namespace) -> int:
-    """Run ``coalition check``; prints the report, returns the exit code."""
+def _check_target(args: argparse.Namespace) -> tuple[str, VerifyKey | None, str | None]:
+    """The database ``coalition check`` reads, the program's key if known, and the
+    program id (``--program``, else the configuration's, else the chain's own)."""
     from coalition.node.config import load_config
 
+    pinned = read_public_key(args.public_key) if args.public_key is not None else None
+    if args.config is None:
+        if args.audit and pinned is None:
+            raise InvalidArgument("--audit with --database needs --public-key")
+        return str(args.database), pinned, args.program
+    config = load_config(args.config)
+    program = args.program or config.program
+    if pinned is not None:
+        return config.database_url, pinned, program
     try:
-        url = load_config(args.config).database_url if args.config is not None else args.database
+        return config.database_url, config_public_key(config), program
+    except InvalidArgument:
+        if args.audit:
+            raise
+        return config.database_url, None, program  # the replay check needs no key
+
+
+def run_check(args: argparse.Namespace) -> int:
+    """Run ``coalition check`` (and, with ``--audit``, the audit of the same database);
+    prints the reports, returns the exit code."""
+    try:
+        url, key, program = _check_target(args)
         with Progress("check entries", None) as bar:
-            report = check_database(url, progress=bar.advance)
+            report = check_database(url, key=key, program=program, progress=bar.advance)
     except CoalitionError as exc:
         print(f"coalition check: {exc}", file=sys.stderr)
         return USAGE
     print(report.render())
+    document = report.to_json()
+    sound = report.ok
+    if args.audit:
+        assert key is not None  # _check_target refuses --audit without a key
+        try:
+            with DatabaseSource(url) as source:
+                audit = _audit(source, key, program, None)
+        except CoalitionError as exc:
+            print(f"coalition check: cannot audit the chain: {exc}", file=sys.stderr)
+            return USAGE
+        print(audit.render())
+        document["audit"] = audit.to_json()
+        sound = sound and audit.ok
     if args.json is not None:
-        _write_json(args.json, report.to_json())
-    return OK if report.ok else FAULTS
+        _write_json(args.json, document)
+    return OK if sound else FAULTS
 
 
 # --- the coalition ---------------------------------------------------------------------

@@ -171,13 +171,27 @@ def _add_coalition_options(parser: argparse.ArgumentParser) -> None:
 def _add_check(sub: Any) -> None:
     check = sub.add_parser(
         "check",
-        help="check that a node's database equals the replay of its own entries",
-        description="Replay the node's entries and compare with its accounts and lots. "
-        "Exit 0 when equal, 1 on any difference, 2 on bad usage.",
+        help="check that a node's database equals the replay of its own entries and that "
+        "its stored ledger verifies",
+        description="Replay the node's entries and compare with its accounts and lots; with "
+        "the program's public key (--config, or --public-key) also verify every stored "
+        "block as the node does at start and in its scrub (headers, entries, tree nodes); "
+        "--audit runs 'coalition audit' on the same database too, with the same fault "
+        "wording. Exit 0 when all is sound, 1 on any difference or fault, 2 on bad usage.",
     )
     db = check.add_mutually_exclusive_group(required=True)
     db.add_argument("--config", type=Path, help="the node's node.toml")
     db.add_argument("--database", metavar="URL", help="the node's database URL")
+    check.add_argument(
+        "--public-key",
+        type=Path,
+        metavar="PEM",
+        help="the program's public key (default with --config: the node's own)",
+    )
+    check.add_argument("--program", help="pin the program id (default: the chain's own)")
+    check.add_argument(
+        "--audit", action="store_true", help="also audit the chain (as 'coalition audit')"
+    )
     check.add_argument("--json", type=Path, metavar="FILE", help="also write the JSON report")
     check.set_defaults(func=run_check)
 

@@ -59,6 +59,19 @@ class SealerConfig:
 
 
 @dataclass(frozen=True)
+class IntegrityConfig:
+    """The node's checks of its own ledger (``node.integrity``, docs/operations.md
+    "Integrity checks")."""
+
+    verify_at_start_blocks: int = 32
+    """How many of the newest blocks are verified before the node serves (0: none)."""
+    scrub_entries_per_second: float = 2000.0
+    """The background scrub's rate limit, in entries per second (0: no scrub)."""
+    scrub_pause_s: float = 3600.0
+    """Seconds between the end of one scrub pass over the whole log and the next."""
+
+
+@dataclass(frozen=True)
 class CoalitionConfig:
     """The node's part in a coalition; ``None`` fields take their default from the manifest.
 
@@ -113,6 +126,8 @@ class NodeConfig:
     """The ``[limits]`` table: open streams and request rates per key (``node.limits``)."""
     tls: ServerTls | None = None
     """The ``[tls]`` table: serve the member/operator ports over TLS (off by default)."""
+    integrity: IntegrityConfig = field(default_factory=IntegrityConfig)
+    """The ``[integrity]`` table: the start check and the scrub (``node.integrity``)."""
     reuse_port: bool = False
     """Not in the file: set by ``coalition run --reuse-port`` (and for the workers of
     ``--processes N``), so the processes of one node share its ports (SO_REUSEPORT)."""
@@ -234,6 +249,15 @@ class TlsTable:
 
 
 @dataclass(frozen=True)
+class IntegrityTable:
+    verify_at_start_blocks: Annotated[int, AtLeast(0)] = IntegrityConfig.verify_at_start_blocks
+    scrub_entries_per_second: Annotated[float, AtLeast(0)] = (
+        IntegrityConfig.scrub_entries_per_second
+    )
+    scrub_pause_s: Annotated[float, AtLeast(0)] = IntegrityConfig.scrub_pause_s
+
+
+@dataclass(frozen=True)
 class NodeFile:
     """A whole ``node.toml``."""
 
@@ -244,6 +268,7 @@ class NodeFile:
     coalition: CoalitionTable | None = None
     limits: LimitsTable = field(default_factory=LimitsTable)
     tls: TlsTable | None = None
+    integrity: IntegrityTable = field(default_factory=IntegrityTable)
 
 
 # --- from the model to NodeConfig: paths, defaults and environment overrides ----------
@@ -335,6 +360,7 @@ def config_from_mapping(
             if model.tls is None
             else ServerTls(_path(base, model.tls.cert), _path(base, model.tls.key))
         ),
+        integrity=IntegrityConfig(**dataclasses.asdict(model.integrity)),
     )
 
 

@@ -7,17 +7,33 @@ and a read-only process on a hot standby seals nothing, so only the database kno
 newest header. (The stored tree nodes the proofs read are immutable once written, so the
 sealer's node cache stays a safe cache.) Proofs are RFC 9162 documents
 (``coalition.ledger.proofs``) that verify offline with the program's public key.
+
+Nothing is served that this node could not verify itself (``node.integrity``): every
+header it returns MUST verify with its own key (a header page MUST also link), a block's
+entries MUST hash to its signed root, and every proof document passes the verifier an
+auditor runs (``verify_inclusion_document``, ``verify_consistency_document``) before it
+is returned; what fails is LedgerDamaged (503 / DATA_LOSS), logged and counted, never a
+success with bad data. Blocks the scrub found damaged are refused the same way.
 """
 
 from __future__ import annotations
 
+import itertools
+import threading
 import time
+from collections import OrderedDict
 from datetime import datetime
 
 from sqlalchemy import Connection
 
-from coalition.errors import FailedPrecondition, InvalidArgument, NotFound
-from coalition.ledger.blocks import SignedHeader
+from coalition.errors import (
+    CoalitionError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    VerificationError,
+)
+from coalition.ledger.blocks import BlockHeader, SignedHeader, link_problem
 from coalition.ledger.canonical import JsonObject
 from coalition.ledger.keys import VerifyKey
 from coalition.ledger.merkle import (
@@ -27,10 +43,18 @@ from coalition.ledger.merkle import (
     expand_nodes,
     inclusion_coords,
     inclusion_from_nodes,
+    leaf_hash,
+    root,
     stored_coords,
 )
-from coalition.ledger.proofs import consistency_document, inclusion_document
+from coalition.ledger.proofs import (
+    consistency_document,
+    inclusion_document,
+    verify_consistency_document,
+    verify_inclusion_document,
+)
 from coalition.node.bundle_export import BundleExport
+from coalition.node.integrity import IntegrityState
 from coalition.node.sequencer import Sequencer, check_entry_id
 from coalition.node.views import EntryView
 from coalition.points.flows import level_for
@@ -41,15 +65,58 @@ from coalition.store.ledger import TREE_STRIDE, signed_header_from_row
 
 HEADER_POLL_S = 0.2
 """How often a header wait reads the database for a header another process stored."""
+VERIFIED_HEADERS = 4096
+"""Headers whose signature this process verified, remembered so that serving one again
+costs no Ed25519 verification (a header row never changes, so a changed row is a new
+key and is verified afresh)."""
 
 
 class LedgerService:
     """Reads of one program's log: what partners, auditors and the explorer fetch."""
 
-    def __init__(self, sequencer: Sequencer, public_key: VerifyKey) -> None:
+    def __init__(
+        self, sequencer: Sequencer, public_key: VerifyKey, integrity: IntegrityState
+    ) -> None:
         self._sequencer = sequencer
         self._public_key = public_key
         self._sealer = sequencer.sealer
+        self._integrity = integrity
+        self._verified: OrderedDict[tuple[BlockHeader, str], None] = OrderedDict()
+        self._verified_lock = threading.Lock()
+
+    # --- what is served is verified first ------------------------------------------------
+
+    def _served(self, signed: SignedHeader) -> SignedHeader:
+        """``signed`` once it verifies with this node's key; LedgerDamaged otherwise."""
+        key = (signed.header, signed.signature)
+        with self._verified_lock:
+            if key in self._verified:
+                self._verified.move_to_end(key)
+                return signed
+        try:
+            signed.verify(self._public_key)
+        except CoalitionError as exc:
+            what = f"the stored header at height {signed.header.height}"
+            raise self._integrity.self_check_failed(what, exc) from None
+        with self._verified_lock:
+            self._verified[key] = None
+            if len(self._verified) > VERIFIED_HEADERS:
+                self._verified.popitem(last=False)
+        return signed
+
+    def _served_page(self, headers: list[SignedHeader]) -> list[SignedHeader]:
+        """Each header verified, and each linked to the one before it in the page."""
+        for prev, signed in itertools.pairwise(headers):
+            problem = link_problem(prev.header, signed.header)
+            if problem is not None and signed.header.height == prev.header.height + 1:
+                what = f"the stored header at height {signed.header.height}"
+                raise self._integrity.self_check_failed(what, VerificationError(problem))
+        return [self._served(signed) for signed in headers]
+
+    def log_size(self) -> int:
+        """The sealed log size as stored (for logs and health; nothing is proved by it)."""
+        with self._sequencer.read() as conn:
+            return ledger_store.sealed_size(conn)
 
     @property
     def program(self) -> str:
@@ -64,7 +131,8 @@ class LedgerService:
     def latest_header(self) -> SignedHeader | None:
         """The newest signed header in the database (whichever process sealed it)."""
         with self._sequencer.read() as conn:
-            return self._latest(conn)
+            latest = self._latest(conn)
+        return None if latest is None else self._served(latest)
 
     @staticmethod
     def _latest(conn: Connection) -> SignedHeader | None:
@@ -78,7 +146,7 @@ class LedgerService:
             raise InvalidArgument(f"limit must be 1..10000, got {limit!r}")
         with self._sequencer.read() as conn:
             rows = ledger_store.block_rows(conn, start, limit)
-        return [signed_header_from_row(header, sig) for _, header, sig in rows]
+        return self._served_page([signed_header_from_row(header, sig) for _, header, sig in rows])
 
     def _header_at(self, conn: Connection, height: int) -> SignedHeader:
         if not isinstance(height, int) or height < 0:
@@ -89,10 +157,19 @@ class LedgerService:
         return signed_header_from_row(rows[0][1], rows[0][2])
 
     def block(self, height: int) -> tuple[SignedHeader, list[JsonObject]]:
+        """A block's header and entries, once the entries hash to its signed root."""
         with self._sequencer.read() as conn:
             signed = self._header_at(conn, height)
             first = signed.header.first_index
             rows = ledger_store.entry_bodies(conn, first, first + signed.header.entry_count)
+        self._integrity.refuse_damaged(height=height)
+        self._served(signed)
+        leaves = [leaf_hash(body.encode()) for _, body, _ in rows]
+        if root(leaves).hex() != signed.header.block_root:
+            raise self._integrity.self_check_failed(
+                f"block {height}",
+                VerificationError("its stored entries do not hash to its signed block root"),
+            )
         return signed, [columns_store.stored_object(body) for _, body, _ in rows]
 
     def entry(self, entry_id: str) -> EntryView:
@@ -127,8 +204,15 @@ class LedgerService:
                     f"entry {entry_id} is not in the log at size {size} yet (not sealed)"
                 )
             nodes = self._nodes(conn, inclusion_coords(leaf_index, size))
+        self._integrity.refuse_damaged(log_index=leaf_index)
         path = inclusion_from_nodes(leaf_index, size, nodes)
-        return inclusion_document(entry, leaf_index, path, signed)
+        doc = inclusion_document(entry, leaf_index, path, signed)
+        try:
+            verify_inclusion_document(doc, self._public_key)
+        except CoalitionError as exc:
+            what = f"the inclusion proof of entry {entry_id} at tree size {size}"
+            raise self._integrity.self_check_failed(what, exc) from None
+        return doc
 
     def _signed_at_size(self, conn: Connection, tree_size: int | None) -> SignedHeader:
         if tree_size is None:
@@ -152,8 +236,16 @@ class LedgerService:
                 raise InvalidArgument("the first height must not be above the second")
             size1, size2 = first.header.log_size, second.header.log_size
             nodes = self._nodes(conn, consistency_coords(size1, size2))
+        for height in (first_height, second_height):
+            self._integrity.refuse_damaged(height=height)
         path = consistency_from_nodes(size1, size2, nodes)
-        return consistency_document(first, second, path)
+        doc = consistency_document(first, second, path)
+        try:
+            verify_consistency_document(doc, self._public_key)
+        except CoalitionError as exc:
+            what = f"the consistency proof from height {first_height} to {second_height}"
+            raise self._integrity.self_check_failed(what, exc) from None
+        return doc
 
     def flow_page(
         self, bucket_s: int, limit: int, before: datetime | None = None
@@ -183,7 +275,7 @@ class LedgerService:
             with self._sequencer.read() as conn:
                 rows = ledger_store.block_rows(conn, after_height + 1, 1)
             if rows:
-                return signed_header_from_row(rows[0][1], rows[0][2])
+                return self._served(signed_header_from_row(rows[0][1], rows[0][2]))
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
@@ -191,7 +283,7 @@ class LedgerService:
             started = time.monotonic()
             local = self._sealer.wait_for_header(after_height, wait)
             if local is not None:
-                return local
+                return self._served(local)
             if time.monotonic() - started < wait / 2:
                 return None  # the sealer returns early only when the node is stopping
 

@@ -36,6 +36,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection, Engine
 
+from coalition.errors import LedgerDamaged
 from coalition.ledger.blocks import SignedHeader, make_header, sign_header
 from coalition.ledger.canonical import canonical_json
 from coalition.ledger.entries import format_time
@@ -57,6 +58,11 @@ and holds SQLite's one write lock, which the writer waits for, 16 times less oft
 FOLLOW_TIMEOUT_S = 10.0
 """How long ``flush`` and ``stop`` in a process without the lease wait for the holder to
 seal (the lease lapses in 3 s, so a dead holder's work is taken over well within it)."""
+
+
+DAMAGED_RETRY_S = 1.0
+"""How often a sealer that found its stored frontier damaged looks again (a restored
+database lets it go on)."""
 
 
 class _Stale(Exception):
@@ -122,13 +128,21 @@ class Sealer:
     def _reload(self, conn: Connection) -> None:
         """Rebuild the view from the stored chain: the newest block, the compact range
         from the stored nodes; pending is read again from the new size. The caller holds
-        ``_seal_lock`` (or is ``__init__``)."""
+        ``_seal_lock`` (or is ``__init__``). LedgerDamaged, and the view unchanged, when
+        the stored frontier does not give the newest header's log root: a block sealed on
+        it would sign a wrong root."""
         row = ledger_store.last_block(conn)
         last = None if row is None else signed_header_from_row(row[1], row[2])
         size = 0 if last is None else last.header.log_size
         needed = stored_coords(root_coords(size), TREE_STRIDE)
         nodes = ledger_store.read_nodes(conn, needed, self.node_cache)
         tree = CompactRange.from_nodes(size, nodes, TREE_STRIDE)
+        if last is not None and tree.root().hex() != last.header.log_root:
+            raise LedgerDamaged(
+                f"the stored tree nodes at log size {size} do not give the log root signed at "
+                f"height {last.header.height}: a stored tree node or leaf hash was changed, so "
+                "nothing is sealed on them ('coalition check --config NODE.toml' names it)"
+            )
         with self._cond:
             self.last = last
             self._range = tree
@@ -332,6 +346,7 @@ class Sealer:
         )
 
     def _run(self) -> None:
+        damage: str | None = None  # logged once, not at every poll
         while True:
             with self._cond:
                 if self._stop:
@@ -344,6 +359,12 @@ class Sealer:
                 if self.leadership.held():
                     while self._due() and self.seal(SEAL_BLOCKS) is not None:
                         pass
+                damage = None
+            except LedgerDamaged as exc:
+                if str(exc) != damage:
+                    log.error("not sealing: %s", exc)
+                    damage = str(exc)
+                time.sleep(DAMAGED_RETRY_S)
             except Exception:
                 log.exception("sealing failed; will retry")
                 time.sleep(max(self._poll_s, 0.05))

@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 from coalition.ledger.keys import SigningKey, VerifyKey
 from coalition.node.api_keys import ApiKeyStore
 from coalition.node.config import SealerConfig
+from coalition.node.integrity import IntegrityState
 from coalition.node.ledger_service import LedgerService
 from coalition.node.points_service import PointsService
 from coalition.node.read_only import ReadOnlySequencer
@@ -58,13 +59,15 @@ class NodeService:
         self.leadership = self.sequencer.leadership
         self.points = PointsService(self.sequencer, rules, account_secret)
         self._on_close: list[Callable[[], None]] = []
-        self.ledger = LedgerService(self.sequencer, key.public_key)
         self.api_keys = ApiKeyStore(
             engine,
             self.sequencer.now,
             read_only_primary=None if read_only_primary is None else (program, read_only_primary),
         )
         """The API keys issued at run time (``node.api_keys``)."""
+        self.integrity = IntegrityState()
+        """What this process found checking its own ledger (``node.integrity``)."""
+        self.ledger = LedgerService(self.sequencer, key.public_key, self.integrity)
 
     @property
     def signing_key(self) -> SigningKey:

@@ -1,4 +1,6 @@
-"""Run one brand's node until SIGTERM or SIGINT: sealer, gRPC, REST and scheduled expiry.
+"""Run one brand's node until SIGTERM or SIGINT: sealer, gRPC, REST, scheduled expiry and
+the integrity scrub (``node.integrity``: every process walks its log at the configured
+rate; the newest blocks were verified before anything was served, in ``open_service``).
 SIGHUP reloads the API keys file the configuration names (``reload_api_keys``): a key
 removed from it is refused from then on, a new one accepted, nothing restarts. Keys issued
 in the node's database (``coalition keys``, the operator API) need no signal: every
@@ -32,6 +34,7 @@ from types import FrameType
 from coalition.errors import CoalitionError
 from coalition.node.auth import Authenticator
 from coalition.node.config import NodeConfig, load_api_keys, split_address
+from coalition.node.integrity import Scrub
 from coalition.node.limits import rates_for
 from coalition.node.service import NodeService
 from coalition.runtime.wiring import (
@@ -72,6 +75,23 @@ def _expire_every(
                 log.info("released %d expired partner holds", released)
         except Exception:
             log.exception("releasing expired holds failed; retrying in %.0f s", interval)
+
+
+def _scrub(config: NodeConfig, service: NodeService) -> Scrub | None:
+    """Start the integrity scrub of ``config`` (None: its rate is 0, no scrub)."""
+    settings = config.integrity
+    if settings.scrub_entries_per_second <= 0:
+        return None
+    scrub = Scrub(
+        service.sequencer.read,
+        service.public_key,
+        service.program,
+        service.integrity,
+        entries_per_second=settings.scrub_entries_per_second,
+        pause_s=settings.scrub_pause_s,
+    )
+    scrub.start()
+    return scrub
 
 
 def reload_api_keys(config: NodeConfig, authenticator: Authenticator) -> bool:
@@ -135,7 +155,8 @@ def run_node(config: NodeConfig, stop: threading.Event | None = None) -> None:
         )
         if not config.read_only:  # a read-only process runs no background job
             expiry.start()
-        latest = service.ledger.latest_header()
+        scrub = _scrub(config, service)
+        log_size = service.ledger.log_size()
         partner = (
             ""
             if coalition is None or config.read_only
@@ -151,11 +172,13 @@ def run_node(config: NodeConfig, stop: threading.Event | None = None) -> None:
             split_address(config.http_address)[0],
             servers.http_port,
             partner,
-            0 if latest is None else latest.header.log_size,
+            log_size,
             mode,
         )
         stop.wait()
         expiry_stop.set()
+        if scrub is not None:
+            scrub.stop()
         servers.stop(STOP_GRACE_SECONDS)
         if expiry.is_alive():
             expiry.join()
@@ -163,8 +186,7 @@ def run_node(config: NodeConfig, stop: threading.Event | None = None) -> None:
         node.close()
         if restore is not None:
             restore()
-    latest = service.ledger.latest_header()
-    size = 0 if latest is None else latest.header.log_size
+    size = service.ledger.log_size()
     if config.read_only:
         log.info("read-only node %s stopped (log size %d)", config.program, size)
     elif service.sealer.sealed_at_stop:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -48,12 +49,19 @@ from coalition.api.http.witness import witness_router
 from coalition.errors import FailedPrecondition, InvalidArgument, NotFound
 from coalition.ledger.keys import SigningKey
 from coalition.node.auth import Authenticator
-from coalition.node.config import CoalitionConfig, NodeConfig, SealerConfig, split_address
+from coalition.node.config import (
+    CoalitionConfig,
+    IntegrityConfig,
+    NodeConfig,
+    SealerConfig,
+    split_address,
+)
 from coalition.node.features.agreements import Agreements
 from coalition.node.features.conversions import Conversions
 from coalition.node.features.redemptions import Redemptions
 from coalition.node.features.settlement import Settlement
 from coalition.node.features.witness import BACKOFF_S, Witness
+from coalition.node.integrity import check_newest, refuse_start
 from coalition.node.manifest import Manifest
 from coalition.node.partners import PartnerClient, PartnerInbox
 from coalition.node.service import NodeService
@@ -75,6 +83,7 @@ def open_service(
     sqlite_synchronous: str = "FULL",
     clock: Callable[[], datetime] | None = None,
     read_only_primary: str | None = None,
+    verify_at_start_blocks: int = IntegrityConfig.verify_at_start_blocks,
 ) -> NodeService:
     """The store (SQLite folder created if missing, schema upgraded to this code's
     revision under the schema lock) and the service on it, not yet sealing: call
@@ -83,6 +92,11 @@ def open_service(
     ``read_only_primary`` (a process on a hot standby, ``node/read_only.py``) migrates
     nothing: the schema MUST already be at this code's revision (FailedPrecondition
     otherwise, saying to migrate the primary or run this version there).
+
+    Before the service is built (so before anything is sealed on a damaged frontier) the
+    newest ``verify_at_start_blocks`` blocks are verified with the node's own key
+    (``node.integrity.check_newest``): damage raises LedgerDamaged naming every fault and
+    nothing is started.
 
     On SQLite the service holds the database's writer lock (``lock_sqlite_file``) until it
     is closed: a second node on the same file is refused here with FailedPrecondition,
@@ -96,6 +110,9 @@ def open_service(
                 upgrade_schema(engine)
             else:
                 check_schema_current(engine, read_only_primary)
+            began = time.monotonic()
+            walk = check_newest(engine.connect, key.public_key, program, verify_at_start_blocks)
+            refuse_start(walk, program)
             service = NodeService(
                 engine,
                 program,
@@ -109,6 +126,14 @@ def open_service(
         except BaseException:
             engine.dispose()
             raise
+        service.integrity.started(walk, time.monotonic() - began)
+        log.info(
+            "%s: the newest %d blocks (%d entries) verified with the node's key in %.2f s",
+            program,
+            walk.blocks,
+            walk.entries,
+            time.monotonic() - began,
+        )
     except BaseException:
         if writer_lock is not None:
             writer_lock.release()
@@ -143,6 +168,7 @@ def open_node(config: NodeConfig, *, clock: Callable[[], datetime] | None = None
         sqlite_synchronous=config.sqlite_synchronous,
         clock=clock,
         read_only_primary=config.primary if config.read_only else None,
+        verify_at_start_blocks=config.integrity.verify_at_start_blocks,
     )
 
 

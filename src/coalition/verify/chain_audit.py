@@ -39,14 +39,27 @@ from typing import cast
 
 from coalition.errors import CoalitionError, VerificationError
 from coalition.ledger.blocks import GENESIS_PREV, BlockHeader, SignedHeader
-from coalition.ledger.canonical import JsonObject, JsonValue, canonical_json, parse_json
-from coalition.ledger.entries import check_envelope, parse_time
+from coalition.ledger.canonical import JsonObject, JsonValue, parse_json
 from coalition.ledger.keys import VerifyKey
-from coalition.ledger.merkle import CompactRange, leaf_hash, root
+from coalition.ledger.merkle import CompactRange, root
 from coalition.ledger.proofs import verify_consistency_document
 from coalition.points import kinds
 from coalition.points.replay import Replay
 from coalition.points.replay_fast import Prepared, apply_run, prepare
+from coalition.verify.block_checks import (
+    Fault,
+    FaultList,
+    Item,
+    Position,
+    check_gaps,
+    check_header,
+    check_roots,
+    entry_id_of,
+    exact_item,
+    faults_json,
+    render_faults,
+    replay_fault,
+)
 from coalition.verify.entry_scan import BlockScan, scan_block, scan_lines
 from coalition.verify.replay_shards import merge_states, merged, split_state
 from coalition.verify.source import (
@@ -66,66 +79,6 @@ LOOKAHEAD = 6
 """Blocks read and handed to workers ahead of the one being checked."""
 _REPLAY_ERRORS = (CoalitionError, KeyError, TypeError, ValueError)
 """What a hostile entry can make the replay raise; the audit reports, never crashes."""
-
-
-@dataclass(frozen=True, slots=True)
-class Fault:
-    """One thing found wrong. ``kind`` is a stable slug (``entry-tampered``, ...);
-    ``height``, ``log_index`` and ``entry_id`` say where, when known."""
-
-    kind: str
-    message: str
-    height: int | None = None
-    log_index: int | None = None
-    entry_id: str | None = None
-
-    def to_json(self) -> JsonObject:
-        out: JsonObject = {"kind": self.kind, "message": self.message}
-        for name in ("height", "log_index", "entry_id"):
-            value = getattr(self, name)
-            if value is not None:
-                out[name] = value
-        return out
-
-    def __str__(self) -> str:
-        where = []
-        if self.height is not None:
-            where.append(f"height {self.height}")
-        if self.log_index is not None:
-            where.append(f"log index {self.log_index}")
-        if self.entry_id is not None:
-            where.append(f"entry {self.entry_id}")
-        at = f" ({', '.join(where)})" if where else ""
-        return f"[{self.kind}]{at} {self.message}"
-
-
-@dataclass(slots=True)
-class FaultList:
-    """Faults in the order found, keeping at most ``limit`` (the rest are only counted)."""
-
-    limit: int = 1000
-    items: list[Fault] = field(default_factory=list)
-    omitted: int = 0
-
-    def add(self, fault: Fault) -> None:
-        if len(self.items) < self.limit:
-            self.items.append(fault)
-        else:
-            self.omitted += 1
-
-    def __len__(self) -> int:
-        return len(self.items) + self.omitted
-
-
-def faults_json(faults: FaultList) -> list[JsonValue]:
-    return [f.to_json() for f in faults.items]
-
-
-def render_faults(faults: FaultList) -> list[str]:
-    lines = [f"  {fault}" for fault in faults.items]
-    if faults.omitted:
-        lines.append(f"  ... and {faults.omitted:,} more faults not listed")
-    return lines
 
 
 @dataclass(slots=True)
@@ -209,17 +162,6 @@ class AuditReport:
         return "\n".join(lines)
 
 
-@dataclass(slots=True)
-class _Item:
-    """One entry as audited: the leaf hash recomputed from its canonical body."""
-
-    log_index: int | None
-    entry_id: str | None
-    leaf: bytes
-    stored: bytes | None
-    body: JsonObject | None
-
-
 def _object(raw: RawEntry) -> JsonObject:
     """The entry a worker shipped ``Prepared``: it passed ``entry_scan.fast_entry``, so
     ``parse_json`` gives the object the worker parsed."""
@@ -242,11 +184,6 @@ def _stored(raws: Sequence[RawEntry]) -> list[bytes | None]:
     return [raw.stored_leaf_hash for raw in raws]
 
 
-def _entry_id(body: JsonValue) -> str | None:
-    value = body.get("id") if isinstance(body, dict) else None
-    return value if isinstance(value, str) else None
-
-
 @dataclass(slots=True)
 class _Fetched:
     """One block as read, before any check; a header that does not parse or entries that
@@ -264,16 +201,6 @@ class _Fetched:
 class _Doubt(Exception):
     """The sharded replay cannot decide this chain: it is to be audited again with the
     replay in the auditing process."""
-
-
-def _after(at: JsonValue, sealed_at: str) -> bool:
-    """Whether an entry's time is later than its block's seal (an entry cannot be written
-    after the block holding it was signed; a later date would also keep a conversion from
-    ever counting as pending). Unreadable times are other checks' faults."""
-    try:
-        return isinstance(at, str) and parse_time(at) > parse_time(sealed_at)
-    except CoalitionError:
-        return False
 
 
 def _parse_header(raw: RawHeader) -> tuple[SignedHeader | None, CoalitionError | None]:
@@ -543,7 +470,7 @@ class _Auditor:
             authentic: list[bytes] | None = leaves
         else:
             items = [
-                _Item(self._index(h, raw_entries, n), _entry_id(body), leaf, s, body)
+                Item(self._index(h, raw_entries, n), entry_id_of(body), leaf, s, body)
                 for n, (leaf, s, body) in enumerate(
                     zip(leaves, stored, _objects(raw_entries, bodies), strict=True)
                 )
@@ -655,147 +582,21 @@ class _Auditor:
             bodies[n] = item.body
         return leaves, bodies, exact
 
-    def _exact_item(self, h: BlockHeader, raw: RawEntry, index: int | None, program: str) -> _Item:
-        """Parse, re-canonicalise and hash one entry; check its envelope and program."""
-        try:
-            parsed = parse_json(raw.body)
-        except CoalitionError as exc:
-            self.fault(
-                "entry-malformed", f"body is not valid JSON: {exc}", h.height, log_index=index
-            )
-            return _Item(index, None, leaf_hash(raw.body), raw.stored_leaf_hash, None)
-        entry_id = _entry_id(parsed)
-        body = parsed if isinstance(parsed, dict) else None
-        data = canonical_json(parsed)
-        if data != raw.body:
-            self.fault(
-                "entry-non-canonical",
-                "stored body is not its RFC 8785 canonical form",
-                h.height,
-                log_index=index,
-                entry_id=entry_id,
-            )
-        try:
-            if body is None:
-                raise VerificationError("an entry must be a JSON object")
-            check_envelope(body)
-            if body["program"] != program:
-                raise VerificationError(f"program {body['program']!r} is not {program!r}")
-        except CoalitionError as exc:
-            self.fault("entry-envelope", str(exc), h.height, log_index=index, entry_id=entry_id)
-            body = None
-        if body is not None and _after(body["at"], h.sealed_at):
-            self.fault(
-                "entry-after-seal",
-                f"dated {body['at']}, after its block was sealed ({h.sealed_at})",
-                h.height,
-                log_index=index,
-                entry_id=entry_id,
-            )
-        return _Item(index, entry_id, leaf_hash(data), raw.stored_leaf_hash, body)
+    def _exact_item(self, h: BlockHeader, raw: RawEntry, index: int | None, program: str) -> Item:
+        return exact_item(self.fault, h, raw, index, program)
 
     def _gaps(self, h: BlockHeader, raws: Sequence[RawEntry]) -> bool:
-        """Name missing (deleted) entries; True when the block's entries are incomplete."""
-        first = h.first_index
-        if isinstance(raws, BlockLines) and raws.first == first and len(raws) == h.entry_count:
-            return False
-        indexes = [raw.log_index for raw in raws]
-        if len(raws) == h.entry_count and indexes == list(range(first, first + len(raws))):
-            return False
-        if all(i is not None for i in indexes) and raws:
-            present = set(indexes)
-            missing = [
-                i for i in range(h.first_index, h.first_index + h.entry_count) if i not in present
-            ]
-            for i in missing:
-                self.fault(
-                    "entry-missing",
-                    f"log index {i} is missing from the block's entries",
-                    h.height,
-                    log_index=i,
-                )
-            if missing:
-                return True
-        if len(raws) != h.entry_count:
-            self.fault(
-                "entry-count",
-                f"the header says {h.entry_count} entries, the source has {len(raws)}",
-                h.height,
-            )
-            return True
-        return False
+        return check_gaps(self.fault, h, raws)
 
     def _header_checks(self, signed: SignedHeader, program: str) -> None:
-        h = signed.header
-        if h.program != program:
-            self.fault("header-program", f"program {h.program!r} is not {program!r}", h.height)
-        try:
-            signed.verify(self.key)
-            sig_bad = False
-        except CoalitionError as exc:
-            self.fault("header-signature", f"signature does not verify: {exc}", h.height)
-            sig_bad = True
-        if h.height != self.next_height:
-            self.fault("header-height", f"expected height {self.next_height}", h.height)
-        if self.prev_hash is not None and not self.prev_sig_bad and h.prev_hash != self.prev_hash:
-            self.fault("header-link", "prev_hash is not the hash of the previous header", h.height)
-        if self.prev_log_size is not None and h.first_index != self.prev_log_size:
-            self.fault(
-                "header-range",
-                f"first_index {h.first_index} is not the previous log size {self.prev_log_size}",
-                h.height,
-            )
-        if h.log_size != h.first_index + h.entry_count:
-            self.fault("header-range", "log_size is not first_index + entry_count", h.height)
-        sealed = parse_time(h.sealed_at)
-        if self.prev_time is not None and sealed < self.prev_time:
-            self.fault("header-time", "sealed_at is earlier than the previous block's", h.height)
-        self.prev_time = sealed
-        self.prev_sig_bad = sig_bad
-
-    def _roots(self, h: BlockHeader, items: list[_Item], gaps: bool) -> list[bytes] | None:
-        """Check the block root and name changed entries; return the block's authentic
-        leaf hashes (those the signed root commits to), None when they are unknown."""
-        leaves = [item.leaf for item in items]
-        changed = [item for item in items if item.stored is not None and item.stored != item.leaf]
-        if root(leaves).hex() == h.block_root:
-            for item in changed:
-                self.fault(
-                    "stored-leaf-hash",
-                    "the stored leaf hash is not the hash of the entry's body",
-                    h.height,
-                    log_index=item.log_index,
-                    entry_id=item.entry_id,
-                )
-            return leaves
-        stored = [item.stored for item in items if item.stored is not None]
-        authentic = None
-        if not gaps and len(stored) == len(items) and root(stored).hex() == h.block_root:
-            authentic = stored
-        for item in changed:
-            self.fault(
-                "entry-tampered",
-                "the entry's body does not hash to the leaf its signed block commits to"
-                if authentic is not None
-                else "the entry's body does not match its stored leaf hash",
-                h.height,
-                log_index=item.log_index,
-                entry_id=item.entry_id,
-            )
-        if gaps or authentic is not None:
-            return authentic  # a gap is reported already, and leaves no authentic list
-        if self.prev_sig_bad and not changed:
-            return leaves  # a forged header's root means nothing; entries show no change
-        if changed:
-            why = ""
-        elif len(stored) == len(items):
-            why = "; every entry matches its stored hash: both were changed, or the header lies"
-        else:
-            why = "; the source has no stored hashes to name the entry"
-        self.fault(
-            "block-root", "block_root is not the root of the block's entries" + why, h.height
+        at = Position(
+            self.next_height, self.prev_hash, self.prev_log_size, self.prev_time, self.prev_sig_bad
         )
-        return None
+        check_header(self.fault, signed, self.key, program, at)
+        self.prev_time, self.prev_sig_bad = at.prev_time, at.prev_forged
+
+    def _roots(self, h: BlockHeader, items: list[Item], gaps: bool) -> list[bytes] | None:
+        return check_roots(self.fault, h, items, gaps, self.prev_sig_bad)
 
     def _advance(
         self,
@@ -841,16 +642,8 @@ class _Auditor:
     def _replay_fault(
         self, exc: Exception, body: JsonObject, log_index: int | None, height: int
     ) -> None:
-        entry_id = _entry_id(body)
         self.replay_faults += 1
-        message = str(exc).removeprefix(f"entry {entry_id}: ")
-        self.fault(
-            "replay",
-            f"entry does not fit the state: {message}",
-            height,
-            log_index=log_index,
-            entry_id=entry_id,
-        )
+        replay_fault(self.fault, exc, body, log_index, height)
 
     # --- after the last block ---------------------------------------------------------
 

@@ -3,11 +3,18 @@ and the process harness's readiness check). With several processes per node it a
 says which process answered (``pid``) and whether it holds the node's lease and so seals
 (``sealer``); ``log_size`` is the sealed size of the whole log, whichever process sealed.
 A process against a hot standby says so (``read_only``) and names where writes go
-(``primary``; null for a writing process), so a load balancer can route writes away."""
+(``primary``; null for a writing process), so a load balancer can route writes away.
+
+``integrity`` is what this process found checking its own ledger (``node.integrity``):
+the start check, the scrub's progress, the faults found with the damaged heights, and
+the counters ``faults_found_total`` and ``answers_refused_total``; ``status`` is then
+``damaged`` instead of ``ok`` (the answer stays 200: the process is alive and serves
+everything it can still prove)."""
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from fastapi import APIRouter
 from pydantic import BaseModel
@@ -23,6 +30,7 @@ class HealthOut(BaseModel):
     sealer: bool
     read_only: bool
     primary: str | None
+    integrity: dict[str, Any]
 
 
 def health_router(service: NodeService) -> APIRouter:
@@ -30,16 +38,16 @@ def health_router(service: NodeService) -> APIRouter:
 
     @router.get("/healthz", summary="Liveness and log size")
     def healthz() -> HealthOut:
-        header = service.ledger.latest_header()
-        log_size = 0 if header is None else header.header.log_size
+        integrity = service.integrity.to_json()
         return HealthOut(
-            status="ok",
+            status="damaged" if integrity["status"] == "damaged" else "ok",
             program=service.program,
-            log_size=log_size,
+            log_size=service.ledger.log_size(),
             pid=os.getpid(),
             sealer=service.leadership.held(),
             read_only=service.read_only,
             primary=service.primary,
+            integrity=integrity,
         )
 
     return router
