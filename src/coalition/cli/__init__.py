@@ -10,7 +10,8 @@ Each module of this package adds one group of subcommands (``keys``, ``run``, ``
 ``ledger``, ``importing``, ``verify``, ``demo``, ``audit``); ``client`` connects the
 commands that talk to a node.
 
-Exit status: 0 success, 1 refused or failed (``error: ...`` on stderr), 2 usage.
+Exit status: 0 success, 1 refused or failed (``error: ...`` on stderr, one line: also for a
+full disk, a read-only or damaged database, ``store.failures``), 2 usage.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections.abc import Sequence
 from coalition.cli import audit, demo, importing, keys, ledger, points, run, verify
 from coalition.cli.client import connection_options
 from coalition.errors import CoalitionError
+from coalition.store.failures import classify
 
 __all__ = ["build_parser", "main"]
 
@@ -51,6 +53,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except CoalitionError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a file the command writes or reads: a full disk, read-only ...
+        failure = classify(exc)
+        print(f"error: {failure or exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -21,6 +21,7 @@ from coalition.node.points_service import PointsService
 from coalition.node.read_only import ReadOnlySequencer
 from coalition.node.sequencer import Sequencer
 from coalition.points.rules import ProgramRules
+from coalition.store.failures import health_of
 
 
 class NodeService:
@@ -57,6 +58,8 @@ class NodeService:
         self.points = PointsService(self.sequencer, rules, account_secret)
         self._on_close: list[Callable[[], None]] = []
         self.ledger = LedgerService(self.sequencer, key.public_key)
+        self.storage = health_of(engine)
+        """The database's last storage failure, until it works again (``/healthz``)."""
 
     @property
     def signing_key(self) -> SigningKey:

@@ -3,11 +3,15 @@ and the process harness's readiness check). With several processes per node it a
 says which process answered (``pid``) and whether it holds the node's lease and so seals
 (``sealer``); ``log_size`` is the sealed size of the whole log, whichever process sealed.
 A process against a hot standby says so (``read_only``) and names where writes go
-(``primary``; null for a writing process), so a load balancer can route writes away."""
+(``primary``; null for a writing process), so a load balancer can route writes away.
+While the node's storage fails (a full disk, a read-only or damaged database: see
+``store.failures``) the node stays up and says so: ``status`` is ``degraded`` and
+``storage`` names the problem and since when; both clear once a write succeeds again."""
 
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 
 from fastapi import APIRouter
 from pydantic import BaseModel
@@ -15,14 +19,25 @@ from pydantic import BaseModel
 from coalition.node.service import NodeService
 
 
+class StorageOut(BaseModel):
+    problem: str
+    failing_since: str
+    last_failure: str
+
+
 class HealthOut(BaseModel):
     status: str
+    storage: StorageOut | None
     program: str
     log_size: int
     pid: int
     sealer: bool
     read_only: bool
     primary: str | None
+
+
+def _utc(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
 
 
 def health_router(service: NodeService) -> APIRouter:
@@ -32,8 +47,17 @@ def health_router(service: NodeService) -> APIRouter:
     def healthz() -> HealthOut:
         header = service.ledger.latest_header()
         log_size = 0 if header is None else header.header.log_size
+        problem = service.storage.problem()
+        storage = None
+        if problem is not None:
+            storage = StorageOut(
+                problem=problem.message,
+                failing_since=_utc(problem.since),
+                last_failure=_utc(problem.last),
+            )
         return HealthOut(
-            status="ok",
+            status="ok" if storage is None else "degraded",
+            storage=storage,
             program=service.program,
             log_size=log_size,
             pid=os.getpid(),
