@@ -517,6 +517,7 @@ def test_healthz_and_openapi(
     assert health.status_code == 200
     assert health.json() == {
         "status": "ok",
+        "storage": None,
         "program": node.program,
         "log_size": 0,
         "pid": os.getpid(),
