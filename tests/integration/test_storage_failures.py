@@ -10,6 +10,7 @@ the node's threads live on, and the node resumes by itself when space returns.
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -29,6 +30,7 @@ from coalition.errors import CoalitionError, StorageUnavailable
 from coalition.node.auth import Authenticator
 from coalition.node.config import SealerConfig
 from coalition.node.service import NodeService
+from coalition.store.db import make_engine
 
 from support.databases import postgres_schema
 from support.full_disk import (
@@ -270,3 +272,122 @@ def test_cli_tools_on_a_full_disk_fail_with_one_line(tmp_path: Path) -> None:
         finally:
             filler.free()
         assert _coalition("check", "--database", url).returncode == 0
+
+
+def read_only_url(url: str, folder: Path) -> str:
+    """``url``'s database opened read-only: SQLite's ``mode=ro`` (root ignores file modes,
+    so a chmod would prove nothing here), PostgreSQL's ``default_transaction_read_only``."""
+    if url.startswith("sqlite"):
+        return f"sqlite:///file:{url.removeprefix('sqlite:///')}?mode=ro&uri=true"
+    assert "options=-csearch_path" in url
+    return url + "%20-cdefault_transaction_read_only%3Don"
+
+
+def test_read_only_database_answers_503_and_serves_reads(
+    database_url: str, tmp_path: Path, authenticator: Authenticator, api_keys: dict[str, str]
+) -> None:
+    with temporary_node(database_url) as node:
+        node.points.enroll("alice", idempotency_key="alice")
+        key, secret, rules = node.signing_key, b"test-account-secret-0123456789", node.rules
+    engine = make_engine(read_only_url(database_url, tmp_path))
+    node = NodeService(engine, "testair", key, secret, rules, FAST_SEALER)
+    node.start()  # the lease cannot be written: logged, and the node serves on
+    operator = {"Authorization": f"Bearer {api_keys['operator']}"}
+    try:
+        with TestClient(create_app(node, authenticator)) as http:
+            balance = http.get("/v1/members/alice/balance", headers=operator)
+            assert balance.status_code == 200, balance.text
+            body = {"member_id": "bob", "idempotency_key": "bob"}
+            refused = http.post("/v1/members", json=body, headers=operator)
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["error"] == "storage_unavailable"
+            assert "read-only" in refused.json()["message"]
+            assert refused.headers["retry-after"] == "5"
+            assert http.get("/healthz").json()["status"] == "degraded"
+    finally:
+        node.close()
+    with temporary_node(database_url) as node:
+        assert node.points.enroll("bob", idempotency_key="bob").replayed is False
+
+
+def root_page_damaged(database: Path, copy: Path, table: str) -> None:
+    """``copy``: ``database`` with the page type byte of ``table``'s root page zeroed (a
+    damaged page, as a bad sector or a torn write leaves one)."""
+    source = sqlite3.connect(database)
+    try:
+        source.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        (root,) = source.execute(
+            "SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)
+        ).fetchone()
+        (page_size,) = source.execute("PRAGMA page_size").fetchone()
+    finally:
+        source.close()
+    data = bytearray(database.read_bytes())
+    data[(root - 1) * page_size] = 0
+    copy.write_bytes(bytes(data))
+
+
+def test_damaged_page_gives_503_on_the_node_and_one_line_from_the_cli_tools(
+    tmp_path: Path, authenticator: Authenticator, api_keys: dict[str, str]
+) -> None:
+    database, damaged, lots = tmp_path / "node.db", tmp_path / "damaged.db", tmp_path / "lots.db"
+    with temporary_node(f"sqlite:///{database}") as node:
+        for n in range(20):
+            node.points.enroll(f"m{n}", idempotency_key=f"m{n}")
+        pem = tmp_path / "public.pem"
+        pem.write_bytes(node.public_key.to_pem())
+        key, secret, rules = node.signing_key, b"test-account-secret-0123456789", node.rules
+    root_page_damaged(database, damaged, "entries")
+    root_page_damaged(database, lots, "accounts")
+    url = f"sqlite:///{damaged}"
+    assert_one_line_failure(_coalition("check", "--database", url), "the database file is damaged")
+    bundle = ("bundle", "--database", url, "--program", "testair", "--public-key", str(pem))
+    done = _coalition(*bundle, "--out", str(tmp_path / "bundle.json"))
+    assert_one_line_failure(done, "the database file is damaged")
+    # The audit reads what it can and reports the damage as a fault of its report.
+    audit = _coalition("audit", "--database", url, "--public-key", str(pem))
+    assert audit.returncode == 1 and "Traceback" not in audit.stderr, audit.stderr
+    assert "FAILED" in audit.stdout and "the database file is damaged" in audit.stdout
+
+    lots_url = f"sqlite:///{lots}"
+    node = NodeService(make_engine(lots_url), "testair", key, secret, rules, FAST_SEALER)
+    operator = {"Authorization": f"Bearer {api_keys['operator']}"}
+    try:
+        with TestClient(create_app(node, authenticator)) as http:
+            answer = http.get("/v1/members/m1/balance", headers=operator)
+            assert answer.status_code == 503, answer.text
+            assert answer.json()["error"] == "corrupt_database"
+            assert "restore it from a backup" in answer.json()["message"]
+            assert "retry-after" not in answer.headers  # a retry does not mend a page
+    finally:
+        node.close()
+
+
+@pytest.mark.postgres
+def test_unreachable_postgres_answers_503_and_the_node_resumes_when_it_returns(
+    private_postgres: PrivatePostgres, authenticator: Authenticator, api_keys: dict[str, str]
+) -> None:
+    operator = {"Authorization": f"Bearer {api_keys['operator']}"}
+    # A database of its own (the node migrates it): a schema's admin connection would
+    # not outlive the restart below.
+    private_postgres.psql("CREATE DATABASE unreachable")
+    url = private_postgres.url.rsplit("/", 1)[0] + "/unreachable"
+    with temporary_node(url) as node, TestClient(create_app(node, authenticator)) as http:
+        node.points.enroll("before", idempotency_key="before")
+        private_postgres.stop()
+        try:
+            body = {"member_id": "during", "idempotency_key": "during"}
+            refused = http.post("/v1/members", json=body, headers=operator)
+            assert refused.status_code == 503, refused.text
+            assert "cannot be reached" in refused.json()["message"]
+            assert "127.0.0.1" not in refused.json()["message"]  # no host for a member
+            assert http.get("/healthz").json()["status"] == "degraded"
+            time.sleep(1.5)  # the lease renewal and the sealer meet the outage too
+            assert node.sealer._thread is not None and node.sealer._thread.is_alive()
+        finally:
+            private_postgres.start()
+        again = http.post("/v1/members", json=body, headers=operator)
+        assert again.status_code == 201, again.text
+        assert again.json()["replayed"] is False
+        assert node.points.enroll("before", idempotency_key="before").replayed is True
+        assert http.get("/healthz").json()["status"] == "ok"

@@ -6,7 +6,9 @@ A process against a hot standby says so (``read_only``) and names where writes g
 (``primary``; null for a writing process), so a load balancer can route writes away.
 While the node's storage fails (a full disk, a read-only or damaged database: see
 ``store.failures``) the node stays up and says so: ``status`` is ``degraded`` and
-``storage`` names the problem and since when; both clear once a write succeeds again."""
+``storage`` names the problem and since when; both clear once a write succeeds again.
+It answers 200 even when the database cannot be read at all (``log_size`` is then the
+size this process last saw sealed): the process is alive, its storage is not."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from datetime import UTC, datetime
 from fastapi import APIRouter
 from pydantic import BaseModel
 
+from coalition.errors import CorruptDatabase, StorageUnavailable
 from coalition.node.service import NodeService
 
 
@@ -45,8 +48,11 @@ def health_router(service: NodeService) -> APIRouter:
 
     @router.get("/healthz", summary="Liveness and log size")
     def healthz() -> HealthOut:
-        header = service.ledger.latest_header()
-        log_size = 0 if header is None else header.header.log_size
+        try:
+            header = service.ledger.latest_header()
+            log_size = 0 if header is None else header.header.log_size
+        except (StorageUnavailable, CorruptDatabase):
+            log_size = service.sealer.log_size  # as this process last saw it sealed
         problem = service.storage.problem()
         storage = None
         if problem is not None:
