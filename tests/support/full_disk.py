@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,8 +149,6 @@ def postgres_on_tmpfs(size_mb: int, name: str = "coalition") -> Iterator[Private
             yield server
         finally:
             if started:
-                try:
+                with suppress(RuntimeError):
                     server.stop()
-                except RuntimeError:
-                    pass
             shutil.rmtree(root, ignore_errors=True)
