@@ -42,6 +42,7 @@ from support.full_disk import (
     tmpfs_missing,
 )
 from support.nodes import temporary_node
+from support.processes import healthz, make_coalition
 
 FAST_SEALER = SealerConfig(max_entries=1000, max_delay_ms=20)
 ATTEMPTS = 20_000
@@ -391,3 +392,36 @@ def test_unreachable_postgres_answers_503_and_the_node_resumes_when_it_returns(
         assert again.json()["replayed"] is False
         assert node.points.enroll("before", idempotency_key="before").replayed is True
         assert http.get("/healthz").json()["status"] == "ok"
+
+
+@pytest.mark.skipif(tmpfs_missing() is not None, reason=str(tmpfs_missing()))
+def test_coalition_run_stays_up_on_a_full_disk_restarts_on_it_and_resumes() -> None:
+    with small_tmpfs(64) as folder:
+        brand = make_coalition(folder, ("skyair", "staybright")).brands["skyair"]
+        filler = DiskFiller(folder)
+        brand.start()
+        try:
+            with brand.client() as client:
+                client.enroll("before", idempotency_key="before")
+                filler.fill()
+                for n in range(ATTEMPTS):
+                    try:
+                        client.enroll(f"full{n}", idempotency_key=f"full{n}")
+                    except TransportError as exc:
+                        refusal = exc
+                        break
+                assert refusal.code == grpc.StatusCode.UNAVAILABLE, refusal
+                assert "disk is full" in str(refusal)
+                assert healthz(brand.node)["status"] == "degraded"
+            # Stopped and started again while the disk stays full: it comes up.
+            brand.stop()
+            brand.start()
+            assert healthz(brand.node)["status"] in ("ok", "degraded")
+            with brand.client() as client:
+                filler.free()
+                assert client.enroll(f"full{n}", idempotency_key=f"full{n}").replayed is False
+                assert client.enroll("before", idempotency_key="before").replayed is True
+            assert healthz(brand.node)["status"] == "ok"
+        finally:
+            filler.free()
+            brand.stop()
