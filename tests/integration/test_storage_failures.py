@@ -22,6 +22,7 @@ from pathlib import Path
 import grpc
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import text
 
 from coalition.api.grpc.client import NodeClient, TransportError
 from coalition.api.grpc.server import serve_grpc
@@ -424,3 +425,29 @@ def test_coalition_run_stays_up_on_a_full_disk_restarts_on_it_and_resumes() -> N
         finally:
             filler.free()
             brand.stop()
+
+
+@pytest.mark.postgres
+def test_damaged_postgres_page_gives_503_and_one_line_from_coalition_check(
+    private_postgres: PrivatePostgres, authenticator: Authenticator, api_keys: dict[str, str]
+) -> None:
+    private_postgres.psql("CREATE DATABASE damaged")
+    url = private_postgres.url.rsplit("/", 1)[0] + "/damaged"
+    with temporary_node(url) as node:
+        node.points.enroll("alice", idempotency_key="alice")
+        with node.sequencer.read() as conn:
+            relative = conn.execute(text("SELECT pg_relation_filepath('accounts')")).scalar_one()
+    private_postgres.psql("CHECKPOINT")  # the page on disk, so the WAL replay keeps away
+    private_postgres.stop()
+    page = private_postgres.data / relative
+    data = bytearray(page.read_bytes())
+    data[12:16] = b"\xff\xff\xff\xff"  # pd_lower, pd_upper past the page: "invalid page"
+    page.write_bytes(bytes(data))
+    private_postgres.start()
+    with temporary_node(url) as node, TestClient(create_app(node, authenticator)) as http:
+        operator = {"Authorization": f"Bearer {api_keys['operator']}"}
+        answer = http.get("/v1/members/alice/balance", headers=operator)
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error"] == "corrupt_database"
+        assert "XX001" in answer.json()["message"]
+    assert_one_line_failure(_coalition("check", "--database", url), "the database file is damaged")
