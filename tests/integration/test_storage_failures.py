@@ -27,6 +27,7 @@ from sqlalchemy import text
 from coalition.api.grpc.client import NodeClient, TransportError
 from coalition.api.grpc.server import serve_grpc
 from coalition.api.http.app import create_app
+from coalition.cli import main
 from coalition.errors import CoalitionError, StorageUnavailable
 from coalition.node.auth import Authenticator
 from coalition.node.config import SealerConfig
@@ -240,6 +241,17 @@ def _coalition(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _coalition_here(
+    capsys: pytest.CaptureFixture[str], *args: str
+) -> subprocess.CompletedProcess[str]:
+    """``coalition ARGS`` in this process (faster; the tests that must see that no signal
+    kills the tool run it as a process, ``_coalition``)."""
+    capsys.readouterr()
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["coalition", *args], code, out, err)
+
+
 def assert_one_line_failure(done: subprocess.CompletedProcess[str], expected: str) -> None:
     """A CLI failure: non-zero exit, no signal, no traceback, and one line on stderr
     naming ``expected`` (after the progress bar's, if it had started)."""
@@ -329,7 +341,10 @@ def root_page_damaged(database: Path, copy: Path, table: str) -> None:
 
 
 def test_damaged_page_gives_503_on_the_node_and_one_line_from_the_cli_tools(
-    tmp_path: Path, authenticator: Authenticator, api_keys: dict[str, str]
+    tmp_path: Path,
+    authenticator: Authenticator,
+    api_keys: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     database, damaged, lots = tmp_path / "node.db", tmp_path / "damaged.db", tmp_path / "lots.db"
     with temporary_node(f"sqlite:///{database}") as node:
@@ -341,12 +356,13 @@ def test_damaged_page_gives_503_on_the_node_and_one_line_from_the_cli_tools(
     root_page_damaged(database, damaged, "entries")
     root_page_damaged(database, lots, "accounts")
     url = f"sqlite:///{damaged}"
-    assert_one_line_failure(_coalition("check", "--database", url), "the database file is damaged")
+    check = _coalition_here(capsys, "check", "--database", url)
+    assert_one_line_failure(check, "the database file is damaged")
     bundle = ("bundle", "--database", url, "--program", "testair", "--public-key", str(pem))
-    done = _coalition(*bundle, "--out", str(tmp_path / "bundle.json"))
+    done = _coalition_here(capsys, *bundle, "--out", str(tmp_path / "bundle.json"))
     assert_one_line_failure(done, "the database file is damaged")
     # The audit reads what it can and reports the damage as a fault of its report.
-    audit = _coalition("audit", "--database", url, "--public-key", str(pem))
+    audit = _coalition_here(capsys, "audit", "--database", url, "--public-key", str(pem))
     assert audit.returncode == 1 and "Traceback" not in audit.stderr, audit.stderr
     assert "FAILED" in audit.stdout and "the database file is damaged" in audit.stdout
 
