@@ -3,10 +3,10 @@
 Why here: a full disk, a read-only file, an I/O error, a damaged page or an unreachable
 PostgreSQL used to surface as whatever the driver raised (``sqlite3.OperationalError``,
 ``psycopg.errors.DiskFull`` ...), which the transports did not know, so callers got a
-text/plain 500 or a traceback. ``store.db.make_engine`` installs ``storage_error`` as
-the engine's ``handle_error`` hook (every statement, commit and connect of every engine)
-and ``store.prepared`` calls it for the statements it runs on the driver's cursor, so no
-other module looks at a driver's error codes.
+text/plain 500 or a traceback. ``store.db.make_engine`` installs ``handle_error`` as
+the engine's hook of that name (every statement, commit and connect of every engine) and
+``store.prepared`` calls ``storage_error`` for the statements it runs on the driver's
+cursor, so no other module looks at a driver's error codes.
 
 Contract:
 
@@ -15,7 +15,8 @@ Contract:
   down), ``CorruptDatabase`` for damaged files, and None for everything else (a unique
   violation, a serialization failure, a lock timeout: the callers' own business).
 - The message names the condition and the driver's code, never a file path or a host
-  (a member may read it); ``detail`` (the driver's own text) goes to the node's log.
+  (a member may read it); the driver's own text goes to the node's log, once per
+  outage (``StorageHealth.failed``).
 - ``StorageHealth`` is what ``/healthz`` reports: the last storage failure of an engine
   and when it happened, until a write succeeds again (``recovered``) or no failure was
   seen for ``FORGET_AFTER_S`` seconds.
