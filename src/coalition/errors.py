@@ -86,3 +86,22 @@ class ResourceExhausted(CoalitionError):
     def __init__(self, message: str, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class StorageUnavailable(CoalitionError):
+    """The node's own database cannot do the work now: its disk is full, it is read-only,
+    the disk gives I/O errors, or its server cannot be reached (``store.failures``
+    classifies these). The operator's fault or the machine's, never the caller's: the
+    work was not done and nothing of it was kept (a write is not acknowledged), so the
+    same call MAY be retried once the operator fixed the storage; ``retry_after_s`` says
+    when it is worth trying again."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class CorruptDatabase(CorruptStore):
+    """The database's files themselves are damaged (a corrupt page, a file that is not a
+    database): nothing a retry fixes; the operator restores the database from a backup
+    or a replica (docs/operations.md, "When storage fails")."""

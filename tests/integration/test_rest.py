@@ -519,6 +519,7 @@ def test_healthz_and_openapi(
     integrity = body["integrity"]
     assert body == {
         "status": "ok",
+        "storage": None,
         "program": node.program,
         "log_size": 0,
         "pid": os.getpid(),

@@ -10,6 +10,7 @@ import grpc
 
 from coalition.errors import (
     CoalitionError,
+    CorruptDatabase,
     CorruptStore,
     FailedPrecondition,
     IdempotencyConflict,
@@ -20,6 +21,7 @@ from coalition.errors import (
     PermissionDenied,
     RequestTooLarge,
     ResourceExhausted,
+    StorageUnavailable,
     Unauthenticated,
     VerificationError,
 )
@@ -35,9 +37,11 @@ _MAPPING: tuple[tuple[type[CoalitionError], int, grpc.StatusCode], ...] = (
     (PermissionDenied, 403, grpc.StatusCode.PERMISSION_DENIED),
     (VerificationError, 422, grpc.StatusCode.INVALID_ARGUMENT),
     (LedgerDamaged, 503, grpc.StatusCode.DATA_LOSS),
+    (CorruptDatabase, 503, grpc.StatusCode.UNAVAILABLE),
     (CorruptStore, 500, grpc.StatusCode.DATA_LOSS),
     (PartnerUnavailable, 503, grpc.StatusCode.UNAVAILABLE),
     (ResourceExhausted, 429, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (StorageUnavailable, 503, grpc.StatusCode.UNAVAILABLE),
 )
 
 RETRY_AFTER_METADATA = "retry-after"
@@ -59,15 +63,16 @@ def refusal_message(error: CoalitionError) -> str:
 
 
 def retry_after(error: CoalitionError) -> int | None:
-    """Whole seconds (at least 1) after which the refused call may succeed, or None."""
-    if not isinstance(error, ResourceExhausted) or error.retry_after_s is None:
+    """Whole seconds (at least 1) after which the refused call may succeed, or None: a
+    limit's wait, or a transient storage failure's (``store.failures.RETRY_AFTER_S``)."""
+    if not isinstance(error, ResourceExhausted | StorageUnavailable) or error.retry_after_s is None:
         return None
     return max(1, math.ceil(error.retry_after_s))
 
 
 def http_headers(error: CoalitionError) -> dict[str, str]:
     """The headers a refusal carries: ``WWW-Authenticate`` on a 401 (RFC 7235 §3.1),
-    ``Retry-After`` (RFC 9110 §10.2.3) on a 429 that knows when to retry."""
+    ``Retry-After`` (RFC 9110 §10.2.3) on a 429 or 503 that knows when to retry."""
     headers = {"WWW-Authenticate": "Bearer"} if http_status(error) == 401 else {}
     wait = retry_after(error)
     if wait is not None:

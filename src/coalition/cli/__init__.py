@@ -10,18 +10,21 @@ Each module of this package adds one group of subcommands (``keys``, ``run``, ``
 ``ledger``, ``importing``, ``verify``, ``demo``, ``audit``); ``client`` connects the
 commands that talk to a node.
 
-Exit status: 0 success, 1 refused or failed (``error: ...`` on stderr), 2 usage.
+Exit status: 0 success, 1 refused or failed (``error: ...`` on stderr, one line: also for a
+full disk, a read-only or damaged database, ``store.failures``), 2 usage.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 
 from coalition.cli import audit, demo, importing, keys, ledger, points, run, verify
 from coalition.cli.client import connection_options
 from coalition.errors import CoalitionError
+from coalition.store import failures
 
 __all__ = ["build_parser", "main"]
 
@@ -47,10 +50,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``coalition`` console script."""
     args = build_parser().parse_args(argv)
+    # A storage failure reaches the command as an error it prints once; without this
+    # the node's log line for it would print a second time (logging's last resort).
+    logging.getLogger(failures.__name__).addHandler(logging.NullHandler())
     try:
         return int(args.func(args))
     except CoalitionError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a file the command writes or reads: a full disk, read-only ...
+        failure = failures.classify(exc)
+        print(f"error: {failure or exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

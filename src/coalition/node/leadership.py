@@ -35,6 +35,7 @@ from collections.abc import Callable
 from sqlalchemy import Connection, Engine
 
 from coalition.store import leases as leases_store
+from coalition.store.failures import is_storage_failure
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +107,11 @@ class Leadership:
         try:
             with self._engine.begin() as conn:
                 lease = leases_store.acquire(conn, LEASE, self.holder, self._lease_us)
-        except Exception:
-            log.exception("renewing the %s lease failed", LEASE)
+        except Exception as exc:
+            if is_storage_failure(exc):  # a full disk: one line a second, not a traceback
+                log.warning("renewing the %s lease failed: %s", LEASE, exc)
+            else:
+                log.exception("renewing the %s lease failed", LEASE)
             lease = None
             now = self.held()
         else:

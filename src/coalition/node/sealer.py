@@ -24,6 +24,9 @@ holding the node's lease (``node.leadership``) seals. Contract:
   ``wait_for_header`` are current in every process.
 - Entries are durable (committed) before they are pending; a block is durable before
   ``wait_for_header`` reports it.
+- **A failing storage never stops the loop**: while the disk is full (or the database
+  read-only, unreachable) the loop backs off (``STORAGE_BACKOFF_MAX_S``) and tries again,
+  and seals the pending entries once the storage works.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection, Engine
 
-from coalition.errors import LedgerDamaged
+from coalition.errors import CoalitionError, LedgerDamaged
 from coalition.ledger.blocks import SignedHeader, make_header, sign_header
 from coalition.ledger.canonical import canonical_json
 from coalition.ledger.entries import format_time
@@ -45,6 +48,7 @@ from coalition.ledger.merkle import CompactRange, NodeCoord, root_coords, stored
 from coalition.node.config import SealerConfig
 from coalition.node.leadership import Leadership
 from coalition.store import ledger as ledger_store
+from coalition.store.failures import health_of, is_storage_failure
 from coalition.store.ledger import TREE_STRIDE, signed_header_from_row
 
 log = logging.getLogger(__name__)
@@ -55,6 +59,8 @@ SEAL_BLOCKS = 16
 """Blocks the loop and ``flush`` seal in one transaction when that many are full: during a
 bulk ingest the sealer then commits (and fsyncs) once per 16 blocks, not once per block,
 and holds SQLite's one write lock, which the writer waits for, 16 times less often."""
+STORAGE_BACKOFF_MAX_S = 2.0
+"""The longest the loop waits between rounds while the storage fails (a full disk)."""
 FOLLOW_TIMEOUT_S = 10.0
 """How long ``flush`` and ``stop`` in a process without the lease wait for the holder to
 seal (the lease lapses in 3 s, so a dead holder's work is taken over well within it)."""
@@ -87,6 +93,7 @@ class Sealer:
         leadership: Leadership,
     ) -> None:
         self._engine = engine
+        self._storage = health_of(engine)
         self._program = program
         self._key = key
         self._config = config
@@ -335,7 +342,13 @@ class Sealer:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        self.sealed_at_stop = self._seal_committed(FOLLOW_TIMEOUT_S)
+        try:
+            self.sealed_at_stop = self._seal_committed(FOLLOW_TIMEOUT_S)
+        except CoalitionError as exc:
+            if not is_storage_failure(exc):
+                raise
+            log.error("entries stay unsealed at stop (sealed at the next start): %s", exc)
+            self.sealed_at_stop = False
 
     def _due(self) -> bool:
         if not self._pending or self._oldest is None:
@@ -345,8 +358,26 @@ class Sealer:
             waited_ms >= self._config.max_delay_ms
         )
 
+    def _back_off(self, exc: Exception, backoff: float) -> float:
+        """Wait after a failed round (``stop`` ends the wait) and return the next wait: a
+        storage failure doubles it up to ``STORAGE_BACKOFF_MAX_S`` and logs one line (the
+        entries stay committed and pending; they are sealed once the storage works),
+        anything else is logged with its traceback and retried at the poll interval."""
+        if is_storage_failure(exc):
+            backoff = min(max(2 * backoff, self._poll_s, 0.05), STORAGE_BACKOFF_MAX_S)
+            log.warning("sealing waits for the storage (retry in %.1f s): %s", backoff, exc)
+            wait = backoff
+        else:
+            log.exception("sealing failed; will retry")
+            wait = max(self._poll_s, 0.05)
+        with self._cond:
+            if not self._stop:
+                self._cond.wait(wait)
+        return backoff
+
     def _run(self) -> None:
         damage: str | None = None  # logged once, not at every poll
+        backoff = 0.0
         while True:
             with self._cond:
                 if self._stop:
@@ -358,13 +389,13 @@ class Sealer:
                 self.refresh()
                 if self.leadership.held():
                     while self._due() and self.seal(SEAL_BLOCKS) is not None:
-                        pass
+                        self._storage.recovered()
                 damage = None
+                backoff = 0.0
             except LedgerDamaged as exc:
                 if str(exc) != damage:
                     log.error("not sealing: %s", exc)
                     damage = str(exc)
                 time.sleep(DAMAGED_RETRY_S)
-            except Exception:
-                log.exception("sealing failed; will retry")
-                time.sleep(max(self._poll_s, 0.05))
+            except Exception as exc:
+                backoff = self._back_off(exc, backoff)

@@ -76,6 +76,10 @@ Contract (callers depend on it):
   the winner's commit), so a decision MUST be safe to run again: it reads what it needs
   through ``tx.conn`` and keeps no state from an earlier run. Alone and serial, its error
   reaches its caller and nothing it did is kept.
+- **Storage failures** (``store.failures``: a full disk, a read-only or damaged
+  database, an unreachable server) are never refusals: they roll the whole batch back and
+  every decision of it that did not refuse gets the same ``StorageUnavailable`` or
+  ``CorruptDatabase``, without a rerun. Nothing of the batch is acknowledged or kept.
 - **Idempotency.** ``append`` records the caller's idempotency key with the entry, in the
   caller's scope (``node.idempotency``: the operator's, or one member's; a key of one
   scope never replays, refuses or reveals another's); the same key with the same request
@@ -119,6 +123,7 @@ from coalition.points.state import Account, apply_typed
 from coalition.store import flows as flows_store
 from coalition.store import ledger as ledger_store
 from coalition.store import members as members_store
+from coalition.store.failures import health_of, is_storage_failure
 
 T = TypeVar("T")
 
@@ -365,6 +370,7 @@ class Sequencer:
         self._queue: list[_Queued[Any]] = []
         self._leading = False  # a caller leads: it, or its successor, takes the queue
         self._leader: int | None = None  # the leader's thread while it commits
+        self._storage = health_of(engine)
         self.leadership = Leadership(engine)
         self.sealer = Sealer(engine, program, key, sealer, self._clock, self.leadership)
 
@@ -542,13 +548,16 @@ class Sequencer:
                     try:
                         item.result = item.work(tx)
                     except CoalitionError as exc:
-                        if tx.appends != before:  # it appended, then failed: not a refusal
-                            raise
+                        if tx.appends != before or is_storage_failure(exc):
+                            raise  # it appended, then failed, or the storage failed
                         item.error, item.refused = exc, True
                         continue
                     tx.flush()
                 tx.finish()
         except Exception as exc:
+            if is_storage_failure(exc):
+                self._fail_all(batch, exc)
+                return
             # Alone and serial, a decision by account that lost a race on a unique index
             # (its idempotency key, a lot's reference) sees the winner's commit.
             if len(batch) == 1 and (serial or batch[0].accounts is None):
@@ -560,9 +569,20 @@ class Sequencer:
                     self._commit([item], serial=True)
                 item.done = True
             return
+        self._storage.recovered()
         if tx.leaf_hashes:
             self.sealer.added(len(tx.leaf_hashes))
         for item in batch:
+            item.done = True
+
+    @staticmethod
+    def _fail_all(batch: list[_Queued[Any]], error: Exception) -> None:
+        """The storage failed under ``batch`` (its transaction rolled back): every decision
+        that did not refuse gets the same error; none is rerun, since each rerun would
+        only meet the same full, read-only or damaged database again."""
+        for item in batch:
+            if not item.refused:
+                item.result, item.error = None, error
             item.done = True
 
     def _begin(self, conn: Connection, batch: list[_Queued[Any]], *, serial: bool) -> Transaction:

@@ -24,6 +24,7 @@ from coalition.node.points_service import PointsService
 from coalition.node.read_only import ReadOnlySequencer
 from coalition.node.sequencer import Sequencer
 from coalition.points.rules import ProgramRules
+from coalition.store.failures import health_of
 
 
 class NodeService:
@@ -68,6 +69,8 @@ class NodeService:
         self.integrity = IntegrityState()
         """What this process found checking its own ledger (``node.integrity``)."""
         self.ledger = LedgerService(self.sequencer, key.public_key, self.integrity)
+        self.storage = health_of(engine)
+        """The database's last storage failure, until it works again (``/healthz``)."""
 
     @property
     def signing_key(self) -> SigningKey:

@@ -23,6 +23,7 @@ from coalition.store import (  # noqa: F401  (importing a module registers its t
     statements,
     witness,
 )
+from coalition.store.failures import handle_error
 
 
 def normalise_url(url: str) -> str:
@@ -99,9 +100,13 @@ def make_engine(url: str, *, sqlite_synchronous: str = "FULL", **kwargs: Any) ->
 
     SQLite: WAL (readers never block the writer), ``synchronous`` FULL by default so an
     acknowledged entry survives power loss, a busy timeout for the CLI's readers, and a
-    64 MiB page cache so index pages stay in memory during bulk ingest. PostgreSQL: READ
-    COMMITTED (the writers' ordering relies on it, see ``store.ledger.take_head``) and
-    ``IDLE_IN_TRANSACTION_MS``, so a stalled process cannot hold the node's locks.
+    64 MiB page cache so index pages stay in memory during bulk ingest, and no memory
+    mapping of the database file (``mmap_size=0``, stated: a mapped page that the full or
+    failing disk cannot back kills the process with SIGBUS instead of returning an error).
+    PostgreSQL: READ COMMITTED (the writers' ordering relies on it, see
+    ``store.ledger.take_head``) and ``IDLE_IN_TRANSACTION_MS``, so a stalled process
+    cannot hold the node's locks. Both: storage failures raise the core errors of
+    ``store.failures`` (the engine's ``handle_error`` hook).
     """
     url = normalise_url(url)
     if url.startswith("sqlite"):
@@ -115,8 +120,10 @@ def make_engine(url: str, *, sqlite_synchronous: str = "FULL", **kwargs: Any) ->
             cursor.execute("PRAGMA busy_timeout=10000")
             cursor.execute("PRAGMA cache_size=-65536")  # 64 MiB: keeps hot index pages
             cursor.execute("PRAGMA wal_autocheckpoint=16384")  # checkpoint every ~64 MiB
+            cursor.execute("PRAGMA mmap_size=0")
             cursor.close()
 
+        event.listen(engine, "handle_error", handle_error)
         return engine
     # READ COMMITTED, stated rather than assumed: a writer that waited for the log head's
     # row lock (``ledger.take_head``) MUST see, in its next statements, what the previous
@@ -131,6 +138,7 @@ def make_engine(url: str, *, sqlite_synchronous: str = "FULL", **kwargs: Any) ->
         cursor.close()
         dbapi_connection.commit()
 
+    event.listen(engine, "handle_error", handle_error)
     return engine
 
 

@@ -14,7 +14,8 @@ Contract for callers:
   ``Connection``, in the caller's transaction (the same one SQLAlchemy's statements
   use), so the sequencer's transaction still decides commit or rollback.
 - A driver error is raised as SQLAlchemy's exception for it (``IntegrityError`` ...), as
-  ``Connection.execute`` would raise it, so callers catch one family whatever ran.
+  ``Connection.execute`` would raise it, so callers catch one family whatever ran; a
+  storage failure as its core error (``store.failures``), as the engine's hook does.
 - Rows come back as the driver's tuples: SQLite gives booleans as 0/1 and a caller that
   needs ``bool`` converts. Only plain ints, strings, bytes, bools and None are bound,
   and lists of strings made by ``string_list``.
@@ -32,6 +33,8 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
+
+from coalition.store.failures import storage_error
 
 _BIND = re.compile(r"(?<!:):([a-z_][a-z0-9_]*)")
 
@@ -73,7 +76,11 @@ def _wrapped(
     exc: Exception,
 ) -> BaseException:
     """SQLAlchemy's exception for the driver's ``exc`` (``IntegrityError`` for a unique
-    violation ...), as ``Connection.execute`` raises it."""
+    violation ...), or the core error of a storage failure, as ``Connection.execute``
+    raises it."""
+    failure = storage_error(exc, conn.engine)
+    if failure is not None:
+        return failure
     return DBAPIError.instance(
         stmt.sql, params, exc, conn.dialect.loaded_dbapi.Error, dialect=conn.dialect
     )

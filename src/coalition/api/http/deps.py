@@ -60,11 +60,12 @@ class ErrorOut(BaseModel):
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorOut} for status in (400, 401, 403, 404, 409, 413, 422, 429)
+    status: {"model": ErrorOut} for status in (400, 401, 403, 404, 409, 413, 422, 429, 503)
 }
 """The refusals a route documents in OpenAPI; every one has the ``ErrorOut`` body (422:
 the JSON is well formed but does not fit the operation's schema; 413: the body is over
-``body.MAX_BODY_BYTES``; 429: the key is over its rate limit, with ``Retry-After``)."""
+``body.MAX_BODY_BYTES``; 429: the key is over its rate limit, with ``Retry-After``; 503:
+the node's storage failed, ``store.failures``, with ``Retry-After`` when transient)."""
 
 
 def error_body(error: CoalitionError) -> dict[str, str]:

@@ -40,6 +40,7 @@ from coalition.node.leadership import holder_name
 from coalition.node.sequencer import Sequencer
 from coalition.store import conversions as conversions_store
 from coalition.store.conversions import OutboxItem
+from coalition.store.failures import is_storage_failure
 
 log = logging.getLogger(__name__)
 
@@ -172,8 +173,11 @@ class Outbox:
             sweep = sweeper and self._sequencer.leadership.held()
             try:
                 wait = self._pass(partner, sweep=sweep)
-            except Exception:
-                log.exception("the outbox pass for %s failed; retrying", partner)
+            except Exception as exc:
+                if is_storage_failure(exc):  # a full disk: one line, the rows wait
+                    log.warning("the outbox pass for %s waits for the storage: %s", partner, exc)
+                else:
+                    log.exception("the outbox pass for %s failed; retrying", partner)
                 wake.wait(BACKOFF_MAX_S)  # a database outage or a bug: no tight loop
                 continue
             if self._stop.is_set():
