@@ -16,7 +16,6 @@ from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, Field
 
 from coalition.api.http.deps import (
-    ERROR_RESPONSES,
     IdempotencyHeader,
     MemberId,
     Points,
@@ -25,6 +24,7 @@ from coalition.api.http.deps import (
     guard,
     idempotency_key,
 )
+from coalition.api.http.responses import READ, WRITE
 from coalition.node.auth import Action, Authenticator
 from coalition.node.features.conversions import Conversions, ConversionView
 
@@ -79,7 +79,7 @@ def _conversion_out(view: ConversionView) -> ConversionOut:
 
 def conversions_router(conversions: Conversions, authenticator: Authenticator) -> APIRouter:
     """``/v1/members/{member_id}/conversions``: convert, quote, status."""
-    router = APIRouter(tags=["conversions"], responses=ERROR_RESPONSES)
+    router = APIRouter(tags=["conversions"])
     spend = [guard(authenticator, Action.MEMBER_SPEND)]
     read = [guard(authenticator, Action.MEMBER_READ)]
 
@@ -88,7 +88,8 @@ def conversions_router(conversions: Conversions, authenticator: Authenticator) -
         summary="Convert points into a partner program's points",
         dependencies=spend,
         status_code=201,
-        responses={200: {"description": "Replay of an earlier request", "model": ConversionOut}},
+        responses={200: {"description": "Replay of an earlier request", "model": ConversionOut}}
+        | WRITE,
     )
     def convert(
         member_id: MemberId,
@@ -110,6 +111,7 @@ def conversions_router(conversions: Conversions, authenticator: Authenticator) -
         "/v1/members/{member_id}/conversions/quote",
         summary="What a conversion would give now (nothing is written)",
         dependencies=read,
+        responses=READ,
     )
     def quote(
         member_id: MemberId, to_program: Annotated[str, Query()], amount: QueryInt
@@ -120,6 +122,7 @@ def conversions_router(conversions: Conversions, authenticator: Authenticator) -
         "/v1/members/{member_id}/conversions/{conversion_id}",
         summary="One conversion: pending, completed or refunded",
         dependencies=read,
+        responses=READ,
     )
     def status(member_id: MemberId, conversion_id: Annotated[str, Path()]) -> ConversionOut:
         return _conversion_out(conversions.status(member_id, conversion_id))

@@ -51,21 +51,8 @@ class WriteBody(RequestBody):
     idempotency_key: str | None = Field(None, description=IDEMPOTENCY_KEY_RULE)
 
 
-class ErrorOut(BaseModel):
-    error: str
-    message: str
-
-
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorOut} for status in (400, 401, 403, 404, 409, 413, 422, 429)
-}
-"""The refusals a route documents in OpenAPI; every one has the ``ErrorOut`` body (422:
-the JSON is well formed but does not fit the operation's schema; 413: the body is over
-``body.MAX_BODY_BYTES``; 429: the key is over its rate limit, with ``Retry-After``)."""
-
-
 def error_body(error: CoalitionError) -> dict[str, str]:
-    """The JSON body of a refusal: ``InsufficientPoints("...")`` ->
+    """The JSON body of a refusal (``responses.ErrorOut``): ``InsufficientPoints("...")`` ->
     ``{"error": "insufficient_points", "message": "..."}``, the message cut to
     ``api.errors.MAX_MESSAGE_CHARS``."""
     kind = re.sub(r"(?<!^)(?=[A-Z])", "_", type(error).__name__).lower()

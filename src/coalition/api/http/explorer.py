@@ -21,6 +21,7 @@ from fastapi.responses import RedirectResponse, Response
 from pydantic import BaseModel, Field
 
 from coalition.api.http.deps import guard
+from coalition.api.http.responses import READ
 from coalition.errors import NotFound
 from coalition.explorer.flows import MAX_BUCKET_S, MIN_BUCKET_S, flows_of
 from coalition.ledger.entries import check_time, format_time
@@ -116,7 +117,7 @@ def explorer_router(
     """``/explorer/`` (the page, no key) and ``/v1/explorer/about`` and
     ``/v1/explorer/flows`` (ledger-read keys). ``coalition`` adds the manifest's partners
     to ``about``; without it the page shows this node alone."""
-    router = APIRouter(tags=["explorer"])
+    router = APIRouter(tags=["explorer"], responses=READ)
     router.include_router(_page_router())
     read = [guard(authenticator, Action.LEDGER_READ)]
 

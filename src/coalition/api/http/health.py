@@ -12,6 +12,7 @@ import os
 from fastapi import APIRouter
 from pydantic import BaseModel
 
+from coalition.api.http.responses import PUBLIC
 from coalition.node.service import NodeService
 
 
@@ -26,7 +27,7 @@ class HealthOut(BaseModel):
 
 
 def health_router(service: NodeService) -> APIRouter:
-    router = APIRouter(tags=["health"])
+    router = APIRouter(tags=["health"], responses=PUBLIC)
 
     @router.get("/healthz", summary="Liveness and log size")
     def healthz() -> HealthOut:

@@ -11,7 +11,8 @@ from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
-from coalition.api.http.deps import ERROR_RESPONSES, PathInt, QueryInt, Signed, guard
+from coalition.api.http.deps import PathInt, QueryInt, Signed, guard
+from coalition.api.http.responses import READ
 from coalition.errors import NotFound
 from coalition.ledger.blocks import SignedHeader
 from coalition.node.auth import Action, Authenticator
@@ -42,7 +43,7 @@ def ledger_router(ledger: LedgerService, authenticator: Authenticator) -> APIRou
     router = APIRouter(
         tags=["ledger"],
         dependencies=[guard(authenticator, Action.LEDGER_READ)],
-        responses=ERROR_RESPONSES,
+        responses=READ,
     )
 
     @router.get(

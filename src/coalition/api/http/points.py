@@ -18,7 +18,6 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from coalition.api.http.deps import (
-    ERROR_RESPONSES,
     IdempotencyHeader,
     MemberId,
     Points,
@@ -31,6 +30,7 @@ from coalition.api.http.deps import (
     link_next,
 )
 from coalition.api.http.ledger import EntryOut, entry_out
+from coalition.api.http.responses import READ, WRITE
 from coalition.node.auth import Action, Authenticator
 from coalition.node.points_service import PointsService
 from coalition.node.views import BulkResult, PurchaseRow, WriteResult
@@ -143,8 +143,7 @@ class LotOut(BaseModel):
 _WRITE: dict[str, Any] = {
     "status_code": 201,
     "response_model": WriteOut,
-    "responses": {200: {"description": "Replay of an earlier request", "model": WriteOut}}
-    | ERROR_RESPONSES,
+    "responses": {200: {"description": "Replay of an earlier request", "model": WriteOut}} | WRITE,
 }
 
 
@@ -302,7 +301,7 @@ def _batch_jobs(points: PointsService, authenticator: Authenticator) -> APIRoute
     router = APIRouter(
         tags=["operations"],
         dependencies=[guard(authenticator, Action.OPERATE)],
-        responses=ERROR_RESPONSES,
+        responses=WRITE,
     )
 
     @router.post("/v1/earn/bulk", summary=f"Earn points for up to {MAX_BULK_ROWS} purchases")
@@ -329,7 +328,7 @@ def _member_reads(points: PointsService, authenticator: Authenticator) -> APIRou
     router = APIRouter(
         tags=["members"],
         dependencies=[guard(authenticator, Action.MEMBER_READ)],
-        responses=ERROR_RESPONSES,
+        responses=READ,
     )
 
     @router.get("/v1/members/{member_id}/balance", summary="A member's balance and tier")

@@ -13,7 +13,6 @@ from fastapi import APIRouter, Path, Response
 from pydantic import BaseModel, Field
 
 from coalition.api.http.deps import (
-    ERROR_RESPONSES,
     IdempotencyHeader,
     Points,
     Signed,
@@ -21,6 +20,7 @@ from coalition.api.http.deps import (
     guard,
     idempotency_key,
 )
+from coalition.api.http.responses import READ, WRITE
 from coalition.node.auth import Action, Authenticator
 from coalition.node.features.redemptions import Redemptions, RedemptionView
 
@@ -72,7 +72,7 @@ def redemptions_router(redemptions: Redemptions, authenticator: Authenticator) -
     router = APIRouter(
         tags=["partner redemptions"],
         dependencies=[guard(authenticator, Action.OPERATE)],
-        responses=ERROR_RESPONSES,
+        responses=WRITE,
     )
 
     @router.post(
@@ -111,7 +111,9 @@ def redemptions_router(redemptions: Redemptions, authenticator: Authenticator) -
     def void(hold_id: HoldId) -> PartnerRedemptionOut:
         return _redemption_out(redemptions.void(hold_id))
 
-    @router.get("/v1/partner-redemptions/{hold_id}", summary="One partner redemption")
+    @router.get(
+        "/v1/partner-redemptions/{hold_id}", summary="One partner redemption", responses=READ
+    )
     def get(hold_id: HoldId) -> PartnerRedemptionOut:
         return _redemption_out(redemptions.get(hold_id))
 

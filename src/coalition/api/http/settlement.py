@@ -12,6 +12,7 @@ from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
 from coalition.api.http.deps import Signed, guard, link_next
+from coalition.api.http.responses import READ, WRITE
 from coalition.ledger.entries import check_time
 from coalition.node.auth import Action, Authenticator
 from coalition.node.features.settlement import Settlement, StatementView
@@ -53,6 +54,7 @@ def settlement_router(settlement: Settlement, authenticator: Authenticator) -> A
         "/v1/settlement/statements",
         summary="Statements recorded on this chain, oldest period first, a page at a time",
         dependencies=read,
+        responses=READ,
     )
     def statements(
         request: Request,
@@ -70,6 +72,7 @@ def settlement_router(settlement: Settlement, authenticator: Authenticator) -> A
         status_code=201,
         summary="Agree a finished period's statement with a partner (recorded on both chains)",
         dependencies=operate,
+        responses=WRITE,
     )
     def propose(body: StatementIn) -> Signed:
         start, end = check_time(body.start, "start"), check_time(body.end, "end")
@@ -80,6 +83,7 @@ def settlement_router(settlement: Settlement, authenticator: Authenticator) -> A
         summary="Net positions and the fewest payments over the period's statements",
         dependencies=read,
         response_model=None,
+        responses=READ,
     )
     def netting(start: Time, end: Time, fmt: Format = "json") -> Signed | PlainTextResponse:
         view = settlement.coalition_netting(check_time(start, "start"), check_time(end, "end"))

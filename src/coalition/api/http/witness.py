@@ -11,6 +11,7 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel
 
 from coalition.api.http.deps import PathInt, guard, link_next
+from coalition.api.http.responses import READ
 from coalition.ledger.canonical import MAX_SAFE_INTEGER
 from coalition.node.auth import Action, Authenticator
 from coalition.node.features.witness import MAX_STATUSES, Witness, WitnessStatus
@@ -67,7 +68,9 @@ def witness_router(witness: Witness, authenticator: Authenticator) -> APIRouter:
     """``GET /v1/blocks/{height}/witnesses``, ``GET /v1/blocks/witnesses`` (a page of
     heights in one request, for the blocks view), ``GET /v1/equivocations`` and
     ``GET /v1/witness/followers``."""
-    router = APIRouter(tags=["witness"], dependencies=[guard(authenticator, Action.LEDGER_READ)])
+    router = APIRouter(
+        tags=["witness"], dependencies=[guard(authenticator, Action.LEDGER_READ)], responses=READ
+    )
 
     @router.get(
         "/v1/blocks/{height}/witnesses",
