@@ -10,19 +10,24 @@ conversion as it stands now, as the points writes do.
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 
 from coalition.api.http.deps import (
-    IdempotencyHeader,
-    MemberId,
     Points,
     QueryInt,
     WriteBody,
     guard,
     idempotency_key,
+)
+from coalition.api.http.fields import (
+    ConversionId,
+    IdempotencyHeader,
+    MemberId,
+    MemberIdField,
+    ProgramField,
+    ProgramQuery,
 )
 from coalition.api.http.responses import READ, WRITE
 from coalition.node.auth import Action, Authenticator
@@ -30,8 +35,8 @@ from coalition.node.features.conversions import Conversions, ConversionView
 
 
 class ConversionIn(WriteBody):
-    to_program: str
-    to_member_id: str = Field(description="The member's id in the target program.")
+    to_program: ProgramField
+    to_member_id: MemberIdField = Field(description="The member's id in the target program.")
     amount: Points
 
 
@@ -113,9 +118,7 @@ def conversions_router(conversions: Conversions, authenticator: Authenticator) -
         dependencies=read,
         responses=READ,
     )
-    def quote(
-        member_id: MemberId, to_program: Annotated[str, Query()], amount: QueryInt
-    ) -> QuoteOut:
+    def quote(member_id: MemberId, to_program: ProgramQuery, amount: QueryInt) -> QuoteOut:
         return QuoteOut(**asdict(conversions.quote(member_id, to_program, amount)))
 
     @router.get(
@@ -124,7 +127,7 @@ def conversions_router(conversions: Conversions, authenticator: Authenticator) -
         dependencies=read,
         responses=READ,
     )
-    def status(member_id: MemberId, conversion_id: Annotated[str, Path()]) -> ConversionOut:
+    def status(member_id: MemberId, conversion_id: ConversionId) -> ConversionOut:
         return _conversion_out(conversions.status(member_id, conversion_id))
 
     return router

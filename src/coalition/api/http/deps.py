@@ -12,12 +12,13 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from fastapi import Depends, Header, Path, Query, Request, Response, Security
+from fastapi import Depends, Path, Query, Request, Response, Security
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from coalition.api.errors import http_headers, http_status, refusal_message
+from coalition.api.http.fields import IdempotencyKeyField
 from coalition.errors import CoalitionError, InvalidArgument
 from coalition.ledger.canonical import MAX_SAFE_INTEGER
 from coalition.node.auth import Action, Authenticator, Principal
@@ -25,18 +26,9 @@ from coalition.node.auth import Action, Authenticator, Principal
 Points = Annotated[StrictInt, Field(ge=-MAX_SAFE_INTEGER, le=MAX_SAFE_INTEGER)]
 Signed = dict[str, Any]
 """A signed JSON object (entry, header, proof document), passed through untouched."""
-IDEMPOTENCY_KEY_RULE = (
-    "Required on every write: in this header or in the body's `idempotency_key` (the same "
-    "value if both), 1-128 of A-Za-z0-9._:/#-. A request repeated with its key answers "
-    "200 with `replayed: true` and the first answer; the key with another body is 409."
-)
-IdempotencyHeader = Annotated[
-    str | None, Header(alias="Idempotency-Key", description=IDEMPOTENCY_KEY_RULE)
-]
 QueryInt = Annotated[int, Query(ge=-MAX_SAFE_INTEGER, le=MAX_SAFE_INTEGER)]
 """A query integer within the I-JSON range; the service checks its real range."""
 PathInt = Annotated[int, Path(ge=-MAX_SAFE_INTEGER, le=MAX_SAFE_INTEGER)]
-MemberId = Annotated[str, Path(description="The member's id in this program.")]
 
 
 class RequestBody(BaseModel):
@@ -48,7 +40,7 @@ class RequestBody(BaseModel):
 class WriteBody(RequestBody):
     """Base of a request that writes: it carries an idempotency key (or its header does)."""
 
-    idempotency_key: str | None = Field(None, description=IDEMPOTENCY_KEY_RULE)
+    idempotency_key: IdempotencyKeyField = None
 
 
 def error_body(error: CoalitionError) -> dict[str, str]:

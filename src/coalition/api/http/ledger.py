@@ -7,11 +7,12 @@ Headers are served as their signed JSON documents (``{"header": {...}, "signatur
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
 from coalition.api.http.deps import PathInt, QueryInt, Signed, guard
+from coalition.api.http.fields import EntryId
 from coalition.api.http.responses import READ
 from coalition.errors import NotFound
 from coalition.ledger.blocks import SignedHeader
@@ -49,10 +50,11 @@ def ledger_router(ledger: LedgerService, authenticator: Authenticator) -> APIRou
     @router.get(
         "/v1/ledger/public-key",
         summary="The program's Ed25519 public key (PEM)",
-        response_class=PlainTextResponse,
+        response_class=Response,  # no media type of its own: refusals stay JSON (ErrorOut)
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
     )
-    def public_key() -> str:
-        return ledger.public_key.to_pem().decode("ascii")
+    def public_key() -> PlainTextResponse:
+        return PlainTextResponse(ledger.public_key.to_pem().decode("ascii"))
 
     @router.get("/v1/ledger/headers/latest", summary="The latest signed block header")
     def latest_header() -> Signed:
@@ -73,13 +75,13 @@ def ledger_router(ledger: LedgerService, authenticator: Authenticator) -> APIRou
         return BlockOut(header=_header_doc(header), entries=entries)
 
     @router.get("/v1/ledger/entries/{entry_id}", summary="One entry and its log index")
-    def entry(entry_id: str) -> EntryOut:
+    def entry(entry_id: EntryId) -> EntryOut:
         return entry_out(ledger.entry(entry_id))
 
     @router.get(
         "/v1/ledger/entries/{entry_id}/proof", summary="Inclusion proof document of one entry"
     )
-    def inclusion_proof(entry_id: str, tree_size: QueryInt | None = None) -> Signed:
+    def inclusion_proof(entry_id: EntryId, tree_size: QueryInt | None = None) -> Signed:
         return ledger.inclusion_proof(entry_id, tree_size)
 
     @router.get(

@@ -18,8 +18,6 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from coalition.api.http.deps import (
-    IdempotencyHeader,
-    MemberId,
     Points,
     QueryInt,
     RequestBody,
@@ -28,6 +26,14 @@ from coalition.api.http.deps import (
     guard,
     idempotency_key,
     link_next,
+)
+from coalition.api.http.fields import (
+    EntryIdField,
+    IdempotencyHeader,
+    MemberId,
+    MemberIdField,
+    NoteField,
+    ReferenceField,
 )
 from coalition.api.http.ledger import EntryOut, entry_out
 from coalition.api.http.responses import READ, WRITE
@@ -42,53 +48,53 @@ MAX_BULK_ROWS = 10_000
 
 
 class EnrollIn(WriteBody):
-    member_id: str
+    member_id: MemberIdField
 
 
 class PurchaseIn(WriteBody):
-    reference: str
+    reference: ReferenceField
     spend_minor: Points = Field(description="Amount spent, in minor units of the currency.")
     category: str = ""
 
 
 class RewardIn(WriteBody):
     event: str
-    reference: str
+    reference: ReferenceField
 
 
 class ReversalIn(WriteBody):
-    reference: str = Field(description="Reference of the purchase being refunded.")
+    reference: ReferenceField = Field(description="Reference of the purchase being refunded.")
 
 
 class RedemptionIn(WriteBody):
     amount: Points
-    reference: str
+    reference: ReferenceField
 
 
 class TransferIn(WriteBody):
-    to_member_id: str
+    to_member_id: MemberIdField
     amount: Points
-    note: str
+    note: NoteField
 
 
 class AdjustmentIn(WriteBody):
     amount: Points = Field(description="Positive credits, negative debits.")
-    operator: str
-    note: str
+    operator: ReferenceField
+    note: NoteField
 
 
 class RevocationIn(WriteBody):
-    earn_entry_id: str
-    operator: str
-    note: str
+    earn_entry_id: EntryIdField
+    operator: ReferenceField
+    note: NoteField
 
 
 class BulkRowIn(RequestBody):
-    member_id: str
-    reference: str
+    member_id: MemberIdField
+    reference: ReferenceField
     spend_minor: Points
     category: str = ""
-    idempotency_key: str
+    idempotency_key: ReferenceField
 
 
 BulkIn = Annotated[list[BulkRowIn], Field(max_length=MAX_BULK_ROWS)]

@@ -7,32 +7,39 @@ true`` when its idempotency key was used before, as the points writes do."""
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Annotated
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 
 from coalition.api.http.deps import (
-    IdempotencyHeader,
     Points,
     Signed,
     WriteBody,
     guard,
     idempotency_key,
 )
+from coalition.api.http.fields import (
+    HoldId,
+    IdempotencyHeader,
+    MemberIdField,
+    ProgramField,
+    ReferenceField,
+)
 from coalition.api.http.responses import READ, WRITE
 from coalition.node.auth import Action, Authenticator
-from coalition.node.features.redemptions import Redemptions, RedemptionView
-
-HoldId = Annotated[str, Path(description="The hold id (32 hex digits) of the redemption.")]
+from coalition.node.features.redemptions import MAX_HOLD_S, Redemptions, RedemptionView
 
 
 class PartnerRedemptionIn(WriteBody):
-    program: str = Field(description="The partner whose points the member spends.")
-    member_id: str = Field(description="The member's id at that partner.")
+    program: ProgramField = Field(description="The partner whose points the member spends.")
+    member_id: MemberIdField = Field(description="The member's id at that partner.")
     amount: Points
-    reference: str
-    expires_in_s: Points = Field(3600, description="How long the hold lasts (1 s - 30 days).")
+    reference: ReferenceField
+    expires_in_s: Points = Field(
+        3600,
+        description="How long the hold lasts, in seconds (at most MAX_HOLD_S, 30 days).",
+        json_schema_extra={"minimum": 1, "maximum": MAX_HOLD_S},
+    )
 
 
 class PartnerRedemptionOut(BaseModel):

@@ -12,19 +12,19 @@ from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
 from coalition.api.http.deps import Signed, guard, link_next
+from coalition.api.http.fields import ProgramField, TimeField, TimeQuery
 from coalition.api.http.responses import READ, WRITE
 from coalition.ledger.entries import check_time
 from coalition.node.auth import Action, Authenticator
 from coalition.node.features.settlement import Settlement, StatementView
 
-Time = Annotated[str, Query(description="RFC 3339 UTC, e.g. 2026-11-01T00:00:00.000000Z")]
 Format = Annotated[Literal["json", "csv"], Query(alias="format", description="json or csv")]
 
 
 class StatementIn(BaseModel):
-    partner: str
-    start: str = Field(description="RFC 3339 UTC start of the period (included).")
-    end: str = Field(description="RFC 3339 UTC end of the period (excluded), in the past.")
+    partner: ProgramField
+    start: TimeField = Field(description="Start of the period (included), RFC 3339 UTC.")
+    end: TimeField = Field(description="End of the period (excluded), in the past.")
 
 
 class StatementOut(BaseModel):
@@ -83,9 +83,17 @@ def settlement_router(settlement: Settlement, authenticator: Authenticator) -> A
         summary="Net positions and the fewest payments over the period's statements",
         dependencies=read,
         response_model=None,
-        responses=READ,
+        responses={
+            200: {
+                "description": "The netting as JSON, or as CSV with `format=csv`",
+                "content": {"text/csv": {"schema": {"type": "string"}}},
+            }
+        }
+        | READ,
     )
-    def netting(start: Time, end: Time, fmt: Format = "json") -> Signed | PlainTextResponse:
+    def netting(
+        start: TimeQuery, end: TimeQuery, fmt: Format = "json"
+    ) -> Signed | PlainTextResponse:
         view = settlement.coalition_netting(check_time(start, "start"), check_time(end, "end"))
         if fmt == "csv":
             return PlainTextResponse(view.to_csv(), media_type="text/csv")

@@ -1,0 +1,88 @@
+"""The patterns and limits of request fields, as OpenAPI states them, taken from the rule
+that enforces each (the compiled pattern or the named constant of the core), never a copy.
+
+The core check stays the rule (its refusal is a 400 with its own message, on every
+transport); these annotations only state the same rule in the document, so a client
+(or schemathesis) knows it before it asks. ``documented`` writes a pattern as JSON
+Schema wants it (anchored: JSON Schema patterns match anywhere in a string).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from fastapi import Header, Path, Query
+from pydantic import Field
+
+from coalition.ledger.entries import CANONICAL_TIME, PROGRAM_ID
+from coalition.node.features.redemptions import HOLD_ID
+from coalition.node.sequencer import ENTRY_ID
+from coalition.points.accounts import MAX_MEMBER_ID, MAX_REFERENCE, MEMBER_ID, REFERENCE
+from coalition.points.operations import MAX_NOTE
+
+
+def documented(
+    pattern: re.Pattern[str] | None = None, max_length: int | None = None, min_length: int = 1
+) -> dict[str, Any]:
+    """The JSON Schema keywords of a string field: ``pattern`` (anchored) and its length."""
+    keywords: dict[str, Any] = {"minLength": min_length}
+    if pattern is not None:
+        keywords["pattern"] = f"^(?:{pattern.pattern})$"
+    if max_length is not None:
+        keywords["maxLength"] = max_length
+    return keywords
+
+
+_MEMBER = documented(MEMBER_ID, MAX_MEMBER_ID)
+_REFERENCE = documented(REFERENCE, MAX_REFERENCE)
+_PROGRAM = documented(PROGRAM_ID, 32, 2)
+_ENTRY = documented(ENTRY_ID, 32, 32)
+_HOLD = documented(HOLD_ID, 32, 32)
+_TIME = documented(CANONICAL_TIME, 27, 27)
+_NOTE = documented(None, MAX_NOTE)
+
+IDEMPOTENCY_KEY_RULE = (
+    "Required on every write: in this header or in the body's `idempotency_key` (the same "
+    f"value if both), 1-{MAX_REFERENCE} of A-Za-z0-9._:/#-, alphanumeric first. A request "
+    "repeated with its key answers 200 with `replayed: true` and the first answer; the key "
+    "with another body is 409."
+)
+MEMBER_ID_RULE = f"1-{MAX_MEMBER_ID} of A-Za-z0-9._:@-, alphanumeric first."
+REFERENCE_RULE = f"1-{MAX_REFERENCE} of A-Za-z0-9._:/#-, alphanumeric first."
+TIME_RULE = "RFC 3339 UTC with six fractional digits, e.g. 2026-11-01T00:00:00.000000Z."
+
+# Body fields.
+MemberIdField = Annotated[str, Field(description=MEMBER_ID_RULE, json_schema_extra=_MEMBER)]
+ReferenceField = Annotated[str, Field(description=REFERENCE_RULE, json_schema_extra=_REFERENCE)]
+ProgramField = Annotated[str, Field(description="A program id.", json_schema_extra=_PROGRAM)]
+EntryIdField = Annotated[str, Field(description="An entry id.", json_schema_extra=_ENTRY)]
+TimeField = Annotated[str, Field(description=TIME_RULE, json_schema_extra=_TIME)]
+NoteField = Annotated[
+    str,
+    Field(description=f"1-{MAX_NOTE} characters, no control characters.", json_schema_extra=_NOTE),
+]
+IdempotencyKeyField = Annotated[
+    str | None, Field(description=IDEMPOTENCY_KEY_RULE, json_schema_extra=_REFERENCE)
+]
+
+# Path, query and header parameters.
+MemberId = Annotated[
+    str,
+    Path(
+        description=f"The member's id in this program: {MEMBER_ID_RULE}", json_schema_extra=_MEMBER
+    ),
+]
+EntryId = Annotated[str, Path(description="An entry id (32 hex digits).", json_schema_extra=_ENTRY)]
+HoldId = Annotated[
+    str, Path(description="The hold id (32 hex digits) of the redemption.", json_schema_extra=_HOLD)
+]
+ConversionId = Annotated[
+    str, Path(description=f"A conversion id: {REFERENCE_RULE}", json_schema_extra=_REFERENCE)
+]
+ProgramQuery = Annotated[str, Query(description="A program id.", json_schema_extra=_PROGRAM)]
+TimeQuery = Annotated[str, Query(description=TIME_RULE, json_schema_extra=_TIME)]
+IdempotencyHeader = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", description=IDEMPOTENCY_KEY_RULE, json_schema_extra=_REFERENCE),
+]
