@@ -10,9 +10,9 @@ role, the check that failed and the request to replay), all of them at once.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,8 +29,16 @@ from schemathesis.specs.openapi.checks import (
 )
 from starlette.testclient import TestClient
 
+from coalition.api.errors import MAX_MESSAGE_CHARS
 from coalition.api.http.app import create_app
+from coalition.api.http.body import MAX_BODY_BYTES
+from coalition.api.http.points import MAX_BULK_ROWS
+from coalition.ledger.entries import CANONICAL_TIME
 from coalition.node.auth import ApiKey, Authenticator, Role, key_digest
+from coalition.node.features.redemptions import MAX_HOLD_S
+from coalition.points.accounts import MAX_MEMBER_ID, MAX_REFERENCE, MEMBER_ID
+from coalition.points.operations import MAX_NOTE
+
 from support.coalition import agreement_doc, coalition_nodes
 from support.databases import node_urls
 
@@ -110,7 +118,7 @@ def _run_operation(operation: Any, role: str, client: TestClient) -> list[str]:
 
     try:
         run()
-    except (Exception, FailureGroup) as failure:  # noqa: BLE001 (each operation's failure)
+    except (Exception, FailureGroup) as failure:
         return [f"{operation.method.upper()} {operation.path} as {role}: {failure}"]
     return []
 
@@ -129,3 +137,104 @@ def test_every_operation_answers_as_its_openapi_document_says(
     took = time.monotonic() - started
     assert not failures, f"{len(failures)} mismatches:\n" + "\n\n".join(failures[:20])
     assert took < BUDGET_S, f"the {role} run took {took:.1f} s, over its {BUDGET_S} s budget"
+
+
+# --------------------------------------- regression tests of the mismatches it found
+
+
+def _document(client: TestClient) -> dict[str, Any]:
+    document: dict[str, Any] = client.get("/openapi.json").json()
+    return document
+
+
+def test_refusals_of_a_plain_text_route_are_documented_as_json(
+    node_app: tuple[Any, TestClient],
+) -> None:
+    """``/v1/ledger/public-key`` answers PEM text, and its refusals JSON (``ErrorOut``): the
+    document said text/plain for both."""
+    _, client = node_app
+    operation = _document(client)["paths"]["/v1/ledger/public-key"]["get"]["responses"]
+    assert list(operation["200"]["content"]) == ["text/plain"]
+    assert list(operation["401"]["content"]) == ["application/json"]
+    refused = client.get("/v1/ledger/public-key")
+    assert refused.status_code == 401
+    assert refused.headers["content-type"] == "application/json"
+    served = client.get("/v1/ledger/public-key", headers=_headers("auditor"))
+    assert served.headers["content-type"].startswith("text/plain")
+    assert served.text.startswith("-----BEGIN PUBLIC KEY-----")
+
+
+def test_the_netting_as_csv_is_documented(node_app: tuple[Any, TestClient]) -> None:
+    _, client = node_app
+    content = _document(client)["paths"]["/v1/settlement/netting"]["get"]["responses"]["200"]
+    assert {"application/json", "text/csv"} <= set(content["content"])
+    times = "start=2026-01-01T00:00:00.000000Z&end=2026-02-01T00:00:00.000000Z"
+    answer = client.get(f"/v1/settlement/netting?{times}&format=csv", headers=_headers("auditor"))
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"].startswith("text/csv")
+
+
+def test_a_read_the_state_refuses_is_documented(node_app: tuple[Any, TestClient]) -> None:
+    """A quote with no agreement in force is 409; reads documented no 409."""
+    _, client = node_app
+    quote = "/v1/members/{member_id}/conversions/quote"
+    assert "409" in _document(client)["paths"][quote]["get"]["responses"]
+    answer = client.get(
+        f"/v1/members/{MEMBER}/conversions/quote?to_program=beanhouse&amount=10",
+        headers=_headers("member"),
+    )
+    assert answer.status_code in (404, 409), answer.text
+
+
+def test_every_operation_documents_the_refusals_of_its_kind(
+    node_app: tuple[Any, TestClient],
+) -> None:
+    """Every route uses the one table (``api.http.responses``): an authenticated route
+    documents 401, 403 and 429, a route with a body 413, and each refusal is ``ErrorOut``."""
+    _, client = node_app
+    for path, operations in _document(client)["paths"].items():
+        for method, operation in operations.items():
+            documented = set(operation["responses"])
+            assert "503" in documented, (method, path)
+            if path != "/healthz":
+                assert {"400", "401", "403", "404", "409", "422", "429"} <= documented, path
+                headers = operation["responses"]["429"]["headers"]
+                assert "Retry-After" in headers, path
+            if method == "post":
+                assert "413" in documented, path
+            for status in documented - {"200", "201"}:
+                schema = operation["responses"][status]["content"]["application/json"]["schema"]
+                assert schema["$ref"].endswith("/ErrorOut"), (method, path, status)
+
+
+def test_patterns_and_limits_are_the_cores_own(node_app: tuple[Any, TestClient]) -> None:
+    """The document's patterns and limits are the enforcing rule's (compiled pattern or
+    named constant), so they cannot drift from what the node refuses."""
+    _, client = node_app
+    document = _document(client)
+    schemas = document["components"]["schemas"]
+    member = next(
+        p
+        for p in document["paths"]["/v1/members/{member_id}/balance"]["get"]["parameters"]
+        if p["name"] == "member_id"
+    )["schema"]
+    assert member["pattern"] == f"^(?:{MEMBER_ID.pattern})$"
+    assert member["maxLength"] == MAX_MEMBER_ID
+    assert schemas["RedemptionIn"]["properties"]["reference"]["pattern"].endswith(
+        f"{{0,{MAX_REFERENCE - 1}}})$"
+    )
+    assert schemas["TransferIn"]["properties"]["note"]["maxLength"] == MAX_NOTE
+    assert schemas["ErrorOut"]["properties"]["message"]["maxLength"] == MAX_MESSAGE_CHARS
+    assert schemas["StatementIn"]["properties"]["start"]["pattern"] == (
+        f"^(?:{CANONICAL_TIME.pattern})$"
+    )
+    bulk = document["paths"]["/v1/earn/bulk"]["post"]
+    assert bulk["requestBody"]["content"]["application/json"]["schema"]["maxItems"] == (
+        MAX_BULK_ROWS
+    )
+    assert f"{MAX_BODY_BYTES:,} bytes" in bulk["responses"]["413"]["description"]
+    hold = schemas["PartnerRedemptionIn"]["properties"]["expires_in_s"]
+    assert (hold["minimum"], hold["maximum"]) == (1, MAX_HOLD_S)
+    for value in ("alice", "a" * MAX_MEMBER_ID):
+        assert re.fullmatch(member["pattern"][1:-1], value)
+    assert not re.fullmatch(member["pattern"][1:-1], "a" * (MAX_MEMBER_ID + 1))

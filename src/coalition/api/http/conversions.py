@@ -29,7 +29,7 @@ from coalition.api.http.fields import (
     ProgramField,
     ProgramQuery,
 )
-from coalition.api.http.responses import READ, WRITE
+from coalition.api.http.responses import READ, WRITE, replayed
 from coalition.node.auth import Action, Authenticator
 from coalition.node.features.conversions import Conversions, ConversionView
 
@@ -93,8 +93,7 @@ def conversions_router(conversions: Conversions, authenticator: Authenticator) -
         summary="Convert points into a partner program's points",
         dependencies=spend,
         status_code=201,
-        responses={200: {"description": "Replay of an earlier request", "model": ConversionOut}}
-        | WRITE,
+        responses=replayed(ConversionOut) | WRITE,
     )
     def convert(
         member_id: MemberId,

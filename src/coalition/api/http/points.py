@@ -36,7 +36,7 @@ from coalition.api.http.fields import (
     ReferenceField,
 )
 from coalition.api.http.ledger import EntryOut, entry_out
-from coalition.api.http.responses import READ, WRITE
+from coalition.api.http.responses import READ, WRITE, replayed
 from coalition.node.auth import Action, Authenticator
 from coalition.node.points_service import PointsService
 from coalition.node.views import BulkResult, PurchaseRow, WriteResult
@@ -149,7 +149,7 @@ class LotOut(BaseModel):
 _WRITE: dict[str, Any] = {
     "status_code": 201,
     "response_model": WriteOut,
-    "responses": {200: {"description": "Replay of an earlier request", "model": WriteOut}} | WRITE,
+    "responses": replayed(WriteOut) | WRITE,
 }
 
 

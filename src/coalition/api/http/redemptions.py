@@ -25,7 +25,7 @@ from coalition.api.http.fields import (
     ProgramField,
     ReferenceField,
 )
-from coalition.api.http.responses import READ, WRITE
+from coalition.api.http.responses import READ, WRITE, replayed
 from coalition.node.auth import Action, Authenticator
 from coalition.node.features.redemptions import MAX_HOLD_S, Redemptions, RedemptionView
 
@@ -86,9 +86,7 @@ def redemptions_router(redemptions: Redemptions, authenticator: Authenticator) -
         "/v1/partner-redemptions",
         status_code=201,
         summary="Ask a partner to hold its member's points for a redemption here",
-        responses={
-            200: {"description": "Replay of an earlier request", "model": PartnerRedemptionOut}
-        },
+        responses=replayed(PartnerRedemptionOut),
     )
     def authorize(
         body: PartnerRedemptionIn, response: Response, key: IdempotencyHeader = None

@@ -87,9 +87,15 @@ def refusals(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return documented
 
 
+def replayed(model: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
+    """The 200 of a write whose idempotency key was used before (its first answer)."""
+    return {200: {"description": "Replay of an earlier request", "model": model}}
+
+
 PUBLIC = refusals(503)
 """A route without a key (the health check)."""
-READ = refusals(400, 401, 403, 404, 422, 429, 503)
-"""An authenticated route without a body."""
+READ = refusals(400, 401, 403, 404, 409, 422, 429, 503)
+"""An authenticated route without a body (409: a read the state refuses, e.g. a quote with
+no agreement in force)."""
 WRITE = refusals(400, 401, 403, 404, 409, 413, 422, 429, 503)
 """An authenticated route with a body (``body.BodyGate``: 401 before the body, 413, 400)."""

@@ -5,7 +5,7 @@ netting over a period, as JSON or CSV. Signed statements pass through untouched.
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import PlainTextResponse
@@ -19,6 +19,14 @@ from coalition.node.auth import Action, Authenticator
 from coalition.node.features.settlement import Settlement, StatementView
 
 Format = Annotated[Literal["json", "csv"], Query(alias="format", description="json or csv")]
+
+
+_NETTING: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The netting as JSON, or as CSV with `format=csv`",
+        "content": {"text/csv": {"schema": {"type": "string"}}},
+    }
+}
 
 
 class StatementIn(BaseModel):
@@ -83,13 +91,7 @@ def settlement_router(settlement: Settlement, authenticator: Authenticator) -> A
         summary="Net positions and the fewest payments over the period's statements",
         dependencies=read,
         response_model=None,
-        responses={
-            200: {
-                "description": "The netting as JSON, or as CSV with `format=csv`",
-                "content": {"text/csv": {"schema": {"type": "string"}}},
-            }
-        }
-        | READ,
+        responses=_NETTING | READ,
     )
     def netting(
         start: TimeQuery, end: TimeQuery, fmt: Format = "json"
