@@ -15,8 +15,6 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 
 from coalition.api.http.deps import (
-    Points,
-    QueryInt,
     WriteBody,
     guard,
     idempotency_key,
@@ -26,6 +24,8 @@ from coalition.api.http.fields import (
     IdempotencyHeader,
     MemberId,
     MemberIdField,
+    PositivePoints,
+    PositiveQuery,
     ProgramField,
     ProgramQuery,
 )
@@ -37,7 +37,7 @@ from coalition.node.features.conversions import Conversions, ConversionView
 class ConversionIn(WriteBody):
     to_program: ProgramField
     to_member_id: MemberIdField = Field(description="The member's id in the target program.")
-    amount: Points
+    amount: PositivePoints
 
 
 class ConversionOut(BaseModel):
@@ -117,7 +117,7 @@ def conversions_router(conversions: Conversions, authenticator: Authenticator) -
         dependencies=read,
         responses=READ,
     )
-    def quote(member_id: MemberId, to_program: ProgramQuery, amount: QueryInt) -> QuoteOut:
+    def quote(member_id: MemberId, to_program: ProgramQuery, amount: PositiveQuery) -> QuoteOut:
         return QuoteOut(**asdict(conversions.quote(member_id, to_program, amount)))
 
     @router.get(

@@ -13,10 +13,13 @@ import re
 from typing import Annotated, Any
 
 from fastapi import Header, Path, Query
-from pydantic import Field
+from pydantic import Field, StrictInt
 
+from coalition.ledger.canonical import MAX_SAFE_INTEGER
 from coalition.ledger.entries import CANONICAL_TIME, PROGRAM_ID
 from coalition.node.features.redemptions import HOLD_ID
+from coalition.node.ledger_service import MAX_HEADERS
+from coalition.node.paging import MAX_PAGE
 from coalition.node.sequencer import ENTRY_ID
 from coalition.points.accounts import MAX_MEMBER_ID, MAX_REFERENCE, MEMBER_ID, REFERENCE
 from coalition.points.operations import MAX_NOTE
@@ -32,6 +35,12 @@ def documented(
     if max_length is not None:
         keywords["maxLength"] = max_length
     return keywords
+
+
+def documented_range(minimum: int, maximum: int = MAX_SAFE_INTEGER) -> dict[str, Any]:
+    """The JSON Schema bounds of an integer the core checks (the transport itself only
+    bounds it to the I-JSON range, ``deps.QueryInt``)."""
+    return {"minimum": minimum, "maximum": maximum}
 
 
 _MEMBER = documented(MEMBER_ID, MAX_MEMBER_ID)
@@ -85,4 +94,52 @@ TimeQuery = Annotated[str, Query(description=TIME_RULE, json_schema_extra=_TIME)
 IdempotencyHeader = Annotated[
     str | None,
     Header(alias="Idempotency-Key", description=IDEMPOTENCY_KEY_RULE, json_schema_extra=_REFERENCE),
+]
+
+_I_JSON = {"ge": -MAX_SAFE_INTEGER, "le": MAX_SAFE_INTEGER}
+PositivePoints = Annotated[
+    StrictInt,
+    Field(
+        description="Points, at least 1 and at most the program's `max_points_per_operation` "
+        "rule (100,000,000 by default).",
+        json_schema_extra=documented_range(1),
+        **_I_JSON,
+    ),
+]
+PositiveQuery = Annotated[
+    int,
+    Query(
+        description="Points, at least 1 and at most the program's `max_points_per_operation`.",
+        json_schema_extra=documented_range(1),
+        **_I_JSON,
+    ),
+]
+OptionalProgramQuery = Annotated[
+    str | None, Query(description="A program id.", json_schema_extra=_PROGRAM)
+]
+OptionalTimeQuery = Annotated[str | None, Query(description=TIME_RULE, json_schema_extra=_TIME)]
+HeightPath = Annotated[
+    int, Path(description="A block height.", json_schema_extra=documented_range(0), **_I_JSON)
+]
+HeightQuery = Annotated[
+    int, Query(description="A block height.", json_schema_extra=documented_range(0), **_I_JSON)
+]
+LogIndexQuery = Annotated[
+    int, Query(description="A log index.", json_schema_extra=documented_range(0), **_I_JSON)
+]
+PageLimit = Annotated[
+    int,
+    Query(
+        description=f"Most items in the page (MAX_PAGE, {MAX_PAGE}).",
+        json_schema_extra=documented_range(1, MAX_PAGE),
+        **_I_JSON,
+    ),
+]
+HeadersLimit = Annotated[
+    int,
+    Query(
+        description=f"Most headers (MAX_HEADERS, {MAX_HEADERS}).",
+        json_schema_extra=documented_range(1, MAX_HEADERS),
+        **_I_JSON,
+    ),
 ]

@@ -11,8 +11,8 @@ from fastapi import APIRouter, Response
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
-from coalition.api.http.deps import PathInt, QueryInt, Signed, guard
-from coalition.api.http.fields import EntryId
+from coalition.api.http.deps import QueryInt, Signed, guard
+from coalition.api.http.fields import EntryId, HeadersLimit, HeightPath, HeightQuery
 from coalition.api.http.responses import READ
 from coalition.errors import NotFound
 from coalition.ledger.blocks import SignedHeader
@@ -64,13 +64,13 @@ def ledger_router(ledger: LedgerService, authenticator: Authenticator) -> APIRou
         return _header_doc(header)
 
     @router.get("/v1/ledger/headers", summary="Signed block headers from a height")
-    def headers(start: QueryInt = 0, limit: QueryInt = 1000) -> list[Signed]:
+    def headers(start: HeightQuery = 0, limit: HeadersLimit = 1000) -> list[Signed]:
         return [_header_doc(h) for h in ledger.headers(start, limit)]
 
     @router.get(
         "/v1/ledger/blocks/{height}", summary="One block: its signed header and its entries"
     )
-    def block(height: PathInt) -> BlockOut:
+    def block(height: HeightPath) -> BlockOut:
         header, entries = ledger.block(height)
         return BlockOut(header=_header_doc(header), entries=entries)
 
@@ -88,7 +88,7 @@ def ledger_router(ledger: LedgerService, authenticator: Authenticator) -> APIRou
         "/v1/ledger/consistency",
         summary="Consistency proof document between two block heights",
     )
-    def consistency(first: QueryInt, second: QueryInt) -> Signed:
+    def consistency(first: HeightQuery, second: HeightQuery) -> Signed:
         return ledger.consistency_proof(first, second)
 
     return router

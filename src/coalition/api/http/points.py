@@ -19,7 +19,6 @@ from pydantic import BaseModel, Field
 
 from coalition.api.http.deps import (
     Points,
-    QueryInt,
     RequestBody,
     Signed,
     WriteBody,
@@ -30,9 +29,12 @@ from coalition.api.http.deps import (
 from coalition.api.http.fields import (
     EntryIdField,
     IdempotencyHeader,
+    LogIndexQuery,
     MemberId,
     MemberIdField,
     NoteField,
+    PageLimit,
+    PositivePoints,
     ReferenceField,
 )
 from coalition.api.http.ledger import EntryOut, entry_out
@@ -67,13 +69,13 @@ class ReversalIn(WriteBody):
 
 
 class RedemptionIn(WriteBody):
-    amount: Points
+    amount: PositivePoints
     reference: ReferenceField
 
 
 class TransferIn(WriteBody):
     to_member_id: MemberIdField
-    amount: Points
+    amount: PositivePoints
     note: NoteField
 
 
@@ -349,7 +351,7 @@ def _member_reads(points: PointsService, authenticator: Authenticator) -> APIRou
         member_id: MemberId,
         request: Request,
         response: Response,
-        limit: QueryInt = 1000,
+        limit: PageLimit = 1000,
         after: Annotated[str | None, Query(max_length=48, description="A lot id.")] = None,
     ) -> list[LotOut]:
         found = points.lots_page(member_id, limit, after)
@@ -364,8 +366,8 @@ def _member_reads(points: PointsService, authenticator: Authenticator) -> APIRou
         member_id: MemberId,
         request: Request,
         response: Response,
-        limit: QueryInt = 100,
-        before: Annotated[QueryInt | None, Query(description="A log index.")] = None,
+        limit: PageLimit = 100,
+        before: LogIndexQuery | None = None,
     ) -> list[EntryOut]:
         views, older = points.history_page(member_id, limit, before)
         link_next(request, response, before=older)

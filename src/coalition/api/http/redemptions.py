@@ -22,6 +22,7 @@ from coalition.api.http.fields import (
     HoldId,
     IdempotencyHeader,
     MemberIdField,
+    PositivePoints,
     ProgramField,
     ReferenceField,
 )
@@ -33,7 +34,7 @@ from coalition.node.features.redemptions import MAX_HOLD_S, Redemptions, Redempt
 class PartnerRedemptionIn(WriteBody):
     program: ProgramField = Field(description="The partner whose points the member spends.")
     member_id: MemberIdField = Field(description="The member's id at that partner.")
-    amount: Points
+    amount: PositivePoints
     reference: ReferenceField
     expires_in_s: Points = Field(
         3600,

@@ -11,8 +11,8 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
-from coalition.api.http.deps import Signed, guard, link_next
-from coalition.api.http.fields import ProgramField, TimeField, TimeQuery
+from coalition.api.http.deps import RequestBody, Signed, guard, link_next
+from coalition.api.http.fields import OptionalProgramQuery, ProgramField, TimeField, TimeQuery
 from coalition.api.http.responses import READ, WRITE
 from coalition.ledger.entries import check_time
 from coalition.node.auth import Action, Authenticator
@@ -29,7 +29,7 @@ _NETTING: dict[int | str, dict[str, Any]] = {
 }
 
 
-class StatementIn(BaseModel):
+class StatementIn(RequestBody):
     partner: ProgramField
     start: TimeField = Field(description="Start of the period (included), RFC 3339 UTC.")
     end: TimeField = Field(description="End of the period (excluded), in the past.")
@@ -67,7 +67,7 @@ def settlement_router(settlement: Settlement, authenticator: Authenticator) -> A
     def statements(
         request: Request,
         response: Response,
-        partner: Annotated[str | None, Query(max_length=64)] = None,
+        partner: OptionalProgramQuery = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
         after: Annotated[str | None, Query(max_length=128, description="A statement id.")] = None,
     ) -> list[StatementOut]:

@@ -10,7 +10,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel
 
-from coalition.api.http.deps import PathInt, guard, link_next
+from coalition.api.http.deps import guard, link_next
+from coalition.api.http.fields import HeightPath
 from coalition.api.http.responses import READ
 from coalition.ledger.canonical import MAX_SAFE_INTEGER
 from coalition.node.auth import Action, Authenticator
@@ -76,7 +77,7 @@ def witness_router(witness: Witness, authenticator: Authenticator) -> APIRouter:
         "/v1/blocks/{height}/witnesses",
         summary="Who cosigned this node's header at a height; witnessed once a quorum did",
     )
-    def witnesses(height: PathInt) -> WitnessStatusOut:
+    def witnesses(height: HeightPath) -> WitnessStatusOut:
         return _status_out(witness.status(height))
 
     @router.get(
