@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from typing import Any
 
 import pytest
@@ -41,7 +42,7 @@ from coalition.points.accounts import MAX_MEMBER_ID, MAX_REFERENCE, MEMBER_ID
 from coalition.points.operations import MAX_NOTE
 
 from support.coalition import agreement_doc, coalition_nodes
-from support.databases import node_urls
+from support.databases import node_urls, postgres_schema
 
 A, B = "skyair", "staybright"
 MEMBER = "alice"
@@ -62,16 +63,23 @@ CHECKS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def node_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, TestClient]]:
-    """Two partner nodes on SQLite, skyair's whole app (points, ledger, every coalition
-    feature, witness, explorer) and its schema as schemathesis reads it; alice enrolled
-    with points, one agreement with staybright, some blocks sealed."""
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+def node_app(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Any, TestClient]]:
+    """Two partner nodes (on SQLite, then on PostgreSQL), skyair's whole app (points,
+    ledger, every coalition feature, witness, explorer) and its schema as schemathesis
+    reads it; alice enrolled with points, one agreement with staybright."""
     folder = tmp_path_factory.mktemp("contract")
-    with (
-        node_urls("sqlite", folder, (A, B)) as urls,
-        coalition_nodes(folder, urls, witness=True) as coalition,
-    ):
+    with ExitStack() as stack:
+        database_url = "sqlite"
+        if request.param == "postgresql":
+            request.getfixturevalue("postgres_available")
+            database_url = stack.enter_context(postgres_schema())
+        urls = stack.enter_context(node_urls(database_url, folder, (A, B)))
+        coalition = stack.enter_context(coalition_nodes(folder, urls, witness=True))
         node = coalition[A]
         node.agr.propose(agreement_doc(A, B))
         node.service.points.enroll(MEMBER, idempotency_key="enroll-alice")
