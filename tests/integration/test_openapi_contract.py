@@ -3,8 +3,9 @@ operation of a real coalition node's app (in process, over ASGI) with an operato
 member, an auditor and no key, and every answer must be documented: no 5xx, a documented
 status, content type, headers and body.
 
-Bounded and deterministic: ``EXAMPLES`` derandomized examples per operation and role,
-within ``BUDGET_S`` for each role. A mismatch is reported per operation (method, path,
+Bounded and deterministic: ``EXAMPLES`` derandomized examples per operation and role
+(and ``NEGATIVE_EXAMPLES`` of data outside the document, as the operator), each run over
+every operation within ``BUDGET_S``; on SQLite and on PostgreSQL. A mismatch is reported per operation (method, path,
 role, the check that failed and the request to replay), all of them at once.
 """
 
@@ -20,8 +21,10 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from hypothesis.errors import Unsatisfiable
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.failures import FailureGroup
+from schemathesis.generation.modes import GenerationMode
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_headers_conformance,
@@ -50,8 +53,11 @@ MEMBER = "alice"
 EXAMPLES = 6
 """Examples per operation and role: enough to reach each operation's refusals and, with
 the member's own id and a valid key, its success; small enough for CI."""
-BUDGET_S = 25.0
-"""Most seconds one role's run may take; past it the test fails rather than grow."""
+NEGATIVE_EXAMPLES = 3
+"""Negative examples per operation (their generation costs more than positive ones)."""
+BUDGET_S = 60.0
+"""Most seconds one run over every operation may take (about 5 s on a quiet machine):
+past it the test fails rather than let the suite's time grow unnoticed."""
 KEYS = {"operator": "op-contract-key", "auditor": "audit-contract-key", "member": "alice-key"}
 ROLES = ("operator", "member", "auditor", "none")
 CHECKS = [
@@ -104,20 +110,26 @@ def _headers(role: str) -> dict[str, str]:
     return {} if role == "none" else {"Authorization": f"Bearer {KEYS[role]}"}
 
 
-def _run_operation(operation: Any, role: str, client: TestClient) -> list[str]:
+def _run_operation(
+    operation: Any, role: str, client: TestClient, mode: GenerationMode = GenerationMode.POSITIVE
+) -> list[str]:
     """``EXAMPLES`` requests to one operation as ``role``; the failed checks, described."""
     member_paths = "member_id" in (operation.path or "")
     writes = any(p.name == "Idempotency-Key" for p in operation.headers)
 
     @settings(
-        max_examples=EXAMPLES,
+        max_examples=EXAMPLES if mode is GenerationMode.POSITIVE else NEGATIVE_EXAMPLES,
         derandomize=True,
         database=None,
         deadline=None,
         phases=[Phase.explicit, Phase.generate],
         suppress_health_check=list(HealthCheck),
     )
-    @given(case=operation.as_strategy(), own_member=st.booleans(), keyed=st.booleans())
+    @given(
+        case=operation.as_strategy(generation_mode=mode),
+        own_member=st.booleans(),
+        keyed=st.booleans(),
+    )
     def run(case: Any, own_member: bool, keyed: bool) -> None:
         if member_paths and own_member:
             case.path_parameters["member_id"] = MEMBER  # the member key's own member
@@ -130,8 +142,12 @@ def _run_operation(operation: Any, role: str, client: TestClient) -> list[str]:
 
     try:
         run()
+    except Unsatisfiable:
+        if mode is GenerationMode.POSITIVE:
+            raise
+        return []  # nothing to negate: the operation takes no input
     except (Exception, FailureGroup) as failure:
-        return [f"{operation.method.upper()} {operation.path} as {role}: {failure}"]
+        return [f"{operation.method.upper()} {operation.path} as {role} ({mode}): {failure}"]
     return []
 
 
@@ -278,3 +294,20 @@ def test_every_request_body_refuses_unknown_fields(node_app: tuple[Any, TestClie
     )
     assert answer.status_code == 422, answer.text
     assert "surprise" in answer.json()["message"]
+
+
+def test_data_outside_the_document_is_refused_as_documented(
+    node_app: tuple[Any, TestClient],
+) -> None:
+    """Negative examples (values outside their pattern, range or type; missing fields), as
+    the operator (who may call every operation): each answer is a documented refusal,
+    never a 5xx."""
+    role = "operator"
+    schema, client = node_app
+    started = time.monotonic()
+    failures: list[str] = []
+    for result in schema.get_all_operations():
+        failures.extend(_run_operation(result.ok(), role, client, GenerationMode.NEGATIVE))
+    took = time.monotonic() - started
+    assert not failures, f"{len(failures)} mismatches:\n" + "\n\n".join(failures[:20])
+    assert took < BUDGET_S, f"the {role} run took {took:.1f} s, over its {BUDGET_S} s budget"
