@@ -5,8 +5,9 @@ status, content type, headers and body.
 
 Bounded and deterministic: ``EXAMPLES`` derandomized examples per operation and role
 (and ``NEGATIVE_EXAMPLES`` of data outside the document, as the operator), each run over
-every operation within ``BUDGET_S``; on SQLite and on PostgreSQL. A mismatch is reported per operation (method, path,
-role, the check that failed and the request to replay), all of them at once.
+every operation within ``BUDGET_S``; on SQLite and on PostgreSQL. A mismatch is reported
+per operation (method, path, role, the check that failed and the request to replay), all
+of them at once.
 """
 
 from __future__ import annotations
