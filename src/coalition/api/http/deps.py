@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from fastapi import Depends, Path, Query, Request, Response, Security
+from fastapi import Depends, Query, Request, Response, Security
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
@@ -28,7 +28,6 @@ Signed = dict[str, Any]
 """A signed JSON object (entry, header, proof document), passed through untouched."""
 QueryInt = Annotated[int, Query(ge=-MAX_SAFE_INTEGER, le=MAX_SAFE_INTEGER)]
 """A query integer within the I-JSON range; the service checks its real range."""
-PathInt = Annotated[int, Path(ge=-MAX_SAFE_INTEGER, le=MAX_SAFE_INTEGER)]
 
 
 class RequestBody(BaseModel):

@@ -25,11 +25,10 @@ from coalition.points.accounts import MAX_MEMBER_ID, MAX_REFERENCE, MEMBER_ID, R
 from coalition.points.operations import MAX_NOTE
 
 
-def documented(
-    pattern: re.Pattern[str] | None = None, max_length: int | None = None, min_length: int = 1
-) -> dict[str, Any]:
-    """The JSON Schema keywords of a string field: ``pattern`` (anchored) and its length."""
-    keywords: dict[str, Any] = {"minLength": min_length}
+def documented(pattern: re.Pattern[str] | None, max_length: int | None = None) -> dict[str, Any]:
+    """The JSON Schema keywords of a non-empty string field: ``pattern`` (anchored) and
+    the longest it may be (where the pattern does not say so itself)."""
+    keywords: dict[str, Any] = {"minLength": 1}
     if pattern is not None:
         keywords["pattern"] = f"^(?:{pattern.pattern})$"
     if max_length is not None:
@@ -45,10 +44,10 @@ def documented_range(minimum: int, maximum: int = MAX_SAFE_INTEGER) -> dict[str,
 
 _MEMBER = documented(MEMBER_ID, MAX_MEMBER_ID)
 _REFERENCE = documented(REFERENCE, MAX_REFERENCE)
-_PROGRAM = documented(PROGRAM_ID, 32, 2)
-_ENTRY = documented(ENTRY_ID, 32, 32)
-_HOLD = documented(HOLD_ID, 32, 32)
-_TIME = documented(CANONICAL_TIME, 27, 27)
+_PROGRAM = documented(PROGRAM_ID)
+_ENTRY = documented(ENTRY_ID)
+_HOLD = documented(HOLD_ID)
+_TIME = documented(CANONICAL_TIME)
 _NOTE = documented(None, MAX_NOTE)
 
 IDEMPOTENCY_KEY_RULE = (

@@ -25,6 +25,7 @@ from coalition.api.http.fields import (
     PositivePoints,
     ProgramField,
     ReferenceField,
+    documented_range,
 )
 from coalition.api.http.responses import READ, WRITE, replayed
 from coalition.node.auth import Action, Authenticator
@@ -39,7 +40,7 @@ class PartnerRedemptionIn(WriteBody):
     expires_in_s: Points = Field(
         3600,
         description="How long the hold lasts, in seconds (at most MAX_HOLD_S, 30 days).",
-        json_schema_extra={"minimum": 1, "maximum": MAX_HOLD_S},
+        json_schema_extra=documented_range(1, MAX_HOLD_S),
     )
 
 
