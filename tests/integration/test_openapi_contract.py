@@ -312,3 +312,47 @@ def test_data_outside_the_document_is_refused_as_documented(
     took = time.monotonic() - started
     assert not failures, f"{len(failures)} mismatches:\n" + "\n\n".join(failures[:20])
     assert took < BUDGET_S, f"the {role} run took {took:.1f} s, over its {BUDGET_S} s budget"
+
+
+def test_paged_lists_document_their_link_header(node_app: tuple[Any, TestClient]) -> None:
+    _, client = node_app
+    paths = _document(client)["paths"]
+    for path in (
+        "/v1/members/{member_id}/lots",
+        "/v1/members/{member_id}/history",
+        "/v1/agreements",
+        "/v1/settlement/statements",
+        "/v1/equivocations",
+    ):
+        ok = paths[path]["get"]["responses"]["200"]
+        assert "Link" in ok["headers"], path
+        assert "401" in paths[path]["get"]["responses"], path
+    page = client.get(f"/v1/members/{MEMBER}/history?limit=1", headers=_headers("member"))
+    assert page.status_code == 200 and 'rel="next"' in page.headers["link"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("earn", {"reference": "r\x00", "spend_minor": 100}),
+        ("rewards", {"event": "signup", "reference": "r\x00"}),
+        ("rewards", {"event": "sign\x00up", "reference": "r"}),
+    ],
+)
+def test_a_nul_byte_in_an_earn_reference_is_a_400_before_any_lookup(
+    node_app: tuple[Any, TestClient], path: str, body: dict[str, Any]
+) -> None:
+    """Schemathesis found it on PostgreSQL: the purchase (or reward) reference was looked
+    up before it was checked, and PostgreSQL refuses a NUL in text, so the earn was a 500.
+    The reference and the event are checked first (SQLite and PostgreSQL alike)."""
+    _, client = node_app
+    balance = client.get(f"/v1/members/{MEMBER}/balance", headers=_headers("operator")).json()
+    answer = client.post(
+        f"/v1/members/{MEMBER}/{path}",
+        json=body,
+        headers=_headers("operator") | {"Idempotency-Key": f"nul-{path}-{len(str(body))}"},
+    )
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"] == "invalid_argument"
+    after = client.get(f"/v1/members/{MEMBER}/balance", headers=_headers("operator")).json()
+    assert after == balance

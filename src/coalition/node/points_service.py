@@ -137,6 +137,7 @@ class PointsService:
         *,
         idempotency_key: str,
     ) -> WriteResult:
+        validate_reference(reference, "purchase reference")  # before it is looked up
         request: JsonObject = {
             "op": "earn",
             "member_id": member_id,
@@ -168,6 +169,8 @@ class PointsService:
     def earn_reward(
         self, member_id: str, event: str, reference: str, *, idempotency_key: str
     ) -> WriteResult:
+        validate_reference(reference, "event reference")  # before it is looked up
+        self.rules.reward_points(event)  # a known event, before its name is looked up
         request: JsonObject = {
             "op": "reward",
             "member_id": member_id,

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Body, Query, Request, Response
 from pydantic import BaseModel
 
 from coalition.api.http.deps import guard, link_next
-from coalition.api.http.responses import READ, WRITE
+from coalition.api.http.responses import PAGED, READ, WRITE
 from coalition.node.auth import Action, Authenticator
 from coalition.node.features.agreements import Agreements, cursor_of, parse_cursor
 from coalition.node.paging import MAX_PAGE
@@ -47,7 +47,7 @@ def agreements_router(feature: Agreements, authenticator: Authenticator) -> APIR
     @router.get(
         "/v1/agreements",
         summary="Recorded rate agreements by id then version, a page at a time",
-        responses=READ,
+        responses=PAGED | READ,
     )
     def agreements(
         request: Request,

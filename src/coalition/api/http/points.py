@@ -38,7 +38,7 @@ from coalition.api.http.fields import (
     ReferenceField,
 )
 from coalition.api.http.ledger import EntryOut, entry_out
-from coalition.api.http.responses import READ, WRITE, replayed
+from coalition.api.http.responses import PAGED, READ, WRITE, replayed
 from coalition.node.auth import Action, Authenticator
 from coalition.node.points_service import PointsService
 from coalition.node.views import BulkResult, PurchaseRow, WriteResult
@@ -346,6 +346,7 @@ def _member_reads(points: PointsService, authenticator: Authenticator) -> APIRou
     @router.get(
         "/v1/members/{member_id}/lots",
         summary="A member's lots of points, oldest first, a page at a time",
+        responses=PAGED,
     )
     def lots(
         member_id: MemberId,
@@ -361,6 +362,7 @@ def _member_reads(points: PointsService, authenticator: Authenticator) -> APIRou
     @router.get(
         "/v1/members/{member_id}/history",
         summary="A member's entries, newest first, a page at a time",
+        responses=PAGED,
     )
     def history(
         member_id: MemberId,

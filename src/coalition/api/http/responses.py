@@ -92,6 +92,21 @@ def replayed(model: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
     return {200: {"description": "Replay of an earlier request", "model": model}}
 
 
+PAGED: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "One page of the list",
+        "headers": {
+            "Link": {
+                "description": 'The next page, `<path?query>; rel="next"` (RFC 8288), when '
+                "one may exist (``deps.link_next``).",
+                "schema": {"type": "string"},
+            }
+        },
+    }
+}
+"""The 200 of a paged list route."""
+
+
 PUBLIC = refusals(503)
 """A route without a key (the health check)."""
 READ = refusals(400, 401, 403, 404, 409, 422, 429, 503)

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 
 from coalition.api.http.deps import RequestBody, Signed, guard, link_next
 from coalition.api.http.fields import OptionalProgramQuery, ProgramField, TimeField, TimeQuery
-from coalition.api.http.responses import READ, WRITE
+from coalition.api.http.responses import PAGED, READ, WRITE
 from coalition.ledger.entries import check_time
 from coalition.node.auth import Action, Authenticator
 from coalition.node.features.settlement import Settlement, StatementView
@@ -62,7 +62,7 @@ def settlement_router(settlement: Settlement, authenticator: Authenticator) -> A
         "/v1/settlement/statements",
         summary="Statements recorded on this chain, oldest period first, a page at a time",
         dependencies=read,
-        responses=READ,
+        responses=PAGED | READ,
     )
     def statements(
         request: Request,

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from coalition.api.http.deps import guard, link_next
 from coalition.api.http.fields import HeightPath
-from coalition.api.http.responses import READ
+from coalition.api.http.responses import PAGED, READ
 from coalition.ledger.canonical import MAX_SAFE_INTEGER
 from coalition.node.auth import Action, Authenticator
 from coalition.node.features.witness import MAX_STATUSES, Witness, WitnessStatus
@@ -93,6 +93,7 @@ def witness_router(witness: Witness, authenticator: Authenticator) -> APIRouter:
     @router.get(
         "/v1/equivocations",
         summary="Evidence of partners' equivocations and forks (both headers), a page at a time",
+        responses=PAGED,
     )
     def equivocations(
         request: Request,
