@@ -61,6 +61,9 @@ BUDGET_S = 60.0
 past it the test fails rather than let the suite's time grow unnoticed."""
 KEYS = {"operator": "op-contract-key", "auditor": "audit-contract-key", "member": "alice-key"}
 ROLES = ("operator", "member", "auditor", "none")
+Contract = tuple[Any, TestClient, TestClient]
+"""skyair's schema as schemathesis reads it, a client of skyair's app and one of
+staybright's (the partner with no agreement towards skyair)."""
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -75,7 +78,7 @@ CHECKS = [
 )
 def node_app(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Any, TestClient]]:
+) -> Iterator[Contract]:
     """Two partner nodes (on SQLite, then on PostgreSQL), skyair's whole app (points,
     ledger, every coalition feature, witness, explorer) and its schema as schemathesis
     reads it; alice enrolled with points, one agreement with staybright."""
@@ -102,9 +105,13 @@ def node_app(
         app = create_app(
             node.service, authenticator, node.coalition.routers(authenticator), node.coalition
         )
-        with TestClient(app) as client:
+        partner = coalition[B]
+        partner_app = create_app(
+            partner.service, authenticator, partner.coalition.routers(authenticator)
+        )
+        with TestClient(app) as client, TestClient(partner_app) as partner_client:
             schema = schemathesis.openapi.from_asgi("/openapi.json", app)
-            yield schema, client
+            yield schema, client, partner_client
 
 
 def _headers(role: str) -> dict[str, str]:
@@ -154,9 +161,9 @@ def _run_operation(
 
 @pytest.mark.parametrize("role", ROLES)
 def test_every_operation_answers_as_its_openapi_document_says(
-    node_app: tuple[Any, TestClient], role: str
+    node_app: Contract, role: str
 ) -> None:
-    schema, client = node_app
+    schema, client, _ = node_app
     started = time.monotonic()
     failures: list[str] = []
     operations = [result.ok() for result in schema.get_all_operations()]
@@ -177,11 +184,11 @@ def _document(client: TestClient) -> dict[str, Any]:
 
 
 def test_refusals_of_a_plain_text_route_are_documented_as_json(
-    node_app: tuple[Any, TestClient],
+    node_app: Contract,
 ) -> None:
     """``/v1/ledger/public-key`` answers PEM text, and its refusals JSON (``ErrorOut``): the
     document said text/plain for both."""
-    _, client = node_app
+    _, client, _ = node_app
     operation = _document(client)["paths"]["/v1/ledger/public-key"]["get"]["responses"]
     assert list(operation["200"]["content"]) == ["text/plain"]
     assert list(operation["401"]["content"]) == ["application/json"]
@@ -193,8 +200,8 @@ def test_refusals_of_a_plain_text_route_are_documented_as_json(
     assert served.text.startswith("-----BEGIN PUBLIC KEY-----")
 
 
-def test_the_netting_as_csv_is_documented(node_app: tuple[Any, TestClient]) -> None:
-    _, client = node_app
+def test_the_netting_as_csv_is_documented(node_app: Contract) -> None:
+    _, client, _ = node_app
     content = _document(client)["paths"]["/v1/settlement/netting"]["get"]["responses"]["200"]
     assert {"application/json", "text/csv"} <= set(content["content"])
     times = "start=2026-01-01T00:00:00.000000Z&end=2026-02-01T00:00:00.000000Z"
@@ -203,24 +210,25 @@ def test_the_netting_as_csv_is_documented(node_app: tuple[Any, TestClient]) -> N
     assert answer.headers["content-type"].startswith("text/csv")
 
 
-def test_a_read_the_state_refuses_is_documented(node_app: tuple[Any, TestClient]) -> None:
-    """A quote with no agreement in force is 409; reads documented no 409."""
-    _, client = node_app
+def test_a_read_the_state_refuses_is_documented(node_app: Contract) -> None:
+    """A quote with no agreement in force is 409, and reads documented no 409."""
+    _, client, partner_client = node_app
     quote = "/v1/members/{member_id}/conversions/quote"
     assert "409" in _document(client)["paths"][quote]["get"]["responses"]
-    answer = client.get(
-        f"/v1/members/{MEMBER}/conversions/quote?to_program=beanhouse&amount=10",
-        headers=_headers("member"),
+    answer = partner_client.get(  # staybright -> skyair: no agreement that way
+        f"/v1/members/bob/conversions/quote?to_program={A}&amount=10",
+        headers=_headers("operator"),
     )
-    assert answer.status_code in (404, 409), answer.text
+    assert answer.status_code == 409, answer.text
+    assert answer.json()["error"] == "failed_precondition"
 
 
 def test_every_operation_documents_the_refusals_of_its_kind(
-    node_app: tuple[Any, TestClient],
+    node_app: Contract,
 ) -> None:
     """Every route uses the one table (``api.http.responses``): an authenticated route
     documents 401, 403 and 429, a route with a body 413, and each refusal is ``ErrorOut``."""
-    _, client = node_app
+    _, client, _ = node_app
     for path, operations in _document(client)["paths"].items():
         for method, operation in operations.items():
             documented = set(operation["responses"])
@@ -236,10 +244,10 @@ def test_every_operation_documents_the_refusals_of_its_kind(
                 assert schema["$ref"].endswith("/ErrorOut"), (method, path, status)
 
 
-def test_patterns_and_limits_are_the_cores_own(node_app: tuple[Any, TestClient]) -> None:
+def test_patterns_and_limits_are_the_cores_own(node_app: Contract) -> None:
     """The document's patterns and limits are the enforcing rule's (compiled pattern or
     named constant), so they cannot drift from what the node refuses."""
-    _, client = node_app
+    _, client, _ = node_app
     document = _document(client)
     schemas = document["components"]["schemas"]
     member = next(
@@ -269,10 +277,10 @@ def test_patterns_and_limits_are_the_cores_own(node_app: tuple[Any, TestClient])
     assert not re.fullmatch(member["pattern"][1:-1], "a" * (MAX_MEMBER_ID + 1))
 
 
-def test_integer_bounds_are_integers(node_app: tuple[Any, TestClient]) -> None:
+def test_integer_bounds_are_integers(node_app: Contract) -> None:
     """FastAPI wrote ``maximum: 9007199254740991.0``: generators took the field for one that
     takes floats, which the node refuses."""
-    _, client = node_app
+    _, client, _ = node_app
     amount = _document(client)["components"]["schemas"]["AdjustmentIn"]["properties"]["amount"]
     assert amount["maximum"] == MAX_SAFE_INTEGER
     assert type(amount["maximum"]) is int and type(amount["minimum"]) is int
@@ -280,10 +288,10 @@ def test_integer_bounds_are_integers(node_app: tuple[Any, TestClient]) -> None:
     assert (redeem["minimum"], redeem["maximum"]) == (1, MAX_SAFE_INTEGER)
 
 
-def test_every_request_body_refuses_unknown_fields(node_app: tuple[Any, TestClient]) -> None:
+def test_every_request_body_refuses_unknown_fields(node_app: Contract) -> None:
     """A statement proposal took unknown fields (``StatementIn`` was a plain model), unlike
     every other body: now each documents ``additionalProperties: false`` and refuses them."""
-    _, client = node_app
+    _, client, _ = node_app
     schemas = _document(client)["components"]["schemas"]
     for name, schema in schemas.items():
         if name.endswith("In"):
@@ -298,13 +306,13 @@ def test_every_request_body_refuses_unknown_fields(node_app: tuple[Any, TestClie
 
 
 def test_data_outside_the_document_is_refused_as_documented(
-    node_app: tuple[Any, TestClient],
+    node_app: Contract,
 ) -> None:
     """Negative examples (values outside their pattern, range or type; missing fields), as
     the operator (who may call every operation): each answer is a documented refusal,
     never a 5xx."""
     role = "operator"
-    schema, client = node_app
+    schema, client, _ = node_app
     started = time.monotonic()
     failures: list[str] = []
     for result in schema.get_all_operations():
@@ -314,8 +322,8 @@ def test_data_outside_the_document_is_refused_as_documented(
     assert took < BUDGET_S, f"the {role} run took {took:.1f} s, over its {BUDGET_S} s budget"
 
 
-def test_paged_lists_document_their_link_header(node_app: tuple[Any, TestClient]) -> None:
-    _, client = node_app
+def test_paged_lists_document_their_link_header(node_app: Contract) -> None:
+    _, client, _ = node_app
     paths = _document(client)["paths"]
     for path in (
         "/v1/members/{member_id}/lots",
@@ -340,12 +348,12 @@ def test_paged_lists_document_their_link_header(node_app: tuple[Any, TestClient]
     ],
 )
 def test_a_nul_byte_in_an_earn_reference_is_a_400_before_any_lookup(
-    node_app: tuple[Any, TestClient], path: str, body: dict[str, Any]
+    node_app: Contract, path: str, body: dict[str, Any]
 ) -> None:
     """Schemathesis found it on PostgreSQL: the purchase (or reward) reference was looked
     up before it was checked, and PostgreSQL refuses a NUL in text, so the earn was a 500.
     The reference and the event are checked first (SQLite and PostgreSQL alike)."""
-    _, client = node_app
+    _, client, _ = node_app
     balance = client.get(f"/v1/members/{MEMBER}/balance", headers=_headers("operator")).json()
     answer = client.post(
         f"/v1/members/{MEMBER}/{path}",
