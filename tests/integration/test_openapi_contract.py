@@ -364,3 +364,25 @@ def test_a_nul_byte_in_an_earn_reference_is_a_400_before_any_lookup(
     assert answer.json()["error"] == "invalid_argument"
     after = client.get(f"/v1/members/{MEMBER}/balance", headers=_headers("operator")).json()
     assert after == balance
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"/v1/members/{MEMBER}/lots?after=a%00b",
+        "/v1/settlement/statements?after=a%00b",
+        f"/v1/settlement/statements?partner={B}%00",
+        "/v1/equivocations?program=a%00b",
+        "/v1/agreements?after=1:a%00b",
+        f"/v1/members/{MEMBER}/conversions/a%00b",
+        "/v1/ledger/entries/a%00b",
+        "/v1/partner-redemptions/a%00b",
+    ],
+)
+def test_a_nul_byte_in_a_cursor_or_id_is_a_refusal(node_app: Contract, url: str) -> None:
+    """PostgreSQL refuses a NUL in text: every id and cursor a read looks up is checked
+    first, so the answer is a documented refusal on both databases, never a 500."""
+    _, client, _ = node_app
+    answer = client.get(url, headers=_headers("operator"))
+    assert answer.status_code in (400, 404), answer.text
+    assert set(answer.json()) == {"error", "message"}

@@ -475,6 +475,8 @@ class PointsService:
         one after the lot ``after`` (an id; NotFound when the member has none so named):
         the order of ``lots``, at the cost of one page."""
         check_page_size(limit)
+        if after is not None:
+            validate_reference(after, "lot id")  # before it is looked up
         with self._sequencer.read() as conn:
             account_id_ = self.member_account(conn, member_id)
             found = members_store.lots_page(conn, account_id_, limit, after)

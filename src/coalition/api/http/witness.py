@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel
 
 from coalition.api.http.deps import guard, link_next
-from coalition.api.http.fields import HeightPath
+from coalition.api.http.fields import HeightPath, OptionalProgramQuery
 from coalition.api.http.responses import PAGED, READ
 from coalition.ledger.canonical import MAX_SAFE_INTEGER
 from coalition.node.auth import Action, Authenticator
@@ -98,7 +98,7 @@ def witness_router(witness: Witness, authenticator: Authenticator) -> APIRouter:
     def equivocations(
         request: Request,
         response: Response,
-        program: Annotated[str | None, Query(max_length=64)] = None,
+        program: OptionalProgramQuery = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = MAX_PAGE,
         after: Annotated[
             int | None, Query(ge=0, le=MAX_SAFE_INTEGER, description="An evidence id.")
