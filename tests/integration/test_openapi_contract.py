@@ -50,7 +50,7 @@ from support.databases import node_urls, postgres_schema
 
 A, B = "skyair", "staybright"
 MEMBER = "alice"
-"""The member the member key belongs to (tests/conftest.py)."""
+"""The member the member key (``KEYS["member"]``) belongs to."""
 EXAMPLES = 6
 """Examples per operation and role: enough to reach each operation's refusals and, with
 the member's own id and a valid key, its success; small enough for CI."""
@@ -121,7 +121,8 @@ def _headers(role: str) -> dict[str, str]:
 def _run_operation(
     operation: Any, role: str, client: TestClient, mode: GenerationMode = GenerationMode.POSITIVE
 ) -> list[str]:
-    """``EXAMPLES`` requests to one operation as ``role``; the failed checks, described."""
+    """Requests to one operation as ``role`` (``EXAMPLES`` of them, or
+    ``NEGATIVE_EXAMPLES`` in the negative mode); the failure, described, or nothing."""
     member_paths = "member_id" in (operation.path or "")
     writes = any(p.name == "Idempotency-Key" for p in operation.headers)
 
