@@ -1,8 +1,8 @@
 """The refusals every HTTP route documents in OpenAPI, from one table.
 
 A route group passes one of the presets below as its router's ``responses`` (``READ`` for
-an authenticated GET, ``WRITE`` for an authenticated route with a body, ``PUBLIC`` for a
-route without a key), so the document says each status the code can answer, and the
+an authenticated GET, ``WRITE`` for an authenticated POST, PUT, PATCH or DELETE, which
+``body.BodyGate`` reads first, ``PUBLIC`` for a route without a key), so the document says each status the code can answer, and the
 schemathesis test (tests/integration/test_openapi_contract.py) fails on any status,
 content type or body the document does not name. Every refusal has the ``ErrorOut`` body
 (``deps.error_response``, the 422/404/405 handlers of ``app``); the statuses themselves
@@ -113,4 +113,5 @@ READ = refusals(400, 401, 403, 404, 409, 422, 429, 503)
 """An authenticated route without a body (409: a read the state refuses, e.g. a quote with
 no agreement in force)."""
 WRITE = refusals(400, 401, 403, 404, 409, 413, 422, 429, 503)
-"""An authenticated route with a body (``body.BodyGate``: 401 before the body, 413, 400)."""
+"""An authenticated POST, PUT, PATCH or DELETE, with a body or not (``body.BodyGate``: 401
+before the body, 413, 400 for a body that is not strict JSON)."""
