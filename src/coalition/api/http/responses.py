@@ -2,9 +2,10 @@
 
 A route group passes one of the presets below as its router's ``responses`` (``READ`` for
 an authenticated GET, ``WRITE`` for an authenticated POST, PUT, PATCH or DELETE, which
-``body.BodyGate`` reads first, ``PUBLIC`` for a route without a key), so the document says each status the code can answer, and the
-schemathesis test (tests/integration/test_openapi_contract.py) fails on any status,
-content type or body the document does not name. Every refusal has the ``ErrorOut`` body
+``body.BodyGate`` reads first, ``PUBLIC`` for a route without a key), so the document
+says each status the code can answer, and the schemathesis test
+(tests/integration/test_openapi_contract.py) fails on any status, content type or body
+the document does not name. Every refusal has the ``ErrorOut`` body
 (``deps.error_response``, the 422/404/405 handlers of ``app``); the statuses themselves
 come from ``coalition.api.errors`` (one table, core error -> status).
 
