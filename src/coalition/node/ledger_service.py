@@ -71,6 +71,10 @@ costs no Ed25519 verification (a header row never changes, so a changed row is a
 key and is verified afresh)."""
 
 
+MAX_HEADERS = 10_000
+"""Most signed headers one ``headers`` call returns."""
+
+
 class LedgerService:
     """Reads of one program's log: what partners, auditors and the explorer fetch."""
 
@@ -142,8 +146,8 @@ class LedgerService:
     def headers(self, start: int, limit: int = 1000) -> list[SignedHeader]:
         if not isinstance(start, int) or start < 0:
             raise InvalidArgument(f"start must be a height >= 0, got {start!r}")
-        if not isinstance(limit, int) or not 1 <= limit <= 10_000:
-            raise InvalidArgument(f"limit must be 1..10000, got {limit!r}")
+        if not isinstance(limit, int) or not 1 <= limit <= MAX_HEADERS:
+            raise InvalidArgument(f"limit must be 1..{MAX_HEADERS}, got {limit!r}")
         with self._sequencer.read() as conn:
             rows = ledger_store.block_rows(conn, start, limit)
         return self._served_page([signed_header_from_row(header, sig) for _, header, sig in rows])

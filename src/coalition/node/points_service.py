@@ -164,6 +164,7 @@ class PointsService:
         idempotency_key: str,
         scope: KeyScope = OPERATOR,
     ) -> WriteResult:
+        validate_reference(reference, "purchase reference")  # before it is looked up
         request: JsonObject = {
             "op": "earn",
             "member_id": member_id,
@@ -205,6 +206,8 @@ class PointsService:
         idempotency_key: str,
         scope: KeyScope = OPERATOR,
     ) -> WriteResult:
+        validate_reference(reference, "event reference")  # before it is looked up
+        self.rules.reward_points(event)  # a known event, before its name is looked up
         request: JsonObject = {
             "op": "reward",
             "member_id": member_id,
@@ -570,6 +573,8 @@ class PointsService:
         one after the lot ``after`` (an id; NotFound when the member has none so named):
         the order of ``lots``, at the cost of one page."""
         check_page_size(limit)
+        if after is not None:
+            validate_reference(after, "lot id")  # before it is looked up
         with self._sequencer.read() as conn:
             account_id_ = self.member_account(conn, member_id)
             found = members_store.lots_page(conn, account_id_, limit, after)

@@ -144,12 +144,13 @@ def new_entry_ids(count: int) -> list[str]:
     return [prefix + noise[20 * n : 20 * n + 20] for n in range(count)]
 
 
-_ENTRY_ID = re.compile(r"[0-9a-f]{32}")
+ENTRY_ID = re.compile(r"[0-9a-f]{32}")
+"""An entry id (the whole string): 32 lowercase hex digits (``new_entry_ids``)."""
 
 
 def check_entry_id(entry_id: str) -> None:
     """Entry ids are 32 lowercase hex digits (``new_entry_ids``); InvalidArgument otherwise."""
-    if not isinstance(entry_id, str) or not _ENTRY_ID.fullmatch(entry_id):
+    if not isinstance(entry_id, str) or not ENTRY_ID.fullmatch(entry_id):
         raise InvalidArgument(f"malformed entry id {entry_id!r}: expected 32 hex digits")
 
 

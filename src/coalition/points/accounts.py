@@ -12,25 +12,33 @@ import re
 
 from coalition.errors import InvalidArgument, quoted
 
-_MEMBER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}")
-_REFERENCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/#-]{0,127}")
+MAX_MEMBER_ID = 64
+MEMBER_ID = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._:@-]{{0,{MAX_MEMBER_ID - 1}}}")
+"""A member id (the whole string): 1-64 of ``A-Z a-z 0-9 . _ : @ -``, alphanumeric first.
+The HTTP schema takes its pattern from here (``api.http.fields``)."""
+MAX_REFERENCE = 128
+REFERENCE = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._:/#-]{{0,{MAX_REFERENCE - 1}}}")
+"""A reference, idempotency key, operator or conversion id (the whole string): 1-128 of
+``A-Z a-z 0-9 . _ : / # -``, alphanumeric first."""
 _ACCOUNT = re.compile(r"[0-9a-f]{64}")
 
 
 def validate_member_id(member_id: str) -> str:
     """Return ``member_id`` if it is 1-64 characters of ``A-Z a-z 0-9 . _ : @ -``."""
-    if not isinstance(member_id, str) or not _MEMBER_ID.fullmatch(member_id):
+    if not isinstance(member_id, str) or not MEMBER_ID.fullmatch(member_id):
         raise InvalidArgument(
-            f"malformed member id {quoted(member_id)}: use 1-64 letters, digits or . _ : @ -"
+            f"malformed member id {quoted(member_id)}: use 1-{MAX_MEMBER_ID} letters, digits "
+            "or . _ : @ -"
         )
     return member_id
 
 
 def validate_reference(reference: str, what: str = "reference") -> str:
     """Return ``reference`` if it is 1-128 characters of ``A-Z a-z 0-9 . _ : / # -``."""
-    if not isinstance(reference, str) or not _REFERENCE.fullmatch(reference):
+    if not isinstance(reference, str) or not REFERENCE.fullmatch(reference):
         raise InvalidArgument(
-            f"malformed {what} {quoted(reference)}: use 1-128 letters, digits or . _ : / # -"
+            f"malformed {what} {quoted(reference)}: use 1-{MAX_REFERENCE} letters, digits "
+            "or . _ : / # -"
         )
     return reference
 

@@ -89,7 +89,7 @@ class LedgerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetHeaders(self, request, context):
-        """Signed headers from height `start`, at most `limit` of them (0 = server default).
+        """Signed headers from height `start`, at most `limit` of them (1..10000; 0: 1000).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -24,7 +24,7 @@ class LedgerStub:
     GetLatestHeader: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.GetLatestHeaderRequest, _ledger_pb2.LatestHeader]
     """The newest signed header; `header` is unset before the first block is sealed."""
     GetHeaders: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.GetHeadersRequest, _ledger_pb2.HeaderList]
-    """Signed headers from height `start`, at most `limit` of them (0 = server default)."""
+    """Signed headers from height `start`, at most `limit` of them (1..10000; 0: 1000)."""
     GetBlock: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.GetBlockRequest, _ledger_pb2.Block]
     """One block: its signed header and its entries in log order."""
     GetEntry: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.GetEntryRequest, _ledger_pb2.Entry]
@@ -55,7 +55,7 @@ class LedgerServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_pb2.GetHeadersRequest,
         context: _grpc.ServicerContext,
     ) -> _ledger_pb2.HeaderList:
-        """Signed headers from height `start`, at most `limit` of them (0 = server default)."""
+        """Signed headers from height `start`, at most `limit` of them (1..10000; 0: 1000)."""
 
     @_abc_1.abstractmethod
     def GetBlock(

@@ -9,6 +9,14 @@ the same key with the same request returns the first result with `replayed` set;
 same key with a different request fails with FAILED_PRECONDITION. Integers are
 signed on the wire so the node, not the encoder, refuses out-of-range values with a
 message. Entries travel as canonical JSON (RFC 8785) bytes, the bytes the ledger hashes.
+
+The limits are the REST API's (its OpenAPI document states the same ones, from the same
+constants): a member id is 1-64 characters of A-Z a-z 0-9 . _ : @ -; a reference or an
+operator id 1-128 characters like an idempotency key; an entry id 32 lowercase hex
+digits; a note 1-200 characters with no control characters; amounts to redeem or
+transfer are positive; a refusal's message is at most 1024 characters. A request message is at most
+gRPC's 4 MiB (REST's 8 MiB body limit is room for a bulk earn in one body; EarnBulk
+streams its rows instead).
 """
 
 from coalition.v1 import ledger_pb2 as _ledger_pb2

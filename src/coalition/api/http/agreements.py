@@ -10,7 +10,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Query, Request, Response
 from pydantic import BaseModel
 
-from coalition.api.http.deps import ERROR_RESPONSES, guard, link_next
+from coalition.api.http.deps import guard, link_next
+from coalition.api.http.responses import PAGED, READ, WRITE
 from coalition.node.auth import Action, Authenticator
 from coalition.node.features.agreements import Agreements, cursor_of, parse_cursor
 from coalition.node.paging import MAX_PAGE
@@ -32,19 +33,21 @@ def agreements_router(feature: Agreements, authenticator: Authenticator) -> APIR
     router = APIRouter(
         tags=["agreements"],
         dependencies=[guard(authenticator, Action.OPERATE)],
-        responses=ERROR_RESPONSES,
     )
 
     @router.post(
         "/v1/agreements",
         summary="Propose a rate agreement; the counterparty countersigns",
         status_code=201,
+        responses=WRITE,
     )
     def propose(document: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
         return dict(feature.propose(document))
 
     @router.get(
-        "/v1/agreements", summary="Recorded rate agreements by id then version, a page at a time"
+        "/v1/agreements",
+        summary="Recorded rate agreements by id then version, a page at a time",
+        responses=PAGED | READ,
     )
     def agreements(
         request: Request,

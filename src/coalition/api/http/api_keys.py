@@ -14,7 +14,8 @@ from typing import Annotated
 from fastapi import APIRouter, Path
 from pydantic import BaseModel, Field
 
-from coalition.api.http.deps import ERROR_RESPONSES, RequestBody, guard
+from coalition.api.http.deps import RequestBody, guard
+from coalition.api.http.responses import READ, WRITE
 from coalition.node.api_keys import KEY_NAME_PATTERN, ApiKeyStore, parse_expiry
 from coalition.node.auth import Action, ApiKey, Authenticator
 
@@ -83,10 +84,9 @@ def keys_router(
     router = APIRouter(
         tags=["operator"],
         dependencies=[guard(authenticator, Action.MANAGE_KEYS)],
-        responses=ERROR_RESPONSES,
     )
 
-    @router.post("/v1/operator/keys", summary="Issue an API key", status_code=201)
+    @router.post("/v1/operator/keys", summary="Issue an API key", status_code=201, responses=WRITE)
     def issue(body: KeyIn) -> IssuedOut:
         expires_at = None if body.expires_at is None else parse_expiry(body.expires_at)
         issued = keys.issue(
@@ -99,12 +99,14 @@ def keys_router(
         view = key_out(issued.key, now())
         return IssuedOut(**view.model_dump(), secret=issued.secret)
 
-    @router.get("/v1/operator/keys", summary="Every API key, without secrets")
+    @router.get("/v1/operator/keys", summary="Every API key, without secrets", responses=READ)
     def list_keys() -> list[KeyOut]:
         at = now()
         return [key_out(key, at) for key in [*authenticator.file_keys(), *keys.issued()]]
 
-    @router.post("/v1/operator/keys/{name}/revoke", summary="Revoke an issued API key")
+    @router.post(
+        "/v1/operator/keys/{name}/revoke", summary="Revoke an issued API key", responses=WRITE
+    )
     def revoke(name: KeyName) -> KeyOut:
         return key_out(keys.revoke(name, file_keys=authenticator.file_keys()), now())
 

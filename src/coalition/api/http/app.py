@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from http import HTTPStatus
+from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -77,6 +78,25 @@ def _http_error(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
+_BOUNDS = frozenset({"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"})
+
+
+def _integer_bounds(node: Any) -> Any:
+    """``node`` (the OpenAPI document, changed in place) with every integral bound an
+    integer: FastAPI's document model holds bounds as floats (``9007199254740991.0``), which
+    tells a generated client an integer field takes floats; the node refuses them."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in _BOUNDS and isinstance(value, float) and value.is_integer():
+                node[key] = int(value)
+            else:
+                _integer_bounds(value)
+    elif isinstance(node, list):
+        for item in node:
+            _integer_bounds(item)
+    return node
+
+
 def create_app(
     service: NodeService,
     authenticator: Authenticator,
@@ -101,6 +121,8 @@ def create_app(
         docs_url=None,
         redoc_url=None,
     )
+    generate = app.openapi
+    app.openapi = lambda: _integer_bounds(generate())  # type: ignore[method-assign]
     app.exception_handler(CoalitionError)(_coalition_error)
     app.exception_handler(RequestValidationError)(_schema_error)
     app.exception_handler(HTTPException)(_http_error)

@@ -12,6 +12,7 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
 from coalition.api.http.deps import guard
+from coalition.api.http.responses import READ
 from coalition.node.auth import Action, Authenticator
 from coalition.node.service import NodeService
 
@@ -20,7 +21,9 @@ MEDIA_TYPE = "application/x-ndjson"
 
 def bundle_router(service: NodeService, authenticator: Authenticator) -> APIRouter:
     """The bundle route: a key that may read the ledger."""
-    router = APIRouter(tags=["ledger"], dependencies=[guard(authenticator, Action.LEDGER_READ)])
+    router = APIRouter(
+        tags=["ledger"], dependencies=[guard(authenticator, Action.LEDGER_READ)], responses=READ
+    )
 
     @router.get(
         "/v1/ledger/bundle",

@@ -10,30 +10,35 @@ conversion as it stands now, as the points writes do.
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 
 from coalition.api.http.deps import (
-    ERROR_RESPONSES,
     CallerScope,
-    IdempotencyHeader,
-    MemberId,
-    Points,
-    QueryInt,
     WriteBody,
     guard,
     idempotency_key,
 )
+from coalition.api.http.fields import (
+    ConversionId,
+    IdempotencyHeader,
+    MemberId,
+    MemberIdField,
+    PositivePoints,
+    PositiveQuery,
+    ProgramField,
+    ProgramQuery,
+)
+from coalition.api.http.responses import READ, WRITE, replayed
 from coalition.node.auth import Action, Authenticator
 from coalition.node.features.conversions import Conversions, ConversionView
 
 
 class ConversionIn(WriteBody):
-    to_program: str
-    to_member_id: str = Field(description="The member's id in the target program.")
-    amount: Points
+    to_program: ProgramField
+    to_member_id: MemberIdField = Field(description="The member's id in the target program.")
+    amount: PositivePoints
 
 
 class ConversionOut(BaseModel):
@@ -80,7 +85,7 @@ def _conversion_out(view: ConversionView) -> ConversionOut:
 
 def conversions_router(conversions: Conversions, authenticator: Authenticator) -> APIRouter:
     """``/v1/members/{member_id}/conversions``: convert, quote, status."""
-    router = APIRouter(tags=["conversions"], responses=ERROR_RESPONSES)
+    router = APIRouter(tags=["conversions"])
     spend = [guard(authenticator, Action.MEMBER_SPEND)]
     read = [guard(authenticator, Action.MEMBER_READ)]
 
@@ -89,7 +94,7 @@ def conversions_router(conversions: Conversions, authenticator: Authenticator) -
         summary="Convert points into a partner program's points",
         dependencies=spend,
         status_code=201,
-        responses={200: {"description": "Replay of an earlier request", "model": ConversionOut}},
+        responses=replayed(ConversionOut) | WRITE,
     )
     def convert(
         member_id: MemberId,
@@ -113,18 +118,18 @@ def conversions_router(conversions: Conversions, authenticator: Authenticator) -
         "/v1/members/{member_id}/conversions/quote",
         summary="What a conversion would give now (nothing is written)",
         dependencies=read,
+        responses=READ,
     )
-    def quote(
-        member_id: MemberId, to_program: Annotated[str, Query()], amount: QueryInt
-    ) -> QuoteOut:
+    def quote(member_id: MemberId, to_program: ProgramQuery, amount: PositiveQuery) -> QuoteOut:
         return QuoteOut(**asdict(conversions.quote(member_id, to_program, amount)))
 
     @router.get(
         "/v1/members/{member_id}/conversions/{conversion_id}",
         summary="One conversion: pending, completed or refunded",
         dependencies=read,
+        responses=READ,
     )
-    def status(member_id: MemberId, conversion_id: Annotated[str, Path()]) -> ConversionOut:
+    def status(member_id: MemberId, conversion_id: ConversionId) -> ConversionOut:
         return _conversion_out(conversions.status(member_id, conversion_id))
 
     return router

@@ -12,12 +12,13 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from fastapi import Depends, Header, Path, Query, Request, Response, Security
+from fastapi import Depends, Query, Request, Response, Security
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from coalition.api.errors import http_headers, http_status, refusal_message
+from coalition.api.http.fields import IdempotencyKeyField
 from coalition.errors import CoalitionError, InvalidArgument
 from coalition.ledger.canonical import MAX_SAFE_INTEGER
 from coalition.node.auth import Action, Authenticator, Principal
@@ -26,20 +27,8 @@ from coalition.node.idempotency import KeyScope
 Points = Annotated[StrictInt, Field(ge=-MAX_SAFE_INTEGER, le=MAX_SAFE_INTEGER)]
 Signed = dict[str, Any]
 """A signed JSON object (entry, header, proof document), passed through untouched."""
-IDEMPOTENCY_KEY_RULE = (
-    "Required on every write: in this header or in the body's `idempotency_key` (the same "
-    "value if both), 1-128 of A-Za-z0-9._:/#-. A request repeated with its key answers "
-    "200 with `replayed: true` and the first answer; the key with another body is 409. "
-    "Keys are the caller's own: a member key's are its member's, every operator key of "
-    "the program shares one scope; another caller's key of the same text is another key."
-)
-IdempotencyHeader = Annotated[
-    str | None, Header(alias="Idempotency-Key", description=IDEMPOTENCY_KEY_RULE)
-]
 QueryInt = Annotated[int, Query(ge=-MAX_SAFE_INTEGER, le=MAX_SAFE_INTEGER)]
 """A query integer within the I-JSON range; the service checks its real range."""
-PathInt = Annotated[int, Path(ge=-MAX_SAFE_INTEGER, le=MAX_SAFE_INTEGER)]
-MemberId = Annotated[str, Path(description="The member's id in this program.")]
 
 
 class RequestBody(BaseModel):
@@ -51,25 +40,11 @@ class RequestBody(BaseModel):
 class WriteBody(RequestBody):
     """Base of a request that writes: it carries an idempotency key (or its header does)."""
 
-    idempotency_key: str | None = Field(None, description=IDEMPOTENCY_KEY_RULE)
-
-
-class ErrorOut(BaseModel):
-    error: str
-    message: str
-
-
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorOut} for status in (400, 401, 403, 404, 409, 413, 422, 429, 503)
-}
-"""The refusals a route documents in OpenAPI; every one has the ``ErrorOut`` body (422:
-the JSON is well formed but does not fit the operation's schema; 413: the body is over
-``body.MAX_BODY_BYTES``; 429: the key is over its rate limit, with ``Retry-After``; 503:
-the node's storage failed, ``store.failures``, with ``Retry-After`` when transient)."""
+    idempotency_key: IdempotencyKeyField = None
 
 
 def error_body(error: CoalitionError) -> dict[str, str]:
-    """The JSON body of a refusal: ``InsufficientPoints("...")`` ->
+    """The JSON body of a refusal (``responses.ErrorOut``): ``InsufficientPoints("...")`` ->
     ``{"error": "insufficient_points", "message": "..."}``, the message cut to
     ``api.errors.MAX_MESSAGE_CHARS``."""
     kind = re.sub(r"(?<!^)(?=[A-Z])", "_", type(error).__name__).lower()

@@ -21,6 +21,8 @@ from fastapi.responses import RedirectResponse, Response
 from pydantic import BaseModel, Field
 
 from coalition.api.http.deps import guard
+from coalition.api.http.fields import OptionalTimeQuery
+from coalition.api.http.responses import READ
 from coalition.errors import NotFound
 from coalition.explorer.flows import MAX_BUCKET_S, MIN_BUCKET_S, flows_of
 from coalition.ledger.entries import check_time, format_time
@@ -116,7 +118,7 @@ def explorer_router(
     """``/explorer/`` (the page, no key) and ``/v1/explorer/about`` and
     ``/v1/explorer/flows`` (ledger-read keys). ``coalition`` adds the manifest's partners
     to ``about``; without it the page shows this node alone."""
-    router = APIRouter(tags=["explorer"])
+    router = APIRouter(tags=["explorer"], responses=READ)
     router.include_router(_page_router())
     read = [guard(authenticator, Action.LEDGER_READ)]
 
@@ -150,9 +152,7 @@ def explorer_router(
     def flows(
         bucket_s: Annotated[int, Query(ge=MIN_BUCKET_S, le=MAX_BUCKET_S, multiple_of=60)] = 3600,
         limit: Annotated[int, Query(ge=1, le=1000, description="Most buckets.")] = 200,
-        before: Annotated[
-            str | None, Query(description="Only buckets starting before this time (RFC 3339).")
-        ] = None,
+        before: OptionalTimeQuery = None,
     ) -> FlowsOut:
         until = None if before is None else check_time(before, "before")
         totals, older = service.ledger.flow_page(bucket_s, limit, until)

@@ -26,6 +26,7 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel
 
+from coalition.api.http.responses import PUBLIC
 from coalition.errors import CorruptDatabase, StorageUnavailable
 from coalition.node.service import NodeService
 
@@ -53,7 +54,7 @@ def _utc(timestamp: float) -> str:
 
 
 def health_router(service: NodeService) -> APIRouter:
-    router = APIRouter(tags=["health"])
+    router = APIRouter(tags=["health"], responses=PUBLIC)
 
     @router.get("/healthz", summary="Liveness and log size")
     def healthz() -> HealthOut:

@@ -7,11 +7,13 @@ Headers are served as their signed JSON documents (``{"header": {...}, "signatur
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
-from coalition.api.http.deps import ERROR_RESPONSES, PathInt, QueryInt, Signed, guard
+from coalition.api.http.deps import QueryInt, Signed, guard
+from coalition.api.http.fields import EntryId, HeadersLimit, HeightPath, HeightQuery
+from coalition.api.http.responses import READ
 from coalition.errors import NotFound
 from coalition.ledger.blocks import SignedHeader
 from coalition.node.auth import Action, Authenticator
@@ -42,16 +44,17 @@ def ledger_router(ledger: LedgerService, authenticator: Authenticator) -> APIRou
     router = APIRouter(
         tags=["ledger"],
         dependencies=[guard(authenticator, Action.LEDGER_READ)],
-        responses=ERROR_RESPONSES,
+        responses=READ,
     )
 
     @router.get(
         "/v1/ledger/public-key",
         summary="The program's Ed25519 public key (PEM)",
-        response_class=PlainTextResponse,
+        response_class=Response,  # no media type of its own: refusals stay JSON (ErrorOut)
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
     )
-    def public_key() -> str:
-        return ledger.public_key.to_pem().decode("ascii")
+    def public_key() -> PlainTextResponse:
+        return PlainTextResponse(ledger.public_key.to_pem().decode("ascii"))
 
     @router.get("/v1/ledger/headers/latest", summary="The latest signed block header")
     def latest_header() -> Signed:
@@ -61,31 +64,31 @@ def ledger_router(ledger: LedgerService, authenticator: Authenticator) -> APIRou
         return _header_doc(header)
 
     @router.get("/v1/ledger/headers", summary="Signed block headers from a height")
-    def headers(start: QueryInt = 0, limit: QueryInt = 1000) -> list[Signed]:
+    def headers(start: HeightQuery = 0, limit: HeadersLimit = 1000) -> list[Signed]:
         return [_header_doc(h) for h in ledger.headers(start, limit)]
 
     @router.get(
         "/v1/ledger/blocks/{height}", summary="One block: its signed header and its entries"
     )
-    def block(height: PathInt) -> BlockOut:
+    def block(height: HeightPath) -> BlockOut:
         header, entries = ledger.block(height)
         return BlockOut(header=_header_doc(header), entries=entries)
 
     @router.get("/v1/ledger/entries/{entry_id}", summary="One entry and its log index")
-    def entry(entry_id: str) -> EntryOut:
+    def entry(entry_id: EntryId) -> EntryOut:
         return entry_out(ledger.entry(entry_id))
 
     @router.get(
         "/v1/ledger/entries/{entry_id}/proof", summary="Inclusion proof document of one entry"
     )
-    def inclusion_proof(entry_id: str, tree_size: QueryInt | None = None) -> Signed:
+    def inclusion_proof(entry_id: EntryId, tree_size: QueryInt | None = None) -> Signed:
         return ledger.inclusion_proof(entry_id, tree_size)
 
     @router.get(
         "/v1/ledger/consistency",
         summary="Consistency proof document between two block heights",
     )
-    def consistency(first: QueryInt, second: QueryInt) -> Signed:
+    def consistency(first: HeightQuery, second: HeightQuery) -> Signed:
         return ledger.consistency_proof(first, second)
 
     return router

@@ -18,12 +18,8 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from coalition.api.http.deps import (
-    ERROR_RESPONSES,
     CallerScope,
-    IdempotencyHeader,
-    MemberId,
     Points,
-    QueryInt,
     RequestBody,
     Signed,
     WriteBody,
@@ -31,7 +27,19 @@ from coalition.api.http.deps import (
     idempotency_key,
     link_next,
 )
+from coalition.api.http.fields import (
+    EntryIdField,
+    IdempotencyHeader,
+    LogIndexQuery,
+    MemberId,
+    MemberIdField,
+    NoteField,
+    PageLimit,
+    PositivePoints,
+    ReferenceField,
+)
 from coalition.api.http.ledger import EntryOut, entry_out
+from coalition.api.http.responses import PAGED, READ, WRITE, replayed
 from coalition.node.auth import Action, Authenticator
 from coalition.node.points_service import PointsService
 from coalition.node.views import BulkResult, PurchaseRow, WriteResult
@@ -43,53 +51,53 @@ MAX_BULK_ROWS = 10_000
 
 
 class EnrollIn(WriteBody):
-    member_id: str
+    member_id: MemberIdField
 
 
 class PurchaseIn(WriteBody):
-    reference: str
+    reference: ReferenceField
     spend_minor: Points = Field(description="Amount spent, in minor units of the currency.")
     category: str = ""
 
 
 class RewardIn(WriteBody):
     event: str
-    reference: str
+    reference: ReferenceField
 
 
 class ReversalIn(WriteBody):
-    reference: str = Field(description="Reference of the purchase being refunded.")
+    reference: ReferenceField = Field(description="Reference of the purchase being refunded.")
 
 
 class RedemptionIn(WriteBody):
-    amount: Points
-    reference: str
+    amount: PositivePoints
+    reference: ReferenceField
 
 
 class TransferIn(WriteBody):
-    to_member_id: str
-    amount: Points
-    note: str
+    to_member_id: MemberIdField
+    amount: PositivePoints
+    note: NoteField
 
 
 class AdjustmentIn(WriteBody):
     amount: Points = Field(description="Positive credits, negative debits.")
-    operator: str
-    note: str
+    operator: ReferenceField
+    note: NoteField
 
 
 class RevocationIn(WriteBody):
-    earn_entry_id: str
-    operator: str
-    note: str
+    earn_entry_id: EntryIdField
+    operator: ReferenceField
+    note: NoteField
 
 
 class BulkRowIn(RequestBody):
-    member_id: str
-    reference: str
+    member_id: MemberIdField
+    reference: ReferenceField
     spend_minor: Points
     category: str = ""
-    idempotency_key: str
+    idempotency_key: ReferenceField
 
 
 BulkIn = Annotated[list[BulkRowIn], Field(max_length=MAX_BULK_ROWS)]
@@ -144,8 +152,7 @@ class LotOut(BaseModel):
 _WRITE: dict[str, Any] = {
     "status_code": 201,
     "response_model": WriteOut,
-    "responses": {200: {"description": "Replay of an earlier request", "model": WriteOut}}
-    | ERROR_RESPONSES,
+    "responses": replayed(WriteOut) | WRITE,
 }
 
 
@@ -347,7 +354,7 @@ def _batch_jobs(points: PointsService, authenticator: Authenticator) -> APIRoute
     router = APIRouter(
         tags=["operations"],
         dependencies=[guard(authenticator, Action.OPERATE)],
-        responses=ERROR_RESPONSES,
+        responses=WRITE,
     )
 
     @router.post("/v1/earn/bulk", summary=f"Earn points for up to {MAX_BULK_ROWS} purchases")
@@ -374,7 +381,7 @@ def _member_reads(points: PointsService, authenticator: Authenticator) -> APIRou
     router = APIRouter(
         tags=["members"],
         dependencies=[guard(authenticator, Action.MEMBER_READ)],
-        responses=ERROR_RESPONSES,
+        responses=READ,
     )
 
     @router.get("/v1/members/{member_id}/balance", summary="A member's balance and tier")
@@ -384,12 +391,13 @@ def _member_reads(points: PointsService, authenticator: Authenticator) -> APIRou
     @router.get(
         "/v1/members/{member_id}/lots",
         summary="A member's lots of points, oldest first, a page at a time",
+        responses=PAGED,
     )
     def lots(
         member_id: MemberId,
         request: Request,
         response: Response,
-        limit: QueryInt = 1000,
+        limit: PageLimit = 1000,
         after: Annotated[str | None, Query(max_length=48, description="A lot id.")] = None,
     ) -> list[LotOut]:
         found = points.lots_page(member_id, limit, after)
@@ -399,13 +407,14 @@ def _member_reads(points: PointsService, authenticator: Authenticator) -> APIRou
     @router.get(
         "/v1/members/{member_id}/history",
         summary="A member's entries, newest first, a page at a time",
+        responses=PAGED,
     )
     def history(
         member_id: MemberId,
         request: Request,
         response: Response,
-        limit: QueryInt = 100,
-        before: Annotated[QueryInt | None, Query(description="A log index.")] = None,
+        limit: PageLimit = 100,
+        before: LogIndexQuery | None = None,
     ) -> list[EntryOut]:
         views, older = points.history_page(member_id, limit, before)
         link_next(request, response, before=older)

@@ -7,33 +7,42 @@ true`` when its idempotency key was used before, as the points writes do."""
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Annotated
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 
 from coalition.api.http.deps import (
-    ERROR_RESPONSES,
     CallerScope,
-    IdempotencyHeader,
     Points,
     Signed,
     WriteBody,
     guard,
     idempotency_key,
 )
+from coalition.api.http.fields import (
+    HoldId,
+    IdempotencyHeader,
+    MemberIdField,
+    PositivePoints,
+    ProgramField,
+    ReferenceField,
+    documented_range,
+)
+from coalition.api.http.responses import READ, WRITE, replayed
 from coalition.node.auth import Action, Authenticator
-from coalition.node.features.redemptions import Redemptions, RedemptionView
-
-HoldId = Annotated[str, Path(description="The hold id (32 hex digits) of the redemption.")]
+from coalition.node.features.redemptions import MAX_HOLD_S, Redemptions, RedemptionView
 
 
 class PartnerRedemptionIn(WriteBody):
-    program: str = Field(description="The partner whose points the member spends.")
-    member_id: str = Field(description="The member's id at that partner.")
-    amount: Points
-    reference: str
-    expires_in_s: Points = Field(3600, description="How long the hold lasts (1 s - 30 days).")
+    program: ProgramField = Field(description="The partner whose points the member spends.")
+    member_id: MemberIdField = Field(description="The member's id at that partner.")
+    amount: PositivePoints
+    reference: ReferenceField
+    expires_in_s: Points = Field(
+        3600,
+        description="How long the hold lasts, in seconds (at most MAX_HOLD_S, 30 days).",
+        json_schema_extra=documented_range(1, MAX_HOLD_S),
+    )
 
 
 class PartnerRedemptionOut(BaseModel):
@@ -73,16 +82,14 @@ def redemptions_router(redemptions: Redemptions, authenticator: Authenticator) -
     router = APIRouter(
         tags=["partner redemptions"],
         dependencies=[guard(authenticator, Action.OPERATE)],
-        responses=ERROR_RESPONSES,
+        responses=WRITE,
     )
 
     @router.post(
         "/v1/partner-redemptions",
         status_code=201,
         summary="Ask a partner to hold its member's points for a redemption here",
-        responses={
-            200: {"description": "Replay of an earlier request", "model": PartnerRedemptionOut}
-        },
+        responses=replayed(PartnerRedemptionOut),
     )
     def authorize(
         body: PartnerRedemptionIn,
@@ -116,7 +123,9 @@ def redemptions_router(redemptions: Redemptions, authenticator: Authenticator) -
     def void(hold_id: HoldId) -> PartnerRedemptionOut:
         return _redemption_out(redemptions.void(hold_id))
 
-    @router.get("/v1/partner-redemptions/{hold_id}", summary="One partner redemption")
+    @router.get(
+        "/v1/partner-redemptions/{hold_id}", summary="One partner redemption", responses=READ
+    )
     def get(hold_id: HoldId) -> PartnerRedemptionOut:
         return _redemption_out(redemptions.get(hold_id))
 

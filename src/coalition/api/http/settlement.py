@@ -5,25 +5,34 @@ netting over a period, as JSON or CSV. Signed statements pass through untouched.
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
-from coalition.api.http.deps import Signed, guard, link_next
+from coalition.api.http.deps import RequestBody, Signed, guard, link_next
+from coalition.api.http.fields import OptionalProgramQuery, ProgramField, TimeField, TimeQuery
+from coalition.api.http.responses import PAGED, READ, WRITE
 from coalition.ledger.entries import check_time
 from coalition.node.auth import Action, Authenticator
 from coalition.node.features.settlement import Settlement, StatementView
 
-Time = Annotated[str, Query(description="RFC 3339 UTC, e.g. 2026-11-01T00:00:00.000000Z")]
 Format = Annotated[Literal["json", "csv"], Query(alias="format", description="json or csv")]
 
 
-class StatementIn(BaseModel):
-    partner: str
-    start: str = Field(description="RFC 3339 UTC start of the period (included).")
-    end: str = Field(description="RFC 3339 UTC end of the period (excluded), in the past.")
+_NETTING: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The netting as JSON, or as CSV with `format=csv`",
+        "content": {"text/csv": {"schema": {"type": "string"}}},
+    }
+}
+
+
+class StatementIn(RequestBody):
+    partner: ProgramField
+    start: TimeField = Field(description="Start of the period (included), RFC 3339 UTC.")
+    end: TimeField = Field(description="End of the period (excluded), in the past.")
 
 
 class StatementOut(BaseModel):
@@ -53,11 +62,12 @@ def settlement_router(settlement: Settlement, authenticator: Authenticator) -> A
         "/v1/settlement/statements",
         summary="Statements recorded on this chain, oldest period first, a page at a time",
         dependencies=read,
+        responses=PAGED | READ,
     )
     def statements(
         request: Request,
         response: Response,
-        partner: Annotated[str | None, Query(max_length=64)] = None,
+        partner: OptionalProgramQuery = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
         after: Annotated[str | None, Query(max_length=128, description="A statement id.")] = None,
     ) -> list[StatementOut]:
@@ -70,6 +80,7 @@ def settlement_router(settlement: Settlement, authenticator: Authenticator) -> A
         status_code=201,
         summary="Agree a finished period's statement with a partner (recorded on both chains)",
         dependencies=operate,
+        responses=WRITE,
     )
     def propose(body: StatementIn) -> Signed:
         start, end = check_time(body.start, "start"), check_time(body.end, "end")
@@ -80,8 +91,11 @@ def settlement_router(settlement: Settlement, authenticator: Authenticator) -> A
         summary="Net positions and the fewest payments over the period's statements",
         dependencies=read,
         response_model=None,
+        responses=_NETTING | READ,
     )
-    def netting(start: Time, end: Time, fmt: Format = "json") -> Signed | PlainTextResponse:
+    def netting(
+        start: TimeQuery, end: TimeQuery, fmt: Format = "json"
+    ) -> Signed | PlainTextResponse:
         view = settlement.coalition_netting(check_time(start, "start"), check_time(end, "end"))
         if fmt == "csv":
             return PlainTextResponse(view.to_csv(), media_type="text/csv")

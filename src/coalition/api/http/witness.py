@@ -10,7 +10,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel
 
-from coalition.api.http.deps import PathInt, guard, link_next
+from coalition.api.http.deps import guard, link_next
+from coalition.api.http.fields import HeightPath, OptionalProgramQuery
+from coalition.api.http.responses import PAGED, READ
 from coalition.ledger.canonical import MAX_SAFE_INTEGER
 from coalition.node.auth import Action, Authenticator
 from coalition.node.features.witness import MAX_STATUSES, Witness, WitnessStatus
@@ -67,13 +69,15 @@ def witness_router(witness: Witness, authenticator: Authenticator) -> APIRouter:
     """``GET /v1/blocks/{height}/witnesses``, ``GET /v1/blocks/witnesses`` (a page of
     heights in one request, for the blocks view), ``GET /v1/equivocations`` and
     ``GET /v1/witness/followers``."""
-    router = APIRouter(tags=["witness"], dependencies=[guard(authenticator, Action.LEDGER_READ)])
+    router = APIRouter(
+        tags=["witness"], dependencies=[guard(authenticator, Action.LEDGER_READ)], responses=READ
+    )
 
     @router.get(
         "/v1/blocks/{height}/witnesses",
         summary="Who cosigned this node's header at a height; witnessed once a quorum did",
     )
-    def witnesses(height: PathInt) -> WitnessStatusOut:
+    def witnesses(height: HeightPath) -> WitnessStatusOut:
         return _status_out(witness.status(height))
 
     @router.get(
@@ -89,11 +93,12 @@ def witness_router(witness: Witness, authenticator: Authenticator) -> APIRouter:
     @router.get(
         "/v1/equivocations",
         summary="Evidence of partners' equivocations and forks (both headers), a page at a time",
+        responses=PAGED,
     )
     def equivocations(
         request: Request,
         response: Response,
-        program: Annotated[str | None, Query(max_length=64)] = None,
+        program: OptionalProgramQuery = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = MAX_PAGE,
         after: Annotated[
             int | None, Query(ge=0, le=MAX_SAFE_INTEGER, description="An evidence id.")

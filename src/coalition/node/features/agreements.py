@@ -39,6 +39,7 @@ from coalition.node.partners import PartnerClient, PartnerInbox
 from coalition.node.sequencer import Decision
 from coalition.node.service import NodeService
 from coalition.points import operations
+from coalition.points.accounts import validate_reference
 from coalition.points.operations import EntryContext
 from coalition.points.rates import (
     Agreement,
@@ -358,7 +359,7 @@ def parse_cursor(cursor: str | None) -> tuple[str, int] | None:
     version, _, agreement_id = cursor.partition(":")
     if not agreement_id or not version.isascii() or not version.isdigit() or len(version) > 18:
         raise InvalidArgument(f"{cursor[:40]!r} is not a cursor of the agreements list")
-    return agreement_id, int(version)
+    return validate_reference(agreement_id, "agreement id in the cursor"), int(version)
 
 
 def _overlapping(recorded: Iterable[Agreement], new: Agreement, now: datetime) -> list[Agreement]:

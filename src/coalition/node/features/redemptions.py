@@ -73,12 +73,13 @@ MAX_HOLD_S = 30 * 24 * 3600
 """Longest a hold may last: a redemption is captured or voided within 30 days."""
 CALL_TIMEOUT_S = 10.0
 SWEEP_BATCH = 500
-_HOLD_ID = re.compile(r"[0-9a-f]{32}")
+HOLD_ID = re.compile(r"[0-9a-f]{32}")
+"""A hold id (the whole string): 32 lowercase hex digits."""
 
 
 def check_hold_id(hold_id: object) -> str:
     """Hold ids are 32 lowercase hex digits, chosen at random by the asking partner."""
-    if not isinstance(hold_id, str) or not _HOLD_ID.fullmatch(hold_id):
+    if not isinstance(hold_id, str) or not HOLD_ID.fullmatch(hold_id):
         raise InvalidArgument(f"a hold id is 32 lowercase hex digits, not {quoted(hold_id)}")
     return hold_id
 

@@ -37,6 +37,7 @@ from coalition.node.partners import PartnerClient, PartnerInbox
 from coalition.node.sequencer import Decision
 from coalition.node.service import NodeService
 from coalition.points import model, operations
+from coalition.points.accounts import validate_reference
 from coalition.points.kinds import OBLIGATION_KINDS
 from coalition.points.operations import EntryContext
 from coalition.points.settlement import (
@@ -383,6 +384,8 @@ class Settlement:
         ``after``."""
         parties = None if partner is None else self._check_partner(partner)
         check_page_size(limit)
+        if after is not None:
+            validate_reference(after, "statement id")  # before it is looked up
         with self.service.sequencer.read() as conn:
             found = statements_store.statements_page(conn, parties, limit, after)
         if found is None:

@@ -52,7 +52,7 @@ from coalition.ledger.blocks import (
     link_problem,
 )
 from coalition.ledger.canonical import JsonObject, JsonValue
-from coalition.ledger.entries import format_time
+from coalition.ledger.entries import check_program_id, format_time
 from coalition.ledger.keys import SigningKey
 from coalition.ledger.note import checkpoint_of, cosign, sign_note, verify_cosignature, witness_name
 from coalition.ledger.proofs import verify_consistency_document
@@ -685,6 +685,8 @@ class Witness:
         """Stored evidence of equivocations and forks, oldest first, up to ``limit``
         (1..1000) of them with an id above ``after``: one page, however much is stored."""
         check_page_size(limit)
+        if program is not None:
+            check_program_id(program)  # before it is looked up
         if after is not None and (not isinstance(after, int) or after < 0):
             raise InvalidArgument(f"after must be an evidence id >= 0, got {after!r}")
         with self._sequencer.read() as conn:
