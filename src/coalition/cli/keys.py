@@ -1,5 +1,6 @@
-"""``coalition keygen`` and ``coalition tls-init``: a brand's (or every partner's) key
-material and the coalition's TLS certificates, written as files (see ``coalition.ops``)."""
+"""``coalition keygen``, ``coalition tls-init`` and ``coalition ledger rotate-key``: a
+brand's (or every partner's) key material and the coalition's TLS certificates, written
+as files (see ``coalition.ops``), and the rotation of a brand's ledger signing key."""
 
 from __future__ import annotations
 
@@ -51,8 +52,32 @@ def _cmd_tls_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_rotate_key(args: argparse.Namespace) -> int:
+    from coalition.node.config import load_config
+    from coalition.ops.keyfiles import new_rotated_key
+    from coalition.runtime.wiring import open_node
+
+    config = load_config(args.config)
+    service = open_node(config)
+    try:
+        key, path = new_rotated_key(config)
+        entry = service.rotate_ledger_key(key)
+        sealed = service.sealer.flush()
+    finally:
+        service.close()
+    rotation = entry["rotation"]
+    assert isinstance(rotation, dict)
+    print(f"new ledger key  {path} (key id {key.public_key.key_id})")
+    print(f"rotation entry  {entry['id']} (epoch {rotation['epoch']})")
+    if sealed is not None and sealed.header.log_size > 0:
+        print(f"sealed through  height {sealed.header.height} (log size {sealed.header.log_size})")
+    print("headers after the block holding the rotation are signed by the new key;")
+    print(f"copy {path.name} to keys/rotated/ of every host that runs this node")
+    return 0
+
+
 def add_commands(sub: Any) -> None:
-    """Add ``keygen`` and ``tls-init``."""
+    """Add ``keygen``, ``tls-init`` and ``ledger rotate-key``."""
     p = sub.add_parser("keygen", help="generate a brand's (or every partner's) keys")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--config", help="one brand's node.toml")
@@ -66,3 +91,13 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--manifest", required=True, help="the coalition manifest (coalition.toml)")
     p.add_argument("--force", action="store_true", help="replace existing TLS material")
     p.set_defaults(func=_cmd_tls_init)
+
+    p = sub.add_parser("ledger", help="the brand's ledger signing key")
+    ledger = p.add_subparsers(dest="ledger_command", required=True)
+    p = ledger.add_parser(
+        "rotate-key",
+        help="rotate the ledger signing key: a new key file and a rotation entry signed by "
+        "the key in force (PostgreSQL: while the node runs; SQLite: with the node stopped)",
+    )
+    p.add_argument("--config", required=True, help="the brand's node.toml")
+    p.set_defaults(func=_cmd_rotate_key)

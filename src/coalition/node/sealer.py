@@ -39,7 +39,8 @@ from sqlalchemy import Connection, Engine
 from coalition.ledger.blocks import SignedHeader, make_header, sign_header
 from coalition.ledger.canonical import canonical_json
 from coalition.ledger.entries import format_time
-from coalition.ledger.keys import SigningKey
+from coalition.errors import CoalitionError
+from coalition.node.ledger_keys import LedgerKeys
 from coalition.ledger.merkle import CompactRange, NodeCoord, root_coords, stored_coords
 from coalition.node.config import SealerConfig
 from coalition.node.leadership import Leadership
@@ -75,14 +76,14 @@ class Sealer:
         self,
         engine: Engine,
         program: str,
-        key: SigningKey,
+        keys: LedgerKeys,
         config: SealerConfig,
         clock: Callable[[], datetime],
         leadership: Leadership,
     ) -> None:
         self._engine = engine
         self._program = program
-        self._key = key
+        self.keys = keys
         self._config = config
         self._clock = clock
         self.leadership = leadership
@@ -194,6 +195,12 @@ class Sealer:
             with self._engine.connect() as conn:
                 self._follow(conn)
                 self._read_pending(conn)
+            try:
+                with self._engine.connect() as conn:
+                    self.keys.refresh(conn)
+            except CoalitionError as exc:
+                log.error("sealer: cannot read the ledger key schedule, nothing sealed: %s", exc)
+                return None
             for _attempt in range(2):
                 try:
                     return self._seal_fenced(blocks)
@@ -226,14 +233,22 @@ class Sealer:
         prev = None if self.last is None else self.last.header
         sealed_at = format_time(self._clock())
         made: list[tuple[SignedHeader, list[tuple[NodeCoord, bytes]]]] = []
+        schedule = self.keys.schedule
         for batch in cuts:
             first_index = tree.size
+            try:  # the key in force for this block (ledger.rotation's boundary)
+                key = self.keys.signing_key(schedule.key_at(first_index))
+            except CoalitionError as exc:
+                log.error("sealer: block at log index %d not sealed: %s", first_index, exc)
+                break
             nodes = tree.extend(batch)
             header = make_header(
                 self._program, prev, first_index, batch, tree.size, tree.root(), sealed_at
             )
-            made.append((sign_header(header, self._key), nodes))
+            made.append((sign_header(header, key), nodes))
             prev = header
+        if not made:
+            return None
         with self._engine.begin() as conn:
             if not self.leadership.fence(conn):
                 raise _Stale("this process does not hold the lease", lease_lost=True)
@@ -255,7 +270,7 @@ class Sealer:
             self.node_cache.put(nodes)
         signed = made[-1][0]
         with self._cond:
-            del self._pending[: sum(len(batch) for batch in cuts)]
+            del self._pending[: sum(h.header.entry_count for h, _ in made)]
             self._oldest = time.monotonic() if self._pending else None
             self._range = tree
             self.last = signed

@@ -107,6 +107,7 @@ from coalition.ledger.keys import SigningKey
 from coalition.ledger.merkle import leaf_hash
 from coalition.node.config import SealerConfig
 from coalition.node.leadership import Leadership
+from coalition.node.ledger_keys import LedgerKeys, RotatedKeyLoader
 from coalition.node.sealer import Sealer
 from coalition.node.views import WriteResult
 from coalition.points import model
@@ -351,7 +352,11 @@ class Sequencer:
         key: SigningKey,
         sealer: SealerConfig,
         clock: Callable[[], datetime] | None = None,
+        *,
+        rotated_keys: RotatedKeyLoader | None = None,
     ) -> None:
+        """``key`` is the program's first ledger key (the manifest's); ``rotated_keys``
+        loads the keys later rotations put in force (``node.ledger_keys``)."""
         self.program = program
         self._engine = engine
         self._clock = clock or (lambda: datetime.now(UTC))
@@ -361,7 +366,8 @@ class Sequencer:
         self._leading = False  # a caller leads: it, or its successor, takes the queue
         self._leader: int | None = None  # the leader's thread while it commits
         self.leadership = Leadership(engine)
-        self.sealer = Sealer(engine, program, key, sealer, self._clock, self.leadership)
+        self.keys = LedgerKeys(program, key, rotated_keys)
+        self.sealer = Sealer(engine, program, self.keys, sealer, self._clock, self.leadership)
 
     @property
     def engine(self) -> Engine:

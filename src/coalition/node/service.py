@@ -15,7 +15,9 @@ from datetime import datetime
 from sqlalchemy import Engine
 
 from coalition.ledger.keys import SigningKey, VerifyKey
+from coalition.ledger.canonical import JsonObject
 from coalition.node.config import SealerConfig
+from coalition.node.ledger_keys import RotatedKeyLoader
 from coalition.node.ledger_service import LedgerService
 from coalition.node.points_service import PointsService
 from coalition.node.read_only import ReadOnlySequencer
@@ -37,9 +39,12 @@ class NodeService:
         clock: Callable[[], datetime] | None = None,
         *,
         read_only_primary: str | None = None,
+        rotated_keys: RotatedKeyLoader | None = None,
     ) -> None:
         """``read_only_primary``: a read-only process (``node/read_only.py``) whose writes
-        are refused naming this primary; it never seals."""
+        are refused naming this primary; it never seals. ``key`` is the program's first
+        ledger key (the manifest's); ``rotated_keys`` loads the keys rotations put in
+        force after it (``node.ledger_keys``)."""
         self.program = program
         self.rules = rules
         self.public_key: VerifyKey = key.public_key
@@ -48,7 +53,7 @@ class NodeService:
         self.primary = read_only_primary
         """Where a read-only process sends writers (None for a writing process)."""
         self.sequencer = (
-            Sequencer(engine, program, key, sealer, clock)
+            Sequencer(engine, program, key, sealer, clock, rotated_keys=rotated_keys)
             if read_only_primary is None
             else ReadOnlySequencer(read_only_primary, engine, program, key, sealer, clock)
         )
@@ -60,8 +65,19 @@ class NodeService:
 
     @property
     def signing_key(self) -> SigningKey:
-        """The node's ledger key: coalition features sign agreements and receipts with it."""
+        """The node's coalition identity key, the manifest's (the ledger's first key):
+        coalition features sign agreements, receipts, partner messages and cosignatures
+        with it. Block headers are signed by the key in force (``rotate_ledger_key``)."""
         return self._key
+
+    def rotate_ledger_key(self, new: SigningKey) -> JsonObject:
+        """Append the rotation of the ledger key to ``new``, signed by the key in force:
+        headers of the blocks after the one that holds it are signed by ``new``
+        (``ledger.rotation``). Every process of the node MUST be able to load ``new``
+        by its key id (``keys/rotated/<key_id>.pem``) before it seals such a block."""
+        entry = self.sequencer.decide(self.sequencer.keys.rotation_decision(new))
+        assert entry is not None
+        return entry
 
     def now(self) -> datetime:
         """The node's clock (the time its entries carry)."""

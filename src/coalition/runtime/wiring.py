@@ -48,6 +48,7 @@ from coalition.api.http.witness import witness_router
 from coalition.errors import FailedPrecondition, InvalidArgument, NotFound
 from coalition.ledger.keys import SigningKey
 from coalition.node.auth import Authenticator
+from coalition.node.ledger_keys import RotatedKeyLoader
 from coalition.node.config import CoalitionConfig, NodeConfig, SealerConfig, split_address
 from coalition.node.features.agreements import Agreements
 from coalition.node.features.conversions import Conversions
@@ -57,7 +58,7 @@ from coalition.node.features.witness import BACKOFF_S, Witness
 from coalition.node.manifest import Manifest
 from coalition.node.partners import PartnerClient, PartnerInbox
 from coalition.node.service import NodeService
-from coalition.ops.keyfiles import read_account_secret, read_signing_key
+from coalition.ops.keyfiles import read_account_secret, read_signing_key, rotated_key_loader
 from coalition.ops.tls import TlsFiles
 from coalition.points.rules import ProgramRules
 from coalition.store.db import ensure_sqlite_folder, lock_sqlite_file, make_engine
@@ -75,6 +76,7 @@ def open_service(
     sqlite_synchronous: str = "FULL",
     clock: Callable[[], datetime] | None = None,
     read_only_primary: str | None = None,
+    rotated_keys: RotatedKeyLoader | None = None,
 ) -> NodeService:
     """The store (SQLite folder created if missing, schema upgraded to this code's
     revision under the schema lock) and the service on it, not yet sealing: call
@@ -105,6 +107,7 @@ def open_service(
                 sealer,
                 clock,
                 read_only_primary=read_only_primary,
+                rotated_keys=rotated_keys,
             )
         except BaseException:
             engine.dispose()
@@ -143,6 +146,7 @@ def open_node(config: NodeConfig, *, clock: Callable[[], datetime] | None = None
         sqlite_synchronous=config.sqlite_synchronous,
         clock=clock,
         read_only_primary=config.primary if config.read_only else None,
+        rotated_keys=rotated_key_loader(config),
     )
 
 

@@ -44,6 +44,7 @@ from coalition.ledger.entries import check_envelope, parse_time
 from coalition.ledger.keys import VerifyKey
 from coalition.ledger.merkle import CompactRange, leaf_hash, root
 from coalition.ledger.proofs import verify_consistency_document
+from coalition.ledger.rotation import KeySchedule, rotations_in
 from coalition.points import kinds
 from coalition.points.replay import Replay
 from coalition.points.replay_fast import Prepared, apply_run, prepare
@@ -314,7 +315,10 @@ class _Auditor:
         shard: bool = False,
     ) -> None:
         self.source = source
-        self.key = key
+        self.schedule = KeySchedule(program or "", key)
+        """The keys in force (``ledger.rotation``), from the first key on: each block's
+        authentic rotations apply from the next block (its program is set at the first
+        header when ``program`` is not given)."""
         self.trusted = trusted
         self.progress = progress
         self.workers = parallel.count if parallel is not None else workers
@@ -463,10 +467,6 @@ class _Auditor:
         """The report; None when the sharded replay met a doubt (``_Doubt``)."""
         began = time.perf_counter()
         if self.trusted is not None:
-            try:
-                self.trusted.verify(self.key)
-            except CoalitionError as exc:
-                self.fault("trusted-header", f"the trusted header is not signed by the key: {exc}")
             self.report.trusted_height = self.trusted.header.height
         collecting = gc.isenabled()
         gc.disable()
@@ -523,6 +523,8 @@ class _Auditor:
         if self.report.program is None:
             self.report.program = h.program
         program = self.report.program
+        if not self.schedule.program:
+            self.schedule.program = program
         raw_entries: Sequence[RawEntry] = got.entries
         if got.entries_error is not None:
             self.fault(
@@ -551,6 +553,8 @@ class _Auditor:
             authentic = self._roots(h, items, gaps)
         subtrees = scan.subtrees if authentic is leaves and not exact else None
         self._advance(signed, authentic, subtrees)
+        if authentic is not None and not self.prev_sig_bad:
+            self._rotations(h, raw_entries)
         self.clock["verify"] += time.perf_counter() - t
 
         t = time.perf_counter()
@@ -567,6 +571,22 @@ class _Auditor:
         self.report.entries += len(raw_entries)
         if self.progress is not None:
             self.progress(max(len(raw_entries), h.entry_count))
+
+    def _rotations(self, h: BlockHeader, raws: Sequence[RawEntry]) -> None:
+        """Put the block's key rotations in force (its entries are the ones its genuine
+        header commits to); one that does not follow the key in force is a fault, and
+        the headers its key signs then fail as signed by another key."""
+        bodies = raws.bodies if isinstance(raws, BlockLines) else [raw.body for raw in raws]
+        try:
+            found = rotations_in(bodies, h.first_index)
+        except CoalitionError as exc:
+            self.fault("key-rotation", str(exc), h.height)
+            return
+        for index, rotation in found:
+            try:
+                self.schedule.apply(rotation, index)
+            except CoalitionError as exc:
+                self.fault("key-rotation", str(exc), h.height, log_index=index)
 
     def _may_shard(self) -> bool:
         """Whether the replay may move to the shards now: it never came back from them,
@@ -729,11 +749,13 @@ class _Auditor:
         h = signed.header
         if h.program != program:
             self.fault("header-program", f"program {h.program!r} is not {program!r}", h.height)
+        key = self.schedule.key_for(h)
         try:
-            signed.verify(self.key)
+            signed.verify(key)
             sig_bad = False
         except CoalitionError as exc:
-            self.fault("header-signature", f"signature does not verify: {exc}", h.height)
+            epoch = "" if key == self.schedule.first else " (the key in force after rotation)"
+            self.fault("header-signature", f"signature does not verify{epoch}: {exc}", h.height)
             sig_bad = True
         if h.height != self.next_height:
             self.fault("header-height", f"expected height {self.next_height}", h.height)
@@ -831,6 +853,14 @@ class _Auditor:
         trusted = self.trusted
         if trusted is not None and h.height == trusted.header.height:
             self.hashes[h.height] = self.prev_hash
+            try:
+                trusted.verify(self.schedule.key_for(trusted.header))
+            except CoalitionError as exc:
+                self.fault(
+                    "trusted-header",
+                    f"the trusted header is not signed by the key in force: {exc}",
+                    h.height,
+                )
             if h != trusted.header:
                 self.fault(
                     "trusted-mismatch",
@@ -897,7 +927,7 @@ class _Auditor:
             doc = self.source.consistency_proof(first, last)
             if doc is None:
                 return
-            verify_consistency_document(doc, self.key)
+            verify_consistency_document(doc, self.schedule)
             if BlockHeader.from_json(doc["first"]).hash() != self.hashes[first]:
                 raise VerificationError("the proof's first header is not the audited one")
             if BlockHeader.from_json(doc["second"]).hash() != last_hash:
