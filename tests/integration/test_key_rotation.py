@@ -13,12 +13,12 @@ from sqlalchemy import Connection
 from coalition.audit import DatabaseSource, audit_chain
 from coalition.audit.bundle import BundleSource, export_bundle
 from coalition.errors import InvalidArgument, VerificationError
+from coalition.ledger.canonical import parse_json
 from coalition.ledger.keys import SigningKey
 from coalition.ledger.proofs import verify_consistency_document, verify_inclusion_document
 from coalition.ledger.rotation import rotation_of
 from coalition.node.config import SealerConfig
 from coalition.node.ledger_keys import stored_schedule
-from coalition.ledger.canonical import parse_json
 from coalition.node.service import NodeService
 from coalition.store import ledger as ledger_store
 
@@ -159,6 +159,6 @@ def test_rotating_to_a_key_already_used_is_refused_and_changes_nothing(
         with node.sequencer.read() as conn:
             schedule = stored_schedule(conn, PROGRAM, first.public_key)
         assert schedule.epoch == 1
-        for _, key in schedule.keys():
+        for _, key in schedule.epochs():
             assert key in (first.public_key, new.public_key)
     assert rotation_of({"kind": "earn"}) is None

@@ -9,8 +9,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 from coalition.ledger.keys import SigningKey
-from coalition.node.ledger_keys import RotatedKeyLoader
 from coalition.node.config import SealerConfig
+from coalition.node.ledger_keys import RotatedKeyLoader
 from coalition.node.service import NodeService
 from coalition.points.rules import ProgramRules
 from coalition.runtime.wiring import open_service

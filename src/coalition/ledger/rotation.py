@@ -192,7 +192,7 @@ class KeySchedule:
         """The log index of the last rotation applied (-1: none)."""
         return self._indexes[-1]
 
-    def keys(self) -> list[tuple[int, VerifyKey]]:
+    def epochs(self) -> list[tuple[int, VerifyKey]]:
         """Each epoch's key with the log index of the rotation that named it (-1: first)."""
         return list(zip(self._indexes, self._keys, strict=True))
 

@@ -36,14 +36,14 @@ from datetime import datetime
 
 from sqlalchemy import Connection, Engine
 
+from coalition.errors import CoalitionError
 from coalition.ledger.blocks import SignedHeader, make_header, sign_header
 from coalition.ledger.canonical import canonical_json
 from coalition.ledger.entries import format_time
-from coalition.errors import CoalitionError
-from coalition.node.ledger_keys import LedgerKeys
 from coalition.ledger.merkle import CompactRange, NodeCoord, root_coords, stored_coords
 from coalition.node.config import SealerConfig
 from coalition.node.leadership import Leadership
+from coalition.node.ledger_keys import LedgerKeys
 from coalition.store import ledger as ledger_store
 from coalition.store.ledger import TREE_STRIDE, signed_header_from_row
 

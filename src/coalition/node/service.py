@@ -14,8 +14,8 @@ from datetime import datetime
 
 from sqlalchemy import Engine
 
-from coalition.ledger.keys import SigningKey, VerifyKey
 from coalition.ledger.canonical import JsonObject
+from coalition.ledger.keys import SigningKey, VerifyKey
 from coalition.node.config import SealerConfig
 from coalition.node.ledger_keys import RotatedKeyLoader
 from coalition.node.ledger_service import LedgerService

@@ -48,13 +48,13 @@ from coalition.api.http.witness import witness_router
 from coalition.errors import FailedPrecondition, InvalidArgument, NotFound
 from coalition.ledger.keys import SigningKey
 from coalition.node.auth import Authenticator
-from coalition.node.ledger_keys import RotatedKeyLoader
 from coalition.node.config import CoalitionConfig, NodeConfig, SealerConfig, split_address
 from coalition.node.features.agreements import Agreements
 from coalition.node.features.conversions import Conversions
 from coalition.node.features.redemptions import Redemptions
 from coalition.node.features.settlement import Settlement
 from coalition.node.features.witness import BACKOFF_S, Witness
+from coalition.node.ledger_keys import RotatedKeyLoader
 from coalition.node.manifest import Manifest
 from coalition.node.partners import PartnerClient, PartnerInbox
 from coalition.node.service import NodeService
