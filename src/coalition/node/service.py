@@ -14,8 +14,10 @@ from datetime import datetime
 
 from sqlalchemy import Engine
 
+from coalition.ledger.blocks import BlockHeader
 from coalition.ledger.canonical import JsonObject
 from coalition.ledger.keys import SigningKey, VerifyKey
+from coalition.ledger.rotation import KeySchedule
 from coalition.node.config import SealerConfig
 from coalition.node.ledger_keys import RotatedKeyLoader
 from coalition.node.ledger_service import LedgerService
@@ -78,6 +80,16 @@ class NodeService:
         entry = self.sequencer.decide(self.sequencer.keys.rotation_decision(new))
         assert entry is not None
         return entry
+
+    def key_schedule(self) -> KeySchedule:
+        """The program's ledger keys as the stored chain rotated them (``ledger.rotation``)."""
+        with self.sequencer.read() as conn:
+            return self.sequencer.keys.refresh(conn)
+
+    def header_signing_key(self, header: BlockHeader) -> SigningKey:
+        """The private key in force for ``header`` (it signs the header's C2SP checkpoint
+        note too); FailedPrecondition when this process cannot load it."""
+        return self.sequencer.keys.signing_key(self.key_schedule().key_for(header))
 
     def now(self) -> datetime:
         """The node's clock (the time its entries carry)."""
