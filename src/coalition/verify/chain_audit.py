@@ -150,6 +150,9 @@ class AuditReport:
     timings_ms: dict[str, int] = field(default_factory=dict)
     last_header: SignedHeader | None = None
     """The newest header audited: pin it (``--trusted``) at the next audit."""
+    key_schedule: KeySchedule | None = None
+    """The program's keys as the audited chain rotated them (``ledger.rotation``): what
+    evidence against the program and its checkpoints are checked with."""
 
     @property
     def ok(self) -> bool:
@@ -484,6 +487,7 @@ class _Auditor:
                 self.pool.shutdown(wait=True, cancel_futures=True)
             if collecting:
                 gc.enable()
+        self.report.key_schedule = self.schedule
         self.report.timings_ms = {k: round(v * 1000) for k, v in self.clock.items()}
         self.report.timings_ms["total"] = round((time.perf_counter() - began) * 1000)
         return self.report
