@@ -54,25 +54,15 @@ def _cmd_tls_init(args: argparse.Namespace) -> int:
 
 def _cmd_rotate_key(args: argparse.Namespace) -> int:
     from coalition.node.config import load_config
-    from coalition.ops.keyfiles import new_rotated_key
-    from coalition.runtime.wiring import open_node
+    from coalition.runtime.key_rotation import rotate_ledger_key
 
-    config = load_config(args.config)
-    service = open_node(config)
-    try:
-        key, path = new_rotated_key(config)
-        entry = service.rotate_ledger_key(key)
-        sealed = service.sealer.flush()
-    finally:
-        service.close()
-    rotation = entry["rotation"]
-    assert isinstance(rotation, dict)
-    print(f"new ledger key  {path} (key id {key.public_key.key_id})")
-    print(f"rotation entry  {entry['id']} (epoch {rotation['epoch']})")
-    if sealed is not None and sealed.header.log_size > 0:
-        print(f"sealed through  height {sealed.header.height} (log size {sealed.header.log_size})")
-    print("headers after the block holding the rotation are signed by the new key;")
-    print(f"copy {path.name} to keys/rotated/ of every host that runs this node")
+    done = rotate_ledger_key(load_config(args.config))
+    print(f"new ledger key  {done.path} (key id {done.key_id})")
+    print(f"rotation entry  {done.entry_id} (epoch {done.epoch})")
+    if done.sealed_height is not None:
+        print(f"sealed through  height {done.sealed_height}, by the previous key")
+    print("headers of the blocks after the one holding the rotation are signed by the new key;")
+    print(f"copy {done.path.name} to keys/rotated/ on every host that runs this node")
     return 0
 
 
