@@ -8,8 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import Connection
 
+from coalition.api.http.app import create_app
 from coalition.audit import DatabaseSource, audit_chain
 from coalition.audit.bundle import BundleSource, export_bundle
 from coalition.errors import InvalidArgument, VerificationError
@@ -17,6 +19,7 @@ from coalition.ledger.canonical import parse_json
 from coalition.ledger.keys import SigningKey
 from coalition.ledger.proofs import verify_consistency_document, verify_inclusion_document
 from coalition.ledger.rotation import rotation_of
+from coalition.node.auth import ApiKey, Authenticator, Role, key_digest
 from coalition.node.config import SealerConfig
 from coalition.node.ledger_keys import stored_schedule
 from coalition.node.service import NodeService
@@ -162,3 +165,22 @@ def test_rotating_to_a_key_already_used_is_refused_and_changes_nothing(
         for _, key in schedule.epochs():
             assert key in (first.public_key, new.public_key)
     assert rotation_of({"kind": "earn"}) is None
+
+
+def test_the_rest_api_serves_the_rotations_the_explorer_follows(database_url: str) -> None:
+    first = SigningKey.generate()
+    with temporary_node(database_url, sealer=SEALER, key=first) as node:
+        write_some(node, "a", members=1)
+        index, new = rotated(node)
+        keys = Authenticator([ApiKey("audit", key_digest("k"), Role.AUDITOR)])
+        with TestClient(create_app(node, keys)) as client:
+            auth = {"Authorization": "Bearer k"}
+            response = client.get("/v1/ledger/key-rotations", headers=auth)
+            assert response.status_code == 200, response.text
+            (served,) = response.json()
+            assert served["log_index"] == index
+            rotation = rotation_of(served["entry"])
+            assert rotation is not None and rotation.key == new.public_key
+            assert client.get("/v1/ledger/key-rotations").status_code == 401
+            pem = client.get("/v1/ledger/public-key", headers=auth).text
+            assert pem == first.public_key.to_pem().decode()  # the first key, as the manifest's

@@ -58,8 +58,17 @@ class LedgerService:
 
     @property
     def public_key(self) -> VerifyKey:
-        """The key every signed header of this log verifies with."""
+        """The program's first ledger key (the manifest's, epoch 0): the headers verify
+        with it until the first rotation, then with the key in force
+        (``key_rotations``, ``ledger.rotation``)."""
         return self._public_key
+
+    def key_rotations(self) -> list[tuple[int, JsonObject]]:
+        """Every ``key-rotation`` entry of the log, with its log index, in log order:
+        with the first key, what a verifier needs to know the key of every header."""
+        with self._sequencer.read() as conn:
+            rows = ledger_store.key_rotations_after(conn, -1)
+        return [(index, columns_store.stored_object(body.decode())) for index, body in rows]
 
     def latest_header(self) -> SignedHeader | None:
         """The newest signed header in the database (whichever process sealed it)."""
