@@ -15,7 +15,7 @@ Contract (callers depend on it):
 - **A key this process cannot load is never guessed**: ``signing_key`` raises
   FailedPrecondition naming the key id and where the file must be, and the sealer then
   seals nothing (the entries stay pending, nothing is lost) until the file is there.
-- ``rotate`` appends the rotation as a serial decision, built from the schedule read in
+- ``rotation_decision`` is the rotation as a serial decision (``Sequencer.decide``), built from the schedule read in
   its own transaction, so two rotations at once give two consecutive epochs, each signed
   by the key the other put in force, or a refusal; never two rotations from one key.
 """
@@ -97,10 +97,6 @@ class LedgerKeys:
                     "(coalition ledger rotate-key writes it there)"
                 )
             return held
-
-    def current(self, conn: Connection) -> SigningKey:
-        """The private key in force for the next block (after ``refresh``)."""
-        return self.signing_key(self.refresh(conn).key)
 
     def rotation_decision(
         self, new: SigningKey

@@ -24,6 +24,10 @@ holding the node's lease (``node.leadership``) seals. Contract:
   ``wait_for_header`` are current in every process.
 - Entries are durable (committed) before they are pending; a block is durable before
   ``wait_for_header`` reports it.
+- **Each block is signed by the key in force** for its first index
+  (``ledger.rotation``), the schedule read from the stored rotations before each seal
+  (``node.ledger_keys``); a block whose key this process cannot load is not sealed (nor
+  anything after it), and sealing resumes once the key file is there.
 """
 
 from __future__ import annotations
@@ -98,6 +102,8 @@ class Sealer:
         self._range = CompactRange.from_nodes(0, {}, TREE_STRIDE)
         self._pending: list[bytes] = []
         self._oldest: float | None = None
+        self._key_trouble: str | None = None
+        """The last reason logged for sealing nothing for want of a key (``_key_problem``)."""
         self.sealed_at_stop = False
         """Whether ``stop`` saw every entry committed before it sealed (by this process
         or by the lease holder) within ``FOLLOW_TIMEOUT_S``."""
@@ -199,7 +205,7 @@ class Sealer:
                 with self._engine.connect() as conn:
                     self.keys.refresh(conn)
             except CoalitionError as exc:
-                log.error("sealer: cannot read the ledger key schedule, nothing sealed: %s", exc)
+                self._key_problem(f"cannot read the ledger key schedule, nothing sealed: {exc}")
                 return None
             for _attempt in range(2):
                 try:
@@ -239,7 +245,7 @@ class Sealer:
             try:  # the key in force for this block (ledger.rotation's boundary)
                 key = self.keys.signing_key(schedule.key_at(first_index))
             except CoalitionError as exc:
-                log.error("sealer: block at log index %d not sealed: %s", first_index, exc)
+                self._key_problem(f"block at log index {first_index} not sealed: {exc}")
                 break
             nodes = tree.extend(batch)
             header = make_header(
@@ -249,6 +255,7 @@ class Sealer:
             prev = header
         if not made:
             return None
+        self._key_trouble = None
         with self._engine.begin() as conn:
             if not self.leadership.fence(conn):
                 raise _Stale("this process does not hold the lease", lease_lost=True)
@@ -276,6 +283,13 @@ class Sealer:
             self.last = signed
             self._cond.notify_all()
         return signed
+
+    def _key_problem(self, message: str) -> None:
+        """Log why nothing is sealed: once per distinct reason (the loop retries every
+        poll), until a block is sealed again."""
+        if message != self._key_trouble:
+            self._key_trouble = message
+            log.error("sealer: %s", message)
 
     def flush(self) -> SignedHeader | None:
         """Seal everything committed so far; the newest header (see ``_seal_committed``)."""

@@ -57,7 +57,9 @@ class NodeService:
         self.sequencer = (
             Sequencer(engine, program, key, sealer, clock, rotated_keys=rotated_keys)
             if read_only_primary is None
-            else ReadOnlySequencer(read_only_primary, engine, program, key, sealer, clock)
+            else ReadOnlySequencer(
+                read_only_primary, engine, program, key, sealer, clock, rotated_keys=rotated_keys
+            )
         )
         self.sealer = self.sequencer.sealer
         self.leadership = self.sequencer.leadership
@@ -86,10 +88,14 @@ class NodeService:
         with self.sequencer.read() as conn:
             return self.sequencer.keys.refresh(conn)
 
-    def header_signing_key(self, header: BlockHeader) -> SigningKey:
+    def header_signing_key(
+        self, header: BlockHeader, schedule: KeySchedule | None = None
+    ) -> SigningKey:
         """The private key in force for ``header`` (it signs the header's C2SP checkpoint
-        note too); FailedPrecondition when this process cannot load it."""
-        return self.sequencer.keys.signing_key(self.key_schedule().key_for(header))
+        note too), by ``schedule`` (default: read now); FailedPrecondition when this
+        process cannot load it."""
+        found = schedule if schedule is not None else self.key_schedule()
+        return self.sequencer.keys.signing_key(found.key_for(header))
 
     def now(self) -> datetime:
         """The node's clock (the time its entries carry)."""

@@ -1,11 +1,13 @@
 """Audit one program's whole chain from a source, block by block, in constant memory.
 
-For every block: the header's form, program, Ed25519 signature, height and hash link to
-the previous header, its entry range, the RFC 9162 §2.1.1 root of the block's entries
-(recomputed from each entry's canonical RFC 8785 body; a stored hash is only a hint used
-to name which entry changed), and the log root after the block (an incremental compact
-range, RFC 9162 §2.1). Every entry's envelope and program are checked and the entries are
-replayed (``coalition.points.replay.Replay``) into balances, supply and per-kind totals.
+For every block: the header's form, program, Ed25519 signature (by the key in force,
+``ledger.rotation``: the block's ``key-rotation`` entries apply from the next block),
+height and hash link to the previous header, its entry range, the RFC 9162 §2.1.1 root
+of the block's entries (recomputed from each entry's canonical RFC 8785 body; a stored
+hash is only a hint used to name which entry changed), and the log root after the block
+(an incremental compact range, RFC 9162 §2.1). Every entry's envelope and program are
+checked and the entries are replayed (``coalition.points.replay.Replay``) into balances,
+supply and per-kind totals.
 Optionally a trusted header (what the auditor saw last time) must be in the chain, and
 the source's RFC 9162 §2.1.4 consistency proof to the newest header must verify.
 
@@ -954,7 +956,10 @@ def audit_chain(
     workers: int | None = None,
     parallel: AuditWorkers | None = None,
 ) -> AuditReport:
-    """Audit the whole chain ``source`` holds against the program's public ``key``.
+    """Audit the whole chain ``source`` holds against the program's public ``key``, its
+    first key (the manifest's): each header is checked with the key in force for it,
+    following the chain's ``key-rotation`` entries (``ledger.rotation``); the report's
+    ``key_schedule`` is the result.
 
     ``program`` pins the program id (default: the one the first header names, which the
     key signs). ``trusted`` is a header seen before: the chain MUST contain it unchanged,

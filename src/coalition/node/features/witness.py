@@ -721,10 +721,14 @@ class Witness:
         first, last = headers[0].header.height, headers[-1].header.height
         with self._sequencer.read() as conn:
             rows = witness_store.cosignatures_between(conn, self._program, first, last + 1)
-        return [self._status_of(h, rows.get(h.header.height, [])) for h in headers]
+        schedule = self._service.key_schedule()  # one read for the page's note signers
+        return [self._status_of(h, rows.get(h.header.height, []), schedule) for h in headers]
 
     def _status_of(
-        self, ours: SignedHeader, rows: list[witness_store.StoredCosignature]
+        self,
+        ours: SignedHeader,
+        rows: list[witness_store.StoredCosignature],
+        schedule: KeySchedule | None = None,
     ) -> WitnessStatus:
         header_hash = ours.header.hash()
         checkpoint = checkpoint_of(ours)
@@ -743,7 +747,7 @@ class Witness:
                 log.error("witness: stored cosignature of %s does not verify: %s", row.witness, exc)
                 continue
             cosigners.append(Cosigner(row.witness, row.timestamp, row.cosignature))
-        signer = self._service.header_signing_key(ours.header)  # the key in force
+        signer = self._service.header_signing_key(ours.header, schedule)  # the key in force
         note = sign_note(checkpoint, signer, checkpoint.split("\n", 1)[0])
         note += "".join(c.cosignature for c in cosigners)
         quorum = self._manifest.witness_quorum
