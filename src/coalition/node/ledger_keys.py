@@ -15,9 +15,10 @@ Contract (callers depend on it):
 - **A key this process cannot load is never guessed**: ``signing_key`` raises
   FailedPrecondition naming the key id and where the file must be, and the sealer then
   seals nothing (the entries stay pending, nothing is lost) until the file is there.
-- ``rotation_decision`` is the rotation as a serial decision (``Sequencer.decide``), built from the schedule read in
-  its own transaction, so two rotations at once give two consecutive epochs, each signed
-  by the key the other put in force, or a refusal; never two rotations from one key.
+- ``rotation_decision`` is the rotation as a serial decision (``Sequencer.decide``),
+  built from the schedule read in its own transaction, so two rotations at once give two
+  consecutive epochs, each signed by the key the other put in force, or a refusal; never
+  two rotations from one key.
 """
 
 from __future__ import annotations
