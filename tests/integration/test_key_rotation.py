@@ -5,6 +5,7 @@ load the key in force seals nothing until it can, and then seals with it."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -184,3 +185,21 @@ def test_the_rest_api_serves_the_rotations_the_explorer_follows(database_url: st
             assert client.get("/v1/ledger/key-rotations").status_code == 401
             pem = client.get("/v1/ledger/public-key", headers=auth).text
             assert pem == first.public_key.to_pem().decode()  # the first key, as the manifest's
+
+
+def test_concurrent_rotations_chain_epoch_after_epoch(database_url: str) -> None:
+    first = SigningKey.generate()
+    new = [SigningKey.generate() for _ in range(4)]
+    held = {k.public_key.key_id: k for k in new}
+    with temporary_node(database_url, sealer=SEALER, key=first, rotated_keys=held.get) as node:
+        write_some(node, "a", members=1)
+        with ThreadPoolExecutor(4) as pool:
+            entries = list(pool.map(node.rotate_ledger_key, new))
+        write_some(node, "b", members=1)
+        node.ledger.flush()
+        with node.sequencer.read() as conn:
+            schedule = stored_schedule(conn, PROGRAM, first.public_key)
+    assert schedule.epoch == 4
+    assert sorted(rotation_of(e).epoch for e in entries) == [1, 2, 3, 4]  # type: ignore[union-attr]
+    report = audit_chain(DatabaseSource(database_url), first.public_key, workers=0)
+    assert report.ok, report.render()
