@@ -461,3 +461,28 @@ def test_the_rotated_ledger_key_signs_every_header_after_the_rotation(evidence: 
     note_key_id = hashlib.sha256(origin.encode() + b"\n\x01" + raw_key(new)).digest()[:4]
     signer = next(ln for ln in final["note"].split("\n") if ln.startswith(f"\u2014 {origin} "))
     assert base64.b64decode(signer.split(" ")[2])[:4] == note_key_id  # the note's key id is new
+
+
+def test_coalition_verify_follows_the_rotation_with_the_rotations_file(evidence: Path) -> None:
+    brand = evidence / ROTATED
+    rotations = json.loads((brand / "key-rotations.json").read_text())
+    assert [r["entry"]["kind"] for r in rotations] == ["key-rotation"]
+    index = rotations[0]["log_index"]
+    after = next(
+        p
+        for p in sorted((brand / "proofs").glob("*.json"))
+        if json.loads(p.read_text())["header"]["first_index"] > index
+    )
+    base = [sys.executable, "-m", "coalition.cli", "verify", str(after)]
+    key = ["--public-key", str(brand / "public_key.pem")]
+    ok = subprocess.run(
+        [*base, *key, "--key-rotations", str(brand / "key-rotations.json")],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith("OK:")
+    first_only = subprocess.run([*base, *key], capture_output=True, text=True, check=False)
+    assert first_only.returncode == 1 and "does not verify" in first_only.stderr

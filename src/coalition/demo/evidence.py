@@ -24,7 +24,7 @@ from coalition.ledger.chain import ChainVerifier
 from coalition.ledger.entries import entry_leaf_hash
 from coalition.ledger.keys import VerifyKey
 from coalition.ledger.proofs import verify_consistency_document, verify_inclusion_document
-from coalition.ledger.rotation import KeySchedule, rotations_in
+from coalition.ledger.rotation import ROTATION_KIND, KeySchedule, rotations_in
 from coalition.node.auth import Role
 from coalition.node.manifest import Manifest
 from coalition.ops.keygen import find_secret
@@ -113,7 +113,8 @@ def write_proofs(client: NodeClient, chain: Chain, folder: Path, tree_size: int)
 
 
 def export_chain(brand: Brand, out: Path) -> Chain:
-    """Collect, verify and write one program's chain: headers, entries, proofs, key."""
+    """Collect, verify and write one program's chain: headers, entries, proofs, the first
+    key and the key rotations (``coalition verify --key-rotations`` takes the file)."""
     folder = out / brand.program
     folder.mkdir(parents=True)
     client = brand.op()
@@ -127,6 +128,12 @@ def export_chain(brand: Brand, out: Path) -> Chain:
     with (folder / "entries.jsonl").open("wb") as file:
         for entry in chain.entries:
             file.write(canonical_json(entry) + b"\n")
+    rotations = [
+        {"log_index": index, "entry": entry}
+        for index, entry in enumerate(chain.entries)
+        if entry["kind"] == ROTATION_KIND
+    ]
+    (folder / "key-rotations.json").write_text(json.dumps(rotations, indent=1) + "\n")
     write_proofs(client, chain, folder / "proofs", last.log_size)
     consistency = client.consistency_proof(0, last.height)
     verify_consistency_document(consistency, chain.keys)

@@ -628,6 +628,8 @@ def _finish(summary: Summary, out: Path, started: float) -> None:
     say(
         f"\nevidence in {out}/ ; check a proof with:\n  coalition verify "
         f"{out}/{first}/proofs/<entry id>.json --public-key {out}/{first}/public_key.pem"
+        f"\n  (for {ROTATED}, whose key rotated, add --key-rotations "
+        f"{out}/{ROTATED}/key-rotations.json)"
     )
 
 
