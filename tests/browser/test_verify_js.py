@@ -19,6 +19,8 @@ import pytest
 from coalition.api.http.app import create_app
 from coalition.api.http.server import serve_http
 from coalition.ledger.canonical import JsonObject
+from coalition.ledger.keys import SigningKey
+from coalition.ledger.rotation import decode_key
 from coalition.node.auth import ApiKey, Authenticator, Role, key_digest
 from coalition.node.config import SealerConfig
 from coalition.node.service import NodeService
@@ -238,3 +240,93 @@ def test_real_consistency_proofs_verify(verify: Any, node: Node) -> None:
     bad = copy.deepcopy(docs[1])  # heights 0 -> 1
     bad["path"][0] = "f" * 64
     assert "does not match" in verify(CONSISTENCY, {"pem": pem, "docs": [bad]})[0]
+
+
+# --- key rotations (docs/proofs.md §11) ------------------------------------------------
+
+ROTATION_VECTORS = ROOT / "tests" / "vectors" / "rotation"
+
+CHECK_ROTATIONS = """
+const out = [];
+for (const t of args.cases) {
+  try {
+    const schedule = await v.verifyKeyRotations(t.pem, t.rotations);
+    out.push({ name: t.name, accepted: true, epochs: schedule.length - 1 });
+  } catch (err) {
+    if (!(err instanceof v.VerificationError)) throw err;
+    out.push({ name: t.name, accepted: false, why: err.message });
+  }
+}
+return out;
+"""
+
+
+def _rotation_cases() -> list[dict[str, Any]]:
+    """Each rotation vector as what the explorer fetches: the first key's PEM and the
+    rotations with their log indexes."""
+    cases = []
+    for path in sorted(ROTATION_VECTORS.glob("*.json")):
+        vector = json.loads(path.read_text())
+        rotations, index = [], 0
+        for block in vector["blocks"]:
+            for entry in block["entries"]:
+                if entry["kind"] == "key-rotation":
+                    rotations.append({"log_index": index, "entry": entry})
+                index += 1
+        pem = decode_key(vector["first_key"]).to_pem().decode()
+        cases.append({"name": path.stem, "pem": pem, "rotations": rotations})
+    return cases
+
+
+def test_verify_js_checks_the_rotation_vectors(verify: Any) -> None:
+    results = {r["name"]: r for r in verify(CHECK_ROTATIONS, {"cases": _rotation_cases()})}
+    rotation_faults = {
+        "rotation-signed-by-another-key": "not signed by the key in force",
+        "rotation-unsigned": "not signed by the key in force",
+        "rotation-bad-proof": "proof does not verify",
+        "rotation-skips-an-epoch": "names epoch 2, not 1",
+    }
+    for name, result in results.items():
+        if name in rotation_faults:
+            assert not result["accepted"] and rotation_faults[name] in result["why"], result
+        else:  # the header faults of the other vectors are the signature check's
+            assert result["accepted"] and result["epochs"] == 1, result
+
+
+VERIFY_ROTATED = """
+const schedule = await v.verifyKeyRotations(args.pem, args.rotations);
+const first = await v.importPublicKey(args.pem);
+const out = [];
+for (const doc of args.docs) {
+  const withSchedule = await v.verifyInclusionDocument(doc, schedule);
+  const withFirst = await v.verifyInclusionDocument(doc, first);
+  out.push({ schedule: withSchedule.ok, first: withFirst.ok,
+             detail: withSchedule.checks.find((c) => c.id === "signature").detail });
+}
+return out;
+"""
+
+
+def test_proofs_after_a_rotation_verify_with_the_key_in_force(verify: Any, tmp_path: Path) -> None:
+    sealer = SealerConfig(max_entries=10_000, max_delay_ms=3_600_000)
+    with temporary_node(f"sqlite:///{tmp_path / 'r.db'}", sealer=sealer) as service:
+        service.points.enroll("before", idempotency_key="before")
+        service.ledger.flush()
+        service.rotate_ledger_key(SigningKey.generate())
+        service.ledger.flush()
+        service.points.enroll("after", idempotency_key="after")
+        last = service.ledger.flush()
+        assert last is not None
+        history = [service.ledger.block(h)[1] for h in range(last.header.height + 1)]
+        before, after = history[0][0], history[-1][0]
+        docs = [
+            service.ledger.inclusion_proof(str(e["id"]), last.header.log_size)
+            for e in (before, after)
+        ]
+        rotations = [{"log_index": i, "entry": e} for i, e in service.ledger.key_rotations()]
+        pem = service.public_key.to_pem().decode()
+    results = verify(VERIFY_ROTATED, {"pem": pem, "rotations": rotations, "docs": docs})
+    # Both proofs are at the newest header (after the rotation): the schedule verifies
+    # them, the first key alone does not.
+    assert [(r["schedule"], r["first"]) for r in results] == [(True, False), (True, False)]
+    assert "epoch 1" in results[1]["detail"]

@@ -23,7 +23,11 @@ from typing import Any
 import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    load_pem_public_key,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -107,6 +111,7 @@ def test_the_independent_verifier_rejects_what_it_should() -> None:
 
 
 PROGRAMS = ("skyair", "staybright", "beanhouse")
+ROTATED = "beanhouse"
 CONVERSIONS = 30
 
 
@@ -146,6 +151,7 @@ def evidence(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "audit           ok" in done.stdout
     assert "killed         staybright with SIGKILL" in done.stdout
+    assert f"rotated        {ROTATED}'s ledger key" in done.stdout
     return out
 
 
@@ -157,6 +163,40 @@ def key_of(brand: Path) -> Ed25519PublicKey:
 
 def lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def raw_key(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def key_schedule(brand: Path) -> list[tuple[int, Ed25519PublicKey]]:
+    """Each key of the program with the log index of the rotation that named it (-1: the
+    published first key), per docs/proofs.md §11: every key-rotation entry names the next
+    epoch and the key in force, signed by it and by the new key (the proof)."""
+    schedule = [(-1, key_of(brand))]
+    for index, entry in enumerate(lines(brand / "entries.jsonl")):
+        if entry["kind"] != "key-rotation":
+            continue
+        rotation, current = entry["rotation"], schedule[-1][1]
+        statement = {
+            "type": "coalition/key-rotation/v1",
+            "program": entry["program"],
+            "epoch": rotation["epoch"],
+            "key": rotation["key"],
+            "previous_key_id": rotation["previous_key_id"],
+        }
+        assert rotation["epoch"] == len(schedule)
+        assert rotation["previous_key_id"] == hashlib.sha256(raw_key(current)).hexdigest()
+        current.verify(base64.b64decode(rotation["signature"]), canonical(statement))
+        new = Ed25519PublicKey.from_public_bytes(base64.b64decode(rotation["key"]))
+        new.verify(base64.b64decode(rotation["proof"]), canonical(statement))
+        schedule.append((index, new))
+    return schedule
+
+
+def key_in_force(schedule: list[tuple[int, Ed25519PublicKey]], header: dict[str, Any]) -> Any:
+    """The key that signs a header: the last one named by a rotation below its first index."""
+    return [key for index, key in schedule if index < header["first_index"]][-1]
 
 
 @pytest.mark.parametrize("program", PROGRAMS)
@@ -182,12 +222,12 @@ def test_demo_writes_the_evidence_files(evidence: Path, program: str) -> None:
 @pytest.mark.parametrize("program", PROGRAMS)
 def test_every_header_is_signed_and_chained(evidence: Path, program: str) -> None:
     brand = evidence / program
-    key = key_of(brand)
+    keys = key_schedule(brand)
     prev = "0" * 64
     size = 0
     for height, signed in enumerate(lines(brand / "headers.jsonl")):
         header = signed["header"]
-        check_signature(key, header, signed["signature"])
+        check_signature(key_in_force(keys, header), header, signed["signature"])
         assert header["height"] == height and header["program"] == program
         assert header["prev_hash"] == prev
         assert header["first_index"] == size
@@ -200,7 +240,7 @@ def test_every_header_is_signed_and_chained(evidence: Path, program: str) -> Non
 @pytest.mark.parametrize("program", PROGRAMS)
 def test_every_inclusion_proof_verifies_independently(evidence: Path, program: str) -> None:
     brand = evidence / program
-    key = key_of(brand)
+    keys = key_schedule(brand)
     signed_headers = {h["signature"] for h in lines(brand / "headers.jsonl")}
     entries = lines(brand / "entries.jsonl")
     seen: set[int] = set()
@@ -212,7 +252,7 @@ def test_every_inclusion_proof_verifies_independently(evidence: Path, program: s
         assert entries[doc["leaf_index"]] == entry
         assert doc["tree_size"] == header["log_size"]
         assert doc["signature"] in signed_headers
-        check_signature(key, header, doc["signature"])
+        check_signature(key_in_force(keys, header), header, doc["signature"])
         computed = inclusion_root(
             doc["leaf_index"], doc["tree_size"], leaf(canonical(entry)), hexes(doc["path"])
         )
@@ -236,10 +276,11 @@ def test_every_inclusion_proof_verifies_independently(evidence: Path, program: s
 @pytest.mark.parametrize("program", PROGRAMS)
 def test_consistency_proof_verifies_independently(evidence: Path, program: str) -> None:
     brand = evidence / program
-    key = key_of(brand)
+    keys = key_schedule(brand)
     doc = json.loads((brand / "consistency.json").read_text())
     first, second = doc["first"], doc["second"]
-    check_signature(key, first, doc["first_signature"])
+    key = key_in_force(keys, second)
+    check_signature(key_in_force(keys, first), first, doc["first_signature"])
     check_signature(key, second, doc["second_signature"])
     last = lines(brand / "headers.jsonl")[-1]["header"]
     assert first["height"] == 0 and second == last
@@ -388,3 +429,60 @@ def test_coalition_audit_from_the_bundles_and_the_state_file(evidence: Path) -> 
     for program in PROGRAMS:
         last = lines(evidence / program / "headers.jsonl")[-1]
         assert state["programs"][program]["signed_header"] == last
+
+
+def test_the_rotated_ledger_key_signs_every_header_after_the_rotation(evidence: Path) -> None:
+    """beanhouse rotated its ledger key: the block holding the rotation is signed by the
+    first key, every later one by the new key and not by the first; the audits (over
+    gRPC and, after shutdown, the coalition audit from the bundles) passed."""
+    brand = evidence / ROTATED
+    keys = key_schedule(brand)
+    assert len(keys) == 2, "one rotation"
+    (rotation_index, new), first = keys[1], keys[0][1]
+    headers = lines(brand / "headers.jsonl")
+    holding = [
+        h for h in headers if h["header"]["first_index"] <= rotation_index < h["header"]["log_size"]
+    ]
+    after = [h for h in headers if h["header"]["first_index"] > rotation_index]
+    assert len(holding) == 1 and len(after) >= 1
+    check_signature(first, holding[0]["header"], holding[0]["signature"])
+    for signed in after:
+        check_signature(new, signed["header"], signed["signature"])
+        with pytest.raises(InvalidSignature):
+            check_signature(first, signed["header"], signed["signature"])
+    assert json.loads((brand / "audit.json").read_text())["ok"] is True
+    report = json.loads((evidence / "coalition_audit.json").read_text())
+    assert report["ok"] is True
+    for program in set(PROGRAMS) - {ROTATED}:
+        assert len(key_schedule(evidence / program)) == 1
+    final = lines(brand / "witnesses.jsonl")[-1]
+    assert final["witnessed"] is True  # the partners follow the rotation and cosign
+    origin = f"coalition/{ROTATED}"
+    note_key_id = hashlib.sha256(origin.encode() + b"\n\x01" + raw_key(new)).digest()[:4]
+    signer = next(ln for ln in final["note"].split("\n") if ln.startswith(f"\u2014 {origin} "))
+    assert base64.b64decode(signer.split(" ")[2])[:4] == note_key_id  # the note's key id is new
+
+
+def test_coalition_verify_follows_the_rotation_with_the_rotations_file(evidence: Path) -> None:
+    brand = evidence / ROTATED
+    rotations = json.loads((brand / "key-rotations.json").read_text())
+    assert [r["entry"]["kind"] for r in rotations] == ["key-rotation"]
+    index = rotations[0]["log_index"]
+    after = next(
+        p
+        for p in sorted((brand / "proofs").glob("*.json"))
+        if json.loads(p.read_text())["header"]["first_index"] > index
+    )
+    base = [sys.executable, "-m", "coalition.cli", "verify", str(after)]
+    key = ["--public-key", str(brand / "public_key.pem")]
+    ok = subprocess.run(
+        [*base, *key, "--key-rotations", str(brand / "key-rotations.json")],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith("OK:")
+    first_only = subprocess.run([*base, *key], capture_output=True, text=True, check=False)
+    assert first_only.returncode == 1 and "does not verify" in first_only.stderr

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from coalition.api.grpc.server import serve_grpc
+from coalition.audit import DatabaseSource, audit_chain
 from coalition.cli import main
 from coalition.errors import InvalidArgument
 from coalition.ledger.keys import SigningKey
@@ -24,6 +25,7 @@ from coalition.node.auth import ApiKey, Authenticator, Role, key_digest
 from coalition.node.config import load_api_keys, load_config
 from coalition.node.service import NodeService
 from coalition.ops.keygen import read_api_secrets
+from coalition.runtime.wiring import open_node
 
 from support.nodes import temporary_node
 
@@ -238,3 +240,36 @@ def test_client_commands_need_a_node_address(capsys: pytest.CaptureFixture[str])
     with pytest.raises(SystemExit) as usage:
         main(["earn"])
     assert usage.value.code == 2
+
+
+def test_ledger_rotate_key_writes_the_key_file_and_the_rotation(
+    brand: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SKY_PW", "rotate me")
+    assert main(["keygen", "--config", str(brand), "--password-env", "SKY_PW"]) == 0
+    text = brand.read_text().replace("[node]\n", '[node]\nsigning_key_password_env = "SKY_PW"\n', 1)
+    brand.write_text(text)
+    config = load_config(brand)
+    first = SigningKey.from_pem(config.signing_key_path.read_bytes(), b"rotate me")
+    capsys.readouterr()
+    for epoch in (1, 2):
+        assert main(["ledger", "rotate-key", "--config", str(brand)]) == 0
+        out = capsys.readouterr().out
+        assert f"(epoch {epoch})" in out and "keys/rotated/" in out
+    files = sorted((config.signing_key_path.parent / "rotated").glob("*.pem"))
+    private = [p for p in files if not p.name.endswith(".pub.pem")]
+    assert len(private) == 2
+    for path in private:
+        assert (path.stat().st_mode & 0o777) == 0o600 and b"ENCRYPTED" in path.read_bytes()
+    report = audit_chain(DatabaseSource(config.database_url), first.public_key, workers=0)
+    assert report.ok, report.render()
+    assert report.key_schedule is not None and report.key_schedule.epoch == 2
+
+    # While a node holds the SQLite database, the command is refused and changes nothing.
+    node = open_node(config)
+    try:
+        assert main(["ledger", "rotate-key", "--config", str(brand)]) == 1
+        assert "error:" in capsys.readouterr().err
+    finally:
+        node.close()
+    assert len([p for p in (config.signing_key_path.parent / "rotated").glob("*.pem")]) == 4

@@ -550,6 +550,7 @@ def test_healthz_and_openapi(
         ("get", "/v1/members/{member_id}/lots"),
         ("get", "/v1/members/{member_id}/history"),
         ("get", "/v1/ledger/public-key"),
+        ("get", "/v1/ledger/key-rotations"),
         ("get", "/v1/ledger/headers/latest"),
         ("get", "/v1/ledger/headers"),
         ("get", "/v1/ledger/blocks/{height}"),

@@ -273,7 +273,7 @@ def test_acknowledged_entries_survive_a_crash(database_url: str) -> None:
     with temporary_node(database_url, start=False) as first:
         first.points.enroll("kim", idempotency_key="e")
         written = first.points.earn_reward("kim", "signup", "kim", idempotency_key="s").entry
-        key = first.sealer._key  # the same node restarting with its own key
+        key = first.signing_key  # the same node restarting with its own key
         first.sequencer.engine.dispose()  # no flush: the entries are committed, not yet sealed
         first.sealer.flush = lambda: None  # type: ignore[method-assign]
     with temporary_node(database_url, key=key) as second:

@@ -312,6 +312,8 @@ class ScriptedSource:
 
     chain: list[SignedHeader]
     proof: Callable[[int, int], JsonValue]
+    entries: Callable[[int], list[bytes]] | None = None
+    """The blocks' entries (``partner_entries``; None: it serves none)."""
 
     def watch(self, after_height: int) -> Iterator[SignedHeader]:
         yield from (s for s in self.chain if s.header.height > after_height)
@@ -322,8 +324,17 @@ class ScriptedSource:
     def consistency(self, first_height: int, second_height: int) -> JsonValue:
         return self.proof(first_height, second_height)
 
+    def block(self, height: int) -> list[bytes]:
+        assert self.entries is not None, "this source serves no entries"
+        return self.entries(height)
+
     def close(self) -> None:
         return None
+
+
+def partner_entries(partner: NodeService) -> Callable[[int], list[bytes]]:
+    """What the partner's GetBlock serves: its block's entries, canonical bytes."""
+    return lambda height: [canonical_json(e) for e in partner.ledger.block(height)[1]]
 
 
 @pytest.fixture
@@ -342,7 +353,7 @@ def pair(tmp_path: Path) -> Iterator[tuple[NodeService, NodeService, Manifest]]:
 
 def _witness(service: NodeService, manifest: Manifest, source: ScriptedSource) -> Witness:
     network = InMemoryNetwork()  # nobody listens: cosign deliveries fail and are retried
-    key = service.sealer._key
+    key = service.signing_key
     client = PartnerClient(
         service.program, manifest, key, transport=network.transport(service.program)
     )
@@ -355,7 +366,7 @@ def test_forks_are_recorded_and_stop_the_follower(
     partner, us, manifest = pair
     add_blocks(partner, 2, "real")
     h0, h1 = partner.ledger.headers(0, 2)
-    key = partner.sealer._key
+    key = partner.signing_key
 
     def honest(first: int, second: int) -> JsonValue:
         return partner.ledger.consistency_proof(first, second)
@@ -372,17 +383,23 @@ def test_forks_are_recorded_and_stop_the_follower(
 
         return make
 
-    witness = _witness(us, manifest, ScriptedSource([h0, bad_link], proof_to(bad_link)))
-    assert witness.accept("skyair", h0, ScriptedSource([h0], honest))
+    witness = _witness(
+        us, manifest, ScriptedSource([h0, bad_link], proof_to(bad_link), partner_entries(partner))
+    )
+    assert witness.accept("skyair", h0, ScriptedSource([h0], honest, partner_entries(partner)))
     with pytest.raises(Fault, match="prev_hash"):
-        witness.accept("skyair", bad_link, ScriptedSource([h0, bad_link], proof_to(bad_link)))
+        witness.accept(
+            "skyair",
+            bad_link,
+            ScriptedSource([h0, bad_link], proof_to(bad_link), partner_entries(partner)),
+        )
     found = witness.equivocations()
     assert [(e.kind, e.height) for e in found] == [(FORK, 1)]
     assert SignedHeader.from_json(found[0].first) == h0
     assert SignedHeader.from_json(found[0].second) == bad_link
     # Halted: even the honest header 1 is no longer accepted or cosigned.
     with pytest.raises(Fault):
-        witness.accept("skyair", h1, ScriptedSource([h0, h1], honest))
+        witness.accept("skyair", h1, ScriptedSource([h0, h1], honest, partner_entries(partner)))
     assert witness.last_verified("skyair") == h0
     assert {f.program: f.halted for f in witness.followers()} == {"skyair": True}
 
@@ -393,7 +410,7 @@ def test_a_failing_consistency_proof_is_a_fork(
     partner, us, manifest = pair
     add_blocks(partner, 2, "real")
     h0, h1 = partner.ledger.headers(0, 2)
-    key = partner.sealer._key
+    key = partner.signing_key
     # Header 1 links to header 0, but its log is not an extension of header 0's log.
     rewritten = sign_header(replace(h1.header, log_root="2" * 64), key)
 
@@ -403,7 +420,7 @@ def test_a_failing_consistency_proof_is_a_fork(
         path = [bytes.fromhex(h) for h in doc["path"]]  # type: ignore[union-attr]
         return consistency_document(h0, rewritten, path)
 
-    source = ScriptedSource([h0, rewritten], proof)
+    source = ScriptedSource([h0, rewritten], proof, partner_entries(partner))
     witness = _witness(us, manifest, source)
     assert witness.accept("skyair", h0, source)
     with pytest.raises(Fault, match="consistency proof"):
@@ -417,7 +434,7 @@ def test_headers_that_prove_nothing_are_refused_without_evidence(
     partner, us, manifest = pair
     add_blocks(partner, 1, "real")
     (h0,) = partner.ledger.headers(0, 1)
-    source = ScriptedSource([h0], partner.ledger.consistency_proof)
+    source = ScriptedSource([h0], partner.ledger.consistency_proof, partner_entries(partner))
     witness = _witness(us, manifest, source)
     unsigned = SignedHeader(h0.header, SigningKey.generate().sign_object(h0.header.to_json()))
     with pytest.raises(VerificationError):
@@ -437,9 +454,9 @@ def test_a_forwarded_header_is_compared_with_the_one_verified_later(
     add_blocks(partner, 2, "real")
     h0, h1 = partner.ledger.headers(0, 2)
     other = sign_header(
-        replace(h1.header, sealed_at="2031-01-01T00:00:00.000000Z"), partner.sealer._key
+        replace(h1.header, sealed_at="2031-01-01T00:00:00.000000Z"), partner.signing_key
     )
-    source = ScriptedSource([h0, h1], partner.ledger.consistency_proof)
+    source = ScriptedSource([h0, h1], partner.ledger.consistency_proof, partner_entries(partner))
     witness = _witness(us, manifest, source)
     assert witness.on_gossip("skyair", {"header": h0.to_json()}) == (
         "header-gossip-reply",
@@ -568,3 +585,81 @@ def test_a_followers_unexpected_failure_shows_ledger_readers_no_internal_detail(
 
     wait_for(lambda: "RuntimeError" in str(reported()), "the follower to report its failure")
     assert reported() == "internal error (RuntimeError); see the node log"
+
+
+# --- key rotation --------------------------------------------------------------------------
+
+
+def test_the_witness_follows_a_key_rotation_from_the_chain_itself(
+    pair: tuple[NodeService, NodeService, Manifest],
+) -> None:
+    partner, us, manifest = pair
+    add_blocks(partner, 2, "before")
+    new = SigningKey.generate()
+    partner.rotate_ledger_key(new)
+    partner.ledger.flush()
+    last = add_blocks(partner, 2, "after")
+    chain = partner.ledger.headers(0, last + 1)
+    source = ScriptedSource(chain, partner.ledger.consistency_proof, partner_entries(partner))
+    witness = _witness(us, manifest, source)
+    for signed in chain:
+        assert witness.accept("skyair", signed, source)
+    assert witness.schedule("skyair").key == new.public_key
+    assert chain[-1].header.first_index > witness.schedule("skyair").last_index
+    # After a restart (a new Witness on the same database) the rotation is remembered.
+    again = _witness(us, manifest, source)
+    assert again.schedule("skyair").epoch == 1
+
+    # A next header signed by the retired key (stolen, say) proves nothing: refused,
+    # no evidence, nothing cosigned.
+    partner.points.enroll("late", idempotency_key="late")
+    following = partner.ledger.flush()
+    assert following is not None
+    forged = sign_header(following.header, partner.signing_key)
+    with pytest.raises(VerificationError, match="not signed by its key in force"):
+        again.accept("skyair", forged, source)
+    assert again.equivocations() == []
+    assert again.accept("skyair", following, source)
+
+
+def test_a_rotation_the_block_does_not_commit_to_is_refused_by_the_witness(
+    pair: tuple[NodeService, NodeService, Manifest],
+) -> None:
+    partner, us, manifest = pair
+    add_blocks(partner, 1, "before")
+    partner.rotate_ledger_key(SigningKey.generate())
+    head = partner.ledger.flush()
+    assert head is not None
+    chain = partner.ledger.headers(0, head.header.height + 1)
+
+    def tampered(height: int) -> list[bytes]:
+        bodies = partner_entries(partner)(height)
+        return [b.replace(b'"epoch":1', b'"epoch":2') for b in bodies]
+
+    source = ScriptedSource(chain, partner.ledger.consistency_proof, tampered)
+    witness = _witness(us, manifest, source)
+    for signed in chain[:-1]:  # the rotation is in the last block
+        assert witness.accept("skyair", signed, source)
+    with pytest.raises(VerificationError, match="does not commit to"):
+        witness.accept("skyair", chain[-1], source)
+    assert witness.schedule("skyair").epoch == 0
+    assert witness.last_verified("skyair") == chain[-2]
+
+
+def test_our_checkpoint_note_is_signed_by_the_key_in_force(
+    pair: tuple[NodeService, NodeService, Manifest],
+) -> None:
+    partner, _, manifest = pair
+    add_blocks(partner, 1, "before")
+    new = SigningKey.generate()
+    partner.rotate_ledger_key(new)
+    partner.ledger.flush()
+    last = add_blocks(partner, 1, "after")
+    ours = _witness(partner, manifest, ScriptedSource([], lambda first, second: None))
+    origin = "coalition/skyair"
+    old_note = ours.status(0).note
+    new_note = ours.status(last).note
+    verify_note(old_note, [note_verifier(origin, partner.public_key)])
+    verify_note(new_note, [note_verifier(origin, new.public_key)])
+    with pytest.raises(VerificationError):
+        verify_note(new_note, [note_verifier(origin, partner.public_key)])

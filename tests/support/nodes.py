@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 from coalition.ledger.keys import SigningKey
 from coalition.node.config import SealerConfig
+from coalition.node.ledger_keys import RotatedKeyLoader
 from coalition.node.service import NodeService
 from coalition.points.rules import ProgramRules
 from coalition.runtime.wiring import open_service
@@ -40,6 +41,7 @@ def temporary_node(
     clock: Callable[[], datetime] | None = None,
     key: SigningKey | None = None,
     start: bool = True,
+    rotated_keys: RotatedKeyLoader | None = None,
 ) -> Iterator[NodeService]:
     """A started NodeService on ``url`` (``runtime.wiring.open_service``) with a fresh key
     unless given; closed (and sealed) afterwards. A fresh database starts as a copy of
@@ -56,6 +58,7 @@ def temporary_node(
         sealer or SealerConfig(max_entries=1000, max_delay_ms=50),
         sqlite_synchronous="NORMAL",
         clock=clock,
+        rotated_keys=rotated_keys,
     )
     if start:
         service.start()

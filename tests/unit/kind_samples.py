@@ -9,6 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 from coalition.ledger.canonical import JsonObject, canonical_json, parse_json
 from coalition.ledger.entries import entry_leaf_hash
+from coalition.ledger.keys import SigningKey
+from coalition.ledger.rotation import sign_rotation
 from coalition.points import operations
 from coalition.points.operations import EntryContext
 from coalition.points.rates import agreement_from_document, quote
@@ -16,6 +18,8 @@ from coalition.points.replay import Replay
 from coalition.points.rules import ProgramRules
 from coalition.points.settlement import obligations, statement_document
 
+_SAMPLE_KEYS = (SigningKey.generate().to_pem(), SigningKey.generate().to_pem())
+"""Two ledger keys for the sample key rotation (Ed25519 signs deterministically)."""
 RULES = ProgramRules(
     holding_period=timedelta(days=30),
     expiry_period=timedelta(days=365),
@@ -173,6 +177,8 @@ def two_chains() -> tuple[Chain, Chain]:
         chain.record(operations.statement_entry(chain.ctx(), {"statement": doc, "signatures": {}}))
     sky.now += timedelta(days=800)
     rec(operations.expire(sky.ctx(), sky.account(BOB)))
+    first, second = SigningKey.from_pem(_SAMPLE_KEYS[0]), SigningKey.from_pem(_SAMPLE_KEYS[1])
+    rec(operations.key_rotation_entry(sky.ctx(), sign_rotation("skyair", 1, first, second)))
     return sky, stay
 
 

@@ -100,7 +100,13 @@ def test_supply_changes_as_the_registry_says() -> None:
 
 
 def test_derived_sets_are_those_the_code_used_to_keep_by_hand() -> None:
-    assert {"agreement", "statement", "convert-reject", "redemption-receipt"} == kinds.PROGRAM_KINDS
+    assert {
+        "agreement",
+        "statement",
+        "convert-reject",
+        "redemption-receipt",
+        "key-rotation",
+    } == kinds.PROGRAM_KINDS
     assert {"enroll", "earn", "redeem", "transfer", "expire", "adjust"} == kinds.FAST_KINDS
     assert {
         "convert-out", "convert-in", "convert-complete", "convert-refund",

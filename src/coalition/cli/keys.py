@@ -3,7 +3,8 @@ material and the coalition's TLS certificates, written as files (see ``coalition
 ``coalition keys issue|list|revoke``: API keys issued at run time, in the node's database
 (``node.api_keys``), which every running process of the node picks up by itself within
 ``node.auth.POLL_INTERVAL_S``; ``coalition tls-renew`` and ``tls-revoke``: one partner's
-certificate renewed or revoked while the coalition runs (``ops.tls``)."""
+certificate renewed or revoked while the coalition runs (``ops.tls``); ``coalition ledger
+rotate-key``: the rotation of a brand's ledger signing key (``runtime.key_rotation``)."""
 
 from __future__ import annotations
 
@@ -178,8 +179,23 @@ def _add_keys_group(sub: Any) -> None:
     q.set_defaults(func=_cmd_keys_revoke)
 
 
+def _cmd_rotate_key(args: argparse.Namespace) -> int:
+    from coalition.node.config import load_config
+    from coalition.runtime.key_rotation import rotate_ledger_key
+
+    done = rotate_ledger_key(load_config(args.config))
+    print(f"new ledger key  {done.path} (key id {done.key_id})")
+    print(f"rotation entry  {done.entry_id} (epoch {done.epoch})")
+    if done.sealed_height is not None:
+        print(f"sealed through  height {done.sealed_height}, by the previous key")
+    print("headers of the blocks after the one holding the rotation are signed by the new key;")
+    print(f"copy {done.path.name} to keys/rotated/ on every host that runs this node")
+    return 0
+
+
 def add_commands(sub: Any) -> None:
-    """Add ``keygen``, ``keys``, ``tls-init``, ``tls-renew`` and ``tls-revoke``."""
+    """Add ``keygen``, ``keys``, ``tls-init``, ``tls-renew``, ``tls-revoke`` and ``ledger
+    rotate-key``."""
     _add_keys_group(sub)
     p = sub.add_parser("keygen", help="generate a brand's (or every partner's) keys")
     which = p.add_mutually_exclusive_group(required=True)
@@ -205,3 +221,13 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--manifest", required=True, help="the coalition manifest (coalition.toml)")
     p.add_argument("--program", required=True, help="the partner whose certificate to revoke")
     p.set_defaults(func=_cmd_tls_revoke)
+
+    p = sub.add_parser("ledger", help="the brand's ledger signing key")
+    ledger = p.add_subparsers(dest="ledger_command", required=True)
+    p = ledger.add_parser(
+        "rotate-key",
+        help="rotate the ledger signing key: a new key file and a rotation entry signed by "
+        "the key in force (PostgreSQL: while the node runs; SQLite: with the node stopped)",
+    )
+    p.add_argument("--config", required=True, help="the brand's node.toml")
+    p.set_defaults(func=_cmd_rotate_key)

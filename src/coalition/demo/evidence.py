@@ -24,6 +24,7 @@ from coalition.ledger.chain import ChainVerifier
 from coalition.ledger.entries import entry_leaf_hash
 from coalition.ledger.keys import VerifyKey
 from coalition.ledger.proofs import verify_consistency_document, verify_inclusion_document
+from coalition.ledger.rotation import ROTATION_KIND, KeySchedule, rotations_in
 from coalition.node.auth import Role
 from coalition.node.manifest import Manifest
 from coalition.ops.keygen import find_secret
@@ -39,6 +40,8 @@ class Chain:
     program: str
     headers: list[JsonObject]
     entries: list[JsonObject]
+    keys: KeySchedule
+    """The program's keys as its chain rotated them (``ledger.rotation``)."""
     proofs: int = 0
 
 
@@ -76,24 +79,26 @@ def collect_chain(client: NodeClient, key: VerifyKey, program: str, last_height:
             block_header, block_entries = client.block(height)
             if block_header != signed_json:
                 raise VerificationError(f"{program} block {height}: header differs")
+            signed = SignedHeader.from_json(signed_json)
+            bodies = [canonical_json(e) for e in block_entries]
             verifier.feed(
-                SignedHeader.from_json(signed_json), [entry_leaf_hash(e) for e in block_entries]
+                signed,
+                [entry_leaf_hash(e) for e in block_entries],
+                rotations_in(bodies, signed.header.first_index),
             )
             entries.extend(block_entries)
             bar.advance()
-    return Chain(program, headers, entries)
+    return Chain(program, headers, entries, verifier.schedule)
 
 
-def write_proofs(
-    client: NodeClient, key: VerifyKey, chain: Chain, folder: Path, tree_size: int
-) -> None:
+def write_proofs(client: NodeClient, chain: Chain, folder: Path, tree_size: int) -> None:
     """Fetch, verify and write an inclusion proof of every entry at ``tree_size``."""
     folder.mkdir(parents=True)
 
     def one(index: int) -> None:
         entry = chain.entries[index]
         doc = client.inclusion_proof(str(entry["id"]), tree_size)
-        verify_inclusion_document(doc, key)
+        verify_inclusion_document(doc, chain.keys)
         if doc["entry"] != entry or doc["leaf_index"] != index:
             raise VerificationError(f"proof of entry {entry['id']} is for another leaf")
         (folder / f"{entry['id']}.json").write_text(json.dumps(doc, indent=1) + "\n")
@@ -108,7 +113,8 @@ def write_proofs(
 
 
 def export_chain(brand: Brand, out: Path) -> Chain:
-    """Collect, verify and write one program's chain: headers, entries, proofs, key."""
+    """Collect, verify and write one program's chain: headers, entries, proofs, the first
+    key and the key rotations (``coalition verify --key-rotations`` takes the file)."""
     folder = out / brand.program
     folder.mkdir(parents=True)
     client = brand.op()
@@ -122,9 +128,15 @@ def export_chain(brand: Brand, out: Path) -> Chain:
     with (folder / "entries.jsonl").open("wb") as file:
         for entry in chain.entries:
             file.write(canonical_json(entry) + b"\n")
-    write_proofs(client, brand.public_key, chain, folder / "proofs", last.log_size)
+    rotations = [
+        {"log_index": index, "entry": entry}
+        for index, entry in enumerate(chain.entries)
+        if entry["kind"] == ROTATION_KIND
+    ]
+    (folder / "key-rotations.json").write_text(json.dumps(rotations, indent=1) + "\n")
+    write_proofs(client, chain, folder / "proofs", last.log_size)
     consistency = client.consistency_proof(0, last.height)
-    verify_consistency_document(consistency, brand.public_key)
+    verify_consistency_document(consistency, chain.keys)
     if consistency["second"] != latest["header"]:
         raise VerificationError(f"{brand.program}: the consistency proof ends elsewhere")
     (folder / "consistency.json").write_text(json.dumps(consistency, indent=2) + "\n")

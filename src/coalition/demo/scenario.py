@@ -69,6 +69,8 @@ MEMBER_KEYS = 3
 REDEEM_POINTS = 100
 VICTIM = "staybright"
 """The partner killed with SIGKILL during the conversions, then restarted."""
+ROTATED = "beanhouse"
+"""The partner whose ledger key is rotated before the conversions."""
 
 
 # --- the scenario ---------------------------------------------------------------------
@@ -152,6 +154,26 @@ class Scenario:
             self.note(f"refused        {a}->{b} at 1:5 without fee: {exc}")
         else:
             raise VerificationError("a gaining cycle of agreements was accepted")
+
+    # --- key rotation ------------------------------------------------------------------
+
+    def rotate_key(self, program: str) -> None:
+        """Rotate ``program``'s ledger key as its operator would on SQLite: stop the node
+        (it seals what is pending), ``coalition ledger rotate-key`` (the rotation entry,
+        signed by the old key, sealed in a block of its own), start it again. Every later
+        header is signed by the new key; partners' witnesses follow from the chain."""
+        from coalition.runtime.key_rotation import rotate_ledger_key
+
+        brand = self.brands[program]
+        brand.close()
+        brand.process().stop()
+        done = rotate_ledger_key(brand.config)
+        brand.start()
+        brand.ready()
+        self.note(
+            f"rotated        {program}'s ledger key to {done.key_id[:16]} (epoch {done.epoch}); "
+            f"headers after height {done.sealed_height} are signed by it"
+        )
 
     # --- conversions -------------------------------------------------------------------
 
@@ -520,7 +542,14 @@ def run_demo(out: Path, options: DemoOptions | None = None) -> int:
     try:
         start_brands(brands)
         summary = _drive(
-            manifest, brands, member_ids, options, out, victim=VICTIM, member_keys=True
+            manifest,
+            brands,
+            member_ids,
+            options,
+            out,
+            victim=VICTIM,
+            member_keys=True,
+            rotate=ROTATED,
         )
         stop_brands(brands)
         check_sealed_after_stop(brands, summary.chains)
@@ -599,6 +628,8 @@ def _finish(summary: Summary, out: Path, started: float) -> None:
     say(
         f"\nevidence in {out}/ ; check a proof with:\n  coalition verify "
         f"{out}/{first}/proofs/<entry id>.json --public-key {out}/{first}/public_key.pem"
+        f"\n  (for {ROTATED}, whose key rotated, add --key-rotations "
+        f"{out}/{ROTATED}/key-rotations.json)"
     )
 
 
@@ -658,6 +689,7 @@ def _drive(
     *,
     victim: str | None,
     member_keys: bool,
+    rotate: str | None = None,
 ) -> Summary:
     for brand in brands:
         say(
@@ -671,6 +703,8 @@ def _drive(
     say("every node follows and cosigns every partner's chain")
     time.sleep(1.2)  # the holding period (1 s in the demo) makes the purchases spendable
     scenario.agree()
+    if rotate is not None:
+        scenario.rotate_key(rotate)
     scenario.convert(options.conversions, victim)
     scenario.wait_conversions()
     scenario.redeem_across(max(3, options.conversions // 25))

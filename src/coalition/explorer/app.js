@@ -6,7 +6,9 @@ import {
   headerHash,
   importPublicKey,
   keyIdOf,
+  keyInForce,
   verifyHeaderSignature,
+  verifyKeyRotations,
   verifyInclusionDocument,
   base64ToBytes,
   bytesToBase64,
@@ -134,16 +136,17 @@ const ledger = (path, options) => api(path, keys().ledger, options);
 let publicKeyPromise = null;
 let publicKeyFor = null;
 
-/** The program's Ed25519 key from /v1/ledger/public-key, imported once per ledger key. */
+/** The program's first Ed25519 key from /v1/ledger/public-key and its rotations from
+ * /v1/ledger/key-rotations (each checked, verify.js), imported once per ledger key:
+ * `key` is the schedule a proof is checked with (the key in force for its header). */
 function programKey() {
   const key = keys().ledger;
   if (!publicKeyPromise || publicKeyFor !== key) {
     publicKeyFor = key;
-    publicKeyPromise = ledger("/v1/ledger/public-key", { text: true }).then(async (pem) => ({
-      pem,
-      key: await importPublicKey(pem),
-      keyId: await keyIdOf(pem),
-    }));
+    publicKeyPromise = ledger("/v1/ledger/public-key", { text: true }).then(async (pem) => {
+      const rotations = await ledger("/v1/ledger/key-rotations");
+      return { pem, key: await verifyKeyRotations(pem, rotations), keyId: await keyIdOf(pem) };
+    });
     publicKeyPromise.catch(() => {
       publicKeyPromise = null;
     });
@@ -227,7 +230,7 @@ async function viewBlock(height, render) {
   const { header, signature } = block.header;
   let signed;
   try {
-    await verifyHeaderSignature(header, signature, program.key);
+    await verifyHeaderSignature(header, signature, keyInForce(program.key, header).key);
     signed = el("span", { class: "ok", id: "header-signature" }, "valid (verified in this browser)");
   } catch (err) {
     signed = el("span", { class: "bad", id: "header-signature" }, `INVALID: ${err.message}`);
@@ -430,8 +433,8 @@ async function showLatestLink(header, key) {
     const doc = await ledger(`/v1/ledger/consistency?first=${header.height}&second=${latest.header.height}`);
     if (canonicalJson(doc.first) !== canonicalJson(header)) throw new Error("the node's header at this height is not the proof's");
     if (canonicalJson(doc.second) !== canonicalJson(latest.header)) throw new Error("the consistency proof ends at another header than the newest");
-    await verifyHeaderSignature(doc.first, doc.first_signature, key);
-    await verifyHeaderSignature(doc.second, doc.second_signature, key);
+    await verifyHeaderSignature(doc.first, doc.first_signature, keyInForce(key, doc.first).key);
+    await verifyHeaderSignature(doc.second, doc.second_signature, keyInForce(key, doc.second).key);
     if (doc.first.log_size < doc.second.log_size) {
       await verifyConsistency(doc.first.log_size, doc.second.log_size, doc.path.map(hexToBytes),
         hexToBytes(doc.first.log_root), hexToBytes(doc.second.log_root));

@@ -20,6 +20,7 @@ const HEADER_KEYS = [
   "prev_hash", "program", "sealed_at", "type",
 ];
 const PROOF_KEYS = ["entry", "header", "leaf_index", "path", "signature", "tree_size", "type"];
+const ROTATION_KEYS = ["epoch", "key", "key_id", "previous_key_id", "proof", "signature"];
 const encoder = new TextEncoder();
 
 function fail(message) {
@@ -251,6 +252,69 @@ export async function verifyHeaderSignature(header, signature, publicKey) {
   }
 }
 
+// ---------------------------------------------------------------- key rotations
+
+async function verifyOver(key, signature, data, what) {
+  if (typeof signature !== "string") fail(`${what}: the signature is not a string`);
+  const sig = base64ToBytes(signature, { canonical: true });
+  if (sig.length !== 64 || !(await crypto.subtle.verify({ name: "Ed25519" }, key, sig, data))) {
+    fail(what);
+  }
+}
+
+/** The program's keys across its rotations (docs/proofs.md §11): the first key (PEM, as
+ * /v1/ledger/public-key serves it), then each rotation `{log_index, entry}` in log order
+ * (as /v1/ledger/key-rotations serves them), each checked: the next epoch, naming the
+ * key in force, signed by it, with the new key's proof. Returns `[{from, key, keyId,
+ * epoch}]` (`from`: the rotation's log index, -1 for the first key) for `keyInForce`;
+ * throws VerificationError naming the rotation that fails. That each rotation sits in
+ * the log at its index is what an auditor's chain audit checks, not this page. */
+export async function verifyKeyRotations(firstPem, rotations) {
+  const first = { from: -1, key: await importPublicKey(firstPem), keyId: await keyIdOf(firstPem), epoch: 0 };
+  const schedule = [first];
+  if (!Array.isArray(rotations)) fail("the key rotations are not a list");
+  for (const item of rotations) {
+    const current = schedule[schedule.length - 1];
+    const index = item?.log_index;
+    safeInt(index, "a rotation's log_index");
+    const where = `the key rotation at log index ${index}`;
+    if (index <= current.from) fail(`${where} is out of order`);
+    const entry = item.entry;
+    if (!isObject(entry) || entry.kind !== "key-rotation") fail(`${where} is not a key-rotation entry`);
+    checkEntryEnvelope(entry);
+    const r = entry.rotation;
+    if (!isObject(r) || !sameKeys(r, ROTATION_KEYS)) fail(`${where} does not have the six rotation keys`);
+    if (r.epoch !== current.epoch + 1) fail(`${where} names epoch ${r.epoch}, not ${current.epoch + 1}`);
+    if (r.previous_key_id !== current.keyId) fail(`${where} does not name the key in force as its previous key`);
+    if (typeof r.key !== "string") fail(`${where}: key is not base64`);
+    const raw = base64ToBytes(r.key, { canonical: true });
+    if (raw.length !== 32) fail(`${where}: the key is ${raw.length} bytes, not 32`);
+    const keyId = bytesToHex(await sha256(raw));
+    if (keyId !== r.key_id) fail(`${where}: key_id is not the SHA-256 of the key`);
+    if (keyId === current.keyId) fail(`${where} names the key already in force`);
+    const statement = encoder.encode(canonicalJson({
+      type: "coalition/key-rotation/v1",
+      program: entry.program,
+      epoch: r.epoch,
+      key: r.key,
+      previous_key_id: r.previous_key_id,
+    }));
+    const key = await crypto.subtle.importKey("raw", raw, { name: "Ed25519" }, false, ["verify"]);
+    await verifyOver(current.key, r.signature, statement, `${where} is not signed by the key in force`);
+    await verifyOver(key, r.proof, statement, `${where}: the new key's proof does not verify`);
+    schedule.push({ from: index, key, keyId, epoch: r.epoch });
+  }
+  return schedule;
+}
+
+/** The key in force for `header` (docs/proofs.md §11): the last one a rotation below the
+ * header's first_index named, else the first key. */
+export function keyInForce(schedule, header) {
+  let found = schedule[0];
+  for (const one of schedule) if (one.from < header.first_index) found = one;
+  return found;
+}
+
 // ------------------------------------------------------------------------- shapes
 
 function isObject(value) {
@@ -293,6 +357,7 @@ export function checkHeader(header) {
  * `{ok, checks: [{id, label, ok, detail}], leafHash, headerHash}`. Never throws: a check
  * that cannot run because an earlier one failed is reported as not run (ok: null). */
 export async function verifyInclusionDocument(doc, publicKey) {
+  // `publicKey`: the program's CryptoKey, or its schedule from `verifyKeyRotations`.
   const checks = [];
   const report = { ok: false, checks, leafHash: null, headerHash: null };
   const run = async (id, label, body) => {
@@ -341,8 +406,15 @@ export async function verifyInclusionDocument(doc, publicKey) {
     return `block ${doc.header.height}: ${report.headerHash}`;
   });
   await run("signature", "Ed25519 signature over JCS(header)", async () => {
-    await verifyHeaderSignature(doc.header, doc.signature, publicKey);
-    return "signed by the program's key";
+    if (!Array.isArray(publicKey)) {
+      await verifyHeaderSignature(doc.header, doc.signature, publicKey);
+      return "signed by the program's key";
+    }
+    const inForce = keyInForce(publicKey, doc.header);
+    await verifyHeaderSignature(doc.header, doc.signature, inForce.key);
+    return inForce.epoch === 0
+      ? "signed by the program's first key"
+      : `signed by the program's key in force (epoch ${inForce.epoch}, ${inForce.keyId.slice(0, 16)})`;
   });
   report.ok = checks.every((c) => c.ok === true);
   return report;

@@ -2,7 +2,9 @@
 
 ``ChainVerifier`` takes blocks in order (header plus the block's leaf hashes) and checks
 each against everything before it, keeping only O(log n) state (a compact range, RFC 9162
-§2.1 tree), so an audit of millions of entries runs in constant memory.
+§2.1 tree), so an audit of millions of entries runs in constant memory. Each header is
+checked against the key in force for it (``ledger.rotation.KeySchedule``): the caller
+hands over the key rotations it found among a block's entries with the block.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from coalition.ledger.blocks import GENESIS_PREV, BlockHeader, SignedHeader
 from coalition.ledger.entries import parse_time
 from coalition.ledger.keys import VerifyKey
 from coalition.ledger.merkle import CompactRange, root
+from coalition.ledger.rotation import KeyRotation, KeySchedule
 
 
 class ChainVerifier:
@@ -27,7 +30,8 @@ class ChainVerifier:
     """
 
     def __init__(self, key: VerifyKey, program: str) -> None:
-        self._key = key
+        """``key`` is the program's first key (the manifest's, epoch 0)."""
+        self.schedule = KeySchedule(program, key)
         self._program = program
         self._range = CompactRange(stride=None)
         self._last: BlockHeader | None = None
@@ -48,8 +52,18 @@ class ChainVerifier:
         """The log root after the last accepted block."""
         return self._range.root()
 
-    def feed(self, signed: SignedHeader, block_leaf_hashes: Sequence[bytes]) -> None:
-        """Check the next block and accept it, or raise VerificationError."""
+    def feed(
+        self,
+        signed: SignedHeader,
+        block_leaf_hashes: Sequence[bytes],
+        rotations: Sequence[tuple[int, KeyRotation]] = (),
+    ) -> None:
+        """Check the next block and accept it, or raise VerificationError.
+
+        ``rotations`` are the block's ``key-rotation`` entries with their log indexes
+        (``ledger.rotation.rotations_in`` of its entries): the header is checked with
+        the key in force before them, and they are in force from the next block on. A
+        caller that omits a block's rotation sees the next header fail its signature."""
         h = signed.header
         expected = 0 if self._last is None else self._last.height + 1
         where = f"block at height {h.height}"
@@ -62,7 +76,7 @@ class ChainVerifier:
         if h.program != self._program:
             raise fail(f"program {h.program!r} is not {self._program!r}")
         try:
-            signed.verify(self._key)
+            signed.verify(self.schedule.key)
         except CoalitionError as exc:
             raise fail(f"bad signature ({exc})") from None
         if h.height != expected:
@@ -89,6 +103,15 @@ class ChainVerifier:
             raise fail(str(exc)) from None
         if not hmac.compare_digest(log.root().hex(), h.log_root):
             raise fail("log_root is not the root of the log so far")
+        schedule = self.schedule.copy()
+        for index, rotation in rotations:
+            if not h.first_index <= index < h.log_size:
+                raise fail(f"a key rotation at log index {index} is not in the block")
+            try:
+                schedule.apply(rotation, index)
+            except CoalitionError as exc:
+                raise fail(str(exc)) from None
+        self.schedule = schedule
         self._range = log
         self._last = h
         self._last_hash = h.hash()

@@ -24,8 +24,8 @@ from coalition.errors import InvalidArgument, VerificationError
 from coalition.ledger.blocks import BlockHeader, SignedHeader, check_count, check_hex32, check_keys
 from coalition.ledger.canonical import JsonObject, JsonValue
 from coalition.ledger.entries import check_envelope, entry_leaf_hash
-from coalition.ledger.keys import VerifyKey
 from coalition.ledger.merkle import EMPTY_ROOT, verify_consistency, verify_inclusion
+from coalition.ledger.rotation import HeaderKeys, header_key
 
 INCLUSION_TYPE = "coalition/inclusion-proof/v1"
 CONSISTENCY_TYPE = "coalition/consistency-proof/v1"
@@ -78,8 +78,9 @@ def inclusion_document(
     }
 
 
-def verify_inclusion_document(doc: JsonValue, key: VerifyKey) -> None:
-    """Verify an inclusion proof document against the program's public key."""
+def verify_inclusion_document(doc: JsonValue, key: HeaderKeys) -> None:
+    """Verify an inclusion proof document against the program's public key (or its key
+    schedule, ``ledger.rotation``: the header's key in force)."""
     d = check_keys(doc, _INCLUSION_KEYS, "inclusion proof")
     if d["type"] != INCLUSION_TYPE:
         raise InvalidArgument(f"inclusion proof type must be {INCLUSION_TYPE!r}")
@@ -103,7 +104,7 @@ def verify_inclusion_document(doc: JsonValue, key: VerifyKey) -> None:
     verify_inclusion(
         entry_leaf_hash(entry), leaf_index, tree_size, path, bytes.fromhex(header.log_root)
     )
-    key.verify_object(header.to_json(), signature)
+    header_key(key, header).verify_object(header.to_json(), signature)
 
 
 def consistency_document(
@@ -128,8 +129,10 @@ def consistency_document(
     }
 
 
-def verify_consistency_document(doc: JsonValue, key: VerifyKey) -> None:
-    """Verify a consistency proof document against the program's public key.
+def verify_consistency_document(doc: JsonValue, key: HeaderKeys) -> None:
+    """Verify a consistency proof document against the program's public key, or its key
+    schedule (``ledger.rotation``) when a rotation may lie between the two headers: each
+    header is checked with the key in force for it.
 
     Two different headers at the same height are equivocation and fail. A first log of
     size 0 needs an empty path and the empty root.
@@ -142,8 +145,8 @@ def verify_consistency_document(doc: JsonValue, key: VerifyKey) -> None:
     first_sig = _signature(d["first_signature"], "first_signature")
     second_sig = _signature(d["second_signature"], "second_signature")
     path = _path_bytes(d["path"])
-    key.verify_object(first.to_json(), first_sig)
-    key.verify_object(second.to_json(), second_sig)
+    header_key(key, first).verify_object(first.to_json(), first_sig)
+    header_key(key, second).verify_object(second.to_json(), second_sig)
     if first.program != second.program:
         raise VerificationError("the two headers belong to different programs")
     if first.height > second.height:

@@ -34,6 +34,8 @@ from coalition.errors import CoalitionError, LedgerDamaged
 from coalition.ledger.canonical import JsonObject, JsonValue
 from coalition.ledger.keys import VerifyKey
 from coalition.ledger.merkle import NodeCoord
+from coalition.ledger.rotation import HeaderKeys
+from coalition.node.ledger_keys import stored_schedule
 from coalition.store import ledger as ledger_store
 from coalition.store.ledger import TREE_STRIDE
 from coalition.verify.block_checks import Fault, FaultList
@@ -89,10 +91,24 @@ def _previous(conn: Connection, height: int) -> tuple[RawHeader | None, dict[Nod
     return prev, ledger_store.read_nodes(conn, frontier_coords(size, TREE_STRIDE))
 
 
+def key_schedule(reads: Reads, key: VerifyKey, program: str) -> HeaderKeys:
+    """The keys the stored headers must be signed with: ``key`` (the first) and the stored
+    rotations (``node.ledger_keys``); a stored rotation that does not verify leaves
+    ``key`` alone, so the headers after it are reported as signed by another key."""
+    try:
+        with reads() as conn:
+            return stored_schedule(conn, program, key)
+    except CoalitionError as exc:
+        log.error("the stored key rotations do not verify: %s", exc)
+        return key
+
+
 def check_newest(reads: Reads, key: VerifyKey, program: str, blocks: int) -> StoredChainCheck:
     """Check the newest ``blocks`` stored blocks (0: none) in one read session; the walk
     holds what was found."""
-    walk = StoredChainCheck(key, program, TREE_STRIDE, FaultList(limit=FAULTS_KEPT))
+    walk = StoredChainCheck(
+        key_schedule(reads, key, program), program, TREE_STRIDE, FaultList(limit=FAULTS_KEPT)
+    )
     with reads() as conn:
         last = ledger_store.last_height(conn)
         if last is None or blocks <= 0:
@@ -266,7 +282,7 @@ def check_all(
 ) -> StoredChainCheck:
     """Check every stored block from height 0 (``coalition check``); ``progress`` gets
     each block's entry count."""
-    walk = StoredChainCheck(key, program, TREE_STRIDE, FaultList())
+    walk = StoredChainCheck(key_schedule(reads, key, program), program, TREE_STRIDE, FaultList())
     for block in stored_blocks(reads):
         walk.check(block)
         if progress is not None:
@@ -320,7 +336,8 @@ class Scrub:
 
     def run_pass(self) -> StoredChainCheck:
         """One walk of the log as stored now; faults found are recorded and logged."""
-        walk = StoredChainCheck(self._key, self._program, TREE_STRIDE, FaultList(limit=FAULTS_KEPT))
+        keys = key_schedule(self._reads, self._key, self._program)
+        walk = StoredChainCheck(keys, self._program, TREE_STRIDE, FaultList(limit=FAULTS_KEPT))
         progress = self._state.scrub
         progress.height, progress.blocks_checked, progress.entries_checked = None, 0, 0
         began = time.monotonic()

@@ -22,6 +22,7 @@ import itertools
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from datetime import datetime
 
 from sqlalchemy import Connection
@@ -53,8 +54,10 @@ from coalition.ledger.proofs import (
     verify_consistency_document,
     verify_inclusion_document,
 )
+from coalition.ledger.rotation import KeySchedule
 from coalition.node.bundle_export import BundleExport
 from coalition.node.integrity import IntegrityState
+from coalition.node.ledger_keys import stored_schedule
 from coalition.node.sequencer import Sequencer, check_entry_id
 from coalition.node.views import EntryView
 from coalition.points.flows import level_for
@@ -87,6 +90,21 @@ class LedgerService:
         self._integrity = integrity
         self._verified: OrderedDict[tuple[BlockHeader, str], None] = OrderedDict()
         self._verified_lock = threading.Lock()
+        self._schedule = KeySchedule(sequencer.program, public_key)
+        """The keys in force as last read from the stored rotations (``_keys``)."""
+
+    def _keys(self, check: Callable[[KeySchedule], None]) -> None:
+        """Run ``check`` with the key schedule; when it fails, read the stored rotations
+        again and retry once (a header sealed after a rotation this process has not read
+        yet). Rotations only ever add keys, so a stale schedule can only refuse."""
+        try:
+            check(self._schedule)
+            return
+        except CoalitionError:
+            with self._sequencer.read() as conn:
+                schedule = stored_schedule(conn, self._sequencer.program, self._public_key)
+            self._schedule = schedule
+        check(schedule)
 
     # --- what is served is verified first ------------------------------------------------
 
@@ -98,7 +116,7 @@ class LedgerService:
                 self._verified.move_to_end(key)
                 return signed
         try:
-            signed.verify(self._public_key)
+            self._keys(lambda keys: signed.verify(keys.key_for(signed.header)))
         except CoalitionError as exc:
             what = f"the stored header at height {signed.header.height}"
             raise self._integrity.self_check_failed(what, exc) from None
@@ -129,8 +147,17 @@ class LedgerService:
 
     @property
     def public_key(self) -> VerifyKey:
-        """The key every signed header of this log verifies with."""
+        """The program's first ledger key (the manifest's, epoch 0): the headers verify
+        with it until the first rotation, then with the key in force
+        (``key_rotations``, ``ledger.rotation``)."""
         return self._public_key
+
+    def key_rotations(self) -> list[tuple[int, JsonObject]]:
+        """Every ``key-rotation`` entry of the log, with its log index, in log order:
+        with the first key, what a verifier needs to know the key of every header."""
+        with self._sequencer.read() as conn:
+            rows = ledger_store.key_rotations_after(conn, -1)
+        return [(index, columns_store.stored_object(body.decode())) for index, body in rows]
 
     def latest_header(self) -> SignedHeader | None:
         """The newest signed header in the database (whichever process sealed it)."""
@@ -212,7 +239,7 @@ class LedgerService:
         path = inclusion_from_nodes(leaf_index, size, nodes)
         doc = inclusion_document(entry, leaf_index, path, signed)
         try:
-            verify_inclusion_document(doc, self._public_key)
+            self._keys(lambda keys: verify_inclusion_document(doc, keys))
         except CoalitionError as exc:
             what = f"the inclusion proof of entry {entry_id} at tree size {size}"
             raise self._integrity.self_check_failed(what, exc) from None
@@ -245,7 +272,7 @@ class LedgerService:
         path = consistency_from_nodes(size1, size2, nodes)
         doc = consistency_document(first, second, path)
         try:
-            verify_consistency_document(doc, self._public_key)
+            self._keys(lambda keys: verify_consistency_document(doc, keys))
         except CoalitionError as exc:
             what = f"the consistency proof from height {first_height} to {second_height}"
             raise self._integrity.self_check_failed(what, exc) from None

@@ -27,6 +27,10 @@ holding the node's lease (``node.leadership``) seals. Contract:
 - **A failing storage never stops the loop**: while the disk is full (or the database
   read-only, unreachable) the loop backs off (``STORAGE_BACKOFF_MAX_S``) and tries again,
   and seals the pending entries once the storage works.
+- **Each block is signed by the key in force** for its first index
+  (``ledger.rotation``), the schedule read from the stored rotations before each seal
+  (``node.ledger_keys``); a block whose key this process cannot load is not sealed (nor
+  anything after it), and sealing resumes once the key file is there.
 """
 
 from __future__ import annotations
@@ -43,10 +47,10 @@ from coalition.errors import CoalitionError, LedgerDamaged
 from coalition.ledger.blocks import SignedHeader, make_header, sign_header
 from coalition.ledger.canonical import canonical_json
 from coalition.ledger.entries import format_time
-from coalition.ledger.keys import SigningKey
 from coalition.ledger.merkle import CompactRange, NodeCoord, root_coords, stored_coords
 from coalition.node.config import SealerConfig
 from coalition.node.leadership import Leadership
+from coalition.node.ledger_keys import LedgerKeys
 from coalition.store import ledger as ledger_store
 from coalition.store.failures import health_of, is_storage_failure
 from coalition.store.ledger import TREE_STRIDE, signed_header_from_row
@@ -87,7 +91,7 @@ class Sealer:
         self,
         engine: Engine,
         program: str,
-        key: SigningKey,
+        keys: LedgerKeys,
         config: SealerConfig,
         clock: Callable[[], datetime],
         leadership: Leadership,
@@ -95,7 +99,7 @@ class Sealer:
         self._engine = engine
         self._storage = health_of(engine)
         self._program = program
-        self._key = key
+        self.keys = keys
         self._config = config
         self._clock = clock
         self.leadership = leadership
@@ -110,6 +114,8 @@ class Sealer:
         self._range = CompactRange.from_nodes(0, {}, TREE_STRIDE)
         self._pending: list[bytes] = []
         self._oldest: float | None = None
+        self._key_trouble: str | None = None
+        """The last reason logged for sealing nothing for want of a key (``_key_problem``)."""
         self.sealed_at_stop = False
         """Whether ``stop`` saw every entry committed before it sealed (by this process
         or by the lease holder) within ``FOLLOW_TIMEOUT_S``."""
@@ -215,6 +221,12 @@ class Sealer:
             with self._engine.connect() as conn:
                 self._follow(conn)
                 self._read_pending(conn)
+            try:
+                with self._engine.connect() as conn:
+                    self.keys.refresh(conn)
+            except CoalitionError as exc:
+                self._key_problem(f"cannot read the ledger key schedule, nothing sealed: {exc}")
+                return None
             for _attempt in range(2):
                 try:
                     return self._seal_fenced(blocks)
@@ -247,14 +259,23 @@ class Sealer:
         prev = None if self.last is None else self.last.header
         sealed_at = format_time(self._clock())
         made: list[tuple[SignedHeader, list[tuple[NodeCoord, bytes]]]] = []
+        schedule = self.keys.schedule
         for batch in cuts:
             first_index = tree.size
+            try:  # the key in force for this block (ledger.rotation's boundary)
+                key = self.keys.signing_key(schedule.key_at(first_index))
+            except CoalitionError as exc:
+                self._key_problem(f"block at log index {first_index} not sealed: {exc}")
+                break
             nodes = tree.extend(batch)
             header = make_header(
                 self._program, prev, first_index, batch, tree.size, tree.root(), sealed_at
             )
-            made.append((sign_header(header, self._key), nodes))
+            made.append((sign_header(header, key), nodes))
             prev = header
+        if not made:
+            return None
+        self._key_trouble = None
         with self._engine.begin() as conn:
             if not self.leadership.fence(conn):
                 raise _Stale("this process does not hold the lease", lease_lost=True)
@@ -276,12 +297,19 @@ class Sealer:
             self.node_cache.put(nodes)
         signed = made[-1][0]
         with self._cond:
-            del self._pending[: sum(len(batch) for batch in cuts)]
+            del self._pending[: sum(h.header.entry_count for h, _ in made)]
             self._oldest = time.monotonic() if self._pending else None
             self._range = tree
             self.last = signed
             self._cond.notify_all()
         return signed
+
+    def _key_problem(self, message: str) -> None:
+        """Log why nothing is sealed: once per distinct reason (the loop retries every
+        poll), until a block is sealed again."""
+        if message != self._key_trouble:
+            self._key_trouble = message
+            log.error("sealer: %s", message)
 
     def flush(self) -> SignedHeader | None:
         """Seal everything committed so far; the newest header (see ``_seal_committed``)."""

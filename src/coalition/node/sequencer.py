@@ -114,6 +114,7 @@ from coalition.ledger.merkle import leaf_hash
 from coalition.node.config import SealerConfig
 from coalition.node.idempotency import OPERATOR, KeyScope
 from coalition.node.leadership import Leadership
+from coalition.node.ledger_keys import LedgerKeys, RotatedKeyLoader
 from coalition.node.sealer import Sealer
 from coalition.node.views import WriteResult
 from coalition.points import model
@@ -362,7 +363,11 @@ class Sequencer:
         key: SigningKey,
         sealer: SealerConfig,
         clock: Callable[[], datetime] | None = None,
+        *,
+        rotated_keys: RotatedKeyLoader | None = None,
     ) -> None:
+        """``key`` is the program's first ledger key (the manifest's); ``rotated_keys``
+        loads the keys later rotations put in force (``node.ledger_keys``)."""
         self.program = program
         self._engine = engine
         self._clock = clock or (lambda: datetime.now(UTC))
@@ -373,7 +378,8 @@ class Sequencer:
         self._leader: int | None = None  # the leader's thread while it commits
         self._storage = health_of(engine)
         self.leadership = Leadership(engine)
-        self.sealer = Sealer(engine, program, key, sealer, self._clock, self.leadership)
+        self.keys = LedgerKeys(program, key, rotated_keys)
+        self.sealer = Sealer(engine, program, self.keys, sealer, self._clock, self.leadership)
 
     @property
     def engine(self) -> Engine:

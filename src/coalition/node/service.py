@@ -15,10 +15,14 @@ from datetime import datetime
 
 from sqlalchemy import Engine
 
+from coalition.ledger.blocks import BlockHeader
+from coalition.ledger.canonical import JsonObject
 from coalition.ledger.keys import SigningKey, VerifyKey
+from coalition.ledger.rotation import KeySchedule
 from coalition.node.api_keys import ApiKeyStore
 from coalition.node.config import SealerConfig
 from coalition.node.integrity import IntegrityState
+from coalition.node.ledger_keys import RotatedKeyLoader
 from coalition.node.ledger_service import LedgerService
 from coalition.node.points_service import PointsService
 from coalition.node.read_only import ReadOnlySequencer
@@ -41,9 +45,12 @@ class NodeService:
         clock: Callable[[], datetime] | None = None,
         *,
         read_only_primary: str | None = None,
+        rotated_keys: RotatedKeyLoader | None = None,
     ) -> None:
         """``read_only_primary``: a read-only process (``node/read_only.py``) whose writes
-        are refused naming this primary; it never seals."""
+        are refused naming this primary; it never seals. ``key`` is the program's first
+        ledger key (the manifest's); ``rotated_keys`` loads the keys rotations put in
+        force after it (``node.ledger_keys``)."""
         self.program = program
         self.rules = rules
         self.public_key: VerifyKey = key.public_key
@@ -52,9 +59,11 @@ class NodeService:
         self.primary = read_only_primary
         """Where a read-only process sends writers (None for a writing process)."""
         self.sequencer = (
-            Sequencer(engine, program, key, sealer, clock)
+            Sequencer(engine, program, key, sealer, clock, rotated_keys=rotated_keys)
             if read_only_primary is None
-            else ReadOnlySequencer(read_only_primary, engine, program, key, sealer, clock)
+            else ReadOnlySequencer(
+                read_only_primary, engine, program, key, sealer, clock, rotated_keys=rotated_keys
+            )
         )
         self.sealer = self.sequencer.sealer
         self.leadership = self.sequencer.leadership
@@ -74,8 +83,33 @@ class NodeService:
 
     @property
     def signing_key(self) -> SigningKey:
-        """The node's ledger key: coalition features sign agreements and receipts with it."""
+        """The node's coalition identity key, the manifest's (the ledger's first key):
+        coalition features sign agreements, receipts, partner messages and cosignatures
+        with it. Block headers are signed by the key in force (``rotate_ledger_key``)."""
         return self._key
+
+    def rotate_ledger_key(self, new: SigningKey) -> JsonObject:
+        """Append the rotation of the ledger key to ``new``, signed by the key in force:
+        headers of the blocks after the one that holds it are signed by ``new``
+        (``ledger.rotation``). Every process of the node MUST be able to load ``new``
+        by its key id (``keys/rotated/<key_id>.pem``) before it seals such a block."""
+        entry = self.sequencer.decide(self.sequencer.keys.rotation_decision(new))
+        assert entry is not None
+        return entry
+
+    def key_schedule(self) -> KeySchedule:
+        """The program's ledger keys as the stored chain rotated them (``ledger.rotation``)."""
+        with self.sequencer.read() as conn:
+            return self.sequencer.keys.refresh(conn)
+
+    def header_signing_key(
+        self, header: BlockHeader, schedule: KeySchedule | None = None
+    ) -> SigningKey:
+        """The private key in force for ``header`` (it signs the header's C2SP checkpoint
+        note too), by ``schedule`` (default: read now); FailedPrecondition when this
+        process cannot load it."""
+        found = schedule if schedule is not None else self.key_schedule()
+        return self.sequencer.keys.signing_key(found.key_for(header))
 
     def now(self) -> datetime:
         """The node's clock (the time its entries carry)."""

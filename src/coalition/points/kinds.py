@@ -228,6 +228,12 @@ _DECLARED = (
     Kind(model.StatementRecord, _P,
          "A settlement statement signed by both parties (docs/coalition.md, \"Settlement\").",
          Effect.RECORD, 0, _NO_X, Settlement.STATEMENT, Display("Settlement statement")),
+    Kind(model.KeyRotationRecord, _P,
+         "The program's ledger key rotated to epoch `rotation.epoch`: `key` (base64 of the "
+         "raw Ed25519 key, `key_id` its SHA-256) signs every header after the block that "
+         "holds this entry; `signature` is the previous key's (`previous_key_id`) and "
+         "`proof` the new key's over the rotation statement (§11).",
+         Effect.RECORD, 0, _NO_X, _NO_S, Display("Key rotation")),
 )  # fmt: skip
 
 KINDS: Mapping[str, Kind] = MappingProxyType({k.name: k for k in _DECLARED})

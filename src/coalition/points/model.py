@@ -223,6 +223,17 @@ class SignedStatement(Part, frozen=True):
     signatures: Document
 
 
+class Rotation(Part, frozen=True):
+    """A key rotation's ``rotation`` object; its rules are ``ledger.rotation``'s."""
+
+    epoch: Positive
+    key: str
+    key_id: str
+    previous_key_id: str
+    signature: str
+    proof: str
+
+
 class Entry(Struct, frozen=True, forbid_unknown_fields=True, tag_field="kind"):
     """The envelope every entry shares; ``kind`` is the tag naming the subclass."""
 
@@ -349,6 +360,10 @@ class StatementRecord(Entry, tag="statement", frozen=True):
     statement: SignedStatement
 
 
+class KeyRotationRecord(Entry, tag="key-rotation", frozen=True):
+    rotation: Rotation
+
+
 ENTRY_TYPES: tuple[type[Entry], ...] = (
     Enroll,
     Earn,
@@ -369,6 +384,7 @@ ENTRY_TYPES: tuple[type[Entry], ...] = (
     RedemptionReceipt,
     AgreementRecord,
     StatementRecord,
+    KeyRotationRecord,
 )
 """Every entry struct, in the order docs/proofs.md lists the kinds (``points.kinds``
 attaches each to its kind's declaration)."""
@@ -393,6 +409,7 @@ AnyEntry: TypeAlias = (
     | RedemptionReceipt
     | AgreementRecord
     | StatementRecord
+    | KeyRotationRecord
 )
 
 

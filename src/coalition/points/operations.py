@@ -29,6 +29,7 @@ from coalition.ledger.entries import (
     entry_leaf_hash,
     format_time,
 )
+from coalition.ledger.rotation import ROTATION_KIND, KeyRotation
 from coalition.points import model, rates
 from coalition.points.accounts import validate_reference
 from coalition.points.rates import (
@@ -627,3 +628,11 @@ def statement_entry(ctx: EntryContext, signed_statement: JsonObject) -> JsonObje
     """Record a settlement statement signed by both parties (verified by the caller)."""
     split_signed(signed_statement, STATEMENT_FIELD, InvalidArgument)
     return _entry(ctx, "statement", PROGRAM_ACCOUNT, statement=signed_statement)
+
+
+def key_rotation_entry(ctx: EntryContext, rotation: KeyRotation) -> JsonObject:
+    """Record the rotation of the program's ledger key (``ledger.rotation``: the caller
+    checked it follows the key in force, ``KeySchedule.check``)."""
+    if rotation.program != ctx.program:
+        raise InvalidArgument(f"a rotation of {rotation.program} is not {ctx.program}'s")
+    return _entry(ctx, ROTATION_KIND, PROGRAM_ACCOUNT, rotation=rotation.to_json())

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from coalition.errors import InsufficientPoints, VerificationError
+from coalition.errors import InsufficientPoints, InvalidArgument, VerificationError
 from coalition.ledger.canonical import JsonObject, JsonValue
+from coalition.ledger.rotation import KeyRotation
 from coalition.points import model
 from coalition.points.kinds import PROGRAM_KINDS
 
@@ -366,6 +367,15 @@ def _record(entry: Any) -> None:
     return None
 
 
+def _rotation(entry: model.KeyRotationRecord) -> None:
+    """key-rotation: the rotation object is well formed (``ledger.rotation``); whether the
+    key in force signed it is the chain's rule (``KeySchedule``), which replay cannot see."""
+    try:
+        KeyRotation.from_json(entry.program, model.to_json(entry.rotation))
+    except InvalidArgument as exc:
+        raise VerificationError(f"entry {entry.id}: {exc}") from None
+
+
 _MEMBER_EFFECTS: dict[type[model.Entry], Callable[[Any, Account, datetime, AccountLookup], None]]
 _MEMBER_EFFECTS = {
     model.Enroll: _enroll,
@@ -390,6 +400,7 @@ _PROGRAM_CHECKS: dict[type[model.Entry], Callable[[Any], None]] = {
     model.RedemptionReceipt: _receipt,
     model.AgreementRecord: _record,
     model.StatementRecord: _record,
+    model.KeyRotationRecord: _rotation,
 }
 """What replay checks of each program kind beyond its type."""
 

@@ -62,10 +62,11 @@ from coalition.node.features.redemptions import Redemptions
 from coalition.node.features.settlement import Settlement
 from coalition.node.features.witness import BACKOFF_S, Witness
 from coalition.node.integrity import check_newest, refuse_start
+from coalition.node.ledger_keys import RotatedKeyLoader
 from coalition.node.manifest import Manifest
 from coalition.node.partners import PartnerClient, PartnerInbox
 from coalition.node.service import NodeService
-from coalition.ops.keyfiles import read_account_secret, read_signing_key
+from coalition.ops.keyfiles import read_account_secret, read_signing_key, rotated_key_loader
 from coalition.ops.tls import TlsFiles, read_server_tls
 from coalition.points.rules import ProgramRules
 from coalition.store.db import ensure_sqlite_folder, lock_sqlite_file, make_engine
@@ -84,6 +85,7 @@ def open_service(
     clock: Callable[[], datetime] | None = None,
     read_only_primary: str | None = None,
     verify_at_start_blocks: int = IntegrityConfig.verify_at_start_blocks,
+    rotated_keys: RotatedKeyLoader | None = None,
 ) -> NodeService:
     """The store (SQLite folder created if missing, schema upgraded to this code's
     revision under the schema lock) and the service on it, not yet sealing: call
@@ -122,6 +124,7 @@ def open_service(
                 sealer,
                 clock,
                 read_only_primary=read_only_primary,
+                rotated_keys=rotated_keys,
             )
         except BaseException:
             engine.dispose()
@@ -169,6 +172,7 @@ def open_node(config: NodeConfig, *, clock: Callable[[], datetime] | None = None
         clock=clock,
         read_only_primary=config.primary if config.read_only else None,
         verify_at_start_blocks=config.integrity.verify_at_start_blocks,
+        rotated_keys=rotated_key_loader(config),
     )
 
 

@@ -47,6 +47,7 @@ from coalition.errors import CorruptStore
 from coalition.ledger.blocks import BlockHeader, SignedHeader
 from coalition.ledger.canonical import JsonObject
 from coalition.ledger.merkle import NodeCoord
+from coalition.ledger.rotation import ROTATION_KIND
 from coalition.store.columns import RowId, stored_object
 from coalition.store.prepared import Statement, run, run_many, string_list
 
@@ -520,3 +521,15 @@ def block_with_log_size(conn: Connection, log_size: int) -> tuple[int, str, str]
     )
     row = conn.execute(query).first()
     return None if row is None else (row.height, row.header, row.signature)
+
+
+def key_rotations_after(conn: Connection, after_index: int) -> list[tuple[int, bytes]]:
+    """(log index, canonical body) of every ``key-rotation`` entry after ``after_index``,
+    in log order (uses ``ix_entries_kind``): the node's key schedule
+    (``node.ledger_keys``)."""
+    query = (
+        select(entries.c.log_index, entries.c.body)
+        .where(entries.c.kind == ROTATION_KIND, entries.c.log_index > after_index)
+        .order_by(entries.c.log_index)
+    )
+    return [(row.log_index, row.body.encode()) for row in conn.execute(query)]

@@ -12,7 +12,10 @@ Storage contract: every function runs on the caller's ``Connection``. A program'
 are unique by height, and one cosigner cosigns a header once (``save_cosignature``
 returns False for a repeat); gossip is kept once per distinct header, until the header at
 its height is verified. Evidence is unique per program and pair of headers and is never
-changed or deleted.
+changed or deleted. ``witness_key_rotations`` keeps the ``key-rotation`` entries found in
+the blocks of the verified headers (one per program and epoch, written in the transaction
+that stores the header of their block), so the follower knows the key in force for a
+partner's next header after a restart without reading its chain again.
 """
 
 from __future__ import annotations
@@ -111,10 +114,23 @@ class WitnessEvidenceRow(SQLModel, table=True):
     detected_at: int = Field(sa_column=Column(BigInteger, nullable=False))
 
 
+class WitnessKeyRotationRow(SQLModel, table=True):
+    """A partner's ``key-rotation`` entry (canonical JSON) at ``log_index``, found in the
+    block of a header this node verified (``node.features.witness``)."""
+
+    __tablename__ = "witness_key_rotations"
+
+    program: str = Field(primary_key=True, max_length=64)
+    epoch: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    log_index: int = Field(sa_column=Column(BigInteger, nullable=False))
+    entry: str = Field(sa_column=Column(Text, nullable=False))
+
+
 witness_headers = WitnessHeaderRow.__table__  # type: ignore[attr-defined]
 witness_cosignatures = WitnessCosignatureRow.__table__  # type: ignore[attr-defined]
 witness_gossip = WitnessGossipRow.__table__  # type: ignore[attr-defined]
 witness_evidence = WitnessEvidenceRow.__table__  # type: ignore[attr-defined]
+witness_key_rotations = WitnessKeyRotationRow.__table__  # type: ignore[attr-defined]
 
 
 # --- reads and writes, on a caller's connection --------------------------------------------
@@ -404,3 +420,23 @@ def _signed_doc(text: str) -> SignedHeader:
 
 def programs_with_evidence(conn: Connection) -> set[str]:
     return set(conn.execute(select(witness_evidence.c.program).distinct()).scalars())
+
+
+def key_rotations(conn: Connection, program: str) -> list[tuple[int, bytes]]:
+    """(log index, entry bytes) of every stored rotation of ``program``, by epoch."""
+    query = (
+        select(witness_key_rotations.c.log_index, witness_key_rotations.c.entry)
+        .where(witness_key_rotations.c.program == program)
+        .order_by(witness_key_rotations.c.epoch)
+    )
+    return [(row.log_index, row.entry.encode()) for row in conn.execute(query)]
+
+
+def insert_key_rotation(
+    conn: Connection, program: str, epoch: int, log_index: int, entry: bytes
+) -> None:
+    conn.execute(
+        insert(witness_key_rotations).values(
+            program=program, epoch=epoch, log_index=log_index, entry=entry.decode()
+        )
+    )

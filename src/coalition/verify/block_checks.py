@@ -226,10 +226,18 @@ class Position:
 
 
 def check_header(
-    fault: FaultSink, signed: SignedHeader, key: VerifyKey, program: str, at: Position
+    fault: FaultSink,
+    signed: SignedHeader,
+    key: VerifyKey,
+    program: str,
+    at: Position,
+    *,
+    after_rotation: bool = False,
 ) -> None:
-    """Check a header's program, signature, height, link, range and time against ``at``;
-    updates ``at.prev_time`` and ``at.prev_forged`` (the caller moves the rest on)."""
+    """Check a header's program, signature (by ``key``, the key in force for it:
+    ``after_rotation`` when that is not the program's first key), height, link, range and
+    time against ``at``; updates ``at.prev_time`` and ``at.prev_forged`` (the caller moves
+    the rest on)."""
     h = signed.header
     if h.program != program:
         fault("header-program", f"program {h.program!r} is not {program!r}", h.height)
@@ -237,7 +245,8 @@ def check_header(
         signed.verify(key)
         sig_bad = False
     except CoalitionError as exc:
-        fault("header-signature", f"signature does not verify: {exc}", h.height)
+        epoch = " (the key in force after rotation)" if after_rotation else ""
+        fault("header-signature", f"signature does not verify{epoch}: {exc}", h.height)
         sig_bad = True
     if h.height != at.next_height:
         fault("header-height", f"expected height {at.next_height}", h.height)

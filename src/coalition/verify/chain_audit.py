@@ -1,11 +1,13 @@
 """Audit one program's whole chain from a source, block by block, in constant memory.
 
-For every block: the header's form, program, Ed25519 signature, height and hash link to
-the previous header, its entry range, the RFC 9162 §2.1.1 root of the block's entries
-(recomputed from each entry's canonical RFC 8785 body; a stored hash is only a hint used
-to name which entry changed), and the log root after the block (an incremental compact
-range, RFC 9162 §2.1). Every entry's envelope and program are checked and the entries are
-replayed (``coalition.points.replay.Replay``) into balances, supply and per-kind totals.
+For every block: the header's form, program, Ed25519 signature (by the key in force,
+``ledger.rotation``: the block's ``key-rotation`` entries apply from the next block),
+height and hash link to the previous header, its entry range, the RFC 9162 §2.1.1 root
+of the block's entries (recomputed from each entry's canonical RFC 8785 body; a stored
+hash is only a hint used to name which entry changed), and the log root after the block
+(an incremental compact range, RFC 9162 §2.1). Every entry's envelope and program are
+checked and the entries are replayed (``coalition.points.replay.Replay``) into balances,
+supply and per-kind totals.
 Optionally a trusted header (what the auditor saw last time) must be in the chain, and
 the source's RFC 9162 §2.1.4 consistency proof to the newest header must verify.
 
@@ -43,6 +45,7 @@ from coalition.ledger.canonical import JsonObject, JsonValue, parse_json
 from coalition.ledger.keys import VerifyKey
 from coalition.ledger.merkle import CompactRange, root
 from coalition.ledger.proofs import verify_consistency_document
+from coalition.ledger.rotation import KeySchedule, rotations_in
 from coalition.points import kinds
 from coalition.points.replay import Replay
 from coalition.points.replay_fast import Prepared, apply_run, prepare
@@ -102,6 +105,9 @@ class AuditReport:
     timings_ms: dict[str, int] = field(default_factory=dict)
     last_header: SignedHeader | None = None
     """The newest header audited: pin it (``--trusted``) at the next audit."""
+    key_schedule: KeySchedule | None = None
+    """The program's keys as the audited chain rotated them (``ledger.rotation``): what
+    evidence against the program and its checkpoints are checked with."""
 
     @property
     def ok(self) -> bool:
@@ -241,7 +247,10 @@ class _Auditor:
         shard: bool = False,
     ) -> None:
         self.source = source
-        self.key = key
+        self.schedule = KeySchedule(program or "", key)
+        """The keys in force (``ledger.rotation``), from the first key on: each block's
+        authentic rotations apply from the next block (its program is set at the first
+        header when ``program`` is not given)."""
         self.trusted = trusted
         self.progress = progress
         self.workers = parallel.count if parallel is not None else workers
@@ -390,10 +399,6 @@ class _Auditor:
         """The report; None when the sharded replay met a doubt (``_Doubt``)."""
         began = time.perf_counter()
         if self.trusted is not None:
-            try:
-                self.trusted.verify(self.key)
-            except CoalitionError as exc:
-                self.fault("trusted-header", f"the trusted header is not signed by the key: {exc}")
             self.report.trusted_height = self.trusted.header.height
         collecting = gc.isenabled()
         gc.disable()
@@ -411,6 +416,7 @@ class _Auditor:
                 self.pool.shutdown(wait=True, cancel_futures=True)
             if collecting:
                 gc.enable()
+        self.report.key_schedule = self.schedule
         self.report.timings_ms = {k: round(v * 1000) for k, v in self.clock.items()}
         self.report.timings_ms["total"] = round((time.perf_counter() - began) * 1000)
         return self.report
@@ -450,6 +456,8 @@ class _Auditor:
         if self.report.program is None:
             self.report.program = h.program
         program = self.report.program
+        if not self.schedule.program:
+            self.schedule.program = program
         raw_entries: Sequence[RawEntry] = got.entries
         if got.entries_error is not None:
             self.fault(
@@ -478,6 +486,8 @@ class _Auditor:
             authentic = self._roots(h, items, gaps)
         subtrees = scan.subtrees if authentic is leaves and not exact else None
         self._advance(signed, authentic, subtrees)
+        if authentic is not None and not self.prev_sig_bad:
+            self._rotations(h, raw_entries)
         self.clock["verify"] += time.perf_counter() - t
 
         t = time.perf_counter()
@@ -494,6 +504,22 @@ class _Auditor:
         self.report.entries += len(raw_entries)
         if self.progress is not None:
             self.progress(max(len(raw_entries), h.entry_count))
+
+    def _rotations(self, h: BlockHeader, raws: Sequence[RawEntry]) -> None:
+        """Put the block's key rotations in force (its entries are the ones its genuine
+        header commits to); one that does not follow the key in force is a fault, and
+        the headers its key signs then fail as signed by another key."""
+        bodies = raws.bodies if isinstance(raws, BlockLines) else [raw.body for raw in raws]
+        try:
+            found = rotations_in(bodies, h.first_index)
+        except CoalitionError as exc:
+            self.fault("key-rotation", str(exc), h.height)
+            return
+        for index, rotation in found:
+            try:
+                self.schedule.apply(rotation, index)
+            except CoalitionError as exc:
+                self.fault("key-rotation", str(exc), h.height, log_index=index)
 
     def _may_shard(self) -> bool:
         """Whether the replay may move to the shards now: it never came back from them,
@@ -592,7 +618,9 @@ class _Auditor:
         at = Position(
             self.next_height, self.prev_hash, self.prev_log_size, self.prev_time, self.prev_sig_bad
         )
-        check_header(self.fault, signed, self.key, program, at)
+        key = self.schedule.key_for(signed.header)
+        after_rotation = key != self.schedule.first
+        check_header(self.fault, signed, key, program, at, after_rotation=after_rotation)
         self.prev_time, self.prev_sig_bad = at.prev_time, at.prev_forged
 
     def _roots(self, h: BlockHeader, items: list[Item], gaps: bool) -> list[bytes] | None:
@@ -632,6 +660,14 @@ class _Auditor:
         trusted = self.trusted
         if trusted is not None and h.height == trusted.header.height:
             self.hashes[h.height] = self.prev_hash
+            try:
+                trusted.verify(self.schedule.key_for(trusted.header))
+            except CoalitionError as exc:
+                self.fault(
+                    "trusted-header",
+                    f"the trusted header is not signed by the key in force: {exc}",
+                    h.height,
+                )
             if h != trusted.header:
                 self.fault(
                     "trusted-mismatch",
@@ -690,7 +726,7 @@ class _Auditor:
             doc = self.source.consistency_proof(first, last)
             if doc is None:
                 return
-            verify_consistency_document(doc, self.key)
+            verify_consistency_document(doc, self.schedule)
             if BlockHeader.from_json(doc["first"]).hash() != self.hashes[first]:
                 raise VerificationError("the proof's first header is not the audited one")
             if BlockHeader.from_json(doc["second"]).hash() != last_hash:
@@ -713,7 +749,10 @@ def audit_chain(
     workers: int | None = None,
     parallel: AuditWorkers | None = None,
 ) -> AuditReport:
-    """Audit the whole chain ``source`` holds against the program's public ``key``.
+    """Audit the whole chain ``source`` holds against the program's public ``key``, its
+    first key (the manifest's): each header is checked with the key in force for it,
+    following the chain's ``key-rotation`` entries (``ledger.rotation``); the report's
+    ``key_schedule`` is the result.
 
     ``program`` pins the program id (default: the one the first header names, which the
     key signs). ``trusted`` is a header seen before: the chain MUST contain it unchanged,

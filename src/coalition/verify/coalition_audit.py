@@ -20,6 +20,7 @@ from coalition.errors import CoalitionError
 from coalition.ledger.blocks import SignedHeader
 from coalition.ledger.canonical import JsonObject, JsonValue
 from coalition.ledger.keys import VerifyKey
+from coalition.ledger.rotation import HeaderKeys
 from coalition.verify.chain_audit import AuditReport, audit_chain
 from coalition.verify.cross_chain import CoalitionReport, audit_coalition, with_heights
 from coalition.verify.evidence import EvidenceReport, RawEvidence, check_evidence, evidence_heights
@@ -245,7 +246,7 @@ def audit_all(
     chains = {program: recorder.entries for program, recorder in recorders.items()}
     cross = audit_coalition(chains, key_of, pending_before=pending_before)
     own_headers = {program: recorder.headers_at for program, recorder in recorders.items()}
-    evidence = check_evidence(held, key_of, own_headers)
+    evidence = check_evidence(held, _header_keys(reports, key_of), own_headers)
     settlement = audit_settlement(chains, key_of)
     settlement.faults = [
         f if f.log_index is None else replace(f, height=height_of(f.program, f.log_index))
@@ -260,6 +261,21 @@ def audit_all(
     return PartnersAudit(
         reports, with_heights(cross, height_of), evidence, witnesses, settlement, notes
     )
+
+
+def _header_keys(
+    reports: Mapping[str, AuditReport], key_of: Callable[[str], VerifyKey]
+) -> Callable[[str], HeaderKeys]:
+    """Each program's header keys: its key schedule as its chain audit found it, else
+    (a program not audited) its manifest key."""
+
+    def keys(program: str) -> HeaderKeys:
+        report = reports.get(program)
+        if report is not None and report.key_schedule is not None:
+            return report.key_schedule
+        return key_of(program)
+
+    return keys
 
 
 def audit_partners(

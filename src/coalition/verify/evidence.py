@@ -34,7 +34,7 @@ from coalition.ledger.blocks import (
     link_problem,
 )
 from coalition.ledger.canonical import JsonObject, parse_json
-from coalition.ledger.keys import VerifyKey
+from coalition.ledger.rotation import HeaderKeys, header_key
 from coalition.verify.cross_chain import CrossChainFault
 
 EQUIVOCATION = "equivocation"
@@ -42,7 +42,10 @@ FORK = "fork"
 BOGUS = "bogus-evidence"
 KINDS = frozenset({EQUIVOCATION, FORK})
 
-KeyOf = Callable[[str], VerifyKey]
+KeyOf = Callable[[str], HeaderKeys]
+"""A program's header keys: its manifest key, or its key schedule as the audit of its
+chain found it (``ledger.rotation``), so a header after a rotation is checked with the
+key in force for it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +111,7 @@ def _proof(first: SignedHeader, second: SignedHeader) -> tuple[str, str] | None:
 
 
 def _against_chain(
-    pieces: tuple[SignedHeader, SignedHeader], chain: Mapping[int, SignedHeader], key: VerifyKey
+    pieces: tuple[SignedHeader, SignedHeader], chain: Mapping[int, SignedHeader], key: HeaderKeys
 ) -> tuple[SignedHeader, SignedHeader] | None:
     """An evidence header and a different header the program signed at the same height
     in its own chain (as the audit read it), if there is one."""
@@ -117,7 +120,7 @@ def _against_chain(
         if own is None or hmac.compare_digest(own.header.hash(), signed.header.hash()):
             continue
         try:
-            own.verify(key)
+            own.verify(header_key(key, own.header))
         except CoalitionError:
             continue  # the chain audit reports it
         return own, signed
@@ -128,7 +131,8 @@ def verify_evidence(
     evidence: RawEvidence, key_of: KeyOf, chain: Mapping[int, SignedHeader] | None = None
 ) -> ProvenEvidence:
     """Check one piece of evidence independently; raises VerificationError saying why it
-    proves nothing. ``key_of`` is the manifest's ``public_key``.
+    proves nothing. ``key_of`` is the manifest's ``public_key``, or the accused's key
+    schedule (``KeyOf``).
 
     ``chain`` (height -> signed header) is the accused's own chain as the audit read it,
     at the evidence's heights: two headers that prove nothing together (a fork found by a
@@ -150,10 +154,10 @@ def verify_evidence(
         raise VerificationError(f"{accused!r} is not a partner in the manifest") from None
     for which, signed in (("first", first), ("second", second)):
         try:
-            signed.verify(key)
+            signed.verify(header_key(key, signed.header))
         except CoalitionError:
             raise VerificationError(
-                f"the {which} header is not signed by {accused}'s manifest key"
+                f"the {which} header is not signed by {accused}'s key in force for it"
             ) from None
     if evidence.height != second.header.height:
         raise VerificationError(

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from coalition.errors import CoalitionError
 from coalition.ledger.blocks import GENESIS_PREV, BlockHeader, SignedHeader
 from coalition.ledger.entries import parse_time
-from coalition.ledger.keys import VerifyKey
 from coalition.ledger.merkle import CompactRange, NodeCoord, root_coords, stored_coords
+from coalition.ledger.rotation import HeaderKeys, KeySchedule, header_key
 from coalition.verify.block_checks import (
     Fault,
     FaultList,
@@ -85,8 +85,8 @@ class StoredChainCheck:
     they were found in in ``damaged``. Call ``start_after`` once (None: from height 0),
     then ``check`` each block in height order."""
 
-    def __init__(self, key: VerifyKey, program: str, stride: int, faults: FaultList) -> None:
-        self._key = key
+    def __init__(self, keys: HeaderKeys, program: str, stride: int, faults: FaultList) -> None:
+        self._keys = keys
         self._program = program
         self._stride = stride
         self.faults = faults
@@ -125,7 +125,7 @@ class StoredChainCheck:
             message = f"stored at height {prev.height} but says height {h.height}"
             self.fault("header-height", message, prev.height)
         try:
-            signed.verify(self._key)
+            signed.verify(header_key(self._keys, signed.header))
         except CoalitionError as exc:
             self.fault("header-signature", f"signature does not verify: {exc}", h.height)
             self._unknown(prev.height + 1)
@@ -173,7 +173,11 @@ class StoredChainCheck:
                 f"stored at height {raw.height} but says height {h.height}",
                 raw.height,
             )
-        check_header(self.fault, signed, self._key, self._program, self._at)
+        key = header_key(self._keys, signed.header)
+        after_rotation = isinstance(self._keys, KeySchedule) and key != self._keys.first
+        check_header(
+            self.fault, signed, key, self._program, self._at, after_rotation=after_rotation
+        )
         gaps = check_gaps(self.fault, h, block.entries)
         items = self._items(h, block)
         authentic = check_roots(self.fault, h, items, gaps, self._at.prev_forged)

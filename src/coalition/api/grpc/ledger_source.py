@@ -77,6 +77,15 @@ class GrpcLedgerSource:
             raise _failed(exc) from exc
         return parse_json(reply.proof_json)
 
+    def block(self, height: int) -> list[bytes]:
+        try:
+            reply = self._stub.GetBlock(
+                ledger_pb2.GetBlockRequest(height=height), timeout=self._timeout
+            )
+        except grpc.RpcError as exc:
+            raise _failed(exc) from exc
+        return list(reply.entry_json)
+
     def close(self) -> None:
         """Cancel a running watch (the follower's thread then sees the stream end)."""
         with self._lock:

@@ -1,5 +1,6 @@
-"""The signed ledger over HTTP, for auditors and operators: the public key, block
-headers, blocks, entries and the inclusion and consistency proof documents.
+"""The signed ledger over HTTP, for auditors and operators: the public key and its
+rotations, block headers, blocks, entries and the inclusion and consistency proof
+documents.
 
 Headers are served as their signed JSON documents (``{"header": {...}, "signature":
 "..."}``) and proofs as the self-contained documents ``docs/proofs.md`` describes.
@@ -30,6 +31,11 @@ def entry_out(view: EntryView) -> EntryOut:
     return EntryOut(entry=view.entry, log_index=view.log_index)
 
 
+class KeyRotationOut(BaseModel):
+    log_index: int = Field(description="The rotation entry's position in the log.")
+    entry: Signed
+
+
 class BlockOut(BaseModel):
     header: Signed
     entries: list[Signed]
@@ -55,6 +61,13 @@ def ledger_router(ledger: LedgerService, authenticator: Authenticator) -> APIRou
     )
     def public_key() -> PlainTextResponse:
         return PlainTextResponse(ledger.public_key.to_pem().decode("ascii"))
+
+    @router.get(
+        "/v1/ledger/key-rotations",
+        summary="The program's ledger key rotations in log order (docs/proofs.md §11)",
+    )
+    def key_rotations() -> list[KeyRotationOut]:
+        return [KeyRotationOut(log_index=i, entry=e) for i, e in ledger.key_rotations()]
 
     @router.get("/v1/ledger/headers/latest", summary="The latest signed block header")
     def latest_header() -> Signed:

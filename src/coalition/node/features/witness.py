@@ -2,7 +2,8 @@
 
 One follower thread per partner reads its signed headers from a ``LedgerSource`` (in a
 running node ``Ledger.WatchHeaders`` over the partner channel, ``api/grpc/ledger_source.py``)
-and accepts a header only when it is signed by the manifest key, links to the last
+and accepts a header only when it is signed by the key in force (the manifest key, then
+each key a verified ``key-rotation`` entry put in force, ``ledger.rotation``), links to the last
 header it accepted (``prev_hash``, ``first_index``, sizes, time) and a consistency proof
 shows the partner's log at the new header extends the log at the last one (RFC 9162
 §2.1.4). Accepted headers are stored, so a restarted follower resumes where it stopped;
@@ -23,6 +24,14 @@ every decision on the witness tables runs through the sequencer, whose log-head 
 serialises the write transactions of all processes, so the in-process lock here only
 spares a process contention and correctness never rests on it. Whether a partner is
 halted (evidence stored) is read from the database, so every process agrees.
+
+Key rotation: the follower reads the entries of every block it accepts (``block``),
+checks them against the header's ``block_root`` and keeps the block's ``key-rotation``
+entries, verified against the key in force, with the header (``witness_key_rotations``).
+The next header MUST then be signed by the key the chain put in force at the position
+it must occupy (the last accepted header's ``log_size``), whatever ``first_index`` it
+claims, so a header signed by a retired (perhaps compromised) key after a rotation is
+refused, and one at a verified height is evidence only if signed by the key in force there.
 """
 
 from __future__ import annotations
@@ -51,11 +60,13 @@ from coalition.ledger.blocks import (
     header_problem,
     link_problem,
 )
-from coalition.ledger.canonical import JsonObject, JsonValue
+from coalition.ledger.canonical import JsonObject, JsonValue, parse_json
 from coalition.ledger.entries import check_program_id, format_time
 from coalition.ledger.keys import SigningKey
+from coalition.ledger.merkle import leaf_hash, root
 from coalition.ledger.note import checkpoint_of, cosign, sign_note, verify_cosignature, witness_name
 from coalition.ledger.proofs import verify_consistency_document
+from coalition.ledger.rotation import KeyRotation, KeySchedule, rotation_of, rotations_in
 from coalition.node.manifest import Manifest
 from coalition.node.paging import MAX_PAGE, check_page_size
 from coalition.node.service import NodeService
@@ -113,6 +124,10 @@ class LedgerSource(Protocol):
     def headers(self, start: int, limit: int) -> list[SignedHeader]: ...
 
     def consistency(self, first_height: int, second_height: int) -> JsonValue: ...
+
+    def block(self, height: int) -> list[bytes]:
+        """The canonical bytes of the entries of the block at ``height``."""
+        ...
 
     def close(self) -> None: ...
 
@@ -336,17 +351,15 @@ class Witness:
         Raises VerificationError for a header that proves nothing (bad signature, wrong
         program), Fault after storing evidence of an equivocation or a fork.
         """
-        key = self._manifest.public_key(program)
         if signed.header.program != program:
             raise VerificationError(f"{program}'s stream sent a header of {signed.header.program}")
-        signed.verify(key)
-        if self.halted(program):
-            raise Fault(f"{program} equivocated or forked; its headers are no longer trusted")
         height = signed.header.height
         with self._sequencer.read() as conn:
             stored = witness_store.header_at(conn, program, height)
             last = witness_store.last_header(conn, program)
         if stored is not None:
+            self._verify(program, signed, stored.header.first_index)
+            self._check_trusted(program)
             if _same(stored, signed):
                 return False
             self._fault(EQUIVOCATION, f"two signed headers at height {height}", stored, signed)
@@ -360,24 +373,88 @@ class Witness:
                 last = witness_store.last_header(conn, program)
             if (0 if last is None else last.header.height + 1) != height:
                 raise VerificationError(f"{program} did not serve the headers before {height}")
+        self._verify(program, signed, 0 if last is None else last.header.log_size)
+        self._check_trusted(program)
         if last is not None:
             self._check_consistency(program, last, signed, source.consistency)
         reason = _check_link(last, signed)
         if reason is not None:
             first = last if last is not None else signed
             self._fault(FORK, reason, first, signed)
+        rotations = self._block_rotations(program, signed, source)
         # Under the lock, so a header forwarded meanwhile is either compared here or
         # compares itself with the stored header (on_gossip).
         with self._lock:
-            cosig = self._sequencer.run(lambda tx: self._store_verified(tx.conn, signed))
+            cosig = self._sequencer.run(lambda tx: self._store_verified(tx.conn, signed, rotations))
         if cosig is None:
             raise Fault(f"{program} equivocation at height {height}: {_GOSSIP_DIFFERS}")
         self._deliver(program, [cosig], signed)
         self._gossip(program, signed)
         return True
 
+    def _check_trusted(self, program: str) -> None:
+        if self.halted(program):
+            raise Fault(f"{program} equivocated or forked; its headers are no longer trusted")
+
+    def schedule(self, program: str) -> KeySchedule:
+        """``program``'s keys as far as this node verified its chain: the manifest key,
+        then the stored rotations (read from the database on every call, so every
+        process of the node agrees, whichever followed the partner)."""
+        if program == self._program:
+            return self._service.key_schedule()
+        schedule = KeySchedule(program, self._manifest.public_key(program))
+        with self._sequencer.read() as conn:
+            stored = witness_store.key_rotations(conn, program)
+        for index, entry in stored:
+            rotation = rotation_of(parse_json(entry))
+            if rotation is None:
+                raise VerificationError(f"a stored key rotation of {program} is not one")
+            schedule.apply(rotation, index)
+        return schedule
+
+    def _verify(self, program: str, signed: SignedHeader, position: int) -> None:
+        """VerificationError unless ``signed`` is signed by the key in force at log index
+        ``position``, where its block must start (not where it claims to)."""
+        key = self.schedule(program).key_at(position)
+        try:
+            signed.verify(key)
+        except VerificationError as exc:
+            raise VerificationError(
+                f"{program}'s header at height {signed.header.height} is not signed by its "
+                f"key in force ({key.key_id[:16]}): {exc}"
+            ) from None
+
+    def _block_rotations(
+        self, program: str, signed: SignedHeader, source: LedgerSource
+    ) -> list[tuple[int, KeyRotation, bytes]]:
+        """The key rotations in the block of ``signed`` (read from ``source``, checked
+        against its ``block_root``), each verified against the key in force before it."""
+        h = signed.header
+        if h.entry_count == 0:
+            return []
+        bodies = source.block(h.height)
+        if len(bodies) != h.entry_count or not hmac.compare_digest(
+            root([leaf_hash(b) for b in bodies]).hex(), h.block_root
+        ):
+            raise VerificationError(
+                f"{program} served entries for height {h.height} that its header does not commit to"
+            )
+        found = rotations_in(bodies, h.first_index)
+        if not found:
+            return []
+        schedule = self.schedule(program)
+        out = []
+        for index, rotation in found:
+            schedule.apply(rotation, index)  # VerificationError: not from the key in force
+            out.append((index, rotation, bodies[index - h.first_index]))
+        log.info("witness: %s rotated its ledger key in block %d", program, h.height)
+        return out
+
     def _store_verified(
-        self, conn: Connection, signed: SignedHeader
+        self,
+        conn: Connection,
+        signed: SignedHeader,
+        rotations: list[tuple[int, KeyRotation, bytes]],
     ) -> witness_store.StoredCosignature | None:
         """Store a verified header and our cosignature of it; None (and evidence stored)
         when a partner forwarded another header at its height."""
@@ -390,6 +467,8 @@ class Witness:
             self._record(conn, EQUIVOCATION, _GOSSIP_DIFFERS, conflict, signed)
             return None
         witness_store.insert_header(conn, signed, to_micros(self._clock()))
+        for index, rotation, entry in rotations:
+            witness_store.insert_key_rotation(conn, program, rotation.epoch, index, entry)
         witness_store.drop_gossip(conn, program, height)
         cosig = self._cosign(signed)
         witness_store.save_cosignature(conn, cosig)
@@ -403,7 +482,7 @@ class Witness:
         consistency: Callable[[int, int], JsonValue],
     ) -> None:
         """The partner's consistency proof from ``last`` to ``signed``; a fault if it fails."""
-        key = self._manifest.public_key(program)
+        key = self.schedule(program)
         doc = consistency(last.header.height, signed.header.height)
         if not isinstance(doc, dict):
             raise VerificationError(f"{program} sent a consistency proof that is not an object")
@@ -414,8 +493,8 @@ class Witness:
             second = SignedHeader.from_json(
                 {"header": doc["second"], "signature": doc["second_signature"]}
             )
-            first.verify(key)
-            second.verify(key)
+            first.verify(key.key_for(first.header))
+            second.verify(key.key_for(second.header))
         except (KeyError, InvalidArgument) as exc:
             raise VerificationError(
                 f"{program} sent a malformed consistency proof: {exc}"
@@ -570,7 +649,7 @@ class Witness:
         """A partner's copy of one of our headers: it must be ours (else, evidence)."""
         if theirs.header.program != self._program:
             raise InvalidArgument("the header is not one of ours")
-        theirs.verify(self._service.public_key)
+        theirs.verify(self._service.key_schedule().key_for(theirs.header))
         ours = self._our_header(theirs.header.height)
         if not _same(ours, theirs):
             reason = "a partner holds another header of ours"
@@ -589,10 +668,10 @@ class Witness:
         signed = SignedHeader.from_json(body["header"])
         program = signed.header.program
         try:
-            key = self._manifest.public_key(program)
+            schedule = self.schedule(program)
         except NotFound:
             raise InvalidArgument(f"{program!r} is not a partner") from None
-        signed.verify(key)
+        signed.verify(schedule.key_for(signed.header))
         if program == self._program:
             try:
                 self._check_foreign_view(signed)
@@ -644,10 +723,14 @@ class Witness:
         first, last = headers[0].header.height, headers[-1].header.height
         with self._sequencer.read() as conn:
             rows = witness_store.cosignatures_between(conn, self._program, first, last + 1)
-        return [self._status_of(h, rows.get(h.header.height, [])) for h in headers]
+        schedule = self._service.key_schedule()  # one read for the page's note signers
+        return [self._status_of(h, rows.get(h.header.height, []), schedule) for h in headers]
 
     def _status_of(
-        self, ours: SignedHeader, rows: list[witness_store.StoredCosignature]
+        self,
+        ours: SignedHeader,
+        rows: list[witness_store.StoredCosignature],
+        schedule: KeySchedule | None = None,
     ) -> WitnessStatus:
         header_hash = ours.header.hash()
         checkpoint = checkpoint_of(ours)
@@ -666,7 +749,8 @@ class Witness:
                 log.error("witness: stored cosignature of %s does not verify: %s", row.witness, exc)
                 continue
             cosigners.append(Cosigner(row.witness, row.timestamp, row.cosignature))
-        note = sign_note(checkpoint, self._key, checkpoint.split("\n", 1)[0])
+        signer = self._service.header_signing_key(ours.header, schedule)  # the key in force
+        note = sign_note(checkpoint, signer, checkpoint.split("\n", 1)[0])
         note += "".join(c.cosignature for c in cosigners)
         quorum = self._manifest.witness_quorum
         return WitnessStatus(
