@@ -4,7 +4,7 @@
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007_api_keys"
+revision = "0006_api_keys"
 down_revision = "0005_outbox_claims"
 branch_labels = None
 depends_on = None

@@ -9,8 +9,8 @@ force (``ledger.rotation``) without reading the partner's chain again. See
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008_witness_key_rotations"
-down_revision = "0005_outbox_claims"
+revision = "0007_witness_key_rotations"
+down_revision = "0006_api_keys"
 branch_labels = None
 depends_on = None
 
