@@ -327,15 +327,12 @@ def test_conversions_reconcile_across_the_three_chains(evidence: Path) -> None:
             elif entry["kind"] == "convert-in":
                 ins[program] += 1
                 credited_in[program] += entry["amount"]
-    assert sum(outs.values()) == sum(ins.values()) + 1 == report["conversions"] > CONVERSIONS // 2
-    refunds = [
-        e for e in lines(evidence / "skyair" / "entries.jsonl") if e["kind"] == "convert-refund"
-    ]
-    rejects = [
-        e for e in lines(evidence / "staybright" / "entries.jsonl") if e["kind"] == "convert-reject"
-    ]
-    assert len(refunds) == len(rejects) == 1
-    assert refunds[0]["conversion"]["id"] == rejects[0]["conversion"]["id"]
+    # The last conversion names a member staybright does not know: it is enrolled on
+    # arrival (issue 11, class 9: no enrolment oracle), so every conversion is credited.
+    assert sum(outs.values()) == sum(ins.values()) == report["conversions"] > CONVERSIONS // 2
+    for program in PROGRAMS:
+        kinds = {e["kind"] for e in lines(evidence / program / "entries.jsonl")}
+        assert not kinds & {"convert-refund", "convert-reject"}, program
     for program in PROGRAMS:
         pairs = [t for pair, t in report["pairs"].items() if pair.endswith(f"->{program}")]
         assert sum(t["credited"] for t in pairs) == credited_in[program]

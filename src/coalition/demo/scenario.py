@@ -220,7 +220,8 @@ class Scenario:
         self._convert_one(count, self.members[0], programs[0], programs[1], 100, retry, "NOBODY")
         self.note(
             f"conversions    {len(self.conversions):,} requested (one for a member "
-            f"{programs[1]} does not know: it must come back as a refund)"
+            f"{programs[1]} does not know: it is enrolled on arrival, so a member learns "
+            "nothing of who is enrolled)"
         )
 
     def _convert_one(
