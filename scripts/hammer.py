@@ -40,7 +40,7 @@ from typing import Any
 
 from hammerlib.checks import Verdict, check_stopped, quiesce
 from hammerlib.cluster import Cluster, make_cluster
-from hammerlib.load import Acks, Reader, Writer, onboard
+from hammerlib.load import Acks, Reader, Writer, members, onboard
 from hammerlib.nemesis import Nemesis
 from hammerlib.postgres import PrivatePostgres
 
@@ -59,6 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--processes", type=int, default=None, help="processes per program (PostgreSQL; default 2)"
     )
+    parser.add_argument("--members", type=int, default=24, help="members in every program")
     parser.add_argument("--writers", type=int, default=4, help="writer threads")
     parser.add_argument("--readers", type=int, default=1, help="proof reader threads")
     parser.add_argument(
@@ -72,8 +73,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.processes = 2 if args.postgres else 1
     if args.processes > 1 and not args.postgres:
         parser.error("--processes above 1 needs --postgres")
-    if args.duration <= 0 or args.writers < 1 or args.readers < 0 or args.fault_interval <= 0:
-        parser.error("--duration, --writers and --fault-interval must be positive")
+    if (
+        args.duration <= 0
+        or args.members < 2
+        or args.writers < 1
+        or args.readers < 0
+        or args.fault_interval <= 0
+    ):
+        parser.error("--duration, --writers, --fault-interval positive; --members at least 2")
     return args
 
 
@@ -98,7 +105,7 @@ def hammer(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             f"coalition up: {', '.join(cluster.programs)} ({args.processes} process(es) each, "
             f"{'PostgreSQL' if postgres else 'SQLite'}); work folder {work}"
         )
-        onboard(cluster, acks)
+        onboard(cluster, acks, members(args.members))
         phases.mark("onboard")
         return _run(args, cluster, acks, work, started, phases)
     finally:
@@ -130,7 +137,10 @@ def _run(
     phases: Phases,
 ) -> dict[str, Any]:
     stop, give_up = threading.Event(), threading.Event()
-    writers = [Writer(n, cluster, acks, args.seed, stop, give_up) for n in range(args.writers)]
+    writers = [
+        Writer(n, cluster, acks, args.seed, members(args.members), stop, give_up)
+        for n in range(args.writers)
+    ]
     readers = [Reader(n, cluster, acks, args.seed, stop) for n in range(args.readers)]
     nemesis = Nemesis(cluster, args.seed, args.fault_interval)
     for thread in [*writers, *readers]:

@@ -109,20 +109,33 @@ def quiesce(cluster: Cluster) -> float:
     return time.monotonic() - started
 
 
-def _chain(url: str) -> tuple[list[JsonObject], dict[str, int], Counter[str], list[int]]:
-    """(entries in log order, entry id -> log index, idempotency key -> rows, indexes)."""
+@dataclass
+class ChainRows:
+    """One program's stored log as the checks need it."""
+
+    entries: list[JsonObject]
+    """The entry bodies in log order."""
+    indexes: list[int]
+    keys: dict[str, str | None]
+    """Entry id -> the idempotency key it was written under."""
+    sealed: int
+    """The newest block's log size."""
+
+
+def read_chain(url: str) -> ChainRows:
     rows = _query(url, "SELECT log_index, entry_id, idem_key, body FROM entries ORDER BY log_index")
-    entries: list[JsonObject] = []
-    at: dict[str, int] = {}
-    keys: Counter[str] = Counter()
+    entries = []
     for row in rows:
         body = parse_json(row.body)
         assert isinstance(body, dict)
         entries.append(body)
-        at[str(row.entry_id)] = int(row.log_index)
-        if row.idem_key is not None:
-            keys[str(row.idem_key)] += 1
-    return entries, at, keys, [int(r.log_index) for r in rows]
+    sealed = _query(url, "SELECT max(log_size) FROM blocks")[0][0] or 0
+    return ChainRows(
+        entries,
+        [int(r.log_index) for r in rows],
+        {str(r.entry_id): None if r.idem_key is None else str(r.idem_key) for r in rows},
+        int(sealed),
+    )
 
 
 def _part(entry: JsonObject, name: str) -> dict[str, Any]:
@@ -139,31 +152,44 @@ def _by(entries: list[JsonObject], kind: str, part: str) -> dict[str, list[JsonO
 
 
 def check_stopped(cluster: Cluster, acks: Acks, report_dir: Path) -> Verdict:
-    """The module's checks on the stopped coalition."""
+    """The module's checks on the stopped coalition: its chains (``check_chains``), then
+    ``coalition check`` and ``coalition audit --manifest``."""
+    verdict = check_chains({p: read_chain(_url(cluster, p)) for p in cluster.programs}, acks)
+    _tools(cluster, report_dir, verdict)
+    return verdict
+
+
+def check_chains(rows: dict[str, ChainRows], acks: Acks) -> Verdict:
+    """What the chains in ``rows`` say of every acknowledgement in ``acks`` (the module's
+    rules; no I/O)."""
     verdict = Verdict()
-    chains: dict[str, list[JsonObject]] = {}
-    for program in cluster.programs:
-        url = _url(cluster, program)
-        entries, at, keys, indexes = _chain(url)
-        chains[program] = entries
-        if indexes != list(range(len(indexes))):
+    for program, chain in rows.items():
+        if chain.indexes != list(range(len(chain.indexes))):
             verdict.fail(f"{program}'s log is not dense")
-        sealed = _query(url, "SELECT max(log_size) FROM blocks")[0][0] or 0
-        if sealed != len(entries):
-            verdict.fail(f"{program}: {len(entries) - int(sealed)} entries left unsealed")
-        twice = [k for k, n in keys.items() if n > 1]
-        if twice:
-            verdict.lose(f"{program}: idempotency keys written more than once: {twice[:5]}")
+        if chain.sealed != len(chain.entries):
+            verdict.fail(f"{program}: {len(chain.entries) - chain.sealed} entries left unsealed")
         verdict.chains[program] = {
-            "entries": len(entries),
-            "kinds": dict(Counter(str(e.get("kind")) for e in entries)),
+            "entries": len(chain.entries),
+            "kinds": dict(Counter(str(e.get("kind")) for e in chain.entries)),
         }
-        for ack in acks.acks:
-            if ack.program == program and ack.kind in ENTRY_KINDS and ack.ref not in at:
-                verdict.lose(f"{program}: acknowledged {ack.kind} {ack.key} ({ack.ref}) is missing")
+    answered: dict[tuple[str, str], str] = {}
+    for ack in acks.acks:
+        if ack.kind not in ENTRY_KINDS:
+            continue
+        other = answered.setdefault((ack.program, ack.ref), ack.key)
+        if other != ack.key:
+            verdict.fail(f"{ack.program} answered both {other} and {ack.key} with {ack.ref}")
+        keys = rows[ack.program].keys
+        if ack.ref not in keys:
+            verdict.lose(f"{ack.program}: acknowledged {ack.kind} {ack.key} ({ack.ref}) is missing")
+        elif not (keys[ack.ref] or "").endswith(ack.key):
+            verdict.lose(
+                f"{ack.program}: acknowledged {ack.kind} {ack.key} answered with {ack.ref}, "
+                f"which was written under {keys[ack.ref]!r}"
+            )
+    chains = {program: chain.entries for program, chain in rows.items()}
     _check_conversions(chains, acks, verdict)
     _check_holds(chains, acks, verdict)
-    _tools(cluster, report_dir, verdict)
     return verdict
 
 

@@ -23,6 +23,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -53,7 +54,6 @@ CALL_TIMEOUT_S = 5.0
 ANSWER_TIMEOUT_S = 180.0
 """How long one operation keeps trying for a verdict before it is reported unanswered."""
 SEED_POINTS = 100_000
-MEMBERS = 24
 REFUSALS = (InvalidArgument, NotFound, FailedPrecondition, PermissionDenied, Unauthenticated)
 """Verdicts that refuse: the request was judged and changed nothing. Anything else
 (``TransportError``, ``PartnerUnavailable``, ``ResourceExhausted``, a 5xx, a partner's
@@ -209,41 +209,21 @@ class Caller:
         return self.call(program, kind, lambda n: self.endpoints.api(program, n).post(path, body))
 
 
-def members() -> list[str]:
-    return [f"H{n:03d}" for n in range(MEMBERS)]
+def members(count: int) -> list[str]:
+    return [f"H{n:03d}" for n in range(count)]
 
 
-def onboard(cluster: Cluster, acks: Acks) -> None:
-    """Every member enrolled in every program with SEED_POINTS (an operator adjust), and a
-    rate agreement both ways between every pair (a large daily cap: the hammer converts
-    more than the demo's), before any fault."""
+def onboard(cluster: Cluster, acks: Acks, member_ids: list[str]) -> None:
+    """Every member enrolled in every program with SEED_POINTS (an operator adjust; the
+    programs side by side), and a rate agreement both ways between every pair (a large
+    daily cap: the hammer converts more than the demo's), before any fault."""
+    with ThreadPoolExecutor(len(cluster.programs)) as pool:
+        for done in [pool.submit(_enroll, cluster, acks, p, member_ids) for p in cluster.programs]:
+            done.result()
+    cluster.wait_connected()
     endpoints = Endpoints(cluster)
     caller = Caller(endpoints, acks, random.Random(0), threading.Event())
     try:
-        for program in cluster.programs:
-            for m in members():
-                writes = (
-                    ("enroll", f"enroll:{m}", partial(NodeClient.enroll, member_id=m)),
-                    (
-                        "adjust",
-                        f"seed:{m}",
-                        partial(
-                            NodeClient.adjust,
-                            member_id=m,
-                            amount=SEED_POINTS,
-                            operator="hammer",
-                            note="seed",
-                        ),
-                    ),
-                )
-                for kind, key, write in writes:
-                    result = caller.write(program, kind, partial(write, idempotency_key=key))
-                    if result is None:
-                        raise CoalitionError(
-                            f"{program} refused the {kind} of {m}: {acks.last_refusal}"
-                        )
-                    acks.ack(Ack(program, kind, key, str(result.entry["id"])))
-        cluster.wait_connected()
         now = datetime.now(UTC)
         for (a, b), (rate, value) in RATES.items():
             document = agreement_document(a, b, rate, value, now)
@@ -251,6 +231,27 @@ def onboard(cluster: Cluster, acks: Acks) -> None:
             signed = caller.post(a, "agreement", "/v1/agreements", document)
             if signed is None or set(signed["signatures"]) != {a, b}:
                 raise CoalitionError(f"agreement {a}->{b} was not signed by both")
+    finally:
+        endpoints.close()
+
+
+def _enroll(cluster: Cluster, acks: Acks, program: str, member_ids: list[str]) -> None:
+    endpoints = Endpoints(cluster)
+    caller = Caller(endpoints, acks, random.Random(program), threading.Event())
+    seed = partial(NodeClient.adjust, amount=SEED_POINTS, operator="hammer", note="seed")
+    try:
+        for m in member_ids:
+            writes = (
+                ("enroll", f"enroll:{m}", partial(NodeClient.enroll, member_id=m)),
+                ("adjust", f"seed:{m}", partial(seed, member_id=m)),
+            )
+            for kind, key, write in writes:
+                result = caller.write(program, kind, partial(write, idempotency_key=key))
+                if result is None:
+                    raise CoalitionError(
+                        f"{program} refused the {kind} of {m}: {acks.last_refusal}"
+                    )
+                acks.ack(Ack(program, kind, key, str(result.entry["id"])))
     finally:
         endpoints.close()
 
@@ -265,6 +266,7 @@ class Writer(threading.Thread):
         cluster: Cluster,
         acks: Acks,
         seed: int,
+        member_ids: list[str],
         stop: threading.Event,
         give_up: threading.Event,
     ) -> None:
@@ -277,7 +279,7 @@ class Writer(threading.Thread):
         self.endpoints = Endpoints(cluster)
         self.caller = Caller(self.endpoints, acks, self.rng, give_up)
         self.programs = list(cluster.programs)
-        self.members = members()
+        self.members = member_ids
         self.k = 0
         self.failure: BaseException | None = None
 

@@ -40,7 +40,8 @@ class Fault:
 
 class Nemesis:
     """Injects faults into ``cluster`` every ``interval_s`` (on average) from ``start``
-    until ``finish``, which waits for the fault in progress to heal."""
+    until ``finish``, which waits for the first round (one fault of each kind) to be
+    done and the fault in progress to heal."""
 
     def __init__(self, cluster: Cluster, seed: int, interval_s: float) -> None:
         self.cluster = cluster
@@ -73,7 +74,10 @@ class Nemesis:
         return Counter(f.kind for f in self.faults)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.rng.uniform(0.5, 1.5) * self.interval_s):
+        while True:
+            gap = self.rng.uniform(0.5, 1.5) * self.interval_s
+            if self._stop.wait(gap) and not self.first_round:
+                return
             if self.first_round:
                 kind = self.first_round.pop(0)
             else:
