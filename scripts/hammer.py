@@ -38,13 +38,16 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from hammerlib.checks import Verdict, check_stopped, quiesce
-from hammerlib.cluster import Cluster, make_cluster
-from hammerlib.load import Acks, Reader, Writer, members, onboard
-from hammerlib.nemesis import Nemesis
-from hammerlib.postgres import PrivatePostgres
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the private PostgreSQL instance (tests/support)
+from hammerlib.checks import Verdict, check_stopped, quiesce  # noqa: E402
+from hammerlib.cluster import Cluster, make_cluster  # noqa: E402
+from hammerlib.load import Acks, Reader, Writer, members, onboard  # noqa: E402
+from hammerlib.nemesis import Nemesis  # noqa: E402
 
-from coalition.errors import CoalitionError
+from coalition.errors import CoalitionError  # noqa: E402
+
+from support.private_postgres import PrivatePostgres  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -1,6 +1,8 @@
-"""The parts of ``scripts/hammer.py``: the coalition it runs (``cluster``), its own
-PostgreSQL instance (``postgres``), the load and what it was told (``load``), the
-nemesis (``nemesis``) and the checks after the faults healed (``checks``).
+"""The parts of ``scripts/hammer.py``: the coalition it runs (``cluster``, on SQLite or on
+a private PostgreSQL instance from ``tests/support/private_postgres.py``), the load and
+what it was told (``load``), the nemesis (``nemesis``) and the checks after the faults
+healed (``checks``).
 
-Not a package of the product: the hammer imports it with ``scripts/`` on ``sys.path``.
+Not a package of the product: the hammer imports it with ``scripts/`` and ``tests/`` on
+``sys.path``.
 """

@@ -28,7 +28,8 @@ from coalition.node.manifest import Manifest
 from coalition.ops.keygen import find_secret, generate_coalition_keys
 from coalition.ops.tls import generate_tls
 from coalition.ops.tomlfiles import write_toml
-from hammerlib.postgres import PrivatePostgres
+
+from support.private_postgres import PrivatePostgres
 
 ABORT_AFTER_S = 8.0
 """How long a source waits for a conversion's receipt before it asks the target to abort

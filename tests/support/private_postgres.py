@@ -1,12 +1,13 @@
-"""A private PostgreSQL instance the hammer starts, breaks and removes itself.
+"""A private PostgreSQL instance that a test or the hammer (``scripts/hammer.py``) starts,
+crashes and removes itself.
 
 ``initdb`` and ``pg_ctl`` on a temporary folder and a free port, never the machine's own
 server. PostgreSQL refuses to run as root, so as root the instance runs as the
 ``postgres`` user (``runuser``). ``crash`` is ``pg_ctl stop -m immediate``: every backend
 is killed without a checkpoint, and the next start runs crash recovery from the WAL, as
 after a PostgreSQL process crash (the operating system keeps its page cache, so
-``fsync=off`` loses nothing here; the hammer's fault model is process crashes, not power
-loss).
+``fsync=off`` loses nothing here; the fault model is process crashes, not power loss).
+``private_postgres`` is the instance as a context manager, removed whatever happens.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from coalition.demo.processes import free_ports
@@ -93,3 +96,14 @@ class PrivatePostgres:
         )
         if result.returncode != 0:
             raise CoalitionError(f"{tool} failed:\n{result.stdout}{result.stderr}")
+
+
+@contextmanager
+def private_postgres() -> Iterator[PrivatePostgres]:
+    """A started ``PrivatePostgres``, removed afterwards whatever happened."""
+    instance = PrivatePostgres()
+    try:
+        instance.start()
+        yield instance
+    finally:
+        instance.remove()
