@@ -29,6 +29,7 @@ from typing import Any
 
 from sqlalchemy import text
 
+from coalition.audit.db_check import check_database
 from coalition.demo.evidence import settled_header
 from coalition.errors import CoalitionError
 from coalition.ledger.canonical import JsonObject, parse_json
@@ -289,11 +290,12 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _tools(cluster: Cluster, report_dir: Path, verdict: Verdict) -> None:
-    """``coalition check`` of every database, ``coalition audit --manifest`` of all."""
-    for name, program in cluster.programs.items():
-        done = _cli("check", "--config", str(program.processes[0].config_path))
-        if done.returncode != 0:
-            verdict.fail(f"coalition check {name}: {done.stdout[-1500:]}{done.stderr[-1500:]}")
+    """``coalition check``'s replay of every database (in this process: it is the same
+    function), then ``coalition audit --manifest`` as an auditor runs it."""
+    for name in cluster.programs:
+        check = check_database(_url(cluster, name))
+        if not check.ok:
+            verdict.fail(f"coalition check {name}: {check.render()[-1500:]}")
     audit_json = report_dir / "coalition_audit.json"
     done = _cli(
         "audit",
