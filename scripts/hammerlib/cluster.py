@@ -34,7 +34,9 @@ from support.private_postgres import PrivatePostgres
 ABORT_AFTER_S = 8.0
 """How long a source waits for a conversion's receipt before it asks the target to abort
 (short, so the hammer's quiescent phase sees every conversion end)."""
-READY_TIMEOUT_S = 90.0
+READY_TIMEOUT_S = 180.0
+"""How long a process may take to become ready (long: on a loaded machine the start of
+six processes on two cores has taken more than 90 s)."""
 
 
 @dataclass
