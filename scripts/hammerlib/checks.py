@@ -37,7 +37,7 @@ from coalition.store.db import make_engine
 from hammerlib.cluster import Cluster, Program
 from hammerlib.load import ENTRY_KINDS, Acks
 
-QUIESCE_TIMEOUT_S = 240.0
+QUIESCE_TIMEOUT_S = 600.0
 
 
 @dataclass
@@ -95,7 +95,7 @@ def quiesce(cluster: Cluster) -> float:
     """Until no conversion is pending, no hold is held (the expiry jobs release those
     left to expire), every program's log is sealed and its newest header witnessed by
     the quorum; the seconds it took. CoalitionError when it does not within
-    QUIESCE_TIMEOUT_S (then something is stuck: the hammer reports it)."""
+    QUIESCE_TIMEOUT_S (then something is stuck, not slow: the hammer reports it)."""
     started = time.monotonic()
     deadline = started + QUIESCE_TIMEOUT_S
     for name in cluster.programs:

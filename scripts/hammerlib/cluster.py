@@ -3,7 +3,8 @@ processes, each on its own SQLite file, or on PostgreSQL with several processes 
 program.
 
 The work folder is the demo's (``coalition.demo.nodes.prepare_coalition``: the manifest
-and each brand's ``node.toml`` with free ports, keys and TLS material). On PostgreSQL
+and each brand's ``node.toml`` with free ports, keys and TLS material; the sealer waits
+``SEALER_DELAY_MS``). On PostgreSQL
 each ``node.toml`` names its database (so ``coalition audit --from database`` and
 ``coalition check --config`` read the same one), and every process of a program runs
 ``--reuse-port`` on it: the first on the manifest's addresses, the others with member
@@ -34,6 +35,10 @@ from support.private_postgres import PrivatePostgres
 ABORT_AFTER_S = 8.0
 """How long a source waits for a conversion's receipt before it asks the target to abort
 (short, so the hammer's quiescent phase sees every conversion end)."""
+SEALER_DELAY_MS = 200
+"""The sealer's ``max_delay_ms`` (the demo's is 50): fewer, larger blocks, so the
+witnesses, which verify and cosign every header with a few partner calls each, keep up
+on a loaded machine and the quiescent phase does not wait minutes for them."""
 READY_TIMEOUT_S = 180.0
 """How long a process may take to become ready (long: on a loaded machine the start of
 six processes on two cores has taken more than 90 s)."""
@@ -138,13 +143,14 @@ def make_cluster(work: Path, *, postgres: PrivatePostgres | None, processes: int
     generate_coalition_keys(manifest_path)
     generate_tls(Manifest.load(manifest_path))
     urls: dict[str, str] = {}
-    if postgres is not None:
-        for partner in Manifest.load(manifest_path).partners:
-            assert partner.config is not None
+    for partner in Manifest.load(manifest_path).partners:
+        assert partner.config is not None
+        document = tomllib.loads(partner.config.read_text(encoding="utf-8"))
+        document["sealer"]["max_delay_ms"] = SEALER_DELAY_MS
+        if postgres is not None:
             urls[partner.program] = postgres.create_database(partner.program)
-            document = tomllib.loads(partner.config.read_text(encoding="utf-8"))
             document["node"]["database"] = urls[partner.program]
-            write_toml(partner.config, document)
+        write_toml(partner.config, document)
     manifest = Manifest.load(manifest_path)
     logs = work / "logs"
     brands = load_brands(manifest, logs)
