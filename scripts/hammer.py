@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the private PostgreSQL instance (tests/support)
 from hammerlib.checks import Verdict, check_stopped, quiesce  # noqa: E402
 from hammerlib.cluster import Cluster, make_cluster  # noqa: E402
-from hammerlib.load import Acks, Reader, Writer, members, onboard  # noqa: E402
+from hammerlib.load import ANSWER_TIMEOUT_S, Acks, Reader, Writer, members, onboard  # noqa: E402
 from hammerlib.nemesis import Nemesis  # noqa: E402
 
 from coalition.errors import CoalitionError  # noqa: E402
@@ -172,6 +172,10 @@ def _run(
     phases.mark("load")
     failures.extend(f"proof: {f}" for f in acks.proof_failures)
     failures.extend(f"unexpected refusal: {u}" for u in acks.unexpected[:20])
+    if acks.unanswered:  # not lost (never acknowledged), but the coalition stopped answering
+        failures.append(
+            f"{len(acks.unanswered)} operations got no verdict in {ANSWER_TIMEOUT_S:.0f} s"
+        )
     verdict = Verdict()
     try:
         quiesce(cluster)

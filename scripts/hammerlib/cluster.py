@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from coalition.demo.nodes import Brand, load_brands, prepare_coalition, wait_connected
-from coalition.demo.processes import NodeProcess, free_ports, wait_ready
+from coalition.demo.processes import NodeProcess, free_ports
 from coalition.errors import CoalitionError
 from coalition.node.auth import Role
 from coalition.node.manifest import Manifest
@@ -193,12 +193,3 @@ def make_cluster(work: Path, *, postgres: PrivatePostgres | None, processes: int
             auditor_key=find_secret(brand.config, Role.AUDITOR),
         )
     return Cluster(work, manifest_path, programs, postgres, urls)
-
-
-def ready(process: NodeProcess) -> bool:
-    """Whether ``process`` runs and answers (the harness's readiness rule, at once)."""
-    try:
-        wait_ready(process.grpc, process.http, timeout=0, process=process)
-    except CoalitionError:
-        return False
-    return True
