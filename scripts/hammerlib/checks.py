@@ -6,12 +6,13 @@ then, with every node stopped cleanly, the databases and chains themselves.
 once: an entry id missing or its idempotency key written twice, a conversion whose
 convert-out is missing or that did not end exactly once (completed and credited once, or
 refunded), a hold acknowledged but never ended, a capture or void acknowledged but not on
-the issuer's chain. **Failures** are the other invariants: a log that is not dense or
-not sealed, points created across chains (a convert-in without its convert-out, a credit
-other than quoted, a refund of another amount, a hold settled for another amount),
-``coalition check`` (each database equals the replay of its chain) and ``coalition audit
---manifest`` (every chain, conversions and holds across them at the signed rates,
-nothing open past its deadline, the witness quorum, settlement, evidence).
+the issuer's chain. **Failures** are the other invariants: a refused write found in a
+chain, a log that is not dense or not sealed, points created across chains (a convert-in
+without its convert-out, a credit other than quoted, a refund of another amount, a hold
+settled for another amount), ``coalition check`` (each database equals the replay of its
+chain) and ``coalition audit --manifest`` (every chain, conversions and holds across
+them at the signed rates, nothing open past its deadline, the witness quorum,
+settlement, evidence).
 """
 
 from __future__ import annotations
@@ -188,6 +189,9 @@ def check_chains(rows: dict[str, ChainRows], acks: Acks) -> Verdict:
                 f"{ack.program}: acknowledged {ack.kind} {ack.key} answered with {ack.ref}, "
                 f"which was written under {keys[ack.ref]!r}"
             )
+    for program, key in acks.refused_keys:
+        if any((k or "").endswith(key) for k in rows[program].keys.values()):
+            verdict.fail(f"{program} refused the write {key} but its chain holds it")
     chains = {program: chain.entries for program, chain in rows.items()}
     _check_conversions(chains, acks, verdict)
     _check_holds(chains, acks, verdict)

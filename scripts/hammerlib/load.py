@@ -63,7 +63,16 @@ RETRY_HINTS = ("retry",)
 redemption not yet authorized) is no verdict either."""
 ENTRY_KINDS = frozenset({"enroll", "adjust", "earn", "redeem", "transfer"})
 """Acknowledgements whose ``ref`` is an entry id."""
-MIX = (("earn", 30), ("redeem", 20), ("convert", 25), ("hold", 20), ("transfer", 5))
+MIX = (
+    ("earn", 30),
+    ("redeem", 20),
+    ("convert", 25),
+    ("hold", 20),
+    ("transfer", 5),
+    ("stranger", 2),
+)
+"""Operation kinds and their weights; ``stranger`` is a redeem by a member nobody enrolled,
+which every node must refuse (NOT_FOUND) without writing anything."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +96,8 @@ class Acks:
     refused: Counter[str] = field(default_factory=Counter)
     retries: Counter[str] = field(default_factory=Counter)
     unanswered: list[str] = field(default_factory=list)
+    refused_keys: list[tuple[str, str]] = field(default_factory=list)
+    """(program, idempotency key) of every entry write refused: none may be in a chain."""
     unexpected: list[str] = field(default_factory=list)
     """Refusals the hammer's requests should never get (it sends only valid ones)."""
     last_refusal: dict[str, str] = field(default_factory=dict)
@@ -300,9 +311,23 @@ class Writer(threading.Thread):
         return self.rng.choice(self.programs), self.rng.choice(self.members)
 
     def _entry(self, program: str, kind: str, key: str, write: Callable[[NodeClient], Any]) -> None:
+        refused = self.acks.refused[kind]
         result = self.caller.call(program, kind, lambda n: write(self.endpoints.client(program, n)))
         if result is not None:
             self.acks.ack(Ack(program, kind, key, str(result.entry["id"])))
+        elif self.acks.refused[kind] > refused:
+            with self.acks.lock:
+                self.acks.refused_keys.append((program, key))
+
+    def _stranger(self, key: str) -> None:
+        program = self.rng.choice(self.programs)
+        nobody = f"X{key}"
+        self._entry(
+            program,
+            "stranger",
+            key,
+            lambda c: c.redeem(nobody, 10, f"rdm-{key}", idempotency_key=key),
+        )
 
     def _earn(self, key: str) -> None:
         program, m = self._pick()

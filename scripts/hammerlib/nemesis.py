@@ -66,6 +66,8 @@ class Nemesis:
 
     def finish(self, timeout: float = 2 * READY_TIMEOUT_S) -> None:
         self._stop.set()
+        if self._thread.ident is None:
+            return  # never started (--no-faults)
         self._thread.join(timeout)
         if self._thread.is_alive():
             self.failures.append("the nemesis did not finish its last fault")

@@ -151,3 +151,11 @@ def test_a_hold_never_ended_and_a_log_with_a_gap_are_named() -> None:
     verdict = checks.check_chains(found, acks)
     assert any("h2 ended 0 times" in x for x in verdict.lost)
     assert any("not dense" in x for x in verdict.failures)
+
+
+def test_a_refused_write_found_in_a_chain_is_a_failure() -> None:
+    chains, keys, acks = clean()
+    acks.refused_keys.append((A, "k9"))
+    assert verdict_of(chains, keys, acks).failures == []
+    keys[A]["e5"] = "k9"
+    assert any("refused the write k9" in x for x in verdict_of(chains, keys, acks).failures)
