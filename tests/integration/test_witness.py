@@ -44,6 +44,8 @@ from coalition.v1 import witness_pb2, witness_pb2_grpc
 
 from support.coalition import PartnerNode, RunningCoalition, coalition_nodes, write_manifest
 from support.nodes import temporary_node
+from support.private_postgres import binaries_missing as pg_binaries_missing
+from support.private_postgres import private_postgres
 
 PROGRAMS = ("skyair", "staybright", "beanhouse")
 DEADLINE_S = 30.0
@@ -663,3 +665,35 @@ def test_our_checkpoint_note_is_signed_by_the_key_in_force(
     verify_note(new_note, [note_verifier(origin, new.public_key)])
     with pytest.raises(VerificationError):
         verify_note(new_note, [note_verifier(origin, partner.public_key)])
+
+
+def test_a_witness_keeps_following_through_an_outage_of_its_own_database(tmp_path: Path) -> None:
+    """Regression (found by scripts/hammer.py --postgres): the follower read its evidence
+    table outside its retry, so a database outage killed the follower thread and the node
+    never witnessed that partner again until it restarted (every later header short of
+    the quorum). Here staybright's own PostgreSQL crashes while skyair keeps sealing; once
+    it is back, staybright's witness cosigns skyair's newer headers without a restart."""
+    missing = pg_binaries_missing()
+    if missing is not None:
+        pytest.skip(missing)
+    with private_postgres() as postgres:
+        urls = {p: f"sqlite:///{tmp_path / p}.db" for p in PROGRAMS}
+        urls["staybright"] = postgres.create_database("staybright")
+        with coalition_nodes(tmp_path, urls, witness=True, witness_quorum=2) as running:
+            witness_all(running, blocks=1)
+            skyair = running.nodes["skyair"]
+            postgres.crash()
+            try:
+                add_blocks(skyair.service, 2, "outage")  # staybright fails to store them
+                time.sleep(3)  # the follower retries while its lease is still valid
+            finally:
+                postgres.start()
+            newest = add_blocks(skyair.service, 2, "after")
+            wait_for(
+                lambda: (
+                    "staybright" in {c.witness for c in skyair.witness.status(newest).cosigners}
+                ),
+                "staybright to cosign skyair's header sealed after its database came back",
+                timeout=60,
+            )
+            assert witnessed(skyair, newest)

@@ -290,12 +290,24 @@ class Witness:
         return program in self._halted
 
     def _follow_forever(self, program: str) -> None:
+        """Follow ``program`` until ``stop`` or evidence against it. Any failure on the
+        way (the partner, the network, this node's own database) is logged and retried
+        with backoff: the thread MUST NOT die of it, or this node would silently stop
+        witnessing ``program`` until it restarts."""
         delay = self._backoff[0]
         while not self._stop.is_set():
             if not self._leading():
                 self._stop.wait(FOLLOWER_WAIT_S)
                 continue
-            if self.halted(program):
+            try:
+                halted = self.halted(program)
+            except Exception as exc:  # its database is down: retry, never die silently
+                self._errors[program] = f"{type(exc).__name__}: {exc}"
+                log.warning("witness: cannot read its evidence about %s: %s", program, exc)
+                self._stop.wait(delay)
+                delay = min(delay * 2, self._backoff[1])
+                continue
+            if halted:
                 log.error("witness: not following %s any more: it equivocated or forked", program)
                 return
             try:
