@@ -116,6 +116,7 @@ from coalition.points.state import Account, apply_typed
 from coalition.store import flows as flows_store
 from coalition.store import ledger as ledger_store
 from coalition.store import members as members_store
+from coalition.store.columns import to_micros
 
 T = TypeVar("T")
 
@@ -351,7 +352,11 @@ class Sequencer:
         key: SigningKey,
         sealer: SealerConfig,
         clock: Callable[[], datetime] | None = None,
+        *,
+        monotonic: Callable[[], float] | None = None,
     ) -> None:
+        """``monotonic`` (the simulator): the lease runs on it and, on SQLite, is dated by
+        ``clock``, so no timing of the node reads this host's clocks."""
         self.program = program
         self._engine = engine
         self._clock = clock or (lambda: datetime.now(UTC))
@@ -360,7 +365,11 @@ class Sequencer:
         self._queue: list[_Queued[Any]] = []
         self._leading = False  # a caller leads: it, or its successor, takes the queue
         self._leader: int | None = None  # the leader's thread while it commits
-        self.leadership = Leadership(engine)
+        self.leadership = (
+            Leadership(engine)
+            if monotonic is None
+            else Leadership(engine, monotonic=monotonic, wall_us=lambda: to_micros(self._clock()))
+        )
         self.sealer = Sealer(engine, program, key, sealer, self._clock, self.leadership)
 
     @property

@@ -37,9 +37,11 @@ class NodeService:
         clock: Callable[[], datetime] | None = None,
         *,
         read_only_primary: str | None = None,
+        monotonic: Callable[[], float] | None = None,
     ) -> None:
         """``read_only_primary``: a read-only process (``node/read_only.py``) whose writes
-        are refused naming this primary; it never seals."""
+        are refused naming this primary; it never seals. ``monotonic``: see ``Sequencer``
+        (the simulator's clock)."""
         self.program = program
         self.rules = rules
         self.public_key: VerifyKey = key.public_key
@@ -48,7 +50,7 @@ class NodeService:
         self.primary = read_only_primary
         """Where a read-only process sends writers (None for a writing process)."""
         self.sequencer = (
-            Sequencer(engine, program, key, sealer, clock)
+            Sequencer(engine, program, key, sealer, clock, monotonic=monotonic)
             if read_only_primary is None
             else ReadOnlySequencer(read_only_primary, engine, program, key, sealer, clock)
         )
@@ -79,6 +81,17 @@ class NodeService:
         """Run ``release`` after the service closed (the composition root hands it what it
         holds for the service's life, such as the SQLite writer lock)."""
         self._on_close.append(release)
+
+    def abandon(self) -> None:
+        """Let the database go as a killed process does (the simulator's crash): nothing
+        sealed, the lease not given up (it lapses), outbox claims kept; the connections
+        closed and what ``on_close`` was given released. The service MUST NOT be used
+        afterwards; a new one built on the same database resumes from what is committed."""
+        try:
+            self.sequencer.engine.dispose()
+        finally:
+            while self._on_close:
+                self._on_close.pop()()
 
     def close(self) -> None:
         """Seal what is pending (holding the lease), stop the sealer, let the lease go,
