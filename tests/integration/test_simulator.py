@@ -20,7 +20,7 @@ from sim.run import Size, _Run, simulate
 
 CI_SEEDS = range(1, 31)
 """The seeds CI runs (see CI_SIZE)."""
-CI_SIZE = Size(ticks=25, calm=120, ops_per_tick=2)
+CI_SIZE = Size(ticks=20, calm=120, ops_per_tick=2)
 """Short runs, so the seeds stay within about a minute and a half on two loaded cores."""
 
 
@@ -71,4 +71,4 @@ def test_a_broken_invariant_names_the_seed_to_replay(template: Template, tmp_pat
         run.stop()
     assert any("skyair has" in f and "points outstanding" in f for f in failures), failures
     result = simulate(3, template, tmp_path / "again", CI_SIZE)
-    assert result.command == "python scripts/simulate.py --seed 3 --ticks 25 --calm 120"
+    assert result.command == "python scripts/simulate.py --seed 3 --ticks 20 --calm 120"

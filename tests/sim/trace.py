@@ -1,6 +1,6 @@
 """The run's trace: every decision of the scheduler and every outcome, hashed.
 
-Random identifiers (conversion, hold, entry and message ids: 16 or more hex digits)
+Random identifiers (conversion, hold, entry and message ids, account ids: 12 or more hex digits)
 are renamed ``#1``, ``#2``, ... in order of first appearance, so two runs of one seed
 hash alike exactly when they made the same decisions and saw the same outcomes."""
 
@@ -10,7 +10,7 @@ import hashlib
 import re
 from collections import deque
 
-_RANDOM_ID = re.compile(r"\b[0-9a-f]{16,}\b")
+_RANDOM_ID = re.compile(r"\b[0-9a-f]{12,}\b")
 
 
 class Trace:

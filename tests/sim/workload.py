@@ -87,7 +87,7 @@ class Workload:
 
     def earn(self, node: SimNode) -> str:
         member = self.rng.choice(MEMBERS)
-        spend = self.rng.randint(100, 4000)
+        spend = self.rng.randint(5_000, 150_000)
         key = self._key("earn")
         result = node.service.points.earn_purchase(
             member, f"receipt-{key}", spend, idempotency_key=key
