@@ -211,4 +211,3 @@ class SimNode:
         if not expired.points and not released:
             return None
         return f"expired {expired.points} points, released {released} holds"
-

@@ -16,16 +16,19 @@ import random
 import shutil
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
 
+from sqlalchemy import func, select
+
 from coalition.errors import CoalitionError
 
 from sim.clock import EPOCH, SimClock
-from sim.invariants import check
+from sim.invariants import check, conversions_table, redemptions_table
 from sim.network import CALM, SimNetwork
 from sim.nodes import PROGRAMS, TEMPLATE_S, SimNode, Template, copy_databases
 from sim.trace import Trace
@@ -205,6 +208,22 @@ class _Run:
                     return False
         return True
 
+    def outcomes(self) -> Counter[str]:
+        """How the conversions and the asked redemptions ended, across the nodes."""
+        found: Counter[str] = Counter()
+        for node in self.nodes.values():
+            if not node.up:
+                continue
+            with node.service.sequencer.read() as conn:
+                for table, what in (
+                    (conversions_table, "conversions"),
+                    (redemptions_table, "holds"),
+                ):
+                    query = select(table.c.status, func.count()).group_by(table.c.status)
+                    for status, count in conn.execute(query):
+                        found[f"{what} {status}"] += count
+        return found
+
     def stop(self) -> None:
         for node in self.nodes.values():
             node.stop()
@@ -215,12 +234,14 @@ def simulate(seed: int, template: Template, folder: Path, size: Size = SMALL) ->
     started = time.perf_counter()
     run = _Run(seed, template, folder, size)
     failures: list[str] = []
+    outcomes: Counter[str] = Counter()
     try:
         try:
             run.faulty()
             failures += run.calm()
             if not failures:
                 failures += check(run.nodes, template.manifest, run.work.issued, run.clock.now())
+            outcomes = run.outcomes()
         except Exception:
             failures.append(f"the run raised:\n{traceback.format_exc()}")
         finally:
@@ -236,6 +257,7 @@ def simulate(seed: int, template: Template, folder: Path, size: Size = SMALL) ->
         "faults": run.network.faults_injected,
         "crashes": sum(node.crashes for node in run.nodes.values()),
         "partitions": run.partitions,
+        **outcomes,
     }
     return Result(
         seed,
