@@ -8,6 +8,13 @@ the statement signed by both as a ``statement`` entry. A statement's id is deriv
 its parties and period, so a proposal retried after a lost reply records nothing twice,
 and periods of one pair never overlap.
 
+A proposal whose reply was lost (or that reached the partner only after the proposer
+stopped waiting) leaves the statement on the partner's chain alone. So a partner asked
+for a period that overlaps a statement it recorded for the pair answers with that
+statement, signed by both, instead of refusing; the proposer verifies both signatures
+(its own among them: it proposed that statement), records it if it had not, and refuses
+the new period naming it. Either partner proposing again so brings the two chains level.
+
 ``coalition_netting`` gathers the statements recorded for a period, this node's and its
 partners' (``statements-list``, each statement's two signatures verified), and nets them
 into positions and the fewest payments, exported as CSV and JSON.
@@ -300,9 +307,30 @@ class Settlement:
         parts = verify_signed_statement(signed, self.manifest.public_key)
         assert isinstance(signed, dict)
         if signed["statement"] != doc:
-            raise VerificationError(f"{partner} countersigned another statement than proposed")
+            self._adopt(partner, parties, start, end, signed, parts)
         self._record(signed, parts)
         return signed
+
+    def _adopt(
+        self,
+        partner: str,
+        parties: tuple[str, str],
+        start: datetime,
+        end: datetime,
+        signed: JsonObject,
+        parts: StatementParts,
+    ) -> None:
+        """The partner answered a proposal with a statement it had recorded for an
+        overlapping period (signed by both, so proposed by this node once: its reply
+        lost): record it here too, then refuse the proposal naming it."""
+        if parts.parties != parties or not (parts.start < end and start < parts.end):
+            raise VerificationError(f"{partner} countersigned another statement than proposed")
+        self._record(signed, parts)
+        raise FailedPrecondition(
+            f"statement {parts.id} already covers {format_time(parts.start)} - "
+            f"{format_time(parts.end)} for {parties[0]} and {parties[1]} ({partner} had "
+            "recorded it alone; it is recorded here now)"
+        )
 
     def _check_free(
         self, conn: Connection, parties: tuple[str, str], start: datetime, end: datetime
@@ -352,10 +380,11 @@ class Settlement:
             self.manifest.public_key(sender), proposed, body["signature"], sender, parts
         )
         with self.service.sequencer.read() as conn:
-            existing = statements_store.statement(conn, parts.id)
-            if existing is not None and existing.signed["statement"] == proposed:
-                return f"{PROPOSE}-reply", {"signed": existing.signed}
-            self._check_free(conn, parts.parties, parts.start, parts.end)
+            overlapping = statements_store.statements_between(
+                conn, parts.parties, (parts.start, parts.end)
+            )
+            if overlapping:  # agreed before (the proposer's answer lost): see the module
+                return f"{PROPOSE}-reply", {"signed": overlapping[0].signed}
             expected = self._statement_for(
                 conn, parts.parties, parts.start, parts.end, parts.currency
             )
