@@ -42,16 +42,18 @@ def _worker_template() -> tuple[Template, Path]:
     return _template, _folder
 
 
-def run_seed(seed: int, size: Size) -> Result:
+def run_seed(seed: int, size: Size, trace_lines: int = 400) -> Result:
     logging.disable(logging.CRITICAL)  # the nodes log every refusal the faults cause
     template, folder = _worker_template()
-    return simulate(seed, template, folder / f"seed-{seed}", size)
+    return simulate(seed, template, folder / f"seed-{seed}", size, trace_lines=trace_lines)
 
 
 def _one(seed: int, size: Size, show_trace: bool) -> int:
-    result = run_seed(seed, size)
-    if show_trace or not result.ok:
-        print(result.report() if not result.ok else "\n".join(result.tail))
+    result = run_seed(seed, size, 1_000_000 if show_trace else 400)
+    if show_trace:
+        print("\n".join(result.tail))
+    if not result.ok:
+        print(result.report())
     verdict = "ok" if result.ok else "FAILED"
     print(
         f"seed {seed}: {verdict}, trace {result.digest}, {result.events} events, "
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="processes for --seeds")
     parser.add_argument("--ticks", type=int, default=Size().ticks, help="faulty ticks a run")
     parser.add_argument("--calm", type=int, default=Size().calm, help="most calm ticks")
-    parser.add_argument("--trace", action="store_true", help="print the end of the trace")
+    parser.add_argument("--trace", action="store_true", help="print the trace of --seed")
     args = parser.parse_args(argv)
     if args.jobs < 1 or args.ticks < 1 or args.calm < 1:
         parser.error("--jobs, --ticks and --calm must be at least 1")

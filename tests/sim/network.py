@@ -10,7 +10,10 @@ fault is decided when the call is made, by the seeded generator:
   request is queued and handled when it falls due (``deliver_due``), its reply lost;
 - the request is duplicated: handled now and again when the copy falls due (the
   partner's replay guard, or its clock-skew check, must refuse the copy);
-- the reply is lost: the partner acted, the sender gets PartnerUnavailable.
+- the reply is lost: the partner acted, the sender gets PartnerUnavailable;
+- the sender crashes while the reply is on its way: ``SenderCrashed`` unwinds the
+  sender's stack (as a kill would stop it there, its open transactions rolled back) and
+  the scheduler discards the node.
 
 Queued requests fall due in the order the generator shuffles them, so they overtake
 each other and newer calls (reordering). A partner's refusal travels back as the
@@ -45,11 +48,21 @@ class Faults:
     duplicate: float = 0.04
     drop_reply: float = 0.05
     source_failure: float = 0.05
+    crash_sender: float = 0.01
     max_delay_s: float = 30.0
 
 
-CALM = Faults(0.0, 0.0, 0.0, 0.0, 0.0)
+CALM = Faults(0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
 """No faults: the network of the final quiescent phase."""
+
+
+class SenderCrashed(BaseException):
+    """The sending node crashed with a partner's reply on its way (not an Exception, so
+    no handler of the node's code takes it for an error it could recover from)."""
+
+    def __init__(self, program: str) -> None:
+        super().__init__(f"{program} crashed waiting for a reply")
+        self.program = program
 
 
 @dataclass(order=True)
@@ -149,6 +162,9 @@ class SimNetwork:
         if self._fault(self.faults.drop_reply):
             self._trace.note(f"net {what}: handled, reply lost")
             raise PartnerUnavailable(f"{to}'s reply to {kind} was lost (simulated)")
+        if self._fault(self.faults.crash_sender):
+            self._trace.note(f"net {what}: handled, {sender} crashed before the reply")
+            raise SenderCrashed(sender)
         self._trace.note(f"net {what}: answered {_kind(reply)}")
         return reply
 

@@ -12,6 +12,7 @@ than a CoalitionError anywhere is a failure too: a node that crashes on its own 
 
 from __future__ import annotations
 
+import itertools
 import random
 import shutil
 import time
@@ -26,10 +27,11 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from coalition.errors import CoalitionError
+from coalition.store import witness as witness_store
 
 from sim.clock import EPOCH, SimClock
 from sim.invariants import check, conversions_table, redemptions_table
-from sim.network import CALM, SimNetwork
+from sim.network import CALM, SenderCrashed, SimNetwork
 from sim.nodes import PROGRAMS, TEMPLATE_S, SimNode, Template, copy_databases
 from sim.trace import Trace
 from sim.workload import Workload
@@ -82,11 +84,13 @@ class Result:
 
 
 class _Run:
-    def __init__(self, seed: int, template: Template, folder: Path, size: Size) -> None:
+    def __init__(
+        self, seed: int, template: Template, folder: Path, size: Size, trace_lines: int = 400
+    ) -> None:
         self.rng = random.Random(seed)
         self.size = size
         self.clock = SimClock(EPOCH + timedelta(seconds=TEMPLATE_S))
-        self.trace = Trace()
+        self.trace = Trace(trace_lines)
         self.network = SimNetwork(self.rng, self.clock, self.trace)
         self.template = template
         configs = copy_databases(template, folder)
@@ -107,8 +111,16 @@ class _Run:
             self.clock.advance(self.rng.uniform(0.05, 3.0))
             self.inject(tick)
             for _ in range(self.rng.randint(0, self.size.ops_per_tick)):
-                self.work.step()
-            self.background(every=False)
+                try:
+                    self.work.step()
+                except SenderCrashed as crash:
+                    self.crashed(crash, tick)
+            self.background(every=False, tick=tick)
+
+    def crashed(self, crash: SenderCrashed, tick: int) -> None:
+        self.nodes[crash.program].crash()
+        self.down_since[crash.program] = tick
+        self.note(f"fault: {crash}")
 
     def inject(self, tick: int) -> None:
         roll = self.rng.random()
@@ -135,7 +147,7 @@ class _Run:
             self.network.cut.discard(pair)
             self.note(f"fault: healed {'|'.join(sorted(pair))}")
 
-    def background(self, *, every: bool) -> None:
+    def background(self, *, every: bool, tick: int = 0) -> None:
         """Due messages, then each node's jobs in a seeded order (all of them when
         ``every``, else each with its chance in ``CHANCE``)."""
         self.network.deliver_due()
@@ -161,6 +173,9 @@ class _Run:
                     break
                 try:
                     outcome = job()
+                except SenderCrashed as crash:
+                    self.crashed(crash, tick)
+                    break
                 except CoalitionError as exc:
                     self.note(f"job {name} at {program}: {type(exc).__name__}: {exc}")
                 else:
@@ -168,6 +183,9 @@ class _Run:
                         self.note(f"job {name} at {program}: {outcome}")
 
     def calm(self) -> list[str]:
+        """Heal, restart, settle; then each node proposes to each partner the statement of
+        the time since their last one (settled, the partner MUST agree it; a statement the
+        partner recorded alone is adopted on the way) and the coalition settles again."""
         self.network.faults = CALM
         self.network.cut.clear()
         self.note("calm: network healed")
@@ -175,6 +193,29 @@ class _Run:
             if not node.up:
                 node.start()
                 self.note(f"calm: {node.program} restarted")
+        if not self.settle():
+            return [f"the coalition did not settle in {self.size.calm} calm ticks"]
+        self.clock.advance(120.0)  # so the statements' periods cover the whole run
+        failures = []
+        for first, second in itertools.permutations(PROGRAMS, 2):
+            for attempt in (1, 2):  # the first may adopt a statement recorded alone
+                try:
+                    self.note(f"calm: {self.work.agree(self.nodes[first], second)}")
+                    break
+                except CoalitionError as exc:
+                    self.note(f"calm: {first} proposing to {second}: {exc}")
+                    if attempt == 2:
+                        failures.append(
+                            f"{first} could not agree its statement with {second} once "
+                            f"settled: {type(exc).__name__}: {exc}"
+                        )
+        if not self.settle():
+            failures.append(f"the coalition did not settle again in {self.size.calm} ticks")
+        return failures
+
+    def settle(self) -> bool:
+        """Run calm ticks (the open redemptions resolved, every job every tick) until
+        nothing is pending; False if ``size.calm`` ticks were not enough."""
         for _ in range(self.size.calm):
             self.clock.advance(self.rng.uniform(1.0, 5.0))
             for found in self.work.open_redemptions():
@@ -185,10 +226,8 @@ class _Run:
                     self.note(f"calm: resolving {found.key}: {type(exc).__name__}: {exc}")
             self.background(every=True)
             if self.settled():
-                self.background(every=True)  # the last cosignatures and blocks
-                self.background(every=True)
-                return []
-        return [f"the coalition did not settle in {self.size.calm} calm ticks"]
+                return True
+        return False
 
     def settled(self) -> bool:
         if self.network.in_flight or self.work.open_redemptions():
@@ -206,6 +245,9 @@ class _Run:
                 last = other.service.sealer.last
                 if last is not None and (seen is None or seen.header.height < last.header.height):
                     return False
+                with node.service.sequencer.read() as conn:
+                    if witness_store.undelivered(conn, partner, node.witness.name):
+                        return False
         return True
 
     def outcomes(self) -> Counter[str]:
@@ -229,10 +271,13 @@ class _Run:
             node.stop()
 
 
-def simulate(seed: int, template: Template, folder: Path, size: Size = SMALL) -> Result:
-    """Run ``seed`` from ``template`` in ``folder`` (removed afterwards)."""
+def simulate(
+    seed: int, template: Template, folder: Path, size: Size = SMALL, *, trace_lines: int = 400
+) -> Result:
+    """Run ``seed`` from ``template`` in ``folder`` (removed afterwards); the result
+    keeps the last ``trace_lines`` lines of the trace."""
     started = time.perf_counter()
-    run = _Run(seed, template, folder, size)
+    run = _Run(seed, template, folder, size, trace_lines)
     failures: list[str] = []
     outcomes: Counter[str] = Counter()
     try:
@@ -249,7 +294,7 @@ def simulate(seed: int, template: Template, folder: Path, size: Size = SMALL) ->
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     for failure in failures:
-        run.trace.note(f"violation: {failure}")
+        run.trace.aside(f"violation: {failure}")
     stats = {
         **{f"op {name}": count for name, count in sorted(run.work.ops.items())},
         "refused": sum(run.work.refused.values()),

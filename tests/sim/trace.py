@@ -24,6 +24,11 @@ class Trace:
     def _rename(self, found: re.Match[str]) -> str:
         return self._names.setdefault(found.group(0), f"#{len(self._names) + 1}")
 
+    def aside(self, text: str) -> None:
+        """A line for the reader only, not hashed (a report with timings in it); its ids
+        renamed as in the trace."""
+        self.tail.append(_RANDOM_ID.sub(self._rename, text))
+
     def note(self, text: str) -> None:
         line = _RANDOM_ID.sub(self._rename, text)
         self._hash.update(line.encode() + b"\n")

@@ -11,10 +11,11 @@ from __future__ import annotations
 import random
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from coalition.errors import CoalitionError, PartnerUnavailable
 from coalition.ledger.canonical import JsonObject
+from coalition.ledger.entries import parse_time
 
 from sim.clock import EPOCH, SimClock
 from sim.nodes import MEMBERS, SimNode
@@ -45,7 +46,6 @@ class Workload:
     refused: Counter[str] = field(default_factory=Counter)
     _conversions: list[tuple[str, str, tuple[str, str, str, int]]] = field(default_factory=list)
     redemptions: list[_Redemption] = field(default_factory=list)
-    _periods: dict[frozenset[str], datetime] = field(default_factory=dict)
     _n: int = 0
 
     def _key(self, what: str) -> str:
@@ -160,16 +160,17 @@ class Workload:
         return f"{'capture' if capture else 'void'} of hold {found.hold_id}: {view.status}"
 
     def statement(self, node: SimNode) -> str:
-        """Agree the statement of the period since the pair's last one, to the minute
-        before now."""
-        partner = self._other(node.program)
-        pair = frozenset((node.program, partner))
-        start = self._periods.get(pair, EPOCH)
+        return self.agree(node, self._other(node.program))
+
+    def agree(self, node: SimNode, partner: str) -> str:
+        """Agree with ``partner`` the statement of the period since the pair's last one
+        recorded here (what an operator proposes), to the whole minute before the last."""
+        recorded = [parse_time(v.end) for v in node.settlement.statements(partner)]
+        start = max(recorded, default=EPOCH)
         end = (self.clock.now() - timedelta(minutes=1)).replace(second=0, microsecond=0)
         if end <= start:
             return "no period to settle yet"
         signed = node.settlement.propose(partner, start, end)
-        self._periods[pair] = end
         statement = signed.get("statement")
         assert isinstance(statement, dict)
         return f"statement {statement.get('id')} with {partner} agreed"
