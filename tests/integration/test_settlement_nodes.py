@@ -21,7 +21,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from coalition.errors import FailedPrecondition, InvalidArgument
-from coalition.ledger.canonical import parse_json
+from coalition.ledger.canonical import canonical_json, parse_json
 from coalition.ledger.entries import format_time
 from coalition.node.auth import Authenticator
 from coalition.node.features.redemptions import Redemptions
@@ -179,7 +179,9 @@ def test_a_statement_recorded_by_the_partner_alone_is_adopted_on_the_next_propos
 
     later = finished(trio)
     with pytest.raises(FailedPrecondition, match="recorded it alone"):
-        sb.propose(A, trio.start, later)  # overlaps the statement only A recorded
+        # Overlaps the statement only A recorded, which ends after it (so the partner's
+        # list of the statements before the period's end leaves it out).
+        sb.propose(A, trio.start, end - timedelta(microseconds=1))
     for program in (A, B):
         (entry,) = ledger_entries(trio.node(program).service, "statement")
         assert entry["statement"] == reply["signed"]
@@ -188,6 +190,33 @@ def test_a_statement_recorded_by_the_partner_alone_is_adopted_on_the_next_propos
     # The period after it is agreed as usual.
     agreed = sb.propose(A, end, later)
     assert statement_parts(agreed["statement"]).start == end
+
+
+def test_a_statement_recorded_by_the_partner_alone_is_recorded_before_a_later_period(
+    trio: Trio,
+) -> None:
+    """Found by the simulator (scripts/simulate.py --seed 39 at the time): the proposer of
+    a statement its partner recorded alone went on with the next period, which overlaps
+    nothing, and its chain kept a gap for good. A proposal now first records what the
+    partner lists of the pair's statements that this node lacks."""
+    spend(trio, A, B, 80)
+    end = finished(trio)
+    sa, sb = trio.settlement[A], trio.settlement[B]
+    with trio.node(B).service.sequencer.read() as conn:
+        doc = sb._statement_for(conn, (A, B), trio.start, end)
+    signature = sign_statement(doc, trio.node(B).key)
+    _, reply = sa._on_propose(B, {"statement": doc, "signature": signature})  # reply lost
+    spend(trio, A, B, 15)
+    later = finished(trio)
+    agreed = sb.propose(A, end, later)  # the next period: it overlaps nothing
+    assert statement_parts(agreed["statement"]).start == end
+    both = [canonical_json(reply["signed"]), canonical_json(agreed)]
+    for program in (A, B):
+        entries = ledger_entries(trio.node(program).service, "statement")
+        assert sorted(canonical_json(e["statement"]) for e in entries) == sorted(both), program
+    chains = {p: ledger_entries(trio.node(p).service) for p in (A, B, C)}
+    assert audit_settlement(chains, trio.coalition.manifest.public_key).ok
+    assert sb.reconcile(A, trio.start, later) == 0  # nothing left to level
 
 
 def test_period_must_be_over_and_conversions_settled(trio: Trio) -> None:

@@ -195,7 +195,15 @@ class _Run:
                 self.note(f"calm: {node.program} restarted")
         if not self.settle():
             return [f"the coalition did not settle in {self.size.calm} calm ticks"]
-        self.clock.advance(120.0)  # so the statements' periods cover the whole run
+        failures = []
+        for _ in range(2):  # the second round: every pair has a new period to propose
+            self.clock.advance(120.0)  # so the periods cover the whole run
+            failures += self.statements()
+        if not self.settle():
+            failures.append(f"the coalition did not settle again in {self.size.calm} ticks")
+        return failures
+
+    def statements(self) -> list[str]:
         failures = []
         for first, second in itertools.permutations(PROGRAMS, 2):
             for attempt in (1, 2):  # the first may adopt a statement recorded alone
@@ -209,8 +217,6 @@ class _Run:
                             f"{first} could not agree its statement with {second} once "
                             f"settled: {type(exc).__name__}: {exc}"
                         )
-        if not self.settle():
-            failures.append(f"the coalition did not settle again in {self.size.calm} ticks")
         return failures
 
     def settle(self) -> bool:

@@ -13,7 +13,10 @@ stopped waiting) leaves the statement on the partner's chain alone. So a partner
 for a period that overlaps a statement it recorded for the pair answers with that
 statement, signed by both, instead of refusing; the proposer verifies both signatures
 (its own among them: it proposed that statement), records it if it had not, and refuses
-the new period naming it. Either partner proposing again so brings the two chains level.
+the new period naming it. And before every proposal the proposer first records what the
+partner lists (``statements-list``) of the pair's statements of the last
+``RECONCILE_LOOKBACK`` that it lacks (``reconcile``), so a later period does not leave
+such a statement on one chain only.
 
 ``coalition_netting`` gathers the statements recorded for a period, this node's and its
 partners' (``statements-list``, each statement's two signatures verified), and nets them
@@ -25,7 +28,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Connection
 
@@ -78,6 +81,9 @@ CALL_TIMEOUT_S = 10.0
 BEGINNING = datetime(1970, 1, 1, tzinfo=UTC)
 END_OF_TIME = datetime(9999, 1, 1, tzinfo=UTC)
 MAX_LISTED = 10_000
+RECONCILE_LOOKBACK = timedelta(days=400)
+"""How far before a proposed period ``propose`` looks for statements of the pair that
+only the partner recorded (``reconcile``)."""
 """Most statements one ``statements-list`` reply carries."""
 
 
@@ -293,10 +299,11 @@ class Settlement:
         parties = self._check_partner(partner)
         with self.service.sequencer.read() as conn:
             existing = statements_store.statement(conn, statement_id(parties, start, end))
-            if existing is not None:
-                return existing.signed
-            self._check_free(conn, parties, start, end)
-            doc = self._statement_for(conn, parties, start, end)
+        if existing is not None:
+            return existing.signed
+        doc = self._proposal(parties, start, end)  # refused here before any call
+        if self.reconcile(partner, start - RECONCILE_LOOKBACK, end):
+            doc = self._proposal(parties, start, end)  # with what was just recorded
         signature = sign_statement(doc, self.service.signing_key)
         kind, reply = self.client.call(
             partner, PROPOSE, {"statement": doc, "signature": signature}, self._timeout
@@ -310,6 +317,37 @@ class Settlement:
             self._adopt(partner, parties, start, end, signed, parts)
         self._record(signed, parts)
         return signed
+
+    def _proposal(self, parties: tuple[str, str], start: datetime, end: datetime) -> JsonObject:
+        with self.service.sequencer.read() as conn:
+            self._check_free(conn, parties, start, end)
+            return self._statement_for(conn, parties, start, end)
+
+    def reconcile(self, partner: str, start: datetime, end: datetime) -> int:
+        """Record the statements of this node and ``partner`` within ``[start, end)`` that
+        the partner recorded and this node did not (a proposal the partner answered after
+        the proposer stopped waiting); how many. Each is verified (both signatures) first;
+        one that overlaps another statement recorded here is refused (FailedPrecondition).
+        """
+        parties = self._check_partner(partner)
+        body: JsonObject = {"start": format_time(start), "end": format_time(end)}
+        kind, reply = self.client.call(partner, LIST, body, self._timeout)
+        listed = reply.get("statements")
+        if kind != f"{LIST}-reply" or not isinstance(listed, list):
+            raise VerificationError(f"{partner} answered {LIST} with {kind}")
+        recorded = 0
+        for signed in listed:
+            parts = verify_signed_statement(signed, self.manifest.public_key)
+            if parts.parties != parties:
+                continue  # the partner's statement with another program
+            with self.service.sequencer.read() as conn:
+                known = statements_store.statement(conn, parts.id) is not None
+            if not known:
+                assert isinstance(signed, dict)
+                self._record(signed, parts)
+                log.info("recorded statement %s, which only %s had recorded", parts.id, partner)
+                recorded += 1
+        return recorded
 
     def _adopt(
         self,
