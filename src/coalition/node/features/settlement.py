@@ -81,10 +81,10 @@ CALL_TIMEOUT_S = 10.0
 BEGINNING = datetime(1970, 1, 1, tzinfo=UTC)
 END_OF_TIME = datetime(9999, 1, 1, tzinfo=UTC)
 MAX_LISTED = 10_000
+"""Most statements one ``statements-list`` reply carries."""
 RECONCILE_LOOKBACK = timedelta(days=400)
 """How far before a proposed period ``propose`` looks for statements of the pair that
 only the partner recorded (``reconcile``)."""
-"""Most statements one ``statements-list`` reply carries."""
 
 
 # --- proposals -------------------------------------------------------------------------
