@@ -219,6 +219,30 @@ def test_a_statement_recorded_by_the_partner_alone_is_recorded_before_a_later_pe
     assert sb.reconcile(A, trio.start, later) == 0  # nothing left to level
 
 
+def test_a_statement_recorded_alone_reaches_the_partner_when_its_holder_proposes_next(
+    trio: Trio,
+) -> None:
+    """Found by the simulator (scripts/simulate.py --seed 18 at the time): when the node
+    that holds a statement alone is the one to propose the next period, the partner
+    lacking it never asked, and kept the gap. The proposal now proposes again what the
+    partner does not list."""
+    spend(trio, A, B, 60)
+    end = finished(trio)
+    sa, sb = trio.settlement[A], trio.settlement[B]
+    with trio.node(B).service.sequencer.read() as conn:
+        doc = sb._statement_for(conn, (A, B), trio.start, end)
+    signature = sign_statement(doc, trio.node(B).key)
+    _, reply = sa._on_propose(B, {"statement": doc, "signature": signature})  # reply lost
+    later = finished(trio)
+    agreed = sa.propose(B, end, later)  # A holds the first statement alone, and proposes
+    both = sorted([canonical_json(reply["signed"]), canonical_json(agreed)])
+    for program in (A, B):
+        entries = ledger_entries(trio.node(program).service, "statement")
+        assert sorted(canonical_json(e["statement"]) for e in entries) == both, program
+    chains = {p: ledger_entries(trio.node(p).service) for p in (A, B, C)}
+    assert audit_settlement(chains, trio.coalition.manifest.public_key).ok
+
+
 def test_period_must_be_over_and_conversions_settled(trio: Trio) -> None:
     sa = trio.settlement[A]
     with pytest.raises(FailedPrecondition, match="finished periods"):

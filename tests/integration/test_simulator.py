@@ -18,7 +18,7 @@ from sim.invariants import check
 from sim.nodes import MEMBERS, Template, build_template
 from sim.run import Result, Size, _Run, simulate
 
-CI_SEEDS = range(1, 17)
+CI_SEEDS = range(1, 21)
 """The seeds CI runs (see CI_SIZE)."""
 CI_SIZE = Size(ticks=20, calm=120, ops_per_tick=2)
 """Short runs, so the seeds stay within about a minute and a half on two loaded cores."""

@@ -15,8 +15,8 @@ statement, signed by both, instead of refusing; the proposer verifies both signa
 (its own among them: it proposed that statement), records it if it had not, and refuses
 the new period naming it. And before every proposal the proposer first records what the
 partner lists (``statements-list``) of the pair's statements of the last
-``RECONCILE_LOOKBACK`` that it lacks (``reconcile``), so a later period does not leave
-such a statement on one chain only.
+``RECONCILE_LOOKBACK`` that it lacks, and proposes again those it holds that the partner
+does not list (``reconcile``), so whichever partner proposes next levels the chains.
 
 ``coalition_netting`` gathers the statements recorded for a period, this node's and its
 partners' (``statements-list``, each statement's two signatures verified), and nets them
@@ -324,10 +324,13 @@ class Settlement:
             return self._statement_for(conn, parties, start, end)
 
     def reconcile(self, partner: str, start: datetime, end: datetime) -> int:
-        """Record the statements of this node and ``partner`` within ``[start, end)`` that
-        the partner recorded and this node did not (a proposal the partner answered after
-        the proposer stopped waiting); how many. Each is verified (both signatures) first;
-        one that overlaps another statement recorded here is refused (FailedPrecondition).
+        """Level the statements of this node and ``partner`` within ``[start, end)``:
+        record those the partner recorded and this node did not (a proposal the partner
+        answered after the proposer stopped waiting), each verified (both signatures)
+        first; propose again those recorded here that the partner does not list (it
+        recorded nothing: the reply carrying its countersignature was what got through).
+        How many were recorded here. One that overlaps another statement recorded here
+        is refused (FailedPrecondition).
         """
         parties = self._check_partner(partner)
         body: JsonObject = {"start": format_time(start), "end": format_time(end)}
@@ -336,10 +339,12 @@ class Settlement:
         if kind != f"{LIST}-reply" or not isinstance(listed, list):
             raise VerificationError(f"{partner} answered {LIST} with {kind}")
         recorded = 0
+        theirs: set[str] = set()
         for signed in listed:
             parts = verify_signed_statement(signed, self.manifest.public_key)
             if parts.parties != parties:
                 continue  # the partner's statement with another program
+            theirs.add(parts.id)
             with self.service.sequencer.read() as conn:
                 known = statements_store.statement(conn, parts.id) is not None
             if not known:
@@ -347,7 +352,24 @@ class Settlement:
                 self._record(signed, parts)
                 log.info("recorded statement %s, which only %s had recorded", parts.id, partner)
                 recorded += 1
+        for mine in self._within(start, end):
+            if mine.parties == parties and mine.id not in theirs:
+                self._resend(partner, mine)
         return recorded
+
+    def _resend(self, partner: str, mine: Statement) -> None:
+        """Propose again a statement recorded here that ``partner`` does not list: it
+        countersigns and records it (it holds the same chain for that period; signatures
+        are deterministic, so the statement signed by both is the very one stored here)."""
+        signed = mine.signed
+        statement = signed["statement"]
+        signatures = signed.get("signatures")
+        assert isinstance(statement, dict) and isinstance(signatures, dict)
+        body: JsonObject = {"statement": statement, "signature": signatures[self.program]}
+        kind, reply = self.client.call(partner, PROPOSE, body, self._timeout)
+        if kind != f"{PROPOSE}-reply" or reply.get("signed") != signed:
+            raise VerificationError(f"{partner} did not countersign statement again as recorded")
+        log.info("%s recorded statement %s, which only this node had recorded", partner, mine.id)
 
     def _adopt(
         self,
