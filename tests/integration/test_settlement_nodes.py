@@ -21,7 +21,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from coalition.errors import FailedPrecondition, InvalidArgument
-from coalition.ledger.canonical import parse_json
+from coalition.ledger.canonical import canonical_json, parse_json
 from coalition.ledger.entries import format_time
 from coalition.node.auth import Authenticator
 from coalition.node.features.redemptions import Redemptions
@@ -31,6 +31,7 @@ from coalition.points.statements import sign_statement, statement_parts, verify_
 from coalition.runtime.wiring import member_app, serve_member_api
 from coalition.v1 import settlement_pb2, settlement_pb2_grpc
 from coalition.verify.cross_chain import check_coalition
+from coalition.verify.settlement_audit import audit_settlement
 
 from support.coalition import (
     PartnerNode,
@@ -154,6 +155,92 @@ def test_statement_off_by_one_minor_unit_is_refused(trio: Trio) -> None:
     for program in (A, B):
         assert entry_kinds(trio.node(program).service)["statement"] == 0
         assert trio.settlement[program].statements() == []
+
+
+def test_a_statement_recorded_by_the_partner_alone_is_adopted_on_the_next_proposal(
+    trio: Trio,
+) -> None:
+    """Found by the simulator (scripts/simulate.py --seed 1 at the time): a proposal the
+    partner countersigned and recorded, its reply lost, left the statement on one chain
+    only, and every later proposal of an overlapping period was refused by the partner,
+    so the chains could not be levelled. Now the partner answers with its statement, the
+    proposer records it and refuses the period naming it."""
+    spend(trio, A, B, 120)
+    end = finished(trio)
+    sa, sb = trio.settlement[A], trio.settlement[B]
+    with trio.node(B).service.sequencer.read() as conn:
+        doc = sb._statement_for(conn, (A, B), trio.start, end)
+    signature = sign_statement(doc, trio.node(B).key)
+    # The proposal B sent reaches A, which countersigns and records it; the reply is lost.
+    kind, reply = sa._on_propose(B, {"statement": doc, "signature": signature})
+    assert kind == "statement-propose-reply"
+    assert entry_kinds(trio.node(A).service)["statement"] == 1
+    assert entry_kinds(trio.node(B).service)["statement"] == 0
+
+    later = finished(trio)
+    with pytest.raises(FailedPrecondition, match="recorded it alone"):
+        # Overlaps the statement only A recorded, which ends after it (so the partner's
+        # list of the statements before the period's end leaves it out).
+        sb.propose(A, trio.start, end - timedelta(microseconds=1))
+    for program in (A, B):
+        (entry,) = ledger_entries(trio.node(program).service, "statement")
+        assert entry["statement"] == reply["signed"]
+    chains = {p: ledger_entries(trio.node(p).service) for p in (A, B, C)}
+    assert audit_settlement(chains, trio.coalition.manifest.public_key).ok
+    # The period after it is agreed as usual.
+    agreed = sb.propose(A, end, later)
+    assert statement_parts(agreed["statement"]).start == end
+
+
+def test_a_statement_recorded_by_the_partner_alone_is_recorded_before_a_later_period(
+    trio: Trio,
+) -> None:
+    """Found by the simulator (scripts/simulate.py --seed 39 at the time): the proposer of
+    a statement its partner recorded alone went on with the next period, which overlaps
+    nothing, and its chain kept a gap for good. A proposal now first records what the
+    partner lists of the pair's statements that this node lacks."""
+    spend(trio, A, B, 80)
+    end = finished(trio)
+    sa, sb = trio.settlement[A], trio.settlement[B]
+    with trio.node(B).service.sequencer.read() as conn:
+        doc = sb._statement_for(conn, (A, B), trio.start, end)
+    signature = sign_statement(doc, trio.node(B).key)
+    _, reply = sa._on_propose(B, {"statement": doc, "signature": signature})  # reply lost
+    spend(trio, A, B, 15)
+    later = finished(trio)
+    agreed = sb.propose(A, end, later)  # the next period: it overlaps nothing
+    assert statement_parts(agreed["statement"]).start == end
+    both = [canonical_json(reply["signed"]), canonical_json(agreed)]
+    for program in (A, B):
+        entries = ledger_entries(trio.node(program).service, "statement")
+        assert sorted(canonical_json(e["statement"]) for e in entries) == sorted(both), program
+    chains = {p: ledger_entries(trio.node(p).service) for p in (A, B, C)}
+    assert audit_settlement(chains, trio.coalition.manifest.public_key).ok
+    assert sb.reconcile(A, trio.start, later) == 0  # nothing left to level
+
+
+def test_a_statement_recorded_alone_reaches_the_partner_when_its_holder_proposes_next(
+    trio: Trio,
+) -> None:
+    """Found by the simulator (scripts/simulate.py --seed 18 at the time): when the node
+    that holds a statement alone is the one to propose the next period, the partner
+    lacking it never asked, and kept the gap. The proposal now proposes again what the
+    partner does not list."""
+    spend(trio, A, B, 60)
+    end = finished(trio)
+    sa, sb = trio.settlement[A], trio.settlement[B]
+    with trio.node(B).service.sequencer.read() as conn:
+        doc = sb._statement_for(conn, (A, B), trio.start, end)
+    signature = sign_statement(doc, trio.node(B).key)
+    _, reply = sa._on_propose(B, {"statement": doc, "signature": signature})  # reply lost
+    later = finished(trio)
+    agreed = sa.propose(B, end, later)  # A holds the first statement alone, and proposes
+    both = sorted([canonical_json(reply["signed"]), canonical_json(agreed)])
+    for program in (A, B):
+        entries = ledger_entries(trio.node(program).service, "statement")
+        assert sorted(canonical_json(e["statement"]) for e in entries) == both, program
+    chains = {p: ledger_entries(trio.node(p).service) for p in (A, B, C)}
+    assert audit_settlement(chains, trio.coalition.manifest.public_key).ok
 
 
 def test_period_must_be_over_and_conversions_settled(trio: Trio) -> None:

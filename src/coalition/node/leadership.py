@@ -64,7 +64,11 @@ class Leadership:
         lease_s: float = LEASE_S,
         renew_s: float = RENEW_S,
         holder: str | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall_us: Callable[[], int] | None = None,
     ) -> None:
+        """``monotonic`` and ``wall_us`` (the simulator's clock) replace this process's
+        monotonic clock and, on SQLite only, the host's clock the lease is dated by."""
         if not 0 < renew_s < lease_s - SAFETY_S:
             raise ValueError("renew_s must be below lease_s - SAFETY_S")
         self._named = holder
@@ -80,6 +84,11 @@ class Leadership:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._listeners: list[Callable[[bool], None]] = []
+        self._monotonic = monotonic
+        self._wall_us = wall_us
+
+    def _sqlite_now(self) -> int | None:
+        return None if self._wall_us is None else self._wall_us()
 
     @property
     def token(self) -> int | None:
@@ -89,7 +98,7 @@ class Leadership:
     def held(self) -> bool:
         """Whether this process holds the lease, by its own clock (see the contract)."""
         with self._lock:
-            return self._token is not None and time.monotonic() < self._valid_until
+            return self._token is not None and self._monotonic() < self._valid_until
 
     def on_change(self, listener: Callable[[bool], None]) -> None:
         """Call ``listener(held)`` from the renewing thread when ``held()`` changes."""
@@ -103,10 +112,12 @@ class Leadership:
                 self._pid, self._token, self._valid_until = os.getpid(), None, 0.0
                 self.holder = self._named or holder_name()
         was = self.held()
-        started = time.monotonic()
+        started = self._monotonic()
         try:
             with self._engine.begin() as conn:
-                lease = leases_store.acquire(conn, LEASE, self.holder, self._lease_us)
+                lease = leases_store.acquire(
+                    conn, LEASE, self.holder, self._lease_us, sqlite_now_us=self._sqlite_now()
+                )
         except Exception as exc:
             if is_storage_failure(exc):  # a full disk: one line a second, not a traceback
                 log.warning("renewing the %s lease failed: %s", LEASE, exc)
@@ -137,7 +148,9 @@ class Leadership:
         token = self._token
         if token is None:
             return False
-        return leases_store.check_fence(conn, LEASE, self.holder, token)
+        return leases_store.check_fence(
+            conn, LEASE, self.holder, token, sqlite_now_us=self._sqlite_now()
+        )
 
     def start(self) -> None:
         """Try once now (a lone process leads from its first moment), then keep renewing
@@ -167,7 +180,7 @@ class Leadership:
             self._valid_until = 0.0
         try:
             with self._engine.begin() as conn:
-                leases_store.release(conn, LEASE, self.holder)
+                leases_store.release(conn, LEASE, self.holder, sqlite_now_us=self._sqlite_now())
         except Exception:
             log.exception("releasing the %s lease failed; it expires on its own", LEASE)
 

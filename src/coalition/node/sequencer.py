@@ -124,6 +124,7 @@ from coalition.points.state import Account, apply_typed
 from coalition.store import flows as flows_store
 from coalition.store import ledger as ledger_store
 from coalition.store import members as members_store
+from coalition.store.columns import to_micros
 from coalition.store.failures import health_of, is_storage_failure
 
 T = TypeVar("T")
@@ -365,9 +366,12 @@ class Sequencer:
         clock: Callable[[], datetime] | None = None,
         *,
         rotated_keys: RotatedKeyLoader | None = None,
+        monotonic: Callable[[], float] | None = None,
     ) -> None:
         """``key`` is the program's first ledger key (the manifest's); ``rotated_keys``
-        loads the keys later rotations put in force (``node.ledger_keys``)."""
+        loads the keys later rotations put in force (``node.ledger_keys``). ``monotonic``
+        (the simulator): the lease runs on it and, on SQLite, is dated by ``clock``, so no
+        timing of the node reads this host's clocks."""
         self.program = program
         self._engine = engine
         self._clock = clock or (lambda: datetime.now(UTC))
@@ -377,7 +381,11 @@ class Sequencer:
         self._leading = False  # a caller leads: it, or its successor, takes the queue
         self._leader: int | None = None  # the leader's thread while it commits
         self._storage = health_of(engine)
-        self.leadership = Leadership(engine)
+        self.leadership = (
+            Leadership(engine)
+            if monotonic is None
+            else Leadership(engine, monotonic=monotonic, wall_us=lambda: to_micros(self._clock()))
+        )
         self.keys = LedgerKeys(program, key, rotated_keys)
         self.sealer = Sealer(engine, program, self.keys, sealer, self._clock, self.leadership)
 

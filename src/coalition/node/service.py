@@ -46,11 +46,13 @@ class NodeService:
         *,
         read_only_primary: str | None = None,
         rotated_keys: RotatedKeyLoader | None = None,
+        monotonic: Callable[[], float] | None = None,
     ) -> None:
         """``read_only_primary``: a read-only process (``node/read_only.py``) whose writes
         are refused naming this primary; it never seals. ``key`` is the program's first
         ledger key (the manifest's); ``rotated_keys`` loads the keys rotations put in
-        force after it (``node.ledger_keys``)."""
+        force after it (``node.ledger_keys``). ``monotonic``: see ``Sequencer`` (the
+        simulator's clock)."""
         self.program = program
         self.rules = rules
         self.public_key: VerifyKey = key.public_key
@@ -59,7 +61,9 @@ class NodeService:
         self.primary = read_only_primary
         """Where a read-only process sends writers (None for a writing process)."""
         self.sequencer = (
-            Sequencer(engine, program, key, sealer, clock, rotated_keys=rotated_keys)
+            Sequencer(
+                engine, program, key, sealer, clock, rotated_keys=rotated_keys, monotonic=monotonic
+            )
             if read_only_primary is None
             else ReadOnlySequencer(
                 read_only_primary, engine, program, key, sealer, clock, rotated_keys=rotated_keys
@@ -127,6 +131,17 @@ class NodeService:
         """Run ``release`` after the service closed (the composition root hands it what it
         holds for the service's life, such as the SQLite writer lock)."""
         self._on_close.append(release)
+
+    def abandon(self) -> None:
+        """Let the database go as a killed process does (the simulator's crash): nothing
+        sealed, the lease not given up (it lapses), outbox claims kept; the connections
+        closed and what ``on_close`` was given released. The service MUST NOT be used
+        afterwards; a new one built on the same database resumes from what is committed."""
+        try:
+            self.sequencer.engine.dispose()
+        finally:
+            while self._on_close:
+                self._on_close.pop()()
 
     def close(self) -> None:
         """Seal what is pending (holding the lease), stop the sealer, let the lease go,

@@ -60,15 +60,16 @@ from coalition.node.features.agreements import Agreements
 from coalition.node.features.conversions import Conversions
 from coalition.node.features.redemptions import Redemptions
 from coalition.node.features.settlement import Settlement
-from coalition.node.features.witness import BACKOFF_S, Witness
+from coalition.node.features.witness import BACKOFF_S, LedgerSource, Witness
 from coalition.node.integrity import check_newest, refuse_start
 from coalition.node.ledger_keys import RotatedKeyLoader
 from coalition.node.manifest import Manifest
-from coalition.node.partners import PartnerClient, PartnerInbox
+from coalition.node.partners import PartnerClient, PartnerInbox, PartnerTransport
 from coalition.node.service import NodeService
 from coalition.ops.keyfiles import read_account_secret, read_signing_key, rotated_key_loader
 from coalition.ops.tls import TlsFiles, read_server_tls
 from coalition.points.rules import ProgramRules
+from coalition.store.columns import to_micros
 from coalition.store.db import ensure_sqlite_folder, lock_sqlite_file, make_engine
 from coalition.store.schema import schema_state, upgrade_schema
 
@@ -86,10 +87,12 @@ def open_service(
     read_only_primary: str | None = None,
     verify_at_start_blocks: int = IntegrityConfig.verify_at_start_blocks,
     rotated_keys: RotatedKeyLoader | None = None,
+    monotonic: Callable[[], float] | None = None,
 ) -> NodeService:
     """The store (SQLite folder created if missing, schema upgraded to this code's
     revision under the schema lock) and the service on it, not yet sealing: call
-    ``start()``. ``clock`` (tests) replaces the wall clock.
+    ``start()``. ``clock`` (tests) replaces the wall clock, ``monotonic`` (the
+    simulator) the monotonic clock of the lease (``Sequencer``).
 
     ``read_only_primary`` (a process on a hot standby, ``node/read_only.py``) migrates
     nothing: the schema MUST already be at this code's revision (FailedPrecondition
@@ -125,6 +128,7 @@ def open_service(
                 clock,
                 read_only_primary=read_only_primary,
                 rotated_keys=rotated_keys,
+                monotonic=monotonic,
             )
         except BaseException:
             engine.dispose()
@@ -159,7 +163,12 @@ def check_schema_current(engine: Engine, primary: str) -> None:
     )
 
 
-def open_node(config: NodeConfig, *, clock: Callable[[], datetime] | None = None) -> NodeService:
+def open_node(
+    config: NodeConfig,
+    *,
+    clock: Callable[[], datetime] | None = None,
+    monotonic: Callable[[], float] | None = None,
+) -> NodeService:
     """``open_service`` for ``config``, its keys read from their files."""
     return open_service(
         config.database_url,
@@ -173,6 +182,7 @@ def open_node(config: NodeConfig, *, clock: Callable[[], datetime] | None = None
         read_only_primary=config.primary if config.read_only else None,
         verify_at_start_blocks=config.integrity.verify_at_start_blocks,
         rotated_keys=rotated_key_loader(config),
+        monotonic=monotonic,
     )
 
 
@@ -202,6 +212,16 @@ def tls_files(coalition: CoalitionConfig, manifest: Manifest, program: str) -> T
 
 
 @dataclass(frozen=True)
+class PartnerLinks:
+    """How a node reaches its partners when not over mutual-TLS gRPC (the simulator's
+    network): the transport of its partner messages and the ledger source its witness
+    follows each partner through."""
+
+    transport: PartnerTransport
+    sources: Callable[[str], LedgerSource]
+
+
+@dataclass(frozen=True)
 class PartnerServer:
     """The running mutual-TLS partner server and the port it bound."""
 
@@ -221,8 +241,11 @@ class CoalitionNode:
         clock: Callable[[], datetime] | None = None,
         manifest: Manifest | None = None,
         witness_backoff: tuple[float, float] | None = None,
+        links: PartnerLinks | None = None,
     ) -> None:
-        """``manifest``: the one ``config`` names, when the caller already loaded it."""
+        """``manifest``: the one ``config`` names, when the caller already loaded it.
+        ``links`` (the simulator) replace the mutual-TLS gRPC transport and ledger
+        sources; ``clock`` (tests) is every feature's clock, the outbox's included."""
         if config.coalition is None:
             raise FailedPrecondition(f"{config.program}'s configuration has no [coalition] table")
         if service.program != config.program:
@@ -250,7 +273,11 @@ class CoalitionNode:
         self.tls.read()  # fail at start, with the file's name, rather than at the first call
         self._key = signing_key
         self._witness_backoff = witness_backoff
-        self.transport = GrpcTransport(self.manifest, self.tls)
+        self._clock = clock
+        self._links = links
+        self.transport: PartnerTransport = (
+            GrpcTransport(self.manifest, self.tls) if links is None else links.transport
+        )
         self.client = PartnerClient(
             self.program, self.manifest, signing_key, self.transport, clock=clock
         )
@@ -267,8 +294,14 @@ class CoalitionNode:
     def _build_features(self) -> None:
         service, manifest, client = self.service, self.manifest, self.client
         self.agreements = Agreements(service, manifest, client)
+        clock = self._clock
         self.conversions = Conversions(
-            service, manifest, client, self.agreements, abort_after_s=self.settings.abort_after_s
+            service,
+            manifest,
+            client,
+            self.agreements,
+            abort_after_s=self.settings.abort_after_s,
+            wall_clock=None if clock is None else lambda: to_micros(clock()),
         )
         self.redemptions = Redemptions(service, manifest, client, self.agreements)
         self.settlement = Settlement(service, manifest, client)
@@ -280,11 +313,16 @@ class CoalitionNode:
                 service,
                 manifest,
                 client,
-                sources=lambda program: GrpcLedgerSource(self.transport.channel(program)),
+                sources=self._ledger_source if self._links is None else self._links.sources,
                 key=self._key,
                 backoff=backoff,
+                clock=self._clock,
             )
             self.features.append(self.witness)
+
+    def _ledger_source(self, program: str) -> LedgerSource:
+        assert isinstance(self.transport, GrpcTransport)
+        return GrpcLedgerSource(self.transport.channel(program))
 
     # --- life cycle -------------------------------------------------------------------
 
@@ -437,13 +475,17 @@ def build_node(
     *,
     clock: Callable[[], datetime] | None = None,
     witness_backoff: tuple[float, float] | None = None,
+    monotonic: Callable[[], float] | None = None,
+    links: PartnerLinks | None = None,
 ) -> Node:
     """The node of ``config``, built but not started: store, service, and the coalition
     features when ``config`` has a ``[coalition]`` table. ``clock`` and
-    ``witness_backoff`` (tests) replace the wall clock and the witness's retry delays."""
+    ``witness_backoff`` (tests) replace the wall clock and the witness's retry delays;
+    ``monotonic`` and ``links`` (the simulator) the lease's monotonic clock and the
+    partner transport and ledger sources (``PartnerLinks``)."""
     # A bad manifest is refused before the database is opened (or created).
     manifest = None if config.coalition is None else Manifest.load(config.coalition.manifest_path)
-    service = open_node(config, clock=clock)
+    service = open_node(config, clock=clock, monotonic=monotonic)
     try:
         coalition = (
             None
@@ -455,6 +497,7 @@ def build_node(
                 clock=clock,
                 manifest=manifest,
                 witness_backoff=witness_backoff,
+                links=links,
             )
         )
     except BaseException:

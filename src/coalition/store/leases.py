@@ -50,12 +50,14 @@ class Lease:
     expires_at: int
 
 
-def db_now(conn: Connection) -> int:
+def db_now(conn: Connection, sqlite_now_us: int | None = None) -> int:
     """The database's clock in microseconds since the epoch (PostgreSQL's
-    ``clock_timestamp()``; on SQLite, one process, this host's clock)."""
+    ``clock_timestamp()``; on SQLite, one process, this host's clock, or
+    ``sqlite_now_us`` when the caller runs on a clock of its own: the simulator's).
+    PostgreSQL always answers with its own clock, the one every process shares."""
     if conn.dialect.name == "postgresql":
         return int(conn.execute(_PG_NOW).scalar_one())
-    return time.time_ns() // 1000
+    return time.time_ns() // 1000 if sqlite_now_us is None else sqlite_now_us
 
 
 def _locked(conn: Connection, name: str) -> Lease | None:
@@ -67,12 +69,14 @@ def _locked(conn: Connection, name: str) -> Lease | None:
     return None if row is None else Lease(row.holder, int(row.token), int(row.expires_at))
 
 
-def acquire(conn: Connection, name: str, holder: str, duration_us: int) -> Lease | None:
+def acquire(
+    conn: Connection, name: str, holder: str, duration_us: int, *, sqlite_now_us: int | None = None
+) -> Lease | None:
     """Take or renew lease ``name`` for ``holder`` for ``duration_us`` from now; the lease
     ``holder`` now holds, or None when another holds it unexpired. Runs in the caller's
     transaction, which SHOULD be short and its own (the row stays locked until it ends)."""
     current = _locked(conn, name)
-    now = db_now(conn)
+    now = db_now(conn, sqlite_now_us)
     expires = now + duration_us
     if current is None:
         first = insert(leases).values(name=name, holder=holder, token=1, expires_at=expires)
@@ -99,7 +103,9 @@ def acquire(conn: Connection, name: str, holder: str, duration_us: int) -> Lease
     return Lease(holder, token, expires)
 
 
-def check_fence(conn: Connection, name: str, holder: str, token: int) -> bool:
+def check_fence(
+    conn: Connection, name: str, holder: str, token: int, *, sqlite_now_us: int | None = None
+) -> bool:
     """Lock lease ``name`` in the caller's write transaction: True when ``holder`` still
     holds it with ``token`` and it has not expired (the caller may write), else False."""
     current = _locked(conn, name)
@@ -107,17 +113,17 @@ def check_fence(conn: Connection, name: str, holder: str, token: int) -> bool:
         current is not None
         and current.holder == holder
         and current.token == token
-        and current.expires_at > db_now(conn)
+        and current.expires_at > db_now(conn, sqlite_now_us)
     )
 
 
-def release(conn: Connection, name: str, holder: str) -> None:
+def release(conn: Connection, name: str, holder: str, *, sqlite_now_us: int | None = None) -> None:
     """Let lease ``name`` lapse now if ``holder`` holds it, so another process takes it at
     its next try instead of waiting for the expiry (a clean stop)."""
     conn.execute(
         update(leases)
         .where(leases.c.name == name, leases.c.holder == holder)
-        .values(expires_at=db_now(conn))
+        .values(expires_at=db_now(conn, sqlite_now_us))
     )
 
 

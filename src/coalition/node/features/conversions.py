@@ -164,8 +164,10 @@ class Conversions:
         *,
         abort_after_s: float = 30.0,
         call_timeout_s: float = CALL_TIMEOUT_S,
-        wall_clock: Callable[[], int] = _wall_us,
+        wall_clock: Callable[[], int] | None = None,
     ) -> None:
+        """``wall_clock`` (microseconds since the epoch; the host's clock by default) is
+        the outbox's: when conversions are queued, due and aborted."""
         if not abort_after_s > 0:
             raise InvalidArgument("abort_after_s must be positive")
         self.service = service
@@ -174,14 +176,14 @@ class Conversions:
         self.agreements = agreements
         self.program = service.program
         self._call_timeout = call_timeout_s
-        self._wall = wall_clock
+        self._wall = wall_clock or _wall_us
         self.outbox = Outbox(
             service.sequencer,
             self._deliver,
             [partner.program for partner in manifest.others(self.program)],
             abort_after_s=abort_after_s,
             batch=MAX_BATCH,
-            wall_clock=wall_clock,
+            wall_clock=self._wall,
         )
 
     # --- feature life cycle ------------------------------------------------------------

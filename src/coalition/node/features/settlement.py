@@ -8,6 +8,16 @@ the statement signed by both as a ``statement`` entry. A statement's id is deriv
 its parties and period, so a proposal retried after a lost reply records nothing twice,
 and periods of one pair never overlap.
 
+A proposal whose reply was lost (or that reached the partner only after the proposer
+stopped waiting) leaves the statement on the partner's chain alone. So a partner asked
+for a period that overlaps a statement it recorded for the pair answers with that
+statement, signed by both, instead of refusing; the proposer verifies both signatures
+(its own among them: it proposed that statement), records it if it had not, and refuses
+the new period naming it. And before every proposal the proposer first records what the
+partner lists (``statements-list``) of the pair's statements of the last
+``RECONCILE_LOOKBACK`` that it lacks, and proposes again those it holds that the partner
+does not list (``reconcile``), so whichever partner proposes next levels the chains.
+
 ``coalition_netting`` gathers the statements recorded for a period, this node's and its
 partners' (``statements-list``, each statement's two signatures verified), and nets them
 into positions and the fewest payments, exported as CSV and JSON.
@@ -18,7 +28,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Connection
 
@@ -73,6 +83,9 @@ BEGINNING = datetime(1970, 1, 1, tzinfo=UTC)
 END_OF_TIME = datetime(9999, 1, 1, tzinfo=UTC)
 MAX_LISTED = 10_000
 """Most statements one ``statements-list`` reply carries."""
+RECONCILE_LOOKBACK = timedelta(days=400)
+"""How far before a proposed period ``propose`` looks for statements of the pair that
+only the partner recorded (``reconcile``)."""
 
 
 # --- proposals -------------------------------------------------------------------------
@@ -287,10 +300,11 @@ class Settlement:
         parties = self._check_partner(partner)
         with self.service.sequencer.read() as conn:
             existing = statements_store.statement(conn, statement_id(parties, start, end))
-            if existing is not None:
-                return existing.signed
-            self._check_free(conn, parties, start, end)
-            doc = self._statement_for(conn, parties, start, end)
+        if existing is not None:
+            return existing.signed
+        doc = self._proposal(parties, start, end)  # refused here before any call
+        if self.reconcile(partner, start - RECONCILE_LOOKBACK, end):
+            doc = self._proposal(parties, start, end)  # with what was just recorded
         signature = sign_statement(doc, self.service.signing_key)
         kind, reply = self.client.call(
             partner, PROPOSE, {"statement": doc, "signature": signature}, self._timeout
@@ -301,9 +315,83 @@ class Settlement:
         parts = verify_signed_statement(signed, self.manifest.public_key)
         assert isinstance(signed, dict)
         if signed["statement"] != doc:
-            raise VerificationError(f"{partner} countersigned another statement than proposed")
+            self._adopt(partner, parties, start, end, signed, parts)
         self._record(signed, parts)
         return signed
+
+    def _proposal(self, parties: tuple[str, str], start: datetime, end: datetime) -> JsonObject:
+        with self.service.sequencer.read() as conn:
+            self._check_free(conn, parties, start, end)
+            return self._statement_for(conn, parties, start, end)
+
+    def reconcile(self, partner: str, start: datetime, end: datetime) -> int:
+        """Level the statements of this node and ``partner`` within ``[start, end)``:
+        record those the partner recorded and this node did not (a proposal the partner
+        answered after the proposer stopped waiting), each verified (both signatures)
+        first; propose again those recorded here that the partner does not list (it
+        recorded nothing: the reply carrying its countersignature was what got through).
+        How many were recorded here. One that overlaps another statement recorded here
+        is refused (FailedPrecondition).
+        """
+        parties = self._check_partner(partner)
+        body: JsonObject = {"start": format_time(start), "end": format_time(end)}
+        kind, reply = self.client.call(partner, LIST, body, self._timeout)
+        listed = reply.get("statements")
+        if kind != f"{LIST}-reply" or not isinstance(listed, list):
+            raise VerificationError(f"{partner} answered {LIST} with {kind}")
+        recorded = 0
+        theirs: set[str] = set()
+        for signed in listed:
+            parts = verify_signed_statement(signed, self.manifest.public_key)
+            if parts.parties != parties:
+                continue  # the partner's statement with another program
+            theirs.add(parts.id)
+            with self.service.sequencer.read() as conn:
+                known = statements_store.statement(conn, parts.id) is not None
+            if not known:
+                assert isinstance(signed, dict)
+                self._record(signed, parts)
+                log.info("recorded statement %s, which only %s had recorded", parts.id, partner)
+                recorded += 1
+        for mine in self._within(start, end):
+            if mine.parties == parties and mine.id not in theirs:
+                self._resend(partner, mine)
+        return recorded
+
+    def _resend(self, partner: str, mine: Statement) -> None:
+        """Propose again a statement recorded here that ``partner`` does not list: it
+        countersigns and records it (it holds the same chain for that period; signatures
+        are deterministic, so the statement signed by both is the very one stored here)."""
+        signed = mine.signed
+        statement = signed["statement"]
+        signatures = signed.get("signatures")
+        assert isinstance(statement, dict) and isinstance(signatures, dict)
+        body: JsonObject = {"statement": statement, "signature": signatures[self.program]}
+        kind, reply = self.client.call(partner, PROPOSE, body, self._timeout)
+        if kind != f"{PROPOSE}-reply" or reply.get("signed") != signed:
+            raise VerificationError(f"{partner} did not countersign statement again as recorded")
+        log.info("%s recorded statement %s, which only this node had recorded", partner, mine.id)
+
+    def _adopt(
+        self,
+        partner: str,
+        parties: tuple[str, str],
+        start: datetime,
+        end: datetime,
+        signed: JsonObject,
+        parts: StatementParts,
+    ) -> None:
+        """The partner answered a proposal with a statement it had recorded for an
+        overlapping period (signed by both, so proposed by this node once: its reply
+        lost): record it here too, then refuse the proposal naming it."""
+        if parts.parties != parties or not (parts.start < end and start < parts.end):
+            raise VerificationError(f"{partner} countersigned another statement than proposed")
+        self._record(signed, parts)
+        raise FailedPrecondition(
+            f"statement {parts.id} already covers {format_time(parts.start)} - "
+            f"{format_time(parts.end)} for {parties[0]} and {parties[1]} ({partner} had "
+            "recorded it alone; it is recorded here now)"
+        )
 
     def _check_free(
         self, conn: Connection, parties: tuple[str, str], start: datetime, end: datetime
@@ -353,10 +441,11 @@ class Settlement:
             self.manifest.public_key(sender), proposed, body["signature"], sender, parts
         )
         with self.service.sequencer.read() as conn:
-            existing = statements_store.statement(conn, parts.id)
-            if existing is not None and existing.signed["statement"] == proposed:
-                return f"{PROPOSE}-reply", {"signed": existing.signed}
-            self._check_free(conn, parts.parties, parts.start, parts.end)
+            overlapping = statements_store.statements_between(
+                conn, parts.parties, (parts.start, parts.end)
+            )
+            if overlapping:  # agreed before (the proposer's answer lost): see the module
+                return f"{PROPOSE}-reply", {"signed": overlapping[0].signed}
             expected = self._statement_for(
                 conn, parts.parties, parts.start, parts.end, parts.currency
             )

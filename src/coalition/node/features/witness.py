@@ -353,6 +353,26 @@ class Witness:
             self._stop.wait(delay)
             delay = min(delay * 2, self._backoff[1])
 
+    def catch_up(self, program: str, limit: int = GAP_BATCH) -> int:
+        """One step of following ``program``, in the caller's thread (the simulator's
+        scheduler; the background loop follows a header stream instead, through the same
+        ``accept``): deliver the cosignatures not delivered yet, then verify and cosign the
+        headers sealed after the last one verified, up to ``limit``; how many were new.
+        Raises what ``accept`` raises (Fault after storing evidence) and the source's
+        LedgerSourceFailed; follows nothing of a program that equivocated or forked."""
+        if self.halted(program):
+            return 0
+        source = self._sources(program)
+        try:
+            self._deliver_pending(program)
+            last = self.last_verified(program)
+            start = 0 if last is None else last.header.height + 1
+            return sum(
+                self.accept(program, signed, source) for signed in source.headers(start, limit)
+            )
+        finally:
+            source.close()
+
     def last_verified(self, program: str) -> SignedHeader | None:
         with self._sequencer.read() as conn:
             return witness_store.last_header(conn, program)
