@@ -231,6 +231,6 @@ def test_flows_sum_this_chain_per_direction(site: Site) -> None:
     assert (to_b["count"], to_b["points_out"], to_b["points_in"]) == (2, 1400, 1485 + 594)
     assert to_b["value_minor"] == 990 + 396
     to_c = flows[("conversion", A, C)]
-    assert (to_c["count"], to_c["refunded"], to_c["points_out"]) == (1, 1, 600)
+    assert (to_c["count"], to_c["refunded"], to_c["points_out"]) == (2, 0, 800)
     assert flows[("redemption", A, B)]["value_minor"] == 300
     assert _get(site, "/v1/explorer/flows?bucket_s=1")[0] == 422
