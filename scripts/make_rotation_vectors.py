@@ -11,6 +11,7 @@ fresh run and verifies each one). Each vector is one JSON file:
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from datetime import UTC, datetime, timedelta
@@ -157,6 +158,10 @@ def render(doc: JsonObject) -> bytes:
 
 
 def main() -> int:
+    argparse.ArgumentParser(
+        description="Write the key-rotation test vectors (a chain with a rotation and its "
+        "negatives) to tests/vectors/rotation."
+    ).parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     for name, doc in vectors().items():
         (OUT / f"{name}.json").write_bytes(render(doc))

@@ -38,11 +38,11 @@ def test_a_second_node_on_one_sqlite_file_is_refused_until_the_first_closes(
     with temporary_node(url) as first:
         with (
             pytest.raises(FailedPrecondition, match="a node on SQLite is one process"),
-            temporary_node(url),
+            temporary_node(url, key=first.signing_key),
         ):
             pass
         first.points.enroll("kim", idempotency_key="e")
-    with temporary_node(url) as again:  # the lock went with the first node
+    with temporary_node(url, key=first.signing_key) as again:  # the lock went with the first node
         assert again.points.balance("kim").spendable == 0
 
 

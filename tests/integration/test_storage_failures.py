@@ -319,7 +319,7 @@ def test_read_only_database_answers_503_and_serves_reads(
             assert http.get("/healthz").json()["status"] == "degraded"
     finally:
         node.close()
-    with temporary_node(database_url) as node:
+    with temporary_node(database_url, key=key) as node:
         assert node.points.enroll("bob", idempotency_key="bob").replayed is False
 
 
@@ -451,6 +451,7 @@ def test_damaged_postgres_page_gives_503_and_one_line_from_coalition_check(
     url = private_postgres.url.rsplit("/", 1)[0] + "/damaged"
     with temporary_node(url) as node:
         node.points.enroll("alice", idempotency_key="alice")
+        key = node.signing_key
         with node.sequencer.read() as conn:
             relative = conn.execute(text("SELECT pg_relation_filepath('accounts')")).scalar_one()
     private_postgres.psql("CHECKPOINT")  # the page on disk, so the WAL replay keeps away
@@ -460,7 +461,10 @@ def test_damaged_postgres_page_gives_503_and_one_line_from_coalition_check(
     data[12:16] = b"\xff\xff\xff\xff"  # pd_lower, pd_upper past the page: "invalid page"
     page.write_bytes(bytes(data))
     private_postgres.start()
-    with temporary_node(url) as node, TestClient(create_app(node, authenticator)) as http:
+    with (
+        temporary_node(url, key=key) as node,
+        TestClient(create_app(node, authenticator)) as http,
+    ):
         operator = {"Authorization": f"Bearer {api_keys['operator']}"}
         answer = http.get("/v1/members/alice/balance", headers=operator)
         assert answer.status_code == 503, answer.text

@@ -87,8 +87,8 @@ def test_three_nodes_on_postgresql_convert_and_audit(
                 brand.node.kill()
 
     assert len(scenario.conversions) >= 12, scenario.refused
-    # one conversion names a member the target does not know: refunded on its rejection
-    assert counts == {"completed": len(scenario.conversions) - 1, "refunded": 1}
+    # one conversion names a member the target does not know: enrolled on arrival, credited
+    assert counts == {"completed": len(scenario.conversions)}
     chains = {}
     for brand in brands:
         url = databases[brand.program]
@@ -100,8 +100,8 @@ def test_three_nodes_on_postgresql_convert_and_audit(
         chains[brand.program] = _chain(url)
         kinds = {str(e["kind"]) for e in chains[brand.program]}
         assert {"agreement", "convert-out", "convert-in", "convert-complete"} <= kinds
-    assert sum(1 for e in chains["skyair"] if e["kind"] == "convert-refund") == 1
-    assert sum(1 for e in chains["staybright"] if e["kind"] == "convert-reject") == 1
+    assert not any(e["kind"] == "convert-refund" for e in chains["skyair"])
+    assert not any(e["kind"] == "convert-reject" for e in chains["staybright"])
     cross = audit_coalition(chains, manifest.public_key, pending_before=datetime.now(UTC))
     assert cross.ok, cross.render()
     assert cross.conversions == len(scenario.conversions)
